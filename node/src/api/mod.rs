@@ -1,0 +1,165 @@
+//! The front door: one TLS port per node serving REST (axum) and, from the data-plane
+//! issue on, gRPC (tonic) on the same listener (ALPN h2 / http/1.1).
+//!
+//! This layer only authenticates, authorizes, validates and routes; the control plane
+//! holds the logic. Every route except `/health` requires a credential.
+
+pub mod admin;
+pub mod error;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth;
+use crate::control::ControlPlane;
+pub use error::ApiError;
+
+/// Largest admin request body.
+pub const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024;
+/// Most client connections served at once per node; further connections wait in the backlog.
+pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
+/// Time allowed for a client's TLS handshake.
+pub const CLIENT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The control plane.
+    pub control: ControlPlane,
+}
+
+/// The REST routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/admin/cluster", get(cluster))
+        .route("/admin/cluster/members/{id}/promote", post(admin::promote_member))
+        .route("/admin/cluster/members/{id}", delete(admin::remove_member))
+        .route("/admin/projects", post(admin::create_project).get(admin::list_projects))
+        .route("/admin/projects/{id}", get(admin::get_project).delete(admin::delete_project))
+        .route("/admin/projects/{id}/api-keys", post(admin::create_api_key).get(admin::list_api_keys))
+        .route("/admin/api-keys/{id}", get(admin::get_api_key).delete(admin::delete_api_key))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves `router` with TLS on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router: Router) {
+    let acceptor = TlsAcceptor::from(tls);
+    let permits = Arc::new(Semaphore::new(MAX_CLIENT_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!("accept on client port failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let handshake = tokio::time::timeout(
+                Duration::from_millis(CLIENT_TLS_HANDSHAKE_TIMEOUT_MS),
+                acceptor.accept(tcp),
+            );
+            let tls = match handshake.await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "client TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = TowerToHyperService::new(router.into_service::<hyper::body::Incoming>());
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+                tracing::debug!(%peer, "client connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// `GET /health`: no credential; 200 `{"status":"serving"}` once the node knows a leader
+/// and holds the bootstrapped control plane, 503 `{"status":"starting"}` before.
+async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
+    let metrics = state.control.raft().metrics().borrow().clone();
+    let bootstrapped = state.control.read(|s| !s.organizations.is_empty());
+    if metrics.current_leader.is_some() && bootstrapped {
+        (StatusCode::OK, Json(json!({"status": "serving"})))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"})))
+    }
+}
+
+/// The caller proved to be the operator.
+pub struct Operator;
+
+/// Checks `Authorization: Bearer <operator token>`.
+pub fn require_operator(state: &ApiState, headers: &HeaderMap) -> Result<Operator, ApiError> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthenticated("missing Authorization header (expected 'Bearer <token>')"))?;
+    let value = value.to_str().map_err(|_| ApiError::unauthenticated("Authorization header is not ASCII"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| ApiError::unauthenticated("Authorization header must be 'Bearer <token>'"))?;
+    if token.len() > auth::MAX_CREDENTIAL_BYTES {
+        return Err(ApiError::unauthenticated(format!(
+            "bearer token exceeds {} bytes",
+            auth::MAX_CREDENTIAL_BYTES
+        )));
+    }
+    if state.control.read(|s| auth::verify_operator_token(s, token).is_some()) {
+        Ok(Operator)
+    } else {
+        Err(ApiError::unauthenticated("invalid or revoked token"))
+    }
+}
+
+/// `GET /admin/cluster`: members, their addresses and roles, and the leader (operator only).
+async fn cluster(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require_operator(&state, &headers)?;
+    let metrics = state.control.raft().metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let members: Vec<Value> = membership
+        .nodes()
+        .map(|(id, node)| {
+            json!({
+                "id": id,
+                "api_addr": node.api_addr,
+                "cluster_addr": node.cluster_addr,
+                "role": if voters.contains(id) { "voter" } else { "learner" },
+                "leader": metrics.current_leader == Some(*id),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "node_id": state.control.node_id(),
+        "leader_id": metrics.current_leader,
+        "term": metrics.current_term,
+        "members": members,
+    })))
+}
+
+/// Parses a `SocketAddr`, naming the flag in the error.
+pub fn parse_addr(flag: &str, value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|e| format!("--{flag} {value:?}: {e}"))
+}

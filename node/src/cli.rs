@@ -1,0 +1,164 @@
+//! The `conifer` command line: `serve` and `certs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::node::ServeConfig;
+use crate::tls::{self, LeafKind, Validity};
+
+/// Default client port address.
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7443";
+/// Default cluster port address.
+pub const DEFAULT_CLUSTER_ADDR: &str = "127.0.0.1:7444";
+/// Default domain of index host names.
+pub const DEFAULT_DOMAIN: &str = "svc.conifer.localhost";
+
+/// Conifer: a self-hosted, secure vector database cluster.
+#[derive(Parser)]
+#[command(name = "conifer", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Commands {
+    /// Run a node. With only --data-dir, bootstraps a single-node cluster on first start.
+    Serve(ServeArgs),
+    /// Create the cluster CA, node certificates and client certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+/// Flags of `conifer serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Data directory (created with mode 0700).
+    #[arg(long, env = "CONIFER_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Node id: unique in the cluster, never reused.
+    #[arg(long, env = "CONIFER_NODE_ID", default_value_t = 1)]
+    pub node_id: u64,
+    /// Client port (REST + gRPC over TLS).
+    #[arg(long, env = "CONIFER_API_ADDR", default_value = DEFAULT_API_ADDR)]
+    pub api_addr: String,
+    /// Cluster port (mutual TLS between nodes).
+    #[arg(long, env = "CONIFER_CLUSTER_ADDR", default_value = DEFAULT_CLUSTER_ADDR)]
+    pub cluster_addr: String,
+    /// Directory holding ca.pem, node.pem and node-key.pem [default: DATA_DIR/tls, generated on bootstrap].
+    #[arg(long, env = "CONIFER_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Cluster address of any member: join that cluster instead of bootstrapping one.
+    #[arg(long, env = "CONIFER_JOIN")]
+    pub join: Option<String>,
+    /// When joining, stay a learner (promote later with POST /admin/cluster/members/{id}/promote).
+    #[arg(long, requires = "join")]
+    pub learner: bool,
+    /// Domain of index hosts: <index>-<project>.<domain>.
+    #[arg(long, env = "CONIFER_DOMAIN", default_value = DEFAULT_DOMAIN)]
+    pub domain: String,
+}
+
+impl ServeArgs {
+    /// Validates the flags into a [`ServeConfig`].
+    pub fn into_config(self) -> Result<ServeConfig, String> {
+        if self.node_id == 0 {
+            return Err("--node-id must be at least 1".into());
+        }
+        Ok(ServeConfig {
+            node_id: self.node_id,
+            data_dir: self.data_dir,
+            api_addr: crate::api::parse_addr("api-addr", &self.api_addr)?,
+            cluster_addr: crate::api::parse_addr("cluster-addr", &self.cluster_addr)?,
+            tls_dir: self.tls_dir,
+            join: self.join,
+            learner: self.learner,
+            domain: self.domain,
+        })
+    }
+}
+
+/// `conifer certs …`.
+#[derive(Subcommand)]
+pub enum CertsCommand {
+    /// Create a cluster CA (ca.pem, ca-key.pem) in --out.
+    Ca {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Name shown in the CA's subject.
+        #[arg(long, default_value = "conifer")]
+        name: String,
+    },
+    /// Issue a node certificate (node.pem, node-key.pem, plus a copy of ca.pem) into --out.
+    Node {
+        /// Directory of the CA (ca.pem, ca-key.pem).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Node id; the certificate carries the SAN node-<id>.
+        #[arg(long)]
+        id: u64,
+        /// Extra host names or IP addresses (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Domain of index hosts: adds the SAN *.<domain>.
+        #[arg(long, default_value = DEFAULT_DOMAIN)]
+        domain: String,
+        /// Days of validity.
+        #[arg(long, default_value_t = tls::LEAF_VALIDITY_DAYS)]
+        days: i64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a client certificate (<name>.pem, <name>-key.pem) into --out.
+    Client {
+        /// Directory of the CA (ca.pem, ca-key.pem).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Client name (CN and SAN).
+        #[arg(long)]
+        name: String,
+        /// Days of validity.
+        #[arg(long, default_value_t = tls::LEAF_VALIDITY_DAYS)]
+        days: i64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Runs a `certs` subcommand.
+pub fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
+    match command {
+        CertsCommand::Ca { out, name } => {
+            tls::generate_ca(&out, &name)?;
+            println!("created {} and {}", out.join(tls::CA_CERT).display(), out.join(tls::CA_KEY).display());
+        }
+        CertsCommand::Node { ca_dir, id, hosts, domain, days, out } => {
+            if id == 0 {
+                anyhow::bail!("--id must be at least 1");
+            }
+            let mut hosts = hosts;
+            for default in ["localhost", "127.0.0.1"] {
+                if !hosts.iter().any(|h| h == default) {
+                    hosts.push(default.to_string());
+                }
+            }
+            let kind = LeafKind::Node { id, hosts, domain: Some(domain) };
+            tls::issue_leaf(&ca_dir, &out, "node", kind, Validity::days_from_now(days))?;
+            if ca_dir.join(tls::CA_CERT) != out.join(tls::CA_CERT) {
+                std::fs::copy(ca_dir.join(tls::CA_CERT), out.join(tls::CA_CERT))?;
+            }
+            println!("issued {} for node-{id}", out.join(tls::NODE_CERT).display());
+        }
+        CertsCommand::Client { ca_dir, name, days, out } => {
+            tls::issue_leaf(&ca_dir, &out, &name, LeafKind::Client { name: name.clone() }, Validity::days_from_now(days))?;
+            println!("issued {}", out.join(format!("{name}.pem")).display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! The cluster port: the node-to-node gRPC service, served only over mutual TLS.
+//!
+//! Every request names its sender; the handler refuses it unless the client certificate
+//! (already verified to chain to the cluster CA, and unexpired, by the TLS layer) carries
+//! the SAN `node-<sender>`. Membership changes are executed on the control-plane leader;
+//! other nodes forward them there.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use conifer_proto::internal::internal_server::Internal;
+use conifer_proto::internal::{
+    ChangeMemberReply, ChangeMemberRequest, JoinReply, JoinRequest, MemberAction, ProposeReply, ProposeRequest,
+    RaftReply, RaftRequest,
+};
+use conifer_raft::types::CONTROL_GROUP;
+use conifer_raft::{GroupRegistry, NodeId, NodeInfo};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use tonic::{Request, Response, Status};
+
+use crate::control::{ControlError, ControlPlane};
+use crate::tls::peer_node_ids;
+
+/// Longest a new learner may take to catch up before a join reports failure.
+pub const JOIN_CATCH_UP_TIMEOUT_MS: u64 = 60_000;
+
+/// Refuses a request whose client certificate does not name the node it claims to be.
+pub fn authenticate_peer<T>(request: &Request<T>, claimed: NodeId) -> Result<(), Status> {
+    let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate presented"))?;
+    let named = peer_node_ids(&certs);
+    if named.contains(&claimed) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "client certificate names node(s) {named:?} but the request claims to come from node {claimed}"
+        )))
+    }
+}
+
+/// The node-to-node service.
+pub struct InternalService {
+    registry: GroupRegistry,
+    control: ControlPlane,
+}
+
+impl InternalService {
+    /// Serves the groups in `registry` and the control plane `control`.
+    pub fn new(registry: GroupRegistry, control: ControlPlane) -> Self {
+        Self { registry, control }
+    }
+}
+
+/// Maps a membership-change failure to a status (leader changes become `UNAVAILABLE` so callers retry).
+fn membership_status<E: std::fmt::Display>(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>, what: E) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            Status::unavailable(format!("{what}: leadership changed, retry"))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))) => {
+            Status::unavailable(format!("{what}: another membership change is in progress, retry"))
+        }
+        other => Status::failed_precondition(format!("{what}: {other}")),
+    }
+}
+
+/// Runs a membership change on the leader, or forwards it to the leader.
+pub async fn change_member(control: &ControlPlane, node_id: NodeId, action: MemberAction) -> Result<(), Status> {
+    let raft = control.raft();
+    let metrics = raft.metrics().borrow().clone();
+    let leader = metrics.current_leader.ok_or_else(|| Status::unavailable("no control-plane leader"))?;
+    if leader != control.node_id() {
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+            .ok_or_else(|| Status::unavailable("leader address unknown"))?;
+        let mut client = control.peers().client(leader, &node).map_err(Status::unavailable)?;
+        client
+            .change_member(ChangeMemberRequest { from_node: control.node_id(), node_id, action: action as i32 })
+            .await?;
+        return Ok(());
+    }
+    let membership = metrics.membership_config.membership().clone();
+    if membership.get_node(&node_id).is_none() {
+        return Err(Status::not_found(format!("node {node_id} is not a member of the cluster")));
+    }
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    match action {
+        MemberAction::Promote => {
+            if voters.contains(&node_id) {
+                return Ok(());
+            }
+            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+                .await
+                .map_err(|e| membership_status(e, format!("promoting node {node_id}")))?;
+        }
+        MemberAction::Remove => {
+            if voters.contains(&node_id) {
+                if voters.len() == 1 {
+                    return Err(Status::failed_precondition("cannot remove the last voter"));
+                }
+                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])), false)
+                    .await
+                    .map_err(|e| membership_status(e, format!("removing voter {node_id}")))?;
+            }
+            raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false)
+                .await
+                .map_err(|e| membership_status(e, format!("removing node {node_id}")))?;
+        }
+        MemberAction::Unspecified => return Err(Status::invalid_argument("membership action is unspecified")),
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Internal for InternalService {
+    async fn raft(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let from = request.get_ref().from_node;
+        authenticate_peer(&request, from)?;
+        Ok(Response::new(self.registry.dispatch(request.into_inner()).await?))
+    }
+
+    async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
+        authenticate_peer(&request, request.get_ref().from_node)?;
+        let req = request.into_inner();
+        if req.group_id != CONTROL_GROUP {
+            return Err(Status::not_found(format!("group {} takes no forwarded proposals", req.group_id)));
+        }
+        match self.control.propose_bytes(req.command).await {
+            Ok((response, log_index)) => Ok(Response::new(ProposeReply { response, log_index })),
+            Err(ControlError::Unavailable { reason, .. }) => Err(Status::unavailable(reason)),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let from = request.get_ref().from_node;
+        authenticate_peer(&request, from)?;
+        let req = request.into_inner();
+        let raft = self.control.raft();
+        let metrics = raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        if req.node_id != from && membership.get_node(&from).is_none() {
+            return Err(Status::permission_denied(format!(
+                "node {from} may not request a join for node {}: only the node itself or a member may",
+                req.node_id
+            )));
+        }
+        let leader = metrics.current_leader.ok_or_else(|| Status::unavailable("no control-plane leader yet"))?;
+        if leader != self.control.node_id() {
+            let node = membership.get_node(&leader).cloned().ok_or_else(|| Status::unavailable("leader address unknown"))?;
+            let mut client = self.control.peers().client(leader, &node).map_err(Status::unavailable)?;
+            return client.join(JoinRequest { from_node: self.control.node_id(), ..req }).await;
+        }
+        let info = NodeInfo { cluster_addr: req.cluster_addr.clone(), api_addr: req.api_addr.clone() };
+        if membership.get_node(&req.node_id) != Some(&info) {
+            tokio::time::timeout(
+                Duration::from_millis(JOIN_CATCH_UP_TIMEOUT_MS),
+                raft.add_learner(req.node_id, info, true),
+            )
+            .await
+            .map_err(|_| Status::deadline_exceeded(format!("node {} did not catch up in time", req.node_id)))?
+            .map_err(|e| membership_status(e, format!("adding node {} as learner", req.node_id)))?;
+        }
+        if req.promote {
+            change_member(&self.control, req.node_id, MemberAction::Promote).await?;
+        }
+        Ok(Response::new(JoinReply { leader_id: leader }))
+    }
+
+    async fn change_member(
+        &self,
+        request: Request<ChangeMemberRequest>,
+    ) -> Result<Response<ChangeMemberReply>, Status> {
+        authenticate_peer(&request, request.get_ref().from_node)?;
+        let req = request.into_inner();
+        let action = MemberAction::try_from(req.action).unwrap_or(MemberAction::Unspecified);
+        change_member(&self.control, req.node_id, action).await?;
+        Ok(Response::new(ChangeMemberReply {}))
+    }
+}
+
+/// Pause between join attempts while the cluster has no leader.
+pub const JOIN_RETRY_MS: u64 = 500;

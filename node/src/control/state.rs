@@ -1,0 +1,402 @@
+//! The control-plane state and its deterministic transition function.
+//!
+//! Every id and timestamp is chosen by the proposer and carried in the command, so applying
+//! the same log gives byte-identical state on every node. Secrets never enter the state:
+//! API keys and operator tokens are stored as SHA-256 digests of high-entropy secrets.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Most projects one organization may hold.
+pub const MAX_PROJECTS_PER_ORG: usize = 1_000;
+/// Most API keys one project may hold.
+pub const MAX_API_KEYS_PER_PROJECT: usize = 200;
+
+/// An organization: owns projects (and later users).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Organization {
+    /// Stable id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+/// A project: the unit API keys and indexes belong to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    /// Stable id.
+    pub id: String,
+    /// Owning organization.
+    pub organization_id: String,
+    /// Name, unique within the organization.
+    pub name: String,
+    /// Pinecone's pod quota; stored and reported.
+    pub max_pods: u32,
+    /// Whether indexes must use customer-managed keys.
+    pub force_encryption_with_cmek: bool,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+/// Roles an API key can carry (Pinecone's six).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ApiKeyRole {
+    /// Full control- and data-plane access to the project.
+    ProjectEditor,
+    /// Read-only control- and data-plane access.
+    ProjectViewer,
+    /// Read-write control plane.
+    ControlPlaneEditor,
+    /// Read-only control plane.
+    ControlPlaneViewer,
+    /// Read-write data plane.
+    DataPlaneEditor,
+    /// Read-only data plane.
+    DataPlaneViewer,
+}
+
+impl ApiKeyRole {
+    /// Every role, in declaration order.
+    pub const ALL: [ApiKeyRole; 6] = [
+        ApiKeyRole::ProjectEditor,
+        ApiKeyRole::ProjectViewer,
+        ApiKeyRole::ControlPlaneEditor,
+        ApiKeyRole::ControlPlaneViewer,
+        ApiKeyRole::DataPlaneEditor,
+        ApiKeyRole::DataPlaneViewer,
+    ];
+
+    /// The role's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKeyRole::ProjectEditor => "ProjectEditor",
+            ApiKeyRole::ProjectViewer => "ProjectViewer",
+            ApiKeyRole::ControlPlaneEditor => "ControlPlaneEditor",
+            ApiKeyRole::ControlPlaneViewer => "ControlPlaneViewer",
+            ApiKeyRole::DataPlaneEditor => "DataPlaneEditor",
+            ApiKeyRole::DataPlaneViewer => "DataPlaneViewer",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+/// An API key of a project. The secret itself is never stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Stable id, also embedded in the key's value so it can be looked up.
+    pub id: String,
+    /// Project the key belongs to.
+    pub project_id: String,
+    /// Name shown in listings.
+    pub name: String,
+    /// Roles granted.
+    pub roles: Vec<ApiKeyRole>,
+    /// SHA-256 of the secret part, hex.
+    pub secret_sha256: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+/// The operator (break-glass cluster-admin) token; only its digest is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorToken {
+    /// Stable id, embedded in the token's value.
+    pub id: String,
+    /// SHA-256 of the secret part, hex.
+    pub secret_sha256: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+/// A control-plane command. Proposers fill in ids and times.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Command {
+    /// First command of a new cluster: default organization, project, key and operator token.
+    Bootstrap {
+        /// The default organization.
+        organization: Organization,
+        /// The default project.
+        project: Project,
+        /// Its `ProjectEditor` key.
+        api_key: ApiKey,
+        /// The operator token.
+        operator_token: OperatorToken,
+    },
+    /// Create a project.
+    CreateProject(Project),
+    /// Delete a project and its API keys.
+    DeleteProject {
+        /// The project.
+        id: String,
+    },
+    /// Create an API key.
+    CreateApiKey(ApiKey),
+    /// Delete an API key.
+    DeleteApiKey {
+        /// The key.
+        id: String,
+    },
+}
+
+/// What a command produced.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Output {
+    /// Nothing to report.
+    Done,
+    /// The project as stored.
+    Project(Project),
+    /// The key as stored.
+    ApiKey(ApiKey),
+}
+
+/// Why a command was rejected; the state is unchanged.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A referenced object does not exist.
+    #[error("{kind} '{id}' not found")]
+    NotFound {
+        /// Kind of object.
+        kind: String,
+        /// Its id.
+        id: String,
+    },
+    /// An object with that id or unique name exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A count limit would be exceeded.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The command does not apply in this state.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The result of applying one command.
+pub type Outcome = Result<Output, Rejection>;
+
+/// The whole control-plane state (group 0).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlState {
+    /// Organizations by id.
+    pub organizations: BTreeMap<String, Organization>,
+    /// Projects by id.
+    pub projects: BTreeMap<String, Project>,
+    /// API keys by id.
+    pub api_keys: BTreeMap<String, ApiKey>,
+    /// Operator tokens by id.
+    pub operator_tokens: BTreeMap<String, OperatorToken>,
+}
+
+fn not_found(kind: &str, id: &str) -> Rejection {
+    Rejection::NotFound { kind: kind.into(), id: id.into() }
+}
+
+impl ControlState {
+    /// Applies `command`; on rejection nothing changes.
+    pub fn apply(&mut self, command: Command) -> Outcome {
+        match command {
+            Command::Bootstrap { organization, project, api_key, operator_token } => {
+                if !self.organizations.is_empty() || !self.operator_tokens.is_empty() {
+                    return Err(Rejection::Invalid("cluster is already bootstrapped".into()));
+                }
+                self.organizations.insert(organization.id.clone(), organization);
+                self.projects.insert(project.id.clone(), project);
+                self.api_keys.insert(api_key.id.clone(), api_key);
+                self.operator_tokens.insert(operator_token.id.clone(), operator_token);
+                Ok(Output::Done)
+            }
+            Command::CreateProject(project) => {
+                if !self.organizations.contains_key(&project.organization_id) {
+                    return Err(not_found("organization", &project.organization_id));
+                }
+                if self.projects.contains_key(&project.id) {
+                    return Err(Rejection::AlreadyExists(format!("project id '{}' already exists", project.id)));
+                }
+                let in_org = self.projects.values().filter(|p| p.organization_id == project.organization_id);
+                let mut count = 0;
+                for p in in_org {
+                    if p.name == project.name {
+                        return Err(Rejection::AlreadyExists(format!(
+                            "a project named '{}' already exists in this organization",
+                            project.name
+                        )));
+                    }
+                    count += 1;
+                }
+                if count >= MAX_PROJECTS_PER_ORG {
+                    return Err(Rejection::LimitExceeded(format!(
+                        "organization already has {count} projects; the limit is {MAX_PROJECTS_PER_ORG}"
+                    )));
+                }
+                self.projects.insert(project.id.clone(), project.clone());
+                Ok(Output::Project(project))
+            }
+            Command::DeleteProject { id } => {
+                if self.projects.remove(&id).is_none() {
+                    return Err(not_found("project", &id));
+                }
+                self.api_keys.retain(|_, k| k.project_id != id);
+                Ok(Output::Done)
+            }
+            Command::CreateApiKey(key) => {
+                if !self.projects.contains_key(&key.project_id) {
+                    return Err(not_found("project", &key.project_id));
+                }
+                if self.api_keys.contains_key(&key.id) {
+                    return Err(Rejection::AlreadyExists(format!("API key id '{}' already exists", key.id)));
+                }
+                let count = self.api_keys.values().filter(|k| k.project_id == key.project_id).count();
+                if count >= MAX_API_KEYS_PER_PROJECT {
+                    return Err(Rejection::LimitExceeded(format!(
+                        "project already has {count} API keys; the limit is {MAX_API_KEYS_PER_PROJECT}"
+                    )));
+                }
+                self.api_keys.insert(key.id.clone(), key.clone());
+                Ok(Output::ApiKey(key))
+            }
+            Command::DeleteApiKey { id } => match self.api_keys.remove(&id) {
+                Some(_) => Ok(Output::Done),
+                None => Err(not_found("API key", &id)),
+            },
+        }
+    }
+
+    /// Projects of an organization, by id order.
+    pub fn projects_of(&self, organization_id: &str) -> Vec<&Project> {
+        self.projects.values().filter(|p| p.organization_id == organization_id).collect()
+    }
+
+    /// API keys of a project, by id order.
+    pub fn keys_of(&self, project_id: &str) -> Vec<&ApiKey> {
+        self.api_keys.values().filter(|k| k.project_id == project_id).collect()
+    }
+}
+
+/// Adapter that lets Raft replicate [`ControlState`].
+#[derive(Default)]
+pub struct ControlMachine {
+    /// The state.
+    pub state: ControlState,
+}
+
+impl conifer_raft::StateMachine for ControlMachine {
+    fn apply(&mut self, _log_index: u64, command: &[u8]) -> Vec<u8> {
+        let outcome: Outcome = match bincode::deserialize::<Command>(command) {
+            Ok(cmd) => self.state.apply(cmd),
+            Err(e) => Err(Rejection::Invalid(format!("undecodable control-plane command: {e}"))),
+        };
+        // Serializing plain data structures cannot fail.
+        bincode::serialize(&outcome).unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        bincode::serialize(&self.state).unwrap_or_default()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.state = bincode::deserialize(snapshot).map_err(|e| format!("control-plane snapshot: {e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org() -> Organization {
+        Organization { id: "o1".into(), name: "default".into(), created_at: "t".into() }
+    }
+
+    fn project(id: &str, name: &str) -> Project {
+        Project {
+            id: id.into(),
+            organization_id: "o1".into(),
+            name: name.into(),
+            max_pods: 0,
+            force_encryption_with_cmek: false,
+            created_at: "t".into(),
+        }
+    }
+
+    fn key(id: &str, project: &str) -> ApiKey {
+        ApiKey {
+            id: id.into(),
+            project_id: project.into(),
+            name: "k".into(),
+            roles: vec![ApiKeyRole::ProjectEditor],
+            secret_sha256: "00".into(),
+            created_at: "t".into(),
+        }
+    }
+
+    fn bootstrapped() -> ControlState {
+        let mut s = ControlState::default();
+        s.apply(Command::Bootstrap {
+            organization: org(),
+            project: project("p0", "default"),
+            api_key: key("k0", "p0"),
+            operator_token: OperatorToken { id: "op".into(), secret_sha256: "11".into(), created_at: "t".into() },
+        })
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn bootstrap_happens_once() {
+        let mut s = bootstrapped();
+        let before = s.clone();
+        let again = s.apply(Command::Bootstrap {
+            organization: org(),
+            project: project("p9", "x"),
+            api_key: key("k9", "p9"),
+            operator_token: OperatorToken { id: "op2".into(), secret_sha256: "22".into(), created_at: "t".into() },
+        });
+        assert!(matches!(again, Err(Rejection::Invalid(_))));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn duplicate_project_name_is_rejected_without_change() {
+        let mut s = bootstrapped();
+        s.apply(Command::CreateProject(project("p1", "alpha"))).unwrap();
+        let before = s.clone();
+        let dup = s.apply(Command::CreateProject(project("p2", "alpha")));
+        assert!(matches!(dup, Err(Rejection::AlreadyExists(_))));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn deleting_a_project_deletes_its_keys() {
+        let mut s = bootstrapped();
+        s.apply(Command::CreateProject(project("p1", "alpha"))).unwrap();
+        s.apply(Command::CreateApiKey(key("k1", "p1"))).unwrap();
+        s.apply(Command::DeleteProject { id: "p1".into() }).unwrap();
+        assert!(!s.api_keys.contains_key("k1"));
+        assert!(s.api_keys.contains_key("k0"));
+        assert!(matches!(s.apply(Command::DeleteProject { id: "p1".into() }), Err(Rejection::NotFound { .. })));
+    }
+
+    #[test]
+    fn key_limit_per_project_is_enforced_at_the_edge() {
+        let mut s = bootstrapped();
+        for i in 1..MAX_API_KEYS_PER_PROJECT {
+            s.apply(Command::CreateApiKey(key(&format!("k{i}"), "p0"))).unwrap();
+        }
+        assert_eq!(s.keys_of("p0").len(), MAX_API_KEYS_PER_PROJECT);
+        let over = s.apply(Command::CreateApiKey(key("one-too-many", "p0")));
+        assert!(matches!(over, Err(Rejection::LimitExceeded(_))));
+    }
+
+    #[test]
+    fn key_for_unknown_project_is_rejected() {
+        let mut s = bootstrapped();
+        assert!(matches!(s.apply(Command::CreateApiKey(key("k1", "nope"))), Err(Rejection::NotFound { .. })));
+    }
+}

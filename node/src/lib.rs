@@ -1,0 +1,10 @@
+//! A Conifer node. See `ARCHITECTURE.md` at the repository root for the map.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod cluster;
+pub mod control;
+pub mod crypto;
+pub mod node;
+pub mod tls;

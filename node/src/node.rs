@@ -1,0 +1,307 @@
+//! A node's life: open storage, load or create certificates, start Raft group 0, serve the
+//! cluster and client ports, and bootstrap a new cluster or join an existing one.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use conifer_proto::internal::internal_server::InternalServer;
+use conifer_proto::internal::JoinRequest;
+use conifer_raft::log_store::LogStore;
+use conifer_raft::network::{NetworkFactory, PeerChannels, MAX_RAFT_MESSAGE_BYTES};
+use conifer_raft::state_machine::StateMachineStore;
+use conifer_raft::types::CONTROL_GROUP;
+use conifer_raft::{GroupRegistry, NodeId, NodeInfo, NodeStorage, Raft};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::api::{self, ApiState};
+use crate::auth;
+use crate::cluster::{InternalService, JOIN_RETRY_MS};
+use crate::control::state::{ApiKey, ApiKeyRole, OperatorToken, Organization, Project};
+use crate::control::{Command, ControlMachine, ControlPlane};
+use crate::crypto::{node_data_key, write_private_file, LocalKeyring};
+use crate::tls::{self, LeafKind, NodeTls, Validity};
+
+/// Raft heartbeat period of group 0.
+pub const RAFT_HEARTBEAT_MS: u64 = 150;
+/// Lower bound of the randomized election timeout.
+pub const RAFT_ELECTION_TIMEOUT_MIN_MS: u64 = 800;
+/// Upper bound of the randomized election timeout.
+pub const RAFT_ELECTION_TIMEOUT_MAX_MS: u64 = 1_600;
+/// A snapshot is taken after this many applied entries since the last one.
+pub const RAFT_SNAPSHOT_EVERY_ENTRIES: u64 = 1_000;
+/// Entries kept in the log behind a snapshot, so slow followers rarely need the snapshot.
+pub const RAFT_LOG_KEEP_BEHIND_SNAPSHOT_ENTRIES: u64 = 200;
+/// Snapshot chunk size on the wire.
+pub const RAFT_SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Longest the bootstrap waits for the new single-node cluster to elect itself.
+pub const BOOTSTRAP_LEADER_TIMEOUT_MS: u64 = 30_000;
+/// Name of the credentials file written on bootstrap.
+pub const BOOTSTRAP_FILE: &str = "bootstrap.json";
+
+/// How to run a node (`conifer serve`).
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// This node's id (unique, never reused).
+    pub node_id: NodeId,
+    /// Where everything of this node lives.
+    pub data_dir: PathBuf,
+    /// Client (REST + gRPC) listen address.
+    pub api_addr: SocketAddr,
+    /// Cluster (mutual-TLS) listen address.
+    pub cluster_addr: SocketAddr,
+    /// Directory with `ca.pem`, `node.pem`, `node-key.pem`; `None` = `<data_dir>/tls`,
+    /// generated on first start of a bootstrapping node.
+    pub tls_dir: Option<PathBuf>,
+    /// Cluster address of any member to join; `None` bootstraps a new cluster.
+    pub join: Option<String>,
+    /// Stay a learner after joining instead of becoming a voter.
+    pub learner: bool,
+    /// Domain of index host names (`<index>-<project>.<domain>`).
+    pub domain: String,
+}
+
+/// The credentials written to `bootstrap.json` (mode 0600) on first start.
+#[derive(Serialize)]
+pub struct BootstrapFile {
+    /// URL of the client port.
+    pub api_url: String,
+    /// Path of the cluster CA certificate clients should trust.
+    pub ca_cert: String,
+    /// Operator token (break-glass cluster admin).
+    pub admin_token: String,
+    /// Default organization.
+    pub organization_id: String,
+    /// Default project.
+    pub project_id: String,
+    /// `ProjectEditor` API key of the default project.
+    pub api_key: String,
+}
+
+fn raft_config() -> anyhow::Result<Arc<openraft::Config>> {
+    let config = openraft::Config {
+        cluster_name: "conifer".into(),
+        heartbeat_interval: RAFT_HEARTBEAT_MS,
+        election_timeout_min: RAFT_ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: RAFT_ELECTION_TIMEOUT_MAX_MS,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(RAFT_SNAPSHOT_EVERY_ENTRIES),
+        max_in_snapshot_log_to_keep: RAFT_LOG_KEEP_BEHIND_SNAPSHOT_ENTRIES,
+        snapshot_max_chunk_size: RAFT_SNAPSHOT_CHUNK_BYTES,
+        ..Default::default()
+    };
+    Ok(Arc::new(config.validate()?))
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Creates the CA and this node's certificate under `dir` (first start of a bootstrapping node).
+fn create_default_certs(dir: &Path, config: &ServeConfig) -> anyhow::Result<()> {
+    tls::generate_ca(dir, "conifer")?;
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    for ip in [config.api_addr.ip(), config.cluster_addr.ip()] {
+        if !ip.is_unspecified() && !hosts.contains(&ip.to_string()) {
+            hosts.push(ip.to_string());
+        }
+    }
+    let kind = LeafKind::Node { id: config.node_id, hosts, domain: Some(config.domain.clone()) };
+    tls::issue_leaf(dir, dir, "node", kind, Validity::days_from_now(tls::LEAF_VALIDITY_DAYS))?;
+    Ok(())
+}
+
+/// A running node's handles.
+pub struct RunningNode {
+    /// Raft group 0.
+    pub raft: Raft,
+    /// The control plane.
+    pub control: ControlPlane,
+}
+
+/// Starts the node and serves until SIGINT / SIGTERM.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let node = start(&config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = node.raft.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Starts every part of the node and returns once it is bootstrapped or joined.
+pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
+    let data_dir = &config.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {}", data_dir.display()))?;
+
+    let keyring = LocalKeyring::open_or_create(data_dir)?;
+    let data_key = node_data_key(data_dir, &keyring)?;
+    let storage = NodeStorage::open(&data_dir.join("db"), Arc::new(data_key))?;
+
+    let tls_dir = config.tls_dir.clone().unwrap_or_else(|| data_dir.join("tls"));
+    if !tls_dir.join(tls::NODE_CERT).exists() {
+        if config.join.is_some() || config.tls_dir.is_some() {
+            bail!(
+                "no node certificate in {}: create one with `conifer certs node --id {}`",
+                tls_dir.display(),
+                config.node_id
+            );
+        }
+        create_default_certs(&tls_dir, config)?;
+    }
+    let node_tls = NodeTls::load(&tls_dir)?;
+
+    let channel_tls = node_tls.clone();
+    let peers = PeerChannels::new(config.node_id, Arc::new(move |target, node| channel_tls.cluster_channel(target, node)));
+    let registry = GroupRegistry::new(peers.clone());
+    let log = LogStore::new(CONTROL_GROUP, storage.clone());
+    let sm = StateMachineStore::open(CONTROL_GROUP, storage.clone(), ControlMachine::default())?;
+    let handle = sm.handle();
+    let network = NetworkFactory::new(CONTROL_GROUP, peers.clone());
+    let raft = Raft::new(config.node_id, raft_config()?, network, log, sm).await?;
+    registry.insert(CONTROL_GROUP, raft.clone());
+    let control = ControlPlane::new(raft.clone(), handle, peers.clone());
+
+    let cluster_listener = TcpListener::bind(config.cluster_addr)
+        .await
+        .with_context(|| format!("binding cluster port {}", config.cluster_addr))?;
+    let internal = InternalServer::new(InternalService::new(registry.clone(), control.clone()))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    let cluster_server = tonic::transport::Server::builder()
+        .tls_config(node_tls.cluster_server_config())?
+        .add_service(internal);
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(cluster_listener);
+        if let Err(e) = cluster_server.serve_with_incoming(incoming).await {
+            tracing::error!("cluster port stopped: {e}");
+        }
+    });
+
+    let api_listener =
+        TcpListener::bind(config.api_addr).await.with_context(|| format!("binding client port {}", config.api_addr))?;
+    tokio::spawn(api::serve(
+        api_listener,
+        node_tls.client_port_config()?,
+        api::router(ApiState { control: control.clone() }),
+    ));
+    tracing::info!(node = config.node_id, api = %config.api_addr, cluster = %config.cluster_addr, "node listening");
+
+    let me = NodeInfo { cluster_addr: config.cluster_addr.to_string(), api_addr: config.api_addr.to_string() };
+    match &config.join {
+        None => bootstrap(config, &raft, &control, me, &tls_dir).await?,
+        Some(addr) => {
+            if !raft.is_initialized().await? {
+                join(config, &node_tls, addr, me).await?;
+            }
+        }
+    }
+    Ok(RunningNode { raft, control })
+}
+
+async fn bootstrap(
+    config: &ServeConfig,
+    raft: &Raft,
+    control: &ControlPlane,
+    me: NodeInfo,
+    tls_dir: &Path,
+) -> anyhow::Result<()> {
+    if !raft.is_initialized().await? {
+        tracing::info!("initializing a new single-node cluster");
+        raft.initialize(std::collections::BTreeMap::from([(config.node_id, me)])).await?;
+    }
+    let path = config.data_dir.join(BOOTSTRAP_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    raft.wait(Some(Duration::from_millis(BOOTSTRAP_LEADER_TIMEOUT_MS)))
+        .metrics(|m| m.current_leader.is_some(), "a leader is elected")
+        .await
+        .context("waiting for the new cluster to elect a leader")?;
+    if control.read(|s| !s.organizations.is_empty()) {
+        // Bootstrapped before, but the credentials file is gone: never mint a second set.
+        tracing::warn!("{} is missing but the cluster is bootstrapped; not recreating it", path.display());
+        return Ok(());
+    }
+    let created_at = now_rfc3339();
+    let organization =
+        Organization { id: uuid::Uuid::new_v4().to_string(), name: "default".into(), created_at: created_at.clone() };
+    let project = Project {
+        id: uuid::Uuid::new_v4().to_string(),
+        organization_id: organization.id.clone(),
+        name: "default".into(),
+        max_pods: 0,
+        force_encryption_with_cmek: false,
+        created_at: created_at.clone(),
+    };
+    let key_secret = auth::new_api_key();
+    let api_key = ApiKey {
+        id: key_secret.id.clone(),
+        project_id: project.id.clone(),
+        name: "default".into(),
+        roles: vec![ApiKeyRole::ProjectEditor],
+        secret_sha256: key_secret.secret_sha256.clone(),
+        created_at: created_at.clone(),
+    };
+    let token_secret = auth::new_operator_token();
+    let operator_token =
+        OperatorToken { id: token_secret.id.clone(), secret_sha256: token_secret.secret_sha256.clone(), created_at };
+    let file = BootstrapFile {
+        api_url: format!("https://{}", config.api_addr),
+        ca_cert: std::fs::canonicalize(tls_dir.join(tls::CA_CERT))?.display().to_string(),
+        admin_token: token_secret.value,
+        organization_id: organization.id.clone(),
+        project_id: project.id.clone(),
+        api_key: key_secret.value,
+    };
+    control.propose(Command::Bootstrap { organization, project, api_key, operator_token }).await?;
+    write_private_file(&path, &serde_json::to_vec_pretty(&file)?)?;
+    tracing::info!("bootstrapped; credentials in {}", path.display());
+    Ok(())
+}
+
+async fn join(config: &ServeConfig, node_tls: &NodeTls, addr: &str, me: NodeInfo) -> anyhow::Result<()> {
+    let channel = node_tls.join_channel(addr).map_err(anyhow::Error::msg)?;
+    let mut client = conifer_proto::internal::internal_client::InternalClient::new(channel);
+    let request = JoinRequest {
+        from_node: config.node_id,
+        node_id: config.node_id,
+        cluster_addr: me.cluster_addr,
+        api_addr: me.api_addr,
+        promote: !config.learner,
+    };
+    loop {
+        match client.join(request.clone()).await {
+            Ok(reply) => {
+                tracing::info!(leader = reply.into_inner().leader_id, "joined the cluster");
+                return Ok(());
+            }
+            Err(status) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {
+                tracing::info!("join via {addr} not possible yet: {}", status.message());
+                tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
+            }
+            Err(status) => bail!("join via {addr} refused: {}", status.message()),
+        }
+    }
+}

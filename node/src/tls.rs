@@ -1,0 +1,272 @@
+//! Certificates and TLS configuration.
+//!
+//! - `conifer certs` and first-start bootstrap create a cluster CA, node certificates
+//!   (SAN `node-<id>` plus the node's host names and IPs and the wildcard `*.<domain>` of
+//!   index hosts; server and client auth) and client certificates, all with rcgen.
+//! - The client port serves TLS 1.2 and 1.3 with the node certificate (ALPN h2, http/1.1).
+//! - The cluster port requires a client certificate chaining to the cluster CA; the handler
+//!   of every internal RPC then checks that the certificate names the node the RPC claims
+//!   to come from ([`peer_node_ids`]). Outgoing channels pin the peer's name `node-<id>`.
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use conifer_raft::{NodeId, NodeInfo};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use time::OffsetDateTime;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+use crate::crypto::write_private_file;
+
+/// CA certificate file name.
+pub const CA_CERT: &str = "ca.pem";
+/// CA private key file name (only where certificates are issued).
+pub const CA_KEY: &str = "ca-key.pem";
+/// Node certificate file name.
+pub const NODE_CERT: &str = "node.pem";
+/// Node private key file name.
+pub const NODE_KEY: &str = "node-key.pem";
+/// Validity of a generated CA.
+pub const CA_VALIDITY_DAYS: i64 = 3650;
+/// Validity of a generated node or client certificate.
+pub const LEAF_VALIDITY_DAYS: i64 = 825;
+/// Time allowed for a TLS handshake on either port.
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// Errors creating or loading certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// rcgen failed to build or sign a certificate.
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A PEM file holds no usable certificate or key.
+    #[error("{0}")]
+    Invalid(String),
+    /// rustls rejected the configuration.
+    #[error("tls configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// A private key file could not be written.
+    #[error(transparent)]
+    Write(#[from] crate::crypto::CryptoError),
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.into(), source })
+}
+
+fn write_public(path: &Path, text: &str) -> Result<(), TlsError> {
+    fs::write(path, text).map_err(|source| TlsError::Io { path: path.into(), source })
+}
+
+/// The DNS name every node certificate carries and peers pin: `node-<id>`.
+pub fn node_name(id: NodeId) -> String {
+    format!("node-{id}")
+}
+
+/// DNS SAN every node certificate also carries: a joining node, which does not yet know
+/// the id of the member it contacts, verifies that member against this name.
+pub const ANY_NODE_NAME: &str = "conifer-node";
+
+/// Creates a new cluster CA (`ca.pem`, `ca-key.pem` with mode 0600) in `dir`.
+pub fn generate_ca(dir: &Path, cluster_name: &str) -> Result<(), TlsError> {
+    fs::create_dir_all(dir).map_err(|source| TlsError::Io { path: dir.into(), source })?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("Conifer cluster CA ({cluster_name})"));
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.not_before = OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = OffsetDateTime::now_utc() + time::Duration::days(CA_VALIDITY_DAYS);
+    let cert = params.self_signed(&key)?;
+    write_public(&dir.join(CA_CERT), &cert.pem())?;
+    write_private_file(&dir.join(CA_KEY), key.serialize_pem().as_bytes())?;
+    Ok(())
+}
+
+/// What a leaf certificate is for.
+pub enum LeafKind {
+    /// A node: `node-<id>` plus hosts; server and client authentication.
+    Node {
+        /// The node id named in the SAN.
+        id: NodeId,
+        /// Extra host names / IP addresses the node is reached by.
+        hosts: Vec<String>,
+        /// Domain of index hosts; `*.<domain>` is added when set.
+        domain: Option<String>,
+    },
+    /// A client of the API or of the admin CLI: client authentication only.
+    Client {
+        /// Common name of the client.
+        name: String,
+    },
+}
+
+/// Validity window of a leaf certificate.
+pub struct Validity {
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// From an hour ago until `days` from now.
+    pub fn days_from_now(days: i64) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self { not_before: now - time::Duration::hours(1), not_after: now + time::Duration::days(days) }
+    }
+}
+
+/// Issues a leaf certificate signed by the CA in `ca_dir`, writing `<stem>.pem` and
+/// `<stem>-key.pem` (0600) into `out_dir`.
+pub fn issue_leaf(ca_dir: &Path, out_dir: &Path, stem: &str, kind: LeafKind, validity: Validity) -> Result<(), TlsError> {
+    fs::create_dir_all(out_dir).map_err(|source| TlsError::Io { path: out_dir.into(), source })?;
+    let ca_key = KeyPair::from_pem(&read(&ca_dir.join(CA_KEY))?)?;
+    let issuer = Issuer::from_ca_cert_pem(&read(&ca_dir.join(CA_CERT))?, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    match kind {
+        LeafKind::Node { id, hosts, domain } => {
+            dn.push(DnType::CommonName, node_name(id));
+            let mut sans = vec![
+                SanType::DnsName(node_name(id).try_into()?),
+                SanType::DnsName(ANY_NODE_NAME.try_into()?),
+            ];
+            for host in hosts {
+                match host.parse::<IpAddr>() {
+                    Ok(ip) => sans.push(SanType::IpAddress(ip)),
+                    Err(_) => sans.push(SanType::DnsName(host.try_into()?)),
+                }
+            }
+            if let Some(domain) = domain {
+                sans.push(SanType::DnsName(format!("*.{domain}").try_into()?));
+            }
+            params.subject_alt_names = sans;
+            params.extended_key_usages =
+                vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        LeafKind::Client { name } => {
+            dn.push(DnType::CommonName, name.clone());
+            params.subject_alt_names = vec![SanType::DnsName(name.try_into()?)];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+    }
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.not_before = validity.not_before;
+    params.not_after = validity.not_after;
+    let cert = params.signed_by(&key, &issuer)?;
+    write_public(&out_dir.join(format!("{stem}.pem")), &cert.pem())?;
+    write_private_file(&out_dir.join(format!("{stem}-key.pem")), key.serialize_pem().as_bytes())?;
+    Ok(())
+}
+
+/// A node's TLS material as PEM text.
+#[derive(Clone)]
+pub struct NodeTls {
+    /// The cluster CA certificate.
+    pub ca_pem: String,
+    /// The node certificate.
+    pub cert_pem: String,
+    /// The node private key.
+    pub key_pem: String,
+}
+
+impl NodeTls {
+    /// Loads `ca.pem`, `node.pem` and `node-key.pem` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            ca_pem: read(&dir.join(CA_CERT))?,
+            cert_pem: read(&dir.join(NODE_CERT))?,
+            key_pem: read(&dir.join(NODE_KEY))?,
+        })
+    }
+
+    /// rustls configuration of the client port: TLS 1.2 and 1.3, ALPN h2 and http/1.1.
+    pub fn client_port_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let certs = rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Invalid(format!("node certificate: {e}")))?;
+        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
+            .map_err(|e| TlsError::Invalid(format!("node key: {e}")))?
+            .ok_or_else(|| TlsError::Invalid("node key file holds no private key".into()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// tonic configuration of the cluster port: a client certificate from the cluster CA is required.
+    pub fn cluster_server_config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            .timeout(Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS))
+    }
+
+    /// A lazily-connected mutual-TLS channel to `target`'s cluster port, pinning `node-<target>`.
+    pub fn cluster_channel(&self, target: NodeId, node: &NodeInfo) -> Result<Channel, String> {
+        self.channel_to(&node.cluster_addr, &node_name(target))
+    }
+
+    /// A lazily-connected mutual-TLS channel to any member's cluster port at `addr`.
+    pub fn join_channel(&self, addr: &str) -> Result<Channel, String> {
+        self.channel_to(addr, ANY_NODE_NAME)
+    }
+
+    fn channel_to(&self, addr: &str, server_name: &str) -> Result<Channel, String> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(server_name);
+        let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| format!("bad cluster address {addr:?}: {e}"))?
+            .tls_config(tls)
+            .map_err(|e| format!("tls config: {e}"))?
+            .connect_timeout(Duration::from_millis(CLUSTER_CONNECT_TIMEOUT_MS))
+            .timeout(Duration::from_millis(CLUSTER_RPC_TIMEOUT_MS))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        Ok(endpoint.connect_lazy())
+    }
+}
+
+/// Time allowed to connect to a peer's cluster port.
+pub const CLUSTER_CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// Time allowed for one internal RPC (snapshot chunks included).
+pub const CLUSTER_RPC_TIMEOUT_MS: u64 = 30_000;
+
+/// The node ids named `node-<id>` in the DNS SANs of the first (leaf) certificate.
+pub fn peer_node_ids(certs: &[rustls::pki_types::CertificateDer<'_>]) -> Vec<NodeId> {
+    let Some(leaf) = certs.first() else { return Vec::new() };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else { return Vec::new() };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => dns.strip_prefix("node-")?.parse().ok(),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,23 @@
+//! openraft glue shared by every Raft group of a Conifer node.
+//!
+//! - [`types`]: the one openraft type configuration every group uses (opaque commands),
+//! - [`cipher`]: the trait through which every value this crate writes is encrypted,
+//! - [`storage`]: one RocksDB per node, column families shared by all groups,
+//! - [`log_store`]: the durable Raft log, vote and committed index of one group,
+//! - [`state_machine`]: the application state-machine trait and its openraft adapter,
+//! - [`network`]: the gRPC transport (one lazily-connected mutual-TLS channel per peer),
+//! - [`registry`]: the groups running on this node, and dispatch of incoming RPCs.
+
+pub mod cipher;
+pub mod log_store;
+pub mod network;
+pub mod registry;
+pub mod state_machine;
+pub mod storage;
+pub mod types;
+
+pub use cipher::ValueCipher;
+pub use registry::GroupRegistry;
+pub use state_machine::StateMachine;
+pub use storage::NodeStorage;
+pub use types::{GroupId, NodeId, NodeInfo, Raft, TypeConfig};

@@ -1,0 +1,210 @@
+//! The durable Raft log of one group: entries, vote, committed index, last purged id.
+//!
+//! Appends are one RocksDB `WriteBatch` written with `sync = true`; openraft's flush
+//! callback is invoked only after that write returns, so no append is acknowledged before
+//! it is on disk. Every value is sealed with the node cipher, bound to group and index.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, Vote};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::storage::{NodeStorage, StorageFault, CF_RAFT_LOG, CF_RAFT_META};
+use crate::types::{GroupId, LogId, NodeId, StorageError, TypeConfig};
+
+const META_VOTE: &[u8] = b"vote";
+const META_COMMITTED: &[u8] = b"committed";
+const META_PURGED: &[u8] = b"purged";
+
+type Entry = openraft::Entry<TypeConfig>;
+
+/// The Raft log of one group inside the node's RocksDB.
+#[derive(Clone)]
+pub struct LogStore {
+    group: GroupId,
+    storage: NodeStorage,
+}
+
+fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
+}
+
+fn fault(e: StorageFault) -> StorageError {
+    io_err(ErrorSubject::Store, ErrorVerb::Read, e)
+}
+
+impl LogStore {
+    /// The log of `group` stored in `storage`.
+    pub fn new(group: GroupId, storage: NodeStorage) -> Self {
+        Self { group, storage }
+    }
+
+    fn log_key(&self, index: u64) -> Vec<u8> {
+        NodeStorage::group_key(self.group, &index.to_be_bytes())
+    }
+
+    fn meta_key(&self, name: &[u8]) -> Vec<u8> {
+        NodeStorage::group_key(self.group, name)
+    }
+
+    /// First key past every log entry of this group.
+    fn log_end_key(&self) -> Vec<u8> {
+        NodeStorage::group_key(self.group, &u64::MAX.to_be_bytes())
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, name: &[u8]) -> Result<Option<T>, StorageError> {
+        let key = self.meta_key(name);
+        match self.storage.get(CF_RAFT_META, &key).map_err(fault)? {
+            None => Ok(None),
+            Some(bytes) => bincode::deserialize(&bytes)
+                .map(Some)
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e)),
+        }
+    }
+
+    fn write_meta<T: Serialize>(&self, name: &[u8], value: &T) -> Result<(), StorageError> {
+        let bytes = bincode::serialize(value).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        self.storage
+            .put_synced(CF_RAFT_META, &self.meta_key(name), &bytes)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    fn decode_entry(&self, key: &[u8], sealed: &[u8]) -> Result<Entry, StorageError> {
+        let plain = self.storage.open_value(CF_RAFT_LOG, key, sealed).map_err(fault)?;
+        bincode::deserialize(&plain).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+        let cf = self.storage.cf(CF_RAFT_LOG).map_err(fault)?;
+        let end = self.log_end_key();
+        let mut iter = self.storage.db().iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse));
+        match iter.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                if !key.starts_with(&self.group.to_be_bytes()) {
+                    return Ok(None);
+                }
+                Ok(Some(self.decode_entry(&key, &value)?.log_id))
+            }
+        }
+    }
+
+    fn delete_range(&self, from_index: u64, to_index_exclusive: Option<u64>) -> Result<(), StorageError> {
+        let cf = self.storage.cf(CF_RAFT_LOG).map_err(fault)?;
+        let from = self.log_key(from_index);
+        let to = match to_index_exclusive {
+            Some(i) => self.log_key(i),
+            None => NodeStorage::group_key(self.group + 1, &[]),
+        };
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, from, to);
+        self.storage
+            .write_synced(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let cf = self.storage.cf(CF_RAFT_LOG).map_err(fault)?;
+        let from = self.log_key(start);
+        let mut out = Vec::new();
+        for item in self.storage.db().iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
+            let (key, value) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            if key.len() != 16 || !key.starts_with(&self.group.to_be_bytes()) {
+                break;
+            }
+            let mut index_bytes = [0u8; 8];
+            index_bytes.copy_from_slice(&key[8..16]);
+            let index = u64::from_be_bytes(index_bytes);
+            if !range.contains(&index) {
+                break;
+            }
+            out.push(self.decode_entry(&key, &value)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.read_meta(META_PURGED)?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.write_meta(META_VOTE, vote)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.read_meta(META_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.write_meta(META_COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_meta::<Option<LogId>>(META_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let bytes = bincode::serialize(&entry).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            self.storage
+                .batch_put(&mut batch, CF_RAFT_LOG, &self.log_key(entry.log_id.index), &bytes)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        }
+        fail::fail_point!("raft::append::before_sync", |_| Err(io_err(
+            ErrorSubject::Logs,
+            ErrorVerb::Write,
+            std::io::Error::other("failpoint raft::append::before_sync")
+        )));
+        let result = self.storage.write_synced(batch);
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                callback.log_io_completed(Err(std::io::Error::other(msg.clone())));
+                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other(msg)))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.delete_range(log_id.index, None)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.write_meta(META_PURGED, &log_id)?;
+        self.delete_range(0, Some(log_id.index + 1))
+    }
+}

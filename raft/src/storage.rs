@@ -1,0 +1,146 @@
+//! The node's single RocksDB instance, shared by every Raft group.
+//!
+//! One database per node keeps one WAL and one fsync per batch for all groups. Keys start
+//! with the group id (8 bytes, big-endian) so each group's records sort together. Every
+//! value is sealed with the node's [`ValueCipher`]; keys carry only ids and indexes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+
+use crate::cipher::ValueCipher;
+use crate::types::GroupId;
+
+/// Column family of Raft log entries: key = group ‖ index.
+pub const CF_RAFT_LOG: &str = "raft_log";
+/// Column family of per-group Raft metadata (vote, committed, last purged).
+pub const CF_RAFT_META: &str = "raft_meta";
+/// Column family of the latest state-machine snapshot of each group.
+pub const CF_SNAPSHOTS: &str = "snapshots";
+/// Column family of node-local settings (wrapped data keys, node identity).
+pub const CF_NODE: &str = "node";
+
+const COLUMN_FAMILIES: [&str; 4] = [CF_RAFT_LOG, CF_RAFT_META, CF_SNAPSHOTS, CF_NODE];
+
+/// Errors of the node storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageFault {
+    /// RocksDB reported an error.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A stored value failed to decrypt: wrong key, or the value was moved or tampered with.
+    #[error("stored value under {key} failed to decrypt: {reason}")]
+    Decrypt {
+        /// Printable form of the key.
+        key: String,
+        /// Why decryption failed.
+        reason: String,
+    },
+    /// A stored value decrypted but did not decode.
+    #[error("stored value under {key} is corrupt: {reason}")]
+    Corrupt {
+        /// Printable form of the key.
+        key: String,
+        /// Why decoding failed.
+        reason: String,
+    },
+}
+
+/// The node's RocksDB and the cipher that seals every value in it.
+#[derive(Clone)]
+pub struct NodeStorage {
+    db: Arc<DB>,
+    cipher: Arc<dyn ValueCipher>,
+}
+
+impl NodeStorage {
+    /// Opens (or creates) the database under `path` with all column families.
+    pub fn open(path: &Path, cipher: Arc<dyn ValueCipher>) -> Result<Self, StorageFault> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Self { db: Arc::new(db), cipher })
+    }
+
+    /// The underlying database, for modules that keep their own column families' layout.
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    /// The cipher sealing every value.
+    pub fn cipher(&self) -> &Arc<dyn ValueCipher> {
+        &self.cipher
+    }
+
+    /// Builds the key `group ‖ suffix`.
+    pub fn group_key(group: GroupId, suffix: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(8 + suffix.len());
+        key.extend_from_slice(&group.to_be_bytes());
+        key.extend_from_slice(suffix);
+        key
+    }
+
+    /// Associated data binding a value to its column family and key.
+    pub fn aad(cf: &str, key: &[u8]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(cf.len() + 1 + key.len());
+        aad.extend_from_slice(cf.as_bytes());
+        aad.push(0);
+        aad.extend_from_slice(key);
+        aad
+    }
+
+    /// Seals `value` for `cf`/`key` and adds the put to `batch`.
+    pub fn batch_put(&self, batch: &mut WriteBatch, cf: &str, key: &[u8], value: &[u8]) -> Result<(), StorageFault> {
+        let handle = self.cf(cf)?;
+        batch.put_cf(handle, key, self.cipher.seal(&Self::aad(cf, key), value));
+        Ok(())
+    }
+
+    /// Writes `batch` and syncs the WAL before returning: the write is durable when this returns.
+    pub fn write_synced(&self, batch: WriteBatch) -> Result<(), StorageFault> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// Seals and writes one value durably.
+    pub fn put_synced(&self, cf: &str, key: &[u8], value: &[u8]) -> Result<(), StorageFault> {
+        let mut batch = WriteBatch::default();
+        self.batch_put(&mut batch, cf, key, value)?;
+        self.write_synced(batch)
+    }
+
+    /// Reads and opens one value.
+    pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageFault> {
+        let handle = self.cf(cf)?;
+        match self.db.get_cf(handle, key)? {
+            None => Ok(None),
+            Some(sealed) => self.open_value(cf, key, &sealed).map(Some),
+        }
+    }
+
+    /// Opens a sealed value read from `cf`/`key`.
+    pub fn open_value(&self, cf: &str, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StorageFault> {
+        self.cipher.open(&Self::aad(cf, key), sealed).map_err(|e| StorageFault::Decrypt {
+            key: format!("{cf}/{}", printable(key)),
+            reason: e.0,
+        })
+    }
+
+    /// The handle of a column family this module created.
+    pub fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageFault> {
+        self.db.cf_handle(name).ok_or_else(|| StorageFault::Corrupt {
+            key: name.to_string(),
+            reason: "column family missing".to_string(),
+        })
+    }
+}
+
+/// Hex form of a key for error messages (keys hold only ids and indexes, never secrets).
+pub fn printable(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Sets up and runs Conifer on its embedded single-node default in ./conifer-data:
+# installs dependencies, builds the release binary (the first build compiles RocksDB and
+# FAISS and takes about half an hour on 2 cores), starts the node, waits until it serves,
+# and prints how to call it. Stop it with: kill $(cat conifer-data/conifer.pid)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/conifer-target}"
+echo "==> building conifer (release)"
+cargo build --release --bin conifer
+BIN="$CARGO_TARGET_DIR/release/conifer"
+
+DATA="${CONIFER_DATA_DIR:-$PWD/conifer-data}"
+API_ADDR="${CONIFER_API_ADDR:-127.0.0.1:7443}"
+CLUSTER_ADDR="${CONIFER_CLUSTER_ADDR:-127.0.0.1:7444}"
+mkdir -p "$DATA"
+if [ -f "$DATA/conifer.pid" ] && kill -0 "$(cat "$DATA/conifer.pid")" 2>/dev/null; then
+  echo "==> conifer already running (pid $(cat "$DATA/conifer.pid"))"
+else
+  echo "==> starting conifer in $DATA (log: $DATA/conifer.log)"
+  nohup "$BIN" serve --data-dir "$DATA" --api-addr "$API_ADDR" --cluster-addr "$CLUSTER_ADDR" \
+    >>"$DATA/conifer.log" 2>&1 &
+  echo $! >"$DATA/conifer.pid"
+fi
+
+echo -n "==> waiting for health"
+for _ in $(seq 1 120); do
+  if [ -f "$DATA/tls/ca.pem" ] && curl -sf --cacert "$DATA/tls/ca.pem" "https://$API_ADDR/health" >/dev/null 2>&1; then
+    echo " ok"
+    break
+  fi
+  if ! kill -0 "$(cat "$DATA/conifer.pid")" 2>/dev/null; then
+    echo; echo "conifer exited; last log lines:" >&2; tail -20 "$DATA/conifer.log" >&2; exit 1
+  fi
+  echo -n "."; sleep 1
+done
+curl -sf --cacert "$DATA/tls/ca.pem" "https://$API_ADDR/health" >/dev/null || { echo "not healthy" >&2; exit 1; }
+
+cat <<MSG
+
+Conifer is serving.
+  endpoint:     https://$API_ADDR
+  CA cert:      $DATA/tls/ca.pem
+  credentials:  $DATA/bootstrap.json (mode 0600: admin_token, api_key, project_id, ...)
+
+Try:
+  curl --cacert $DATA/tls/ca.pem https://$API_ADDR/health
+  curl --cacert $DATA/tls/ca.pem -H "Authorization: Bearer \$(python3 -c 'import json; print(json.load(open("$DATA/bootstrap.json"))["admin_token"])')" https://$API_ADDR/admin/projects
+MSG

@@ -1,0 +1,248 @@
+//! The cluster fixture: starts real `conifer` processes on loopback with real TLS, and
+//! gives tests a REST client that trusts the cluster CA.
+//!
+//! Every integration test builds on [`Cluster`]; none copies process setup. Processes are
+//! killed when the fixture is dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use conifer_node::tls::{self, LeafKind, Validity};
+use serde_json::Value;
+
+/// Longest a node may take to report `serving`.
+pub const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `conifer` binary under test: `$CONIFER_BIN`, or `conifer` next to the test's deps dir.
+pub fn conifer_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("CONIFER_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    dir.join("conifer")
+}
+
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// One node process of the fixture.
+pub struct NodeProc {
+    /// Node id.
+    pub id: u64,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// TLS directory (ca.pem, node.pem, node-key.pem).
+    pub tls_dir: PathBuf,
+    /// Client port address.
+    pub api_addr: String,
+    /// Cluster port address.
+    pub cluster_addr: String,
+    /// Cluster address to join (None for the bootstrapping node).
+    pub join: Option<String>,
+    /// Join as learner.
+    pub learner: bool,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    /// Starts (or restarts) the process.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .context("node log file")?;
+        let mut cmd = Command::new(conifer_bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--node-id")
+            .arg(self.id.to_string())
+            .arg("--api-addr")
+            .arg(&self.api_addr)
+            .arg("--cluster-addr")
+            .arg(&self.cluster_addr)
+            .arg("--tls-dir")
+            .arg(&self.tls_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(join) = &self.join {
+            cmd.arg("--join").arg(join);
+            if self.learner {
+                cmd.arg("--learner");
+            }
+        }
+        self.child = Some(cmd.spawn().with_context(|| format!("spawning {}", conifer_bin().display()))?);
+        Ok(())
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The node's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of real `conifer` processes on loopback.
+pub struct Cluster {
+    /// Root of every node's files.
+    pub dir: tempfile::TempDir,
+    /// Directory of the cluster CA.
+    pub ca_dir: PathBuf,
+    /// The nodes, by index (node id = index + 1).
+    pub nodes: Vec<NodeProc>,
+    /// The contents of node 1's bootstrap.json.
+    pub bootstrap: Value,
+    /// HTTP client trusting the cluster CA.
+    pub http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts `n` nodes: node 1 bootstraps, the others join through it as voters.
+    pub async fn start(n: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ca_dir = dir.path().join("ca");
+        tls::generate_ca(&ca_dir, "test")?;
+        let mut cluster = Self {
+            dir,
+            ca_dir: ca_dir.clone(),
+            nodes: Vec::new(),
+            bootstrap: Value::Null,
+            http: reqwest::Client::new(),
+        };
+        cluster.add_node(false).await?;
+        let boot = std::fs::read_to_string(cluster.nodes[0].data_dir.join("bootstrap.json"))?;
+        cluster.bootstrap = serde_json::from_str(&boot)?;
+        let ca_pem = std::fs::read(ca_dir.join(tls::CA_CERT))?;
+        cluster.http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        for _ in 1..n {
+            cluster.add_node(false).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Issues a certificate for the next node id and starts it (joining unless it is the first).
+    pub async fn add_node(&mut self, learner: bool) -> anyhow::Result<u64> {
+        let id = self.nodes.len() as u64 + 1;
+        let tls_dir = self.dir.path().join(format!("tls-{id}"));
+        let kind = LeafKind::Node { id, hosts: vec!["127.0.0.1".into()], domain: Some("svc.test.localhost".into()) };
+        tls::issue_leaf(&self.ca_dir, &tls_dir, "node", kind, Validity::days_from_now(30))?;
+        std::fs::copy(self.ca_dir.join(tls::CA_CERT), tls_dir.join(tls::CA_CERT))?;
+        let join = self.nodes.first().map(|n| n.cluster_addr.clone());
+        let mut node = NodeProc {
+            id,
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            tls_dir,
+            api_addr: format!("127.0.0.1:{}", free_port()),
+            cluster_addr: format!("127.0.0.1:{}", free_port()),
+            join,
+            learner,
+            child: None,
+        };
+        node.spawn()?;
+        self.nodes.push(node);
+        self.wait_serving(id).await?;
+        Ok(id)
+    }
+
+    /// The node with id `id`.
+    pub fn node(&mut self, id: u64) -> &mut NodeProc {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// `https://<api_addr>` of node `id`.
+    pub fn url(&self, id: u64, path: &str) -> String {
+        format!("https://{}{path}", self.nodes[(id - 1) as usize].api_addr)
+    }
+
+    /// The operator token.
+    pub fn admin_token(&self) -> String {
+        self.bootstrap["admin_token"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Waits until node `id` answers `/health` with `serving`.
+    pub async fn wait_serving(&mut self, id: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + NODE_READY_TIMEOUT;
+        let client = ca_client(&self.ca_dir)?;
+        loop {
+            let url = self.url(id, "/health");
+            if let Ok(resp) = client.get(&url).send().await {
+                if resp.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if !self.node(id).is_running() {
+                bail!("node {id} exited before serving:\n{}", self.node(id).log());
+            }
+            if Instant::now() > deadline {
+                bail!("node {id} not serving after {NODE_READY_TIMEOUT:?}:\n{}", self.node(id).log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `GET /admin/cluster` through node `id`.
+    pub async fn cluster_info(&self, id: u64) -> anyhow::Result<Value> {
+        let resp = self.http.get(self.url(id, "/admin/cluster")).bearer_auth(self.admin_token()).send().await?;
+        if !resp.status().is_success() {
+            bail!("GET /admin/cluster on node {id}: {}", resp.status());
+        }
+        Ok(resp.json().await?)
+    }
+
+    /// Waits until node `via` reports a leader, and returns its id.
+    pub async fn wait_leader(&self, via: u64, not: Option<u64>) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(info) = self.cluster_info(via).await {
+                if let Some(leader) = info["leader_id"].as_u64() {
+                    if Some(leader) != not {
+                        return Ok(leader);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no leader seen through node {via}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A client that trusts the CA in `ca_dir` (used before `Cluster::http` exists).
+pub fn ca_client(ca_dir: &Path) -> anyhow::Result<reqwest::Client> {
+    let ca_pem = std::fs::read(ca_dir.join(tls::CA_CERT))?;
+    Ok(reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
+        .timeout(Duration::from_secs(5))
+        .build()?)
+}

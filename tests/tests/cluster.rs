@@ -1,0 +1,155 @@
+//! Real-process cluster tests: leader loss and membership changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use conifer_tests::Cluster;
+use serde_json::{json, Value};
+
+/// Creates a project through node `via`, retrying while the cluster is unavailable.
+/// Returns the id if the creation was acknowledged.
+async fn create_project(cluster: &Cluster, via: u64, name: &str) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let resp = cluster
+            .http
+            .post(cluster.url(via, "/admin/projects"))
+            .bearer_auth(cluster.admin_token())
+            .json(&json!({ "name": name }))
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status().as_u16() == 201 => {
+                let body: Value = r.json().await.ok()?;
+                return body["id"].as_str().map(String::from);
+            }
+            // A retried create whose first attempt committed: the name now exists.
+            Ok(r) if r.status().as_u16() == 409 => return project_id_by_name(cluster, via, name).await,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    None
+}
+
+async fn project_id_by_name(cluster: &Cluster, via: u64, name: &str) -> Option<String> {
+    let resp = cluster.http.get(cluster.url(via, "/admin/projects")).bearer_auth(cluster.admin_token()).send().await;
+    let body: Value = resp.ok()?.json().await.ok()?;
+    body["data"].as_array()?.iter().find(|p| p["name"] == name).and_then(|p| p["id"].as_str().map(String::from))
+}
+
+async fn project_ids(cluster: &Cluster, via: u64) -> anyhow::Result<Vec<String>> {
+    let resp = cluster.http.get(cluster.url(via, "/admin/projects")).bearer_auth(cluster.admin_token()).send().await?;
+    anyhow::ensure!(resp.status().is_success(), "list on node {via}: {}", resp.status());
+    let body: Value = resp.json().await?;
+    Ok(body["data"].as_array().into_iter().flatten().filter_map(|p| p["id"].as_str().map(String::from)).collect())
+}
+
+/// Waits until every listed node holds exactly `expected` (plus the default project).
+async fn wait_converged(cluster: &Cluster, nodes: &[u64], expected: &BTreeSet<String>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all_ok = true;
+        let mut seen = BTreeMap::new();
+        for &id in nodes {
+            let ids = project_ids(cluster, id).await.unwrap_or_default();
+            let set: BTreeSet<String> = ids.iter().cloned().collect();
+            assert_eq!(set.len(), ids.len(), "node {id} lists a project twice");
+            let missing: Vec<_> = expected.difference(&set).collect();
+            if !missing.is_empty() || set.len() != expected.len() + 1 {
+                all_ok = false;
+            }
+            seen.insert(id, (set.len(), missing.len()));
+        }
+        if all_ok {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "nodes did not converge: (count, missing) per node {seen:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_plane_survives_leader_kill_without_losing_acknowledged_writes() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let info = cluster.cluster_info(1).await?;
+    let voters = info["members"].as_array().unwrap().iter().filter(|m| m["role"] == "voter").count();
+    assert_eq!(voters, 3, "three voters: {info}");
+
+    let mut acknowledged = BTreeSet::new();
+    for round in 0..4 {
+        for via in 1..=3 {
+            if let Some(id) = create_project(&cluster, via, &format!("before-{round}-{via}")).await {
+                acknowledged.insert(id);
+            }
+        }
+    }
+    assert_eq!(acknowledged.len(), 12, "every write through every node is acknowledged");
+
+    let leader = cluster.wait_leader(1, None).await?;
+    cluster.node(leader).kill();
+    let survivors: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    let new_leader = cluster.wait_leader(survivors[0], Some(leader)).await?;
+    assert_ne!(new_leader, leader);
+
+    for round in 0..4 {
+        for &via in &survivors {
+            if let Some(id) = create_project(&cluster, via, &format!("after-{round}-{via}")).await {
+                acknowledged.insert(id);
+            }
+        }
+    }
+    assert_eq!(acknowledged.len(), 20, "writes continue through the survivors");
+
+    cluster.node(leader).spawn()?;
+    cluster.wait_serving(leader).await?;
+    wait_converged(&cluster, &[1, 2, 3], &acknowledged).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn learner_joins_is_promoted_and_a_node_is_removed_while_serving() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let mut acknowledged = BTreeSet::new();
+    acknowledged.extend(create_project(&cluster, 1, "m-0").await);
+
+    let fourth = cluster.add_node(true).await?;
+    let info = cluster.cluster_info(1).await?;
+    let role = |info: &Value, id: u64| {
+        info["members"].as_array().unwrap().iter().find(|m| m["id"] == id).map(|m| m["role"].clone())
+    };
+    assert_eq!(role(&info, fourth), Some(json!("learner")), "{info}");
+    acknowledged.extend(create_project(&cluster, fourth, "m-1").await);
+
+    let resp = cluster
+        .http
+        .post(cluster.url(2, &format!("/admin/cluster/members/{fourth}/promote")))
+        .bearer_auth(cluster.admin_token())
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().await?);
+    let info = cluster.cluster_info(fourth).await?;
+    assert_eq!(role(&info, fourth), Some(json!("voter")), "{info}");
+    acknowledged.extend(create_project(&cluster, 3, "m-2").await);
+
+    let resp = cluster
+        .http
+        .delete(cluster.url(fourth, "/admin/cluster/members/2"))
+        .bearer_auth(cluster.admin_token())
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 202, "{}", resp.text().await?);
+    let info = cluster.cluster_info(1).await?;
+    assert_eq!(role(&info, 2), None, "node 2 removed: {info}");
+    assert_eq!(info["members"].as_array().unwrap().len(), 3);
+    acknowledged.extend(create_project(&cluster, 1, "m-3").await);
+    acknowledged.extend(create_project(&cluster, fourth, "m-4").await);
+    assert_eq!(acknowledged.len(), 5, "every write during membership changes is acknowledged");
+
+    let unknown = cluster
+        .http
+        .post(cluster.url(1, "/admin/cluster/members/99/promote"))
+        .bearer_auth(cluster.admin_token())
+        .send()
+        .await?;
+    assert_eq!(unknown.status().as_u16(), 404);
+    wait_converged(&cluster, &[1, 3, fourth], &acknowledged).await
+}

@@ -1,0 +1,90 @@
+//! Nothing written through the control plane is stored in plaintext: a marker string sent
+//! in project and key names is searched for in every file under the node's data directory,
+//! after enough writes that the log has been snapshotted.
+
+use std::path::Path;
+
+use conifer_tests::Cluster;
+use serde_json::{json, Value};
+
+fn files_containing(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files_containing(&path, needle, hits);
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(path.display().to_string());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn marker_written_through_the_control_plane_never_appears_in_plaintext_on_disk() {
+    let mut cluster = Cluster::start(1).await.unwrap();
+    let marker = format!("PLAINTEXT-MARKER-{}", uuid::Uuid::new_v4().simple());
+    let token = cluster.admin_token();
+    let resp = cluster
+        .http
+        .post(cluster.url(1, "/admin/projects"))
+        .bearer_auth(&token)
+        .json(&json!({ "name": marker }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let project: Value = resp.json().await.unwrap();
+    let project_id = project["id"].as_str().unwrap().to_string();
+    let resp = cluster
+        .http
+        .post(cluster.url(1, &format!("/admin/projects/{project_id}/api-keys")))
+        .bearer_auth(&token)
+        .json(&json!({ "name": format!("{}-key", &marker[..40]) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let key_value = resp.json::<Value>().await.unwrap()["value"].as_str().unwrap().to_string();
+
+    // Push the log past a snapshot (every 1000 entries) so snapshots are on disk too.
+    for i in 0..550 {
+        let resp = cluster
+            .http
+            .post(cluster.url(1, "/admin/projects"))
+            .bearer_auth(&token)
+            .json(&json!({ "name": format!("{marker}-{i}") }))
+            .send()
+            .await
+            .unwrap();
+        let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+        let resp =
+            cluster.http.delete(cluster.url(1, &format!("/admin/projects/{id}"))).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 202);
+    }
+
+    // Stop the node so everything it buffered is on disk, then scan.
+    let data_dir = cluster.node(1).data_dir.clone();
+    cluster.node(1).kill();
+    let mut hits = Vec::new();
+    files_containing(&data_dir, marker.as_bytes(), &mut hits);
+    files_containing(&data_dir, key_value.as_bytes(), &mut hits);
+    files_containing(&data_dir, token.as_bytes(), &mut hits);
+    assert!(hits.is_empty(), "plaintext found in {hits:?}");
+
+    // Sanity of the scan itself: the data directory holds files, and the node restarts from
+    // them with the marker project intact (so the data is there, only encrypted).
+    let mut rocksdb_files = Vec::new();
+    files_containing(&data_dir, b"rocksdb", &mut rocksdb_files);
+    assert!(!rocksdb_files.is_empty(), "the scan reads the database files");
+    cluster.node(1).spawn().unwrap();
+    cluster.wait_serving(1).await.unwrap();
+    let resp = cluster
+        .http
+        .get(cluster.url(1, &format!("/admin/projects/{project_id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap()["name"], marker);
+}
