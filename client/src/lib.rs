@@ -44,7 +44,11 @@ impl AdminClient {
             .add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?)
             .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
             .build()?;
-        Ok(Self { base: api_url.trim_end_matches('/').to_string(), token: token.to_string(), http })
+        Ok(Self {
+            base: api_url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http,
+        })
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
@@ -56,30 +60,54 @@ impl AdminClient {
         }
         Err(ClientError::Api {
             status,
-            code: body["error"]["code"].as_str().unwrap_or("UNKNOWN").to_string(),
-            message: body["error"]["message"].as_str().unwrap_or_default().to_string(),
+            code: body["error"]["code"]
+                .as_str()
+                .unwrap_or("UNKNOWN")
+                .to_string(),
+            message: body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
         })
     }
 
     /// `POST /admin/projects`.
     pub async fn create_project(&self, name: &str) -> Result<Value, ClientError> {
-        self.send(self.http.post(format!("{}/admin/projects", self.base)).json(&json!({ "name": name }))).await
+        self.send(
+            self.http
+                .post(format!("{}/admin/projects", self.base))
+                .json(&json!({ "name": name })),
+        )
+        .await
     }
 
     /// `GET /admin/projects`: the `data` array.
     pub async fn list_projects(&self) -> Result<Vec<Value>, ClientError> {
-        let body = self.send(self.http.get(format!("{}/admin/projects", self.base))).await?;
+        let body = self
+            .send(self.http.get(format!("{}/admin/projects", self.base)))
+            .await?;
         Ok(body["data"].as_array().cloned().unwrap_or_default())
     }
 
     /// `POST /admin/projects/{id}/api-keys`: returns `{key, value}`; `value` is shown only here.
-    pub async fn create_api_key(&self, project_id: &str, name: &str, roles: &[&str]) -> Result<Value, ClientError> {
+    pub async fn create_api_key(
+        &self,
+        project_id: &str,
+        name: &str,
+        roles: &[&str],
+    ) -> Result<Value, ClientError> {
         let url = format!("{}/admin/projects/{project_id}/api-keys", self.base);
-        self.send(self.http.post(url).json(&json!({ "name": name, "roles": roles }))).await
+        self.send(
+            self.http
+                .post(url)
+                .json(&json!({ "name": name, "roles": roles })),
+        )
+        .await
     }
 
     /// `GET /admin/cluster`.
     pub async fn cluster(&self) -> Result<Value, ClientError> {
-        self.send(self.http.get(format!("{}/admin/cluster", self.base))).await
+        self.send(self.http.get(format!("{}/admin/cluster", self.base)))
+            .await
     }
 }

@@ -79,7 +79,10 @@ pub fn verify_api_key<'a>(state: &'a ControlState, value: &str) -> Option<&'a Ap
 }
 
 /// The operator token whose value is `value`, if it exists and the secret matches.
-pub fn verify_operator_token<'a>(state: &'a ControlState, value: &str) -> Option<&'a OperatorToken> {
+pub fn verify_operator_token<'a>(
+    state: &'a ControlState,
+    value: &str,
+) -> Option<&'a OperatorToken> {
     let (id, secret) = parse(value, OPERATOR_TOKEN_PREFIX)?;
     let token = state.operator_tokens.get(&id)?;
     digest_matches(secret, &token.secret_sha256).then_some(token)
@@ -125,7 +128,11 @@ mod tests {
         assert!(verify_api_key(&state, &altered).is_none());
         assert!(verify_api_key(&state, &new_api_key().value).is_none());
         assert!(verify_api_key(&state, "pcsk_garbage").is_none());
-        assert!(verify_api_key(&state, &format!("{}{}", key.value, "0".repeat(MAX_CREDENTIAL_BYTES))).is_none());
+        assert!(verify_api_key(
+            &state,
+            &format!("{}{}", key.value, "0".repeat(MAX_CREDENTIAL_BYTES))
+        )
+        .is_none());
         // An API key is not an operator token even with the right secret.
         assert!(verify_operator_token(&state, &key.value).is_none());
     }

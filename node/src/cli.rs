@@ -136,9 +136,20 @@ pub fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
     match command {
         CertsCommand::Ca { out, name } => {
             tls::generate_ca(&out, &name)?;
-            println!("created {} and {}", out.join(tls::CA_CERT).display(), out.join(tls::CA_KEY).display());
+            println!(
+                "created {} and {}",
+                out.join(tls::CA_CERT).display(),
+                out.join(tls::CA_KEY).display()
+            );
         }
-        CertsCommand::Node { ca_dir, id, hosts, domain, days, out } => {
+        CertsCommand::Node {
+            ca_dir,
+            id,
+            hosts,
+            domain,
+            days,
+            out,
+        } => {
             if id == 0 {
                 anyhow::bail!("--id must be at least 1");
             }
@@ -148,15 +159,33 @@ pub fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
                     hosts.push(default.to_string());
                 }
             }
-            let kind = LeafKind::Node { id, hosts, domain: Some(domain) };
+            let kind = LeafKind::Node {
+                id,
+                hosts,
+                domain: Some(domain),
+            };
             tls::issue_leaf(&ca_dir, &out, "node", kind, Validity::days_from_now(days))?;
             if ca_dir.join(tls::CA_CERT) != out.join(tls::CA_CERT) {
                 std::fs::copy(ca_dir.join(tls::CA_CERT), out.join(tls::CA_CERT))?;
             }
-            println!("issued {} for node-{id}", out.join(tls::NODE_CERT).display());
+            println!(
+                "issued {} for node-{id}",
+                out.join(tls::NODE_CERT).display()
+            );
         }
-        CertsCommand::Client { ca_dir, name, days, out } => {
-            tls::issue_leaf(&ca_dir, &out, &name, LeafKind::Client { name: name.clone() }, Validity::days_from_now(days))?;
+        CertsCommand::Client {
+            ca_dir,
+            name,
+            days,
+            out,
+        } => {
+            tls::issue_leaf(
+                &ca_dir,
+                &out,
+                &name,
+                LeafKind::Client { name: name.clone() },
+                Validity::days_from_now(days),
+            )?;
             println!("issued {}", out.join(format!("{name}.pem")).display());
         }
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use conifer_proto::internal::internal_server::Internal;
 use conifer_proto::internal::{
-    ChangeMemberReply, ChangeMemberRequest, JoinReply, JoinRequest, MemberAction, ProposeReply, ProposeRequest,
-    RaftReply, RaftRequest,
+    ChangeMemberReply, ChangeMemberRequest, JoinReply, JoinRequest, MemberAction, ProposeReply,
+    ProposeRequest, RaftReply, RaftRequest,
 };
 use conifer_raft::types::CONTROL_GROUP;
 use conifer_raft::{GroupRegistry, NodeId, NodeInfo};
@@ -27,7 +27,9 @@ pub const JOIN_CATCH_UP_TIMEOUT_MS: u64 = 60_000;
 
 /// Refuses a request whose client certificate does not name the node it claims to be.
 pub fn authenticate_peer<T>(request: &Request<T>, claimed: NodeId) -> Result<(), Status> {
-    let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate presented"))?;
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("no client certificate presented"))?;
     let named = peer_node_ids(&certs);
     if named.contains(&claimed) {
         Ok(())
@@ -52,23 +54,34 @@ impl InternalService {
 }
 
 /// Maps a membership-change failure to a status (leader changes become `UNAVAILABLE` so callers retry).
-fn membership_status<E: std::fmt::Display>(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>, what: E) -> Status {
+fn membership_status<E: std::fmt::Display>(
+    e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>,
+    what: E,
+) -> Status {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
             Status::unavailable(format!("{what}: leadership changed, retry"))
         }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))) => {
-            Status::unavailable(format!("{what}: another membership change is in progress, retry"))
-        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_),
+        )) => Status::unavailable(format!(
+            "{what}: another membership change is in progress, retry"
+        )),
         other => Status::failed_precondition(format!("{what}: {other}")),
     }
 }
 
 /// Runs a membership change on the leader, or forwards it to the leader.
-pub async fn change_member(control: &ControlPlane, node_id: NodeId, action: MemberAction) -> Result<(), Status> {
+pub async fn change_member(
+    control: &ControlPlane,
+    node_id: NodeId,
+    action: MemberAction,
+) -> Result<(), Status> {
     let raft = control.raft();
     let metrics = raft.metrics().borrow().clone();
-    let leader = metrics.current_leader.ok_or_else(|| Status::unavailable("no control-plane leader"))?;
+    let leader = metrics
+        .current_leader
+        .ok_or_else(|| Status::unavailable("no control-plane leader"))?;
     if leader != control.node_id() {
         let node = metrics
             .membership_config
@@ -76,15 +89,24 @@ pub async fn change_member(control: &ControlPlane, node_id: NodeId, action: Memb
             .get_node(&leader)
             .cloned()
             .ok_or_else(|| Status::unavailable("leader address unknown"))?;
-        let mut client = control.peers().client(leader, &node).map_err(Status::unavailable)?;
+        let mut client = control
+            .peers()
+            .client(leader, &node)
+            .map_err(Status::unavailable)?;
         client
-            .change_member(ChangeMemberRequest { from_node: control.node_id(), node_id, action: action as i32 })
+            .change_member(ChangeMemberRequest {
+                from_node: control.node_id(),
+                node_id,
+                action: action as i32,
+            })
             .await?;
         return Ok(());
     }
     let membership = metrics.membership_config.membership().clone();
     if membership.get_node(&node_id).is_none() {
-        return Err(Status::not_found(format!("node {node_id} is not a member of the cluster")));
+        return Err(Status::not_found(format!(
+            "node {node_id} is not a member of the cluster"
+        )));
     }
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     match action {
@@ -101,15 +123,20 @@ pub async fn change_member(control: &ControlPlane, node_id: NodeId, action: Memb
                 if voters.len() == 1 {
                     return Err(Status::failed_precondition("cannot remove the last voter"));
                 }
-                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])), false)
-                    .await
-                    .map_err(|e| membership_status(e, format!("removing voter {node_id}")))?;
+                raft.change_membership(
+                    ChangeMembers::RemoveVoters(BTreeSet::from([node_id])),
+                    false,
+                )
+                .await
+                .map_err(|e| membership_status(e, format!("removing voter {node_id}")))?;
             }
             raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false)
                 .await
                 .map_err(|e| membership_status(e, format!("removing node {node_id}")))?;
         }
-        MemberAction::Unspecified => return Err(Status::invalid_argument("membership action is unspecified")),
+        MemberAction::Unspecified => {
+            return Err(Status::invalid_argument("membership action is unspecified"))
+        }
     }
     Ok(())
 }
@@ -119,17 +146,28 @@ impl Internal for InternalService {
     async fn raft(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let from = request.get_ref().from_node;
         authenticate_peer(&request, from)?;
-        Ok(Response::new(self.registry.dispatch(request.into_inner()).await?))
+        Ok(Response::new(
+            self.registry.dispatch(request.into_inner()).await?,
+        ))
     }
 
-    async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeReply>, Status> {
         authenticate_peer(&request, request.get_ref().from_node)?;
         let req = request.into_inner();
         if req.group_id != CONTROL_GROUP {
-            return Err(Status::not_found(format!("group {} takes no forwarded proposals", req.group_id)));
+            return Err(Status::not_found(format!(
+                "group {} takes no forwarded proposals",
+                req.group_id
+            )));
         }
         match self.control.propose_bytes(req.command).await {
-            Ok((response, log_index)) => Ok(Response::new(ProposeReply { response, log_index })),
+            Ok((response, log_index)) => Ok(Response::new(ProposeReply {
+                response,
+                log_index,
+            })),
             Err(ControlError::Unavailable { reason, .. }) => Err(Status::unavailable(reason)),
             Err(e) => Err(Status::internal(e.to_string())),
         }
@@ -148,20 +186,39 @@ impl Internal for InternalService {
                 req.node_id
             )));
         }
-        let leader = metrics.current_leader.ok_or_else(|| Status::unavailable("no control-plane leader yet"))?;
+        let leader = metrics
+            .current_leader
+            .ok_or_else(|| Status::unavailable("no control-plane leader yet"))?;
         if leader != self.control.node_id() {
-            let node = membership.get_node(&leader).cloned().ok_or_else(|| Status::unavailable("leader address unknown"))?;
-            let mut client = self.control.peers().client(leader, &node).map_err(Status::unavailable)?;
-            return client.join(JoinRequest { from_node: self.control.node_id(), ..req }).await;
+            let node = membership
+                .get_node(&leader)
+                .cloned()
+                .ok_or_else(|| Status::unavailable("leader address unknown"))?;
+            let mut client = self
+                .control
+                .peers()
+                .client(leader, &node)
+                .map_err(Status::unavailable)?;
+            return client
+                .join(JoinRequest {
+                    from_node: self.control.node_id(),
+                    ..req
+                })
+                .await;
         }
-        let info = NodeInfo { cluster_addr: req.cluster_addr.clone(), api_addr: req.api_addr.clone() };
+        let info = NodeInfo {
+            cluster_addr: req.cluster_addr.clone(),
+            api_addr: req.api_addr.clone(),
+        };
         if membership.get_node(&req.node_id) != Some(&info) {
             tokio::time::timeout(
                 Duration::from_millis(JOIN_CATCH_UP_TIMEOUT_MS),
                 raft.add_learner(req.node_id, info, true),
             )
             .await
-            .map_err(|_| Status::deadline_exceeded(format!("node {} did not catch up in time", req.node_id)))?
+            .map_err(|_| {
+                Status::deadline_exceeded(format!("node {} did not catch up in time", req.node_id))
+            })?
             .map_err(|e| membership_status(e, format!("adding node {} as learner", req.node_id)))?;
         }
         if req.promote {

@@ -107,7 +107,10 @@ fn random_key() -> [u8; KEY_BYTES] {
 }
 
 fn decode_key(text: &str, path: &Path) -> Result<[u8; KEY_BYTES], CryptoError> {
-    let bytes = B64.decode(text).map_err(|e| CryptoError::Malformed { path: path.into(), reason: e.to_string() })?;
+    let bytes = B64.decode(text).map_err(|e| CryptoError::Malformed {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     bytes.try_into().map_err(|_| CryptoError::Malformed {
         path: path.into(),
         reason: format!("key is not {KEY_BYTES} bytes"),
@@ -116,9 +119,18 @@ fn decode_key(text: &str, path: &Path) -> Result<[u8; KEY_BYTES], CryptoError> {
 
 /// Writes `contents` to `path` atomically with mode 0600 (temp file, fsync, rename).
 pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), CryptoError> {
-    let io = |source| CryptoError::Io { path: path.into(), source };
+    let io = |source| CryptoError::Io {
+        path: path.into(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
     file.write_all(contents).map_err(io)?;
     file.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)?;
@@ -136,9 +148,15 @@ impl LocalKeyring {
     pub fn open_or_create(dir: &Path) -> Result<Self, CryptoError> {
         let path = dir.join(KEYRING_FILE);
         if path.exists() {
-            let text = fs::read(&path).map_err(|source| CryptoError::Io { path: path.clone(), source })?;
-            let file: KeyringFile = serde_json::from_slice(&text)
-                .map_err(|e| CryptoError::Malformed { path: path.clone(), reason: e.to_string() })?;
+            let text = fs::read(&path).map_err(|source| CryptoError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let file: KeyringFile =
+                serde_json::from_slice(&text).map_err(|e| CryptoError::Malformed {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
             if !file.keys.iter().any(|k| k.version == file.current) {
                 return Err(CryptoError::Malformed {
                     path,
@@ -149,7 +167,11 @@ impl LocalKeyring {
         }
         let file = KeyringFile {
             current: 1,
-            keys: vec![KeyringEntry { version: 1, created_at: now_rfc3339(), key: B64.encode(random_key()) }],
+            keys: vec![KeyringEntry {
+                version: 1,
+                created_at: now_rfc3339(),
+                key: B64.encode(random_key()),
+            }],
         };
         let keyring = Self { path, file };
         keyring.save()?;
@@ -157,8 +179,10 @@ impl LocalKeyring {
     }
 
     fn save(&self) -> Result<(), CryptoError> {
-        let text = serde_json::to_vec_pretty(&self.file)
-            .map_err(|e| CryptoError::Malformed { path: self.path.clone(), reason: e.to_string() })?;
+        let text = serde_json::to_vec_pretty(&self.file).map_err(|e| CryptoError::Malformed {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
         write_private_file(&self.path, &text)
     }
 
@@ -168,8 +192,12 @@ impl LocalKeyring {
     }
 
     fn key(&self, version: u32) -> Result<[u8; KEY_BYTES], CryptoError> {
-        let entry =
-            self.file.keys.iter().find(|k| k.version == version).ok_or(CryptoError::UnknownKeyVersion(version))?;
+        let entry = self
+            .file
+            .keys
+            .iter()
+            .find(|k| k.version == version)
+            .ok_or(CryptoError::UnknownKeyVersion(version))?;
         decode_key(&entry.key, &self.path)
     }
 }
@@ -186,9 +214,13 @@ impl KeyProvider for LocalKeyring {
 
     fn unwrap(&self, wrapped: &WrappedKey, aad: &[u8]) -> Result<[u8; KEY_BYTES], CryptoError> {
         let kek = DataKey::from_bytes(self.key(wrapped.kek_version)?);
-        let sealed = B64.decode(&wrapped.ciphertext).map_err(|e| CryptoError::Auth(e.to_string()))?;
+        let sealed = B64
+            .decode(&wrapped.ciphertext)
+            .map_err(|e| CryptoError::Auth(e.to_string()))?;
         let plain = kek.open(aad, &sealed).map_err(|e| CryptoError::Auth(e.0))?;
-        plain.try_into().map_err(|_| CryptoError::Auth("unwrapped key has the wrong length".into()))
+        plain
+            .try_into()
+            .map_err(|_| CryptoError::Auth("unwrapped key has the wrong length".into()))
     }
 }
 
@@ -200,7 +232,9 @@ pub struct DataKey {
 impl DataKey {
     /// A data key from raw bytes.
     pub fn from_bytes(key: [u8; KEY_BYTES]) -> Self {
-        Self { cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)) }
+        Self {
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)),
+        }
     }
 }
 
@@ -211,7 +245,13 @@ impl ValueCipher for DataKey {
         // AES-GCM encryption only fails for inputs beyond 64 GiB, which no caller produces.
         let ciphertext = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .expect("AES-GCM input within limits");
         let mut out = Vec::with_capacity(1 + NONCE_BYTES + ciphertext.len());
         out.push(SEALED_FORMAT_V1);
@@ -226,7 +266,13 @@ impl ValueCipher for DataKey {
         }
         let (nonce, ciphertext) = sealed[1..].split_at(NONCE_BYTES);
         self.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
             .map_err(|_| CipherError("authentication tag mismatch".into()))
     }
 }
@@ -235,15 +281,25 @@ impl ValueCipher for DataKey {
 pub fn node_data_key(dir: &Path, provider: &dyn KeyProvider) -> Result<DataKey, CryptoError> {
     let path = dir.join(DATA_KEY_FILE);
     if path.exists() {
-        let text = fs::read(&path).map_err(|source| CryptoError::Io { path: path.clone(), source })?;
+        let text = fs::read(&path).map_err(|source| CryptoError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let wrapped: WrappedKey =
-            serde_json::from_slice(&text).map_err(|e| CryptoError::Malformed { path, reason: e.to_string() })?;
-        return Ok(DataKey::from_bytes(provider.unwrap(&wrapped, NODE_DEK_AAD)?));
+            serde_json::from_slice(&text).map_err(|e| CryptoError::Malformed {
+                path,
+                reason: e.to_string(),
+            })?;
+        return Ok(DataKey::from_bytes(
+            provider.unwrap(&wrapped, NODE_DEK_AAD)?,
+        ));
     }
     let dek = random_key();
     let wrapped = provider.wrap(&dek, NODE_DEK_AAD)?;
-    let text = serde_json::to_vec_pretty(&wrapped)
-        .map_err(|e| CryptoError::Malformed { path: path.clone(), reason: e.to_string() })?;
+    let text = serde_json::to_vec_pretty(&wrapped).map_err(|e| CryptoError::Malformed {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     write_private_file(&path, &text)?;
     Ok(DataKey::from_bytes(dek))
 }
@@ -270,14 +326,20 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let keyring = LocalKeyring::open_or_create(dir.path()).unwrap();
-        let mode = fs::metadata(dir.path().join(KEYRING_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join(KEYRING_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let dek = node_data_key(dir.path(), &keyring).unwrap();
         let sealed = dek.seal(b"x", b"hello");
         let keyring = LocalKeyring::open_or_create(dir.path()).unwrap();
         let dek_again = node_data_key(dir.path(), &keyring).unwrap();
         assert_eq!(dek_again.open(b"x", &sealed).unwrap(), b"hello");
-        let mode = fs::metadata(dir.path().join(DATA_KEY_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join(DATA_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -288,7 +350,10 @@ mod tests {
         let a = LocalKeyring::open_or_create(dir_a.path()).unwrap();
         let b = LocalKeyring::open_or_create(dir_b.path()).unwrap();
         let wrapped = a.wrap(&random_key(), b"aad").unwrap();
-        assert!(matches!(b.unwrap(&wrapped, b"aad"), Err(CryptoError::Auth(_))));
+        assert!(matches!(
+            b.unwrap(&wrapped, b"aad"),
+            Err(CryptoError::Auth(_))
+        ));
         assert!(a.unwrap(&wrapped, b"other").is_err());
     }
 }

@@ -17,7 +17,9 @@ fn main() -> anyhow::Result<()> {
         Commands::Certs(command) => run_certs(command),
         Commands::Serve(args) => {
             let config = args.into_config().map_err(anyhow::Error::msg)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(conifer_node::node::run(config))
         }
     }

@@ -111,8 +111,18 @@ fn create_default_certs(dir: &Path, config: &ServeConfig) -> anyhow::Result<()> 
             hosts.push(ip.to_string());
         }
     }
-    let kind = LeafKind::Node { id: config.node_id, hosts, domain: Some(config.domain.clone()) };
-    tls::issue_leaf(dir, dir, "node", kind, Validity::days_from_now(tls::LEAF_VALIDITY_DAYS))?;
+    let kind = LeafKind::Node {
+        id: config.node_id,
+        hosts,
+        domain: Some(config.domain.clone()),
+    };
+    tls::issue_leaf(
+        dir,
+        dir,
+        "node",
+        kind,
+        Validity::days_from_now(tls::LEAF_VALIDITY_DAYS),
+    )?;
     Ok(())
 }
 
@@ -151,7 +161,8 @@ async fn wait_for_signal() {
 /// Starts every part of the node and returns once it is bootstrapped or joined.
 pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     let data_dir = &config.data_dir;
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting {}", data_dir.display()))?;
 
@@ -159,7 +170,10 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     let data_key = node_data_key(data_dir, &keyring)?;
     let storage = NodeStorage::open(&data_dir.join("db"), Arc::new(data_key))?;
 
-    let tls_dir = config.tls_dir.clone().unwrap_or_else(|| data_dir.join("tls"));
+    let tls_dir = config
+        .tls_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("tls"));
     if !tls_dir.join(tls::NODE_CERT).exists() {
         if config.join.is_some() || config.tls_dir.is_some() {
             bail!(
@@ -173,7 +187,10 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     let node_tls = NodeTls::load(&tls_dir)?;
 
     let channel_tls = node_tls.clone();
-    let peers = PeerChannels::new(config.node_id, Arc::new(move |target, node| channel_tls.cluster_channel(target, node)));
+    let peers = PeerChannels::new(
+        config.node_id,
+        Arc::new(move |target, node| channel_tls.cluster_channel(target, node)),
+    );
     let registry = GroupRegistry::new(peers.clone());
     let log = LogStore::new(CONTROL_GROUP, storage.clone());
     let sm = StateMachineStore::open(CONTROL_GROUP, storage.clone(), ControlMachine::default())?;
@@ -199,16 +216,22 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         }
     });
 
-    let api_listener =
-        TcpListener::bind(config.api_addr).await.with_context(|| format!("binding client port {}", config.api_addr))?;
+    let api_listener = TcpListener::bind(config.api_addr)
+        .await
+        .with_context(|| format!("binding client port {}", config.api_addr))?;
     tokio::spawn(api::serve(
         api_listener,
         node_tls.client_port_config()?,
-        api::router(ApiState { control: control.clone() }),
+        api::router(ApiState {
+            control: control.clone(),
+        }),
     ));
     tracing::info!(node = config.node_id, api = %config.api_addr, cluster = %config.cluster_addr, "node listening");
 
-    let me = NodeInfo { cluster_addr: config.cluster_addr.to_string(), api_addr: config.api_addr.to_string() };
+    let me = NodeInfo {
+        cluster_addr: config.cluster_addr.to_string(),
+        api_addr: config.api_addr.to_string(),
+    };
     match &config.join {
         None => bootstrap(config, &raft, &control, me, &tls_dir).await?,
         Some(addr) => {
@@ -229,7 +252,8 @@ async fn bootstrap(
 ) -> anyhow::Result<()> {
     if !raft.is_initialized().await? {
         tracing::info!("initializing a new single-node cluster");
-        raft.initialize(std::collections::BTreeMap::from([(config.node_id, me)])).await?;
+        raft.initialize(std::collections::BTreeMap::from([(config.node_id, me)]))
+            .await?;
     }
     let path = config.data_dir.join(BOOTSTRAP_FILE);
     if path.exists() {
@@ -241,12 +265,18 @@ async fn bootstrap(
         .context("waiting for the new cluster to elect a leader")?;
     if control.read(|s| !s.organizations.is_empty()) {
         // Bootstrapped before, but the credentials file is gone: never mint a second set.
-        tracing::warn!("{} is missing but the cluster is bootstrapped; not recreating it", path.display());
+        tracing::warn!(
+            "{} is missing but the cluster is bootstrapped; not recreating it",
+            path.display()
+        );
         return Ok(());
     }
     let created_at = now_rfc3339();
-    let organization =
-        Organization { id: uuid::Uuid::new_v4().to_string(), name: "default".into(), created_at: created_at.clone() };
+    let organization = Organization {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: "default".into(),
+        created_at: created_at.clone(),
+    };
     let project = Project {
         id: uuid::Uuid::new_v4().to_string(),
         organization_id: organization.id.clone(),
@@ -265,23 +295,40 @@ async fn bootstrap(
         created_at: created_at.clone(),
     };
     let token_secret = auth::new_operator_token();
-    let operator_token =
-        OperatorToken { id: token_secret.id.clone(), secret_sha256: token_secret.secret_sha256.clone(), created_at };
+    let operator_token = OperatorToken {
+        id: token_secret.id.clone(),
+        secret_sha256: token_secret.secret_sha256.clone(),
+        created_at,
+    };
     let file = BootstrapFile {
         api_url: format!("https://{}", config.api_addr),
-        ca_cert: std::fs::canonicalize(tls_dir.join(tls::CA_CERT))?.display().to_string(),
+        ca_cert: std::fs::canonicalize(tls_dir.join(tls::CA_CERT))?
+            .display()
+            .to_string(),
         admin_token: token_secret.value,
         organization_id: organization.id.clone(),
         project_id: project.id.clone(),
         api_key: key_secret.value,
     };
-    control.propose(Command::Bootstrap { organization, project, api_key, operator_token }).await?;
+    control
+        .propose(Command::Bootstrap {
+            organization,
+            project,
+            api_key,
+            operator_token,
+        })
+        .await?;
     write_private_file(&path, &serde_json::to_vec_pretty(&file)?)?;
     tracing::info!("bootstrapped; credentials in {}", path.display());
     Ok(())
 }
 
-async fn join(config: &ServeConfig, node_tls: &NodeTls, addr: &str, me: NodeInfo) -> anyhow::Result<()> {
+async fn join(
+    config: &ServeConfig,
+    node_tls: &NodeTls,
+    addr: &str,
+    me: NodeInfo,
+) -> anyhow::Result<()> {
     let channel = node_tls.join_channel(addr).map_err(anyhow::Error::msg)?;
     let mut client = conifer_proto::internal::internal_client::InternalClient::new(channel);
     let request = JoinRequest {
@@ -297,7 +344,12 @@ async fn join(config: &ServeConfig, node_tls: &NodeTls, addr: &str, me: NodeInfo
                 tracing::info!(leader = reply.into_inner().leader_id, "joined the cluster");
                 return Ok(());
             }
-            Err(status) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) =>
+            {
                 tracing::info!("join via {addr} not possible yet: {}", status.message());
                 tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
             }

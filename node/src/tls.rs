@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use conifer_raft::{NodeId, NodeInfo};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::OffsetDateTime;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
 
 use crate::crypto::write_private_file;
 
@@ -65,11 +67,17 @@ pub enum TlsError {
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
-    fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.into(), source })
+    fs::read_to_string(path).map_err(|source| TlsError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 fn write_public(path: &Path, text: &str) -> Result<(), TlsError> {
-    fs::write(path, text).map_err(|source| TlsError::Io { path: path.into(), source })
+    fs::write(path, text).map_err(|source| TlsError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 /// The DNS name every node certificate carries and peers pin: `node-<id>`.
@@ -83,14 +91,24 @@ pub const ANY_NODE_NAME: &str = "conifer-node";
 
 /// Creates a new cluster CA (`ca.pem`, `ca-key.pem` with mode 0600) in `dir`.
 pub fn generate_ca(dir: &Path, cluster_name: &str) -> Result<(), TlsError> {
-    fs::create_dir_all(dir).map_err(|source| TlsError::Io { path: dir.into(), source })?;
+    fs::create_dir_all(dir).map_err(|source| TlsError::Io {
+        path: dir.into(),
+        source,
+    })?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("Conifer cluster CA ({cluster_name})"));
+    dn.push(
+        DnType::CommonName,
+        format!("Conifer cluster CA ({cluster_name})"),
+    );
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.not_before = OffsetDateTime::now_utc() - time::Duration::hours(1);
     params.not_after = OffsetDateTime::now_utc() + time::Duration::days(CA_VALIDITY_DAYS);
     let cert = params.self_signed(&key)?;
@@ -129,14 +147,26 @@ impl Validity {
     /// From an hour ago until `days` from now.
     pub fn days_from_now(days: i64) -> Self {
         let now = OffsetDateTime::now_utc();
-        Self { not_before: now - time::Duration::hours(1), not_after: now + time::Duration::days(days) }
+        Self {
+            not_before: now - time::Duration::hours(1),
+            not_after: now + time::Duration::days(days),
+        }
     }
 }
 
 /// Issues a leaf certificate signed by the CA in `ca_dir`, writing `<stem>.pem` and
 /// `<stem>-key.pem` (0600) into `out_dir`.
-pub fn issue_leaf(ca_dir: &Path, out_dir: &Path, stem: &str, kind: LeafKind, validity: Validity) -> Result<(), TlsError> {
-    fs::create_dir_all(out_dir).map_err(|source| TlsError::Io { path: out_dir.into(), source })?;
+pub fn issue_leaf(
+    ca_dir: &Path,
+    out_dir: &Path,
+    stem: &str,
+    kind: LeafKind,
+    validity: Validity,
+) -> Result<(), TlsError> {
+    fs::create_dir_all(out_dir).map_err(|source| TlsError::Io {
+        path: out_dir.into(),
+        source,
+    })?;
     let ca_key = KeyPair::from_pem(&read(&ca_dir.join(CA_KEY))?)?;
     let issuer = Issuer::from_ca_cert_pem(&read(&ca_dir.join(CA_CERT))?, ca_key)?;
     let key = KeyPair::generate()?;
@@ -159,8 +189,10 @@ pub fn issue_leaf(ca_dir: &Path, out_dir: &Path, stem: &str, kind: LeafKind, val
                 sans.push(SanType::DnsName(format!("*.{domain}").try_into()?));
             }
             params.subject_alt_names = sans;
-            params.extended_key_usages =
-                vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
         }
         LeafKind::Client { name } => {
             dn.push(DnType::CommonName, name.clone());
@@ -169,12 +201,18 @@ pub fn issue_leaf(ca_dir: &Path, out_dir: &Path, stem: &str, kind: LeafKind, val
         }
     }
     params.distinguished_name = dn;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.not_before = validity.not_before;
     params.not_after = validity.not_after;
     let cert = params.signed_by(&key, &issuer)?;
     write_public(&out_dir.join(format!("{stem}.pem")), &cert.pem())?;
-    write_private_file(&out_dir.join(format!("{stem}-key.pem")), key.serialize_pem().as_bytes())?;
+    write_private_file(
+        &out_dir.join(format!("{stem}-key.pem")),
+        key.serialize_pem().as_bytes(),
+    )?;
     Ok(())
 }
 
@@ -207,10 +245,12 @@ impl NodeTls {
         let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
             .map_err(|e| TlsError::Invalid(format!("node key: {e}")))?
             .ok_or_else(|| TlsError::Invalid("node key file holds no private key".into()))?;
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)?;
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
@@ -258,14 +298,22 @@ pub const CLUSTER_RPC_TIMEOUT_MS: u64 = 30_000;
 
 /// The node ids named `node-<id>` in the DNS SANs of the first (leaf) certificate.
 pub fn peer_node_ids(certs: &[rustls::pki_types::CertificateDer<'_>]) -> Vec<NodeId> {
-    let Some(leaf) = certs.first() else { return Vec::new() };
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else { return Vec::new() };
-    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    let Some(leaf) = certs.first() else {
+        return Vec::new();
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
     san.value
         .general_names
         .iter()
         .filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::DNSName(dns) => dns.strip_prefix("node-")?.parse().ok(),
+            x509_parser::extensions::GeneralName::DNSName(dns) => {
+                dns.strip_prefix("node-")?.parse().ok()
+            }
             _ => None,
         })
         .collect()

@@ -32,7 +32,9 @@ impl StateMachine for Recorder {
 
 struct Builder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore<Recorder>, tempfile::TempDir> for Builder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore<Recorder>, tempfile::TempDir>
+    for Builder
+{
     async fn build(
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore<Recorder>), StorageError<u64>> {

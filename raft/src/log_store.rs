@@ -29,7 +29,11 @@ pub struct LogStore {
     storage: NodeStorage,
 }
 
-fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+fn io_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
 }
 
@@ -67,25 +71,33 @@ impl LogStore {
     }
 
     fn write_meta<T: Serialize>(&self, name: &[u8], value: &T) -> Result<(), StorageError> {
-        let bytes = bincode::serialize(value).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let bytes = bincode::serialize(value)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         self.storage
             .put_synced(CF_RAFT_META, &self.meta_key(name), &bytes)
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     fn decode_entry(&self, key: &[u8], sealed: &[u8]) -> Result<Entry, StorageError> {
-        let plain = self.storage.open_value(CF_RAFT_LOG, key, sealed).map_err(fault)?;
+        let plain = self
+            .storage
+            .open_value(CF_RAFT_LOG, key, sealed)
+            .map_err(fault)?;
         bincode::deserialize(&plain).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
         let cf = self.storage.cf(CF_RAFT_LOG).map_err(fault)?;
         let end = self.log_end_key();
-        let mut iter = self.storage.db().iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse));
+        let mut iter = self
+            .storage
+            .db()
+            .iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse));
         match iter.next() {
             None => Ok(None),
             Some(item) => {
-                let (key, value) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                let (key, value) =
+                    item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 if !key.starts_with(&self.group.to_be_bytes()) {
                     return Ok(None);
                 }
@@ -94,7 +106,11 @@ impl LogStore {
         }
     }
 
-    fn delete_range(&self, from_index: u64, to_index_exclusive: Option<u64>) -> Result<(), StorageError> {
+    fn delete_range(
+        &self,
+        from_index: u64,
+        to_index_exclusive: Option<u64>,
+    ) -> Result<(), StorageError> {
         let cf = self.storage.cf(CF_RAFT_LOG).map_err(fault)?;
         let from = self.log_key(from_index);
         let to = match to_index_exclusive {
@@ -122,7 +138,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let cf = self.storage.cf(CF_RAFT_LOG).map_err(fault)?;
         let from = self.log_key(start);
         let mut out = Vec::new();
-        for item in self.storage.db().iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
+        for item in self
+            .storage
+            .db()
+            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+        {
             let (key, value) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             if key.len() != 16 || !key.starts_with(&self.group.to_be_bytes()) {
                 break;
@@ -145,7 +165,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_meta(META_PURGED)?;
         let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -168,16 +191,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.read_meta::<Option<LogId>>(META_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::default();
         for entry in entries {
-            let bytes = bincode::serialize(&entry).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            let bytes = bincode::serialize(&entry)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             self.storage
-                .batch_put(&mut batch, CF_RAFT_LOG, &self.log_key(entry.log_id.index), &bytes)
+                .batch_put(
+                    &mut batch,
+                    CF_RAFT_LOG,
+                    &self.log_key(entry.log_id.index),
+                    &bytes,
+                )
                 .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         }
         fail::fail_point!("raft::append::before_sync", |_| Err(io_err(
@@ -194,7 +227,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Err(e) => {
                 let msg = e.to_string();
                 callback.log_io_completed(Err(std::io::Error::other(msg.clone())));
-                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other(msg)))
+                Err(io_err(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Write,
+                    std::io::Error::other(msg),
+                ))
             }
         }
     }

@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use conifer_proto::internal::internal_client::InternalClient;
 use conifer_proto::internal::{RaftKind, RaftRequest};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -35,7 +37,11 @@ pub struct PeerChannels {
 impl PeerChannels {
     /// Channels from node `node_id`, built with `builder`.
     pub fn new(node_id: NodeId, builder: ChannelBuilder) -> Self {
-        Self { node_id, builder, channels: Arc::new(Mutex::new(HashMap::new())) }
+        Self {
+            node_id,
+            builder,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// This node's id, sent with every RPC.
@@ -57,7 +63,11 @@ impl PeerChannels {
     }
 
     /// A gRPC client of the internal API on `target`.
-    pub fn client(&self, target: NodeId, node: &NodeInfo) -> Result<InternalClient<Channel>, String> {
+    pub fn client(
+        &self,
+        target: NodeId,
+        node: &NodeInfo,
+    ) -> Result<InternalClient<Channel>, String> {
         Ok(InternalClient::new(self.channel(target, node)?)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
@@ -85,7 +95,12 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
-        PeerNetwork { group: self.group, target, node: node.clone(), peers: self.peers.clone() }
+        PeerNetwork {
+            group: self.group,
+            target,
+            node: node.clone(),
+            peers: self.peers.clone(),
+        }
     }
 }
 
@@ -123,7 +138,12 @@ impl PeerNetwork {
             .peers
             .client(self.target, &self.node)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
-        let request = RaftRequest { group_id: self.group, from_node: self.peers.node_id(), kind: kind as i32, payload };
+        let request = RaftRequest {
+            group_id: self.group,
+            from_node: self.peers.node_id(),
+            kind: kind as i32,
+            payload,
+        };
         let reply = client
             .raft(request)
             .await
@@ -131,7 +151,13 @@ impl PeerNetwork {
             .into_inner();
         let result: Result<Resp, RaftError<NodeId, E>> =
             decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
     }
 }
 
@@ -148,8 +174,10 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         self.call(RaftKind::InstallSnapshot, &rpc).await
     }
 

@@ -19,7 +19,10 @@ pub struct GroupRegistry {
 impl GroupRegistry {
     /// An empty registry whose groups talk to peers over `peers`.
     pub fn new(peers: PeerChannels) -> Self {
-        Self { peers, groups: Arc::new(RwLock::new(HashMap::new())) }
+        Self {
+            peers,
+            groups: Arc::new(RwLock::new(HashMap::new())),
+        }
     }
 
     /// The shared peer channels.
@@ -29,32 +32,57 @@ impl GroupRegistry {
 
     /// Registers a running group.
     pub fn insert(&self, group: GroupId, raft: Raft) {
-        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(group, raft);
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, raft);
     }
 
     /// Removes a group (it must be shut down by the caller).
     pub fn remove(&self, group: GroupId) -> Option<Raft> {
-        self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&group)
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group)
     }
 
     /// The running group `group`, if hosted here.
     pub fn get(&self, group: GroupId) -> Option<Raft> {
-        self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&group).cloned()
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .cloned()
     }
 
     /// Hands an incoming Raft RPC to its group and serializes the group's answer.
     pub async fn dispatch(&self, request: RaftRequest) -> Result<RaftReply, Status> {
-        let raft = self
-            .get(request.group_id)
-            .ok_or_else(|| Status::not_found(format!("raft group {} is not hosted on this node", request.group_id)))?;
-        let bad = |e: bincode::Error| Status::invalid_argument(format!("undecodable raft payload: {e}"));
+        let raft = self.get(request.group_id).ok_or_else(|| {
+            Status::not_found(format!(
+                "raft group {} is not hosted on this node",
+                request.group_id
+            ))
+        })?;
+        let bad =
+            |e: bincode::Error| Status::invalid_argument(format!("undecodable raft payload: {e}"));
         let payload = match RaftKind::try_from(request.kind) {
-            Ok(RaftKind::AppendEntries) => encode(&raft.append_entries(decode(&request.payload).map_err(bad)?).await),
+            Ok(RaftKind::AppendEntries) => encode(
+                &raft
+                    .append_entries(decode(&request.payload).map_err(bad)?)
+                    .await,
+            ),
             Ok(RaftKind::Vote) => encode(&raft.vote(decode(&request.payload).map_err(bad)?).await),
-            Ok(RaftKind::InstallSnapshot) => {
-                encode(&raft.install_snapshot(decode(&request.payload).map_err(bad)?).await)
+            Ok(RaftKind::InstallSnapshot) => encode(
+                &raft
+                    .install_snapshot(decode(&request.payload).map_err(bad)?)
+                    .await,
+            ),
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown raft message kind {}",
+                    request.kind
+                )))
             }
-            _ => return Err(Status::invalid_argument(format!("unknown raft message kind {}", request.kind))),
         }
         .map_err(|e| Status::internal(format!("cannot encode raft reply: {e}")))?;
         Ok(RaftReply { payload })

@@ -10,7 +10,9 @@ use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StoredMembership};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StoredMembership,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{NodeStorage, StorageFault, CF_SNAPSHOTS};
@@ -48,7 +50,9 @@ pub struct StateHandle<S> {
 
 impl<S> Clone for StateHandle<S> {
     fn clone(&self) -> Self {
-        Self { applied: self.applied.clone() }
+        Self {
+            applied: self.applied.clone(),
+        }
     }
 }
 
@@ -67,7 +71,9 @@ impl<S> std::ops::Deref for StateGuard<'_, S> {
 impl<S: StateMachine> StateHandle<S> {
     /// Locks the state for reading. Holders must not await while holding it.
     pub fn read(&self) -> StateGuard<'_, S> {
-        StateGuard { guard: self.applied.read().unwrap_or_else(|p| p.into_inner()) }
+        StateGuard {
+            guard: self.applied.read().unwrap_or_else(|p| p.into_inner()),
+        }
     }
 
     /// Index of the last applied log entry (0 before any).
@@ -85,12 +91,21 @@ pub struct StateMachineStore<S> {
     snapshot_counter: u64,
 }
 
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
 fn sm_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
-    StorageError::from_io_error(ErrorSubject::StateMachine, verb, std::io::Error::other(e.to_string()))
+    StorageError::from_io_error(
+        ErrorSubject::StateMachine,
+        verb,
+        std::io::Error::other(e.to_string()),
+    )
 }
 
 fn snap_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
-    StorageError::from_io_error(ErrorSubject::Snapshot(None), verb, std::io::Error::other(e.to_string()))
+    StorageError::from_io_error(
+        ErrorSubject::Snapshot(None),
+        verb,
+        std::io::Error::other(e.to_string()),
+    )
 }
 
 impl<S: StateMachine> StateMachineStore<S> {
@@ -100,21 +115,28 @@ impl<S: StateMachine> StateMachineStore<S> {
         let mut last_applied = None;
         let mut membership = StoredMembership::default();
         if let Some(stored) = read_snapshot(&storage, &key)? {
-            app.restore(&stored.data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            app.restore(&stored.data)
+                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
             last_applied = stored.meta.last_log_id;
             membership = stored.meta.last_membership.clone();
         }
         Ok(Self {
             group,
             storage,
-            applied: Arc::new(RwLock::new(Applied { app, last_applied, membership })),
+            applied: Arc::new(RwLock::new(Applied {
+                app,
+                last_applied,
+                membership,
+            })),
             snapshot_counter: 0,
         })
     }
 
     /// A handle for reading the application state.
     pub fn handle(&self) -> StateHandle<S> {
-        StateHandle { applied: self.applied.clone() }
+        StateHandle {
+            applied: self.applied.clone(),
+        }
     }
 
     fn snapshot_key(&self) -> Vec<u8> {
@@ -137,11 +159,18 @@ impl<S: StateMachine> StateMachineStore<S> {
     }
 }
 
-fn read_snapshot(storage: &NodeStorage, key: &[u8]) -> Result<Option<StoredSnapshot>, StorageError> {
-    let bytes = storage.get(CF_SNAPSHOTS, key).map_err(|e: StorageFault| snap_err(ErrorVerb::Read, e))?;
+fn read_snapshot(
+    storage: &NodeStorage,
+    key: &[u8],
+) -> Result<Option<StoredSnapshot>, StorageError> {
+    let bytes = storage
+        .get(CF_SNAPSHOTS, key)
+        .map_err(|e: StorageFault| snap_err(ErrorVerb::Read, e))?;
     match bytes {
         None => Ok(None),
-        Some(b) => bincode::deserialize(&b).map(Some).map_err(|e| snap_err(ErrorVerb::Read, e)),
+        Some(b) => bincode::deserialize(&b)
+            .map(Some)
+            .map_err(|e| snap_err(ErrorVerb::Read, e)),
     }
 }
 
@@ -149,24 +178,40 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (data, last_applied, membership) = {
             let guard = self.applied.read().unwrap_or_else(|p| p.into_inner());
-            (guard.app.snapshot(), guard.last_applied, guard.membership.clone())
+            (
+                guard.app.snapshot(),
+                guard.last_applied,
+                guard.membership.clone(),
+            )
         };
         self.snapshot_counter += 1;
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.snapshot_counter),
             None => format!("empty-{}", self.snapshot_counter),
         };
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
         self.write_snapshot(&stored)?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
     }
 }
 
 impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, NodeInfo>), StorageError> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<NodeId, NodeInfo>), StorageError> {
         let guard = self.applied.read().unwrap_or_else(|p| p.into_inner());
         Ok((guard.last_applied, guard.membership.clone()))
     }
@@ -176,14 +221,19 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        fail::fail_point!("raft::apply::before", |_| Err(sm_err(ErrorVerb::Write, "failpoint raft::apply::before")));
+        fail::fail_point!("raft::apply::before", |_| Err(sm_err(
+            ErrorVerb::Write,
+            "failpoint raft::apply::before"
+        )));
         let mut guard = self.write_lock();
         let mut responses = Vec::new();
         for entry in entries {
             guard.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
-                EntryPayload::Normal(command) => Response(guard.app.apply(entry.log_id.index, &command.0)),
+                EntryPayload::Normal(command) => {
+                    Response(guard.app.apply(entry.log_id.index, &command.0))
+                }
                 EntryPayload::Membership(m) => {
                     guard.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::default()
@@ -212,7 +262,10 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         meta: &SnapshotMeta<NodeId, NodeInfo>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
         fail::fail_point!("raft::snapshot::install::before", |_| Err(snap_err(
             ErrorVerb::Write,
             "failpoint raft::snapshot::install::before"
@@ -220,14 +273,21 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         // Persist first: a crash after this point restarts from the new snapshot.
         self.write_snapshot(&stored)?;
         let mut guard = self.write_lock();
-        guard.app.restore(&stored.data).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        guard
+            .app
+            .restore(&stored.data)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         guard.last_applied = meta.last_log_id;
         guard.membership = meta.last_membership.clone();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(read_snapshot(&self.storage, &self.snapshot_key())?
-            .map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(
+            read_snapshot(&self.storage, &self.snapshot_key())?.map(|s| Snapshot {
+                meta: s.meta,
+                snapshot: Box::new(Cursor::new(s.data)),
+            }),
+        )
     }
 }

@@ -60,9 +60,14 @@ impl NodeStorage {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let cfs = COLUMN_FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Self { db: Arc::new(db), cipher })
+        Ok(Self {
+            db: Arc::new(db),
+            cipher,
+        })
     }
 
     /// The underlying database, for modules that keep their own column families' layout.
@@ -93,7 +98,13 @@ impl NodeStorage {
     }
 
     /// Seals `value` for `cf`/`key` and adds the put to `batch`.
-    pub fn batch_put(&self, batch: &mut WriteBatch, cf: &str, key: &[u8], value: &[u8]) -> Result<(), StorageFault> {
+    pub fn batch_put(
+        &self,
+        batch: &mut WriteBatch,
+        cf: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StorageFault> {
         let handle = self.cf(cf)?;
         batch.put_cf(handle, key, self.cipher.seal(&Self::aad(cf, key), value));
         Ok(())
@@ -125,18 +136,22 @@ impl NodeStorage {
 
     /// Opens a sealed value read from `cf`/`key`.
     pub fn open_value(&self, cf: &str, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StorageFault> {
-        self.cipher.open(&Self::aad(cf, key), sealed).map_err(|e| StorageFault::Decrypt {
-            key: format!("{cf}/{}", printable(key)),
-            reason: e.0,
-        })
+        self.cipher
+            .open(&Self::aad(cf, key), sealed)
+            .map_err(|e| StorageFault::Decrypt {
+                key: format!("{cf}/{}", printable(key)),
+                reason: e.0,
+            })
     }
 
     /// The handle of a column family this module created.
     pub fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageFault> {
-        self.db.cf_handle(name).ok_or_else(|| StorageFault::Corrupt {
-            key: name.to_string(),
-            reason: "column family missing".to_string(),
-        })
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StorageFault::Corrupt {
+                key: name.to_string(),
+                reason: "column family missing".to_string(),
+            })
     }
 }
 

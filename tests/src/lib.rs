@@ -22,7 +22,10 @@ pub fn conifer_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     dir.join("conifer")
 }
 
@@ -80,7 +83,10 @@ impl NodeProc {
                 cmd.arg("--learner");
             }
         }
-        self.child = Some(cmd.spawn().with_context(|| format!("spawning {}", conifer_bin().display()))?);
+        self.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("spawning {}", conifer_bin().display()))?,
+        );
         Ok(())
     }
 
@@ -154,8 +160,18 @@ impl Cluster {
     pub async fn add_node(&mut self, learner: bool) -> anyhow::Result<u64> {
         let id = self.nodes.len() as u64 + 1;
         let tls_dir = self.dir.path().join(format!("tls-{id}"));
-        let kind = LeafKind::Node { id, hosts: vec!["127.0.0.1".into()], domain: Some("svc.test.localhost".into()) };
-        tls::issue_leaf(&self.ca_dir, &tls_dir, "node", kind, Validity::days_from_now(30))?;
+        let kind = LeafKind::Node {
+            id,
+            hosts: vec!["127.0.0.1".into()],
+            domain: Some("svc.test.localhost".into()),
+        };
+        tls::issue_leaf(
+            &self.ca_dir,
+            &tls_dir,
+            "node",
+            kind,
+            Validity::days_from_now(30),
+        )?;
         std::fs::copy(self.ca_dir.join(tls::CA_CERT), tls_dir.join(tls::CA_CERT))?;
         let join = self.nodes.first().map(|n| n.cluster_addr.clone());
         let mut node = NodeProc {
@@ -186,7 +202,10 @@ impl Cluster {
 
     /// The operator token.
     pub fn admin_token(&self) -> String {
-        self.bootstrap["admin_token"].as_str().unwrap_or_default().to_string()
+        self.bootstrap["admin_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Waits until node `id` answers `/health` with `serving`.
@@ -204,7 +223,10 @@ impl Cluster {
                 bail!("node {id} exited before serving:\n{}", self.node(id).log());
             }
             if Instant::now() > deadline {
-                bail!("node {id} not serving after {NODE_READY_TIMEOUT:?}:\n{}", self.node(id).log());
+                bail!(
+                    "node {id} not serving after {NODE_READY_TIMEOUT:?}:\n{}",
+                    self.node(id).log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -212,7 +234,12 @@ impl Cluster {
 
     /// `GET /admin/cluster` through node `id`.
     pub async fn cluster_info(&self, id: u64) -> anyhow::Result<Value> {
-        let resp = self.http.get(self.url(id, "/admin/cluster")).bearer_auth(self.admin_token()).send().await?;
+        let resp = self
+            .http
+            .get(self.url(id, "/admin/cluster"))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await?;
         if !resp.status().is_success() {
             bail!("GET /admin/cluster on node {id}: {}", resp.status());
         }

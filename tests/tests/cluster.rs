@@ -24,7 +24,9 @@ async fn create_project(cluster: &Cluster, via: u64, name: &str) -> Option<Strin
                 return body["id"].as_str().map(String::from);
             }
             // A retried create whose first attempt committed: the name now exists.
-            Ok(r) if r.status().as_u16() == 409 => return project_id_by_name(cluster, via, name).await,
+            Ok(r) if r.status().as_u16() == 409 => {
+                return project_id_by_name(cluster, via, name).await
+            }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
@@ -32,20 +34,47 @@ async fn create_project(cluster: &Cluster, via: u64, name: &str) -> Option<Strin
 }
 
 async fn project_id_by_name(cluster: &Cluster, via: u64, name: &str) -> Option<String> {
-    let resp = cluster.http.get(cluster.url(via, "/admin/projects")).bearer_auth(cluster.admin_token()).send().await;
+    let resp = cluster
+        .http
+        .get(cluster.url(via, "/admin/projects"))
+        .bearer_auth(cluster.admin_token())
+        .send()
+        .await;
     let body: Value = resp.ok()?.json().await.ok()?;
-    body["data"].as_array()?.iter().find(|p| p["name"] == name).and_then(|p| p["id"].as_str().map(String::from))
+    body["data"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["id"].as_str().map(String::from))
 }
 
 async fn project_ids(cluster: &Cluster, via: u64) -> anyhow::Result<Vec<String>> {
-    let resp = cluster.http.get(cluster.url(via, "/admin/projects")).bearer_auth(cluster.admin_token()).send().await?;
-    anyhow::ensure!(resp.status().is_success(), "list on node {via}: {}", resp.status());
+    let resp = cluster
+        .http
+        .get(cluster.url(via, "/admin/projects"))
+        .bearer_auth(cluster.admin_token())
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "list on node {via}: {}",
+        resp.status()
+    );
     let body: Value = resp.json().await?;
-    Ok(body["data"].as_array().into_iter().flatten().filter_map(|p| p["id"].as_str().map(String::from)).collect())
+    Ok(body["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_str().map(String::from))
+        .collect())
 }
 
 /// Waits until every listed node holds exactly `expected` (plus the default project).
-async fn wait_converged(cluster: &Cluster, nodes: &[u64], expected: &BTreeSet<String>) -> anyhow::Result<()> {
+async fn wait_converged(
+    cluster: &Cluster,
+    nodes: &[u64],
+    expected: &BTreeSet<String>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut all_ok = true;
@@ -63,27 +92,41 @@ async fn wait_converged(cluster: &Cluster, nodes: &[u64], expected: &BTreeSet<St
         if all_ok {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "nodes did not converge: (count, missing) per node {seen:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "nodes did not converge: (count, missing) per node {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn control_plane_survives_leader_kill_without_losing_acknowledged_writes() -> anyhow::Result<()> {
+async fn control_plane_survives_leader_kill_without_losing_acknowledged_writes(
+) -> anyhow::Result<()> {
     let mut cluster = Cluster::start(3).await?;
     let info = cluster.cluster_info(1).await?;
-    let voters = info["members"].as_array().unwrap().iter().filter(|m| m["role"] == "voter").count();
+    let voters = info["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "voter")
+        .count();
     assert_eq!(voters, 3, "three voters: {info}");
 
     let mut acknowledged = BTreeSet::new();
     for round in 0..4 {
         for via in 1..=3 {
-            if let Some(id) = create_project(&cluster, via, &format!("before-{round}-{via}")).await {
+            if let Some(id) = create_project(&cluster, via, &format!("before-{round}-{via}")).await
+            {
                 acknowledged.insert(id);
             }
         }
     }
-    assert_eq!(acknowledged.len(), 12, "every write through every node is acknowledged");
+    assert_eq!(
+        acknowledged.len(),
+        12,
+        "every write through every node is acknowledged"
+    );
 
     let leader = cluster.wait_leader(1, None).await?;
     cluster.node(leader).kill();
@@ -98,7 +141,11 @@ async fn control_plane_survives_leader_kill_without_losing_acknowledged_writes()
             }
         }
     }
-    assert_eq!(acknowledged.len(), 20, "writes continue through the survivors");
+    assert_eq!(
+        acknowledged.len(),
+        20,
+        "writes continue through the survivors"
+    );
 
     cluster.node(leader).spawn()?;
     cluster.wait_serving(leader).await?;
@@ -114,7 +161,12 @@ async fn learner_joins_is_promoted_and_a_node_is_removed_while_serving() -> anyh
     let fourth = cluster.add_node(true).await?;
     let info = cluster.cluster_info(1).await?;
     let role = |info: &Value, id: u64| {
-        info["members"].as_array().unwrap().iter().find(|m| m["id"] == id).map(|m| m["role"].clone())
+        info["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .map(|m| m["role"].clone())
     };
     assert_eq!(role(&info, fourth), Some(json!("learner")), "{info}");
     acknowledged.extend(create_project(&cluster, fourth, "m-1").await);
@@ -142,7 +194,11 @@ async fn learner_joins_is_promoted_and_a_node_is_removed_while_serving() -> anyh
     assert_eq!(info["members"].as_array().unwrap().len(), 3);
     acknowledged.extend(create_project(&cluster, 1, "m-3").await);
     acknowledged.extend(create_project(&cluster, fourth, "m-4").await);
-    assert_eq!(acknowledged.len(), 5, "every write during membership changes is acknowledged");
+    assert_eq!(
+        acknowledged.len(),
+        5,
+        "every write during membership changes is acknowledged"
+    );
 
     let unknown = cluster
         .http

@@ -53,7 +53,10 @@ fn key_json(k: &ApiKey) -> Value {
 
 fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > MAX_ID_BYTES {
-        return Err(ApiError::not_found(format!("{kind} '{}' not found", id.chars().take(MAX_ID_BYTES).collect::<String>())));
+        return Err(ApiError::not_found(format!(
+            "{kind} '{}' not found",
+            id.chars().take(MAX_ID_BYTES).collect::<String>()
+        )));
     }
     Ok(())
 }
@@ -63,10 +66,15 @@ fn check_name(field: &str, name: &str, max: usize) -> Result<(), ApiError> {
         return Err(ApiError::invalid(format!("'{field}' must not be empty")));
     }
     if name.len() > max {
-        return Err(ApiError::invalid(format!("'{field}' is {} bytes; the limit is {max}", name.len())));
+        return Err(ApiError::invalid(format!(
+            "'{field}' is {} bytes; the limit is {max}",
+            name.len()
+        )));
     }
     if name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!("'{field}' must not contain control characters")));
+        return Err(ApiError::invalid(format!(
+            "'{field}' must not contain control characters"
+        )));
     }
     Ok(())
 }
@@ -93,7 +101,9 @@ pub async fn create_project(
     check_name("name", &body.name, MAX_PROJECT_NAME_BYTES)?;
     let max_pods = body.max_pods.unwrap_or(0);
     if max_pods > MAX_PODS_LIMIT {
-        return Err(ApiError::invalid(format!("'max_pods' is {max_pods}; the limit is {MAX_PODS_LIMIT}")));
+        return Err(ApiError::invalid(format!(
+            "'max_pods' is {max_pods}; the limit is {MAX_PODS_LIMIT}"
+        )));
     }
     let organization_id = state
         .control
@@ -107,16 +117,25 @@ pub async fn create_project(
         force_encryption_with_cmek: body.force_encryption_with_cmek.unwrap_or(false),
         created_at: now_rfc3339(),
     };
-    match state.control.propose(Command::CreateProject(project)).await? {
+    match state
+        .control
+        .propose(Command::CreateProject(project))
+        .await?
+    {
         Output::Project(p) => Ok((StatusCode::CREATED, Json(project_json(&p)))),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
 }
 
 /// `GET /admin/projects`.
-pub async fn list_projects(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn list_projects(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     require_operator(&state, &headers)?;
-    let data: Vec<Value> = state.control.read(|s| s.projects.values().map(project_json).collect());
+    let data: Vec<Value> = state
+        .control
+        .read(|s| s.projects.values().map(project_json).collect());
     Ok(Json(json!({ "data": data })))
 }
 
@@ -167,7 +186,9 @@ pub async fn create_api_key(
     check_id("project", &project_id)?;
     let Json(body) = body?;
     check_name("name", &body.name, MAX_API_KEY_NAME_BYTES)?;
-    let names = body.roles.unwrap_or_else(|| vec![ApiKeyRole::ProjectEditor.as_str().to_string()]);
+    let names = body
+        .roles
+        .unwrap_or_else(|| vec![ApiKeyRole::ProjectEditor.as_str().to_string()]);
     if names.is_empty() {
         return Err(ApiError::invalid("'roles' must name at least one role"));
     }
@@ -175,7 +196,10 @@ pub async fn create_api_key(
     for name in &names {
         let role = ApiKeyRole::parse(name).ok_or_else(|| {
             let known: Vec<&str> = ApiKeyRole::ALL.iter().map(|r| r.as_str()).collect();
-            ApiError::invalid(format!("'roles' contains unknown role '{name}'; known roles: {}", known.join(", ")))
+            ApiError::invalid(format!(
+                "'roles' contains unknown role '{name}'; known roles: {}",
+                known.join(", ")
+            ))
         })?;
         if !roles.contains(&role) {
             roles.push(role);
@@ -191,7 +215,10 @@ pub async fn create_api_key(
         created_at: now_rfc3339(),
     };
     match state.control.propose(Command::CreateApiKey(key)).await? {
-        Output::ApiKey(k) => Ok((StatusCode::CREATED, Json(json!({ "key": key_json(&k), "value": secret.value })))),
+        Output::ApiKey(k) => Ok((
+            StatusCode::CREATED,
+            Json(json!({ "key": key_json(&k), "value": secret.value })),
+        )),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
 }
@@ -207,9 +234,12 @@ pub async fn list_api_keys(
     state
         .control
         .read(|s| {
-            s.projects
-                .contains_key(&project_id)
-                .then(|| s.keys_of(&project_id).into_iter().map(key_json).collect::<Vec<_>>())
+            s.projects.contains_key(&project_id).then(|| {
+                s.keys_of(&project_id)
+                    .into_iter()
+                    .map(key_json)
+                    .collect::<Vec<_>>()
+            })
         })
         .map(|data| Json(json!({ "data": data })))
         .ok_or_else(|| ApiError::not_found(format!("project '{project_id}' not found")))
@@ -243,7 +273,8 @@ pub async fn delete_api_key(
 }
 
 fn parse_node_id(id: &str) -> Result<u64, ApiError> {
-    id.parse().map_err(|_| ApiError::invalid(format!("node id '{id}' is not a number")))
+    id.parse()
+        .map_err(|_| ApiError::invalid(format!("node id '{id}' is not a number")))
 }
 
 fn status_to_api(status: tonic::Status) -> ApiError {
@@ -266,7 +297,9 @@ pub async fn promote_member(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require_operator(&state, &headers)?;
-    change_member(&state.control, parse_node_id(&id)?, MemberAction::Promote).await.map_err(status_to_api)?;
+    change_member(&state.control, parse_node_id(&id)?, MemberAction::Promote)
+        .await
+        .map_err(status_to_api)?;
     Ok(StatusCode::OK)
 }
 
@@ -277,6 +310,8 @@ pub async fn remove_member(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require_operator(&state, &headers)?;
-    change_member(&state.control, parse_node_id(&id)?, MemberAction::Remove).await.map_err(status_to_api)?;
+    change_member(&state.control, parse_node_id(&id)?, MemberAction::Remove)
+        .await
+        .map_err(status_to_api)?;
     Ok(StatusCode::ACCEPTED)
 }

@@ -22,27 +22,51 @@ pub struct ApiError {
 impl ApiError {
     /// 400 `INVALID_ARGUMENT`.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, code: "INVALID_ARGUMENT", message: message.into() }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "INVALID_ARGUMENT",
+            message: message.into(),
+        }
     }
     /// 401 `UNAUTHENTICATED`.
     pub fn unauthenticated(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::UNAUTHORIZED, code: "UNAUTHENTICATED", message: message.into() }
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            code: "UNAUTHENTICATED",
+            message: message.into(),
+        }
     }
     /// 403 `PERMISSION_DENIED`.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::FORBIDDEN, code: "PERMISSION_DENIED", message: message.into() }
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: "PERMISSION_DENIED",
+            message: message.into(),
+        }
     }
     /// 404 `NOT_FOUND`.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::NOT_FOUND, code: "NOT_FOUND", message: message.into() }
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code: "NOT_FOUND",
+            message: message.into(),
+        }
     }
     /// 503 `UNAVAILABLE`.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::SERVICE_UNAVAILABLE, code: "UNAVAILABLE", message: message.into() }
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "UNAVAILABLE",
+            message: message.into(),
+        }
     }
     /// 500 `INTERNAL`.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::INTERNAL_SERVER_ERROR, code: "INTERNAL", message: message.into() }
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "INTERNAL",
+            message: message.into(),
+        }
     }
 }
 
@@ -59,17 +83,28 @@ impl IntoResponse for ApiError {
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
         match e {
-            ControlError::Rejected(Rejection::NotFound { kind, id }) => Self::not_found(format!("{kind} '{id}' not found")),
-            ControlError::Rejected(Rejection::AlreadyExists(m)) => {
-                Self { status: StatusCode::CONFLICT, code: "ALREADY_EXISTS", message: m }
+            ControlError::Rejected(Rejection::NotFound { kind, id }) => {
+                Self::not_found(format!("{kind} '{id}' not found"))
             }
-            ControlError::Rejected(Rejection::LimitExceeded(m)) => {
-                Self { status: StatusCode::TOO_MANY_REQUESTS, code: "RESOURCE_EXHAUSTED", message: m }
-            }
-            ControlError::Rejected(Rejection::Invalid(m)) => {
-                Self { status: StatusCode::PRECONDITION_FAILED, code: "FAILED_PRECONDITION", message: m }
-            }
-            ControlError::Unavailable { reason, outcome_unknown } => Self::unavailable(if outcome_unknown {
+            ControlError::Rejected(Rejection::AlreadyExists(m)) => Self {
+                status: StatusCode::CONFLICT,
+                code: "ALREADY_EXISTS",
+                message: m,
+            },
+            ControlError::Rejected(Rejection::LimitExceeded(m)) => Self {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "RESOURCE_EXHAUSTED",
+                message: m,
+            },
+            ControlError::Rejected(Rejection::Invalid(m)) => Self {
+                status: StatusCode::PRECONDITION_FAILED,
+                code: "FAILED_PRECONDITION",
+                message: m,
+            },
+            ControlError::Unavailable {
+                reason,
+                outcome_unknown,
+            } => Self::unavailable(if outcome_unknown {
                 format!("{reason}; the request may or may not have been applied")
             } else {
                 reason

@@ -45,12 +45,27 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/admin/cluster", get(cluster))
-        .route("/admin/cluster/members/{id}/promote", post(admin::promote_member))
+        .route(
+            "/admin/cluster/members/{id}/promote",
+            post(admin::promote_member),
+        )
         .route("/admin/cluster/members/{id}", delete(admin::remove_member))
-        .route("/admin/projects", post(admin::create_project).get(admin::list_projects))
-        .route("/admin/projects/{id}", get(admin::get_project).delete(admin::delete_project))
-        .route("/admin/projects/{id}/api-keys", post(admin::create_api_key).get(admin::list_api_keys))
-        .route("/admin/api-keys/{id}", get(admin::get_api_key).delete(admin::delete_api_key))
+        .route(
+            "/admin/projects",
+            post(admin::create_project).get(admin::list_projects),
+        )
+        .route(
+            "/admin/projects/{id}",
+            get(admin::get_project).delete(admin::delete_project),
+        )
+        .route(
+            "/admin/projects/{id}/api-keys",
+            post(admin::create_api_key).get(admin::list_api_keys),
+        )
+        .route(
+            "/admin/api-keys/{id}",
+            get(admin::get_api_key).delete(admin::delete_api_key),
+        )
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY_BYTES))
         .with_state(state)
@@ -61,7 +76,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router
     let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(MAX_CLIENT_CONNECTIONS));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -104,7 +121,10 @@ async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
     if metrics.current_leader.is_some() && bootstrapped {
         (StatusCode::OK, Json(json!({"status": "serving"})))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "starting"})),
+        )
     }
 }
 
@@ -115,18 +135,25 @@ pub struct Operator;
 pub fn require_operator(state: &ApiState, headers: &HeaderMap) -> Result<Operator, ApiError> {
     let value = headers
         .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthenticated("missing Authorization header (expected 'Bearer <token>')"))?;
-    let value = value.to_str().map_err(|_| ApiError::unauthenticated("Authorization header is not ASCII"))?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .ok_or_else(|| ApiError::unauthenticated("Authorization header must be 'Bearer <token>'"))?;
+        .ok_or_else(|| {
+            ApiError::unauthenticated("missing Authorization header (expected 'Bearer <token>')")
+        })?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthenticated("Authorization header is not ASCII"))?;
+    let token = value.strip_prefix("Bearer ").ok_or_else(|| {
+        ApiError::unauthenticated("Authorization header must be 'Bearer <token>'")
+    })?;
     if token.len() > auth::MAX_CREDENTIAL_BYTES {
         return Err(ApiError::unauthenticated(format!(
             "bearer token exceeds {} bytes",
             auth::MAX_CREDENTIAL_BYTES
         )));
     }
-    if state.control.read(|s| auth::verify_operator_token(s, token).is_some()) {
+    if state
+        .control
+        .read(|s| auth::verify_operator_token(s, token).is_some())
+    {
         Ok(Operator)
     } else {
         Err(ApiError::unauthenticated("invalid or revoked token"))
@@ -134,7 +161,10 @@ pub fn require_operator(state: &ApiState, headers: &HeaderMap) -> Result<Operato
 }
 
 /// `GET /admin/cluster`: members, their addresses and roles, and the leader (operator only).
-async fn cluster(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+async fn cluster(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     require_operator(&state, &headers)?;
     let metrics = state.control.raft().metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
@@ -155,11 +185,15 @@ async fn cluster(State(state): State<ApiState>, headers: HeaderMap) -> Result<Js
         "node_id": state.control.node_id(),
         "leader_id": metrics.current_leader,
         "term": metrics.current_term,
+        "last_applied_index": metrics.last_applied.map(|l| l.index),
+        "snapshot_index": metrics.snapshot.map(|l| l.index),
         "members": members,
     })))
 }
 
 /// Parses a `SocketAddr`, naming the flag in the error.
 pub fn parse_addr(flag: &str, value: &str) -> Result<SocketAddr, String> {
-    value.parse().map_err(|e| format!("--{flag} {value:?}: {e}"))
+    value
+        .parse()
+        .map_err(|e| format!("--{flag} {value:?}: {e}"))
 }

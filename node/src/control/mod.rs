@@ -80,10 +80,11 @@ impl ControlPlane {
 
     /// Replicates `command` and returns what applying it produced.
     pub async fn propose(&self, command: Command) -> Result<Output, ControlError> {
-        let bytes = bincode::serialize(&command).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let bytes =
+            bincode::serialize(&command).map_err(|e| ControlError::Internal(e.to_string()))?;
         let (response, _index) = self.propose_bytes(bytes).await?;
-        let outcome: state::Outcome =
-            bincode::deserialize(&response).map_err(|e| ControlError::Internal(format!("undecodable outcome: {e}")))?;
+        let outcome: state::Outcome = bincode::deserialize(&response)
+            .map_err(|e| ControlError::Internal(format!("undecodable outcome: {e}")))?;
         Ok(outcome?)
     }
 
@@ -105,7 +106,10 @@ impl ControlPlane {
                     return Err(ControlError::Internal(e.to_string()))
                 }
                 Err(RaftError::Fatal(e)) => {
-                    return Err(ControlError::Unavailable { reason: e.to_string(), outcome_unknown: true })
+                    return Err(ControlError::Unavailable {
+                        reason: e.to_string(),
+                        outcome_unknown: true,
+                    })
                 }
             }
             if Instant::now() >= deadline {
@@ -124,11 +128,18 @@ impl ControlPlane {
         node: &conifer_raft::NodeInfo,
         bytes: Vec<u8>,
     ) -> Result<(Vec<u8>, u64), ControlError> {
-        let mut client = self
-            .peers
-            .client(leader, node)
-            .map_err(|e| ControlError::Unavailable { reason: e, outcome_unknown: false })?;
-        let request = ProposeRequest { group_id: CONTROL_GROUP, from_node: self.node_id(), command: bytes };
+        let mut client =
+            self.peers
+                .client(leader, node)
+                .map_err(|e| ControlError::Unavailable {
+                    reason: e,
+                    outcome_unknown: false,
+                })?;
+        let request = ProposeRequest {
+            group_id: CONTROL_GROUP,
+            from_node: self.node_id(),
+            command: bytes,
+        };
         let reply = client
             .propose(request)
             .await

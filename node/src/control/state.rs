@@ -195,21 +195,31 @@ pub struct ControlState {
 }
 
 fn not_found(kind: &str, id: &str) -> Rejection {
-    Rejection::NotFound { kind: kind.into(), id: id.into() }
+    Rejection::NotFound {
+        kind: kind.into(),
+        id: id.into(),
+    }
 }
 
 impl ControlState {
     /// Applies `command`; on rejection nothing changes.
     pub fn apply(&mut self, command: Command) -> Outcome {
         match command {
-            Command::Bootstrap { organization, project, api_key, operator_token } => {
+            Command::Bootstrap {
+                organization,
+                project,
+                api_key,
+                operator_token,
+            } => {
                 if !self.organizations.is_empty() || !self.operator_tokens.is_empty() {
                     return Err(Rejection::Invalid("cluster is already bootstrapped".into()));
                 }
-                self.organizations.insert(organization.id.clone(), organization);
+                self.organizations
+                    .insert(organization.id.clone(), organization);
                 self.projects.insert(project.id.clone(), project);
                 self.api_keys.insert(api_key.id.clone(), api_key);
-                self.operator_tokens.insert(operator_token.id.clone(), operator_token);
+                self.operator_tokens
+                    .insert(operator_token.id.clone(), operator_token);
                 Ok(Output::Done)
             }
             Command::CreateProject(project) => {
@@ -217,9 +227,15 @@ impl ControlState {
                     return Err(not_found("organization", &project.organization_id));
                 }
                 if self.projects.contains_key(&project.id) {
-                    return Err(Rejection::AlreadyExists(format!("project id '{}' already exists", project.id)));
+                    return Err(Rejection::AlreadyExists(format!(
+                        "project id '{}' already exists",
+                        project.id
+                    )));
                 }
-                let in_org = self.projects.values().filter(|p| p.organization_id == project.organization_id);
+                let in_org = self
+                    .projects
+                    .values()
+                    .filter(|p| p.organization_id == project.organization_id);
                 let mut count = 0;
                 for p in in_org {
                     if p.name == project.name {
@@ -250,9 +266,16 @@ impl ControlState {
                     return Err(not_found("project", &key.project_id));
                 }
                 if self.api_keys.contains_key(&key.id) {
-                    return Err(Rejection::AlreadyExists(format!("API key id '{}' already exists", key.id)));
+                    return Err(Rejection::AlreadyExists(format!(
+                        "API key id '{}' already exists",
+                        key.id
+                    )));
                 }
-                let count = self.api_keys.values().filter(|k| k.project_id == key.project_id).count();
+                let count = self
+                    .api_keys
+                    .values()
+                    .filter(|k| k.project_id == key.project_id)
+                    .count();
                 if count >= MAX_API_KEYS_PER_PROJECT {
                     return Err(Rejection::LimitExceeded(format!(
                         "project already has {count} API keys; the limit is {MAX_API_KEYS_PER_PROJECT}"
@@ -270,12 +293,18 @@ impl ControlState {
 
     /// Projects of an organization, by id order.
     pub fn projects_of(&self, organization_id: &str) -> Vec<&Project> {
-        self.projects.values().filter(|p| p.organization_id == organization_id).collect()
+        self.projects
+            .values()
+            .filter(|p| p.organization_id == organization_id)
+            .collect()
     }
 
     /// API keys of a project, by id order.
     pub fn keys_of(&self, project_id: &str) -> Vec<&ApiKey> {
-        self.api_keys.values().filter(|k| k.project_id == project_id).collect()
+        self.api_keys
+            .values()
+            .filter(|k| k.project_id == project_id)
+            .collect()
     }
 }
 
@@ -290,7 +319,9 @@ impl conifer_raft::StateMachine for ControlMachine {
     fn apply(&mut self, _log_index: u64, command: &[u8]) -> Vec<u8> {
         let outcome: Outcome = match bincode::deserialize::<Command>(command) {
             Ok(cmd) => self.state.apply(cmd),
-            Err(e) => Err(Rejection::Invalid(format!("undecodable control-plane command: {e}"))),
+            Err(e) => Err(Rejection::Invalid(format!(
+                "undecodable control-plane command: {e}"
+            ))),
         };
         // Serializing plain data structures cannot fail.
         bincode::serialize(&outcome).unwrap_or_default()
@@ -301,7 +332,8 @@ impl conifer_raft::StateMachine for ControlMachine {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        self.state = bincode::deserialize(snapshot).map_err(|e| format!("control-plane snapshot: {e}"))?;
+        self.state =
+            bincode::deserialize(snapshot).map_err(|e| format!("control-plane snapshot: {e}"))?;
         Ok(())
     }
 }
@@ -311,7 +343,11 @@ mod tests {
     use super::*;
 
     fn org() -> Organization {
-        Organization { id: "o1".into(), name: "default".into(), created_at: "t".into() }
+        Organization {
+            id: "o1".into(),
+            name: "default".into(),
+            created_at: "t".into(),
+        }
     }
 
     fn project(id: &str, name: &str) -> Project {
@@ -342,7 +378,11 @@ mod tests {
             organization: org(),
             project: project("p0", "default"),
             api_key: key("k0", "p0"),
-            operator_token: OperatorToken { id: "op".into(), secret_sha256: "11".into(), created_at: "t".into() },
+            operator_token: OperatorToken {
+                id: "op".into(),
+                secret_sha256: "11".into(),
+                created_at: "t".into(),
+            },
         })
         .unwrap();
         s
@@ -356,7 +396,11 @@ mod tests {
             organization: org(),
             project: project("p9", "x"),
             api_key: key("k9", "p9"),
-            operator_token: OperatorToken { id: "op2".into(), secret_sha256: "22".into(), created_at: "t".into() },
+            operator_token: OperatorToken {
+                id: "op2".into(),
+                secret_sha256: "22".into(),
+                created_at: "t".into(),
+            },
         });
         assert!(matches!(again, Err(Rejection::Invalid(_))));
         assert_eq!(s, before);
@@ -365,7 +409,8 @@ mod tests {
     #[test]
     fn duplicate_project_name_is_rejected_without_change() {
         let mut s = bootstrapped();
-        s.apply(Command::CreateProject(project("p1", "alpha"))).unwrap();
+        s.apply(Command::CreateProject(project("p1", "alpha")))
+            .unwrap();
         let before = s.clone();
         let dup = s.apply(Command::CreateProject(project("p2", "alpha")));
         assert!(matches!(dup, Err(Rejection::AlreadyExists(_))));
@@ -375,19 +420,24 @@ mod tests {
     #[test]
     fn deleting_a_project_deletes_its_keys() {
         let mut s = bootstrapped();
-        s.apply(Command::CreateProject(project("p1", "alpha"))).unwrap();
+        s.apply(Command::CreateProject(project("p1", "alpha")))
+            .unwrap();
         s.apply(Command::CreateApiKey(key("k1", "p1"))).unwrap();
         s.apply(Command::DeleteProject { id: "p1".into() }).unwrap();
         assert!(!s.api_keys.contains_key("k1"));
         assert!(s.api_keys.contains_key("k0"));
-        assert!(matches!(s.apply(Command::DeleteProject { id: "p1".into() }), Err(Rejection::NotFound { .. })));
+        assert!(matches!(
+            s.apply(Command::DeleteProject { id: "p1".into() }),
+            Err(Rejection::NotFound { .. })
+        ));
     }
 
     #[test]
     fn key_limit_per_project_is_enforced_at_the_edge() {
         let mut s = bootstrapped();
         for i in 1..MAX_API_KEYS_PER_PROJECT {
-            s.apply(Command::CreateApiKey(key(&format!("k{i}"), "p0"))).unwrap();
+            s.apply(Command::CreateApiKey(key(&format!("k{i}"), "p0")))
+                .unwrap();
         }
         assert_eq!(s.keys_of("p0").len(), MAX_API_KEYS_PER_PROJECT);
         let over = s.apply(Command::CreateApiKey(key("one-too-many", "p0")));
@@ -397,6 +447,9 @@ mod tests {
     #[test]
     fn key_for_unknown_project_is_rejected() {
         let mut s = bootstrapped();
-        assert!(matches!(s.apply(Command::CreateApiKey(key("k1", "nope"))), Err(Rejection::NotFound { .. })));
+        assert!(matches!(
+            s.apply(Command::CreateApiKey(key("k1", "nope"))),
+            Err(Rejection::NotFound { .. })
+        ));
     }
 }
