@@ -55,6 +55,8 @@ fn rand_key() -> [u8; 32] {
 }
 
 #[test]
-fn rocksdb_store_passes_openraft_suite() -> Result<(), StorageError<u64>> {
-    Suite::test_all(Builder)
+fn rocksdb_store_passes_openraft_suite() {
+    if let Err(e) = Suite::test_all(Builder) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }
