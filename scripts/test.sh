@@ -17,7 +17,7 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> build"
-cargo build --workspace --bins
+cargo build --workspace --all-targets
 export CONIFER_BIN="$CARGO_TARGET_DIR/debug/conifer"
 echo "==> tests"
 # Integration tests start several real clusters; two at a time keeps 2 cores responsive.

@@ -209,3 +209,47 @@ async fn learner_joins_is_promoted_and_a_node_is_removed_while_serving() -> anyh
     assert_eq!(unknown.status().as_u16(), 404);
     wait_converged(&cluster, &[1, 3, fourth], &acknowledged).await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lagging_node_catches_up_from_a_streamed_snapshot() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let mut acknowledged = BTreeSet::new();
+    acknowledged.extend(create_project(&cluster, 1, "early").await);
+    let lagging_applied = cluster.cluster_info(3).await?["last_applied_index"]
+        .as_u64()
+        .unwrap_or(0);
+    cluster.node(3).kill();
+
+    // Enough entries for a snapshot (every 1000) and a purge of the log behind it.
+    for i in 0..600 {
+        let id = create_project(&cluster, 1, &format!("churn-{i}"))
+            .await
+            .expect("acknowledged create");
+        let resp = cluster
+            .http
+            .delete(cluster.url(2, &format!("/admin/projects/{id}")))
+            .bearer_auth(cluster.admin_token())
+            .send()
+            .await?;
+        assert_eq!(resp.status().as_u16(), 202);
+    }
+    acknowledged.extend(create_project(&cluster, 2, "late").await);
+    let leader = cluster.wait_leader(1, None).await?;
+    let purged = cluster.cluster_info(leader).await?["purged_index"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        purged > lagging_applied + 1,
+        "the leader purged the entries node 3 lacks ({purged} vs {lagging_applied})"
+    );
+
+    cluster.node(3).spawn()?;
+    cluster.wait_serving(3).await?;
+    wait_converged(&cluster, &[1, 2, 3], &acknowledged).await?;
+    let info = cluster.cluster_info(3).await?;
+    assert!(
+        info["snapshot_index"].as_u64().is_some(),
+        "node 3 holds a snapshot: {info}"
+    );
+    Ok(())
+}

@@ -187,6 +187,7 @@ async fn cluster(
         "term": metrics.current_term,
         "last_applied_index": metrics.last_applied.map(|l| l.index),
         "snapshot_index": metrics.snapshot.map(|l| l.index),
+        "purged_index": metrics.purged.map(|l| l.index),
         "members": members,
     })))
 }
