@@ -13,13 +13,12 @@ use conifer_proto::internal::{
     ChangeMemberReply, ChangeMemberRequest, JoinReply, JoinRequest, MemberAction, ProposeReply,
     ProposeRequest, RaftReply, RaftRequest,
 };
-use conifer_raft::types::CONTROL_GROUP;
 use conifer_raft::{GroupRegistry, NodeId, NodeInfo};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
-use crate::control::{ControlError, ControlPlane};
+use crate::control::{propose_to_group, ControlError, ControlPlane};
 use crate::tls::peer_node_ids;
 
 /// Longest a new learner may take to catch up before a join reports failure.
@@ -157,13 +156,13 @@ impl Internal for InternalService {
     ) -> Result<Response<ProposeReply>, Status> {
         authenticate_peer(&request, request.get_ref().from_node)?;
         let req = request.into_inner();
-        if req.group_id != CONTROL_GROUP {
-            return Err(Status::not_found(format!(
-                "group {} takes no forwarded proposals",
+        let raft = self.registry.get(req.group_id).ok_or_else(|| {
+            Status::not_found(format!(
+                "raft group {} is not hosted on this node",
                 req.group_id
-            )));
-        }
-        match self.control.propose_bytes(req.command).await {
+            ))
+        })?;
+        match propose_to_group(&raft, self.registry.peers(), req.group_id, req.command).await {
             Ok((response, log_index)) => Ok(Response::new(ProposeReply {
                 response,
                 log_index,

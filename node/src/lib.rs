@@ -7,4 +7,5 @@ pub mod cluster;
 pub mod control;
 pub mod crypto;
 pub mod node;
+pub mod shard;
 pub mod tls;

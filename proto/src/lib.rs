@@ -5,3 +5,10 @@ pub mod internal {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("conifer.internal.v1");
 }
+
+/// The Pinecone-compatible data plane (`VectorService`, no package): Pinecone's 2025-10
+/// field numbers and names, so the official SDKs' stubs work unchanged.
+pub mod pinecone {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("_");
+}

@@ -159,3 +159,34 @@ impl NodeStorage {
 pub fn printable(key: &[u8]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+impl NodeStorage {
+    /// Deletes every key of `group` in every column family (a shard replica that left this node).
+    pub fn delete_group(&self, group: GroupId) -> Result<(), StorageFault> {
+        let from = Self::group_key(group, &[]);
+        let to = Self::group_key(group + 1, &[]);
+        let mut batch = WriteBatch::default();
+        for name in COLUMN_FAMILIES {
+            batch.delete_range_cf(self.cf(name)?, &from, &to);
+        }
+        self.write_synced(batch)
+    }
+
+    /// Group ids that have Raft metadata on this node.
+    pub fn groups_with_state(&self) -> Result<Vec<GroupId>, StorageFault> {
+        let cf = self.cf(CF_RAFT_META)?;
+        let mut groups = Vec::new();
+        for item in self.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (key, _) = item?;
+            if key.len() >= 8 {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&key[..8]);
+                let group = GroupId::from_be_bytes(id);
+                if groups.last() != Some(&group) {
+                    groups.push(group);
+                }
+            }
+        }
+        Ok(groups)
+    }
+}

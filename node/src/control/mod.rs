@@ -91,69 +91,83 @@ impl ControlPlane {
     /// Proposes a serialized command, forwarding to the leader when this node is not it.
     /// Returns the serialized outcome and the log index it committed at.
     pub async fn propose_bytes(&self, bytes: Vec<u8>) -> Result<(Vec<u8>, u64), ControlError> {
-        let deadline = Instant::now() + Duration::from_millis(PROPOSE_TIMEOUT_MS);
-        loop {
-            match self.raft.client_write(RaftCommand(bytes.clone())).await {
-                Ok(resp) => return Ok((resp.data.0, resp.log_id.index)),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
-                    if let (Some(leader), Some(node)) = (fwd.leader_id, fwd.leader_node) {
-                        if leader != self.node_id() {
-                            return self.forward(leader, &node, bytes).await;
-                        }
+        propose_to_group(&self.raft, &self.peers, CONTROL_GROUP, bytes).await
+    }
+}
+
+/// Proposes `bytes` to `group` through its local replica `raft`: directly on the leader,
+/// otherwise forwarded to the leader over the cluster port, after which this replica waits
+/// until it has applied the entry (so reads through this node see the write).
+pub async fn propose_to_group(
+    raft: &Raft,
+    peers: &PeerChannels,
+    group: u64,
+    bytes: Vec<u8>,
+) -> Result<(Vec<u8>, u64), ControlError> {
+    let deadline = Instant::now() + Duration::from_millis(PROPOSE_TIMEOUT_MS);
+    loop {
+        match raft.client_write(RaftCommand(bytes.clone())).await {
+            Ok(resp) => return Ok((resp.data.0, resp.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
+                if let (Some(leader), Some(node)) = (fwd.leader_id, fwd.leader_node) {
+                    if leader != peers.node_id() {
+                        return forward(raft, peers, group, leader, &node, bytes).await;
                     }
                 }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    return Err(ControlError::Internal(e.to_string()))
-                }
-                Err(RaftError::Fatal(e)) => {
-                    return Err(ControlError::Unavailable {
-                        reason: e.to_string(),
-                        outcome_unknown: true,
-                    })
-                }
             }
-            if Instant::now() >= deadline {
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                return Err(ControlError::Internal(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => {
                 return Err(ControlError::Unavailable {
-                    reason: format!("no control-plane leader within {PROPOSE_TIMEOUT_MS} ms"),
-                    outcome_unknown: false,
-                });
+                    reason: e.to_string(),
+                    outcome_unknown: true,
+                })
             }
-            tokio::time::sleep(Duration::from_millis(NO_LEADER_RETRY_MS)).await;
         }
+        if Instant::now() >= deadline {
+            return Err(ControlError::Unavailable {
+                reason: format!("no leader for group {group} within {PROPOSE_TIMEOUT_MS} ms"),
+                outcome_unknown: false,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(NO_LEADER_RETRY_MS)).await;
     }
+}
 
-    async fn forward(
-        &self,
-        leader: NodeId,
-        node: &conifer_raft::NodeInfo,
-        bytes: Vec<u8>,
-    ) -> Result<(Vec<u8>, u64), ControlError> {
-        let mut client =
-            self.peers
-                .client(leader, node)
-                .map_err(|e| ControlError::Unavailable {
-                    reason: e,
-                    outcome_unknown: false,
-                })?;
-        let request = ProposeRequest {
-            group_id: CONTROL_GROUP,
-            from_node: self.node_id(),
-            command: bytes,
-        };
-        let reply = client
-            .propose(request)
-            .await
-            .map_err(|status| ControlError::Unavailable {
-                reason: format!("forwarding to leader node {leader}: {}", status.message()),
-                outcome_unknown: true,
-            })?
-            .into_inner();
-        // Read-your-writes through this node: wait until the entry is applied here too.
-        let _ = self
-            .raft
-            .wait(Some(Duration::from_millis(PROPOSE_TIMEOUT_MS)))
-            .applied_index_at_least(Some(reply.log_index), "forwarded write applied locally")
-            .await;
-        Ok((reply.response, reply.log_index))
-    }
+async fn forward(
+    raft: &Raft,
+    peers: &PeerChannels,
+    group: u64,
+    leader: NodeId,
+    node: &conifer_raft::NodeInfo,
+    bytes: Vec<u8>,
+) -> Result<(Vec<u8>, u64), ControlError> {
+    let mut client = peers
+        .client(leader, node)
+        .map_err(|e| ControlError::Unavailable {
+            reason: e,
+            outcome_unknown: false,
+        })?;
+    let request = ProposeRequest {
+        group_id: group,
+        from_node: peers.node_id(),
+        command: bytes,
+    };
+    let reply = client
+        .propose(request)
+        .await
+        .map_err(|status| ControlError::Unavailable {
+            reason: format!(
+                "forwarding to leader node {leader} of group {group}: {}",
+                status.message()
+            ),
+            outcome_unknown: true,
+        })?
+        .into_inner();
+    let _ = raft
+        .wait(Some(Duration::from_millis(PROPOSE_TIMEOUT_MS)))
+        .applied_index_at_least(Some(reply.log_index), "forwarded write applied locally")
+        .await;
+    Ok((reply.response, reply.log_index))
 }

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub const MAX_PROJECTS_PER_ORG: usize = 1_000;
 /// Most API keys one project may hold.
 pub const MAX_API_KEYS_PER_PROJECT: usize = 200;
+/// Most indexes one project may hold.
+pub const MAX_INDEXES_PER_PROJECT: usize = 100;
 
 /// An organization: owns projects (and later users).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +106,73 @@ pub struct ApiKey {
     pub created_at: String,
 }
 
+/// Similarity metric of an index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Metric {
+    /// Cosine similarity (vectors normalized, then inner product).
+    Cosine,
+    /// Euclidean distance (score = squared L2 distance, lower is closer).
+    Euclidean,
+    /// Inner product.
+    DotProduct,
+}
+
+impl Metric {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Cosine => "cosine",
+            Metric::Euclidean => "euclidean",
+            Metric::DotProduct => "dotproduct",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Metric::Cosine, Metric::Euclidean, Metric::DotProduct]
+            .into_iter()
+            .find(|m| m.as_str() == name)
+    }
+}
+
+/// Lifecycle state of an index, as Pinecone reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IndexState {
+    /// The shard group is being created.
+    Initializing,
+    /// The shard group has elected a leader and serves.
+    Ready,
+}
+
+/// An index of a project: configuration plus where its (single, for now) shard lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    /// Name, unique within the project.
+    pub name: String,
+    /// Owning project.
+    pub project_id: String,
+    /// Vector dimension.
+    pub dimension: u32,
+    /// Similarity metric.
+    pub metric: Metric,
+    /// `dense` (sparse indexes come later).
+    pub vector_type: String,
+    /// Pinecone `spec` (serverless or pod) as given, JSON text.
+    pub spec_json: String,
+    /// Pinecone `tags` as given, JSON text (`null` when none).
+    pub tags_json: String,
+    /// Whether deletion is refused.
+    pub deletion_protection: bool,
+    /// Raft group of the shard (assigned at apply).
+    pub group_id: u64,
+    /// Nodes holding a replica of the shard.
+    pub replicas: Vec<u64>,
+    /// Lifecycle state.
+    pub state: IndexState,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
 /// The operator (break-glass cluster-admin) token; only its digest is stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperatorToken {
@@ -145,6 +214,31 @@ pub enum Command {
         /// The key.
         id: String,
     },
+    /// Create an index; the state machine assigns its shard group id.
+    CreateIndex(Index),
+    /// Change an index's deletion protection and/or tags.
+    ConfigureIndex {
+        /// Owning project.
+        project_id: String,
+        /// Index name.
+        name: String,
+        /// New deletion protection, if changing.
+        deletion_protection: Option<bool>,
+        /// New tags (JSON text), if changing.
+        tags_json: Option<String>,
+    },
+    /// Mark an index ready (proposed by its shard leader once the group serves).
+    MarkIndexReady {
+        /// Shard group of the index.
+        group_id: u64,
+    },
+    /// Delete an index (refused while deletion protection is on).
+    DeleteIndex {
+        /// Owning project.
+        project_id: String,
+        /// Index name.
+        name: String,
+    },
 }
 
 /// What a command produced.
@@ -156,6 +250,8 @@ pub enum Output {
     Project(Project),
     /// The key as stored.
     ApiKey(ApiKey),
+    /// The index as stored.
+    Index(Index),
 }
 
 /// Why a command was rejected; the state is unchanged.
@@ -194,6 +290,10 @@ pub struct ControlState {
     pub api_keys: BTreeMap<String, ApiKey>,
     /// Operator tokens by id.
     pub operator_tokens: BTreeMap<String, OperatorToken>,
+    /// Indexes by (project id, name).
+    pub indexes: BTreeMap<(String, String), Index>,
+    /// Next shard group id to assign (group 0 is the control plane).
+    pub next_group_id: u64,
 }
 
 fn not_found(kind: &str, id: &str) -> Rejection {
@@ -257,9 +357,16 @@ impl ControlState {
                 Ok(Output::Project(project))
             }
             Command::DeleteProject { id } => {
-                if self.projects.remove(&id).is_none() {
+                if !self.projects.contains_key(&id) {
                     return Err(not_found("project", &id));
                 }
+                let indexes = self.indexes_of(&id).len();
+                if indexes > 0 {
+                    return Err(Rejection::Invalid(format!(
+                        "project '{id}' still has {indexes} index(es); delete them first"
+                    )));
+                }
+                self.projects.remove(&id);
                 self.api_keys.retain(|_, k| k.project_id != id);
                 Ok(Output::Done)
             }
@@ -290,7 +397,79 @@ impl ControlState {
                 Some(_) => Ok(Output::Done),
                 None => Err(not_found("API key", &id)),
             },
+            Command::CreateIndex(mut index) => {
+                if !self.projects.contains_key(&index.project_id) {
+                    return Err(not_found("project", &index.project_id));
+                }
+                let key = (index.project_id.clone(), index.name.clone());
+                if self.indexes.contains_key(&key) {
+                    return Err(Rejection::AlreadyExists(format!(
+                        "index '{}' already exists",
+                        index.name
+                    )));
+                }
+                let count = self.indexes_of(&index.project_id).len();
+                if count >= MAX_INDEXES_PER_PROJECT {
+                    return Err(Rejection::LimitExceeded(format!(
+                        "project already has {count} indexes; the limit is {MAX_INDEXES_PER_PROJECT}"
+                    )));
+                }
+                self.next_group_id = self.next_group_id.max(1);
+                index.group_id = self.next_group_id;
+                index.state = IndexState::Initializing;
+                self.next_group_id += 1;
+                self.indexes.insert(key, index.clone());
+                Ok(Output::Index(index))
+            }
+            Command::ConfigureIndex {
+                project_id,
+                name,
+                deletion_protection,
+                tags_json,
+            } => {
+                let index = self
+                    .indexes
+                    .get_mut(&(project_id, name.clone()))
+                    .ok_or_else(|| not_found("index", &name))?;
+                if let Some(protect) = deletion_protection {
+                    index.deletion_protection = protect;
+                }
+                if let Some(tags) = tags_json {
+                    index.tags_json = tags;
+                }
+                Ok(Output::Index(index.clone()))
+            }
+            Command::MarkIndexReady { group_id } => {
+                match self.indexes.values_mut().find(|i| i.group_id == group_id) {
+                    Some(index) => {
+                        index.state = IndexState::Ready;
+                        Ok(Output::Done)
+                    }
+                    None => Err(not_found("index with shard group", &group_id.to_string())),
+                }
+            }
+            Command::DeleteIndex { project_id, name } => {
+                let key = (project_id, name.clone());
+                match self.indexes.get(&key) {
+                    None => Err(not_found("index", &name)),
+                    Some(index) if index.deletion_protection => Err(Rejection::Invalid(format!(
+                        "index '{name}' has deletion protection enabled; disable it before deleting"
+                    ))),
+                    Some(_) => {
+                        self.indexes.remove(&key);
+                        Ok(Output::Done)
+                    }
+                }
+            }
         }
+    }
+
+    /// Indexes of a project, by name order.
+    pub fn indexes_of(&self, project_id: &str) -> Vec<&Index> {
+        self.indexes
+            .values()
+            .filter(|i| i.project_id == project_id)
+            .collect()
     }
 
     /// Projects of an organization, by id order.

@@ -1,0 +1,221 @@
+//! The shard reconciler: converges the shard groups running on this node to what the
+//! control plane says this node should host.
+//!
+//! Every [`RECONCILE_INTERVAL_MS`] it starts a Raft group for each index whose replica set
+//! names this node (the lowest-numbered replica initializes the group), proposes
+//! `MarkIndexReady` once a group it leads serves, and stops and erases groups whose index
+//! is gone. A restarted or lagging node heals itself through the same loop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use conifer_raft::log_store::LogStore;
+use conifer_raft::network::NetworkFactory;
+use conifer_raft::state_machine::{StateHandle, StateMachineStore};
+use conifer_raft::{GroupRegistry, NodeId, NodeStorage, Raft};
+
+use super::machine::ShardMachine;
+use crate::control::state::{Command, Index, IndexState};
+use crate::control::ControlPlane;
+
+/// Period of the reconciler.
+pub const RECONCILE_INTERVAL_MS: u64 = 250;
+
+/// A shard replica running on this node.
+#[derive(Clone)]
+pub struct HostedShard {
+    /// Its Raft group id.
+    pub group: u64,
+    /// The Raft instance.
+    pub raft: Raft,
+    /// Read access to its records.
+    pub state: StateHandle<ShardMachine>,
+}
+
+struct Inner {
+    storage: NodeStorage,
+    registry: GroupRegistry,
+    control: ControlPlane,
+    raft_config: Arc<openraft::Config>,
+    shards: RwLock<HashMap<u64, HostedShard>>,
+}
+
+/// The shard replicas of this node and their reconciler.
+#[derive(Clone)]
+pub struct ShardManager {
+    inner: Arc<Inner>,
+}
+
+impl ShardManager {
+    /// A manager hosting shards in `storage`, registered in `registry`.
+    pub fn new(
+        storage: NodeStorage,
+        registry: GroupRegistry,
+        control: ControlPlane,
+        raft_config: Arc<openraft::Config>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                storage,
+                registry,
+                control,
+                raft_config,
+                shards: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The replica of shard group `group`, if hosted here.
+    pub fn get(&self, group: u64) -> Option<HostedShard> {
+        self.inner
+            .shards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .cloned()
+    }
+
+    fn node_id(&self) -> NodeId {
+        self.inner.control.node_id()
+    }
+
+    /// Runs the reconciler forever.
+    pub fn spawn(&self) {
+        let manager = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = manager.reconcile_once().await {
+                    tracing::warn!("shard reconcile: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(RECONCILE_INTERVAL_MS)).await;
+            }
+        });
+    }
+
+    /// One pass of the reconciler.
+    pub async fn reconcile_once(&self) -> anyhow::Result<()> {
+        let me = self.node_id();
+        let (wanted, next_group_id): (Vec<Index>, u64) = self.inner.control.read(|s| {
+            (
+                s.indexes
+                    .values()
+                    .filter(|i| i.replicas.contains(&me))
+                    .cloned()
+                    .collect(),
+                s.next_group_id,
+            )
+        });
+        let wanted_groups: BTreeMap<u64, &Index> = wanted.iter().map(|i| (i.group_id, i)).collect();
+
+        for index in &wanted {
+            let shard = match self.get(index.group_id) {
+                Some(shard) => shard,
+                None => self.start(index).await?,
+            };
+            if !shard.raft.is_initialized().await? && index.replicas.iter().min() == Some(&me) {
+                let membership = self
+                    .inner
+                    .control
+                    .raft()
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .clone();
+                let nodes: Option<BTreeMap<_, _>> = index
+                    .replicas
+                    .iter()
+                    .map(|id| membership.get_node(id).map(|n| (*id, n.clone())))
+                    .collect();
+                if let Some(nodes) = nodes {
+                    tracing::info!(group = index.group_id, index = %index.name, "initializing shard group");
+                    if let Err(e) = shard.raft.initialize(nodes).await {
+                        tracing::warn!(group = index.group_id, "initialize: {e}");
+                    }
+                }
+            }
+            let leader = shard.raft.metrics().borrow().current_leader;
+            if index.state == IndexState::Initializing && leader == Some(me) {
+                let command = Command::MarkIndexReady {
+                    group_id: index.group_id,
+                };
+                if let Err(e) = self.inner.control.propose(command).await {
+                    tracing::debug!(group = index.group_id, "mark ready: {e}");
+                }
+            }
+        }
+
+        let hosted: Vec<u64> = self
+            .inner
+            .shards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for group in hosted {
+            if !wanted_groups.contains_key(&group) && group < next_group_id {
+                self.stop_and_erase(group).await?;
+            }
+        }
+        // Groups left on disk by an index deleted while this node was down.
+        for group in self.inner.storage.groups_with_state()? {
+            if group != 0
+                && group < next_group_id
+                && !wanted_groups.contains_key(&group)
+                && self.get(group).is_none()
+            {
+                tracing::info!(
+                    group,
+                    "erasing data of a shard group this node no longer hosts"
+                );
+                self.inner.storage.delete_group(group)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn start(&self, index: &Index) -> anyhow::Result<HostedShard> {
+        let group = index.group_id;
+        let storage = self.inner.storage.clone();
+        let machine = ShardMachine::new(index.dimension as usize, index.metric);
+        let sm = StateMachineStore::open(group, storage.clone(), machine)?;
+        let state = sm.handle();
+        let log = LogStore::new(group, storage);
+        let network = NetworkFactory::new(group, self.inner.registry.peers().clone());
+        let raft = Raft::new(
+            self.node_id(),
+            self.inner.raft_config.clone(),
+            network,
+            log,
+            sm,
+        )
+        .await?;
+        self.inner.registry.insert(group, raft.clone());
+        let shard = HostedShard { group, raft, state };
+        self.inner
+            .shards
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, shard.clone());
+        tracing::info!(group, index = %index.name, "shard replica started");
+        Ok(shard)
+    }
+
+    async fn stop_and_erase(&self, group: u64) -> anyhow::Result<()> {
+        let shard = self
+            .inner
+            .shards
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group);
+        self.inner.registry.remove(group);
+        if let Some(shard) = shard {
+            let _ = shard.raft.shutdown().await;
+        }
+        self.inner.storage.delete_group(group)?;
+        tracing::info!(group, "shard replica stopped and erased");
+        Ok(())
+    }
+}
