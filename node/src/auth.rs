@@ -137,3 +137,67 @@ mod tests {
         assert!(verify_operator_token(&state, &key.value).is_none());
     }
 }
+
+/// What an API-key request needs; issue 5 grows this into the full permission matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Describe / list indexes.
+    ControlRead,
+    /// Create / configure / delete indexes.
+    ControlWrite,
+    /// Query, fetch, list, stats.
+    DataRead,
+    /// Upsert, update, delete, namespaces.
+    DataWrite,
+}
+
+/// Whether a key with `roles` may perform an operation needing `access`.
+pub fn key_allows(roles: &[crate::control::state::ApiKeyRole], access: Access) -> bool {
+    use crate::control::state::ApiKeyRole as R;
+    roles.iter().any(|role| match access {
+        Access::ControlRead => matches!(
+            role,
+            R::ProjectEditor | R::ProjectViewer | R::ControlPlaneEditor | R::ControlPlaneViewer
+        ),
+        Access::ControlWrite => matches!(role, R::ProjectEditor | R::ControlPlaneEditor),
+        Access::DataRead => matches!(
+            role,
+            R::ProjectEditor | R::ProjectViewer | R::DataPlaneEditor | R::DataPlaneViewer
+        ),
+        Access::DataWrite => matches!(role, R::ProjectEditor | R::DataPlaneEditor),
+    })
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+    use crate::control::state::ApiKeyRole;
+
+    #[test]
+    fn each_key_role_grants_exactly_its_plane_and_mode() {
+        let expect = |role, access| key_allows(&[role], access);
+        for access in [
+            Access::ControlRead,
+            Access::ControlWrite,
+            Access::DataRead,
+            Access::DataWrite,
+        ] {
+            assert!(expect(ApiKeyRole::ProjectEditor, access));
+        }
+        assert!(expect(ApiKeyRole::ProjectViewer, Access::DataRead));
+        assert!(!expect(ApiKeyRole::ProjectViewer, Access::DataWrite));
+        assert!(!expect(ApiKeyRole::ProjectViewer, Access::ControlWrite));
+        assert!(expect(ApiKeyRole::ControlPlaneEditor, Access::ControlWrite));
+        assert!(!expect(ApiKeyRole::ControlPlaneEditor, Access::DataRead));
+        assert!(expect(ApiKeyRole::ControlPlaneViewer, Access::ControlRead));
+        assert!(!expect(
+            ApiKeyRole::ControlPlaneViewer,
+            Access::ControlWrite
+        ));
+        assert!(expect(ApiKeyRole::DataPlaneEditor, Access::DataWrite));
+        assert!(!expect(ApiKeyRole::DataPlaneEditor, Access::ControlRead));
+        assert!(expect(ApiKeyRole::DataPlaneViewer, Access::DataRead));
+        assert!(!expect(ApiKeyRole::DataPlaneViewer, Access::DataWrite));
+        assert!(!key_allows(&[], Access::DataRead));
+    }
+}

@@ -7,5 +7,6 @@ pub mod cluster;
 pub mod control;
 pub mod crypto;
 pub mod node;
+pub mod router;
 pub mod shard;
 pub mod tls;

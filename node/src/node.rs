@@ -24,6 +24,8 @@ use crate::cluster::{InternalService, JOIN_RETRY_MS};
 use crate::control::state::{ApiKey, ApiKeyRole, OperatorToken, Organization, Project};
 use crate::control::{Command, ControlMachine, ControlPlane};
 use crate::crypto::{node_data_key, write_private_file, LocalKeyring};
+use crate::router::Router;
+use crate::shard::manager::ShardManager;
 use crate::tls::{self, LeafKind, NodeTls, Validity};
 
 /// Raft heartbeat period of group 0.
@@ -199,6 +201,18 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     let raft = Raft::new(config.node_id, raft_config()?, network, log, sm).await?;
     registry.insert(CONTROL_GROUP, raft.clone());
     let control = ControlPlane::new(raft.clone(), handle, peers.clone());
+    let shards = ShardManager::new(
+        storage.clone(),
+        registry.clone(),
+        control.clone(),
+        raft_config()?,
+    );
+    let router = Router::new(
+        control.clone(),
+        shards.clone(),
+        config.domain.clone(),
+        config.api_addr.port(),
+    );
 
     let cluster_listener = TcpListener::bind(config.cluster_addr)
         .await
@@ -222,8 +236,9 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     tokio::spawn(api::serve(
         api_listener,
         node_tls.client_port_config()?,
-        api::router(ApiState {
+        api::routes(ApiState {
             control: control.clone(),
+            router,
         }),
     ));
     tracing::info!(node = config.node_id, api = %config.api_addr, cluster = %config.cluster_addr, "node listening");
@@ -240,6 +255,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
             }
         }
     }
+    shards.spawn();
     Ok(RunningNode { raft, control })
 }
 

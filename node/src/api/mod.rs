@@ -5,7 +5,12 @@
 //! holds the logic. Every route except `/health` requires a credential.
 
 pub mod admin;
+pub mod convert;
+pub mod data;
 pub mod error;
+pub mod grpc;
+pub mod indexes;
+pub mod vectors;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +19,8 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
+use conifer_proto::pinecone::vector_service_server::VectorServiceServer;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
@@ -24,10 +30,14 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth;
 use crate::control::ControlPlane;
+use crate::router::Router;
 pub use error::ApiError;
+use grpc::GrpcDataPlane;
 
 /// Largest admin request body.
 pub const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024;
+/// Largest data-plane or index request body (JSON of a 2 MB upsert, with room for encoding).
+pub const MAX_DATA_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Most client connections served at once per node; further connections wait in the backlog.
 pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
 /// Time allowed for a client's TLS handshake.
@@ -38,11 +48,79 @@ pub const CLIENT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 pub struct ApiState {
     /// The control plane.
     pub control: ControlPlane,
+    /// Data-plane routing.
+    pub router: Router,
 }
 
-/// The REST routes.
-pub fn router(state: ApiState) -> Router {
-    Router::new()
+/// Every route of the client port: admin and index REST, data-plane REST, and the
+/// data-plane gRPC service.
+pub fn routes(state: ApiState) -> axum::Router {
+    let grpc_service = VectorServiceServer::new(GrpcDataPlane::new(state.router.clone()))
+        .max_decoding_message_size(MAX_DATA_BODY_BYTES);
+    let grpc = axum::Router::new()
+        .route_service("/VectorService/{*method}", grpc_service)
+        .layer(axum::middleware::map_request(copy_authority));
+    let data = axum::Router::new()
+        .route("/indexes", post(indexes::create).get(indexes::list))
+        .route(
+            "/indexes/{name}",
+            get(indexes::describe)
+                .patch(indexes::configure)
+                .delete(indexes::delete),
+        )
+        .route("/vectors/upsert", post(data::upsert))
+        .route("/query", post(data::query))
+        .route("/vectors/fetch", get(data::fetch))
+        .route("/vectors/list", get(data::list))
+        .route("/vectors/fetch_by_metadata", post(data::fetch_by_metadata))
+        .route("/vectors/delete", post(data::delete).delete(data::delete))
+        .route("/vectors/update", post(data::update))
+        .route(
+            "/describe_index_stats",
+            post(data::describe_index_stats).get(data::describe_index_stats),
+        )
+        .route(
+            "/namespaces",
+            get(data::list_namespaces).post(data::create_namespace),
+        )
+        .route(
+            "/namespaces/{namespace}",
+            get(data::describe_namespace).delete(data::delete_namespace),
+        )
+        .layer(DefaultBodyLimit::max(MAX_DATA_BODY_BYTES))
+        .layer(axum::middleware::map_request(copy_authority))
+        .with_state(state.clone());
+    admin_routes(state)
+        .merge(data)
+        .merge(grpc)
+        .fallback(|| async { ApiError::not_found("no such route") })
+}
+
+/// Puts the request's authority (HTTP/2 `:authority` or HTTP/1.1 `Host`) into the header
+/// [`grpc::AUTHORITY_METADATA`] that data-plane routing reads, replacing anything the client
+/// sent under that name.
+async fn copy_authority(mut request: axum::extract::Request) -> axum::extract::Request {
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            request
+                .headers()
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(String::from)
+        });
+    let headers = request.headers_mut();
+    headers.remove(grpc::AUTHORITY_METADATA);
+    if let Some(value) = authority.and_then(|a| axum::http::HeaderValue::from_str(&a).ok()) {
+        headers.insert(grpc::AUTHORITY_METADATA, value);
+    }
+    request
+}
+
+fn admin_routes(state: ApiState) -> axum::Router {
+    axum::Router::new()
         .route("/health", get(health))
         .route("/admin/cluster", get(cluster))
         .route(
@@ -72,7 +150,7 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Serves `router` with TLS on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router: Router) {
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router: axum::Router) {
     let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(MAX_CLIENT_CONNECTIONS));
     loop {

@@ -27,6 +27,12 @@ pub fn canonical_namespace(ns: &str) -> String {
     }
 }
 
+fn parse_filter_text(text: &str) -> Result<Filter, ShardRejection> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| ShardRejection::Invalid(format!("filter: {e}")))?;
+    super::filter::parse(&value).map_err(|e| ShardRejection::Invalid(e.to_string()))
+}
+
 /// One record as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -81,6 +87,22 @@ pub enum ShardCommand {
     DeleteAll {
         /// Namespace.
         namespace: String,
+    },
+    /// Merge metadata into every record matching a filter.
+    UpdateByFilter {
+        /// Namespace.
+        namespace: String,
+        /// Filter (JSON text, validated by the API).
+        filter: String,
+        /// Fields to set (JSON object text).
+        set_metadata: String,
+    },
+    /// Delete every record matching a filter.
+    DeleteByFilter {
+        /// Namespace.
+        namespace: String,
+        /// Filter (JSON text, validated by the API).
+        filter: String,
     },
     /// Create an empty namespace.
     CreateNamespace {
@@ -274,6 +296,45 @@ impl ShardMachine {
                 if self.namespaces.contains_key(&namespace) {
                     let ns = self.new_namespace();
                     self.namespaces.insert(namespace, ns);
+                }
+                Ok(ShardOutput::Done)
+            }
+            ShardCommand::UpdateByFilter {
+                namespace,
+                filter,
+                set_metadata,
+            } => {
+                let filter = parse_filter_text(&filter)?;
+                let set: Map<String, Value> = serde_json::from_str(&set_metadata).map_err(|e| {
+                    ShardRejection::Invalid(format!("setMetadata is not an object: {e}"))
+                })?;
+                let Some(ns) = self.namespaces.get_mut(&namespace) else {
+                    return Ok(ShardOutput::Updated(0));
+                };
+                let updated: Vec<(String, Record)> = ns
+                    .matching(&filter)
+                    .into_iter()
+                    .map(|(id, record)| {
+                        let mut record = record.clone();
+                        let mut merged = record.metadata_map().unwrap_or_default();
+                        merged.extend(set.clone());
+                        record.metadata = Some(Value::Object(merged).to_string());
+                        (id.clone(), record)
+                    })
+                    .collect();
+                let count = updated.len() as u32;
+                ns.upsert(updated);
+                Ok(ShardOutput::Updated(count))
+            }
+            ShardCommand::DeleteByFilter { namespace, filter } => {
+                let filter = parse_filter_text(&filter)?;
+                if let Some(ns) = self.namespaces.get_mut(&namespace) {
+                    let ids: Vec<String> = ns
+                        .matching(&filter)
+                        .into_iter()
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    ns.delete(&ids);
                 }
                 Ok(ShardOutput::Done)
             }

@@ -1,0 +1,538 @@
+//! The data plane over REST with Pinecone's camelCase JSON. Each handler converts its JSON
+//! into the protobuf request, runs the shared operation in [`super::vectors`], and converts
+//! the response back, adding the sequence-number headers.
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use conifer_proto::pinecone as pb;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::convert::{json_to_struct, struct_to_json};
+use super::vectors::{self, Lsn};
+use super::{ApiError, ApiState};
+use crate::auth::Access;
+use crate::router::Target;
+
+/// Request header asking a read to wait until this sequence number is applied locally.
+pub const MIN_LSN_HEADER: &str = "x-conifer-min-lsn";
+/// Request header naming the index explicitly (instead of the host name).
+pub const INDEX_HEADER: &str = "x-conifer-index";
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Authenticates, authorizes and resolves the index of a REST data-plane call, and honours
+/// [`MIN_LSN_HEADER`].
+async fn target(state: &ApiState, headers: &HeaderMap, access: Access) -> Result<Target, ApiError> {
+    let key = state
+        .router
+        .authenticate(header(headers, "api-key"), access)?;
+    let host = header(headers, super::grpc::AUTHORITY_METADATA);
+    let target = state
+        .router
+        .resolve(&key, header(headers, INDEX_HEADER), host)?;
+    if let Some(min) = header(headers, MIN_LSN_HEADER) {
+        let lsn: u64 = min
+            .parse()
+            .map_err(|_| ApiError::invalid(format!("{MIN_LSN_HEADER} must be a number")))?;
+        state.router.wait_applied(&target, lsn).await?;
+    }
+    Ok(target)
+}
+
+fn with_lsn(body: Value, lsn: Lsn) -> Response {
+    let mut response = Json(body).into_response();
+    let headers = response.headers_mut();
+    if let Some(n) = lsn.request {
+        headers.insert("x-pinecone-request-lsn", HeaderValue::from(n));
+    }
+    if let Some(n) = lsn.max_indexed {
+        headers.insert("x-pinecone-max-indexed-lsn", HeaderValue::from(n));
+    }
+    response
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SparseJson {
+    indices: Vec<u32>,
+    values: Vec<f32>,
+}
+
+impl From<SparseJson> for pb::SparseValues {
+    fn from(s: SparseJson) -> Self {
+        Self {
+            indices: s.indices,
+            values: s.values,
+        }
+    }
+}
+
+fn sparse_json(s: &Option<pb::SparseValues>) -> Option<Value> {
+    s.as_ref()
+        .map(|s| json!({"indices": s.indices, "values": s.values}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct VectorJson {
+    id: String,
+    #[serde(default)]
+    values: Vec<f32>,
+    #[serde(default)]
+    sparse_values: Option<SparseJson>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+fn vector_json(v: &pb::Vector) -> Value {
+    let mut out = json!({"id": v.id, "values": v.values});
+    if let Some(s) = sparse_json(&v.sparse_values) {
+        out["sparseValues"] = s;
+    }
+    if let Some(m) = &v.metadata {
+        out["metadata"] = Value::Object(struct_to_json(m));
+    }
+    out
+}
+
+fn usage_json(u: &Option<pb::Usage>) -> Value {
+    json!({"readUnits": u.as_ref().and_then(|u| u.read_units).unwrap_or(0)})
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UpsertJson {
+    vectors: Vec<VectorJson>,
+    #[serde(default)]
+    namespace: String,
+}
+
+/// `POST /vectors/upsert`.
+pub async fn upsert(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = target(&state, &headers, Access::DataWrite).await?;
+    let req: UpsertJson = parse_body(&body)?;
+    let req = pb::UpsertRequest {
+        vectors: req
+            .vectors
+            .into_iter()
+            .map(|v| pb::Vector {
+                id: v.id,
+                values: v.values,
+                sparse_values: v.sparse_values.map(Into::into),
+                metadata: v.metadata.as_ref().map(json_to_struct),
+            })
+            .collect(),
+        namespace: req.namespace,
+    };
+    let (resp, lsn) = vectors::upsert(&state.router, &target, req).await?;
+    Ok(with_lsn(json!({"upsertedCount": resp.upserted_count}), lsn))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct QueryJson {
+    #[serde(default)]
+    namespace: String,
+    top_k: u32,
+    #[serde(default)]
+    filter: Option<Map<String, Value>>,
+    #[serde(default)]
+    include_values: bool,
+    #[serde(default)]
+    include_metadata: bool,
+    #[serde(default)]
+    vector: Vec<f32>,
+    #[serde(default)]
+    sparse_vector: Option<SparseJson>,
+    #[serde(default)]
+    id: String,
+}
+
+/// `POST /query`.
+#[allow(deprecated)] // `queries` is part of the wire format; it is left empty.
+pub async fn query(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = target(&state, &headers, Access::DataRead).await?;
+    let req: QueryJson = parse_body(&body)?;
+    let req = pb::QueryRequest {
+        namespace: req.namespace,
+        top_k: req.top_k,
+        filter: req.filter.as_ref().map(json_to_struct),
+        include_values: req.include_values,
+        include_metadata: req.include_metadata,
+        queries: Vec::new(),
+        vector: req.vector,
+        id: req.id,
+        sparse_vector: req.sparse_vector.map(Into::into),
+        scan_factor: None,
+        max_candidates: None,
+    };
+    let (resp, lsn) = vectors::query(&target, req)?;
+    let matches: Vec<Value> = resp
+        .matches
+        .iter()
+        .map(|m| {
+            let mut out = json!({"id": m.id, "score": m.score, "values": m.values});
+            if let Some(s) = sparse_json(&m.sparse_values) {
+                out["sparseValues"] = s;
+            }
+            if let Some(md) = &m.metadata {
+                out["metadata"] = Value::Object(struct_to_json(md));
+            }
+            out
+        })
+        .collect();
+    Ok(with_lsn(
+        json!({"matches": matches, "namespace": resp.namespace, "usage": usage_json(&resp.usage)}),
+        lsn,
+    ))
+}
+
+/// Query-string pairs of a GET request.
+fn query_pairs(raw: &Option<String>) -> Vec<(String, String)> {
+    raw.as_deref()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn single(pairs: &[(String, String)], name: &str) -> Option<String> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+fn number(pairs: &[(String, String)], name: &str) -> Result<Option<u32>, ApiError> {
+    single(pairs, name)
+        .map(|v| {
+            v.parse().map_err(|_| {
+                ApiError::invalid(format!("{name} must be a non-negative integer, got '{v}'"))
+            })
+        })
+        .transpose()
+}
+
+/// `GET /vectors/fetch?ids=…&namespace=…`.
+pub async fn fetch(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let target = target(&state, &headers, Access::DataRead).await?;
+    let pairs = query_pairs(&raw);
+    let ids: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "ids")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let req = pb::FetchRequest {
+        ids,
+        namespace: single(&pairs, "namespace").unwrap_or_default(),
+    };
+    let (resp, lsn) = vectors::fetch(&target, req)?;
+    let vectors: Map<String, Value> = resp
+        .vectors
+        .iter()
+        .map(|(id, v)| (id.clone(), vector_json(v)))
+        .collect();
+    Ok(with_lsn(
+        json!({"vectors": vectors, "namespace": resp.namespace, "usage": usage_json(&resp.usage)}),
+        lsn,
+    ))
+}
+
+/// `GET /vectors/list?prefix=…&limit=…&paginationToken=…&namespace=…`.
+pub async fn list(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let target = target(&state, &headers, Access::DataRead).await?;
+    let pairs = query_pairs(&raw);
+    let req = pb::ListRequest {
+        prefix: single(&pairs, "prefix"),
+        limit: number(&pairs, "limit")?,
+        pagination_token: single(&pairs, "paginationToken"),
+        namespace: single(&pairs, "namespace").unwrap_or_default(),
+    };
+    let (resp, lsn) = vectors::list(&target, req)?;
+    let mut body = json!({
+        "vectors": resp.vectors.iter().map(|v| json!({"id": v.id})).collect::<Vec<_>>(),
+        "namespace": resp.namespace,
+        "usage": usage_json(&resp.usage),
+    });
+    if let Some(p) = resp.pagination {
+        body["pagination"] = json!({"next": p.next});
+    }
+    Ok(with_lsn(body, lsn))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FetchByMetadataJson {
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    filter: Option<Map<String, Value>>,
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    pagination_token: Option<String>,
+}
+
+/// `POST /vectors/fetch_by_metadata`.
+pub async fn fetch_by_metadata(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = target(&state, &headers, Access::DataRead).await?;
+    let req: FetchByMetadataJson = parse_body(&body)?;
+    let req = pb::FetchByMetadataRequest {
+        namespace: req.namespace,
+        filter: req.filter.as_ref().map(json_to_struct),
+        limit: req.limit,
+        pagination_token: req.pagination_token,
+    };
+    let (resp, lsn) = vectors::fetch_by_metadata(&target, req)?;
+    let vectors: Map<String, Value> = resp
+        .vectors
+        .iter()
+        .map(|(id, v)| (id.clone(), vector_json(v)))
+        .collect();
+    let mut body =
+        json!({"vectors": vectors, "namespace": resp.namespace, "usage": usage_json(&resp.usage)});
+    if let Some(p) = resp.pagination {
+        body["pagination"] = json!({"next": p.next});
+    }
+    Ok(with_lsn(body, lsn))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DeleteJson {
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    delete_all: bool,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    filter: Option<Map<String, Value>>,
+}
+
+/// `POST /vectors/delete` (and `DELETE /vectors/delete`).
+pub async fn delete(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = target(&state, &headers, Access::DataWrite).await?;
+    let req: DeleteJson = if body.is_empty() {
+        parse_body(&Bytes::from_static(b"{}"))?
+    } else {
+        parse_body(&body)?
+    };
+    let req = pb::DeleteRequest {
+        ids: req.ids,
+        delete_all: req.delete_all,
+        namespace: req.namespace,
+        filter: req.filter.as_ref().map(json_to_struct),
+    };
+    let (_, lsn) = vectors::delete(&state.router, &target, req).await?;
+    Ok(with_lsn(json!({}), lsn))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UpdateJson {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    values: Vec<f32>,
+    #[serde(default)]
+    sparse_values: Option<SparseJson>,
+    #[serde(default)]
+    set_metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    filter: Option<Map<String, Value>>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+/// `POST /vectors/update`.
+pub async fn update(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = target(&state, &headers, Access::DataWrite).await?;
+    let req: UpdateJson = parse_body(&body)?;
+    let req = pb::UpdateRequest {
+        id: req.id,
+        values: req.values,
+        sparse_values: req.sparse_values.map(Into::into),
+        set_metadata: req.set_metadata.as_ref().map(json_to_struct),
+        namespace: req.namespace,
+        filter: req.filter.as_ref().map(json_to_struct),
+        dry_run: req.dry_run,
+    };
+    let (resp, lsn) = vectors::update(&state.router, &target, req).await?;
+    let body = match resp.matched_records {
+        Some(n) => json!({"matchedRecords": n}),
+        None => json!({}),
+    };
+    Ok(with_lsn(body, lsn))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StatsJson {
+    #[serde(default)]
+    filter: Option<Map<String, Value>>,
+}
+
+/// `POST|GET /describe_index_stats`.
+pub async fn describe_index_stats(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = target(&state, &headers, Access::DataRead).await?;
+    let req: StatsJson = if body.is_empty() {
+        StatsJson::default()
+    } else {
+        parse_body(&body)?
+    };
+    let (resp, lsn) = vectors::describe_index_stats(
+        &target,
+        pb::DescribeIndexStatsRequest {
+            filter: req.filter.as_ref().map(json_to_struct),
+        },
+    )?;
+    let namespaces: Map<String, Value> = resp
+        .namespaces
+        .iter()
+        .map(|(n, s)| (n.clone(), json!({"vectorCount": s.vector_count})))
+        .collect();
+    Ok(with_lsn(
+        json!({
+            "namespaces": namespaces,
+            "dimension": resp.dimension,
+            "indexFullness": resp.index_fullness,
+            "totalVectorCount": resp.total_vector_count,
+            "metric": resp.metric,
+            "vectorType": resp.vector_type,
+        }),
+        lsn,
+    ))
+}
+
+fn namespace_json(n: &pb::NamespaceDescription) -> Value {
+    json!({"name": n.name, "recordCount": n.record_count})
+}
+
+/// `GET /namespaces`.
+pub async fn list_namespaces(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let target = target(&state, &headers, Access::DataRead).await?;
+    let pairs = query_pairs(&raw);
+    let req = pb::ListNamespacesRequest {
+        pagination_token: single(&pairs, "paginationToken"),
+        limit: number(&pairs, "limit")?,
+        prefix: single(&pairs, "prefix"),
+    };
+    let (resp, lsn) = vectors::list_namespaces(&target, req)?;
+    let mut body = json!({
+        "namespaces": resp.namespaces.iter().map(namespace_json).collect::<Vec<_>>(),
+        "totalCount": resp.total_count,
+    });
+    if let Some(p) = resp.pagination {
+        body["pagination"] = json!({"next": p.next});
+    }
+    Ok(with_lsn(body, lsn))
+}
+
+/// `GET /namespaces/{namespace}`.
+pub async fn describe_namespace(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(namespace): Path<String>,
+) -> Result<Response, ApiError> {
+    let target = target(&state, &headers, Access::DataRead).await?;
+    let (resp, lsn) =
+        vectors::describe_namespace(&target, pb::DescribeNamespaceRequest { namespace })?;
+    Ok(with_lsn(namespace_json(&resp), lsn))
+}
+
+/// `DELETE /namespaces/{namespace}`.
+pub async fn delete_namespace(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(namespace): Path<String>,
+) -> Result<Response, ApiError> {
+    let target = target(&state, &headers, Access::DataWrite).await?;
+    let (_, lsn) = vectors::delete_namespace(
+        &state.router,
+        &target,
+        pb::DeleteNamespaceRequest { namespace },
+    )
+    .await?;
+    Ok(with_lsn(json!({}), lsn))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateNamespaceJson {
+    name: String,
+    /// Accepted for compatibility; every metadata field is indexed.
+    #[serde(default, rename = "schema")]
+    _schema: Option<serde::de::IgnoredAny>,
+}
+
+/// `POST /namespaces`.
+pub async fn create_namespace(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = target(&state, &headers, Access::DataWrite).await?;
+    let req: CreateNamespaceJson = parse_body(&body)?;
+    let (resp, lsn) = vectors::create_namespace(
+        &state.router,
+        &target,
+        pb::CreateNamespaceRequest {
+            name: req.name,
+            schema: None,
+        },
+    )
+    .await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        with_lsn(namespace_json(&resp), lsn),
+    )
+        .into_response())
+}

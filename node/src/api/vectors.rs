@@ -1,0 +1,780 @@
+//! The data-plane operations, shared by gRPC and REST: validation against the limits,
+//! then a shard write through Raft or a read from the local replica. Requests and
+//! responses are the Pinecone protobuf types; REST converts its JSON to and from them.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use conifer_proto::pinecone as pb;
+use prost::Message;
+use serde_json::{Map, Value};
+
+use super::convert::{json_to_struct, struct_to_json};
+use super::ApiError;
+use crate::router::{Router, Target};
+use crate::shard::filter::{self, Filter};
+use crate::shard::machine::{
+    canonical_namespace, Namespace, Record, ShardCommand, ShardOutput, DEFAULT_NAMESPACE,
+};
+
+/// Longest record id, in bytes.
+pub const MAX_ID_BYTES: usize = 512;
+/// Largest metadata of one record, serialized as JSON.
+pub const MAX_METADATA_BYTES: usize = 40 * 1024;
+/// Most records in one upsert.
+pub const MAX_UPSERT_RECORDS: usize = 1000;
+/// Largest upsert request, protobuf-encoded.
+pub const MAX_UPSERT_BYTES: usize = 2 * 1024 * 1024;
+/// Largest `top_k`.
+pub const MAX_TOP_K: u32 = 10_000;
+/// Most ids in one fetch.
+pub const MAX_FETCH_IDS: usize = 1000;
+/// Most ids in one delete.
+pub const MAX_DELETE_IDS: usize = 1000;
+/// Most non-zero entries of a sparse vector.
+pub const MAX_SPARSE_NON_ZEROS: usize = 2048;
+/// Longest namespace name, in bytes.
+pub const MAX_NAMESPACE_BYTES: usize = 512;
+/// Default and largest page of `list` and `fetch_by_metadata`.
+pub const MAX_LIST_LIMIT: u32 = 100;
+/// Most namespaces per index.
+pub const MAX_NAMESPACES_PER_INDEX: usize = 10_000;
+
+/// Sequence numbers that travel with responses (Pinecone's `x-pinecone-*-lsn` headers).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lsn {
+    /// For writes: the sequence number of this request (`x-pinecone-request-lsn`).
+    pub request: Option<u64>,
+    /// For reads: the highest sequence number applied on the replica that answered
+    /// (`x-pinecone-max-indexed-lsn`).
+    pub max_indexed: Option<u64>,
+}
+
+fn check_namespace(ns: &str) -> Result<String, ApiError> {
+    if ns.len() > MAX_NAMESPACE_BYTES {
+        return Err(ApiError::invalid(format!(
+            "namespace is {} bytes; the limit is {MAX_NAMESPACE_BYTES}",
+            ns.len()
+        )));
+    }
+    if ns.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "namespace must not contain control characters",
+        ));
+    }
+    Ok(canonical_namespace(ns))
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() {
+        return Err(ApiError::invalid(format!("{field} must not be empty")));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(ApiError::invalid(format!(
+            "{field} is {} bytes; the limit is {MAX_ID_BYTES}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_values(target: &Target, id: &str, values: &[f32]) -> Result<(), ApiError> {
+    let dimension = target.index.dimension as usize;
+    if values.len() != dimension {
+        return Err(ApiError::invalid(format!(
+            "vector '{id}' has {} values; index '{}' has dimension {dimension}",
+            values.len(),
+            target.index.name
+        )));
+    }
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(ApiError::invalid(format!(
+            "vector '{id}' contains a NaN or infinite value"
+        )));
+    }
+    Ok(())
+}
+
+fn check_sparse(
+    id: &str,
+    sparse: &Option<pb::SparseValues>,
+) -> Result<Option<(Vec<u32>, Vec<f32>)>, ApiError> {
+    let Some(s) = sparse else { return Ok(None) };
+    if s.indices.len() != s.values.len() {
+        return Err(ApiError::invalid(format!(
+            "sparse values of '{id}' have {} indices but {} values",
+            s.indices.len(),
+            s.values.len()
+        )));
+    }
+    if s.indices.len() > MAX_SPARSE_NON_ZEROS {
+        return Err(ApiError::invalid(format!(
+            "sparse values of '{id}' have {} non-zeros; the limit is {MAX_SPARSE_NON_ZEROS}",
+            s.indices.len()
+        )));
+    }
+    if s.indices.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((s.indices.clone(), s.values.clone())))
+}
+
+/// Validates flat metadata and returns it as JSON text.
+fn check_metadata(id: &str, metadata: &Map<String, Value>) -> Result<String, ApiError> {
+    for (field, value) in metadata {
+        let ok = match value {
+            Value::String(_) | Value::Number(_) | Value::Bool(_) => true,
+            Value::Array(items) => items.iter().all(Value::is_string),
+            Value::Null | Value::Object(_) => false,
+        };
+        if !ok {
+            return Err(ApiError::invalid(format!(
+                "metadata field '{field}' of vector '{id}' must be a string, number, boolean or list of strings"
+            )));
+        }
+    }
+    let text = Value::Object(metadata.clone()).to_string();
+    if text.len() > MAX_METADATA_BYTES {
+        return Err(ApiError::invalid(format!(
+            "metadata of vector '{id}' is {} bytes; the limit is {MAX_METADATA_BYTES}",
+            text.len()
+        )));
+    }
+    Ok(text)
+}
+
+fn parse_filter(
+    filter: Option<&prost_types::Struct>,
+) -> Result<Option<(Filter, String)>, ApiError> {
+    let Some(f) = filter else { return Ok(None) };
+    let json = Value::Object(struct_to_json(f));
+    let parsed = filter::parse(&json).map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(Some((parsed, json.to_string())))
+}
+
+fn record_to_vector(id: &str, record: &Record, values: bool, metadata: bool) -> pb::Vector {
+    pb::Vector {
+        id: id.to_string(),
+        values: if values {
+            record.values.clone()
+        } else {
+            Vec::new()
+        },
+        sparse_values: if values {
+            record.sparse.as_ref().map(|(i, v)| pb::SparseValues {
+                indices: i.clone(),
+                values: v.clone(),
+            })
+        } else {
+            None
+        },
+        metadata: if metadata {
+            record.metadata_map().map(|m| json_to_struct(&m))
+        } else {
+            None
+        },
+    }
+}
+
+fn read_lsn(target: &Target) -> Lsn {
+    Lsn {
+        request: None,
+        max_indexed: Some(target.shard.state.applied_index()),
+    }
+}
+
+/// `Upsert`: all records valid or none written.
+pub async fn upsert(
+    router: &Router,
+    target: &Target,
+    req: pb::UpsertRequest,
+) -> Result<(pb::UpsertResponse, Lsn), ApiError> {
+    if req.vectors.is_empty() {
+        return Err(ApiError::invalid(
+            "vectors must contain at least one vector",
+        ));
+    }
+    if req.vectors.len() > MAX_UPSERT_RECORDS {
+        return Err(ApiError::invalid(format!(
+            "upsert has {} vectors; the limit is {MAX_UPSERT_RECORDS} per request",
+            req.vectors.len()
+        )));
+    }
+    let size = req.encoded_len();
+    if size > MAX_UPSERT_BYTES {
+        return Err(ApiError::invalid(format!(
+            "upsert is {size} bytes; the limit is {MAX_UPSERT_BYTES} per request"
+        )));
+    }
+    let namespace = check_namespace(&req.namespace)?;
+    let mut records = Vec::with_capacity(req.vectors.len());
+    let mut seen = std::collections::HashSet::new();
+    for v in req.vectors {
+        check_id("vector id", &v.id)?;
+        check_values(target, &v.id, &v.values)?;
+        let sparse = check_sparse(&v.id, &v.sparse_values)?;
+        let metadata = match &v.metadata {
+            Some(m) => Some(check_metadata(&v.id, &struct_to_json(m))?),
+            None => None,
+        };
+        if !seen.insert(v.id.clone()) {
+            // Pinecone keeps the last occurrence of a duplicated id.
+            records.retain(|(id, _): &(String, Record)| id != &v.id);
+        }
+        records.push((
+            v.id,
+            Record {
+                values: v.values,
+                sparse,
+                metadata,
+            },
+        ));
+    }
+    let (output, lsn) = router
+        .write(target, ShardCommand::Upsert { namespace, records })
+        .await?;
+    let count = match output {
+        ShardOutput::Upserted(n) => n,
+        _ => 0,
+    };
+    Ok((
+        pb::UpsertResponse {
+            upserted_count: count,
+        },
+        Lsn {
+            request: Some(lsn),
+            max_indexed: None,
+        },
+    ))
+}
+
+/// `Query` by vector or by id.
+#[allow(deprecated)] // `queries` / `results` are part of the wire format; refused / left empty.
+pub fn query(target: &Target, req: pb::QueryRequest) -> Result<(pb::QueryResponse, Lsn), ApiError> {
+    if req.top_k == 0 || req.top_k > MAX_TOP_K {
+        return Err(ApiError::invalid(format!(
+            "top_k is {}; it must be between 1 and {MAX_TOP_K}",
+            req.top_k
+        )));
+    }
+    if !req.queries.is_empty() {
+        return Err(ApiError::invalid(
+            "the deprecated 'queries' field is not supported; send one 'vector' or 'id'",
+        ));
+    }
+    let namespace = check_namespace(&req.namespace)?;
+    let filter = parse_filter(req.filter.as_ref())?;
+    let by_id = !req.id.is_empty();
+    if by_id == !req.vector.is_empty() {
+        return Err(ApiError::invalid(
+            "exactly one of 'vector' and 'id' must be given",
+        ));
+    }
+    let guard = target.shard.state.read();
+    let ns: Option<&Namespace> = guard.namespace(&namespace);
+    let vector = if by_id {
+        check_id("id", &req.id)?;
+        match ns.and_then(|n| n.get(&req.id)) {
+            Some(r) => r.values.clone(),
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "vector '{}' not found in namespace '{namespace}'",
+                    req.id
+                )))
+            }
+        }
+    } else {
+        check_values(target, "query", &req.vector)?;
+        req.vector
+    };
+    let hits = match ns {
+        Some(ns) => ns
+            .query(&vector, req.top_k as usize, filter.as_ref().map(|f| &f.0))
+            .map_err(ApiError::internal)?,
+        None => Vec::new(),
+    };
+    let matches = hits
+        .into_iter()
+        .map(|h| {
+            let v = record_to_vector(&h.id, &h.record, req.include_values, req.include_metadata);
+            pb::ScoredVector {
+                id: v.id,
+                score: h.score,
+                values: v.values,
+                sparse_values: v.sparse_values,
+                metadata: v.metadata,
+            }
+        })
+        .collect();
+    drop(guard);
+    Ok((
+        pb::QueryResponse {
+            results: Vec::new(),
+            matches,
+            namespace: req.namespace,
+            usage: Some(pb::Usage {
+                read_units: Some(1),
+            }),
+        },
+        read_lsn(target),
+    ))
+}
+
+/// `Fetch` by ids.
+pub fn fetch(target: &Target, req: pb::FetchRequest) -> Result<(pb::FetchResponse, Lsn), ApiError> {
+    if req.ids.is_empty() {
+        return Err(ApiError::invalid("ids must contain at least one id"));
+    }
+    if req.ids.len() > MAX_FETCH_IDS {
+        return Err(ApiError::invalid(format!(
+            "fetch has {} ids; the limit is {MAX_FETCH_IDS}",
+            req.ids.len()
+        )));
+    }
+    for id in &req.ids {
+        check_id("id", id)?;
+    }
+    let namespace = check_namespace(&req.namespace)?;
+    let guard = target.shard.state.read();
+    let vectors = match guard.namespace(&namespace) {
+        Some(ns) => req
+            .ids
+            .iter()
+            .filter_map(|id| {
+                ns.get(id)
+                    .map(|r| (id.clone(), record_to_vector(id, r, true, true)))
+            })
+            .collect(),
+        None => Default::default(),
+    };
+    drop(guard);
+    Ok((
+        pb::FetchResponse {
+            vectors,
+            namespace: req.namespace,
+            usage: Some(pb::Usage {
+                read_units: Some(1),
+            }),
+        },
+        read_lsn(target),
+    ))
+}
+
+fn page_token(last: &str) -> String {
+    B64.encode(last.as_bytes())
+}
+
+fn parse_token(token: Option<&str>) -> Result<Option<String>, ApiError> {
+    match token {
+        None | Some("") => Ok(None),
+        Some(t) => {
+            let bytes = B64.decode(t).map_err(|_| {
+                ApiError::invalid("pagination_token is not a token this server issued")
+            })?;
+            String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| ApiError::invalid("pagination_token is malformed"))
+        }
+    }
+}
+
+fn check_limit(limit: Option<u32>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(MAX_LIST_LIMIT as usize),
+        Some(0) => Err(ApiError::invalid("limit must be at least 1")),
+        Some(n) if n > MAX_LIST_LIMIT => Err(ApiError::invalid(format!(
+            "limit is {n}; the limit is {MAX_LIST_LIMIT}"
+        ))),
+        Some(n) => Ok(n as usize),
+    }
+}
+
+/// `List` ids by prefix, paginated.
+pub fn list(target: &Target, req: pb::ListRequest) -> Result<(pb::ListResponse, Lsn), ApiError> {
+    let namespace = check_namespace(&req.namespace)?;
+    let limit = check_limit(req.limit)?;
+    let prefix = req.prefix.unwrap_or_default();
+    if prefix.len() > MAX_ID_BYTES {
+        return Err(ApiError::invalid(format!(
+            "prefix is {} bytes; the limit is {MAX_ID_BYTES}",
+            prefix.len()
+        )));
+    }
+    let after = parse_token(req.pagination_token.as_deref())?;
+    let guard = target.shard.state.read();
+    let mut ids = match guard.namespace(&namespace) {
+        Some(ns) => ns.list(&prefix, after.as_deref(), limit + 1),
+        None => Vec::new(),
+    };
+    drop(guard);
+    let pagination = if ids.len() > limit {
+        ids.truncate(limit);
+        ids.last().map(|last| pb::Pagination {
+            next: page_token(last),
+        })
+    } else {
+        None
+    };
+    Ok((
+        pb::ListResponse {
+            vectors: ids.into_iter().map(|id| pb::ListItem { id }).collect(),
+            pagination,
+            namespace: req.namespace,
+            usage: Some(pb::Usage {
+                read_units: Some(1),
+            }),
+        },
+        read_lsn(target),
+    ))
+}
+
+/// `FetchByMetadata`: records matching a filter, paginated by id.
+pub fn fetch_by_metadata(
+    target: &Target,
+    req: pb::FetchByMetadataRequest,
+) -> Result<(pb::FetchByMetadataResponse, Lsn), ApiError> {
+    let namespace = check_namespace(&req.namespace)?;
+    let limit = check_limit(req.limit)?;
+    let filter = parse_filter(req.filter.as_ref())?;
+    let after = parse_token(req.pagination_token.as_deref())?;
+    let guard = target.shard.state.read();
+    let mut found: Vec<(String, pb::Vector)> = Vec::new();
+    if let Some(ns) = guard.namespace(&namespace) {
+        let all = Filter::And(Vec::new());
+        for (id, record) in ns.matching(filter.as_ref().map_or(&all, |f| &f.0)) {
+            if after.as_deref().is_some_and(|a| id.as_str() <= a) {
+                continue;
+            }
+            found.push((id.clone(), record_to_vector(id, record, true, true)));
+            if found.len() > limit {
+                break;
+            }
+        }
+    }
+    drop(guard);
+    let pagination = if found.len() > limit {
+        found.truncate(limit);
+        found.last().map(|(id, _)| pb::Pagination {
+            next: page_token(id),
+        })
+    } else {
+        None
+    };
+    Ok((
+        pb::FetchByMetadataResponse {
+            vectors: found.into_iter().collect(),
+            namespace: req.namespace,
+            usage: Some(pb::Usage {
+                read_units: Some(1),
+            }),
+            pagination,
+        },
+        read_lsn(target),
+    ))
+}
+
+/// `Delete` by ids, everything, or a filter.
+pub async fn delete(
+    router: &Router,
+    target: &Target,
+    req: pb::DeleteRequest,
+) -> Result<(pb::DeleteResponse, Lsn), ApiError> {
+    let namespace = check_namespace(&req.namespace)?;
+    let modes = usize::from(!req.ids.is_empty())
+        + usize::from(req.delete_all)
+        + usize::from(req.filter.is_some());
+    if modes != 1 {
+        return Err(ApiError::invalid(
+            "exactly one of 'ids', 'delete_all' and 'filter' must be given",
+        ));
+    }
+    let command = if req.delete_all {
+        ShardCommand::DeleteAll { namespace }
+    } else if let Some((_, text)) = parse_filter(req.filter.as_ref())? {
+        ShardCommand::DeleteByFilter {
+            namespace,
+            filter: text,
+        }
+    } else {
+        if req.ids.len() > MAX_DELETE_IDS {
+            return Err(ApiError::invalid(format!(
+                "delete has {} ids; the limit is {MAX_DELETE_IDS}",
+                req.ids.len()
+            )));
+        }
+        for id in &req.ids {
+            check_id("id", id)?;
+        }
+        ShardCommand::Delete {
+            namespace,
+            ids: req.ids,
+        }
+    };
+    let (_, lsn) = router.write(target, command).await?;
+    Ok((
+        pb::DeleteResponse {},
+        Lsn {
+            request: Some(lsn),
+            max_indexed: None,
+        },
+    ))
+}
+
+/// `Update` of one record by id, or metadata of all records matching a filter (`dry_run`
+/// only counts them).
+pub async fn update(
+    router: &Router,
+    target: &Target,
+    req: pb::UpdateRequest,
+) -> Result<(pb::UpdateResponse, Lsn), ApiError> {
+    let namespace = check_namespace(&req.namespace)?;
+    let set_metadata = match &req.set_metadata {
+        Some(m) => Some(check_metadata(
+            if req.id.is_empty() {
+                "(filter)"
+            } else {
+                &req.id
+            },
+            &struct_to_json(m),
+        )?),
+        None => None,
+    };
+    if let Some(filter_struct) = req.filter.as_ref() {
+        if !req.id.is_empty() {
+            return Err(ApiError::invalid("give either 'id' or 'filter', not both"));
+        }
+        if !req.values.is_empty() || req.sparse_values.is_some() {
+            return Err(ApiError::invalid(
+                "an update by filter can only set metadata",
+            ));
+        }
+        let (filter, text) =
+            parse_filter(Some(filter_struct))?.unwrap_or((Filter::And(Vec::new()), "{}".into()));
+        if req.dry_run.unwrap_or(false) {
+            let guard = target.shard.state.read();
+            let matched = guard
+                .namespace(&namespace)
+                .map_or(0, |ns| ns.matching(&filter).len());
+            return Ok((
+                pb::UpdateResponse {
+                    matched_records: Some(matched as i32),
+                },
+                read_lsn(target),
+            ));
+        }
+        let set = set_metadata
+            .ok_or_else(|| ApiError::invalid("an update by filter needs 'set_metadata'"))?;
+        let (output, lsn) = router
+            .write(
+                target,
+                ShardCommand::UpdateByFilter {
+                    namespace,
+                    filter: text,
+                    set_metadata: set,
+                },
+            )
+            .await?;
+        let matched = if let ShardOutput::Updated(n) = output {
+            n as i32
+        } else {
+            0
+        };
+        return Ok((
+            pb::UpdateResponse {
+                matched_records: Some(matched),
+            },
+            Lsn {
+                request: Some(lsn),
+                max_indexed: None,
+            },
+        ));
+    }
+    check_id("id", &req.id)?;
+    let values = if req.values.is_empty() {
+        None
+    } else {
+        check_values(target, &req.id, &req.values)?;
+        Some(req.values)
+    };
+    let sparse = check_sparse(&req.id, &req.sparse_values)?;
+    let (output, lsn) = router
+        .write(
+            target,
+            ShardCommand::Update {
+                namespace,
+                id: req.id.clone(),
+                values,
+                sparse,
+                set_metadata,
+            },
+        )
+        .await?;
+    let matched = if let ShardOutput::Updated(n) = output {
+        n as i32
+    } else {
+        0
+    };
+    Ok((
+        pb::UpdateResponse {
+            matched_records: Some(matched),
+        },
+        Lsn {
+            request: Some(lsn),
+            max_indexed: None,
+        },
+    ))
+}
+
+/// `DescribeIndexStats`, counting only records matching the filter when one is given.
+pub fn describe_index_stats(
+    target: &Target,
+    req: pb::DescribeIndexStatsRequest,
+) -> Result<(pb::DescribeIndexStatsResponse, Lsn), ApiError> {
+    let filter = parse_filter(req.filter.as_ref())?;
+    let guard = target.shard.state.read();
+    let mut namespaces = std::collections::HashMap::new();
+    let mut total = 0u32;
+    for (name, _) in guard.namespace_counts() {
+        let Some(ns) = guard.namespace(&name) else {
+            continue;
+        };
+        let count = match &filter {
+            Some((f, _)) => ns.matching(f).len(),
+            None => ns.len(),
+        } as u32;
+        total += count;
+        namespaces.insert(
+            name,
+            pb::NamespaceSummary {
+                vector_count: count,
+            },
+        );
+    }
+    drop(guard);
+    Ok((
+        pb::DescribeIndexStatsResponse {
+            namespaces,
+            dimension: Some(target.index.dimension),
+            index_fullness: 0.0,
+            total_vector_count: total,
+            metric: Some(target.index.metric.as_str().to_string()),
+            vector_type: Some(target.index.vector_type.clone()),
+            memory_fullness: None,
+            storage_fullness: None,
+        },
+        read_lsn(target),
+    ))
+}
+
+/// `ListNamespaces`, by name, paginated.
+pub fn list_namespaces(
+    target: &Target,
+    req: pb::ListNamespacesRequest,
+) -> Result<(pb::ListNamespacesResponse, Lsn), ApiError> {
+    let limit = check_limit(req.limit)?;
+    let after = parse_token(req.pagination_token.as_deref())?;
+    let prefix = req.prefix.unwrap_or_default();
+    let guard = target.shard.state.read();
+    let all: Vec<(String, u64)> = guard
+        .namespace_counts()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with(&prefix))
+        .collect();
+    drop(guard);
+    let total = all.len() as i32;
+    let mut page: Vec<(String, u64)> = all
+        .into_iter()
+        .filter(|(n, _)| after.as_deref().is_none_or(|a| n.as_str() > a))
+        .take(limit + 1)
+        .collect();
+    let pagination = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|(n, _)| pb::Pagination {
+            next: page_token(n),
+        })
+    } else {
+        None
+    };
+    Ok((
+        pb::ListNamespacesResponse {
+            namespaces: page
+                .into_iter()
+                .map(|(name, count)| namespace_description(name, count))
+                .collect(),
+            pagination,
+            total_count: total,
+        },
+        read_lsn(target),
+    ))
+}
+
+fn namespace_description(name: String, record_count: u64) -> pb::NamespaceDescription {
+    pb::NamespaceDescription {
+        name,
+        record_count,
+        schema: None,
+        indexed_fields: None,
+    }
+}
+
+/// `DescribeNamespace`.
+pub fn describe_namespace(
+    target: &Target,
+    req: pb::DescribeNamespaceRequest,
+) -> Result<(pb::NamespaceDescription, Lsn), ApiError> {
+    let name = check_namespace(&req.namespace)?;
+    let guard = target.shard.state.read();
+    let count = guard.namespace(&name).map(|ns| ns.len() as u64);
+    drop(guard);
+    let count =
+        count.ok_or_else(|| ApiError::not_found(format!("namespace '{name}' not found")))?;
+    Ok((namespace_description(name, count), read_lsn(target)))
+}
+
+/// `CreateNamespace`.
+pub async fn create_namespace(
+    router: &Router,
+    target: &Target,
+    req: pb::CreateNamespaceRequest,
+) -> Result<(pb::NamespaceDescription, Lsn), ApiError> {
+    if req.name.is_empty() || req.name == DEFAULT_NAMESPACE {
+        return Err(ApiError::invalid(
+            "name must be a non-empty namespace name other than __default__",
+        ));
+    }
+    let name = check_namespace(&req.name)?;
+    let count = target.shard.state.read().namespace_counts().len();
+    if count >= MAX_NAMESPACES_PER_INDEX {
+        return Err(ApiError::invalid(format!(
+            "index has {count} namespaces; the limit is {MAX_NAMESPACES_PER_INDEX}"
+        )));
+    }
+    let (_, lsn) = router
+        .write(target, ShardCommand::CreateNamespace { name: name.clone() })
+        .await?;
+    Ok((
+        namespace_description(name, 0),
+        Lsn {
+            request: Some(lsn),
+            max_indexed: None,
+        },
+    ))
+}
+
+/// `DeleteNamespace`.
+pub async fn delete_namespace(
+    router: &Router,
+    target: &Target,
+    req: pb::DeleteNamespaceRequest,
+) -> Result<(pb::DeleteResponse, Lsn), ApiError> {
+    let name = check_namespace(&req.namespace)?;
+    let (_, lsn) = router
+        .write(target, ShardCommand::DeleteNamespace { name })
+        .await?;
+    Ok((
+        pb::DeleteResponse {},
+        Lsn {
+            request: Some(lsn),
+            max_indexed: None,
+        },
+    ))
+}

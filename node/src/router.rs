@@ -1,0 +1,201 @@
+//! Routing of data-plane calls: from a request's credential and host name (or explicit
+//! index header) to the index and the local replica of its shard; and the write path into
+//! the shard's Raft group.
+//!
+//! Index hosts are `<index>-<project tag>.<domain>:<port>`, the tag being the first
+//! [`PROJECT_TAG_CHARS`] hex digits of the project id. A key of another project never
+//! reaches an index: it gets the same 404 as a missing index, so names do not leak.
+
+use std::time::Duration;
+
+use crate::api::ApiError;
+use crate::auth::{self, Access};
+use crate::control::state::{ApiKey, Index};
+use crate::control::{propose_to_group, ControlError, ControlPlane};
+use crate::shard::machine::{ShardCommand, ShardOutcome, ShardOutput, ShardRejection};
+use crate::shard::manager::{HostedShard, ShardManager};
+
+/// Hex digits of the project id in index host names.
+pub const PROJECT_TAG_CHARS: usize = 7;
+/// Longest a read waits for a requested sequence number to be applied locally.
+pub const MAX_READ_WAIT_MS: u64 = 10_000;
+
+/// Resolves data-plane calls and runs shard writes.
+#[derive(Clone)]
+pub struct Router {
+    control: ControlPlane,
+    shards: ShardManager,
+    domain: String,
+    api_port: u16,
+}
+
+/// A resolved data-plane target.
+pub struct Target {
+    /// The index.
+    pub index: Index,
+    /// The local replica of its shard.
+    pub shard: HostedShard,
+}
+
+/// The project tag used in host names.
+pub fn project_tag(project_id: &str) -> String {
+    project_id
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .take(PROJECT_TAG_CHARS)
+        .collect()
+}
+
+impl Router {
+    /// A router for indexes under `domain`, advertising `api_port`.
+    pub fn new(control: ControlPlane, shards: ShardManager, domain: String, api_port: u16) -> Self {
+        Self {
+            control,
+            shards,
+            domain,
+            api_port,
+        }
+    }
+
+    /// The control plane.
+    pub fn control(&self) -> &ControlPlane {
+        &self.control
+    }
+
+    /// The `host` reported for an index.
+    pub fn host_of(&self, index: &Index) -> String {
+        format!(
+            "{}-{}.{}:{}",
+            index.name,
+            project_tag(&index.project_id),
+            self.domain,
+            self.api_port
+        )
+    }
+
+    /// Splits a host name under our domain into (index name, project tag).
+    pub fn parse_host(&self, host: &str) -> Option<(String, String)> {
+        let name = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let label = name.strip_suffix(&format!(".{}", self.domain))?;
+        let (index, tag) = label.rsplit_once('-')?;
+        Some((index.to_string(), tag.to_string()))
+    }
+
+    /// Authenticates an API key value, requiring `access`.
+    pub fn authenticate(&self, api_key: Option<&str>, access: Access) -> Result<ApiKey, ApiError> {
+        let value = api_key.ok_or_else(|| ApiError::unauthenticated("missing Api-Key header"))?;
+        let key = self
+            .control
+            .read(|s| auth::verify_api_key(s, value).cloned())
+            .ok_or_else(|| ApiError::unauthenticated("invalid or revoked API key"))?;
+        if !auth::key_allows(&key.roles, access) {
+            return Err(ApiError::forbidden(format!(
+                "API key '{}' (roles {}) may not perform this {} operation",
+                key.name,
+                key.roles
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                match access {
+                    Access::ControlRead => "control-plane read",
+                    Access::ControlWrite => "control-plane write",
+                    Access::DataRead => "data-plane read",
+                    Access::DataWrite => "data-plane write",
+                }
+            )));
+        }
+        Ok(key)
+    }
+
+    /// Finds the index a data-plane call addresses: the explicit index name if given, else
+    /// the host name; the index must belong to the key's project.
+    pub fn resolve(
+        &self,
+        key: &ApiKey,
+        explicit: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<Target, ApiError> {
+        let (name, tag) = match (explicit, host.and_then(|h| self.parse_host(h))) {
+            (Some(name), _) => (name.to_string(), None),
+            (None, Some((name, tag))) => (name, Some(tag)),
+            (None, None) => {
+                return Err(ApiError::not_found(
+                    "no index addressed: use the index host from describe_index, or the X-Conifer-Index header",
+                ))
+            }
+        };
+        let not_found = || ApiError::not_found(format!("index '{name}' not found"));
+        if tag
+            .as_deref()
+            .is_some_and(|t| t != project_tag(&key.project_id))
+        {
+            return Err(not_found());
+        }
+        let index = self
+            .control
+            .read(|s| {
+                s.indexes
+                    .get(&(key.project_id.clone(), name.clone()))
+                    .cloned()
+            })
+            .ok_or_else(not_found)?;
+        let shard = self.shards.get(index.group_id).ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "index '{name}' has no replica on this node yet; retry, or call a node among {:?}",
+                index.replicas
+            ))
+        })?;
+        Ok(Target { index, shard })
+    }
+
+    /// Replicates a shard command; returns its output and the sequence number (log index).
+    pub async fn write(
+        &self,
+        target: &Target,
+        command: ShardCommand,
+    ) -> Result<(ShardOutput, u64), ApiError> {
+        let bytes = bincode::serialize(&command).map_err(|e| ApiError::internal(e.to_string()))?;
+        let (response, lsn) = propose_to_group(
+            &target.shard.raft,
+            self.control.peers(),
+            target.shard.group,
+            bytes,
+        )
+        .await
+        .map_err(ApiError::from)?;
+        let outcome: ShardOutcome = bincode::deserialize(&response)
+            .map_err(|e| ApiError::internal(format!("undecodable outcome: {e}")))?;
+        match outcome {
+            Ok(output) => Ok((output, lsn)),
+            Err(ShardRejection::Invalid(m)) => Err(ApiError::invalid(m)),
+            Err(ShardRejection::NotFound(m)) => Err(ApiError::not_found(m)),
+            Err(ShardRejection::AlreadyExists(m)) => Err(ApiError::from(ControlError::Rejected(
+                crate::control::Rejection::AlreadyExists(m),
+            ))),
+        }
+    }
+
+    /// Waits until the local replica has applied sequence number `lsn`.
+    pub async fn wait_applied(&self, target: &Target, lsn: u64) -> Result<(), ApiError> {
+        if target.shard.state.applied_index() >= lsn {
+            return Ok(());
+        }
+        target
+            .shard
+            .raft
+            .wait(Some(Duration::from_millis(MAX_READ_WAIT_MS)))
+            .applied_index_at_least(Some(lsn), "read-your-writes")
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                ApiError::unavailable(format!("sequence number {lsn} not applied on this replica within {MAX_READ_WAIT_MS} ms"))
+            })
+    }
+}
