@@ -62,6 +62,11 @@ impl Router {
         &self.control
     }
 
+    /// The shard replicas of this node.
+    pub fn shards(&self) -> &ShardManager {
+        &self.shards
+    }
+
     /// The `host` reported for an index.
     pub fn host_of(&self, index: &Index) -> String {
         format!(
@@ -122,6 +127,7 @@ impl Router {
         explicit: Option<&str>,
         host: Option<&str>,
     ) -> Result<Target, ApiError> {
+        let explicit = explicit.filter(|name| !name.is_empty());
         let (name, tag) = match (explicit, host.and_then(|h| self.parse_host(h))) {
             (Some(name), _) => (name.to_string(), None),
             (None, Some((name, tag))) => (name, Some(tag)),

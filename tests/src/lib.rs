@@ -265,6 +265,117 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The default project's API key from bootstrap.
+    pub fn api_key(&self) -> String {
+        self.bootstrap["api_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Creates a project and a key with `roles` in it, returning (project id, key value).
+    pub async fn project_with_key(
+        &self,
+        name: &str,
+        roles: &[&str],
+    ) -> anyhow::Result<(String, String)> {
+        let project: Value = self
+            .http
+            .post(self.url(1, "/admin/projects"))
+            .bearer_auth(self.admin_token())
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = project["id"].as_str().context("project id")?.to_string();
+        let key = self.key_in(&id, roles).await?;
+        Ok((id, key))
+    }
+
+    /// Creates a key with `roles` in project `project_id`, returning its value.
+    pub async fn key_in(&self, project_id: &str, roles: &[&str]) -> anyhow::Result<String> {
+        let created: Value = self
+            .http
+            .post(self.url(1, &format!("/admin/projects/{project_id}/api-keys")))
+            .bearer_auth(self.admin_token())
+            .json(&serde_json::json!({ "name": "test", "roles": roles }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(created["value"].as_str().context("key value")?.to_string())
+    }
+
+    /// Creates a dense index through node `via` and waits until every node reports it ready.
+    pub async fn create_index(
+        &self,
+        via: u64,
+        key: &str,
+        name: &str,
+        dimension: u32,
+        metric: &str,
+    ) -> anyhow::Result<Value> {
+        let body = serde_json::json!({
+            "name": name, "dimension": dimension, "metric": metric,
+            "spec": {"serverless": {"cloud": "aws", "region": "us-east-1"}},
+        });
+        let resp = self
+            .http
+            .post(self.url(via, "/indexes"))
+            .header("Api-Key", key)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().as_u16() == 201,
+            "create index: {} {}",
+            resp.status(),
+            resp.text().await?
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut ready = 0;
+            let mut last = Value::Null;
+            for node in &self.nodes {
+                let url = format!("https://{}/indexes/{name}", node.api_addr);
+                if let Ok(resp) = self.http.get(url).header("Api-Key", key).send().await {
+                    if let Ok(desc) = resp.json::<Value>().await {
+                        if desc["status"]["ready"] == true {
+                            ready += 1;
+                        }
+                        last = desc;
+                    }
+                }
+            }
+            if ready == self.nodes.len() {
+                return Ok(last);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "index {name} not ready on every node: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A data-plane REST call to index `index` through node `via` (explicit index header).
+    pub fn data(
+        &self,
+        via: u64,
+        key: &str,
+        index: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(via, path))
+            .header("Api-Key", key)
+            .header("X-Conifer-Index", index)
+    }
+}
+
 /// A client that trusts the CA in `ca_dir` (used before `Cluster::http` exists).
 pub fn ca_client(ca_dir: &Path) -> anyhow::Result<reqwest::Client> {
     let ca_pem = std::fs::read(ca_dir.join(tls::CA_CERT))?;

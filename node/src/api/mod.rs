@@ -259,8 +259,23 @@ async fn cluster(
             })
         })
         .collect();
+    let shards: Vec<Value> = state
+        .router
+        .shards()
+        .hosted()
+        .iter()
+        .map(|shard| {
+            let m = shard.raft.metrics().borrow().clone();
+            json!({
+                "group_id": shard.group,
+                "leader_id": m.current_leader,
+                "last_applied_index": m.last_applied.map(|l| l.index),
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "node_id": state.control.node_id(),
+        "shards": shards,
         "leader_id": metrics.current_leader,
         "term": metrics.current_term,
         "last_applied_index": metrics.last_applied.map(|l| l.index),

@@ -76,6 +76,14 @@ impl ShardManager {
             .cloned()
     }
 
+    /// Every shard replica on this node, by group id.
+    pub fn hosted(&self) -> Vec<HostedShard> {
+        let shards = self.inner.shards.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<HostedShard> = shards.values().cloned().collect();
+        all.sort_by_key(|s| s.group);
+        all
+    }
+
     fn node_id(&self) -> NodeId {
         self.inner.control.node_id()
     }

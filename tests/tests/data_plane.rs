@@ -1,0 +1,482 @@
+//! The data plane on real clusters: writes through one node are readable through every
+//! node, losing the shard leader mid-upsert loses no acknowledged record, and bad requests
+//! get the status a Pinecone client expects without writing anything.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use conifer_tests::Cluster;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn vector(i: usize, dim: usize) -> Vec<f32> {
+    // Distinct, well-separated directions: vector i is closest to itself.
+    (0..dim)
+        .map(|d| (((i * 31 + d * 17) % 97) as f32 / 97.0) + if d == i % dim { 5.0 } else { 0.0 })
+        .collect()
+}
+
+async fn upsert(
+    cluster: &Cluster,
+    via: u64,
+    key: &str,
+    index: &str,
+    ids: &[usize],
+    dim: usize,
+) -> reqwest::Response {
+    let vectors: Vec<Value> = ids
+        .iter()
+        .map(|&i| json!({"id": format!("v{i}"), "values": vector(i, dim), "metadata": {"n": i, "parity": if i % 2 == 0 {"even"} else {"odd"}}}))
+        .collect();
+    cluster
+        .data(via, key, index, Method::POST, "/vectors/upsert")
+        .json(&json!({"vectors": vectors, "namespace": "ns"}))
+        .send()
+        .await
+        .expect("upsert request")
+}
+
+async fn stats(cluster: &Cluster, via: u64, key: &str, index: &str) -> Value {
+    cluster
+        .data(via, key, index, Method::POST, "/describe_index_stats")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_through_one_node_are_read_through_every_node() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let key = cluster.api_key();
+    let desc = cluster
+        .create_index(1, &key, "docs", 16, "cosine")
+        .await
+        .unwrap();
+    assert_eq!(desc["dimension"], 16);
+    assert!(
+        desc["host"].as_str().unwrap().starts_with("docs-"),
+        "{desc}"
+    );
+
+    let resp = upsert(&cluster, 2, &key, "docs", &(0..100).collect::<Vec<_>>(), 16).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let lsn = resp.headers()["x-pinecone-request-lsn"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(resp.json::<Value>().await.unwrap()["upsertedCount"], 100);
+
+    for via in 1..=3 {
+        // Read-your-writes: wait on this replica for the upsert's sequence number.
+        let resp = cluster
+            .data(via, &key, "docs", Method::POST, "/query")
+            .header("x-conifer-min-lsn", &lsn)
+            .json(&json!({"vector": vector(42, 16), "topK": 3, "namespace": "ns", "includeMetadata": true,
+                          "filter": {"parity": "even"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let body: Value = resp.json().await.unwrap();
+        let matches = body["matches"].as_array().unwrap();
+        assert_eq!(matches[0]["id"], "v42", "node {via}: {body}");
+        assert!(
+            matches.iter().all(|m| m["metadata"]["parity"] == "even"),
+            "filter honoured on node {via}: {body}"
+        );
+        assert_eq!(
+            stats(&cluster, via, &key, "docs").await["namespaces"]["ns"]["vectorCount"],
+            100
+        );
+    }
+
+    let resp = cluster
+        .data(3, &key, "docs", Method::POST, "/vectors/delete")
+        .json(&json!({"ids": ["v1", "v2"], "namespace": "ns"}))
+        .send()
+        .await
+        .unwrap();
+    let lsn = resp.headers()["x-pinecone-request-lsn"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let fetched: Value = cluster
+        .data(
+            1,
+            &key,
+            "docs",
+            Method::GET,
+            "/vectors/fetch?ids=v1&ids=v3&namespace=ns",
+        )
+        .header("x-conifer-min-lsn", &lsn)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&String> = fetched["vectors"].as_object().unwrap().keys().collect();
+    assert_eq!(ids, vec!["v3"], "{fetched}");
+
+    let resp = cluster
+        .http
+        .delete(cluster.url(2, "/indexes/docs"))
+        .header("Api-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let resp = cluster
+        .http
+        .get(cluster.url(3, "/indexes/docs"))
+        .header("Api-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+}
+
+fn shard_leader(info: &Value) -> Option<u64> {
+    info["shards"].as_array()?.first()?["leader_id"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_shard_leader_mid_upsert_loses_no_acknowledged_record() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    let key = cluster.api_key();
+    cluster
+        .create_index(1, &key, "durable", 8, "euclidean")
+        .await
+        .unwrap();
+    let leader = shard_leader(&cluster.cluster_info(1).await.unwrap()).expect("shard leader");
+    let survivor = (1..=3).find(|&n| n != leader).unwrap();
+
+    let mut acknowledged = BTreeSet::new();
+    let mut batch = 0usize;
+    let mut killed = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while batch < 40 && Instant::now() < deadline {
+        if batch == 10 && !killed {
+            cluster.node(leader).kill();
+            killed = true;
+        }
+        let ids: Vec<usize> = (batch * 25..batch * 25 + 25).collect();
+        let resp = upsert(&cluster, survivor, &key, "durable", &ids, 8).await;
+        if resp.status().as_u16() == 200 {
+            acknowledged.extend(ids);
+            batch += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(
+        killed && batch == 40,
+        "upserts continue after the shard leader dies ({batch} batches)"
+    );
+
+    cluster.node(leader).spawn().unwrap();
+    cluster.wait_serving(leader).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for via in 1..=3 {
+        loop {
+            let count = stats(&cluster, via, &key, "durable").await["namespaces"]["ns"]
+                ["vectorCount"]
+                .as_u64();
+            if count == Some(acknowledged.len() as u64) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {via} holds {count:?} of {} records",
+                acknowledged.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for chunk in acknowledged.iter().collect::<Vec<_>>().chunks(200) {
+            let query: String = chunk.iter().map(|i| format!("ids=v{i}&")).collect();
+            let fetched: Value = cluster
+                .data(
+                    via,
+                    &key,
+                    "durable",
+                    Method::GET,
+                    &format!("/vectors/fetch?{query}namespace=ns"),
+                )
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                fetched["vectors"].as_object().unwrap().len(),
+                chunk.len(),
+                "node {via} lost records"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_plane_refuses_wrong_project_wrong_role_and_bad_input_without_writing() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let key = cluster.api_key();
+    let project = cluster.bootstrap["project_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cluster
+        .create_index(1, &key, "guarded", 4, "dotproduct")
+        .await
+        .unwrap();
+    upsert(&cluster, 1, &key, "guarded", &[1, 2, 3], 4).await;
+    let before = stats(&cluster, 1, &key, "guarded").await;
+
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let q = json!({"vector": [1.0, 0.0, 0.0, 0.0], "topK": 1, "namespace": "ns"});
+    // Credentials and roles.
+    let (_, other) = cluster
+        .project_with_key("other", &["ProjectEditor"])
+        .await
+        .unwrap();
+    assert_eq!(
+        status(
+            cluster
+                .data(1, &other, "guarded", Method::POST, "/query")
+                .json(&q)
+                .send()
+                .await
+                .unwrap()
+        ),
+        404
+    );
+    let other_desc = cluster
+        .http
+        .get(cluster.url(1, "/indexes/guarded"))
+        .header("Api-Key", &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status(other_desc),
+        404,
+        "another project's key cannot see the index"
+    );
+    assert_eq!(
+        status(
+            cluster
+                .data(1, "pcsk_bogus", "guarded", Method::POST, "/query")
+                .json(&q)
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    let no_key = cluster
+        .http
+        .post(cluster.url(1, "/query"))
+        .header("X-Conifer-Index", "guarded")
+        .json(&q)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(no_key), 401);
+    let viewer = cluster
+        .key_in(&project, &["DataPlaneViewer"])
+        .await
+        .unwrap();
+    assert_eq!(
+        status(
+            cluster
+                .data(1, &viewer, "guarded", Method::POST, "/query")
+                .json(&q)
+                .send()
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    assert_eq!(
+        status(upsert(&cluster, 1, &viewer, "guarded", &[9], 4).await),
+        403
+    );
+    let control_only = cluster
+        .key_in(&project, &["ControlPlaneViewer"])
+        .await
+        .unwrap();
+    assert_eq!(
+        status(
+            cluster
+                .data(1, &control_only, "guarded", Method::POST, "/query")
+                .json(&q)
+                .send()
+                .await
+                .unwrap()
+        ),
+        403
+    );
+    let create = json!({"name": "x", "dimension": 4, "spec": {"serverless": {}}});
+    let denied = cluster
+        .http
+        .post(cluster.url(1, "/indexes"))
+        .header("Api-Key", &viewer)
+        .json(&create)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(denied), 403);
+
+    // Limits: at the limit accepted, one past rejected with a message naming it.
+    let upsert_raw = |body: Value| {
+        cluster
+            .data(1, &key, "guarded", Method::POST, "/vectors/upsert")
+            .json(&body)
+            .send()
+    };
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"id": format!("m{i}"), "values": [1.0, 0.0, 0.0, 0.0]}))
+        .collect();
+    let resp = upsert_raw(json!({"vectors": many, "namespace": "ns"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp.text().await.unwrap().contains("1000"));
+    let long_id = "i".repeat(513);
+    for bad in [
+        json!({"vectors": [{"id": long_id, "values": [1.0, 0.0, 0.0, 0.0]}]}),
+        json!({"vectors": [{"id": "ok", "values": [1.0, 0.0, 0.0, 0.0]}, {"id": "short", "values": [1.0]}]}),
+        json!({"vectors": [{"id": "meta", "values": [1.0, 0.0, 0.0, 0.0], "metadata": {"big": "x".repeat(41 * 1024)}}]}),
+        json!({"vectors": [{"id": "nested", "values": [1.0, 0.0, 0.0, 0.0], "metadata": {"o": {"p": 1}}}]}),
+        json!({"vectors": []}),
+        json!({"vectors": [{"id": "", "values": [1.0, 0.0, 0.0, 0.0]}]}),
+    ] {
+        let resp = upsert_raw(bad.clone()).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{bad}");
+    }
+    assert_eq!(status(upsert_raw(json!({"vectors": [{"id": "i".repeat(512), "values": [1.0, 0.0, 0.0, 0.0]}], "namespace": "edge"})).await.unwrap()), 200);
+    let query_raw = |body: Value| {
+        cluster
+            .data(1, &key, "guarded", Method::POST, "/query")
+            .json(&body)
+            .send()
+    };
+    for bad in [
+        json!({"vector": [1.0, 0.0, 0.0, 0.0], "topK": 10001}),
+        json!({"vector": [1.0, 0.0, 0.0, 0.0], "topK": 0}),
+        json!({"vector": [1.0, 0.0], "topK": 1}),
+        json!({"vector": [1.0, 0.0, 0.0, 0.0], "topK": 1, "filter": {"a": {"$regex": "x"}}}),
+        json!({"topK": 1}),
+    ] {
+        assert_eq!(status(query_raw(bad.clone()).await.unwrap()), 400, "{bad}");
+    }
+    assert_eq!(
+        status(
+            query_raw(json!({"vector": [1.0, 0.0, 0.0, 0.0], "topK": 10000}))
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    let ids: String = (0..1001).map(|i| format!("ids=x{i}&")).collect();
+    assert_eq!(
+        status(
+            cluster
+                .data(
+                    1,
+                    &key,
+                    "guarded",
+                    Method::GET,
+                    &format!("/vectors/fetch?{ids}")
+                )
+                .send()
+                .await
+                .unwrap()
+        ),
+        400
+    );
+    let after = stats(&cluster, 1, &key, "guarded").await;
+    assert_eq!(
+        after["namespaces"]["ns"], before["namespaces"]["ns"],
+        "no rejected upsert wrote anything"
+    );
+
+    // Index control plane.
+    for bad in [
+        json!({"name": "Bad_Name", "dimension": 4, "spec": {"serverless": {}}}),
+        json!({"name": "n".repeat(46), "dimension": 4, "spec": {"serverless": {}}}),
+        json!({"name": "okname", "dimension": 20001, "spec": {"serverless": {}}}),
+        json!({"name": "okname", "dimension": 4, "metric": "hamming", "spec": {"serverless": {}}}),
+        json!({"name": "okname", "dimension": 4, "spec": {}}),
+    ] {
+        let resp = cluster
+            .http
+            .post(cluster.url(1, "/indexes"))
+            .header("Api-Key", &key)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{bad}");
+    }
+    let dup = json!({"name": "guarded", "dimension": 4, "spec": {"serverless": {}}});
+    let resp = cluster
+        .http
+        .post(cluster.url(1, "/indexes"))
+        .header("Api-Key", &key)
+        .json(&dup)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 409);
+    let protect = json!({"deletion_protection": "enabled", "tags": {"team": "search"}});
+    let resp = cluster
+        .http
+        .patch(cluster.url(1, "/indexes/guarded"))
+        .header("Api-Key", &key)
+        .json(&protect)
+        .send()
+        .await
+        .unwrap();
+    let desc: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (
+            desc["deletion_protection"].clone(),
+            desc["tags"]["team"].clone()
+        ),
+        (json!("enabled"), json!("search"))
+    );
+    let resp = cluster
+        .http
+        .delete(cluster.url(1, "/indexes/guarded"))
+        .header("Api-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        403,
+        "deletion protection refuses the delete"
+    );
+    let unprotect = json!({"deletion_protection": "disabled"});
+    cluster
+        .http
+        .patch(cluster.url(1, "/indexes/guarded"))
+        .header("Api-Key", &key)
+        .json(&unprotect)
+        .send()
+        .await
+        .unwrap();
+    let resp = cluster
+        .http
+        .delete(cluster.url(1, "/indexes/guarded"))
+        .header("Api-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+}
