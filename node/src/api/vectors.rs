@@ -13,7 +13,7 @@ use super::ApiError;
 use crate::router::{Router, Target};
 use crate::shard::filter::{self, Filter};
 use crate::shard::machine::{
-    canonical_namespace, Namespace, Record, ShardCommand, ShardOutput, DEFAULT_NAMESPACE,
+    canonical_namespace, Namespace, Record, ShardCommand, ShardOutput, Sparse, DEFAULT_NAMESPACE,
 };
 
 /// Longest record id, in bytes.
@@ -94,10 +94,7 @@ fn check_values(target: &Target, id: &str, values: &[f32]) -> Result<(), ApiErro
     Ok(())
 }
 
-fn check_sparse(
-    id: &str,
-    sparse: &Option<pb::SparseValues>,
-) -> Result<Option<(Vec<u32>, Vec<f32>)>, ApiError> {
+fn check_sparse(id: &str, sparse: &Option<pb::SparseValues>) -> Result<Option<Sparse>, ApiError> {
     let Some(s) = sparse else { return Ok(None) };
     if s.indices.len() != s.values.len() {
         return Err(ApiError::invalid(format!(
@@ -264,7 +261,8 @@ pub fn query(target: &Target, req: pb::QueryRequest) -> Result<(pb::QueryRespons
     let namespace = check_namespace(&req.namespace)?;
     let filter = parse_filter(req.filter.as_ref())?;
     let by_id = !req.id.is_empty();
-    if by_id == !req.vector.is_empty() {
+    let has_vector = !req.vector.is_empty();
+    if by_id == has_vector {
         return Err(ApiError::invalid(
             "exactly one of 'vector' and 'id' must be given",
         ));

@@ -33,13 +33,16 @@ fn parse_filter_text(text: &str) -> Result<Filter, ShardRejection> {
     super::filter::parse(&value).map_err(|e| ShardRejection::Invalid(e.to_string()))
 }
 
+/// Sparse values: (indices, values).
+pub type Sparse = (Vec<u32>, Vec<f32>);
+
 /// One record as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Dense values.
     pub values: Vec<f32>,
     /// Sparse values (indices, values), stored and returned.
-    pub sparse: Option<(Vec<u32>, Vec<f32>)>,
+    pub sparse: Option<Sparse>,
     /// Metadata as JSON object text.
     pub metadata: Option<String>,
 }
@@ -72,7 +75,7 @@ pub enum ShardCommand {
         /// New dense values.
         values: Option<Vec<f32>>,
         /// New sparse values.
-        sparse: Option<(Vec<u32>, Vec<f32>)>,
+        sparse: Option<Sparse>,
         /// Fields to set (JSON object text).
         set_metadata: Option<String>,
     },
