@@ -22,3 +22,14 @@ export CONIFER_BIN="$CARGO_TARGET_DIR/debug/conifer"
 echo "==> tests"
 # Integration tests start several real clusters; two at a time keeps 2 cores responsive.
 cargo test --workspace -- --test-threads=2
+
+echo "==> compat suite (official Pinecone SDK 8.1, REST and gRPC, 3-node cluster)"
+VENV="${CONIFER_VENV_V8:-/var/tmp/conifer-venv-v8}"
+REQ=tests/compat/requirements-v8.txt
+if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQ" "$VENV/requirements.txt"; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -r "$REQ"
+  cp "$REQ" "$VENV/requirements.txt"
+fi
+"$VENV/bin/python" -m pytest -q tests/compat

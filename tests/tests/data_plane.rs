@@ -412,6 +412,7 @@ async fn data_plane_refuses_wrong_project_wrong_role_and_bad_input_without_writi
         json!({"name": "okname", "dimension": 20001, "spec": {"serverless": {}}}),
         json!({"name": "okname", "dimension": 4, "metric": "hamming", "spec": {"serverless": {}}}),
         json!({"name": "okname", "dimension": 4, "spec": {}}),
+        json!({"name": "okname", "dimension": 4, "spec": {"serverless": {"cloud": "aws"}}}),
     ] {
         let resp = cluster
             .http
@@ -423,7 +424,7 @@ async fn data_plane_refuses_wrong_project_wrong_role_and_bad_input_without_writi
             .unwrap();
         assert_eq!(resp.status().as_u16(), 400, "{bad}");
     }
-    let dup = json!({"name": "guarded", "dimension": 4, "spec": {"serverless": {}}});
+    let dup = json!({"name": "guarded", "dimension": 4, "spec": {"serverless": {"cloud": "aws", "region": "r"}}});
     let resp = cluster
         .http
         .post(cluster.url(1, "/indexes"))

@@ -449,7 +449,8 @@ pub async fn describe_index_stats(
 }
 
 fn namespace_json(n: &pb::NamespaceDescription) -> Value {
-    json!({"name": n.name, "recordCount": n.record_count})
+    // Pinecone's namespace endpoints use snake_case keys, unlike the rest of the data plane.
+    json!({"name": n.name, "record_count": n.record_count})
 }
 
 /// `GET /namespaces`.
@@ -468,7 +469,7 @@ pub async fn list_namespaces(
     let (resp, lsn) = vectors::list_namespaces(&target, req)?;
     let mut body = json!({
         "namespaces": resp.namespaces.iter().map(namespace_json).collect::<Vec<_>>(),
-        "totalCount": resp.total_count,
+        "total_count": resp.total_count,
     });
     if let Some(p) = resp.pagination {
         body["pagination"] = json!({"next": p.next});

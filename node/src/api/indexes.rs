@@ -37,7 +37,13 @@ fn key(state: &ApiState, headers: &HeaderMap, access: Access) -> Result<ApiKey, 
 }
 
 fn index_json(state: &ApiState, index: &Index) -> Value {
-    let spec: Value = serde_json::from_str(&index.spec_json).unwrap_or(Value::Null);
+    let mut spec: Value = serde_json::from_str(&index.spec_json).unwrap_or(Value::Null);
+    // Serverless responses carry read capacity (on demand: there is nothing to provision).
+    if let Some(serverless) = spec.get_mut("serverless").and_then(Value::as_object_mut) {
+        serverless
+            .entry("read_capacity")
+            .or_insert_with(|| json!({"mode": "OnDemand", "status": {"state": "Ready"}}));
+    }
     let tags: Value = serde_json::from_str(&index.tags_json).unwrap_or(Value::Null);
     let ready = index.state == IndexState::Ready;
     json!({

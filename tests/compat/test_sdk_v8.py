@@ -1,0 +1,225 @@
+"""The official Pinecone Python SDK 8.1 (REST and gRPC) against a 3-node Conifer cluster."""
+
+import numpy as np
+import pytest
+from pinecone import Pinecone, ServerlessSpec
+from pinecone.exceptions import PineconeApiException, NotFoundException
+from pinecone.grpc import PineconeGRPC
+
+from conftest import wait_for
+
+DIM = 32
+N = 10_000
+GENRES = ["drama", "comedy", "action", "horror"]
+TAGS = ["a", "b", "c", "d", "e"]
+
+
+def make_data(seed=7):
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(N, DIM)).astype(np.float32)
+    meta = []
+    for i in range(N):
+        meta.append(
+            {
+                "genre": GENRES[i % len(GENRES)],
+                "year": 1990 + (i % 35),
+                "score": float(i % 100) / 10.0,
+                "live": bool(i % 3 == 0),
+                "tags": [TAGS[i % 5], TAGS[(i * 7) % 5]],
+            }
+        )
+    return vectors, meta
+
+
+VECTORS, META = make_data()
+
+
+def oracle(flt):
+    """Indices of records matching a filter, evaluated in Python (Pinecone semantics)."""
+
+    def field(m, name, cond):
+        v = m.get(name)
+        def eq(x):
+            return (x in v) if isinstance(v, list) else v == x
+        for op, arg in cond.items():
+            if op == "$eq" and not (v is not None and eq(arg)):
+                return False
+            if op == "$ne" and (v is not None and eq(arg)):
+                return False
+            if op in ("$gt", "$gte", "$lt", "$lte"):
+                if not isinstance(v, (int, float)) or isinstance(v, bool):
+                    return False
+                if op == "$gt" and not v > arg or op == "$gte" and not v >= arg:
+                    return False
+                if op == "$lt" and not v < arg or op == "$lte" and not v <= arg:
+                    return False
+            if op == "$in" and not (v is not None and any(eq(a) for a in arg)):
+                return False
+            if op == "$nin" and (v is not None and any(eq(a) for a in arg)):
+                return False
+            if op == "$exists" and (v is not None) != arg:
+                return False
+        return True
+
+    def match(m, f):
+        for k, c in f.items():
+            if k == "$and":
+                if not all(match(m, s) for s in c):
+                    return False
+            elif k == "$or":
+                if not any(match(m, s) for s in c):
+                    return False
+            elif not field(m, k, c if isinstance(c, dict) else {"$eq": c}):
+                return False
+        return True
+
+    return [i for i, m in enumerate(META) if match(m, f=flt)]
+
+
+def exact_top_k(query, k, allowed=None):
+    normed = VECTORS / np.linalg.norm(VECTORS, axis=1, keepdims=True)
+    q = query / np.linalg.norm(query)
+    scores = normed @ q
+    idx = np.arange(N) if allowed is None else np.array(allowed, dtype=int)
+    order = idx[np.argsort(-scores[idx], kind="stable")]
+    return [f"v{i}" for i in order[:k]]
+
+
+@pytest.fixture(scope="module", params=["rest", "grpc"])
+def client(request, cluster):
+    boot = cluster["bootstrap"]
+    api = cluster["nodes"][0]["api_url"]
+    cls = Pinecone if request.param == "rest" else PineconeGRPC
+    return request.param, cls(api_key=boot["api_key"], host=api, ssl_ca_certs=cluster["ca_cert"])
+
+
+@pytest.fixture(scope="module")
+def loaded(client, resolve_host):
+    transport, pc = client
+    name = f"compat-{transport}"
+    if name in [i.name for i in pc.list_indexes()]:
+        pc.delete_index(name)
+    pc.create_index(name=name, dimension=DIM, metric="cosine", spec=ServerlessSpec(cloud="aws", region="us-east-1"))
+    desc = pc.describe_index(name)
+    assert desc.status["ready"] is True
+    index = pc.Index(host=resolve_host(desc.host))
+    batch = []
+    for i in range(N):
+        batch.append({"id": f"v{i}", "values": VECTORS[i].tolist(), "metadata": META[i]})
+        if len(batch) == 500:
+            assert index.upsert(vectors=batch, namespace="main").upserted_count == 500
+            batch = []
+    wait_for(lambda: index.describe_index_stats().namespaces.get("main", {}).get("vector_count") == N,
+             what="all records visible")
+    return transport, pc, index, name
+
+
+def test_index_lifecycle(client, resolve_host):
+    transport, pc = client
+    name = f"life-{transport}"
+    pc.create_index(name=name, dimension=8, metric="euclidean", spec=ServerlessSpec(cloud="aws", region="us-east-1"),
+                    deletion_protection="enabled", tags={"team": "search"})
+    desc = pc.describe_index(name)
+    assert (desc.dimension, desc.metric, desc.deletion_protection) == (8, "euclidean", "enabled")
+    assert desc.to_dict()["tags"] == {"team": "search"}
+    assert name in [i.name for i in pc.list_indexes()]
+    with pytest.raises(PineconeApiException) as refused:
+        pc.delete_index(name)
+    assert refused.value.status == 403
+    pc.configure_index(name, deletion_protection="disabled", tags={"team": ""})
+    assert pc.describe_index(name).deletion_protection == "disabled"
+    pc.delete_index(name)
+    assert name not in [i.name for i in pc.list_indexes()]
+    with pytest.raises(NotFoundException):
+        pc.describe_index(name)
+
+
+def test_exact_recall_at_10(loaded):
+    _, _, index, _ = loaded
+    rng = np.random.default_rng(11)
+    hits = 0
+    queries = 50
+    for _ in range(queries):
+        q = rng.normal(size=DIM).astype(np.float32)
+        got = [m.id for m in index.query(vector=q.tolist(), top_k=10, namespace="main").matches]
+        hits += len(set(got) & set(exact_top_k(q, 10)))
+    assert hits / (queries * 10) >= 0.99
+
+
+FILTERS = [
+    {"genre": "drama"},
+    {"genre": {"$eq": "comedy"}},
+    {"genre": {"$ne": "action"}},
+    {"year": {"$gt": 2010}},
+    {"year": {"$gte": 2010}},
+    {"score": {"$lt": 2.5}},
+    {"score": {"$lte": 2.5}},
+    {"genre": {"$in": ["horror", "drama"]}},
+    {"genre": {"$nin": ["horror", "drama"]}},
+    {"tags": "c"},
+    {"tags": {"$in": ["a", "e"]}},
+    {"tags": {"$nin": ["a"]}},
+    {"live": True},
+    {"missing": {"$exists": False}},
+    {"year": {"$exists": True}},
+    {"$and": [{"genre": "drama"}, {"year": {"$lt": 2000}}]},
+    {"$or": [{"genre": "comedy"}, {"score": {"$gte": 9.5}}]},
+    {"genre": "drama", "live": False, "year": {"$gte": 1995, "$lte": 2005}},
+]
+
+
+@pytest.mark.parametrize("flt", FILTERS, ids=[str(f) for f in FILTERS])
+def test_filter_matches_oracle(loaded, flt):
+    _, _, index, _ = loaded
+    allowed = oracle(flt)
+    q = np.random.default_rng(len(str(flt))).normal(size=DIM).astype(np.float32)
+    k = 20
+    res = index.query(vector=q.tolist(), top_k=k, namespace="main", filter=flt, include_metadata=True)
+    got = [m.id for m in res.matches]
+    assert got == exact_top_k(q, k, allowed)[: len(got)]
+    assert len(got) == min(k, len(allowed))
+    stats = index.describe_index_stats(filter=flt)
+    assert stats.namespaces["main"].vector_count == len(allowed)
+
+
+def test_fetch_update_delete_list_and_namespaces(loaded):
+    transport, _, index, _ = loaded
+    fetched = index.fetch(ids=["v1", "v2", "nope"], namespace="main")
+    assert sorted(fetched.vectors.keys()) == ["v1", "v2"]
+    assert np.allclose(fetched.vectors["v1"].values, VECTORS[1], atol=1e-6)
+    assert fetched.vectors["v1"].metadata["genre"] == META[1]["genre"]
+
+    index.upsert(vectors=[{"id": "tmp-1", "values": [1.0] * DIM, "metadata": {"k": "x"}}], namespace="scratch")
+    index.update(id="tmp-1", set_metadata={"k": "y", "n": 3}, namespace="scratch")
+    index.update(id="tmp-1", values=[0.5] * DIM, namespace="scratch")
+    got = wait_for(lambda: (lambda v: v if v and v.metadata.get("k") == "y" else None)(
+        index.fetch(ids=["tmp-1"], namespace="scratch").vectors.get("tmp-1")), what="update")
+    assert got.metadata == {"k": "y", "n": 3.0}
+    assert np.allclose(got.values, [0.5] * DIM)
+
+    for i in range(25):
+        index.upsert(vectors=[{"id": f"page-{i:02d}", "values": [float(i + 1)] * DIM}], namespace="scratch")
+    ids = [i for page in index.list(prefix="page-", namespace="scratch", limit=10) for i in page]
+    assert ids == [f"page-{i:02d}" for i in range(25)]
+
+    index.delete(ids=["page-00", "page-01"], namespace="scratch")
+    index.delete(filter={"k": {"$eq": "y"}}, namespace="scratch")
+    wait_for(lambda: index.describe_index_stats().namespaces["scratch"].vector_count == 23, what="deletes")
+
+    names = [ns.name for ns in index.list_namespaces()]
+    assert "main" in names and "scratch" in names
+    assert int(index.describe_namespace(namespace="scratch").record_count) == 23
+    index.delete_namespace(namespace="scratch")
+    wait_for(lambda: "scratch" not in index.describe_index_stats().namespaces, what="namespace deletion")
+
+
+def test_error_cases(loaded):
+    transport, pc, index, _ = loaded
+    with pytest.raises(Exception) as bad_dim:
+        index.upsert(vectors=[{"id": "bad", "values": [1.0, 2.0]}], namespace="main")
+    assert "dimension" in str(bad_dim.value)
+    with pytest.raises(Exception) as bad_topk:
+        index.query(vector=[0.0] * DIM, top_k=10_001, namespace="main")
+    assert "top_k" in str(bad_topk.value)
+    with pytest.raises(NotFoundException):
+        pc.describe_index("does-not-exist")
