@@ -202,6 +202,18 @@ pub async fn create(
             "'spec' must have exactly one of 'serverless', 'pod' or 'byoc'",
         ));
     }
+    let kind = kinds[0].clone();
+    let required: &[&str] = match kind.as_str() {
+        "serverless" => &["cloud", "region"],
+        _ => &["environment"],
+    };
+    for field in required {
+        if !req.spec[&kind].get(*field).is_some_and(Value::is_string) {
+            return Err(ApiError::invalid(format!(
+                "'spec.{kind}.{field}' is required and must be a string"
+            )));
+        }
+    }
     if let Some(tags) = &req.tags {
         check_tags(tags)?;
     }
