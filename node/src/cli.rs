@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::node::ServeConfig;
+use crate::shard::engine::EngineConfig;
 use crate::tls::{self, LeafKind, Validity};
 
 /// Default client port address.
@@ -60,6 +61,18 @@ pub struct ServeArgs {
     /// Domain of index hosts: <index>-<project>.<domain>.
     #[arg(long, env = "CONIFER_DOMAIN", default_value = DEFAULT_DOMAIN)]
     pub domain: String,
+    /// Records in a namespace from which it is searched with HNSW instead of exactly.
+    #[arg(long, env = "CONIFER_HNSW_MIN_RECORDS", default_value_t = EngineConfig::default().hnsw_min_records)]
+    pub hnsw_min_records: usize,
+    /// HNSW graph degree (M).
+    #[arg(long, env = "CONIFER_HNSW_M", default_value_t = EngineConfig::default().hnsw_m)]
+    pub hnsw_m: usize,
+    /// HNSW efConstruction.
+    #[arg(long, env = "CONIFER_HNSW_EF_CONSTRUCTION", default_value_t = EngineConfig::default().hnsw_ef_construction)]
+    pub hnsw_ef_construction: usize,
+    /// HNSW efSearch (raised to twice top_k for larger top_k).
+    #[arg(long, env = "CONIFER_HNSW_EF_SEARCH", default_value_t = EngineConfig::default().hnsw_ef_search)]
+    pub hnsw_ef_search: usize,
 }
 
 impl ServeArgs {
@@ -77,6 +90,13 @@ impl ServeArgs {
             join: self.join,
             learner: self.learner,
             domain: self.domain,
+            engine: EngineConfig {
+                hnsw_min_records: self.hnsw_min_records.max(1),
+                hnsw_m: self.hnsw_m.clamp(4, 128),
+                hnsw_ef_construction: self.hnsw_ef_construction.clamp(8, 4096),
+                hnsw_ef_search: self.hnsw_ef_search.clamp(8, 4096),
+                ..EngineConfig::default()
+            },
         })
     }
 }

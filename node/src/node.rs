@@ -25,6 +25,7 @@ use crate::control::state::{ApiKey, ApiKeyRole, OperatorToken, Organization, Pro
 use crate::control::{Command, ControlMachine, ControlPlane};
 use crate::crypto::{node_data_key, write_private_file, LocalKeyring};
 use crate::router::Router;
+use crate::shard::engine::EngineConfig;
 use crate::shard::manager::ShardManager;
 use crate::tls::{self, LeafKind, NodeTls, Validity};
 
@@ -65,6 +66,8 @@ pub struct ServeConfig {
     pub learner: bool,
     /// Domain of index host names (`<index>-<project>.<domain>`).
     pub domain: String,
+    /// Vector engine tuning.
+    pub engine: EngineConfig,
 }
 
 /// The credentials written to `bootstrap.json` (mode 0600) on first start.
@@ -202,6 +205,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     registry.insert(CONTROL_GROUP, raft.clone());
     let control = ControlPlane::new(raft.clone(), handle, peers.clone());
     let shards = ShardManager::new(
+        config.engine,
         storage.clone(),
         registry.clone(),
         control.clone(),

@@ -266,10 +266,24 @@ async fn cluster(
         .iter()
         .map(|shard| {
             let m = shard.raft.metrics().borrow().clone();
+            let namespaces: Vec<Value> = shard
+                .state
+                .read()
+                .engine_kinds()
+                .into_iter()
+                .map(|(name, kind, tombstones)| {
+                    json!({
+                        "name": name,
+                        "engine": format!("{kind:?}").to_lowercase(),
+                        "tombstones": tombstones,
+                    })
+                })
+                .collect();
             json!({
                 "group_id": shard.group,
                 "leader_id": m.current_leader,
                 "last_applied_index": m.last_applied.map(|l| l.index),
+                "namespaces": namespaces,
             })
         })
         .collect();

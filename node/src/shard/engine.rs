@@ -1,15 +1,52 @@
 //! The vector engine of one namespace: a FAISS index over internal ids.
 //!
-//! Exact search (`IDMap2,Flat`) for now; HNSW above a size threshold, tombstones and
-//! background rebuilds follow in issue 3. Cosine is inner product over normalized vectors;
-//! euclidean scores are squared L2 distances (lower is closer), as Pinecone reports them.
+//! Small namespaces use an exact index (`IDMap2,Flat`); once a namespace holds
+//! [`EngineConfig::hnsw_min_records`] records, the shard's maintenance loop builds an HNSW
+//! index (`IDMap2,HNSW<M>,Flat`) in the background and swaps it in. HNSW cannot remove
+//! vectors, so deletes and overwrites become tombstones that searches skip; when tombstones
+//! exceed [`MAX_TOMBSTONE_RATIO`] of the index the maintenance loop rebuilds it, again off
+//! the request path. Cosine is inner product over normalized vectors; euclidean scores are
+//! squared L2 distances (lower is closer), as Pinecone reports them.
 
+use std::collections::HashSet;
+
+use faiss::index::autotune::ParameterSpace;
 use faiss::index::{IndexImpl, SearchWithParamsMut};
 use faiss::search_params::SearchParameters;
 use faiss::selector::IdSelector;
 use faiss::{index_factory, Idx, Index, MetricType};
 
 use crate::control::state::Metric;
+
+/// Share of tombstones (of all vectors in an HNSW index) above which it is rebuilt.
+pub const MAX_TOMBSTONE_RATIO: f64 = 0.1;
+
+/// Tuning of the vector engine (per node; results are approximate on the HNSW path only).
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// Records in a namespace from which it is served by HNSW instead of exact search.
+    pub hnsw_min_records: usize,
+    /// HNSW graph degree.
+    pub hnsw_m: usize,
+    /// HNSW construction beam width.
+    pub hnsw_ef_construction: usize,
+    /// HNSW search beam width (raised to [`EngineConfig::ef_search_per_top_k`] × top_k).
+    pub hnsw_ef_search: usize,
+    /// efSearch used per requested result.
+    pub ef_search_per_top_k: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            hnsw_min_records: 10_000,
+            hnsw_m: 32,
+            hnsw_ef_construction: 200,
+            hnsw_ef_search: 128,
+            ef_search_per_top_k: 2,
+        }
+    }
+}
 
 /// Errors from FAISS.
 #[derive(Debug, thiserror::Error)]
@@ -22,11 +59,24 @@ impl From<faiss::error::Error> for EngineError {
     }
 }
 
+/// Which FAISS structure serves a namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Exact search.
+    Flat,
+    /// Approximate search over an HNSW graph.
+    Hnsw,
+}
+
 /// A FAISS index for one namespace.
 pub struct VectorIndex {
     index: IndexImpl,
+    kind: EngineKind,
     metric: Metric,
     dimension: usize,
+    config: EngineConfig,
+    /// Internal ids still in the HNSW graph but deleted or overwritten.
+    tombstones: HashSet<u64>,
 }
 
 /// Scales `v` to unit length (zero vectors stay zero).
@@ -37,29 +87,94 @@ pub fn normalize(v: &mut [f32]) {
     }
 }
 
+/// The Pinecone score of `candidate` for `query` (both as given, not normalized).
+pub fn exact_score(metric: Metric, query: &[f32], candidate: &[f32]) -> f32 {
+    match metric {
+        Metric::DotProduct => query.iter().zip(candidate).map(|(a, b)| a * b).sum(),
+        Metric::Euclidean => query
+            .iter()
+            .zip(candidate)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum(),
+        Metric::Cosine => {
+            let dot: f32 = query.iter().zip(candidate).map(|(a, b)| a * b).sum();
+            let nq = query.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let nc = candidate.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if nq == 0.0 || nc == 0.0 {
+                0.0
+            } else {
+                dot / (nq * nc)
+            }
+        }
+    }
+}
+
+/// Whether score `a` ranks before score `b` under `metric`.
+pub fn better(metric: Metric, a: f32, b: f32) -> bool {
+    match metric {
+        Metric::Euclidean => a < b,
+        Metric::Cosine | Metric::DotProduct => a > b,
+    }
+}
+
 impl VectorIndex {
-    /// An empty exact index.
-    pub fn new(dimension: usize, metric: Metric) -> Result<Self, EngineError> {
+    /// An empty index of `kind`.
+    pub fn new(
+        dimension: usize,
+        metric: Metric,
+        kind: EngineKind,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
         let faiss_metric = match metric {
             Metric::Euclidean => MetricType::L2,
             Metric::Cosine | Metric::DotProduct => MetricType::InnerProduct,
         };
-        let index = index_factory(dimension as u32, "IDMap2,Flat", faiss_metric)?;
+        let description = match kind {
+            EngineKind::Flat => "IDMap2,Flat".to_string(),
+            EngineKind::Hnsw => format!("IDMap2,HNSW{},Flat", config.hnsw_m),
+        };
+        let index = index_factory(dimension as u32, &description, faiss_metric)?;
+        if kind == EngineKind::Hnsw {
+            ParameterSpace::new()?.set_index_parameter(
+                &index,
+                "efConstruction",
+                config.hnsw_ef_construction as f64,
+            )?;
+        }
         Ok(Self {
             index,
+            kind,
             metric,
             dimension,
+            config,
+            tombstones: HashSet::new(),
         })
     }
 
-    /// Number of vectors held.
+    /// Which structure this is.
+    pub fn kind(&self) -> EngineKind {
+        self.kind
+    }
+
+    /// Vectors held, tombstones included.
     pub fn len(&self) -> u64 {
         self.index.ntotal()
     }
 
-    /// Whether the index is empty.
+    /// Whether the index holds no vector.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Tombstoned vectors still in the index.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    /// Whether the maintenance loop should rebuild this index.
+    pub fn needs_rebuild(&self) -> bool {
+        self.kind == EngineKind::Hnsw
+            && self.tombstones.len() as f64 > MAX_TOMBSTONE_RATIO * self.len().max(1) as f64
     }
 
     fn prepared(&self, values: &[f32]) -> Vec<f32> {
@@ -85,19 +200,23 @@ impl VectorIndex {
         Ok(())
     }
 
-    /// Removes vectors by internal id.
+    /// Removes vectors by internal id (exact index) or tombstones them (HNSW).
     pub fn remove(&mut self, ids: &[u64]) -> Result<(), EngineError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let labels: Vec<Idx> = ids.iter().map(|&i| Idx::new(i)).collect();
-        let selector = IdSelector::batch(&labels)?;
-        self.index.remove_ids(&selector)?;
+        match self.kind {
+            EngineKind::Flat => {
+                let labels: Vec<Idx> = ids.iter().map(|&i| Idx::new(i)).collect();
+                self.index.remove_ids(&IdSelector::batch(&labels)?)?;
+            }
+            EngineKind::Hnsw => self.tombstones.extend(ids.iter().copied()),
+        }
         Ok(())
     }
 
     /// The `k` nearest internal ids to `query` with Pinecone scores, best first; when
-    /// `allowed` is given, only those ids are considered.
+    /// `allowed` is given, only those ids are considered (they must all be live).
     pub fn search(
         &mut self,
         query: &[f32],
@@ -108,16 +227,22 @@ impl VectorIndex {
             return Ok(Vec::new());
         }
         let q = self.prepared(query);
-        let k = k.min(self.len() as usize);
         let result = match allowed {
-            None => self.index.search(&q, k)?,
+            None => {
+                // Over-fetch past the tombstones, then drop them.
+                let want = (k + self.tombstones.len()).min(self.len() as usize);
+                self.set_ef_search(want)?;
+                self.index.search(&q, want)?
+            }
             Some(ids) => {
                 if ids.is_empty() {
                     return Ok(Vec::new());
                 }
+                let want = k.min(ids.len());
+                self.set_ef_search(want)?;
                 let labels: Vec<Idx> = ids.iter().map(|&i| Idx::new(i)).collect();
                 let params = SearchParameters::new(IdSelector::batch(&labels)?)?;
-                self.index.search_with_params(&q, k, &params)?
+                self.index.search_with_params(&q, want, &params)?
             }
         };
         Ok(result
@@ -125,7 +250,20 @@ impl VectorIndex {
             .iter()
             .zip(result.distances.iter())
             .filter_map(|(label, distance)| label.get().map(|id| (id, *distance)))
+            .filter(|(id, _)| !self.tombstones.contains(id))
+            .take(k)
             .collect())
+    }
+
+    fn set_ef_search(&mut self, k: usize) -> Result<(), EngineError> {
+        if self.kind == EngineKind::Hnsw {
+            let ef = self
+                .config
+                .hnsw_ef_search
+                .max(k * self.config.ef_search_per_top_k);
+            ParameterSpace::new()?.set_index_parameter(&self.index, "efSearch", ef as f64)?;
+        }
+        Ok(())
     }
 }
 
@@ -135,7 +273,13 @@ mod tests {
 
     #[test]
     fn exact_search_ranks_by_metric_and_respects_removal_and_selector() {
-        let mut index = VectorIndex::new(2, Metric::Euclidean).unwrap();
+        let mut index = VectorIndex::new(
+            2,
+            Metric::Euclidean,
+            EngineKind::Flat,
+            EngineConfig::default(),
+        )
+        .unwrap();
         index
             .add(&[10, 11, 12], &[0.0, 0.0, 1.0, 0.0, 5.0, 5.0])
             .unwrap();
@@ -153,11 +297,37 @@ mod tests {
 
     #[test]
     fn cosine_ignores_magnitude() {
-        let mut index = VectorIndex::new(2, Metric::Cosine).unwrap();
+        let mut index =
+            VectorIndex::new(2, Metric::Cosine, EngineKind::Flat, EngineConfig::default()).unwrap();
         index.add(&[1, 2], &[10.0, 0.0, 1.0, 1.0]).unwrap();
         let hits = index.search(&[0.5, 0.0], 2, None).unwrap();
         assert_eq!(hits[0].0, 1);
         assert!((hits[0].1 - 1.0).abs() < 1e-5);
         assert!((hits[1].1 - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-5);
+        assert!((exact_score(Metric::Cosine, &[0.5, 0.0], &[1.0, 1.0]) - hits[1].1).abs() < 1e-5);
+    }
+
+    #[test]
+    fn hnsw_skips_tombstones_and_asks_for_a_rebuild() {
+        let mut index = VectorIndex::new(
+            4,
+            Metric::DotProduct,
+            EngineKind::Hnsw,
+            EngineConfig::default(),
+        )
+        .unwrap();
+        let ids: Vec<u64> = (0..100).collect();
+        let values: Vec<f32> = (0..100).flat_map(|i| [i as f32, 1.0, 0.0, 0.0]).collect();
+        index.add(&ids, &values).unwrap();
+        assert_eq!(
+            index.search(&[1.0, 0.0, 0.0, 0.0], 1, None).unwrap()[0].0,
+            99
+        );
+        index.remove(&[99, 98]).unwrap();
+        let hits = index.search(&[1.0, 0.0, 0.0, 0.0], 2, None).unwrap();
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![97, 96]);
+        assert!(!index.needs_rebuild());
+        index.remove(&(0..20).collect::<Vec<_>>()).unwrap();
+        assert!(index.needs_rebuild(), "22 of 100 are tombstones");
     }
 }

@@ -5,13 +5,13 @@
 //! record set. Each namespace keeps a FAISS index built from its records; it is derived
 //! state, rebuilt from the records when a snapshot is restored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::engine::VectorIndex;
+use super::engine::{better, exact_score, EngineConfig, EngineKind, VectorIndex};
 use super::filter::Filter;
 use crate::control::state::Metric;
 
@@ -154,12 +154,75 @@ struct Stored {
     record: Record,
 }
 
+/// Filtered queries on an HNSW namespace that allow at most this many records are answered
+/// by an exact scan of those records (exact, and faster than a selective graph search).
+pub const EXACT_SCAN_MAX_RECORDS: usize = 10_000;
+
 /// One namespace: records by id and their vector index.
 pub struct Namespace {
     records: BTreeMap<String, Stored>,
     by_internal: HashMap<u64, String>,
     next_internal: u64,
+    /// Distinguishes this namespace object from a later one of the same name.
+    epoch: u64,
+    metric: Metric,
     engine: Mutex<VectorIndex>,
+}
+
+/// A background rebuild of one namespace's vector index: inputs copied under the read lock,
+/// the build done without locks, the result installed by [`ShardMachine::install`].
+pub struct RebuildJob {
+    namespace: String,
+    epoch: u64,
+    kind: EngineKind,
+    dimension: usize,
+    metric: Metric,
+    config: EngineConfig,
+    next_internal: u64,
+    ids: Vec<u64>,
+    values: Vec<f32>,
+}
+
+/// A rebuilt index waiting to be installed.
+pub struct Rebuilt {
+    namespace: String,
+    epoch: u64,
+    next_internal: u64,
+    ids: HashSet<u64>,
+    index: VectorIndex,
+}
+
+impl RebuildJob {
+    /// Which structure is being built.
+    pub fn kind(&self) -> EngineKind {
+        self.kind
+    }
+
+    /// Number of vectors being indexed.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether the job indexes no vector.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Builds the index (CPU-heavy: run it off the async runtime).
+    pub fn build(self) -> Result<Rebuilt, String> {
+        let mut index = VectorIndex::new(self.dimension, self.metric, self.kind, self.config)
+            .map_err(|e| e.to_string())?;
+        index
+            .add(&self.ids, &self.values)
+            .map_err(|e| e.to_string())?;
+        Ok(Rebuilt {
+            namespace: self.namespace,
+            epoch: self.epoch,
+            next_internal: self.next_internal,
+            ids: self.ids.into_iter().collect(),
+            index,
+        })
+    }
 }
 
 /// A hit of a query.
@@ -176,7 +239,9 @@ pub struct Hit {
 pub struct ShardMachine {
     dimension: usize,
     metric: Metric,
+    config: EngineConfig,
     namespaces: BTreeMap<String, Namespace>,
+    next_epoch: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -187,12 +252,14 @@ struct SnapshotNamespace {
 }
 
 impl ShardMachine {
-    /// An empty shard of an index with `dimension` and `metric`.
-    pub fn new(dimension: usize, metric: Metric) -> Self {
+    /// An empty shard of an index with `dimension` and `metric`, tuned by `config`.
+    pub fn new(dimension: usize, metric: Metric, config: EngineConfig) -> Self {
         Self {
             dimension,
             metric,
+            config,
             namespaces: BTreeMap::new(),
+            next_epoch: 1,
         }
     }
 
@@ -206,11 +273,15 @@ impl ShardMachine {
         self.metric
     }
 
-    fn new_namespace(&self) -> Namespace {
+    fn new_namespace(&mut self) -> Namespace {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
         Namespace {
             records: BTreeMap::new(),
             by_internal: HashMap::new(),
             next_internal: 1,
+            epoch,
+            metric: self.metric,
             engine: Mutex::new(self.engine_or_abort()),
         }
     }
@@ -218,7 +289,7 @@ impl ShardMachine {
     fn engine_or_abort(&self) -> VectorIndex {
         // A flat index of a validated dimension cannot fail to build; if FAISS cannot even
         // allocate it the replica cannot follow the log, so stop rather than diverge.
-        match VectorIndex::new(self.dimension, self.metric) {
+        match VectorIndex::new(self.dimension, self.metric, EngineKind::Flat, self.config) {
             Ok(index) => index,
             Err(e) => panic!(
                 "cannot create vector index (dimension {}): {e}",
@@ -365,6 +436,82 @@ impl ShardMachine {
         self.namespaces.get(name)
     }
 
+    /// Rebuilds the maintenance loop should run now: namespaces that outgrew exact search,
+    /// and HNSW indexes with too many tombstones.
+    pub fn rebuild_jobs(&self) -> Vec<RebuildJob> {
+        let mut jobs = Vec::new();
+        for (name, ns) in &self.namespaces {
+            let engine = ns.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let grow = engine.kind() == EngineKind::Flat
+                && ns.records.len() >= self.config.hnsw_min_records;
+            if !(grow || engine.needs_rebuild()) {
+                continue;
+            }
+            drop(engine);
+            let mut ids = Vec::with_capacity(ns.records.len());
+            let mut values = Vec::with_capacity(ns.records.len() * self.dimension);
+            for stored in ns.records.values() {
+                ids.push(stored.internal);
+                values.extend_from_slice(&stored.record.values);
+            }
+            jobs.push(RebuildJob {
+                namespace: name.clone(),
+                epoch: ns.epoch,
+                kind: EngineKind::Hnsw,
+                dimension: self.dimension,
+                metric: self.metric,
+                config: self.config,
+                next_internal: ns.next_internal,
+                ids,
+                values,
+            });
+        }
+        jobs
+    }
+
+    /// Swaps a rebuilt index in, catching it up with writes applied since its job was made.
+    /// Returns false when the namespace was deleted or replaced meanwhile.
+    pub fn install(&self, rebuilt: Rebuilt) -> Result<bool, String> {
+        let Some(ns) = self.namespaces.get(&rebuilt.namespace) else {
+            return Ok(false);
+        };
+        if ns.epoch != rebuilt.epoch {
+            return Ok(false);
+        }
+        let mut index = rebuilt.index;
+        let mut new_ids = Vec::new();
+        let mut new_values = Vec::new();
+        for stored in ns.records.values() {
+            if stored.internal >= rebuilt.next_internal {
+                new_ids.push(stored.internal);
+                new_values.extend_from_slice(&stored.record.values);
+            }
+        }
+        let gone: Vec<u64> = rebuilt
+            .ids
+            .iter()
+            .copied()
+            .filter(|id| !ns.by_internal.contains_key(id))
+            .collect();
+        index
+            .add(&new_ids, &new_values)
+            .map_err(|e| e.to_string())?;
+        index.remove(&gone).map_err(|e| e.to_string())?;
+        *ns.engine.lock().unwrap_or_else(|p| p.into_inner()) = index;
+        Ok(true)
+    }
+
+    /// Which structure serves each namespace, with its tombstone count.
+    pub fn engine_kinds(&self) -> Vec<(String, EngineKind, usize)> {
+        self.namespaces
+            .iter()
+            .map(|(name, ns)| {
+                let engine = ns.engine.lock().unwrap_or_else(|p| p.into_inner());
+                (name.clone(), engine.kind(), engine.tombstones())
+            })
+            .collect()
+    }
+
     /// Every namespace with its record count, by name.
     pub fn namespace_counts(&self) -> Vec<(String, u64)> {
         self.namespaces
@@ -474,9 +621,17 @@ impl Namespace {
         });
         let hits = {
             let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-            engine
-                .search(vector, top_k, allowed.as_deref())
-                .map_err(|e| e.to_string())?
+            match &allowed {
+                Some(ids)
+                    if engine.kind() == EngineKind::Hnsw && ids.len() <= EXACT_SCAN_MAX_RECORDS =>
+                {
+                    drop(engine);
+                    self.exact_scan(vector, top_k, ids)
+                }
+                _ => engine
+                    .search(vector, top_k, allowed.as_deref())
+                    .map_err(|e| e.to_string())?,
+            }
         };
         Ok(hits
             .into_iter()
@@ -490,6 +645,29 @@ impl Namespace {
                 })
             })
             .collect())
+    }
+
+    /// Exact top-k over the given internal ids.
+    fn exact_scan(&self, vector: &[f32], top_k: usize, ids: &[u64]) -> Vec<(u64, f32)> {
+        let mut scored: Vec<(u64, f32)> = ids
+            .iter()
+            .filter_map(|internal| {
+                let id = self.by_internal.get(internal)?;
+                let record = &self.records.get(id)?.record;
+                Some((*internal, exact_score(self.metric, vector, &record.values)))
+            })
+            .collect();
+        scored.sort_by(|a, b| {
+            if better(self.metric, a.1, b.1) {
+                std::cmp::Ordering::Less
+            } else if better(self.metric, b.1, a.1) {
+                std::cmp::Ordering::Greater
+            } else {
+                a.0.cmp(&b.0)
+            }
+        });
+        scored.truncate(top_k);
+        scored
     }
 }
 
@@ -526,6 +704,7 @@ impl conifer_raft::StateMachine for ShardMachine {
             bincode::deserialize(snapshot).map_err(|e| format!("shard snapshot: {e}"))?;
         self.namespaces.clear();
         for snap in namespaces {
+            // Restored as exact indexes; the maintenance loop moves large ones to HNSW.
             let mut ns = self.new_namespace();
             ns.next_internal = snap.next_internal;
             let mut ids = Vec::with_capacity(snap.records.len());
@@ -567,7 +746,7 @@ mod tests {
 
     #[test]
     fn a_bad_record_rejects_the_whole_batch() {
-        let mut sm = ShardMachine::new(2, Metric::Cosine);
+        let mut sm = ShardMachine::new(2, Metric::Cosine, EngineConfig::default());
         let out = apply(
             &mut sm,
             ShardCommand::Upsert {
@@ -584,7 +763,7 @@ mod tests {
 
     #[test]
     fn upsert_overwrite_update_delete_and_snapshot_round_trip() {
-        let mut sm = ShardMachine::new(2, Metric::Euclidean);
+        let mut sm = ShardMachine::new(2, Metric::Euclidean, EngineConfig::default());
         let records = vec![
             (
                 "a".into(),
@@ -643,7 +822,7 @@ mod tests {
         assert_eq!(ns.get("a").unwrap().metadata_map().unwrap()["k"], 1);
 
         let snap = sm.snapshot();
-        let mut copy = ShardMachine::new(2, Metric::Euclidean);
+        let mut copy = ShardMachine::new(2, Metric::Euclidean, EngineConfig::default());
         copy.restore(&snap).unwrap();
         let hits2: Vec<String> = copy
             .namespace("n")
@@ -658,8 +837,97 @@ mod tests {
     }
 
     #[test]
+    fn background_rebuild_moves_to_hnsw_and_catches_up_with_later_writes() {
+        let config = EngineConfig {
+            hnsw_min_records: 50,
+            ..EngineConfig::default()
+        };
+        let mut sm = ShardMachine::new(4, Metric::Euclidean, config);
+        let point = |i: usize| vec![i as f32, 0.0, 0.0, 1.0];
+        let records = |range: std::ops::Range<usize>| {
+            range
+                .map(|i| {
+                    (
+                        format!("r{i}"),
+                        rec(point(i), Some(serde_json::json!({"even": i % 2 == 0}))),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        apply(
+            &mut sm,
+            ShardCommand::Upsert {
+                namespace: "n".into(),
+                records: records(0..60),
+            },
+        )
+        .unwrap();
+        let jobs = sm.rebuild_jobs();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!((jobs[0].kind(), jobs[0].len()), (EngineKind::Hnsw, 60));
+        let built = jobs.into_iter().next().unwrap().build().unwrap();
+
+        // Writes that land while the index is being built.
+        apply(
+            &mut sm,
+            ShardCommand::Upsert {
+                namespace: "n".into(),
+                records: records(60..70),
+            },
+        )
+        .unwrap();
+        apply(
+            &mut sm,
+            ShardCommand::Delete {
+                namespace: "n".into(),
+                ids: vec!["r5".into(), "r65".into()],
+            },
+        )
+        .unwrap();
+        assert!(sm.install(built).unwrap());
+        assert_eq!(
+            sm.engine_kinds(),
+            vec![("n".to_string(), EngineKind::Hnsw, 1)]
+        );
+
+        let ns = sm.namespace("n").unwrap();
+        let near = |q: usize, k: usize| -> Vec<String> {
+            ns.query(&point(q), k, None)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.id)
+                .collect()
+        };
+        let nearest = near(5, 1);
+        assert!(nearest == ["r4"] || nearest == ["r6"], "{nearest:?}");
+        assert!(
+            !near(5, 3).contains(&"r5".to_string()),
+            "deleted record never returned"
+        );
+        assert_eq!(
+            near(68, 1),
+            vec!["r68"],
+            "record added during the build is found"
+        );
+        assert!(!near(65, 3).contains(&"r65".to_string()));
+        let even = super::super::filter::parse(&serde_json::json!({"even": true})).unwrap();
+        let filtered: Vec<String> = ns
+            .query(&point(7), 2, Some(&even))
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(
+            filtered,
+            vec!["r6", "r8"],
+            "selective filter answered by an exact scan"
+        );
+        assert!(sm.rebuild_jobs().is_empty(), "nothing left to rebuild");
+    }
+
+    #[test]
     fn list_pages_by_prefix() {
-        let mut sm = ShardMachine::new(1, Metric::DotProduct);
+        let mut sm = ShardMachine::new(1, Metric::DotProduct, EngineConfig::default());
         let records = ["a1", "b1", "b2", "b3", "c1"]
             .iter()
             .map(|id| (id.to_string(), rec(vec![1.0], None)))

@@ -15,6 +15,7 @@ use conifer_raft::network::NetworkFactory;
 use conifer_raft::state_machine::{StateHandle, StateMachineStore};
 use conifer_raft::{GroupRegistry, NodeId, NodeStorage, Raft};
 
+use super::engine::EngineConfig;
 use super::machine::ShardMachine;
 use crate::control::state::{Command, Index, IndexState};
 use crate::control::ControlPlane;
@@ -34,6 +35,7 @@ pub struct HostedShard {
 }
 
 struct Inner {
+    engine: EngineConfig,
     storage: NodeStorage,
     registry: GroupRegistry,
     control: ControlPlane,
@@ -50,6 +52,7 @@ pub struct ShardManager {
 impl ShardManager {
     /// A manager hosting shards in `storage`, registered in `registry`.
     pub fn new(
+        engine: EngineConfig,
         storage: NodeStorage,
         registry: GroupRegistry,
         control: ControlPlane,
@@ -57,6 +60,7 @@ impl ShardManager {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                engine,
                 storage,
                 registry,
                 control,
@@ -96,6 +100,7 @@ impl ShardManager {
                 if let Err(e) = manager.reconcile_once().await {
                     tracing::warn!("shard reconcile: {e}");
                 }
+                manager.maintain().await;
                 tokio::time::sleep(Duration::from_millis(RECONCILE_INTERVAL_MS)).await;
             }
         });
@@ -184,10 +189,44 @@ impl ShardManager {
         Ok(())
     }
 
+    /// Runs the vector-index rebuilds the hosted shards ask for, one at a time, each built
+    /// on a blocking thread and swapped in under the shard's read lock.
+    pub async fn maintain(&self) {
+        for shard in self.hosted() {
+            let jobs = shard.state.read().rebuild_jobs();
+            for job in jobs {
+                let (group, kind, vectors) = (shard.group, job.kind(), job.len());
+                let started = std::time::Instant::now();
+                let built = match tokio::task::spawn_blocking(move || job.build()).await {
+                    Ok(Ok(built)) => built,
+                    Ok(Err(e)) => {
+                        tracing::warn!(group, "vector index rebuild failed: {e}");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(group, "vector index rebuild panicked: {e}");
+                        continue;
+                    }
+                };
+                match shard.state.read().install(built) {
+                    Ok(true) => tracing::info!(
+                        group,
+                        ?kind,
+                        vectors,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "vector index rebuilt"
+                    ),
+                    Ok(false) => tracing::debug!(group, "rebuilt namespace was replaced meanwhile"),
+                    Err(e) => tracing::warn!(group, "installing rebuilt vector index: {e}"),
+                }
+            }
+        }
+    }
+
     async fn start(&self, index: &Index) -> anyhow::Result<HostedShard> {
         let group = index.group_id;
         let storage = self.inner.storage.clone();
-        let machine = ShardMachine::new(index.dimension as usize, index.metric);
+        let machine = ShardMachine::new(index.dimension as usize, index.metric, self.inner.engine);
         let sm = StateMachineStore::open(group, storage.clone(), machine)?;
         let state = sm.handle();
         let log = LogStore::new(group, storage);
