@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 HOSTS = Path(os.environ.get("CONIFER_HOSTS_FILE", "/etc/hosts"))
 MARK = "# conifer-compat"
+HNSW_MIN_RECORDS = 5000
 
 
 def _hosts_add(name):
@@ -38,7 +39,9 @@ def cluster():
         pytest.fail(f"{HOSTS} is not writable: the compat suite maps index hosts to 127.0.0.1 there")
     base = int(os.environ.get("CONIFER_COMPAT_BASE_PORT", random.randrange(20000, 40000, 200)))
     d = tempfile.mkdtemp(prefix="conifer-compat-")
-    env = dict(os.environ, BASE_PORT=str(base))
+    # Namespaces of 5,000+ records move to HNSW: the suite's 10,000-record index exercises
+    # the approximate path, its 3,000-record index the exact one.
+    env = dict(os.environ, BASE_PORT=str(base), CONIFER_HNSW_MIN_RECORDS=str(HNSW_MIN_RECORDS))
     script = ROOT / "scripts" / "local-cluster.sh"
     subprocess.run([str(script), "up", "3", d], check=True, env=env, stdout=subprocess.DEVNULL)
     manifest = json.loads((Path(d) / "cluster.json").read_text())
@@ -68,3 +71,23 @@ def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def engines(manifest):
+    """Engine of every hosted namespace, per node: {(node id, group id, namespace): engine}."""
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=manifest["ca_cert"])
+    out = {}
+    for node in manifest["nodes"]:
+        req = urllib.request.Request(
+            node["api_url"] + "/admin/cluster",
+            headers={"Authorization": "Bearer " + manifest["bootstrap"]["admin_token"]},
+        )
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+            info = json.load(resp)
+        for shard in info.get("shards", []):
+            for ns in shard.get("namespaces", []):
+                out[(node["id"], shard["group_id"], ns["name"])] = ns["engine"]
+    return out

@@ -6,7 +6,7 @@ from pinecone import Pinecone, ServerlessSpec
 from pinecone.exceptions import PineconeApiException, NotFoundException
 from pinecone.grpc import PineconeGRPC
 
-from conftest import wait_for
+from conftest import HNSW_MIN_RECORDS, engines, wait_for
 
 DIM = 32
 N = 10_000
@@ -76,11 +76,11 @@ def oracle(flt):
     return [i for i, m in enumerate(META) if match(m, f=flt)]
 
 
-def exact_top_k(query, k, allowed=None):
-    normed = VECTORS / np.linalg.norm(VECTORS, axis=1, keepdims=True)
+def exact_top_k(query, k, allowed=None, n=N):
+    normed = VECTORS[:n] / np.linalg.norm(VECTORS[:n], axis=1, keepdims=True)
     q = query / np.linalg.norm(query)
     scores = normed @ q
-    idx = np.arange(N) if allowed is None else np.array(allowed, dtype=int)
+    idx = np.arange(n) if allowed is None else np.array(allowed, dtype=int)
     order = idx[np.argsort(-scores[idx], kind="stable")]
     return [f"v{i}" for i in order[:k]]
 
@@ -93,10 +93,7 @@ def client(request, cluster):
     return request.param, cls(api_key=boot["api_key"], host=api, ssl_ca_certs=cluster["ca_cert"])
 
 
-@pytest.fixture(scope="module")
-def loaded(client, resolve_host):
-    transport, pc = client
-    name = f"compat-{transport}"
+def create_loaded(pc, resolve_host, name, n):
     if name in [i.name for i in pc.list_indexes()]:
         pc.delete_index(name)
     pc.create_index(name=name, dimension=DIM, metric="cosine", spec=ServerlessSpec(cloud="aws", region="us-east-1"))
@@ -104,14 +101,33 @@ def loaded(client, resolve_host):
     assert desc.status["ready"] is True
     index = pc.Index(host=resolve_host(desc.host))
     batch = []
-    for i in range(N):
+    for i in range(n):
         batch.append({"id": f"v{i}", "values": VECTORS[i].tolist(), "metadata": META[i]})
         if len(batch) == 500:
             assert index.upsert(vectors=batch, namespace="main").upserted_count == 500
             batch = []
-    wait_for(lambda: index.describe_index_stats().namespaces.get("main", {}).get("vector_count") == N,
+    wait_for(lambda: index.describe_index_stats().namespaces.get("main", {}).get("vector_count") == n,
              what="all records visible")
-    return transport, pc, index, name
+    return index
+
+
+@pytest.fixture(scope="module")
+def loaded(client, resolve_host):
+    """10,000 records: above the HNSW threshold, so moved to HNSW by the maintenance loop."""
+    transport, pc = client
+    name = f"compat-{transport}"
+    index = create_loaded(pc, resolve_host, name, N)
+    yield transport, pc, index, name
+    pc.delete_index(name)
+
+
+@pytest.fixture(scope="module")
+def small(client, resolve_host):
+    """3,000 records: below the HNSW threshold, so searched exactly."""
+    transport, pc = client
+    name = f"exact-{transport}"
+    yield create_loaded(pc, resolve_host, name, 3000)
+    pc.delete_index(name)
 
 
 def test_index_lifecycle(client, resolve_host):
@@ -134,16 +150,32 @@ def test_index_lifecycle(client, resolve_host):
         pc.describe_index(name)
 
 
-def test_exact_recall_at_10(loaded):
-    _, _, index, _ = loaded
+def recall_at_10(index, n, queries=50):
     rng = np.random.default_rng(11)
     hits = 0
-    queries = 50
     for _ in range(queries):
         q = rng.normal(size=DIM).astype(np.float32)
         got = [m.id for m in index.query(vector=q.tolist(), top_k=10, namespace="main").matches]
-        hits += len(set(got) & set(exact_top_k(q, 10)))
-    assert hits / (queries * 10) >= 0.99
+        hits += len(set(got) & set(exact_top_k(q, 10, n=n)))
+    return hits / (queries * 10)
+
+
+def test_exact_recall_at_10(small):
+    recall = recall_at_10(small, 3000)
+    print(f"exact recall@10 = {recall:.4f}")
+    assert recall >= 0.99
+
+
+def test_hnsw_recall_at_10(loaded, cluster):
+    assert N >= HNSW_MIN_RECORDS
+    _, _, index, _ = loaded
+    # Only this module's 10,000-record index can hold an HNSW namespace (the others are
+    # below the threshold or deleted); wait until node 1, which answers, has swapped it in.
+    wait_for(lambda: [e for (node, _, ns), e in engines(cluster).items() if node == 1 and ns == "main" and e == "hnsw"],
+             timeout=120, what="the 10,000-record namespace served by HNSW on node 1")
+    recall = recall_at_10(index, N)
+    print(f"HNSW recall@10 = {recall:.4f}")
+    assert recall >= 0.95
 
 
 FILTERS = [
