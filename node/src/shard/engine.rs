@@ -60,12 +60,23 @@ impl From<faiss::error::Error> for EngineError {
 }
 
 /// Which FAISS structure serves a namespace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EngineKind {
     /// Exact search.
     Flat,
     /// Approximate search over an HNSW graph.
     Hnsw,
+}
+
+/// A vector index as saved in a shard snapshot.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EngineSnapshot {
+    /// Structure of the index.
+    pub kind: EngineKind,
+    /// Tombstoned internal ids.
+    pub tombstones: Vec<u64>,
+    /// The FAISS index, serialized in memory.
+    pub faiss: Vec<u8>,
 }
 
 /// A FAISS index for one namespace.
@@ -175,6 +186,41 @@ impl VectorIndex {
     pub fn needs_rebuild(&self) -> bool {
         self.kind == EngineKind::Hnsw
             && self.tombstones.len() as f64 > MAX_TOMBSTONE_RATIO * self.len().max(1) as f64
+    }
+
+    /// Serializes the index (FAISS bytes plus tombstones) for a snapshot; the caller seals it.
+    pub fn to_snapshot(&self) -> Result<EngineSnapshot, EngineError> {
+        let mut tombstones: Vec<u64> = self.tombstones.iter().copied().collect();
+        tombstones.sort_unstable();
+        Ok(EngineSnapshot {
+            kind: self.kind,
+            tombstones,
+            faiss: super::faiss_io::write(&self.index)?,
+        })
+    }
+
+    /// Loads an index saved by [`VectorIndex::to_snapshot`].
+    pub fn from_snapshot(
+        snapshot: EngineSnapshot,
+        dimension: usize,
+        metric: Metric,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let index = super::faiss_io::read(&snapshot.faiss)?;
+        if index.d() as usize != dimension {
+            return Err(EngineError(format!(
+                "saved index has dimension {}, expected {dimension}",
+                index.d()
+            )));
+        }
+        Ok(Self {
+            index,
+            kind: snapshot.kind,
+            metric,
+            dimension,
+            config,
+            tombstones: snapshot.tombstones.into_iter().collect(),
+        })
     }
 
     fn prepared(&self, values: &[f32]) -> Vec<f32> {
@@ -305,6 +351,37 @@ mod tests {
         assert!((hits[0].1 - 1.0).abs() < 1e-5);
         assert!((hits[1].1 - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-5);
         assert!((exact_score(Metric::Cosine, &[0.5, 0.0], &[1.0, 1.0]) - hits[1].1).abs() < 1e-5);
+    }
+
+    #[test]
+    fn index_round_trips_through_memory_with_its_tombstones() {
+        let config = EngineConfig::default();
+        let mut index = VectorIndex::new(4, Metric::Cosine, EngineKind::Hnsw, config).unwrap();
+        let ids: Vec<u64> = (0..50).collect();
+        let values: Vec<f32> = (0..50)
+            .flat_map(|i| [i as f32, 1.0, (i % 3) as f32, 0.5])
+            .collect();
+        index.add(&ids, &values).unwrap();
+        index.remove(&[49]).unwrap();
+        let before = index.search(&[40.0, 1.0, 1.0, 0.5], 5, None).unwrap();
+        let snapshot = index.to_snapshot().unwrap();
+        let mut loaded =
+            VectorIndex::from_snapshot(snapshot.clone(), 4, Metric::Cosine, config).unwrap();
+        assert_eq!(
+            (loaded.kind(), loaded.len(), loaded.tombstones()),
+            (EngineKind::Hnsw, 50, 1)
+        );
+        assert_eq!(
+            loaded.search(&[40.0, 1.0, 1.0, 0.5], 5, None).unwrap(),
+            before
+        );
+        assert!(VectorIndex::from_snapshot(snapshot, 8, Metric::Cosine, config).is_err());
+        let garbage = EngineSnapshot {
+            kind: EngineKind::Flat,
+            tombstones: vec![],
+            faiss: vec![1, 2, 3],
+        };
+        assert!(VectorIndex::from_snapshot(garbage, 4, Metric::Cosine, config).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::engine::{better, exact_score, EngineConfig, EngineKind, VectorIndex};
+use super::engine::{better, exact_score, EngineConfig, EngineKind, EngineSnapshot, VectorIndex};
 use super::filter::Filter;
 use crate::control::state::Metric;
 
@@ -249,6 +249,8 @@ struct SnapshotNamespace {
     name: String,
     next_internal: u64,
     records: Vec<(String, u64, Record)>,
+    /// The vector index as it was, so a restore loads it instead of rebuilding it.
+    engine: Option<EngineSnapshot>,
 }
 
 impl ShardMachine {
@@ -694,6 +696,21 @@ impl conifer_raft::StateMachine for ShardMachine {
                     .iter()
                     .map(|(id, s)| (id.clone(), s.internal, s.record.clone()))
                     .collect(),
+                engine: match ns
+                    .engine
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .to_snapshot()
+                {
+                    Ok(engine) => Some(engine),
+                    Err(e) => {
+                        // The restore rebuilds the index from the records instead.
+                        tracing::warn!(
+                            "vector index of namespace '{name}' not saved in snapshot: {e}"
+                        );
+                        None
+                    }
+                },
             })
             .collect();
         bincode::serialize(&namespaces).unwrap_or_default()
@@ -704,7 +721,6 @@ impl conifer_raft::StateMachine for ShardMachine {
             bincode::deserialize(snapshot).map_err(|e| format!("shard snapshot: {e}"))?;
         self.namespaces.clear();
         for snap in namespaces {
-            // Restored as exact indexes; the maintenance loop moves large ones to HNSW.
             let mut ns = self.new_namespace();
             ns.next_internal = snap.next_internal;
             let mut ids = Vec::with_capacity(snap.records.len());
@@ -715,11 +731,25 @@ impl conifer_raft::StateMachine for ShardMachine {
                 ns.by_internal.insert(internal, id.clone());
                 ns.records.insert(id, Stored { internal, record });
             }
-            ns.engine
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .add(&ids, &values)
-                .map_err(|e| e.to_string())?;
+            let saved = snap.engine.and_then(|engine| {
+                match VectorIndex::from_snapshot(engine, self.dimension, self.metric, self.config) {
+                    Ok(index) => Some(index),
+                    Err(e) => {
+                        tracing::warn!(
+                            "saved vector index of '{}' unusable, rebuilding: {e}",
+                            snap.name
+                        );
+                        None
+                    }
+                }
+            });
+            let engine = ns.engine.get_mut().unwrap_or_else(|p| p.into_inner());
+            match saved {
+                // Loaded as saved: no rebuild on restart.
+                Some(index) => *engine = index,
+                // Rebuilt as an exact index; the maintenance loop moves large ones to HNSW.
+                None => engine.add(&ids, &values).map_err(|e| e.to_string())?,
+            }
             self.namespaces.insert(snap.name, ns);
         }
         Ok(())
@@ -923,6 +953,19 @@ mod tests {
             "selective filter answered by an exact scan"
         );
         assert!(sm.rebuild_jobs().is_empty(), "nothing left to rebuild");
+
+        // A restore loads the saved HNSW index (with its tombstone) instead of rebuilding.
+        let mut copy = ShardMachine::new(4, Metric::Euclidean, config);
+        copy.restore(&sm.snapshot()).unwrap();
+        assert_eq!(copy.engine_kinds(), sm.engine_kinds());
+        let ns_copy = copy.namespace("n").unwrap();
+        let again: Vec<String> = ns_copy
+            .query(&point(68), 3, None)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(again, near(68, 3));
     }
 
     #[test]

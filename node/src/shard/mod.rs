@@ -3,6 +3,7 @@
 //! node should host ([`manager`]).
 
 pub mod engine;
+pub mod faiss_io;
 pub mod filter;
 pub mod machine;
 pub mod manager;

@@ -1,0 +1,104 @@
+//! In-memory (de)serialization of FAISS indexes through the C API's custom I/O callbacks,
+//! so an index is persisted only as ciphertext: the bytes go from FAISS straight into a
+//! buffer that the caller seals; no plaintext index file ever exists, not even temporarily.
+//!
+//! This is Conifer's only `unsafe` code. FAISS's custom reader and writer take a bare
+//! function pointer without a context argument, so the bytes pass through thread-local
+//! buffers; each (de)serialization runs start to finish on the calling thread and the
+//! callbacks are never re-entered.
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::ffi::{c_void, CStr};
+use std::ptr;
+
+use faiss::index::{FromInnerPtr, IndexImpl};
+use faiss_sys::{
+    faiss_CustomIOReader_free, faiss_CustomIOReader_new, faiss_CustomIOWriter_free,
+    faiss_CustomIOWriter_new, faiss_get_last_error, faiss_read_index_custom,
+    faiss_write_index_custom, FaissIOReader, FaissIOWriter,
+};
+
+use super::engine::EngineError;
+
+thread_local! {
+    static WRITE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static READ_BUFFER: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+}
+
+unsafe extern "C" fn write_callback(ptr: *const c_void, size: usize, nitems: usize) -> usize {
+    let Some(len) = size.checked_mul(nitems) else {
+        return 0;
+    };
+    if len == 0 {
+        return nitems;
+    }
+    // SAFETY: FAISS passes a buffer of `size * nitems` readable bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
+    WRITE_BUFFER.with(|buffer| buffer.borrow_mut().extend_from_slice(bytes));
+    nitems
+}
+
+unsafe extern "C" fn read_callback(ptr: *mut c_void, size: usize, nitems: usize) -> usize {
+    if size == 0 {
+        return 0;
+    }
+    READ_BUFFER.with(|buffer| {
+        let mut guard = buffer.borrow_mut();
+        let (bytes, position) = &mut *guard;
+        let available = (bytes.len() - *position) / size;
+        let items = nitems.min(available);
+        let len = items * size;
+        // SAFETY: FAISS passes a writable buffer of `size * nitems` bytes; we copy at most that.
+        unsafe { ptr::copy_nonoverlapping(bytes[*position..].as_ptr(), ptr.cast::<u8>(), len) };
+        *position += len;
+        items
+    })
+}
+
+fn check(code: i32) -> Result<(), EngineError> {
+    if code == 0 {
+        return Ok(());
+    }
+    // SAFETY: faiss_get_last_error returns null or a NUL-terminated string owned by FAISS.
+    let message = unsafe {
+        let text = faiss_get_last_error();
+        if text.is_null() {
+            format!("FAISS error {code}")
+        } else {
+            CStr::from_ptr(text).to_string_lossy().into_owned()
+        }
+    };
+    Err(EngineError(message))
+}
+
+/// Serializes `index` into memory.
+pub fn write(index: &IndexImpl) -> Result<Vec<u8>, EngineError> {
+    WRITE_BUFFER.with(|buffer| buffer.borrow_mut().clear());
+    // SAFETY: the writer is created, used once with a live index and freed here.
+    unsafe {
+        let mut writer = ptr::null_mut();
+        check(faiss_CustomIOWriter_new(&mut writer, Some(write_callback)))?;
+        let code = faiss_write_index_custom(index.inner_ptr(), writer.cast::<FaissIOWriter>(), 0);
+        faiss_CustomIOWriter_free(writer);
+        check(code)?;
+    }
+    Ok(WRITE_BUFFER.with(|buffer| std::mem::take(&mut *buffer.borrow_mut())))
+}
+
+/// Deserializes an index written by [`write`].
+pub fn read(bytes: &[u8]) -> Result<IndexImpl, EngineError> {
+    READ_BUFFER.with(|buffer| *buffer.borrow_mut() = (bytes.to_vec(), 0));
+    // SAFETY: the reader is created, used once and freed here; on success FAISS hands us
+    // ownership of a new index, which IndexImpl frees on drop.
+    let result = unsafe {
+        let mut reader = ptr::null_mut();
+        check(faiss_CustomIOReader_new(&mut reader, Some(read_callback)))?;
+        let mut index = ptr::null_mut();
+        let code = faiss_read_index_custom(reader.cast::<FaissIOReader>(), 0, &mut index);
+        faiss_CustomIOReader_free(reader);
+        check(code).map(|_| IndexImpl::from_inner_ptr(index))
+    };
+    READ_BUFFER.with(|buffer| *buffer.borrow_mut() = (Vec::new(), 0));
+    result
+}
