@@ -12,6 +12,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // FAISS runs one OpenMP thread per search: on these machines two threads per search
+    // were measured slower than one, and concurrency comes from parallel requests. Set
+    // before any FAISS call, when OpenMP reads it.
+    if std::env::var_os("OMP_NUM_THREADS").is_none() {
+        std::env::set_var("OMP_NUM_THREADS", "1");
+    }
     let cli = Cli::parse();
     match cli.command {
         Commands::Certs(command) => run_certs(command),

@@ -280,6 +280,20 @@ async fn project_and_key_lifecycle_shows_secret_once() {
         .await;
     assert_eq!(s.as_u16(), 404, "a deleted project's keys are gone");
 
+    let (s, b) = api.call(Method::POST, "/admin/cluster/snapshot", None, None).await;
+    assert_error(s, &b, 401, "UNAUTHENTICATED");
+    let (s, _) = api.admin(Method::POST, "/admin/cluster/snapshot", None).await;
+    assert_eq!(s.as_u16(), 202);
+    let mut snapshot_index = None;
+    for _ in 0..50 {
+        snapshot_index = api.cluster.cluster_info(1).await.unwrap()["snapshot_index"].as_u64();
+        if snapshot_index.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(snapshot_index.is_some(), "the triggered snapshot was taken");
+
     let (s, health) = api.call(Method::GET, "/health", None, None).await;
     assert_eq!((s.as_u16(), health), (200, json!({"status": "serving"})));
 }
