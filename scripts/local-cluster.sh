@@ -89,7 +89,10 @@ case "$cmd" in
     ;;
   kill)
     [ $# -eq 2 ] || usage
-    kill -9 "$(cat "$1/node-$2/pid")"
+    pid=$(cat "$1/node-$2/pid")
+    kill -9 "$pid"
+    # Wait until it is gone: its RocksDB lock is released only then.
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
     ;;
   start)
     [ $# -eq 2 ] || usage
