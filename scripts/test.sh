@@ -23,13 +23,19 @@ echo "==> tests"
 # Integration tests start several real clusters; two at a time keeps 2 cores responsive.
 cargo test --workspace -- --test-threads=2
 
-echo "==> compat suite (official Pinecone SDK 8.1, REST and gRPC, 3-node cluster)"
-VENV="${CONIFER_VENV_V8:-/var/tmp/conifer-venv-v8}"
-REQ=tests/compat/requirements-v8.txt
-if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQ" "$VENV/requirements.txt"; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -r "$REQ"
-  cp "$REQ" "$VENV/requirements.txt"
-fi
-"$VENV/bin/python" -m pytest -q tests/compat
+# The compat suite: the official Pinecone Python SDK, 8.1 (API 2025-10) and 10.x (API
+# 2026-07), each over REST and gRPC against its own 3-node cluster. Each SDK lives in a
+# venv outside the clone, rebuilt only when its requirements change.
+compat() { # VERSION
+  local venv="${CONIFER_VENV_PREFIX:-/var/tmp/conifer-venv}-$1" req="tests/compat/requirements-$1.txt"
+  if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$venv/requirements.txt"; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q -r "$req"
+    cp "$req" "$venv/requirements.txt"
+  fi
+  echo "==> compat suite: Pinecone SDK $1"
+  "$venv/bin/python" -m pytest -q "tests/compat/test_sdk_$1.py"
+}
+compat v8
+compat v10

@@ -57,7 +57,7 @@ def resolve_host():
     """Maps an index host (host:port) to 127.0.0.1 for this run."""
 
     def add(host):
-        _hosts_add(host.split(":")[0])
+        _hosts_add(host.removeprefix("https://").split(":")[0])
         return host
 
     return add

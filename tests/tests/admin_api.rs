@@ -280,9 +280,13 @@ async fn project_and_key_lifecycle_shows_secret_once() {
         .await;
     assert_eq!(s.as_u16(), 404, "a deleted project's keys are gone");
 
-    let (s, b) = api.call(Method::POST, "/admin/cluster/snapshot", None, None).await;
+    let (s, b) = api
+        .call(Method::POST, "/admin/cluster/snapshot", None, None)
+        .await;
     assert_error(s, &b, 401, "UNAUTHENTICATED");
-    let (s, _) = api.admin(Method::POST, "/admin/cluster/snapshot", None).await;
+    let (s, _) = api
+        .admin(Method::POST, "/admin/cluster/snapshot", None)
+        .await;
     assert_eq!(s.as_u16(), 202);
     let mut snapshot_index = None;
     for _ in 0..50 {

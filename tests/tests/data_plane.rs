@@ -424,6 +424,55 @@ async fn data_plane_refuses_wrong_project_wrong_role_and_bad_input_without_writi
             .unwrap();
         assert_eq!(resp.status().as_u16(), 400, "{bad}");
     }
+    // The 2026-07 shapes (SDK 10.x): one dense_vector field and a deployment.
+    let v2026 = |body: Value| {
+        cluster
+            .http
+            .post(cluster.url(1, "/indexes"))
+            .header("Api-Key", &key)
+            .header("X-Pinecone-Api-Version", "2026-07")
+            .json(&body)
+            .send()
+    };
+    let deployment = json!({"deployment_type": "managed", "cloud": "aws", "region": "us-east-1"});
+    for bad in [
+        json!({"name": "s1", "schema": {"fields": {"a": {"type": "sparse_vector"}}}, "deployment": deployment}),
+        json!({"name": "s1", "schema": {"fields": {"a": {"type": "dense_vector", "dimension": 4},
+                                                   "b": {"type": "dense_vector", "dimension": 4}}}, "deployment": deployment}),
+        json!({"name": "s1", "schema": {"fields": {"_values": {"type": "dense_vector", "dimension": 4}}}}),
+        json!({"name": "s1", "schema": {"fields": {"_values": {"type": "dense_vector", "dimension": 4}}},
+               "deployment": {"deployment_type": "moon"}}),
+    ] {
+        assert_eq!(
+            v2026(bad.clone()).await.unwrap().status().as_u16(),
+            400,
+            "{bad}"
+        );
+    }
+    let good = json!({"name": "s1", "schema": {"fields": {"_values": {"type": "dense_vector", "dimension": 4, "metric": "dotproduct"}}},
+                      "deployment": deployment});
+    let resp = v2026(good).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let created: Value = resp.json().await.unwrap();
+    assert_eq!(created["schema"]["fields"]["_values"]["dimension"], 4);
+    assert_eq!(created["deployment"]["deployment_type"], "managed");
+    let legacy: Value = cluster
+        .http
+        .get(cluster.url(1, "/indexes/s1"))
+        .header("Api-Key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (legacy["dimension"].clone(), legacy["metric"].clone()),
+        (json!(4), json!("dotproduct")),
+        "{legacy}"
+    );
+    assert_eq!(legacy["spec"]["serverless"]["region"], "us-east-1");
+
     let dup = json!({"name": "guarded", "dimension": 4, "spec": {"serverless": {"cloud": "aws", "region": "r"}}});
     let resp = cluster
         .http

@@ -36,6 +36,169 @@ fn key(state: &ApiState, headers: &HeaderMap, access: Access) -> Result<ApiKey, 
         .authenticate(headers.get("api-key").and_then(|v| v.to_str().ok()), access)
 }
 
+/// First API version with the schema-based index model (SDK 10.x).
+pub const SCHEMA_API_VERSION: &str = "2026-07";
+/// Name of the dense vector field of a legacy-shaped index in the 2026-07 schema.
+pub const DENSE_FIELD: &str = "_values";
+
+/// Whether the request asks for the 2026-07 (schema and deployment) index shapes.
+fn schema_api(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-pinecone-api-version")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v >= SCHEMA_API_VERSION)
+}
+
+/// The index in the shape the caller's API version expects.
+fn render(state: &ApiState, index: &Index, schema_shape: bool) -> Value {
+    if schema_shape {
+        index_json_2026(state, index)
+    } else {
+        index_json(state, index)
+    }
+}
+
+/// The 2026-07 shape: `schema.fields` and `deployment` instead of dimension, metric, spec.
+fn index_json_2026(state: &ApiState, index: &Index) -> Value {
+    let spec: Value = serde_json::from_str(&index.spec_json).unwrap_or(Value::Null);
+    let (deployment, read_capacity) = if let Some(s) = spec.get("serverless") {
+        let read_capacity = s
+            .get("read_capacity")
+            .cloned()
+            .unwrap_or_else(|| json!({"mode": "OnDemand", "status": {"state": "Ready"}}));
+        (
+            json!({"deployment_type": "managed", "cloud": s["cloud"], "region": s["region"]}),
+            read_capacity,
+        )
+    } else if let Some(p) = spec.get("pod") {
+        let mut d = p.as_object().cloned().unwrap_or_default();
+        d.insert("deployment_type".into(), json!("pod"));
+        d.entry("replicas").or_insert(json!(1));
+        d.entry("shards").or_insert(json!(1));
+        d.entry("pod_type").or_insert(json!("p1.x1"));
+        (Value::Object(d), Value::Null)
+    } else {
+        let mut d = spec
+            .get("byoc")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        d.insert("deployment_type".into(), json!("byoc"));
+        (Value::Object(d), Value::Null)
+    };
+    let tags: Value = serde_json::from_str(&index.tags_json).unwrap_or(Value::Null);
+    let ready = index.state == IndexState::Ready;
+    json!({
+        "name": index.name,
+        "host": state.router.host_of(index),
+        "status": { "ready": ready, "state": if ready { "Ready" } else { "Initializing" } },
+        "schema": { "fields": { DENSE_FIELD: {
+            "type": "dense_vector", "dimension": index.dimension, "metric": index.metric.as_str(),
+        } } },
+        "deployment": deployment,
+        "read_capacity": read_capacity,
+        "deletion_protection": if index.deletion_protection { "enabled" } else { "disabled" },
+        "tags": tags,
+    })
+}
+
+/// Translates a 2026-07 create request into the legacy one both versions validate.
+fn create_from_2026(body: &Value) -> Result<CreateIndex, ApiError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ApiError::invalid("request body must be a JSON object"))?;
+    for key in obj.keys() {
+        if !matches!(
+            key.as_str(),
+            "name"
+                | "schema"
+                | "deployment"
+                | "read_capacity"
+                | "deletion_protection"
+                | "tags"
+                | "cmek_id"
+        ) {
+            return Err(ApiError::invalid(format!("unknown field '{key}'")));
+        }
+    }
+    if obj.get("cmek_id").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::invalid("'cmek_id' is not supported yet"));
+    }
+    let name = obj
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid("'name' is required"))?;
+    let fields = obj
+        .get("schema")
+        .and_then(|s| s.get("fields"))
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::invalid("'schema.fields' is required"))?;
+    if fields.len() != 1 {
+        return Err(ApiError::invalid(format!(
+            "'schema.fields' has {} fields; exactly one dense_vector field is supported",
+            fields.len()
+        )));
+    }
+    let (field_name, field) = fields
+        .iter()
+        .next()
+        .ok_or_else(|| ApiError::invalid("'schema.fields' is empty"))?;
+    if field.get("type").and_then(Value::as_str) != Some("dense_vector") {
+        return Err(ApiError::invalid(format!(
+            "schema field '{field_name}' must have type 'dense_vector'; other field types are not supported"
+        )));
+    }
+    let dimension = field
+        .get("dimension")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "schema field '{field_name}' needs an integer 'dimension'"
+            ))
+        })?;
+    let deployment = obj
+        .get("deployment")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::invalid("'deployment' is required"))?;
+    let mut rest = deployment.clone();
+    let kind = rest
+        .remove("deployment_type")
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    let spec_kind = match kind.as_str() {
+        "managed" => "serverless",
+        "pod" => "pod",
+        "byoc" => "byoc",
+        other => {
+            return Err(ApiError::invalid(format!(
+                "'deployment.deployment_type' is '{other}'; it must be managed, pod or byoc"
+            )))
+        }
+    };
+    if let Some(rc) = obj.get("read_capacity").filter(|v| !v.is_null()) {
+        if spec_kind == "serverless" {
+            rest.insert("read_capacity".into(), rc.clone());
+        }
+    }
+    let mut spec = Map::new();
+    spec.insert(spec_kind.into(), Value::Object(rest));
+    Ok(CreateIndex {
+        name: name.to_string(),
+        dimension: Some(u32::try_from(dimension).unwrap_or(u32::MAX)),
+        metric: field
+            .get("metric")
+            .and_then(Value::as_str)
+            .map(String::from),
+        spec,
+        deletion_protection: obj
+            .get("deletion_protection")
+            .and_then(Value::as_str)
+            .map(String::from),
+        tags: obj.get("tags").and_then(Value::as_object).cloned(),
+        vector_type: None,
+    })
+}
+
 fn index_json(state: &ApiState, index: &Index) -> Value {
     let mut spec: Value = serde_json::from_str(&index.spec_json).unwrap_or(Value::Null);
     // Serverless responses carry read capacity (on demand: there is nothing to provision).
@@ -173,8 +336,15 @@ pub async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let key = key(&state, &headers, Access::ControlWrite)?;
-    let req: CreateIndex = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))?;
+    let schema_shape = schema_api(&headers);
+    let req: CreateIndex = if schema_shape {
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))?;
+        create_from_2026(&value)?
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))?
+    };
     check_name(&req.name)?;
     let vector_type = req.vector_type.unwrap_or_else(|| "dense".into());
     if vector_type != "dense" {
@@ -244,7 +414,10 @@ pub async fn create(
         created_at: now_rfc3339(),
     };
     match state.control.propose(Command::CreateIndex(index)).await? {
-        Output::Index(index) => Ok((StatusCode::CREATED, Json(index_json(&state, &index)))),
+        Output::Index(index) => Ok((
+            StatusCode::CREATED,
+            Json(render(&state, &index, schema_shape)),
+        )),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
 }
@@ -264,7 +437,7 @@ pub async fn list(
                 .collect::<Vec<_>>()
         })
         .iter()
-        .map(|i| index_json(&state, i))
+        .map(|i| render(&state, i, schema_api(&headers)))
         .collect();
     Ok(Json(json!({ "indexes": indexes })))
 }
@@ -287,7 +460,11 @@ pub async fn describe(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let key = key(&state, &headers, Access::ControlRead)?;
-    Ok(Json(index_json(&state, &find(&state, &key, &name)?)))
+    Ok(Json(render(
+        &state,
+        &find(&state, &key, &name)?,
+        schema_api(&headers),
+    )))
 }
 
 #[derive(Deserialize)]
@@ -301,6 +478,10 @@ struct ConfigureIndex {
     spec: Option<Value>,
     #[serde(default)]
     embed: Option<Value>,
+    #[serde(default)]
+    deployment: Option<Value>,
+    #[serde(default)]
+    read_capacity: Option<Value>,
 }
 
 /// `PATCH /indexes/{name}`: deletion protection and tags (a tag set to `""` is removed).
@@ -313,9 +494,13 @@ pub async fn configure(
     let key = key(&state, &headers, Access::ControlWrite)?;
     let req: ConfigureIndex = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))?;
-    if req.spec.is_some() || req.embed.is_some() {
+    if req.spec.is_some()
+        || req.embed.is_some()
+        || req.deployment.is_some()
+        || req.read_capacity.is_some()
+    {
         return Err(ApiError::invalid(
-            "changing 'spec' or 'embed' of an existing index is not supported",
+            "changing 'spec', 'deployment', 'read_capacity' or 'embed' of an existing index is not supported",
         ));
     }
     let current = find(&state, &key, &name)?;
@@ -351,7 +536,7 @@ pub async fn configure(
         tags_json,
     };
     match state.control.propose(command).await? {
-        Output::Index(index) => Ok(Json(index_json(&state, &index))),
+        Output::Index(index) => Ok(Json(render(&state, &index, schema_api(&headers)))),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
 }

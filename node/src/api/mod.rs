@@ -302,12 +302,18 @@ async fn cluster(
 
 /// `POST /admin/cluster/snapshot`: asks every Raft group on this node to take a snapshot
 /// now (operator only), e.g. before a planned restart so it loads instead of replaying.
-async fn snapshot(State(state): State<ApiState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+async fn snapshot(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
     require_operator(&state, &headers)?;
     let mut groups = vec![state.control.raft().clone()];
     groups.extend(state.router.shards().hosted().into_iter().map(|s| s.raft));
     for raft in groups {
-        raft.trigger().snapshot().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        raft.trigger()
+            .snapshot()
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
     }
     Ok(StatusCode::ACCEPTED)
 }

@@ -1,0 +1,101 @@
+"""The official Pinecone Python SDK 10.x (API version 2026-07; REST, and gRPC through its
+Rust client, which trusts the CA named by SSL_CERT_FILE) against a 3-node Conifer cluster."""
+
+import os
+
+import numpy as np
+import pytest
+from pinecone import Pinecone, ServerlessSpec
+from pinecone.grpc import PineconeGRPC
+
+from common import DIM, META, N, VECTORS, exact_top_k, oracle
+from conftest import wait_for
+
+RECORDS = 3000
+
+
+@pytest.fixture(scope="module", params=["rest", "grpc"])
+def client(request, cluster):
+    os.environ["SSL_CERT_FILE"] = cluster["ca_cert"]
+    boot = cluster["bootstrap"]
+    cls = Pinecone if request.param == "rest" else PineconeGRPC
+    return request.param, cls(api_key=boot["api_key"], host=cluster["nodes"][0]["api_url"],
+                              ssl_ca_certs=cluster["ca_cert"])
+
+
+def count(index, namespace):
+    stats = index.describe_index_stats()
+    ns = stats.namespaces.get(namespace) if hasattr(stats.namespaces, "get") else None
+    return getattr(ns, "vector_count", None) if ns is not None else 0
+
+
+@pytest.fixture(scope="module")
+def loaded(client, resolve_host):
+    transport, pc = client
+    name = f"v10-{transport}"
+    pc.create_index(name=name, dimension=DIM, metric="cosine", spec=ServerlessSpec(cloud="aws", region="us-east-1"))
+    index = pc.Index(host=resolve_host(pc.describe_index(name).host))
+    for start in range(0, RECORDS, 500):
+        batch = [{"id": f"v{i}", "values": VECTORS[i].tolist(), "metadata": META[i]}
+                 for i in range(start, start + 500)]
+        assert index.upsert(vectors=batch, namespace="main").upserted_count == 500
+    wait_for(lambda: count(index, "main") == RECORDS, what="all records visible")
+    yield transport, pc, index
+    pc.delete_index(name)
+
+
+def test_index_lifecycle_in_2026_07_shapes(client):
+    transport, pc = client
+    name = f"v10-life-{transport}"
+    pc.create_index(name=name, dimension=8, metric="euclidean", spec=ServerlessSpec(cloud="aws", region="us-east-1"),
+                    deletion_protection="enabled", tags={"team": "search"})
+    desc = pc.describe_index(name)
+    assert desc.status.ready is True
+    assert (desc.dimension, desc.metric, desc.deletion_protection) == (8, "euclidean", "enabled")
+    assert (desc.deployment.cloud, desc.deployment.region) == ("aws", "us-east-1")
+    assert dict(desc.tags) == {"team": "search"}
+    assert name in [i.name for i in pc.list_indexes()]
+    with pytest.raises(Exception) as refused:
+        pc.delete_index(name)
+    assert "deletion protection" in str(refused.value).lower()
+    pc.configure_index(name, deletion_protection="disabled")
+    assert pc.describe_index(name).deletion_protection == "disabled"
+    pc.delete_index(name)
+    assert name not in [i.name for i in pc.list_indexes()]
+
+
+def test_query_recall_and_filters(loaded):
+    _, _, index = loaded
+    rng = np.random.default_rng(5)
+    hits = 0
+    for _ in range(20):
+        q = rng.normal(size=DIM).astype(np.float32)
+        got = [m.id for m in index.query(vector=q.tolist(), top_k=10, namespace="main").matches]
+        hits += len(set(got) & set(exact_top_k(q, 10, n=RECORDS)))
+    assert hits / 200 >= 0.99
+    for flt in [{"genre": {"$in": ["drama", "horror"]}}, {"$and": [{"year": {"$gte": 2000}}, {"live": True}]},
+                {"tags": {"$nin": ["a"]}}]:
+        allowed = [i for i in oracle(flt) if i < RECORDS]
+        q = rng.normal(size=DIM).astype(np.float32)
+        got = [m.id for m in index.query(vector=q.tolist(), top_k=15, namespace="main", filter=flt).matches]
+        assert got == exact_top_k(q, 15, allowed, n=RECORDS)[: len(got)] and len(got) == min(15, len(allowed))
+
+
+def test_fetch_update_delete(loaded):
+    _, _, index = loaded
+    fetched = index.fetch(ids=["v1", "nope"], namespace="main")
+    assert list(fetched.vectors.keys()) == ["v1"]
+    assert np.allclose(fetched.vectors["v1"].values, VECTORS[1], atol=1e-6)
+    index.upsert(vectors=[{"id": "t1", "values": [1.0] * DIM, "metadata": {"k": "x"}}], namespace="scratch")
+    index.update(id="t1", set_metadata={"k": "y"}, namespace="scratch")
+    wait_for(lambda: index.fetch(ids=["t1"], namespace="scratch").vectors["t1"].metadata.get("k") == "y",
+             what="update visible")
+    index.delete(ids=["t1"], namespace="scratch")
+    wait_for(lambda: not index.fetch(ids=["t1"], namespace="scratch").vectors, what="delete visible")
+
+
+def test_dimension_mismatch_is_refused(loaded):
+    _, _, index = loaded
+    with pytest.raises(Exception) as bad:
+        index.upsert(vectors=[{"id": "bad", "values": [1.0, 2.0]}], namespace="main")
+    assert "dimension" in str(bad.value)
