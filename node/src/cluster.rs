@@ -10,15 +10,17 @@ use std::time::Duration;
 
 use conifer_proto::internal::internal_server::Internal;
 use conifer_proto::internal::{
-    ChangeMemberReply, ChangeMemberRequest, JoinReply, JoinRequest, MemberAction, ProposeReply,
-    ProposeRequest, RaftReply, RaftRequest,
+    ChangeMemberReply, ChangeMemberRequest, DataReply, DataRequest, JoinReply, JoinRequest,
+    MemberAction, ProposeReply, ProposeRequest, RaftReply, RaftRequest,
 };
 use conifer_raft::{GroupRegistry, NodeId, NodeInfo};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
+use crate::api::vectors;
 use crate::control::{propose_to_group, ControlError, ControlPlane};
+use crate::router::Router;
 use crate::tls::peer_node_ids;
 
 /// Longest a new learner may take to catch up before a join reports failure.
@@ -43,12 +45,18 @@ pub fn authenticate_peer<T>(request: &Request<T>, claimed: NodeId) -> Result<(),
 pub struct InternalService {
     registry: GroupRegistry,
     control: ControlPlane,
+    router: Router,
 }
 
 impl InternalService {
-    /// Serves the groups in `registry` and the control plane `control`.
-    pub fn new(registry: GroupRegistry, control: ControlPlane) -> Self {
-        Self { registry, control }
+    /// Serves the groups in `registry`, the control plane `control`, and data-plane calls
+    /// forwarded to this node's shard replicas through `router`.
+    pub fn new(registry: GroupRegistry, control: ControlPlane, router: Router) -> Self {
+        Self {
+            registry,
+            control,
+            router,
+        }
     }
 }
 
@@ -224,6 +232,27 @@ impl Internal for InternalService {
             change_member(&self.control, req.node_id, MemberAction::Promote).await?;
         }
         Ok(Response::new(JoinReply { leader_id: leader }))
+    }
+
+    async fn data(&self, request: Request<DataRequest>) -> Result<Response<DataReply>, Status> {
+        authenticate_peer(&request, request.get_ref().from_node)?;
+        let req = request.into_inner();
+        let target = self.router.local_target(req.group_id).ok_or_else(|| {
+            Status::unavailable(format!(
+                "shard group {} has no replica on this node",
+                req.group_id
+            ))
+        })?;
+        if req.min_lsn > 0 {
+            self.router.wait_applied(&target, req.min_lsn).await?;
+        }
+        let (response, lsn) =
+            vectors::run_encoded(&self.router, &target, &req.op, &req.request).await?;
+        Ok(Response::new(DataReply {
+            response,
+            request_lsn: lsn.request,
+            max_indexed_lsn: lsn.max_indexed,
+        }))
     }
 
     async fn change_member(

@@ -221,9 +221,13 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     let cluster_listener = TcpListener::bind(config.cluster_addr)
         .await
         .with_context(|| format!("binding cluster port {}", config.cluster_addr))?;
-    let internal = InternalServer::new(InternalService::new(registry.clone(), control.clone()))
-        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    let internal = InternalServer::new(InternalService::new(
+        registry.clone(),
+        control.clone(),
+        router.clone(),
+    ))
+    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     let cluster_server = tonic::transport::Server::builder()
         .tls_config(node_tls.cluster_server_config())?
         .add_service(internal);

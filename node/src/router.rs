@@ -29,6 +29,34 @@ pub struct Router {
     api_port: u16,
 }
 
+/// Where a data-plane call runs: on this node's replica, or forwarded to a replica.
+pub enum Resolved {
+    /// This node holds a replica.
+    Local(Target),
+    /// This node holds none: the call is forwarded over the cluster port.
+    Remote(Remote),
+}
+
+/// An index whose shard has no replica on this node.
+pub struct Remote {
+    /// The index.
+    pub index: Index,
+    /// Nodes holding its replicas.
+    pub replicas: Vec<u64>,
+    /// Sequence number the replica must have applied before a read (0: none).
+    pub min_lsn: u64,
+}
+
+impl Resolved {
+    /// The index addressed.
+    pub fn index(&self) -> &Index {
+        match self {
+            Resolved::Local(t) => &t.index,
+            Resolved::Remote(r) => &r.index,
+        }
+    }
+}
+
 /// A resolved data-plane target.
 pub struct Target {
     /// The index.
@@ -126,7 +154,7 @@ impl Router {
         key: &ApiKey,
         explicit: Option<&str>,
         host: Option<&str>,
-    ) -> Result<Target, ApiError> {
+    ) -> Result<Resolved, ApiError> {
         let explicit = explicit.filter(|name| !name.is_empty());
         let (name, tag) = match (explicit, host.and_then(|h| self.parse_host(h))) {
             (Some(name), _) => (name.to_string(), None),
@@ -152,13 +180,84 @@ impl Router {
                     .cloned()
             })
             .ok_or_else(not_found)?;
-        let shard = self.shards.get(index.group_id).ok_or_else(|| {
-            ApiError::unavailable(format!(
-                "index '{name}' has no replica on this node yet; retry, or call a node among {:?}",
-                index.replicas
-            ))
-        })?;
-        Ok(Target { index, shard })
+        match self.shards.get(index.group_id) {
+            Some(shard) => Ok(Resolved::Local(Target { index, shard })),
+            None => {
+                let replicas = index.replicas.clone();
+                Ok(Resolved::Remote(Remote {
+                    index,
+                    replicas,
+                    min_lsn: 0,
+                }))
+            }
+        }
+    }
+
+    /// The local replica of shard group `group`, as a target (on a node serving a forward).
+    pub fn local_target(&self, group: u64) -> Option<Target> {
+        let shard = self.shards.get(group)?;
+        let index = self
+            .control
+            .read(|s| s.indexes.values().find(|i| i.group_id == group).cloned())?;
+        Some(Target { index, shard })
+    }
+
+    /// Runs operation `op` on a replica of a remote index and decodes its response.
+    pub async fn forward<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        remote: &Remote,
+        op: &str,
+        request: &Req,
+    ) -> Result<(Resp, crate::api::vectors::Lsn), ApiError> {
+        let membership = self
+            .control
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let mut last = ApiError::unavailable(format!(
+            "index '{}' has no reachable replica",
+            remote.index.name
+        ));
+        for replica in &remote.replicas {
+            let Some(node) = membership.get_node(replica) else {
+                continue;
+            };
+            let mut client = match self.control.peers().client(*replica, node) {
+                Ok(client) => client,
+                Err(e) => {
+                    last = ApiError::unavailable(e);
+                    continue;
+                }
+            };
+            let call = conifer_proto::internal::DataRequest {
+                from_node: self.control.node_id(),
+                group_id: remote.index.group_id,
+                op: op.to_string(),
+                request: request.encode_to_vec(),
+                min_lsn: remote.min_lsn,
+            };
+            match client.data(call).await {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    let response = Resp::decode(reply.response.as_slice()).map_err(|e| {
+                        ApiError::internal(format!("undecodable forwarded reply: {e}"))
+                    })?;
+                    let lsn = crate::api::vectors::Lsn {
+                        request: reply.request_lsn,
+                        max_indexed: reply.max_indexed_lsn,
+                    };
+                    return Ok((response, lsn));
+                }
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    last = ApiError::from_status(&status);
+                }
+                Err(status) => return Err(ApiError::from_status(&status)),
+            }
+        }
+        Err(last)
     }
 
     /// Replicates a shard command; returns its output and the sequence number (log index).
@@ -185,6 +284,18 @@ impl Router {
             Err(ShardRejection::AlreadyExists(m)) => Err(ApiError::from(ControlError::Rejected(
                 crate::control::Rejection::AlreadyExists(m),
             ))),
+        }
+    }
+
+    /// Read-your-writes for `lsn`: waits here for a local replica, or asks the replica that
+    /// serves a forwarded call to wait.
+    pub async fn wait_for(&self, target: &mut Resolved, lsn: u64) -> Result<(), ApiError> {
+        match target {
+            Resolved::Local(t) => self.wait_applied(t, lsn).await,
+            Resolved::Remote(r) => {
+                r.min_lsn = lsn;
+                Ok(())
+            }
         }
     }
 

@@ -530,3 +530,59 @@ async fn data_plane_refuses_wrong_project_wrong_role_and_bad_input_without_writi
         .unwrap();
     assert_eq!(resp.status().as_u16(), 202);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_without_a_replica_forwards_data_plane_calls() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    let key = cluster.api_key();
+    cluster
+        .create_index(1, &key, "placed", 8, "cosine")
+        .await
+        .unwrap();
+    let fourth = cluster.add_node(false).await.unwrap();
+    let info = cluster.cluster_info(fourth).await.unwrap();
+    assert_eq!(
+        info["shards"].as_array().unwrap().len(),
+        0,
+        "node {fourth} holds no replica: {info}"
+    );
+
+    let resp = upsert(
+        &cluster,
+        fourth,
+        &key,
+        "placed",
+        &(0..50).collect::<Vec<_>>(),
+        8,
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let lsn = resp.headers()["x-pinecone-request-lsn"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = cluster
+        .data(fourth, &key, "placed", Method::POST, "/query")
+        .header("x-conifer-min-lsn", &lsn)
+        .json(&json!({"vector": vector(7, 8), "topK": 1, "namespace": "ns"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["matches"][0]["id"], "v7", "{body}");
+    assert_eq!(
+        stats(&cluster, fourth, &key, "placed").await["namespaces"]["ns"]["vectorCount"],
+        50
+    );
+    // Errors from the replica come back with their status.
+    let bad = cluster
+        .data(fourth, &key, "placed", Method::POST, "/query")
+        .json(&json!({"vector": [1.0], "topK": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    assert!(bad.text().await.unwrap().contains("dimension 8"));
+}

@@ -15,7 +15,7 @@ use super::convert::{json_to_struct, struct_to_json};
 use super::vectors::{self, Lsn};
 use super::{ApiError, ApiState};
 use crate::auth::Access;
-use crate::router::Target;
+use crate::router::Resolved;
 
 /// Request header asking a read to wait until this sequence number is applied locally.
 pub const MIN_LSN_HEADER: &str = "x-conifer-min-lsn";
@@ -28,19 +28,23 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Authenticates, authorizes and resolves the index of a REST data-plane call, and honours
 /// [`MIN_LSN_HEADER`].
-async fn target(state: &ApiState, headers: &HeaderMap, access: Access) -> Result<Target, ApiError> {
+async fn target(
+    state: &ApiState,
+    headers: &HeaderMap,
+    access: Access,
+) -> Result<Resolved, ApiError> {
     let key = state
         .router
         .authenticate(header(headers, "api-key"), access)?;
     let host = header(headers, super::grpc::AUTHORITY_METADATA);
-    let target = state
+    let mut target = state
         .router
         .resolve(&key, header(headers, INDEX_HEADER), host)?;
     if let Some(min) = header(headers, MIN_LSN_HEADER) {
         let lsn: u64 = min
             .parse()
             .map_err(|_| ApiError::invalid(format!("{MIN_LSN_HEADER} must be a number")))?;
-        state.router.wait_applied(&target, lsn).await?;
+        state.router.wait_for(&mut target, lsn).await?;
     }
     Ok(target)
 }
@@ -185,7 +189,7 @@ pub async fn query(
         scan_factor: None,
         max_candidates: None,
     };
-    let (resp, lsn) = vectors::query(&target, req)?;
+    let (resp, lsn) = vectors::query(&state.router, &target, req).await?;
     let matches: Vec<Value> = resp
         .matches
         .iter()
@@ -247,7 +251,7 @@ pub async fn fetch(
         ids,
         namespace: single(&pairs, "namespace").unwrap_or_default(),
     };
-    let (resp, lsn) = vectors::fetch(&target, req)?;
+    let (resp, lsn) = vectors::fetch(&state.router, &target, req).await?;
     let vectors: Map<String, Value> = resp
         .vectors
         .iter()
@@ -273,7 +277,7 @@ pub async fn list(
         pagination_token: single(&pairs, "paginationToken"),
         namespace: single(&pairs, "namespace").unwrap_or_default(),
     };
-    let (resp, lsn) = vectors::list(&target, req)?;
+    let (resp, lsn) = vectors::list(&state.router, &target, req).await?;
     let mut body = json!({
         "vectors": resp.vectors.iter().map(|v| json!({"id": v.id})).collect::<Vec<_>>(),
         "namespace": resp.namespace,
@@ -312,7 +316,7 @@ pub async fn fetch_by_metadata(
         limit: req.limit,
         pagination_token: req.pagination_token,
     };
-    let (resp, lsn) = vectors::fetch_by_metadata(&target, req)?;
+    let (resp, lsn) = vectors::fetch_by_metadata(&state.router, &target, req).await?;
     let vectors: Map<String, Value> = resp
         .vectors
         .iter()
@@ -425,11 +429,13 @@ pub async fn describe_index_stats(
         parse_body(&body)?
     };
     let (resp, lsn) = vectors::describe_index_stats(
+        &state.router,
         &target,
         pb::DescribeIndexStatsRequest {
             filter: req.filter.as_ref().map(json_to_struct),
         },
-    )?;
+    )
+    .await?;
     let namespaces: Map<String, Value> = resp
         .namespaces
         .iter()
@@ -466,7 +472,7 @@ pub async fn list_namespaces(
         limit: number(&pairs, "limit")?,
         prefix: single(&pairs, "prefix"),
     };
-    let (resp, lsn) = vectors::list_namespaces(&target, req)?;
+    let (resp, lsn) = vectors::list_namespaces(&state.router, &target, req).await?;
     let mut body = json!({
         "namespaces": resp.namespaces.iter().map(namespace_json).collect::<Vec<_>>(),
         "total_count": resp.total_count,
@@ -484,8 +490,12 @@ pub async fn describe_namespace(
     Path(namespace): Path<String>,
 ) -> Result<Response, ApiError> {
     let target = target(&state, &headers, Access::DataRead).await?;
-    let (resp, lsn) =
-        vectors::describe_namespace(&target, pb::DescribeNamespaceRequest { namespace })?;
+    let (resp, lsn) = vectors::describe_namespace(
+        &state.router,
+        &target,
+        pb::DescribeNamespaceRequest { namespace },
+    )
+    .await?;
     Ok(with_lsn(namespace_json(&resp), lsn))
 }
 

@@ -144,3 +144,29 @@ impl From<ApiError> for tonic::Status {
         tonic::Status::new(code, e.message)
     }
 }
+
+impl ApiError {
+    /// The error a peer reported over the cluster port, as the client should see it.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        let (http, code) = match status.code() {
+            tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+            tonic::Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            tonic::Code::PermissionDenied => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+            tonic::Code::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            tonic::Code::AlreadyExists => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
+            tonic::Code::FailedPrecondition => {
+                (StatusCode::PRECONDITION_FAILED, "FAILED_PRECONDITION")
+            }
+            tonic::Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED"),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        };
+        Self {
+            status: http,
+            code,
+            message: status.message().to_string(),
+        }
+    }
+}

@@ -11,7 +11,7 @@ use super::data::{INDEX_HEADER, MIN_LSN_HEADER};
 use super::vectors::{self, Lsn};
 use super::ApiError;
 use crate::auth::Access;
-use crate::router::{Router, Target};
+use crate::router::{Resolved, Router};
 
 /// Metadata key the front door sets to the HTTP/2 `:authority` before gRPC dispatch
 /// (overwriting any client-sent value).
@@ -29,19 +29,19 @@ impl GrpcDataPlane {
         Self { router }
     }
 
-    async fn target<T>(&self, request: &Request<T>, access: Access) -> Result<Target, Status> {
+    async fn target<T>(&self, request: &Request<T>, access: Access) -> Result<Resolved, Status> {
         let md = request.metadata();
         let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
         let key = self.router.authenticate(get("api-key"), access)?;
         let explicit = get(INDEX_HEADER).or_else(|| get("service-name"));
-        let target = self
+        let mut target = self
             .router
             .resolve(&key, explicit, get(AUTHORITY_METADATA))?;
         if let Some(min) = get(MIN_LSN_HEADER) {
             let lsn: u64 = min
                 .parse()
                 .map_err(|_| ApiError::invalid(format!("{MIN_LSN_HEADER} must be a number")))?;
-            self.router.wait_applied(&target, lsn).await?;
+            self.router.wait_for(&mut target, lsn).await?;
         }
         Ok(target)
     }
@@ -87,7 +87,7 @@ impl VectorService for GrpcDataPlane {
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let target = self.target(&request, Access::DataRead).await?;
-        let (body, lsn) = vectors::fetch(&target, request.into_inner())?;
+        let (body, lsn) = vectors::fetch(&self.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -96,7 +96,7 @@ impl VectorService for GrpcDataPlane {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let target = self.target(&request, Access::DataRead).await?;
-        let (body, lsn) = vectors::list(&target, request.into_inner())?;
+        let (body, lsn) = vectors::list(&self.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -105,7 +105,7 @@ impl VectorService for GrpcDataPlane {
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
         let target = self.target(&request, Access::DataRead).await?;
-        let (body, lsn) = vectors::query(&target, request.into_inner())?;
+        let (body, lsn) = vectors::query(&self.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -123,7 +123,8 @@ impl VectorService for GrpcDataPlane {
         request: Request<pb::DescribeIndexStatsRequest>,
     ) -> Result<Response<pb::DescribeIndexStatsResponse>, Status> {
         let target = self.target(&request, Access::DataRead).await?;
-        let (body, lsn) = vectors::describe_index_stats(&target, request.into_inner())?;
+        let (body, lsn) =
+            vectors::describe_index_stats(&self.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -132,7 +133,8 @@ impl VectorService for GrpcDataPlane {
         request: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
         let target = self.target(&request, Access::DataRead).await?;
-        let (body, lsn) = vectors::list_namespaces(&target, request.into_inner())?;
+        let (body, lsn) =
+            vectors::list_namespaces(&self.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -141,7 +143,8 @@ impl VectorService for GrpcDataPlane {
         request: Request<pb::DescribeNamespaceRequest>,
     ) -> Result<Response<pb::NamespaceDescription>, Status> {
         let target = self.target(&request, Access::DataRead).await?;
-        let (body, lsn) = vectors::describe_namespace(&target, request.into_inner())?;
+        let (body, lsn) =
+            vectors::describe_namespace(&self.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -170,7 +173,8 @@ impl VectorService for GrpcDataPlane {
         request: Request<pb::FetchByMetadataRequest>,
     ) -> Result<Response<pb::FetchByMetadataResponse>, Status> {
         let target = self.target(&request, Access::DataRead).await?;
-        let (body, lsn) = vectors::fetch_by_metadata(&target, request.into_inner())?;
+        let (body, lsn) =
+            vectors::fetch_by_metadata(&self.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::convert::{json_to_struct, struct_to_json};
 use super::ApiError;
-use crate::router::{Router, Target};
+use crate::router::{Resolved, Router, Target};
 use crate::shard::filter::{self, Filter};
 use crate::shard::machine::{
     canonical_namespace, Namespace, Record, ShardCommand, ShardOutput, Sparse, DEFAULT_NAMESPACE,
@@ -180,7 +180,7 @@ fn read_lsn(target: &Target) -> Lsn {
 }
 
 /// `Upsert`: all records valid or none written.
-pub async fn upsert(
+pub async fn upsert_local(
     router: &Router,
     target: &Target,
     req: pb::UpsertRequest,
@@ -246,7 +246,11 @@ pub async fn upsert(
 
 /// `Query` by vector or by id.
 #[allow(deprecated)] // `queries` / `results` are part of the wire format; refused / left empty.
-pub fn query(target: &Target, req: pb::QueryRequest) -> Result<(pb::QueryResponse, Lsn), ApiError> {
+pub async fn query_local(
+    _router: &Router,
+    target: &Target,
+    req: pb::QueryRequest,
+) -> Result<(pb::QueryResponse, Lsn), ApiError> {
     if req.top_k == 0 || req.top_k > MAX_TOP_K {
         return Err(ApiError::invalid(format!(
             "top_k is {}; it must be between 1 and {MAX_TOP_K}",
@@ -318,7 +322,11 @@ pub fn query(target: &Target, req: pb::QueryRequest) -> Result<(pb::QueryRespons
 }
 
 /// `Fetch` by ids.
-pub fn fetch(target: &Target, req: pb::FetchRequest) -> Result<(pb::FetchResponse, Lsn), ApiError> {
+pub async fn fetch_local(
+    _router: &Router,
+    target: &Target,
+    req: pb::FetchRequest,
+) -> Result<(pb::FetchResponse, Lsn), ApiError> {
     if req.ids.is_empty() {
         return Err(ApiError::invalid("ids must contain at least one id"));
     }
@@ -387,7 +395,11 @@ fn check_limit(limit: Option<u32>) -> Result<usize, ApiError> {
 }
 
 /// `List` ids by prefix, paginated.
-pub fn list(target: &Target, req: pb::ListRequest) -> Result<(pb::ListResponse, Lsn), ApiError> {
+pub async fn list_local(
+    _router: &Router,
+    target: &Target,
+    req: pb::ListRequest,
+) -> Result<(pb::ListResponse, Lsn), ApiError> {
     let namespace = check_namespace(&req.namespace)?;
     let limit = check_limit(req.limit)?;
     let prefix = req.prefix.unwrap_or_default();
@@ -426,7 +438,8 @@ pub fn list(target: &Target, req: pb::ListRequest) -> Result<(pb::ListResponse, 
 }
 
 /// `FetchByMetadata`: records matching a filter, paginated by id.
-pub fn fetch_by_metadata(
+pub async fn fetch_by_metadata_local(
+    _router: &Router,
     target: &Target,
     req: pb::FetchByMetadataRequest,
 ) -> Result<(pb::FetchByMetadataResponse, Lsn), ApiError> {
@@ -471,7 +484,7 @@ pub fn fetch_by_metadata(
 }
 
 /// `Delete` by ids, everything, or a filter.
-pub async fn delete(
+pub async fn delete_local(
     router: &Router,
     target: &Target,
     req: pb::DeleteRequest,
@@ -519,7 +532,7 @@ pub async fn delete(
 
 /// `Update` of one record by id, or metadata of all records matching a filter (`dry_run`
 /// only counts them).
-pub async fn update(
+pub async fn update_local(
     router: &Router,
     target: &Target,
     req: pb::UpdateRequest,
@@ -623,7 +636,8 @@ pub async fn update(
 }
 
 /// `DescribeIndexStats`, counting only records matching the filter when one is given.
-pub fn describe_index_stats(
+pub async fn describe_index_stats_local(
+    _router: &Router,
     target: &Target,
     req: pb::DescribeIndexStatsRequest,
 ) -> Result<(pb::DescribeIndexStatsResponse, Lsn), ApiError> {
@@ -664,7 +678,8 @@ pub fn describe_index_stats(
 }
 
 /// `ListNamespaces`, by name, paginated.
-pub fn list_namespaces(
+pub async fn list_namespaces_local(
+    _router: &Router,
     target: &Target,
     req: pb::ListNamespacesRequest,
 ) -> Result<(pb::ListNamespacesResponse, Lsn), ApiError> {
@@ -715,7 +730,8 @@ fn namespace_description(name: String, record_count: u64) -> pb::NamespaceDescri
 }
 
 /// `DescribeNamespace`.
-pub fn describe_namespace(
+pub async fn describe_namespace_local(
+    _router: &Router,
     target: &Target,
     req: pb::DescribeNamespaceRequest,
 ) -> Result<(pb::NamespaceDescription, Lsn), ApiError> {
@@ -729,7 +745,7 @@ pub fn describe_namespace(
 }
 
 /// `CreateNamespace`.
-pub async fn create_namespace(
+pub async fn create_namespace_local(
     router: &Router,
     target: &Target,
     req: pb::CreateNamespaceRequest,
@@ -759,7 +775,7 @@ pub async fn create_namespace(
 }
 
 /// `DeleteNamespace`.
-pub async fn delete_namespace(
+pub async fn delete_namespace_local(
     router: &Router,
     target: &Target,
     req: pb::DeleteNamespaceRequest,
@@ -775,4 +791,160 @@ pub async fn delete_namespace(
             max_indexed: None,
         },
     ))
+}
+
+/// Defines the public form of an operation: run on the local replica, or forward the
+/// protobuf request to a replica when this node holds none.
+macro_rules! routed {
+    ($(#[$doc:meta])* $name:ident, $local:ident, $op:literal, $req:ty, $resp:ty) => {
+        $(#[$doc])*
+        pub async fn $name(router: &Router, target: &Resolved, req: $req) -> Result<($resp, Lsn), ApiError> {
+            match target {
+                Resolved::Local(t) => $local(router, t, req).await,
+                Resolved::Remote(r) => router.forward(r, $op, &req).await,
+            }
+        }
+    };
+}
+
+routed!(
+    /// `Upsert` (see [`upsert_local`]).
+    upsert,
+    upsert_local,
+    "Upsert",
+    pb::UpsertRequest,
+    pb::UpsertResponse
+);
+routed!(
+    /// `Query` (see [`query_local`]).
+    query,
+    query_local,
+    "Query",
+    pb::QueryRequest,
+    pb::QueryResponse
+);
+routed!(
+    /// `Fetch` (see [`fetch_local`]).
+    fetch,
+    fetch_local,
+    "Fetch",
+    pb::FetchRequest,
+    pb::FetchResponse
+);
+routed!(
+    /// `List` (see [`list_local`]).
+    list,
+    list_local,
+    "List",
+    pb::ListRequest,
+    pb::ListResponse
+);
+routed!(
+    /// `FetchByMetadata` (see [`fetch_by_metadata_local`]).
+    fetch_by_metadata,
+    fetch_by_metadata_local,
+    "FetchByMetadata",
+    pb::FetchByMetadataRequest,
+    pb::FetchByMetadataResponse
+);
+routed!(
+    /// `Delete` (see [`delete_local`]).
+    delete,
+    delete_local,
+    "Delete",
+    pb::DeleteRequest,
+    pb::DeleteResponse
+);
+routed!(
+    /// `Update` (see [`update_local`]).
+    update,
+    update_local,
+    "Update",
+    pb::UpdateRequest,
+    pb::UpdateResponse
+);
+routed!(
+    /// `DescribeIndexStats` (see [`describe_index_stats_local`]).
+    describe_index_stats,
+    describe_index_stats_local,
+    "DescribeIndexStats",
+    pb::DescribeIndexStatsRequest,
+    pb::DescribeIndexStatsResponse
+);
+routed!(
+    /// `ListNamespaces` (see [`list_namespaces_local`]).
+    list_namespaces,
+    list_namespaces_local,
+    "ListNamespaces",
+    pb::ListNamespacesRequest,
+    pb::ListNamespacesResponse
+);
+routed!(
+    /// `DescribeNamespace` (see [`describe_namespace_local`]).
+    describe_namespace,
+    describe_namespace_local,
+    "DescribeNamespace",
+    pb::DescribeNamespaceRequest,
+    pb::NamespaceDescription
+);
+routed!(
+    /// `CreateNamespace` (see [`create_namespace_local`]).
+    create_namespace,
+    create_namespace_local,
+    "CreateNamespace",
+    pb::CreateNamespaceRequest,
+    pb::NamespaceDescription
+);
+routed!(
+    /// `DeleteNamespace` (see [`delete_namespace_local`]).
+    delete_namespace,
+    delete_namespace_local,
+    "DeleteNamespace",
+    pb::DeleteNamespaceRequest,
+    pb::DeleteResponse
+);
+
+/// Runs a forwarded operation on the local replica: decodes the request, encodes the reply.
+pub async fn run_encoded(
+    router: &Router,
+    target: &Target,
+    op: &str,
+    request: &[u8],
+) -> Result<(Vec<u8>, Lsn), ApiError> {
+    fn decode<T: Message + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+        T::decode(bytes)
+            .map_err(|e| ApiError::invalid(format!("undecodable forwarded request: {e}")))
+    }
+    fn encode<T: Message>((resp, lsn): (T, Lsn)) -> (Vec<u8>, Lsn) {
+        (resp.encode_to_vec(), lsn)
+    }
+    Ok(match op {
+        "Upsert" => encode(upsert_local(router, target, decode(request)?).await?),
+        "Query" => encode(query_local(router, target, decode(request)?).await?),
+        "Fetch" => encode(fetch_local(router, target, decode(request)?).await?),
+        "List" => encode(list_local(router, target, decode(request)?).await?),
+        "FetchByMetadata" => {
+            encode(fetch_by_metadata_local(router, target, decode(request)?).await?)
+        }
+        "Delete" => encode(delete_local(router, target, decode(request)?).await?),
+        "Update" => encode(update_local(router, target, decode(request)?).await?),
+        "DescribeIndexStats" => {
+            encode(describe_index_stats_local(router, target, decode(request)?).await?)
+        }
+        "ListNamespaces" => encode(list_namespaces_local(router, target, decode(request)?).await?),
+        "DescribeNamespace" => {
+            encode(describe_namespace_local(router, target, decode(request)?).await?)
+        }
+        "CreateNamespace" => {
+            encode(create_namespace_local(router, target, decode(request)?).await?)
+        }
+        "DeleteNamespace" => {
+            encode(delete_namespace_local(router, target, decode(request)?).await?)
+        }
+        other => {
+            return Err(ApiError::invalid(format!(
+                "unknown data-plane operation '{other}'"
+            )))
+        }
+    })
 }
