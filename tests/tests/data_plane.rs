@@ -130,14 +130,26 @@ async fn writes_through_one_node_are_read_through_every_node() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 202);
-    let resp = cluster
-        .http
-        .get(cluster.url(3, "/indexes/docs"))
-        .header("Api-Key", &key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 404);
+    // Control-plane reads are served by each node's replica: node 3 sees the delete once it
+    // has applied it, within moments.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = cluster
+            .http
+            .get(cluster.url(3, "/indexes/docs"))
+            .header("Api-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        if resp.status().as_u16() == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 still describes the deleted index"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn shard_leader(info: &Value) -> Option<u64> {
