@@ -152,6 +152,19 @@ pub type ShardOutcome = Result<ShardOutput, ShardRejection>;
 struct Stored {
     internal: u64,
     record: Record,
+    /// The metadata parsed once at write time, so filters never parse JSON per query.
+    meta: Option<Map<String, Value>>,
+}
+
+impl Stored {
+    fn new(internal: u64, record: Record) -> Self {
+        let meta = record.metadata_map();
+        Self {
+            internal,
+            record,
+            meta,
+        }
+    }
 }
 
 /// Filtered queries on an HNSW namespace that allow at most this many records are answered
@@ -531,13 +544,10 @@ impl Namespace {
         for (id, record) in records {
             let internal = self.next_internal;
             self.next_internal += 1;
-            if let Some(old) = self.records.insert(
-                id.clone(),
-                Stored {
-                    internal,
-                    record: record.clone(),
-                },
-            ) {
+            if let Some(old) = self
+                .records
+                .insert(id.clone(), Stored::new(internal, record.clone()))
+            {
                 self.by_internal.remove(&old.internal);
                 removed.push(old.internal);
             }
@@ -602,7 +612,7 @@ impl Namespace {
     pub fn matching(&self, filter: &Filter) -> Vec<(&String, &Record)> {
         self.records
             .iter()
-            .filter(|(_, s)| filter.matches(s.record.metadata_map().as_ref()))
+            .filter(|(_, s)| filter.matches(s.meta.as_ref()))
             .map(|(id, s)| (id, &s.record))
             .collect()
     }
@@ -617,7 +627,7 @@ impl Namespace {
         let allowed: Option<Vec<u64>> = filter.map(|f| {
             self.records
                 .values()
-                .filter(|s| f.matches(s.record.metadata_map().as_ref()))
+                .filter(|s| f.matches(s.meta.as_ref()))
                 .map(|s| s.internal)
                 .collect()
         });
@@ -729,7 +739,7 @@ impl conifer_raft::StateMachine for ShardMachine {
                 ids.push(internal);
                 values.extend_from_slice(&record.values);
                 ns.by_internal.insert(internal, id.clone());
-                ns.records.insert(id, Stored { internal, record });
+                ns.records.insert(id, Stored::new(internal, record));
             }
             let saved = snap.engine.and_then(|engine| {
                 match VectorIndex::from_snapshot(engine, self.dimension, self.metric, self.config) {
