@@ -203,6 +203,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     let network = NetworkFactory::new(CONTROL_GROUP, peers.clone());
     let raft = Raft::new(config.node_id, raft_config()?, network, log, sm).await?;
     registry.insert(CONTROL_GROUP, raft.clone());
+    conifer_raft::registry::elect_if_sole_voter(&raft, config.node_id).await;
     let control = ControlPlane::new(raft.clone(), handle, peers.clone());
     let shards = ShardManager::new(
         config.engine,

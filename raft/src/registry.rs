@@ -88,3 +88,15 @@ impl GroupRegistry {
         Ok(RaftReply { payload })
     }
 }
+
+/// Starts an election at once when this node is the group's only voter (a restarted
+/// single-node cluster or single-replica shard), instead of waiting out the election timeout.
+pub async fn elect_if_sole_voter(raft: &Raft, me: crate::types::NodeId) {
+    let metrics = raft.metrics().borrow().clone();
+    let voters: Vec<_> = metrics.membership_config.membership().voter_ids().collect();
+    if voters == [me] && metrics.current_leader.is_none() {
+        if let Err(e) = raft.trigger().elect().await {
+            tracing::debug!("immediate election not started: {e}");
+        }
+    }
+}

@@ -240,6 +240,7 @@ impl ShardManager {
         )
         .await?;
         self.inner.registry.insert(group, raft.clone());
+        conifer_raft::registry::elect_if_sole_voter(&raft, self.node_id()).await;
         let shard = HostedShard { group, raft, state };
         self.inner
             .shards
