@@ -564,7 +564,7 @@ pub async fn update_local(
             let guard = target.shard.state.read();
             let matched = guard
                 .namespace(&namespace)
-                .map_or(0, |ns| ns.matching(&filter).len());
+                .map_or(0, |ns| ns.count_matching(&filter) as usize);
             return Ok((
                 pb::UpdateResponse {
                     matched_records: Some(matched as i32),
@@ -650,7 +650,7 @@ pub async fn describe_index_stats_local(
             continue;
         };
         let count = match &filter {
-            Some((f, _)) => ns.matching(f).len(),
+            Some((f, _)) => ns.count_matching(f) as usize,
             None => ns.len(),
         } as u32;
         total += count;

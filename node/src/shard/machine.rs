@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 
 use super::engine::{better, exact_score, EngineConfig, EngineKind, EngineSnapshot, VectorIndex};
 use super::filter::Filter;
+use super::metadata_index::MetadataIndex;
 use crate::control::state::Metric;
 
 /// Name under which the default namespace (`""`) is stored and listed.
@@ -180,6 +181,8 @@ pub struct Namespace {
     epoch: u64,
     metric: Metric,
     engine: Mutex<VectorIndex>,
+    /// Bitmaps of internal ids by metadata value, for filters.
+    meta_index: MetadataIndex,
 }
 
 /// A background rebuild of one namespace's vector index: inputs copied under the read lock,
@@ -298,6 +301,7 @@ impl ShardMachine {
             epoch,
             metric: self.metric,
             engine: Mutex::new(self.engine_or_abort()),
+            meta_index: MetadataIndex::default(),
         }
     }
 
@@ -544,11 +548,11 @@ impl Namespace {
         for (id, record) in records {
             let internal = self.next_internal;
             self.next_internal += 1;
-            if let Some(old) = self
-                .records
-                .insert(id.clone(), Stored::new(internal, record.clone()))
-            {
+            let stored = Stored::new(internal, record.clone());
+            self.meta_index.insert(internal, stored.meta.as_ref());
+            if let Some(old) = self.records.insert(id.clone(), stored) {
                 self.by_internal.remove(&old.internal);
+                self.meta_index.remove(old.internal, old.meta.as_ref());
                 removed.push(old.internal);
             }
             self.by_internal.insert(internal, id);
@@ -569,6 +573,7 @@ impl Namespace {
         for id in ids {
             if let Some(old) = self.records.remove(id) {
                 self.by_internal.remove(&old.internal);
+                self.meta_index.remove(old.internal, old.meta.as_ref());
                 removed.push(old.internal);
             }
         }
@@ -610,11 +615,22 @@ impl Namespace {
 
     /// Records satisfying `filter`, by id.
     pub fn matching(&self, filter: &Filter) -> Vec<(&String, &Record)> {
-        self.records
+        let mut found: Vec<(&String, &Record)> = self
+            .meta_index
+            .evaluate(filter)
             .iter()
-            .filter(|(_, s)| filter.matches(s.meta.as_ref()))
-            .map(|(id, s)| (id, &s.record))
-            .collect()
+            .filter_map(|internal| {
+                let id = self.by_internal.get(&internal)?;
+                Some((id, &self.records.get(id)?.record))
+            })
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(b.0));
+        found
+    }
+
+    /// Number of records satisfying `filter`.
+    pub fn count_matching(&self, filter: &Filter) -> u64 {
+        self.meta_index.evaluate(filter).len()
     }
 
     /// The `top_k` best records for `vector`, restricted to `filter` when given.
@@ -624,13 +640,8 @@ impl Namespace {
         top_k: usize,
         filter: Option<&Filter>,
     ) -> Result<Vec<Hit>, String> {
-        let allowed: Option<Vec<u64>> = filter.map(|f| {
-            self.records
-                .values()
-                .filter(|s| f.matches(s.meta.as_ref()))
-                .map(|s| s.internal)
-                .collect()
-        });
+        let allowed: Option<Vec<u64>> =
+            filter.map(|f| self.meta_index.evaluate(f).iter().collect());
         let hits = {
             let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
             match &allowed {
@@ -739,7 +750,9 @@ impl conifer_raft::StateMachine for ShardMachine {
                 ids.push(internal);
                 values.extend_from_slice(&record.values);
                 ns.by_internal.insert(internal, id.clone());
-                ns.records.insert(id, Stored::new(internal, record));
+                let stored = Stored::new(internal, record);
+                ns.meta_index.insert(internal, stored.meta.as_ref());
+                ns.records.insert(id, stored);
             }
             let saved = snap.engine.and_then(|engine| {
                 match VectorIndex::from_snapshot(engine, self.dimension, self.metric, self.config) {

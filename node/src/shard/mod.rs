@@ -7,3 +7,4 @@ pub mod faiss_io;
 pub mod filter;
 pub mod machine;
 pub mod manager;
+pub mod metadata_index;
