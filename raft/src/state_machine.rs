@@ -7,7 +7,7 @@
 //! the latest snapshot is restored and openraft re-applies the committed log after it.
 
 use std::io::Cursor;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
@@ -89,6 +89,10 @@ pub struct StateMachineStore<S> {
     storage: NodeStorage,
     applied: Arc<RwLock<Applied<S>>>,
     snapshot_counter: u64,
+    /// The snapshot read at open, handed to openraft's first `get_current_snapshot` (made
+    /// at startup) instead of reading and decrypting it a second time; cleared whenever a
+    /// newer snapshot is written. Shared with the snapshot builder.
+    opened_snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
 }
 
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
@@ -114,7 +118,8 @@ impl<S: StateMachine> StateMachineStore<S> {
         let key = NodeStorage::group_key(group, b"current");
         let mut last_applied = None;
         let mut membership = StoredMembership::default();
-        if let Some(stored) = read_snapshot(&storage, &key)? {
+        let opened = read_snapshot(&storage, &key)?;
+        if let Some(stored) = &opened {
             app.restore(&stored.data)
                 .map_err(|e| snap_err(ErrorVerb::Read, e))?;
             last_applied = stored.meta.last_log_id;
@@ -129,6 +134,7 @@ impl<S: StateMachine> StateMachineStore<S> {
                 membership,
             })),
             snapshot_counter: 0,
+            opened_snapshot: Arc::new(Mutex::new(opened)),
         })
     }
 
@@ -151,7 +157,12 @@ impl<S: StateMachine> StateMachineStore<S> {
         )));
         self.storage
             .put_synced(CF_SNAPSHOTS, &self.snapshot_key(), &bytes)
-            .map_err(|e| snap_err(ErrorVerb::Write, e))
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        *self
+            .opened_snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
     }
 
     fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Applied<S>> {
@@ -250,6 +261,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
             storage: self.storage.clone(),
             applied: self.applied.clone(),
             snapshot_counter: self.snapshot_counter + 1000,
+            opened_snapshot: self.opened_snapshot.clone(),
         }
     }
 
@@ -283,11 +295,18 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(
-            read_snapshot(&self.storage, &self.snapshot_key())?.map(|s| Snapshot {
-                meta: s.meta,
-                snapshot: Box::new(Cursor::new(s.data)),
-            }),
-        )
+        let opened = self
+            .opened_snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let current = match opened {
+            Some(stored) => Some(stored),
+            None => read_snapshot(&self.storage, &self.snapshot_key())?,
+        };
+        Ok(current.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
     }
 }
