@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use conifer_proto::internal::internal_client::InternalClient;
 use conifer_proto::internal::internal_server::Internal;
 use conifer_proto::internal::{
     ChangeMemberReply, ChangeMemberRequest, DataReply, DataRequest, JoinReply, JoinRequest,
@@ -16,6 +17,7 @@ use conifer_proto::internal::{
 use conifer_raft::{GroupRegistry, NodeId, NodeInfo};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::api::vectors;
@@ -78,28 +80,36 @@ fn membership_status<E: std::fmt::Display>(
     }
 }
 
+/// The control-plane leader, with a client of it when it is another node (`None` when
+/// this node leads).
+fn leader(control: &ControlPlane) -> Result<(NodeId, Option<InternalClient<Channel>>), Status> {
+    let metrics = control.raft().metrics().borrow().clone();
+    let leader = metrics
+        .current_leader
+        .ok_or_else(|| Status::unavailable("no control-plane leader yet"))?;
+    if leader == control.node_id() {
+        return Ok((leader, None));
+    }
+    let node = metrics
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .cloned()
+        .ok_or_else(|| Status::unavailable("leader address unknown"))?;
+    let client = control
+        .peers()
+        .client(leader, &node)
+        .map_err(Status::unavailable)?;
+    Ok((leader, Some(client)))
+}
+
 /// Runs a membership change on the leader, or forwards it to the leader.
 pub async fn change_member(
     control: &ControlPlane,
     node_id: NodeId,
     action: MemberAction,
 ) -> Result<(), Status> {
-    let raft = control.raft();
-    let metrics = raft.metrics().borrow().clone();
-    let leader = metrics
-        .current_leader
-        .ok_or_else(|| Status::unavailable("no control-plane leader"))?;
-    if leader != control.node_id() {
-        let node = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .cloned()
-            .ok_or_else(|| Status::unavailable("leader address unknown"))?;
-        let mut client = control
-            .peers()
-            .client(leader, &node)
-            .map_err(Status::unavailable)?;
+    if let (_, Some(mut client)) = leader(control)? {
         client
             .change_member(ChangeMemberRequest {
                 from_node: control.node_id(),
@@ -109,7 +119,8 @@ pub async fn change_member(
             .await?;
         return Ok(());
     }
-    let membership = metrics.membership_config.membership().clone();
+    let raft = control.raft();
+    let membership = control.membership();
     if membership.get_node(&node_id).is_none() {
         return Err(Status::not_found(format!(
             "node {node_id} is not a member of the cluster"
@@ -185,27 +196,15 @@ impl Internal for InternalService {
         authenticate_peer(&request, from)?;
         let req = request.into_inner();
         let raft = self.control.raft();
-        let metrics = raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership().clone();
+        let membership = self.control.membership();
         if req.node_id != from && membership.get_node(&from).is_none() {
             return Err(Status::permission_denied(format!(
                 "node {from} may not request a join for node {}: only the node itself or a member may",
                 req.node_id
             )));
         }
-        let leader = metrics
-            .current_leader
-            .ok_or_else(|| Status::unavailable("no control-plane leader yet"))?;
-        if leader != self.control.node_id() {
-            let node = membership
-                .get_node(&leader)
-                .cloned()
-                .ok_or_else(|| Status::unavailable("leader address unknown"))?;
-            let mut client = self
-                .control
-                .peers()
-                .client(leader, &node)
-                .map_err(Status::unavailable)?;
+        let (leader, client) = leader(&self.control)?;
+        if let Some(mut client) = client {
             return client
                 .join(JoinRequest {
                     from_node: self.control.node_id(),

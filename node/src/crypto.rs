@@ -137,12 +137,6 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), CryptoErro
     Ok(())
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 impl LocalKeyring {
     /// Opens the keyring in `dir`, creating it with one fresh key on first use.
     pub fn open_or_create(dir: &Path) -> Result<Self, CryptoError> {
@@ -169,7 +163,7 @@ impl LocalKeyring {
             current: 1,
             keys: vec![KeyringEntry {
                 version: 1,
-                created_at: now_rfc3339(),
+                created_at: crate::now_rfc3339(),
                 key: B64.encode(random_key()),
             }],
         };

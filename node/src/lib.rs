@@ -10,3 +10,10 @@ pub mod node;
 pub mod router;
 pub mod shard;
 pub mod tls;
+
+/// The current time as RFC 3339 text, as stored in `created_at` fields.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -101,12 +101,6 @@ fn raft_config() -> anyhow::Result<Arc<openraft::Config>> {
     Ok(Arc::new(config.validate()?))
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 /// Creates the CA and this node's certificate under `dir` (first start of a bootstrapping node).
 fn create_default_certs(dir: &Path, config: &ServeConfig) -> anyhow::Result<()> {
     tls::generate_ca(dir, "conifer")?;
@@ -296,7 +290,7 @@ async fn bootstrap(
         );
         return Ok(());
     }
-    let created_at = now_rfc3339();
+    let created_at = crate::now_rfc3339();
     let organization = Organization {
         id: uuid::Uuid::new_v4().to_string(),
         name: "default".into(),

@@ -209,14 +209,7 @@ impl Router {
         op: &str,
         request: &Req,
     ) -> Result<(Resp, crate::api::vectors::Lsn), ApiError> {
-        let membership = self
-            .control
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.control.membership();
         let mut last = ApiError::unavailable(format!(
             "index '{}' has no reachable replica",
             remote.index.name

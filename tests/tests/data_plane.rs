@@ -36,6 +36,16 @@ async fn upsert(
         .expect("upsert request")
 }
 
+/// Status of a query on index `guarded` through node 1 with `key`.
+async fn query_status(cluster: &Cluster, key: &str, query: &Value) -> u16 {
+    let resp = cluster
+        .data(1, key, "guarded", Method::POST, "/query")
+        .json(query)
+        .send()
+        .await;
+    resp.expect("query request").status().as_u16()
+}
+
 async fn stats(cluster: &Cluster, via: u64, key: &str, index: &str) -> Value {
     cluster
         .data(via, key, index, Method::POST, "/describe_index_stats")
@@ -255,17 +265,7 @@ async fn data_plane_refuses_wrong_project_wrong_role_and_bad_input_without_writi
         .project_with_key("other", &["ProjectEditor"])
         .await
         .unwrap();
-    assert_eq!(
-        status(
-            cluster
-                .data(1, &other, "guarded", Method::POST, "/query")
-                .json(&q)
-                .send()
-                .await
-                .unwrap()
-        ),
-        404
-    );
+    assert_eq!(query_status(&cluster, &other, &q).await, 404);
     let other_desc = cluster
         .http
         .get(cluster.url(1, "/indexes/guarded"))
@@ -278,17 +278,7 @@ async fn data_plane_refuses_wrong_project_wrong_role_and_bad_input_without_writi
         404,
         "another project's key cannot see the index"
     );
-    assert_eq!(
-        status(
-            cluster
-                .data(1, "pcsk_bogus", "guarded", Method::POST, "/query")
-                .json(&q)
-                .send()
-                .await
-                .unwrap()
-        ),
-        401
-    );
+    assert_eq!(query_status(&cluster, "pcsk_bogus", &q).await, 401);
     let no_key = cluster
         .http
         .post(cluster.url(1, "/query"))
@@ -302,17 +292,7 @@ async fn data_plane_refuses_wrong_project_wrong_role_and_bad_input_without_writi
         .key_in(&project, &["DataPlaneViewer"])
         .await
         .unwrap();
-    assert_eq!(
-        status(
-            cluster
-                .data(1, &viewer, "guarded", Method::POST, "/query")
-                .json(&q)
-                .send()
-                .await
-                .unwrap()
-        ),
-        200
-    );
+    assert_eq!(query_status(&cluster, &viewer, &q).await, 200);
     assert_eq!(
         status(upsert(&cluster, 1, &viewer, "guarded", &[9], 4).await),
         403
@@ -321,17 +301,7 @@ async fn data_plane_refuses_wrong_project_wrong_role_and_bad_input_without_writi
         .key_in(&project, &["ControlPlaneViewer"])
         .await
         .unwrap();
-    assert_eq!(
-        status(
-            cluster
-                .data(1, &control_only, "guarded", Method::POST, "/query")
-                .json(&q)
-                .send()
-                .await
-                .unwrap()
-        ),
-        403
-    );
+    assert_eq!(query_status(&cluster, &control_only, &q).await, 403);
     let create = json!({"name": "x", "dimension": 4, "spec": {"serverless": {}}});
     let denied = cluster
         .http

@@ -24,12 +24,6 @@ pub const MAX_PODS_LIMIT: u32 = 100_000;
 /// Longest id accepted in a path; longer ids cannot exist.
 pub const MAX_ID_BYTES: usize = 64;
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 fn project_json(p: &Project) -> Value {
     json!({
         "id": p.id,
@@ -115,7 +109,7 @@ pub async fn create_project(
         name: body.name,
         max_pods,
         force_encryption_with_cmek: body.force_encryption_with_cmek.unwrap_or(false),
-        created_at: now_rfc3339(),
+        created_at: crate::now_rfc3339(),
     };
     match state
         .control
@@ -212,7 +206,7 @@ pub async fn create_api_key(
         name: body.name,
         roles,
         secret_sha256: secret.secret_sha256,
-        created_at: now_rfc3339(),
+        created_at: crate::now_rfc3339(),
     };
     match state.control.propose(Command::CreateApiKey(key)).await? {
         Output::ApiKey(k) => Ok((

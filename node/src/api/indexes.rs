@@ -293,16 +293,12 @@ struct CreateIndex {
 
 /// Chooses up to [`SHARD_REPLICAS`] nodes, least loaded first (then lowest id).
 fn place(state: &ApiState) -> Vec<u64> {
-    let members: Vec<u64> = {
-        let metrics = state.control.raft().metrics().borrow().clone();
-        metrics
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect()
-    };
-    let mut load: BTreeMap<u64, usize> = members.iter().map(|id| (*id, 0)).collect();
+    let mut load: BTreeMap<u64, usize> = state
+        .control
+        .membership()
+        .nodes()
+        .map(|(id, _)| (*id, 0))
+        .collect();
     state.control.read(|s| {
         for index in s.indexes.values() {
             for r in &index.replicas {
@@ -321,12 +317,6 @@ fn place(state: &ApiState) -> Vec<u64> {
         .collect();
     chosen.sort();
     chosen
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// `POST /indexes`.
@@ -411,7 +401,7 @@ pub async fn create(
         group_id: 0,
         replicas,
         state: IndexState::Initializing,
-        created_at: now_rfc3339(),
+        created_at: crate::now_rfc3339(),
     };
     match state.control.propose(Command::CreateIndex(index)).await? {
         Output::Index(index) => Ok((

@@ -369,6 +369,22 @@ fn page_token(last: &str) -> String {
     B64.encode(last.as_bytes())
 }
 
+/// Cuts `items` (fetched with one extra) to `limit`; when there were more, the token of
+/// the last kept item continues the listing.
+fn paginate<T>(
+    items: &mut Vec<T>,
+    limit: usize,
+    key: impl Fn(&T) -> &str,
+) -> Option<pb::Pagination> {
+    if items.len() <= limit {
+        return None;
+    }
+    items.truncate(limit);
+    items.last().map(|last| pb::Pagination {
+        next: page_token(key(last)),
+    })
+}
+
 fn parse_token(token: Option<&str>) -> Result<Option<String>, ApiError> {
     match token {
         None | Some("") => Ok(None),
@@ -416,14 +432,7 @@ pub async fn list_local(
         None => Vec::new(),
     };
     drop(guard);
-    let pagination = if ids.len() > limit {
-        ids.truncate(limit);
-        ids.last().map(|last| pb::Pagination {
-            next: page_token(last),
-        })
-    } else {
-        None
-    };
+    let pagination = paginate(&mut ids, limit, |last| last.as_str());
     Ok((
         pb::ListResponse {
             vectors: ids.into_iter().map(|id| pb::ListItem { id }).collect(),
@@ -462,14 +471,7 @@ pub async fn fetch_by_metadata_local(
         }
     }
     drop(guard);
-    let pagination = if found.len() > limit {
-        found.truncate(limit);
-        found.last().map(|(id, _)| pb::Pagination {
-            next: page_token(id),
-        })
-    } else {
-        None
-    };
+    let pagination = paginate(&mut found, limit, |(id, _)| id.as_str());
     Ok((
         pb::FetchByMetadataResponse {
             vectors: found.into_iter().collect(),
@@ -699,14 +701,7 @@ pub async fn list_namespaces_local(
         .filter(|(n, _)| after.as_deref().is_none_or(|a| n.as_str() > a))
         .take(limit + 1)
         .collect();
-    let pagination = if page.len() > limit {
-        page.truncate(limit);
-        page.last().map(|(n, _)| pb::Pagination {
-            next: page_token(n),
-        })
-    } else {
-        None
-    };
+    let pagination = paginate(&mut page, limit, |(n, _)| n.as_str());
     Ok((
         pb::ListNamespacesResponse {
             namespaces: page

@@ -62,6 +62,16 @@ impl ControlPlane {
         &self.raft
     }
 
+    /// The cluster membership as this node's group 0 replica knows it.
+    pub fn membership(&self) -> openraft::Membership<NodeId, conifer_raft::NodeInfo> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone()
+    }
+
     /// The channels to peers (for forwarding).
     pub fn peers(&self) -> &PeerChannels {
         &self.peers

@@ -127,15 +127,7 @@ impl ShardManager {
                 None => self.start(index).await?,
             };
             if !shard.raft.is_initialized().await? && index.replicas.iter().min() == Some(&me) {
-                let membership = self
-                    .inner
-                    .control
-                    .raft()
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .clone();
+                let membership = self.inner.control.membership();
                 let nodes: Option<BTreeMap<_, _>> = index
                     .replicas
                     .iter()
