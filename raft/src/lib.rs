@@ -5,6 +5,7 @@
 //! - [`storage`]: one RocksDB per node, column families shared by all groups,
 //! - [`log_store`]: the durable Raft log, vote and committed index of one group,
 //! - [`state_machine`]: the application state-machine trait and its openraft adapter,
+//! - [`group_state`]: the durable state of a group kept in RocksDB (shard records),
 //! - [`network`]: the gRPC transport (one lazily-connected mutual-TLS channel per peer),
 //! - [`registry`]: the groups running on this node, and dispatch of incoming RPCs.
 
@@ -13,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cipher;
+pub mod group_state;
 pub mod log_store;
 pub mod network;
 pub mod registry;

@@ -1,10 +1,18 @@
 //! The application state-machine trait and the adapter that runs it under openraft.
 //!
-//! An application state machine (the control plane, later each shard) keeps its state in
-//! memory and is deterministic: the same commands in the same order give the same state on
-//! every replica. Durability comes from the log plus snapshots: a snapshot is sealed and
-//! written (synced) to RocksDB before openraft may purge the log it covers, and on restart
-//! the latest snapshot is restored and openraft re-applies the committed log after it.
+//! An application state machine is deterministic: the same commands in the same order give
+//! the same state on every replica. It keeps its state in one of two ways:
+//!
+//! - **in memory** (the control plane): durability comes from the log plus snapshots. A
+//!   snapshot is sealed and written (synced) to RocksDB before openraft may purge the log it
+//!   covers; on restart the latest snapshot is restored and openraft re-applies the
+//!   committed log after it.
+//! - **durable** (shards): every apply writes the machine's changes and the applied log id
+//!   in one RocksDB write batch ([`StateWrites`]), so the state on disk is always the state
+//!   after some prefix of the log. Applies are not synced; building a snapshot syncs the WAL
+//!   first, so the log is only purged behind state that is on disk. A Raft snapshot for a
+//!   follower is exported from a point-in-time view of RocksDB ([`StateView`]), without
+//!   stopping applies, and nothing is stored twice.
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -15,18 +23,61 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::group_state::{StateView, StateWrites, RESERVED_KEY_PREFIX};
 use crate::storage::{NodeStorage, StorageFault, CF_SNAPSHOTS};
 use crate::types::{GroupId, LogId, NodeId, NodeInfo, Response, StorageError, TypeConfig};
 
 /// A deterministic application state machine replicated by one Raft group.
 pub trait StateMachine: Send + Sync + 'static {
+    /// Whether the machine keeps its state in RocksDB through [`StateWrites`] (true) or in
+    /// memory, made durable by whole-state snapshots (false).
+    const DURABLE: bool;
+
     /// Applies one committed command found at `log_index`, returning the serialized response.
-    /// Must not fail on bad input: a command it rejects yields an error *response*.
-    fn apply(&mut self, log_index: u64, command: &[u8]) -> Vec<u8>;
-    /// Serializes the whole state.
+    /// Must not fail on bad input: a command it rejects yields an error *response*. A durable
+    /// machine stages its changes in `writes`; an in-memory one leaves it empty.
+    fn apply(&mut self, log_index: u64, command: &[u8], writes: &mut StateWrites<'_>) -> Vec<u8>;
+
+    /// In-memory machines: serializes the whole state. Durable machines are exported with
+    /// [`StateMachine::export`] instead and may return an empty vector.
     fn snapshot(&self) -> Vec<u8>;
-    /// Replaces the whole state with a snapshot made by [`StateMachine::snapshot`].
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+
+    /// Replaces the whole state with a snapshot made by [`StateMachine::snapshot`] (in
+    /// memory) or [`StateMachine::export`] (durable; the old durable state is already staged
+    /// for deletion in `writes`, and the machine stages the new one).
+    fn restore(&mut self, snapshot: &[u8], writes: &mut StateWrites<'_>) -> Result<(), String>;
+
+    /// Durable machines: rebuilds the in-memory structures from the durable state at open.
+    fn load(&mut self, _view: &StateView<'_>) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Durable machines: serializes the state seen by `view` for a follower, in the format
+    /// [`StateMachine::restore`] reads.
+    fn export(_view: &StateView<'_>) -> Result<Vec<u8>, String>
+    where
+        Self: Sized,
+    {
+        Err("in-memory state machines are not exported from RocksDB".to_string())
+    }
+
+    /// Durable machines: stages derived state worth saving (a vector index), called while
+    /// a snapshot is built. The default saves nothing.
+    fn checkpoint(&self, _writes: &mut StateWrites<'_>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Reserved key of a durable machine's applied log id and membership.
+const APPLIED_KEY: [u8; 2] = [RESERVED_KEY_PREFIX, 1];
+/// Reserved key present once a snapshot of a durable machine has been built or installed.
+const SNAPSHOT_BUILT_KEY: [u8; 2] = [RESERVED_KEY_PREFIX, 2];
+
+/// What a durable machine records with every apply.
+#[derive(Serialize, Deserialize)]
+struct AppliedMarker {
+    last_applied: Option<LogId>,
+    membership: StoredMembership<NodeId, NodeInfo>,
 }
 
 /// The state machine plus what openraft needs to know about it.
@@ -89,9 +140,9 @@ pub struct StateMachineStore<S> {
     storage: NodeStorage,
     applied: Arc<RwLock<Applied<S>>>,
     snapshot_counter: u64,
-    /// The snapshot read at open, handed to openraft's first `get_current_snapshot` (made
-    /// at startup) instead of reading and decrypting it a second time; cleared whenever a
-    /// newer snapshot is written. Shared with the snapshot builder.
+    /// In-memory machines: the snapshot read at open, handed to openraft's first
+    /// `get_current_snapshot` (made at startup) instead of reading and decrypting it a
+    /// second time; cleared whenever a newer snapshot is written. Shared with the builder.
     opened_snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
 }
 
@@ -112,18 +163,39 @@ fn snap_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
     )
 }
 
+fn snapshot_id(last_applied: Option<LogId>, suffix: &str) -> String {
+    match last_applied {
+        Some(l) => format!("{}-{}{suffix}", l.leader_id, l.index),
+        None => format!("empty{suffix}"),
+    }
+}
+
 impl<S: StateMachine> StateMachineStore<S> {
-    /// Opens the state machine of `group`, restoring the latest stored snapshot into `app`.
+    /// Opens the state machine of `group`: a durable machine loads its state from RocksDB,
+    /// an in-memory one restores the latest stored snapshot into `app`.
     pub fn open(group: GroupId, storage: NodeStorage, mut app: S) -> Result<Self, StorageError> {
-        let key = NodeStorage::group_key(group, b"current");
         let mut last_applied = None;
         let mut membership = StoredMembership::default();
-        let opened = read_snapshot(&storage, &key)?;
-        if let Some(stored) = &opened {
-            app.restore(&stored.data)
-                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-            last_applied = stored.meta.last_log_id;
-            membership = stored.meta.last_membership.clone();
+        let mut opened = None;
+        if S::DURABLE {
+            // What is read now must be on disk before openraft bases any purge on it.
+            storage.sync_wal().map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            let view = StateView::latest(&storage, group);
+            if let Some(marker) = read_marker(&view)? {
+                last_applied = marker.last_applied;
+                membership = marker.membership;
+            }
+            app.load(&view).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        } else {
+            let key = NodeStorage::group_key(group, b"current");
+            opened = read_snapshot(&storage, &key)?;
+            if let Some(stored) = &opened {
+                let mut unused = StateWrites::new(&storage, group);
+                app.restore(&stored.data, &mut unused)
+                    .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                last_applied = stored.meta.last_log_id;
+                membership = stored.meta.last_membership.clone();
+            }
         }
         Ok(Self {
             group,
@@ -168,6 +240,69 @@ impl<S: StateMachine> StateMachineStore<S> {
     fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Applied<S>> {
         self.applied.write().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Durable machines: the snapshot of the state seen by `view`.
+    fn export(&self, view: &StateView<'_>) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let marker = read_marker(view)?.unwrap_or(AppliedMarker {
+            last_applied: None,
+            membership: StoredMembership::default(),
+        });
+        let data = S::export(view).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: marker.last_applied,
+                last_membership: marker.membership,
+                snapshot_id: snapshot_id(marker.last_applied, ""),
+            },
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+
+    /// Durable machines: checkpoints derived state, syncs everything applied so far and
+    /// exports a snapshot of exactly that state.
+    fn build_durable_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let view = {
+            let guard = self.applied.read().unwrap_or_else(|p| p.into_inner());
+            let mut writes = StateWrites::new(&self.storage, self.group);
+            guard
+                .app
+                .checkpoint(&mut writes)
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            writes
+                .put_any(&SNAPSHOT_BUILT_KEY, &[1])
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            fail::fail_point!("raft::snapshot::before_persist", |_| Err(snap_err(
+                ErrorVerb::Write,
+                "failpoint raft::snapshot::before_persist"
+            )));
+            // A synced write syncs the whole WAL, so every apply before it is on disk too.
+            self.storage
+                .write_synced(writes.into_batch())
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            // Frozen while applies are held off: the view holds synced state only.
+            StateView::frozen(&self.storage, self.group)
+        };
+        self.export(&view)
+    }
+}
+
+fn read_marker(view: &StateView<'_>) -> Result<Option<AppliedMarker>, StorageError> {
+    match view
+        .get(&APPLIED_KEY)
+        .map_err(|e| sm_err(ErrorVerb::Read, e))?
+    {
+        None => Ok(None),
+        Some(bytes) => bincode::deserialize(&bytes)
+            .map(Some)
+            .map_err(|e| sm_err(ErrorVerb::Read, e)),
+    }
+}
+
+fn stage_marker(writes: &mut StateWrites<'_>, marker: &AppliedMarker) -> Result<(), StorageError> {
+    let bytes = bincode::serialize(marker).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    writes
+        .put_any(&APPLIED_KEY, &bytes)
+        .map_err(|e| sm_err(ErrorVerb::Write, e))
 }
 
 fn read_snapshot(
@@ -187,6 +322,9 @@ fn read_snapshot(
 
 impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        if S::DURABLE {
+            return self.build_durable_snapshot();
+        }
         let (data, last_applied, membership) = {
             let guard = self.applied.read().unwrap_or_else(|p| p.into_inner());
             (
@@ -196,14 +334,10 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
             )
         };
         self.snapshot_counter += 1;
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.snapshot_counter),
-            None => format!("empty-{}", self.snapshot_counter),
-        };
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership: membership,
-            snapshot_id,
+            snapshot_id: snapshot_id(last_applied, &format!("-{}", self.snapshot_counter)),
         };
         let stored = StoredSnapshot {
             meta: meta.clone(),
@@ -236,6 +370,8 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
             ErrorVerb::Write,
             "failpoint raft::apply::before"
         )));
+        let storage = self.storage.clone();
+        let mut writes = StateWrites::new(&storage, self.group);
         let mut guard = self.write_lock();
         let mut responses = Vec::new();
         for entry in entries {
@@ -243,7 +379,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
                 EntryPayload::Normal(command) => {
-                    Response(guard.app.apply(entry.log_id.index, &command.0))
+                    Response(guard.app.apply(entry.log_id.index, &command.0, &mut writes))
                 }
                 EntryPayload::Membership(m) => {
                     guard.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -251,6 +387,20 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                 }
             };
             responses.push(response);
+        }
+        if S::DURABLE {
+            let marker = AppliedMarker {
+                last_applied: guard.last_applied,
+                membership: guard.membership.clone(),
+            };
+            stage_marker(&mut writes, &marker)?;
+            // Not synced: a crash may lose this batch as a whole, and openraft re-applies
+            // the (synced) log after the applied id that survived.
+            storage
+                .write(writes.into_batch())
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        } else {
+            debug_assert!(writes.is_empty(), "an in-memory machine staged writes");
         }
         Ok(responses)
     }
@@ -274,20 +424,51 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         meta: &SnapshotMeta<NodeId, NodeInfo>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: snapshot.into_inner(),
-        };
         fail::fail_point!("raft::snapshot::install::before", |_| Err(snap_err(
             ErrorVerb::Write,
             "failpoint raft::snapshot::install::before"
         )));
+        let data = snapshot.into_inner();
+        if S::DURABLE {
+            let storage = self.storage.clone();
+            let mut guard = self.write_lock();
+            let mut writes = StateWrites::new(&storage, self.group);
+            // Everything of the group's old state goes, except the adapter's own keys,
+            // which are rewritten below.
+            writes
+                .delete_app_keys()
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            guard
+                .app
+                .restore(&data, &mut writes)
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let marker = AppliedMarker {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            };
+            stage_marker(&mut writes, &marker)?;
+            writes
+                .put_any(&SNAPSHOT_BUILT_KEY, &[1])
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            // Durable before openraft may purge the log this snapshot replaces.
+            storage
+                .write_synced(writes.into_batch())
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            guard.last_applied = meta.last_log_id;
+            guard.membership = meta.last_membership.clone();
+            return Ok(());
+        }
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
         // Persist first: a crash after this point restarts from the new snapshot.
         self.write_snapshot(&stored)?;
         let mut guard = self.write_lock();
+        let mut unused = StateWrites::new(&self.storage, self.group);
         guard
             .app
-            .restore(&stored.data)
+            .restore(&stored.data, &mut unused)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         guard.last_applied = meta.last_log_id;
         guard.membership = meta.last_membership.clone();
@@ -295,6 +476,24 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        if S::DURABLE {
+            let built = StateView::latest(&self.storage, self.group)
+                .get(&SNAPSHOT_BUILT_KEY)
+                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            if built.is_none() {
+                return Ok(None);
+            }
+            // The snapshot is made now, of the state as it is now, on disk: applies are held
+            // off between the sync and the freeze.
+            let view = {
+                let _guard = self.applied.read().unwrap_or_else(|p| p.into_inner());
+                self.storage
+                    .sync_wal()
+                    .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                StateView::frozen(&self.storage, self.group)
+            };
+            return self.export(&view).map(Some);
+        }
         let opened = self
             .opened_snapshot
             .lock()

@@ -20,8 +20,11 @@ pub const CF_RAFT_META: &str = "raft_meta";
 pub const CF_SNAPSHOTS: &str = "snapshots";
 /// Column family of node-local settings (wrapped data keys, node identity).
 pub const CF_NODE: &str = "node";
+/// Column family of durable state machines' state (shard records, saved vector indexes,
+/// applied log ids): key = group ‖ app key.
+pub const CF_STATE: &str = "state";
 
-const COLUMN_FAMILIES: [&str; 4] = [CF_RAFT_LOG, CF_RAFT_META, CF_SNAPSHOTS, CF_NODE];
+const COLUMN_FAMILIES: [&str; 5] = [CF_RAFT_LOG, CF_RAFT_META, CF_SNAPSHOTS, CF_NODE, CF_STATE];
 
 /// Errors of the node storage.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,18 @@ impl NodeStorage {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// Writes `batch` without waiting for the disk; a crash may lose it (but never half of it).
+    pub fn write(&self, batch: WriteBatch) -> Result<(), StorageFault> {
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Syncs the WAL: every write made before this call is durable when it returns.
+    pub fn sync_wal(&self) -> Result<(), StorageFault> {
+        self.db.flush_wal(true)?;
         Ok(())
     }
 

@@ -243,6 +243,140 @@ async fn killing_the_shard_leader_mid_upsert_loses_no_acknowledged_record() {
     }
 }
 
+/// The shard's Raft indexes on node `via`: (last applied, purged).
+async fn shard_indexes(cluster: &Cluster, via: u64) -> (u64, u64) {
+    let info = cluster.cluster_info(via).await.unwrap();
+    let shard = &info["shards"][0];
+    (
+        shard["last_applied_index"].as_u64().unwrap_or(0),
+        shard["purged_index"].as_u64().unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lagging_shard_replica_catches_up_from_a_snapshot_exported_from_rocksdb() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    let key = cluster.api_key();
+    cluster
+        .create_index(1, &key, "lagging", 8, "euclidean")
+        .await
+        .unwrap();
+    let leader = shard_leader(&cluster.cluster_info(1).await.unwrap()).expect("shard leader");
+    let lagger = (1..=3).rev().find(|&n| n != leader).unwrap();
+    let via = (1..=3).find(|&n| n != lagger).unwrap();
+    assert_eq!(
+        upsert(
+            &cluster,
+            via,
+            &key,
+            "lagging",
+            &(0..50).collect::<Vec<_>>(),
+            8
+        )
+        .await
+        .status(),
+        200
+    );
+    let (lagger_applied, _) = shard_indexes(&cluster, lagger).await;
+    cluster.node(lagger).kill();
+
+    // One Raft entry per request: enough entries for the leader to snapshot and purge its
+    // log past everything the stopped replica has.
+    for i in 50..1_300 {
+        let resp = upsert(&cluster, via, &key, "lagging", &[i], 8).await;
+        assert_eq!(resp.status(), 200, "upsert {i}");
+    }
+    let deleted: Vec<String> = (0..10).map(|i| format!("v{i}")).collect();
+    let resp = cluster
+        .data(via, &key, "lagging", Method::POST, "/vectors/delete")
+        .json(&json!({"ids": deleted, "namespace": "ns"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, purged) = shard_indexes(&cluster, leader).await;
+        if purged > lagger_applied {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leader never purged past {lagger_applied}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    cluster.node(lagger).spawn().unwrap();
+    cluster.wait_serving(lagger).await.unwrap();
+    let expected = 1_300 - deleted.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let count = stats(&cluster, lagger, &key, "lagging").await["namespaces"]["ns"]
+            ["vectorCount"]
+            .as_u64();
+        if count == Some(expected) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted replica holds {count:?} of {expected} records"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fetched: Value = cluster
+        .data(
+            lagger,
+            &key,
+            "lagging",
+            Method::GET,
+            "/vectors/fetch?ids=v5&ids=v60&ids=v1299&namespace=ns",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let vectors = fetched["vectors"].as_object().unwrap();
+    assert!(
+        !vectors.contains_key("v5"),
+        "a record deleted while the replica was down"
+    );
+    assert_eq!(vectors["v60"]["metadata"]["n"].as_f64(), Some(60.0));
+    let values: Vec<f32> = serde_json::from_value(vectors["v1299"]["values"].clone()).unwrap();
+    assert_eq!(values, vector(1299, 8));
+    let query: Value = cluster
+        .data(lagger, &key, "lagging", Method::POST, "/query")
+        .json(&json!({"vector": vector(777, 8), "topK": 1, "namespace": "ns"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(query["matches"][0]["id"], "v777");
+
+    // Restarted again, it reads the installed state back from its own RocksDB.
+    cluster.node(lagger).kill();
+    cluster.node(lagger).spawn().unwrap();
+    cluster.wait_serving(lagger).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let count = stats(&cluster, lagger, &key, "lagging").await["namespaces"]["ns"]
+            ["vectorCount"]
+            .as_u64();
+        if count == Some(expected) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after a second restart: {count:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn data_plane_refuses_wrong_project_wrong_role_and_bad_input_without_writing() {
     let cluster = Cluster::start(1).await.unwrap();

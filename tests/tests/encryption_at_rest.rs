@@ -1,10 +1,11 @@
-//! Nothing written through the control plane is stored in plaintext: a marker string sent
-//! in project and key names is searched for in every file under the node's data directory,
-//! after enough writes that the log has been snapshotted.
+//! Nothing written through the API is stored in plaintext: a marker string sent in project
+//! and key names, and in vector ids and metadata, is searched for in every file under the
+//! node's data directory, after enough writes that the log has been snapshotted.
 
 use std::path::Path;
 
 use conifer_tests::Cluster;
+use reqwest::Method;
 use serde_json::{json, Value};
 
 fn files_containing(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
@@ -21,7 +22,7 @@ fn files_containing(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn marker_written_through_the_control_plane_never_appears_in_plaintext_on_disk() {
+async fn marker_written_through_the_api_never_appears_in_plaintext_on_disk() {
     let mut cluster = Cluster::start(1).await.unwrap();
     let marker = format!("PLAINTEXT-MARKER-{}", uuid::Uuid::new_v4().simple());
     let token = cluster.admin_token();
@@ -49,6 +50,22 @@ async fn marker_written_through_the_control_plane_never_appears_in_plaintext_on_
         .as_str()
         .unwrap()
         .to_string();
+
+    // Shard records: the marker in ids and metadata, in the shard's RocksDB state.
+    cluster
+        .create_index(1, &key_value, "sealed", 4, "cosine")
+        .await
+        .unwrap();
+    let vectors: Vec<Value> = (0..20)
+        .map(|i| json!({"id": format!("{marker}-v{i}"), "values": [1.0, i as f32, 0.5, 0.25], "metadata": {"note": marker}}))
+        .collect();
+    let resp = cluster
+        .data(1, &key_value, "sealed", Method::POST, "/vectors/upsert")
+        .json(&json!({ "vectors": vectors }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
 
     // Push the log past a snapshot (every 1000 entries) so snapshots are on disk too.
     for i in 0..550 {
@@ -114,4 +131,22 @@ async fn marker_written_through_the_control_plane_never_appears_in_plaintext_on_
         .await
         .unwrap();
     assert_eq!(resp.json::<Value>().await.unwrap()["name"], marker);
+    let fetched: Value = cluster
+        .data(
+            1,
+            &key_value,
+            "sealed",
+            Method::GET,
+            &format!("/vectors/fetch?ids={marker}-v7"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        fetched["vectors"][format!("{marker}-v7")]["metadata"]["note"],
+        marker.as_str()
+    );
 }

@@ -284,6 +284,8 @@ async fn cluster(
                 "group_id": shard.group,
                 "leader_id": m.current_leader,
                 "last_applied_index": m.last_applied.map(|l| l.index),
+                "snapshot_index": m.snapshot.map(|l| l.index),
+                "purged_index": m.purged.map(|l| l.index),
                 "namespaces": namespaces,
             })
         })

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use conifer_raft::group_state::StateWrites;
 use serde::{Deserialize, Serialize};
 
 /// Most projects one organization may hold.
@@ -497,7 +498,9 @@ pub struct ControlMachine {
 }
 
 impl conifer_raft::StateMachine for ControlMachine {
-    fn apply(&mut self, _log_index: u64, command: &[u8]) -> Vec<u8> {
+    const DURABLE: bool = false;
+
+    fn apply(&mut self, _log_index: u64, command: &[u8], _writes: &mut StateWrites<'_>) -> Vec<u8> {
         let outcome: Outcome = match bincode::deserialize::<Command>(command) {
             Ok(cmd) => self.state.apply(cmd),
             Err(e) => Err(Rejection::Invalid(format!(
@@ -512,7 +515,7 @@ impl conifer_raft::StateMachine for ControlMachine {
         bincode::serialize(&self.state).unwrap_or_default()
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, snapshot: &[u8], _writes: &mut StateWrites<'_>) -> Result<(), String> {
         self.state =
             bincode::deserialize(snapshot).map_err(|e| format!("control-plane snapshot: {e}"))?;
         Ok(())

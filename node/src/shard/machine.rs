@@ -3,10 +3,30 @@
 //! Commands are applied deterministically (ids, values and metadata come in the command;
 //! internal ids are assigned by a per-namespace counter), so every replica holds the same
 //! record set. Each namespace keeps a FAISS index built from its records; it is derived
-//! state, rebuilt from the records when a snapshot is restored.
+//! state.
+//!
+//! The records live in RocksDB (the `state` column family, sealed like every value), written
+//! in the same batch as the applied log id, and are also held in memory for serving. Keys
+//! hold only numbers, never ids or metadata:
+//!
+//! | key | value |
+//! |---|---|
+//! | `01 ‖ ns` | namespace header: name, next internal id |
+//! | `02` | next namespace number |
+//! | `03 ‖ ns ‖ internal id` | record id and record |
+//! | `04 ‖ ns` | saved HNSW index: what it covers, chunk count |
+//! | `05 ‖ ns ‖ chunk` | saved HNSW index bytes (FAISS serialization, in chunks) |
+//!
+//! Exact (flat) indexes are rebuilt from the records at open, which costs little. HNSW
+//! indexes are saved when a Raft snapshot is built, once they are new or have changed by
+//! [`ENGINE_SAVE_MIN_CHANGES`] records; at open the saved graph is loaded and caught up with
+//! the records written after it, so a restart never rebuilds a graph.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use conifer_raft::group_state::{StateView, StateWrites};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -172,24 +192,119 @@ impl Stored {
 /// by an exact scan of those records (exact, and faster than a selective graph search).
 pub const EXACT_SCAN_MAX_RECORDS: usize = 10_000;
 
+/// A saved HNSW index is saved again at the next snapshot once this many records of its
+/// namespace changed since (each of them costs a graph insertion at the next open).
+pub const ENGINE_SAVE_MIN_CHANGES: u64 = 2_000;
+
+/// Size of the pieces a saved index is stored in.
+pub const ENGINE_CHUNK_BYTES: usize = 4 << 20;
+
+/// Keys of the shard's durable state (see the module documentation).
+mod keys {
+    pub const HEADER: u8 = 0x01;
+    pub const NEXT_NAMESPACE: [u8; 1] = [0x02];
+    pub const RECORD: u8 = 0x03;
+    pub const ENGINE: u8 = 0x04;
+    pub const ENGINE_CHUNK: u8 = 0x05;
+
+    pub fn of(tag: u8, ns: u64) -> Vec<u8> {
+        let mut key = Vec::with_capacity(17);
+        key.push(tag);
+        key.extend_from_slice(&ns.to_be_bytes());
+        key
+    }
+
+    pub fn record(ns: u64, internal: u64) -> Vec<u8> {
+        let mut key = of(RECORD, ns);
+        key.extend_from_slice(&internal.to_be_bytes());
+        key
+    }
+
+    pub fn chunk(ns: u64, chunk: u32) -> Vec<u8> {
+        let mut key = of(ENGINE_CHUNK, ns);
+        key.extend_from_slice(&chunk.to_be_bytes());
+        key
+    }
+
+    /// The numbers after the tag byte of a key.
+    pub fn numbers(key: &[u8]) -> Result<(u64, u64), String> {
+        let ns = key
+            .get(1..9)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or("shard state key too short")?;
+        let rest = key
+            .get(9..17)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        Ok((ns, rest))
+    }
+}
+
+/// Stages a change of the shard's durable state. Staging fails only when the column family
+/// is missing; such a replica cannot follow the log, so it stops rather than diverge.
+fn stage(result: Result<(), conifer_raft::storage::StorageFault>) {
+    if let Err(e) = result {
+        panic!("cannot stage shard state change: {e}");
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Plain data structures always serialize.
+    bincode::serialize(value).unwrap_or_default()
+}
+
+/// A namespace header as stored.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    name: String,
+    next_internal: u64,
+}
+
+/// A saved HNSW index and what it covers: the records it was saved with (internal ids below
+/// `next_internal`, of which `live` were not deleted).
+#[derive(Serialize, Deserialize)]
+struct SavedEngine {
+    next_internal: u64,
+    live: Vec<u64>,
+    engine: EngineSnapshot,
+}
+
+/// How a saved index is stored: its header, then its FAISS bytes in chunks.
+#[derive(Serialize, Deserialize)]
+struct SavedEngineHeader {
+    next_internal: u64,
+    live: Vec<u64>,
+    kind: EngineKind,
+    tombstones: Vec<u64>,
+    chunks: u32,
+}
+
 /// One namespace: records by id and their vector index.
 pub struct Namespace {
+    name: String,
     records: BTreeMap<String, Stored>,
     by_internal: HashMap<u64, String>,
     next_internal: u64,
-    /// Distinguishes this namespace object from a later one of the same name.
-    epoch: u64,
+    /// The namespace's number in the shard's keys; a namespace deleted and created again
+    /// gets a new one.
+    seq: u64,
     metric: Metric,
     engine: Mutex<VectorIndex>,
     /// Bitmaps of internal ids by metadata value, for filters.
     meta_index: MetadataIndex,
+    /// Records written or deleted since the HNSW index was last saved.
+    unsaved_changes: AtomicU64,
+    /// Whether the current HNSW index was ever saved.
+    engine_saved: AtomicBool,
 }
 
 /// A background rebuild of one namespace's vector index: inputs copied under the read lock,
 /// the build done without locks, the result installed by [`ShardMachine::install`].
 pub struct RebuildJob {
     namespace: String,
-    epoch: u64,
+    seq: u64,
     kind: EngineKind,
     dimension: usize,
     metric: Metric,
@@ -202,7 +317,7 @@ pub struct RebuildJob {
 /// A rebuilt index waiting to be installed.
 pub struct Rebuilt {
     namespace: String,
-    epoch: u64,
+    seq: u64,
     next_internal: u64,
     ids: HashSet<u64>,
     index: VectorIndex,
@@ -233,7 +348,7 @@ impl RebuildJob {
             .map_err(|e| e.to_string())?;
         Ok(Rebuilt {
             namespace: self.namespace,
-            epoch: self.epoch,
+            seq: self.seq,
             next_internal: self.next_internal,
             ids: self.ids.into_iter().collect(),
             index,
@@ -257,16 +372,116 @@ pub struct ShardMachine {
     metric: Metric,
     config: EngineConfig,
     namespaces: BTreeMap<String, Namespace>,
-    next_epoch: u64,
+    next_seq: u64,
 }
 
+/// A namespace as exported for a follower.
 #[derive(Serialize, Deserialize)]
-struct SnapshotNamespace {
-    name: String,
-    next_internal: u64,
-    records: Vec<(String, u64, Record)>,
-    /// The vector index as it was, so a restore loads it instead of rebuilding it.
-    engine: Option<EngineSnapshot>,
+struct ExportNamespace {
+    seq: u64,
+    header: Header,
+    /// (internal id, record id, record).
+    records: Vec<(u64, String, Record)>,
+    /// The saved HNSW index, so the follower loads it instead of rebuilding it.
+    engine: Option<SavedEngine>,
+}
+
+/// A shard as exported for a follower (the Raft snapshot's data).
+#[derive(Serialize, Deserialize)]
+struct ShardExport {
+    next_seq: u64,
+    namespaces: Vec<ExportNamespace>,
+}
+
+/// Everything of one namespace read back from durable state.
+struct NamespaceState {
+    header: Header,
+    records: Vec<(u64, String, Record)>,
+    engine: Option<SavedEngine>,
+}
+
+/// Reads every namespace of the shard from `view`, with the next namespace number.
+fn read_state(view: &StateView<'_>) -> Result<(u64, BTreeMap<u64, NamespaceState>), String> {
+    let next_seq = match view.get(&keys::NEXT_NAMESPACE).map_err(|e| e.to_string())? {
+        Some(bytes) => bincode::deserialize(&bytes).map_err(|e| e.to_string())?,
+        None => 1,
+    };
+    let mut namespaces = BTreeMap::new();
+    view.scan(&[keys::HEADER], |key, value| {
+        let (seq, _) = keys::numbers(key)?;
+        let header: Header = bincode::deserialize(&value).map_err(|e| e.to_string())?;
+        namespaces.insert(
+            seq,
+            NamespaceState {
+                header,
+                records: Vec::new(),
+                engine: None,
+            },
+        );
+        Ok(())
+    })?;
+    view.scan(&[keys::RECORD], |key, value| {
+        let (seq, internal) = keys::numbers(key)?;
+        let (id, record): (String, Record) =
+            bincode::deserialize(&value).map_err(|e| e.to_string())?;
+        let ns = namespaces
+            .get_mut(&seq)
+            .ok_or_else(|| format!("record of unknown namespace {seq}"))?;
+        ns.records.push((internal, id, record));
+        Ok(())
+    })?;
+    for (seq, ns) in namespaces.iter_mut() {
+        ns.engine = read_saved_engine(view, *seq)?;
+    }
+    Ok((next_seq, namespaces))
+}
+
+fn read_saved_engine(view: &StateView<'_>, seq: u64) -> Result<Option<SavedEngine>, String> {
+    let Some(bytes) = view
+        .get(&keys::of(keys::ENGINE, seq))
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let header: SavedEngineHeader = bincode::deserialize(&bytes).map_err(|e| e.to_string())?;
+    let mut faiss = Vec::new();
+    let mut chunks = 0u32;
+    view.scan(&keys::of(keys::ENGINE_CHUNK, seq), |_, value| {
+        faiss.extend_from_slice(&value);
+        chunks += 1;
+        Ok(())
+    })?;
+    if chunks != header.chunks {
+        return Err(format!(
+            "saved index of namespace {seq} has {chunks} of {} chunks",
+            header.chunks
+        ));
+    }
+    Ok(Some(SavedEngine {
+        next_internal: header.next_internal,
+        live: header.live,
+        engine: EngineSnapshot {
+            kind: header.kind,
+            tombstones: header.tombstones,
+            faiss,
+        },
+    }))
+}
+
+fn stage_saved_engine(writes: &mut StateWrites<'_>, seq: u64, saved: &SavedEngine) {
+    let chunks: Vec<&[u8]> = saved.engine.faiss.chunks(ENGINE_CHUNK_BYTES).collect();
+    let header = SavedEngineHeader {
+        next_internal: saved.next_internal,
+        live: saved.live.clone(),
+        kind: saved.engine.kind,
+        tombstones: saved.engine.tombstones.clone(),
+        chunks: chunks.len() as u32,
+    };
+    stage(writes.delete_prefix(&keys::of(keys::ENGINE_CHUNK, seq)));
+    for (n, chunk) in chunks.iter().enumerate() {
+        stage(writes.put(&keys::chunk(seq, n as u32), chunk));
+    }
+    stage(writes.put(&keys::of(keys::ENGINE, seq), &encode(&header)));
 }
 
 impl ShardMachine {
@@ -277,7 +492,7 @@ impl ShardMachine {
             metric,
             config,
             namespaces: BTreeMap::new(),
-            next_epoch: 1,
+            next_seq: 1,
         }
     }
 
@@ -291,18 +506,90 @@ impl ShardMachine {
         self.metric
     }
 
-    fn new_namespace(&mut self) -> Namespace {
-        let epoch = self.next_epoch;
-        self.next_epoch += 1;
+    /// A new empty namespace `name`, staged in `writes` (it replaces none: the caller
+    /// removes any namespace of that name first).
+    fn new_namespace(&mut self, name: &str, writes: &mut StateWrites<'_>) -> Namespace {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        stage(writes.put(&keys::NEXT_NAMESPACE, &encode(&self.next_seq)));
+        let ns = self.empty_namespace(name, seq, 1);
+        ns.stage_header(writes);
+        ns
+    }
+
+    fn empty_namespace(&self, name: &str, seq: u64, next_internal: u64) -> Namespace {
         Namespace {
+            name: name.to_string(),
             records: BTreeMap::new(),
             by_internal: HashMap::new(),
-            next_internal: 1,
-            epoch,
+            next_internal,
+            seq,
             metric: self.metric,
             engine: Mutex::new(self.engine_or_abort()),
             meta_index: MetadataIndex::default(),
+            unsaved_changes: AtomicU64::new(0),
+            engine_saved: AtomicBool::new(false),
         }
+    }
+
+    /// Builds a namespace from its durable state: loads the saved HNSW index and catches it
+    /// up with the records written after it was saved, or builds an exact index.
+    fn build_namespace(&self, seq: u64, state: NamespaceState) -> Result<Namespace, String> {
+        let mut ns = self.empty_namespace(&state.header.name, seq, state.header.next_internal);
+        for (internal, id, record) in state.records {
+            ns.by_internal.insert(internal, id.clone());
+            let stored = Stored::new(internal, record);
+            ns.meta_index.insert(internal, stored.meta.as_ref());
+            ns.records.insert(id, stored);
+        }
+        let saved = state.engine.and_then(|saved| {
+            match VectorIndex::from_snapshot(saved.engine, self.dimension, self.metric, self.config)
+            {
+                Ok(index) => Some((saved.next_internal, saved.live, index)),
+                Err(e) => {
+                    tracing::warn!(
+                        "saved vector index of '{}' unusable, rebuilding: {e}",
+                        ns.name
+                    );
+                    None
+                }
+            }
+        });
+        let (covered_below, live, mut index) = match saved {
+            Some(saved) => saved,
+            None => (1, Vec::new(), self.engine_or_abort()),
+        };
+        let mut ids = Vec::new();
+        let mut values = Vec::new();
+        for stored in ns.records.values() {
+            if stored.internal >= covered_below {
+                ids.push(stored.internal);
+                values.extend_from_slice(&stored.record.values);
+            }
+        }
+        let gone: Vec<u64> = live
+            .into_iter()
+            .filter(|id| !ns.by_internal.contains_key(id))
+            .collect();
+        let changed = (ids.len() + gone.len()) as u64;
+        index.add(&ids, &values).map_err(|e| e.to_string())?;
+        index.remove(&gone).map_err(|e| e.to_string())?;
+        ns.engine_saved
+            .store(index.kind() == EngineKind::Hnsw, Ordering::Relaxed);
+        ns.unsaved_changes.store(changed, Ordering::Relaxed);
+        *ns.engine.get_mut().unwrap_or_else(|p| p.into_inner()) = index;
+        Ok(ns)
+    }
+
+    /// Removes namespace `name` from memory and stages the deletion of its durable state.
+    fn drop_namespace(&mut self, name: &str, writes: &mut StateWrites<'_>) -> bool {
+        let Some(ns) = self.namespaces.remove(name) else {
+            return false;
+        };
+        for tag in [keys::HEADER, keys::RECORD, keys::ENGINE, keys::ENGINE_CHUNK] {
+            stage(writes.delete_prefix(&keys::of(tag, ns.seq)));
+        }
+        true
     }
 
     fn engine_or_abort(&self) -> VectorIndex {
@@ -328,21 +615,25 @@ impl ShardMachine {
         Ok(())
     }
 
-    fn apply_command(&mut self, command: ShardCommand) -> ShardOutcome {
+    fn apply_command(
+        &mut self,
+        command: ShardCommand,
+        writes: &mut StateWrites<'_>,
+    ) -> ShardOutcome {
         match command {
             ShardCommand::Upsert { namespace, records } => {
                 for (id, record) in &records {
                     self.check_values(id, &record.values)?;
                 }
                 if !self.namespaces.contains_key(&namespace) {
-                    let ns = self.new_namespace();
+                    let ns = self.new_namespace(&namespace, writes);
                     self.namespaces.insert(namespace.clone(), ns);
                 }
                 let Some(ns) = self.namespaces.get_mut(&namespace) else {
                     unreachable!("namespace inserted above")
                 };
                 let count = records.len() as u32;
-                ns.upsert(records);
+                ns.upsert(records, writes);
                 Ok(ShardOutput::Upserted(count))
             }
             ShardCommand::Update {
@@ -376,18 +667,18 @@ impl ShardMachine {
                     merged.extend(set);
                     record.metadata = Some(Value::Object(merged).to_string());
                 }
-                ns.upsert(vec![(id, record)]);
+                ns.upsert(vec![(id, record)], writes);
                 Ok(ShardOutput::Updated(1))
             }
             ShardCommand::Delete { namespace, ids } => {
                 if let Some(ns) = self.namespaces.get_mut(&namespace) {
-                    ns.delete(&ids);
+                    ns.delete(&ids, writes);
                 }
                 Ok(ShardOutput::Done)
             }
             ShardCommand::DeleteAll { namespace } => {
-                if self.namespaces.contains_key(&namespace) {
-                    let ns = self.new_namespace();
+                if self.drop_namespace(&namespace, writes) {
+                    let ns = self.new_namespace(&namespace, writes);
                     self.namespaces.insert(namespace, ns);
                 }
                 Ok(ShardOutput::Done)
@@ -416,7 +707,7 @@ impl ShardMachine {
                     })
                     .collect();
                 let count = updated.len() as u32;
-                ns.upsert(updated);
+                ns.upsert(updated, writes);
                 Ok(ShardOutput::Updated(count))
             }
             ShardCommand::DeleteByFilter { namespace, filter } => {
@@ -427,7 +718,7 @@ impl ShardMachine {
                         .into_iter()
                         .map(|(id, _)| id.clone())
                         .collect();
-                    ns.delete(&ids);
+                    ns.delete(&ids, writes);
                 }
                 Ok(ShardOutput::Done)
             }
@@ -437,16 +728,19 @@ impl ShardMachine {
                         "namespace '{name}' already exists"
                     )));
                 }
-                let ns = self.new_namespace();
+                let ns = self.new_namespace(&name, writes);
                 self.namespaces.insert(name.clone(), ns);
                 Ok(ShardOutput::Namespace(name, 0))
             }
-            ShardCommand::DeleteNamespace { name } => match self.namespaces.remove(&name) {
-                Some(_) => Ok(ShardOutput::Done),
-                None => Err(ShardRejection::NotFound(format!(
-                    "namespace '{name}' not found"
-                ))),
-            },
+            ShardCommand::DeleteNamespace { name } => {
+                if self.drop_namespace(&name, writes) {
+                    Ok(ShardOutput::Done)
+                } else {
+                    Err(ShardRejection::NotFound(format!(
+                        "namespace '{name}' not found"
+                    )))
+                }
+            }
         }
     }
 
@@ -475,7 +769,7 @@ impl ShardMachine {
             }
             jobs.push(RebuildJob {
                 namespace: name.clone(),
-                epoch: ns.epoch,
+                seq: ns.seq,
                 kind: EngineKind::Hnsw,
                 dimension: self.dimension,
                 metric: self.metric,
@@ -494,7 +788,7 @@ impl ShardMachine {
         let Some(ns) = self.namespaces.get(&rebuilt.namespace) else {
             return Ok(false);
         };
-        if ns.epoch != rebuilt.epoch {
+        if ns.seq != rebuilt.seq {
             return Ok(false);
         }
         let mut index = rebuilt.index;
@@ -517,7 +811,14 @@ impl ShardMachine {
             .map_err(|e| e.to_string())?;
         index.remove(&gone).map_err(|e| e.to_string())?;
         *ns.engine.lock().unwrap_or_else(|p| p.into_inner()) = index;
+        ns.engine_saved.store(false, Ordering::Relaxed);
+        ns.unsaved_changes.store(0, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Whether a namespace's HNSW index is new or changed enough to be saved now.
+    pub fn has_unsaved_index(&self) -> bool {
+        self.namespaces.values().any(Namespace::index_needs_saving)
     }
 
     /// Which structure serves each namespace, with its tombstone count.
@@ -541,24 +842,68 @@ impl ShardMachine {
 }
 
 impl Namespace {
-    fn upsert(&mut self, records: Vec<(String, Record)>) {
+    fn stage_header(&self, writes: &mut StateWrites<'_>) {
+        let header = Header {
+            name: self.name.clone(),
+            next_internal: self.next_internal,
+        };
+        stage(writes.put(&keys::of(keys::HEADER, self.seq), &encode(&header)));
+    }
+
+    fn index_needs_saving(&self) -> bool {
+        let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        engine.kind() == EngineKind::Hnsw
+            && (!self.engine_saved.load(Ordering::Relaxed)
+                || self.unsaved_changes.load(Ordering::Relaxed) >= ENGINE_SAVE_MIN_CHANGES)
+    }
+
+    /// Stages the HNSW index for saving if it is new or changed enough.
+    fn checkpoint(&self, writes: &mut StateWrites<'_>) -> Result<(), String> {
+        if !self.index_needs_saving() {
+            return Ok(());
+        }
+        let engine = self
+            .engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .to_snapshot()
+            .map_err(|e| e.to_string())?;
+        let mut live: Vec<u64> = self.by_internal.keys().copied().collect();
+        live.sort_unstable();
+        let saved = SavedEngine {
+            next_internal: self.next_internal,
+            live,
+            engine,
+        };
+        stage_saved_engine(writes, self.seq, &saved);
+        self.engine_saved.store(true, Ordering::Relaxed);
+        self.unsaved_changes.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn upsert(&mut self, records: Vec<(String, Record)>, writes: &mut StateWrites<'_>) {
         let mut removed = Vec::new();
         let mut ids = Vec::with_capacity(records.len());
         let mut values = Vec::new();
         for (id, record) in records {
             let internal = self.next_internal;
             self.next_internal += 1;
-            let stored = Stored::new(internal, record.clone());
+            stage(writes.put(&keys::record(self.seq, internal), &encode(&(&id, &record))));
+            values.extend_from_slice(&record.values);
+            let stored = Stored::new(internal, record);
             self.meta_index.insert(internal, stored.meta.as_ref());
             if let Some(old) = self.records.insert(id.clone(), stored) {
                 self.by_internal.remove(&old.internal);
                 self.meta_index.remove(old.internal, old.meta.as_ref());
+                stage(writes.delete(&keys::record(self.seq, old.internal)));
                 removed.push(old.internal);
             }
             self.by_internal.insert(internal, id);
             ids.push(internal);
-            values.extend_from_slice(&record.values);
         }
+        self.stage_header(writes);
+        self.unsaved_changes
+            .fetch_add((ids.len() + removed.len()) as u64, Ordering::Relaxed);
         let engine = self.engine.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = engine
             .remove(&removed)
@@ -568,15 +913,18 @@ impl Namespace {
         }
     }
 
-    fn delete(&mut self, ids: &[String]) {
+    fn delete(&mut self, ids: &[String], writes: &mut StateWrites<'_>) {
         let mut removed = Vec::new();
         for id in ids {
             if let Some(old) = self.records.remove(id) {
                 self.by_internal.remove(&old.internal);
                 self.meta_index.remove(old.internal, old.meta.as_ref());
+                stage(writes.delete(&keys::record(self.seq, old.internal)));
                 removed.push(old.internal);
             }
         }
+        self.unsaved_changes
+            .fetch_add(removed.len() as u64, Ordering::Relaxed);
         let engine = self.engine.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = engine.remove(&removed) {
             panic!("vector index delete failed: {e}");
@@ -695,85 +1043,79 @@ impl Namespace {
 }
 
 impl conifer_raft::StateMachine for ShardMachine {
-    fn apply(&mut self, _log_index: u64, command: &[u8]) -> Vec<u8> {
+    const DURABLE: bool = true;
+
+    fn apply(&mut self, _log_index: u64, command: &[u8], writes: &mut StateWrites<'_>) -> Vec<u8> {
         let outcome: ShardOutcome = match bincode::deserialize::<ShardCommand>(command) {
-            Ok(cmd) => self.apply_command(cmd),
+            Ok(cmd) => self.apply_command(cmd, writes),
             Err(e) => Err(ShardRejection::Invalid(format!(
                 "undecodable shard command: {e}"
             ))),
         };
-        bincode::serialize(&outcome).unwrap_or_default()
+        encode(&outcome)
     }
 
+    /// Unused: a shard is exported from RocksDB ([`ShardMachine::export`]).
     fn snapshot(&self) -> Vec<u8> {
-        let namespaces: Vec<SnapshotNamespace> = self
-            .namespaces
-            .iter()
-            .map(|(name, ns)| SnapshotNamespace {
-                name: name.clone(),
-                next_internal: ns.next_internal,
-                records: ns
-                    .records
-                    .iter()
-                    .map(|(id, s)| (id.clone(), s.internal, s.record.clone()))
-                    .collect(),
-                engine: match ns
-                    .engine
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .to_snapshot()
-                {
-                    Ok(engine) => Some(engine),
-                    Err(e) => {
-                        // The restore rebuilds the index from the records instead.
-                        tracing::warn!(
-                            "vector index of namespace '{name}' not saved in snapshot: {e}"
-                        );
-                        None
-                    }
-                },
-            })
-            .collect();
-        bincode::serialize(&namespaces).unwrap_or_default()
+        Vec::new()
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let namespaces: Vec<SnapshotNamespace> =
+    fn restore(&mut self, snapshot: &[u8], writes: &mut StateWrites<'_>) -> Result<(), String> {
+        let export: ShardExport =
             bincode::deserialize(snapshot).map_err(|e| format!("shard snapshot: {e}"))?;
         self.namespaces.clear();
-        for snap in namespaces {
-            let mut ns = self.new_namespace();
-            ns.next_internal = snap.next_internal;
-            let mut ids = Vec::with_capacity(snap.records.len());
-            let mut values = Vec::with_capacity(snap.records.len() * self.dimension);
-            for (id, internal, record) in snap.records {
-                ids.push(internal);
-                values.extend_from_slice(&record.values);
-                ns.by_internal.insert(internal, id.clone());
-                let stored = Stored::new(internal, record);
-                ns.meta_index.insert(internal, stored.meta.as_ref());
-                ns.records.insert(id, stored);
+        self.next_seq = export.next_seq;
+        stage(writes.put(&keys::NEXT_NAMESPACE, &encode(&self.next_seq)));
+        for ns in export.namespaces {
+            stage(writes.put(&keys::of(keys::HEADER, ns.seq), &encode(&ns.header)));
+            for (internal, id, record) in &ns.records {
+                stage(writes.put(&keys::record(ns.seq, *internal), &encode(&(id, record))));
             }
-            let saved = snap.engine.and_then(|engine| {
-                match VectorIndex::from_snapshot(engine, self.dimension, self.metric, self.config) {
-                    Ok(index) => Some(index),
-                    Err(e) => {
-                        tracing::warn!(
-                            "saved vector index of '{}' unusable, rebuilding: {e}",
-                            snap.name
-                        );
-                        None
-                    }
-                }
-            });
-            let engine = ns.engine.get_mut().unwrap_or_else(|p| p.into_inner());
-            match saved {
-                // Loaded as saved: no rebuild on restart.
-                Some(index) => *engine = index,
-                // Rebuilt as an exact index; the maintenance loop moves large ones to HNSW.
-                None => engine.add(&ids, &values).map_err(|e| e.to_string())?,
+            if let Some(saved) = &ns.engine {
+                stage_saved_engine(writes, ns.seq, saved);
             }
-            self.namespaces.insert(snap.name, ns);
+            let state = NamespaceState {
+                header: ns.header,
+                records: ns.records,
+                engine: ns.engine,
+            };
+            let built = self.build_namespace(ns.seq, state)?;
+            self.namespaces.insert(built.name.clone(), built);
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, view: &StateView<'_>) -> Result<(), String> {
+        let (next_seq, namespaces) = read_state(view)?;
+        self.next_seq = next_seq;
+        self.namespaces.clear();
+        for (seq, state) in namespaces {
+            let built = self.build_namespace(seq, state)?;
+            self.namespaces.insert(built.name.clone(), built);
+        }
+        Ok(())
+    }
+
+    fn export(view: &StateView<'_>) -> Result<Vec<u8>, String> {
+        let (next_seq, namespaces) = read_state(view)?;
+        let export = ShardExport {
+            next_seq,
+            namespaces: namespaces
+                .into_iter()
+                .map(|(seq, state)| ExportNamespace {
+                    seq,
+                    header: state.header,
+                    records: state.records,
+                    engine: state.engine,
+                })
+                .collect(),
+        };
+        bincode::serialize(&export).map_err(|e| e.to_string())
+    }
+
+    fn checkpoint(&self, writes: &mut StateWrites<'_>) -> Result<(), String> {
+        for ns in self.namespaces.values() {
+            ns.checkpoint(writes)?;
         }
         Ok(())
     }
@@ -781,9 +1123,82 @@ impl conifer_raft::StateMachine for ShardMachine {
 
 #[cfg(test)]
 mod tests {
-    use conifer_raft::StateMachine;
+    use std::sync::Arc;
+
+    use conifer_raft::{NodeStorage, StateMachine};
 
     use super::*;
+    use crate::crypto::DataKey;
+
+    const GROUP: u64 = 1;
+
+    /// A shard machine over its own RocksDB, applying commands as the Raft adapter does.
+    struct TestShard {
+        sm: ShardMachine,
+        storage: NodeStorage,
+        _dir: tempfile::TempDir,
+    }
+
+    impl TestShard {
+        fn new(dimension: usize, metric: Metric, config: EngineConfig) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let key = Arc::new(DataKey::from_bytes([7; 32]));
+            let storage = NodeStorage::open(&dir.path().join("db"), key).unwrap();
+            Self {
+                sm: ShardMachine::new(dimension, metric, config),
+                storage,
+                _dir: dir,
+            }
+        }
+
+        fn apply(&mut self, cmd: ShardCommand) -> ShardOutcome {
+            let mut writes = StateWrites::new(&self.storage, GROUP);
+            let out = self
+                .sm
+                .apply(0, &bincode::serialize(&cmd).unwrap(), &mut writes);
+            self.storage.write(writes.into_batch()).unwrap();
+            bincode::deserialize(&out).unwrap()
+        }
+
+        fn checkpoint(&self) {
+            let mut writes = StateWrites::new(&self.storage, GROUP);
+            self.sm.checkpoint(&mut writes).unwrap();
+            self.storage.write(writes.into_batch()).unwrap();
+        }
+
+        /// A fresh machine loaded from this one's RocksDB, as at a restart.
+        fn reopened(&self) -> ShardMachine {
+            let mut sm = ShardMachine::new(self.sm.dimension, self.sm.metric, self.sm.config);
+            sm.load(&StateView::latest(&self.storage, GROUP)).unwrap();
+            sm
+        }
+
+        /// A new replica restored from this one's exported snapshot.
+        fn exported_to_new_replica(&self) -> TestShard {
+            let data = ShardMachine::export(&StateView::frozen(&self.storage, GROUP)).unwrap();
+            let mut copy = TestShard::new(self.sm.dimension, self.sm.metric, self.sm.config);
+            let mut writes = StateWrites::new(&copy.storage, GROUP);
+            copy.sm.restore(&data, &mut writes).unwrap();
+            copy.storage.write(writes.into_batch()).unwrap();
+            copy
+        }
+
+        /// Every record of the shard as stored, by namespace and id.
+        fn stored(&self) -> Vec<(String, String, Record)> {
+            let (_, namespaces) = read_state(&StateView::latest(&self.storage, GROUP)).unwrap();
+            let mut all: Vec<_> = namespaces
+                .into_values()
+                .flat_map(|ns| {
+                    let name = ns.header.name;
+                    ns.records
+                        .into_iter()
+                        .map(move |(_, id, r)| (name.clone(), id, r))
+                })
+                .collect();
+            all.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            all
+        }
+    }
 
     fn rec(values: Vec<f32>, meta: Option<Value>) -> Record {
         Record {
@@ -793,30 +1208,24 @@ mod tests {
         }
     }
 
-    fn apply(sm: &mut ShardMachine, cmd: ShardCommand) -> ShardOutcome {
-        bincode::deserialize(&sm.apply(0, &bincode::serialize(&cmd).unwrap())).unwrap()
-    }
-
     #[test]
     fn a_bad_record_rejects_the_whole_batch() {
-        let mut sm = ShardMachine::new(2, Metric::Cosine, EngineConfig::default());
-        let out = apply(
-            &mut sm,
-            ShardCommand::Upsert {
-                namespace: "n".into(),
-                records: vec![
-                    ("a".into(), rec(vec![1.0, 0.0], None)),
-                    ("b".into(), rec(vec![1.0], None)),
-                ],
-            },
-        );
+        let mut shard = TestShard::new(2, Metric::Cosine, EngineConfig::default());
+        let out = shard.apply(ShardCommand::Upsert {
+            namespace: "n".into(),
+            records: vec![
+                ("a".into(), rec(vec![1.0, 0.0], None)),
+                ("b".into(), rec(vec![1.0], None)),
+            ],
+        });
         assert!(matches!(out, Err(ShardRejection::Invalid(m)) if m.contains("'b' has 1 values")));
-        assert!(sm.namespace("n").is_none());
+        assert!(shard.sm.namespace("n").is_none());
+        assert!(shard.stored().is_empty(), "nothing written");
     }
 
     #[test]
-    fn upsert_overwrite_update_delete_and_snapshot_round_trip() {
-        let mut sm = ShardMachine::new(2, Metric::Euclidean, EngineConfig::default());
+    fn upsert_overwrite_update_delete_survive_restart_and_export() {
+        let mut shard = TestShard::new(2, Metric::Euclidean, EngineConfig::default());
         let records = vec![
             (
                 "a".into(),
@@ -826,24 +1235,19 @@ mod tests {
             ("c".into(), rec(vec![5.0, 5.0], None)),
         ];
         assert_eq!(
-            apply(
-                &mut sm,
-                ShardCommand::Upsert {
-                    namespace: "n".into(),
-                    records
-                }
-            ),
+            shard.apply(ShardCommand::Upsert {
+                namespace: "n".into(),
+                records
+            }),
             Ok(ShardOutput::Upserted(3))
         );
         let overwrite = vec![("c".into(), rec(vec![0.1, 0.0], None))];
-        apply(
-            &mut sm,
-            ShardCommand::Upsert {
+        shard
+            .apply(ShardCommand::Upsert {
                 namespace: "n".into(),
                 records: overwrite,
-            },
-        )
-        .unwrap();
+            })
+            .unwrap();
         let set = Some(serde_json::json!({"j": "x"}).to_string());
         let upd = ShardCommand::Update {
             namespace: "n".into(),
@@ -852,41 +1256,79 @@ mod tests {
             sparse: None,
             set_metadata: set,
         };
-        assert_eq!(apply(&mut sm, upd), Ok(ShardOutput::Updated(1)));
-        apply(
-            &mut sm,
-            ShardCommand::Delete {
+        assert_eq!(shard.apply(upd), Ok(ShardOutput::Updated(1)));
+        shard
+            .apply(ShardCommand::Delete {
                 namespace: "n".into(),
                 ids: vec!["b".into(), "zz".into()],
-            },
-        )
-        .unwrap();
+            })
+            .unwrap();
 
-        let ns = sm.namespace("n").unwrap();
+        let ns = shard.sm.namespace("n").unwrap();
         assert_eq!(ns.len(), 2);
-        let hits: Vec<String> = ns
-            .query(&[0.2, 0.0], 3, None)
-            .unwrap()
-            .into_iter()
-            .map(|h| h.id)
-            .collect();
+        let query = |sm: &ShardMachine| -> Vec<String> {
+            sm.namespace("n")
+                .unwrap()
+                .query(&[0.2, 0.0], 3, None)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.id)
+                .collect()
+        };
+        let hits = query(&shard.sm);
         assert_eq!(hits, vec!["c", "a"]);
         assert_eq!(ns.get("a").unwrap().metadata_map().unwrap()["j"], "x");
         assert_eq!(ns.get("a").unwrap().metadata_map().unwrap()["k"], 1);
 
-        let snap = sm.snapshot();
-        let mut copy = ShardMachine::new(2, Metric::Euclidean, EngineConfig::default());
-        copy.restore(&snap).unwrap();
-        let hits2: Vec<String> = copy
-            .namespace("n")
-            .unwrap()
-            .query(&[0.2, 0.0], 3, None)
-            .unwrap()
-            .into_iter()
-            .map(|h| h.id)
-            .collect();
-        assert_eq!(hits2, hits);
-        assert_eq!(copy.snapshot(), snap);
+        // RocksDB holds exactly the live records, as last written.
+        let stored = shard.stored();
+        let ids: Vec<&str> = stored.iter().map(|(_, id, _)| id.as_str()).collect();
+        assert_eq!(ids, vec!["a", "c"]);
+        assert_eq!(stored[1].2.values, vec![0.1, 0.0]);
+
+        // A restart reads the same state back; so does a replica restored from an export.
+        let reopened = shard.reopened();
+        assert_eq!(query(&reopened), hits);
+        assert_eq!(reopened.namespace("n").unwrap().get("a"), ns.get("a"));
+        let copy = shard.exported_to_new_replica();
+        assert_eq!(query(&copy.sm), hits);
+        assert_eq!(copy.stored(), stored);
+        assert_eq!(query(&copy.reopened()), hits);
+
+        // Records written after the restart keep their own internal ids.
+        let mut copy = copy;
+        copy.apply(ShardCommand::Upsert {
+            namespace: "n".into(),
+            records: vec![("d".into(), rec(vec![0.2, 0.0], None))],
+        })
+        .unwrap();
+        assert_eq!(query(&copy.reopened())[0], "d");
+        assert_eq!(copy.stored().len(), 3);
+    }
+
+    #[test]
+    fn deleted_namespaces_leave_nothing_on_disk() {
+        let mut shard = TestShard::new(1, Metric::DotProduct, EngineConfig::default());
+        for ns in ["x", "y"] {
+            shard
+                .apply(ShardCommand::Upsert {
+                    namespace: ns.into(),
+                    records: vec![("r".into(), rec(vec![1.0], None))],
+                })
+                .unwrap();
+        }
+        shard
+            .apply(ShardCommand::DeleteNamespace { name: "x".into() })
+            .unwrap();
+        shard
+            .apply(ShardCommand::DeleteAll {
+                namespace: "y".into(),
+            })
+            .unwrap();
+        assert!(shard.stored().is_empty());
+        let reopened = shard.reopened();
+        assert!(reopened.namespace("x").is_none());
+        assert_eq!(reopened.namespace("y").map(Namespace::len), Some(0));
     }
 
     #[test]
@@ -895,7 +1337,7 @@ mod tests {
             hnsw_min_records: 50,
             ..EngineConfig::default()
         };
-        let mut sm = ShardMachine::new(4, Metric::Euclidean, config);
+        let mut shard = TestShard::new(4, Metric::Euclidean, config);
         let point = |i: usize| vec![i as f32, 0.0, 0.0, 1.0];
         let records = |range: std::ops::Range<usize>| {
             range
@@ -907,43 +1349,37 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        apply(
-            &mut sm,
-            ShardCommand::Upsert {
+        shard
+            .apply(ShardCommand::Upsert {
                 namespace: "n".into(),
                 records: records(0..60),
-            },
-        )
-        .unwrap();
-        let jobs = sm.rebuild_jobs();
+            })
+            .unwrap();
+        let jobs = shard.sm.rebuild_jobs();
         assert_eq!(jobs.len(), 1);
         assert_eq!((jobs[0].kind(), jobs[0].len()), (EngineKind::Hnsw, 60));
         let built = jobs.into_iter().next().unwrap().build().unwrap();
 
         // Writes that land while the index is being built.
-        apply(
-            &mut sm,
-            ShardCommand::Upsert {
+        shard
+            .apply(ShardCommand::Upsert {
                 namespace: "n".into(),
                 records: records(60..70),
-            },
-        )
-        .unwrap();
-        apply(
-            &mut sm,
-            ShardCommand::Delete {
+            })
+            .unwrap();
+        shard
+            .apply(ShardCommand::Delete {
                 namespace: "n".into(),
                 ids: vec!["r5".into(), "r65".into()],
-            },
-        )
-        .unwrap();
-        assert!(sm.install(built).unwrap());
+            })
+            .unwrap();
+        assert!(shard.sm.install(built).unwrap());
         assert_eq!(
-            sm.engine_kinds(),
+            shard.sm.engine_kinds(),
             vec![("n".to_string(), EngineKind::Hnsw, 1)]
         );
 
-        let ns = sm.namespace("n").unwrap();
+        let ns = shard.sm.namespace("n").unwrap();
         let near = |q: usize, k: usize| -> Vec<String> {
             ns.query(&point(q), k, None)
                 .unwrap()
@@ -975,38 +1411,69 @@ mod tests {
             vec!["r6", "r8"],
             "selective filter answered by an exact scan"
         );
-        assert!(sm.rebuild_jobs().is_empty(), "nothing left to rebuild");
+        assert!(
+            shard.sm.rebuild_jobs().is_empty(),
+            "nothing left to rebuild"
+        );
 
-        // A restore loads the saved HNSW index (with its tombstone) instead of rebuilding.
-        let mut copy = ShardMachine::new(4, Metric::Euclidean, config);
-        copy.restore(&sm.snapshot()).unwrap();
-        assert_eq!(copy.engine_kinds(), sm.engine_kinds());
-        let ns_copy = copy.namespace("n").unwrap();
-        let again: Vec<String> = ns_copy
-            .query(&point(68), 3, None)
-            .unwrap()
-            .into_iter()
-            .map(|h| h.id)
-            .collect();
-        assert_eq!(again, near(68, 3));
+        // The new graph is saved at the next checkpoint, and only then.
+        assert!(shard.sm.has_unsaved_index());
+        shard.checkpoint();
+        assert!(!shard.sm.has_unsaved_index());
+
+        // Written after the save: a restart loads the saved graph and catches it up.
+        let late = vec![("late".to_string(), rec(point(500), None))];
+        shard
+            .apply(ShardCommand::Upsert {
+                namespace: "n".into(),
+                records: late,
+            })
+            .unwrap();
+        shard
+            .apply(ShardCommand::Delete {
+                namespace: "n".into(),
+                ids: vec!["r68".into()],
+            })
+            .unwrap();
+        let expect = |sm: &ShardMachine, q: usize| -> Vec<String> {
+            sm.namespace("n")
+                .unwrap()
+                .query(&point(q), 3, None)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.id)
+                .collect()
+        };
+        let reopened = shard.reopened();
+        assert_eq!(
+            reopened.engine_kinds()[0].1,
+            EngineKind::Hnsw,
+            "graph loaded"
+        );
+        assert_eq!(expect(&reopened, 68), expect(&shard.sm, 68));
+        assert_eq!(expect(&reopened, 500)[0], "late");
+        assert!(!expect(&reopened, 68).contains(&"r68".to_string()));
+
+        // A replica restored from an export loads the saved graph too.
+        let copy = shard.exported_to_new_replica();
+        assert_eq!(copy.sm.engine_kinds()[0].1, EngineKind::Hnsw);
+        assert_eq!(expect(&copy.sm, 68), expect(&shard.sm, 68));
     }
 
     #[test]
     fn list_pages_by_prefix() {
-        let mut sm = ShardMachine::new(1, Metric::DotProduct, EngineConfig::default());
+        let mut shard = TestShard::new(1, Metric::DotProduct, EngineConfig::default());
         let records = ["a1", "b1", "b2", "b3", "c1"]
             .iter()
             .map(|id| (id.to_string(), rec(vec![1.0], None)))
             .collect();
-        apply(
-            &mut sm,
-            ShardCommand::Upsert {
+        shard
+            .apply(ShardCommand::Upsert {
                 namespace: "n".into(),
                 records,
-            },
-        )
-        .unwrap();
-        let ns = sm.namespace("n").unwrap();
+            })
+            .unwrap();
+        let ns = shard.sm.namespace("n").unwrap();
         assert_eq!(ns.list("b", None, 2), vec!["b1", "b2"]);
         assert_eq!(ns.list("b", Some("b2"), 2), vec!["b3"]);
         assert_eq!(ns.list("", None, 10).len(), 5);

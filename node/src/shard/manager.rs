@@ -182,9 +182,15 @@ impl ShardManager {
     }
 
     /// Runs the vector-index rebuilds the hosted shards ask for, one at a time, each built
-    /// on a blocking thread and swapped in under the shard's read lock.
+    /// on a blocking thread and swapped in under the shard's read lock; then asks for a Raft
+    /// snapshot of every shard whose HNSW index is new or changed enough, which saves it.
     pub async fn maintain(&self) {
         for shard in self.hosted() {
+            if shard.state.read().has_unsaved_index() {
+                if let Err(e) = shard.raft.trigger().snapshot().await {
+                    tracing::debug!(group = shard.group, "snapshot to save vector index: {e}");
+                }
+            }
             let jobs = shard.state.read().rebuild_jobs();
             for job in jobs {
                 let (group, kind, vectors) = (shard.group, job.kind(), job.len());
