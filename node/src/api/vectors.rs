@@ -297,7 +297,7 @@ pub async fn query_local(
     let matches = hits
         .into_iter()
         .map(|h| {
-            let v = record_to_vector(&h.id, &h.record, req.include_values, req.include_metadata);
+            let v = record_to_vector(h.id, h.record, req.include_values, req.include_metadata);
             pb::ScoredVector {
                 id: v.id,
                 score: h.score,

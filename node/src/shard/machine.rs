@@ -356,14 +356,15 @@ impl RebuildJob {
     }
 }
 
-/// A hit of a query.
-pub struct Hit {
+/// A hit of a query, borrowed from the namespace (nothing is copied until the response is
+/// built, and then only what it includes).
+pub struct Hit<'a> {
     /// Record id.
-    pub id: String,
+    pub id: &'a str,
     /// Pinecone score.
     pub score: f32,
     /// The record.
-    pub record: Record,
+    pub record: &'a Record,
 }
 
 /// The replicated state of one shard.
@@ -987,7 +988,7 @@ impl Namespace {
         vector: &[f32],
         top_k: usize,
         filter: Option<&Filter>,
-    ) -> Result<Vec<Hit>, String> {
+    ) -> Result<Vec<Hit<'_>>, String> {
         let allowed: Option<Vec<u64>> =
             filter.map(|f| self.meta_index.evaluate(f).iter().collect());
         let hits = {
@@ -1008,12 +1009,8 @@ impl Namespace {
             .into_iter()
             .filter_map(|(internal, score)| {
                 let id = self.by_internal.get(&internal)?;
-                let record = self.records.get(id)?.record.clone();
-                Some(Hit {
-                    id: id.clone(),
-                    score,
-                    record,
-                })
+                let record = &self.records.get(id)?.record;
+                Some(Hit { id, score, record })
             })
             .collect())
     }
@@ -1272,7 +1269,7 @@ mod tests {
                 .query(&[0.2, 0.0], 3, None)
                 .unwrap()
                 .into_iter()
-                .map(|h| h.id)
+                .map(|h| h.id.to_string())
                 .collect()
         };
         let hits = query(&shard.sm);
@@ -1384,7 +1381,7 @@ mod tests {
             ns.query(&point(q), k, None)
                 .unwrap()
                 .into_iter()
-                .map(|h| h.id)
+                .map(|h| h.id.to_string())
                 .collect()
         };
         let nearest = near(5, 1);
@@ -1404,7 +1401,7 @@ mod tests {
             .query(&point(7), 2, Some(&even))
             .unwrap()
             .into_iter()
-            .map(|h| h.id)
+            .map(|h| h.id.to_string())
             .collect();
         assert_eq!(
             filtered,
@@ -1441,7 +1438,7 @@ mod tests {
                 .query(&point(q), 3, None)
                 .unwrap()
                 .into_iter()
-                .map(|h| h.id)
+                .map(|h| h.id.to_string())
                 .collect()
         };
         let reopened = shard.reopened();
