@@ -231,7 +231,8 @@ def plot(rows, out):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    labels = [f"{r['dataset']}\n{r['system']}" for r in rows]
+    short = {"raw-faiss": "raw FAISS", "conifer-sdk": "SDK", "conifer-grpc-stub": "gRPC stub"}
+    labels = [f"{r['dataset']}\n{short.get(r['system'], r['system'])}" for r in rows]
     for ax, key, title in zip(axes, ["qps", "p50_ms", "p99_ms"], ["queries/s (one client)", "p50 latency (ms)", "p99 latency (ms)"]):
         ax.bar(labels, [r[key] for r in rows], color=["#888" if r["system"] == "raw-faiss" else "#2a7" for r in rows])
         ax.set_title(title)
