@@ -144,13 +144,22 @@ def conifer(cluster, name, base, queries, truth, progress):
         progress(f"upserted {min(start + batch, len(base))}/{len(base)}")
     upsert_s = time.time() - t
 
-    def engine():
+    def namespace():
         info = cluster.admin("GET", "/admin/cluster")
-        return [ns["engine"] for s in info["shards"] for ns in s["namespaces"] if ns["name"] == "bench"]
+        return [ns for s in info["shards"] for ns in s["namespaces"] if ns["name"] == "bench"]
+
+    def engine():
+        return [ns["engine"] for ns in namespace()]
 
     t = time.time()
     wait(lambda: engine() == ["hnsw"], 3600, "HNSW index")
     hnsw_build_s = time.time() - t
+    # The new graph is then saved (serialized, sealed, written): measure after that, not
+    # during it.
+    t = time.time()
+    wait(lambda: [ns["index_saved"] for ns in namespace()] == [True], 600, "HNSW index saved")
+    hnsw_save_s = time.time() - t
+    time.sleep(5)  # the Raft snapshot that saved it also exports the shard; let that finish
 
     def measure(query):
         latencies, hits = [], 0
@@ -165,7 +174,8 @@ def conifer(cluster, name, base, queries, truth, progress):
     sdk_query = lambda q: [m.id for m in index.query(vector=q.tolist(), top_k=K, namespace="bench").matches]
     measure(sdk_query)  # warm-up: connections, caches
     result = measure(sdk_query)
-    result.update(upsert_s=upsert_s, upsert_vectors_per_s=len(base) / upsert_s, hnsw_build_s=hnsw_build_s)
+    result.update(upsert_s=upsert_s, upsert_vectors_per_s=len(base) / upsert_s, hnsw_build_s=hnsw_build_s,
+                  hnsw_save_s=hnsw_save_s)
 
     # A lean client: the SDK's generated gRPC stub on its own TLS channel, with the same API
     # key and index metadata, and none of the SDK's request building or response parsing.

@@ -267,19 +267,21 @@ async fn cluster(
         .iter()
         .map(|shard| {
             let m = shard.raft.metrics().borrow().clone();
-            let namespaces: Vec<Value> = shard
-                .state
-                .read()
+            let machine = shard.state.read();
+            let namespaces: Vec<Value> = machine
                 .engine_kinds()
                 .into_iter()
                 .map(|(name, kind, tombstones)| {
+                    let saved = machine.namespace(&name).map(|ns| ns.index_saved());
                     json!({
                         "name": name,
                         "engine": format!("{kind:?}").to_lowercase(),
                         "tombstones": tombstones,
+                        "index_saved": saved,
                     })
                 })
                 .collect();
+            drop(machine);
             json!({
                 "group_id": shard.group,
                 "leader_id": m.current_leader,

@@ -851,6 +851,12 @@ impl Namespace {
         stage(writes.put(&keys::of(keys::HEADER, self.seq), &encode(&header)));
     }
 
+    /// Whether the vector index has nothing waiting to be saved (an exact index never has:
+    /// it is rebuilt from the records at open).
+    pub fn index_saved(&self) -> bool {
+        !self.index_needs_saving()
+    }
+
     fn index_needs_saving(&self) -> bool {
         let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         engine.kind() == EngineKind::Hnsw
