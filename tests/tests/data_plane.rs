@@ -162,6 +162,31 @@ async fn writes_through_one_node_are_read_through_every_node() {
     }
 }
 
+/// Waits until namespace `ns` of `index` holds `expected` records as seen through node `via`,
+/// failing with `what` once `deadline` passes.
+async fn wait_for_count(
+    cluster: &Cluster,
+    via: u64,
+    key: &str,
+    index: &str,
+    expected: u64,
+    deadline: Instant,
+    what: &str,
+) {
+    loop {
+        let count =
+            stats(cluster, via, key, index).await["namespaces"]["ns"]["vectorCount"].as_u64();
+        if count == Some(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: node {via} holds {count:?} of {expected} records"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn shard_leader(info: &Value) -> Option<u64> {
     info["shards"].as_array()?.first()?["leader_id"].as_u64()
 }
@@ -204,20 +229,17 @@ async fn killing_the_shard_leader_mid_upsert_loses_no_acknowledged_record() {
     cluster.wait_serving(leader).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     for via in 1..=3 {
-        loop {
-            let count = stats(&cluster, via, &key, "durable").await["namespaces"]["ns"]
-                ["vectorCount"]
-                .as_u64();
-            if count == Some(acknowledged.len() as u64) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {via} holds {count:?} of {} records",
-                acknowledged.len()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let expected = acknowledged.len() as u64;
+        wait_for_count(
+            &cluster,
+            via,
+            &key,
+            "durable",
+            expected,
+            deadline,
+            "after the kill",
+        )
+        .await;
         for chunk in acknowledged.iter().collect::<Vec<_>>().chunks(200) {
             let query: String = chunk.iter().map(|i| format!("ids=v{i}&")).collect();
             let fetched: Value = cluster
@@ -311,19 +333,16 @@ async fn a_lagging_shard_replica_catches_up_from_a_snapshot_exported_from_rocksd
     cluster.wait_serving(lagger).await.unwrap();
     let expected = 1_300 - deleted.len() as u64;
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let count = stats(&cluster, lagger, &key, "lagging").await["namespaces"]["ns"]
-            ["vectorCount"]
-            .as_u64();
-        if count == Some(expected) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "restarted replica holds {count:?} of {expected} records"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_count(
+        &cluster,
+        lagger,
+        &key,
+        "lagging",
+        expected,
+        deadline,
+        "restarted replica",
+    )
+    .await;
     let fetched: Value = cluster
         .data(
             lagger,
@@ -362,19 +381,16 @@ async fn a_lagging_shard_replica_catches_up_from_a_snapshot_exported_from_rocksd
     cluster.node(lagger).spawn().unwrap();
     cluster.wait_serving(lagger).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let count = stats(&cluster, lagger, &key, "lagging").await["namespaces"]["ns"]
-            ["vectorCount"]
-            .as_u64();
-        if count == Some(expected) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after a second restart: {count:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_count(
+        &cluster,
+        lagger,
+        &key,
+        "lagging",
+        expected,
+        deadline,
+        "second restart",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
