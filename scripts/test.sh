@@ -27,15 +27,17 @@ cargo test --workspace -- --test-threads=2
 # 2026-07), each over REST and gRPC against its own 3-node cluster. Each SDK lives in a
 # venv outside the clone, rebuilt only when its requirements change.
 compat() { # VERSION
-  local venv="${CONIFER_VENV_PREFIX:-/var/tmp/conifer-venv}-$1" req="tests/compat/requirements-$1.txt"
-  if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$venv/requirements.txt"; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip
-    "$venv/bin/pip" install -q -r "$req"
-    cp "$req" "$venv/requirements.txt"
-  fi
+  local venv="${CONIFER_VENV_PREFIX:-/var/tmp/conifer-venv}-$1"
+  scripts/venv.sh "$venv" "tests/compat/requirements-$1.txt"
   echo "==> compat suite: Pinecone SDK $1"
   "$venv/bin/python" -m pytest -q "tests/compat/test_sdk_$1.py"
 }
 compat v8
 compat v10
+
+# A short chaos run (the long one is `scripts/chaos/run.sh --schedules 200`): a few seeded
+# fault schedules on 5 nodes, every checker on. The seed changes with the day and is printed.
+echo "==> chaos: short run"
+CHAOS_OUT="${CONIFER_CHAOS_OUT:-$CARGO_TARGET_DIR/chaos-short}"
+rm -rf "$CHAOS_OUT"
+scripts/chaos/run.sh --schedules 3 --nodes 5 --duration-s 15 --out "$CHAOS_OUT"

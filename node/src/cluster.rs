@@ -12,16 +12,17 @@ use conifer_proto::internal::internal_client::InternalClient;
 use conifer_proto::internal::internal_server::Internal;
 use conifer_proto::internal::{
     ChangeMemberReply, ChangeMemberRequest, DataReply, DataRequest, JoinReply, JoinRequest,
-    MemberAction, ProposeReply, ProposeRequest, RaftReply, RaftRequest,
+    MemberAction, ProposeReply, ProposeRequest, RaftReply, RaftRequest, ReadIndexReply,
+    ReadIndexRequest,
 };
 use conifer_raft::{GroupRegistry, NodeId, NodeInfo};
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::api::vectors;
-use crate::control::{propose_to_group, ControlError, ControlPlane};
+use crate::control::{linearizable_barrier, propose_to_group, ControlError, ControlPlane};
 use crate::router::Router;
 use crate::tls::peer_node_ids;
 
@@ -245,6 +246,11 @@ impl Internal for InternalService {
         if req.min_lsn > 0 {
             self.router.wait_applied(&target, req.min_lsn).await?;
         }
+        if req.linearizable {
+            linearizable_barrier(&target.shard.raft, self.registry.peers(), req.group_id)
+                .await
+                .map_err(crate::api::ApiError::from)?;
+        }
         let (response, lsn) =
             vectors::run_encoded(&self.router, &target, &req.op, &req.request).await?;
         Ok(Response::new(DataReply {
@@ -252,6 +258,26 @@ impl Internal for InternalService {
             request_lsn: lsn.request,
             max_indexed_lsn: lsn.max_indexed,
         }))
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        authenticate_peer(&request, request.get_ref().from_node)?;
+        let group = request.get_ref().group_id;
+        let raft = self.registry.get(group).ok_or_else(|| {
+            Status::not_found(format!("raft group {group} is not hosted on this node"))
+        })?;
+        match raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(Response::new(ReadIndexReply {
+                read_index: read.map_or(0, |l| l.index),
+            })),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(
+                Status::unavailable(format!("this node does not lead group {group}")),
+            ),
+            Err(e) => Err(Status::unavailable(format!("group {group}: {e}"))),
+        }
     }
 
     async fn change_member(

@@ -18,6 +18,9 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("OMP_NUM_THREADS").is_none() {
         std::env::set_var("OMP_NUM_THREADS", "1");
     }
+    // Test builds only: failpoints named in $FAILPOINTS (e.g. `raft::apply::before=panic`).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     match cli.command {
         Commands::Certs(command) => run_certs(command),

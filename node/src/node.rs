@@ -183,7 +183,9 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         }
         create_default_certs(&tls_dir, config)?;
     }
-    let node_tls = NodeTls::load(&tls_dir)?;
+    let mut node_tls = NodeTls::load(&tls_dir)?;
+    let cluster_ip = config.cluster_addr.ip();
+    node_tls.source_ip = (!cluster_ip.is_unspecified()).then_some(cluster_ip);
 
     let channel_tls = node_tls.clone();
     let peers = PeerChannels::new(
@@ -199,6 +201,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     registry.insert(CONTROL_GROUP, raft.clone());
     conifer_raft::registry::elect_if_sole_voter(&raft, config.node_id).await;
     let control = ControlPlane::new(raft.clone(), handle, peers.clone());
+    tokio::spawn(control.clone().keep_lease());
     let shards = ShardManager::new(
         config.engine,
         storage.clone(),

@@ -45,6 +45,8 @@ pub struct Remote {
     pub replicas: Vec<u64>,
     /// Sequence number the replica must have applied before a read (0: none).
     pub min_lsn: u64,
+    /// Whether the replica must serve the read linearizably.
+    pub linearizable: bool,
 }
 
 impl Resolved {
@@ -125,7 +127,7 @@ impl Router {
         let value = api_key.ok_or_else(|| ApiError::unauthenticated("missing Api-Key header"))?;
         let key = self
             .control
-            .read(|s| auth::verify_api_key(s, value).cloned())
+            .read_authenticated(|s| auth::verify_api_key(s, value).cloned())?
             .ok_or_else(|| ApiError::unauthenticated("invalid or revoked API key"))?;
         if !auth::key_allows(&key.roles, access) {
             return Err(ApiError::forbidden(format!(
@@ -188,6 +190,7 @@ impl Router {
                     index,
                     replicas,
                     min_lsn: 0,
+                    linearizable: false,
                 }))
             }
         }
@@ -231,6 +234,7 @@ impl Router {
                 op: op.to_string(),
                 request: request.encode_to_vec(),
                 min_lsn: remote.min_lsn,
+                linearizable: remote.linearizable,
             };
             match client.data(call).await {
                 Ok(reply) => {
@@ -260,6 +264,21 @@ impl Router {
         command: ShardCommand,
     ) -> Result<(ShardOutput, u64), ApiError> {
         let bytes = bincode::serialize(&command).map_err(|e| ApiError::internal(e.to_string()))?;
+        // The chaos harness's deliberately unsafe mode: acknowledge an upsert before it is
+        // committed (the proposal carries on in the background), which its checkers must catch.
+        #[cfg(feature = "failpoints")]
+        if let ShardCommand::Upsert { records, .. } = &command {
+            if fail::eval("conifer::write::ack_before_commit", |_| ()).is_some() {
+                let (raft, peers, group) = (
+                    target.shard.raft.clone(),
+                    self.control.peers().clone(),
+                    target.shard.group,
+                );
+                let upserted = records.len() as u32;
+                tokio::spawn(async move { propose_to_group(&raft, &peers, group, bytes).await });
+                return Ok((ShardOutput::Upserted(upserted), 0));
+            }
+        }
         let (response, lsn) = propose_to_group(
             &target.shard.raft,
             self.control.peers(),
@@ -287,6 +306,23 @@ impl Router {
             Resolved::Local(t) => self.wait_applied(t, lsn).await,
             Resolved::Remote(r) => {
                 r.min_lsn = lsn;
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes the read that follows linearizable: a local replica waits here until it has
+    /// applied the shard's read index; a forwarded call asks the serving replica to.
+    pub async fn linearizable(&self, target: &mut Resolved) -> Result<(), ApiError> {
+        match target {
+            Resolved::Local(t) => Ok(crate::control::linearizable_barrier(
+                &t.shard.raft,
+                self.control.peers(),
+                t.shard.group,
+            )
+            .await?),
+            Resolved::Remote(r) => {
+                r.linearizable = true;
                 Ok(())
             }
         }

@@ -225,6 +225,10 @@ pub struct NodeTls {
     pub cert_pem: String,
     /// The node private key.
     pub key_pem: String,
+    /// Source address of outgoing cluster connections: the address the cluster port listens
+    /// on, so peers see a node come from the address they know it by (and a firewall rule
+    /// between two addresses cuts exactly that link). `None`: the system chooses.
+    pub source_ip: Option<IpAddr>,
 }
 
 impl NodeTls {
@@ -234,6 +238,7 @@ impl NodeTls {
             ca_pem: read(&dir.join(CA_CERT))?,
             cert_pem: read(&dir.join(NODE_CERT))?,
             key_pem: read(&dir.join(NODE_KEY))?,
+            source_ip: None,
         })
     }
 
@@ -285,6 +290,7 @@ impl NodeTls {
             .connect_timeout(Duration::from_millis(CLUSTER_CONNECT_TIMEOUT_MS))
             .timeout(Duration::from_millis(CLUSTER_RPC_TIMEOUT_MS))
             .tcp_nodelay(true)
+            .local_address(self.source_ip)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         Ok(endpoint.connect_lazy())

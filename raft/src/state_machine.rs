@@ -112,6 +112,13 @@ pub struct StateGuard<'a, S> {
     guard: RwLockReadGuard<'a, Applied<S>>,
 }
 
+impl<S> StateGuard<'_, S> {
+    /// Index of the last entry applied to the state this guard reads (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.guard.last_applied.map(|l| l.index).unwrap_or(0)
+    }
+}
+
 impl<S> std::ops::Deref for StateGuard<'_, S> {
     type Target = S;
     fn deref(&self) -> &S {

@@ -18,11 +18,5 @@ cargo build --release --bin conifer
 export CONIFER_BIN="$CARGO_TARGET_DIR/release/conifer"
 
 VENV="${CONIFER_VENV_BENCH:-/var/tmp/conifer-venv-bench}"
-REQ=scripts/bench/requirements.txt
-if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQ" "$VENV/requirements.txt"; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -r "$REQ"
-  cp "$REQ" "$VENV/requirements.txt"
-fi
+scripts/venv.sh "$VENV" scripts/bench/requirements.txt
 exec "$VENV/bin/python" scripts/bench/bench.py "$@"

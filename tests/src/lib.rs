@@ -2,7 +2,9 @@
 //! gives tests a REST client that trusts the cluster CA.
 //!
 //! Every integration test builds on [`Cluster`]; none copies process setup. Processes are
-//! killed when the fixture is dropped.
+//! killed when the fixture is dropped. [`chaos`] is the chaos harness built on it.
+
+pub mod chaos;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -16,23 +18,48 @@ use serde_json::Value;
 /// Longest a node may take to report `serving`.
 pub const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The `conifer` binary under test: `$CONIFER_BIN`, or `conifer` next to the test's deps dir.
+/// The `conifer` binary under test: `$CONIFER_BIN`, or `conifer` in the profile directory
+/// of the running executable (a test in `deps/`, or `conifer-chaos` beside it).
 pub fn conifer_bin() -> PathBuf {
     if let Ok(path) = std::env::var("CONIFER_BIN") {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile dir");
+    let dir = exe.parent().expect("executable dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target profile dir")
+    } else {
+        dir
+    };
     dir.join("conifer")
 }
 
 /// A loopback port free at the time of the call.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    free_port_on("127.0.0.1")
+}
+
+/// A port free on address `host` at the time of the call.
+pub fn free_port_on(host: &str) -> u16 {
+    let listener = TcpListener::bind((host, 0)).expect("bind an ephemeral port");
     listener.local_addr().expect("local addr").port()
+}
+
+/// How [`Cluster::start_with`] starts its nodes.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    /// Number of nodes (node 1 bootstraps, the others join as voters).
+    pub nodes: usize,
+    /// Give node `id` its own address `127.0.0.{10 + id}` (both ports, and the source of its
+    /// peer connections) instead of sharing 127.0.0.1, so links can be cut one by one.
+    pub distinct_hosts: bool,
+    /// Extra environment of every node process (e.g. `FAILPOINTS`).
+    pub env: Vec<(String, String)>,
+}
+
+/// The loopback address of node `id` when nodes have distinct hosts.
+pub fn node_host(id: u64) -> String {
+    format!("127.0.0.{}", 10 + id)
 }
 
 /// One node process of the fixture.
@@ -51,6 +78,8 @@ pub struct NodeProc {
     pub join: Option<String>,
     /// Join as learner.
     pub learner: bool,
+    /// Extra environment of the process.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -74,6 +103,7 @@ impl NodeProc {
             .arg(&self.cluster_addr)
             .arg("--tls-dir")
             .arg(&self.tls_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -96,6 +126,24 @@ impl NodeProc {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the process, if it runs.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        if let Some(pid) = self.pid() {
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .status()
+                .context("running kill")?;
+            anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+        }
+        Ok(())
     }
 
     /// Whether the process is running.
@@ -127,11 +175,22 @@ pub struct Cluster {
     pub bootstrap: Value,
     /// HTTP client trusting the cluster CA.
     pub http: reqwest::Client,
+    /// How the nodes are started.
+    pub options: ClusterOptions,
 }
 
 impl Cluster {
     /// Starts `n` nodes: node 1 bootstraps, the others join through it as voters.
     pub async fn start(n: usize) -> anyhow::Result<Self> {
+        Self::start_with(ClusterOptions {
+            nodes: n,
+            ..ClusterOptions::default()
+        })
+        .await
+    }
+
+    /// Starts a cluster as `options` say.
+    pub async fn start_with(options: ClusterOptions) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let ca_dir = dir.path().join("ca");
         tls::generate_ca(&ca_dir, "test")?;
@@ -141,6 +200,7 @@ impl Cluster {
             nodes: Vec::new(),
             bootstrap: Value::Null,
             http: reqwest::Client::new(),
+            options: options.clone(),
         };
         cluster.add_node(false).await?;
         let boot = std::fs::read_to_string(cluster.nodes[0].data_dir.join("bootstrap.json"))?;
@@ -150,7 +210,7 @@ impl Cluster {
             .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
             .timeout(Duration::from_secs(30))
             .build()?;
-        for _ in 1..n {
+        for _ in 1..options.nodes {
             cluster.add_node(false).await?;
         }
         Ok(cluster)
@@ -159,10 +219,15 @@ impl Cluster {
     /// Issues a certificate for the next node id and starts it (joining unless it is the first).
     pub async fn add_node(&mut self, learner: bool) -> anyhow::Result<u64> {
         let id = self.nodes.len() as u64 + 1;
+        let host = if self.options.distinct_hosts {
+            node_host(id)
+        } else {
+            "127.0.0.1".to_string()
+        };
         let tls_dir = self.dir.path().join(format!("tls-{id}"));
         let kind = LeafKind::Node {
             id,
-            hosts: vec!["127.0.0.1".into()],
+            hosts: vec![host.clone()],
             domain: Some("svc.test.localhost".into()),
         };
         tls::issue_leaf(
@@ -178,10 +243,11 @@ impl Cluster {
             id,
             data_dir: self.dir.path().join(format!("node-{id}")),
             tls_dir,
-            api_addr: format!("127.0.0.1:{}", free_port()),
-            cluster_addr: format!("127.0.0.1:{}", free_port()),
+            api_addr: format!("{host}:{}", free_port_on(&host)),
+            cluster_addr: format!("{host}:{}", free_port_on(&host)),
             join,
             learner,
+            env: self.options.env.clone(),
             child: None,
         };
         node.spawn()?;

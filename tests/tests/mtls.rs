@@ -122,6 +122,7 @@ async fn cluster_port_refuses_wrong_ca_expired_and_mismatched_san() {
         ca_pem: std::fs::read_to_string(cluster.ca_dir.join(tls::CA_CERT)).unwrap(),
         cert_pem: std::fs::read_to_string(scratch.path().join("client/client.pem")).unwrap(),
         key_pem: std::fs::read_to_string(scratch.path().join("client/client-key.pem")).unwrap(),
+        source_ip: None,
     };
     let status = probe(&cluster, &client_tls, 1).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");

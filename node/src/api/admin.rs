@@ -9,6 +9,7 @@ use conifer_proto::internal::MemberAction;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::data::CONSISTENCY_HEADER;
 use super::{require_operator, ApiError, ApiState};
 use crate::auth;
 use crate::cluster::change_member;
@@ -43,6 +44,21 @@ fn key_json(k: &ApiKey) -> Value {
         "roles": k.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
         "created_at": k.created_at,
     })
+}
+
+/// Honours [`CONSISTENCY_HEADER`] on an admin read: `linearizable` first applies group 0's
+/// read index here, so the read sees every change acknowledged before it.
+async fn read_consistency(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers
+        .get(CONSISTENCY_HEADER)
+        .map(|v| v.to_str().unwrap_or("?"))
+    {
+        None | Some("eventual") => Ok(()),
+        Some("linearizable") => Ok(state.control.linearizable_barrier().await?),
+        Some(other) => Err(ApiError::invalid(format!(
+            "{CONSISTENCY_HEADER} is {other:?}; expected \"eventual\" or \"linearizable\""
+        ))),
+    }
 }
 
 fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
@@ -247,6 +263,7 @@ pub async fn get_api_key(
 ) -> Result<Json<Value>, ApiError> {
     require_operator(&state, &headers)?;
     check_id("API key", &id)?;
+    read_consistency(&state, &headers).await?;
     state
         .control
         .read(|s| s.api_keys.get(&id).map(key_json))

@@ -19,6 +19,10 @@ use crate::router::Resolved;
 
 /// Request header asking a read to wait until this sequence number is applied locally.
 pub const MIN_LSN_HEADER: &str = "x-conifer-min-lsn";
+/// Request header choosing a read's consistency: `eventual` (the default: the replica's
+/// latest applied state) or `linearizable` (the replica first applies the shard's read index,
+/// confirmed by the shard leader, so the read sees every write acknowledged before it).
+pub const CONSISTENCY_HEADER: &str = "x-conifer-read-consistency";
 /// Request header naming the index explicitly (instead of the host name).
 pub const INDEX_HEADER: &str = "x-conifer-index";
 
@@ -40,13 +44,30 @@ async fn target(
     let mut target = state
         .router
         .resolve(&key, header(headers, INDEX_HEADER), host)?;
-    if let Some(min) = header(headers, MIN_LSN_HEADER) {
+    read_headers(&state.router, &mut target, |name| header(headers, name)).await?;
+    Ok(target)
+}
+
+/// Honours the read headers of a data-plane call (REST header or gRPC metadata, looked up
+/// through `get`): [`MIN_LSN_HEADER`] and [`CONSISTENCY_HEADER`].
+pub async fn read_headers<'a>(
+    router: &crate::router::Router,
+    target: &mut Resolved,
+    get: impl Fn(&str) -> Option<&'a str>,
+) -> Result<(), ApiError> {
+    if let Some(min) = get(MIN_LSN_HEADER) {
         let lsn: u64 = min
             .parse()
             .map_err(|_| ApiError::invalid(format!("{MIN_LSN_HEADER} must be a number")))?;
-        state.router.wait_for(&mut target, lsn).await?;
+        router.wait_for(target, lsn).await?;
     }
-    Ok(target)
+    match get(CONSISTENCY_HEADER) {
+        None | Some("eventual") => Ok(()),
+        Some("linearizable") => router.linearizable(target).await,
+        Some(other) => Err(ApiError::invalid(format!(
+            "{CONSISTENCY_HEADER} is {other:?}; expected \"eventual\" or \"linearizable\""
+        ))),
+    }
 }
 
 fn with_lsn(body: Value, lsn: Lsn) -> Response {

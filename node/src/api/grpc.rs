@@ -7,9 +7,8 @@ use conifer_proto::pinecone::vector_service_server::VectorService;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use super::data::{INDEX_HEADER, MIN_LSN_HEADER};
+use super::data::{read_headers, INDEX_HEADER};
 use super::vectors::{self, Lsn};
-use super::ApiError;
 use crate::auth::Access;
 use crate::router::{Resolved, Router};
 
@@ -37,12 +36,7 @@ impl GrpcDataPlane {
         let mut target = self
             .router
             .resolve(&key, explicit, get(AUTHORITY_METADATA))?;
-        if let Some(min) = get(MIN_LSN_HEADER) {
-            let lsn: u64 = min
-                .parse()
-                .map_err(|_| ApiError::invalid(format!("{MIN_LSN_HEADER} must be a number")))?;
-            self.router.wait_for(&mut target, lsn).await?;
-        }
+        read_headers(&self.router, &mut target, get).await?;
         Ok(target)
     }
 }

@@ -192,19 +192,20 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router
     }
 }
 
-/// `GET /health`: no credential; 200 `{"status":"serving"}` once the node knows a leader
-/// and holds the bootstrapped control plane, 503 `{"status":"starting"}` before.
+/// `GET /health`: no credential; 200 `{"status":"serving"}` once the node holds the
+/// bootstrapped control plane and a valid lease (it can check credentials), 503 with
+/// `{"status":"starting"}` before that and `{"status":"out_of_contact"}` when a lease ran out.
 async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
-    let metrics = state.control.raft().metrics().borrow().clone();
     let bootstrapped = state.control.read(|s| !s.organizations.is_empty());
-    if metrics.current_leader.is_some() && bootstrapped {
-        (StatusCode::OK, Json(json!({"status": "serving"})))
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "starting"})),
-        )
-    }
+    let status = match (bootstrapped, state.control.lease().is_valid()) {
+        (true, true) => return (StatusCode::OK, Json(json!({"status": "serving"}))),
+        (true, false) if state.control.lease().was_ever_valid() => "out_of_contact",
+        _ => "starting",
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": status})),
+    )
 }
 
 /// The caller proved to be the operator.
@@ -231,7 +232,7 @@ pub fn require_operator(state: &ApiState, headers: &HeaderMap) -> Result<Operato
     }
     if state
         .control
-        .read(|s| auth::verify_operator_token(s, token).is_some())
+        .read_authenticated(|s| auth::verify_operator_token(s, token).is_some())?
     {
         Ok(Operator)
     } else {
@@ -239,10 +240,20 @@ pub fn require_operator(state: &ApiState, headers: &HeaderMap) -> Result<Operato
     }
 }
 
-/// `GET /admin/cluster`: members, their addresses and roles, and the leader (operator only).
+/// Query of `GET /admin/cluster`.
+#[derive(serde::Deserialize, Default)]
+struct ClusterQuery {
+    /// Add each namespace's record digest (costs a pass over its records).
+    #[serde(default)]
+    digest: bool,
+}
+
+/// `GET /admin/cluster`: members, their addresses and roles, the leader, and the shard
+/// replicas on this node with their indexes (operator only).
 async fn cluster(
     State(state): State<ApiState>,
     headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<ClusterQuery>,
 ) -> Result<Json<Value>, ApiError> {
     require_operator(&state, &headers)?;
     let metrics = state.control.raft().metrics().borrow().clone();
@@ -272,15 +283,21 @@ async fn cluster(
                 .engine_kinds()
                 .into_iter()
                 .map(|(name, kind, tombstones)| {
-                    let saved = machine.namespace(&name).map(|ns| ns.index_saved());
-                    json!({
+                    let ns = machine.namespace(&name);
+                    let mut entry = json!({
                         "name": name,
                         "engine": format!("{kind:?}").to_lowercase(),
                         "tombstones": tombstones,
-                        "index_saved": saved,
-                    })
+                        "index_saved": ns.map(|ns| ns.index_saved()),
+                    });
+                    if query.digest {
+                        entry["records"] = json!(ns.map(|ns| ns.len()));
+                        entry["digest"] = json!(ns.map(|ns| ns.digest()));
+                    }
+                    entry
                 })
                 .collect();
+            let applied = machine.applied_index();
             drop(machine);
             json!({
                 "group_id": shard.group,
@@ -288,6 +305,7 @@ async fn cluster(
                 "last_applied_index": m.last_applied.map(|l| l.index),
                 "snapshot_index": m.snapshot.map(|l| l.index),
                 "purged_index": m.purged.map(|l| l.index),
+                "state_applied_index": applied,
                 "namespaces": namespaces,
             })
         })

@@ -4,17 +4,26 @@
 //! follower forwarded to the leader over the cluster port, after which the follower waits
 //! until it has applied the entry itself, so a client reads its own write from the node it
 //! wrote through. Reads are served from the local replica.
+//!
+//! Credentials are checked against that local replica only while the node holds a
+//! [`Lease`]: every [`LEASE_RENEW_MS`] the node obtains group 0's read index from the leader
+//! (Raft's ReadIndex: the leader confirms its leadership with a quorum) and applies up to it.
+//! A lease renewal that started at `t0` is good until `t0 + LEASE_MS`. A node that cannot
+//! renew (partitioned, paused, no leader) refuses authenticated calls once its lease runs
+//! out, so a credential whose deletion was acknowledged at `t` is refused on every node from
+//! `t + LEASE_MS` on.
 
 pub mod state;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use conifer_proto::internal::ProposeRequest;
+use conifer_proto::internal::{ProposeRequest, ReadIndexRequest};
 use conifer_raft::network::PeerChannels;
 use conifer_raft::state_machine::StateHandle;
 use conifer_raft::types::{Command as RaftCommand, CONTROL_GROUP};
 use conifer_raft::{NodeId, Raft};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
 pub use state::{Command, ControlMachine, ControlState, Output, Rejection};
 
@@ -22,6 +31,13 @@ pub use state::{Command, ControlMachine, ControlState, Output, Rejection};
 pub const PROPOSE_TIMEOUT_MS: u64 = 10_000;
 /// Pause between attempts while no leader is known.
 const NO_LEADER_RETRY_MS: u64 = 100;
+/// How long a lease renewal lets this node check credentials locally: the bound on how late
+/// a revoked credential can still be accepted anywhere after its revocation was acknowledged.
+pub const LEASE_MS: u64 = 1_000;
+/// Interval between lease renewals.
+pub const LEASE_RENEW_MS: u64 = 200;
+/// Longest a linearizable read waits for its read index (leader confirmation and local apply).
+pub const READ_INDEX_TIMEOUT_MS: u64 = 2_000;
 
 /// Why a control-plane write did not produce an outcome.
 #[derive(Debug, thiserror::Error)]
@@ -43,18 +59,99 @@ pub enum ControlError {
     Internal(String),
 }
 
+/// Until when this node may answer credential checks from its local replica.
+#[derive(Clone, Default)]
+pub struct Lease {
+    valid_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Lease {
+    /// Whether the lease is valid now.
+    pub fn is_valid(&self) -> bool {
+        self.valid_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Whether the lease was ever granted (to tell "starting" from "out of contact").
+    pub fn was_ever_valid(&self) -> bool {
+        self.valid_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Records a renewal that started at `started` (its read index is applied locally).
+    fn renew(&self, started: Instant) {
+        let until = started + Duration::from_millis(LEASE_MS);
+        let mut guard = self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none_or(|current| current < until) {
+            *guard = Some(until);
+        }
+    }
+}
+
 /// The control plane as seen by one node.
 #[derive(Clone)]
 pub struct ControlPlane {
     raft: Raft,
     state: StateHandle<ControlMachine>,
     peers: PeerChannels,
+    lease: Lease,
 }
 
 impl ControlPlane {
     /// A handle on the local group-0 replica.
     pub fn new(raft: Raft, state: StateHandle<ControlMachine>, peers: PeerChannels) -> Self {
-        Self { raft, state, peers }
+        Self {
+            raft,
+            state,
+            peers,
+            lease: Lease::default(),
+        }
+    }
+
+    /// The lease under which this node checks credentials locally.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Renews the lease forever: obtains group 0's read index, waits until it is applied
+    /// here, and extends the lease from the moment the renewal started.
+    pub async fn keep_lease(self) {
+        loop {
+            let started = Instant::now();
+            match self.linearizable_barrier().await {
+                Ok(()) => self.lease.renew(started),
+                Err(e) => tracing::debug!("control-plane lease not renewed: {e}"),
+            }
+            let next = started + Duration::from_millis(LEASE_RENEW_MS);
+            tokio::time::sleep_until(next.into()).await;
+        }
+    }
+
+    /// Waits until this replica has applied everything acknowledged before the call, as
+    /// confirmed by group 0's leader (read index).
+    pub async fn linearizable_barrier(&self) -> Result<(), ControlError> {
+        linearizable_barrier(&self.raft, &self.peers, CONTROL_GROUP).await
+    }
+
+    /// Runs `f` on the local replica's state to check a credential: refused while this node
+    /// holds no valid [`Lease`] (it may not have seen a revocation).
+    pub fn read_authenticated<R>(
+        &self,
+        f: impl FnOnce(&ControlState) -> R,
+    ) -> Result<R, ControlError> {
+        if !self.lease.is_valid() {
+            return Err(ControlError::Unavailable {
+                reason: format!(
+                    "this node has not confirmed its control-plane state with the leader in the last {LEASE_MS} ms, so it cannot check credentials; retry or use another node"
+                ),
+                outcome_unknown: false,
+            });
+        }
+        Ok(self.read(f))
     }
 
     /// The Raft instance of group 0.
@@ -121,7 +218,17 @@ pub async fn propose_to_group(
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
                 if let (Some(leader), Some(node)) = (fwd.leader_id, fwd.leader_node) {
                     if leader != peers.node_id() {
-                        return forward(raft, peers, group, leader, &node, bytes).await;
+                        match forward(raft, peers, group, leader, &node, bytes.clone()).await {
+                            // The leader this node knows of is unreachable and nothing was
+                            // sent: wait for the group to elect another, and try again.
+                            Err(ControlError::Unavailable {
+                                outcome_unknown: false,
+                                reason,
+                            }) if Instant::now() < deadline => {
+                                tracing::debug!("group {group}: {reason}; retrying");
+                            }
+                            done => return done,
+                        }
                     }
                 }
             }
@@ -172,7 +279,7 @@ async fn forward(
                 "forwarding to leader node {leader} of group {group}: {}",
                 status.message()
             ),
-            outcome_unknown: true,
+            outcome_unknown: !never_sent(&status),
         })?
         .into_inner();
     let _ = raft
@@ -180,4 +287,99 @@ async fn forward(
         .applied_index_at_least(Some(reply.log_index), "forwarded write applied locally")
         .await;
     Ok((reply.response, reply.log_index))
+}
+
+/// Group `group`'s read index: the log index a linearizable read must have applied. Asked of
+/// the local replica when it leads the group, otherwise of the leader over the cluster port.
+pub async fn read_index(
+    raft: &Raft,
+    peers: &PeerChannels,
+    group: u64,
+) -> Result<u64, ControlError> {
+    let unavailable = |reason: String| ControlError::Unavailable {
+        reason,
+        outcome_unknown: false,
+    };
+    match raft.get_read_log_id().await {
+        Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(fwd))) => {
+            let (Some(leader), Some(node)) = (fwd.leader_id, fwd.leader_node) else {
+                return Err(unavailable(format!("group {group} has no known leader")));
+            };
+            if leader == peers.node_id() {
+                return Err(unavailable(format!(
+                    "group {group}: leadership is changing"
+                )));
+            }
+            let mut client = peers.client(leader, &node).map_err(unavailable)?;
+            let reply = client
+                .read_index(ReadIndexRequest {
+                    group_id: group,
+                    from_node: peers.node_id(),
+                })
+                .await
+                .map_err(|s| {
+                    unavailable(format!(
+                        "read index of group {group} from leader node {leader}: {}",
+                        s.message()
+                    ))
+                })?;
+            Ok(reply.into_inner().read_index)
+        }
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+            Err(unavailable(format!("group {group}: {e}")))
+        }
+        Err(RaftError::Fatal(e)) => Err(unavailable(format!("group {group}: {e}"))),
+    }
+}
+
+/// Whether a failed internal call certainly never reached the peer (no connection could be
+/// made), so the request had no effect there.
+pub fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Waits until the local replica `raft` of `group` has applied the group's read index, so a
+/// read that follows sees every write acknowledged before the call (bounded by
+/// [`READ_INDEX_TIMEOUT_MS`]; a leader that cannot be asked is asked again, so that a read
+/// survives an election).
+pub async fn linearizable_barrier(
+    raft: &Raft,
+    peers: &PeerChannels,
+    group: u64,
+) -> Result<(), ControlError> {
+    let timeout = Duration::from_millis(READ_INDEX_TIMEOUT_MS);
+    let asked = async {
+        loop {
+            match read_index(raft, peers, group).await {
+                Ok(index) => return Ok::<u64, ControlError>(index),
+                Err(e) => tracing::debug!("read index of group {group}: {e}; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(NO_LEADER_RETRY_MS)).await;
+        }
+    };
+    let index =
+        tokio::time::timeout(timeout, asked)
+            .await
+            .map_err(|_| ControlError::Unavailable {
+                reason: format!("group {group}: no read index within {READ_INDEX_TIMEOUT_MS} ms"),
+                outcome_unknown: false,
+            })??;
+    raft.wait(Some(timeout))
+        .applied_index_at_least(Some(index), "linearizable read")
+        .await
+        .map(|_| ())
+        .map_err(|_| ControlError::Unavailable {
+            reason: format!(
+                "group {group}: read index {index} not applied here within {READ_INDEX_TIMEOUT_MS} ms"
+            ),
+            outcome_unknown: false,
+        })
 }

@@ -948,6 +948,20 @@ impl Namespace {
         self.records.is_empty()
     }
 
+    /// SHA-256 (hex) over the records in id order (id, values, sparse values, metadata):
+    /// equal on every replica that applied the same log prefix, whatever its vector index.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for (id, stored) in &self.records {
+            let encoded =
+                bincode::serialize(&(id, &stored.record)).expect("a record always serializes");
+            hasher.update((encoded.len() as u64).to_be_bytes());
+            hasher.update(&encoded);
+        }
+        hex::encode(hasher.finalize())
+    }
+
     /// The record `id`.
     pub fn get(&self, id: &str) -> Option<&Record> {
         self.records.get(id).map(|s| &s.record)

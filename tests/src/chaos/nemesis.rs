@@ -1,0 +1,377 @@
+//! Faults: what a schedule injects, generated from a seed so that a run can be replayed.
+//!
+//! A schedule is a list of steps; each step waits, injects one fault, holds it, and heals
+//! it. Targets that depend on the cluster's state at the time (the leader of group 0, the
+//! leader of the schedule's shard) are looked up when the step runs. Adding a fault is a new
+//! [`Fault`] variant, an arm in [`Fault::pick`] and one in [`Nemesis::inject`].
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::json;
+
+use super::history::{Entry, EventType, Recorder};
+use super::netns;
+use crate::{node_host, Cluster};
+
+/// One fault.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Fault {
+    /// SIGKILL a node (chosen by the seed); restarted when healed.
+    KillNode { node: u64 },
+    /// SIGKILL the current leader of group 0.
+    KillControlLeader,
+    /// SIGKILL the current leader of the schedule's shard.
+    KillShardLeader,
+    /// SIGSTOP a node; SIGCONT when healed.
+    PauseNode { node: u64 },
+    /// SIGSTOP the current leader of group 0.
+    PauseControlLeader,
+    /// Cut the current leader of group 0 off from every other node.
+    IsolateControlLeader,
+    /// Cut the cluster in two: `minority` from the rest.
+    Split { minority: Vec<u64> },
+    /// Two halves that cannot see each other, and one node that sees both.
+    Bridge {
+        bridge: u64,
+        left: Vec<u64>,
+        right: Vec<u64>,
+    },
+    /// SIGKILL every node, then start them all again.
+    RestartAll,
+}
+
+impl Fault {
+    /// A fault drawn from `rng` for a cluster of `nodes` nodes.
+    fn pick(rng: &mut StdRng, nodes: u64) -> Self {
+        let all: Vec<u64> = (1..=nodes).collect();
+        let any = |rng: &mut StdRng| *all.choose(rng).expect("a cluster has nodes");
+        match rng.gen_range(0..9) {
+            0 => Fault::KillNode { node: any(rng) },
+            1 => Fault::KillControlLeader,
+            2 => Fault::KillShardLeader,
+            3 => Fault::PauseNode { node: any(rng) },
+            4 => Fault::PauseControlLeader,
+            5 => Fault::IsolateControlLeader,
+            6 => {
+                let mut shuffled = all.clone();
+                shuffled.shuffle(rng);
+                let minority = shuffled[..(nodes as usize - 1) / 2].to_vec();
+                Fault::Split { minority }
+            }
+            7 if nodes >= 5 => {
+                let mut shuffled = all.clone();
+                shuffled.shuffle(rng);
+                let half = (nodes as usize - 1) / 2;
+                Fault::Bridge {
+                    bridge: shuffled[0],
+                    left: shuffled[1..1 + half].to_vec(),
+                    right: shuffled[1 + half..].to_vec(),
+                }
+            }
+            7 | 8 => Fault::RestartAll,
+            _ => unreachable!("gen_range(0..9)"),
+        }
+    }
+
+    /// Short name for the history and the timeline.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fault::KillNode { .. } => "kill-node",
+            Fault::KillControlLeader => "kill-control-leader",
+            Fault::KillShardLeader => "kill-shard-leader",
+            Fault::PauseNode { .. } => "pause-node",
+            Fault::PauseControlLeader => "pause-control-leader",
+            Fault::IsolateControlLeader => "isolate-control-leader",
+            Fault::Split { .. } => "partition-split",
+            Fault::Bridge { .. } => "partition-bridge",
+            Fault::RestartAll => "restart-all",
+        }
+    }
+}
+
+/// One step of a schedule.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    /// Quiet time before the fault.
+    pub wait_ms: u64,
+    /// The fault.
+    pub fault: Fault,
+    /// How long it is held before it is healed.
+    pub hold_ms: u64,
+}
+
+/// The faults of one schedule.
+#[derive(Clone, Debug, Serialize)]
+pub struct Schedule {
+    /// The seed it was generated from.
+    pub seed: u64,
+    /// Its steps, in order.
+    pub steps: Vec<Step>,
+}
+
+impl Schedule {
+    /// The schedule of `seed` for `nodes` nodes, filling about `duration_ms`.
+    pub fn generate(seed: u64, nodes: u64, duration_ms: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut steps = Vec::new();
+        let mut total = 0;
+        while total < duration_ms {
+            let step = Step {
+                wait_ms: rng.gen_range(500..2_000),
+                fault: Fault::pick(&mut rng, nodes),
+                hold_ms: rng.gen_range(1_000..4_000),
+            };
+            total += step.wait_ms + step.hold_ms;
+            steps.push(step);
+        }
+        Self { seed, steps }
+    }
+}
+
+/// What a fault did, so that healing can undo exactly that.
+enum Injected {
+    Killed(Vec<u64>),
+    Paused(Vec<u64>),
+    Cut,
+    Nothing,
+}
+
+/// Injects faults into a cluster and heals them.
+pub struct Nemesis<'a> {
+    cluster: &'a mut Cluster,
+    recorder: Recorder,
+    shard_group: u64,
+}
+
+impl<'a> Nemesis<'a> {
+    /// A nemesis for `cluster`, whose schedule targets shard group `shard_group`.
+    pub fn new(cluster: &'a mut Cluster, recorder: Recorder, shard_group: u64) -> Self {
+        Self {
+            cluster,
+            recorder,
+            shard_group,
+        }
+    }
+
+    fn note(&self, kind: EventType, f: &str, node: Option<u64>, value: serde_json::Value) {
+        self.recorder.record(
+            kind,
+            Entry {
+                process: "nemesis".into(),
+                node,
+                f: f.into(),
+                value,
+                ..Entry::default()
+            },
+        );
+    }
+
+    /// Runs every step of `schedule`.
+    pub async fn run(&mut self, schedule: &Schedule) -> anyhow::Result<()> {
+        for step in &schedule.steps {
+            tokio::time::sleep(Duration::from_millis(step.wait_ms)).await;
+            let injected = self.inject(&step.fault).await?;
+            tokio::time::sleep(Duration::from_millis(step.hold_ms)).await;
+            self.undo(injected, step.fault.name()).await?;
+        }
+        Ok(())
+    }
+
+    /// Group 0's leader as some reachable node reports it.
+    async fn control_leader(&self) -> Option<u64> {
+        for node in &self.cluster.nodes {
+            if let Ok(info) = self.cluster.cluster_info(node.id).await {
+                if let Some(leader) = info["leader_id"].as_u64() {
+                    return Some(leader);
+                }
+            }
+        }
+        None
+    }
+
+    /// The shard's leader as some replica reports it.
+    async fn shard_leader(&self) -> Option<u64> {
+        for node in &self.cluster.nodes {
+            let Ok(info) = self.cluster.cluster_info(node.id).await else {
+                continue;
+            };
+            let shards = info["shards"].as_array().cloned().unwrap_or_default();
+            for shard in shards {
+                if shard["group_id"].as_u64() == Some(self.shard_group) {
+                    if let Some(leader) = shard["leader_id"].as_u64() {
+                        return Some(leader);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    async fn inject(&mut self, fault: &Fault) -> anyhow::Result<Injected> {
+        let name = fault.name();
+        let leader = match fault {
+            Fault::KillControlLeader | Fault::PauseControlLeader | Fault::IsolateControlLeader => {
+                self.control_leader().await
+            }
+            Fault::KillShardLeader => self.shard_leader().await,
+            _ => None,
+        };
+        let injected = match fault {
+            Fault::KillNode { node } => self.kill(vec![*node]),
+            Fault::KillControlLeader | Fault::KillShardLeader => match leader {
+                Some(node) => self.kill(vec![node]),
+                None => Injected::Nothing,
+            },
+            Fault::PauseNode { node } => self.pause(vec![*node])?,
+            Fault::PauseControlLeader => match leader {
+                Some(node) => self.pause(vec![node])?,
+                None => Injected::Nothing,
+            },
+            Fault::IsolateControlLeader => match leader {
+                Some(node) => {
+                    let others: Vec<u64> = self.ids().into_iter().filter(|n| *n != node).collect();
+                    cut_between(&[node], &others)?;
+                    Injected::Cut
+                }
+                None => Injected::Nothing,
+            },
+            Fault::Split { minority } => {
+                let rest: Vec<u64> = self
+                    .ids()
+                    .into_iter()
+                    .filter(|n| !minority.contains(n))
+                    .collect();
+                cut_between(minority, &rest)?;
+                Injected::Cut
+            }
+            Fault::Bridge { left, right, .. } => {
+                cut_between(left, right)?;
+                Injected::Cut
+            }
+            Fault::RestartAll => {
+                let all = self.ids();
+                for id in &all {
+                    self.cluster.node(*id).kill();
+                }
+                self.respawn(&all)?;
+                Injected::Nothing
+            }
+        };
+        let target = match &injected {
+            Injected::Killed(n) | Injected::Paused(n) => n.first().copied(),
+            _ => leader,
+        };
+        self.note(
+            EventType::Invoke,
+            name,
+            target,
+            json!({ "fault": fault, "applied": !matches!(injected, Injected::Nothing) || *fault == Fault::RestartAll }),
+        );
+        Ok(injected)
+    }
+
+    async fn undo(&mut self, injected: Injected, name: &str) -> anyhow::Result<()> {
+        let node = match &injected {
+            Injected::Killed(n) | Injected::Paused(n) => n.first().copied(),
+            _ => None,
+        };
+        match injected {
+            Injected::Killed(nodes) => self.respawn(&nodes)?,
+            Injected::Paused(nodes) => {
+                for id in nodes {
+                    self.cluster.node(id).signal("CONT")?;
+                }
+            }
+            Injected::Cut => netns::heal()?,
+            Injected::Nothing => {}
+        }
+        self.note(EventType::Info, name, node, json!({ "healed": true }));
+        Ok(())
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.cluster.nodes.iter().map(|n| n.id).collect()
+    }
+
+    fn kill(&mut self, nodes: Vec<u64>) -> Injected {
+        for id in &nodes {
+            self.cluster.node(*id).kill();
+        }
+        Injected::Killed(nodes)
+    }
+
+    fn pause(&mut self, nodes: Vec<u64>) -> anyhow::Result<Injected> {
+        for id in &nodes {
+            self.cluster.node(*id).signal("STOP")?;
+        }
+        Ok(Injected::Paused(nodes))
+    }
+
+    fn respawn(&mut self, nodes: &[u64]) -> anyhow::Result<()> {
+        for id in nodes {
+            let node = self.cluster.node(*id);
+            if !node.is_running() {
+                node.spawn()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes everything: links healed, paused nodes continued, dead nodes started; then
+    /// waits until every node serves.
+    pub async fn heal_all(&mut self) -> anyhow::Result<()> {
+        netns::heal()?;
+        let all = self.ids();
+        for id in &all {
+            self.cluster.node(*id).signal("CONT")?;
+        }
+        self.respawn(&all)?;
+        for id in all {
+            self.cluster.wait_serving(id).await?;
+        }
+        self.note(EventType::Info, "heal-all", None, json!({ "healed": true }));
+        Ok(())
+    }
+}
+
+/// Cuts every link between a node of `a` and a node of `b`.
+fn cut_between(a: &[u64], b: &[u64]) -> anyhow::Result<()> {
+    let a: BTreeSet<u64> = a.iter().copied().collect();
+    for x in &a {
+        for y in b.iter().filter(|y| !a.contains(y)) {
+            netns::cut(&node_host(*x), &node_host(*y))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_always_gives_the_same_schedule() {
+        let a = serde_json::to_string(&Schedule::generate(42, 5, 20_000)).unwrap();
+        let b = serde_json::to_string(&Schedule::generate(42, 5, 20_000)).unwrap();
+        let c = serde_json::to_string(&Schedule::generate(43, 5, 20_000)).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn splits_leave_a_majority() {
+        for seed in 0..200 {
+            for step in Schedule::generate(seed, 5, 20_000).steps {
+                if let Fault::Split { minority } = step.fault {
+                    assert!(minority.len() < 3, "{minority:?}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! The clients of a chaos run. Data clients write, update, delete, fetch and query a few
+//! vector ids per schedule through the node assigned to them; the key client creates API
+//! keys, reads them back, uses them, deletes them, and then probes every node with the
+//! deleted key. Every operation is recorded as invoke → ok / fail / info.
+//!
+//! Adding an operation: a variant of [`DataOp`] and its request in [`DataClient::run_op`];
+//! the checkers learn about it through their own mapping (e.g. `check::linear::register_op`).
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::history::{Entry, EventType, Recorder};
+
+/// Namespace the data clients use.
+pub const NAMESPACE: &str = "chaos";
+/// Dimension of the schedule's index.
+pub const DIMENSION: usize = 4;
+/// Header asking for a linearizable read.
+pub const CONSISTENCY_HEADER: &str = "x-conifer-read-consistency";
+/// Longest a client waits for one answer; after that the outcome is unknown.
+pub const CLIENT_TIMEOUT_MS: u64 = 5_000;
+/// How long the key client probes every node with a key after deleting it.
+pub const PROBE_AFTER_DELETE_MS: u64 = 1_600;
+/// Words of the 503 a node answers while it cannot check credentials (its lease ran out).
+pub const LEASE_REFUSAL: &str = "cannot check credentials";
+/// Interval between probes of one node.
+pub const PROBE_INTERVAL_MS: u64 = 50;
+
+/// What a client needs to reach the cluster.
+#[derive(Clone)]
+pub struct Endpoints {
+    /// HTTP client trusting the cluster CA (with [`CLIENT_TIMEOUT_MS`]).
+    pub http: reqwest::Client,
+    /// `https://host:port` of every node, by node id - 1.
+    pub nodes: Vec<String>,
+    /// Operator token.
+    pub admin_token: String,
+    /// Data-plane key of the project holding the index.
+    pub api_key: String,
+    /// Project of the index (keys are created there).
+    pub project_id: String,
+    /// The schedule's index.
+    pub index: String,
+}
+
+impl Endpoints {
+    fn url(&self, node: u64, path: &str) -> String {
+        format!("{}{path}", self.nodes[(node - 1) as usize])
+    }
+}
+
+/// How an HTTP exchange ended, for the history.
+enum Outcome {
+    Ok(Value),
+    Fail(String),
+    Unknown(String),
+}
+
+/// Classifies an answer. Nothing changed when the request was refused (4xx), when no
+/// connection could be made, or when the node could not check the credential (its lease
+/// had run out: authentication comes before anything else). Other 5xx answers and errors
+/// after the request was sent may hide a change (a write can commit after its node gave up
+/// waiting), so their outcome is unknown.
+async fn classify(result: reqwest::Result<reqwest::Response>) -> (Option<StatusCode>, Outcome) {
+    match result {
+        Err(e) if e.is_connect() => (None, Outcome::Fail(format!("not connected: {e}"))),
+        Err(e) => (None, Outcome::Unknown(e.to_string())),
+        Ok(resp) => {
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            if status.is_success() {
+                (Some(status), Outcome::Ok(body))
+            } else {
+                let message = format!("{status}: {}", body["error"]["message"]);
+                if status.is_client_error() || message.contains(LEASE_REFUSAL) {
+                    (Some(status), Outcome::Fail(message))
+                } else {
+                    (Some(status), Outcome::Unknown(message))
+                }
+            }
+        }
+    }
+}
+
+/// Records the completion of an operation.
+fn complete(recorder: &Recorder, mut entry: Entry, outcome: Outcome) {
+    let kind = match outcome {
+        Outcome::Ok(value) => {
+            entry.value = value;
+            EventType::Ok
+        }
+        Outcome::Fail(e) => {
+            entry.error = Some(e);
+            EventType::Fail
+        }
+        Outcome::Unknown(e) => {
+            entry.error = Some(e);
+            EventType::Info
+        }
+    };
+    recorder.record(kind, entry);
+}
+
+/// The value a vector carries in its metadata (`v`), from a fetch or query answer.
+fn value_of(metadata: &Value) -> Option<i64> {
+    metadata["v"].as_f64().map(|v| v as i64)
+}
+
+/// The data-plane operations.
+#[derive(Clone, Copy, Debug)]
+pub enum DataOp {
+    /// Upsert the id with a new unique value.
+    Write,
+    /// Linearizable fetch.
+    Read,
+    /// Delete the id.
+    Delete,
+    /// Set the value in metadata if the id exists.
+    Update,
+    /// Linearizable query filtered to the id.
+    Query,
+}
+
+impl DataOp {
+    fn pick(rng: &mut StdRng) -> Self {
+        match rng.gen_range(0..100) {
+            0..=34 => DataOp::Write,
+            35..=59 => DataOp::Read,
+            60..=69 => DataOp::Delete,
+            70..=79 => DataOp::Update,
+            _ => DataOp::Query,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            DataOp::Write => "write",
+            DataOp::Read => "read",
+            DataOp::Delete => "delete",
+            DataOp::Update => "update",
+            DataOp::Query => "query",
+        }
+    }
+}
+
+/// One data-plane client.
+pub struct DataClient {
+    /// Process name in the history.
+    pub process: String,
+    /// Node it talks to.
+    pub node: u64,
+    /// Ids it operates on.
+    pub keys: Vec<String>,
+    /// Source of unique values (shared by all clients).
+    pub values: Arc<AtomicI64>,
+    /// Where to send requests.
+    pub endpoints: Endpoints,
+    /// The history.
+    pub recorder: Recorder,
+}
+
+impl DataClient {
+    /// Runs random operations until `stop` is set.
+    pub async fn run(self, seed: u64, stop: Arc<AtomicBool>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        while !stop.load(Ordering::Relaxed) {
+            let op = DataOp::pick(&mut rng);
+            let key = self.keys[rng.gen_range(0..self.keys.len())].clone();
+            self.run_op(op, &key).await;
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(5..40))).await;
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.endpoints
+            .http
+            .request(method, self.endpoints.url(self.node, path))
+            .header("Api-Key", &self.endpoints.api_key)
+            .header("X-Conifer-Index", &self.endpoints.index)
+    }
+
+    /// Runs one operation on `key` and records it.
+    pub async fn run_op(&self, op: DataOp, key: &str) {
+        let value = matches!(op, DataOp::Write | DataOp::Update)
+            .then(|| self.values.fetch_add(1, Ordering::Relaxed));
+        let mut entry = Entry {
+            process: self.process.clone(),
+            node: Some(self.node),
+            f: op.name().into(),
+            key: Some(key.to_string()),
+            value: json!({ "value": value }),
+            error: None,
+        };
+        self.recorder.record(EventType::Invoke, entry.clone());
+        entry.value = Value::Null;
+        let outcome = match op {
+            DataOp::Write => {
+                let v = value.unwrap_or_default();
+                let body = json!({
+                    "namespace": NAMESPACE,
+                    "vectors": [{
+                        "id": key,
+                        "values": [1.0, (v % 97) as f32 / 97.0, 0.5, 0.25],
+                        "metadata": { "v": v, "k": key },
+                    }],
+                });
+                let sent = self
+                    .request(Method::POST, "/vectors/upsert")
+                    .json(&body)
+                    .send()
+                    .await;
+                match classify(sent).await.1 {
+                    Outcome::Ok(_) => Outcome::Ok(Value::Null),
+                    other => other,
+                }
+            }
+            DataOp::Read => {
+                let path = format!("/vectors/fetch?ids={key}&namespace={NAMESPACE}");
+                let sent = self
+                    .request(Method::GET, &path)
+                    .header(CONSISTENCY_HEADER, "linearizable")
+                    .send()
+                    .await;
+                match classify(sent).await.1 {
+                    Outcome::Ok(body) => {
+                        Outcome::Ok(json!({ "value": value_of(&body["vectors"][key]["metadata"]) }))
+                    }
+                    other => other,
+                }
+            }
+            DataOp::Delete => {
+                let body = json!({ "namespace": NAMESPACE, "ids": [key] });
+                let sent = self
+                    .request(Method::POST, "/vectors/delete")
+                    .json(&body)
+                    .send()
+                    .await;
+                match classify(sent).await.1 {
+                    Outcome::Ok(_) => Outcome::Ok(Value::Null),
+                    other => other,
+                }
+            }
+            DataOp::Update => {
+                let body = json!({
+                    "namespace": NAMESPACE,
+                    "id": key,
+                    "setMetadata": { "v": value.unwrap_or_default() },
+                });
+                let sent = self
+                    .request(Method::POST, "/vectors/update")
+                    .json(&body)
+                    .send()
+                    .await;
+                match classify(sent).await.1 {
+                    Outcome::Ok(body) => Outcome::Ok(
+                        json!({ "found": body["matchedRecords"].as_u64().map(|n| n > 0) }),
+                    ),
+                    other => other,
+                }
+            }
+            DataOp::Query => {
+                let body = json!({
+                    "namespace": NAMESPACE,
+                    "vector": [1.0, 0.5, 0.5, 0.25],
+                    "topK": 1,
+                    "filter": { "k": { "$eq": key } },
+                    "includeMetadata": true,
+                });
+                let sent = self
+                    .request(Method::POST, "/query")
+                    .header(CONSISTENCY_HEADER, "linearizable")
+                    .json(&body)
+                    .send()
+                    .await;
+                match classify(sent).await.1 {
+                    Outcome::Ok(body) => {
+                        Outcome::Ok(json!({ "value": value_of(&body["matches"][0]["metadata"]) }))
+                    }
+                    other => other,
+                }
+            }
+        };
+        complete(&self.recorder, entry, outcome);
+    }
+}
+
+/// The client that creates, checks, uses and revokes API keys.
+pub struct KeyClient {
+    /// Process name in the history.
+    pub process: String,
+    /// Number of nodes.
+    pub nodes: u64,
+    /// Where to send requests.
+    pub endpoints: Endpoints,
+    /// The history.
+    pub recorder: Recorder,
+}
+
+impl KeyClient {
+    /// Cycles create → get → use → delete → probe every node → get, until `stop` is set.
+    pub async fn run(self, seed: u64, stop: Arc<AtomicBool>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let via = rng.gen_range(1..=self.nodes);
+            let Some((id, value)) = self.create(via, &format!("chaos-{seed}-{n}")).await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            self.get(rng.gen_range(1..=self.nodes), &id).await;
+            for _ in 0..2 {
+                use_key(
+                    &self.endpoints,
+                    &self.recorder,
+                    &self.process,
+                    rng.gen_range(1..=self.nodes),
+                    &id,
+                    &value,
+                )
+                .await;
+            }
+            self.delete(rng.gen_range(1..=self.nodes), &id).await;
+            let probes: Vec<_> = (1..=self.nodes)
+                .map(|node| {
+                    let (endpoints, recorder) = (self.endpoints.clone(), self.recorder.clone());
+                    let (id, value) = (id.clone(), value.clone());
+                    let process = format!("{}-probe-{node}", self.process);
+                    tokio::spawn(async move {
+                        let until = tokio::time::Instant::now()
+                            + Duration::from_millis(PROBE_AFTER_DELETE_MS);
+                        while tokio::time::Instant::now() < until {
+                            use_key(&endpoints, &recorder, &process, node, &id, &value).await;
+                            tokio::time::sleep(Duration::from_millis(PROBE_INTERVAL_MS)).await;
+                        }
+                    })
+                })
+                .collect();
+            for probe in probes {
+                let _ = probe.await;
+            }
+            self.get(rng.gen_range(1..=self.nodes), &id).await;
+        }
+    }
+
+    fn admin(&self, method: Method, node: u64, path: &str) -> reqwest::RequestBuilder {
+        self.endpoints
+            .http
+            .request(method, self.endpoints.url(node, path))
+            .bearer_auth(&self.endpoints.admin_token)
+    }
+
+    fn entry(&self, f: &str, node: u64, key: Option<&str>) -> Entry {
+        Entry {
+            process: self.process.clone(),
+            node: Some(node),
+            f: f.into(),
+            key: key.map(str::to_string),
+            ..Entry::default()
+        }
+    }
+
+    async fn create(&self, node: u64, name: &str) -> Option<(String, String)> {
+        let entry = self.entry("create-key", node, None);
+        self.recorder.record(EventType::Invoke, entry.clone());
+        let path = format!("/admin/projects/{}/api-keys", self.endpoints.project_id);
+        let body = json!({ "name": name, "roles": ["DataPlaneViewer"] });
+        let sent = self
+            .admin(Method::POST, node, &path)
+            .json(&body)
+            .send()
+            .await;
+        match classify(sent).await.1 {
+            Outcome::Ok(created) => {
+                let id = created["key"]["id"]
+                    .as_str()
+                    .or(created["id"].as_str())?
+                    .to_string();
+                let value = created["value"].as_str()?.to_string();
+                let mut done = entry;
+                done.key = Some(id.clone());
+                self.recorder.record(EventType::Ok, done);
+                Some((id, value))
+            }
+            other => {
+                complete(&self.recorder, entry, other);
+                None
+            }
+        }
+    }
+
+    async fn get(&self, node: u64, id: &str) {
+        let entry = self.entry("get-key", node, Some(id));
+        self.recorder.record(EventType::Invoke, entry.clone());
+        let sent = self
+            .admin(Method::GET, node, &format!("/admin/api-keys/{id}"))
+            .header(CONSISTENCY_HEADER, "linearizable")
+            .send()
+            .await;
+        let outcome = match classify(sent).await {
+            (_, Outcome::Ok(_)) => Outcome::Ok(json!({ "value": 1 })),
+            (Some(StatusCode::NOT_FOUND), _) => Outcome::Ok(json!({ "value": null })),
+            (_, other) => other,
+        };
+        complete(&self.recorder, entry, outcome);
+    }
+
+    async fn delete(&self, node: u64, id: &str) {
+        let entry = self.entry("delete-key", node, Some(id));
+        self.recorder.record(EventType::Invoke, entry.clone());
+        let sent = self
+            .admin(Method::DELETE, node, &format!("/admin/api-keys/{id}"))
+            .send()
+            .await;
+        let outcome = match classify(sent).await {
+            (_, Outcome::Ok(_)) => Outcome::Ok(json!({ "found": true })),
+            (Some(StatusCode::NOT_FOUND), _) => Outcome::Ok(json!({ "found": false })),
+            (_, other) => other,
+        };
+        complete(&self.recorder, entry, outcome);
+    }
+}
+
+/// Uses API key `value` (id `id`) on `node` (DescribeIndexStats): `accepted` true on
+/// success, false when the node refuses the credential (401, or 503 while it cannot check
+/// credentials).
+pub async fn use_key(
+    endpoints: &Endpoints,
+    recorder: &Recorder,
+    process: &str,
+    node: u64,
+    id: &str,
+    value: &str,
+) {
+    let entry = Entry {
+        process: process.to_string(),
+        node: Some(node),
+        f: "use-key".into(),
+        key: Some(id.to_string()),
+        ..Entry::default()
+    };
+    recorder.record(EventType::Invoke, entry.clone());
+    let sent = endpoints
+        .http
+        .post(endpoints.url(node, "/describe_index_stats"))
+        .header("Api-Key", value)
+        .header("X-Conifer-Index", &endpoints.index)
+        .json(&json!({}))
+        .send()
+        .await;
+    // Authentication comes first, so any answer but 401 or the lease's 503 means the node
+    // accepted the key (a 403, 404 or later 503 came after it did).
+    let outcome = match classify(sent).await {
+        (None, other) => other,
+        (Some(StatusCode::UNAUTHORIZED), _) => Outcome::Ok(json!({ "accepted": false })),
+        (_, Outcome::Fail(m)) if m.contains(LEASE_REFUSAL) => {
+            Outcome::Ok(json!({ "accepted": false }))
+        }
+        (Some(status), _) => Outcome::Ok(json!({ "accepted": true, "status": status.as_u16() })),
+    };
+    complete(recorder, entry, outcome);
+}

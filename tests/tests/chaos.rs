@@ -1,0 +1,56 @@
+//! The chaos harness's own tests: its checkers catch a node that acknowledges writes before
+//! they are committed. (The short chaos run itself is part of `scripts/test.sh`, through
+//! `scripts/chaos/run.sh`.)
+
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Runs `conifer-chaos` with `args` into a fresh directory; returns its exit code and summary.
+fn chaos(args: &[&str]) -> (Option<i32>, Value, String) {
+    let out = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_conifer-chaos"))
+        .args(args)
+        .arg("--out")
+        .arg(out.path())
+        .env("CONIFER_BIN", conifer_tests::conifer_bin())
+        .output()
+        .expect("run conifer-chaos");
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = std::fs::read_to_string(out.path().join("summary.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null);
+    (output.status.code(), summary, log)
+}
+
+#[test]
+fn checkers_catch_a_node_that_acknowledges_writes_before_commit() {
+    let (code, summary, log) = chaos(&[
+        "--unsafe",
+        "ack-before-commit",
+        "--schedules",
+        "1",
+        "--nodes",
+        "3",
+        "--duration-s",
+        "12",
+        "--seed",
+        "7",
+    ]);
+    assert_eq!(code, Some(1), "expected violations (exit 1):\n{log}");
+    let lost = summary["lost_acknowledged_writes"].as_u64().unwrap_or(0);
+    let nonlinear = summary["linearizability_violations"].as_u64().unwrap_or(0);
+    assert!(
+        lost + nonlinear > 0,
+        "the unsafe mode went unnoticed: {summary}\n{log}"
+    );
+    assert!(
+        summary["acknowledged_writes"].as_u64().unwrap_or(0) > 0,
+        "no write was acknowledged: {summary}"
+    );
+}
