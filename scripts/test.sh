@@ -36,7 +36,7 @@ compat v8
 compat v10
 
 # A short chaos run (the long one is `scripts/chaos/run.sh --schedules 200`): a few seeded
-# fault schedules on 5 nodes, every checker on. The seed changes with the day and is printed.
+# fault schedules on 5 nodes, every checker on. Each run draws a new seed and prints it.
 echo "==> chaos: short run"
 CHAOS_OUT="${CONIFER_CHAOS_OUT:-$CARGO_TARGET_DIR/chaos-short}"
 rm -rf "$CHAOS_OUT"

@@ -19,8 +19,19 @@ fn main() -> anyhow::Result<()> {
         std::env::set_var("OMP_NUM_THREADS", "1");
     }
     // Test builds only: failpoints named in $FAILPOINTS (e.g. `raft::apply::before=panic`).
+    // A failpoint's `panic` stands for a crash at that point: the process aborts instead of
+    // one task unwinding.
     #[cfg(feature = "failpoints")]
-    let _failpoints = fail::FailScenario::setup();
+    let _failpoints = {
+        if std::env::var_os("FAILPOINTS").is_some() {
+            let default_hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                default_hook(info);
+                std::process::abort();
+            }));
+        }
+        fail::FailScenario::setup()
+    };
     let cli = Cli::parse();
     match cli.command {
         Commands::Certs(command) => run_certs(command),

@@ -51,7 +51,7 @@ def main(out: Path) -> None:
     fig, ax = plt.subplots(figsize=(width, 1.0 + 0.6 * nodes))
     for start, end, name, node in faults:
         ax.axvspan(start / 1e3, end / 1e3, color="#ffa8a8", alpha=0.35, lw=0)
-        ax.text(start / 1e3, nodes + 0.55, name + (f" n{node}" if node else ""), fontsize=6, rotation=30)
+        ax.text(start / 1e3, nodes + 0.45, name + (f" n{node}" if node else ""), fontsize=6, rotation=30)
     for kind, (xs, ys) in points.items():
         ax.scatter(xs, ys, s=2, color=COLORS[kind], label=kind, marker="|")
     fx = [by_index[i]["time_ms"] / 1e3 for i in flagged if i in by_index]
@@ -64,7 +64,8 @@ def main(out: Path) -> None:
     ax.set_xlabel("seconds since the run started")
     ax.set_title(
         f"conifer-chaos: {summary['schedules']} schedules, seed {summary['seed']}, "
-        f"{summary['violations']} violation(s); shaded = fault held"
+        f"{summary['violations']} violation(s); shaded = fault held",
+        pad=48,
     )
     ax.legend(loc="lower right", fontsize=7, markerscale=4)
     fig.tight_layout()

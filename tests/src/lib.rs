@@ -177,6 +177,8 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// How the nodes are started.
     pub options: ClusterOptions,
+    /// The highest node id given out.
+    last_id: u64,
 }
 
 impl Cluster {
@@ -201,6 +203,7 @@ impl Cluster {
             bootstrap: Value::Null,
             http: reqwest::Client::new(),
             options: options.clone(),
+            last_id: 0,
         };
         cluster.add_node(false).await?;
         let boot = std::fs::read_to_string(cluster.nodes[0].data_dir.join("bootstrap.json"))?;
@@ -218,7 +221,9 @@ impl Cluster {
 
     /// Issues a certificate for the next node id and starts it (joining unless it is the first).
     pub async fn add_node(&mut self, learner: bool) -> anyhow::Result<u64> {
-        let id = self.nodes.len() as u64 + 1;
+        // Ids are never reused, also after a node was retired.
+        self.last_id += 1;
+        let id = self.last_id;
         let host = if self.options.distinct_hosts {
             node_host(id)
         } else {
@@ -258,12 +263,25 @@ impl Cluster {
 
     /// The node with id `id`.
     pub fn node(&mut self, id: u64) -> &mut NodeProc {
-        &mut self.nodes[(id - 1) as usize]
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id} in the fixture"))
+    }
+
+    /// Stops node `id` and drops it from the fixture (after it was removed from the cluster).
+    pub fn retire(&mut self, id: u64) {
+        self.nodes.retain(|n| n.id != id);
     }
 
     /// `https://<api_addr>` of node `id`.
     pub fn url(&self, id: u64, path: &str) -> String {
-        format!("https://{}{path}", self.nodes[(id - 1) as usize].api_addr)
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id} in the fixture"));
+        format!("https://{}{path}", node.api_addr)
     }
 
     /// The operator token.

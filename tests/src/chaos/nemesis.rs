@@ -44,14 +44,28 @@ pub enum Fault {
     },
     /// SIGKILL every node, then start them all again.
     RestartAll,
+    /// Restart a node with a failpoint that crashes it (aborts the process) at a point where
+    /// a crash matters; when healed it is restarted without.
+    CrashAtFailpoint { node: u64, failpoint: String },
+    /// Join a new node to the cluster (a voter), then remove it from the membership and stop it.
+    AddRemoveNode,
 }
+
+/// Failpoints a node may be crashed at, with how often each fires once armed (fail-rs
+/// syntax; `panic` aborts the process in a node started with failpoints).
+pub const CRASH_FAILPOINTS: &[(&str, &str)] = &[
+    ("raft::append::before_sync", "10%1*panic"),
+    ("raft::apply::before", "10%1*panic"),
+    ("raft::snapshot::before_persist", "1*panic"),
+    ("raft::snapshot::install::before", "1*panic"),
+];
 
 impl Fault {
     /// A fault drawn from `rng` for a cluster of `nodes` nodes.
     fn pick(rng: &mut StdRng, nodes: u64) -> Self {
         let all: Vec<u64> = (1..=nodes).collect();
         let any = |rng: &mut StdRng| *all.choose(rng).expect("a cluster has nodes");
-        match rng.gen_range(0..9) {
+        match rng.gen_range(0..11) {
             0 => Fault::KillNode { node: any(rng) },
             1 => Fault::KillControlLeader,
             2 => Fault::KillShardLeader,
@@ -75,7 +89,15 @@ impl Fault {
                 }
             }
             7 | 8 => Fault::RestartAll,
-            _ => unreachable!("gen_range(0..9)"),
+            9 => {
+                let (failpoint, _) = CRASH_FAILPOINTS.choose(rng).expect("failpoints listed");
+                Fault::CrashAtFailpoint {
+                    node: any(rng),
+                    failpoint: failpoint.to_string(),
+                }
+            }
+            10 => Fault::AddRemoveNode,
+            _ => unreachable!("gen_range(0..11)"),
         }
     }
 
@@ -91,6 +113,8 @@ impl Fault {
             Fault::Split { .. } => "partition-split",
             Fault::Bridge { .. } => "partition-bridge",
             Fault::RestartAll => "restart-all",
+            Fault::CrashAtFailpoint { .. } => "crash-at-failpoint",
+            Fault::AddRemoveNode => "add-remove-node",
         }
     }
 }
@@ -139,6 +163,10 @@ enum Injected {
     Killed(Vec<u64>),
     Paused(Vec<u64>),
     Cut,
+    /// Restarted with a crashing failpoint: restart it without.
+    Armed(u64),
+    /// A node added for the step: remove it again.
+    Added(u64),
     Nothing,
 }
 
@@ -262,9 +290,42 @@ impl<'a> Nemesis<'a> {
                 self.respawn(&all)?;
                 Injected::Nothing
             }
+            Fault::CrashAtFailpoint { node, failpoint } => {
+                let spec = CRASH_FAILPOINTS
+                    .iter()
+                    .find(|(name, _)| name == failpoint)
+                    .map(|(_, spec)| *spec)
+                    .unwrap_or("1*panic");
+                let proc = self.cluster.node(*node);
+                proc.kill();
+                let armed = format!("{failpoint}={spec}");
+                let failpoints = match proc.env.iter().position(|(k, _)| k == "FAILPOINTS") {
+                    Some(i) => {
+                        let (_, old) = proc.env.remove(i);
+                        format!("{old};{armed}")
+                    }
+                    None => armed,
+                };
+                proc.env.push(("FAILPOINTS".into(), failpoints));
+                proc.spawn()?;
+                Injected::Armed(*node)
+            }
+            Fault::AddRemoveNode => match self.cluster.add_node(false).await {
+                Ok(id) => Injected::Added(id),
+                Err(e) => {
+                    self.note(
+                        EventType::Info,
+                        name,
+                        None,
+                        json!({ "error": e.to_string() }),
+                    );
+                    Injected::Nothing
+                }
+            },
         };
         let target = match &injected {
             Injected::Killed(n) | Injected::Paused(n) => n.first().copied(),
+            Injected::Armed(n) | Injected::Added(n) => Some(*n),
             _ => leader,
         };
         self.note(
@@ -279,9 +340,23 @@ impl<'a> Nemesis<'a> {
     async fn undo(&mut self, injected: Injected, name: &str) -> anyhow::Result<()> {
         let node = match &injected {
             Injected::Killed(n) | Injected::Paused(n) => n.first().copied(),
+            Injected::Armed(n) | Injected::Added(n) => Some(*n),
             _ => None,
         };
+        let mut detail = json!({ "healed": true });
         match injected {
+            Injected::Armed(id) => {
+                let env = self.cluster.options.env.clone();
+                let proc = self.cluster.node(id);
+                detail["crashed"] = json!(!proc.is_running());
+                proc.kill();
+                proc.env = env;
+                self.cluster.node(id).spawn()?;
+            }
+            Injected::Added(id) => {
+                self.remove_member(id).await?;
+                self.cluster.retire(id);
+            }
             Injected::Killed(nodes) => self.respawn(&nodes)?,
             Injected::Paused(nodes) => {
                 for id in nodes {
@@ -291,8 +366,36 @@ impl<'a> Nemesis<'a> {
             Injected::Cut => netns::heal()?,
             Injected::Nothing => {}
         }
-        self.note(EventType::Info, name, node, json!({ "healed": true }));
+        self.note(EventType::Info, name, node, detail);
         Ok(())
+    }
+
+    /// Removes node `id` from the cluster's membership through any node that can do it.
+    async fn remove_member(&self, id: u64) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            for via in self.ids().into_iter().filter(|n| *n != id) {
+                let resp = self
+                    .cluster
+                    .http
+                    .delete(
+                        self.cluster
+                            .url(via, &format!("/admin/cluster/members/{id}")),
+                    )
+                    .bearer_auth(self.cluster.admin_token())
+                    .send()
+                    .await;
+                // 404: an earlier attempt removed it and its answer was lost.
+                if resp.is_ok_and(|r| r.status().is_success() || r.status() == 404) {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "node {id} could not be removed from the cluster"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     fn ids(&self) -> Vec<u64> {
