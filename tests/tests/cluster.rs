@@ -253,3 +253,94 @@ async fn lagging_node_catches_up_from_a_streamed_snapshot() -> anyhow::Result<()
     );
     Ok(())
 }
+
+/// `GET path` on node `via` with the operator token and `x-conifer-read-consistency`.
+async fn admin_get(
+    cluster: &Cluster,
+    via: u64,
+    path: &str,
+    consistency: &str,
+) -> anyhow::Result<(u16, Value)> {
+    let resp = cluster
+        .http
+        .get(cluster.url(via, path))
+        .bearer_auth(cluster.admin_token())
+        .header("x-conifer-read-consistency", consistency)
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_without_a_majority_stops_checking_credentials_within_its_lease(
+) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let project = create_project(&cluster, 1, "lease").await.expect("created");
+    let path = format!("/admin/projects/{project}");
+
+    // A linearizable read on every node sees a delete acknowledged by another node.
+    let (status, body) = admin_get(&cluster, 2, &path, "linearizable").await?;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = admin_get(&cluster, 2, &path, "strong").await?;
+    assert_eq!(status, 400, "unknown consistency is refused: {body}");
+    assert!(
+        body.to_string().contains("x-conifer-read-consistency"),
+        "{body}"
+    );
+    let deleted = cluster
+        .http
+        .delete(cluster.url(1, &path))
+        .bearer_auth(cluster.admin_token())
+        .send()
+        .await?;
+    assert_eq!(deleted.status().as_u16(), 202);
+    for via in [2, 3] {
+        let (status, body) = admin_get(&cluster, via, &path, "linearizable").await?;
+        assert_eq!(
+            status, 404,
+            "node {via} still shows the deleted project: {body}"
+        );
+    }
+
+    // Node 1 alone cannot renew its lease: within the lease (plus one renewal) it refuses
+    // to check credentials, and /health says why.
+    cluster.node(2).kill();
+    cluster.node(3).kill();
+    let killed = Instant::now();
+    let bound = Duration::from_millis(
+        conifer_node::control::LEASE_MS + 2 * conifer_node::control::LEASE_RENEW_MS,
+    );
+    let refused = loop {
+        let (status, body) = admin_get(&cluster, 1, "/admin/projects", "eventual").await?;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            killed.elapsed() < bound,
+            "node 1 still checks credentials {:?} after losing its majority",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        refused.to_string().contains("cannot check credentials"),
+        "{refused}"
+    );
+    let health: Value = cluster
+        .http
+        .get(cluster.url(1, "/health"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(health, json!({"status": "out_of_contact"}));
+
+    // Back in contact, it serves again.
+    cluster.node(2).spawn()?;
+    cluster.node(3).spawn()?;
+    cluster.wait_serving(1).await?;
+    let (status, body) = admin_get(&cluster, 1, "/admin/projects", "eventual").await?;
+    assert_eq!(status, 200, "{body}");
+    Ok(())
+}

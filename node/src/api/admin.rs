@@ -157,6 +157,7 @@ pub async fn get_project(
 ) -> Result<Json<Value>, ApiError> {
     require_operator(&state, &headers)?;
     check_id("project", &id)?;
+    read_consistency(&state, &headers).await?;
     state
         .control
         .read(|s| s.projects.get(&id).map(project_json))

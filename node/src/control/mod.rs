@@ -383,3 +383,28 @@ pub async fn linearizable_barrier(
             outcome_unknown: false,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_valid_for_lease_ms_from_when_its_renewal_started() {
+        let lease = Lease::default();
+        assert!(!lease.is_valid() && !lease.was_ever_valid());
+        lease.renew(Instant::now());
+        assert!(lease.is_valid());
+        let stale = Instant::now() - Duration::from_millis(LEASE_MS + 1);
+        let expired = Lease::default();
+        expired.renew(stale);
+        assert!(!expired.is_valid() && expired.was_ever_valid());
+    }
+
+    #[test]
+    fn an_older_renewal_never_shortens_a_lease() {
+        let lease = Lease::default();
+        lease.renew(Instant::now());
+        lease.renew(Instant::now() - Duration::from_millis(LEASE_MS + 1));
+        assert!(lease.is_valid());
+    }
+}

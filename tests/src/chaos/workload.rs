@@ -1,7 +1,7 @@
 //! The clients of a chaos run. Data clients write, update, delete, fetch and query a few
 //! vector ids per schedule through the node assigned to them; the key client creates API
 //! keys, reads them back, uses them, deletes them, and then probes every node with the
-//! deleted key. Every operation is recorded as invoke → ok / fail / info.
+//! deleted key; it also creates, reads and deletes projects. Every operation is recorded as invoke → ok / fail / info.
 //!
 //! Adding an operation: a variant of [`DataOp`] and its request in [`DataClient::run_op`];
 //! the checkers learn about it through their own mapping (e.g. `check::linear::register_op`).
@@ -303,7 +303,8 @@ pub struct KeyClient {
 }
 
 impl KeyClient {
-    /// Cycles create → get → use → delete → probe every node → get, until `stop` is set.
+    /// Cycles create → get → use → delete → probe every node → get, and every other cycle a
+    /// project's create → get → delete → get, until `stop` is set.
     pub async fn run(self, seed: u64, stop: Arc<AtomicBool>) {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut n = 0u64;
@@ -314,7 +315,8 @@ impl KeyClient {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
-            self.get(rng.gen_range(1..=self.nodes), &id).await;
+            self.get(Object::Key, rng.gen_range(1..=self.nodes), &id)
+                .await;
             for _ in 0..2 {
                 use_key(
                     &self.endpoints,
@@ -326,7 +328,8 @@ impl KeyClient {
                 )
                 .await;
             }
-            self.delete(rng.gen_range(1..=self.nodes), &id).await;
+            self.delete(Object::Key, rng.gen_range(1..=self.nodes), &id)
+                .await;
             let probes: Vec<_> = (1..=self.nodes)
                 .map(|node| {
                     let (endpoints, recorder) = (self.endpoints.clone(), self.recorder.clone());
@@ -345,7 +348,12 @@ impl KeyClient {
             for probe in probes {
                 let _ = probe.await;
             }
-            self.get(rng.gen_range(1..=self.nodes), &id).await;
+            self.get(Object::Key, rng.gen_range(1..=self.nodes), &id)
+                .await;
+            if n % 2 == 0 {
+                self.project_cycle(&mut rng, &format!("chaos-{seed}-{n}"))
+                    .await;
+            }
         }
     }
 
@@ -376,17 +384,34 @@ impl KeyClient {
             .json(&body)
             .send()
             .await;
-        match classify(sent).await.1 {
+        let created = self.created(entry, classify(sent).await.1)?;
+        let id = created["key"]["id"].as_str()?.to_string();
+        let value = created["value"].as_str()?.to_string();
+        Some((id, value))
+    }
+
+    /// Creates a project named `name`; returns its id.
+    async fn create_project(&self, node: u64, name: &str) -> Option<String> {
+        let entry = self.entry("create-project", node, None);
+        self.recorder.record(EventType::Invoke, entry.clone());
+        let sent = self
+            .admin(Method::POST, node, "/admin/projects")
+            .json(&json!({ "name": name }))
+            .send()
+            .await;
+        let created = self.created(entry, classify(sent).await.1)?;
+        created["id"].as_str().map(str::to_string)
+    }
+
+    /// Records the completion of a create; the object's id (`id` or `key.id` of the answer)
+    /// becomes the operation's key. Returns the answer when it succeeded.
+    fn created(&self, mut entry: Entry, outcome: Outcome) -> Option<Value> {
+        match outcome {
             Outcome::Ok(created) => {
-                let id = created["key"]["id"]
-                    .as_str()
-                    .or(created["id"].as_str())?
-                    .to_string();
-                let value = created["value"].as_str()?.to_string();
-                let mut done = entry;
-                done.key = Some(id.clone());
-                self.recorder.record(EventType::Ok, done);
-                Some((id, value))
+                let id = created["key"]["id"].as_str().or(created["id"].as_str());
+                entry.key = id.map(str::to_string);
+                self.recorder.record(EventType::Ok, entry);
+                Some(created)
             }
             other => {
                 complete(&self.recorder, entry, other);
@@ -395,11 +420,12 @@ impl KeyClient {
         }
     }
 
-    async fn get(&self, node: u64, id: &str) {
-        let entry = self.entry("get-key", node, Some(id));
+    /// Linearizable describe of `object` `id`: value 1 when it exists, null when not (404).
+    async fn get(&self, object: Object, node: u64, id: &str) {
+        let entry = self.entry(&format!("get-{}", object.name()), node, Some(id));
         self.recorder.record(EventType::Invoke, entry.clone());
         let sent = self
-            .admin(Method::GET, node, &format!("/admin/api-keys/{id}"))
+            .admin(Method::GET, node, &object.path(id))
             .header(CONSISTENCY_HEADER, "linearizable")
             .send()
             .await;
@@ -411,11 +437,12 @@ impl KeyClient {
         complete(&self.recorder, entry, outcome);
     }
 
-    async fn delete(&self, node: u64, id: &str) {
-        let entry = self.entry("delete-key", node, Some(id));
+    /// Deletes `object` `id`: `found` true when it existed, false on 404.
+    async fn delete(&self, object: Object, node: u64, id: &str) {
+        let entry = self.entry(&format!("delete-{}", object.name()), node, Some(id));
         self.recorder.record(EventType::Invoke, entry.clone());
         let sent = self
-            .admin(Method::DELETE, node, &format!("/admin/api-keys/{id}"))
+            .admin(Method::DELETE, node, &object.path(id))
             .send()
             .await;
         let outcome = match classify(sent).await {
@@ -424,6 +451,45 @@ impl KeyClient {
             (_, other) => other,
         };
         complete(&self.recorder, entry, outcome);
+    }
+
+    /// One project's life: create → describe → delete → describe, through random nodes.
+    async fn project_cycle(&self, rng: &mut StdRng, name: &str) {
+        let Some(id) = self
+            .create_project(rng.gen_range(1..=self.nodes), name)
+            .await
+        else {
+            return;
+        };
+        self.get(Object::Project, rng.gen_range(1..=self.nodes), &id)
+            .await;
+        self.delete(Object::Project, rng.gen_range(1..=self.nodes), &id)
+            .await;
+        self.get(Object::Project, rng.gen_range(1..=self.nodes), &id)
+            .await;
+    }
+}
+
+/// Control-plane objects the key client manages.
+#[derive(Clone, Copy, Debug)]
+enum Object {
+    Key,
+    Project,
+}
+
+impl Object {
+    fn name(self) -> &'static str {
+        match self {
+            Object::Key => "key",
+            Object::Project => "project",
+        }
+    }
+
+    fn path(self, id: &str) -> String {
+        match self {
+            Object::Key => format!("/admin/api-keys/{id}"),
+            Object::Project => format!("/admin/projects/{id}"),
+        }
     }
 }
 

@@ -59,13 +59,15 @@ pub fn register_op(op: &Op) -> Option<RegisterOp> {
     };
     match op.f.as_str() {
         "write" => Some(RegisterOp::Write(int(&op.input["value"])?)),
-        "create-key" => Some(RegisterOp::Write(1)),
-        "delete" | "delete-key" => Some(RegisterOp::Delete { found: found() }),
+        "create-key" | "create-project" => Some(RegisterOp::Write(1)),
+        "delete" | "delete-key" | "delete-project" => Some(RegisterOp::Delete { found: found() }),
         "update" => Some(RegisterOp::Update {
             value: int(&op.input["value"])?,
             found: found(),
         }),
-        "read" | "query" | "get-key" if ok => Some(RegisterOp::Read(int(&op.output["value"]))),
+        "read" | "query" | "get-key" | "get-project" if ok => {
+            Some(RegisterOp::Read(int(&op.output["value"])))
+        }
         _ => None,
     }
 }
