@@ -350,7 +350,7 @@ impl KeyClient {
             }
             self.get(Object::Key, rng.gen_range(1..=self.nodes), &id)
                 .await;
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 self.project_cycle(&mut rng, &format!("chaos-{seed}-{n}"))
                     .await;
             }
