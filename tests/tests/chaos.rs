@@ -1,5 +1,6 @@
-//! The chaos harness's own tests: its checkers catch a node that acknowledges writes before
-//! they are committed. (The short chaos run itself is part of `scripts/test.sh`, through
+//! The chaos harness's own tests: its checkers catch nodes run in a deliberately unsafe
+//! mode — acknowledging writes before they are committed, or checking credentials without
+//! a lease. (The short chaos run itself is part of `scripts/test.sh`, through
 //! `scripts/chaos/run.sh`.)
 
 use std::process::Command;
@@ -52,5 +53,38 @@ fn checkers_catch_a_node_that_acknowledges_writes_before_commit() {
     assert!(
         summary["acknowledged_writes"].as_u64().unwrap_or(0) > 0,
         "no write was acknowledged: {summary}"
+    );
+}
+
+#[test]
+fn checkers_catch_a_node_that_checks_credentials_without_a_lease() {
+    // Partitions only: keys revoked on the majority side must be refused on the cut-off
+    // side within the bound, which only the lease guarantees.
+    let (code, summary, log) = chaos(&[
+        "--unsafe",
+        "no-lease",
+        "--faults",
+        "partition-split",
+        "--schedules",
+        "2",
+        "--nodes",
+        "3",
+        "--duration-s",
+        "12",
+        "--seed",
+        "13",
+    ]);
+    assert_eq!(code, Some(1), "expected violations (exit 1):\n{log}");
+    let accepted = summary["revoked_key_accepts_past_bound"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        accepted > 0,
+        "a revoked key accepted past the bound went unnoticed: {summary}\n{log}"
+    );
+    assert!(
+        summary["max_accepted_delay_ms"].as_f64().unwrap_or(0.0)
+            > summary["revocation_bound_ms"].as_f64().unwrap_or(f64::MAX),
+        "{summary}"
     );
 }

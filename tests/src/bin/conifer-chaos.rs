@@ -9,13 +9,19 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use clap::Parser;
+use conifer_tests::chaos::nemesis::FAULT_KINDS;
 use conifer_tests::chaos::{self, netns, RunConfig};
 
 /// Failpoints of the deliberately unsafe modes the checkers must catch.
-const UNSAFE_MODES: &[(&str, &str)] = &[(
-    "ack-before-commit",
-    "conifer::write::ack_before_commit=return",
-)];
+const UNSAFE_MODES: &[(&str, &str)] = &[
+    // Upserts acknowledged before they are committed: linearizability and durability.
+    (
+        "ack-before-commit",
+        "conifer::write::ack_before_commit=return",
+    ),
+    // Credentials checked without a lease: the revocation bound.
+    ("no-lease", "conifer::auth::ignore_lease=return"),
+];
 
 #[derive(Parser, Debug)]
 #[command(about = "Chaos schedules against a real Conifer cluster, with checkers")]
@@ -35,13 +41,17 @@ struct Args {
     /// Length of each schedule's fault phase, in seconds.
     #[arg(long, default_value_t = 20)]
     duration_s: u64,
-    /// Run the nodes in a deliberately unsafe mode (ack-before-commit) to show the
-    /// checkers catch it.
+    /// Run the nodes in a deliberately unsafe mode (ack-before-commit, no-lease) to show
+    /// the checkers catch it.
     #[arg(long = "unsafe")]
     unsafe_mode: Option<String>,
     /// Failpoints every node starts with (fail-rs syntax, e.g. `raft::apply::before=1%panic`).
     #[arg(long)]
     failpoints: Option<String>,
+    /// Only these kinds of fault, comma-separated (default: all), e.g.
+    /// `partition-split,isolate-control-leader`.
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +68,17 @@ fn main() -> ExitCode {
         eprintln!("cannot enter a new network namespace with `unshare -rn`: {err}");
         return ExitCode::from(2);
     }
+    if let Some(unknown) = args
+        .faults
+        .iter()
+        .find(|f| !FAULT_KINDS.contains(&f.as_str()))
+    {
+        eprintln!(
+            "unknown fault kind {unknown:?}; known: {}",
+            FAULT_KINDS.join(", ")
+        );
+        return ExitCode::from(2);
+    }
     if !(3..=5).contains(&args.nodes) {
         eprintln!("--nodes must be 3, 4 or 5");
         return ExitCode::from(2);
@@ -65,7 +86,8 @@ fn main() -> ExitCode {
     let failpoints = match (&args.unsafe_mode, &args.failpoints) {
         (Some(mode), extra) => {
             let Some((_, fp)) = UNSAFE_MODES.iter().find(|(name, _)| name == mode) else {
-                eprintln!("unknown unsafe mode {mode:?}; known: ack-before-commit");
+                let known: Vec<&str> = UNSAFE_MODES.iter().map(|(name, _)| *name).collect();
+                eprintln!("unknown unsafe mode {mode:?}; known: {}", known.join(", "));
                 return ExitCode::from(2);
             };
             Some(match extra {
@@ -91,6 +113,7 @@ fn main() -> ExitCode {
         seed,
         duration_ms: args.duration_s * 1_000,
         failpoints,
+        faults: args.faults,
         out_dir: args.out,
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

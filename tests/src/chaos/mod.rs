@@ -35,6 +35,10 @@ pub const SCHEDULES_PER_CLUSTER: u32 = 10;
 pub const SETTLE_MS: u64 = 2_000;
 /// Vector ids per schedule (few, so that operations on one id overlap).
 pub const KEYS_PER_SCHEDULE: usize = 6;
+/// Clients cycling API keys and projects, on nodes 1, 2, 3 (each creates and deletes
+/// through its own node, so one on the majority side of any cut keeps revoking keys that
+/// the cut-off side has not heard of).
+pub const KEY_CLIENTS: u64 = 3;
 /// Data clients per node.
 pub const DATA_CLIENTS_PER_NODE: u64 = 1;
 /// The revocation bound the harness checks: the control-plane lease of every node.
@@ -53,6 +57,8 @@ pub struct RunConfig {
     pub duration_ms: u64,
     /// Failpoints every node starts with (the `FAILPOINTS` syntax), e.g. an unsafe mode.
     pub failpoints: Option<String>,
+    /// Kinds of fault to inject (empty: all of [`nemesis::FAULT_KINDS`]).
+    pub faults: Vec<String>,
     /// Where the report goes.
     pub out_dir: PathBuf,
 }
@@ -66,6 +72,8 @@ pub struct RunSummary {
     pub seed: u64,
     /// Failpoints the nodes ran with.
     pub failpoints: Option<String>,
+    /// Kinds of fault the schedules drew from (empty: all).
+    pub fault_kinds: Vec<String>,
     /// Schedules run.
     pub schedules: usize,
     /// Operations completed ok / failed / unknown.
@@ -117,6 +125,7 @@ impl RunSummary {
             nodes: config.nodes,
             seed: config.seed,
             failpoints: config.failpoints.clone(),
+            fault_kinds: config.faults.clone(),
             schedules: reports.len(),
             ops_ok: sum(&|r| r.ops_ok),
             ops_fail: sum(&|r| r.ops_fail),
@@ -215,7 +224,7 @@ async fn run_schedule(
     seed: u64,
 ) -> anyhow::Result<ScheduleReport> {
     let nodes = config.nodes as u64;
-    let schedule = Schedule::generate(seed, nodes, config.duration_ms);
+    let schedule = Schedule::generate(seed, nodes, config.duration_ms, &config.faults);
     let index = format!("chaos-{n}");
     let before: BTreeSet<u64> = hosted_groups(cluster)
         .await
@@ -260,13 +269,16 @@ async fn run_schedule(
         };
         clients.push(tokio::spawn(client.run(seed * 100 + c, stop.clone())));
     }
-    let key_client = KeyClient {
-        process: "k".into(),
-        nodes,
-        endpoints: endpoints.clone(),
-        recorder: recorder.clone(),
-    };
-    clients.push(tokio::spawn(key_client.run(seed, stop.clone())));
+    for k in 0..KEY_CLIENTS.min(nodes) {
+        let key_client = KeyClient {
+            process: format!("k{k}"),
+            node: k % nodes + 1,
+            nodes,
+            endpoints: endpoints.clone(),
+            recorder: recorder.clone(),
+        };
+        clients.push(tokio::spawn(key_client.run(seed * 100 + k, stop.clone())));
+    }
 
     let mut nemesis = Nemesis::new(cluster, recorder.clone(), group);
     let faults = nemesis.run(&schedule).await;

@@ -51,6 +51,21 @@ pub enum Fault {
     AddRemoveNode,
 }
 
+/// The name of every kind of fault (for `--faults`).
+pub const FAULT_KINDS: &[&str] = &[
+    "kill-node",
+    "kill-control-leader",
+    "kill-shard-leader",
+    "pause-node",
+    "pause-control-leader",
+    "isolate-control-leader",
+    "partition-split",
+    "partition-bridge",
+    "restart-all",
+    "crash-at-failpoint",
+    "add-remove-node",
+];
+
 /// Failpoints a node may be crashed at, with how often each fires once armed (fail-rs
 /// syntax; `panic` aborts the process in a node started with failpoints).
 pub const CRASH_FAILPOINTS: &[(&str, &str)] = &[
@@ -140,15 +155,23 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The schedule of `seed` for `nodes` nodes, filling about `duration_ms`.
-    pub fn generate(seed: u64, nodes: u64, duration_ms: u64) -> Self {
+    /// The schedule of `seed` for `nodes` nodes, filling about `duration_ms`, with faults
+    /// of the kinds named in `only` (by [`Fault::name`]; empty: every kind).
+    pub fn generate(seed: u64, nodes: u64, duration_ms: u64, only: &[String]) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut steps = Vec::new();
         let mut total = 0;
         while total < duration_ms {
+            let wait_ms = rng.gen_range(500..2_000);
+            let fault = (0..10_000)
+                .map(|_| Fault::pick(&mut rng, nodes))
+                .find(|f| only.is_empty() || only.iter().any(|k| k == f.name()))
+                .unwrap_or_else(|| {
+                    panic!("no fault of the kinds {only:?} exists for {nodes} nodes")
+                });
             let step = Step {
-                wait_ms: rng.gen_range(500..2_000),
-                fault: Fault::pick(&mut rng, nodes),
+                wait_ms,
+                fault,
                 hold_ms: rng.gen_range(1_000..4_000),
             };
             total += step.wait_ms + step.hold_ms;
@@ -460,17 +483,38 @@ mod tests {
 
     #[test]
     fn a_seed_always_gives_the_same_schedule() {
-        let a = serde_json::to_string(&Schedule::generate(42, 5, 20_000)).unwrap();
-        let b = serde_json::to_string(&Schedule::generate(42, 5, 20_000)).unwrap();
-        let c = serde_json::to_string(&Schedule::generate(43, 5, 20_000)).unwrap();
+        let a = serde_json::to_string(&Schedule::generate(42, 5, 20_000, &[])).unwrap();
+        let b = serde_json::to_string(&Schedule::generate(42, 5, 20_000, &[])).unwrap();
+        let c = serde_json::to_string(&Schedule::generate(43, 5, 20_000, &[])).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
 
     #[test]
+    fn every_kind_of_fault_is_drawn_and_listed() {
+        let drawn: BTreeSet<&str> = (0..50)
+            .flat_map(|seed| Schedule::generate(seed, 5, 30_000, &[]).steps)
+            .map(|s| s.fault.name())
+            .collect();
+        let listed: BTreeSet<&str> = FAULT_KINDS.iter().copied().collect();
+        assert_eq!(drawn, listed);
+    }
+
+    #[test]
+    fn a_schedule_can_be_limited_to_some_kinds_of_fault() {
+        let only = vec!["partition-split".to_string(), "kill-node".to_string()];
+        let schedule = Schedule::generate(7, 5, 60_000, &only);
+        assert!(schedule.steps.len() > 5);
+        assert!(schedule
+            .steps
+            .iter()
+            .all(|s| only.iter().any(|k| k == s.fault.name())));
+    }
+
+    #[test]
     fn splits_leave_a_majority() {
         for seed in 0..200 {
-            for step in Schedule::generate(seed, 5, 20_000).steps {
+            for step in Schedule::generate(seed, 5, 20_000, &[]).steps {
                 if let Fault::Split { minority } = step.fault {
                     assert!(minority.len() < 3, "{minority:?}");
                 }

@@ -25,12 +25,13 @@ pub const DIMENSION: usize = 4;
 pub const CONSISTENCY_HEADER: &str = "x-conifer-read-consistency";
 /// Longest a client waits for one answer; after that the outcome is unknown.
 pub const CLIENT_TIMEOUT_MS: u64 = 5_000;
-/// How long the key client probes every node with a key after deleting it.
-pub const PROBE_AFTER_DELETE_MS: u64 = 1_600;
+/// When the key client probes every node with a key after its deletion was acknowledged
+/// (ms after): densely at first, to measure how soon nodes refuse it, then past the bound.
+pub const PROBE_OFFSETS_MS: &[u64] = &[0, 50, 200, 600, 1_100, 1_600, 2_200];
+/// Pause between two key cycles.
+pub const KEY_CYCLE_PAUSE_MS: u64 = 300;
 /// Words of the 503 a node answers while it cannot check credentials (its lease ran out).
 pub const LEASE_REFUSAL: &str = "cannot check credentials";
-/// Interval between probes of one node.
-pub const PROBE_INTERVAL_MS: u64 = 50;
 
 /// What a client needs to reach the cluster.
 #[derive(Clone)]
@@ -294,6 +295,9 @@ impl DataClient {
 pub struct KeyClient {
     /// Process name in the history.
     pub process: String,
+    /// Node it creates and deletes through (so that it keeps cycling while another node is
+    /// cut off, and revokes keys that node has not heard of).
+    pub node: u64,
     /// Number of nodes.
     pub nodes: u64,
     /// Where to send requests.
@@ -303,20 +307,21 @@ pub struct KeyClient {
 }
 
 impl KeyClient {
-    /// Cycles create → get → use → delete → probe every node → get, and every other cycle a
+    /// Cycles create → get → use → delete (through its node) → get (through any node), while
+    /// every node is probed with the deleted key in the background, and every other cycle a
     /// project's create → get → delete → get, until `stop` is set.
     pub async fn run(self, seed: u64, stop: Arc<AtomicBool>) {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut n = 0u64;
+        let mut probes = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             n += 1;
-            let via = rng.gen_range(1..=self.nodes);
+            let via = self.node;
             let Some((id, value)) = self.create(via, &format!("chaos-{seed}-{n}")).await else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
-            self.get(Object::Key, rng.gen_range(1..=self.nodes), &id)
-                .await;
+            self.get(Object::Key, self.node, &id).await;
             for _ in 0..2 {
                 use_key(
                     &self.endpoints,
@@ -328,25 +333,18 @@ impl KeyClient {
                 )
                 .await;
             }
-            self.delete(Object::Key, rng.gen_range(1..=self.nodes), &id)
-                .await;
-            let probes: Vec<_> = (1..=self.nodes)
-                .map(|node| {
-                    let (endpoints, recorder) = (self.endpoints.clone(), self.recorder.clone());
-                    let (id, value) = (id.clone(), value.clone());
-                    let process = format!("{}-probe-{node}", self.process);
-                    tokio::spawn(async move {
-                        let until = tokio::time::Instant::now()
-                            + Duration::from_millis(PROBE_AFTER_DELETE_MS);
-                        while tokio::time::Instant::now() < until {
-                            use_key(&endpoints, &recorder, &process, node, &id, &value).await;
-                            tokio::time::sleep(Duration::from_millis(PROBE_INTERVAL_MS)).await;
-                        }
-                    })
-                })
-                .collect();
-            for probe in probes {
-                let _ = probe.await;
+            self.delete(Object::Key, self.node, &id).await;
+            for node in 1..=self.nodes {
+                let (endpoints, recorder) = (self.endpoints.clone(), self.recorder.clone());
+                let (id, value) = (id.clone(), value.clone());
+                let process = format!("{}-{n}-probe-{node}", self.process);
+                probes.push(tokio::spawn(async move {
+                    let deleted = tokio::time::Instant::now();
+                    for offset_ms in PROBE_OFFSETS_MS {
+                        tokio::time::sleep_until(deleted + Duration::from_millis(*offset_ms)).await;
+                        use_key(&endpoints, &recorder, &process, node, &id, &value).await;
+                    }
+                }));
             }
             self.get(Object::Key, rng.gen_range(1..=self.nodes), &id)
                 .await;
@@ -354,6 +352,11 @@ impl KeyClient {
                 self.project_cycle(&mut rng, &format!("chaos-{seed}-{n}"))
                     .await;
             }
+            probes.retain(|p: &tokio::task::JoinHandle<()>| !p.is_finished());
+            tokio::time::sleep(Duration::from_millis(KEY_CYCLE_PAUSE_MS)).await;
+        }
+        for probe in probes {
+            let _ = probe.await;
         }
     }
 
@@ -453,12 +456,10 @@ impl KeyClient {
         complete(&self.recorder, entry, outcome);
     }
 
-    /// One project's life: create → describe → delete → describe, through random nodes.
+    /// One project's life: create (through its node) → describe → delete → describe
+    /// (through random nodes).
     async fn project_cycle(&self, rng: &mut StdRng, name: &str) {
-        let Some(id) = self
-            .create_project(rng.gen_range(1..=self.nodes), name)
-            .await
-        else {
+        let Some(id) = self.create_project(self.node, name).await else {
             return;
         };
         self.get(Object::Project, rng.gen_range(1..=self.nodes), &id)
