@@ -200,92 +200,70 @@ impl DataClient {
         };
         self.recorder.record(EventType::Invoke, entry.clone());
         entry.value = Value::Null;
-        let outcome = match op {
-            DataOp::Write => {
-                let v = value.unwrap_or_default();
-                let body = json!({
+        let v = value.unwrap_or_default();
+        // (method, path, body, linearizable read)
+        let (method, path, body, linearizable) = match op {
+            DataOp::Write => (
+                Method::POST,
+                "/vectors/upsert".to_string(),
+                Some(json!({
                     "namespace": NAMESPACE,
                     "vectors": [{
                         "id": key,
                         "values": [1.0, (v % 97) as f32 / 97.0, 0.5, 0.25],
                         "metadata": { "v": v, "k": key },
                     }],
-                });
-                let sent = self
-                    .request(Method::POST, "/vectors/upsert")
-                    .json(&body)
-                    .send()
-                    .await;
-                match classify(sent).await.1 {
-                    Outcome::Ok(_) => Outcome::Ok(Value::Null),
-                    other => other,
-                }
-            }
-            DataOp::Read => {
-                let path = format!("/vectors/fetch?ids={key}&namespace={NAMESPACE}");
-                let sent = self
-                    .request(Method::GET, &path)
-                    .header(CONSISTENCY_HEADER, "linearizable")
-                    .send()
-                    .await;
-                match classify(sent).await.1 {
-                    Outcome::Ok(body) => {
-                        Outcome::Ok(json!({ "value": value_of(&body["vectors"][key]["metadata"]) }))
-                    }
-                    other => other,
-                }
-            }
-            DataOp::Delete => {
-                let body = json!({ "namespace": NAMESPACE, "ids": [key] });
-                let sent = self
-                    .request(Method::POST, "/vectors/delete")
-                    .json(&body)
-                    .send()
-                    .await;
-                match classify(sent).await.1 {
-                    Outcome::Ok(_) => Outcome::Ok(Value::Null),
-                    other => other,
-                }
-            }
-            DataOp::Update => {
-                let body = json!({
-                    "namespace": NAMESPACE,
-                    "id": key,
-                    "setMetadata": { "v": value.unwrap_or_default() },
-                });
-                let sent = self
-                    .request(Method::POST, "/vectors/update")
-                    .json(&body)
-                    .send()
-                    .await;
-                match classify(sent).await.1 {
-                    Outcome::Ok(body) => Outcome::Ok(
-                        json!({ "found": body["matchedRecords"].as_u64().map(|n| n > 0) }),
-                    ),
-                    other => other,
-                }
-            }
-            DataOp::Query => {
-                let body = json!({
+                })),
+                false,
+            ),
+            DataOp::Read => (
+                Method::GET,
+                format!("/vectors/fetch?ids={key}&namespace={NAMESPACE}"),
+                None,
+                true,
+            ),
+            DataOp::Delete => (
+                Method::POST,
+                "/vectors/delete".to_string(),
+                Some(json!({ "namespace": NAMESPACE, "ids": [key] })),
+                false,
+            ),
+            DataOp::Update => (
+                Method::POST,
+                "/vectors/update".to_string(),
+                Some(json!({ "namespace": NAMESPACE, "id": key, "setMetadata": { "v": v } })),
+                false,
+            ),
+            DataOp::Query => (
+                Method::POST,
+                "/query".to_string(),
+                Some(json!({
                     "namespace": NAMESPACE,
                     "vector": [1.0, 0.5, 0.5, 0.25],
                     "topK": 1,
                     "filter": { "k": { "$eq": key } },
                     "includeMetadata": true,
-                });
-                let sent = self
-                    .request(Method::POST, "/query")
-                    .header(CONSISTENCY_HEADER, "linearizable")
-                    .json(&body)
-                    .send()
-                    .await;
-                match classify(sent).await.1 {
-                    Outcome::Ok(body) => {
-                        Outcome::Ok(json!({ "value": value_of(&body["matches"][0]["metadata"]) }))
-                    }
-                    other => other,
+                })),
+                true,
+            ),
+        };
+        let mut request = self.request(method, &path);
+        if linearizable {
+            request = request.header(CONSISTENCY_HEADER, "linearizable");
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let outcome = match classify(request.send().await).await.1 {
+            Outcome::Ok(body) => Outcome::Ok(match op {
+                DataOp::Write | DataOp::Delete => Value::Null,
+                DataOp::Read => json!({ "value": value_of(&body["vectors"][key]["metadata"]) }),
+                DataOp::Update => {
+                    json!({ "found": body["matchedRecords"].as_u64().map(|n| n > 0) })
                 }
-            }
+                DataOp::Query => json!({ "value": value_of(&body["matches"][0]["metadata"]) }),
+            }),
+            other => other,
         };
         complete(&self.recorder, entry, outcome);
     }
