@@ -64,6 +64,7 @@ pub struct Recorder {
 struct Inner {
     events: Vec<Event>,
     schedule: u32,
+    next_index: u64,
 }
 
 /// What a client fills in for one event; [`Recorder::record`] adds index, time and schedule.
@@ -90,6 +91,7 @@ impl Recorder {
             inner: Arc::new(Mutex::new(Inner {
                 events: Vec::new(),
                 schedule: 0,
+                next_index: 0,
             })),
             started: Instant::now(),
         }
@@ -103,7 +105,8 @@ impl Recorder {
     /// Appends an event and returns its index.
     pub fn record(&self, kind: EventType, entry: Entry) -> u64 {
         let mut inner = self.lock();
-        let index = inner.events.len() as u64;
+        let index = inner.next_index;
+        inner.next_index += 1;
         let event = Event {
             index,
             time_ms: self.started.elapsed().as_secs_f64() * 1e3,
@@ -120,6 +123,31 @@ impl Recorder {
         index
     }
 
+    /// Removes the events of schedules up to `n` from memory and appends them as JSON lines
+    /// to `path` (a long run keeps only the current schedule in memory).
+    pub fn flush_jsonl(&self, n: u32, path: &Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        let flushed: Vec<Event> = {
+            let mut inner = self.lock();
+            let (done, kept) = std::mem::take(&mut inner.events)
+                .into_iter()
+                .partition(|e| e.schedule <= n);
+            inner.events = kept;
+            done
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let mut out = std::io::BufWriter::new(file);
+        for event in &flushed {
+            serde_json::to_writer(&mut out, event)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
     /// The events of schedule `n`.
     pub fn schedule_events(&self, n: u32) -> Vec<Event> {
         self.lock()
@@ -133,18 +161,6 @@ impl Recorder {
     /// Milliseconds since the run started.
     pub fn now_ms(&self) -> f64 {
         self.started.elapsed().as_secs_f64() * 1e3
-    }
-
-    /// Writes every event as JSON lines to `path`.
-    pub fn write_jsonl(&self, path: &Path) -> anyhow::Result<()> {
-        use std::io::Write;
-        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-        for event in &self.lock().events {
-            serde_json::to_writer(&mut out, event)?;
-            out.write_all(b"\n")?;
-        }
-        out.flush()?;
-        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -155,6 +155,11 @@ impl RunSummary {
 pub async fn run(config: &RunConfig) -> anyhow::Result<RunSummary> {
     netns::setup()?;
     std::fs::create_dir_all(&config.out_dir)?;
+    let history = config.out_dir.join("history.jsonl");
+    let summary_path = config.out_dir.join("summary.json");
+    if history.exists() {
+        std::fs::remove_file(&history)?;
+    }
     let recorder = Recorder::new();
     let mut reports = Vec::new();
     let mut cluster: Option<(Cluster, String, String)> = None;
@@ -180,17 +185,18 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunSummary> {
             }
             Err(e) => {
                 outcome = Err(e.context(format!("schedule {n} (seed {seed})")));
-                break;
             }
         }
+        // The report so far is on disk after every schedule, so a long run that is stopped
+        // still leaves one.
+        recorder.flush_jsonl(n, &history)?;
+        let summary = RunSummary::from_reports(config, reports.clone());
+        std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)?)?;
+        if outcome.is_err() {
+            break;
+        }
     }
-    recorder.write_jsonl(&config.out_dir.join("history.jsonl"))?;
-    let summary = RunSummary::from_reports(config, reports);
-    std::fs::write(
-        config.out_dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?,
-    )?;
-    outcome.map(|()| summary)
+    outcome.map(|()| RunSummary::from_reports(config, reports))
 }
 
 /// Starts a cluster on distinct addresses, with a project and a data-plane key for the run.
