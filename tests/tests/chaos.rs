@@ -58,19 +58,21 @@ fn checkers_catch_a_node_that_acknowledges_writes_before_commit() {
 
 #[test]
 fn checkers_catch_a_node_that_checks_credentials_without_a_lease() {
-    // Partitions only: keys revoked on the majority side must be refused on the cut-off
-    // side within the bound, which only the lease guarantees.
+    // Long partitions only: keys revoked on the majority side must be refused on the
+    // cut-off side within the bound, which only the lease guarantees.
     let (code, summary, log) = chaos(&[
         "--unsafe",
         "no-lease",
         "--faults",
         "partition-split",
+        "--hold-ms",
+        "4000-6000",
         "--schedules",
-        "2",
+        "1",
         "--nodes",
         "3",
         "--duration-s",
-        "12",
+        "14",
         "--seed",
         "13",
     ]);

@@ -52,6 +52,21 @@ struct Args {
     /// `partition-split,isolate-control-leader`.
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
+    /// Shortest and longest hold of a fault, in ms (`MIN-MAX`).
+    #[arg(long, value_parser = parse_range, default_value = "1000-4000")]
+    hold_ms: (u64, u64),
+}
+
+fn parse_range(text: &str) -> Result<(u64, u64), String> {
+    let (min, max) = text
+        .split_once('-')
+        .ok_or_else(|| format!("expected MIN-MAX, got {text:?}"))?;
+    let min: u64 = min.trim().parse().map_err(|e| format!("{min:?}: {e}"))?;
+    let max: u64 = max.trim().parse().map_err(|e| format!("{max:?}: {e}"))?;
+    if min > max {
+        return Err(format!("{min} is more than {max}"));
+    }
+    Ok((min, max))
 }
 
 fn main() -> ExitCode {
@@ -114,6 +129,7 @@ fn main() -> ExitCode {
         duration_ms: args.duration_s * 1_000,
         failpoints,
         faults: args.faults,
+        hold_ms: args.hold_ms,
         out_dir: args.out,
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::{Cluster, ClusterOptions};
 use check::ScheduleReport;
 use history::{pair, Recorder};
-use nemesis::{Nemesis, Schedule};
+use nemesis::{Nemesis, Schedule, Shape};
 use workload::{DataClient, DataOp, Endpoints, KeyClient};
 
 /// Schedules run on one cluster before a fresh one is started.
@@ -59,6 +59,8 @@ pub struct RunConfig {
     pub failpoints: Option<String>,
     /// Kinds of fault to inject (empty: all of [`nemesis::FAULT_KINDS`]).
     pub faults: Vec<String>,
+    /// Shortest and longest hold of a fault (ms).
+    pub hold_ms: (u64, u64),
     /// Where the report goes.
     pub out_dir: PathBuf,
 }
@@ -230,7 +232,12 @@ async fn run_schedule(
     seed: u64,
 ) -> anyhow::Result<ScheduleReport> {
     let nodes = config.nodes as u64;
-    let schedule = Schedule::generate(seed, nodes, config.duration_ms, &config.faults);
+    let shape = Shape {
+        faults: config.faults.clone(),
+        hold_ms: config.hold_ms,
+        ..Shape::new(nodes, config.duration_ms)
+    };
+    let schedule = Schedule::generate(seed, &shape);
     let index = format!("chaos-{n}");
     let before: BTreeSet<u64> = hosted_groups(cluster)
         .await

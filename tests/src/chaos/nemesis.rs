@@ -145,6 +145,34 @@ pub struct Step {
     pub hold_ms: u64,
 }
 
+/// What schedules are drawn from.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    /// Nodes in the cluster.
+    pub nodes: u64,
+    /// About how long the faults of one schedule last, waits included (ms).
+    pub duration_ms: u64,
+    /// Kinds of fault to draw, by [`Fault::name`] (empty: every kind).
+    pub faults: Vec<String>,
+    /// Shortest and longest time a fault is held (ms).
+    pub hold_ms: (u64, u64),
+}
+
+impl Shape {
+    /// Every kind of fault, each held 1–4 s.
+    pub fn new(nodes: u64, duration_ms: u64) -> Self {
+        Self {
+            nodes,
+            duration_ms,
+            faults: Vec::new(),
+            hold_ms: DEFAULT_HOLD_MS,
+        }
+    }
+}
+
+/// Shortest and longest hold of a fault unless a run asks otherwise (ms).
+pub const DEFAULT_HOLD_MS: (u64, u64) = (1_000, 4_000);
+
 /// The faults of one schedule.
 #[derive(Clone, Debug, Serialize)]
 pub struct Schedule {
@@ -155,24 +183,27 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The schedule of `seed` for `nodes` nodes, filling about `duration_ms`, with faults
-    /// of the kinds named in `only` (by [`Fault::name`]; empty: every kind).
-    pub fn generate(seed: u64, nodes: u64, duration_ms: u64, only: &[String]) -> Self {
+    /// The schedule of `seed` with the given shape.
+    pub fn generate(seed: u64, shape: &Shape) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut steps = Vec::new();
         let mut total = 0;
-        while total < duration_ms {
+        let only = &shape.faults;
+        while total < shape.duration_ms {
             let wait_ms = rng.gen_range(500..2_000);
             let fault = (0..10_000)
-                .map(|_| Fault::pick(&mut rng, nodes))
+                .map(|_| Fault::pick(&mut rng, shape.nodes))
                 .find(|f| only.is_empty() || only.iter().any(|k| k == f.name()))
                 .unwrap_or_else(|| {
-                    panic!("no fault of the kinds {only:?} exists for {nodes} nodes")
+                    panic!(
+                        "no fault of the kinds {only:?} exists for {} nodes",
+                        shape.nodes
+                    )
                 });
             let step = Step {
                 wait_ms,
                 fault,
-                hold_ms: rng.gen_range(1_000..4_000),
+                hold_ms: rng.gen_range(shape.hold_ms.0..=shape.hold_ms.1),
             };
             total += step.wait_ms + step.hold_ms;
             steps.push(step);
@@ -483,9 +514,9 @@ mod tests {
 
     #[test]
     fn a_seed_always_gives_the_same_schedule() {
-        let a = serde_json::to_string(&Schedule::generate(42, 5, 20_000, &[])).unwrap();
-        let b = serde_json::to_string(&Schedule::generate(42, 5, 20_000, &[])).unwrap();
-        let c = serde_json::to_string(&Schedule::generate(43, 5, 20_000, &[])).unwrap();
+        let a = serde_json::to_string(&Schedule::generate(42, &Shape::new(5, 20_000))).unwrap();
+        let b = serde_json::to_string(&Schedule::generate(42, &Shape::new(5, 20_000))).unwrap();
+        let c = serde_json::to_string(&Schedule::generate(43, &Shape::new(5, 20_000))).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -493,7 +524,7 @@ mod tests {
     #[test]
     fn every_kind_of_fault_is_drawn_and_listed() {
         let drawn: BTreeSet<&str> = (0..50)
-            .flat_map(|seed| Schedule::generate(seed, 5, 30_000, &[]).steps)
+            .flat_map(|seed| Schedule::generate(seed, &Shape::new(5, 30_000)).steps)
             .map(|s| s.fault.name())
             .collect();
         let listed: BTreeSet<&str> = FAULT_KINDS.iter().copied().collect();
@@ -501,20 +532,26 @@ mod tests {
     }
 
     #[test]
-    fn a_schedule_can_be_limited_to_some_kinds_of_fault() {
+    fn a_schedule_can_be_limited_to_some_kinds_of_fault_and_hold_times() {
         let only = vec!["partition-split".to_string(), "kill-node".to_string()];
-        let schedule = Schedule::generate(7, 5, 60_000, &only);
+        let shape = Shape {
+            faults: only.clone(),
+            hold_ms: (4_000, 6_000),
+            ..Shape::new(5, 60_000)
+        };
+        let schedule = Schedule::generate(7, &shape);
         assert!(schedule.steps.len() > 5);
         assert!(schedule
             .steps
             .iter()
-            .all(|s| only.iter().any(|k| k == s.fault.name())));
+            .all(|s| only.iter().any(|k| k == s.fault.name())
+                && (4_000..=6_000).contains(&s.hold_ms)));
     }
 
     #[test]
     fn splits_leave_a_majority() {
         for seed in 0..200 {
-            for step in Schedule::generate(seed, 5, 20_000, &[]).steps {
+            for step in Schedule::generate(seed, &Shape::new(5, 20_000)).steps {
                 if let Fault::Split { minority } = step.fault {
                     assert!(minority.len() < 3, "{minority:?}");
                 }

@@ -6,6 +6,7 @@
 //! Adding an operation: a variant of [`DataOp`] and its request in [`DataClient::run_op`];
 //! the checkers learn about it through their own mapping (e.g. `check::linear::register_op`).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,9 @@ pub const CONSISTENCY_HEADER: &str = "x-conifer-read-consistency";
 pub const CLIENT_TIMEOUT_MS: u64 = 5_000;
 /// When the key client probes every node with a key after its deletion was acknowledged
 /// (ms after): densely at first, to measure how soon nodes refuse it, then past the bound.
-pub const PROBE_OFFSETS_MS: &[u64] = &[0, 50, 200, 600, 1_100, 1_600, 2_200];
+pub const PROBE_OFFSETS_MS: &[u64] = &[0, 50, 200, 600, 1_100, 1_600, 2_200, 3_200];
+/// How long a key lives before its client deletes it.
+pub const KEY_LIFETIME_MS: u64 = 1_500;
 /// Pause between two key cycles.
 pub const KEY_CYCLE_PAUSE_MS: u64 = 300;
 /// Words of the 503 a node answers while it cannot check credentials (its lease ran out).
@@ -285,47 +288,42 @@ pub struct KeyClient {
 }
 
 impl KeyClient {
-    /// Cycles create → get → use → delete (through its node) → get (through any node), while
-    /// every node is probed with the deleted key in the background, and every other cycle a
-    /// project's create → get → delete → get, until `stop` is set.
+    /// Cycles until `stop` is set: create a key (through its node) → get → use; delete the
+    /// oldest live key once it is [`KEY_LIFETIME_MS`] old (through its node) → get (through
+    /// any node), while every node is probed with the deleted key in the background; and
+    /// every other cycle a project's create → get → delete → get. Keys live a while before
+    /// they are deleted, so a node cut off in between knows a key the others revoked.
     pub async fn run(self, seed: u64, stop: Arc<AtomicBool>) {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut n = 0u64;
         let mut probes = Vec::new();
+        let mut live: VecDeque<(String, String, tokio::time::Instant)> = VecDeque::new();
         while !stop.load(Ordering::Relaxed) {
             n += 1;
-            let via = self.node;
-            let Some((id, value)) = self.create(via, &format!("chaos-{seed}-{n}")).await else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            };
-            self.get(Object::Key, self.node, &id).await;
-            for _ in 0..2 {
+            if let Some((id, value)) = self.create(self.node, &format!("chaos-{seed}-{n}")).await {
+                self.get(Object::Key, self.node, &id).await;
+                let via = rng.gen_range(1..=self.nodes);
                 use_key(
                     &self.endpoints,
                     &self.recorder,
                     &self.process,
-                    rng.gen_range(1..=self.nodes),
+                    via,
                     &id,
                     &value,
                 )
                 .await;
+                live.push_back((id, value, tokio::time::Instant::now()));
             }
-            self.delete(Object::Key, self.node, &id).await;
-            for node in 1..=self.nodes {
-                let (endpoints, recorder) = (self.endpoints.clone(), self.recorder.clone());
-                let (id, value) = (id.clone(), value.clone());
-                let process = format!("{}-{n}-probe-{node}", self.process);
-                probes.push(tokio::spawn(async move {
-                    let deleted = tokio::time::Instant::now();
-                    for offset_ms in PROBE_OFFSETS_MS {
-                        tokio::time::sleep_until(deleted + Duration::from_millis(*offset_ms)).await;
-                        use_key(&endpoints, &recorder, &process, node, &id, &value).await;
-                    }
-                }));
+            let lifetime = Duration::from_millis(KEY_LIFETIME_MS);
+            if live
+                .front()
+                .is_some_and(|(_, _, born)| born.elapsed() >= lifetime)
+            {
+                let (id, value, _) = live.pop_front().expect("checked above");
+                self.revoke(n, &id, &value, &mut probes).await;
+                self.get(Object::Key, rng.gen_range(1..=self.nodes), &id)
+                    .await;
             }
-            self.get(Object::Key, rng.gen_range(1..=self.nodes), &id)
-                .await;
             if n.is_multiple_of(2) {
                 self.project_cycle(&mut rng, &format!("chaos-{seed}-{n}"))
                     .await;
@@ -333,8 +331,35 @@ impl KeyClient {
             probes.retain(|p: &tokio::task::JoinHandle<()>| !p.is_finished());
             tokio::time::sleep(Duration::from_millis(KEY_CYCLE_PAUSE_MS)).await;
         }
+        for (id, value, _) in live {
+            self.revoke(n, &id, &value, &mut probes).await;
+        }
         for probe in probes {
             let _ = probe.await;
+        }
+    }
+
+    /// Deletes key `id` through this client's node and probes every node with it in the
+    /// background, at [`PROBE_OFFSETS_MS`] after the answer.
+    async fn revoke(
+        &self,
+        n: u64,
+        id: &str,
+        value: &str,
+        probes: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) {
+        self.delete(Object::Key, self.node, id).await;
+        for node in 1..=self.nodes {
+            let (endpoints, recorder) = (self.endpoints.clone(), self.recorder.clone());
+            let (id, value) = (id.to_string(), value.to_string());
+            let process = format!("{}-{n}-{id}-probe-{node}", self.process);
+            probes.push(tokio::spawn(async move {
+                let deleted = tokio::time::Instant::now();
+                for offset_ms in PROBE_OFFSETS_MS {
+                    tokio::time::sleep_until(deleted + Duration::from_millis(*offset_ms)).await;
+                    use_key(&endpoints, &recorder, &process, node, &id, &value).await;
+                }
+            }));
         }
     }
 
