@@ -123,11 +123,16 @@ impl Router {
     }
 
     /// Authenticates an API key value, requiring `access`.
-    pub fn authenticate(&self, api_key: Option<&str>, access: Access) -> Result<ApiKey, ApiError> {
+    pub async fn authenticate(
+        &self,
+        api_key: Option<&str>,
+        access: Access,
+    ) -> Result<ApiKey, ApiError> {
         let value = api_key.ok_or_else(|| ApiError::unauthenticated("missing Api-Key header"))?;
         let key = self
             .control
-            .read_authenticated(|s| auth::verify_api_key(s, value).cloned())?
+            .read_authenticated(|s| auth::verify_api_key(s, value).cloned())
+            .await?
             .ok_or_else(|| ApiError::unauthenticated("invalid or revoked API key"))?;
         if !auth::key_allows(&key.roles, access) {
             return Err(ApiError::forbidden(format!(

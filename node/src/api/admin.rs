@@ -106,7 +106,7 @@ pub async fn create_project(
     headers: HeaderMap,
     body: Result<Json<CreateProject>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_operator(&state, &headers)?;
+    require_operator(&state, &headers).await?;
     let Json(body) = body?;
     check_name("name", &body.name, MAX_PROJECT_NAME_BYTES)?;
     let max_pods = body.max_pods.unwrap_or(0);
@@ -142,7 +142,7 @@ pub async fn list_projects(
     State(state): State<ApiState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(&state, &headers)?;
+    require_operator(&state, &headers).await?;
     let data: Vec<Value> = state
         .control
         .read(|s| s.projects.values().map(project_json).collect());
@@ -155,7 +155,7 @@ pub async fn get_project(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(&state, &headers)?;
+    require_operator(&state, &headers).await?;
     check_id("project", &id)?;
     read_consistency(&state, &headers).await?;
     state
@@ -171,7 +171,7 @@ pub async fn delete_project(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_operator(&state, &headers)?;
+    require_operator(&state, &headers).await?;
     check_id("project", &id)?;
     state.control.propose(Command::DeleteProject { id }).await?;
     Ok(StatusCode::ACCEPTED)
@@ -193,7 +193,7 @@ pub async fn create_api_key(
     Path(project_id): Path<String>,
     body: Result<Json<CreateApiKey>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_operator(&state, &headers)?;
+    require_operator(&state, &headers).await?;
     check_id("project", &project_id)?;
     let Json(body) = body?;
     check_name("name", &body.name, MAX_API_KEY_NAME_BYTES)?;
@@ -240,7 +240,7 @@ pub async fn list_api_keys(
     headers: HeaderMap,
     Path(project_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(&state, &headers)?;
+    require_operator(&state, &headers).await?;
     check_id("project", &project_id)?;
     state
         .control
@@ -262,7 +262,7 @@ pub async fn get_api_key(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(&state, &headers)?;
+    require_operator(&state, &headers).await?;
     check_id("API key", &id)?;
     read_consistency(&state, &headers).await?;
     state
@@ -278,7 +278,7 @@ pub async fn delete_api_key(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_operator(&state, &headers)?;
+    require_operator(&state, &headers).await?;
     check_id("API key", &id)?;
     state.control.propose(Command::DeleteApiKey { id }).await?;
     Ok(StatusCode::ACCEPTED)
@@ -308,7 +308,7 @@ pub async fn promote_member(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_operator(&state, &headers)?;
+    require_operator(&state, &headers).await?;
     change_member(&state.control, parse_node_id(&id)?, MemberAction::Promote)
         .await
         .map_err(status_to_api)?;
@@ -321,7 +321,7 @@ pub async fn remove_member(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_operator(&state, &headers)?;
+    require_operator(&state, &headers).await?;
     change_member(&state.control, parse_node_id(&id)?, MemberAction::Remove)
         .await
         .map_err(status_to_api)?;

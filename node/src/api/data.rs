@@ -39,7 +39,8 @@ async fn target(
 ) -> Result<Resolved, ApiError> {
     let key = state
         .router
-        .authenticate(header(headers, "api-key"), access)?;
+        .authenticate(header(headers, "api-key"), access)
+        .await?;
     let host = header(headers, super::grpc::AUTHORITY_METADATA);
     let mut target = state
         .router

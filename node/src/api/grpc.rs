@@ -31,7 +31,7 @@ impl GrpcDataPlane {
     async fn target<T>(&self, request: &Request<T>, access: Access) -> Result<Resolved, Status> {
         let md = request.metadata();
         let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
-        let key = self.router.authenticate(get("api-key"), access)?;
+        let key = self.router.authenticate(get("api-key"), access).await?;
         let explicit = get(INDEX_HEADER).or_else(|| get("service-name"));
         let mut target = self
             .router

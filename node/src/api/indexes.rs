@@ -30,10 +30,11 @@ pub const MAX_TAG_VALUE_CHARS: usize = 120;
 /// Replicas of each shard (fewer when the cluster has fewer nodes).
 pub const SHARD_REPLICAS: usize = 3;
 
-fn key(state: &ApiState, headers: &HeaderMap, access: Access) -> Result<ApiKey, ApiError> {
+async fn key(state: &ApiState, headers: &HeaderMap, access: Access) -> Result<ApiKey, ApiError> {
     state
         .router
         .authenticate(headers.get("api-key").and_then(|v| v.to_str().ok()), access)
+        .await
 }
 
 /// First API version with the schema-based index model (SDK 10.x).
@@ -325,7 +326,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let key = key(&state, &headers, Access::ControlWrite)?;
+    let key = key(&state, &headers, Access::ControlWrite).await?;
     let schema_shape = schema_api(&headers);
     let req: CreateIndex = if schema_shape {
         let value: Value = serde_json::from_slice(&body)
@@ -417,7 +418,7 @@ pub async fn list(
     State(state): State<ApiState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let key = key(&state, &headers, Access::ControlRead)?;
+    let key = key(&state, &headers, Access::ControlRead).await?;
     let indexes: Vec<Value> = state
         .control
         .read(|s| {
@@ -449,7 +450,7 @@ pub async fn describe(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let key = key(&state, &headers, Access::ControlRead)?;
+    let key = key(&state, &headers, Access::ControlRead).await?;
     Ok(Json(render(
         &state,
         &find(&state, &key, &name)?,
@@ -481,7 +482,7 @@ pub async fn configure(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let key = key(&state, &headers, Access::ControlWrite)?;
+    let key = key(&state, &headers, Access::ControlWrite).await?;
     let req: ConfigureIndex = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))?;
     if req.spec.is_some()
@@ -537,7 +538,7 @@ pub async fn delete(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let key = key(&state, &headers, Access::ControlWrite)?;
+    let key = key(&state, &headers, Access::ControlWrite).await?;
     let command = Command::DeleteIndex {
         project_id: key.project_id.clone(),
         name,

@@ -212,7 +212,7 @@ async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
 pub struct Operator;
 
 /// Checks `Authorization: Bearer <operator token>`.
-pub fn require_operator(state: &ApiState, headers: &HeaderMap) -> Result<Operator, ApiError> {
+pub async fn require_operator(state: &ApiState, headers: &HeaderMap) -> Result<Operator, ApiError> {
     let value = headers
         .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| {
@@ -232,7 +232,8 @@ pub fn require_operator(state: &ApiState, headers: &HeaderMap) -> Result<Operato
     }
     if state
         .control
-        .read_authenticated(|s| auth::verify_operator_token(s, token).is_some())?
+        .read_authenticated(|s| auth::verify_operator_token(s, token).is_some())
+        .await?
     {
         Ok(Operator)
     } else {
@@ -255,7 +256,7 @@ async fn cluster(
     headers: HeaderMap,
     axum::extract::Query(query): axum::extract::Query<ClusterQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(&state, &headers)?;
+    require_operator(&state, &headers).await?;
     let metrics = state.control.raft().metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
@@ -328,7 +329,7 @@ async fn snapshot(
     State(state): State<ApiState>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    require_operator(&state, &headers)?;
+    require_operator(&state, &headers).await?;
     let mut groups = vec![state.control.raft().clone()];
     groups.extend(state.router.shards().hosted().into_iter().map(|s| s.raft));
     for raft in groups {

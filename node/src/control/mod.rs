@@ -137,9 +137,10 @@ impl ControlPlane {
         linearizable_barrier(&self.raft, &self.peers, CONTROL_GROUP).await
     }
 
-    /// Runs `f` on the local replica's state to check a credential: refused while this node
-    /// holds no valid [`Lease`] (it may not have seen a revocation).
-    pub fn read_authenticated<R>(
+    /// Runs `f` on the local replica's state to check a credential. Without a valid
+    /// [`Lease`] (this node may not have seen a revocation) it renews the lease first, waiting
+    /// up to [`READ_INDEX_TIMEOUT_MS`], and refuses when that fails.
+    pub async fn read_authenticated<R>(
         &self,
         f: impl FnOnce(&ControlState) -> R,
     ) -> Result<R, ControlError> {
@@ -148,6 +149,14 @@ impl ControlPlane {
         #[cfg(feature = "failpoints")]
         if fail::eval("conifer::auth::ignore_lease", |_| ()).is_some() {
             return Ok(self.read(f));
+        }
+        if !self.lease.is_valid() {
+            // A lapse under load is bridged by renewing now; a node cut off from the leader
+            // still refuses.
+            let started = Instant::now();
+            if self.linearizable_barrier().await.is_ok() {
+                self.lease.renew(started);
+            }
         }
         if !self.lease.is_valid() {
             return Err(ControlError::Unavailable {
