@@ -39,7 +39,7 @@ def main(out: Path) -> None:
             ys.append(e["node"])
     flagged = set()
     for report in summary["reports"]:
-        for key in report["linearizability"]:
+        for key in report["linearizability"]["violations"]:
             if key["at_index"] is not None:
                 flagged.add(key["at_index"])
         for lost in report["durability"]["lost"]:

@@ -231,6 +231,38 @@ pub struct KeyResult {
     pub at_index: Option<u64>,
 }
 
+/// The linearizability check of one schedule: counts, and the keys that did not pass.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LinearizabilityReport {
+    /// Keys checked.
+    pub keys: usize,
+    /// Operations checked.
+    pub ops: usize,
+    /// Keys no order explains.
+    pub violations: Vec<KeyResult>,
+    /// Keys the search gave up on.
+    pub unchecked: Vec<KeyResult>,
+}
+
+/// Checks every key of `ops` and keeps the keys that did not pass.
+pub fn check(ops: &[Op]) -> LinearizabilityReport {
+    let results = check_all(ops);
+    LinearizabilityReport {
+        keys: results.len(),
+        ops: results.iter().map(|k| k.ops).sum(),
+        violations: results
+            .iter()
+            .filter(|k| k.verdict == "violation")
+            .cloned()
+            .collect(),
+        unchecked: results
+            .iter()
+            .filter(|k| k.verdict == "unchecked")
+            .cloned()
+            .collect(),
+    }
+}
+
 /// Checks every key of `ops` (grouped by `key`, filtered through [`register_op`]).
 pub fn check_all(ops: &[Op]) -> Vec<KeyResult> {
     let mut by_key: BTreeMap<String, Vec<(u64, u64, RegisterOp)>> = BTreeMap::new();

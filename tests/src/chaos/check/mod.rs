@@ -25,8 +25,8 @@ pub struct ScheduleReport {
     pub ops_fail: usize,
     /// Operations of unknown outcome.
     pub ops_info: usize,
-    /// Per-key linearizability verdicts.
-    pub linearizability: Vec<linear::KeyResult>,
+    /// Linearizability per key.
+    pub linearizability: linear::LinearizabilityReport,
     /// Durability of acknowledged writes.
     pub durability: durability::DurabilityReport,
     /// Replica agreement after healing.
@@ -38,18 +38,12 @@ pub struct ScheduleReport {
 impl ScheduleReport {
     /// Keys whose history no order explains.
     pub fn linearizability_violations(&self) -> usize {
-        self.linearizability
-            .iter()
-            .filter(|k| k.verdict == "violation")
-            .count()
+        self.linearizability.violations.len()
     }
 
     /// Keys the search gave up on.
     pub fn linearizability_unchecked(&self) -> usize {
-        self.linearizability
-            .iter()
-            .filter(|k| k.verdict == "unchecked")
-            .count()
+        self.linearizability.unchecked.len()
     }
 
     /// Every violation any checker found.
