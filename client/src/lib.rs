@@ -1,8 +1,10 @@
 //! Rust SDK for Conifer.
 //!
-//! Today: the admin REST API (projects, API keys, cluster membership) over TLS with the
-//! cluster CA. The gRPC data plane, client certificates and HTTP CONNECT proxies arrive with
-//! the data-plane and network issues.
+//! Today: the admin REST API over TLS with the cluster CA — sign-in (password or client
+//! credentials), organizations, members, service accounts, projects, project members, API
+//! keys, operator tokens, signing keys and the cluster. The `conifer` CLI's admin commands
+//! are built on it. The gRPC data plane, client certificates and HTTP CONNECT proxies arrive
+//! with the data-plane and network issues.
 
 use std::time::Duration;
 
@@ -32,27 +34,54 @@ pub enum ClientError {
 /// A client of one node's admin API.
 pub struct AdminClient {
     base: String,
-    token: String,
+    token: Option<String>,
     http: reqwest::Client,
+}
+
+/// An `Option` field of a JSON body: present only when set.
+fn put(body: &mut Value, field: &str, value: Option<Value>) {
+    if let Some(v) = value {
+        body[field] = v;
+    }
 }
 
 impl AdminClient {
     /// A client of `api_url` (`https://host:port`) trusting `ca_pem`, authenticating with
-    /// the operator `token`.
-    pub fn new(api_url: &str, ca_pem: &[u8], token: &str) -> Result<Self, ClientError> {
+    /// the bearer `token` (an operator token, or a token from [`AdminClient::login`] /
+    /// [`AdminClient::client_credentials`]); `None` for the sign-in calls only.
+    pub fn new(api_url: &str, ca_pem: &[u8], token: Option<&str>) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?)
             .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
             .build()?;
         Ok(Self {
             base: api_url.trim_end_matches('/').to_string(),
-            token: token.to_string(),
+            token: token.map(String::from),
             http,
         })
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
-        let resp = req.bearer_auth(&self.token).send().await?;
+    /// The same client authenticating with `token`.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    /// Sends `method path` with an optional JSON body and returns the JSON answer.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await?;
         let status = resp.status().as_u16();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if (200..300).contains(&status) {
@@ -71,22 +100,248 @@ impl AdminClient {
         })
     }
 
-    /// `POST /admin/projects`.
-    pub async fn create_project(&self, name: &str) -> Result<Value, ClientError> {
-        self.send(
-            self.http
-                .post(format!("{}/admin/projects", self.base))
-                .json(&json!({ "name": name })),
+    async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn patch(&self, path: &str, body: Value) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.call(reqwest::Method::DELETE, path, None)
+            .await
+            .map(drop)
+    }
+
+    async fn list(&self, path: &str) -> Result<Vec<Value>, ClientError> {
+        Ok(self.get(path).await?["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// `POST /auth/login`: `{access_token, token_type, expires_in}` for a user.
+    pub async fn login(&self, email: &str, password: &str) -> Result<Value, ClientError> {
+        self.post(
+            "/auth/login",
+            json!({ "email": email, "password": password }),
         )
         .await
     }
 
+    /// `POST /oauth/token`: `{access_token, token_type, expires_in}` for a service account.
+    pub async fn client_credentials(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<Value, ClientError> {
+        self.post(
+            "/oauth/token",
+            json!({ "grant_type": "client_credentials", "client_id": client_id,
+                    "client_secret": client_secret }),
+        )
+        .await
+    }
+
+    /// `GET /admin/organizations`.
+    pub async fn list_organizations(&self) -> Result<Vec<Value>, ClientError> {
+        self.list("/admin/organizations").await
+    }
+
+    /// `POST /admin/organizations` (operator).
+    pub async fn create_organization(&self, name: &str) -> Result<Value, ClientError> {
+        self.post("/admin/organizations", json!({ "name": name }))
+            .await
+    }
+
+    /// `GET /admin/organizations/{id}`.
+    pub async fn get_organization(&self, id: &str) -> Result<Value, ClientError> {
+        self.get(&format!("/admin/organizations/{id}")).await
+    }
+
+    /// `PATCH /admin/organizations/{id}`: rename.
+    pub async fn rename_organization(&self, id: &str, name: &str) -> Result<Value, ClientError> {
+        self.patch(
+            &format!("/admin/organizations/{id}"),
+            json!({ "name": name }),
+        )
+        .await
+    }
+
+    /// `DELETE /admin/organizations/{id}`.
+    pub async fn delete_organization(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/admin/organizations/{id}")).await
+    }
+
+    /// `GET /admin/organizations/{id}/members`.
+    pub async fn list_members(&self, org: &str) -> Result<Vec<Value>, ClientError> {
+        self.list(&format!("/admin/organizations/{org}/members"))
+            .await
+    }
+
+    /// `POST /admin/organizations/{id}/members`: creates a user who signs in with `password`.
+    pub async fn create_member(
+        &self,
+        org: &str,
+        email: &str,
+        name: Option<&str>,
+        role: &str,
+        password: &str,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({ "email": email, "role": role, "password": password });
+        put(&mut body, "name", name.map(|n| json!(n)));
+        self.post(&format!("/admin/organizations/{org}/members"), body)
+            .await
+    }
+
+    /// `PATCH /admin/organizations/{id}/members/{user_id}`: role and/or password.
+    pub async fn update_member(
+        &self,
+        org: &str,
+        user_id: &str,
+        role: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({});
+        put(&mut body, "role", role.map(|r| json!(r)));
+        put(&mut body, "password", password.map(|p| json!(p)));
+        self.patch(
+            &format!("/admin/organizations/{org}/members/{user_id}"),
+            body,
+        )
+        .await
+    }
+
+    /// `DELETE /admin/organizations/{id}/members/{user_id}`.
+    pub async fn remove_member(&self, org: &str, user_id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/admin/organizations/{org}/members/{user_id}"))
+            .await
+    }
+
+    /// `GET /admin/organizations/{id}/service-accounts`.
+    pub async fn list_service_accounts(&self, org: &str) -> Result<Vec<Value>, ClientError> {
+        self.list(&format!("/admin/organizations/{org}/service-accounts"))
+            .await
+    }
+
+    /// `POST /admin/organizations/{id}/service-accounts`: the answer holds `client_secret`,
+    /// shown only here.
+    pub async fn create_service_account(
+        &self,
+        org: &str,
+        name: &str,
+        role: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({ "name": name });
+        put(&mut body, "role", role.map(|r| json!(r)));
+        self.post(
+            &format!("/admin/organizations/{org}/service-accounts"),
+            body,
+        )
+        .await
+    }
+
+    /// `PATCH /admin/service-accounts/{id}`: name and/or role.
+    pub async fn update_service_account(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        role: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({});
+        put(&mut body, "name", name.map(|n| json!(n)));
+        put(&mut body, "role", role.map(|r| json!(r)));
+        self.patch(&format!("/admin/service-accounts/{id}"), body)
+            .await
+    }
+
+    /// `POST /admin/service-accounts/{id}/rotate-secret`: the new `client_secret`.
+    pub async fn rotate_service_account_secret(&self, id: &str) -> Result<Value, ClientError> {
+        self.post(
+            &format!("/admin/service-accounts/{id}/rotate-secret"),
+            json!({}),
+        )
+        .await
+    }
+
+    /// `DELETE /admin/service-accounts/{id}`.
+    pub async fn delete_service_account(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/admin/service-accounts/{id}")).await
+    }
+
+    /// `POST /admin/projects`.
+    pub async fn create_project(&self, name: &str) -> Result<Value, ClientError> {
+        self.post("/admin/projects", json!({ "name": name })).await
+    }
+
     /// `GET /admin/projects`: the `data` array.
     pub async fn list_projects(&self) -> Result<Vec<Value>, ClientError> {
-        let body = self
-            .send(self.http.get(format!("{}/admin/projects", self.base)))
-            .await?;
-        Ok(body["data"].as_array().cloned().unwrap_or_default())
+        self.list("/admin/projects").await
+    }
+
+    /// `GET /admin/projects/{id}`.
+    pub async fn get_project(&self, id: &str) -> Result<Value, ClientError> {
+        self.get(&format!("/admin/projects/{id}")).await
+    }
+
+    /// `PATCH /admin/projects/{id}`: rename.
+    pub async fn rename_project(&self, id: &str, name: &str) -> Result<Value, ClientError> {
+        self.patch(&format!("/admin/projects/{id}"), json!({ "name": name }))
+            .await
+    }
+
+    /// `DELETE /admin/projects/{id}`.
+    pub async fn delete_project(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/admin/projects/{id}")).await
+    }
+
+    /// `GET /admin/projects/{id}/members`.
+    pub async fn list_project_members(&self, project: &str) -> Result<Vec<Value>, ClientError> {
+        self.list(&format!("/admin/projects/{project}/members"))
+            .await
+    }
+
+    /// `POST /admin/projects/{id}/members`: `who` is `user_id`, `email` or
+    /// `service_account_id`, naming the principal.
+    pub async fn add_project_member(
+        &self,
+        project: &str,
+        who: (&str, &str),
+        role: &str,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({ "role": role });
+        body[who.0] = json!(who.1);
+        self.post(&format!("/admin/projects/{project}/members"), body)
+            .await
+    }
+
+    /// `PATCH /admin/projects/{id}/members/{principal_id}`.
+    pub async fn set_project_member_role(
+        &self,
+        project: &str,
+        principal_id: &str,
+        role: &str,
+    ) -> Result<Value, ClientError> {
+        self.patch(
+            &format!("/admin/projects/{project}/members/{principal_id}"),
+            json!({ "role": role }),
+        )
+        .await
+    }
+
+    /// `DELETE /admin/projects/{id}/members/{principal_id}`.
+    pub async fn remove_project_member(
+        &self,
+        project: &str,
+        principal_id: &str,
+    ) -> Result<(), ClientError> {
+        self.delete(&format!("/admin/projects/{project}/members/{principal_id}"))
+            .await
     }
 
     /// `POST /admin/projects/{id}/api-keys`: returns `{key, value}`; `value` is shown only here.
@@ -96,18 +351,70 @@ impl AdminClient {
         name: &str,
         roles: &[&str],
     ) -> Result<Value, ClientError> {
-        let url = format!("{}/admin/projects/{project_id}/api-keys", self.base);
-        self.send(
-            self.http
-                .post(url)
-                .json(&json!({ "name": name, "roles": roles })),
+        self.post(
+            &format!("/admin/projects/{project_id}/api-keys"),
+            json!({ "name": name, "roles": roles }),
         )
         .await
     }
 
+    /// `GET /admin/projects/{id}/api-keys`.
+    pub async fn list_api_keys(&self, project_id: &str) -> Result<Vec<Value>, ClientError> {
+        self.list(&format!("/admin/projects/{project_id}/api-keys"))
+            .await
+    }
+
+    /// `GET /admin/api-keys/{id}`.
+    pub async fn get_api_key(&self, id: &str) -> Result<Value, ClientError> {
+        self.get(&format!("/admin/api-keys/{id}")).await
+    }
+
+    /// `PATCH /admin/api-keys/{id}`: name and/or roles.
+    pub async fn update_api_key(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        roles: Option<&[&str]>,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({});
+        put(&mut body, "name", name.map(|n| json!(n)));
+        put(&mut body, "roles", roles.map(|r| json!(r)));
+        self.patch(&format!("/admin/api-keys/{id}"), body).await
+    }
+
+    /// `DELETE /admin/api-keys/{id}`.
+    pub async fn delete_api_key(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/admin/api-keys/{id}")).await
+    }
+
+    /// `GET /admin/operator-tokens`.
+    pub async fn list_operator_tokens(&self) -> Result<Vec<Value>, ClientError> {
+        self.list("/admin/operator-tokens").await
+    }
+
+    /// `POST /admin/operator-tokens`: `{id, value}`, the value shown only here.
+    pub async fn create_operator_token(&self) -> Result<Value, ClientError> {
+        self.post("/admin/operator-tokens", json!({})).await
+    }
+
+    /// `POST /admin/operator-tokens/{id}/rotate`: the replacement `{id, value}`.
+    pub async fn rotate_operator_token(&self, id: &str) -> Result<Value, ClientError> {
+        self.post(&format!("/admin/operator-tokens/{id}/rotate"), json!({}))
+            .await
+    }
+
+    /// `DELETE /admin/operator-tokens/{id}`.
+    pub async fn delete_operator_token(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/admin/operator-tokens/{id}")).await
+    }
+
+    /// `POST /admin/signing-keys/rotate`.
+    pub async fn rotate_signing_key(&self) -> Result<Value, ClientError> {
+        self.post("/admin/signing-keys/rotate", json!({})).await
+    }
+
     /// `GET /admin/cluster`.
     pub async fn cluster(&self) -> Result<Value, ClientError> {
-        self.send(self.http.get(format!("{}/admin/cluster", self.base)))
-            .await
+        self.get("/admin/cluster").await
     }
 }

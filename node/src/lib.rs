@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod control;
 pub mod crypto;
 pub mod node;
+pub mod policy;
 pub mod router;
 pub mod shard;
 pub mod tls;

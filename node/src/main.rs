@@ -35,6 +35,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Commands::Certs(command) => run_certs(command),
+        Commands::Policy => {
+            print!("{}", conifer_node::policy::permissions_markdown());
+            Ok(())
+        }
+        Commands::Admin(admin) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(conifer_node::cli::admin::run(admin)),
         Commands::Serve(args) => {
             let config = args.into_config().map_err(anyhow::Error::msg)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -66,6 +66,8 @@ pub struct ServeConfig {
     pub learner: bool,
     /// Domain of index host names (`<index>-<project>.<domain>`).
     pub domain: String,
+    /// Lifetime of issued bearer tokens, in seconds.
+    pub token_ttl_s: u64,
     /// Vector engine tuning.
     pub engine: EngineConfig,
 }
@@ -245,6 +247,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         api::routes(ApiState {
             control: control.clone(),
             router,
+            signin: Arc::new(api::signin::SignIn::new(config.token_ttl_s)),
         }),
     ));
     tracing::info!(node = config.node_id, api = %config.api_addr, cluster = %config.cluster_addr, "node listening");
@@ -338,6 +341,7 @@ async fn bootstrap(
             project,
             api_key,
             operator_token,
+            signing_key: auth::token::new_signing_key(),
         })
         .await?;
     write_private_file(&path, &serde_json::to_vec_pretty(&file)?)?;

@@ -9,8 +9,7 @@
 use std::time::Duration;
 
 use crate::api::ApiError;
-use crate::auth::{self, Access};
-use crate::control::state::{ApiKey, Index};
+use crate::control::state::Index;
 use crate::control::{propose_to_group, ControlError, ControlPlane};
 use crate::shard::machine::{ShardCommand, ShardOutcome, ShardOutput, ShardRejection};
 use crate::shard::manager::{HostedShard, ShardManager};
@@ -122,43 +121,11 @@ impl Router {
         Some((index.to_string(), tag.to_string()))
     }
 
-    /// Authenticates an API key value, requiring `access`.
-    pub async fn authenticate(
-        &self,
-        api_key: Option<&str>,
-        access: Access,
-    ) -> Result<ApiKey, ApiError> {
-        let value = api_key.ok_or_else(|| ApiError::unauthenticated("missing Api-Key header"))?;
-        let key = self
-            .control
-            .read_authenticated(|s| auth::verify_api_key(s, value).cloned())
-            .await?
-            .ok_or_else(|| ApiError::unauthenticated("invalid or revoked API key"))?;
-        if !auth::key_allows(&key.roles, access) {
-            return Err(ApiError::forbidden(format!(
-                "API key '{}' (roles {}) may not perform this {} operation",
-                key.name,
-                key.roles
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                match access {
-                    Access::ControlRead => "control-plane read",
-                    Access::ControlWrite => "control-plane write",
-                    Access::DataRead => "data-plane read",
-                    Access::DataWrite => "data-plane write",
-                }
-            )));
-        }
-        Ok(key)
-    }
-
     /// Finds the index a data-plane call addresses: the explicit index name if given, else
-    /// the host name; the index must belong to the key's project.
+    /// the host name; the index must belong to `project_id` (already authorized).
     pub fn resolve(
         &self,
-        key: &ApiKey,
+        project_id: &str,
         explicit: Option<&str>,
         host: Option<&str>,
     ) -> Result<Resolved, ApiError> {
@@ -173,17 +140,14 @@ impl Router {
             }
         };
         let not_found = || ApiError::not_found(format!("index '{name}' not found"));
-        if tag
-            .as_deref()
-            .is_some_and(|t| t != project_tag(&key.project_id))
-        {
+        if tag.as_deref().is_some_and(|t| t != project_tag(project_id)) {
             return Err(not_found());
         }
         let index = self
             .control
             .read(|s| {
                 s.indexes
-                    .get(&(key.project_id.clone(), name.clone()))
+                    .get(&(project_id.to_string(), name.clone()))
                     .cloned()
             })
             .ok_or_else(not_found)?;

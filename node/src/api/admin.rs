@@ -1,5 +1,5 @@
-//! Admin REST API in Pinecone's shapes: projects and API keys (operator token for now;
-//! users, service accounts and roles come with the identity issue), plus membership.
+//! Admin REST API in Pinecone's shapes: projects and API keys, plus cluster membership.
+//! Organizations, members, service accounts and operator tokens are in `identity`.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -9,12 +9,14 @@ use conifer_proto::internal::MemberAction;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::access::Caller;
 use super::data::CONSISTENCY_HEADER;
-use super::{require_operator, ApiError, ApiState};
-use crate::auth;
+use super::{ApiError, ApiState};
+use crate::auth::{self, Principal};
 use crate::cluster::change_member;
-use crate::control::state::{ApiKey, ApiKeyRole, Project};
+use crate::control::state::{ApiKey, ApiKeyRole, Project, ProjectMember, ProjectRole};
 use crate::control::{Command, Output};
+use crate::policy::{self, Operation, Target};
 
 /// Longest project name, in bytes.
 pub const MAX_PROJECT_NAME_BYTES: usize = 512;
@@ -48,7 +50,10 @@ fn key_json(k: &ApiKey) -> Value {
 
 /// Honours [`CONSISTENCY_HEADER`] on an admin read: `linearizable` first applies group 0's
 /// read index here, so the read sees every change acknowledged before it.
-async fn read_consistency(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) async fn read_consistency(
+    state: &ApiState,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     match headers
         .get(CONSISTENCY_HEADER)
         .map(|v| v.to_str().unwrap_or("?"))
@@ -61,7 +66,7 @@ async fn read_consistency(state: &ApiState, headers: &HeaderMap) -> Result<(), A
     }
 }
 
-fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
+pub(super) fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > MAX_ID_BYTES {
         return Err(ApiError::not_found(format!(
             "{kind} '{}' not found",
@@ -71,7 +76,7 @@ fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_name(field: &str, name: &str, max: usize) -> Result<(), ApiError> {
+pub(super) fn check_name(field: &str, name: &str, max: usize) -> Result<(), ApiError> {
     if name.trim().is_empty() {
         return Err(ApiError::invalid(format!("'{field}' must not be empty")));
     }
@@ -89,47 +94,88 @@ fn check_name(field: &str, name: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The organization a caller acts in when a request names none: a member's own, an API
+/// key's project's, or — for the operator, who may act in any — the first one.
+pub fn home_organization(state: &ApiState, caller: &Caller) -> Result<String, ApiError> {
+    let org = state.control.read(|s| match caller.principal.as_ref() {
+        Principal::Member(m) => Some(m.organization_id.clone()),
+        Principal::ApiKey(k) => s
+            .projects
+            .get(&k.project_id)
+            .map(|p| p.organization_id.clone()),
+        Principal::Operator { .. } => s.organizations.keys().next().cloned(),
+    });
+    org.ok_or_else(|| ApiError::unavailable("the cluster is not bootstrapped yet"))
+}
+
 /// Body of `POST /admin/projects`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     name: String,
     #[serde(default)]
+    organization_id: Option<String>,
+    #[serde(default)]
     max_pods: Option<u32>,
     #[serde(default)]
     force_encryption_with_cmek: Option<bool>,
 }
 
-/// `POST /admin/projects`.
+fn check_max_pods(max_pods: Option<u32>) -> Result<(), ApiError> {
+    match max_pods {
+        Some(n) if n > MAX_PODS_LIMIT => Err(ApiError::invalid(format!(
+            "'max_pods' is {n}; the limit is {MAX_PODS_LIMIT}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `POST /admin/projects`: a user or service account that creates a project owns it.
 pub async fn create_project(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Result<Json<CreateProject>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_operator(&state, &headers).await?;
     let Json(body) = body?;
+    let organization_id = match body.organization_id {
+        Some(id) => {
+            check_id("organization", &id)?;
+            id
+        }
+        None => {
+            let orgs = state.control.read(|s| s.organizations.len());
+            if matches!(caller.principal.as_ref(), Principal::Operator { .. }) && orgs > 1 {
+                return Err(ApiError::invalid(format!(
+                    "the cluster has {orgs} organizations: name one in 'organization_id'"
+                )));
+            }
+            home_organization(&state, &caller)?
+        }
+    };
+    caller.authorize(Target::Organization(&organization_id))?;
     check_name("name", &body.name, MAX_PROJECT_NAME_BYTES)?;
-    let max_pods = body.max_pods.unwrap_or(0);
-    if max_pods > MAX_PODS_LIMIT {
-        return Err(ApiError::invalid(format!(
-            "'max_pods' is {max_pods}; the limit is {MAX_PODS_LIMIT}"
-        )));
-    }
-    let organization_id = state
-        .control
-        .read(|s| s.organizations.keys().next().cloned())
-        .ok_or_else(|| ApiError::unavailable("the cluster is not bootstrapped yet"))?;
+    check_max_pods(body.max_pods)?;
     let project = Project {
         id: uuid::Uuid::new_v4().to_string(),
         organization_id,
         name: body.name,
-        max_pods,
+        max_pods: body.max_pods.unwrap_or(0),
         force_encryption_with_cmek: body.force_encryption_with_cmek.unwrap_or(false),
         created_at: crate::now_rfc3339(),
     };
+    let owner = match caller.principal.as_ref() {
+        Principal::Member(m) => Some(ProjectMember {
+            project_id: project.id.clone(),
+            principal_id: m.id.clone(),
+            kind: m.kind,
+            role: ProjectRole::ProjectOwner,
+            created_at: project.created_at.clone(),
+        }),
+        _ => None,
+    };
     match state
         .control
-        .propose(Command::CreateProject(project))
+        .propose(Command::CreateProject { project, owner })
         .await?
     {
         Output::Project(p) => Ok((StatusCode::CREATED, Json(project_json(&p)))),
@@ -137,42 +183,94 @@ pub async fn create_project(
     }
 }
 
-/// `GET /admin/projects`.
+/// `GET /admin/projects`: the projects the caller can see (`ProjectGet`), in its
+/// organization (the operator: in every organization).
 pub async fn list_projects(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(&state, &headers).await?;
-    let data: Vec<Value> = state
-        .control
-        .read(|s| s.projects.values().map(project_json).collect());
+    let home = home_organization(&state, &caller)?;
+    caller.authorize(Target::Organization(&home))?;
+    let data: Vec<Value> = state.control.read(|s| {
+        s.projects
+            .values()
+            .filter(|p| {
+                policy::decide(
+                    &caller.principal,
+                    Operation::ProjectGet,
+                    Target::Project {
+                        id: &p.id,
+                        organization_id: &p.organization_id,
+                    },
+                )
+                .is_ok()
+            })
+            .map(project_json)
+            .collect()
+    });
     Ok(Json(json!({ "data": data })))
 }
 
 /// `GET /admin/projects/{id}`.
 pub async fn get_project(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(&state, &headers).await?;
     check_id("project", &id)?;
     read_consistency(&state, &headers).await?;
-    state
-        .control
-        .read(|s| s.projects.get(&id).map(project_json))
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("project '{id}' not found")))
+    Ok(Json(project_json(
+        &caller.authorize_project(&state, &id).await?,
+    )))
 }
 
-/// `DELETE /admin/projects/{id}`: deletes the project and its API keys.
+/// Body of `PATCH /admin/projects/{id}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProject {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    max_pods: Option<u32>,
+    #[serde(default)]
+    force_encryption_with_cmek: Option<bool>,
+}
+
+/// `PATCH /admin/projects/{id}`: rename, quota, CMEK requirement.
+pub async fn update_project(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateProject>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    check_id("project", &id)?;
+    caller.authorize_project(&state, &id).await?;
+    let Json(body) = body?;
+    if let Some(name) = &body.name {
+        check_name("name", name, MAX_PROJECT_NAME_BYTES)?;
+    }
+    check_max_pods(body.max_pods)?;
+    let command = Command::UpdateProject {
+        id,
+        name: body.name,
+        max_pods: body.max_pods,
+        force_encryption_with_cmek: body.force_encryption_with_cmek,
+    };
+    match state.control.propose(command).await? {
+        Output::Project(p) => Ok(Json(project_json(&p))),
+        other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// `DELETE /admin/projects/{id}`: deletes the project, its API keys and memberships.
 pub async fn delete_project(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_operator(&state, &headers).await?;
     check_id("project", &id)?;
+    caller.authorize_project(&state, &id).await?;
     state.control.propose(Command::DeleteProject { id }).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -186,29 +284,19 @@ pub struct CreateApiKey {
     roles: Option<Vec<String>>,
 }
 
-/// `POST /admin/projects/{id}/api-keys`: the response holds the key's `value`, shown only here.
-pub async fn create_api_key(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(project_id): Path<String>,
-    body: Result<Json<CreateApiKey>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_operator(&state, &headers).await?;
-    check_id("project", &project_id)?;
-    let Json(body) = body?;
-    check_name("name", &body.name, MAX_API_KEY_NAME_BYTES)?;
-    let names = body
-        .roles
-        .unwrap_or_else(|| vec![ApiKeyRole::ProjectEditor.as_str().to_string()]);
+fn parse_key_roles(names: &[String]) -> Result<Vec<ApiKeyRole>, ApiError> {
     if names.is_empty() {
         return Err(ApiError::invalid("'roles' must name at least one role"));
     }
     let mut roles = Vec::new();
-    for name in &names {
+    for name in names {
         let role = ApiKeyRole::parse(name).ok_or_else(|| {
             let known: Vec<&str> = ApiKeyRole::ALL.iter().map(|r| r.as_str()).collect();
             ApiError::invalid(format!(
-                "'roles' contains unknown role '{name}'; known roles: {}",
+                "'roles' contains unknown role '{}'; known roles: {}",
+                name.chars()
+                    .take(MAX_API_KEY_NAME_BYTES)
+                    .collect::<String>(),
                 known.join(", ")
             ))
         })?;
@@ -216,6 +304,25 @@ pub async fn create_api_key(
             roles.push(role);
         }
     }
+    Ok(roles)
+}
+
+/// `POST /admin/projects/{id}/api-keys`: the response holds the key's `value`, shown only here.
+pub async fn create_api_key(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(project_id): Path<String>,
+    body: Result<Json<CreateApiKey>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_id("project", &project_id)?;
+    caller.authorize_project(&state, &project_id).await?;
+    let Json(body) = body?;
+    check_name("name", &body.name, MAX_API_KEY_NAME_BYTES)?;
+    let roles = parse_key_roles(
+        &body
+            .roles
+            .unwrap_or_else(|| vec![ApiKeyRole::ProjectEditor.as_str().to_string()]),
+    )?;
     let secret = auth::new_api_key();
     let key = ApiKey {
         id: secret.id.clone(),
@@ -237,49 +344,93 @@ pub async fn create_api_key(
 /// `GET /admin/projects/{id}/api-keys`.
 pub async fn list_api_keys(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(project_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(&state, &headers).await?;
     check_id("project", &project_id)?;
-    state
+    caller.authorize_project(&state, &project_id).await?;
+    let data: Vec<Value> = state
         .control
-        .read(|s| {
-            s.projects.contains_key(&project_id).then(|| {
-                s.keys_of(&project_id)
-                    .into_iter()
-                    .map(key_json)
-                    .collect::<Vec<_>>()
-            })
-        })
-        .map(|data| Json(json!({ "data": data })))
-        .ok_or_else(|| ApiError::not_found(format!("project '{project_id}' not found")))
+        .read(|s| s.keys_of(&project_id).into_iter().map(key_json).collect());
+    Ok(Json(json!({ "data": data })))
+}
+
+/// The API key `id`, once the caller is authorized in its project (404 for a key the caller
+/// cannot see, as for one that does not exist).
+async fn authorized_key(state: &ApiState, caller: &Caller, id: &str) -> Result<ApiKey, ApiError> {
+    check_id("API key", id)?;
+    let missing = || ApiError::not_found(format!("API key '{id}' not found"));
+    let key = state
+        .control
+        .read_fresh(|s| s.api_keys.get(id).cloned())
+        .await
+        .ok_or_else(missing)?;
+    caller
+        .authorize_project(state, &key.project_id)
+        .await
+        .map_err(|e| {
+            if e.status == StatusCode::NOT_FOUND {
+                missing()
+            } else {
+                e
+            }
+        })?;
+    Ok(key)
 }
 
 /// `GET /admin/api-keys/{id}`.
 pub async fn get_api_key(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(&state, &headers).await?;
-    check_id("API key", &id)?;
     read_consistency(&state, &headers).await?;
-    state
-        .control
-        .read(|s| s.api_keys.get(&id).map(key_json))
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("API key '{id}' not found")))
+    Ok(Json(key_json(&authorized_key(&state, &caller, &id).await?)))
+}
+
+/// Body of `PATCH /admin/api-keys/{id}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateApiKey {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    roles: Option<Vec<String>>,
+}
+
+/// `PATCH /admin/api-keys/{id}`: rename, or replace the roles (effective on every node
+/// within the lease).
+pub async fn update_api_key(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateApiKey>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorized_key(&state, &caller, &id).await?;
+    let Json(body) = body?;
+    if let Some(name) = &body.name {
+        check_name("name", name, MAX_API_KEY_NAME_BYTES)?;
+    }
+    let roles = body.roles.as_deref().map(parse_key_roles).transpose()?;
+    let command = Command::UpdateApiKey {
+        id,
+        name: body.name,
+        roles,
+    };
+    match state.control.propose(command).await? {
+        Output::ApiKey(k) => Ok(Json(key_json(&k))),
+        other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+    }
 }
 
 /// `DELETE /admin/api-keys/{id}`.
 pub async fn delete_api_key(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_operator(&state, &headers).await?;
-    check_id("API key", &id)?;
+    authorized_key(&state, &caller, &id).await?;
     state.control.propose(Command::DeleteApiKey { id }).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -305,10 +456,10 @@ fn status_to_api(status: tonic::Status) -> ApiError {
 /// `POST /admin/cluster/members/{id}/promote`: makes a learner a voter.
 pub async fn promote_member(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_operator(&state, &headers).await?;
+    caller.authorize(Target::Cluster)?;
     change_member(&state.control, parse_node_id(&id)?, MemberAction::Promote)
         .await
         .map_err(status_to_api)?;
@@ -318,10 +469,10 @@ pub async fn promote_member(
 /// `DELETE /admin/cluster/members/{id}`: removes a node from the cluster.
 pub async fn remove_member(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_operator(&state, &headers).await?;
+    caller.authorize(Target::Cluster)?;
     change_member(&state.control, parse_node_id(&id)?, MemberAction::Remove)
         .await
         .map_err(status_to_api)?;

@@ -11,10 +11,10 @@ use conifer_proto::pinecone as pb;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::access::{Caller, PROJECT_HEADER};
 use super::convert::{json_to_struct, struct_to_json};
 use super::vectors::{self, Lsn};
 use super::{ApiError, ApiState};
-use crate::auth::Access;
 use crate::router::Resolved;
 
 /// Request header asking a read to wait until this sequence number is applied locally.
@@ -34,17 +34,16 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// [`MIN_LSN_HEADER`].
 async fn target(
     state: &ApiState,
+    caller: &Caller,
     headers: &HeaderMap,
-    access: Access,
 ) -> Result<Resolved, ApiError> {
-    let key = state
-        .router
-        .authenticate(header(headers, "api-key"), access)
+    let project_id = caller
+        .authorize_data_project(state, header(headers, PROJECT_HEADER))
         .await?;
     let host = header(headers, super::grpc::AUTHORITY_METADATA);
     let mut target = state
         .router
-        .resolve(&key, header(headers, INDEX_HEADER), host)?;
+        .resolve(&project_id, header(headers, INDEX_HEADER), host)?;
     read_headers(&state.router, &mut target, |name| header(headers, name)).await?;
     Ok(target)
 }
@@ -147,10 +146,11 @@ struct UpsertJson {
 /// `POST /vectors/upsert`.
 pub async fn upsert(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &headers, Access::DataWrite).await?;
+    let target = target(&state, &caller, &headers).await?;
     let req: UpsertJson = parse_body(&body)?;
     let req = pb::UpsertRequest {
         vectors: req
@@ -193,10 +193,11 @@ struct QueryJson {
 #[allow(deprecated)] // `queries` is part of the wire format; it is left empty.
 pub async fn query(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &headers, Access::DataRead).await?;
+    let target = target(&state, &caller, &headers).await?;
     let req: QueryJson = parse_body(&body)?;
     let req = pb::QueryRequest {
         namespace: req.namespace,
@@ -259,10 +260,11 @@ fn number(pairs: &[(String, String)], name: &str) -> Result<Option<u32>, ApiErro
 /// `GET /vectors/fetch?ids=…&namespace=…`.
 pub async fn fetch(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &headers, Access::DataRead).await?;
+    let target = target(&state, &caller, &headers).await?;
     let pairs = query_pairs(&raw);
     let ids: Vec<String> = pairs
         .iter()
@@ -288,10 +290,11 @@ pub async fn fetch(
 /// `GET /vectors/list?prefix=…&limit=…&paginationToken=…&namespace=…`.
 pub async fn list(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &headers, Access::DataRead).await?;
+    let target = target(&state, &caller, &headers).await?;
     let pairs = query_pairs(&raw);
     let req = pb::ListRequest {
         prefix: single(&pairs, "prefix"),
@@ -327,10 +330,11 @@ struct FetchByMetadataJson {
 /// `POST /vectors/fetch_by_metadata`.
 pub async fn fetch_by_metadata(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &headers, Access::DataRead).await?;
+    let target = target(&state, &caller, &headers).await?;
     let req: FetchByMetadataJson = parse_body(&body)?;
     let req = pb::FetchByMetadataRequest {
         namespace: req.namespace,
@@ -368,10 +372,11 @@ struct DeleteJson {
 /// `POST /vectors/delete` (and `DELETE /vectors/delete`).
 pub async fn delete(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &headers, Access::DataWrite).await?;
+    let target = target(&state, &caller, &headers).await?;
     let req: DeleteJson = if body.is_empty() {
         parse_body(&Bytes::from_static(b"{}"))?
     } else {
@@ -409,10 +414,11 @@ struct UpdateJson {
 /// `POST /vectors/update`.
 pub async fn update(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &headers, Access::DataWrite).await?;
+    let target = target(&state, &caller, &headers).await?;
     let req: UpdateJson = parse_body(&body)?;
     let req = pb::UpdateRequest {
         id: req.id,
@@ -441,10 +447,11 @@ struct StatsJson {
 /// `POST|GET /describe_index_stats`.
 pub async fn describe_index_stats(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &headers, Access::DataRead).await?;
+    let target = target(&state, &caller, &headers).await?;
     let req: StatsJson = if body.is_empty() {
         StatsJson::default()
     } else {
@@ -484,10 +491,11 @@ fn namespace_json(n: &pb::NamespaceDescription) -> Value {
 /// `GET /namespaces`.
 pub async fn list_namespaces(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &headers, Access::DataRead).await?;
+    let target = target(&state, &caller, &headers).await?;
     let pairs = query_pairs(&raw);
     let req = pb::ListNamespacesRequest {
         pagination_token: single(&pairs, "paginationToken"),
@@ -508,10 +516,11 @@ pub async fn list_namespaces(
 /// `GET /namespaces/{namespace}`.
 pub async fn describe_namespace(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     Path(namespace): Path<String>,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &headers, Access::DataRead).await?;
+    let target = target(&state, &caller, &headers).await?;
     let (resp, lsn) = vectors::describe_namespace(
         &state.router,
         &target,
@@ -524,10 +533,11 @@ pub async fn describe_namespace(
 /// `DELETE /namespaces/{namespace}`.
 pub async fn delete_namespace(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     Path(namespace): Path<String>,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &headers, Access::DataWrite).await?;
+    let target = target(&state, &caller, &headers).await?;
     let (_, lsn) = vectors::delete_namespace(
         &state.router,
         &target,
@@ -549,10 +559,11 @@ struct CreateNamespaceJson {
 /// `POST /namespaces`.
 pub async fn create_namespace(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let target = target(&state, &headers, Access::DataWrite).await?;
+    let target = target(&state, &caller, &headers).await?;
     let req: CreateNamespaceJson = parse_body(&body)?;
     let (resp, lsn) = vectors::create_namespace(
         &state.router,

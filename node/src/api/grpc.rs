@@ -7,10 +7,11 @@ use conifer_proto::pinecone::vector_service_server::VectorService;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
+use super::access::{Caller, PROJECT_HEADER};
 use super::data::{read_headers, INDEX_HEADER};
 use super::vectors::{self, Lsn};
-use crate::auth::Access;
-use crate::router::{Resolved, Router};
+use super::{ApiError, ApiState};
+use crate::router::Resolved;
 
 /// Metadata key the front door sets to the HTTP/2 `:authority` before gRPC dispatch
 /// (overwriting any client-sent value).
@@ -19,24 +20,33 @@ pub const AUTHORITY_METADATA: &str = "x-conifer-authority";
 /// The gRPC data-plane service.
 #[derive(Clone)]
 pub struct GrpcDataPlane {
-    router: Router,
+    state: ApiState,
 }
 
 impl GrpcDataPlane {
-    /// A service routing through `router`.
-    pub fn new(router: Router) -> Self {
-        Self { router }
+    /// The service over the node's API state.
+    pub fn new(state: ApiState) -> Self {
+        Self { state }
     }
 
-    async fn target<T>(&self, request: &Request<T>, access: Access) -> Result<Resolved, Status> {
+    /// Authorizes the call (the front door's middleware authenticated it and put the
+    /// [`Caller`], with the method's operation, into the request) and resolves its index.
+    async fn target<T>(&self, request: &Request<T>) -> Result<Resolved, Status> {
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .ok_or_else(|| Status::from(ApiError::internal("no authenticated caller")))?;
         let md = request.metadata();
         let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
-        let key = self.router.authenticate(get("api-key"), access).await?;
+        let project_id = caller
+            .authorize_data_project(&self.state, get(PROJECT_HEADER))
+            .await?;
         let explicit = get(INDEX_HEADER).or_else(|| get("service-name"));
-        let mut target = self
-            .router
-            .resolve(&key, explicit, get(AUTHORITY_METADATA))?;
-        read_headers(&self.router, &mut target, get).await?;
+        let mut target =
+            self.state
+                .router
+                .resolve(&project_id, explicit, get(AUTHORITY_METADATA))?;
+        read_headers(&self.state.router, &mut target, get).await?;
         Ok(target)
     }
 }
@@ -62,8 +72,9 @@ impl VectorService for GrpcDataPlane {
         &self,
         request: Request<pb::UpsertRequest>,
     ) -> Result<Response<pb::UpsertResponse>, Status> {
-        let target = self.target(&request, Access::DataWrite).await?;
-        let (body, lsn) = vectors::upsert(&self.router, &target, request.into_inner()).await?;
+        let target = self.target(&request).await?;
+        let (body, lsn) =
+            vectors::upsert(&self.state.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -71,8 +82,9 @@ impl VectorService for GrpcDataPlane {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let target = self.target(&request, Access::DataWrite).await?;
-        let (body, lsn) = vectors::delete(&self.router, &target, request.into_inner()).await?;
+        let target = self.target(&request).await?;
+        let (body, lsn) =
+            vectors::delete(&self.state.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -80,8 +92,8 @@ impl VectorService for GrpcDataPlane {
         &self,
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
-        let target = self.target(&request, Access::DataRead).await?;
-        let (body, lsn) = vectors::fetch(&self.router, &target, request.into_inner()).await?;
+        let target = self.target(&request).await?;
+        let (body, lsn) = vectors::fetch(&self.state.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -89,8 +101,8 @@ impl VectorService for GrpcDataPlane {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let target = self.target(&request, Access::DataRead).await?;
-        let (body, lsn) = vectors::list(&self.router, &target, request.into_inner()).await?;
+        let target = self.target(&request).await?;
+        let (body, lsn) = vectors::list(&self.state.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -98,8 +110,8 @@ impl VectorService for GrpcDataPlane {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
-        let target = self.target(&request, Access::DataRead).await?;
-        let (body, lsn) = vectors::query(&self.router, &target, request.into_inner()).await?;
+        let target = self.target(&request).await?;
+        let (body, lsn) = vectors::query(&self.state.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -107,8 +119,9 @@ impl VectorService for GrpcDataPlane {
         &self,
         request: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::UpdateResponse>, Status> {
-        let target = self.target(&request, Access::DataWrite).await?;
-        let (body, lsn) = vectors::update(&self.router, &target, request.into_inner()).await?;
+        let target = self.target(&request).await?;
+        let (body, lsn) =
+            vectors::update(&self.state.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -116,9 +129,10 @@ impl VectorService for GrpcDataPlane {
         &self,
         request: Request<pb::DescribeIndexStatsRequest>,
     ) -> Result<Response<pb::DescribeIndexStatsResponse>, Status> {
-        let target = self.target(&request, Access::DataRead).await?;
+        let target = self.target(&request).await?;
         let (body, lsn) =
-            vectors::describe_index_stats(&self.router, &target, request.into_inner()).await?;
+            vectors::describe_index_stats(&self.state.router, &target, request.into_inner())
+                .await?;
         Ok(respond(body, lsn))
     }
 
@@ -126,9 +140,9 @@ impl VectorService for GrpcDataPlane {
         &self,
         request: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
-        let target = self.target(&request, Access::DataRead).await?;
+        let target = self.target(&request).await?;
         let (body, lsn) =
-            vectors::list_namespaces(&self.router, &target, request.into_inner()).await?;
+            vectors::list_namespaces(&self.state.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -136,9 +150,9 @@ impl VectorService for GrpcDataPlane {
         &self,
         request: Request<pb::DescribeNamespaceRequest>,
     ) -> Result<Response<pb::NamespaceDescription>, Status> {
-        let target = self.target(&request, Access::DataRead).await?;
+        let target = self.target(&request).await?;
         let (body, lsn) =
-            vectors::describe_namespace(&self.router, &target, request.into_inner()).await?;
+            vectors::describe_namespace(&self.state.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -146,9 +160,9 @@ impl VectorService for GrpcDataPlane {
         &self,
         request: Request<pb::DeleteNamespaceRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let target = self.target(&request, Access::DataWrite).await?;
+        let target = self.target(&request).await?;
         let (body, lsn) =
-            vectors::delete_namespace(&self.router, &target, request.into_inner()).await?;
+            vectors::delete_namespace(&self.state.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -156,9 +170,9 @@ impl VectorService for GrpcDataPlane {
         &self,
         request: Request<pb::CreateNamespaceRequest>,
     ) -> Result<Response<pb::NamespaceDescription>, Status> {
-        let target = self.target(&request, Access::DataWrite).await?;
+        let target = self.target(&request).await?;
         let (body, lsn) =
-            vectors::create_namespace(&self.router, &target, request.into_inner()).await?;
+            vectors::create_namespace(&self.state.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 
@@ -166,9 +180,9 @@ impl VectorService for GrpcDataPlane {
         &self,
         request: Request<pb::FetchByMetadataRequest>,
     ) -> Result<Response<pb::FetchByMetadataResponse>, Status> {
-        let target = self.target(&request, Access::DataRead).await?;
+        let target = self.target(&request).await?;
         let (body, lsn) =
-            vectors::fetch_by_metadata(&self.router, &target, request.into_inner()).await?;
+            vectors::fetch_by_metadata(&self.state.router, &target, request.into_inner()).await?;
         Ok(respond(body, lsn))
     }
 }

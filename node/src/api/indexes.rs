@@ -1,5 +1,6 @@
 //! Pinecone's index control plane over REST: `POST/GET /indexes`,
-//! `GET/PATCH/DELETE /indexes/{name}`, authenticated with a project API key. Index
+//! `GET/PATCH/DELETE /indexes/{name}`, with a project API key (or a bearer token and
+//! `X-Project-Id`). Index
 //! metadata lives in the control plane; the shard group is started by the reconciler on
 //! the chosen replicas, and the index turns `Ready` when that group has a leader.
 
@@ -12,9 +13,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::access::{Caller, PROJECT_HEADER};
 use super::{ApiError, ApiState};
-use crate::auth::Access;
-use crate::control::state::{ApiKey, Command, Index, IndexState, Metric, Output};
+use crate::control::state::{Command, Index, IndexState, Metric, Output};
 use crate::control::{ControlError, Rejection};
 
 /// Longest index name.
@@ -30,11 +31,14 @@ pub const MAX_TAG_VALUE_CHARS: usize = 120;
 /// Replicas of each shard (fewer when the cluster has fewer nodes).
 pub const SHARD_REPLICAS: usize = 3;
 
-async fn key(state: &ApiState, headers: &HeaderMap, access: Access) -> Result<ApiKey, ApiError> {
-    state
-        .router
-        .authenticate(headers.get("api-key").and_then(|v| v.to_str().ok()), access)
-        .await
+/// The project the call addresses, once the caller is authorized there.
+async fn project(
+    state: &ApiState,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> Result<String, ApiError> {
+    let header = headers.get(PROJECT_HEADER).and_then(|v| v.to_str().ok());
+    caller.authorize_data_project(state, header).await
 }
 
 /// First API version with the schema-based index model (SDK 10.x).
@@ -323,10 +327,11 @@ fn place(state: &ApiState) -> Vec<u64> {
 /// `POST /indexes`.
 pub async fn create(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let key = key(&state, &headers, Access::ControlWrite).await?;
+    let project_id = project(&state, &caller, &headers).await?;
     let schema_shape = schema_api(&headers);
     let req: CreateIndex = if schema_shape {
         let value: Value = serde_json::from_slice(&body)
@@ -388,7 +393,7 @@ pub async fn create(
     }
     let index = Index {
         name: req.name,
-        project_id: key.project_id.clone(),
+        project_id: project_id.clone(),
         dimension,
         metric,
         vector_type,
@@ -416,13 +421,14 @@ pub async fn create(
 /// `GET /indexes`.
 pub async fn list(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let key = key(&state, &headers, Access::ControlRead).await?;
+    let project_id = project(&state, &caller, &headers).await?;
     let indexes: Vec<Value> = state
         .control
         .read(|s| {
-            s.indexes_of(&key.project_id)
+            s.indexes_of(&project_id)
                 .into_iter()
                 .cloned()
                 .collect::<Vec<_>>()
@@ -433,12 +439,12 @@ pub async fn list(
     Ok(Json(json!({ "indexes": indexes })))
 }
 
-fn find(state: &ApiState, key: &ApiKey, name: &str) -> Result<Index, ApiError> {
+fn find(state: &ApiState, project_id: &str, name: &str) -> Result<Index, ApiError> {
     state
         .control
         .read(|s| {
             s.indexes
-                .get(&(key.project_id.clone(), name.to_string()))
+                .get(&(project_id.to_string(), name.to_string()))
                 .cloned()
         })
         .ok_or_else(|| ApiError::not_found(format!("index '{name}' not found")))
@@ -447,13 +453,14 @@ fn find(state: &ApiState, key: &ApiKey, name: &str) -> Result<Index, ApiError> {
 /// `GET /indexes/{name}`.
 pub async fn describe(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let key = key(&state, &headers, Access::ControlRead).await?;
+    let project_id = project(&state, &caller, &headers).await?;
     Ok(Json(render(
         &state,
-        &find(&state, &key, &name)?,
+        &find(&state, &project_id, &name)?,
         schema_api(&headers),
     )))
 }
@@ -478,11 +485,12 @@ struct ConfigureIndex {
 /// `PATCH /indexes/{name}`: deletion protection and tags (a tag set to `""` is removed).
 pub async fn configure(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let key = key(&state, &headers, Access::ControlWrite).await?;
+    let project_id = project(&state, &caller, &headers).await?;
     let req: ConfigureIndex = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))?;
     if req.spec.is_some()
@@ -494,7 +502,7 @@ pub async fn configure(
             "changing 'spec', 'deployment', 'read_capacity' or 'embed' of an existing index is not supported",
         ));
     }
-    let current = find(&state, &key, &name)?;
+    let current = find(&state, &project_id, &name)?;
     let tags_json = match req.tags {
         None => None,
         Some(changes) => {
@@ -521,7 +529,7 @@ pub async fn configure(
     };
     let deletion_protection = parse_protection(req.deletion_protection.as_deref())?;
     let command = Command::ConfigureIndex {
-        project_id: key.project_id.clone(),
+        project_id: project_id.clone(),
         name,
         deletion_protection,
         tags_json,
@@ -535,12 +543,13 @@ pub async fn configure(
 /// `DELETE /indexes/{name}`: refused with 403 while deletion protection is enabled.
 pub async fn delete(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let key = key(&state, &headers, Access::ControlWrite).await?;
+    let project_id = project(&state, &caller, &headers).await?;
     let command = Command::DeleteIndex {
-        project_id: key.project_id.clone(),
+        project_id: project_id.clone(),
         name,
     };
     match state.control.propose(command).await {

@@ -2,14 +2,18 @@
 //! issue on, gRPC (tonic) on the same listener (ALPN h2 / http/1.1).
 //!
 //! This layer only authenticates, authorizes, validates and routes; the control plane
-//! holds the logic. Every route except `/health` requires a credential.
+//! holds the logic. Routes come from [`policy::ROUTES`]; every one except the public ones
+//! (`/health`, sign-in) requires a credential, checked by [`access`].
 
+pub mod access;
 pub mod admin;
 pub mod convert;
 pub mod data;
 pub mod error;
 pub mod grpc;
+pub mod identity;
 pub mod indexes;
+pub mod signin;
 pub mod vectors;
 
 use std::net::SocketAddr;
@@ -17,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, get, post};
+use axum::http::StatusCode;
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Json;
 use conifer_proto::pinecone::vector_service_server::VectorServiceServer;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -28,11 +32,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth;
 use crate::control::ControlPlane;
+use crate::policy::{self, Operation, Scope, Target};
 use crate::router::Router;
+use access::Caller;
 pub use error::ApiError;
 use grpc::GrpcDataPlane;
+use signin::SignIn;
 
 /// Largest admin request body.
 pub const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024;
@@ -50,50 +56,135 @@ pub struct ApiState {
     pub control: ControlPlane,
     /// Data-plane routing.
     pub router: Router,
+    /// Sign-in throttling and token lifetime.
+    pub signin: Arc<SignIn>,
 }
 
-/// Every route of the client port: admin and index REST, data-plane REST, and the
-/// data-plane gRPC service.
+/// Every route of the client port, built from [`policy::ROUTES`]: each REST route with the
+/// authentication middleware for its operation in front, and the gRPC `VectorService`,
+/// whose operation the middleware finds by method path.
 pub fn routes(state: ApiState) -> axum::Router {
-    let grpc_service = VectorServiceServer::new(GrpcDataPlane::new(state.router.clone()))
+    let mut router = axum::Router::new();
+    for (method, path, operation) in policy::ROUTES {
+        if path.starts_with(policy::GRPC_PREFIX) {
+            continue;
+        }
+        let access = access::RouteAccess {
+            api: state.clone(),
+            operation: Some(*operation),
+        };
+        let body_limit = match operation.scope() {
+            Scope::Project if is_data_operation(*operation) => MAX_DATA_BODY_BYTES,
+            _ => MAX_ADMIN_BODY_BYTES,
+        };
+        let route = handler(method_filter(method), *operation)
+            .layer::<_, std::convert::Infallible>(axum::middleware::from_fn_with_state(
+                access,
+                access::authenticate,
+            ))
+            .layer(DefaultBodyLimit::max(body_limit));
+        router = router.route(path, route);
+    }
+    let grpc_service = VectorServiceServer::new(GrpcDataPlane::new(state.clone()))
         .max_decoding_message_size(MAX_DATA_BODY_BYTES);
     let grpc = axum::Router::new()
-        .route_service("/VectorService/{*method}", grpc_service)
-        .layer(axum::middleware::map_request(copy_authority));
-    let data = axum::Router::new()
-        .route("/indexes", post(indexes::create).get(indexes::list))
-        .route(
-            "/indexes/{name}",
-            get(indexes::describe)
-                .patch(indexes::configure)
-                .delete(indexes::delete),
-        )
-        .route("/vectors/upsert", post(data::upsert))
-        .route("/query", post(data::query))
-        .route("/vectors/fetch", get(data::fetch))
-        .route("/vectors/list", get(data::list))
-        .route("/vectors/fetch_by_metadata", post(data::fetch_by_metadata))
-        .route("/vectors/delete", post(data::delete).delete(data::delete))
-        .route("/vectors/update", post(data::update))
-        .route(
-            "/describe_index_stats",
-            post(data::describe_index_stats).get(data::describe_index_stats),
-        )
-        .route(
-            "/namespaces",
-            get(data::list_namespaces).post(data::create_namespace),
-        )
-        .route(
-            "/namespaces/{namespace}",
-            get(data::describe_namespace).delete(data::delete_namespace),
-        )
-        .layer(DefaultBodyLimit::max(MAX_DATA_BODY_BYTES))
-        .layer(axum::middleware::map_request(copy_authority))
-        .with_state(state.clone());
-    admin_routes(state)
-        .merge(data)
+        .route_service(&format!("{}{{*method}}", policy::GRPC_PREFIX), grpc_service)
+        .layer(axum::middleware::from_fn_with_state(
+            access::RouteAccess {
+                api: state.clone(),
+                operation: None,
+            },
+            access::authenticate,
+        ));
+    router
+        .with_state(state)
         .merge(grpc)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::map_request(copy_authority))
+}
+
+/// Whether an operation of project scope carries index or vector payloads (the larger body
+/// limit).
+fn is_data_operation(operation: Operation) -> bool {
+    operation
+        .allowed()
+        .iter()
+        .any(|r| matches!(r, policy::Role::Key(_)))
+}
+
+fn method_filter(method: &str) -> MethodFilter {
+    match method {
+        "GET" => MethodFilter::GET,
+        "POST" => MethodFilter::POST,
+        "PATCH" => MethodFilter::PATCH,
+        "PUT" => MethodFilter::PUT,
+        "DELETE" => MethodFilter::DELETE,
+        other => panic!("policy::ROUTES names unknown method {other}"),
+    }
+}
+
+/// The handler of each REST operation (gRPC operations are served by `GrpcDataPlane`).
+fn handler(method: MethodFilter, operation: Operation) -> MethodRouter<ApiState> {
+    use Operation as O;
+    match operation {
+        O::Health => on(method, health),
+        O::Login => on(method, signin::login),
+        O::IssueToken => on(method, signin::issue_token),
+        O::ClusterDescribe => on(method, cluster),
+        O::ClusterPromoteMember => on(method, admin::promote_member),
+        O::ClusterRemoveMember => on(method, admin::remove_member),
+        O::ClusterSnapshot => on(method, snapshot),
+        O::OperatorTokenList => on(method, identity::list_operator_tokens),
+        O::OperatorTokenCreate => on(method, identity::create_operator_token),
+        O::OperatorTokenRotate => on(method, identity::rotate_operator_token),
+        O::OperatorTokenDelete => on(method, identity::delete_operator_token),
+        O::SigningKeyRotate => on(method, identity::rotate_signing_key),
+        O::OrgCreate => on(method, identity::create_organization),
+        O::OrgList => on(method, identity::list_organizations),
+        O::OrgGet => on(method, identity::get_organization),
+        O::OrgUpdate => on(method, identity::update_organization),
+        O::OrgDelete => on(method, identity::delete_organization),
+        O::OrgMemberList => on(method, identity::list_members),
+        O::OrgMemberCreate => on(method, identity::create_member),
+        O::OrgMemberUpdate => on(method, identity::update_member),
+        O::OrgMemberRemove => on(method, identity::remove_member),
+        O::ServiceAccountList => on(method, identity::list_service_accounts),
+        O::ServiceAccountCreate => on(method, identity::create_service_account),
+        O::ServiceAccountUpdate => on(method, identity::update_service_account),
+        O::ServiceAccountRotateSecret => on(method, identity::rotate_service_account_secret),
+        O::ServiceAccountDelete => on(method, identity::delete_service_account),
+        O::ProjectCreate => on(method, admin::create_project),
+        O::ProjectList => on(method, admin::list_projects),
+        O::ProjectGet => on(method, admin::get_project),
+        O::ProjectUpdate => on(method, admin::update_project),
+        O::ProjectDelete => on(method, admin::delete_project),
+        O::ProjectMemberList => on(method, identity::list_project_members),
+        O::ProjectMemberAdd => on(method, identity::add_project_member),
+        O::ProjectMemberUpdate => on(method, identity::update_project_member),
+        O::ProjectMemberRemove => on(method, identity::remove_project_member),
+        O::ApiKeyList => on(method, admin::list_api_keys),
+        O::ApiKeyGet => on(method, admin::get_api_key),
+        O::ApiKeyCreate => on(method, admin::create_api_key),
+        O::ApiKeyUpdate => on(method, admin::update_api_key),
+        O::ApiKeyDelete => on(method, admin::delete_api_key),
+        O::IndexCreate => on(method, indexes::create),
+        O::IndexList => on(method, indexes::list),
+        O::IndexDescribe => on(method, indexes::describe),
+        O::IndexConfigure => on(method, indexes::configure),
+        O::IndexDelete => on(method, indexes::delete),
+        O::VectorUpsert => on(method, data::upsert),
+        O::VectorUpdate => on(method, data::update),
+        O::VectorDelete => on(method, data::delete),
+        O::VectorQuery => on(method, data::query),
+        O::VectorFetch => on(method, data::fetch),
+        O::VectorFetchByMetadata => on(method, data::fetch_by_metadata),
+        O::VectorList => on(method, data::list),
+        O::IndexStats => on(method, data::describe_index_stats),
+        O::NamespaceList => on(method, data::list_namespaces),
+        O::NamespaceDescribe => on(method, data::describe_namespace),
+        O::NamespaceCreate => on(method, data::create_namespace),
+        O::NamespaceDelete => on(method, data::delete_namespace),
+    }
 }
 
 /// Puts the request's authority (HTTP/2 `:authority` or HTTP/1.1 `Host`) into the header
@@ -117,37 +208,6 @@ async fn copy_authority(mut request: axum::extract::Request) -> axum::extract::R
         headers.insert(grpc::AUTHORITY_METADATA, value);
     }
     request
-}
-
-fn admin_routes(state: ApiState) -> axum::Router {
-    axum::Router::new()
-        .route("/health", get(health))
-        .route("/admin/cluster", get(cluster))
-        .route(
-            "/admin/cluster/members/{id}/promote",
-            post(admin::promote_member),
-        )
-        .route("/admin/cluster/members/{id}", delete(admin::remove_member))
-        .route("/admin/cluster/snapshot", post(snapshot))
-        .route(
-            "/admin/projects",
-            post(admin::create_project).get(admin::list_projects),
-        )
-        .route(
-            "/admin/projects/{id}",
-            get(admin::get_project).delete(admin::delete_project),
-        )
-        .route(
-            "/admin/projects/{id}/api-keys",
-            post(admin::create_api_key).get(admin::list_api_keys),
-        )
-        .route(
-            "/admin/api-keys/{id}",
-            get(admin::get_api_key).delete(admin::delete_api_key),
-        )
-        .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY_BYTES))
-        .with_state(state)
 }
 
 /// Serves `router` with TLS on `listener` until the process ends.
@@ -183,6 +243,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router
                 }
                 Err(_) => return,
             };
+            let router = router.layer(axum::Extension(access::ClientAddr(peer.ip())));
             let service = TowerToHyperService::new(router.into_service::<hyper::body::Incoming>());
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
@@ -208,39 +269,6 @@ async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
     )
 }
 
-/// The caller proved to be the operator.
-pub struct Operator;
-
-/// Checks `Authorization: Bearer <operator token>`.
-pub async fn require_operator(state: &ApiState, headers: &HeaderMap) -> Result<Operator, ApiError> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::unauthenticated("missing Authorization header (expected 'Bearer <token>')")
-        })?;
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::unauthenticated("Authorization header is not ASCII"))?;
-    let token = value.strip_prefix("Bearer ").ok_or_else(|| {
-        ApiError::unauthenticated("Authorization header must be 'Bearer <token>'")
-    })?;
-    if token.len() > auth::MAX_CREDENTIAL_BYTES {
-        return Err(ApiError::unauthenticated(format!(
-            "bearer token exceeds {} bytes",
-            auth::MAX_CREDENTIAL_BYTES
-        )));
-    }
-    if state
-        .control
-        .read_authenticated(|s| auth::verify_operator_token(s, token).is_some())
-        .await?
-    {
-        Ok(Operator)
-    } else {
-        Err(ApiError::unauthenticated("invalid or revoked token"))
-    }
-}
-
 /// Query of `GET /admin/cluster`.
 #[derive(serde::Deserialize, Default)]
 struct ClusterQuery {
@@ -253,10 +281,10 @@ struct ClusterQuery {
 /// replicas on this node with their indexes (operator only).
 async fn cluster(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    caller: Caller,
     axum::extract::Query(query): axum::extract::Query<ClusterQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(&state, &headers).await?;
+    caller.authorize(Target::Cluster)?;
     let metrics = state.control.raft().metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
@@ -325,11 +353,8 @@ async fn cluster(
 
 /// `POST /admin/cluster/snapshot`: asks every Raft group on this node to take a snapshot
 /// now (operator only), e.g. before a planned restart so it loads instead of replaying.
-async fn snapshot(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
-    require_operator(&state, &headers).await?;
+async fn snapshot(State(state): State<ApiState>, caller: Caller) -> Result<StatusCode, ApiError> {
+    caller.authorize(Target::Cluster)?;
     let mut groups = vec![state.control.raft().clone()];
     groups.extend(state.router.shards().hosted().into_iter().map(|s| s.raft));
     for raft in groups {

@@ -13,6 +13,7 @@
 //! out, so a credential whose deletion was acknowledged at `t` is refused on every node from
 //! `t + LEASE_MS` on.
 
+pub mod identity;
 pub mod state;
 
 use std::sync::{Arc, Mutex};
@@ -192,6 +193,20 @@ impl ControlPlane {
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.peers.node_id()
+    }
+
+    /// Looks something up in the local replica; when it is missing there, first catches up
+    /// with the leader (read index) and looks again, so an object created through another
+    /// node a moment ago is found. `None` then means it does not exist (or this node cannot
+    /// reach the leader to tell).
+    pub async fn read_fresh<R>(&self, f: impl Fn(&ControlState) -> Option<R>) -> Option<R> {
+        if let Some(found) = self.read(&f) {
+            return Some(found);
+        }
+        if self.linearizable_barrier().await.is_err() {
+            return None;
+        }
+        self.read(f)
     }
 
     /// Runs `f` on the local replica's state.

@@ -9,6 +9,13 @@ use std::collections::BTreeMap;
 use conifer_raft::group_state::StateWrites;
 use serde::{Deserialize, Serialize};
 
+pub use super::identity::{
+    IdentityCommand, MemberKind, OrgRole, ProjectMember, ProjectRole, ServiceAccount, SigningKey,
+    User,
+};
+
+/// Most organizations one cluster may hold.
+pub const MAX_ORGANIZATIONS: usize = 100;
 /// Most projects one organization may hold.
 pub const MAX_PROJECTS_PER_ORG: usize = 1_000;
 /// Most API keys one project may hold.
@@ -200,9 +207,27 @@ pub enum Command {
         api_key: ApiKey,
         /// The operator token.
         operator_token: OperatorToken,
+        /// The first key that signs bearer tokens.
+        signing_key: SigningKey,
     },
-    /// Create a project.
-    CreateProject(Project),
+    /// Create a project; `owner`, when given, becomes its `ProjectOwner` in the same step.
+    CreateProject {
+        /// The project.
+        project: Project,
+        /// The user or service account that created it.
+        owner: Option<ProjectMember>,
+    },
+    /// Rename a project or change its settings.
+    UpdateProject {
+        /// The project.
+        id: String,
+        /// New name, if changing.
+        name: Option<String>,
+        /// New pod quota, if changing.
+        max_pods: Option<u32>,
+        /// New CMEK requirement, if changing.
+        force_encryption_with_cmek: Option<bool>,
+    },
     /// Delete a project and its API keys.
     DeleteProject {
         /// The project.
@@ -215,6 +240,31 @@ pub enum Command {
         /// The key.
         id: String,
     },
+    /// Rename an API key and/or replace its roles.
+    UpdateApiKey {
+        /// The key.
+        id: String,
+        /// New name, if changing.
+        name: Option<String>,
+        /// New roles (not empty), if changing.
+        roles: Option<Vec<ApiKeyRole>>,
+    },
+    /// Create an organization (operator only).
+    CreateOrganization(Organization),
+    /// Rename an organization.
+    RenameOrganization {
+        /// The organization.
+        id: String,
+        /// The new name.
+        name: String,
+    },
+    /// Delete an organization with no projects, and its users and service accounts.
+    DeleteOrganization {
+        /// The organization.
+        id: String,
+    },
+    /// Users, service accounts, memberships, operator tokens and signing keys.
+    Identity(IdentityCommand),
     /// Create an index; the state machine assigns its shard group id.
     CreateIndex(Index),
     /// Change an index's deletion protection and/or tags.
@@ -253,6 +303,14 @@ pub enum Output {
     ApiKey(ApiKey),
     /// The index as stored.
     Index(Index),
+    /// The organization as stored.
+    Organization(Organization),
+    /// The user as stored.
+    User(User),
+    /// The service account as stored.
+    ServiceAccount(ServiceAccount),
+    /// The project membership as stored.
+    ProjectMember(ProjectMember),
 }
 
 /// Why a command was rejected; the state is unchanged.
@@ -295,9 +353,17 @@ pub struct ControlState {
     pub indexes: BTreeMap<(String, String), Index>,
     /// Next shard group id to assign (group 0 is the control plane).
     pub next_group_id: u64,
+    /// Users by id.
+    pub users: BTreeMap<String, User>,
+    /// Service accounts by id.
+    pub service_accounts: BTreeMap<String, ServiceAccount>,
+    /// Project memberships by (project id, principal id).
+    pub project_members: BTreeMap<(String, String), ProjectMember>,
+    /// Token-signing keys, oldest first; the last one signs.
+    pub signing_keys: Vec<SigningKey>,
 }
 
-fn not_found(kind: &str, id: &str) -> Rejection {
+pub(super) fn not_found(kind: &str, id: &str) -> Rejection {
     Rejection::NotFound {
         kind: kind.into(),
         id: id.into(),
@@ -313,10 +379,12 @@ impl ControlState {
                 project,
                 api_key,
                 operator_token,
+                signing_key,
             } => {
                 if !self.organizations.is_empty() || !self.operator_tokens.is_empty() {
                     return Err(Rejection::Invalid("cluster is already bootstrapped".into()));
                 }
+                self.signing_keys.push(signing_key);
                 self.organizations
                     .insert(organization.id.clone(), organization);
                 self.projects.insert(project.id.clone(), project);
@@ -325,7 +393,7 @@ impl ControlState {
                     .insert(operator_token.id.clone(), operator_token);
                 Ok(Output::Done)
             }
-            Command::CreateProject(project) => {
+            Command::CreateProject { project, owner } => {
                 if !self.organizations.contains_key(&project.organization_id) {
                     return Err(not_found("organization", &project.organization_id));
                 }
@@ -354,8 +422,56 @@ impl ControlState {
                         "organization already has {count} projects; the limit is {MAX_PROJECTS_PER_ORG}"
                     )));
                 }
+                if let Some(owner) = &owner {
+                    let known = match owner.kind {
+                        MemberKind::User => self.users.contains_key(&owner.principal_id),
+                        MemberKind::ServiceAccount => {
+                            self.service_accounts.contains_key(&owner.principal_id)
+                        }
+                    };
+                    if !known || owner.project_id != project.id {
+                        return Err(not_found(owner.kind.as_str(), &owner.principal_id));
+                    }
+                }
                 self.projects.insert(project.id.clone(), project.clone());
+                if let Some(owner) = owner {
+                    self.project_members
+                        .insert((project.id.clone(), owner.principal_id.clone()), owner);
+                }
                 Ok(Output::Project(project))
+            }
+            Command::UpdateProject {
+                id,
+                name,
+                max_pods,
+                force_encryption_with_cmek,
+            } => {
+                let org = match self.projects.get(&id) {
+                    Some(p) => p.organization_id.clone(),
+                    None => return Err(not_found("project", &id)),
+                };
+                if let Some(name) = &name {
+                    let taken = self
+                        .projects_of(&org)
+                        .iter()
+                        .any(|p| p.name == *name && p.id != id);
+                    if taken {
+                        return Err(Rejection::AlreadyExists(format!(
+                            "a project named '{name}' already exists in this organization"
+                        )));
+                    }
+                }
+                let project = self.projects.get_mut(&id).expect("checked above");
+                if let Some(name) = name {
+                    project.name = name;
+                }
+                if let Some(max_pods) = max_pods {
+                    project.max_pods = max_pods;
+                }
+                if let Some(force) = force_encryption_with_cmek {
+                    project.force_encryption_with_cmek = force;
+                }
+                Ok(Output::Project(project.clone()))
             }
             Command::DeleteProject { id } => {
                 if !self.projects.contains_key(&id) {
@@ -369,6 +485,7 @@ impl ControlState {
                 }
                 self.projects.remove(&id);
                 self.api_keys.retain(|_, k| k.project_id != id);
+                self.project_members.retain(|(p, _), _| *p != id);
                 Ok(Output::Done)
             }
             Command::CreateApiKey(key) => {
@@ -398,6 +515,64 @@ impl ControlState {
                 Some(_) => Ok(Output::Done),
                 None => Err(not_found("API key", &id)),
             },
+            Command::UpdateApiKey { id, name, roles } => {
+                if roles.as_ref().is_some_and(|r| r.is_empty()) {
+                    return Err(Rejection::Invalid(
+                        "an API key needs at least one role".into(),
+                    ));
+                }
+                let key = self
+                    .api_keys
+                    .get_mut(&id)
+                    .ok_or_else(|| not_found("API key", &id))?;
+                if let Some(name) = name {
+                    key.name = name;
+                }
+                if let Some(roles) = roles {
+                    key.roles = roles;
+                }
+                Ok(Output::ApiKey(key.clone()))
+            }
+            Command::CreateOrganization(org) => {
+                if self.organizations.contains_key(&org.id) {
+                    return Err(Rejection::AlreadyExists(format!(
+                        "organization id '{}' already exists",
+                        org.id
+                    )));
+                }
+                if self.organizations.len() >= MAX_ORGANIZATIONS {
+                    return Err(Rejection::LimitExceeded(format!(
+                        "the cluster already has {} organizations; the limit is {MAX_ORGANIZATIONS}",
+                        self.organizations.len()
+                    )));
+                }
+                self.organizations.insert(org.id.clone(), org.clone());
+                Ok(Output::Organization(org))
+            }
+            Command::RenameOrganization { id, name } => {
+                let org = self
+                    .organizations
+                    .get_mut(&id)
+                    .ok_or_else(|| not_found("organization", &id))?;
+                org.name = name;
+                Ok(Output::Organization(org.clone()))
+            }
+            Command::DeleteOrganization { id } => {
+                if !self.organizations.contains_key(&id) {
+                    return Err(not_found("organization", &id));
+                }
+                let projects = self.projects_of(&id).len();
+                if projects > 0 {
+                    return Err(Rejection::Invalid(format!(
+                        "organization '{id}' still has {projects} project(s); delete them first"
+                    )));
+                }
+                self.organizations.remove(&id);
+                self.users.retain(|_, u| u.organization_id != id);
+                self.service_accounts.retain(|_, a| a.organization_id != id);
+                Ok(Output::Done)
+            }
+            Command::Identity(command) => self.apply_identity(command),
             Command::CreateIndex(mut index) => {
                 if !self.projects.contains_key(&index.project_id) {
                     return Err(not_found("project", &index.project_id));
@@ -523,7 +698,7 @@ impl conifer_raft::StateMachine for ControlMachine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn org() -> Organization {
@@ -556,7 +731,8 @@ mod tests {
         }
     }
 
-    fn bootstrapped() -> ControlState {
+    /// A state after bootstrap: organization `o1`, project `p0`, key `k0`, token `op`.
+    pub(crate) fn bootstrapped() -> ControlState {
         let mut s = ControlState::default();
         s.apply(Command::Bootstrap {
             organization: org(),
@@ -565,6 +741,11 @@ mod tests {
             operator_token: OperatorToken {
                 id: "op".into(),
                 secret_sha256: "11".into(),
+                created_at: "t".into(),
+            },
+            signing_key: SigningKey {
+                id: "sk0".into(),
+                secret_hex: "00".into(),
                 created_at: "t".into(),
             },
         })
@@ -585,6 +766,11 @@ mod tests {
                 secret_sha256: "22".into(),
                 created_at: "t".into(),
             },
+            signing_key: SigningKey {
+                id: "sk9".into(),
+                secret_hex: "00".into(),
+                created_at: "t".into(),
+            },
         });
         assert!(matches!(again, Err(Rejection::Invalid(_))));
         assert_eq!(s, before);
@@ -593,10 +779,16 @@ mod tests {
     #[test]
     fn duplicate_project_name_is_rejected_without_change() {
         let mut s = bootstrapped();
-        s.apply(Command::CreateProject(project("p1", "alpha")))
-            .unwrap();
+        s.apply(Command::CreateProject {
+            project: project("p1", "alpha"),
+            owner: None,
+        })
+        .unwrap();
         let before = s.clone();
-        let dup = s.apply(Command::CreateProject(project("p2", "alpha")));
+        let dup = s.apply(Command::CreateProject {
+            project: project("p2", "alpha"),
+            owner: None,
+        });
         assert!(matches!(dup, Err(Rejection::AlreadyExists(_))));
         assert_eq!(s, before);
     }
@@ -604,8 +796,11 @@ mod tests {
     #[test]
     fn deleting_a_project_deletes_its_keys() {
         let mut s = bootstrapped();
-        s.apply(Command::CreateProject(project("p1", "alpha")))
-            .unwrap();
+        s.apply(Command::CreateProject {
+            project: project("p1", "alpha"),
+            owner: None,
+        })
+        .unwrap();
         s.apply(Command::CreateApiKey(key("k1", "p1"))).unwrap();
         s.apply(Command::DeleteProject { id: "p1".into() }).unwrap();
         assert!(!s.api_keys.contains_key("k1"));

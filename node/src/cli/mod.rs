@@ -1,4 +1,7 @@
-//! The `conifer` command line: `serve` and `certs`.
+//! The `conifer` command line: `serve`, `certs`, `policy`, and the admin commands of
+//! [`admin`] (`project`, `key`, `member`, …).
+
+pub mod admin;
 
 use std::path::PathBuf;
 
@@ -32,6 +35,11 @@ pub enum Commands {
     /// Create the cluster CA, node certificates and client certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Print the permission matrix (operation × role) as a Markdown table.
+    Policy,
+    /// Administration through any node's client port.
+    #[command(flatten)]
+    Admin(admin::Admin),
 }
 
 /// Flags of `conifer serve`.
@@ -73,6 +81,9 @@ pub struct ServeArgs {
     /// HNSW efSearch (raised to twice top_k for larger top_k).
     #[arg(long, env = "CONIFER_HNSW_EF_SEARCH", default_value_t = EngineConfig::default().hnsw_ef_search)]
     pub hnsw_ef_search: usize,
+    /// Lifetime of the bearer tokens this node issues, in seconds (1 to 86400).
+    #[arg(long, env = "CONIFER_TOKEN_TTL_S", default_value_t = crate::auth::token::DEFAULT_TOKEN_TTL_S)]
+    pub token_ttl_s: u64,
 }
 
 impl ServeArgs {
@@ -80,6 +91,13 @@ impl ServeArgs {
     pub fn into_config(self) -> Result<ServeConfig, String> {
         if self.node_id == 0 {
             return Err("--node-id must be at least 1".into());
+        }
+        let max_ttl = crate::auth::token::MAX_TOKEN_TTL_S;
+        if !(1..=max_ttl).contains(&self.token_ttl_s) {
+            return Err(format!(
+                "--token-ttl-s is {}; it must be 1 to {max_ttl}",
+                self.token_ttl_s
+            ));
         }
         Ok(ServeConfig {
             node_id: self.node_id,
@@ -90,6 +108,7 @@ impl ServeArgs {
             join: self.join,
             learner: self.learner,
             domain: self.domain,
+            token_ttl_s: self.token_ttl_s,
             engine: EngineConfig {
                 hnsw_min_records: self.hnsw_min_records.max(1),
                 hnsw_m: self.hnsw_m.clamp(4, 128),

@@ -1,0 +1,254 @@
+//! Authentication and authorization at the front door. Every route is built from
+//! [`policy::ROUTES`] with this module's middleware in front of it: the middleware knows the
+//! route's [`Operation`], authenticates the credential under the control-plane lease (public
+//! operations excepted) and hands the handler a [`Caller`]. The handler finds what the call
+//! acts on and asks [`Caller::authorize`]; a handler that answers with success without
+//! having asked is turned into a 500 (fail closed, and loud in tests).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, ApiState};
+use crate::auth::{self, token, AuthError, Credential, Principal};
+use crate::control::state::Project;
+use crate::policy::{self, Denied, Operation, Scope, Target};
+
+/// Header naming the project of a call made with a bearer token (an API key implies its own
+/// project).
+pub const PROJECT_HEADER: &str = "x-project-id";
+
+/// The client's address, set on every request by the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub IpAddr);
+
+impl ClientAddr {
+    /// The address of the request (unspecified when the accept loop did not set one).
+    pub fn of(parts_extensions: &axum::http::Extensions) -> IpAddr {
+        parts_extensions
+            .get::<ClientAddr>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0)
+    }
+}
+
+/// An authenticated caller and the operation its route performs.
+#[derive(Clone)]
+pub struct Caller {
+    /// Who called.
+    pub principal: Arc<Principal>,
+    /// What the route does.
+    pub operation: Operation,
+    authorized: Arc<AtomicBool>,
+}
+
+impl Caller {
+    /// Checks the policy for this call's operation at `target`.
+    pub fn authorize(&self, target: Target<'_>) -> Result<(), ApiError> {
+        match policy::decide(&self.principal, self.operation, target) {
+            Ok(()) => {
+                self.authorized.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(Denied::NotFound) => Err(ApiError::not_found(match target {
+                Target::Project { id, .. } => format!("project '{id}' not found"),
+                _ => "not found".to_string(),
+            })),
+            Err(Denied::Forbidden(message)) => Err(ApiError::forbidden(message)),
+        }
+    }
+
+    /// Authorizes at the project `project_id` (404 when it does not exist) and returns it.
+    pub async fn authorize_project(
+        &self,
+        state: &ApiState,
+        project_id: &str,
+    ) -> Result<Project, ApiError> {
+        let project = state
+            .control
+            .read_fresh(|s| s.projects.get(project_id).cloned())
+            .await
+            .ok_or_else(|| ApiError::not_found(format!("project '{project_id}' not found")))?;
+        self.authorize(Target::Project {
+            id: &project.id,
+            organization_id: &project.organization_id,
+        })?;
+        Ok(project)
+    }
+
+    /// The project an index or data-plane call addresses: the `X-Project-Id` header, else
+    /// an API key's own project; authorized, and returned by id.
+    pub async fn authorize_data_project(
+        &self,
+        state: &ApiState,
+        header: Option<&str>,
+    ) -> Result<String, ApiError> {
+        let id = match (header.filter(|h| !h.is_empty()), self.principal.as_ref()) {
+            (Some(h), _) => h.to_string(),
+            (None, Principal::ApiKey(key)) => key.project_id.clone(),
+            (None, _) => {
+                return Err(ApiError::invalid(format!(
+                    "a call made with a bearer token must name its project in the {PROJECT_HEADER} header"
+                )))
+            }
+        };
+        if id.len() > super::admin::MAX_ID_BYTES {
+            return Err(ApiError::not_found("project not found"));
+        }
+        Ok(self.authorize_project(state, &id).await?.id)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("route has no authenticated caller"))
+    }
+}
+
+/// What the middleware of one route knows.
+#[derive(Clone)]
+pub struct RouteAccess {
+    /// Shared API state.
+    pub api: ApiState,
+    /// The route's operation; `None` for the gRPC service, whose operation is found by path.
+    pub operation: Option<Operation>,
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+fn reply(error: ApiError, grpc: bool) -> Response {
+    if grpc {
+        tonic::Status::from(error).into_http::<axum::body::Body>()
+    } else {
+        error.into_response()
+    }
+}
+
+/// The credential of a request: `Api-Key` or `Authorization: Bearer`, never both.
+pub fn credential(headers: &HeaderMap) -> Result<Credential<'_>, ApiError> {
+    let api_key = headers.get("api-key");
+    let authorization = headers.get(axum::http::header::AUTHORIZATION);
+    match (api_key, authorization) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "send one credential: either the Api-Key header or Authorization: Bearer, not both",
+        )),
+        (Some(value), None) => {
+            let value = value
+                .to_str()
+                .map_err(|_| ApiError::unauthenticated("Api-Key header is not ASCII"))?;
+            if value.len() > auth::MAX_CREDENTIAL_BYTES {
+                return Err(ApiError::unauthenticated(format!(
+                    "Api-Key exceeds {} bytes",
+                    auth::MAX_CREDENTIAL_BYTES
+                )));
+            }
+            Ok(Credential::ApiKey(value))
+        }
+        (None, Some(value)) => {
+            let value = value
+                .to_str()
+                .map_err(|_| ApiError::unauthenticated("Authorization header is not ASCII"))?;
+            let bearer = value.strip_prefix("Bearer ").ok_or_else(|| {
+                ApiError::unauthenticated("Authorization header must be 'Bearer <token>'")
+            })?;
+            if bearer.len() > token::MAX_BEARER_TOKEN_BYTES {
+                return Err(ApiError::unauthenticated(format!(
+                    "bearer token exceeds {} bytes",
+                    token::MAX_BEARER_TOKEN_BYTES
+                )));
+            }
+            Ok(Credential::Bearer(bearer))
+        }
+        (None, None) => Err(ApiError::unauthenticated(
+            "missing credential: send an Api-Key header, or Authorization: Bearer <token>",
+        )),
+    }
+}
+
+/// The middleware in front of every route.
+pub async fn authenticate(
+    State(route): State<RouteAccess>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let grpc = is_grpc(request.headers());
+    let operation = match route
+        .operation
+        .or_else(|| policy::grpc_operation(request.uri().path()))
+    {
+        Some(op) => op,
+        None => {
+            return reply(
+                ApiError {
+                    status: axum::http::StatusCode::NOT_IMPLEMENTED,
+                    code: "UNIMPLEMENTED",
+                    message: format!("no such method {}", request.uri().path()),
+                },
+                grpc,
+            )
+        }
+    };
+    if operation.scope() == Scope::Public {
+        return next.run(request).await;
+    }
+    let cred = match credential(request.headers()) {
+        Ok(cred) => cred,
+        Err(e) => return reply(e, grpc),
+    };
+    let control = &route.api.control;
+    let check = || control.read_authenticated(|s| auth::authenticate(s, cred, token::now_s()));
+    let mut outcome = check().await;
+    // A credential created through another node a moment ago may not be here yet: catch up
+    // with the leader once before refusing it.
+    if matches!(&outcome, Ok(Err(refused)) if refused.may_be_unseen())
+        && control.linearizable_barrier().await.is_ok()
+    {
+        outcome = check().await;
+    }
+    let principal = match outcome {
+        Ok(Ok(principal)) => principal,
+        Ok(Err(refused)) => return reply(refusal(refused), grpc),
+        Err(unavailable) => return reply(unavailable.into(), grpc),
+    };
+    let caller = Caller {
+        principal: Arc::new(principal),
+        operation,
+        authorized: Arc::new(AtomicBool::new(false)),
+    };
+    let authorized = caller.authorized.clone();
+    request.extensions_mut().insert(caller);
+    let response = next.run(request).await;
+    // gRPC answers 200 and puts its status in trailers; its handlers all go through
+    // `GrpcDataPlane::target`, which authorizes.
+    if !grpc && response.status().is_success() && !authorized.load(Ordering::Acquire) {
+        tracing::error!(
+            operation = operation.name(),
+            "a handler answered without authorizing; refusing the response"
+        );
+        return reply(
+            ApiError::internal(format!("{} did not check authorization", operation.name())),
+            grpc,
+        );
+    }
+    response
+}
+
+fn refusal(refused: AuthError) -> ApiError {
+    ApiError::unauthenticated(refused.to_string())
+}

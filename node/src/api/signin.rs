@@ -1,0 +1,244 @@
+//! Signing in: `POST /auth/login` (user email and password) and `POST /oauth/token`
+//! (service-account client credentials, OAuth 2.0's `client_credentials` grant, as
+//! Pinecone's admin API takes it). Both answer with a short-lived bearer token, and both are
+//! throttled per source address after repeated failures.
+
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use super::access::ClientAddr;
+use super::identity::MAX_EMAIL_BYTES;
+use super::{ApiError, ApiState};
+use crate::auth::password::{self, MAX_PASSWORD_BYTES};
+use crate::auth::throttle::SignInThrottle;
+use crate::auth::token::{self, Claims, TOKEN_ISSUER};
+use crate::auth::{self, MAX_CREDENTIAL_BYTES};
+use crate::control::state::{MemberKind, SigningKey};
+
+/// Most password verifications (argon2, ~19 MiB each) running at once on a node; more
+/// sign-ins wait.
+pub const MAX_CONCURRENT_PASSWORD_CHECKS: usize = 4;
+
+/// A node's sign-in machinery.
+pub struct SignIn {
+    /// Failed sign-ins per source.
+    pub throttle: SignInThrottle,
+    /// Bounds concurrent password verifications.
+    pub checks: Semaphore,
+    /// Lifetime of the tokens this node issues, in seconds.
+    pub token_ttl_s: u64,
+}
+
+impl SignIn {
+    /// Sign-in with tokens living `token_ttl_s` seconds.
+    pub fn new(token_ttl_s: u64) -> Self {
+        Self {
+            throttle: SignInThrottle::default(),
+            checks: Semaphore::new(MAX_CONCURRENT_PASSWORD_CHECKS),
+            token_ttl_s,
+        }
+    }
+}
+
+fn throttled(retry_after_s: u64) -> Response {
+    let mut response = ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "RESOURCE_EXHAUSTED",
+        message: format!("too many failed sign-ins from this address; retry in {retry_after_s} s"),
+    }
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string()) {
+        response.headers_mut().insert("retry-after", v);
+    }
+    response
+}
+
+/// Who is signing in, once the secret checked out.
+struct Subject {
+    id: String,
+    kind: MemberKind,
+    organization_id: String,
+    credential_version: u64,
+}
+
+fn issue(state: &ApiState, key: &SigningKey, subject: Subject) -> Result<Response, ApiError> {
+    let now = token::now_s();
+    let claims = Claims {
+        iss: TOKEN_ISSUER.into(),
+        sub: subject.id,
+        kind: subject.kind.as_str().into(),
+        org: subject.organization_id,
+        ver: subject.credential_version,
+        iat: now,
+        exp: now + state.signin.token_ttl_s,
+    };
+    let access_token = token::sign(key, &claims).map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": state.signin.token_ttl_s,
+    }))
+    .into_response())
+}
+
+/// Runs a sign-in attempt: refuses throttled sources up front, counts failures.
+async fn attempt<F>(state: &ApiState, source: std::net::IpAddr, check: F) -> Response
+where
+    F: std::future::Future<Output = Result<Option<(SigningKey, Subject)>, ApiError>>,
+{
+    if let Err(wait) = state.signin.throttle.check(source, Instant::now()) {
+        return throttled(wait.as_secs().max(1));
+    }
+    match check.await {
+        Ok(Some((key, subject))) => {
+            state.signin.throttle.record_success(source);
+            issue(state, &key, subject).unwrap_or_else(IntoResponse::into_response)
+        }
+        Ok(None) => {
+            state.signin.throttle.record_failure(source, Instant::now());
+            ApiError::unauthenticated("invalid credentials").into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Body of `POST /auth/login`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    email: String,
+    password: String,
+}
+
+/// `POST /auth/login`: a user's email and password for a bearer token.
+pub async fn login(
+    State(state): State<ApiState>,
+    Extension(ClientAddr(source)): Extension<ClientAddr>,
+    body: Result<Json<Login>, JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if body.email.len() > MAX_EMAIL_BYTES || body.password.len() > MAX_PASSWORD_BYTES {
+        return ApiError::invalid(format!(
+            "'email' is limited to {MAX_EMAIL_BYTES} bytes and 'password' to {MAX_PASSWORD_BYTES}"
+        ))
+        .into_response();
+    }
+    let check = async {
+        let read = || {
+            state.control.read_authenticated(|s| {
+                let user = s.user_by_email(&body.email).cloned();
+                (user, s.current_signing_key().cloned())
+            })
+        };
+        let mut found = read().await?;
+        // A user created through another node a moment ago may not be here yet.
+        if found.0.is_none() && state.control.linearizable_barrier().await.is_ok() {
+            found = read().await?;
+        }
+        let (user, key) = found;
+        let key = key.ok_or_else(|| ApiError::unavailable("no signing key yet"))?;
+        // Unknown emails are checked against a decoy hash, so both take one verification.
+        let phc = user.as_ref().map_or_else(
+            || password::decoy_phc().to_string(),
+            |u| u.password_phc.clone(),
+        );
+        let _permit = state
+            .signin
+            .checks
+            .acquire()
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let password = body.password;
+        let matches =
+            tokio::task::spawn_blocking(move || password::verify_password(&password, &phc))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(match (user, matches) {
+            (Some(u), true) => Some((
+                key,
+                Subject {
+                    id: u.id,
+                    kind: MemberKind::User,
+                    organization_id: u.organization_id,
+                    credential_version: u.credential_version,
+                },
+            )),
+            _ => None,
+        })
+    };
+    attempt(&state, source, check).await
+}
+
+/// Body of `POST /oauth/token`.
+#[derive(Deserialize)]
+pub struct TokenRequest {
+    grant_type: String,
+    client_id: String,
+    client_secret: String,
+    /// Pinecone's SDKs send an audience; any value is accepted.
+    #[serde(default)]
+    #[allow(dead_code)]
+    audience: Option<String>,
+}
+
+/// `POST /oauth/token`: a service account's client credentials for a bearer token.
+pub async fn issue_token(
+    State(state): State<ApiState>,
+    Extension(ClientAddr(source)): Extension<ClientAddr>,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if body.grant_type != "client_credentials" {
+        return ApiError::invalid("'grant_type' must be \"client_credentials\"").into_response();
+    }
+    if body.client_id.len() > MAX_CREDENTIAL_BYTES
+        || body.client_secret.len() > MAX_CREDENTIAL_BYTES
+    {
+        return ApiError::invalid(format!(
+            "'client_id' and 'client_secret' are limited to {MAX_CREDENTIAL_BYTES} bytes"
+        ))
+        .into_response();
+    }
+    let check = async {
+        let read = || {
+            state.control.read_authenticated(|s| {
+                let account = s.service_accounts.get(&body.client_id).cloned();
+                (account, s.current_signing_key().cloned())
+            })
+        };
+        let mut found = read().await?;
+        if found.0.is_none() && state.control.linearizable_barrier().await.is_ok() {
+            found = read().await?;
+        }
+        let (account, key) = found;
+        let key = key.ok_or_else(|| ApiError::unavailable("no signing key yet"))?;
+        Ok(account
+            .filter(|a| auth::verify_client_secret(a, &body.client_secret))
+            .map(|a| {
+                (
+                    key,
+                    Subject {
+                        id: a.id,
+                        kind: MemberKind::ServiceAccount,
+                        organization_id: a.organization_id,
+                        credential_version: a.credential_version,
+                    },
+                )
+            }))
+    };
+    attempt(&state, source, check).await
+}

@@ -1,0 +1,800 @@
+//! The CLI's admin commands (`conifer project create`, `conifer key create --role
+//! DataPlaneViewer`, …): each is one call of the `conifer-client` SDK against any node,
+//! printed as a table or as JSON.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use conifer_client::AdminClient;
+use serde_json::Value;
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns.
+    Table,
+    /// The API's JSON, pretty-printed.
+    Json,
+}
+
+/// Where and as whom admin commands connect.
+#[derive(Args, Debug)]
+pub struct Connection {
+    /// URL of any node's client port, e.g. https://127.0.0.1:7443 [default: from --bootstrap].
+    #[arg(long, env = "CONIFER_API_URL", global = true)]
+    pub api_url: Option<String>,
+    /// CA certificate the nodes' certificates chain to [default: from --bootstrap].
+    #[arg(long, env = "CONIFER_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Bearer token: an operator token, or one printed by `conifer login` / `conifer token`
+    /// [default: the operator token in --bootstrap].
+    #[arg(long, env = "CONIFER_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// A node's bootstrap.json, for the URL, CA and operator token.
+    #[arg(long, env = "CONIFER_BOOTSTRAP", global = true)]
+    pub bootstrap: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+}
+
+macro_rules! admin_args {
+    ($(#[$doc:meta])* $name:ident, $command:ty) => {
+        $(#[$doc])*
+        #[derive(Args, Debug)]
+        pub struct $name {
+            /// Connection flags.
+            #[command(flatten)]
+            pub connection: Connection,
+            /// The command.
+            #[command(subcommand)]
+            pub command: $command,
+        }
+    };
+}
+
+admin_args!(
+    /// Flags of `conifer org`.
+    OrgArgs, OrgCommand);
+admin_args!(
+    /// Flags of `conifer member`.
+    MemberArgs, MemberCommand);
+admin_args!(
+    /// Flags of `conifer service-account`.
+    ServiceAccountArgs, ServiceAccountCommand);
+admin_args!(
+    /// Flags of `conifer project`.
+    ProjectArgs, ProjectCommand);
+admin_args!(
+    /// Flags of `conifer project-member`.
+    ProjectMemberArgs, ProjectMemberCommand);
+admin_args!(
+    /// Flags of `conifer key`.
+    KeyArgs, KeyCommand);
+admin_args!(
+    /// Flags of `conifer operator-token`.
+    OperatorTokenArgs, OperatorTokenCommand);
+admin_args!(
+    /// Flags of `conifer signing-key`.
+    SigningKeyArgs, SigningKeyCommand);
+admin_args!(
+    /// Flags of `conifer cluster`.
+    ClusterArgs, ClusterCommand);
+
+/// `conifer org …`.
+#[derive(Subcommand, Debug)]
+pub enum OrgCommand {
+    /// Organizations the caller sees.
+    List,
+    /// One organization.
+    Get {
+        /// Organization id [default: the first listed].
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Create an organization (operator).
+    Create {
+        /// Name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Rename an organization.
+    Rename {
+        /// Organization id [default: the first listed].
+        #[arg(long)]
+        id: Option<String>,
+        /// New name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Delete an organization that has no projects.
+    Delete {
+        /// Organization id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// `conifer member …` (organization members, i.e. users).
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// Members of the organization.
+    List {
+        /// Organization id [default: the first listed].
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Create a user who signs in with a password.
+    Create {
+        /// Organization id [default: the first listed].
+        #[arg(long)]
+        org: Option<String>,
+        /// Sign-in email.
+        #[arg(long)]
+        email: String,
+        /// Display name [default: the email].
+        #[arg(long)]
+        name: Option<String>,
+        /// OrgOwner, OrgManager, OrgBillingAdmin or OrgMember.
+        #[arg(long, default_value = "OrgMember")]
+        role: String,
+        /// Initial password [default: read from standard input].
+        #[arg(long, env = "CONIFER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// Change a user's organization role and/or password.
+    Update {
+        /// Organization id [default: the first listed].
+        #[arg(long)]
+        org: Option<String>,
+        /// The user's id.
+        #[arg(long)]
+        user_id: String,
+        /// New organization role.
+        #[arg(long)]
+        role: Option<String>,
+        /// New password (signs the user out everywhere).
+        #[arg(long, env = "CONIFER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// Remove a user (their tokens stop working on every node within a second).
+    Remove {
+        /// Organization id [default: the first listed].
+        #[arg(long)]
+        org: Option<String>,
+        /// The user's id.
+        #[arg(long)]
+        user_id: String,
+    },
+}
+
+/// `conifer service-account …`.
+#[derive(Subcommand, Debug)]
+pub enum ServiceAccountCommand {
+    /// Service accounts of the organization.
+    List {
+        /// Organization id [default: the first listed].
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Create a service account; prints its client secret once.
+    Create {
+        /// Organization id [default: the first listed].
+        #[arg(long)]
+        org: Option<String>,
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Organization role [default: OrgMember].
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Rename a service account and/or change its role.
+    Update {
+        /// Its id (= client id).
+        #[arg(long)]
+        id: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New organization role.
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Replace the client secret; prints the new one once.
+    RotateSecret {
+        /// Its id (= client id).
+        #[arg(long)]
+        id: String,
+    },
+    /// Delete a service account.
+    Delete {
+        /// Its id (= client id).
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// `conifer project …`.
+#[derive(Subcommand, Debug)]
+pub enum ProjectCommand {
+    /// Projects the caller sees.
+    List,
+    /// Create a project (a user or service account creating it becomes its owner).
+    Create {
+        /// Name, unique in the organization.
+        #[arg(long)]
+        name: String,
+    },
+    /// One project.
+    Get {
+        /// Project id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Rename a project.
+    Rename {
+        /// Project id.
+        #[arg(long)]
+        id: String,
+        /// New name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Delete a project with no indexes, and its keys and memberships.
+    Delete {
+        /// Project id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// `conifer project-member …`.
+#[derive(Subcommand, Debug)]
+pub enum ProjectMemberCommand {
+    /// Members of a project.
+    List {
+        /// Project id.
+        #[arg(long)]
+        project: String,
+    },
+    /// Give a user or service account a role in a project.
+    Add {
+        /// Project id.
+        #[arg(long)]
+        project: String,
+        /// The user, by id.
+        #[arg(long, group = "who")]
+        user_id: Option<String>,
+        /// The user, by email.
+        #[arg(long, group = "who")]
+        email: Option<String>,
+        /// The service account, by id.
+        #[arg(long, group = "who")]
+        service_account_id: Option<String>,
+        /// ProjectOwner, ProjectManager or ProjectMember.
+        #[arg(long)]
+        role: String,
+    },
+    /// Change a member's project role.
+    SetRole {
+        /// Project id.
+        #[arg(long)]
+        project: String,
+        /// The member's user or service-account id.
+        #[arg(long)]
+        principal_id: String,
+        /// The new role.
+        #[arg(long)]
+        role: String,
+    },
+    /// Remove a member from a project.
+    Remove {
+        /// Project id.
+        #[arg(long)]
+        project: String,
+        /// The member's user or service-account id.
+        #[arg(long)]
+        principal_id: String,
+    },
+}
+
+/// `conifer key …` (API keys).
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// API keys of a project.
+    List {
+        /// Project id.
+        #[arg(long)]
+        project: String,
+    },
+    /// Create an API key; prints its value once.
+    Create {
+        /// Project id.
+        #[arg(long)]
+        project: String,
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// A role (repeat for several): ProjectEditor (default), ProjectViewer,
+        /// ControlPlaneEditor, ControlPlaneViewer, DataPlaneEditor, DataPlaneViewer.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// One API key.
+    Get {
+        /// Key id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Rename a key and/or replace its roles.
+    Update {
+        /// Key id.
+        #[arg(long)]
+        id: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New roles (repeat for several; replaces all).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Delete (revoke) an API key.
+    Delete {
+        /// Key id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// `conifer operator-token …`.
+#[derive(Subcommand, Debug)]
+pub enum OperatorTokenCommand {
+    /// Operator tokens (ids only).
+    List,
+    /// Create another operator token; prints its value once.
+    Create,
+    /// Replace an operator token; prints the new value once.
+    Rotate {
+        /// Token id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Revoke an operator token (not the last, unless a user is an OrgOwner).
+    Delete {
+        /// Token id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// `conifer signing-key …`.
+#[derive(Subcommand, Debug)]
+pub enum SigningKeyCommand {
+    /// Sign new tokens with a new key; tokens of the key before stay valid until they expire.
+    Rotate,
+}
+
+/// `conifer cluster …`.
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Members, leader and shard replicas as seen by the node.
+    Describe,
+}
+
+/// Flags of `conifer login`.
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub connection: Connection,
+    /// Sign-in email.
+    #[arg(long)]
+    pub email: String,
+    /// Password [default: read from standard input].
+    #[arg(long, env = "CONIFER_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+}
+
+/// Flags of `conifer token`.
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub connection: Connection,
+    /// Client id (the service account's id).
+    #[arg(long)]
+    pub client_id: String,
+    /// Client secret [default: read from standard input].
+    #[arg(long, env = "CONIFER_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Option<String>,
+}
+
+fn secret_or_stdin(value: Option<String>, what: &str) -> anyhow::Result<String> {
+    if let Some(v) = value {
+        return Ok(v);
+    }
+    eprintln!("{what}: (reading one line from standard input)");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let line = line.trim_end_matches(['\r', '\n']).to_string();
+    if line.is_empty() {
+        bail!("no {what} given");
+    }
+    Ok(line)
+}
+
+fn client(c: &Connection, need_token: bool) -> anyhow::Result<AdminClient> {
+    let boot: Option<Value> = match &c.bootstrap {
+        Some(path) => Some(
+            serde_json::from_slice(
+                &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            )
+            .with_context(|| format!("parsing {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let from_boot = |field: &str| {
+        boot.as_ref()
+            .and_then(|b| b[field].as_str())
+            .map(String::from)
+    };
+    let url = c
+        .api_url
+        .clone()
+        .or_else(|| from_boot("api_url"))
+        .context("no node URL: give --api-url (or CONIFER_API_URL, or --bootstrap)")?;
+    let ca = c
+        .ca_cert
+        .clone()
+        .or_else(|| from_boot("ca_cert").map(PathBuf::from))
+        .context("no CA certificate: give --ca-cert (or CONIFER_CA_CERT, or --bootstrap)")?;
+    let ca_pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+    let token = c.token.clone().or_else(|| from_boot("admin_token"));
+    if need_token && token.is_none() {
+        bail!("no credential: give --token (or CONIFER_TOKEN, or --bootstrap)");
+    }
+    Ok(AdminClient::new(&url, &ca_pem, token.as_deref())?)
+}
+
+/// Columns shown for a list, by the kind of object.
+fn columns(rows: &[Value]) -> Vec<&'static str> {
+    let first = rows.first();
+    let has = |field: &str| first.is_some_and(|r| r.get(field).is_some());
+    if has("principal_type") {
+        vec!["principal_id", "principal_type", "role", "created_at"]
+    } else if has("email") {
+        vec!["id", "email", "name", "role", "created_at"]
+    } else if has("client_id") {
+        vec!["id", "name", "role", "created_at"]
+    } else if has("roles") {
+        vec!["id", "name", "roles", "created_at"]
+    } else if has("organization_id") && has("max_pods") {
+        vec!["id", "name", "organization_id", "created_at"]
+    } else {
+        vec!["id", "name", "created_at"]
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(rows: &[Value], cols: &[&str]) {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| cols.iter().map(|c| cell(&r[*c])).collect())
+        .collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |items: Vec<String>| {
+        items
+            .iter()
+            .zip(&widths)
+            .map(|(s, w)| format!("{s:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
+    for row in cells {
+        println!("{}", line(row));
+    }
+}
+
+fn print(format: OutputFormat, value: &Value) {
+    if format == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+        return;
+    }
+    match value {
+        Value::Array(rows) if rows.is_empty() => println!("(none)"),
+        Value::Array(rows) => print_table(rows, &columns(rows)),
+        Value::Object(map) => {
+            let width = map.keys().map(|k| k.len()).max().unwrap_or(0);
+            for (k, v) in map {
+                match v {
+                    Value::Object(inner) => {
+                        for (ik, iv) in inner {
+                            let key = format!("{k}.{ik}");
+                            println!("{key:<w$}  {}", cell(iv), w = width + 12);
+                        }
+                    }
+                    _ => println!("{k:<width$}  {}", cell(v)),
+                }
+            }
+        }
+        Value::Null => println!("done"),
+        other => println!("{other}"),
+    }
+}
+
+async fn default_org(client: &AdminClient, org: Option<String>) -> anyhow::Result<String> {
+    if let Some(org) = org {
+        return Ok(org);
+    }
+    client
+        .list_organizations()
+        .await?
+        .first()
+        .and_then(|o| o["id"].as_str())
+        .map(String::from)
+        .context("no organization visible to this credential; give --org")
+}
+
+fn roles_or_none(roles: &[String]) -> Option<Vec<&str>> {
+    (!roles.is_empty()).then(|| roles.iter().map(String::as_str).collect())
+}
+
+/// Every admin command, run against the connection given.
+#[derive(Subcommand, Debug)]
+pub enum Admin {
+    /// Sign in as a user; prints a bearer token (use it as CONIFER_TOKEN).
+    Login(LoginArgs),
+    /// Sign in as a service account (client credentials); prints a bearer token.
+    Token(TokenArgs),
+    /// Organizations.
+    Org(OrgArgs),
+    /// Organization members (users).
+    Member(MemberArgs),
+    /// Service accounts.
+    ServiceAccount(ServiceAccountArgs),
+    /// Projects.
+    Project(ProjectArgs),
+    /// Members of a project and their roles.
+    ProjectMember(ProjectMemberArgs),
+    /// API keys.
+    Key(KeyArgs),
+    /// Operator (break-glass) tokens.
+    OperatorToken(OperatorTokenArgs),
+    /// Keys that sign bearer tokens.
+    SigningKey(SigningKeyArgs),
+    /// The cluster.
+    Cluster(ClusterArgs),
+}
+
+/// Runs an admin command and prints its result.
+pub async fn run(admin: Admin) -> anyhow::Result<()> {
+    let (format, value) = match admin {
+        Admin::Login(a) => {
+            let c = client(&a.connection, false)?;
+            let password = secret_or_stdin(a.password, "password")?;
+            (a.connection.output, c.login(&a.email, &password).await?)
+        }
+        Admin::Token(a) => {
+            let c = client(&a.connection, false)?;
+            let secret = secret_or_stdin(a.client_secret, "client secret")?;
+            (
+                a.connection.output,
+                c.client_credentials(&a.client_id, &secret).await?,
+            )
+        }
+        Admin::Org(a) => {
+            let c = client(&a.connection, true)?;
+            let v = match a.command {
+                OrgCommand::List => Value::Array(c.list_organizations().await?),
+                OrgCommand::Get { id } => c.get_organization(&default_org(&c, id).await?).await?,
+                OrgCommand::Create { name } => c.create_organization(&name).await?,
+                OrgCommand::Rename { id, name } => {
+                    c.rename_organization(&default_org(&c, id).await?, &name)
+                        .await?
+                }
+                OrgCommand::Delete { id } => {
+                    c.delete_organization(&id).await?;
+                    Value::Null
+                }
+            };
+            (a.connection.output, v)
+        }
+        Admin::Member(a) => {
+            let c = client(&a.connection, true)?;
+            let v = match a.command {
+                MemberCommand::List { org } => {
+                    Value::Array(c.list_members(&default_org(&c, org).await?).await?)
+                }
+                MemberCommand::Create {
+                    org,
+                    email,
+                    name,
+                    role,
+                    password,
+                } => {
+                    let org = default_org(&c, org).await?;
+                    let password = secret_or_stdin(password, "password")?;
+                    c.create_member(&org, &email, name.as_deref(), &role, &password)
+                        .await?
+                }
+                MemberCommand::Update {
+                    org,
+                    user_id,
+                    role,
+                    password,
+                } => {
+                    let org = default_org(&c, org).await?;
+                    c.update_member(&org, &user_id, role.as_deref(), password.as_deref())
+                        .await?
+                }
+                MemberCommand::Remove { org, user_id } => {
+                    c.remove_member(&default_org(&c, org).await?, &user_id)
+                        .await?;
+                    Value::Null
+                }
+            };
+            (a.connection.output, v)
+        }
+        Admin::ServiceAccount(a) => {
+            let c = client(&a.connection, true)?;
+            let v = match a.command {
+                ServiceAccountCommand::List { org } => Value::Array(
+                    c.list_service_accounts(&default_org(&c, org).await?)
+                        .await?,
+                ),
+                ServiceAccountCommand::Create { org, name, role } => {
+                    let org = default_org(&c, org).await?;
+                    c.create_service_account(&org, &name, role.as_deref())
+                        .await?
+                }
+                ServiceAccountCommand::Update { id, name, role } => {
+                    c.update_service_account(&id, name.as_deref(), role.as_deref())
+                        .await?
+                }
+                ServiceAccountCommand::RotateSecret { id } => {
+                    c.rotate_service_account_secret(&id).await?
+                }
+                ServiceAccountCommand::Delete { id } => {
+                    c.delete_service_account(&id).await?;
+                    Value::Null
+                }
+            };
+            (a.connection.output, v)
+        }
+        Admin::Project(a) => {
+            let c = client(&a.connection, true)?;
+            let v = match a.command {
+                ProjectCommand::List => Value::Array(c.list_projects().await?),
+                ProjectCommand::Create { name } => c.create_project(&name).await?,
+                ProjectCommand::Get { id } => c.get_project(&id).await?,
+                ProjectCommand::Rename { id, name } => c.rename_project(&id, &name).await?,
+                ProjectCommand::Delete { id } => {
+                    c.delete_project(&id).await?;
+                    Value::Null
+                }
+            };
+            (a.connection.output, v)
+        }
+        Admin::ProjectMember(a) => {
+            let c = client(&a.connection, true)?;
+            let v = match a.command {
+                ProjectMemberCommand::List { project } => {
+                    Value::Array(c.list_project_members(&project).await?)
+                }
+                ProjectMemberCommand::Add {
+                    project,
+                    user_id,
+                    email,
+                    service_account_id,
+                    role,
+                } => {
+                    let who = match (&user_id, &email, &service_account_id) {
+                        (Some(id), _, _) => ("user_id", id.as_str()),
+                        (_, Some(e), _) => ("email", e.as_str()),
+                        (_, _, Some(id)) => ("service_account_id", id.as_str()),
+                        _ => bail!("give --user-id, --email or --service-account-id"),
+                    };
+                    c.add_project_member(&project, who, &role).await?
+                }
+                ProjectMemberCommand::SetRole {
+                    project,
+                    principal_id,
+                    role,
+                } => {
+                    c.set_project_member_role(&project, &principal_id, &role)
+                        .await?
+                }
+                ProjectMemberCommand::Remove {
+                    project,
+                    principal_id,
+                } => {
+                    c.remove_project_member(&project, &principal_id).await?;
+                    Value::Null
+                }
+            };
+            (a.connection.output, v)
+        }
+        Admin::Key(a) => {
+            let c = client(&a.connection, true)?;
+            let v = match a.command {
+                KeyCommand::List { project } => Value::Array(c.list_api_keys(&project).await?),
+                KeyCommand::Create {
+                    project,
+                    name,
+                    roles,
+                } => {
+                    let roles = roles_or_none(&roles).unwrap_or_else(|| vec!["ProjectEditor"]);
+                    c.create_api_key(&project, &name, &roles).await?
+                }
+                KeyCommand::Get { id } => c.get_api_key(&id).await?,
+                KeyCommand::Update { id, name, roles } => {
+                    let roles = roles_or_none(&roles);
+                    c.update_api_key(&id, name.as_deref(), roles.as_deref())
+                        .await?
+                }
+                KeyCommand::Delete { id } => {
+                    c.delete_api_key(&id).await?;
+                    Value::Null
+                }
+            };
+            (a.connection.output, v)
+        }
+        Admin::OperatorToken(a) => {
+            let c = client(&a.connection, true)?;
+            let v = match a.command {
+                OperatorTokenCommand::List => Value::Array(c.list_operator_tokens().await?),
+                OperatorTokenCommand::Create => c.create_operator_token().await?,
+                OperatorTokenCommand::Rotate { id } => c.rotate_operator_token(&id).await?,
+                OperatorTokenCommand::Delete { id } => {
+                    c.delete_operator_token(&id).await?;
+                    Value::Null
+                }
+            };
+            (a.connection.output, v)
+        }
+        Admin::SigningKey(a) => {
+            let c = client(&a.connection, true)?;
+            let v = match a.command {
+                SigningKeyCommand::Rotate => c.rotate_signing_key().await?,
+            };
+            (a.connection.output, v)
+        }
+        Admin::Cluster(a) => {
+            let c = client(&a.connection, true)?;
+            let v = match a.command {
+                ClusterCommand::Describe => c.cluster().await?,
+            };
+            (a.connection.output, v)
+        }
+    };
+    print(format, &value);
+    Ok(())
+}
