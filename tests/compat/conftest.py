@@ -73,6 +73,24 @@ def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def admin(manifest, method, path, body=None, node=0):
+    """An admin REST call with the operator token; returns the decoded answer."""
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=manifest["ca_cert"])
+    req = urllib.request.Request(
+        manifest["nodes"][node]["api_url"] + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": "Bearer " + manifest["bootstrap"]["admin_token"],
+                 "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+        text = resp.read()
+    return json.loads(text) if text else None
+
+
 def engines(manifest):
     """Engine of every hosted namespace, per node: {(node id, group id, namespace): engine}."""
     import ssl

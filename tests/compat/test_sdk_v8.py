@@ -6,7 +6,7 @@ from pinecone import Pinecone, ServerlessSpec
 from pinecone.exceptions import PineconeApiException, NotFoundException
 from pinecone.grpc import PineconeGRPC
 
-from conftest import HNSW_MIN_RECORDS, engines, wait_for
+from conftest import HNSW_MIN_RECORDS, admin, engines, wait_for
 
 from common import DIM, META, N, VECTORS, exact_top_k, oracle
 
@@ -181,3 +181,27 @@ def test_error_cases(loaded):
     assert "top_k" in str(bad_topk.value)
     with pytest.raises(NotFoundException):
         pc.describe_index("does-not-exist")
+
+
+def test_another_projects_index_host_is_unreachable(client, cluster, resolve_host):
+    """A key of project A reaches nothing of project B, not even through B's index host."""
+    transport, pc = client
+    project = admin(cluster, "POST", "/admin/projects", {"name": f"isolated-{transport}"})
+    key_b = admin(cluster, "POST", f"/admin/projects/{project['id']}/api-keys", {"name": "b"})["value"]
+    cls = type(pc)
+    pc_b = cls(api_key=key_b, host=cluster["nodes"][0]["api_url"], ssl_ca_certs=cluster["ca_cert"])
+    pc_b.create_index(name="secret", dimension=DIM, metric="cosine",
+                      spec=ServerlessSpec(cloud="aws", region="us-east-1"))
+    host_b = resolve_host(pc_b.describe_index("secret").host)
+    try:
+        # A's key: B's index by name is missing, and B's host answers 404 as well.
+        with pytest.raises(NotFoundException):
+            pc.describe_index("secret")
+        with pytest.raises(Exception) as through_host:
+            pc.Index(host=host_b).describe_index_stats()
+        assert "not found" in str(through_host.value).lower() or "404" in str(through_host.value)
+        # B's own key reaches it.
+        assert pc_b.Index(host=host_b).describe_index_stats().total_vector_count == 0
+    finally:
+        pc_b.delete_index("secret")
+        admin(cluster, "DELETE", f"/admin/projects/{project['id']}")

@@ -82,7 +82,7 @@ fn checkers_catch_a_node_that_checks_credentials_without_a_lease() {
         "13",
     ]);
     assert_eq!(code, Some(1), "expected violations (exit 1):\n{log}");
-    let accepted = summary["revoked_key_accepts_past_bound"]
+    let accepted = summary["revoked_credential_accepts_past_bound"]
         .as_u64()
         .unwrap_or(0);
     assert!(

@@ -136,7 +136,7 @@ fn main() -> ExitCode {
     match runtime.block_on(chaos::run(&config)) {
         Ok(summary) => {
             println!(
-                "conifer-chaos: {} schedules, {} ops ok, {} acknowledged writes: {} lost, {} linearizability violation(s) ({} keys, {} unchecked), {} convergence failure(s), {} revoked-key accept(s) past {} ms (longest accepted delay {:.0} ms)",
+                "conifer-chaos: {} schedules, {} ops ok, {} acknowledged writes: {} lost, {} linearizability violation(s) ({} keys, {} unchecked), {} convergence failure(s), {} revoked-credential accept(s) past {} ms (longest accepted delay {:.0} ms)",
                 summary.schedules,
                 summary.ops_ok,
                 summary.acknowledged_writes,
@@ -145,7 +145,7 @@ fn main() -> ExitCode {
                 summary.linearizability_keys,
                 summary.linearizability_unchecked,
                 summary.convergence_failures,
-                summary.revoked_key_accepts_past_bound,
+                summary.revoked_credential_accepts_past_bound,
                 summary.revocation_bound_ms,
                 summary.max_accepted_delay_ms,
             );

@@ -44,7 +44,7 @@ pub struct Event {
     /// Event type.
     #[serde(rename = "type")]
     pub kind: EventType,
-    /// Operation (`write`, `read`, `delete`, `update`, `create-key`, `use-key`, …) or fault.
+    /// Operation (`write`, `read`, `delete`, `update`, `create-key`, `use-credential`, …) or fault.
     pub f: String,
     /// The object operated on: a vector id, an API key id.
     pub key: Option<String>,

@@ -100,14 +100,16 @@ pub struct RunSummary {
     pub convergence_failures: usize,
     /// Revocation bound checked (ms).
     pub revocation_bound_ms: f64,
-    /// Revoked keys.
-    pub revoked_keys: usize,
-    /// Uses of revoked keys after their deletion was acknowledged.
+    /// Revoked credentials.
+    pub revoked_credentials: usize,
+    /// Of those, by kind.
+    pub revoked_by_kind: BTreeMap<String, usize>,
+    /// Uses of revoked credentials after their revocation was acknowledged.
     pub uses_after_revocation: usize,
-    /// Longest accepted use after an acknowledged deletion (ms).
+    /// Longest accepted use after an acknowledged revocation (ms).
     pub max_accepted_delay_ms: f64,
-    /// Revoked keys accepted after the bound.
-    pub revoked_key_accepts_past_bound: usize,
+    /// Revoked credentials accepted after the bound.
+    pub revoked_credential_accepts_past_bound: usize,
     /// All violations.
     pub violations: usize,
     /// Per-schedule reports.
@@ -140,13 +142,21 @@ impl RunSummary {
             linearizability_keys: sum(&|r| r.linearizability.keys),
             convergence_failures: sum(&|r| usize::from(!r.convergence.converged)),
             revocation_bound_ms: REVOCATION_BOUND_MS,
-            revoked_keys: sum(&|r| r.revocation.revoked_keys),
+            revoked_credentials: sum(&|r| r.revocation.revoked_credentials),
+            revoked_by_kind: reports.iter().fold(BTreeMap::new(), |mut all, r| {
+                for (kind, n) in &r.revocation.revoked_by_kind {
+                    *all.entry(kind.clone()).or_insert(0) += n;
+                }
+                all
+            }),
             uses_after_revocation: sum(&|r| r.revocation.uses_after_revocation),
             max_accepted_delay_ms: reports
                 .iter()
                 .map(|r| r.revocation.max_accepted_delay_ms)
                 .fold(0.0, f64::max),
-            revoked_key_accepts_past_bound: sum(&|r| r.revocation.accepted_after_bound.len()),
+            revoked_credential_accepts_past_bound: sum(&|r| {
+                r.revocation.accepted_after_bound.len()
+            }),
             violations: sum(&|r| r.violations()),
             reports,
         }
@@ -263,6 +273,10 @@ async fn run_schedule(
         admin_token: cluster.admin_token(),
         api_key: api_key.to_string(),
         project_id: project_id.to_string(),
+        organization_id: cluster.bootstrap["organization_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         index: index.clone(),
     };
     let keys: Vec<String> = (0..KEYS_PER_SCHEDULE)

@@ -1,7 +1,10 @@
 //! The clients of a chaos run. Data clients write, update, delete, fetch and query a few
-//! vector ids per schedule through the node assigned to them; the key client creates API
-//! keys, reads them back, uses them, deletes them, and then probes every node with the
-//! deleted key; it also creates, reads and deletes projects. Every operation is recorded as invoke → ok / fail / info.
+//! vector ids per schedule through the node assigned to them; the key clients create
+//! credentials of every kind in turn (an API key; a user, signed in, in the project; a
+//! user's project membership; a service account, signed in, in the project), use them,
+//! revoke them (delete the key, the user, the membership, the service account), and then
+//! probe every node with the revoked credential; they also create, read and delete
+//! projects. Every operation is recorded as invoke → ok / fail / info.
 //!
 //! Adding an operation: a variant of [`DataOp`] and its request in [`DataClient::run_op`];
 //! the checkers learn about it through their own mapping (e.g. `check::linear::register_op`).
@@ -35,6 +38,76 @@ pub const KEY_LIFETIME_MS: u64 = 1_500;
 pub const KEY_CYCLE_PAUSE_MS: u64 = 300;
 /// Words of the 503 a node answers while it cannot check credentials (its lease ran out).
 pub const LEASE_REFUSAL: &str = "cannot check credentials";
+/// Password of the users the key clients create.
+const CHAOS_PASSWORD: &str = "chaos-password-1";
+
+/// The kinds of credential the key clients create, use and revoke, in turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// An API key (DataPlaneViewer), revoked by deleting it.
+    ApiKey,
+    /// A user's bearer token, revoked by deleting the user.
+    User,
+    /// A user's bearer token, revoked by removing the user from the project.
+    Membership,
+    /// A service account's bearer token, revoked by deleting the account.
+    ServiceAccount,
+}
+
+impl CredentialKind {
+    /// Every kind, in the order the key clients cycle through them.
+    pub const ALL: [CredentialKind; 4] = [
+        CredentialKind::ApiKey,
+        CredentialKind::User,
+        CredentialKind::Membership,
+        CredentialKind::ServiceAccount,
+    ];
+
+    /// The history operation that revokes a credential of this kind.
+    pub fn revoking_op(self) -> &'static str {
+        match self {
+            CredentialKind::ApiKey => "delete-key",
+            CredentialKind::User => "delete-user",
+            CredentialKind::Membership => "delete-membership",
+            CredentialKind::ServiceAccount => "delete-service-account",
+        }
+    }
+
+    /// The kind a revoking operation revokes.
+    pub fn of_revoking_op(f: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.revoking_op() == f)
+    }
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialKind::ApiKey => "api-key",
+            CredentialKind::User => "user",
+            CredentialKind::Membership => "membership",
+            CredentialKind::ServiceAccount => "service-account",
+        }
+    }
+}
+
+/// A credential as sent.
+#[derive(Clone, Debug)]
+pub enum Secret {
+    /// An API key value.
+    ApiKey(String),
+    /// A bearer token (calls name the project in `X-Project-Id`).
+    Bearer(String),
+}
+
+/// A credential a key client holds until it revokes it.
+struct Live {
+    kind: CredentialKind,
+    /// The history key of its uses and its revocation.
+    key: String,
+    /// The id in the revoking request's path (key, user or service account).
+    target: String,
+    secret: Secret,
+    born: tokio::time::Instant,
+}
 
 /// What a client needs to reach the cluster.
 #[derive(Clone)]
@@ -47,8 +120,10 @@ pub struct Endpoints {
     pub admin_token: String,
     /// Data-plane key of the project holding the index.
     pub api_key: String,
-    /// Project of the index (keys are created there).
+    /// Project of the index (credentials are created there).
     pub project_id: String,
+    /// The organization of that project (users and service accounts are created there).
+    pub organization_id: String,
     /// The schedule's index.
     pub index: String,
 }
@@ -272,12 +347,12 @@ impl DataClient {
     }
 }
 
-/// The client that creates, checks, uses and revokes API keys.
+/// The client that creates, uses and revokes credentials of every kind, and cycles projects.
 pub struct KeyClient {
     /// Process name in the history.
     pub process: String,
     /// Node it creates and deletes through (so that it keeps cycling while another node is
-    /// cut off, and revokes keys that node has not heard of).
+    /// cut off, and revokes credentials that node has not heard of).
     pub node: u64,
     /// Number of nodes.
     pub nodes: u64,
@@ -288,41 +363,33 @@ pub struct KeyClient {
 }
 
 impl KeyClient {
-    /// Cycles until `stop` is set: create a key (through its node) → get → use; delete the
-    /// oldest live key once it is [`KEY_LIFETIME_MS`] old (through its node) → get (through
-    /// any node), while every node is probed with the deleted key in the background; and
-    /// every other cycle a project's create → get → delete → get. Keys live a while before
-    /// they are deleted, so a node cut off in between knows a key the others revoked.
+    /// Cycles until `stop` is set: create a credential of the next kind (through its node)
+    /// and use it; revoke the oldest live one once it is [`KEY_LIFETIME_MS`] old (through its
+    /// node) while every node is probed with it in the background; and every other cycle a
+    /// project's create → get → delete → get. Credentials live a while before they are
+    /// revoked, so a node cut off in between knows one the others revoked.
     pub async fn run(self, seed: u64, stop: Arc<AtomicBool>) {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut n = 0u64;
         let mut probes = Vec::new();
-        let mut live: VecDeque<(String, String, tokio::time::Instant)> = VecDeque::new();
+        let mut live: VecDeque<Live> = VecDeque::new();
         while !stop.load(Ordering::Relaxed) {
             n += 1;
-            if let Some((id, value)) = self.create(self.node, &format!("chaos-{seed}-{n}")).await {
-                self.get(Object::Key, self.node, &id).await;
-                let via = rng.gen_range(1..=self.nodes);
-                use_key(
-                    &self.endpoints,
-                    &self.recorder,
-                    &self.process,
-                    via,
-                    &id,
-                    &value,
-                )
-                .await;
-                live.push_back((id, value, tokio::time::Instant::now()));
+            let kind = CredentialKind::ALL[((n + seed) % 4) as usize];
+            if let Some(credential) = self
+                .issue(kind, &mut rng, &format!("chaos-{seed}-{n}"))
+                .await
+            {
+                live.push_back(credential);
             }
             let lifetime = Duration::from_millis(KEY_LIFETIME_MS);
-            if live
-                .front()
-                .is_some_and(|(_, _, born)| born.elapsed() >= lifetime)
-            {
-                let (id, value, _) = live.pop_front().expect("checked above");
-                self.revoke(n, &id, &value, &mut probes).await;
-                self.get(Object::Key, rng.gen_range(1..=self.nodes), &id)
-                    .await;
+            if live.front().is_some_and(|c| c.born.elapsed() >= lifetime) {
+                let credential = live.pop_front().expect("checked above");
+                self.revoke(n, &credential, &mut probes).await;
+                if credential.kind == CredentialKind::ApiKey {
+                    self.get(Object::Key, rng.gen_range(1..=self.nodes), &credential.key)
+                        .await;
+                }
             }
             if n.is_multiple_of(2) {
                 self.project_cycle(&mut rng, &format!("chaos-{seed}-{n}"))
@@ -331,36 +398,191 @@ impl KeyClient {
             probes.retain(|p: &tokio::task::JoinHandle<()>| !p.is_finished());
             tokio::time::sleep(Duration::from_millis(KEY_CYCLE_PAUSE_MS)).await;
         }
-        for (id, value, _) in live {
-            self.revoke(n, &id, &value, &mut probes).await;
+        for credential in live {
+            self.revoke(n, &credential, &mut probes).await;
         }
         for probe in probes {
             let _ = probe.await;
         }
     }
 
-    /// Deletes key `id` through this client's node and probes every node with it in the
+    /// Creates a credential of `kind` through this client's node (with what it needs: the
+    /// user or account, its project membership, a sign-in), reads it back where it can, and
+    /// uses it once through a random node.
+    async fn issue(&self, kind: CredentialKind, rng: &mut StdRng, name: &str) -> Option<Live> {
+        let node = self.node;
+        let (key, target, secret) = match kind {
+            CredentialKind::ApiKey => {
+                let (id, value) = self.create(node, name).await?;
+                self.get(Object::Key, node, &id).await;
+                (id.clone(), id, Secret::ApiKey(value))
+            }
+            CredentialKind::User | CredentialKind::Membership => {
+                let email = format!("{name}@chaos.test");
+                let path = format!(
+                    "/admin/organizations/{}/members",
+                    self.endpoints.organization_id
+                );
+                let body = json!({"email": email, "role": "OrgMember", "password": CHAOS_PASSWORD});
+                let user = self
+                    .step(
+                        "create-user",
+                        node,
+                        None,
+                        self.admin(Method::POST, node, &path).json(&body),
+                    )
+                    .await?;
+                let id = user["id"].as_str()?.to_string();
+                self.add_member(node, "user_id", &id).await?;
+                let login = json!({"email": email, "password": CHAOS_PASSWORD});
+                let token = self
+                    .step(
+                        "login",
+                        node,
+                        Some(&id),
+                        self.anonymous(node, "/auth/login").json(&login),
+                    )
+                    .await?;
+                let token = token["access_token"].as_str()?.to_string();
+                let key = if kind == CredentialKind::Membership {
+                    format!("membership:{id}")
+                } else {
+                    id.clone()
+                };
+                (key, id, Secret::Bearer(token))
+            }
+            CredentialKind::ServiceAccount => {
+                let path = format!(
+                    "/admin/organizations/{}/service-accounts",
+                    self.endpoints.organization_id
+                );
+                let account = self
+                    .step(
+                        "create-service-account",
+                        node,
+                        None,
+                        self.admin(Method::POST, node, &path)
+                            .json(&json!({"name": name})),
+                    )
+                    .await?;
+                let id = account["client_id"].as_str()?.to_string();
+                let secret = account["client_secret"].as_str()?.to_string();
+                self.add_member(node, "service_account_id", &id).await?;
+                let grant = json!({"grant_type": "client_credentials", "client_id": id, "client_secret": secret});
+                let token = self
+                    .step(
+                        "issue-token",
+                        node,
+                        Some(&id),
+                        self.anonymous(node, "/oauth/token").json(&grant),
+                    )
+                    .await?;
+                let token = token["access_token"].as_str()?.to_string();
+                (id.clone(), id, Secret::Bearer(token))
+            }
+        };
+        let via = rng.gen_range(1..=self.nodes);
+        use_credential(
+            &self.endpoints,
+            &self.recorder,
+            &self.process,
+            via,
+            &key,
+            &secret,
+        )
+        .await;
+        Some(Live {
+            kind,
+            key,
+            target,
+            secret,
+            born: tokio::time::Instant::now(),
+        })
+    }
+
+    /// Makes the user or service account `id` a ProjectMember of the schedule's project.
+    async fn add_member(&self, node: u64, field: &str, id: &str) -> Option<Value> {
+        let path = format!("/admin/projects/{}/members", self.endpoints.project_id);
+        let mut body = json!({"role": "ProjectMember"});
+        body[field] = json!(id);
+        self.step(
+            "add-member",
+            node,
+            Some(id),
+            self.admin(Method::POST, node, &path).json(&body),
+        )
+        .await
+    }
+
+    /// Sends `request` as operation `f`, recording it; the answer when it succeeded.
+    async fn step(
+        &self,
+        f: &str,
+        node: u64,
+        key: Option<&str>,
+        request: reqwest::RequestBuilder,
+    ) -> Option<Value> {
+        let mut entry = self.entry(f, node, key);
+        self.recorder.record(EventType::Invoke, entry.clone());
+        match classify(request.send().await).await.1 {
+            Outcome::Ok(body) => {
+                if entry.key.is_none() {
+                    entry.key = body["id"].as_str().map(str::to_string);
+                }
+                self.recorder.record(EventType::Ok, entry);
+                Some(body)
+            }
+            other => {
+                complete(&self.recorder, entry, other);
+                None
+            }
+        }
+    }
+
+    /// Revokes `credential` through this client's node and probes every node with it in the
     /// background, at [`PROBE_OFFSETS_MS`] after the answer.
     async fn revoke(
         &self,
         n: u64,
-        id: &str,
-        value: &str,
+        credential: &Live,
         probes: &mut Vec<tokio::task::JoinHandle<()>>,
     ) {
-        self.delete(Object::Key, self.node, id).await;
+        let target = &credential.target;
+        let path = match credential.kind {
+            CredentialKind::ApiKey => Object::Key.path(target),
+            CredentialKind::User => format!(
+                "/admin/organizations/{}/members/{target}",
+                self.endpoints.organization_id
+            ),
+            CredentialKind::Membership => format!(
+                "/admin/projects/{}/members/{target}",
+                self.endpoints.project_id
+            ),
+            CredentialKind::ServiceAccount => format!("/admin/service-accounts/{target}"),
+        };
+        self.delete_at(
+            credential.kind.revoking_op(),
+            self.node,
+            &credential.key,
+            &path,
+        )
+        .await;
         for node in 1..=self.nodes {
             let (endpoints, recorder) = (self.endpoints.clone(), self.recorder.clone());
-            let (id, value) = (id.to_string(), value.to_string());
-            let process = format!("{}-{n}-{id}-probe-{node}", self.process);
+            let (key, secret) = (credential.key.clone(), credential.secret.clone());
+            let process = format!("{}-{n}-{key}-probe-{node}", self.process);
             probes.push(tokio::spawn(async move {
-                let deleted = tokio::time::Instant::now();
+                let revoked = tokio::time::Instant::now();
                 for offset_ms in PROBE_OFFSETS_MS {
-                    tokio::time::sleep_until(deleted + Duration::from_millis(*offset_ms)).await;
-                    use_key(&endpoints, &recorder, &process, node, &id, &value).await;
+                    tokio::time::sleep_until(revoked + Duration::from_millis(*offset_ms)).await;
+                    use_credential(&endpoints, &recorder, &process, node, &key, &secret).await;
                 }
             }));
         }
+    }
+
+    fn anonymous(&self, node: u64, path: &str) -> reqwest::RequestBuilder {
+        self.endpoints.http.post(self.endpoints.url(node, path))
     }
 
     fn admin(&self, method: Method, node: u64, path: &str) -> reqwest::RequestBuilder {
@@ -445,12 +667,21 @@ impl KeyClient {
 
     /// Deletes `object` `id`: `found` true when it existed, false on 404.
     async fn delete(&self, object: Object, node: u64, id: &str) {
-        let entry = self.entry(&format!("delete-{}", object.name()), node, Some(id));
+        self.delete_at(
+            &format!("delete-{}", object.name()),
+            node,
+            id,
+            &object.path(id),
+        )
+        .await;
+    }
+
+    /// `DELETE path` as operation `f` on history key `key`: `found` true when it existed,
+    /// false on 404.
+    async fn delete_at(&self, f: &str, node: u64, key: &str, path: &str) {
+        let entry = self.entry(f, node, Some(key));
         self.recorder.record(EventType::Invoke, entry.clone());
-        let sent = self
-            .admin(Method::DELETE, node, &object.path(id))
-            .send()
-            .await;
+        let sent = self.admin(Method::DELETE, node, path).send().await;
         let outcome = match classify(sent).await {
             (_, Outcome::Ok(_)) => Outcome::Ok(json!({ "found": true })),
             (Some(StatusCode::NOT_FOUND), _) => Outcome::Ok(json!({ "found": false })),
@@ -497,38 +728,43 @@ impl Object {
     }
 }
 
-/// Uses API key `value` (id `id`) on `node` (DescribeIndexStats): `accepted` true on
-/// success, false when the node refuses the credential (401, or 503 while it cannot check
-/// credentials).
-pub async fn use_key(
+/// Uses `secret` (history key `key`) on `node` (DescribeIndexStats): `accepted` true on
+/// success, false when the node refuses the credential — 401 (unknown or revoked), 404 (no
+/// role in the project: a removed membership), or 503 while it cannot check credentials.
+pub async fn use_credential(
     endpoints: &Endpoints,
     recorder: &Recorder,
     process: &str,
     node: u64,
-    id: &str,
-    value: &str,
+    key: &str,
+    secret: &Secret,
 ) {
     let entry = Entry {
         process: process.to_string(),
         node: Some(node),
-        f: "use-key".into(),
-        key: Some(id.to_string()),
+        f: "use-credential".into(),
+        key: Some(key.to_string()),
         ..Entry::default()
     };
     recorder.record(EventType::Invoke, entry.clone());
-    let sent = endpoints
+    let request = endpoints
         .http
         .post(endpoints.url(node, "/describe_index_stats"))
-        .header("Api-Key", value)
         .header("X-Conifer-Index", &endpoints.index)
-        .json(&json!({}))
-        .send()
-        .await;
-    // Authentication comes first, so any answer but 401 or the lease's 503 means the node
-    // accepted the key (a 403, 404 or later 503 came after it did).
-    let outcome = match classify(sent).await {
+        .json(&json!({}));
+    let request = match secret {
+        Secret::ApiKey(value) => request.header("Api-Key", value),
+        Secret::Bearer(token) => request
+            .bearer_auth(token)
+            .header("X-Project-Id", &endpoints.project_id),
+    };
+    // Authentication and authorization come first, so any other answer means the node
+    // accepted the credential (a 403 or a later 503 came after it did).
+    let outcome = match classify(request.send().await).await {
         (None, other) => other,
-        (Some(StatusCode::UNAUTHORIZED), _) => Outcome::Ok(json!({ "accepted": false })),
+        (Some(StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND), _) => {
+            Outcome::Ok(json!({ "accepted": false }))
+        }
         (_, Outcome::Fail(m)) if m.contains(LEASE_REFUSAL) => {
             Outcome::Ok(json!({ "accepted": false }))
         }

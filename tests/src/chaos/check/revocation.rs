@@ -1,16 +1,18 @@
-//! Revocation: once the deletion of an API key is acknowledged at `t`, no node accepts the
-//! key for a request invoked after `t + bound`.
+//! Revocation: once the revocation of a credential (deleting an API key, a user or a service
+//! account, or removing a project membership) is acknowledged at `t`, no node accepts the
+//! credential for a request invoked after `t + bound`.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::chaos::history::{EventType, Op};
+use crate::chaos::workload::CredentialKind;
 
-/// A deleted key accepted after the bound.
+/// A revoked credential accepted after the bound.
 #[derive(Clone, Debug, Serialize)]
 pub struct Accepted {
-    /// API key id.
+    /// The credential's history key (key, user or service-account id; `membership:<user>`).
     pub key: String,
     /// Node that accepted it.
     pub node: Option<u64>,
@@ -25,31 +27,41 @@ pub struct Accepted {
 pub struct RevocationReport {
     /// The bound checked, in ms.
     pub bound_ms: f64,
-    /// Keys whose deletion was acknowledged.
-    pub revoked_keys: usize,
-    /// Uses of revoked keys invoked after their deletion was acknowledged.
+    /// Credentials whose revocation was acknowledged.
+    pub revoked_credentials: usize,
+    /// Of those, by kind (`api-key`, `user`, `membership`, `service-account`).
+    pub revoked_by_kind: BTreeMap<String, usize>,
+    /// Uses of revoked credentials invoked after their revocation was acknowledged.
     pub uses_after_revocation: usize,
     /// Of those, invoked after the bound and refused.
     pub refused_after_bound: usize,
-    /// Longest delay seen between an acknowledged delete and a use it still accepted.
+    /// Longest delay seen between an acknowledged revocation and a use still accepted.
     pub max_accepted_delay_ms: f64,
     /// Uses accepted after the bound: violations.
     pub accepted_after_bound: Vec<Accepted>,
 }
 
-/// Checks the `use-key` operations against the acknowledged `delete-key` operations.
+/// Checks the `use-credential` operations against the acknowledged revocations.
 pub fn check(ops: &[Op], bound_ms: f64) -> RevocationReport {
     let mut report = RevocationReport {
         bound_ms,
         ..RevocationReport::default()
     };
-    let revoked: BTreeMap<&str, f64> = ops
-        .iter()
-        .filter(|o| o.f == "delete-key" && o.outcome == EventType::Ok)
-        .filter_map(|o| Some((o.key.as_deref()?, o.complete_ms)))
-        .collect();
-    report.revoked_keys = revoked.len();
-    for op in ops.iter().filter(|o| o.f == "use-key") {
+    let mut revoked: BTreeMap<&str, f64> = BTreeMap::new();
+    for o in ops.iter().filter(|o| o.outcome == EventType::Ok) {
+        let (Some(kind), Some(key)) = (CredentialKind::of_revoking_op(&o.f), o.key.as_deref())
+        else {
+            continue;
+        };
+        if revoked.insert(key, o.complete_ms).is_none() {
+            *report
+                .revoked_by_kind
+                .entry(kind.name().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    report.revoked_credentials = revoked.len();
+    for op in ops.iter().filter(|o| o.f == "use-credential") {
         let Some(acked) = op.key.as_deref().and_then(|k| revoked.get(k)) else {
             continue;
         };
@@ -103,12 +115,13 @@ mod tests {
     fn acceptance_within_the_bound_is_measured_and_after_it_is_a_violation() {
         let ops = vec![
             op("delete-key", 100.0, 110.0, None),
-            op("use-key", 300.0, 301.0, Some(true)),
-            op("use-key", 900.0, 901.0, Some(false)),
-            op("use-key", 1500.0, 1501.0, Some(true)),
+            op("use-credential", 300.0, 301.0, Some(true)),
+            op("use-credential", 900.0, 901.0, Some(false)),
+            op("use-credential", 1500.0, 1501.0, Some(true)),
         ];
         let report = check(&ops, 1000.0);
-        assert_eq!(report.revoked_keys, 1);
+        assert_eq!(report.revoked_credentials, 1);
+        assert_eq!(report.revoked_by_kind["api-key"], 1);
         assert_eq!(report.uses_after_revocation, 3);
         assert_eq!(report.accepted_after_bound.len(), 1);
         assert_eq!(report.accepted_after_bound[0].after_ms, 1390.0);
@@ -119,10 +132,41 @@ mod tests {
     fn refusals_after_the_bound_are_counted() {
         let ops = vec![
             op("delete-key", 0.0, 10.0, None),
-            op("use-key", 2000.0, 2001.0, Some(false)),
+            op("use-credential", 2000.0, 2001.0, Some(false)),
         ];
         let report = check(&ops, 1000.0);
         assert!(report.accepted_after_bound.is_empty());
         assert_eq!(report.refused_after_bound, 1);
+    }
+
+    #[test]
+    fn every_kind_of_revocation_starts_the_clock_and_uses_before_it_do_not_count() {
+        let mut ops = Vec::new();
+        for (i, f) in [
+            "delete-user",
+            "delete-membership",
+            "delete-service-account",
+            "create-user",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let key = format!("c{i}");
+            let mut revoke = op(f, 100.0, 110.0, None);
+            revoke.key = Some(key.clone());
+            let mut before = op("use-credential", 50.0, 60.0, Some(true));
+            before.key = Some(key.clone());
+            let mut late = op("use-credential", 1200.0, 1201.0, Some(true));
+            late.key = Some(key);
+            ops.extend([revoke, before, late]);
+        }
+        let report = check(&ops, 1000.0);
+        // `create-user` revokes nothing; the three others each do.
+        assert_eq!(report.revoked_credentials, 3);
+        for kind in ["user", "membership", "service-account"] {
+            assert_eq!(report.revoked_by_kind[kind], 1, "{kind}");
+        }
+        assert_eq!(report.uses_after_revocation, 3);
+        assert_eq!(report.accepted_after_bound.len(), 3);
     }
 }
