@@ -169,6 +169,34 @@ impl World {
         v["id"].as_str().unwrap().to_string()
     }
 
+    /// A user who is a ProjectMember of A: a new one when `fresh`, else the spare one.
+    async fn member_of_a(&self, via: u64, fresh: bool) -> String {
+        if !fresh {
+            return self.spare_member_id.clone();
+        }
+        let id = self.fresh_user(via, "OrgMember").await;
+        self.operator(
+            via,
+            Method::POST,
+            &format!("/admin/projects/{}/members", self.project_a),
+            Some(json!({"user_id": id, "role": "ProjectMember"})),
+        )
+        .await;
+        id
+    }
+
+    /// An operator token's id: a new one when `fresh`, else the spare one.
+    async fn operator_token(&self, via: u64, fresh: bool) -> String {
+        if !fresh {
+            return self.spare_token_id.clone();
+        }
+        self.operator(via, Method::POST, "/admin/operator-tokens", None)
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     async fn fresh_sa(&self, via: u64) -> String {
         let v = self
             .operator(
@@ -424,15 +452,7 @@ fn rest_cases() -> Vec<Case> {
             &[],
             200,
             prep!(|w, via, p, fresh| {
-                let id = if fresh {
-                    w.operator(via, Method::POST, "/admin/operator-tokens", None)
-                        .await["id"]
-                        .as_str()
-                        .unwrap()
-                        .to_string()
-                } else {
-                    w.spare_token_id.clone()
-                };
+                let id = w.operator_token(via, fresh).await;
                 req(
                     Method::POST,
                     format!("/admin/operator-tokens/{id}/rotate"),
@@ -447,15 +467,7 @@ fn rest_cases() -> Vec<Case> {
             &[],
             202,
             prep!(|w, via, p, fresh| {
-                let id = if fresh {
-                    w.operator(via, Method::POST, "/admin/operator-tokens", None)
-                        .await["id"]
-                        .as_str()
-                        .unwrap()
-                        .to_string()
-                } else {
-                    w.spare_token_id.clone()
-                };
+                let id = w.operator_token(via, fresh).await;
                 req(Method::DELETE, format!("/admin/operator-tokens/{id}"), None)
             }),
         ),
@@ -763,19 +775,7 @@ fn rest_cases() -> Vec<Case> {
             NO_ROLE_IN_A,
             200,
             prep!(|w, via, p, fresh| {
-                let id = if fresh {
-                    let id = w.fresh_user(via, "OrgMember").await;
-                    w.operator(
-                        via,
-                        Method::POST,
-                        &format!("/admin/projects/{}/members", w.project_a),
-                        Some(json!({"user_id": id, "role": "ProjectMember"})),
-                    )
-                    .await;
-                    id
-                } else {
-                    w.spare_member_id.clone()
-                };
+                let id = w.member_of_a(via, fresh).await;
                 req(
                     Method::PATCH,
                     format!("/admin/projects/{}/members/{id}", w.project_a),
@@ -790,19 +790,7 @@ fn rest_cases() -> Vec<Case> {
             NO_ROLE_IN_A,
             202,
             prep!(|w, via, p, fresh| {
-                let id = if fresh {
-                    let id = w.fresh_user(via, "OrgMember").await;
-                    w.operator(
-                        via,
-                        Method::POST,
-                        &format!("/admin/projects/{}/members", w.project_a),
-                        Some(json!({"user_id": id, "role": "ProjectMember"})),
-                    )
-                    .await;
-                    id
-                } else {
-                    w.spare_member_id.clone()
-                };
+                let id = w.member_of_a(via, fresh).await;
                 req(
                     Method::DELETE,
                     format!("/admin/projects/{}/members/{id}", w.project_a),
@@ -1290,22 +1278,10 @@ async fn build_world() -> World {
 
     // Targets for denied attempts, which must exist so a 404 means "hidden".
     w.spare_key_id = w.fresh_key(1).await;
-    w.spare_token_id = w
-        .operator(1, Method::POST, "/admin/operator-tokens", None)
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    w.spare_token_id = w.operator_token(1, true).await;
     w.spare_user_id = w.fresh_user(1, "OrgMember").await;
     w.spare_sa_id = w.fresh_sa(1).await;
-    w.spare_member_id = w.fresh_user(1, "OrgMember").await;
-    w.operator(
-        1,
-        Method::POST,
-        &format!("/admin/projects/{project_a}/members"),
-        Some(json!({"user_id": w.spare_member_id, "role": "ProjectMember"})),
-    )
-    .await;
+    w.spare_member_id = w.member_of_a(1, true).await;
     // Every node has applied all of it (and refuses the revoked key) within the lease.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     world

@@ -245,9 +245,7 @@ pub fn authenticate(
                 return Err(AuthError::Revoked(kind.as_str()));
             }
             let project_roles = state
-                .project_members
-                .values()
-                .filter(|m| m.principal_id == claims.sub)
+                .memberships_of(&claims.sub)
                 .map(|m| (m.project_id.clone(), m.role))
                 .collect();
             Ok(Principal::Member(Member {

@@ -316,7 +316,7 @@ impl ControlState {
                 self.users
                     .remove(&id)
                     .ok_or_else(|| not_found("user", &id))?;
-                self.project_members.retain(|(_, p), _| *p != id);
+                self.remove_memberships_of(&id);
                 Ok(Output::Done)
             }
             C::CreateServiceAccount(account) => {
@@ -365,7 +365,7 @@ impl ControlState {
                 self.service_accounts
                     .remove(&id)
                     .ok_or_else(|| not_found("service account", &id))?;
-                self.project_members.retain(|(_, p), _| *p != id);
+                self.remove_memberships_of(&id);
                 Ok(Output::Done)
             }
             C::AddProjectMember(member) => {
@@ -387,7 +387,7 @@ impl ControlState {
                 if org != Some(&project.organization_id) {
                     return Err(not_found(member.kind.as_str(), &member.principal_id));
                 }
-                let key = (member.project_id.clone(), member.principal_id.clone());
+                let key = (member.principal_id.clone(), member.project_id.clone());
                 if self.project_members.contains_key(&key) {
                     return Err(exists(format!(
                         "'{}' is already a member of project '{}'",
@@ -410,7 +410,7 @@ impl ControlState {
             } => {
                 let member = self
                     .project_members
-                    .get_mut(&(project_id, principal_id.clone()))
+                    .get_mut(&(principal_id.clone(), project_id))
                     .ok_or_else(|| not_found("project member", &principal_id))?;
                 member.role = role;
                 Ok(Output::ProjectMember(member.clone()))
@@ -420,7 +420,7 @@ impl ControlState {
                 principal_id,
             } => {
                 self.project_members
-                    .remove(&(project_id, principal_id.clone()))
+                    .remove(&(principal_id.clone(), project_id))
                     .ok_or_else(|| not_found("project member", &principal_id))?;
                 Ok(Output::Done)
             }
@@ -498,10 +498,31 @@ impl ControlState {
     /// Members of a project, by principal id order.
     pub fn members_of(&self, project_id: &str) -> Vec<&ProjectMember> {
         self.project_members
-            .range((project_id.to_string(), String::new())..)
-            .take_while(|((p, _), _)| p == project_id)
-            .map(|(_, m)| m)
+            .values()
+            .filter(|m| m.project_id == project_id)
             .collect()
+    }
+
+    /// The project memberships of a user or service account, by project id order.
+    pub fn memberships_of<'a>(
+        &'a self,
+        principal_id: &'a str,
+    ) -> impl Iterator<Item = &'a ProjectMember> + 'a {
+        self.project_members
+            .range((principal_id.to_string(), String::new())..)
+            .take_while(move |((p, _), _)| p == principal_id)
+            .map(|(_, m)| m)
+    }
+
+    fn remove_memberships_of(&mut self, principal_id: &str) {
+        let projects: Vec<String> = self
+            .memberships_of(principal_id)
+            .map(|m| m.project_id.clone())
+            .collect();
+        for project in projects {
+            self.project_members
+                .remove(&(principal_id.to_string(), project));
+        }
     }
 
     /// The user with this email (compared lower case).
@@ -612,6 +633,45 @@ mod tests {
         }))
         .unwrap();
         assert!(s.members_of("p0").is_empty());
+    }
+
+    #[test]
+    fn deleting_a_project_removes_its_memberships_only() {
+        let mut s = bootstrapped();
+        s.apply(Command::CreateProject {
+            project: Project {
+                id: "p1".into(),
+                organization_id: "o1".into(),
+                name: "other".into(),
+                max_pods: 0,
+                force_encryption_with_cmek: false,
+                created_at: "t".into(),
+            },
+            owner: None,
+        })
+        .unwrap();
+        s.apply(id(IdentityCommand::CreateUser(user(
+            "u1",
+            "a@x.io",
+            OrgRole::OrgMember,
+        ))))
+        .unwrap();
+        for project in ["p0", "p1"] {
+            s.apply(id(IdentityCommand::AddProjectMember(member(
+                project,
+                "u1",
+                MemberKind::User,
+            ))))
+            .unwrap();
+        }
+        s.apply(Command::DeleteProject { id: "p1".into() }).unwrap();
+        let left: Vec<&str> = s
+            .memberships_of("u1")
+            .map(|m| m.project_id.as_str())
+            .collect();
+        assert_eq!(left, ["p0"]);
+        assert_eq!(s.members_of("p0").len(), 1);
+        assert!(s.members_of("p1").is_empty());
     }
 
     #[test]

@@ -357,7 +357,8 @@ pub struct ControlState {
     pub users: BTreeMap<String, User>,
     /// Service accounts by id.
     pub service_accounts: BTreeMap<String, ServiceAccount>,
-    /// Project memberships by (project id, principal id).
+    /// Project memberships by (principal id, project id): a principal's roles, read on every
+    /// bearer-token request, are one range.
     pub project_members: BTreeMap<(String, String), ProjectMember>,
     /// Token-signing keys, oldest first; the last one signs.
     pub signing_keys: Vec<SigningKey>,
@@ -436,7 +437,7 @@ impl ControlState {
                 self.projects.insert(project.id.clone(), project.clone());
                 if let Some(owner) = owner {
                     self.project_members
-                        .insert((project.id.clone(), owner.principal_id.clone()), owner);
+                        .insert((owner.principal_id.clone(), project.id.clone()), owner);
                 }
                 Ok(Output::Project(project))
             }
@@ -485,7 +486,7 @@ impl ControlState {
                 }
                 self.projects.remove(&id);
                 self.api_keys.retain(|_, k| k.project_id != id);
-                self.project_members.retain(|(p, _), _| *p != id);
+                self.project_members.retain(|(_, p), _| *p != id);
                 Ok(Output::Done)
             }
             Command::CreateApiKey(key) => {
