@@ -134,6 +134,21 @@ impl AdminClient {
         .await
     }
 
+    /// `POST /auth/password`: a user's new password, set with the current one; answers a
+    /// token for the new one (every earlier token stops working).
+    pub async fn change_password(
+        &self,
+        email: &str,
+        password: &str,
+        new_password: &str,
+    ) -> Result<Value, ClientError> {
+        self.post(
+            "/auth/password",
+            json!({ "email": email, "password": password, "new_password": new_password }),
+        )
+        .await
+    }
+
     /// `POST /oauth/token`: `{access_token, token_type, expires_in}` for a service account.
     pub async fn client_credentials(
         &self,

@@ -120,6 +120,7 @@ operations! {
     Health => "health", Public, [];
     Login => "auth.login", Public, [];
     IssueToken => "auth.token", Public, [];
+    ChangePassword => "auth.password", Public, [];
 
     ClusterDescribe => "cluster.describe", Cluster, [OPERATOR];
     ClusterPromoteMember => "cluster.member.promote", Cluster, [OPERATOR];
@@ -227,6 +228,7 @@ pub const ROUTES: &[(&str, &str, Operation)] = &[
     ("GET", "/health", Operation::Health),
     ("POST", "/auth/login", Operation::Login),
     ("POST", "/oauth/token", Operation::IssueToken),
+    ("POST", "/auth/password", Operation::ChangePassword),
     ("GET", "/admin/cluster", Operation::ClusterDescribe),
     (
         "POST",

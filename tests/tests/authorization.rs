@@ -397,6 +397,29 @@ fn rest_cases() -> Vec<Case> {
             )),
         ),
         case(
+            "POST",
+            "/auth/password",
+            EVERYONE,
+            &[],
+            200,
+            prep!(|w, via, p, fresh| {
+                let email = format!("{}@pw.test", uid());
+                w.operator(
+                    via,
+                    Method::POST,
+                    &format!("/admin/organizations/{}/members", w.org),
+                    Some(json!({"email": email, "role": "OrgMember", "password": w.user_password})),
+                )
+                .await;
+                req(
+                    Method::POST,
+                    "/auth/password",
+                    Some(json!({"email": email, "password": w.user_password,
+                        "new_password": "changed-password-1"})),
+                )
+            }),
+        ),
+        case(
             "GET",
             "/admin/cluster",
             ONLY_OPERATOR,
@@ -1511,7 +1534,10 @@ async fn every_route_answers_every_principal_as_the_matrix_says() {
     let mut failures = Vec::new();
     let mut attempts = 0u64;
     for c in &cases {
-        let public = matches!(c.route, "/health" | "/auth/login" | "/oauth/token");
+        let public = matches!(
+            c.route,
+            "/health" | "/auth/login" | "/auth/password" | "/oauth/token"
+        );
         for principal in PRINCIPALS {
             let via = attempts % 3 + 1;
             attempts += 1;

@@ -332,6 +332,15 @@ pub async fn update_member(
     if body.role.is_none() && body.password.is_none() {
         return Err(ApiError::invalid("give 'role' and/or 'password'"));
     }
+    // Setting someone's password takes over their account: owners and the operator only,
+    // checked before anything changes.
+    if body.password.is_some()
+        && !policy::may_manage_org_role(&caller.principal, &org, OrgRole::OrgOwner)
+    {
+        return Err(ApiError::forbidden(
+            "only organization owners and the operator may set a member's password",
+        ));
+    }
     let mut latest = user;
     if let Some(role) = body.role.as_deref().map(parse_org_role).transpose()? {
         check_role_management(&caller, &org, role)?;

@@ -130,6 +130,7 @@ fn handler(method: MethodFilter, operation: Operation) -> MethodRouter<ApiState>
         O::Health => on(method, health),
         O::Login => on(method, signin::login),
         O::IssueToken => on(method, signin::issue_token),
+        O::ChangePassword => on(method, signin::change_password),
         O::ClusterDescribe => on(method, cluster),
         O::ClusterPromoteMember => on(method, admin::promote_member),
         O::ClusterRemoveMember => on(method, admin::remove_member),

@@ -1,6 +1,7 @@
 //! Signing in: `POST /auth/login` (user email and password) and `POST /oauth/token`
 //! (service-account client credentials, OAuth 2.0's `client_credentials` grant, as
-//! Pinecone's admin API takes it). Both answer with a short-lived bearer token, and both are
+//! Pinecone's admin API takes it), which answer with a short-lived bearer token; and
+//! `POST /auth/password`, a user changing their own password with the current one. All are
 //! throttled per source address after repeated failures.
 
 use std::time::Instant;
@@ -21,7 +22,8 @@ use crate::auth::password::{self, MAX_PASSWORD_BYTES};
 use crate::auth::throttle::SignInThrottle;
 use crate::auth::token::{self, Claims, TOKEN_ISSUER};
 use crate::auth::{self, MAX_CREDENTIAL_BYTES};
-use crate::control::state::{MemberKind, SigningKey};
+use crate::control::state::{IdentityCommand, MemberKind, SigningKey, User};
+use crate::control::{Command, Output};
 
 /// Most password verifications (argon2, ~19 MiB each) running at once on a node; more
 /// sign-ins wait.
@@ -118,6 +120,60 @@ pub struct Login {
     password: String,
 }
 
+fn check_sizes(email: &str, password: &str) -> Result<(), ApiError> {
+    if email.len() > MAX_EMAIL_BYTES || password.len() > MAX_PASSWORD_BYTES {
+        return Err(ApiError::invalid(format!(
+            "'email' is limited to {MAX_EMAIL_BYTES} bytes and 'password' to {MAX_PASSWORD_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+/// The user `email` with its signing key, when `password` is theirs; `None` when not (an
+/// unknown email costs the same argon2 verification, against a decoy hash).
+async fn verify_user(
+    state: &ApiState,
+    email: &str,
+    password: String,
+) -> Result<Option<(SigningKey, User)>, ApiError> {
+    let read = || {
+        state.control.read_authenticated(|s| {
+            let user = s.user_by_email(email).cloned();
+            (user, s.current_signing_key().cloned())
+        })
+    };
+    let mut found = read().await?;
+    // A user created through another node a moment ago may not be here yet.
+    if found.0.is_none() && state.control.linearizable_barrier().await.is_ok() {
+        found = read().await?;
+    }
+    let (user, key) = found;
+    let key = key.ok_or_else(|| ApiError::unavailable("no signing key yet"))?;
+    let phc = user.as_ref().map_or_else(
+        || password::decoy_phc().to_string(),
+        |u| u.password_phc.clone(),
+    );
+    let _permit = state
+        .signin
+        .checks
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let matches = tokio::task::spawn_blocking(move || password::verify_password(&password, &phc))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(user.filter(|_| matches).map(|u| (key, u)))
+}
+
+fn subject_of(user: User) -> Subject {
+    Subject {
+        id: user.id,
+        kind: MemberKind::User,
+        organization_id: user.organization_id,
+        credential_version: user.credential_version,
+    }
+}
+
 /// `POST /auth/login`: a user's email and password for a bearer token.
 pub async fn login(
     State(state): State<ApiState>,
@@ -128,54 +184,59 @@ pub async fn login(
         Ok(b) => b,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    if body.email.len() > MAX_EMAIL_BYTES || body.password.len() > MAX_PASSWORD_BYTES {
-        return ApiError::invalid(format!(
-            "'email' is limited to {MAX_EMAIL_BYTES} bytes and 'password' to {MAX_PASSWORD_BYTES}"
-        ))
-        .into_response();
+    if let Err(e) = check_sizes(&body.email, &body.password) {
+        return e.into_response();
     }
     let check = async {
-        let read = || {
-            state.control.read_authenticated(|s| {
-                let user = s.user_by_email(&body.email).cloned();
-                (user, s.current_signing_key().cloned())
-            })
+        let verified = verify_user(&state, &body.email, body.password).await?;
+        Ok(verified.map(|(key, user)| (key, subject_of(user))))
+    };
+    attempt(&state, source, check).await
+}
+
+/// Body of `POST /auth/password`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    email: String,
+    password: String,
+    new_password: String,
+}
+
+/// `POST /auth/password`: a user sets a new password with the current one. Every token
+/// issued before stops working (within the lease); the answer is a token for the new one.
+pub async fn change_password(
+    State(state): State<ApiState>,
+    Extension(ClientAddr(source)): Extension<ClientAddr>,
+    body: Result<Json<ChangePassword>, JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if let Err(e) = check_sizes(&body.email, &body.password)
+        .and_then(|()| password::check_new_password(&body.new_password).map_err(ApiError::invalid))
+    {
+        return e.into_response();
+    }
+    let check = async {
+        let Some((key, user)) = verify_user(&state, &body.email, body.password).await? else {
+            return Ok(None);
         };
-        let mut found = read().await?;
-        // A user created through another node a moment ago may not be here yet.
-        if found.0.is_none() && state.control.linearizable_barrier().await.is_ok() {
-            found = read().await?;
-        }
-        let (user, key) = found;
-        let key = key.ok_or_else(|| ApiError::unavailable("no signing key yet"))?;
-        // Unknown emails are checked against a decoy hash, so both take one verification.
-        let phc = user.as_ref().map_or_else(
-            || password::decoy_phc().to_string(),
-            |u| u.password_phc.clone(),
-        );
-        let _permit = state
-            .signin
-            .checks
-            .acquire()
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let password = body.password;
-        let matches =
-            tokio::task::spawn_blocking(move || password::verify_password(&password, &phc))
+        let new_password = body.new_password;
+        let password_phc =
+            tokio::task::spawn_blocking(move || password::hash_password(&new_password))
                 .await
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok(match (user, matches) {
-            (Some(u), true) => Some((
-                key,
-                Subject {
-                    id: u.id,
-                    kind: MemberKind::User,
-                    organization_id: u.organization_id,
-                    credential_version: u.credential_version,
-                },
-            )),
-            _ => None,
-        })
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(ApiError::internal)?;
+        let command = Command::Identity(IdentityCommand::SetUserPassword {
+            id: user.id.clone(),
+            password_phc,
+        });
+        match state.control.propose(command).await? {
+            Output::User(changed) => Ok(Some((key, subject_of(changed)))),
+            other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+        }
     };
     attempt(&state, source, check).await
 }

@@ -398,6 +398,23 @@ pub struct LoginArgs {
     pub password: Option<String>,
 }
 
+/// Flags of `conifer password`.
+#[derive(Args, Debug)]
+pub struct PasswordArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub connection: Connection,
+    /// Sign-in email.
+    #[arg(long)]
+    pub email: String,
+    /// Current password [default: read from standard input].
+    #[arg(long, env = "CONIFER_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// New password [default: read from standard input].
+    #[arg(long, env = "CONIFER_NEW_PASSWORD", hide_env_values = true)]
+    pub new_password: Option<String>,
+}
+
 /// Flags of `conifer token`.
 #[derive(Args, Debug)]
 pub struct TokenArgs {
@@ -572,6 +589,8 @@ fn roles_or_none(roles: &[String]) -> Option<Vec<&str>> {
 pub enum Admin {
     /// Sign in as a user; prints a bearer token (use it as CONIFER_TOKEN).
     Login(LoginArgs),
+    /// Change your own password (signs you out everywhere; prints a new token).
+    Password(PasswordArgs),
     /// Sign in as a service account (client credentials); prints a bearer token.
     Token(TokenArgs),
     /// Organizations.
@@ -601,6 +620,16 @@ pub async fn run(admin: Admin) -> anyhow::Result<()> {
             let c = client(&a.connection, false)?;
             let password = secret_or_stdin(a.password, "password")?;
             (a.connection.output, c.login(&a.email, &password).await?)
+        }
+        Admin::Password(a) => {
+            let c = client(&a.connection, false)?;
+            let password = secret_or_stdin(a.password, "current password")?;
+            let new_password = secret_or_stdin(a.new_password, "new password")?;
+            (
+                a.connection.output,
+                c.change_password(&a.email, &password, &new_password)
+                    .await?,
+            )
         }
         Admin::Token(a) => {
             let c = client(&a.connection, false)?;
