@@ -72,7 +72,7 @@ impl Caller {
         let project = state
             .control
             .read_fresh(|s| s.projects.get(project_id).cloned())
-            .await
+            .await?
             .ok_or_else(|| ApiError::not_found(format!("project '{project_id}' not found")))?;
         self.authorize(Target::Project {
             id: &project.id,

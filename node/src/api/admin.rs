@@ -363,7 +363,7 @@ async fn authorized_key(state: &ApiState, caller: &Caller, id: &str) -> Result<A
     let key = state
         .control
         .read_fresh(|s| s.api_keys.get(id).cloned())
-        .await
+        .await?
         .ok_or_else(missing)?;
     caller
         .authorize_project(state, &key.project_id)

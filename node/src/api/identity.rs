@@ -159,7 +159,7 @@ async fn authorized_org(
     state
         .control
         .read_fresh(|s| s.organizations.get(id).cloned())
-        .await
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("organization '{id}' not found")))
 }
 
@@ -302,7 +302,7 @@ async fn user_in(state: &ApiState, org: &str, user_id: &str) -> Result<User, Api
     state
         .control
         .read_fresh(|s| s.users.get(user_id).cloned())
-        .await
+        .await?
         .filter(|u| u.organization_id == org)
         .ok_or_else(|| ApiError::not_found(format!("user '{user_id}' not found")))
 }
@@ -470,7 +470,7 @@ async fn authorized_account(
     let account = state
         .control
         .read_fresh(|s| s.service_accounts.get(id).cloned())
-        .await
+        .await?
         .ok_or_else(missing)?;
     caller
         .authorize(Target::Organization(&account.organization_id))

@@ -136,18 +136,16 @@ async fn verify_user(
     email: &str,
     password: String,
 ) -> Result<Option<(SigningKey, User)>, ApiError> {
-    let read = || {
-        state.control.read_authenticated(|s| {
+    // Catch up with the leader first, every time: a user created through another node a
+    // moment ago is found, and known and unknown emails take the same path.
+    state.control.linearizable_barrier().await?;
+    let (user, key) = state
+        .control
+        .read_authenticated(|s| {
             let user = s.user_by_email(email).cloned();
             (user, s.current_signing_key().cloned())
         })
-    };
-    let mut found = read().await?;
-    // A user created through another node a moment ago may not be here yet.
-    if found.0.is_none() && state.control.linearizable_barrier().await.is_ok() {
-        found = read().await?;
-    }
-    let (user, key) = found;
+        .await?;
     let key = key.ok_or_else(|| ApiError::unavailable("no signing key yet"))?;
     let phc = user.as_ref().map_or_else(
         || password::decoy_phc().to_string(),
@@ -275,17 +273,14 @@ pub async fn issue_token(
         .into_response();
     }
     let check = async {
-        let read = || {
-            state.control.read_authenticated(|s| {
+        state.control.linearizable_barrier().await?;
+        let (account, key) = state
+            .control
+            .read_authenticated(|s| {
                 let account = s.service_accounts.get(&body.client_id).cloned();
                 (account, s.current_signing_key().cloned())
             })
-        };
-        let mut found = read().await?;
-        if found.0.is_none() && state.control.linearizable_barrier().await.is_ok() {
-            found = read().await?;
-        }
-        let (account, key) = found;
+            .await?;
         let key = key.ok_or_else(|| ApiError::unavailable("no signing key yet"))?;
         Ok(account
             .filter(|a| auth::verify_client_secret(a, &body.client_secret))

@@ -197,16 +197,17 @@ impl ControlPlane {
 
     /// Looks something up in the local replica; when it is missing there, first catches up
     /// with the leader (read index) and looks again, so an object created through another
-    /// node a moment ago is found. `None` then means it does not exist (or this node cannot
-    /// reach the leader to tell).
-    pub async fn read_fresh<R>(&self, f: impl Fn(&ControlState) -> Option<R>) -> Option<R> {
+    /// node a moment ago is found. `Ok(None)` means it does not exist; a node that cannot
+    /// reach the leader to tell answers unavailable rather than "missing".
+    pub async fn read_fresh<R>(
+        &self,
+        f: impl Fn(&ControlState) -> Option<R>,
+    ) -> Result<Option<R>, ControlError> {
         if let Some(found) = self.read(&f) {
-            return Some(found);
+            return Ok(Some(found));
         }
-        if self.linearizable_barrier().await.is_err() {
-            return None;
-        }
-        self.read(f)
+        self.linearizable_barrier().await?;
+        Ok(self.read(f))
     }
 
     /// Runs `f` on the local replica's state.
