@@ -5,7 +5,7 @@
 //! acts on and asks [`Caller::authorize`]; a handler that answers with success without
 //! having asked is turned into a 500 (fail closed, and loud in tests).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -27,15 +27,6 @@ pub const PROJECT_HEADER: &str = "x-project-id";
 /// The client's address, set on every request by the accept loop.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub IpAddr);
-
-impl ClientAddr {
-    /// The address of the request (unspecified when the accept loop did not set one).
-    pub fn of(parts_extensions: &axum::http::Extensions) -> IpAddr {
-        parts_extensions
-            .get::<ClientAddr>()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0)
-    }
-}
 
 /// An authenticated caller and the operation its route performs.
 #[derive(Clone)]

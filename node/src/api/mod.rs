@@ -244,8 +244,13 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router
                 }
                 Err(_) => return,
             };
-            let router = router.layer(axum::Extension(access::ClientAddr(peer.ip())));
-            let service = TowerToHyperService::new(router.into_service::<hyper::body::Incoming>());
+            // One wrapper around the whole router (not a layer on each of its routes, which
+            // would rebuild every route's service stack per connection).
+            let service = tower::Layer::layer(
+                &axum::Extension(access::ClientAddr(peer.ip())),
+                router.into_service::<hyper::body::Incoming>(),
+            );
+            let service = TowerToHyperService::new(service);
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
                 tracing::debug!(%peer, "client connection ended: {e}");
