@@ -75,11 +75,15 @@ impl AdminClient {
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
-        }
         if let Some(body) = body {
             req = req.json(&body);
+        }
+        self.send(req).await
+    }
+
+    async fn send(&self, mut req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
         }
         let resp = req.send().await?;
         let status = resp.status().as_u16();
@@ -431,5 +435,23 @@ impl AdminClient {
     /// `GET /admin/cluster`.
     pub async fn cluster(&self) -> Result<Value, ClientError> {
         self.get("/admin/cluster").await
+    }
+
+    /// One page of audit events: `GET /admin/audit-logs` (an organization's chain) or, with
+    /// `cluster`, `GET /admin/cluster/audit-logs`, with `query` as its parameters
+    /// (`organization_id`, `start_time`, `end_time`, `action`, `resource_type`, `actor`,
+    /// `outcome`, `limit`, `pagination_token`). Answers `{data, pagination: {next}, chain}`.
+    pub async fn audit_logs(
+        &self,
+        cluster: bool,
+        query: &[(String, String)],
+    ) -> Result<Value, ClientError> {
+        let path = if cluster {
+            "/admin/cluster/audit-logs"
+        } else {
+            "/admin/audit-logs"
+        };
+        let req = self.http.get(format!("{}{path}", self.base)).query(query);
+        self.send(req).await
     }
 }

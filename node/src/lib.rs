@@ -1,6 +1,7 @@
 //! A Conifer node. See `ARCHITECTURE.md` at the repository root for the map.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod cluster;

@@ -68,6 +68,8 @@ pub struct ServeConfig {
     pub domain: String,
     /// Lifetime of issued bearer tokens, in seconds.
     pub token_ttl_s: u64,
+    /// How long audit events are kept, in seconds.
+    pub audit_retention_s: u64,
     /// Vector engine tuning.
     pub engine: EngineConfig,
 }
@@ -248,7 +250,12 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
             control: control.clone(),
             router,
             signin: Arc::new(api::signin::SignIn::new(config.token_ttl_s)),
+            audit: api::audit::AuditSink::start(control.clone()),
         }),
+    ));
+    tokio::spawn(api::audit::keep_retention(
+        control.clone(),
+        config.audit_retention_s,
     ));
     tracing::info!(node = config.node_id, api = %config.api_addr, cluster = %config.cluster_addr, "node listening");
 
@@ -335,14 +342,32 @@ async fn bootstrap(
         project_id: project.id.clone(),
         api_key: key_secret.value,
     };
+    let context = crate::audit::AuditContext {
+        id: uuid::Uuid::new_v4().to_string(),
+        time: crate::audit::now(),
+        action: "cluster.bootstrap".into(),
+        actor: crate::audit::ActorRef {
+            principal_type: crate::audit::PrincipalType::Operator,
+            principal_id: operator_token.id.clone(),
+            organization_id: None,
+            name_hint: None,
+        },
+        source_ip: None,
+        request_id: None,
+        user_agent: None,
+        node_id: config.node_id,
+    };
     control
-        .propose(Command::Bootstrap {
-            organization,
-            project,
-            api_key,
-            operator_token,
-            signing_key: auth::token::new_signing_key(),
-        })
+        .propose_as(
+            context,
+            Command::Bootstrap {
+                organization,
+                project,
+                api_key,
+                operator_token,
+                signing_key: auth::token::new_signing_key(),
+            },
+        )
         .await?;
     write_private_file(&path, &serde_json::to_vec_pretty(&file)?)?;
     tracing::info!("bootstrapped; credentials in {}", path.display());

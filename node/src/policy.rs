@@ -93,6 +93,13 @@ macro_rules! operations {
                 match self { $(Operation::$op => Scope::$scope,)* }
             }
 
+            /// Whether it reads or writes vectors or namespaces (the data plane), whose
+            /// refusals are not audited.
+            pub fn is_data_plane(self) -> bool {
+                let name = self.name();
+                name.starts_with("vector.") || name.starts_with("namespace.")
+            }
+
             /// The roles that may perform it.
             pub fn allowed(self) -> &'static [Role] {
                 match self { $(Operation::$op => &[$($role),*],)* }
@@ -132,6 +139,7 @@ operations! {
     OperatorTokenDelete => "operator_token.delete", Cluster, [OPERATOR];
     SigningKeyRotate => "signing_key.rotate", Cluster, [OPERATOR];
     OrgCreate => "organization.create", Cluster, [OPERATOR];
+    ClusterAuditLogRead => "audit_log.read_cluster", Cluster, [OPERATOR];
 
     OrgList => "organization.list", Organization,
         [OPERATOR, ORG_OWNER, ORG_MANAGER, ORG_BILLING, ORG_MEMBER];
@@ -139,6 +147,7 @@ operations! {
         [OPERATOR, ORG_OWNER, ORG_MANAGER, ORG_BILLING, ORG_MEMBER];
     OrgUpdate => "organization.update", Organization, [OPERATOR, ORG_OWNER];
     OrgDelete => "organization.delete", Organization, [OPERATOR, ORG_OWNER];
+    AuditLogRead => "audit_log.read", Organization, [OPERATOR, ORG_OWNER];
     OrgMemberList => "organization.member.list", Organization,
         [OPERATOR, ORG_OWNER, ORG_MANAGER];
     OrgMemberCreate => "organization.member.create", Organization,
@@ -271,6 +280,12 @@ pub const ROUTES: &[(&str, &str, Operation)] = &[
         Operation::SigningKeyRotate,
     ),
     ("POST", "/admin/organizations", Operation::OrgCreate),
+    (
+        "GET",
+        "/admin/cluster/audit-logs",
+        Operation::ClusterAuditLogRead,
+    ),
+    ("GET", "/admin/audit-logs", Operation::AuditLogRead),
     ("GET", "/admin/organizations", Operation::OrgList),
     ("GET", "/admin/organizations/{id}", Operation::OrgGet),
     ("PATCH", "/admin/organizations/{id}", Operation::OrgUpdate),

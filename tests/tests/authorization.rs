@@ -516,6 +516,26 @@ fn rest_cases() -> Vec<Case> {
         ),
         case(
             "GET",
+            "/admin/cluster/audit-logs",
+            ONLY_OPERATOR,
+            &[],
+            200,
+            prep!(|w, via, p, fresh| req(Method::GET, "/admin/cluster/audit-logs?limit=1", None)),
+        ),
+        case(
+            "GET",
+            "/admin/audit-logs",
+            ORG_OWNERS,
+            &[],
+            200,
+            prep!(|w, via, p, fresh| req(
+                Method::GET,
+                format!("/admin/audit-logs?organization_id={}&limit=1", w.org),
+                None
+            )),
+        ),
+        case(
+            "GET",
             "/admin/organizations",
             ORG_READERS,
             &[],

@@ -15,7 +15,9 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::audit::{actor_of, RequestInfo, REQUEST_ID_HEADER};
 use super::{ApiError, ApiState};
+use crate::audit::{AuditContext, AuditDraft, EventOutcome, Resource};
 use crate::auth::{self, token, AuthError, Credential, Principal};
 use crate::control::state::Project;
 use crate::policy::{self, Denied, Operation, Scope, Target};
@@ -35,23 +37,54 @@ pub struct Caller {
     pub principal: Arc<Principal>,
     /// What the route does.
     pub operation: Operation,
+    /// Where the request came from, for its audit event.
+    pub request: Arc<RequestInfo>,
+    api: ApiState,
     authorized: Arc<AtomicBool>,
 }
 
 impl Caller {
-    /// Checks the policy for this call's operation at `target`.
+    /// Checks the policy for this call's operation at `target`. A refusal of anything but a
+    /// vector or namespace operation is queued as an audit event (in the caller's own
+    /// organization's chain).
     pub fn authorize(&self, target: Target<'_>) -> Result<(), ApiError> {
-        match policy::decide(&self.principal, self.operation, target) {
+        let error = match policy::decide(&self.principal, self.operation, target) {
             Ok(()) => {
                 self.authorized.store(true, Ordering::Release);
-                Ok(())
+                return Ok(());
             }
-            Err(Denied::NotFound) => Err(ApiError::not_found(match target {
+            Err(Denied::NotFound) => ApiError::not_found(match target {
                 Target::Project { id, .. } => format!("project '{id}' not found"),
                 _ => "not found".to_string(),
-            })),
-            Err(Denied::Forbidden(message)) => Err(ApiError::forbidden(message)),
+            }),
+            Err(Denied::Forbidden(message)) => ApiError::forbidden(message),
+        };
+        if !self.operation.is_data_plane() {
+            let resource = match target {
+                Target::Cluster => Resource::new("cluster", None),
+                Target::Organization(id) => Resource::new("organization", Some(id)),
+                Target::Project { id, .. } => Resource::new("project", Some(id)),
+            };
+            let mut context = self.context();
+            // Named now: the batch may apply after the principal is gone.
+            context.actor.name_hint = self
+                .api
+                .control
+                .read(|s| crate::audit::actor_names(s, &context.actor))
+                .map(|(name, _)| name);
+            self.api.audit.record(AuditDraft {
+                context,
+                resource,
+                outcome: EventOutcome::failure(error.code, &error.message),
+            });
         }
+        Err(error)
+    }
+
+    /// The audit context of this call's operation by this caller, stamped now.
+    pub fn context(&self) -> AuditContext {
+        self.request
+            .context(self.operation.name(), actor_of(&self.principal))
     }
 
     /// Authorizes at the project `project_id` (404 when it does not exist) and returns it.
@@ -175,7 +208,7 @@ pub fn credential(headers: &HeaderMap) -> Result<Credential<'_>, ApiError> {
 /// The middleware in front of every route.
 pub async fn authenticate(
     State(route): State<RouteAccess>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     let grpc = is_grpc(request.headers());
@@ -195,7 +228,29 @@ pub async fn authenticate(
             )
         }
     };
+    let info = Arc::new(RequestInfo::new(
+        request.headers(),
+        request.extensions().get::<ClientAddr>().copied(),
+        route.api.control.node_id(),
+    ));
+    let request_id = axum::http::HeaderValue::from_str(&info.request_id).ok();
+    let mut response = authenticated(route, operation, grpc, info, request, next).await;
+    if let Some(id) = request_id {
+        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    }
+    response
+}
+
+async fn authenticated(
+    route: RouteAccess,
+    operation: Operation,
+    grpc: bool,
+    info: Arc<RequestInfo>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     if operation.scope() == Scope::Public {
+        request.extensions_mut().insert(info);
         return next.run(request).await;
     }
     let cred = match credential(request.headers()) {
@@ -220,6 +275,8 @@ pub async fn authenticate(
     let caller = Caller {
         principal: Arc::new(principal),
         operation,
+        request: info,
+        api: route.api.clone(),
         authorized: Arc::new(AtomicBool::new(false)),
     };
     let authorized = caller.authorized.clone();

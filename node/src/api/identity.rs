@@ -123,7 +123,7 @@ pub async fn create_organization(
     };
     match state
         .control
-        .propose(Command::CreateOrganization(org))
+        .propose_as(caller.context(), Command::CreateOrganization(org))
         .await?
     {
         Output::Organization(o) => Ok((StatusCode::CREATED, Json(org_json(&o)))),
@@ -184,10 +184,13 @@ pub async fn update_organization(
     check_name("name", &body.name, MAX_ORGANIZATION_NAME_BYTES)?;
     match state
         .control
-        .propose(Command::RenameOrganization {
-            id,
-            name: body.name,
-        })
+        .propose_as(
+            caller.context(),
+            Command::RenameOrganization {
+                id,
+                name: body.name,
+            },
+        )
         .await?
     {
         Output::Organization(o) => Ok(Json(org_json(&o))),
@@ -205,7 +208,7 @@ pub async fn delete_organization(
     authorized_org(&state, &caller, &id).await?;
     state
         .control
-        .propose(Command::DeleteOrganization { id })
+        .propose_as(caller.context(), Command::DeleteOrganization { id })
         .await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -288,7 +291,10 @@ pub async fn create_member(
     };
     match state
         .control
-        .propose(Command::Identity(IdentityCommand::CreateUser(user)))
+        .propose_as(
+            caller.context(),
+            Command::Identity(IdentityCommand::CreateUser(user)),
+        )
         .await?
     {
         Output::User(u) => Ok((StatusCode::CREATED, Json(user_json(&u)))),
@@ -346,10 +352,13 @@ pub async fn update_member(
         check_role_management(&caller, &org, role)?;
         match state
             .control
-            .propose(Command::Identity(IdentityCommand::SetUserRole {
-                id: user_id.clone(),
-                role,
-            }))
+            .propose_as(
+                caller.context(),
+                Command::Identity(IdentityCommand::SetUserRole {
+                    id: user_id.clone(),
+                    role,
+                }),
+            )
             .await?
         {
             Output::User(u) => latest = u,
@@ -360,10 +369,13 @@ pub async fn update_member(
         let password_phc = hash_new_password(password).await?;
         match state
             .control
-            .propose(Command::Identity(IdentityCommand::SetUserPassword {
-                id: user_id,
-                password_phc,
-            }))
+            .propose_as(
+                caller.context(),
+                Command::Identity(IdentityCommand::SetUserPassword {
+                    id: user_id,
+                    password_phc,
+                }),
+            )
             .await?
         {
             Output::User(u) => latest = u,
@@ -385,9 +397,10 @@ pub async fn remove_member(
     check_role_management(&caller, &org, user.role)?;
     state
         .control
-        .propose(Command::Identity(IdentityCommand::DeleteUser {
-            id: user_id,
-        }))
+        .propose_as(
+            caller.context(),
+            Command::Identity(IdentityCommand::DeleteUser { id: user_id }),
+        )
         .await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -445,9 +458,10 @@ pub async fn create_service_account(
     };
     match state
         .control
-        .propose(Command::Identity(IdentityCommand::CreateServiceAccount(
-            account,
-        )))
+        .propose_as(
+            caller.context(),
+            Command::Identity(IdentityCommand::CreateServiceAccount(account)),
+        )
         .await?
     {
         Output::ServiceAccount(a) => {
@@ -513,11 +527,14 @@ pub async fn update_service_account(
     }
     match state
         .control
-        .propose(Command::Identity(IdentityCommand::UpdateServiceAccount {
-            id,
-            name: body.name,
-            role,
-        }))
+        .propose_as(
+            caller.context(),
+            Command::Identity(IdentityCommand::UpdateServiceAccount {
+                id,
+                name: body.name,
+                role,
+            }),
+        )
         .await?
     {
         Output::ServiceAccount(a) => Ok(Json(account_json(&a))),
@@ -536,9 +553,10 @@ pub async fn rotate_service_account_secret(
     let (secret, secret_sha256) = auth::new_client_secret();
     match state
         .control
-        .propose(Command::Identity(
-            IdentityCommand::RotateServiceAccountSecret { id, secret_sha256 },
-        ))
+        .propose_as(
+            caller.context(),
+            Command::Identity(IdentityCommand::RotateServiceAccountSecret { id, secret_sha256 }),
+        )
         .await?
     {
         Output::ServiceAccount(a) => {
@@ -559,9 +577,10 @@ pub async fn delete_service_account(
     authorized_account(&state, &caller, &id).await?;
     state
         .control
-        .propose(Command::Identity(IdentityCommand::DeleteServiceAccount {
-            id,
-        }))
+        .propose_as(
+            caller.context(),
+            Command::Identity(IdentityCommand::DeleteServiceAccount { id }),
+        )
         .await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -639,7 +658,10 @@ pub async fn add_project_member(
     };
     match state
         .control
-        .propose(Command::Identity(IdentityCommand::AddProjectMember(member)))
+        .propose_as(
+            caller.context(),
+            Command::Identity(IdentityCommand::AddProjectMember(member)),
+        )
         .await?
     {
         Output::ProjectMember(m) => Ok((StatusCode::CREATED, Json(member_json(&m)))),
@@ -668,11 +690,14 @@ pub async fn update_project_member(
     let role = parse_project_role(&body.role)?;
     match state
         .control
-        .propose(Command::Identity(IdentityCommand::SetProjectMemberRole {
-            project_id,
-            principal_id,
-            role,
-        }))
+        .propose_as(
+            caller.context(),
+            Command::Identity(IdentityCommand::SetProjectMemberRole {
+                project_id,
+                principal_id,
+                role,
+            }),
+        )
         .await?
     {
         Output::ProjectMember(m) => Ok(Json(member_json(&m))),
@@ -691,10 +716,13 @@ pub async fn remove_project_member(
     caller.authorize_project(&state, &project_id).await?;
     state
         .control
-        .propose(Command::Identity(IdentityCommand::RemoveProjectMember {
-            project_id,
-            principal_id,
-        }))
+        .propose_as(
+            caller.context(),
+            Command::Identity(IdentityCommand::RemoveProjectMember {
+                project_id,
+                principal_id,
+            }),
+        )
         .await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -736,9 +764,10 @@ pub async fn create_operator_token(
     let id = token.id.clone();
     state
         .control
-        .propose(Command::Identity(IdentityCommand::CreateOperatorToken(
-            token,
-        )))
+        .propose_as(
+            caller.context(),
+            Command::Identity(IdentityCommand::CreateOperatorToken(token)),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -758,10 +787,10 @@ pub async fn rotate_operator_token(
     let id = new.id.clone();
     state
         .control
-        .propose(Command::Identity(IdentityCommand::RotateOperatorToken {
-            old_id,
-            new,
-        }))
+        .propose_as(
+            caller.context(),
+            Command::Identity(IdentityCommand::RotateOperatorToken { old_id, new }),
+        )
         .await?;
     Ok(Json(json!({ "id": id, "value": value })))
 }
@@ -776,9 +805,10 @@ pub async fn delete_operator_token(
     check_id("operator token", &id)?;
     state
         .control
-        .propose(Command::Identity(IdentityCommand::DeleteOperatorToken {
-            id,
-        }))
+        .propose_as(
+            caller.context(),
+            Command::Identity(IdentityCommand::DeleteOperatorToken { id }),
+        )
         .await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -794,7 +824,10 @@ pub async fn rotate_signing_key(
     let id = key.id.clone();
     state
         .control
-        .propose(Command::Identity(IdentityCommand::RotateSigningKey(key)))
+        .propose_as(
+            caller.context(),
+            Command::Identity(IdentityCommand::RotateSigningKey(key)),
+        )
         .await?;
     Ok(Json(json!({ "id": id })))
 }

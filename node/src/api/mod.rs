@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod convert;
 pub mod data;
 pub mod error;
@@ -58,6 +59,8 @@ pub struct ApiState {
     pub router: Router,
     /// Sign-in throttling and token lifetime.
     pub signin: Arc<SignIn>,
+    /// Where events of denied and failed attempts wait to be proposed.
+    pub audit: audit::AuditSink,
 }
 
 /// Every route of the client port, built from [`policy::ROUTES`]: each REST route with the
@@ -141,6 +144,8 @@ fn handler(method: MethodFilter, operation: Operation) -> MethodRouter<ApiState>
         O::OperatorTokenDelete => on(method, identity::delete_operator_token),
         O::SigningKeyRotate => on(method, identity::rotate_signing_key),
         O::OrgCreate => on(method, identity::create_organization),
+        O::AuditLogRead => on(method, audit::list),
+        O::ClusterAuditLogRead => on(method, audit::list_cluster),
         O::OrgList => on(method, identity::list_organizations),
         O::OrgGet => on(method, identity::get_organization),
         O::OrgUpdate => on(method, identity::update_organization),
@@ -354,6 +359,7 @@ async fn cluster(
         "snapshot_index": metrics.snapshot.map(|l| l.index),
         "purged_index": metrics.purged.map(|l| l.index),
         "members": members,
+        "audit_events_dropped": state.audit.dropped_total(),
     })))
 }
 

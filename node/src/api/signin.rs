@@ -4,6 +4,7 @@
 //! `POST /auth/password`, a user changing their own password with the current one. All are
 //! throttled per source address after repeated failures.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
@@ -16,14 +17,17 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::access::ClientAddr;
+use super::audit::RequestInfo;
 use super::identity::MAX_EMAIL_BYTES;
 use super::{ApiError, ApiState};
+use crate::audit::{ActorRef, AuditDraft, EventOutcome, PrincipalType, Resource};
 use crate::auth::password::{self, MAX_PASSWORD_BYTES};
 use crate::auth::throttle::SignInThrottle;
 use crate::auth::token::{self, Claims, TOKEN_ISSUER};
 use crate::auth::{self, MAX_CREDENTIAL_BYTES};
 use crate::control::state::{IdentityCommand, MemberKind, SigningKey, User};
 use crate::control::{Command, Output};
+use crate::policy::Operation;
 
 /// Most password verifications (argon2, ~19 MiB each) running at once on a node; more
 /// sign-ins wait.
@@ -92,27 +96,98 @@ fn issue(state: &ApiState, key: &SigningKey, subject: Subject) -> Result<Respons
 }
 
 /// Runs a sign-in attempt: refuses throttled sources up front, counts failures.
-async fn attempt<F>(state: &ApiState, source: std::net::IpAddr, check: F) -> Response
+/// How a sign-in check ended.
+enum Verdict {
+    /// The credentials are good. `recorded`: the check already proposed an audited change
+    /// (a password change), so no separate sign-in event is needed.
+    Accepted {
+        key: SigningKey,
+        subject: Subject,
+        recorded: bool,
+    },
+    /// They are not; `actor` is whoever they named, as far as it is known.
+    Refused { actor: ActorRef },
+}
+
+fn member_actor(kind: MemberKind, id: &str, organization_id: &str) -> ActorRef {
+    ActorRef {
+        principal_type: match kind {
+            MemberKind::User => PrincipalType::User,
+            MemberKind::ServiceAccount => PrincipalType::ServiceAccount,
+        },
+        principal_id: id.to_string(),
+        organization_id: Some(organization_id.to_string()),
+        name_hint: None,
+    }
+}
+
+fn unknown_actor(principal_type: PrincipalType, name: &str) -> ActorRef {
+    ActorRef {
+        principal_type,
+        principal_id: String::new(),
+        organization_id: None,
+        name_hint: Some(name.to_string()),
+    }
+}
+
+/// Runs a sign-in `check` under the throttle. A good one is recorded in the audit log
+/// (committed) before the token is issued; a bad one is queued as a failure event.
+async fn attempt<F>(
+    state: &ApiState,
+    info: &RequestInfo,
+    operation: Operation,
+    source: std::net::IpAddr,
+    check: F,
+) -> Response
 where
-    F: std::future::Future<Output = Result<Option<(SigningKey, Subject)>, ApiError>>,
+    F: std::future::Future<Output = Result<Verdict, ApiError>>,
 {
     if let Err(wait) = state.signin.throttle.check(source, Instant::now()) {
         return throttled(wait.as_secs().max(1));
     }
     match check.await {
-        Ok(Some((key, subject))) => {
+        Ok(Verdict::Accepted {
+            key,
+            subject,
+            recorded,
+        }) => {
             state.signin.throttle.record_success(source);
+            if !recorded {
+                let actor = member_actor(subject.kind, &subject.id, &subject.organization_id);
+                let command = Command::SignIn {
+                    principal_id: subject.id.clone(),
+                    kind: subject.kind,
+                };
+                let context = info.context(operation.name(), actor);
+                if let Err(e) = state.control.propose_as(context, command).await {
+                    return ApiError::from(e).into_response();
+                }
+            }
             issue(state, &key, subject).unwrap_or_else(IntoResponse::into_response)
         }
-        Ok(None) => {
+        Ok(Verdict::Refused { actor }) => {
             state.signin.throttle.record_failure(source, Instant::now());
-            ApiError::unauthenticated("invalid credentials").into_response()
+            let error = ApiError::unauthenticated("invalid credentials");
+            let kind = match actor.principal_type {
+                PrincipalType::ServiceAccount => "service_account",
+                _ => "user",
+            };
+            let mut resource = Resource::new(
+                kind,
+                Some(actor.principal_id.as_str()).filter(|id| !id.is_empty()),
+            );
+            resource.resource_name = actor.name_hint.clone();
+            state.audit.record(AuditDraft {
+                context: info.context(operation.name(), actor),
+                resource,
+                outcome: EventOutcome::failure(error.code, &error.message),
+            });
+            error.into_response()
         }
         Err(e) => e.into_response(),
     }
 }
 
-/// Body of `POST /auth/login`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
@@ -131,11 +206,13 @@ fn check_sizes(email: &str, password: &str) -> Result<(), ApiError> {
 
 /// The user `email` with its signing key, when `password` is theirs; `None` when not (an
 /// unknown email costs the same argon2 verification, against a decoy hash).
+/// Checks `email` and `password`: (the signing key, the user if the email is known, whether
+/// the password matched).
 async fn verify_user(
     state: &ApiState,
     email: &str,
     password: String,
-) -> Result<Option<(SigningKey, User)>, ApiError> {
+) -> Result<(SigningKey, Option<User>, bool), ApiError> {
     // Catch up with the leader first, every time: a user created through another node a
     // moment ago is found, and known and unknown emails take the same path.
     state.control.linearizable_barrier().await?;
@@ -160,7 +237,19 @@ async fn verify_user(
     let matches = tokio::task::spawn_blocking(move || password::verify_password(&password, &phc))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(user.filter(|_| matches).map(|u| (key, u)))
+    Ok((key, user, matches))
+}
+
+fn refused_user(email: &str, user: Option<&User>) -> Verdict {
+    Verdict::Refused {
+        actor: match user {
+            Some(u) => ActorRef {
+                name_hint: Some(u.email.clone()),
+                ..member_actor(MemberKind::User, &u.id, &u.organization_id)
+            },
+            None => unknown_actor(PrincipalType::User, email),
+        },
+    }
 }
 
 fn subject_of(user: User) -> Subject {
@@ -176,6 +265,7 @@ fn subject_of(user: User) -> Subject {
 pub async fn login(
     State(state): State<ApiState>,
     Extension(ClientAddr(source)): Extension<ClientAddr>,
+    Extension(info): Extension<Arc<RequestInfo>>,
     body: Result<Json<Login>, JsonRejection>,
 ) -> Response {
     let Json(body) = match body {
@@ -186,10 +276,18 @@ pub async fn login(
         return e.into_response();
     }
     let check = async {
-        let verified = verify_user(&state, &body.email, body.password).await?;
-        Ok(verified.map(|(key, user)| (key, subject_of(user))))
+        Ok(
+            match verify_user(&state, &body.email, body.password).await? {
+                (key, Some(user), true) => Verdict::Accepted {
+                    key,
+                    subject: subject_of(user),
+                    recorded: false,
+                },
+                (_, user, _) => refused_user(&body.email, user.as_ref()),
+            },
+        )
     };
-    attempt(&state, source, check).await
+    attempt(&state, &info, Operation::Login, source, check).await
 }
 
 /// Body of `POST /auth/password`.
@@ -206,6 +304,7 @@ pub struct ChangePassword {
 pub async fn change_password(
     State(state): State<ApiState>,
     Extension(ClientAddr(source)): Extension<ClientAddr>,
+    Extension(info): Extension<Arc<RequestInfo>>,
     body: Result<Json<ChangePassword>, JsonRejection>,
 ) -> Response {
     let Json(body) = match body {
@@ -218,9 +317,11 @@ pub async fn change_password(
         return e.into_response();
     }
     let check = async {
-        let Some((key, user)) = verify_user(&state, &body.email, body.password).await? else {
-            return Ok(None);
+        let (key, user) = match verify_user(&state, &body.email, body.password).await? {
+            (key, Some(user), true) => (key, user),
+            (_, user, _) => return Ok(refused_user(&body.email, user.as_ref())),
         };
+        let actor = member_actor(MemberKind::User, &user.id, &user.organization_id);
         let new_password = body.new_password;
         let password_phc =
             tokio::task::spawn_blocking(move || password::hash_password(&new_password))
@@ -231,12 +332,17 @@ pub async fn change_password(
             id: user.id.clone(),
             password_phc,
         });
-        match state.control.propose(command).await? {
-            Output::User(changed) => Ok(Some((key, subject_of(changed)))),
+        let context = info.context(Operation::ChangePassword.name(), actor);
+        match state.control.propose_as(context, command).await? {
+            Output::User(changed) => Ok(Verdict::Accepted {
+                key,
+                subject: subject_of(changed),
+                recorded: true,
+            }),
             other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
         }
     };
-    attempt(&state, source, check).await
+    attempt(&state, &info, Operation::ChangePassword, source, check).await
 }
 
 /// Body of `POST /oauth/token`.
@@ -255,6 +361,7 @@ pub struct TokenRequest {
 pub async fn issue_token(
     State(state): State<ApiState>,
     Extension(ClientAddr(source)): Extension<ClientAddr>,
+    Extension(info): Extension<Arc<RequestInfo>>,
     body: Result<Json<TokenRequest>, JsonRejection>,
 ) -> Response {
     let Json(body) = match body {
@@ -282,19 +389,27 @@ pub async fn issue_token(
             })
             .await?;
         let key = key.ok_or_else(|| ApiError::unavailable("no signing key yet"))?;
-        Ok(account
-            .filter(|a| auth::verify_client_secret(a, &body.client_secret))
-            .map(|a| {
-                (
-                    key,
-                    Subject {
-                        id: a.id,
-                        kind: MemberKind::ServiceAccount,
-                        organization_id: a.organization_id,
-                        credential_version: a.credential_version,
-                    },
-                )
-            }))
+        Ok(match account {
+            Some(a) if auth::verify_client_secret(&a, &body.client_secret) => Verdict::Accepted {
+                key,
+                subject: Subject {
+                    id: a.id,
+                    kind: MemberKind::ServiceAccount,
+                    organization_id: a.organization_id,
+                    credential_version: a.credential_version,
+                },
+                recorded: false,
+            },
+            Some(a) => Verdict::Refused {
+                actor: ActorRef {
+                    name_hint: Some(a.name.clone()),
+                    ..member_actor(MemberKind::ServiceAccount, &a.id, &a.organization_id)
+                },
+            },
+            None => Verdict::Refused {
+                actor: unknown_actor(PrincipalType::ServiceAccount, &body.client_id),
+            },
+        })
     };
-    attempt(&state, source, check).await
+    attempt(&state, &info, Operation::IssueToken, source, check).await
 }

@@ -443,7 +443,7 @@ fn secret_or_stdin(value: Option<String>, what: &str) -> anyhow::Result<String> 
     Ok(line)
 }
 
-fn client(c: &Connection, need_token: bool) -> anyhow::Result<AdminClient> {
+pub(super) fn client(c: &Connection, need_token: bool) -> anyhow::Result<AdminClient> {
     let boot: Option<Value> = match &c.bootstrap {
         Some(path) => Some(
             serde_json::from_slice(
@@ -504,7 +504,7 @@ fn cell(v: &Value) -> String {
     }
 }
 
-fn print_table(rows: &[Value], cols: &[&str]) {
+pub(super) fn print_table(rows: &[Value], cols: &[&str]) {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| cols.iter().map(|c| cell(&r[*c])).collect())
@@ -537,7 +537,7 @@ fn print_table(rows: &[Value], cols: &[&str]) {
     }
 }
 
-fn print(format: OutputFormat, value: &Value) {
+pub(super) fn print(format: OutputFormat, value: &Value) {
     if format == OutputFormat::Json {
         println!(
             "{}",
@@ -611,11 +611,14 @@ pub enum Admin {
     SigningKey(SigningKeyArgs),
     /// The cluster.
     Cluster(ClusterArgs),
+    /// The audit log: list, export as JSON lines, verify the hash chain.
+    Audit(super::audit::AuditArgs),
 }
 
 /// Runs an admin command and prints its result.
 pub async fn run(admin: Admin) -> anyhow::Result<()> {
     let (format, value) = match admin {
+        Admin::Audit(a) => return super::audit::run(a).await,
         Admin::Login(a) => {
             let c = client(&a.connection, false)?;
             let password = secret_or_stdin(a.password, "password")?;

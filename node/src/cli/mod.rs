@@ -2,6 +2,7 @@
 //! [`admin`] (`project`, `key`, `member`, …).
 
 pub mod admin;
+pub mod audit;
 
 use std::path::PathBuf;
 
@@ -84,6 +85,10 @@ pub struct ServeArgs {
     /// Lifetime of the bearer tokens this node issues, in seconds (1 to 86400).
     #[arg(long, env = "CONIFER_TOKEN_TTL_S", default_value_t = crate::auth::token::DEFAULT_TOKEN_TTL_S)]
     pub token_ttl_s: u64,
+    /// How long audit events are kept, in seconds (default 90 days; at least 1). Give every
+    /// node the same value: the group-0 leader's applies.
+    #[arg(long, env = "CONIFER_AUDIT_RETENTION_S", default_value_t = crate::audit::DEFAULT_AUDIT_RETENTION_S)]
+    pub audit_retention_s: u64,
 }
 
 impl ServeArgs {
@@ -99,7 +104,11 @@ impl ServeArgs {
                 self.token_ttl_s
             ));
         }
+        if self.audit_retention_s == 0 {
+            return Err("--audit-retention-s must be at least 1".into());
+        }
         Ok(ServeConfig {
+            audit_retention_s: self.audit_retention_s,
             node_id: self.node_id,
             data_dir: self.data_dir,
             api_addr: crate::api::parse_addr("api-addr", &self.api_addr)?,

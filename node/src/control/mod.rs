@@ -216,7 +216,22 @@ impl ControlPlane {
         f(&guard.state)
     }
 
-    /// Replicates `command` and returns what applying it produced.
+    /// Replicates `command` together with its audit event (one log entry) and returns what
+    /// applying it produced. Every change a client asks for goes through here.
+    pub async fn propose_as(
+        &self,
+        context: crate::audit::AuditContext,
+        command: Command,
+    ) -> Result<Output, ControlError> {
+        self.propose(Command::Audited {
+            context,
+            command: Box::new(command),
+        })
+        .await
+    }
+
+    /// Replicates `command` and returns what applying it produced. Used directly only for
+    /// what Conifer does on its own (marking an index ready, audit batches and purges).
     pub async fn propose(&self, command: Command) -> Result<Output, ControlError> {
         let bytes =
             bincode::serialize(&command).map_err(|e| ControlError::Internal(e.to_string()))?;

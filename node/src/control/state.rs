@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use conifer_raft::group_state::StateWrites;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{self, AuditContext, AuditDraft, AuditLog, EventOutcome, Params, Resource};
+
 pub use super::identity::{
     IdentityCommand, MemberKind, OrgRole, ProjectMember, ProjectRole, ServiceAccount, SigningKey,
     User,
@@ -290,6 +292,30 @@ pub enum Command {
         /// Index name.
         name: String,
     },
+    /// A user or service account signed in (its audit event is the point; refused when the
+    /// principal was deleted meanwhile).
+    SignIn {
+        /// The principal.
+        principal_id: String,
+        /// Its kind.
+        kind: MemberKind,
+    },
+    /// Apply `command` and append its audit event, with the outcome, in the same step.
+    Audited {
+        /// Who asked, when, from where.
+        context: AuditContext,
+        /// What they asked for.
+        command: Box<Command>,
+    },
+    /// Append events of attempts that changed nothing (denials, failed sign-ins).
+    RecordAudit(Vec<AuditDraft>),
+    /// Remove audit events older than `before`, recording the purge in each chain touched.
+    PurgeAudit {
+        /// The purge's own context (actor: the system).
+        context: AuditContext,
+        /// Cut-off time ([`audit::timestamp`] text).
+        before: String,
+    },
 }
 
 /// What a command produced.
@@ -362,6 +388,8 @@ pub struct ControlState {
     pub project_members: BTreeMap<(String, String), ProjectMember>,
     /// Token-signing keys, oldest first; the last one signs.
     pub signing_keys: Vec<SigningKey>,
+    /// The audit log: one hash chain per organization.
+    pub audit: AuditLog,
 }
 
 pub(super) fn not_found(kind: &str, id: &str) -> Rejection {
@@ -625,6 +653,51 @@ impl ControlState {
                     None => Err(not_found("index with shard group", &group_id.to_string())),
                 }
             }
+            Command::SignIn { principal_id, kind } => {
+                let exists = match kind {
+                    MemberKind::User => self.users.contains_key(&principal_id),
+                    MemberKind::ServiceAccount => self.service_accounts.contains_key(&principal_id),
+                };
+                if exists {
+                    Ok(Output::Done)
+                } else {
+                    Err(not_found(kind.as_str(), &principal_id))
+                }
+            }
+            Command::Audited { context, command } => self.apply_audited(context, *command),
+            Command::RecordAudit(drafts) => {
+                if drafts.len() > audit::MAX_AUDIT_BATCH_EVENTS {
+                    return Err(Rejection::LimitExceeded(format!(
+                        "an audit batch holds at most {} events; this one has {}",
+                        audit::MAX_AUDIT_BATCH_EVENTS,
+                        drafts.len()
+                    )));
+                }
+                for draft in drafts {
+                    let event =
+                        audit::build_event(self, &draft.context, draft.resource, draft.outcome);
+                    self.audit.append(event);
+                }
+                Ok(Output::Done)
+            }
+            Command::PurgeAudit { context, before } => {
+                for (chain, removed) in self.audit.purge_before(&before) {
+                    let org = (chain != audit::CLUSTER_CHAIN).then_some(chain);
+                    let resource = Resource {
+                        resource_type: "audit_log".into(),
+                        resource_id: org.clone(),
+                        resource_name: None,
+                        organization_id: org,
+                        parameters: Params::default()
+                            .with("purged_events", removed)
+                            .with("before", before.as_str()),
+                    };
+                    let event =
+                        audit::build_event(self, &context, resource, EventOutcome::success());
+                    self.audit.append(event);
+                }
+                Ok(Output::Done)
+            }
             Command::DeleteIndex { project_id, name } => {
                 let key = (project_id, name.clone());
                 match self.indexes.get(&key) {
@@ -639,6 +712,35 @@ impl ControlState {
                 }
             }
         }
+    }
+
+    /// Applies `command` and appends its event with the outcome. The event's names come from
+    /// the state before the change (a deleted key is still named); an object the command
+    /// creates (an organization) is looked up after it.
+    fn apply_audited(&mut self, context: AuditContext, command: Command) -> Outcome {
+        if matches!(
+            command,
+            Command::Audited { .. } | Command::RecordAudit(_) | Command::PurgeAudit { .. }
+        ) {
+            return Err(Rejection::Invalid(
+                "audit commands cannot be audited".into(),
+            ));
+        }
+        let resource = audit::describe(self, &command);
+        let resource_org = resource.organization_id.clone();
+        let mut event = audit::build_event(self, &context, resource, EventOutcome::success());
+        let outcome = self.apply(command);
+        if let Err(rejection) = &outcome {
+            event.event.outcome = EventOutcome::rejected(rejection);
+        }
+        if event.organization_id.is_none() {
+            if let Some(org) = resource_org.and_then(|id| self.organizations.get(&id)) {
+                event.organization_id = Some(org.id.clone());
+                event.organization_name = Some(org.name.clone());
+            }
+        }
+        self.audit.append(event);
+        outcome
     }
 
     /// Indexes of a project, by name order.

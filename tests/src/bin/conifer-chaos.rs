@@ -136,7 +136,7 @@ fn main() -> ExitCode {
     match runtime.block_on(chaos::run(&config)) {
         Ok(summary) => {
             println!(
-                "conifer-chaos: {} schedules, {} ops ok, {} acknowledged writes: {} lost, {} linearizability violation(s) ({} keys, {} unchecked), {} convergence failure(s), {} revoked-credential accept(s) past {} ms (longest accepted delay {:.0} ms)",
+                "conifer-chaos: {} schedules, {} ops ok, {} acknowledged writes: {} lost, {} linearizability violation(s) ({} keys, {} unchecked), {} convergence failure(s), {} revoked-credential accept(s) past {} ms (longest accepted delay {:.0} ms), {} audited action(s) with {} audit mismatch(es)",
                 summary.schedules,
                 summary.ops_ok,
                 summary.acknowledged_writes,
@@ -148,6 +148,8 @@ fn main() -> ExitCode {
                 summary.revoked_credential_accepts_past_bound,
                 summary.revocation_bound_ms,
                 summary.max_accepted_delay_ms,
+                summary.audited_actions,
+                summary.audit_mismatches,
             );
             if summary.violations == 0 {
                 ExitCode::SUCCESS

@@ -52,6 +52,10 @@ pub struct Event {
     pub value: Value,
     /// Why the operation failed or is unknown.
     pub error: Option<String>,
+    /// The `X-Request-Id` the request carried (control-plane operations), which its audit
+    /// event must carry too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// The shared, append-only history of a run.
@@ -82,6 +86,8 @@ pub struct Entry {
     pub value: Value,
     /// Error text.
     pub error: Option<String>,
+    /// Request id sent.
+    pub request_id: Option<String>,
 }
 
 impl Recorder {
@@ -118,6 +124,7 @@ impl Recorder {
             key: entry.key,
             value: entry.value,
             error: entry.error,
+            request_id: entry.request_id,
         };
         inner.events.push(event);
         index

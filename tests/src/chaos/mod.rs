@@ -110,6 +110,10 @@ pub struct RunSummary {
     pub max_accepted_delay_ms: f64,
     /// Revoked credentials accepted after the bound.
     pub revoked_credential_accepts_past_bound: usize,
+    /// Acknowledged control-plane actions matched against audit events.
+    pub audited_actions: usize,
+    /// Actions without their event, duplicated or unexplained events, broken chains.
+    pub audit_mismatches: usize,
     /// All violations.
     pub violations: usize,
     /// Per-schedule reports.
@@ -157,6 +161,8 @@ impl RunSummary {
             revoked_credential_accepts_past_bound: sum(&|r| {
                 r.revocation.accepted_after_bound.len()
             }),
+            audited_actions: sum(&|r| r.audit.actions_checked),
+            audit_mismatches: sum(&|r| r.audit.violations()),
             violations: sum(&|r| r.violations()),
             reports,
         }
@@ -349,6 +355,14 @@ async fn run_schedule(
         .filter_map(|o| Some((o.key.clone()?, o.output["value"].as_i64())))
         .collect();
     let convergence = check::convergence::check(cluster, group, &replicas).await;
+    let organization_id = cluster.bootstrap["organization_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let all_nodes: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+    let audit = check::audit::check(cluster, &all_nodes, &organization_id, &events)
+        .await
+        .context("reading the audit log")?;
     let count = |kind| ops.iter().filter(|o| o.outcome == kind).count();
     let report = ScheduleReport {
         schedule: n,
@@ -365,6 +379,7 @@ async fn run_schedule(
         durability: check::durability::check(&ops, &final_values),
         convergence,
         revocation: check::revocation::check(&ops, REVOCATION_BOUND_MS),
+        audit,
     };
     cluster
         .http

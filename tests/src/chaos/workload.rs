@@ -275,6 +275,7 @@ impl DataClient {
             key: Some(key.to_string()),
             value: json!({ "value": value }),
             error: None,
+            request_id: None,
         };
         self.recorder.record(EventType::Invoke, entry.clone());
         entry.value = Value::Null;
@@ -524,7 +525,7 @@ impl KeyClient {
     ) -> Option<Value> {
         let mut entry = self.entry(f, node, key);
         self.recorder.record(EventType::Invoke, entry.clone());
-        match classify(request.send().await).await.1 {
+        match classify(tagged(request, &entry).send().await).await.1 {
             Outcome::Ok(body) => {
                 if entry.key.is_none() {
                     entry.key = body["id"].as_str().map(str::to_string);
@@ -592,12 +593,14 @@ impl KeyClient {
             .bearer_auth(&self.endpoints.admin_token)
     }
 
+    /// The history entry of operation `f`, with a fresh request id for its audit event.
     fn entry(&self, f: &str, node: u64, key: Option<&str>) -> Entry {
         Entry {
             process: self.process.clone(),
             node: Some(node),
             f: f.into(),
             key: key.map(str::to_string),
+            request_id: Some(uuid::Uuid::new_v4().to_string()),
             ..Entry::default()
         }
     }
@@ -607,8 +610,7 @@ impl KeyClient {
         self.recorder.record(EventType::Invoke, entry.clone());
         let path = format!("/admin/projects/{}/api-keys", self.endpoints.project_id);
         let body = json!({ "name": name, "roles": ["DataPlaneViewer"] });
-        let sent = self
-            .admin(Method::POST, node, &path)
+        let sent = tagged(self.admin(Method::POST, node, &path), &entry)
             .json(&body)
             .send()
             .await;
@@ -622,8 +624,7 @@ impl KeyClient {
     async fn create_project(&self, node: u64, name: &str) -> Option<String> {
         let entry = self.entry("create-project", node, None);
         self.recorder.record(EventType::Invoke, entry.clone());
-        let sent = self
-            .admin(Method::POST, node, "/admin/projects")
+        let sent = tagged(self.admin(Method::POST, node, "/admin/projects"), &entry)
             .json(&json!({ "name": name }))
             .send()
             .await;
@@ -681,7 +682,9 @@ impl KeyClient {
     async fn delete_at(&self, f: &str, node: u64, key: &str, path: &str) {
         let entry = self.entry(f, node, Some(key));
         self.recorder.record(EventType::Invoke, entry.clone());
-        let sent = self.admin(Method::DELETE, node, path).send().await;
+        let sent = tagged(self.admin(Method::DELETE, node, path), &entry)
+            .send()
+            .await;
         let outcome = match classify(sent).await {
             (_, Outcome::Ok(_)) => Outcome::Ok(json!({ "found": true })),
             (Some(StatusCode::NOT_FOUND), _) => Outcome::Ok(json!({ "found": false })),
@@ -702,6 +705,14 @@ impl KeyClient {
             .await;
         self.get(Object::Project, rng.gen_range(1..=self.nodes), &id)
             .await;
+    }
+}
+
+/// `request` carrying the request id of its history `entry`.
+fn tagged(request: reqwest::RequestBuilder, entry: &Entry) -> reqwest::RequestBuilder {
+    match &entry.request_id {
+        Some(id) => request.header("X-Request-Id", id),
+        None => request,
     }
 }
 

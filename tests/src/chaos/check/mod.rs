@@ -3,6 +3,7 @@
 //! Adding a checker: a module here, a field in [`ScheduleReport`], and its count in
 //! [`ScheduleReport::violations`].
 
+pub mod audit;
 pub mod convergence;
 pub mod durability;
 pub mod linear;
@@ -33,6 +34,8 @@ pub struct ScheduleReport {
     pub convergence: convergence::ConvergenceReport,
     /// Revoked keys accepted after the bound.
     pub revocation: revocation::RevocationReport,
+    /// Acknowledged control-plane actions against their audit events.
+    pub audit: audit::AuditReport,
 }
 
 impl ScheduleReport {
@@ -52,5 +55,6 @@ impl ScheduleReport {
             + self.durability.lost.len()
             + usize::from(!self.convergence.converged)
             + self.revocation.accepted_after_bound.len()
+            + self.audit.violations()
     }
 }

@@ -1,0 +1,429 @@
+//! The audit log at the front door: what a request tells about itself (address, request id,
+//! user agent), the sink that batches events of attempts that changed nothing, the retention
+//! task, and the query routes `GET /admin/audit-logs` (an organization's chain, `OrgOwner`)
+//! and `GET /admin/cluster/audit-logs` (the cluster chain, operator).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::access::{Caller, ClientAddr};
+use super::{ApiError, ApiState};
+use crate::audit::{
+    self, ActorRef, AuditContext, AuditDraft, ChainHead, EventOutcome, Filter, PrincipalType,
+    Resource, CLUSTER_CHAIN,
+};
+use crate::auth::Principal;
+use crate::control::{Command, ControlPlane};
+use crate::policy::Target;
+
+/// Header carrying a client's request id; echoed on every response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Most events of denied or failed attempts waiting to be proposed on one node; past it they
+/// are counted and reported in a summary event.
+pub const MAX_PENDING_AUDIT_EVENTS: usize = 10_000;
+/// Longest a queued event waits for companions before its batch is proposed.
+pub const AUDIT_FLUSH_MS: u64 = 200;
+/// Longest interval between checks for events past their retention.
+pub const AUDIT_PURGE_MAX_INTERVAL_S: u64 = 60;
+/// Events returned by one page when the query does not say.
+pub const DEFAULT_AUDIT_PAGE_EVENTS: usize = 100;
+/// Most events one page may return.
+pub const MAX_AUDIT_PAGE_EVENTS: usize = 1_000;
+/// Longest value of a text filter.
+pub const MAX_AUDIT_FILTER_BYTES: usize = 256;
+
+/// What a request tells about itself, read once by the authentication middleware.
+#[derive(Clone, Debug)]
+pub struct RequestInfo {
+    /// The client's address.
+    pub source_ip: Option<String>,
+    /// The client's `X-Request-Id` (printable, at most [`audit::MAX_REQUEST_ID_BYTES`]) or
+    /// a fresh UUID.
+    pub request_id: String,
+    /// The client's `User-Agent`, cut to [`audit::MAX_USER_AGENT_BYTES`].
+    pub user_agent: Option<String>,
+    /// This node.
+    pub node_id: u64,
+}
+
+impl RequestInfo {
+    /// Reads the request's headers and address.
+    pub fn new(headers: &HeaderMap, addr: Option<ClientAddr>, node_id: u64) -> Self {
+        let request_id = headers
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= audit::MAX_REQUEST_ID_BYTES
+                    && v.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let user_agent = headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| audit::truncate(v, audit::MAX_USER_AGENT_BYTES));
+        Self {
+            source_ip: addr.map(|ClientAddr(ip)| ip.to_string()),
+            request_id,
+            user_agent,
+            node_id,
+        }
+    }
+
+    /// The context of an event about `action` by `actor`, stamped now.
+    pub fn context(&self, action: &str, actor: ActorRef) -> AuditContext {
+        AuditContext {
+            id: uuid::Uuid::new_v4().to_string(),
+            time: audit::now(),
+            action: action.to_string(),
+            actor,
+            source_ip: self.source_ip.clone(),
+            request_id: Some(self.request_id.clone()),
+            user_agent: self.user_agent.clone(),
+            node_id: self.node_id,
+        }
+    }
+}
+
+/// The actor an authenticated principal is.
+pub fn actor_of(principal: &Principal) -> ActorRef {
+    match principal {
+        Principal::Operator { token_id } => ActorRef {
+            principal_type: PrincipalType::Operator,
+            principal_id: token_id.clone(),
+            organization_id: None,
+            name_hint: None,
+        },
+        Principal::Member(m) => ActorRef {
+            principal_type: match m.kind {
+                crate::control::state::MemberKind::User => PrincipalType::User,
+                crate::control::state::MemberKind::ServiceAccount => PrincipalType::ServiceAccount,
+            },
+            principal_id: m.id.clone(),
+            organization_id: Some(m.organization_id.clone()),
+            name_hint: None,
+        },
+        Principal::ApiKey(k) => ActorRef {
+            principal_type: PrincipalType::ApiKey,
+            principal_id: k.id.clone(),
+            // Resolved from the key's project at apply.
+            organization_id: None,
+            name_hint: None,
+        },
+    }
+}
+
+/// Where events of attempts that changed nothing wait to be proposed in batches.
+#[derive(Clone)]
+pub struct AuditSink {
+    queue: mpsc::Sender<AuditDraft>,
+    /// Events dropped since the last summary.
+    unreported: Arc<AtomicU64>,
+    /// Events dropped since the node started (the metric).
+    dropped_total: Arc<AtomicU64>,
+}
+
+impl AuditSink {
+    /// A sink whose batches `control` proposes, from a task started here.
+    pub fn start(control: ControlPlane) -> Self {
+        let (queue, pending) = mpsc::channel(MAX_PENDING_AUDIT_EVENTS);
+        let sink = Self {
+            queue,
+            unreported: Arc::new(AtomicU64::new(0)),
+            dropped_total: Arc::new(AtomicU64::new(0)),
+        };
+        tokio::spawn(flush_batches(pending, control, sink.clone()));
+        sink
+    }
+
+    /// Queues `draft`; when the queue is full it is dropped and counted.
+    pub fn record(&self, draft: AuditDraft) {
+        if self.queue.try_send(draft).is_err() {
+            self.count_dropped(1);
+        }
+    }
+
+    fn count_dropped(&self, n: u64) {
+        self.unreported.fetch_add(n, Ordering::Relaxed);
+        self.dropped_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Events this node dropped since it started (full queue, or a batch the control plane
+    /// did not take).
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total.load(Ordering::Relaxed)
+    }
+}
+
+async fn flush_batches(
+    mut pending: mpsc::Receiver<AuditDraft>,
+    control: ControlPlane,
+    sink: AuditSink,
+) {
+    let idle = Duration::from_secs(1);
+    loop {
+        let first = match tokio::time::timeout(idle, pending.recv()).await {
+            Ok(Some(draft)) => Some(draft),
+            Ok(None) => return,
+            Err(_) => None,
+        };
+        let mut batch: Vec<AuditDraft> = first.into_iter().collect();
+        if !batch.is_empty() {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(AUDIT_FLUSH_MS);
+            while batch.len() < audit::MAX_AUDIT_BATCH_EVENTS - 1 {
+                match tokio::time::timeout_at(deadline, pending.recv()).await {
+                    Ok(Some(draft)) => batch.push(draft),
+                    _ => break,
+                }
+            }
+        }
+        let queued = batch.len() as u64;
+        let unreported = sink.unreported.swap(0, Ordering::Relaxed);
+        if unreported > 0 {
+            batch.push(overflow_summary(control.node_id(), unreported));
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = control.propose(Command::RecordAudit(batch)).await {
+            tracing::warn!("audit batch of {queued} event(s) not recorded: {e}");
+            sink.count_dropped(queued);
+            sink.unreported.fetch_add(unreported, Ordering::Relaxed);
+        }
+    }
+}
+
+fn overflow_summary(node_id: u64, dropped: u64) -> AuditDraft {
+    let mut context = RequestInfo {
+        source_ip: None,
+        request_id: uuid::Uuid::new_v4().to_string(),
+        user_agent: None,
+        node_id,
+    }
+    .context("audit_log.overflow", ActorRef::system());
+    context.request_id = None;
+    let mut resource = Resource::new("audit_log", None);
+    resource.parameters = resource.parameters.with("dropped_events", dropped);
+    AuditDraft {
+        context,
+        resource,
+        outcome: EventOutcome::failure(
+            "RESOURCE_EXHAUSTED",
+            &format!(
+                "node {node_id} dropped {dropped} event(s) of denied or failed attempts: more than {MAX_PENDING_AUDIT_EVENTS} were waiting"
+            ),
+        ),
+    }
+}
+
+/// Interval between retention checks for a retention of `retention_s`.
+pub fn purge_interval(retention_s: u64) -> Duration {
+    Duration::from_secs((retention_s / 4).clamp(1, AUDIT_PURGE_MAX_INTERVAL_S))
+}
+
+/// Forever: while this node leads group 0, proposes a purge of the events older than
+/// `retention_s` whenever some are kept.
+pub async fn keep_retention(control: ControlPlane, retention_s: u64) {
+    let interval = purge_interval(retention_s);
+    loop {
+        tokio::time::sleep(interval).await;
+        let leads = control.raft().metrics().borrow().current_leader == Some(control.node_id());
+        if !leads {
+            continue;
+        }
+        let cutoff_ms = audit::now_ms().saturating_sub(retention_s.saturating_mul(1_000));
+        let before = audit::timestamp(cutoff_ms);
+        let due = control.read(|s| s.audit.oldest_time().is_some_and(|t| t < before.as_str()));
+        if !due {
+            continue;
+        }
+        let mut context = RequestInfo {
+            source_ip: None,
+            request_id: String::new(),
+            user_agent: None,
+            node_id: control.node_id(),
+        }
+        .context("audit_log.purge", ActorRef::system());
+        context.request_id = None;
+        if let Err(e) = control
+            .propose(Command::PurgeAudit { context, before })
+            .await
+        {
+            tracing::warn!("audit retention purge not applied: {e}");
+        }
+    }
+}
+
+/// Query of the audit-log routes.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    organization_id: Option<String>,
+    start_time: Option<String>,
+    end_time: Option<String>,
+    action: Option<String>,
+    resource_type: Option<String>,
+    actor: Option<String>,
+    outcome: Option<String>,
+    limit: Option<usize>,
+    pagination_token: Option<String>,
+}
+
+fn text_filter(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(v) if v.len() > MAX_AUDIT_FILTER_BYTES => Err(ApiError::invalid(format!(
+            "'{field}' is limited to {MAX_AUDIT_FILTER_BYTES} bytes"
+        ))),
+        other => Ok(other),
+    }
+}
+
+fn time_filter(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    value
+        .map(|v| {
+            audit::normalize_time(&v).ok_or_else(|| {
+                ApiError::invalid(format!("'{field}' must be an RFC 3339 time, got {v:?}"))
+            })
+        })
+        .transpose()
+}
+
+impl AuditQuery {
+    fn into_parts(self) -> Result<(Filter, usize, u64), ApiError> {
+        let limit = self.limit.unwrap_or(DEFAULT_AUDIT_PAGE_EVENTS);
+        if !(1..=MAX_AUDIT_PAGE_EVENTS).contains(&limit) {
+            return Err(ApiError::invalid(format!(
+                "'limit' must be between 1 and {MAX_AUDIT_PAGE_EVENTS}, got {limit}"
+            )));
+        }
+        let after = match self.pagination_token.as_deref() {
+            None | Some("") => 0,
+            Some(token) => token.parse::<u64>().map_err(|_| {
+                ApiError::invalid(format!(
+                    "'pagination_token' {token:?} is not one this API gave"
+                ))
+            })?,
+        };
+        let outcome = text_filter("outcome", self.outcome)?;
+        if outcome
+            .as_deref()
+            .is_some_and(|o| o != "success" && o != "failure")
+        {
+            return Err(ApiError::invalid(
+                "'outcome' must be \"success\" or \"failure\"",
+            ));
+        }
+        let filter = Filter {
+            start_time: time_filter("start_time", self.start_time)?,
+            end_time: time_filter("end_time", self.end_time)?,
+            action: text_filter("action", self.action)?,
+            resource_type: text_filter("resource_type", self.resource_type)?,
+            actor: text_filter("actor", self.actor)?,
+            outcome,
+        };
+        Ok((filter, limit, after))
+    }
+}
+
+/// `GET /admin/audit-logs`: one organization's events, oldest first, filtered and paged
+/// (`OrgOwner` of that organization, or the operator). The caller's own organization unless
+/// `organization_id` names another.
+pub async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let organization_id = match query.organization_id.clone() {
+        Some(id) => text_filter("organization_id", Some(id))?.unwrap_or_default(),
+        None => super::admin::home_organization(&state, &caller)?,
+    };
+    caller.authorize(Target::Organization(&organization_id))?;
+    let known = state
+        .control
+        .read_fresh(|s| s.organizations.contains_key(&organization_id).then_some(()))
+        .await?;
+    if known.is_none() {
+        return Err(ApiError::not_found(format!(
+            "organization '{organization_id}' not found"
+        )));
+    }
+    page(&state, &organization_id, query).await
+}
+
+/// `GET /admin/cluster/audit-logs`: the cluster chain (operator tokens, signing keys,
+/// sign-ins of unknown names, overflow summaries), filtered and paged (operator only).
+pub async fn list_cluster(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.authorize(Target::Cluster)?;
+    if query.organization_id.is_some() {
+        return Err(ApiError::invalid(
+            "the cluster chain takes no 'organization_id'; use /admin/audit-logs",
+        ));
+    }
+    page(&state, CLUSTER_CHAIN, query).await
+}
+
+async fn page(
+    state: &ApiState,
+    chain_id: &str,
+    query: AuditQuery,
+) -> Result<Json<Value>, ApiError> {
+    let (filter, limit, after) = query.into_parts()?;
+    // Events are read from this node's replica once it has caught up with the leader, so
+    // an event acknowledged through any node is listed.
+    state.control.linearizable_barrier().await?;
+    let (events, next, head, retained, evicted) = state.control.read(|s| {
+        let Some(chain) = s.audit.chains.get(chain_id) else {
+            let empty = crate::audit::Chain::default();
+            return (Vec::new(), None, ChainHead::from(&empty), 0, 0);
+        };
+        let mut events = Vec::new();
+        let mut next = None;
+        for event in chain.events.range(chain.position_after(after)..) {
+            if events.len() == limit {
+                next = Some(events_last_sequence(&events));
+                break;
+            }
+            if filter.matches(event) {
+                events.push(event.clone());
+            }
+        }
+        (
+            events,
+            next,
+            ChainHead::from(chain),
+            chain.events.len(),
+            chain.evicted_early,
+        )
+    });
+    let organization_id = (chain_id != CLUSTER_CHAIN).then_some(chain_id);
+    Ok(Json(json!({
+        "data": events,
+        "pagination": { "next": next.map(|s: u64| s.to_string()) },
+        "chain": {
+            "organization_id": organization_id,
+            "anchor_sequence": head.anchor_sequence,
+            "anchor_hash": head.anchor_hash,
+            "head_sequence": head.head_sequence,
+            "head_hash": head.head_hash,
+            "events_retained": retained,
+            "evicted_early": evicted,
+        },
+    })))
+}
+
+fn events_last_sequence(events: &[crate::audit::AuditEvent]) -> u64 {
+    events.last().map_or(0, |e| e.sequence)
+}

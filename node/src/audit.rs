@@ -1,0 +1,1211 @@
+//! The audit log: who did what, when, from where, and whether it worked.
+//!
+//! Events live in the control-plane state (group 0), so they are replicated with it and
+//! every node answers queries from its own replica. A control-plane change is proposed as
+//! [`Command::Audited`](crate::control::Command::Audited): applying that one log entry both
+//! performs the change (or rejects it) and appends its event, with the outcome, so no change
+//! exists without its event and no event without its attempt. Denied attempts and failed
+//! sign-ins change nothing; nodes queue them and propose them in batches
+//! ([`crate::api::audit::AuditSink`]) so that a flood of failures cannot stall the control
+//! plane.
+//!
+//! Each organization's events form a chain: event `n` carries the hash of event `n - 1`
+//! (`prev_hash`) and its own `hash`, the SHA-256 of its JSON form with `hash` empty (see
+//! [`event_hash`]). Cluster-level events (operator tokens, signing keys, sign-in failures of
+//! unknown emails, batch overflows) form the chain [`CLUSTER_CHAIN`]. The head of every chain
+//! is part of the replicated state; [`Verifier`] recomputes a chain from its events and names
+//! the first broken link. Retention purges are replicated commands that record, in the chain,
+//! how many events they removed and the hash the remaining chain starts from.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::control::identity::IdentityCommand;
+use crate::control::state::{Command, ControlState, MemberKind, Rejection};
+
+/// Default time an event is kept: 90 days.
+pub const DEFAULT_AUDIT_RETENTION_S: u64 = 90 * 86_400;
+/// Most events one chain keeps in the replicated state; past it the oldest are dropped ahead
+/// of their retention, counted in the chain's `evicted_early`.
+pub const MAX_EVENTS_PER_CHAIN: usize = 100_000;
+/// The chain of events that belong to no organization.
+pub const CLUSTER_CHAIN: &str = "_cluster";
+/// Longest user agent kept; longer ones are cut at a character boundary.
+pub const MAX_USER_AGENT_BYTES: usize = 256;
+/// Longest request id accepted from a client; longer or non-printable ones are replaced.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// Longest text kept in any other free-form field (names tried at sign-in, reasons).
+pub const MAX_AUDIT_TEXT_BYTES: usize = 512;
+/// Most events one batch of denied or failed attempts may carry.
+pub const MAX_AUDIT_BATCH_EVENTS: usize = 500;
+/// `prev_hash` of a chain's first event.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Who acted, as the schema names kinds of principal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalType {
+    /// A user signed in with a password.
+    User,
+    /// A project's API key.
+    ApiKey,
+    /// A service account (client credentials).
+    ServiceAccount,
+    /// The operator token.
+    Operator,
+    /// Conifer itself (retention purges, overflow summaries).
+    System,
+}
+
+/// The actor as the proposer knows it; names are resolved from the state at apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorRef {
+    /// Kind of principal.
+    pub principal_type: PrincipalType,
+    /// Its id (empty when a sign-in named no known principal).
+    pub principal_id: String,
+    /// The organization it belongs to, if any (API keys: their project's).
+    pub organization_id: Option<String>,
+    /// The name to report when the principal is not in the state (an unknown email tried
+    /// at sign-in).
+    pub name_hint: Option<String>,
+}
+
+impl ActorRef {
+    /// Conifer itself.
+    pub fn system() -> Self {
+        Self {
+            principal_type: PrincipalType::System,
+            principal_id: "conifer".into(),
+            organization_id: None,
+            name_hint: None,
+        }
+    }
+}
+
+/// What the node that received a request knows about it, carried in the command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditContext {
+    /// The event's id (a UUID chosen by the proposer).
+    pub id: String,
+    /// When the request was received ([`timestamp`] format).
+    pub time: String,
+    /// What was attempted: the operation's name in the permission matrix.
+    pub action: String,
+    /// Who attempted it.
+    pub actor: ActorRef,
+    /// The client's address.
+    pub source_ip: Option<String>,
+    /// The request's id (`X-Request-Id`, or one the node chose).
+    pub request_id: Option<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
+    /// The node that received the request.
+    pub node_id: u64,
+}
+
+/// An event's parameters: a flat JSON object. Stored in Raft entries and snapshots as JSON
+/// text (bincode cannot carry arbitrary JSON), shown as an object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Params(pub BTreeMap<String, Value>);
+
+impl Params {
+    /// Adds `key: value`.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.0.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// Adds `key: value` when `value` is given.
+    pub fn with_some<V: Into<Value>>(self, key: &str, value: Option<V>) -> Self {
+        match value {
+            Some(v) => self.with(key, v),
+            None => self,
+        }
+    }
+}
+
+impl Serialize for Params {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            self.0.serialize(serializer)
+        } else {
+            serde_json::to_string(&self.0)
+                .map_err(serde::ser::Error::custom)?
+                .serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Params {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            BTreeMap::deserialize(deserializer).map(Params)
+        } else {
+            let text = String::deserialize(deserializer)?;
+            serde_json::from_str(&text)
+                .map(Params)
+                .map_err(serde::de::Error::custom)
+        }
+    }
+}
+
+/// The client software that made the request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Client {
+    /// Its `User-Agent` header.
+    #[serde(rename = "userAgent")]
+    pub user_agent: Option<String>,
+}
+
+/// Who acted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The principal's id.
+    pub principal_id: String,
+    /// Its name: a user's email, a key's or service account's name, `operator`.
+    pub principal_name: String,
+    /// Its kind.
+    pub principal_type: PrincipalType,
+    /// A name for people: a user's display name, else the principal name.
+    pub display_name: String,
+}
+
+/// Whether it worked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventOutcome {
+    /// `success` or `failure`.
+    pub result: String,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// The error code the client received (`PERMISSION_DENIED`, `NOT_FOUND`, …).
+    pub error_code: Option<String>,
+}
+
+impl EventOutcome {
+    /// It worked.
+    pub fn success() -> Self {
+        Self {
+            result: "success".into(),
+            reason: None,
+            error_code: None,
+        }
+    }
+
+    /// It failed with `error_code` because of `reason`.
+    pub fn failure(error_code: &str, reason: &str) -> Self {
+        Self {
+            result: "failure".into(),
+            reason: Some(truncate(reason, MAX_AUDIT_TEXT_BYTES)),
+            error_code: Some(error_code.into()),
+        }
+    }
+
+    /// The outcome of a command the state machine rejected.
+    pub fn rejected(rejection: &Rejection) -> Self {
+        let code = match rejection {
+            Rejection::NotFound { .. } => "NOT_FOUND",
+            Rejection::AlreadyExists(_) => "ALREADY_EXISTS",
+            Rejection::LimitExceeded(_) => "RESOURCE_EXHAUSTED",
+            Rejection::Invalid(_) => "FAILED_PRECONDITION",
+        };
+        Self::failure(code, &rejection.to_string())
+    }
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBody {
+    /// When ([`timestamp`] format, UTC, milliseconds).
+    pub time: String,
+    /// The operation attempted (`api_key.create`, `auth.login`, …).
+    pub action: String,
+    /// Kind of object acted on.
+    pub resource_type: String,
+    /// Its id.
+    pub resource_id: Option<String>,
+    /// Its name.
+    pub resource_name: Option<String>,
+    /// Whether it worked.
+    pub outcome: EventOutcome,
+    /// What was asked for, without secrets.
+    pub parameters: Params,
+}
+
+/// One audit event, in the schema of `docs/audit/event.schema.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Unique id.
+    pub id: String,
+    /// The organization whose chain holds the event (`null`: the cluster chain).
+    pub organization_id: Option<String>,
+    /// Its name when the event was recorded.
+    pub organization_name: Option<String>,
+    /// The client software.
+    pub client: Client,
+    /// Who acted.
+    pub actor: Actor,
+    /// What happened.
+    pub event: EventBody,
+    /// The client's address.
+    pub source_ip: Option<String>,
+    /// The request's id.
+    pub request_id: Option<String>,
+    /// The node that received the request.
+    pub node_id: u64,
+    /// Position in the chain, from 1.
+    pub sequence: u64,
+    /// `hash` of the previous event of the chain ([`GENESIS_HASH`] for the first).
+    pub prev_hash: String,
+    /// SHA-256 of this event's JSON with `hash` empty, hex.
+    pub hash: String,
+}
+
+impl AuditEvent {
+    /// The chain the event belongs to.
+    pub fn chain_id(&self) -> &str {
+        self.organization_id.as_deref().unwrap_or(CLUSTER_CHAIN)
+    }
+}
+
+/// The hash an event must carry: SHA-256 over its compact JSON serialization (fields in
+/// schema order, parameter keys sorted) with `hash` set to the empty string. `prev_hash` is
+/// inside what is hashed, which links the chain.
+pub fn event_hash(event: &AuditEvent) -> String {
+    let mut unhashed = event.clone();
+    unhashed.hash.clear();
+    // Serializing plain data to JSON cannot fail.
+    let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}
+
+/// Milliseconds since the epoch as the fixed-width UTC text events carry
+/// (`2026-11-29T04:05:06.789Z`), so that text order is time order.
+pub fn timestamp(ms_since_epoch: u64) -> String {
+    let nanos = i128::from(ms_since_epoch) * 1_000_000;
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// Now, as [`timestamp`] text.
+pub fn now() -> String {
+    timestamp(now_ms())
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Parses RFC 3339 text (any offset or precision) into [`timestamp`] text.
+pub fn normalize_time(text: &str) -> Option<String> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    let ms = t.unix_timestamp_nanos() / 1_000_000;
+    u64::try_from(ms).ok().map(timestamp)
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// What an attempt acted on, as read from the command and the state before it applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    /// Kind of object.
+    pub resource_type: String,
+    /// Its id.
+    pub resource_id: Option<String>,
+    /// Its name.
+    pub resource_name: Option<String>,
+    /// The organization it belongs to, when known.
+    pub organization_id: Option<String>,
+    /// What was asked for, without secrets.
+    pub parameters: Params,
+}
+
+impl Resource {
+    /// A resource of `kind` with `id`.
+    pub fn new(kind: &str, id: Option<&str>) -> Self {
+        Self {
+            resource_type: kind.into(),
+            resource_id: id.map(str::to_string),
+            resource_name: None,
+            organization_id: None,
+            parameters: Params::default(),
+        }
+    }
+
+    fn named(mut self, name: Option<&str>) -> Self {
+        self.resource_name = name.map(str::to_string);
+        self
+    }
+
+    fn in_org(mut self, org: Option<&str>) -> Self {
+        self.organization_id = org.map(str::to_string);
+        self
+    }
+
+    fn params(mut self, parameters: Params) -> Self {
+        self.parameters = parameters;
+        self
+    }
+}
+
+/// An event the node drafted without a state change (a denied attempt, a failed sign-in,
+/// an overflow summary), proposed in a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditDraft {
+    /// Who, when, where.
+    pub context: AuditContext,
+    /// What it aimed at.
+    pub resource: Resource,
+    /// How it ended.
+    pub outcome: EventOutcome,
+}
+
+fn roles_param<T: Serialize>(roles: &[T]) -> Value {
+    serde_json::to_value(roles).unwrap_or(Value::Null)
+}
+
+fn project_org(state: &ControlState, project_id: &str) -> Option<String> {
+    state
+        .projects
+        .get(project_id)
+        .map(|p| p.organization_id.clone())
+}
+
+fn member_name(state: &ControlState, kind: MemberKind, id: &str) -> Option<String> {
+    match kind {
+        MemberKind::User => state.users.get(id).map(|u| u.email.clone()),
+        MemberKind::ServiceAccount => state.service_accounts.get(id).map(|a| a.name.clone()),
+    }
+}
+
+fn principal_kind(state: &ControlState, id: &str) -> Option<MemberKind> {
+    if state.users.contains_key(id) {
+        Some(MemberKind::User)
+    } else if state.service_accounts.contains_key(id) {
+        Some(MemberKind::ServiceAccount)
+    } else {
+        None
+    }
+}
+
+/// What `command` acts on, read from the state before it applies. Secrets (hashes, keys)
+/// never become parameters.
+pub fn describe(state: &ControlState, command: &Command) -> Resource {
+    match command {
+        Command::Bootstrap {
+            organization,
+            project,
+            api_key,
+            ..
+        } => Resource::new("organization", Some(&organization.id))
+            .named(Some(&organization.name))
+            .in_org(Some(&organization.id))
+            .params(
+                Params::default()
+                    .with("project_id", project.id.as_str())
+                    .with("project_name", project.name.as_str())
+                    .with("api_key_id", api_key.id.as_str()),
+            ),
+        Command::CreateProject { project, owner } => Resource::new("project", Some(&project.id))
+            .named(Some(&project.name))
+            .in_org(Some(&project.organization_id))
+            .params(
+                Params::default()
+                    .with("name", project.name.as_str())
+                    .with("max_pods", project.max_pods)
+                    .with(
+                        "force_encryption_with_cmek",
+                        project.force_encryption_with_cmek,
+                    )
+                    .with_some("owner_id", owner.as_ref().map(|o| o.principal_id.as_str())),
+            ),
+        Command::UpdateProject {
+            id,
+            name,
+            max_pods,
+            force_encryption_with_cmek,
+        } => project_resource(state, id).params(
+            Params::default()
+                .with_some("name", name.as_deref())
+                .with_some("max_pods", *max_pods)
+                .with_some("force_encryption_with_cmek", *force_encryption_with_cmek),
+        ),
+        Command::DeleteProject { id } => project_resource(state, id),
+        Command::CreateApiKey(key) => Resource::new("api_key", Some(&key.id))
+            .named(Some(&key.name))
+            .in_org(project_org(state, &key.project_id).as_deref())
+            .params(
+                Params::default()
+                    .with("project_id", key.project_id.as_str())
+                    .with("name", key.name.as_str())
+                    .with("roles", roles_param(&key.roles)),
+            ),
+        Command::DeleteApiKey { id } => key_resource(state, id),
+        Command::UpdateApiKey { id, name, roles } => {
+            let mut resource = key_resource(state, id);
+            resource.parameters = resource
+                .parameters
+                .with_some("name", name.as_deref())
+                .with_some("roles", roles.as_ref().map(|r| roles_param(r)));
+            resource
+        }
+        Command::CreateOrganization(org) => Resource::new("organization", Some(&org.id))
+            .named(Some(&org.name))
+            .in_org(Some(&org.id))
+            .params(Params::default().with("name", org.name.as_str())),
+        Command::RenameOrganization { id, name } => {
+            org_resource(state, id).params(Params::default().with("name", name.as_str()))
+        }
+        Command::DeleteOrganization { id } => org_resource(state, id),
+        Command::Identity(identity) => describe_identity(state, identity),
+        Command::CreateIndex(index) => Resource::new("index", Some(&index.name))
+            .named(Some(&index.name))
+            .in_org(project_org(state, &index.project_id).as_deref())
+            .params(
+                Params::default()
+                    .with("project_id", index.project_id.as_str())
+                    .with("dimension", index.dimension)
+                    .with("metric", index.metric.as_str())
+                    .with("vector_type", index.vector_type.as_str())
+                    .with("deletion_protection", index.deletion_protection),
+            ),
+        Command::ConfigureIndex {
+            project_id,
+            name,
+            deletion_protection,
+            tags_json,
+        } => index_resource(state, project_id, name).params(
+            Params::default()
+                .with("project_id", project_id.as_str())
+                .with_some("deletion_protection", *deletion_protection)
+                .with_some(
+                    "tags",
+                    tags_json
+                        .as_deref()
+                        .and_then(|t| serde_json::from_str::<Value>(t).ok()),
+                ),
+        ),
+        Command::DeleteIndex { project_id, name } => index_resource(state, project_id, name)
+            .params(Params::default().with("project_id", project_id.as_str())),
+        Command::MarkIndexReady { group_id } => {
+            Resource::new("index", None).params(Params::default().with("group_id", *group_id))
+        }
+        Command::SignIn { principal_id, kind } => {
+            let org = match kind {
+                MemberKind::User => state.users.get(principal_id).map(|u| &u.organization_id),
+                MemberKind::ServiceAccount => state
+                    .service_accounts
+                    .get(principal_id)
+                    .map(|a| &a.organization_id),
+            };
+            Resource::new(kind.as_str(), Some(principal_id))
+                .named(member_name(state, *kind, principal_id).as_deref())
+                .in_org(org.map(String::as_str))
+        }
+        Command::Audited { .. } | Command::RecordAudit(_) | Command::PurgeAudit { .. } => {
+            Resource::new("audit_log", None)
+        }
+    }
+}
+
+fn project_resource(state: &ControlState, id: &str) -> Resource {
+    let project = state.projects.get(id);
+    Resource::new("project", Some(id))
+        .named(project.map(|p| p.name.as_str()))
+        .in_org(project.map(|p| p.organization_id.as_str()))
+}
+
+fn key_resource(state: &ControlState, id: &str) -> Resource {
+    let key = state.api_keys.get(id);
+    let org = key.and_then(|k| project_org(state, &k.project_id));
+    Resource::new("api_key", Some(id))
+        .named(key.map(|k| k.name.as_str()))
+        .in_org(org.as_deref())
+        .params(Params::default().with_some("project_id", key.map(|k| k.project_id.as_str())))
+}
+
+fn org_resource(state: &ControlState, id: &str) -> Resource {
+    Resource::new("organization", Some(id))
+        .named(state.organizations.get(id).map(|o| o.name.as_str()))
+        .in_org(Some(id))
+}
+
+fn index_resource(state: &ControlState, project_id: &str, name: &str) -> Resource {
+    Resource::new("index", Some(name))
+        .named(Some(name))
+        .in_org(project_org(state, project_id).as_deref())
+}
+
+fn user_resource(state: &ControlState, id: &str) -> Resource {
+    let user = state.users.get(id);
+    Resource::new("user", Some(id))
+        .named(user.map(|u| u.email.as_str()))
+        .in_org(user.map(|u| u.organization_id.as_str()))
+}
+
+fn account_resource(state: &ControlState, id: &str) -> Resource {
+    let account = state.service_accounts.get(id);
+    Resource::new("service_account", Some(id))
+        .named(account.map(|a| a.name.as_str()))
+        .in_org(account.map(|a| a.organization_id.as_str()))
+}
+
+fn membership_resource(state: &ControlState, project_id: &str, principal_id: &str) -> Resource {
+    let kind = principal_kind(state, principal_id);
+    Resource::new("project_member", Some(principal_id))
+        .named(
+            kind.and_then(|k| member_name(state, k, principal_id))
+                .as_deref(),
+        )
+        .in_org(project_org(state, project_id).as_deref())
+        .params(
+            Params::default()
+                .with("project_id", project_id)
+                .with_some("member_type", kind.map(MemberKind::as_str)),
+        )
+}
+
+fn describe_identity(state: &ControlState, command: &IdentityCommand) -> Resource {
+    use IdentityCommand as C;
+    match command {
+        C::CreateUser(user) => Resource::new("user", Some(&user.id))
+            .named(Some(&user.email))
+            .in_org(Some(&user.organization_id))
+            .params(
+                Params::default()
+                    .with("email", user.email.as_str())
+                    .with("name", user.name.as_str())
+                    .with("role", user.role.as_str()),
+            ),
+        C::SetUserRole { id, role } => {
+            user_resource(state, id).params(Params::default().with("role", role.as_str()))
+        }
+        C::SetUserPassword { id, .. } | C::DeleteUser { id } => user_resource(state, id),
+        C::CreateServiceAccount(account) => Resource::new("service_account", Some(&account.id))
+            .named(Some(&account.name))
+            .in_org(Some(&account.organization_id))
+            .params(
+                Params::default()
+                    .with("name", account.name.as_str())
+                    .with("role", account.role.as_str()),
+            ),
+        C::UpdateServiceAccount { id, name, role } => account_resource(state, id).params(
+            Params::default()
+                .with_some("name", name.as_deref())
+                .with_some("role", role.map(|r| r.as_str())),
+        ),
+        C::RotateServiceAccountSecret { id, .. } | C::DeleteServiceAccount { id } => {
+            account_resource(state, id)
+        }
+        C::AddProjectMember(member) => {
+            let mut resource = membership_resource(state, &member.project_id, &member.principal_id);
+            resource.parameters = resource
+                .parameters
+                .with("member_type", member.kind.as_str())
+                .with("role", member.role.as_str());
+            resource
+        }
+        C::SetProjectMemberRole {
+            project_id,
+            principal_id,
+            role,
+        } => {
+            let mut resource = membership_resource(state, project_id, principal_id);
+            resource.parameters = resource.parameters.with("role", role.as_str());
+            resource
+        }
+        C::RemoveProjectMember {
+            project_id,
+            principal_id,
+        } => membership_resource(state, project_id, principal_id),
+        C::CreateOperatorToken(token) => Resource::new("operator_token", Some(&token.id)),
+        C::RotateOperatorToken { old_id, new } => Resource::new("operator_token", Some(old_id))
+            .params(Params::default().with("new_id", new.id.as_str())),
+        C::DeleteOperatorToken { id } => Resource::new("operator_token", Some(id)),
+        C::RotateSigningKey(key) => Resource::new("signing_key", Some(&key.id)),
+    }
+}
+
+/// The actor's (principal name, display name) as the state knows them.
+pub fn actor_names(state: &ControlState, actor: &ActorRef) -> Option<(String, String)> {
+    let id = actor.principal_id.as_str();
+    match actor.principal_type {
+        PrincipalType::User => state
+            .users
+            .get(id)
+            .map(|u| (u.email.clone(), u.name.clone())),
+        PrincipalType::ServiceAccount => state
+            .service_accounts
+            .get(id)
+            .map(|a| (a.name.clone(), a.name.clone())),
+        PrincipalType::ApiKey => state
+            .api_keys
+            .get(id)
+            .map(|k| (k.name.clone(), k.name.clone())),
+        PrincipalType::Operator => Some(("operator".into(), "Operator token".into())),
+        PrincipalType::System => Some(("conifer".into(), "Conifer".into())),
+    }
+}
+
+/// The actor of an event, named from the state, else from the proposer's hint (a batched
+/// event may apply after its principal was deleted).
+fn resolve_actor(state: &ControlState, actor: &ActorRef) -> Actor {
+    let (principal_name, display_name) = actor_names(state, actor).unwrap_or_else(|| {
+        let hint = actor
+            .name_hint
+            .as_deref()
+            .map(|h| truncate(h, MAX_AUDIT_TEXT_BYTES))
+            .unwrap_or_default();
+        (hint.clone(), hint)
+    });
+    let display_name = if display_name.is_empty() {
+        principal_name.clone()
+    } else {
+        display_name
+    };
+    Actor {
+        principal_id: actor.principal_id.clone(),
+        principal_name,
+        principal_type: actor.principal_type,
+        display_name,
+    }
+}
+
+/// A draft event built from its parts; the chain fills in `sequence` and the hashes.
+pub fn build_event(
+    state: &ControlState,
+    context: &AuditContext,
+    resource: Resource,
+    outcome: EventOutcome,
+) -> AuditEvent {
+    let actor_org = context.actor.organization_id.clone().or_else(|| {
+        // An API key belongs to its project's organization.
+        (context.actor.principal_type == PrincipalType::ApiKey)
+            .then(|| state.api_keys.get(&context.actor.principal_id))
+            .flatten()
+            .and_then(|k| project_org(state, &k.project_id))
+    });
+    let organization_id = resource
+        .organization_id
+        .clone()
+        .or(actor_org)
+        .filter(|org| state.organizations.contains_key(org));
+    let organization_name = organization_id
+        .as_ref()
+        .and_then(|id| state.organizations.get(id))
+        .map(|o| o.name.clone());
+    AuditEvent {
+        id: context.id.clone(),
+        organization_id,
+        organization_name,
+        client: Client {
+            user_agent: context.user_agent.clone(),
+        },
+        actor: resolve_actor(state, &context.actor),
+        event: EventBody {
+            time: context.time.clone(),
+            action: context.action.clone(),
+            resource_type: resource.resource_type,
+            resource_id: resource.resource_id,
+            resource_name: resource.resource_name,
+            outcome,
+            parameters: resource.parameters,
+        },
+        source_ip: context.source_ip.clone(),
+        request_id: context.request_id.clone(),
+        node_id: context.node_id,
+        sequence: 0,
+        prev_hash: String::new(),
+        hash: String::new(),
+    }
+}
+
+/// One organization's (or the cluster's) chain of events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// The events kept, oldest first, with consecutive sequences.
+    pub events: VecDeque<AuditEvent>,
+    /// Sequence of the last event ever appended (0 before any).
+    pub head_sequence: u64,
+    /// Hash of the last event ever appended ([`GENESIS_HASH`] before any).
+    pub head_hash: String,
+    /// Sequence of the last event removed (purged or evicted); 0 when none was.
+    pub anchor_sequence: u64,
+    /// Hash of the last event removed: the `prev_hash` the first kept event must carry.
+    pub anchor_hash: String,
+    /// Events removed because the chain was full, before their retention ran out.
+    pub evicted_early: u64,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Self {
+            events: VecDeque::new(),
+            head_sequence: 0,
+            head_hash: GENESIS_HASH.into(),
+            anchor_sequence: 0,
+            anchor_hash: GENESIS_HASH.into(),
+            evicted_early: 0,
+        }
+    }
+}
+
+impl Chain {
+    fn drop_oldest(&mut self) -> Option<AuditEvent> {
+        let removed = self.events.pop_front()?;
+        self.anchor_sequence = removed.sequence;
+        self.anchor_hash = removed.hash.clone();
+        Some(removed)
+    }
+
+    /// Index of the first kept event with a sequence above `after`.
+    pub fn position_after(&self, after: u64) -> usize {
+        self.events.partition_point(|e| e.sequence <= after)
+    }
+}
+
+/// Every chain, by organization id (or [`CLUSTER_CHAIN`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditLog {
+    /// The chains.
+    pub chains: BTreeMap<String, Chain>,
+}
+
+impl AuditLog {
+    /// Appends `event` to its chain, filling in its sequence and hashes; returns the
+    /// sequence.
+    pub fn append(&mut self, mut event: AuditEvent) -> u64 {
+        let chain = self.chains.entry(event.chain_id().to_string()).or_default();
+        event.sequence = chain.head_sequence + 1;
+        event.prev_hash = chain.head_hash.clone();
+        event.hash = event_hash(&event);
+        chain.head_sequence = event.sequence;
+        chain.head_hash = event.hash.clone();
+        chain.events.push_back(event);
+        if chain.events.len() > MAX_EVENTS_PER_CHAIN {
+            chain.drop_oldest();
+            chain.evicted_early += 1;
+        }
+        chain.head_sequence
+    }
+
+    /// Removes every event older than `before` ([`timestamp`] text) from every chain;
+    /// returns (chain id, events removed) for the chains it touched.
+    pub fn purge_before(&mut self, before: &str) -> Vec<(String, u64)> {
+        let mut touched = Vec::new();
+        for (id, chain) in &mut self.chains {
+            let mut removed = 0u64;
+            while chain
+                .events
+                .front()
+                .is_some_and(|e| e.event.time.as_str() < before)
+            {
+                chain.drop_oldest();
+                removed += 1;
+            }
+            if removed > 0 {
+                touched.push((id.clone(), removed));
+            }
+        }
+        touched
+    }
+
+    /// The oldest kept event's time over all chains.
+    pub fn oldest_time(&self) -> Option<&str> {
+        self.chains
+            .values()
+            .filter_map(|c| c.events.front())
+            .map(|e| e.event.time.as_str())
+            .min()
+    }
+}
+
+/// A query over one chain.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Earliest time, inclusive ([`timestamp`] text).
+    pub start_time: Option<String>,
+    /// Latest time, exclusive.
+    pub end_time: Option<String>,
+    /// Exact action.
+    pub action: Option<String>,
+    /// Exact resource type.
+    pub resource_type: Option<String>,
+    /// Actor id or name.
+    pub actor: Option<String>,
+    /// `success` or `failure`.
+    pub outcome: Option<String>,
+}
+
+impl Filter {
+    /// Whether `event` passes.
+    pub fn matches(&self, event: &AuditEvent) -> bool {
+        let time = event.event.time.as_str();
+        self.start_time.as_deref().is_none_or(|t| time >= t)
+            && self.end_time.as_deref().is_none_or(|t| time < t)
+            && self
+                .action
+                .as_deref()
+                .is_none_or(|a| event.event.action == a)
+            && self
+                .resource_type
+                .as_deref()
+                .is_none_or(|r| event.event.resource_type == r)
+            && self
+                .actor
+                .as_deref()
+                .is_none_or(|a| event.actor.principal_id == a || event.actor.principal_name == a)
+            && self
+                .outcome
+                .as_deref()
+                .is_none_or(|o| event.event.outcome.result == o)
+    }
+}
+
+/// The replicated facts about a chain that a verifier checks events against.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// Sequence of the last event removed by retention or eviction (0: none).
+    pub anchor_sequence: u64,
+    /// Its hash: what the first kept event's `prev_hash` must be.
+    pub anchor_hash: String,
+    /// Sequence of the last event.
+    pub head_sequence: u64,
+    /// Its hash.
+    pub head_hash: String,
+}
+
+impl From<&Chain> for ChainHead {
+    fn from(chain: &Chain) -> Self {
+        Self {
+            anchor_sequence: chain.anchor_sequence,
+            anchor_hash: chain.anchor_hash.clone(),
+            head_sequence: chain.head_sequence,
+            head_hash: chain.head_hash.clone(),
+        }
+    }
+}
+
+/// The first broken link of a chain.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("chain broken at sequence {sequence} (event {event_id}): {problem}")]
+pub struct BrokenLink {
+    /// Sequence of the first event that does not verify (or the expected one, when missing).
+    pub sequence: u64,
+    /// Its id (empty when the event is missing).
+    pub event_id: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Recomputes a chain event by event.
+#[derive(Debug)]
+pub struct Verifier {
+    expected_sequence: Option<u64>,
+    expected_prev_hash: Option<String>,
+    checked: u64,
+}
+
+impl Verifier {
+    /// A verifier for events that follow `anchor` (sequence, hash), or for a stretch of a
+    /// chain that starts anywhere when `None` (an export with a time range).
+    pub fn new(anchor: Option<(u64, String)>) -> Self {
+        Self {
+            expected_sequence: anchor.as_ref().map(|(s, _)| s + 1),
+            expected_prev_hash: anchor.map(|(_, h)| h),
+            checked: 0,
+        }
+    }
+
+    /// Checks the next event.
+    pub fn push(&mut self, event: &AuditEvent) -> Result<(), BrokenLink> {
+        let broken = |problem: String| BrokenLink {
+            sequence: event.sequence,
+            event_id: event.id.clone(),
+            problem,
+        };
+        if let Some(expected) = self.expected_sequence {
+            if event.sequence != expected {
+                return Err(BrokenLink {
+                    sequence: expected,
+                    event_id: String::new(),
+                    problem: format!(
+                        "expected sequence {expected}, found {} (events missing or reordered)",
+                        event.sequence
+                    ),
+                });
+            }
+        }
+        if let Some(expected) = &self.expected_prev_hash {
+            if &event.prev_hash != expected {
+                return Err(broken(format!(
+                    "prev_hash {} does not match the previous event's hash {expected}",
+                    event.prev_hash
+                )));
+            }
+        }
+        let computed = event_hash(event);
+        if computed != event.hash {
+            return Err(broken(format!(
+                "stored hash {} but the event's content hashes to {computed} (edited)",
+                event.hash
+            )));
+        }
+        self.expected_sequence = Some(event.sequence + 1);
+        self.expected_prev_hash = Some(event.hash.clone());
+        self.checked += 1;
+        Ok(())
+    }
+
+    /// Events checked so far.
+    pub fn checked(&self) -> u64 {
+        self.checked
+    }
+
+    /// Checks that the events seen end at the replicated head.
+    pub fn finish(&self, head: &ChainHead) -> Result<u64, BrokenLink> {
+        let last = self.expected_sequence.map_or(0, |s| s - 1);
+        let last_hash = self.expected_prev_hash.as_deref().unwrap_or(GENESIS_HASH);
+        if last != head.head_sequence || last_hash != head.head_hash {
+            return Err(BrokenLink {
+                sequence: head.head_sequence,
+                event_id: String::new(),
+                problem: format!(
+                    "the events end at sequence {last} with hash {last_hash}, but the replicated head is sequence {} with hash {}",
+                    head.head_sequence, head.head_hash
+                ),
+            });
+        }
+        Ok(self.checked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(id: &str, time_ms: u64) -> AuditContext {
+        AuditContext {
+            id: id.into(),
+            time: timestamp(time_ms),
+            action: "project.create".into(),
+            actor: ActorRef {
+                principal_type: PrincipalType::Operator,
+                principal_id: "op".into(),
+                organization_id: None,
+                name_hint: None,
+            },
+            source_ip: Some("127.0.0.1".into()),
+            request_id: Some("r".into()),
+            user_agent: Some("test".into()),
+            node_id: 1,
+        }
+    }
+
+    fn log_with(n: u64) -> (ControlState, AuditLog) {
+        let state = crate::control::state::tests::bootstrapped();
+        let mut log = AuditLog::default();
+        for i in 0..n {
+            let resource = Resource::new("project", Some("p0")).in_org(Some("o1"));
+            let event = build_event(
+                &state,
+                &context(&format!("e{i}"), 1_000 * (i + 1)),
+                resource,
+                EventOutcome::success(),
+            );
+            log.append(event);
+        }
+        (state, log)
+    }
+
+    fn verify(chain: &Chain) -> Result<u64, BrokenLink> {
+        let mut v = Verifier::new(Some((chain.anchor_sequence, chain.anchor_hash.clone())));
+        for e in &chain.events {
+            v.push(e)?;
+        }
+        v.finish(&ChainHead::from(chain))
+    }
+
+    #[test]
+    fn timestamps_are_fixed_width_and_sort_as_times() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(timestamp(1_234), "1970-01-01T00:00:01.234Z");
+        assert!(timestamp(9_999) < timestamp(10_000));
+        assert_eq!(
+            normalize_time("2026-11-29T05:00:00+01:00").as_deref(),
+            Some("2026-11-29T04:00:00.000Z")
+        );
+        assert_eq!(normalize_time("yesterday"), None);
+    }
+
+    #[test]
+    fn a_chain_links_every_event_to_the_previous_one() {
+        let (_, log) = log_with(5);
+        let chain = &log.chains["o1"];
+        assert_eq!(chain.head_sequence, 5);
+        assert_eq!(chain.events[0].prev_hash, GENESIS_HASH);
+        for pair in chain.events.iter().collect::<Vec<_>>().windows(2) {
+            assert_eq!(pair[1].prev_hash, pair[0].hash);
+            assert_eq!(pair[1].sequence, pair[0].sequence + 1);
+        }
+        assert_eq!(verify(chain), Ok(5));
+    }
+
+    #[test]
+    fn an_edited_event_is_named_as_the_first_broken_link() {
+        let (_, mut log) = log_with(5);
+        let chain = log.chains.get_mut("o1").unwrap();
+        chain.events[2].actor.principal_name = "someone-else".into();
+        let broken = verify(chain).unwrap_err();
+        assert_eq!(broken.sequence, 3);
+        assert_eq!(broken.event_id, "e2");
+        assert!(broken.problem.contains("edited"), "{broken}");
+    }
+
+    #[test]
+    fn a_rehashed_edit_breaks_the_next_link_and_a_dropped_event_is_found() {
+        let (_, mut log) = log_with(5);
+        let mut edited = log.chains["o1"].clone();
+        edited.events[1].event.outcome = EventOutcome::failure("X", "y");
+        edited.events[1].hash = event_hash(&edited.events[1]);
+        let broken = verify(&edited).unwrap_err();
+        assert_eq!((broken.sequence, broken.event_id.as_str()), (3, "e2"));
+
+        let chain = log.chains.get_mut("o1").unwrap();
+        chain.events.remove(3);
+        let broken = verify(chain).unwrap_err();
+        assert_eq!(broken.sequence, 4);
+        assert!(broken.problem.contains("missing"), "{broken}");
+    }
+
+    #[test]
+    fn a_truncated_tail_disagrees_with_the_replicated_head() {
+        let (_, mut log) = log_with(4);
+        let chain = log.chains.get_mut("o1").unwrap();
+        let head = ChainHead::from(&*chain);
+        chain.events.pop_back();
+        let mut v = Verifier::new(Some((0, GENESIS_HASH.into())));
+        for e in &chain.events {
+            v.push(e).unwrap();
+        }
+        assert!(v.finish(&head).is_err());
+    }
+
+    #[test]
+    fn purging_keeps_the_rest_of_the_chain_verifiable_from_its_anchor() {
+        let (_, mut log) = log_with(6);
+        let touched = log.purge_before(&timestamp(3_500));
+        assert_eq!(touched, vec![("o1".to_string(), 3)]);
+        let chain = &log.chains["o1"];
+        assert_eq!(chain.events.len(), 3);
+        assert_eq!(chain.anchor_sequence, 3);
+        assert_eq!(verify(chain), Ok(3));
+        assert_eq!(log.oldest_time(), Some(timestamp(4_000).as_str()));
+    }
+
+    #[test]
+    fn parameters_survive_bincode_and_json_and_the_hash_with_them() {
+        let (state, mut log) = log_with(0);
+        let resource = Resource::new("api_key", Some("k"))
+            .in_org(Some("o1"))
+            .params(
+                Params::default()
+                    .with("roles", roles_param(&["ProjectEditor"]))
+                    .with("name", "ci"),
+            );
+        log.append(build_event(
+            &state,
+            &context("e", 1),
+            resource,
+            EventOutcome::success(),
+        ));
+        let event = log.chains["o1"].events[0].clone();
+        let via_bincode: AuditEvent =
+            bincode::deserialize(&bincode::serialize(&event).unwrap()).unwrap();
+        let via_json: AuditEvent =
+            serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+        assert_eq!(via_bincode, event);
+        assert_eq!(via_json, event);
+        assert_eq!(event_hash(&via_json), event.hash);
+    }
+
+    #[test]
+    fn filters_select_by_every_field() {
+        let (_, log) = log_with(3);
+        let chain = &log.chains["o1"];
+        let count = |f: Filter| chain.events.iter().filter(|e| f.matches(e)).count();
+        assert_eq!(count(Filter::default()), 3);
+        let from_two = Filter {
+            start_time: Some(timestamp(2_000)),
+            ..Filter::default()
+        };
+        assert_eq!(count(from_two), 2);
+        let before_two = Filter {
+            end_time: Some(timestamp(2_000)),
+            ..Filter::default()
+        };
+        assert_eq!(count(before_two), 1);
+        let other_action = Filter {
+            action: Some("project.delete".into()),
+            ..Filter::default()
+        };
+        assert_eq!(count(other_action), 0);
+        let by_actor = Filter {
+            actor: Some("operator".into()),
+            outcome: Some("success".into()),
+            resource_type: Some("project".into()),
+            ..Filter::default()
+        };
+        assert_eq!(count(by_actor), 3);
+    }
+
+    #[test]
+    fn a_full_chain_evicts_its_oldest_event_and_counts_it() {
+        let (state, mut log) = log_with(0);
+        let chain = log.chains.entry("o1".into()).or_default();
+        chain.head_sequence = 41;
+        let mut event = build_event(
+            &state,
+            &context("x", 5),
+            Resource::new("project", None).in_org(Some("o1")),
+            EventOutcome::success(),
+        );
+        for i in 0..MAX_EVENTS_PER_CHAIN as u64 + 2 {
+            event.id = format!("x{i}");
+            log.append(event.clone());
+        }
+        let chain = &log.chains["o1"];
+        assert_eq!(chain.events.len(), MAX_EVENTS_PER_CHAIN);
+        assert_eq!(chain.evicted_early, 2);
+        assert_eq!(chain.anchor_sequence, 43);
+        assert_eq!(chain.events[0].sequence, 44);
+    }
+}

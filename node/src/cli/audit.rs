@@ -1,0 +1,353 @@
+//! `conifer audit list | export | verify`: reading the audit log through any node.
+//!
+//! `export` streams every matching event as one JSON line on standard output, page by page,
+//! with a progress bar on standard error. `verify` recomputes a chain: from the cluster
+//! (every retained event, checked against the replicated anchor and head), or from an
+//! exported file (every link inside it, and its last event against the cluster's copy).
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use conifer_client::AdminClient;
+use serde_json::Value;
+
+use super::admin::{client, print, Connection, OutputFormat};
+use crate::audit::{AuditEvent, ChainHead, Verifier};
+
+/// Events asked for per page by `export` and `verify`.
+const PAGE_EVENTS: usize = 1_000;
+
+/// Flags of `conifer audit`.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub connection: Connection,
+    /// The command.
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+/// Which chain, and which of its events.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Selection {
+    /// Organization [default: the caller's own].
+    #[arg(long)]
+    pub org: Option<String>,
+    /// The cluster chain (operator tokens, signing keys, unknown sign-ins) instead.
+    #[arg(long, conflicts_with = "org")]
+    pub cluster: bool,
+    /// Earliest event time, RFC 3339 (inclusive).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Latest event time, RFC 3339 (exclusive).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this action (e.g. api_key.delete).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only this resource type (e.g. project).
+    #[arg(long)]
+    pub resource_type: Option<String>,
+    /// Only this actor (id or name).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only `success` or `failure`.
+    #[arg(long)]
+    pub outcome: Option<String>,
+}
+
+impl Selection {
+    fn query(&self, limit: usize, after: Option<&str>) -> Vec<(String, String)> {
+        let fields = [
+            ("organization_id", &self.org),
+            ("start_time", &self.since),
+            ("end_time", &self.until),
+            ("action", &self.action),
+            ("resource_type", &self.resource_type),
+            ("actor", &self.actor),
+            ("outcome", &self.outcome),
+        ];
+        let mut query: Vec<(String, String)> = fields
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone())))
+            .collect();
+        query.push(("limit".into(), limit.to_string()));
+        if let Some(token) = after {
+            query.push(("pagination_token".into(), token.to_string()));
+        }
+        query
+    }
+
+    fn is_filtered(&self) -> bool {
+        self.since.is_some()
+            || self.until.is_some()
+            || self.action.is_some()
+            || self.resource_type.is_some()
+            || self.actor.is_some()
+            || self.outcome.is_some()
+    }
+}
+
+/// `conifer audit …`.
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// One page of events, oldest first.
+    List {
+        /// Which events.
+        #[command(flatten)]
+        selection: Selection,
+        /// Events on the page (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Continue after this token (printed as `next` by the previous page).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Every matching event as JSON lines on standard output (progress on standard error).
+    Export {
+        /// Which events.
+        #[command(flatten)]
+        selection: Selection,
+    },
+    /// Recompute a chain's hashes and name the first broken link (exit status 1).
+    Verify {
+        /// Organization [default: the caller's own].
+        #[arg(long)]
+        org: Option<String>,
+        /// The cluster chain instead.
+        #[arg(long, conflicts_with = "org")]
+        cluster: bool,
+        /// Check an exported file instead of the cluster's events.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+/// Runs `conifer audit …`.
+pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
+    let c = client(&args.connection, true)?;
+    match args.command {
+        AuditCommand::List {
+            selection,
+            limit,
+            after,
+        } => {
+            let page = c
+                .audit_logs(selection.cluster, &selection.query(limit, after.as_deref()))
+                .await?;
+            if args.connection.output == OutputFormat::Json {
+                print(OutputFormat::Json, &page);
+            } else {
+                print_events(&page);
+            }
+        }
+        AuditCommand::Export { selection } => export(&c, &selection).await?,
+        AuditCommand::Verify { org, cluster, file } => {
+            let selection = Selection {
+                org,
+                cluster,
+                ..Selection::default()
+            };
+            let report = match file {
+                Some(path) => verify_file(&c, &selection, &path).await?,
+                None => verify_cluster(&c, &selection).await?,
+            };
+            println!("{report}");
+        }
+    }
+    Ok(())
+}
+
+fn print_events(page: &Value) {
+    let rows: Vec<Value> = page["data"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "sequence": e["sequence"],
+                        "time": e["event"]["time"],
+                        "action": e["event"]["action"],
+                        "actor": e["actor"]["principal_name"],
+                        "resource": format!(
+                            "{} {}",
+                            e["event"]["resource_type"].as_str().unwrap_or_default(),
+                            e["event"]["resource_name"]
+                                .as_str()
+                                .or(e["event"]["resource_id"].as_str())
+                                .unwrap_or_default()
+                        ),
+                        "result": e["event"]["outcome"]["result"],
+                        "source_ip": e["source_ip"],
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        println!("(none)");
+    } else {
+        super::admin::print_table(
+            &rows,
+            &[
+                "sequence",
+                "time",
+                "action",
+                "actor",
+                "resource",
+                "result",
+                "source_ip",
+            ],
+        );
+    }
+    if let Some(next) = page["pagination"]["next"].as_str() {
+        println!("next: {next}");
+    }
+}
+
+/// Walks every page of `selection`, handing each event to `each`; returns the chain facts
+/// the first page reported.
+async fn walk(
+    c: &AdminClient,
+    selection: &Selection,
+    mut each: impl FnMut(&Value, &ChainHead) -> anyhow::Result<()>,
+) -> anyhow::Result<ChainHead> {
+    let mut after: Option<String> = None;
+    let mut head: Option<ChainHead> = None;
+    loop {
+        let page = c
+            .audit_logs(
+                selection.cluster,
+                &selection.query(PAGE_EVENTS, after.as_deref()),
+            )
+            .await?;
+        let chain_head: &ChainHead = head.get_or_insert(
+            serde_json::from_value(page["chain"].clone())
+                .context("the node's answer has no chain head")?,
+        );
+        for event in page["data"].as_array().into_iter().flatten() {
+            each(event, chain_head)?;
+        }
+        match page["pagination"]["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => return head.context("no page was read"),
+        }
+    }
+}
+
+async fn export(c: &AdminClient, selection: &Selection) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} exporting audit events [{bar:30}] {pos}/{len} scanned, {msg} ({elapsed})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut written = 0u64;
+    walk(c, selection, |event, head| {
+        bar.set_length(head.head_sequence.saturating_sub(head.anchor_sequence));
+        serde_json::to_writer(&mut out, event)?;
+        out.write_all(b"\n")?;
+        written += 1;
+        let sequence = event["sequence"].as_u64().unwrap_or(0);
+        bar.set_position(sequence.saturating_sub(head.anchor_sequence));
+        bar.set_message(format!("{written} exported"));
+        Ok(())
+    })
+    .await?;
+    out.flush()?;
+    bar.finish_and_clear();
+    eprintln!("exported {written} audit event(s)");
+    Ok(())
+}
+
+async fn verify_cluster(c: &AdminClient, selection: &Selection) -> anyhow::Result<String> {
+    debug_assert!(!selection.is_filtered());
+    let mut verifier: Option<Verifier> = None;
+    let head = walk(c, selection, |value, head| {
+        let verifier = verifier.get_or_insert_with(|| {
+            Verifier::new(Some((head.anchor_sequence, head.anchor_hash.clone())))
+        });
+        let event: AuditEvent =
+            serde_json::from_value(value.clone()).context("an event does not parse")?;
+        // Events appended after the first page are past the head it reported.
+        if event.sequence <= head.head_sequence {
+            verifier.push(&event)?;
+        }
+        Ok(())
+    })
+    .await?;
+    let verifier = verifier
+        .unwrap_or_else(|| Verifier::new(Some((head.anchor_sequence, head.anchor_hash.clone()))));
+    let checked = verifier.finish(&head)?;
+    Ok(format!(
+        "audit chain intact: {checked} event(s), sequences {}..={}, head hash {}",
+        head.anchor_sequence + 1,
+        head.head_sequence,
+        head.head_hash
+    ))
+}
+
+async fn verify_file(
+    c: &AdminClient,
+    selection: &Selection,
+    path: &PathBuf,
+) -> anyhow::Result<String> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut verifier = Verifier::new(None);
+    let mut last: Option<AuditEvent> = None;
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: AuditEvent = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}: not an audit event", path.display(), n + 1))?;
+        verifier.push(&event)?;
+        last = Some(event);
+    }
+    let Some(last) = last else {
+        bail!("{} holds no events", path.display());
+    };
+    // The file's links hold; its last event must also be the cluster's event at that place,
+    // or an edit of the tail (re-hashed) would pass.
+    let page = c
+        .audit_logs(
+            selection.cluster,
+            &Selection {
+                org: selection.org.clone().or(last.organization_id.clone()),
+                ..selection.clone()
+            }
+            .query(1, Some(&(last.sequence - 1).to_string())),
+        )
+        .await?;
+    let theirs = page["data"][0]["hash"].as_str().unwrap_or_default();
+    if theirs.is_empty() {
+        bail!(
+            "the cluster no longer holds event {} (sequence {}) to compare the file's end with",
+            last.id,
+            last.sequence
+        );
+    }
+    if theirs != last.hash {
+        bail!(
+            "chain broken at sequence {} (event {}): the file's hash {} differs from the cluster's {theirs}",
+            last.sequence,
+            last.id,
+            last.hash
+        );
+    }
+    Ok(format!(
+        "{}: {} event(s) intact, up to sequence {} which matches the cluster",
+        path.display(),
+        verifier.checked(),
+        last.sequence
+    ))
+}
