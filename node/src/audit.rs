@@ -809,6 +809,12 @@ impl AuditLog {
         event.hash = event_hash(&event);
         chain.head_sequence = event.sequence;
         chain.head_hash = event.hash.clone();
+        // Tests: someone edits this replica's copy of the event after it was chained, which
+        // `conifer audit verify` through this node must catch.
+        #[cfg(feature = "failpoints")]
+        if fail::eval("conifer::audit::edit_stored_event", |_| ()).is_some() {
+            event.actor.principal_name = "edited-behind-the-cluster's-back".into();
+        }
         chain.events.push_back(event);
         if chain.events.len() > MAX_EVENTS_PER_CHAIN {
             chain.drop_oldest();

@@ -70,6 +70,8 @@ pub struct ServeConfig {
     pub token_ttl_s: u64,
     /// How long audit events are kept, in seconds.
     pub audit_retention_s: u64,
+    /// Capacity of the queue of refusal and failed sign-in events.
+    pub audit_queue_events: usize,
     /// Vector engine tuning.
     pub engine: EngineConfig,
 }
@@ -250,7 +252,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
             control: control.clone(),
             router,
             signin: Arc::new(api::signin::SignIn::new(config.token_ttl_s)),
-            audit: api::audit::AuditSink::start(control.clone()),
+            audit: api::audit::AuditSink::start(control.clone(), config.audit_queue_events),
         }),
     ));
     tokio::spawn(api::audit::keep_retention(

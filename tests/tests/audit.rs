@@ -684,6 +684,38 @@ async fn every_audited_action_records_one_event_with_every_field() {
         let (status, body) = query(bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
+    // A deleted organization's chain, its deletion last, stays readable by the operator.
+    let (status, created) = send(
+        &c,
+        1,
+        &op,
+        Method::POST,
+        "/admin/organizations",
+        Some(json!({"name": "short-lived"})),
+        "org-1",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let gone = created["id"].as_str().unwrap().to_string();
+    let (status, _) = send(
+        &c,
+        1,
+        &op,
+        Method::DELETE,
+        &format!("/admin/organizations/{gone}"),
+        None,
+        "org-2",
+    )
+    .await;
+    assert!(status.is_success());
+    let (gone_events, gone_head) = all_events(&c, 1, Some(&gone)).await;
+    let actions: Vec<&str> = gone_events
+        .iter()
+        .map(|e| e["event"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["organization.create", "organization.delete"]);
+    assert_eq!(verify(&gone_events, &gone_head), Ok(2));
+
     // A project key never reads the audit log; the cluster chain is the operator's.
     let (status, _) = send(
         &c,
@@ -699,9 +731,13 @@ async fn every_audited_action_records_one_event_with_every_field() {
 }
 
 fn cli(c: &Cluster, args: &[&str]) -> std::process::Output {
+    cli_via(c, 1, args)
+}
+
+fn cli_via(c: &Cluster, node: u64, args: &[&str]) -> std::process::Output {
     std::process::Command::new(conifer_tests::conifer_bin())
         .args(args)
-        .args(["--api-url", &c.url(1, ""), "--token", &c.admin_token()])
+        .args(["--api-url", &c.url(node, ""), "--token", &c.admin_token()])
         .arg("--ca-cert")
         .arg(c.ca_dir.join("ca.pem"))
         .output()
@@ -957,4 +993,145 @@ async fn a_leader_killed_during_a_burst_leaves_actions_and_events_one_to_one() {
         heads.push(head);
     }
     assert_eq!(heads[0], heads[1], "the nodes disagree on the chain head");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_edited_on_one_replica_fails_verify_through_that_node_only() {
+    let mut c = Cluster::start(3).await.unwrap();
+    let op = c.admin_token();
+    // Node 3 comes back with its stored copy of the next event it appends edited after
+    // chaining (what someone with access to its disk would do).
+    c.node(3).kill();
+    c.node(3).env.push((
+        "FAILPOINTS".into(),
+        "conifer::audit::edit_stored_event=1*return".into(),
+    ));
+    c.node(3).spawn().unwrap();
+    c.wait_serving(3).await.unwrap();
+    let (status, _) = send(
+        &c,
+        1,
+        &op,
+        Method::POST,
+        "/admin/projects",
+        Some(json!({"name": "after-tamper"})),
+        "t",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let org_id = org(&c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let edited = loop {
+        let (events, _) = all_events(&c, 3, Some(&org_id)).await;
+        if let Some(e) = events
+            .iter()
+            .find(|e| e["actor"]["principal_name"] == "edited-behind-the-cluster's-back")
+        {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "node 3 never edited an event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let sequence = edited["sequence"].as_u64().unwrap();
+
+    let clean = cli_via(&c, 1, &["audit", "verify"]);
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    let tampered = cli_via(&c, 3, &["audit", "verify"]);
+    let stderr = String::from_utf8_lossy(&tampered.stderr);
+    assert!(!tampered.status.success(), "verify through node 3 passed");
+    assert!(
+        stderr.contains(&format!("chain broken at sequence {sequence}"))
+            && stderr.contains("edited"),
+        "{stderr}"
+    );
+    // The replicated head is the same everywhere: only recomputing the events finds it.
+    let (_, head1) = all_events(&c, 1, Some(&org_id)).await;
+    let (_, head3) = all_events(&c, 3, Some(&org_id)).await;
+    assert_eq!(head1, head3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refusals_overflows_the_queue_into_a_counted_summary() {
+    let c = Cluster::start_with(ClusterOptions {
+        nodes: 1,
+        env: vec![("CONIFER_AUDIT_QUEUE_EVENTS".into(), "1".into())],
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let org_id = org(&c);
+    let key = c.api_key();
+    const FLOOD: usize = 400;
+    let mut tasks = Vec::new();
+    for worker in 0..50 {
+        let (http, url, key) = (c.http.clone(), c.url(1, "/admin/projects"), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut refused = 0;
+            for i in 0..FLOOD / 50 {
+                let resp = http
+                    .get(&url)
+                    .header("Api-Key", &key)
+                    .header("X-Request-Id", format!("flood-{worker}-{i}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+                refused += 1;
+            }
+            refused
+        }));
+    }
+    let mut refused = 0;
+    for t in tasks {
+        refused += t.await.unwrap();
+    }
+    assert_eq!(refused, FLOOD);
+    // Every refusal is either an event or counted in an overflow summary.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (events, _) = all_events(&c, 1, Some(&org_id)).await;
+        let recorded = events
+            .iter()
+            .filter(|e| {
+                e["request_id"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("flood-"))
+            })
+            .count();
+        let (cluster_events, _) = all_events(&c, 1, None).await;
+        let summarized: u64 = cluster_events
+            .iter()
+            .filter(|e| e["event"]["action"] == "audit_log.overflow")
+            .map(|e| e["event"]["parameters"]["dropped_events"].as_u64().unwrap())
+            .sum();
+        let info = c.cluster_info(1).await.unwrap();
+        let dropped = info["audit_events_dropped"].as_u64().unwrap();
+        if recorded as u64 + summarized == FLOOD as u64 {
+            assert_eq!(summarized, dropped, "the metric and the summaries disagree");
+            assert!(
+                dropped > 0,
+                "a queue of one event never overflowed under {FLOOD} refusals"
+            );
+            assert!(recorded > 0);
+            let overflow = cluster_events
+                .iter()
+                .find(|e| e["event"]["action"] == "audit_log.overflow")
+                .unwrap();
+            assert_eq!(overflow["actor"]["principal_type"], "system");
+            assert_eq!(
+                overflow["event"]["outcome"]["error_code"],
+                "RESOURCE_EXHAUSTED"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{recorded} recorded + {summarized} summarized != {FLOOD} refusals (metric {dropped})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -26,9 +26,11 @@ use crate::policy::Target;
 
 /// Header carrying a client's request id; echoed on every response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// Most events of denied or failed attempts waiting to be proposed on one node; past it they
-/// are counted and reported in a summary event.
-pub const MAX_PENDING_AUDIT_EVENTS: usize = 10_000;
+/// Default for the most events of denied or failed attempts waiting to be proposed on one
+/// node (`--audit-queue-events`); past it they are counted and reported in a summary event.
+pub const DEFAULT_AUDIT_QUEUE_EVENTS: usize = 10_000;
+/// Largest `--audit-queue-events`.
+pub const MAX_AUDIT_QUEUE_EVENTS: usize = 1_000_000;
 /// Longest a queued event waits for companions before its batch is proposed.
 pub const AUDIT_FLUSH_MS: u64 = 200;
 /// Longest interval between checks for events past their retention.
@@ -133,15 +135,16 @@ pub struct AuditSink {
 }
 
 impl AuditSink {
-    /// A sink whose batches `control` proposes, from a task started here.
-    pub fn start(control: ControlPlane) -> Self {
-        let (queue, pending) = mpsc::channel(MAX_PENDING_AUDIT_EVENTS);
+    /// A sink holding at most `capacity` events, whose batches `control` proposes from a
+    /// task started here.
+    pub fn start(control: ControlPlane, capacity: usize) -> Self {
+        let (queue, pending) = mpsc::channel(capacity.max(1));
         let sink = Self {
             queue,
             unreported: Arc::new(AtomicU64::new(0)),
             dropped_total: Arc::new(AtomicU64::new(0)),
         };
-        tokio::spawn(flush_batches(pending, control, sink.clone()));
+        tokio::spawn(flush_batches(pending, control, sink.clone(), capacity));
         sink
     }
 
@@ -168,6 +171,7 @@ async fn flush_batches(
     mut pending: mpsc::Receiver<AuditDraft>,
     control: ControlPlane,
     sink: AuditSink,
+    capacity: usize,
 ) {
     let idle = Duration::from_secs(1);
     loop {
@@ -189,7 +193,7 @@ async fn flush_batches(
         let queued = batch.len() as u64;
         let unreported = sink.unreported.swap(0, Ordering::Relaxed);
         if unreported > 0 {
-            batch.push(overflow_summary(control.node_id(), unreported));
+            batch.push(overflow_summary(control.node_id(), unreported, capacity));
         }
         if batch.is_empty() {
             continue;
@@ -202,7 +206,7 @@ async fn flush_batches(
     }
 }
 
-fn overflow_summary(node_id: u64, dropped: u64) -> AuditDraft {
+fn overflow_summary(node_id: u64, dropped: u64, capacity: usize) -> AuditDraft {
     let mut context = RequestInfo {
         source_ip: None,
         request_id: uuid::Uuid::new_v4().to_string(),
@@ -219,7 +223,7 @@ fn overflow_summary(node_id: u64, dropped: u64) -> AuditDraft {
         outcome: EventOutcome::failure(
             "RESOURCE_EXHAUSTED",
             &format!(
-                "node {node_id} dropped {dropped} event(s) of denied or failed attempts: more than {MAX_PENDING_AUDIT_EVENTS} were waiting"
+                "node {node_id} dropped {dropped} event(s) of denied or failed attempts: more than {capacity} were waiting"
             ),
         ),
     }
@@ -347,9 +351,15 @@ pub async fn list(
         None => super::admin::home_organization(&state, &caller)?,
     };
     caller.authorize(Target::Organization(&organization_id))?;
+    // The operator still reads the chain of a deleted organization (its deletion is the
+    // chain's last event).
+    let operator = matches!(caller.principal.as_ref(), Principal::Operator { .. });
     let known = state
         .control
-        .read_fresh(|s| s.organizations.contains_key(&organization_id).then_some(()))
+        .read_fresh(|s| {
+            let chain_kept = operator && s.audit.chains.contains_key(&organization_id);
+            (s.organizations.contains_key(&organization_id) || chain_kept).then_some(())
+        })
         .await?;
     if known.is_none() {
         return Err(ApiError::not_found(format!(

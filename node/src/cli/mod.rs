@@ -89,6 +89,10 @@ pub struct ServeArgs {
     /// node the same value: the group-0 leader's applies.
     #[arg(long, env = "CONIFER_AUDIT_RETENTION_S", default_value_t = crate::audit::DEFAULT_AUDIT_RETENTION_S)]
     pub audit_retention_s: u64,
+    /// Most events of refused attempts and failed sign-ins waiting on this node to be
+    /// recorded (1 to 1,000,000); past it they are dropped, counted and summarized.
+    #[arg(long, env = "CONIFER_AUDIT_QUEUE_EVENTS", default_value_t = crate::api::audit::DEFAULT_AUDIT_QUEUE_EVENTS)]
+    pub audit_queue_events: usize,
 }
 
 impl ServeArgs {
@@ -107,8 +111,16 @@ impl ServeArgs {
         if self.audit_retention_s == 0 {
             return Err("--audit-retention-s must be at least 1".into());
         }
+        let max_queue = crate::api::audit::MAX_AUDIT_QUEUE_EVENTS;
+        if !(1..=max_queue).contains(&self.audit_queue_events) {
+            return Err(format!(
+                "--audit-queue-events is {}; it must be 1 to {max_queue}",
+                self.audit_queue_events
+            ));
+        }
         Ok(ServeConfig {
             audit_retention_s: self.audit_retention_s,
+            audit_queue_events: self.audit_queue_events,
             node_id: self.node_id,
             data_dir: self.data_dir,
             api_addr: crate::api::parse_addr("api-addr", &self.api_addr)?,
