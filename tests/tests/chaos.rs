@@ -1,6 +1,6 @@
 //! The chaos harness's own tests: its checkers catch nodes run in a deliberately unsafe
-//! mode — acknowledging writes before they are committed, or checking credentials without
-//! a lease. (The short chaos run itself is part of `scripts/test.sh`, through
+//! mode — acknowledging writes before they are committed, checking credentials without
+//! a lease, or applying control-plane changes without their audit events. (The short chaos run itself is part of `scripts/test.sh`, through
 //! `scripts/chaos/run.sh`.)
 
 use std::process::Command;
@@ -94,4 +94,30 @@ fn checkers_catch_a_node_that_checks_credentials_without_a_lease() {
             > summary["revocation_bound_ms"].as_f64().unwrap_or(f64::MAX),
         "{summary}"
     );
+}
+
+#[test]
+fn the_audit_checker_catches_changes_applied_without_their_events() {
+    let (code, summary, log) = chaos(&[
+        "--unsafe",
+        "drop-audit-events",
+        "--schedules",
+        "1",
+        "--nodes",
+        "3",
+        "--duration-s",
+        "10",
+        "--seed",
+        "17",
+    ]);
+    assert_eq!(code, Some(1), "expected violations (exit 1):\n{log}");
+    let mismatches = summary["audit_mismatches"].as_u64().unwrap_or(0);
+    assert!(
+        mismatches > 0,
+        "actions without their audit events went unnoticed: {summary}\n{log}"
+    );
+    let missing = summary["reports"][0]["audit"]["missing"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert!(missing > 0, "{summary}");
 }

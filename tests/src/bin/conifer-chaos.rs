@@ -21,6 +21,9 @@ const UNSAFE_MODES: &[(&str, &str)] = &[
     ),
     // Credentials checked without a lease: the revocation bound.
     ("no-lease", "conifer::auth::ignore_lease=return"),
+    // About half the control-plane changes applied without their audit event: the audit
+    // checker.
+    ("drop-audit-events", "conifer::audit::drop_event=return"),
 ];
 
 #[derive(Parser, Debug)]
@@ -41,7 +44,8 @@ struct Args {
     /// Length of each schedule's fault phase, in seconds.
     #[arg(long, default_value_t = 20)]
     duration_s: u64,
-    /// Run the nodes in a deliberately unsafe mode (ack-before-commit, no-lease) to show
+    /// Run the nodes in a deliberately unsafe mode (ack-before-commit, no-lease,
+    /// drop-audit-events) to show
     /// the checkers catch it.
     #[arg(long = "unsafe")]
     unsafe_mode: Option<String>,
