@@ -266,8 +266,21 @@ async fn every_audited_action_records_one_event_with_every_field() {
         "user",
         200
     );
-    let user_token = login["access_token"].as_str().unwrap().to_string();
+    secrets.push(login["access_token"].as_str().unwrap().to_string());
+    // The user changes their password (the event is the change; the answer a new token).
+    let changed = act!(
+        "",
+        Method::POST,
+        "/auth/password",
+        Some(json!({"email": "ann@example.test", "password": PASSWORD,
+            "new_password": "another-good-password"})),
+        "auth.password",
+        "user",
+        200
+    );
+    let user_token = changed["access_token"].as_str().unwrap().to_string();
     secrets.push(user_token.clone());
+    secrets.push("another-good-password".into());
     act!(
         "",
         Method::POST,
@@ -461,12 +474,25 @@ async fn every_audited_action_records_one_event_with_every_field() {
     .1;
     secrets.push(spare["value"].as_str().unwrap().to_string());
     let spare_id = spare["id"].as_str().unwrap();
+    let (status, rotated) = send(
+        &c,
+        1,
+        &op,
+        Method::POST,
+        &format!("/admin/operator-tokens/{spare_id}/rotate"),
+        None,
+        "tok-3",
+    )
+    .await;
+    assert!(status.is_success(), "{rotated}");
+    secrets.push(rotated["value"].as_str().unwrap().to_string());
+    let rotated_id = rotated["id"].as_str().unwrap();
     let (status, _) = send(
         &c,
         1,
         &op,
         Method::DELETE,
-        &format!("/admin/operator-tokens/{spare_id}"),
+        &format!("/admin/operator-tokens/{rotated_id}"),
         None,
         "tok-2",
     )
@@ -582,6 +608,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
     for (rid, action) in [
         ("tok-1", "operator_token.create"),
         ("tok-2", "operator_token.delete"),
+        ("tok-3", "operator_token.rotate"),
         ("sk-1", "signing_key.rotate"),
     ] {
         let n = cluster_events
