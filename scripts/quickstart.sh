@@ -50,4 +50,6 @@ Try:
   curl --cacert $DATA/tls/ca.pem -H "Authorization: Bearer \$(python3 -c 'import json; print(json.load(open("$DATA/bootstrap.json"))["admin_token"])')" https://$API_ADDR/admin/projects
   $BIN project list --bootstrap $DATA/bootstrap.json
   $BIN key create --bootstrap $DATA/bootstrap.json --project <id> --name ci --role DataPlaneViewer
+  $BIN audit list --bootstrap $DATA/bootstrap.json
+  $BIN audit verify --bootstrap $DATA/bootstrap.json
 MSG

@@ -49,6 +49,44 @@ async fn send(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// `method path` (no body) through node 1 as the operator with request id `request_id`;
+/// the answer, which must be a success.
+async fn as_operator(c: &Cluster, method: Method, path: &str, request_id: &str) -> Value {
+    let (status, answer) = send(c, 1, &c.admin_token(), method, path, None, request_id).await;
+    assert!(status.is_success(), "{path}: {status} {answer}");
+    answer
+}
+
+/// A one-node cluster whose node has `variable` set to `value`.
+async fn one_node_with(variable: &str, value: &str) -> Cluster {
+    Cluster::start_with(ClusterOptions {
+        nodes: 1,
+        env: vec![(variable.into(), value.into())],
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Creates projects `<prefix>0` … through node 1 as the operator, each request with
+/// request id `request_id`.
+async fn create_projects(c: &Cluster, prefix: &str, n: usize, request_id: &str) {
+    for i in 0..n {
+        let body = json!({"name": format!("{prefix}{i}")});
+        let (status, answer) = send(
+            c,
+            1,
+            &c.admin_token(),
+            Method::POST,
+            "/admin/projects",
+            Some(body),
+            request_id,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+}
+
 /// Every event of a chain through node `via`, read page by page, and the chain's head.
 async fn all_events(c: &Cluster, via: u64, chain: Option<&str>) -> (Vec<Value>, Value) {
     let mut events = Vec::new();
@@ -461,54 +499,15 @@ async fn every_audited_action_records_one_event_with_every_field() {
     );
 
     // Cluster chain: operator tokens and signing keys.
-    let spare = send(
-        &c,
-        1,
-        &op,
-        Method::POST,
-        "/admin/operator-tokens",
-        None,
-        "tok-1",
-    )
-    .await
-    .1;
+    let spare = as_operator(&c, Method::POST, "/admin/operator-tokens", "tok-1").await;
     secrets.push(spare["value"].as_str().unwrap().to_string());
     let spare_id = spare["id"].as_str().unwrap();
-    let (status, rotated) = send(
-        &c,
-        1,
-        &op,
-        Method::POST,
-        &format!("/admin/operator-tokens/{spare_id}/rotate"),
-        None,
-        "tok-3",
-    )
-    .await;
-    assert!(status.is_success(), "{rotated}");
+    let rotate = format!("/admin/operator-tokens/{spare_id}/rotate");
+    let rotated = as_operator(&c, Method::POST, &rotate, "tok-3").await;
     secrets.push(rotated["value"].as_str().unwrap().to_string());
-    let rotated_id = rotated["id"].as_str().unwrap();
-    let (status, _) = send(
-        &c,
-        1,
-        &op,
-        Method::DELETE,
-        &format!("/admin/operator-tokens/{rotated_id}"),
-        None,
-        "tok-2",
-    )
-    .await;
-    assert!(status.is_success());
-    let (status, _) = send(
-        &c,
-        1,
-        &op,
-        Method::POST,
-        "/admin/signing-keys/rotate",
-        None,
-        "sk-1",
-    )
-    .await;
-    assert!(status.is_success());
+    let delete = format!("/admin/operator-tokens/{}", rotated["id"].as_str().unwrap());
+    as_operator(&c, Method::DELETE, &delete, "tok-2").await;
+    as_operator(&c, Method::POST, "/admin/signing-keys/rotate", "sk-1").await;
 
     // Batched events arrive within a second.
     wait_for(&c, Some(&org_id), 2, |e| {
@@ -774,20 +773,7 @@ fn cli_via(c: &Cluster, node: u64, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_and_verify_catch_an_edited_event() {
     let c = Cluster::start(1).await.unwrap();
-    let op = c.admin_token();
-    for i in 0..30 {
-        let (status, _) = send(
-            &c,
-            1,
-            &op,
-            Method::POST,
-            "/admin/projects",
-            Some(json!({"name": format!("p{i}")})),
-            "x",
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED);
-    }
+    create_projects(&c, "p", 30, "x").await;
     let verified = cli(&c, &["audit", "verify"]);
     let stdout = String::from_utf8_lossy(&verified.stdout);
     assert!(
@@ -873,28 +859,9 @@ async fn export_and_verify_catch_an_edited_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_purges_old_events_and_the_chain_still_verifies() {
-    let c = Cluster::start_with(ClusterOptions {
-        nodes: 1,
-        env: vec![("CONIFER_AUDIT_RETENTION_S".into(), "3".into())],
-        ..ClusterOptions::default()
-    })
-    .await
-    .unwrap();
-    let op = c.admin_token();
+    let c = one_node_with("CONIFER_AUDIT_RETENTION_S", "3").await;
     let org_id = org(&c);
-    for i in 0..5 {
-        let (status, _) = send(
-            &c,
-            1,
-            &op,
-            Method::POST,
-            "/admin/projects",
-            Some(json!({"name": format!("old{i}")})),
-            "old",
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED);
-    }
+    create_projects(&c, "old", 5, "old").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (events, head) = all_events(&c, 1, Some(&org_id)).await;
@@ -1025,7 +992,6 @@ async fn a_leader_killed_during_a_burst_leaves_actions_and_events_one_to_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_edited_on_one_replica_fails_verify_through_that_node_only() {
     let mut c = Cluster::start(3).await.unwrap();
-    let op = c.admin_token();
     // Node 3 comes back with its stored copy of the next event it appends edited after
     // chaining (what someone with access to its disk would do).
     c.node(3).kill();
@@ -1035,17 +1001,7 @@ async fn an_event_edited_on_one_replica_fails_verify_through_that_node_only() {
     ));
     c.node(3).spawn().unwrap();
     c.wait_serving(3).await.unwrap();
-    let (status, _) = send(
-        &c,
-        1,
-        &op,
-        Method::POST,
-        "/admin/projects",
-        Some(json!({"name": "after-tamper"})),
-        "t",
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
+    create_projects(&c, "after-tamper", 1, "t").await;
     let org_id = org(&c);
     let deadline = Instant::now() + Duration::from_secs(10);
     let edited = loop {
@@ -1083,13 +1039,7 @@ async fn an_event_edited_on_one_replica_fails_verify_through_that_node_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_refusals_overflows_the_queue_into_a_counted_summary() {
-    let c = Cluster::start_with(ClusterOptions {
-        nodes: 1,
-        env: vec![("CONIFER_AUDIT_QUEUE_EVENTS".into(), "1".into())],
-        ..ClusterOptions::default()
-    })
-    .await
-    .unwrap();
+    let c = one_node_with("CONIFER_AUDIT_QUEUE_EVENTS", "1").await;
     let org_id = org(&c);
     let key = c.api_key();
     const FLOOD: usize = 400;
