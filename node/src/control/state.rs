@@ -937,6 +937,97 @@ pub(crate) mod tests {
         assert!(matches!(over, Err(Rejection::LimitExceeded(_))));
     }
 
+    fn context(id: &str) -> AuditContext {
+        AuditContext {
+            id: id.into(),
+            time: audit::timestamp(1_000),
+            action: "project.create".into(),
+            actor: audit::ActorRef {
+                principal_type: audit::PrincipalType::Operator,
+                principal_id: "op".into(),
+                organization_id: None,
+                name_hint: None,
+            },
+            source_ip: None,
+            request_id: Some(id.into()),
+            user_agent: None,
+            node_id: 1,
+        }
+    }
+
+    fn audited(id: &str, command: Command) -> Command {
+        Command::Audited {
+            context: context(id),
+            command: Box::new(command),
+        }
+    }
+
+    #[test]
+    fn an_audited_change_and_its_event_apply_together_and_a_rejection_is_recorded_alone() {
+        let mut s = bootstrapped();
+        let create = |id: &str| CreateProject {
+            project: project(id, "alpha"),
+            owner: None,
+        };
+        use Command::CreateProject;
+        s.apply(audited("e1", create("p1"))).unwrap();
+        let chain = &s.audit.chains["o1"];
+        assert!(s.projects.contains_key("p1"));
+        assert_eq!(chain.events.len(), 1);
+        let event = &chain.events[0];
+        assert_eq!(event.event.outcome, EventOutcome::success());
+        assert_eq!(event.event.resource_id.as_deref(), Some("p1"));
+        assert_eq!(event.event.resource_name.as_deref(), Some("alpha"));
+
+        let before = s.clone();
+        let duplicate = s.apply(audited("e2", create("p2")));
+        assert!(matches!(duplicate, Err(Rejection::AlreadyExists(_))));
+        assert!(!s.projects.contains_key("p2"));
+        let chain = &s.audit.chains["o1"];
+        assert_eq!(chain.events.len(), 2);
+        let failure = &chain.events[1].event.outcome;
+        assert_eq!(failure.result, "failure");
+        assert_eq!(failure.error_code.as_deref(), Some("ALREADY_EXISTS"));
+        // Nothing else changed.
+        let mut without_audit = s.clone();
+        without_audit.audit = before.audit.clone();
+        assert_eq!(without_audit, before);
+    }
+
+    #[test]
+    fn audit_commands_do_not_nest() {
+        let mut s = bootstrapped();
+        let before = s.clone();
+        let nested = audited(
+            "outer",
+            audited("inner", Command::DeleteProject { id: "p0".into() }),
+        );
+        assert!(matches!(s.apply(nested), Err(Rejection::Invalid(_))));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn an_oversized_audit_batch_is_refused_whole() {
+        let mut s = bootstrapped();
+        let before = s.clone();
+        let draft = AuditDraft {
+            context: context("d"),
+            resource: Resource::new("project", Some("p0")),
+            outcome: EventOutcome::failure("PERMISSION_DENIED", "no"),
+        };
+        let batch = vec![draft; audit::MAX_AUDIT_BATCH_EVENTS + 1];
+        assert!(matches!(
+            s.apply(Command::RecordAudit(batch.clone())),
+            Err(Rejection::LimitExceeded(_))
+        ));
+        assert_eq!(s, before);
+        s.apply(Command::RecordAudit(batch[1..].to_vec())).unwrap();
+        assert_eq!(
+            s.audit.chains[audit::CLUSTER_CHAIN].events.len(),
+            audit::MAX_AUDIT_BATCH_EVENTS
+        );
+    }
+
     #[test]
     fn key_for_unknown_project_is_rejected() {
         let mut s = bootstrapped();
