@@ -74,6 +74,15 @@ pub struct ActorRef {
     pub name_hint: Option<String>,
 }
 
+impl From<MemberKind> for PrincipalType {
+    fn from(kind: MemberKind) -> Self {
+        match kind {
+            MemberKind::User => PrincipalType::User,
+            MemberKind::ServiceAccount => PrincipalType::ServiceAccount,
+        }
+    }
+}
+
 impl ActorRef {
     /// Conifer itself.
     pub fn system() -> Self {
@@ -83,6 +92,32 @@ impl ActorRef {
             organization_id: None,
             name_hint: None,
         }
+    }
+
+    /// The operator token `token_id`.
+    pub fn operator(token_id: &str) -> Self {
+        Self {
+            principal_type: PrincipalType::Operator,
+            principal_id: token_id.into(),
+            organization_id: None,
+            name_hint: None,
+        }
+    }
+
+    /// A user or service account of `organization_id`.
+    pub fn member(kind: MemberKind, id: &str, organization_id: &str) -> Self {
+        Self {
+            principal_type: kind.into(),
+            principal_id: id.into(),
+            organization_id: Some(organization_id.into()),
+            name_hint: None,
+        }
+    }
+
+    /// The same actor, named `name` should the state no longer know it.
+    pub fn with_name_hint(mut self, name: &str) -> Self {
+        self.name_hint = Some(name.into());
+        self
     }
 }
 
@@ -105,6 +140,23 @@ pub struct AuditContext {
     pub user_agent: Option<String>,
     /// The node that received the request.
     pub node_id: u64,
+}
+
+impl AuditContext {
+    /// The context of something Conifer does on its own on node `node_id` (bootstrap,
+    /// retention purges, overflow summaries): no client address, request id or user agent.
+    pub fn internal(action: &str, actor: ActorRef, node_id: u64) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            time: now(),
+            action: action.into(),
+            actor,
+            source_ip: None,
+            request_id: None,
+            user_agent: None,
+            node_id,
+        }
+    }
 }
 
 /// An event's parameters: a flat JSON object. Stored in Raft entries and snapshots as JSON
@@ -951,6 +1003,11 @@ impl Verifier {
         }
     }
 
+    /// A verifier for a whole retained chain: its events must follow `head`'s anchor.
+    pub fn anchored(head: &ChainHead) -> Self {
+        Self::new(Some((head.anchor_sequence, head.anchor_hash.clone())))
+    }
+
     /// Checks the next event.
     pub fn push(&mut self, event: &AuditEvent) -> Result<(), BrokenLink> {
         let broken = |problem: String| BrokenLink {
@@ -1053,7 +1110,7 @@ mod tests {
     }
 
     fn verify(chain: &Chain) -> Result<u64, BrokenLink> {
-        let mut v = Verifier::new(Some((chain.anchor_sequence, chain.anchor_hash.clone())));
+        let mut v = Verifier::anchored(&ChainHead::from(chain));
         for e in &chain.events {
             v.push(e)?;
         }

@@ -344,21 +344,11 @@ async fn bootstrap(
         project_id: project.id.clone(),
         api_key: key_secret.value,
     };
-    let context = crate::audit::AuditContext {
-        id: uuid::Uuid::new_v4().to_string(),
-        time: crate::audit::now(),
-        action: "cluster.bootstrap".into(),
-        actor: crate::audit::ActorRef {
-            principal_type: crate::audit::PrincipalType::Operator,
-            principal_id: operator_token.id.clone(),
-            organization_id: None,
-            name_hint: None,
-        },
-        source_ip: None,
-        request_id: None,
-        user_agent: None,
-        node_id: config.node_id,
-    };
+    let context = crate::audit::AuditContext::internal(
+        "cluster.bootstrap",
+        crate::audit::ActorRef::operator(&operator_token.id),
+        config.node_id,
+    );
     control
         .propose_as(
             context,

@@ -444,6 +444,57 @@ impl Cluster {
         }
     }
 
+    /// One page of audit events through node `via` as the operator: an organization's chain
+    /// (`org`), or the cluster chain (`None`), with the query string `query`.
+    pub async fn audit_page(
+        &self,
+        via: u64,
+        org: Option<&str>,
+        query: &str,
+    ) -> anyhow::Result<Value> {
+        let path = match org {
+            Some(org) => format!("/admin/audit-logs?organization_id={org}&{query}"),
+            None => format!("/admin/cluster/audit-logs?{query}"),
+        };
+        let resp = self
+            .http
+            .get(self.url(via, &path))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await?;
+        let status = resp.status();
+        let page: Value = resp.json().await.unwrap_or(Value::Null);
+        anyhow::ensure!(
+            status.is_success(),
+            "{path} through node {via}: {status} {page}"
+        );
+        Ok(page)
+    }
+
+    /// Every event of a chain (as [`Cluster::audit_page`]) through node `via`, oldest first,
+    /// read page by page, and the chain facts (head, anchor) of the first page.
+    pub async fn audit_chain(
+        &self,
+        via: u64,
+        org: Option<&str>,
+    ) -> anyhow::Result<(Vec<Value>, Value)> {
+        let mut events = Vec::new();
+        let mut head = Value::Null;
+        let mut after = String::new();
+        loop {
+            let query = format!("limit=1000&pagination_token={after}");
+            let page = self.audit_page(via, org, &query).await?;
+            if head.is_null() {
+                head = page["chain"].clone();
+            }
+            events.extend(page["data"].as_array().into_iter().flatten().cloned());
+            match page["pagination"]["next"].as_str() {
+                Some(next) => after = next.to_string(),
+                None => return Ok((events, head)),
+            }
+        }
+    }
+
     /// A data-plane REST call to index `index` through node `via` (explicit index header).
     pub fn data(
         &self,

@@ -89,34 +89,13 @@ async fn create_projects(c: &Cluster, prefix: &str, n: usize, request_id: &str) 
 
 /// Every event of a chain through node `via`, read page by page, and the chain's head.
 async fn all_events(c: &Cluster, via: u64, chain: Option<&str>) -> (Vec<Value>, Value) {
-    let mut events = Vec::new();
-    let mut after: Option<String> = None;
-    let mut head = Value::Null;
-    loop {
-        let mut path = match chain {
-            Some(org) => format!("/admin/audit-logs?organization_id={org}&limit=1000"),
-            None => "/admin/cluster/audit-logs?limit=1000".to_string(),
-        };
-        if let Some(token) = &after {
-            path.push_str(&format!("&pagination_token={token}"));
-        }
-        let (status, page) = send(c, via, &c.admin_token(), Method::GET, &path, None, "read").await;
-        assert_eq!(status, StatusCode::OK, "{path}: {page}");
-        if head.is_null() {
-            head = page["chain"].clone();
-        }
-        events.extend(page["data"].as_array().unwrap().iter().cloned());
-        match page["pagination"]["next"].as_str() {
-            Some(next) => after = Some(next.to_string()),
-            None => return (events, head),
-        }
-    }
+    c.audit_chain(via, chain).await.expect("audit chain")
 }
 
 /// Recomputes a chain from its events and the replicated head.
 fn verify(events: &[Value], head: &Value) -> Result<u64, String> {
     let head: ChainHead = serde_json::from_value(head.clone()).map_err(|e| e.to_string())?;
-    let mut verifier = Verifier::new(Some((head.anchor_sequence, head.anchor_hash.clone())));
+    let mut verifier = Verifier::anchored(&head);
     for event in events {
         let event: AuditEvent = serde_json::from_value(event.clone()).map_err(|e| e.to_string())?;
         verifier.push(&event).map_err(|e| e.to_string())?;

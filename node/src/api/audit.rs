@@ -99,21 +99,8 @@ impl RequestInfo {
 /// The actor an authenticated principal is.
 pub fn actor_of(principal: &Principal) -> ActorRef {
     match principal {
-        Principal::Operator { token_id } => ActorRef {
-            principal_type: PrincipalType::Operator,
-            principal_id: token_id.clone(),
-            organization_id: None,
-            name_hint: None,
-        },
-        Principal::Member(m) => ActorRef {
-            principal_type: match m.kind {
-                crate::control::state::MemberKind::User => PrincipalType::User,
-                crate::control::state::MemberKind::ServiceAccount => PrincipalType::ServiceAccount,
-            },
-            principal_id: m.id.clone(),
-            organization_id: Some(m.organization_id.clone()),
-            name_hint: None,
-        },
+        Principal::Operator { token_id } => ActorRef::operator(token_id),
+        Principal::Member(m) => ActorRef::member(m.kind, &m.id, &m.organization_id),
         Principal::ApiKey(k) => ActorRef {
             principal_type: PrincipalType::ApiKey,
             principal_id: k.id.clone(),
@@ -207,14 +194,7 @@ async fn flush_batches(
 }
 
 fn overflow_summary(node_id: u64, dropped: u64, capacity: usize) -> AuditDraft {
-    let mut context = RequestInfo {
-        source_ip: None,
-        request_id: uuid::Uuid::new_v4().to_string(),
-        user_agent: None,
-        node_id,
-    }
-    .context("audit_log.overflow", ActorRef::system());
-    context.request_id = None;
+    let context = AuditContext::internal("audit_log.overflow", ActorRef::system(), node_id);
     let mut resource = Resource::new("audit_log", None);
     resource.parameters = resource.parameters.with("dropped_events", dropped);
     AuditDraft {
@@ -250,14 +230,8 @@ pub async fn keep_retention(control: ControlPlane, retention_s: u64) {
         if !due {
             continue;
         }
-        let mut context = RequestInfo {
-            source_ip: None,
-            request_id: String::new(),
-            user_agent: None,
-            node_id: control.node_id(),
-        }
-        .context("audit_log.purge", ActorRef::system());
-        context.request_id = None;
+        let context =
+            AuditContext::internal("audit_log.purge", ActorRef::system(), control.node_id());
         if let Err(e) = control
             .propose(Command::PurgeAudit { context, before })
             .await
@@ -351,22 +325,23 @@ pub async fn list(
         None => super::admin::home_organization(&state, &caller)?,
     };
     caller.authorize(Target::Organization(&organization_id))?;
+    let parts = query.into_parts()?;
+    // Everything below reads this node's replica once it has caught up with the leader, so
+    // an organization or event acknowledged through any node is found.
+    state.control.linearizable_barrier().await?;
     // The operator still reads the chain of a deleted organization (its deletion is the
     // chain's last event).
     let operator = matches!(caller.principal.as_ref(), Principal::Operator { .. });
-    let known = state
-        .control
-        .read_fresh(|s| {
-            let chain_kept = operator && s.audit.chains.contains_key(&organization_id);
-            (s.organizations.contains_key(&organization_id) || chain_kept).then_some(())
-        })
-        .await?;
-    if known.is_none() {
+    let known = state.control.read(|s| {
+        let chain_kept = operator && s.audit.chains.contains_key(&organization_id);
+        s.organizations.contains_key(&organization_id) || chain_kept
+    });
+    if !known {
         return Err(ApiError::not_found(format!(
             "organization '{organization_id}' not found"
         )));
     }
-    page(&state, &organization_id, query).await
+    Ok(page(&state, &organization_id, parts))
 }
 
 /// `GET /admin/cluster/audit-logs`: the cluster chain (operator tokens, signing keys,
@@ -382,18 +357,18 @@ pub async fn list_cluster(
             "the cluster chain takes no 'organization_id'; use /admin/audit-logs",
         ));
     }
-    page(&state, CLUSTER_CHAIN, query).await
+    let parts = query.into_parts()?;
+    state.control.linearizable_barrier().await?;
+    Ok(page(&state, CLUSTER_CHAIN, parts))
 }
 
-async fn page(
+/// One page of chain `chain_id` as this node's replica holds it (callers catch up with the
+/// leader first).
+fn page(
     state: &ApiState,
     chain_id: &str,
-    query: AuditQuery,
-) -> Result<Json<Value>, ApiError> {
-    let (filter, limit, after) = query.into_parts()?;
-    // Events are read from this node's replica once it has caught up with the leader, so
-    // an event acknowledged through any node is listed.
-    state.control.linearizable_barrier().await?;
+    (filter, limit, after): (Filter, usize, u64),
+) -> Json<Value> {
     let (events, next, head, retained, evicted) = state.control.read(|s| {
         let Some(chain) = s.audit.chains.get(chain_id) else {
             let empty = crate::audit::Chain::default();
@@ -403,7 +378,7 @@ async fn page(
         let mut next = None;
         for event in chain.events.range(chain.position_after(after)..) {
             if events.len() == limit {
-                next = Some(events_last_sequence(&events));
+                next = events.last().map(|e: &crate::audit::AuditEvent| e.sequence);
                 break;
             }
             if filter.matches(event) {
@@ -419,7 +394,7 @@ async fn page(
         )
     });
     let organization_id = (chain_id != CLUSTER_CHAIN).then_some(chain_id);
-    Ok(Json(json!({
+    Json(json!({
         "data": events,
         "pagination": { "next": next.map(|s: u64| s.to_string()) },
         "chain": {
@@ -431,9 +406,5 @@ async fn page(
             "events_retained": retained,
             "evicted_early": evicted,
         },
-    })))
-}
-
-fn events_last_sequence(events: &[crate::audit::AuditEvent]) -> u64 {
-    events.last().map_or(0, |e| e.sequence)
+    }))
 }

@@ -109,18 +109,6 @@ enum Verdict {
     Refused { actor: ActorRef },
 }
 
-fn member_actor(kind: MemberKind, id: &str, organization_id: &str) -> ActorRef {
-    ActorRef {
-        principal_type: match kind {
-            MemberKind::User => PrincipalType::User,
-            MemberKind::ServiceAccount => PrincipalType::ServiceAccount,
-        },
-        principal_id: id.to_string(),
-        organization_id: Some(organization_id.to_string()),
-        name_hint: None,
-    }
-}
-
 fn unknown_actor(principal_type: PrincipalType, name: &str) -> ActorRef {
     ActorRef {
         principal_type,
@@ -153,7 +141,7 @@ where
         }) => {
             state.signin.throttle.record_success(source);
             if !recorded {
-                let actor = member_actor(subject.kind, &subject.id, &subject.organization_id);
+                let actor = ActorRef::member(subject.kind, &subject.id, &subject.organization_id);
                 let command = Command::SignIn {
                     principal_id: subject.id.clone(),
                     kind: subject.kind,
@@ -243,10 +231,8 @@ async fn verify_user(
 fn refused_user(email: &str, user: Option<&User>) -> Verdict {
     Verdict::Refused {
         actor: match user {
-            Some(u) => ActorRef {
-                name_hint: Some(u.email.clone()),
-                ..member_actor(MemberKind::User, &u.id, &u.organization_id)
-            },
+            Some(u) => ActorRef::member(MemberKind::User, &u.id, &u.organization_id)
+                .with_name_hint(&u.email),
             None => unknown_actor(PrincipalType::User, email),
         },
     }
@@ -321,7 +307,7 @@ pub async fn change_password(
             (key, Some(user), true) => (key, user),
             (_, user, _) => return Ok(refused_user(&body.email, user.as_ref())),
         };
-        let actor = member_actor(MemberKind::User, &user.id, &user.organization_id);
+        let actor = ActorRef::member(MemberKind::User, &user.id, &user.organization_id);
         let new_password = body.new_password;
         let password_phc =
             tokio::task::spawn_blocking(move || password::hash_password(&new_password))
@@ -401,10 +387,8 @@ pub async fn issue_token(
                 recorded: false,
             },
             Some(a) => Verdict::Refused {
-                actor: ActorRef {
-                    name_hint: Some(a.name.clone()),
-                    ..member_actor(MemberKind::ServiceAccount, &a.id, &a.organization_id)
-                },
+                actor: ActorRef::member(MemberKind::ServiceAccount, &a.id, &a.organization_id)
+                    .with_name_hint(&a.name),
             },
             None => Verdict::Refused {
                 actor: unknown_actor(PrincipalType::ServiceAccount, &body.client_id),

@@ -80,15 +80,6 @@ impl Selection {
         }
         query
     }
-
-    fn is_filtered(&self) -> bool {
-        self.since.is_some()
-            || self.until.is_some()
-            || self.action.is_some()
-            || self.resource_type.is_some()
-            || self.actor.is_some()
-            || self.outcome.is_some()
-    }
 }
 
 /// `conifer audit …`.
@@ -269,12 +260,9 @@ async fn export(c: &AdminClient, selection: &Selection) -> anyhow::Result<()> {
 }
 
 async fn verify_cluster(c: &AdminClient, selection: &Selection) -> anyhow::Result<String> {
-    debug_assert!(!selection.is_filtered());
     let mut verifier: Option<Verifier> = None;
     let head = walk(c, selection, |value, head| {
-        let verifier = verifier.get_or_insert_with(|| {
-            Verifier::new(Some((head.anchor_sequence, head.anchor_hash.clone())))
-        });
+        let verifier = verifier.get_or_insert_with(|| Verifier::anchored(head));
         let event: AuditEvent =
             serde_json::from_value(value.clone()).context("an event does not parse")?;
         // Events appended after the first page are past the head it reported.
@@ -284,8 +272,7 @@ async fn verify_cluster(c: &AdminClient, selection: &Selection) -> anyhow::Resul
         Ok(())
     })
     .await?;
-    let verifier = verifier
-        .unwrap_or_else(|| Verifier::new(Some((head.anchor_sequence, head.anchor_hash.clone()))));
+    let verifier = verifier.unwrap_or_else(|| Verifier::anchored(&head));
     let checked = verifier.finish(&head)?;
     Ok(format!(
         "audit chain intact: {checked} event(s), sequences {}..={}, head hash {}",

@@ -146,7 +146,7 @@ pub async fn check(
 ) -> anyhow::Result<AuditReport> {
     let (events, head) = read_chain(cluster, nodes[0], organization_id).await?;
     let mut report = check_events(ops, &events);
-    let mut verifier = Verifier::new(Some((head.anchor_sequence, head.anchor_hash.clone())));
+    let mut verifier = Verifier::anchored(&head);
     let verified = events
         .iter()
         .try_for_each(|e| verifier.push(e))
@@ -168,21 +168,6 @@ pub async fn check(
     Ok(report)
 }
 
-async fn page(cluster: &Cluster, node: u64, query: &str) -> anyhow::Result<Value> {
-    let resp = cluster
-        .http
-        .get(cluster.url(node, &format!("/admin/audit-logs?{query}")))
-        .bearer_auth(cluster.admin_token())
-        .send()
-        .await?;
-    anyhow::ensure!(
-        resp.status().is_success(),
-        "audit log through node {node}: {}",
-        resp.status()
-    );
-    Ok(resp.json().await?)
-}
-
 /// The hash of event `sequence` as node `node` holds it.
 async fn hash_at(
     cluster: &Cluster,
@@ -191,8 +176,8 @@ async fn hash_at(
     sequence: u64,
 ) -> anyhow::Result<Option<String>> {
     let after = sequence.saturating_sub(1);
-    let query = format!("organization_id={org}&limit=1&pagination_token={after}");
-    let page = page(cluster, node, &query).await?;
+    let query = format!("limit=1&pagination_token={after}");
+    let page = cluster.audit_page(node, Some(org), &query).await?;
     Ok(page["data"][0]["hash"].as_str().map(str::to_string))
 }
 
@@ -201,26 +186,16 @@ async fn read_chain(
     node: u64,
     org: &str,
 ) -> anyhow::Result<(Vec<AuditEvent>, ChainHead)> {
+    let (values, head) = cluster.audit_chain(node, Some(org)).await?;
+    let head: ChainHead = serde_json::from_value(head).context("chain head")?;
     let mut events = Vec::new();
-    let mut head: Option<ChainHead> = None;
-    let mut after = String::new();
-    loop {
-        let query = format!("organization_id={org}&limit=1000&pagination_token={after}");
-        let page = page(cluster, node, &query).await?;
-        if head.is_none() {
-            head = Some(serde_json::from_value(page["chain"].clone()).context("chain head")?);
-        }
-        for e in page["data"].as_array().into_iter().flatten() {
-            events.push(serde_json::from_value(e.clone()).context("audit event")?);
-        }
-        match page["pagination"]["next"].as_str() {
-            Some(next) => after = next.to_string(),
-            None => break,
+    for value in values {
+        let event: AuditEvent = serde_json::from_value(value).context("audit event")?;
+        // Events appended after the first page are past the head it reported.
+        if event.sequence <= head.head_sequence {
+            events.push(event);
         }
     }
-    let head = head.context("no page read")?;
-    // Events appended after the first page are past the head it reported.
-    events.retain(|e: &AuditEvent| e.sequence <= head.head_sequence);
     Ok((events, head))
 }
 
