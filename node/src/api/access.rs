@@ -20,6 +20,7 @@ use super::{ApiError, ApiState};
 use crate::audit::{AuditContext, AuditDraft, EventOutcome, Resource};
 use crate::auth::{self, token, AuthError, Credential, Principal};
 use crate::control::state::Project;
+use crate::control::{Command, ControlError, Output};
 use crate::policy::{self, Denied, Operation, Scope, Target};
 
 /// Header naming the project of a call made with a bearer token (an API key implies its own
@@ -79,6 +80,12 @@ impl Caller {
             });
         }
         Err(error)
+    }
+
+    /// Proposes `command` as this call: one log entry with its audit event (how every
+    /// change a client asks for is made).
+    pub async fn propose(&self, command: Command) -> Result<Output, ControlError> {
+        self.api.control.propose_as(self.context(), command).await
     }
 
     /// The audit context of this call's operation by this caller, stamped now.

@@ -173,9 +173,8 @@ pub async fn create_project(
         }),
         _ => None,
     };
-    match state
-        .control
-        .propose_as(caller.context(), Command::CreateProject { project, owner })
+    match caller
+        .propose(Command::CreateProject { project, owner })
         .await?
     {
         Output::Project(p) => Ok((StatusCode::CREATED, Json(project_json(&p)))),
@@ -257,7 +256,7 @@ pub async fn update_project(
         max_pods: body.max_pods,
         force_encryption_with_cmek: body.force_encryption_with_cmek,
     };
-    match state.control.propose_as(caller.context(), command).await? {
+    match caller.propose(command).await? {
         Output::Project(p) => Ok(Json(project_json(&p))),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
@@ -271,10 +270,7 @@ pub async fn delete_project(
 ) -> Result<StatusCode, ApiError> {
     check_id("project", &id)?;
     caller.authorize_project(&state, &id).await?;
-    state
-        .control
-        .propose_as(caller.context(), Command::DeleteProject { id })
-        .await?;
+    caller.propose(Command::DeleteProject { id }).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -335,11 +331,7 @@ pub async fn create_api_key(
         secret_sha256: secret.secret_sha256,
         created_at: crate::now_rfc3339(),
     };
-    match state
-        .control
-        .propose_as(caller.context(), Command::CreateApiKey(key))
-        .await?
-    {
+    match caller.propose(Command::CreateApiKey(key)).await? {
         Output::ApiKey(k) => Ok((
             StatusCode::CREATED,
             Json(json!({ "key": key_json(&k), "value": secret.value })),
@@ -425,7 +417,7 @@ pub async fn update_api_key(
         name: body.name,
         roles,
     };
-    match state.control.propose_as(caller.context(), command).await? {
+    match caller.propose(command).await? {
         Output::ApiKey(k) => Ok(Json(key_json(&k))),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
@@ -438,10 +430,7 @@ pub async fn delete_api_key(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     authorized_key(&state, &caller, &id).await?;
-    state
-        .control
-        .propose_as(caller.context(), Command::DeleteApiKey { id })
-        .await?;
+    caller.propose(Command::DeleteApiKey { id }).await?;
     Ok(StatusCode::ACCEPTED)
 }
 

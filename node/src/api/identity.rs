@@ -109,7 +109,6 @@ pub struct OrganizationBody {
 
 /// `POST /admin/organizations` (operator).
 pub async fn create_organization(
-    State(state): State<ApiState>,
     caller: Caller,
     body: Result<Json<OrganizationBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -121,11 +120,7 @@ pub async fn create_organization(
         name: body.name,
         created_at: crate::now_rfc3339(),
     };
-    match state
-        .control
-        .propose_as(caller.context(), Command::CreateOrganization(org))
-        .await?
-    {
+    match caller.propose(Command::CreateOrganization(org)).await? {
         Output::Organization(o) => Ok((StatusCode::CREATED, Json(org_json(&o)))),
         other => Err(unexpected(other)),
     }
@@ -182,15 +177,11 @@ pub async fn update_organization(
     authorized_org(&state, &caller, &id).await?;
     let Json(body) = body?;
     check_name("name", &body.name, MAX_ORGANIZATION_NAME_BYTES)?;
-    match state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::RenameOrganization {
-                id,
-                name: body.name,
-            },
-        )
+    match caller
+        .propose(Command::RenameOrganization {
+            id,
+            name: body.name,
+        })
         .await?
     {
         Output::Organization(o) => Ok(Json(org_json(&o))),
@@ -206,10 +197,7 @@ pub async fn delete_organization(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     authorized_org(&state, &caller, &id).await?;
-    state
-        .control
-        .propose_as(caller.context(), Command::DeleteOrganization { id })
-        .await?;
+    caller.propose(Command::DeleteOrganization { id }).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -289,12 +277,8 @@ pub async fn create_member(
         credential_version: 0,
         created_at: crate::now_rfc3339(),
     };
-    match state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::Identity(IdentityCommand::CreateUser(user)),
-        )
+    match caller
+        .propose(Command::Identity(IdentityCommand::CreateUser(user)))
         .await?
     {
         Output::User(u) => Ok((StatusCode::CREATED, Json(user_json(&u)))),
@@ -350,15 +334,11 @@ pub async fn update_member(
     let mut latest = user;
     if let Some(role) = body.role.as_deref().map(parse_org_role).transpose()? {
         check_role_management(&caller, &org, role)?;
-        match state
-            .control
-            .propose_as(
-                caller.context(),
-                Command::Identity(IdentityCommand::SetUserRole {
-                    id: user_id.clone(),
-                    role,
-                }),
-            )
+        match caller
+            .propose(Command::Identity(IdentityCommand::SetUserRole {
+                id: user_id.clone(),
+                role,
+            }))
             .await?
         {
             Output::User(u) => latest = u,
@@ -367,15 +347,11 @@ pub async fn update_member(
     }
     if let Some(password) = body.password {
         let password_phc = hash_new_password(password).await?;
-        match state
-            .control
-            .propose_as(
-                caller.context(),
-                Command::Identity(IdentityCommand::SetUserPassword {
-                    id: user_id,
-                    password_phc,
-                }),
-            )
+        match caller
+            .propose(Command::Identity(IdentityCommand::SetUserPassword {
+                id: user_id,
+                password_phc,
+            }))
             .await?
         {
             Output::User(u) => latest = u,
@@ -395,12 +371,10 @@ pub async fn remove_member(
     authorized_org(&state, &caller, &org).await?;
     let user = user_in(&state, &org, &user_id).await?;
     check_role_management(&caller, &org, user.role)?;
-    state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::Identity(IdentityCommand::DeleteUser { id: user_id }),
-        )
+    caller
+        .propose(Command::Identity(IdentityCommand::DeleteUser {
+            id: user_id,
+        }))
         .await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -456,12 +430,10 @@ pub async fn create_service_account(
         credential_version: 0,
         created_at: crate::now_rfc3339(),
     };
-    match state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::Identity(IdentityCommand::CreateServiceAccount(account)),
-        )
+    match caller
+        .propose(Command::Identity(IdentityCommand::CreateServiceAccount(
+            account,
+        )))
         .await?
     {
         Output::ServiceAccount(a) => {
@@ -525,16 +497,12 @@ pub async fn update_service_account(
     if let Some(role) = role {
         check_role_management(&caller, &account.organization_id, role)?;
     }
-    match state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::Identity(IdentityCommand::UpdateServiceAccount {
-                id,
-                name: body.name,
-                role,
-            }),
-        )
+    match caller
+        .propose(Command::Identity(IdentityCommand::UpdateServiceAccount {
+            id,
+            name: body.name,
+            role,
+        }))
         .await?
     {
         Output::ServiceAccount(a) => Ok(Json(account_json(&a))),
@@ -551,12 +519,10 @@ pub async fn rotate_service_account_secret(
 ) -> Result<Json<Value>, ApiError> {
     authorized_account(&state, &caller, &id).await?;
     let (secret, secret_sha256) = auth::new_client_secret();
-    match state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::Identity(IdentityCommand::RotateServiceAccountSecret { id, secret_sha256 }),
-        )
+    match caller
+        .propose(Command::Identity(
+            IdentityCommand::RotateServiceAccountSecret { id, secret_sha256 },
+        ))
         .await?
     {
         Output::ServiceAccount(a) => {
@@ -575,12 +541,10 @@ pub async fn delete_service_account(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     authorized_account(&state, &caller, &id).await?;
-    state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::Identity(IdentityCommand::DeleteServiceAccount { id }),
-        )
+    caller
+        .propose(Command::Identity(IdentityCommand::DeleteServiceAccount {
+            id,
+        }))
         .await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -656,12 +620,8 @@ pub async fn add_project_member(
         role,
         created_at: crate::now_rfc3339(),
     };
-    match state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::Identity(IdentityCommand::AddProjectMember(member)),
-        )
+    match caller
+        .propose(Command::Identity(IdentityCommand::AddProjectMember(member)))
         .await?
     {
         Output::ProjectMember(m) => Ok((StatusCode::CREATED, Json(member_json(&m)))),
@@ -688,16 +648,12 @@ pub async fn update_project_member(
     caller.authorize_project(&state, &project_id).await?;
     let Json(body) = body?;
     let role = parse_project_role(&body.role)?;
-    match state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::Identity(IdentityCommand::SetProjectMemberRole {
-                project_id,
-                principal_id,
-                role,
-            }),
-        )
+    match caller
+        .propose(Command::Identity(IdentityCommand::SetProjectMemberRole {
+            project_id,
+            principal_id,
+            role,
+        }))
         .await?
     {
         Output::ProjectMember(m) => Ok(Json(member_json(&m))),
@@ -714,15 +670,11 @@ pub async fn remove_project_member(
     check_id("project", &project_id)?;
     check_id("project member", &principal_id)?;
     caller.authorize_project(&state, &project_id).await?;
-    state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::Identity(IdentityCommand::RemoveProjectMember {
-                project_id,
-                principal_id,
-            }),
-        )
+    caller
+        .propose(Command::Identity(IdentityCommand::RemoveProjectMember {
+            project_id,
+            principal_id,
+        }))
         .await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -755,19 +707,14 @@ pub async fn list_operator_tokens(
 }
 
 /// `POST /admin/operator-tokens`: a further operator token, its value shown only here.
-pub async fn create_operator_token(
-    State(state): State<ApiState>,
-    caller: Caller,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn create_operator_token(caller: Caller) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.authorize(Target::Cluster)?;
     let (token, value) = new_operator_token();
     let id = token.id.clone();
-    state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::Identity(IdentityCommand::CreateOperatorToken(token)),
-        )
+    caller
+        .propose(Command::Identity(IdentityCommand::CreateOperatorToken(
+            token,
+        )))
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -777,7 +724,6 @@ pub async fn create_operator_token(
 
 /// `POST /admin/operator-tokens/{id}/rotate`: replaces the token in one step.
 pub async fn rotate_operator_token(
-    State(state): State<ApiState>,
     caller: Caller,
     Path(old_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -785,49 +731,38 @@ pub async fn rotate_operator_token(
     check_id("operator token", &old_id)?;
     let (new, value) = new_operator_token();
     let id = new.id.clone();
-    state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::Identity(IdentityCommand::RotateOperatorToken { old_id, new }),
-        )
+    caller
+        .propose(Command::Identity(IdentityCommand::RotateOperatorToken {
+            old_id,
+            new,
+        }))
         .await?;
     Ok(Json(json!({ "id": id, "value": value })))
 }
 
 /// `DELETE /admin/operator-tokens/{id}`.
 pub async fn delete_operator_token(
-    State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.authorize(Target::Cluster)?;
     check_id("operator token", &id)?;
-    state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::Identity(IdentityCommand::DeleteOperatorToken { id }),
-        )
+    caller
+        .propose(Command::Identity(IdentityCommand::DeleteOperatorToken {
+            id,
+        }))
         .await?;
     Ok(StatusCode::ACCEPTED)
 }
 
 /// `POST /admin/signing-keys/rotate`: new tokens are signed with a new key; tokens signed
 /// with the previous key stay valid until they expire, older ones are refused.
-pub async fn rotate_signing_key(
-    State(state): State<ApiState>,
-    caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+pub async fn rotate_signing_key(caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.authorize(Target::Cluster)?;
     let key = token::new_signing_key();
     let id = key.id.clone();
-    state
-        .control
-        .propose_as(
-            caller.context(),
-            Command::Identity(IdentityCommand::RotateSigningKey(key)),
-        )
+    caller
+        .propose(Command::Identity(IdentityCommand::RotateSigningKey(key)))
         .await?;
     Ok(Json(json!({ "id": id })))
 }

@@ -409,11 +409,7 @@ pub async fn create(
         state: IndexState::Initializing,
         created_at: crate::now_rfc3339(),
     };
-    match state
-        .control
-        .propose_as(caller.context(), Command::CreateIndex(index))
-        .await?
-    {
+    match caller.propose(Command::CreateIndex(index)).await? {
         Output::Index(index) => Ok((
             StatusCode::CREATED,
             Json(render(&state, &index, schema_shape)),
@@ -538,7 +534,7 @@ pub async fn configure(
         deletion_protection,
         tags_json,
     };
-    match state.control.propose_as(caller.context(), command).await? {
+    match caller.propose(command).await? {
         Output::Index(index) => Ok(Json(render(&state, &index, schema_api(&headers)))),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
@@ -556,7 +552,7 @@ pub async fn delete(
         project_id: project_id.clone(),
         name,
     };
-    match state.control.propose_as(caller.context(), command).await {
+    match caller.propose(command).await {
         Ok(_) => Ok(StatusCode::ACCEPTED),
         Err(ControlError::Rejected(Rejection::Invalid(m))) => Err(ApiError {
             status: StatusCode::FORBIDDEN,
