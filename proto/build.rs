@@ -4,13 +4,15 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
-    tonic_prost_build::configure().compile_protos(
-        &[
-            "proto/conifer/internal/v1/internal.proto",
-            "proto/vector_service.proto",
-        ],
-        &["proto"],
-    )?;
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::Codec")
+        .compile_protos(
+            &[
+                "proto/conifer/internal/v1/internal.proto",
+                "proto/vector_service.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

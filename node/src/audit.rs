@@ -60,6 +60,91 @@ pub enum PrincipalType {
     System,
 }
 
+/// What was done, in the seed's vocabulary (`event.action`: Pinecone's security page):
+/// `create`, `update`, `delete` and `login`, plus `read` for a refused list or describe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verb {
+    /// Something was created (an organization, member, project, index, key…).
+    Create,
+    /// Something was changed (renamed, a role, a setting, a rotated secret).
+    Update,
+    /// Something was deleted or removed.
+    Delete,
+    /// A principal signed in.
+    Login,
+    /// Something was listed or described (recorded only when refused).
+    Read,
+}
+
+impl Verb {
+    /// The value of `event.action`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Delete => "delete",
+            Verb::Login => "login",
+            Verb::Read => "read",
+        }
+    }
+}
+
+/// What kind of object was acted on, in the seed's vocabulary (`event.resource_type`):
+/// `organization`, `user`, `project`, `index`, `api-key` as the seed names them (`backup`
+/// and `private-endpoints` come with those features), and in the same spelling the kinds
+/// the seed does not list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResourceType {
+    /// An organization.
+    Organization,
+    /// A user: an organization member or a project member who is a user.
+    User,
+    /// A project.
+    Project,
+    /// An index.
+    Index,
+    /// An API key.
+    ApiKey,
+    /// A service account (also as a project member).
+    ServiceAccount,
+    /// An operator token.
+    OperatorToken,
+    /// A token-signing key.
+    SigningKey,
+    /// An audit-log chain (retention purges, dropped events).
+    AuditLog,
+    /// The cluster (refused cluster operations).
+    Cluster,
+}
+
+impl ResourceType {
+    /// The value of `event.resource_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::Organization => "organization",
+            ResourceType::User => "user",
+            ResourceType::Project => "project",
+            ResourceType::Index => "index",
+            ResourceType::ApiKey => "api-key",
+            ResourceType::ServiceAccount => "service-account",
+            ResourceType::OperatorToken => "operator-token",
+            ResourceType::SigningKey => "signing-key",
+            ResourceType::AuditLog => "audit-log",
+            ResourceType::Cluster => "cluster",
+        }
+    }
+
+    /// The project-member resource of a principal kind: users are `user` (the seed's
+    /// "invite project member"), service accounts `service-account`.
+    pub fn of_member(kind: MemberKind) -> Self {
+        match kind {
+            MemberKind::User => ResourceType::User,
+            MemberKind::ServiceAccount => ResourceType::ServiceAccount,
+        }
+    }
+}
+
 /// The actor as the proposer knows it; names are resolved from the state at apply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActorRef {
@@ -128,8 +213,9 @@ pub struct AuditContext {
     pub id: String,
     /// When the request was received ([`timestamp`] format).
     pub time: String,
-    /// What was attempted: the operation's name in the permission matrix.
-    pub action: String,
+    /// What was attempted: the operation's name in the permission matrix (`project.create`),
+    /// or Conifer's own (`cluster.bootstrap`, `audit_log.purge`, `audit_log.overflow`).
+    pub operation: String,
     /// Who attempted it.
     pub actor: ActorRef,
     /// The client's address.
@@ -145,11 +231,11 @@ pub struct AuditContext {
 impl AuditContext {
     /// The context of something Conifer does on its own on node `node_id` (bootstrap,
     /// retention purges, overflow summaries): no client address, request id or user agent.
-    pub fn internal(action: &str, actor: ActorRef, node_id: u64) -> Self {
+    pub fn internal(operation: &str, actor: ActorRef, node_id: u64) -> Self {
         Self {
             id: uuid::Uuid::new_v4().to_string(),
             time: now(),
-            action: action.into(),
+            operation: operation.into(),
             actor,
             source_ip: None,
             request_id: None,
@@ -180,27 +266,71 @@ impl Params {
     }
 }
 
+/// Serializes `value` as itself in JSON and as JSON text in bincode (which cannot carry
+/// arbitrary JSON).
+fn serialize_as_json_text<T: Serialize, S: Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    if serializer.is_human_readable() {
+        value.serialize(serializer)
+    } else {
+        serde_json::to_string(value)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(serializer)
+    }
+}
+
+/// The inverse of [`serialize_as_json_text`].
+fn deserialize_as_json_text<'de, T: serde::de::DeserializeOwned, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    if deserializer.is_human_readable() {
+        T::deserialize(deserializer)
+    } else {
+        let text = String::deserialize(deserializer)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Serialize for Params {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if serializer.is_human_readable() {
-            self.0.serialize(serializer)
-        } else {
-            serde_json::to_string(&self.0)
-                .map_err(serde::ser::Error::custom)?
-                .serialize(serializer)
-        }
+        serialize_as_json_text(&self.0, serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Params {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        if deserializer.is_human_readable() {
-            BTreeMap::deserialize(deserializer).map(Params)
-        } else {
-            let text = String::deserialize(deserializer)?;
-            serde_json::from_str(&text)
-                .map(Params)
-                .map_err(serde::de::Error::custom)
+        deserialize_as_json_text(deserializer).map(Params)
+    }
+}
+
+/// Any JSON value (the seed's `resource_id`: a name, a list of emails, `{user, role}`),
+/// stored as JSON text in Raft entries and snapshots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsonValue(pub Value);
+
+impl Serialize for JsonValue {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_as_json_text(&self.0, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_as_json_text(deserializer).map(JsonValue)
+    }
+}
+
+impl JsonValue {
+    /// Whether this value is `text`, holds it in a list, or holds it as a field of an
+    /// object (`{user, role}` matches the user's email): how `resource_id` filters match.
+    pub fn mentions(&self, text: &str) -> bool {
+        match &self.0 {
+            Value::String(s) => s == text,
+            Value::Array(items) => items.iter().any(|v| v.as_str() == Some(text)),
+            Value::Object(fields) => fields.values().any(|v| v.as_str() == Some(text)),
+            _ => false,
         }
     }
 }
@@ -273,12 +403,20 @@ impl EventOutcome {
 pub struct EventBody {
     /// When ([`timestamp`] format, UTC, milliseconds).
     pub time: String,
-    /// The operation attempted (`api_key.create`, `auth.login`, …).
+    /// What was done, in the seed's vocabulary ([`Verb`]): `create`, `update`, `delete`,
+    /// `login` (and `read` for refused reads).
     pub action: String,
-    /// Kind of object acted on.
+    /// Conifer's finer name of the operation attempted (`api_key.create`, `auth.login`,
+    /// `project.member.add`, …).
+    pub operation: String,
+    /// Kind of object acted on, in the seed's vocabulary ([`ResourceType`]).
     pub resource_type: String,
-    /// Its id.
-    pub resource_id: Option<String>,
+    /// What the seed's tables name for the object: an organization's, project's or index's
+    /// name, an API key's id, a user's email, a list of emails for members created, `{user,
+    /// role}` for a role change, `{user, project}` for a project member removed.
+    pub resource_id: Option<JsonValue>,
+    /// Conifer's id of the object (an organization's, project's, user's or key's UUID).
+    pub resource_uid: Option<String>,
     /// Its name.
     pub resource_name: Option<String>,
     /// Whether it worked.
@@ -385,13 +523,17 @@ pub fn truncate(text: &str, max: usize) -> String {
     text[..end].to_string()
 }
 
-/// What an attempt acted on, as read from the command and the state before it applied.
+/// What an attempt did to what, as read from the command and the state before it applied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resource {
+    /// What was done (the event's `action`).
+    pub action: Verb,
     /// Kind of object.
-    pub resource_type: String,
-    /// Its id.
-    pub resource_id: Option<String>,
+    pub resource_type: ResourceType,
+    /// What the seed names for it ([`EventBody::resource_id`]).
+    pub resource_id: Option<JsonValue>,
+    /// Conifer's id of it.
+    pub resource_uid: Option<String>,
     /// Its name.
     pub resource_name: Option<String>,
     /// The organization it belongs to, when known.
@@ -401,28 +543,39 @@ pub struct Resource {
 }
 
 impl Resource {
-    /// A resource of `kind` with `id`.
-    pub fn new(kind: &str, id: Option<&str>) -> Self {
+    /// `action` done to a `kind` whose Conifer id is `uid`.
+    pub fn new(action: Verb, kind: ResourceType, uid: Option<&str>) -> Self {
         Self {
-            resource_type: kind.into(),
-            resource_id: id.map(str::to_string),
+            action,
+            resource_type: kind,
+            resource_id: None,
+            resource_uid: uid.map(str::to_string),
             resource_name: None,
             organization_id: None,
             parameters: Params::default(),
         }
     }
 
-    fn named(mut self, name: Option<&str>) -> Self {
+    /// The same, with the seed's `resource_id` (when known).
+    pub fn id(mut self, id: Option<impl Into<Value>>) -> Self {
+        self.resource_id = id.map(|v| JsonValue(v.into()));
+        self
+    }
+
+    /// The same, named `name`.
+    pub fn named(mut self, name: Option<&str>) -> Self {
         self.resource_name = name.map(str::to_string);
         self
     }
 
-    fn in_org(mut self, org: Option<&str>) -> Self {
+    /// The same, in organization `org`.
+    pub fn in_org(mut self, org: Option<&str>) -> Self {
         self.organization_id = org.map(str::to_string);
         self
     }
 
-    fn params(mut self, parameters: Params) -> Self {
+    /// The same, with `parameters`.
+    pub fn params(mut self, parameters: Params) -> Self {
         self.parameters = parameters;
         self
     }
@@ -468,16 +621,37 @@ fn principal_kind(state: &ControlState, id: &str) -> Option<MemberKind> {
     }
 }
 
-/// What `command` acts on, read from the state before it applies. Secrets (hashes, keys)
-/// never become parameters.
+/// How the seed names a member in `resource_id`: a user by email, a service account (which
+/// the seed does not list) by its id.
+fn member_handle(state: &ControlState, kind: MemberKind, id: &str) -> String {
+    match kind {
+        MemberKind::User => member_name(state, kind, id).unwrap_or_else(|| id.to_string()),
+        MemberKind::ServiceAccount => id.to_string(),
+    }
+}
+
+/// The field naming a member in an object `resource_id` (`{user, role}`).
+fn member_field(kind: MemberKind) -> &'static str {
+    match kind {
+        MemberKind::User => "user",
+        MemberKind::ServiceAccount => "service_account",
+    }
+}
+
+/// What `command` does to what, read from the state before it applies, in the seed's
+/// vocabulary (its tables give `action`, `resource_type` and `resource_id` for each row).
+/// Secrets (hashes, keys) never become parameters.
 pub fn describe(state: &ControlState, command: &Command) -> Resource {
+    use ResourceType as T;
+    use Verb as V;
     match command {
         Command::Bootstrap {
             organization,
             project,
             api_key,
             ..
-        } => Resource::new("organization", Some(&organization.id))
+        } => Resource::new(V::Create, T::Organization, Some(&organization.id))
+            .id(Some(organization.name.as_str()))
             .named(Some(&organization.name))
             .in_org(Some(&organization.id))
             .params(
@@ -486,32 +660,43 @@ pub fn describe(state: &ControlState, command: &Command) -> Resource {
                     .with("project_name", project.name.as_str())
                     .with("api_key_id", api_key.id.as_str()),
             ),
-        Command::CreateProject { project, owner } => Resource::new("project", Some(&project.id))
-            .named(Some(&project.name))
-            .in_org(Some(&project.organization_id))
-            .params(
-                Params::default()
-                    .with("name", project.name.as_str())
-                    .with("max_pods", project.max_pods)
-                    .with(
-                        "force_encryption_with_cmek",
-                        project.force_encryption_with_cmek,
-                    )
-                    .with_some("owner_id", owner.as_ref().map(|o| o.principal_id.as_str())),
-            ),
+        Command::CreateProject { project, owner } => {
+            Resource::new(V::Create, T::Project, Some(&project.id))
+                .id(Some(project.name.as_str()))
+                .named(Some(&project.name))
+                .in_org(Some(&project.organization_id))
+                .params(
+                    Params::default()
+                        .with("name", project.name.as_str())
+                        .with("max_pods", project.max_pods)
+                        .with(
+                            "force_encryption_with_cmek",
+                            project.force_encryption_with_cmek,
+                        )
+                        .with_some("owner_id", owner.as_ref().map(|o| o.principal_id.as_str())),
+                )
+        }
         Command::UpdateProject {
             id,
             name,
             max_pods,
             force_encryption_with_cmek,
-        } => project_resource(state, id).params(
-            Params::default()
-                .with_some("name", name.as_deref())
-                .with_some("max_pods", *max_pods)
-                .with_some("force_encryption_with_cmek", *force_encryption_with_cmek),
-        ),
-        Command::DeleteProject { id } => project_resource(state, id),
-        Command::CreateApiKey(key) => Resource::new("api_key", Some(&key.id))
+        } => {
+            let mut resource = project_resource(state, V::Update, id);
+            // A rename is recorded under the new name, as the seed's organization rename is.
+            if let Some(name) = name {
+                resource = resource.id(Some(name.as_str()));
+            }
+            resource.params(
+                Params::default()
+                    .with_some("name", name.as_deref())
+                    .with_some("max_pods", *max_pods)
+                    .with_some("force_encryption_with_cmek", *force_encryption_with_cmek),
+            )
+        }
+        Command::DeleteProject { id } => project_resource(state, V::Delete, id),
+        Command::CreateApiKey(key) => Resource::new(V::Create, T::ApiKey, Some(&key.id))
+            .id(Some(key.id.as_str()))
             .named(Some(&key.name))
             .in_org(project_org(state, &key.project_id).as_deref())
             .params(
@@ -520,41 +705,43 @@ pub fn describe(state: &ControlState, command: &Command) -> Resource {
                     .with("name", key.name.as_str())
                     .with("roles", roles_param(&key.roles)),
             ),
-        Command::DeleteApiKey { id } => key_resource(state, id),
+        Command::DeleteApiKey { id } => key_resource(state, V::Delete, id),
         Command::UpdateApiKey { id, name, roles } => {
-            let mut resource = key_resource(state, id);
+            let mut resource = key_resource(state, V::Update, id);
             resource.parameters = resource
                 .parameters
                 .with_some("name", name.as_deref())
                 .with_some("roles", roles.as_ref().map(|r| roles_param(r)));
             resource
         }
-        Command::CreateOrganization(org) => Resource::new("organization", Some(&org.id))
-            .named(Some(&org.name))
-            .in_org(Some(&org.id))
-            .params(Params::default().with("name", org.name.as_str())),
-        Command::RenameOrganization { id, name } => {
-            org_resource(state, id).params(Params::default().with("name", name.as_str()))
+        Command::CreateOrganization(org) => {
+            Resource::new(V::Create, T::Organization, Some(&org.id))
+                .id(Some(org.name.as_str()))
+                .named(Some(&org.name))
+                .in_org(Some(&org.id))
+                .params(Params::default().with("name", org.name.as_str()))
         }
-        Command::DeleteOrganization { id } => org_resource(state, id),
+        Command::RenameOrganization { id, name } => org_resource(state, V::Update, id)
+            .id(Some(name.as_str()))
+            .params(Params::default().with("name", name.as_str())),
+        Command::DeleteOrganization { id } => org_resource(state, V::Delete, id),
         Command::Identity(identity) => describe_identity(state, identity),
-        Command::CreateIndex(index) => Resource::new("index", Some(&index.name))
-            .named(Some(&index.name))
-            .in_org(project_org(state, &index.project_id).as_deref())
-            .params(
+        Command::CreateIndex(index) => {
+            index_resource(state, V::Create, &index.project_id, &index.name).params(
                 Params::default()
                     .with("project_id", index.project_id.as_str())
                     .with("dimension", index.dimension)
                     .with("metric", index.metric.as_str())
                     .with("vector_type", index.vector_type.as_str())
                     .with("deletion_protection", index.deletion_protection),
-            ),
+            )
+        }
         Command::ConfigureIndex {
             project_id,
             name,
             deletion_protection,
             tags_json,
-        } => index_resource(state, project_id, name).params(
+        } => index_resource(state, V::Update, project_id, name).params(
             Params::default()
                 .with("project_id", project_id.as_str())
                 .with_some("deletion_protection", *deletion_protection)
@@ -565,10 +752,17 @@ pub fn describe(state: &ControlState, command: &Command) -> Resource {
                         .and_then(|t| serde_json::from_str::<Value>(t).ok()),
                 ),
         ),
-        Command::DeleteIndex { project_id, name } => index_resource(state, project_id, name)
-            .params(Params::default().with("project_id", project_id.as_str())),
+        Command::DeleteIndex { project_id, name } => {
+            index_resource(state, V::Delete, project_id, name)
+                .params(Params::default().with("project_id", project_id.as_str()))
+        }
         Command::MarkIndexReady { group_id } => {
-            Resource::new("index", None).params(Params::default().with("group_id", *group_id))
+            let index = state.indexes.values().find(|i| i.group_id == *group_id);
+            let resource = match index {
+                Some(i) => index_resource(state, V::Update, &i.project_id, &i.name),
+                None => Resource::new(V::Update, T::Index, None),
+            };
+            resource.params(Params::default().with("group_id", *group_id))
         }
         Command::SignIn { principal_id, kind } => {
             let org = match kind {
@@ -578,77 +772,102 @@ pub fn describe(state: &ControlState, command: &Command) -> Resource {
                     .get(principal_id)
                     .map(|a| &a.organization_id),
             };
-            Resource::new(kind.as_str(), Some(principal_id))
+            Resource::new(V::Login, ResourceType::of_member(*kind), Some(principal_id))
+                .id(Some(member_handle(state, *kind, principal_id)))
                 .named(member_name(state, *kind, principal_id).as_deref())
                 .in_org(org.map(String::as_str))
         }
         Command::Audited { .. } | Command::RecordAudit(_) | Command::PurgeAudit { .. } => {
-            Resource::new("audit_log", None)
+            Resource::new(V::Update, T::AuditLog, None)
         }
     }
 }
 
-fn project_resource(state: &ControlState, id: &str) -> Resource {
+fn project_resource(state: &ControlState, action: Verb, id: &str) -> Resource {
     let project = state.projects.get(id);
-    Resource::new("project", Some(id))
+    Resource::new(action, ResourceType::Project, Some(id))
+        .id(project.map(|p| p.name.as_str()))
         .named(project.map(|p| p.name.as_str()))
         .in_org(project.map(|p| p.organization_id.as_str()))
 }
 
-fn key_resource(state: &ControlState, id: &str) -> Resource {
+fn key_resource(state: &ControlState, action: Verb, id: &str) -> Resource {
     let key = state.api_keys.get(id);
     let org = key.and_then(|k| project_org(state, &k.project_id));
-    Resource::new("api_key", Some(id))
+    Resource::new(action, ResourceType::ApiKey, Some(id))
+        .id(Some(id))
         .named(key.map(|k| k.name.as_str()))
         .in_org(org.as_deref())
         .params(Params::default().with_some("project_id", key.map(|k| k.project_id.as_str())))
 }
 
-fn org_resource(state: &ControlState, id: &str) -> Resource {
-    Resource::new("organization", Some(id))
-        .named(state.organizations.get(id).map(|o| o.name.as_str()))
+fn org_resource(state: &ControlState, action: Verb, id: &str) -> Resource {
+    let name = state.organizations.get(id).map(|o| o.name.as_str());
+    Resource::new(action, ResourceType::Organization, Some(id))
+        .id(name)
+        .named(name)
         .in_org(Some(id))
 }
 
-fn index_resource(state: &ControlState, project_id: &str, name: &str) -> Resource {
-    Resource::new("index", Some(name))
+fn index_resource(state: &ControlState, action: Verb, project_id: &str, name: &str) -> Resource {
+    Resource::new(action, ResourceType::Index, None)
+        .id(Some(name))
         .named(Some(name))
         .in_org(project_org(state, project_id).as_deref())
 }
 
-fn user_resource(state: &ControlState, id: &str) -> Resource {
+/// A user of an organization, named by email in `resource_id` (the seed's "delete org
+/// member"; callers replace it for the rows that name more).
+fn user_resource(state: &ControlState, action: Verb, id: &str) -> Resource {
     let user = state.users.get(id);
-    Resource::new("user", Some(id))
+    Resource::new(action, ResourceType::User, Some(id))
+        .id(user.map(|u| u.email.as_str()))
         .named(user.map(|u| u.email.as_str()))
         .in_org(user.map(|u| u.organization_id.as_str()))
 }
 
-fn account_resource(state: &ControlState, id: &str) -> Resource {
+fn account_resource(state: &ControlState, action: Verb, id: &str) -> Resource {
     let account = state.service_accounts.get(id);
-    Resource::new("service_account", Some(id))
+    Resource::new(action, ResourceType::ServiceAccount, Some(id))
+        .id(Some(id))
         .named(account.map(|a| a.name.as_str()))
         .in_org(account.map(|a| a.organization_id.as_str()))
 }
 
-fn membership_resource(state: &ControlState, project_id: &str, principal_id: &str) -> Resource {
-    let kind = principal_kind(state, principal_id);
-    Resource::new("project_member", Some(principal_id))
-        .named(
-            kind.and_then(|k| member_name(state, k, principal_id))
-                .as_deref(),
-        )
-        .in_org(project_org(state, project_id).as_deref())
-        .params(
-            Params::default()
-                .with("project_id", project_id)
-                .with_some("member_type", kind.map(MemberKind::as_str)),
-        )
+/// A project membership: a `user` (or `service-account`) resource; `resource_id` is set by
+/// the caller to the seed's form of its row.
+fn membership_resource(
+    state: &ControlState,
+    action: Verb,
+    project_id: &str,
+    principal_id: &str,
+    kind: Option<MemberKind>,
+) -> Resource {
+    let kind = kind.or_else(|| principal_kind(state, principal_id));
+    Resource::new(
+        action,
+        ResourceType::of_member(kind.unwrap_or(MemberKind::User)),
+        Some(principal_id),
+    )
+    .named(
+        kind.and_then(|k| member_name(state, k, principal_id))
+            .as_deref(),
+    )
+    .in_org(project_org(state, project_id).as_deref())
+    .params(
+        Params::default()
+            .with("project_id", project_id)
+            .with_some("member_type", kind.map(MemberKind::as_str)),
+    )
 }
 
 fn describe_identity(state: &ControlState, command: &IdentityCommand) -> Resource {
     use IdentityCommand as C;
+    use ResourceType as T;
+    use Verb as V;
     match command {
-        C::CreateUser(user) => Resource::new("user", Some(&user.id))
+        C::CreateUser(user) => Resource::new(V::Create, T::User, Some(&user.id))
+            .id(Some(serde_json::json!([user.email])))
             .named(Some(&user.email))
             .in_org(Some(&user.organization_id))
             .params(
@@ -658,27 +877,44 @@ fn describe_identity(state: &ControlState, command: &IdentityCommand) -> Resourc
                     .with("role", user.role.as_str()),
             ),
         C::SetUserRole { id, role } => {
-            user_resource(state, id).params(Params::default().with("role", role.as_str()))
+            let email = state.users.get(id).map(|u| u.email.clone());
+            user_resource(state, V::Update, id)
+                .id(Some(
+                    serde_json::json!({"user": email, "role": role.as_str()}),
+                ))
+                .params(Params::default().with("role", role.as_str()))
         }
-        C::SetUserPassword { id, .. } | C::DeleteUser { id } => user_resource(state, id),
-        C::CreateServiceAccount(account) => Resource::new("service_account", Some(&account.id))
-            .named(Some(&account.name))
-            .in_org(Some(&account.organization_id))
+        C::SetUserPassword { id, .. } => user_resource(state, V::Update, id),
+        C::DeleteUser { id } => user_resource(state, V::Delete, id),
+        C::CreateServiceAccount(account) => {
+            Resource::new(V::Create, T::ServiceAccount, Some(&account.id))
+                .id(Some(account.id.as_str()))
+                .named(Some(&account.name))
+                .in_org(Some(&account.organization_id))
+                .params(
+                    Params::default()
+                        .with("name", account.name.as_str())
+                        .with("role", account.role.as_str()),
+                )
+        }
+        C::UpdateServiceAccount { id, name, role } => account_resource(state, V::Update, id)
             .params(
                 Params::default()
-                    .with("name", account.name.as_str())
-                    .with("role", account.role.as_str()),
+                    .with_some("name", name.as_deref())
+                    .with_some("role", role.map(|r| r.as_str())),
             ),
-        C::UpdateServiceAccount { id, name, role } => account_resource(state, id).params(
-            Params::default()
-                .with_some("name", name.as_deref())
-                .with_some("role", role.map(|r| r.as_str())),
-        ),
-        C::RotateServiceAccountSecret { id, .. } | C::DeleteServiceAccount { id } => {
-            account_resource(state, id)
-        }
+        C::RotateServiceAccountSecret { id, .. } => account_resource(state, V::Update, id),
+        C::DeleteServiceAccount { id } => account_resource(state, V::Delete, id),
         C::AddProjectMember(member) => {
-            let mut resource = membership_resource(state, &member.project_id, &member.principal_id);
+            let handle = member_handle(state, member.kind, &member.principal_id);
+            let mut resource = membership_resource(
+                state,
+                V::Create,
+                &member.project_id,
+                &member.principal_id,
+                Some(member.kind),
+            )
+            .id(Some(serde_json::json!([handle])));
             resource.parameters = resource
                 .parameters
                 .with("member_type", member.kind.as_str())
@@ -690,19 +926,43 @@ fn describe_identity(state: &ControlState, command: &IdentityCommand) -> Resourc
             principal_id,
             role,
         } => {
-            let mut resource = membership_resource(state, project_id, principal_id);
+            let mut resource =
+                membership_resource(state, V::Update, project_id, principal_id, None);
+            let kind = principal_kind(state, principal_id).unwrap_or(MemberKind::User);
+            resource = resource.id(Some(serde_json::json!({
+                member_field(kind): member_handle(state, kind, principal_id),
+                "role": role.as_str(),
+            })));
             resource.parameters = resource.parameters.with("role", role.as_str());
             resource
         }
         C::RemoveProjectMember {
             project_id,
             principal_id,
-        } => membership_resource(state, project_id, principal_id),
-        C::CreateOperatorToken(token) => Resource::new("operator_token", Some(&token.id)),
-        C::RotateOperatorToken { old_id, new } => Resource::new("operator_token", Some(old_id))
-            .params(Params::default().with("new_id", new.id.as_str())),
-        C::DeleteOperatorToken { id } => Resource::new("operator_token", Some(id)),
-        C::RotateSigningKey(key) => Resource::new("signing_key", Some(&key.id)),
+        } => {
+            let kind = principal_kind(state, principal_id).unwrap_or(MemberKind::User);
+            let project = state.projects.get(project_id).map(|p| p.name.clone());
+            membership_resource(state, V::Delete, project_id, principal_id, None).id(Some(
+                serde_json::json!({
+                    member_field(kind): member_handle(state, kind, principal_id),
+                    "project": project,
+                }),
+            ))
+        }
+        C::CreateOperatorToken(token) => {
+            Resource::new(V::Create, T::OperatorToken, Some(&token.id)).id(Some(token.id.as_str()))
+        }
+        C::RotateOperatorToken { old_id, new } => {
+            Resource::new(V::Update, T::OperatorToken, Some(old_id))
+                .id(Some(old_id.as_str()))
+                .params(Params::default().with("new_id", new.id.as_str()))
+        }
+        C::DeleteOperatorToken { id } => {
+            Resource::new(V::Delete, T::OperatorToken, Some(id)).id(Some(id.as_str()))
+        }
+        C::RotateSigningKey(key) => {
+            Resource::new(V::Create, T::SigningKey, Some(&key.id)).id(Some(key.id.as_str()))
+        }
     }
 }
 
@@ -784,9 +1044,11 @@ pub fn build_event(
         actor: resolve_actor(state, &context.actor),
         event: EventBody {
             time: context.time.clone(),
-            action: context.action.clone(),
-            resource_type: resource.resource_type,
+            action: resource.action.as_str().to_string(),
+            operation: context.operation.clone(),
+            resource_type: resource.resource_type.as_str().to_string(),
             resource_id: resource.resource_id,
+            resource_uid: resource.resource_uid,
             resource_name: resource.resource_name,
             outcome,
             parameters: resource.parameters,
@@ -913,10 +1175,14 @@ pub struct Filter {
     pub start_time: Option<String>,
     /// Latest time, exclusive.
     pub end_time: Option<String>,
-    /// Exact action.
+    /// Exact action (the seed's verb).
     pub action: Option<String>,
+    /// Exact operation (Conifer's name).
+    pub operation: Option<String>,
     /// Exact resource type.
     pub resource_type: Option<String>,
+    /// The seed's resource id: the value itself, one of its list, or a field of its object.
+    pub resource_id: Option<String>,
     /// Actor id or name.
     pub actor: Option<String>,
     /// `success` or `failure`.
@@ -934,9 +1200,20 @@ impl Filter {
                 .as_deref()
                 .is_none_or(|a| event.event.action == a)
             && self
+                .operation
+                .as_deref()
+                .is_none_or(|o| event.event.operation == o)
+            && self
                 .resource_type
                 .as_deref()
                 .is_none_or(|r| event.event.resource_type == r)
+            && self.resource_id.as_deref().is_none_or(|r| {
+                event
+                    .event
+                    .resource_id
+                    .as_ref()
+                    .is_some_and(|id| id.mentions(r))
+            })
             && self
                 .actor
                 .as_deref()
@@ -1079,7 +1356,7 @@ mod tests {
         AuditContext {
             id: id.into(),
             time: timestamp(time_ms),
-            action: "project.create".into(),
+            operation: "project.create".into(),
             actor: ActorRef {
                 principal_type: PrincipalType::Operator,
                 principal_id: "op".into(),
@@ -1097,7 +1374,9 @@ mod tests {
         let state = crate::control::state::tests::bootstrapped();
         let mut log = AuditLog::default();
         for i in 0..n {
-            let resource = Resource::new("project", Some("p0")).in_org(Some("o1"));
+            let resource = Resource::new(Verb::Create, ResourceType::Project, Some("p0"))
+                .id(Some("search"))
+                .in_org(Some("o1"));
             let event = build_event(
                 &state,
                 &context(&format!("e{i}"), 1_000 * (i + 1)),
@@ -1197,7 +1476,10 @@ mod tests {
     #[test]
     fn parameters_survive_bincode_and_json_and_the_hash_with_them() {
         let (state, mut log) = log_with(0);
-        let resource = Resource::new("api_key", Some("k"))
+        let resource = Resource::new(Verb::Update, ResourceType::User, Some("k"))
+            .id(Some(
+                serde_json::json!({"user": "ana@example.com", "role": "OrgOwner"}),
+            ))
             .in_org(Some("o1"))
             .params(
                 Params::default()
@@ -1237,17 +1519,30 @@ mod tests {
         };
         assert_eq!(count(before_two), 1);
         let other_action = Filter {
-            action: Some("project.delete".into()),
+            action: Some("delete".into()),
             ..Filter::default()
         };
         assert_eq!(count(other_action), 0);
+        let other_operation = Filter {
+            operation: Some("project.delete".into()),
+            ..Filter::default()
+        };
+        assert_eq!(count(other_operation), 0);
         let by_actor = Filter {
             actor: Some("operator".into()),
             outcome: Some("success".into()),
+            action: Some("create".into()),
+            operation: Some("project.create".into()),
             resource_type: Some("project".into()),
+            resource_id: Some("search".into()),
             ..Filter::default()
         };
         assert_eq!(count(by_actor), 3);
+        let other_id = Filter {
+            resource_id: Some("sear".into()),
+            ..Filter::default()
+        };
+        assert_eq!(count(other_id), 0);
     }
 
     #[test]
@@ -1258,7 +1553,7 @@ mod tests {
         let mut event = build_event(
             &state,
             &context("x", 5),
-            Resource::new("project", None).in_org(Some("o1")),
+            Resource::new(Verb::Create, ResourceType::Project, None).in_org(Some("o1")),
             EventOutcome::success(),
         );
         for i in 0..MAX_EVENTS_PER_CHAIN as u64 + 2 {

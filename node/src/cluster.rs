@@ -12,8 +12,8 @@ use conifer_proto::internal::internal_client::InternalClient;
 use conifer_proto::internal::internal_server::Internal;
 use conifer_proto::internal::{
     ChangeMemberReply, ChangeMemberRequest, DataReply, DataRequest, JoinReply, JoinRequest,
-    MemberAction, ProposeReply, ProposeRequest, RaftReply, RaftRequest, ReadIndexReply,
-    ReadIndexRequest,
+    MemberAction, PingReply, PingRequest, ProposeReply, ProposeRequest, RaftReply, RaftRequest,
+    ReadIndexReply, ReadIndexRequest,
 };
 use conifer_raft::{GroupRegistry, NodeId, NodeInfo};
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
@@ -28,6 +28,10 @@ use crate::tls::peer_node_ids;
 
 /// Longest a new learner may take to catch up before a join reports failure.
 pub const JOIN_CATCH_UP_TIMEOUT_MS: u64 = 60_000;
+/// Longest the leader waits for a node's `Ping` before counting it unreachable.
+pub const PING_TIMEOUT_MS: u64 = 1_000;
+/// Most index names a refused removal lists (the rest are counted).
+const MAX_LISTED_INDEXES: usize = 10;
 
 /// Refuses a request whose client certificate does not name the node it claims to be.
 pub fn authenticate_peer<T>(request: &Request<T>, claimed: NodeId) -> Result<(), Status> {
@@ -104,11 +108,13 @@ fn leader(control: &ControlPlane) -> Result<(NodeId, Option<InternalClient<Chann
     Ok((leader, Some(client)))
 }
 
-/// Runs a membership change on the leader, or forwards it to the leader.
+/// Runs a membership change on the leader, or forwards it to the leader. A removal is
+/// refused while it would leave an index with no reachable replica, unless `force`.
 pub async fn change_member(
     control: &ControlPlane,
     node_id: NodeId,
     action: MemberAction,
+    force: bool,
 ) -> Result<(), Status> {
     if let (_, Some(mut client)) = leader(control)? {
         client
@@ -116,6 +122,7 @@ pub async fn change_member(
                 from_node: control.node_id(),
                 node_id,
                 action: action as i32,
+                force,
             })
             .await?;
         return Ok(());
@@ -138,6 +145,9 @@ pub async fn change_member(
                 .map_err(|e| membership_status(e, format!("promoting node {node_id}")))?;
         }
         MemberAction::Remove => {
+            if !force {
+                refuse_stranding_indexes(control, node_id).await?;
+            }
             if voters.contains(&node_id) {
                 if voters.len() == 1 {
                     return Err(Status::failed_precondition("cannot remove the last voter"));
@@ -158,6 +168,87 @@ pub async fn change_member(
         }
     }
     Ok(())
+}
+
+/// Whether node `id` of the membership answers a `Ping` within [`PING_TIMEOUT_MS`] (this
+/// node always does).
+async fn reachable(control: &ControlPlane, id: NodeId) -> bool {
+    if id == control.node_id() {
+        return true;
+    }
+    let Some(node) = control.membership().get_node(&id).cloned() else {
+        return false;
+    };
+    let Ok(mut client) = control.peers().client(id, &node) else {
+        return false;
+    };
+    let ping = client.ping(PingRequest {
+        from_node: control.node_id(),
+    });
+    matches!(
+        tokio::time::timeout(Duration::from_millis(PING_TIMEOUT_MS), ping).await,
+        Ok(Ok(reply)) if reply.get_ref().node_id == id
+    )
+}
+
+/// Refuses to remove node `removed` while it would leave an index with no replica on a
+/// member that answers: the indexes whose other replicas are all gone from the membership
+/// or unreachable are named, with what to do. Runs on the control-plane leader.
+async fn refuse_stranding_indexes(control: &ControlPlane, removed: NodeId) -> Result<(), Status> {
+    let members: BTreeSet<NodeId> = control.membership().nodes().map(|(id, _)| *id).collect();
+    let at_risk: Vec<(String, String, Vec<NodeId>)> = control.read(|s| {
+        s.indexes
+            .values()
+            .filter(|i| i.replicas.contains(&removed))
+            .map(|i| {
+                let others = i
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| *r != removed && members.contains(r))
+                    .collect();
+                (i.name.clone(), i.project_id.clone(), others)
+            })
+            .collect()
+    });
+    let mut answers: std::collections::BTreeMap<NodeId, bool> = Default::default();
+    let mut stranded = Vec::new();
+    for (name, project, others) in at_risk {
+        let mut served = false;
+        for node in others {
+            let up = match answers.get(&node) {
+                Some(up) => *up,
+                None => {
+                    let up = reachable(control, node).await;
+                    answers.insert(node, up);
+                    up
+                }
+            };
+            if up {
+                served = true;
+                break;
+            }
+        }
+        if !served {
+            stranded.push(format!("'{name}' (project {project})"));
+        }
+    }
+    if stranded.is_empty() {
+        return Ok(());
+    }
+    let more = stranded.len().saturating_sub(MAX_LISTED_INDEXES);
+    stranded.truncate(MAX_LISTED_INDEXES);
+    Err(Status::failed_precondition(format!(
+        "removing node {removed} would leave no reachable replica of index(es) {}{}: delete \
+         them first, or bring a node holding another of their replicas back (or, to give \
+         them up, remove the node with ?force=true)",
+        stranded.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )))
 }
 
 #[tonic::async_trait]
@@ -229,7 +320,7 @@ impl Internal for InternalService {
             .map_err(|e| membership_status(e, format!("adding node {} as learner", req.node_id)))?;
         }
         if req.promote {
-            change_member(&self.control, req.node_id, MemberAction::Promote).await?;
+            change_member(&self.control, req.node_id, MemberAction::Promote, false).await?;
         }
         Ok(Response::new(JoinReply { leader_id: leader }))
     }
@@ -280,6 +371,13 @@ impl Internal for InternalService {
         }
     }
 
+    async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        authenticate_peer(&request, request.get_ref().from_node)?;
+        Ok(Response::new(PingReply {
+            node_id: self.control.node_id(),
+        }))
+    }
+
     async fn change_member(
         &self,
         request: Request<ChangeMemberRequest>,
@@ -287,7 +385,7 @@ impl Internal for InternalService {
         authenticate_peer(&request, request.get_ref().from_node)?;
         let req = request.into_inner();
         let action = MemberAction::try_from(req.action).unwrap_or(MemberAction::Unspecified);
-        change_member(&self.control, req.node_id, action).await?;
+        change_member(&self.control, req.node_id, action, req.force).await?;
         Ok(Response::new(ChangeMemberReply {}))
     }
 }

@@ -18,6 +18,7 @@
 //! anything in it) did not exist; one with some role but not an allowed one gets 403, and so
 //! does an API key on an operation no key role may perform (the administration API).
 
+use crate::audit::{ResourceType, Verb};
 use crate::auth::Principal;
 use crate::control::state::{ApiKeyRole, OrgRole, ProjectRole};
 
@@ -229,6 +230,67 @@ operations! {
         [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_DATA_EDITOR];
     NamespaceDelete => "namespace.delete", Project,
         [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_DATA_EDITOR];
+}
+
+impl Operation {
+    /// How an attempt at this operation is named in the audit log, in the seed's vocabulary:
+    /// its `event.action` and `event.resource_type`. Used for refused attempts, which carry
+    /// no command (an audited command names itself: [`crate::audit::describe`]).
+    pub fn audit_terms(self) -> (Verb, ResourceType) {
+        use Operation as O;
+        use ResourceType as T;
+        use Verb as V;
+        match self {
+            O::Health | O::ClusterDescribe => (V::Read, T::Cluster),
+            O::Login => (V::Login, T::User),
+            O::IssueToken => (V::Login, T::ServiceAccount),
+            O::ChangePassword => (V::Update, T::User),
+            O::ClusterPromoteMember | O::ClusterSnapshot => (V::Update, T::Cluster),
+            O::ClusterRemoveMember => (V::Delete, T::Cluster),
+            O::OperatorTokenList => (V::Read, T::OperatorToken),
+            O::OperatorTokenCreate => (V::Create, T::OperatorToken),
+            O::OperatorTokenRotate => (V::Update, T::OperatorToken),
+            O::OperatorTokenDelete => (V::Delete, T::OperatorToken),
+            O::SigningKeyRotate => (V::Create, T::SigningKey),
+            O::ClusterAuditLogRead | O::AuditLogRead => (V::Read, T::AuditLog),
+            O::OrgCreate => (V::Create, T::Organization),
+            O::OrgList | O::OrgGet => (V::Read, T::Organization),
+            O::OrgUpdate => (V::Update, T::Organization),
+            O::OrgDelete => (V::Delete, T::Organization),
+            O::OrgMemberList | O::ProjectMemberList => (V::Read, T::User),
+            O::OrgMemberCreate | O::ProjectMemberAdd => (V::Create, T::User),
+            O::OrgMemberUpdate | O::ProjectMemberUpdate => (V::Update, T::User),
+            O::OrgMemberRemove | O::ProjectMemberRemove => (V::Delete, T::User),
+            O::ServiceAccountList => (V::Read, T::ServiceAccount),
+            O::ServiceAccountCreate => (V::Create, T::ServiceAccount),
+            O::ServiceAccountUpdate | O::ServiceAccountRotateSecret => {
+                (V::Update, T::ServiceAccount)
+            }
+            O::ServiceAccountDelete => (V::Delete, T::ServiceAccount),
+            O::ProjectCreate => (V::Create, T::Project),
+            O::ProjectList | O::ProjectGet => (V::Read, T::Project),
+            O::ProjectUpdate => (V::Update, T::Project),
+            O::ProjectDelete => (V::Delete, T::Project),
+            O::ApiKeyList | O::ApiKeyGet => (V::Read, T::ApiKey),
+            O::ApiKeyCreate => (V::Create, T::ApiKey),
+            O::ApiKeyUpdate => (V::Update, T::ApiKey),
+            O::ApiKeyDelete => (V::Delete, T::ApiKey),
+            O::IndexCreate | O::NamespaceCreate => (V::Create, T::Index),
+            O::IndexList
+            | O::IndexDescribe
+            | O::IndexStats
+            | O::VectorQuery
+            | O::VectorFetch
+            | O::VectorFetchByMetadata
+            | O::VectorList
+            | O::NamespaceList
+            | O::NamespaceDescribe => (V::Read, T::Index),
+            O::IndexConfigure | O::VectorUpsert | O::VectorUpdate | O::VectorDelete => {
+                (V::Update, T::Index)
+            }
+            O::IndexDelete | O::NamespaceDelete => (V::Delete, T::Index),
+        }
+    }
 }
 
 /// Every route of the client port and the one operation it performs: REST as

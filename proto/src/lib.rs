@@ -1,5 +1,7 @@
 //! Generated protocol buffer code for Conifer's gRPC APIs.
 
+pub mod codec;
+
 /// `conifer.internal.v1`: the node-to-node API (Raft RPCs per group, forwarding, joins).
 pub mod internal {
     #![allow(missing_docs, clippy::all)]

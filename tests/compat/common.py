@@ -77,3 +77,77 @@ def exact_top_k(query, k, allowed=None, n=N):
     idx = np.arange(n) if allowed is None else np.array(allowed, dtype=int)
     order = idx[np.argsort(-scores[idx], kind="stable")]
     return [f"v{i}" for i in order[:k]]
+
+
+def raises_with(fn, *needles):
+    """Calls fn, which must raise; returns the error text after checking it names every needle."""
+    try:
+        fn()
+    except Exception as e:  # the SDKs raise their own exception types per transport
+        text = str(e)
+        for needle in needles:
+            assert needle in text, f"{needle!r} not in {text!r}"
+        return text
+    raise AssertionError(f"no error; expected one naming {needles}")
+
+
+def check_pinecone_parity(pc, index, spec, transport):
+    """Field reports of Pinecone users (issue 13), through the SDK: Pinecone's validation of
+    records, a query by a missing id, unhonoured fields refused, bound pagination tokens,
+    tag rules and scores in range. `index` is a cosine index of dimension DIM."""
+    ns = f"parity-{transport}"
+    one = [1.0] + [0.0] * (DIM - 1)
+    raises_with(lambda: index.upsert(vectors=[{"id": "zero", "values": [0.0] * DIM}], namespace=ns),
+                "Dense vectors must contain at least one non-zero value")
+    raises_with(lambda: index.upsert(vectors=[{"id": "café", "values": one}], namespace=ns),
+                "Vector ID must be ASCII")
+    raises_with(lambda: index.upsert(vectors=[{"id": "m", "values": one, "metadata": {"$price": 5}}], namespace=ns),
+                "cannot start with '$'")
+    index.upsert(vectors=[{"id": f"p{i}", "values": [0.1 * (i + 1)] + [0.1] * (DIM - 1)} for i in range(6)]
+                 + [{"id": f"q{i}", "values": one} for i in range(3)], namespace=ns)
+    raises_with(lambda: index.update(id="p0", values=[0.0] * DIM, namespace=ns), "contains only zeros")
+    raises_with(lambda: index.update(id="p0", set_metadata={"$x": 1}, namespace=ns), "cannot start with '$'")
+    # Nothing refused was written.
+    fetched = index.fetch(ids=["zero", "m", "p0"], namespace=ns)
+    assert list(fetched.vectors.keys()) == ["p0"]
+    assert not fetched.vectors["p0"].metadata
+
+    # A query by an id that does not exist matches nothing, with the namespace echoed.
+    missing = index.query(id="nope", top_k=3, namespace=ns)
+    assert list(missing.matches) == []
+    assert missing.namespace == ns
+    # Identical vectors score at most 1 (cosine is in [-1, 1]).
+    same = [0.1] * DIM
+    index.upsert(vectors=[{"id": "same", "values": same}], namespace=ns)
+    top = index.query(vector=same, top_k=1, namespace=ns).matches[0]
+    assert top.id == "same" and 0.9999 < top.score <= 1.0, top
+    # A sparse vector would be ignored on this cosine index: refused in Pinecone's words.
+    raises_with(lambda: index.query(vector=one, top_k=1, namespace=ns,
+                                    sparse_vector={"indices": [1], "values": [0.5]}),
+                "does not support sparse values")
+
+    # A list token continues only the listing that issued it.
+    page = index.list_paginated(prefix="p", limit=2, namespace=ns)
+    token = page.pagination.next
+    assert [v.id for v in page.vectors] == ["p0", "p1"]
+    again = index.list_paginated(prefix="p", limit=2, namespace=ns, pagination_token=token)
+    assert [v.id for v in again.vectors] == ["p2", "p3"]
+    raises_with(lambda: index.list_paginated(prefix="q", limit=2, namespace=ns, pagination_token=token),
+                "prefix")
+    raises_with(lambda: index.list_paginated(prefix="p", limit=2, namespace=ns + "-other",
+                                             pagination_token=token), "namespace")
+
+    # Index tags follow Pinecone's character sets, on create and on configure.
+    name = f"parity-tags-{transport}"
+    raises_with(lambda: pc.create_index(name=name, dimension=4, metric="cosine", spec=spec,
+                                        tags={"team/owner": "a"}), "keys must be alphanumeric")
+    raises_with(lambda: pc.create_index(name=name, dimension=4, metric="cosine", spec=spec,
+                                        tags={"team": "a=b"}), "values must be alphanumeric")
+    assert name not in [i.name for i in pc.list_indexes()]
+    pc.create_index(name=name, dimension=4, metric="cosine", spec=spec, tags={"team": "search; ops@x.y+z"})
+    try:
+        raises_with(lambda: pc.configure_index(name, tags={"team/owner": "a=b"}), "keys must be alphanumeric")
+        assert dict(pc.describe_index(name).tags) == {"team": "search; ops@x.y+z"}
+    finally:
+        pc.delete_index(name)
+    index.delete(delete_all=True, namespace=ns)

@@ -8,7 +8,7 @@ import pytest
 from pinecone import Pinecone, ServerlessSpec
 from pinecone.grpc import PineconeGRPC
 
-from common import DIM, META, N, VECTORS, exact_top_k, oracle
+from common import DIM, META, N, VECTORS, check_pinecone_parity, exact_top_k, oracle
 from conftest import wait_for
 
 RECORDS = 3000
@@ -99,3 +99,8 @@ def test_dimension_mismatch_is_refused(loaded):
     with pytest.raises(Exception) as bad:
         index.upsert(vectors=[{"id": "bad", "values": [1.0, 2.0]}], namespace="main")
     assert "dimension" in str(bad.value)
+
+
+def test_pinecone_parity_from_field_reports(loaded):
+    transport, pc, index = loaded
+    check_pinecone_parity(pc, index, ServerlessSpec(cloud="aws", region="us-east-1"), transport)

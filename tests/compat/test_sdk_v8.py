@@ -8,7 +8,7 @@ from pinecone.grpc import PineconeGRPC
 
 from conftest import HNSW_MIN_RECORDS, admin, engines, wait_for
 
-from common import DIM, META, N, VECTORS, exact_top_k, oracle
+from common import DIM, META, N, VECTORS, check_pinecone_parity, exact_top_k, oracle
 
 
 @pytest.fixture(scope="module", params=["rest", "grpc"])
@@ -183,6 +183,11 @@ def test_error_cases(loaded):
         pc.describe_index("does-not-exist")
 
 
+def test_pinecone_parity_from_field_reports(small, client):
+    transport, pc = client
+    check_pinecone_parity(pc, small, ServerlessSpec(cloud="aws", region="us-east-1"), transport)
+
+
 def test_another_projects_index_host_is_unreachable(client, cluster, resolve_host):
     """A key of project A reaches nothing of project B, not even through B's index host."""
     transport, pc = client
@@ -221,9 +226,12 @@ def test_index_actions_through_the_sdk_are_audited(client, cluster):
     pc.create_index(name=name, dimension=4, metric="cosine", spec=ServerlessSpec(cloud="aws", region="us-east-1"))
     pc.configure_index(name, tags={"owner": "compat"})
     pc.delete_index(name)
-    page = admin(cluster, "GET", "/admin/audit-logs?resource_type=index&limit=1000")
-    events = [e for e in page["data"] if e["event"]["resource_name"] == name]
-    assert [e["event"]["action"] for e in events] == ["index.create", "index.configure", "index.delete"]
+    # The seed's query: event.resource_type index, event.resource_id the index's name.
+    page = admin(cluster, "GET", f"/admin/audit-logs?resource_type=index&resource_id={name}&limit=1000")
+    events = page["data"]
+    assert [e["event"]["operation"] for e in events] == ["index.create", "index.configure", "index.delete"]
+    assert [e["event"]["action"] for e in events] == ["create", "update", "delete"]
+    assert all(e["event"]["resource_id"] == name for e in events)
     schema_path = pathlib.Path(__file__).resolve().parents[2] / "docs" / "audit" / "event.schema.json"
     schema = json.loads(schema_path.read_text())
     for event in events:

@@ -212,6 +212,7 @@ impl Cluster {
         cluster.http = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
             .timeout(Duration::from_secs(30))
+            .http1_only()
             .build()?;
         for _ in 1..options.nodes {
             cluster.add_node(false).await?;
@@ -509,6 +510,113 @@ impl Cluster {
             .header("Api-Key", key)
             .header("X-Conifer-Index", index)
     }
+}
+
+/// The answer to a raw gRPC call ([`Cluster::grpc_raw`]).
+#[derive(Debug)]
+pub struct GrpcAnswer {
+    /// HTTP status.
+    pub http_status: u16,
+    /// `grpc-status` when the node answered trailers-only (every refusal does); `None` for a
+    /// reply whose status travels in trailers (a success).
+    pub code: Option<tonic::Code>,
+    /// `grpc-message`, percent-decoded.
+    pub message: String,
+}
+
+impl Cluster {
+    /// A typed gRPC client of the Pinecone data plane on node `via`, over TLS trusting the
+    /// cluster CA. Calls need `api-key` (and for the index, `x-conifer-index`) metadata.
+    pub async fn grpc_data(
+        &self,
+        via: u64,
+    ) -> anyhow::Result<
+        conifer_proto::pinecone::vector_service_client::VectorServiceClient<
+            tonic::transport::Channel,
+        >,
+    > {
+        let ca_pem = std::fs::read(self.ca_dir.join(tls::CA_CERT))?;
+        let url = self.url(via, "");
+        let host = url
+            .trim_start_matches("https://")
+            .rsplit_once(':')
+            .map(|(host, _)| host.to_string())
+            .unwrap_or_default();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+            .domain_name(host);
+        let channel = tonic::transport::Channel::from_shared(url)?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        Ok(conifer_proto::pinecone::vector_service_client::VectorServiceClient::new(channel))
+    }
+
+    /// A gRPC call through node `via` whose HTTP/2 body is exactly `body` (a frame the test
+    /// builds, possibly malformed), to `path` (`/VectorService/Upsert`), with `key` and the
+    /// index header.
+    pub async fn grpc_raw(
+        &self,
+        via: u64,
+        key: &str,
+        index: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<GrpcAnswer> {
+        let ca_pem = std::fs::read(self.ca_dir.join(tls::CA_CERT))?;
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
+            .timeout(Duration::from_secs(30))
+            .http2_prior_knowledge()
+            .build()?;
+        let resp = client
+            .post(self.url(via, path))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("api-key", key)
+            .header("x-conifer-index", index)
+            .body(body)
+            .send()
+            .await?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let code = header("grpc-status")
+            .and_then(|c| c.parse::<i32>().ok())
+            .map(tonic::Code::from_i32);
+        let message = header("grpc-message").unwrap_or_default();
+        let message = percent_decode(&message);
+        Ok(GrpcAnswer {
+            http_status: resp.status().as_u16(),
+            code,
+            message,
+        })
+    }
+}
+
+/// `text` with gRPC's percent-encoding of `grpc-message` undone.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Some(b) = text
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A client that trusts the CA in `ca_dir` (used before `Cluster::http` exists).

@@ -143,18 +143,31 @@ async fn admin_api_rejects_bad_requests_without_writing() {
         .await;
     assert_error(s, &b, 404, "NOT_FOUND");
 
-    // Malformed or invalid bodies: 400 (413 past the body limit).
-    for body in [
-        "{not json",
-        "[]",
-        r#"{"name": 7}"#,
-        r#"{"name": ""}"#,
-        r#"{"name": "x", "unexpected": true}"#,
-        r#"{"name": "x", "max_pods": 100001}"#,
-        r#"{"name": "x", "max_pods": -1}"#,
+    // Malformed or invalid bodies: 400 for text that is not JSON or a value out of range,
+    // 422 for JSON of the wrong shape (Pinecone's control-plane spec), 413 past the limit.
+    for (body, status, code) in [
+        ("{not json", 400, "INVALID_ARGUMENT"),
+        ("[]", 422, "UNPROCESSABLE_ENTITY"),
+        (r#"{"name": 7}"#, 422, "UNPROCESSABLE_ENTITY"),
+        (r#"{"name": ""}"#, 400, "INVALID_ARGUMENT"),
+        (
+            r#"{"name": "x", "unexpected": true}"#,
+            422,
+            "UNPROCESSABLE_ENTITY",
+        ),
+        (
+            r#"{"name": "x", "max_pods": 100001}"#,
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            r#"{"name": "x", "max_pods": -1}"#,
+            422,
+            "UNPROCESSABLE_ENTITY",
+        ),
     ] {
         let (s, b) = api.admin(Method::POST, "/admin/projects", Some(body)).await;
-        assert_error(s, &b, 400, "INVALID_ARGUMENT");
+        assert_error(s, &b, status, code);
     }
     let long_name = json!({ "name": "n".repeat(513) }).to_string();
     let (s, b) = api
@@ -166,19 +179,27 @@ async fn admin_api_rejects_bad_requests_without_writing() {
         "message names the limit: {b}"
     );
     let keys_path = format!("/admin/projects/{project}/api-keys");
-    for body in [
-        r#"{"name":"k","roles":[]}"#,
-        r#"{"name":"k","roles":["Admin"]}"#,
-        r#"{"roles":["ProjectEditor"]}"#,
+    for (body, status, code) in [
+        (r#"{"name":"k","roles":[]}"#, 400, "INVALID_ARGUMENT"),
+        (r#"{"name":"k","roles":["Admin"]}"#, 400, "INVALID_ARGUMENT"),
+        (
+            r#"{"roles":["ProjectEditor"]}"#,
+            422,
+            "UNPROCESSABLE_ENTITY",
+        ),
     ] {
         let (s, b) = api.admin(Method::POST, &keys_path, Some(body)).await;
-        assert_error(s, &b, 400, "INVALID_ARGUMENT");
+        assert_error(s, &b, status, code);
     }
     let oversized = json!({ "name": "x".repeat(70 * 1024) }).to_string();
-    let (s, _) = api
+    let (s, b) = api
         .admin(Method::POST, "/admin/projects", Some(&oversized))
         .await;
-    assert_eq!(s.as_u16(), 413);
+    assert_error(s, &b, 413, "OUT_OF_RANGE");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("65536"),
+        "{b}"
+    );
 
     assert_eq!(
         api.snapshot().await,

@@ -145,8 +145,21 @@ async fn wait_for(c: &Cluster, chain: Option<&str>, n: usize, pred: impl Fn(&Val
     }
 }
 
-fn action_is(e: &Value, action: &str, result: &str) -> bool {
-    e["event"]["action"] == action && e["event"]["outcome"]["result"] == result
+/// Whether event `e` is of Conifer's operation `operation` with `result`.
+fn operation_is(e: &Value, operation: &str, result: &str) -> bool {
+    e["event"]["operation"] == operation && e["event"]["outcome"]["result"] == result
+}
+
+/// What one request must have recorded: its request id, Conifer's operation, the seed's
+/// action, resource type and resource id (`null`: none), the result and the error code.
+struct Expected {
+    rid: String,
+    operation: &'static str,
+    action: &'static str,
+    resource_type: &'static str,
+    resource_id: Value,
+    result: &'static str,
+    code: Option<&'static str>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,19 +168,20 @@ async fn every_audited_action_records_one_event_with_every_field() {
     let op = c.admin_token();
     let org_id = org(&c);
     let mut secrets: Vec<String> = vec![op.clone(), c.api_key(), PASSWORD.into()];
-    // (request id, action, resource type, result, error code) of every request whose event
-    // must exist exactly once in the organization's chain.
-    let mut expected: Vec<(String, &str, &str, &str, Option<&str>)> = Vec::new();
+    // Every request whose event must exist exactly once in the organization's chain, with
+    // the seed's vocabulary for it (Pinecone's security page, its audit tables).
+    let mut expected: Vec<Expected> = Vec::new();
     let mut step = 0;
     let mut next_id = || {
         step += 1;
         format!("req-{step}")
     };
     macro_rules! act {
-        ($auth:expr, $method:expr, $path:expr, $body:expr, $action:expr, $rtype:expr, $status:expr) => {{
+        ($auth:expr, $method:expr, $path:expr, $body:expr, $operation:expr,
+         ($action:expr, $rtype:expr, $resource_id:expr), $status:expr) => {{
             let rid = next_id();
             let (status, body) = send(&c, 1, $auth, $method, &$path, $body, &rid).await;
-            assert_eq!(status.as_u16(), $status, "{} {}: {body}", $action, $path);
+            assert_eq!(status.as_u16(), $status, "{} {}: {body}", $operation, $path);
             let (result, code) = if status.is_success() {
                 ("success", None)
             } else {
@@ -177,7 +191,15 @@ async fn every_audited_action_records_one_event_with_every_field() {
                 )
             };
             let code: Option<&'static str> = code.map(|c| &*String::leak(c.to_string()));
-            expected.push((rid, $action, $rtype, result, code));
+            expected.push(Expected {
+                rid,
+                operation: $operation,
+                action: $action,
+                resource_type: $rtype,
+                resource_id: $resource_id,
+                result,
+                code,
+            });
             body
         }};
     }
@@ -188,7 +210,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         "/admin/projects",
         Some(json!({"name": "audited"})),
         "project.create",
-        "project",
+        ("create", "project", json!("audited")),
         201
     );
     let pid = project["id"].as_str().unwrap().to_string();
@@ -198,7 +220,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/projects/{pid}"),
         Some(json!({"name": "audited-2"})),
         "project.update",
-        "project",
+        ("update", "project", json!("audited-2")),
         200
     );
     let key = act!(
@@ -207,7 +229,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/projects/{pid}/api-keys"),
         Some(json!({"name": "ci", "roles": ["ProjectEditor"]})),
         "api_key.create",
-        "api_key",
+        ("create", "api-key", Value::Null),
         201
     );
     let kid = key["key"]["id"]
@@ -215,6 +237,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         .or(key["id"].as_str())
         .unwrap()
         .to_string();
+    expected.last_mut().unwrap().resource_id = json!(kid);
     let key_value = key["value"].as_str().unwrap().to_string();
     secrets.push(key_value.clone());
     act!(
@@ -223,7 +246,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/api-keys/{kid}"),
         Some(json!({"roles": ["ProjectEditor", "DataPlaneViewer"]})),
         "api_key.update",
-        "api_key",
+        ("update", "api-key", json!(kid)),
         200
     );
     let user = act!(
@@ -232,7 +255,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/organizations/{org_id}/members"),
         Some(json!({"email": "ann@example.test", "role": "OrgMember", "password": PASSWORD})),
         "organization.member.create",
-        "user",
+        ("create", "user", json!(["ann@example.test"])),
         201
     );
     let uid = user["id"].as_str().unwrap().to_string();
@@ -242,7 +265,11 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/organizations/{org_id}/members/{uid}"),
         Some(json!({"role": "OrgManager"})),
         "organization.member.update",
-        "user",
+        (
+            "update",
+            "user",
+            json!({"user": "ann@example.test", "role": "OrgManager"})
+        ),
         200
     );
     act!(
@@ -251,7 +278,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/projects/{pid}/members"),
         Some(json!({"user_id": uid, "role": "ProjectMember"})),
         "project.member.add",
-        "project_member",
+        ("create", "user", json!(["ann@example.test"])),
         201
     );
     act!(
@@ -260,7 +287,11 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/projects/{pid}/members/{uid}"),
         Some(json!({"role": "ProjectManager"})),
         "project.member.update",
-        "project_member",
+        (
+            "update",
+            "user",
+            json!({"user": "ann@example.test", "role": "ProjectManager"})
+        ),
         200
     );
     act!(
@@ -269,7 +300,11 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/projects/{pid}/members/{uid}"),
         None,
         "project.member.remove",
-        "project_member",
+        (
+            "delete",
+            "user",
+            json!({"user": "ann@example.test", "project": "audited-2"})
+        ),
         202
     );
 
@@ -280,7 +315,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         "/auth/login",
         Some(json!({"email": "ann@example.test", "password": PASSWORD})),
         "auth.login",
-        "user",
+        ("login", "user", json!("ann@example.test")),
         200
     );
     secrets.push(login["access_token"].as_str().unwrap().to_string());
@@ -292,7 +327,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         Some(json!({"email": "ann@example.test", "password": PASSWORD,
             "new_password": "another-good-password"})),
         "auth.password",
-        "user",
+        ("update", "user", json!("ann@example.test")),
         200
     );
     let user_token = changed["access_token"].as_str().unwrap().to_string();
@@ -304,7 +339,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         "/auth/login",
         Some(json!({"email": "ann@example.test", "password": "not-the-password"})),
         "auth.login",
-        "user",
+        ("login", "user", json!("ann@example.test")),
         401
     );
     let (status, _) = send(
@@ -326,7 +361,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         "/admin/audit-logs",
         None,
         "audit_log.read",
-        "organization",
+        ("read", "audit-log", Value::Null),
         403
     );
 
@@ -337,10 +372,11 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/organizations/{org_id}/service-accounts"),
         Some(json!({"name": "robot"})),
         "service_account.create",
-        "service_account",
+        ("create", "service-account", Value::Null),
         201
     );
     let sa_id = sa["client_id"].as_str().unwrap().to_string();
+    expected.last_mut().unwrap().resource_id = json!(sa_id);
     let sa_secret = sa["client_secret"].as_str().unwrap().to_string();
     secrets.push(sa_secret.clone());
     let token = act!(
@@ -351,7 +387,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
             json!({"grant_type": "client_credentials", "client_id": sa_id, "client_secret": sa_secret})
         ),
         "auth.token",
-        "service_account",
+        ("login", "service-account", json!(sa_id)),
         200
     );
     secrets.push(token["access_token"].as_str().unwrap().to_string());
@@ -363,7 +399,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
             json!({"grant_type": "client_credentials", "client_id": sa_id, "client_secret": "wrong"})
         ),
         "auth.token",
-        "service_account",
+        ("login", "service-account", json!(sa_id)),
         401
     );
     let rotated = act!(
@@ -372,7 +408,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/service-accounts/{sa_id}/rotate-secret"),
         None,
         "service_account.rotate_secret",
-        "service_account",
+        ("update", "service-account", json!(sa_id)),
         200
     );
     secrets.push(rotated["client_secret"].as_str().unwrap().to_string());
@@ -382,7 +418,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/service-accounts/{sa_id}"),
         Some(json!({"name": "robot-2"})),
         "service_account.update",
-        "service_account",
+        ("update", "service-account", json!(sa_id)),
         200
     );
     act!(
@@ -391,7 +427,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/service-accounts/{sa_id}"),
         None,
         "service_account.delete",
-        "service_account",
+        ("delete", "service-account", json!(sa_id)),
         202
     );
 
@@ -407,7 +443,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
             "spec": {"serverless": {"cloud": "aws", "region": "us-east-1"}}})
         ),
         "index.create",
-        "index",
+        ("create", "index", json!("audited-idx")),
         201
     );
     act!(
@@ -416,18 +452,18 @@ async fn every_audited_action_records_one_event_with_every_field() {
         "/indexes/audited-idx",
         None,
         "index.delete",
-        "index",
+        ("delete", "index", json!("audited-idx")),
         403
     );
     // The API says FORBIDDEN (Pinecone's answer); the event keeps the state machine's reason.
-    expected.last_mut().unwrap().4 = Some("FAILED_PRECONDITION");
+    expected.last_mut().unwrap().code = Some("FAILED_PRECONDITION");
     act!(
         &k,
         Method::PATCH,
         "/indexes/audited-idx",
         Some(json!({"deletion_protection": "disabled"})),
         "index.configure",
-        "index",
+        ("update", "index", json!("audited-idx")),
         200
     );
     act!(
@@ -436,7 +472,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         "/indexes/audited-idx",
         None,
         "index.delete",
-        "index",
+        ("delete", "index", json!("audited-idx")),
         202
     );
 
@@ -446,7 +482,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/organizations/{org_id}"),
         Some(json!({"name": "renamed-org"})),
         "organization.update",
-        "organization",
+        ("update", "organization", json!("renamed-org")),
         200
     );
     act!(
@@ -455,7 +491,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/api-keys/{kid}"),
         None,
         "api_key.delete",
-        "api_key",
+        ("delete", "api-key", json!(kid)),
         202
     );
     act!(
@@ -464,7 +500,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/organizations/{org_id}/members/{uid}"),
         None,
         "organization.member.remove",
-        "user",
+        ("delete", "user", json!("ann@example.test")),
         202
     );
     act!(
@@ -473,7 +509,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
         format!("/admin/projects/{pid}"),
         None,
         "project.delete",
-        "project",
+        ("delete", "project", json!("audited-2")),
         202
     );
 
@@ -494,10 +530,10 @@ async fn every_audited_action_records_one_event_with_every_field() {
     })
     .await;
     wait_for(&c, Some(&org_id), 1, |e| {
-        action_is(e, "audit_log.read", "failure")
+        operation_is(e, "audit_log.read", "failure")
     })
     .await;
-    wait_for(&c, None, 1, |e| action_is(e, "auth.login", "failure")).await;
+    wait_for(&c, None, 1, |e| operation_is(e, "auth.login", "failure")).await;
 
     let validator = schema();
     let (events, head) = all_events(&c, 1, Some(&org_id)).await;
@@ -512,19 +548,23 @@ async fn every_audited_action_records_one_event_with_every_field() {
             }
             m
         });
-    for (rid, action, rtype, result, code) in &expected {
-        let found = by_request.get(rid.as_str()).cloned().unwrap_or_default();
+    for x in &expected {
+        let found = by_request.get(x.rid.as_str()).cloned().unwrap_or_default();
         assert_eq!(
             found.len(),
             1,
-            "{rid} ({action}) has {} events: {found:?}",
+            "{} ({}) has {} events: {found:?}",
+            x.rid,
+            x.operation,
             found.len()
         );
         let e = found[0];
-        assert_eq!(e["event"]["action"], *action, "{e}");
-        assert_eq!(e["event"]["resource_type"], *rtype, "{e}");
-        assert_eq!(e["event"]["outcome"]["result"], *result, "{e}");
-        assert_eq!(e["event"]["outcome"]["error_code"].as_str(), *code, "{e}");
+        assert_eq!(e["event"]["operation"], x.operation, "{e}");
+        assert_eq!(e["event"]["action"], x.action, "{e}");
+        assert_eq!(e["event"]["resource_type"], x.resource_type, "{e}");
+        assert_eq!(e["event"]["resource_id"], x.resource_id, "{e}");
+        assert_eq!(e["event"]["outcome"]["result"], x.result, "{e}");
+        assert_eq!(e["event"]["outcome"]["error_code"].as_str(), x.code, "{e}");
         assert_eq!(e["client"]["userAgent"], USER_AGENT, "{e}");
         assert_eq!(e["source_ip"], "127.0.0.1", "{e}");
         assert_eq!(e["node_id"], 1, "{e}");
@@ -538,7 +578,7 @@ async fn every_audited_action_records_one_event_with_every_field() {
     let first = |rid: &str| by_request[rid][0];
     let created = first("req-1");
     assert_eq!(created["actor"]["principal_type"], "operator");
-    assert_eq!(created["event"]["resource_id"], pid.as_str());
+    assert_eq!(created["event"]["resource_uid"], pid.as_str());
     assert_eq!(created["event"]["resource_name"], "audited");
     assert_eq!(created["organization_name"], "default");
     let key_created = first("req-3");
@@ -552,13 +592,13 @@ async fn every_audited_action_records_one_event_with_every_field() {
     );
     let bad_login = events
         .iter()
-        .find(|e| action_is(e, "auth.login", "failure"))
+        .find(|e| operation_is(e, "auth.login", "failure"))
         .unwrap();
     assert_eq!(bad_login["actor"]["principal_id"], uid.as_str());
     assert_eq!(bad_login["actor"]["principal_name"], "ann@example.test");
     let denied = events
         .iter()
-        .find(|e| action_is(e, "audit_log.read", "failure"))
+        .find(|e| operation_is(e, "audit_log.read", "failure"))
         .unwrap();
     assert_eq!(denied["actor"]["principal_type"], "user");
     assert_eq!(
@@ -567,19 +607,19 @@ async fn every_audited_action_records_one_event_with_every_field() {
     );
     let index_created = events
         .iter()
-        .find(|e| action_is(e, "index.create", "success"))
+        .find(|e| operation_is(e, "index.create", "success"))
         .unwrap();
     assert_eq!(index_created["actor"]["principal_type"], "api_key");
     assert_eq!(index_created["actor"]["principal_name"], "ci");
     assert_eq!(index_created["event"]["parameters"]["dimension"], 4);
     let renamed = events
         .iter()
-        .find(|e| action_is(e, "organization.update", "success"))
+        .find(|e| operation_is(e, "organization.update", "success"))
         .unwrap();
     assert_eq!(renamed["event"]["parameters"]["name"], "renamed-org");
     let unknown = cluster_events
         .iter()
-        .find(|e| action_is(e, "auth.login", "failure"))
+        .find(|e| operation_is(e, "auth.login", "failure"))
         .unwrap();
     assert_eq!(unknown["organization_id"], Value::Null);
     assert_eq!(unknown["actor"]["principal_name"], "nobody@example.test");
@@ -591,17 +631,45 @@ async fn every_audited_action_records_one_event_with_every_field() {
     ] {
         let n = cluster_events
             .iter()
-            .filter(|e| e["request_id"] == rid && e["event"]["action"] == action)
+            .filter(|e| e["request_id"] == rid && e["event"]["operation"] == action)
             .count();
         assert_eq!(n, 1, "{rid} {action}");
     }
-    assert!(
-        cluster_events
-            .iter()
-            .any(|e| e["event"]["action"] == "cluster.bootstrap")
-            || events
-                .iter()
-                .any(|e| e["event"]["action"] == "cluster.bootstrap")
+    let token_events: Vec<(&Value, &Value, &Value)> = cluster_events
+        .iter()
+        .filter(|e| {
+            ["tok-1", "tok-2", "tok-3", "sk-1"].contains(&e["request_id"].as_str().unwrap_or(""))
+        })
+        .map(|e| {
+            (
+                &e["request_id"],
+                &e["event"]["action"],
+                &e["event"]["resource_type"],
+            )
+        })
+        .collect();
+    for (rid, action, rtype) in [
+        ("tok-1", "create", "operator-token"),
+        ("tok-2", "delete", "operator-token"),
+        ("tok-3", "update", "operator-token"),
+        ("sk-1", "create", "signing-key"),
+    ] {
+        assert!(
+            token_events.contains(&(&json!(rid), &json!(action), &json!(rtype))),
+            "{rid}: {token_events:?}"
+        );
+    }
+    let bootstrap = cluster_events
+        .iter()
+        .chain(&events)
+        .find(|e| e["event"]["operation"] == "cluster.bootstrap")
+        .expect("the bootstrap is recorded");
+    assert_eq!(
+        (
+            &bootstrap["event"]["action"],
+            &bootstrap["event"]["resource_type"]
+        ),
+        (&json!("create"), &json!("organization"))
     );
 
     // No secret, nor a digest of one, anywhere.
@@ -629,7 +697,40 @@ async fn every_audited_action_records_one_event_with_every_field() {
         let c = &c;
         async move { send(c, 1, &op, Method::GET, &path, None, "q").await }
     };
-    let (_, page) = query("action=api_key.create").await;
+    let (_, page) = query("operation=api_key.create").await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    // The seed's queries: by action, resource type and resource id.
+    let (_, page) = query("action=create&resource_type=api-key").await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    assert_eq!(page["data"][0]["event"]["resource_id"], kid.as_str());
+    let (_, page) = query(&format!(
+        "resource_type=api-key&resource_id={kid}&limit=1000"
+    ))
+    .await;
+    let key_actions: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(key_actions, ["create", "update", "delete"]);
+    // An email finds the user's events whether the id is the email, a list of emails or
+    // an object naming the user.
+    let (_, page) = query("resource_type=user&resource_id=ann@example.test&limit=1000").await;
+    let user_events = page["data"].as_array().unwrap();
+    for action in ["create", "update", "delete", "login"] {
+        assert!(
+            user_events.iter().any(|e| e["event"]["action"] == action),
+            "no {action} event for the user in {user_events:?}"
+        );
+    }
+    assert!(user_events
+        .iter()
+        .any(|e| e["event"]["resource_id"].is_array()));
+    assert!(user_events
+        .iter()
+        .any(|e| e["event"]["resource_id"].is_object()));
+    let (_, page) = query("action=delete&resource_type=project&resource_id=audited-2").await;
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
     let (_, page) = query("outcome=failure&limit=1000").await;
     let failures = page["data"].as_array().unwrap();
@@ -639,12 +740,12 @@ async fn every_audited_action_records_one_event_with_every_field() {
                 .iter()
                 .all(|e| e["event"]["outcome"]["result"] == "failure")
     );
-    let (_, page) = query("resource_type=service_account&actor=operator").await;
+    let (_, page) = query("resource_type=service-account&actor=operator").await;
     assert!(page["data"]
         .as_array()
         .unwrap()
         .iter()
-        .all(|e| e["event"]["resource_type"] == "service_account"));
+        .all(|e| e["event"]["resource_type"] == "service-account"));
     assert_eq!(page["data"].as_array().unwrap().len(), 4);
     let (_, page) = query("start_time=2999-01-01T00:00:00Z").await;
     assert!(page["data"].as_array().unwrap().is_empty());
@@ -714,11 +815,29 @@ async fn every_audited_action_records_one_event_with_every_field() {
     .await;
     assert!(status.is_success());
     let (gone_events, gone_head) = all_events(&c, 1, Some(&gone)).await;
-    let actions: Vec<&str> = gone_events
+    let seen: Vec<(&Value, &Value, &Value, &Value)> = gone_events
         .iter()
-        .map(|e| e["event"]["action"].as_str().unwrap())
+        .map(|e| {
+            let e = &e["event"];
+            (
+                &e["operation"],
+                &e["action"],
+                &e["resource_type"],
+                &e["resource_id"],
+            )
+        })
         .collect();
-    assert_eq!(actions, ["organization.create", "organization.delete"]);
+    // The seed's "delete org" row: action delete, resource type organization, resource id
+    // the deleted organization's name.
+    let org = json!("organization");
+    let name = &created["name"];
+    assert_eq!(
+        seen,
+        [
+            (&json!("organization.create"), &json!("create"), &org, name),
+            (&json!("organization.delete"), &json!("delete"), &org, name),
+        ]
+    );
     assert_eq!(verify(&gone_events, &gone_head), Ok(2));
 
     // A project key never reads the audit log; the cluster chain is the operator's.
@@ -777,7 +896,7 @@ async fn export_and_verify_catch_an_edited_event() {
         &[
             "audit",
             "export",
-            "--action",
+            "--operation",
             "project.create",
             "--since",
             "2000-01-01T00:00:00Z",
@@ -847,7 +966,7 @@ async fn retention_purges_old_events_and_the_chain_still_verifies() {
         let old_left = events.iter().filter(|e| e["request_id"] == "old").count();
         let purge = events
             .iter()
-            .find(|e| e["event"]["action"] == "audit_log.purge");
+            .find(|e| e["event"]["operation"] == "audit_log.purge");
         if old_left == 0 {
             let purge = purge.expect("the purge is recorded in the chain");
             assert_eq!(purge["actor"]["principal_type"], "system");
@@ -929,7 +1048,7 @@ async fn a_leader_killed_during_a_burst_leaves_actions_and_events_one_to_one() {
         );
         let created: Vec<String> = events
             .iter()
-            .filter(|e| action_is(e, "api_key.create", "success"))
+            .filter(|e| operation_is(e, "api_key.create", "success"))
             .map(|e| e["event"]["resource_id"].as_str().unwrap().to_string())
             .collect();
         let distinct: BTreeSet<String> = created.iter().cloned().collect();
@@ -1061,7 +1180,7 @@ async fn a_flood_of_refusals_overflows_the_queue_into_a_counted_summary() {
         let (cluster_events, _) = all_events(&c, 1, None).await;
         let summarized: u64 = cluster_events
             .iter()
-            .filter(|e| e["event"]["action"] == "audit_log.overflow")
+            .filter(|e| e["event"]["operation"] == "audit_log.overflow")
             .map(|e| e["event"]["parameters"]["dropped_events"].as_u64().unwrap())
             .sum();
         let info = c.cluster_info(1).await.unwrap();
@@ -1075,7 +1194,7 @@ async fn a_flood_of_refusals_overflows_the_queue_into_a_counted_summary() {
             assert!(recorded > 0);
             let overflow = cluster_events
                 .iter()
-                .find(|e| e["event"]["action"] == "audit_log.overflow")
+                .find(|e| e["event"]["operation"] == "audit_log.overflow")
                 .unwrap();
             assert_eq!(overflow["actor"]["principal_type"], "system");
             assert_eq!(

@@ -537,14 +537,30 @@ async fn data_plane_refuses_wrong_project_wrong_role_and_bad_input_without_writi
         "no rejected upsert wrote anything"
     );
 
-    // Index control plane.
-    for bad in [
-        json!({"name": "Bad_Name", "dimension": 4, "spec": {"serverless": {}}}),
-        json!({"name": "n".repeat(46), "dimension": 4, "spec": {"serverless": {}}}),
-        json!({"name": "okname", "dimension": 20001, "spec": {"serverless": {}}}),
-        json!({"name": "okname", "dimension": 4, "metric": "hamming", "spec": {"serverless": {}}}),
-        json!({"name": "okname", "dimension": 4, "spec": {}}),
-        json!({"name": "okname", "dimension": 4, "spec": {"serverless": {"cloud": "aws"}}}),
+    // Index control plane: 400 for a value out of its range, 422 (Pinecone's control-plane
+    // spec) for a body of the wrong shape, such as a missing required field.
+    for (bad, expected) in [
+        (
+            json!({"name": "Bad_Name", "dimension": 4, "spec": {"serverless": {}}}),
+            400,
+        ),
+        (
+            json!({"name": "n".repeat(46), "dimension": 4, "spec": {"serverless": {}}}),
+            400,
+        ),
+        (
+            json!({"name": "okname", "dimension": 20001, "spec": {"serverless": {}}}),
+            400,
+        ),
+        (
+            json!({"name": "okname", "dimension": 4, "metric": "hamming", "spec": {"serverless": {}}}),
+            400,
+        ),
+        (json!({"name": "okname", "dimension": 4, "spec": {}}), 400),
+        (
+            json!({"name": "okname", "dimension": 4, "spec": {"serverless": {"cloud": "aws"}}}),
+            422,
+        ),
     ] {
         let resp = cluster
             .http
@@ -554,7 +570,7 @@ async fn data_plane_refuses_wrong_project_wrong_role_and_bad_input_without_writi
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status().as_u16(), 400, "{bad}");
+        assert_eq!(resp.status().as_u16(), expected, "{bad}");
     }
     // The 2026-07 shapes (SDK 10.x): one dense_vector field and a deployment.
     let v2026 = |body: Value| {
@@ -567,17 +583,29 @@ async fn data_plane_refuses_wrong_project_wrong_role_and_bad_input_without_writi
             .send()
     };
     let deployment = json!({"deployment_type": "managed", "cloud": "aws", "region": "us-east-1"});
-    for bad in [
-        json!({"name": "s1", "schema": {"fields": {"a": {"type": "sparse_vector"}}}, "deployment": deployment}),
-        json!({"name": "s1", "schema": {"fields": {"a": {"type": "dense_vector", "dimension": 4},
+    for (bad, expected) in [
+        (
+            json!({"name": "s1", "schema": {"fields": {"a": {"type": "sparse_vector"}}}, "deployment": deployment}),
+            400,
+        ),
+        (
+            json!({"name": "s1", "schema": {"fields": {"a": {"type": "dense_vector", "dimension": 4},
                                                    "b": {"type": "dense_vector", "dimension": 4}}}, "deployment": deployment}),
-        json!({"name": "s1", "schema": {"fields": {"_values": {"type": "dense_vector", "dimension": 4}}}}),
-        json!({"name": "s1", "schema": {"fields": {"_values": {"type": "dense_vector", "dimension": 4}}},
+            400,
+        ),
+        (
+            json!({"name": "s1", "schema": {"fields": {"_values": {"type": "dense_vector", "dimension": 4}}}}),
+            422,
+        ),
+        (
+            json!({"name": "s1", "schema": {"fields": {"_values": {"type": "dense_vector", "dimension": 4}}},
                "deployment": {"deployment_type": "moon"}}),
+            400,
+        ),
     ] {
         assert_eq!(
             v2026(bad.clone()).await.unwrap().status().as_u16(),
-            400,
+            expected,
             "{bad}"
         );
     }

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::audit::{actor_of, RequestInfo, REQUEST_ID_HEADER};
 use super::{ApiError, ApiState};
-use crate::audit::{AuditContext, AuditDraft, EventOutcome, Resource};
+use crate::audit::{AuditContext, AuditDraft, EventOutcome, Params, Resource};
 use crate::auth::{self, token, AuthError, Credential, Principal};
 use crate::control::state::Project;
 use crate::control::{Command, ControlError, Output};
@@ -61,11 +61,17 @@ impl Caller {
             Err(Denied::Forbidden(message)) => ApiError::forbidden(message),
         };
         if !self.operation.is_data_plane() {
-            let resource = match target {
-                Target::Cluster => Resource::new("cluster", None),
-                Target::Organization(id) => Resource::new("organization", Some(id)),
-                Target::Project { id, .. } => Resource::new("project", Some(id)),
+            let (verb, kind) = self.operation.audit_terms();
+            let (target_type, target_id) = match target {
+                Target::Cluster => ("cluster", None),
+                Target::Organization(id) => ("organization", Some(id)),
+                Target::Project { id, .. } => ("project", Some(id)),
             };
+            let resource = Resource::new(verb, kind, None).params(
+                Params::default()
+                    .with("target_type", target_type)
+                    .with_some("target_id", target_id),
+            );
             let mut context = self.context();
             // Named now: the batch may apply after the principal is gone.
             context.actor.name_hint = self
@@ -156,7 +162,8 @@ pub struct RouteAccess {
     pub operation: Option<Operation>,
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
+/// Whether a request or response is gRPC (its content type).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -226,11 +233,7 @@ pub async fn authenticate(
         Some(op) => op,
         None => {
             return reply(
-                ApiError {
-                    status: axum::http::StatusCode::NOT_IMPLEMENTED,
-                    code: "UNIMPLEMENTED",
-                    message: format!("no such method {}", request.uri().path()),
-                },
+                ApiError::unimplemented(format!("no such method {}", request.uri().path())),
                 grpc,
             )
         }

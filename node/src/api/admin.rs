@@ -459,21 +459,44 @@ pub async fn promote_member(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.authorize(Target::Cluster)?;
-    change_member(&state.control, parse_node_id(&id)?, MemberAction::Promote)
-        .await
-        .map_err(status_to_api)?;
+    change_member(
+        &state.control,
+        parse_node_id(&id)?,
+        MemberAction::Promote,
+        false,
+    )
+    .await
+    .map_err(status_to_api)?;
     Ok(StatusCode::OK)
 }
 
-/// `DELETE /admin/cluster/members/{id}`: removes a node from the cluster.
+/// Query of `DELETE /admin/cluster/members/{id}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveMemberQuery {
+    /// Remove the node even if some index then has no reachable replica (those indexes
+    /// report `Disabled` until deleted).
+    #[serde(default)]
+    force: bool,
+}
+
+/// `DELETE /admin/cluster/members/{id}[?force=true]`: removes a node from the cluster;
+/// 412 naming the indexes when the node holds the last reachable replica of some, unless
+/// forced.
 pub async fn remove_member(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<RemoveMemberQuery>,
 ) -> Result<StatusCode, ApiError> {
     caller.authorize(Target::Cluster)?;
-    change_member(&state.control, parse_node_id(&id)?, MemberAction::Remove)
-        .await
-        .map_err(status_to_api)?;
+    change_member(
+        &state.control,
+        parse_node_id(&id)?,
+        MemberAction::Remove,
+        query.force,
+    )
+    .await
+    .map_err(status_to_api)?;
     Ok(StatusCode::ACCEPTED)
 }

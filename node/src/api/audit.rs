@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use super::access::{Caller, ClientAddr};
 use super::{ApiError, ApiState};
 use crate::audit::{
-    self, ActorRef, AuditContext, AuditDraft, ChainHead, EventOutcome, Filter, PrincipalType,
-    Resource, CLUSTER_CHAIN,
+    self, ActorRef, AuditContext, AuditDraft, ChainHead, EventOutcome, Filter, Params,
+    PrincipalType, Resource, ResourceType, Verb, CLUSTER_CHAIN,
 };
 use crate::auth::Principal;
 use crate::control::{Command, ControlPlane};
@@ -81,12 +81,12 @@ impl RequestInfo {
         }
     }
 
-    /// The context of an event about `action` by `actor`, stamped now.
-    pub fn context(&self, action: &str, actor: ActorRef) -> AuditContext {
+    /// The context of an event about `operation` by `actor`, stamped now.
+    pub fn context(&self, operation: &str, actor: ActorRef) -> AuditContext {
         AuditContext {
             id: uuid::Uuid::new_v4().to_string(),
             time: audit::now(),
-            action: action.to_string(),
+            operation: operation.to_string(),
             actor,
             source_ip: self.source_ip.clone(),
             request_id: Some(self.request_id.clone()),
@@ -195,8 +195,10 @@ async fn flush_batches(
 
 fn overflow_summary(node_id: u64, dropped: u64, capacity: usize) -> AuditDraft {
     let context = AuditContext::internal("audit_log.overflow", ActorRef::system(), node_id);
-    let mut resource = Resource::new("audit_log", None);
-    resource.parameters = resource.parameters.with("dropped_events", dropped);
+    // Events were lost: a deletion from the log, recorded in the cluster chain.
+    let resource = Resource::new(Verb::Delete, ResourceType::AuditLog, None)
+        .id(Some(CLUSTER_CHAIN))
+        .params(Params::default().with("dropped_events", dropped));
     AuditDraft {
         context,
         resource,
@@ -249,7 +251,9 @@ pub struct AuditQuery {
     start_time: Option<String>,
     end_time: Option<String>,
     action: Option<String>,
+    operation: Option<String>,
     resource_type: Option<String>,
+    resource_id: Option<String>,
     actor: Option<String>,
     outcome: Option<String>,
     limit: Option<usize>,
@@ -304,7 +308,9 @@ impl AuditQuery {
             start_time: time_filter("start_time", self.start_time)?,
             end_time: time_filter("end_time", self.end_time)?,
             action: text_filter("action", self.action)?,
+            operation: text_filter("operation", self.operation)?,
             resource_type: text_filter("resource_type", self.resource_type)?,
+            resource_id: text_filter("resource_id", self.resource_id)?,
             actor: text_filter("actor", self.actor)?,
             outcome,
         };

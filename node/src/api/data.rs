@@ -82,13 +82,15 @@ fn with_lsn(body: Value, lsn: Lsn) -> Response {
     response
 }
 
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))
+fn parse_body<T: for<'de> Deserialize<'de>>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    super::body::json(headers, body, super::body::Plane::Data)
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SparseJson {
     indices: Vec<u32>,
     values: Vec<f32>,
@@ -151,7 +153,7 @@ pub async fn upsert(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let target = target(&state, &caller, &headers).await?;
-    let req: UpsertJson = parse_body(&body)?;
+    let req: UpsertJson = parse_body(&headers, &body)?;
     let req = pb::UpsertRequest {
         vectors: req
             .vectors
@@ -198,7 +200,7 @@ pub async fn query(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let target = target(&state, &caller, &headers).await?;
-    let req: QueryJson = parse_body(&body)?;
+    let req: QueryJson = parse_body(&headers, &body)?;
     let req = pb::QueryRequest {
         namespace: req.namespace,
         top_k: req.top_k,
@@ -233,11 +235,20 @@ pub async fn query(
     ))
 }
 
-/// Query-string pairs of a GET request.
-fn query_pairs(raw: &Option<String>) -> Vec<(String, String)> {
-    raw.as_deref()
+/// Query-string pairs of a GET request, refusing a parameter the route does not take
+/// (`allowed`) rather than ignoring it.
+fn query_pairs(raw: &Option<String>, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs: Vec<(String, String)> = raw
+        .as_deref()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if let Some((name, _)) = pairs.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::invalid(format!(
+            "unknown query parameter '{name}'; this route takes {}",
+            allowed.join(", ")
+        )));
+    }
+    Ok(pairs)
 }
 
 fn single(pairs: &[(String, String)], name: &str) -> Option<String> {
@@ -265,7 +276,7 @@ pub async fn fetch(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let target = target(&state, &caller, &headers).await?;
-    let pairs = query_pairs(&raw);
+    let pairs = query_pairs(&raw, &["ids", "namespace"])?;
     let ids: Vec<String> = pairs
         .iter()
         .filter(|(k, _)| k == "ids")
@@ -295,7 +306,7 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let target = target(&state, &caller, &headers).await?;
-    let pairs = query_pairs(&raw);
+    let pairs = query_pairs(&raw, &["prefix", "limit", "paginationToken", "namespace"])?;
     let req = pb::ListRequest {
         prefix: single(&pairs, "prefix"),
         limit: number(&pairs, "limit")?,
@@ -335,7 +346,7 @@ pub async fn fetch_by_metadata(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let target = target(&state, &caller, &headers).await?;
-    let req: FetchByMetadataJson = parse_body(&body)?;
+    let req: FetchByMetadataJson = parse_body(&headers, &body)?;
     let req = pb::FetchByMetadataRequest {
         namespace: req.namespace,
         filter: req.filter.as_ref().map(json_to_struct),
@@ -356,7 +367,7 @@ pub async fn fetch_by_metadata(
     Ok(with_lsn(body, lsn))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct DeleteJson {
     #[serde(default)]
@@ -378,9 +389,9 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let target = target(&state, &caller, &headers).await?;
     let req: DeleteJson = if body.is_empty() {
-        parse_body(&Bytes::from_static(b"{}"))?
+        DeleteJson::default()
     } else {
-        parse_body(&body)?
+        parse_body(&headers, &body)?
     };
     let req = pb::DeleteRequest {
         ids: req.ids,
@@ -419,7 +430,7 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let target = target(&state, &caller, &headers).await?;
-    let req: UpdateJson = parse_body(&body)?;
+    let req: UpdateJson = parse_body(&headers, &body)?;
     let req = pb::UpdateRequest {
         id: req.id,
         values: req.values,
@@ -455,7 +466,7 @@ pub async fn describe_index_stats(
     let req: StatsJson = if body.is_empty() {
         StatsJson::default()
     } else {
-        parse_body(&body)?
+        parse_body(&headers, &body)?
     };
     let (resp, lsn) = vectors::describe_index_stats(
         &state.router,
@@ -496,7 +507,7 @@ pub async fn list_namespaces(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let target = target(&state, &caller, &headers).await?;
-    let pairs = query_pairs(&raw);
+    let pairs = query_pairs(&raw, &["paginationToken", "limit", "prefix"])?;
     let req = pb::ListNamespacesRequest {
         pagination_token: single(&pairs, "paginationToken"),
         limit: number(&pairs, "limit")?,
@@ -551,9 +562,40 @@ pub async fn delete_namespace(
 #[serde(deny_unknown_fields)]
 struct CreateNamespaceJson {
     name: String,
-    /// Accepted for compatibility; every metadata field is indexed.
-    #[serde(default, rename = "schema")]
-    _schema: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    schema: Option<SchemaJson>,
+}
+
+/// A namespace's metadata schema: which fields are filterable.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaJson {
+    fields: std::collections::HashMap<String, FieldJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldJson {
+    filterable: bool,
+}
+
+impl From<SchemaJson> for pb::MetadataSchema {
+    fn from(s: SchemaJson) -> Self {
+        Self {
+            fields: s
+                .fields
+                .into_iter()
+                .map(|(name, f)| {
+                    (
+                        name,
+                        pb::MetadataFieldProperties {
+                            filterable: f.filterable,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `POST /namespaces`.
@@ -564,13 +606,13 @@ pub async fn create_namespace(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let target = target(&state, &caller, &headers).await?;
-    let req: CreateNamespaceJson = parse_body(&body)?;
+    let req: CreateNamespaceJson = parse_body(&headers, &body)?;
     let (resp, lsn) = vectors::create_namespace(
         &state.router,
         &target,
         pb::CreateNamespaceRequest {
             name: req.name,
-            schema: None,
+            schema: req.schema.map(Into::into),
         },
     )
     .await?;

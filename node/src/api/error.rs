@@ -1,5 +1,7 @@
 //! The one place where failures become HTTP statuses with Pinecone's error body
-//! `{"error":{"code","message"},"status"}`.
+//! `{"error":{"code","message"},"status"}` and gRPC statuses: [`CODES`] pairs every error
+//! code with both, and [`pinecone_error_bodies`] gives every other refusal on the REST port
+//! (axum's own 405, 413, 415, path and query rejections) the same body.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -68,6 +70,219 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// 422 `UNPROCESSABLE_ENTITY`: a control-plane body that is JSON but not the request's
+    /// shape (Pinecone's control-plane spec).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "UNPROCESSABLE_ENTITY",
+            message: message.into(),
+        }
+    }
+    /// 413 `OUT_OF_RANGE`: a request body over the route's limit of `limit_bytes`.
+    pub fn too_large(limit_bytes: usize) -> Self {
+        Self {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "OUT_OF_RANGE",
+            message: format!(
+                "request body exceeds the limit of {limit_bytes} bytes ({})",
+                human_bytes(limit_bytes)
+            ),
+        }
+    }
+    /// 415 `INVALID_ARGUMENT`: a body in a format the route does not take.
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "INVALID_ARGUMENT",
+            message: message.into(),
+        }
+    }
+    /// 501 `UNIMPLEMENTED`.
+    pub fn unimplemented(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_IMPLEMENTED,
+            code: "UNIMPLEMENTED",
+            message: message.into(),
+        }
+    }
+
+    /// The gRPC code of this error: from its error code through [`CODES`], never from the
+    /// HTTP status (several codes share a status, e.g. 400).
+    pub fn grpc_code(&self) -> tonic::Code {
+        CODES
+            .iter()
+            .find(|(code, _, _)| *code == self.code)
+            .map(|(_, _, grpc)| *grpc)
+            .unwrap_or(tonic::Code::Internal)
+    }
+}
+
+/// `n` bytes in KiB or MiB when it is a whole number of them.
+fn human_bytes(n: usize) -> String {
+    const KIB: usize = 1024;
+    match n {
+        n if n >= KIB * KIB && n % (KIB * KIB) == 0 => format!("{} MiB", n / (KIB * KIB)),
+        n if n >= KIB && n % KIB == 0 => format!("{} KiB", n / KIB),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// Every error code the API answers with, its HTTP status and its gRPC code: the one table
+/// both transports read. The first row of a status is the code given to a refusal that
+/// carries only a status (axum's own rejections) and to a peer's gRPC status.
+pub const CODES: &[(&str, StatusCode, tonic::Code)] = &[
+    (
+        "INVALID_ARGUMENT",
+        StatusCode::BAD_REQUEST,
+        tonic::Code::InvalidArgument,
+    ),
+    (
+        "UNAUTHENTICATED",
+        StatusCode::UNAUTHORIZED,
+        tonic::Code::Unauthenticated,
+    ),
+    (
+        "PERMISSION_DENIED",
+        StatusCode::FORBIDDEN,
+        tonic::Code::PermissionDenied,
+    ),
+    // Pinecone's code for a delete refused by deletion protection.
+    (
+        "FORBIDDEN",
+        StatusCode::FORBIDDEN,
+        tonic::Code::PermissionDenied,
+    ),
+    ("NOT_FOUND", StatusCode::NOT_FOUND, tonic::Code::NotFound),
+    (
+        "ALREADY_EXISTS",
+        StatusCode::CONFLICT,
+        tonic::Code::AlreadyExists,
+    ),
+    (
+        "FAILED_PRECONDITION",
+        StatusCode::PRECONDITION_FAILED,
+        tonic::Code::FailedPrecondition,
+    ),
+    (
+        "OUT_OF_RANGE",
+        StatusCode::PAYLOAD_TOO_LARGE,
+        tonic::Code::OutOfRange,
+    ),
+    (
+        "INVALID_ARGUMENT",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        tonic::Code::InvalidArgument,
+    ),
+    (
+        "UNPROCESSABLE_ENTITY",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        tonic::Code::InvalidArgument,
+    ),
+    (
+        "RESOURCE_EXHAUSTED",
+        StatusCode::TOO_MANY_REQUESTS,
+        tonic::Code::ResourceExhausted,
+    ),
+    (
+        "INTERNAL",
+        StatusCode::INTERNAL_SERVER_ERROR,
+        tonic::Code::Internal,
+    ),
+    (
+        "UNIMPLEMENTED",
+        StatusCode::NOT_IMPLEMENTED,
+        tonic::Code::Unimplemented,
+    ),
+    (
+        "METHOD_NOT_ALLOWED",
+        StatusCode::METHOD_NOT_ALLOWED,
+        tonic::Code::Unimplemented,
+    ),
+    (
+        "UNAVAILABLE",
+        StatusCode::SERVICE_UNAVAILABLE,
+        tonic::Code::Unavailable,
+    ),
+    (
+        "DEADLINE_EXCEEDED",
+        StatusCode::GATEWAY_TIMEOUT,
+        tonic::Code::DeadlineExceeded,
+    ),
+];
+
+/// The error code of a refusal that carries only an HTTP status ([`CODES`]' first row for
+/// it; other 4xx are `INVALID_ARGUMENT`, other 5xx `INTERNAL`).
+fn code_for_status(status: StatusCode) -> &'static str {
+    CODES
+        .iter()
+        .find(|(_, s, _)| *s == status)
+        .map(|(code, _, _)| *code)
+        .unwrap_or(if status.is_client_error() {
+            "INVALID_ARGUMENT"
+        } else {
+            "INTERNAL"
+        })
+}
+
+/// Most bytes of a plain-text refusal read to become the message of its JSON body.
+const MAX_PLAIN_ERROR_BYTES: usize = 4096;
+
+/// The outermost layer of the REST routes: a refusal that is not already Pinecone's JSON
+/// error body (axum's 405 and extractor rejections answer plain text or nothing) gets that
+/// body, with its text as the message, so every error on every route has one shape. gRPC
+/// responses pass untouched.
+pub async fn pinecone_error_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let grpc = super::access::is_grpc(request.headers());
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if grpc || is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_PLAIN_ERROR_BYTES)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string()
+    } else {
+        text
+    };
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let rebuilt = ApiError {
+        status,
+        code: code_for_status(status),
+        message,
+    }
+    .into_response();
+    let (rebuilt_parts, body) = rebuilt.into_parts();
+    parts.headers.extend(rebuilt_parts.headers);
+    Response::from_parts(parts, body)
+}
+
+/// The innermost layer of a REST route whose body limit is `limit_bytes`: a 413 from
+/// reading the body becomes Pinecone's error body naming the limit.
+pub async fn name_body_limit(
+    axum::extract::State(limit_bytes): axum::extract::State<usize>,
+    response: Response,
+) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::too_large(limit_bytes).into_response();
+    }
+    response
 }
 
 impl IntoResponse for ApiError {
@@ -115,58 +330,85 @@ impl From<ControlError> for ApiError {
 }
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    /// Axum's JSON rejections in Pinecone's control-plane terms: a body that is JSON but not
+    /// the request's shape is 422, one that is not JSON 400, a missing
+    /// `Content-Type: application/json` 415, one over the limit 413 (its message is replaced
+    /// by [`name_body_limit`], which knows the route's limit).
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
         use axum::extract::rejection::JsonRejection as J;
         match e {
+            J::JsonDataError(e) => Self::unprocessable(e.body_text()),
+            J::MissingJsonContentType(e) => Self::unsupported_media_type(e.body_text()),
             J::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => Self {
                 status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: "INVALID_ARGUMENT",
-                message: format!("request body exceeds {} bytes", super::MAX_ADMIN_BODY_BYTES),
+                code: "OUT_OF_RANGE",
+                message: b.body_text(),
             },
-            other => Self::invalid(format!("malformed request body: {}", other.body_text())),
+            other => Self::invalid(other.body_text()),
         }
     }
 }
 
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
-        let code = match e.status {
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::InvalidArgument,
-            StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
-            StatusCode::FORBIDDEN => tonic::Code::PermissionDenied,
-            StatusCode::NOT_FOUND => tonic::Code::NotFound,
-            StatusCode::CONFLICT => tonic::Code::AlreadyExists,
-            StatusCode::PRECONDITION_FAILED => tonic::Code::FailedPrecondition,
-            StatusCode::TOO_MANY_REQUESTS => tonic::Code::ResourceExhausted,
-            StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
-            _ => tonic::Code::Internal,
-        };
-        tonic::Status::new(code, e.message)
+        tonic::Status::new(e.grpc_code(), e.message)
     }
 }
 
 impl ApiError {
-    /// The error a peer reported over the cluster port, as the client should see it.
+    /// The error a peer reported over the cluster port, as the client should see it: the
+    /// first row of [`CODES`] with that gRPC code (a deadline is unavailability here).
     pub fn from_status(status: &tonic::Status) -> Self {
-        let (http, code) = match status.code() {
-            tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-            tonic::Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
-            tonic::Code::PermissionDenied => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
-            tonic::Code::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-            tonic::Code::AlreadyExists => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
-            tonic::Code::FailedPrecondition => {
-                (StatusCode::PRECONDITION_FAILED, "FAILED_PRECONDITION")
-            }
-            tonic::Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED"),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
-                (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
-            }
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        let grpc = match status.code() {
+            tonic::Code::DeadlineExceeded => tonic::Code::Unavailable,
+            other => other,
         };
+        let (code, http) = CODES
+            .iter()
+            .find(|(_, _, g)| *g == grpc)
+            .map(|(code, http, _)| (*code, *http))
+            .unwrap_or(("INTERNAL", StatusCode::INTERNAL_SERVER_ERROR));
         Self {
             status: http,
             code,
             message: status.message().to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_maps_to_one_status_and_grpc_code_and_back() {
+        for (code, http, grpc) in CODES {
+            let e = ApiError {
+                status: *http,
+                code,
+                message: "m".into(),
+            };
+            assert_eq!(e.grpc_code(), *grpc, "{code}");
+            let back = ApiError::from_status(&tonic::Status::from(e));
+            assert_eq!(back.grpc_code(), *grpc, "{code}");
+        }
+        assert_eq!(
+            ApiError::unimplemented("no such method").grpc_code(),
+            tonic::Code::Unimplemented
+        );
+        assert_eq!(
+            ApiError::too_large(4 << 20).grpc_code(),
+            tonic::Code::OutOfRange
+        );
+        assert!(ApiError::too_large(4 << 20)
+            .message
+            .contains("4194304 bytes (4 MiB)"));
+        assert!(ApiError::too_large(64 << 10).message.contains("(64 KiB)"));
+        assert_eq!(
+            code_for_status(StatusCode::METHOD_NOT_ALLOWED),
+            "METHOD_NOT_ALLOWED"
+        );
+        assert_eq!(code_for_status(StatusCode::IM_A_TEAPOT), "INVALID_ARGUMENT");
+        assert_eq!(code_for_status(StatusCode::BAD_GATEWAY), "INTERNAL");
     }
 }

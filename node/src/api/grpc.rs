@@ -186,3 +186,94 @@ impl VectorService for GrpcDataPlane {
         Ok(respond(body, lsn))
     }
 }
+
+/// Bytes of a gRPC message frame's header: the compression flag and the length.
+const FRAME_HEADER_BYTES: usize = 5;
+
+/// The layer in front of the gRPC service: reads the request (bounded by
+/// [`super::MAX_DATA_BODY_BYTES`]) and checks it is exactly one well-formed message frame,
+/// as a unary call must be. A request with no message, a truncated frame, trailing bytes or
+/// an invalid compression flag is `INVALID_ARGUMENT` here, where tonic would answer
+/// `INTERNAL` for the client's mistake; one over the limit is `OUT_OF_RANGE`.
+pub async fn check_frame(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let limit = super::MAX_DATA_BODY_BYTES + FRAME_HEADER_BYTES;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return Status::out_of_range(format!(
+                "request exceeds the limit of {} bytes (4 MiB) or could not be read",
+                super::MAX_DATA_BODY_BYTES
+            ))
+            .into_http()
+        }
+    };
+    if let Err(message) = frame_problem(&bytes) {
+        return Status::invalid_argument(message).into_http();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
+/// What is wrong with the framing of a unary request body, if anything.
+fn frame_problem(bytes: &[u8]) -> Result<(), String> {
+    if bytes.is_empty() {
+        return Err("the request carries no message".into());
+    }
+    if bytes.len() < FRAME_HEADER_BYTES {
+        return Err(format!(
+            "truncated gRPC frame: {} of the {FRAME_HEADER_BYTES} header bytes arrived",
+            bytes.len()
+        ));
+    }
+    if bytes[0] > 1 {
+        return Err(format!(
+            "invalid gRPC compression flag {} (valid flags are 0 and 1)",
+            bytes[0]
+        ));
+    }
+    let announced = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    let arrived = bytes.len() - FRAME_HEADER_BYTES;
+    if arrived < announced {
+        return Err(format!(
+            "truncated gRPC frame: its header announces {announced} bytes, {arrived} arrived"
+        ));
+    }
+    if arrived > announced {
+        return Err(format!(
+            "a unary call carries one message; {} bytes follow it",
+            arrived - announced
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_problem;
+
+    #[test]
+    fn frames_must_be_exactly_one_whole_message() {
+        assert!(frame_problem(&[0, 0, 0, 0, 2, 8, 1]).is_ok());
+        assert!(frame_problem(&[0, 0, 0, 0, 0]).is_ok(), "an empty message");
+        assert!(frame_problem(&[]).unwrap_err().contains("no message"));
+        assert!(frame_problem(&[0, 0, 0])
+            .unwrap_err()
+            .contains("3 of the 5 header bytes"));
+        assert!(frame_problem(&[0, 0, 0, 0, 9, 8, 1])
+            .unwrap_err()
+            .contains("announces 9 bytes, 2 arrived"));
+        assert!(frame_problem(&[0, 0, 0, 0, 1, 8, 1])
+            .unwrap_err()
+            .contains("1 bytes follow"));
+        assert!(frame_problem(&[7, 0, 0, 0, 0])
+            .unwrap_err()
+            .contains("compression flag 7"));
+    }
+}

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::access::{Caller, PROJECT_HEADER};
+use super::body::{self, Plane};
 use super::{ApiError, ApiState};
 use crate::control::state::{Command, Index, IndexState, Metric, Output};
 use crate::control::{ControlError, Rejection};
@@ -92,11 +93,10 @@ fn index_json_2026(state: &ApiState, index: &Index) -> Value {
         (Value::Object(d), Value::Null)
     };
     let tags: Value = serde_json::from_str(&index.tags_json).unwrap_or(Value::Null);
-    let ready = index.state == IndexState::Ready;
     json!({
         "name": index.name,
         "host": state.router.host_of(index),
-        "status": { "ready": ready, "state": if ready { "Ready" } else { "Initializing" } },
+        "status": status_json(state, index),
         "schema": { "fields": { DENSE_FIELD: {
             "type": "dense_vector", "dimension": index.dimension, "metric": index.metric.as_str(),
         } } },
@@ -111,7 +111,7 @@ fn index_json_2026(state: &ApiState, index: &Index) -> Value {
 fn create_from_2026(body: &Value) -> Result<CreateIndex, ApiError> {
     let obj = body
         .as_object()
-        .ok_or_else(|| ApiError::invalid("request body must be a JSON object"))?;
+        .ok_or_else(|| ApiError::unprocessable("request body must be a JSON object"))?;
     for key in obj.keys() {
         if !matches!(
             key.as_str(),
@@ -123,7 +123,7 @@ fn create_from_2026(body: &Value) -> Result<CreateIndex, ApiError> {
                 | "tags"
                 | "cmek_id"
         ) {
-            return Err(ApiError::invalid(format!("unknown field '{key}'")));
+            return Err(ApiError::unprocessable(format!("unknown field '{key}'")));
         }
     }
     if obj.get("cmek_id").is_some_and(|v| !v.is_null()) {
@@ -132,12 +132,14 @@ fn create_from_2026(body: &Value) -> Result<CreateIndex, ApiError> {
     let name = obj
         .get("name")
         .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::invalid("'name' is required"))?;
+        .ok_or_else(|| ApiError::unprocessable("'name' is required and must be a string"))?;
     let fields = obj
         .get("schema")
         .and_then(|s| s.get("fields"))
         .and_then(Value::as_object)
-        .ok_or_else(|| ApiError::invalid("'schema.fields' is required"))?;
+        .ok_or_else(|| {
+            ApiError::unprocessable("'schema.fields' is required and must be an object")
+        })?;
     if fields.len() != 1 {
         return Err(ApiError::invalid(format!(
             "'schema.fields' has {} fields; exactly one dense_vector field is supported",
@@ -157,14 +159,14 @@ fn create_from_2026(body: &Value) -> Result<CreateIndex, ApiError> {
         .get("dimension")
         .and_then(Value::as_u64)
         .ok_or_else(|| {
-            ApiError::invalid(format!(
+            ApiError::unprocessable(format!(
                 "schema field '{field_name}' needs an integer 'dimension'"
             ))
         })?;
     let deployment = obj
         .get("deployment")
         .and_then(Value::as_object)
-        .ok_or_else(|| ApiError::invalid("'deployment' is required"))?;
+        .ok_or_else(|| ApiError::unprocessable("'deployment' is required and must be an object"))?;
     let mut rest = deployment.clone();
     let kind = rest
         .remove("deployment_type")
@@ -181,27 +183,178 @@ fn create_from_2026(body: &Value) -> Result<CreateIndex, ApiError> {
         }
     };
     if let Some(rc) = obj.get("read_capacity").filter(|v| !v.is_null()) {
-        if spec_kind == "serverless" {
-            rest.insert("read_capacity".into(), rc.clone());
+        if spec_kind != "serverless" {
+            return Err(ApiError::invalid(format!(
+                "'read_capacity' applies to managed deployments only, not '{kind}'"
+            )));
         }
+        rest.insert("read_capacity".into(), rc.clone());
     }
     let mut spec = Map::new();
     spec.insert(spec_kind.into(), Value::Object(rest));
+    if let Some(key) = field.as_object().and_then(|f| {
+        f.keys()
+            .find(|k| !matches!(k.as_str(), "type" | "dimension" | "metric"))
+    }) {
+        return Err(ApiError::unprocessable(format!(
+            "unknown field '{key}' in schema field '{field_name}'"
+        )));
+    }
     Ok(CreateIndex {
         name: name.to_string(),
         dimension: Some(u32::try_from(dimension).unwrap_or(u32::MAX)),
-        metric: field
-            .get("metric")
-            .and_then(Value::as_str)
-            .map(String::from),
+        metric: typed_field(field, "metric")?,
         spec,
-        deletion_protection: obj
-            .get("deletion_protection")
-            .and_then(Value::as_str)
-            .map(String::from),
-        tags: obj.get("tags").and_then(Value::as_object).cloned(),
+        deletion_protection: typed_field(body, "deletion_protection")?,
+        tags: typed_field(body, "tags")?,
         vector_type: None,
     })
+}
+
+/// Field `key` of `object` as a `T` (absent or `null`: `None`); 422 naming the field when it
+/// is of another type, so no field is dropped for its type.
+fn typed_field<T: serde::de::DeserializeOwned>(
+    object: &Value,
+    key: &str,
+) -> Result<Option<T>, ApiError> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
+            ApiError::unprocessable(format!(
+                "Failed to deserialize the JSON body into the target type: {key}: {e}"
+            ))
+        }),
+    }
+}
+
+/// Checks an index's `spec` (the 2025-10 shape; 2026-07 deployments are translated into
+/// it): each kind's known fields with their types, and a refusal of every setting Conifer
+/// would store but not honour — restoring from `source_collection` (collections do not
+/// exist yet), dedicated read capacity, more than one pod, shard or replica (Conifer places
+/// one shard on up to [`SHARD_REPLICAS`] nodes itself), and metadata indexing limited to some
+/// fields (Conifer indexes every field).
+fn check_spec(kind: &str, spec: &Value) -> Result<(), ApiError> {
+    let fields = spec
+        .as_object()
+        .ok_or_else(|| ApiError::unprocessable(format!("'spec.{kind}' must be an object")))?;
+    let known: &[&str] = match kind {
+        "serverless" => &[
+            "cloud",
+            "region",
+            "read_capacity",
+            "source_collection",
+            "schema",
+        ],
+        "pod" => &[
+            "environment",
+            "pod_type",
+            "pods",
+            "replicas",
+            "shards",
+            "metadata_config",
+            "source_collection",
+        ],
+        _ => &["environment"],
+    };
+    if let Some(key) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::unprocessable(format!(
+            "unknown field '{key}' in 'spec.{kind}'"
+        )));
+    }
+    let required: &[&str] = match kind {
+        "serverless" => &["cloud", "region"],
+        _ => &["environment"],
+    };
+    for field in required {
+        if !fields.get(*field).is_some_and(Value::is_string) {
+            return Err(ApiError::unprocessable(format!(
+                "'spec.{kind}.{field}' is required and must be a string"
+            )));
+        }
+    }
+    if fields.get("pod_type").is_some_and(|v| !v.is_string()) {
+        return Err(ApiError::unprocessable(format!(
+            "'spec.{kind}.pod_type' must be a string"
+        )));
+    }
+    if fields
+        .get("source_collection")
+        .is_some_and(|v| !v.is_null())
+    {
+        return Err(ApiError::invalid(format!(
+            "'spec.{kind}.source_collection' is not supported: Conifer has no collections yet, \
+             and creating the index empty would silently drop the restore"
+        )));
+    }
+    for count in ["pods", "replicas", "shards"] {
+        match fields.get(count) {
+            None | Some(Value::Null) => {}
+            Some(v) if v.as_u64() == Some(1) => {}
+            Some(v) if v.as_u64().is_some() => {
+                return Err(ApiError::invalid(format!(
+                    "'spec.{kind}.{count}' is {v}; Conifer serves each index from one shard \
+                     replicated on up to {SHARD_REPLICAS} nodes and takes only 1 here"
+                )))
+            }
+            Some(_) => {
+                return Err(ApiError::unprocessable(format!(
+                    "'spec.{kind}.{count}' must be an integer"
+                )))
+            }
+        }
+    }
+    if let Some(rc) = fields.get("read_capacity").filter(|v| !v.is_null()) {
+        let mode = rc.get("mode").and_then(Value::as_str);
+        if mode != Some("OnDemand") {
+            return Err(ApiError::invalid(format!(
+                "'spec.{kind}.read_capacity.mode' is {}; Conifer serves reads on demand only \
+                 ('OnDemand')",
+                rc.get("mode").unwrap_or(&Value::Null)
+            )));
+        }
+    }
+    if fields.get("metadata_config").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::invalid(format!(
+            "'spec.{kind}.metadata_config' is not supported: Conifer indexes every metadata \
+             field, so it cannot limit filtering to the listed ones"
+        )));
+    }
+    if let Some(schema) = fields.get("schema").filter(|v| !v.is_null()) {
+        let listed = schema
+            .get("fields")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                ApiError::unprocessable(format!("'spec.{kind}.schema.fields' must be an object"))
+            })?;
+        if let Some((field, _)) = listed
+            .iter()
+            .find(|(_, p)| p.get("filterable").and_then(Value::as_bool) != Some(true))
+        {
+            return Err(ApiError::invalid(format!(
+                "Field '{field}' is set to filterable: false. Only filterable: true is supported. \
+                 To avoid indexing the field, omit it from the list of fields."
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Pinecone's `status` of an index as the cluster can serve it now: `Disabled` (not ready)
+/// when none of its replicas is on a member of the cluster any more, so no node can serve
+/// it, whatever its recorded state; else `Ready` once its shard group has served, and
+/// `Initializing` before.
+fn status_json(state: &ApiState, index: &Index) -> Value {
+    let membership = state.control.membership();
+    let placed = index
+        .replicas
+        .iter()
+        .any(|r| membership.get_node(r).is_some());
+    let (ready, name) = match (placed, &index.state) {
+        (false, _) => (false, "Disabled"),
+        (true, IndexState::Ready) => (true, "Ready"),
+        (true, IndexState::Initializing) => (false, "Initializing"),
+    };
+    json!({ "ready": ready, "state": name })
 }
 
 fn index_json(state: &ApiState, index: &Index) -> Value {
@@ -213,7 +366,6 @@ fn index_json(state: &ApiState, index: &Index) -> Value {
             .or_insert_with(|| json!({"mode": "OnDemand", "status": {"state": "Ready"}}));
     }
     let tags: Value = serde_json::from_str(&index.tags_json).unwrap_or(Value::Null);
-    let ready = index.state == IndexState::Ready;
     json!({
         "name": index.name,
         "dimension": index.dimension,
@@ -223,10 +375,13 @@ fn index_json(state: &ApiState, index: &Index) -> Value {
         "deletion_protection": if index.deletion_protection { "enabled" } else { "disabled" },
         "tags": tags,
         "spec": spec,
-        "status": { "ready": ready, "state": if ready { "Ready" } else { "Initializing" } },
+        "status": status_json(state, index),
     })
 }
 
+/// An index name as Pinecone's control-plane spec defines it: 1 to
+/// [`MAX_INDEX_NAME_CHARS`] characters of `a-z`, `0-9` and `-`, starting and ending with a
+/// letter or digit.
 fn check_name(name: &str) -> Result<(), ApiError> {
     let valid_chars = name
         .chars()
@@ -234,13 +389,32 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     let edges_ok = !name.starts_with('-') && !name.ends_with('-');
     if name.is_empty() || name.chars().count() > MAX_INDEX_NAME_CHARS || !valid_chars || !edges_ok {
         return Err(ApiError::invalid(format!(
-            "index name '{name}' is invalid: 1 to {MAX_INDEX_NAME_CHARS} characters of a-z, 0-9 and '-', \
-             starting and ending with a letter or digit"
+            "Name must consist of lower case alphanumeric characters or '-': index name '{}' \
+             is invalid (1 to {MAX_INDEX_NAME_CHARS} characters of a-z, 0-9 and '-', starting \
+             and ending with a letter or digit)",
+            name.chars()
+                .take(2 * MAX_INDEX_NAME_CHARS)
+                .collect::<String>()
         )));
     }
     Ok(())
 }
 
+/// A tag key's characters (Pinecone's `IndexTags`): letters, digits, `_` and `-`.
+fn is_tag_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// A tag value's characters (Pinecone's `IndexTags`): letters, digits, `;`, `@`, `_`,
+/// `-`, `.`, `+` and space.
+fn is_tag_value_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, ';' | '@' | '_' | '-' | '.' | '+' | ' ')
+}
+
+/// Tags as Pinecone's control-plane spec defines them: at most [`MAX_TAGS`], keys of 1 to
+/// [`MAX_TAG_KEY_CHARS`] [`is_tag_key_char`]s, string values of at most
+/// [`MAX_TAG_VALUE_CHARS`] [`is_tag_value_char`]s (the empty value unsets a key on
+/// configure). Checked on a create, on a configure's changes and on the tags it produces.
 fn check_tags(tags: &Map<String, Value>) -> Result<(), ApiError> {
     if tags.len() > MAX_TAGS {
         return Err(ApiError::invalid(format!(
@@ -249,19 +423,31 @@ fn check_tags(tags: &Map<String, Value>) -> Result<(), ApiError> {
         )));
     }
     for (k, v) in tags {
+        let shown: String = k.chars().take(2 * MAX_TAG_KEY_CHARS).collect();
         if k.is_empty() || k.chars().count() > MAX_TAG_KEY_CHARS {
             return Err(ApiError::invalid(format!(
-                "tag key '{k}' must be 1 to {MAX_TAG_KEY_CHARS} characters"
+                "tag key '{shown}' must be 1 to {MAX_TAG_KEY_CHARS} characters"
+            )));
+        }
+        if let Some(bad) = k.chars().find(|c| !is_tag_key_char(*c)) {
+            return Err(ApiError::invalid(format!(
+                "tag key '{shown}' contains {bad:?}: keys must be alphanumeric, '_', or '-'"
             )));
         }
         let Some(v) = v.as_str() else {
-            return Err(ApiError::invalid(format!(
-                "tag '{k}' must have a string value"
+            return Err(ApiError::unprocessable(format!(
+                "tag '{shown}' must have a string value"
             )));
         };
         if v.chars().count() > MAX_TAG_VALUE_CHARS {
             return Err(ApiError::invalid(format!(
-                "tag '{k}' value exceeds {MAX_TAG_VALUE_CHARS} characters"
+                "tag '{shown}' value exceeds {MAX_TAG_VALUE_CHARS} characters"
+            )));
+        }
+        if let Some(bad) = v.chars().find(|c| !is_tag_value_char(*c)) {
+            return Err(ApiError::invalid(format!(
+                "tag '{shown}' value contains {bad:?}: values must be alphanumeric, ';', '@', \
+                 '_', '-', '.', '+', or ' '"
             )));
         }
     }
@@ -334,12 +520,9 @@ pub async fn create(
     let project_id = project(&state, &caller, &headers).await?;
     let schema_shape = schema_api(&headers);
     let req: CreateIndex = if schema_shape {
-        let value: Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))?;
-        create_from_2026(&value)?
+        create_from_2026(&body::json(&headers, &body, Plane::Control)?)?
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))?
+        body::json(&headers, &body, Plane::Control)?
     };
     check_name(&req.name)?;
     let vector_type = req.vector_type.unwrap_or_else(|| "dense".into());
@@ -369,17 +552,7 @@ pub async fn create(
         ));
     }
     let kind = kinds[0].clone();
-    let required: &[&str] = match kind.as_str() {
-        "serverless" => &["cloud", "region"],
-        _ => &["environment"],
-    };
-    for field in required {
-        if !req.spec[&kind].get(*field).is_some_and(Value::is_string) {
-            return Err(ApiError::invalid(format!(
-                "'spec.{kind}.{field}' is required and must be a string"
-            )));
-        }
-    }
+    check_spec(&kind, &req.spec[&kind])?;
     if let Some(tags) = &req.tags {
         check_tags(tags)?;
     }
@@ -491,8 +664,7 @@ pub async fn configure(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = project(&state, &caller, &headers).await?;
-    let req: ConfigureIndex = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid(format!("malformed request body: {e}")))?;
+    let req: ConfigureIndex = body::json(&headers, &body, Plane::Control)?;
     if req.spec.is_some()
         || req.embed.is_some()
         || req.deployment.is_some()

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod admin;
 pub mod audit;
+pub mod body;
 pub mod convert;
 pub mod data;
 pub mod error;
@@ -81,6 +82,10 @@ pub fn routes(state: ApiState) -> axum::Router {
             _ => MAX_ADMIN_BODY_BYTES,
         };
         let route = handler(method_filter(method), *operation)
+            .layer(axum::middleware::map_response_with_state(
+                body_limit,
+                error::name_body_limit,
+            ))
             .layer::<_, std::convert::Infallible>(axum::middleware::from_fn_with_state(
                 access,
                 access::authenticate,
@@ -92,6 +97,7 @@ pub fn routes(state: ApiState) -> axum::Router {
         .max_decoding_message_size(MAX_DATA_BODY_BYTES);
     let grpc = axum::Router::new()
         .route_service(&format!("{}{{*method}}", policy::GRPC_PREFIX), grpc_service)
+        .layer(axum::middleware::from_fn(grpc::check_frame))
         .layer(axum::middleware::from_fn_with_state(
             access::RouteAccess {
                 api: state.clone(),
@@ -102,8 +108,19 @@ pub fn routes(state: ApiState) -> axum::Router {
     router
         .with_state(state)
         .merge(grpc)
-        .fallback(|| async { ApiError::not_found("no such route") })
+        .fallback(no_such_route)
+        .layer(axum::middleware::from_fn(error::pinecone_error_bodies))
         .layer(axum::middleware::map_request(copy_authority))
+}
+
+/// A path no route serves: 404 over REST; a gRPC method of an unknown service is
+/// `UNIMPLEMENTED`, as gRPC defines it.
+async fn no_such_route(request: axum::extract::Request) -> axum::response::Response {
+    if access::is_grpc(request.headers()) {
+        return tonic::Status::unimplemented(format!("no such method {}", request.uri().path()))
+            .into_http();
+    }
+    axum::response::IntoResponse::into_response(ApiError::not_found("no such route"))
 }
 
 /// Whether an operation of project scope carries index or vector payloads (the larger body

@@ -20,7 +20,9 @@ use super::access::ClientAddr;
 use super::audit::RequestInfo;
 use super::identity::MAX_EMAIL_BYTES;
 use super::{ApiError, ApiState};
-use crate::audit::{ActorRef, AuditDraft, EventOutcome, PrincipalType, Resource};
+use crate::audit::{
+    ActorRef, AuditDraft, EventOutcome, PrincipalType, Resource, ResourceType, Verb,
+};
 use crate::auth::password::{self, MAX_PASSWORD_BYTES};
 use crate::auth::throttle::SignInThrottle;
 use crate::auth::token::{self, Claims, TOKEN_ISSUER};
@@ -156,15 +158,17 @@ where
         Ok(Verdict::Refused { actor }) => {
             state.signin.throttle.record_failure(source, Instant::now());
             let error = ApiError::unauthenticated("invalid credentials");
-            let kind = match actor.principal_type {
-                PrincipalType::ServiceAccount => "service_account",
-                _ => "user",
-            };
-            let mut resource = Resource::new(
-                kind,
-                Some(actor.principal_id.as_str()).filter(|id| !id.is_empty()),
-            );
-            resource.resource_name = actor.name_hint.clone();
+            // The seed's login event names the user (email) tried; a service account is
+            // named by the client id it presented.
+            let uid = Some(actor.principal_id.as_str()).filter(|id| !id.is_empty());
+            let resource = match actor.principal_type {
+                PrincipalType::ServiceAccount => {
+                    Resource::new(Verb::Login, ResourceType::ServiceAccount, uid).id(uid)
+                }
+                _ => Resource::new(Verb::Login, ResourceType::User, uid)
+                    .id(actor.name_hint.as_deref()),
+            }
+            .named(actor.name_hint.as_deref());
             state.audit.record(AuditDraft {
                 context: info.context(operation.name(), actor),
                 resource,

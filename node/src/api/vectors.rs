@@ -10,16 +10,18 @@ use serde_json::{Map, Value};
 
 use super::convert::{json_to_struct, struct_to_json};
 use super::ApiError;
+use crate::control::state::Metric;
 use crate::router::{Resolved, Router, Target};
 use crate::shard::filter::{self, Filter};
 use crate::shard::machine::{
-    canonical_namespace, Namespace, Record, ShardCommand, ShardOutput, Sparse, DEFAULT_NAMESPACE,
+    canonical_namespace, check_metadata_size, Namespace, Record, ShardCommand, ShardOutput, Sparse,
+    DEFAULT_NAMESPACE,
 };
 
-/// Longest record id, in bytes.
+pub use crate::shard::machine::MAX_METADATA_BYTES;
+
+/// Longest record id, in bytes (Pinecone's limits page).
 pub const MAX_ID_BYTES: usize = 512;
-/// Largest metadata of one record, serialized as JSON.
-pub const MAX_METADATA_BYTES: usize = 40 * 1024;
 /// Most records in one upsert.
 pub const MAX_UPSERT_RECORDS: usize = 1000;
 /// Largest upsert request, protobuf-encoded.
@@ -38,6 +40,8 @@ pub const MAX_NAMESPACE_BYTES: usize = 512;
 pub const MAX_LIST_LIMIT: u32 = 100;
 /// Most namespaces per index.
 pub const MAX_NAMESPACES_PER_INDEX: usize = 10_000;
+/// Longest excerpt of a refused value quoted back in an error message, in characters.
+const MAX_QUOTED_CHARS: usize = 40;
 
 /// Sequence numbers that travel with responses (Pinecone's `x-pinecone-*-lsn` headers).
 #[derive(Clone, Copy, Debug, Default)]
@@ -49,11 +53,30 @@ pub struct Lsn {
     pub max_indexed: Option<u64>,
 }
 
+/// `text` cut to [`MAX_QUOTED_CHARS`] characters, with `...` when it was longer.
+fn quoted(text: &str) -> String {
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(MAX_QUOTED_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{head}...")
+    } else {
+        head
+    }
+}
+
+/// A namespace name as Pinecone accepts it: at most 512 bytes of printable ASCII (the
+/// empty name is the default namespace). Returns its canonical form.
 fn check_namespace(ns: &str) -> Result<String, ApiError> {
     if ns.len() > MAX_NAMESPACE_BYTES {
         return Err(ApiError::invalid(format!(
             "namespace is {} bytes; the limit is {MAX_NAMESPACE_BYTES}",
             ns.len()
+        )));
+    }
+    if !ns.is_ascii() {
+        return Err(ApiError::invalid(format!(
+            "Namespace must be ASCII, but got '{}'",
+            quoted(ns)
         )));
     }
     if ns.chars().any(char::is_control) {
@@ -64,6 +87,9 @@ fn check_namespace(ns: &str) -> Result<String, ApiError> {
     Ok(canonical_namespace(ns))
 }
 
+/// A record id as Pinecone accepts it (limits page; its SDK's integration tests): 1 to
+/// [`MAX_ID_BYTES`] bytes of ASCII without NUL. Every id a request names — upserted,
+/// updated, fetched, deleted or queried by — is checked alike, since no other id can exist.
 fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
     if id.is_empty() {
         return Err(ApiError::invalid(format!("{field} must not be empty")));
@@ -74,50 +100,144 @@ fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
             id.len()
         )));
     }
+    if !id.is_ascii() {
+        return Err(ApiError::invalid(format!(
+            "Vector ID must be ASCII, but got '{}'",
+            quoted(id)
+        )));
+    }
+    if id.contains('\0') {
+        return Err(ApiError::invalid(
+            "Vector ID must not contain null character",
+        ));
+    }
     Ok(())
 }
 
+/// Dense values of record `id`: the index's dimension, finite, and — as Pinecone requires
+/// of every dense vector — at least one value not zero.
 fn check_values(target: &Target, id: &str, values: &[f32]) -> Result<(), ApiError> {
     let dimension = target.index.dimension as usize;
     if values.len() != dimension {
         return Err(ApiError::invalid(format!(
-            "vector '{id}' has {} values; index '{}' has dimension {dimension}",
+            "Vector dimension {} does not match the dimension of the index {dimension} \
+             (vector ID '{}', index '{}')",
             values.len(),
+            quoted(id),
             target.index.name
         )));
     }
     if values.iter().any(|v| !v.is_finite()) {
         return Err(ApiError::invalid(format!(
-            "vector '{id}' contains a NaN or infinite value"
+            "Vector ID '{}' contains a NaN or infinite value",
+            quoted(id)
+        )));
+    }
+    if values.iter().all(|v| *v == 0.0) {
+        return Err(ApiError::invalid(format!(
+            "Dense vectors must contain at least one non-zero value. Vector ID '{}' contains only zeros",
+            quoted(id)
         )));
     }
     Ok(())
 }
 
-fn check_sparse(id: &str, sparse: &Option<pb::SparseValues>) -> Result<Option<Sparse>, ApiError> {
+/// A query vector: the index's dimension and finite; on a cosine index not all zeros, since
+/// a zero vector has no direction to compare (every score would be 0).
+fn check_query_vector(target: &Target, values: &[f32]) -> Result<(), ApiError> {
+    let dimension = target.index.dimension as usize;
+    if values.len() != dimension {
+        return Err(ApiError::invalid(format!(
+            "Query vector dimension {} does not match the dimension of the index {dimension} \
+             (index '{}')",
+            values.len(),
+            target.index.name
+        )));
+    }
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(ApiError::invalid(
+            "query vector contains a NaN or infinite value",
+        ));
+    }
+    if target.index.metric == Metric::Cosine && values.iter().all(|v| *v == 0.0) {
+        return Err(ApiError::invalid(
+            "Query vector must contain at least one non-zero value: cosine similarity is \
+             undefined for a vector of zeros",
+        ));
+    }
+    Ok(())
+}
+
+/// Sparse values of record `id`, when given: only on a `dotproduct` index (Pinecone's rule),
+/// one value per index, 1 to [`MAX_SPARSE_NON_ZEROS`] entries, indices unique, values finite.
+fn check_sparse(
+    target: &Target,
+    id: &str,
+    sparse: &Option<pb::SparseValues>,
+) -> Result<Option<Sparse>, ApiError> {
     let Some(s) = sparse else { return Ok(None) };
+    if target.index.metric != Metric::DotProduct {
+        return Err(sparse_unsupported(target));
+    }
     if s.indices.len() != s.values.len() {
         return Err(ApiError::invalid(format!(
-            "sparse values of '{id}' have {} indices but {} values",
+            "Sparse vector indices and values must have the same length: vector ID '{}' has {} indices and {} values",
+            quoted(id),
             s.indices.len(),
             s.values.len()
         )));
     }
+    if s.indices.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "Sparse vector must contain at least one value (vector ID '{}')",
+            quoted(id)
+        )));
+    }
     if s.indices.len() > MAX_SPARSE_NON_ZEROS {
         return Err(ApiError::invalid(format!(
-            "sparse values of '{id}' have {} non-zeros; the limit is {MAX_SPARSE_NON_ZEROS}",
+            "sparse values of vector ID '{}' have {} non-zeros; the limit is {MAX_SPARSE_NON_ZEROS}",
+            quoted(id),
             s.indices.len()
         )));
     }
-    if s.indices.is_empty() {
-        return Ok(None);
+    let mut seen = std::collections::HashSet::with_capacity(s.indices.len());
+    if let Some(dup) = s.indices.iter().find(|i| !seen.insert(**i)) {
+        return Err(ApiError::invalid(format!(
+            "Sparse vector indices must be unique: vector ID '{}' repeats index {dup}",
+            quoted(id)
+        )));
+    }
+    if s.values.iter().any(|v| !v.is_finite()) {
+        return Err(ApiError::invalid(format!(
+            "sparse values of vector ID '{}' contain a NaN or infinite value",
+            quoted(id)
+        )));
     }
     Ok(Some((s.indices.clone(), s.values.clone())))
 }
 
-/// Validates flat metadata and returns it as JSON text.
+/// Pinecone's refusal of sparse values on an index that is not `dotproduct`.
+fn sparse_unsupported(target: &Target) -> ApiError {
+    ApiError::invalid(format!(
+        "Index configuration does not support sparse values - only indexes that are sparse or \
+         using dotproduct are supported (index '{}' uses {})",
+        target.index.name,
+        target.index.metric.as_str()
+    ))
+}
+
+/// Validates flat metadata as Pinecone does and returns it as JSON text: keys not starting
+/// with `$` (reserved for filter operators, so such a field could never be filtered),
+/// values strings, numbers, booleans or lists of strings, at most [`MAX_METADATA_BYTES`].
 fn check_metadata(id: &str, metadata: &Map<String, Value>) -> Result<String, ApiError> {
     for (field, value) in metadata {
+        if field.starts_with('$') {
+            return Err(ApiError::invalid(format!(
+                "Metadata field '{}' cannot start with '$' (vector ID '{}')",
+                quoted(field),
+                quoted(id)
+            )));
+        }
         let ok = match value {
             Value::String(_) | Value::Number(_) | Value::Bool(_) => true,
             Value::Array(items) => items.iter().all(Value::is_string),
@@ -125,17 +245,15 @@ fn check_metadata(id: &str, metadata: &Map<String, Value>) -> Result<String, Api
         };
         if !ok {
             return Err(ApiError::invalid(format!(
-                "metadata field '{field}' of vector '{id}' must be a string, number, boolean or list of strings"
+                "Metadata value must be a string, number, boolean or list of strings, got '{}' for field '{}' (vector ID '{}')",
+                quoted(&value.to_string()),
+                quoted(field),
+                quoted(id)
             )));
         }
     }
     let text = Value::Object(metadata.clone()).to_string();
-    if text.len() > MAX_METADATA_BYTES {
-        return Err(ApiError::invalid(format!(
-            "metadata of vector '{id}' is {} bytes; the limit is {MAX_METADATA_BYTES}",
-            text.len()
-        )));
-    }
+    check_metadata_size(id, &text).map_err(ApiError::invalid)?;
     Ok(text)
 }
 
@@ -208,7 +326,7 @@ pub async fn upsert_local(
     for v in req.vectors {
         check_id("vector id", &v.id)?;
         check_values(target, &v.id, &v.values)?;
-        let sparse = check_sparse(&v.id, &v.sparse_values)?;
+        let sparse = check_sparse(target, &v.id, &v.sparse_values)?;
         let metadata = match &v.metadata {
             Some(m) => Some(check_metadata(&v.id, &struct_to_json(m))?),
             None => None,
@@ -244,8 +362,42 @@ pub async fn upsert_local(
     ))
 }
 
+/// Refuses the query fields Conifer would otherwise ignore: until sparse-dense search
+/// exists, a `sparse_vector` (on a non-`dotproduct` index with Pinecone's own refusal); the
+/// deprecated batch `queries`; and `scan_factor` / `max_candidates`, which tune Pinecone's
+/// dedicated read nodes. Nothing semantic is dropped silently.
+#[allow(deprecated)] // `queries` is part of the wire format, refused here.
+fn refuse_unhonoured_query_fields(target: &Target, req: &pb::QueryRequest) -> Result<(), ApiError> {
+    if req.sparse_vector.is_some() {
+        if target.index.metric != Metric::DotProduct {
+            return Err(sparse_unsupported(target));
+        }
+        if !req.id.is_empty() {
+            return Err(ApiError::invalid(
+                "Cannot provide both 'ID' and 'sparse_vector' at the same time",
+            ));
+        }
+        return Err(ApiError::invalid(
+            "'sparseVector' is not supported: Conifer ranks by the dense 'vector' only and does \
+             not serve sparse-dense (hybrid) queries yet; send the query without 'sparseVector'",
+        ));
+    }
+    if !req.queries.is_empty() {
+        return Err(ApiError::invalid(
+            "the deprecated 'queries' field is not supported; send one 'vector' or 'id'",
+        ));
+    }
+    if req.scan_factor.is_some() || req.max_candidates.is_some() {
+        return Err(ApiError::invalid(
+            "'scanFactor' and 'maxCandidates' tune dedicated read nodes, which Conifer does not \
+             have; send the query without them",
+        ));
+    }
+    Ok(())
+}
+
 /// `Query` by vector or by id.
-#[allow(deprecated)] // `queries` / `results` are part of the wire format; refused / left empty.
+#[allow(deprecated)] // `results` is part of the wire format; left empty.
 pub async fn query_local(
     _router: &Router,
     target: &Target,
@@ -257,42 +409,38 @@ pub async fn query_local(
             req.top_k
         )));
     }
-    if !req.queries.is_empty() {
-        return Err(ApiError::invalid(
-            "the deprecated 'queries' field is not supported; send one 'vector' or 'id'",
-        ));
-    }
+    refuse_unhonoured_query_fields(target, &req)?;
     let namespace = check_namespace(&req.namespace)?;
     let filter = parse_filter(req.filter.as_ref())?;
     let by_id = !req.id.is_empty();
-    let has_vector = !req.vector.is_empty();
-    if by_id == has_vector {
-        return Err(ApiError::invalid(
-            "exactly one of 'vector' and 'id' must be given",
-        ));
+    match (by_id, !req.vector.is_empty()) {
+        (true, true) => {
+            return Err(ApiError::invalid(
+                "Cannot provide both 'ID' and 'vector' at the same time",
+            ))
+        }
+        (false, false) => {
+            return Err(ApiError::invalid(
+                "Either 'vector' or 'ID' must be provided",
+            ))
+        }
+        (true, false) => check_id("id", &req.id)?,
+        (false, true) => check_query_vector(target, &req.vector)?,
     }
     let guard = target.shard.state.read();
     let ns: Option<&Namespace> = guard.namespace(&namespace);
+    // A query by an id the namespace does not hold matches nothing (Pinecone answers 200
+    // with empty matches, as its SDKs' integration tests expect).
     let vector = if by_id {
-        check_id("id", &req.id)?;
-        match ns.and_then(|n| n.get(&req.id)) {
-            Some(r) => r.values.clone(),
-            None => {
-                return Err(ApiError::not_found(format!(
-                    "vector '{}' not found in namespace '{namespace}'",
-                    req.id
-                )))
-            }
-        }
+        ns.and_then(|n| n.get(&req.id)).map(|r| r.values.as_slice())
     } else {
-        check_values(target, "query", &req.vector)?;
-        req.vector
+        Some(req.vector.as_slice())
     };
-    let hits = match ns {
-        Some(ns) => ns
-            .query(&vector, req.top_k as usize, filter.as_ref().map(|f| &f.0))
+    let hits = match (ns, vector) {
+        (Some(ns), Some(vector)) => ns
+            .query(vector, req.top_k as usize, filter.as_ref().map(|f| &f.0))
             .map_err(ApiError::internal)?,
-        None => Vec::new(),
+        _ => Vec::new(),
     };
     let matches = hits
         .into_iter()
@@ -365,37 +513,104 @@ pub async fn fetch_local(
     ))
 }
 
-fn page_token(last: &str) -> String {
-    B64.encode(last.as_bytes())
+/// What a pagination token pages; a token is only good for the listing that issued it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Listing {
+    /// `List`: record ids of a namespace, by prefix.
+    Ids = 1,
+    /// `FetchByMetadata`: records of a namespace matching a filter.
+    ByMetadata = 2,
+    /// `ListNamespaces`: namespaces by prefix.
+    Namespaces = 3,
 }
 
-/// Cuts `items` (fetched with one extra) to `limit`; when there were more, the token of
-/// the last kept item continues the listing.
-fn paginate<T>(
-    items: &mut Vec<T>,
-    limit: usize,
-    key: impl Fn(&T) -> &str,
-) -> Option<pb::Pagination> {
-    if items.len() <= limit {
-        return None;
+/// Format byte of pagination tokens.
+const TOKEN_FORMAT: u8 = 1;
+/// Bytes of each parameter digest in a token.
+const TOKEN_DIGEST_BYTES: usize = 8;
+
+/// The parameters a listing's pages must share: the namespace (empty for
+/// `ListNamespaces`) and the prefix or the filter's canonical JSON.
+struct PageScope<'a> {
+    listing: Listing,
+    namespace: &'a str,
+    /// Name of the second parameter as the client sends it, for errors.
+    narrowing_name: &'static str,
+    narrowing: &'a str,
+}
+
+fn digest(text: &str) -> [u8; TOKEN_DIGEST_BYTES] {
+    use sha2::{Digest, Sha256};
+    let full = Sha256::digest(text.as_bytes());
+    let mut out = [0u8; TOKEN_DIGEST_BYTES];
+    out.copy_from_slice(&full[..TOKEN_DIGEST_BYTES]);
+    out
+}
+
+impl PageScope<'_> {
+    /// The token continuing this listing after `last`: format, listing, digests of the
+    /// namespace and of the prefix or filter, then `last`, base64url.
+    fn token(&self, last: &str) -> String {
+        let mut bytes = vec![TOKEN_FORMAT, self.listing as u8];
+        bytes.extend_from_slice(&digest(self.namespace));
+        bytes.extend_from_slice(&digest(self.narrowing));
+        bytes.extend_from_slice(last.as_bytes());
+        B64.encode(bytes)
     }
-    items.truncate(limit);
-    items.last().map(|last| pb::Pagination {
-        next: page_token(key(last)),
-    })
-}
 
-fn parse_token(token: Option<&str>) -> Result<Option<String>, ApiError> {
-    match token {
-        None | Some("") => Ok(None),
-        Some(t) => {
-            let bytes = B64.decode(t).map_err(|_| {
-                ApiError::invalid("pagination_token is not a token this server issued")
-            })?;
-            String::from_utf8(bytes)
-                .map(Some)
-                .map_err(|_| ApiError::invalid("pagination_token is malformed"))
+    /// The key to continue after, from a token this listing issued; a token of another
+    /// listing, namespace, prefix or filter is refused naming the parameter that differs.
+    fn parse(&self, token: Option<&str>) -> Result<Option<String>, ApiError> {
+        let token = match token {
+            None | Some("") => return Ok(None),
+            Some(t) => t,
+        };
+        let foreign = || ApiError::invalid("pagination_token is not a token this server issued");
+        let bytes = B64.decode(token).map_err(|_| foreign())?;
+        let header = 2 + 2 * TOKEN_DIGEST_BYTES;
+        if bytes.len() < header || bytes[0] != TOKEN_FORMAT {
+            return Err(foreign());
         }
+        if bytes[1] != self.listing as u8 {
+            return Err(ApiError::invalid(
+                "pagination_token was issued by another kind of listing",
+            ));
+        }
+        let (ns, narrowing) = bytes[2..header].split_at(TOKEN_DIGEST_BYTES);
+        if ns != digest(self.namespace) {
+            return Err(ApiError::invalid(
+                "pagination_token was issued for another namespace: send the namespace of the \
+                 first page with every page",
+            ));
+        }
+        if narrowing != digest(self.narrowing) {
+            return Err(ApiError::invalid(format!(
+                "pagination_token was issued for another {0}: send the {0} of the first page \
+                 with every page",
+                self.narrowing_name
+            )));
+        }
+        String::from_utf8(bytes[header..].to_vec())
+            .map(Some)
+            .map_err(|_| foreign())
+    }
+
+    /// Cuts `items` (fetched with one extra) to `limit`; when there were more, the token of
+    /// the last kept item continues the listing.
+    fn paginate<T>(
+        &self,
+        items: &mut Vec<T>,
+        limit: usize,
+        key: impl Fn(&T) -> &str,
+    ) -> Option<pb::Pagination> {
+        if items.len() <= limit {
+            return None;
+        }
+        items.truncate(limit);
+        items.last().map(|last| pb::Pagination {
+            next: self.token(key(last)),
+        })
     }
 }
 
@@ -425,14 +640,26 @@ pub async fn list_local(
             prefix.len()
         )));
     }
-    let after = parse_token(req.pagination_token.as_deref())?;
+    if !prefix.is_ascii() {
+        return Err(ApiError::invalid(format!(
+            "prefix must be ASCII, but got '{}'",
+            quoted(&prefix)
+        )));
+    }
+    let scope = PageScope {
+        listing: Listing::Ids,
+        namespace: &namespace,
+        narrowing_name: "prefix",
+        narrowing: &prefix,
+    };
+    let after = scope.parse(req.pagination_token.as_deref())?;
     let guard = target.shard.state.read();
     let mut ids = match guard.namespace(&namespace) {
         Some(ns) => ns.list(&prefix, after.as_deref(), limit + 1),
         None => Vec::new(),
     };
     drop(guard);
-    let pagination = paginate(&mut ids, limit, |last| last.as_str());
+    let pagination = scope.paginate(&mut ids, limit, |last| last.as_str());
     Ok((
         pb::ListResponse {
             vectors: ids.into_iter().map(|id| pb::ListItem { id }).collect(),
@@ -454,8 +681,19 @@ pub async fn fetch_by_metadata_local(
 ) -> Result<(pb::FetchByMetadataResponse, Lsn), ApiError> {
     let namespace = check_namespace(&req.namespace)?;
     let limit = check_limit(req.limit)?;
+    if req.filter.as_ref().is_some_and(|f| f.fields.is_empty()) {
+        return Err(ApiError::invalid(
+            "Empty filter provided for fetch by metadata request",
+        ));
+    }
     let filter = parse_filter(req.filter.as_ref())?;
-    let after = parse_token(req.pagination_token.as_deref())?;
+    let scope = PageScope {
+        listing: Listing::ByMetadata,
+        namespace: &namespace,
+        narrowing_name: "filter",
+        narrowing: filter.as_ref().map_or("", |f| f.1.as_str()),
+    };
+    let after = scope.parse(req.pagination_token.as_deref())?;
     let guard = target.shard.state.read();
     let mut found: Vec<(String, pb::Vector)> = Vec::new();
     if let Some(ns) = guard.namespace(&namespace) {
@@ -471,7 +709,7 @@ pub async fn fetch_by_metadata_local(
         }
     }
     drop(guard);
-    let pagination = paginate(&mut found, limit, |(id, _)| id.as_str());
+    let pagination = scope.paginate(&mut found, limit, |(id, _)| id.as_str());
     Ok((
         pb::FetchByMetadataResponse {
             vectors: found.into_iter().collect(),
@@ -492,12 +730,25 @@ pub async fn delete_local(
     req: pb::DeleteRequest,
 ) -> Result<(pb::DeleteResponse, Lsn), ApiError> {
     let namespace = check_namespace(&req.namespace)?;
-    let modes = usize::from(!req.ids.is_empty())
-        + usize::from(req.delete_all)
-        + usize::from(req.filter.is_some());
-    if modes != 1 {
+    if req.delete_all && !req.ids.is_empty() {
         return Err(ApiError::invalid(
-            "exactly one of 'ids', 'delete_all' and 'filter' must be given",
+            "No explicit IDs allowed when delete_all=true",
+        ));
+    }
+    if req.delete_all && req.filter.is_some() {
+        return Err(ApiError::invalid("No filter allowed when delete_all=true"));
+    }
+    if !req.ids.is_empty() && req.filter.is_some() {
+        return Err(ApiError::invalid("give either 'ids' or 'filter', not both"));
+    }
+    if req.filter.as_ref().is_some_and(|f| f.fields.is_empty()) {
+        return Err(ApiError::invalid(
+            "Delete with empty metadata filter is not allowed",
+        ));
+    }
+    if req.ids.is_empty() && !req.delete_all && req.filter.is_none() {
+        return Err(ApiError::invalid(
+            "one of 'ids', 'deleteAll' and 'filter' must be given",
         ));
     }
     let command = if req.delete_all {
@@ -557,7 +808,12 @@ pub async fn update_local(
         }
         if !req.values.is_empty() || req.sparse_values.is_some() {
             return Err(ApiError::invalid(
-                "an update by filter can only set metadata",
+                "Update by metadata request does not support updating vector values.",
+            ));
+        }
+        if filter_struct.fields.is_empty() {
+            return Err(ApiError::invalid(
+                "Update with empty metadata filter is not allowed",
             ));
         }
         let (filter, text) =
@@ -602,13 +858,18 @@ pub async fn update_local(
         ));
     }
     check_id("id", &req.id)?;
+    if req.dry_run == Some(true) {
+        return Err(ApiError::invalid(
+            "'dryRun' applies to an update by filter only",
+        ));
+    }
     let values = if req.values.is_empty() {
         None
     } else {
         check_values(target, &req.id, &req.values)?;
         Some(req.values)
     };
-    let sparse = check_sparse(&req.id, &req.sparse_values)?;
+    let sparse = check_sparse(target, &req.id, &req.sparse_values)?;
     let (output, lsn) = router
         .write(
             target,
@@ -686,8 +947,20 @@ pub async fn list_namespaces_local(
     req: pb::ListNamespacesRequest,
 ) -> Result<(pb::ListNamespacesResponse, Lsn), ApiError> {
     let limit = check_limit(req.limit)?;
-    let after = parse_token(req.pagination_token.as_deref())?;
     let prefix = req.prefix.unwrap_or_default();
+    if prefix.len() > MAX_NAMESPACE_BYTES {
+        return Err(ApiError::invalid(format!(
+            "prefix is {} bytes; the limit is {MAX_NAMESPACE_BYTES}",
+            prefix.len()
+        )));
+    }
+    let scope = PageScope {
+        listing: Listing::Namespaces,
+        namespace: "",
+        narrowing_name: "prefix",
+        narrowing: &prefix,
+    };
+    let after = scope.parse(req.pagination_token.as_deref())?;
     let guard = target.shard.state.read();
     let all: Vec<(String, u64)> = guard
         .namespace_counts()
@@ -701,7 +974,7 @@ pub async fn list_namespaces_local(
         .filter(|(n, _)| after.as_deref().is_none_or(|a| n.as_str() > a))
         .take(limit + 1)
         .collect();
-    let pagination = paginate(&mut page, limit, |(n, _)| n.as_str());
+    let pagination = scope.paginate(&mut page, limit, |(n, _)| n.as_str());
     Ok((
         pb::ListNamespacesResponse {
             namespaces: page
@@ -751,6 +1024,18 @@ pub async fn create_namespace_local(
         ));
     }
     let name = check_namespace(&req.name)?;
+    // Conifer indexes every metadata field, so a schema listing fields as filterable is
+    // honoured; one asking for a field not to be indexed would not be, and is refused in
+    // Pinecone's words.
+    if let Some(schema) = &req.schema {
+        if let Some((field, _)) = schema.fields.iter().find(|(_, p)| !p.filterable) {
+            return Err(ApiError::invalid(format!(
+                "Field '{}' is set to filterable: false. Only filterable: true is supported. \
+                 To avoid indexing the field, omit it from the list of fields.",
+                quoted(field)
+            )));
+        }
+    }
     let count = target.shard.state.read().namespace_counts().len();
     if count >= MAX_NAMESPACES_PER_INDEX {
         return Err(ApiError::invalid(format!(

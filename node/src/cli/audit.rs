@@ -45,12 +45,21 @@ pub struct Selection {
     /// Latest event time, RFC 3339 (exclusive).
     #[arg(long)]
     pub until: Option<String>,
-    /// Only this action (e.g. api_key.delete).
+    /// Only this action, in Pinecone's audit vocabulary: create, update, delete, login
+    /// (or read, for refused reads).
     #[arg(long)]
     pub action: Option<String>,
-    /// Only this resource type (e.g. project).
+    /// Only this operation, Conifer's finer name (e.g. api_key.delete, project.member.add).
+    #[arg(long)]
+    pub operation: Option<String>,
+    /// Only this resource type (organization, user, project, index, api-key,
+    /// service-account, operator-token, signing-key, audit-log, cluster).
     #[arg(long)]
     pub resource_type: Option<String>,
+    /// Only events whose resource id is this value, or lists it, or names it in a field
+    /// (an index or project name, an API key id, a user's email).
+    #[arg(long)]
+    pub resource_id: Option<String>,
     /// Only this actor (id or name).
     #[arg(long)]
     pub actor: Option<String>,
@@ -66,7 +75,9 @@ impl Selection {
             ("start_time", &self.since),
             ("end_time", &self.until),
             ("action", &self.action),
+            ("operation", &self.operation),
             ("resource_type", &self.resource_type),
+            ("resource_id", &self.resource_id),
             ("actor", &self.actor),
             ("outcome", &self.outcome),
         ];
@@ -163,14 +174,16 @@ fn print_events(page: &Value) {
                         "sequence": e["sequence"],
                         "time": e["event"]["time"],
                         "action": e["event"]["action"],
+                        "operation": e["event"]["operation"],
                         "actor": e["actor"]["principal_name"],
                         "resource": format!(
                             "{} {}",
                             e["event"]["resource_type"].as_str().unwrap_or_default(),
-                            e["event"]["resource_name"]
-                                .as_str()
-                                .or(e["event"]["resource_id"].as_str())
-                                .unwrap_or_default()
+                            match &e["event"]["resource_id"] {
+                                Value::String(id) => id.clone(),
+                                Value::Null => String::new(),
+                                other => other.to_string(),
+                            }
                         ),
                         "result": e["event"]["outcome"]["result"],
                         "source_ip": e["source_ip"],
@@ -188,6 +201,7 @@ fn print_events(page: &Value) {
                 "sequence",
                 "time",
                 "action",
+                "operation",
                 "actor",
                 "resource",
                 "result",

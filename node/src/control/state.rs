@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use conifer_raft::group_state::StateWrites;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{self, AuditContext, AuditDraft, AuditLog, EventOutcome, Params, Resource};
+use crate::audit::{
+    self, AuditContext, AuditDraft, AuditLog, EventOutcome, Params, Resource, ResourceType, Verb,
+};
 
 pub use super::identity::{
     IdentityCommand, MemberKind, OrgRole, ProjectMember, ProjectRole, ServiceAccount, SigningKey,
@@ -682,16 +684,15 @@ impl ControlState {
             }
             Command::PurgeAudit { context, before } => {
                 for (chain, removed) in self.audit.purge_before(&before) {
-                    let org = (chain != audit::CLUSTER_CHAIN).then_some(chain);
-                    let resource = Resource {
-                        resource_type: "audit_log".into(),
-                        resource_id: org.clone(),
-                        resource_name: None,
-                        organization_id: org,
-                        parameters: Params::default()
-                            .with("purged_events", removed)
-                            .with("before", before.as_str()),
-                    };
+                    let org = (chain != audit::CLUSTER_CHAIN).then(|| chain.clone());
+                    let resource = Resource::new(Verb::Delete, ResourceType::AuditLog, None)
+                        .id(Some(chain.as_str()))
+                        .in_org(org.as_deref())
+                        .params(
+                            Params::default()
+                                .with("purged_events", removed)
+                                .with("before", before.as_str()),
+                        );
                     let event =
                         audit::build_event(self, &context, resource, EventOutcome::success());
                     self.audit.append(event);
@@ -941,7 +942,7 @@ pub(crate) mod tests {
         AuditContext {
             id: id.into(),
             time: audit::timestamp(1_000),
-            action: "project.create".into(),
+            operation: "project.create".into(),
             actor: audit::ActorRef {
                 principal_type: audit::PrincipalType::Operator,
                 principal_id: "op".into(),
@@ -976,7 +977,13 @@ pub(crate) mod tests {
         assert_eq!(chain.events.len(), 1);
         let event = &chain.events[0];
         assert_eq!(event.event.outcome, EventOutcome::success());
-        assert_eq!(event.event.resource_id.as_deref(), Some("p1"));
+        assert_eq!(event.event.resource_uid.as_deref(), Some("p1"));
+        assert_eq!(
+            event.event.resource_id,
+            Some(audit::JsonValue(serde_json::json!("alpha")))
+        );
+        assert_eq!(event.event.action, "create");
+        assert_eq!(event.event.operation, "project.create");
         assert_eq!(event.event.resource_name.as_deref(), Some("alpha"));
 
         let before = s.clone();
@@ -1012,7 +1019,7 @@ pub(crate) mod tests {
         let before = s.clone();
         let draft = AuditDraft {
             context: context("d"),
-            resource: Resource::new("project", Some("p0")),
+            resource: Resource::new(Verb::Create, ResourceType::Project, Some("p0")),
             outcome: EventOutcome::failure("PERMISSION_DENIED", "no"),
         };
         let batch = vec![draft; audit::MAX_AUDIT_BATCH_EVENTS + 1];

@@ -98,8 +98,25 @@ pub fn normalize(v: &mut [f32]) {
     }
 }
 
-/// The Pinecone score of `candidate` for `query` (both as given, not normalized).
+/// A raw engine score in Pinecone's range for `metric`: cosine in [-1, 1] and euclidean
+/// (squared L2) at least 0. Float rounding puts identical unit vectors at `1.0000015` or
+/// `-1e-7`; dot products are unbounded and pass through. NaN cannot arise from finite
+/// inputs (records and queries are checked finite) and is passed through unchanged.
+pub fn clamp_score(metric: Metric, score: f32) -> f32 {
+    match metric {
+        Metric::Cosine => score.clamp(-1.0, 1.0),
+        Metric::Euclidean => score.max(0.0),
+        Metric::DotProduct => score,
+    }
+}
+
+/// The Pinecone score of `candidate` for `query` (both as given, not normalized), in the
+/// metric's range ([`clamp_score`]).
 pub fn exact_score(metric: Metric, query: &[f32], candidate: &[f32]) -> f32 {
+    clamp_score(metric, raw_score(metric, query, candidate))
+}
+
+fn raw_score(metric: Metric, query: &[f32], candidate: &[f32]) -> f32 {
     match metric {
         Metric::DotProduct => query.iter().zip(candidate).map(|(a, b)| a * b).sum(),
         Metric::Euclidean => query
@@ -261,8 +278,9 @@ impl VectorIndex {
         Ok(())
     }
 
-    /// The `k` nearest internal ids to `query` with Pinecone scores, best first; when
-    /// `allowed` is given, only those ids are considered (they must all be live).
+    /// The `k` nearest internal ids to `query` with Pinecone scores in the metric's range
+    /// ([`clamp_score`]), best first; when `allowed` is given, only those ids are considered
+    /// (they must all be live).
     pub fn search(
         &mut self,
         query: &[f32],
@@ -295,7 +313,11 @@ impl VectorIndex {
             .labels
             .iter()
             .zip(result.distances.iter())
-            .filter_map(|(label, distance)| label.get().map(|id| (id, *distance)))
+            .filter_map(|(label, distance)| {
+                label
+                    .get()
+                    .map(|id| (id, clamp_score(self.metric, *distance)))
+            })
             .filter(|(id, _)| !self.tombstones.contains(id))
             .take(k)
             .collect())
@@ -351,6 +373,51 @@ mod tests {
         assert!((hits[0].1 - 1.0).abs() < 1e-5);
         assert!((hits[1].1 - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-5);
         assert!((exact_score(Metric::Cosine, &[0.5, 0.0], &[1.0, 1.0]) - hits[1].1).abs() < 1e-5);
+    }
+
+    #[test]
+    fn scores_of_identical_vectors_stay_in_the_metric_range() {
+        // Vectors whose normalization rounds so that a vector's inner product with itself
+        // exceeds 1 (Conifer answered 1.0000015 for such a pair) and, for squared L2, a
+        // distance of itself below 0.
+        let dimension = 384;
+        let vectors: Vec<Vec<f32>> = (0..40)
+            .map(|i| {
+                (0..dimension)
+                    .map(|j| ((i * 7 + j * 13) % 97) as f32 * 0.013 + 0.1 + i as f32 * 1e-3)
+                    .collect()
+            })
+            .collect();
+        let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
+        let ids: Vec<u64> = (0..vectors.len() as u64).collect();
+        for kind in [EngineKind::Flat, EngineKind::Hnsw] {
+            for metric in [Metric::Cosine, Metric::Euclidean] {
+                let mut index =
+                    VectorIndex::new(dimension, metric, kind, EngineConfig::default()).unwrap();
+                index.add(&ids, &flat).unwrap();
+                for (i, v) in vectors.iter().enumerate() {
+                    let hits = index.search(v, 3, None).unwrap();
+                    assert_eq!(hits[0].0, i as u64, "{kind:?} {metric:?}");
+                    let exact = exact_score(metric, v, v);
+                    for score in hits.iter().map(|h| h.1).chain([exact]) {
+                        match metric {
+                            Metric::Cosine => assert!(
+                                (-1.0..=1.0).contains(&score),
+                                "{kind:?} cosine score {score} of vector {i}"
+                            ),
+                            _ => assert!(score >= 0.0, "{kind:?} squared L2 {score} of {i}"),
+                        }
+                    }
+                    if metric == Metric::Cosine {
+                        assert!(hits[0].1 > 0.9999, "{kind:?} self-score {}", hits[0].1);
+                    }
+                }
+            }
+        }
+        assert_eq!(clamp_score(Metric::Cosine, 1.0000015), 1.0);
+        assert_eq!(clamp_score(Metric::Cosine, -1.0000015), -1.0);
+        assert_eq!(clamp_score(Metric::Euclidean, -1e-7), 0.0);
+        assert_eq!(clamp_score(Metric::DotProduct, 7.5), 7.5);
     }
 
     #[test]

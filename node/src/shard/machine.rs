@@ -68,6 +68,39 @@ pub struct Record {
     pub metadata: Option<String>,
 }
 
+/// Largest metadata of one record, serialized as JSON, in bytes (Pinecone's 40 KB).
+/// Checked on what a write produces: the request's metadata, and the merged metadata of an
+/// update, so no write can leave a record over the limit.
+pub const MAX_METADATA_BYTES: usize = 40 * 1024;
+
+/// Refuses metadata (as JSON text) of record `id` over [`MAX_METADATA_BYTES`], in Pinecone's
+/// words.
+pub fn check_metadata_size(id: &str, metadata_json: &str) -> Result<(), String> {
+    if metadata_json.len() > MAX_METADATA_BYTES {
+        return Err(format!(
+            "Metadata size is {} bytes, which exceeds the limit of {MAX_METADATA_BYTES} bytes per vector (vector ID '{id}')",
+            metadata_json.len()
+        ));
+    }
+    Ok(())
+}
+
+/// `record`'s metadata with `set` merged in (Pinecone's update: fields in `set` replace
+/// those of the same name, others stay), refused when the result is over
+/// [`MAX_METADATA_BYTES`].
+fn merge_metadata(
+    id: &str,
+    record: &mut Record,
+    set: &Map<String, Value>,
+) -> Result<(), ShardRejection> {
+    let mut merged = record.metadata_map().unwrap_or_default();
+    merged.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let text = Value::Object(merged).to_string();
+    check_metadata_size(id, &text).map_err(ShardRejection::Invalid)?;
+    record.metadata = Some(text);
+    Ok(())
+}
+
 impl Record {
     /// Metadata parsed as an object.
     pub fn metadata_map(&self) -> Option<Map<String, Value>> {
@@ -661,12 +694,10 @@ impl ShardMachine {
                     record.sparse = Some(s);
                 }
                 if let Some(set) = set_metadata {
-                    let mut merged = record.metadata_map().unwrap_or_default();
                     let set: Map<String, Value> = serde_json::from_str(&set).map_err(|e| {
                         ShardRejection::Invalid(format!("setMetadata is not an object: {e}"))
                     })?;
-                    merged.extend(set);
-                    record.metadata = Some(Value::Object(merged).to_string());
+                    merge_metadata(&id, &mut record, &set)?;
                 }
                 ns.upsert(vec![(id, record)], writes);
                 Ok(ShardOutput::Updated(1))
@@ -696,17 +727,17 @@ impl ShardMachine {
                 let Some(ns) = self.namespaces.get_mut(&namespace) else {
                     return Ok(ShardOutput::Updated(0));
                 };
+                // Every merged record is checked before any is written: one over the limit
+                // refuses the whole update.
                 let updated: Vec<(String, Record)> = ns
                     .matching(&filter)
                     .into_iter()
                     .map(|(id, record)| {
                         let mut record = record.clone();
-                        let mut merged = record.metadata_map().unwrap_or_default();
-                        merged.extend(set.clone());
-                        record.metadata = Some(Value::Object(merged).to_string());
-                        (id.clone(), record)
+                        merge_metadata(id, &mut record, &set)?;
+                        Ok((id.clone(), record))
                     })
-                    .collect();
+                    .collect::<Result<_, ShardRejection>>()?;
                 let count = updated.len() as u32;
                 ns.upsert(updated, writes);
                 Ok(ShardOutput::Updated(count))

@@ -13,9 +13,9 @@ use serde_json::Value;
 use crate::chaos::history::{Event, EventType};
 use crate::Cluster;
 
-/// The audit action a history operation performs, for the operations that change the
+/// The audit operation a history operation performs (the event's `operation`), for the operations that change the
 /// control plane (reads are not audited).
-pub fn audited_action(f: &str) -> Option<&'static str> {
+pub fn audited_operation(f: &str) -> Option<&'static str> {
     Some(match f {
         "create-key" => "api_key.create",
         "delete-key" => "api_key.delete",
@@ -88,7 +88,7 @@ pub fn check_events(ops: &[Event], events: &[AuditEvent]) -> AuditReport {
         }
     }
     for (id, op) in &last {
-        let Some(action) = audited_action(&op.f) else {
+        let Some(action) = audited_operation(&op.f) else {
             continue;
         };
         report.actions_checked += 1;
@@ -97,10 +97,10 @@ pub fn check_events(ops: &[Event], events: &[AuditEvent]) -> AuditReport {
         if found.len() > 1 {
             report.duplicated.push(label.clone());
         }
-        if let Some(e) = found.iter().find(|e| e.event.action != action) {
+        if let Some(e) = found.iter().find(|e| e.event.operation != action) {
             report
                 .unexplained
-                .push(format!("{label}: event says {}", e.event.action));
+                .push(format!("{label}: event says {}", e.event.operation));
         }
         match op.kind {
             EventType::Ok if changed(op) && found.is_empty() => report.missing.push(label),
@@ -118,10 +118,10 @@ pub fn check_events(ops: &[Event], events: &[AuditEvent]) -> AuditReport {
     for (id, found) in &successes {
         let audited = last
             .get(id)
-            .is_some_and(|op| audited_action(&op.f).is_some());
+            .is_some_and(|op| audited_operation(&op.f).is_some());
         let ours = found.iter().any(|e| {
             e.actor.principal_type != conifer_node::audit::PrincipalType::System
-                && e.event.action != "cluster.bootstrap"
+                && e.event.operation != "cluster.bootstrap"
         });
         if !audited && ours && is_harness_request(ops, id) {
             report.unexplained.push(format!(
@@ -204,6 +204,7 @@ mod tests {
     use super::*;
     use conifer_node::audit::{
         build_event, ActorRef, AuditContext, AuditLog, EventOutcome, PrincipalType, Resource,
+        ResourceType, Verb,
     };
 
     fn op(index: u64, kind: EventType, f: &str, rid: &str, value: Value) -> Event {
@@ -222,12 +223,12 @@ mod tests {
         }
     }
 
-    fn event(log: &mut AuditLog, rid: &str, action: &str, result: &str) {
+    fn event(log: &mut AuditLog, rid: &str, operation: &str, result: &str) {
         let state = conifer_node::control::ControlState::default();
         let context = AuditContext {
             id: rid.into(),
             time: conifer_node::audit::timestamp(1),
-            action: action.into(),
+            operation: operation.into(),
             actor: ActorRef {
                 principal_type: PrincipalType::Operator,
                 principal_id: "op".into(),
@@ -247,7 +248,7 @@ mod tests {
         log.append(build_event(
             &state,
             &context,
-            Resource::new("api_key", None),
+            Resource::new(Verb::Create, ResourceType::ApiKey, None),
             outcome,
         ));
     }

@@ -1,0 +1,219 @@
+//! JSON request bodies of the routes that read them as bytes (the data plane and the index
+//! API): the content type, nesting and shape checks every such route shares, refused in
+//! Pinecone's error shape.
+
+use std::borrow::Cow;
+
+use axum::http::HeaderMap;
+use serde::de::DeserializeOwned;
+
+use super::ApiError;
+
+/// Deepest JSON nesting read as it is. Deeper arrays and objects are read as `null`, so
+/// the field's own validation refuses them with its usual message (a filter nested 1,000
+/// levels deep gets the same "nesting deeper than 8 levels" as one nested 9 deep), the
+/// JSON parser's recursion limit (128) is never reached, and a filter forwarded to another
+/// node as protobuf (four messages per `$and` level) stays under prost's decoding limit of
+/// 100 nested messages. No valid request nests deeper than a filter at its limit (about 21
+/// levels).
+pub const MAX_JSON_NESTING: usize = 40;
+
+/// Which API a body belongs to: Pinecone answers a body that is JSON but not the request's
+/// shape with 422 on the control plane (its spec) and 400 on the data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plane {
+    /// `/indexes` and the admin API.
+    Control,
+    /// Vectors, queries and namespaces.
+    Data,
+}
+
+/// Refuses a body that does not declare `Content-Type: application/json` (parameters such
+/// as `charset` allowed), with 415.
+pub fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let essence = content_type.map(|t| t.split(';').next().unwrap_or("").trim());
+    match essence {
+        Some(t) if t.eq_ignore_ascii_case("application/json") => Ok(()),
+        Some(_) => Err(ApiError::unsupported_media_type(format!(
+            "Content-Type is '{}'; this route takes 'application/json'",
+            content_type.unwrap_or_default()
+        ))),
+        None => Err(ApiError::unsupported_media_type(
+            "Expected request with `Content-Type: application/json`",
+        )),
+    }
+}
+
+/// Parses a JSON body of type `T`: the content type must be JSON; nesting past
+/// [`MAX_JSON_NESTING`] reads as `null`; text that is not JSON is 400, JSON of the wrong
+/// shape (a wrong type, a missing or unknown field) 422 on the control plane and 400 on the
+/// data plane, with serde's message naming the field.
+pub fn json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+    plane: Plane,
+) -> Result<T, ApiError> {
+    require_json_content_type(headers)?;
+    let body = cap_nesting(body, MAX_JSON_NESTING);
+    serde_json::from_slice(&body).map_err(|e| {
+        if e.classify() == serde_json::error::Category::Data {
+            let message = format!("Failed to deserialize the JSON body into the target type: {e}");
+            match plane {
+                Plane::Control => ApiError::unprocessable(message),
+                Plane::Data => ApiError::invalid(message),
+            }
+        } else {
+            ApiError::invalid(format!("Failed to parse the request body as JSON: {e}"))
+        }
+    })
+}
+
+/// `text` with every array or object that opens deeper than `max` levels replaced by
+/// `null` (borrowed unchanged when nothing is that deep). Strings are skipped with their
+/// escapes; text that is not JSON stays malformed for the parser to name.
+fn cap_nesting(text: &[u8], max: usize) -> Cow<'_, [u8]> {
+    if max_nesting(text) <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut skipping_from: Option<usize> = None; // depth at which a cut subtree opened
+    for &b in text {
+        if in_string {
+            if skipping_from.is_none() {
+                out.push(b);
+            }
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max && skipping_from.is_none() {
+                    skipping_from = Some(depth);
+                    out.extend_from_slice(b"null");
+                }
+            }
+            b']' | b'}' => {
+                let closing = depth;
+                depth = depth.saturating_sub(1);
+                if skipping_from == Some(closing) {
+                    skipping_from = None;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        if skipping_from.is_none() {
+            out.push(b);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The deepest nesting of arrays and objects in `text`.
+fn max_nesting(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn capped(text: &str, max: usize) -> String {
+        String::from_utf8(cap_nesting(text.as_bytes(), max).into_owned()).unwrap()
+    }
+
+    #[test]
+    fn nesting_past_the_cap_reads_as_null_and_strings_are_kept() {
+        assert_eq!(capped(r#"{"a":[1,{"b":2}]}"#, 3), r#"{"a":[1,{"b":2}]}"#);
+        assert_eq!(capped(r#"{"a":[1,{"b":2}]}"#, 2), r#"{"a":[1,null]}"#);
+        assert_eq!(
+            capped(r#"{"s":"[{\"]","a":[[[1]],2]}"#, 2),
+            r#"{"s":"[{\"]","a":[null,2]}"#
+        );
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        let text = format!(r#"{{"filter":{deep},"x":1}}"#);
+        let value: Value = serde_json::from_str(&capped(&text, MAX_JSON_NESTING)).unwrap();
+        assert_eq!(value["x"], 1);
+        assert!(
+            serde_json::from_str::<Value>(&text).is_err(),
+            "serde's own limit"
+        );
+    }
+
+    #[test]
+    fn bodies_need_the_json_content_type_and_the_right_shape() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Body {
+            dimension: u32,
+        }
+        let mut headers = HeaderMap::new();
+        let missing = json::<Body>(&headers, b"{}", Plane::Control).unwrap_err();
+        assert_eq!(missing.status.as_u16(), 415);
+        headers.insert("content-type", "text/plain".parse().unwrap());
+        let wrong = json::<Body>(&headers, br#"{"dimension":4}"#, Plane::Data).unwrap_err();
+        assert_eq!(wrong.status.as_u16(), 415);
+        headers.insert(
+            "content-type",
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        assert_eq!(
+            json::<Body>(&headers, br#"{"dimension":4}"#, Plane::Control)
+                .unwrap()
+                .dimension,
+            4
+        );
+        let typed = json::<Body>(&headers, br#"{"dimension":"four"}"#, Plane::Control);
+        let typed = typed.unwrap_err();
+        assert_eq!(
+            (typed.status.as_u16(), typed.code),
+            (422, "UNPROCESSABLE_ENTITY")
+        );
+        assert!(typed.message.contains("dimension"), "{}", typed.message);
+        let unknown = json::<Body>(&headers, br#"{"dimension":4,"x":1}"#, Plane::Control);
+        assert_eq!(unknown.unwrap_err().status.as_u16(), 422);
+        let data = json::<Body>(&headers, br#"{"dimension":"four"}"#, Plane::Data);
+        assert_eq!(data.unwrap_err().status.as_u16(), 400);
+        let syntax = json::<Body>(&headers, br#"{"dimension":"#, Plane::Control);
+        assert_eq!(syntax.unwrap_err().status.as_u16(), 400);
+    }
+}

@@ -1,0 +1,66 @@
+//! The codec of every generated service and client: prost's, except that a request that
+//! cannot be decoded (malformed protobuf, a string field that is not UTF-8, nesting deeper
+//! than prost's recursion limit) is `INVALID_ARGUMENT`, the client's fault, where prost's
+//! codec answers `INTERNAL`.
+
+use std::marker::PhantomData;
+
+use prost::Message;
+use tonic::codec::{BufferSettings, DecodeBuf};
+use tonic::Status;
+use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+/// Prost encoding; decoding failures are `INVALID_ARGUMENT`.
+#[derive(Debug, Clone)]
+pub struct Codec<T, U> {
+    _types: PhantomData<(T, U)>,
+}
+
+impl<T, U> Default for Codec<T, U> {
+    fn default() -> Self {
+        Self {
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<T, U> tonic::codec::Codec for Codec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = Decoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<T, U>::raw_encoder(BufferSettings::default())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Decoder(ProstCodec::<T, U>::raw_decoder(BufferSettings::default()))
+    }
+}
+
+/// Prost's decoder with its errors as `INVALID_ARGUMENT`.
+#[derive(Debug)]
+pub struct Decoder<U>(ProstDecoder<U>);
+
+impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        self.0.decode(buf).map_err(|status| {
+            Status::invalid_argument(format!(
+                "malformed request: {} (a Protobuf message of this method was expected)",
+                status.message()
+            ))
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
+    }
+}

@@ -1,0 +1,1077 @@
+//! Pinecone parity from field reports (issue 13), on real nodes: records validated as
+//! Pinecone documents them on every write path with nothing written, queries by a missing id
+//! that match nothing, request fields Conifer would not honour refused, errors in Pinecone's
+//! shape on every route and transport, pagination tokens bound to what they page, and
+//! membership changes that cannot strand an index.
+
+use std::time::Duration;
+
+use conifer_proto::pinecone as pb;
+use conifer_tests::Cluster;
+use prost::Message;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// Answer of a REST call: status and body (JSON, or the text in a string).
+async fn answer(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// A data-plane REST call with a JSON body to `index` through node 1.
+async fn data(cluster: &Cluster, key: &str, index: &str, path: &str, body: Value) -> (u16, Value) {
+    answer(
+        cluster
+            .data(1, key, index, Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// A data-plane GET through node 1.
+async fn get(cluster: &Cluster, key: &str, index: &str, path: &str) -> (u16, Value) {
+    answer(
+        cluster
+            .data(1, key, index, Method::GET, path)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Asserts a refusal in Pinecone's error shape whose message contains `needle`.
+fn refused(got: &(u16, Value), status: u16, needle: &str) {
+    let (code, body) = got;
+    assert_eq!(*code, status, "{body}");
+    assert_eq!(body["status"], status, "Pinecone's error body: {body}");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{needle:?} not in {message:?}");
+}
+
+async fn total(cluster: &Cluster, key: &str, index: &str) -> Value {
+    data(cluster, key, index, "/describe_index_stats", json!({}))
+        .await
+        .1["namespaces"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_are_validated_as_pinecone_documents_them_on_every_write_path() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let key = cluster.api_key();
+    cluster
+        .create_index(1, &key, "cos", 4, "cosine")
+        .await
+        .unwrap();
+    cluster
+        .create_index(1, &key, "dot", 4, "dotproduct")
+        .await
+        .unwrap();
+    let one = [1.0, 0.0, 0.0, 0.0];
+    let ok = data(&cluster, &key, "cos", "/vectors/upsert",
+        json!({"namespace": "ns", "vectors": [{"id": "a", "values": one, "metadata": {"big": "x".repeat(30_000)}}]})).await;
+    assert_eq!(ok.0, 200, "{}", ok.1);
+    let before = total(&cluster, &key, "cos").await;
+
+    let upsert = |v: Value| {
+        data(
+            &cluster,
+            &key,
+            "cos",
+            "/vectors/upsert",
+            json!({"namespace": "ns", "vectors": [v]}),
+        )
+    };
+    refused(&upsert(json!({"id": "zero", "values": [0.0, 0.0, 0.0, 0.0]})).await, 400,
+        "Dense vectors must contain at least one non-zero value. Vector ID 'zero' contains only zeros");
+    refused(
+        &upsert(json!({"id": "café", "values": one})).await,
+        400,
+        "Vector ID must be ASCII, but got 'café'",
+    );
+    refused(
+        &upsert(json!({"id": "a\u{0}b", "values": one})).await,
+        400,
+        "Vector ID must not contain null character",
+    );
+    refused(
+        &upsert(json!({"id": "m", "values": one, "metadata": {"$price": 5}})).await,
+        400,
+        "Metadata field '$price' cannot start with '$'",
+    );
+    refused(&upsert(json!({"id": "m", "values": one, "metadata": {"price": null}})).await, 400,
+        "Metadata value must be a string, number, boolean or list of strings, got 'null' for field 'price'");
+    refused(
+        &upsert(json!({"id": "m", "values": one, "metadata": {"big": "x".repeat(41_000)}})).await,
+        400,
+        "which exceeds the limit of 40960 bytes per vector",
+    );
+    refused(
+        &upsert(
+            json!({"id": "s", "values": one, "sparseValues": {"indices": [1], "values": [0.5]}}),
+        )
+        .await,
+        400,
+        "Index configuration does not support sparse values",
+    );
+    refused(
+        &data(
+            &cluster,
+            &key,
+            "cos",
+            "/vectors/upsert",
+            json!({"namespace": "café", "vectors": [{"id": "n", "values": one}]}),
+        )
+        .await,
+        400,
+        "Namespace must be ASCII",
+    );
+
+    // Sparse values on a dotproduct index: unique indices, at least one.
+    let dot = |v: Value| {
+        data(
+            &cluster,
+            &key,
+            "dot",
+            "/vectors/upsert",
+            json!({"vectors": [v]}),
+        )
+    };
+    refused(&dot(json!({"id": "d", "values": one, "sparseValues": {"indices": [3, 3], "values": [0.1, 0.2]}})).await,
+        400, "Sparse vector indices must be unique");
+    refused(
+        &dot(json!({"id": "d", "values": one, "sparseValues": {"indices": [], "values": []}}))
+            .await,
+        400,
+        "Sparse vector must contain at least one value",
+    );
+    assert_eq!(
+        dot(json!({"id": "d", "values": one, "sparseValues": {"indices": [3], "values": [0.1]}}))
+            .await
+            .0,
+        200
+    );
+
+    // Updates: the same rules, and the merged metadata is checked against the limit.
+    let update = |body: Value| data(&cluster, &key, "cos", "/vectors/update", body);
+    refused(
+        &update(json!({"id": "a", "namespace": "ns", "values": [0.0, 0.0, 0.0, 0.0]})).await,
+        400,
+        "contains only zeros",
+    );
+    refused(
+        &update(json!({"id": "a", "namespace": "ns", "setMetadata": {"$x": 1}})).await,
+        400,
+        "cannot start with '$'",
+    );
+    refused(
+        &update(json!({"id": "né", "namespace": "ns", "setMetadata": {"x": 1}})).await,
+        400,
+        "Vector ID must be ASCII",
+    );
+    refused(
+        &update(json!({"id": "a", "namespace": "ns", "setMetadata": {"more": "y".repeat(20_000)}}))
+            .await,
+        400,
+        "which exceeds the limit of 40960 bytes per vector",
+    );
+    refused(&update(json!({"filter": {"big": {"$exists": true}}, "namespace": "ns", "setMetadata": {"more": "y".repeat(20_000)}})).await,
+        400, "which exceeds the limit of 40960 bytes per vector");
+    refused(&update(json!({"filter": {"big": {"$exists": true}}, "namespace": "ns", "setMetadata": {"$x": 1}})).await,
+        400, "cannot start with '$'");
+    refused(
+        &update(json!({"filter": {}, "namespace": "ns", "setMetadata": {"x": 1}})).await,
+        400,
+        "Update with empty metadata filter is not allowed",
+    );
+    refused(
+        &update(json!({"filter": {"big": {"$exists": true}}, "namespace": "ns", "values": one}))
+            .await,
+        400,
+        "Update by metadata request does not support updating vector values.",
+    );
+    refused(&update(json!({"id": "a", "namespace": "ns", "sparseValues": {"indices": [1], "values": [1.0]}})).await,
+        400, "does not support sparse values");
+
+    // Reads and deletes name ids by the same rules.
+    refused(
+        &get(
+            &cluster,
+            &key,
+            "cos",
+            "/vectors/fetch?ids=caf%C3%A9&namespace=ns",
+        )
+        .await,
+        400,
+        "Vector ID must be ASCII",
+    );
+    refused(
+        &data(
+            &cluster,
+            &key,
+            "cos",
+            "/vectors/delete",
+            json!({"ids": ["café"], "namespace": "ns"}),
+        )
+        .await,
+        400,
+        "Vector ID must be ASCII",
+    );
+    refused(
+        &data(
+            &cluster,
+            &key,
+            "cos",
+            "/vectors/delete",
+            json!({"filter": {}, "namespace": "ns"}),
+        )
+        .await,
+        400,
+        "Delete with empty metadata filter is not allowed",
+    );
+    refused(
+        &data(
+            &cluster,
+            &key,
+            "cos",
+            "/vectors/delete",
+            json!({"ids": ["a"], "deleteAll": true, "namespace": "ns"}),
+        )
+        .await,
+        400,
+        "No explicit IDs allowed when delete_all=true",
+    );
+
+    // Nothing was written: same counts, the record as it was.
+    assert_eq!(total(&cluster, &key, "cos").await, before);
+    let (_, fetched) = get(&cluster, &key, "cos", "/vectors/fetch?ids=a&namespace=ns").await;
+    let metadata = fetched["vectors"]["a"]["metadata"].as_object().unwrap();
+    assert_eq!(metadata.keys().collect::<Vec<_>>(), ["big"], "{metadata:?}");
+    assert_eq!(fetched["vectors"]["a"]["values"], json!(one));
+    // At the limit is fine: the merged metadata of 40,960 bytes is accepted.
+    let room = 40_960
+        - json!({"big": "x".repeat(30_000), "more": ""})
+            .to_string()
+            .len();
+    let (status, body) =
+        update(json!({"id": "a", "namespace": "ns", "setMetadata": {"more": "y".repeat(room)}}))
+            .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queries_match_nothing_for_a_missing_id_and_refuse_what_they_would_ignore() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let key = cluster.api_key();
+    cluster
+        .create_index(1, &key, "cos", 384, "cosine")
+        .await
+        .unwrap();
+    cluster
+        .create_index(1, &key, "dot", 4, "dotproduct")
+        .await
+        .unwrap();
+    let same = vec![0.1f32; 384];
+    let (status, _) = data(
+        &cluster,
+        &key,
+        "cos",
+        "/vectors/upsert",
+        json!({"namespace": "ns", "vectors": [{"id": "a", "values": same}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // A missing id (in an existing or a missing namespace) is 200 with nothing matched.
+    for namespace in ["ns", "elsewhere"] {
+        let (status, body) = data(
+            &cluster,
+            &key,
+            "cos",
+            "/query",
+            json!({"id": "nope", "topK": 3, "namespace": namespace}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["matches"], json!([]));
+        assert_eq!(body["namespace"], namespace);
+    }
+    // Identical vectors score exactly 1 at most (cosine is in [-1, 1]).
+    let (_, body) = data(
+        &cluster,
+        &key,
+        "cos",
+        "/query",
+        json!({"vector": same, "topK": 1, "namespace": "ns"}),
+    )
+    .await;
+    let score = body["matches"][0]["score"].as_f64().unwrap();
+    assert!(score <= 1.0 && score > 0.9999, "{score}");
+    let (_, body) = data(
+        &cluster,
+        &key,
+        "cos",
+        "/query",
+        json!({"id": "a", "topK": 1, "namespace": "ns"}),
+    )
+    .await;
+    assert!(
+        body["matches"][0]["score"].as_f64().unwrap() <= 1.0,
+        "{body}"
+    );
+
+    refused(
+        &data(
+            &cluster,
+            &key,
+            "cos",
+            "/query",
+            json!({"vector": vec![0.0; 384], "topK": 1}),
+        )
+        .await,
+        400,
+        "Query vector must contain at least one non-zero value",
+    );
+    refused(
+        &data(
+            &cluster,
+            &key,
+            "cos",
+            "/query",
+            json!({"vector": same, "id": "a", "topK": 1}),
+        )
+        .await,
+        400,
+        "Cannot provide both 'ID' and 'vector' at the same time",
+    );
+    let sparse = json!({"indices": [1], "values": [0.5]});
+    refused(
+        &data(
+            &cluster,
+            &key,
+            "cos",
+            "/query",
+            json!({"vector": same, "sparseVector": sparse, "topK": 1}),
+        )
+        .await,
+        400,
+        "Index configuration does not support sparse values",
+    );
+    refused(
+        &data(
+            &cluster,
+            &key,
+            "dot",
+            "/query",
+            json!({"vector": [1.0, 0.0, 0.0, 0.0], "sparseVector": sparse, "topK": 1}),
+        )
+        .await,
+        400,
+        "'sparseVector'",
+    );
+
+    // The same over gRPC, where the request also carries scan_factor / max_candidates.
+    let mut grpc = cluster.grpc_data(1).await.unwrap();
+    let call = |index: &str, req: pb::QueryRequest| {
+        let mut request = tonic::Request::new(req);
+        request
+            .metadata_mut()
+            .insert("api-key", key.parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("x-conifer-index", index.parse().unwrap());
+        request
+    };
+    let missing = grpc
+        .query(call(
+            "cos",
+            pb::QueryRequest {
+                id: "nope".into(),
+                top_k: 3,
+                namespace: "ns".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(missing.matches.is_empty());
+    assert_eq!(missing.namespace, "ns");
+    for (index, req, needle) in [
+        (
+            "cos",
+            pb::QueryRequest {
+                vector: same.clone(),
+                top_k: 1,
+                sparse_vector: Some(pb::SparseValues {
+                    indices: vec![1],
+                    values: vec![0.5],
+                }),
+                ..Default::default()
+            },
+            "does not support sparse values",
+        ),
+        (
+            "dot",
+            pb::QueryRequest {
+                vector: vec![1.0, 0.0, 0.0, 0.0],
+                top_k: 1,
+                sparse_vector: Some(pb::SparseValues {
+                    indices: vec![1],
+                    values: vec![0.5],
+                }),
+                ..Default::default()
+            },
+            "'sparseVector'",
+        ),
+        (
+            "cos",
+            pb::QueryRequest {
+                vector: same.clone(),
+                top_k: 1,
+                scan_factor: Some(2.0),
+                ..Default::default()
+            },
+            "'scanFactor'",
+        ),
+        (
+            "cos",
+            pb::QueryRequest {
+                vector: same.clone(),
+                top_k: 1,
+                max_candidates: Some(50),
+                ..Default::default()
+            },
+            "'maxCandidates'",
+        ),
+    ] {
+        let status = grpc.query(call(index, req)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(needle), "{needle}: {status:?}");
+    }
+    let zero = grpc
+        .upsert({
+            let mut r = tonic::Request::new(pb::UpsertRequest {
+                vectors: vec![pb::Vector {
+                    id: "z".into(),
+                    values: vec![0.0; 384],
+                    ..Default::default()
+                }],
+                namespace: "ns".into(),
+            });
+            r.metadata_mut().insert("api-key", key.parse().unwrap());
+            r.metadata_mut()
+                .insert("x-conifer-index", "cos".parse().unwrap());
+            r
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(zero.code(), tonic::Code::InvalidArgument);
+    assert!(zero.message().contains("contains only zeros"), "{zero:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pagination_tokens_only_continue_the_listing_that_issued_them() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let key = cluster.api_key();
+    cluster
+        .create_index(1, &key, "pages", 2, "euclidean")
+        .await
+        .unwrap();
+    for ns in ["a", "b"] {
+        let vectors: Vec<Value> = (0..10)
+            .flat_map(|i| [format!("p{i}"), format!("q{i}")])
+            .map(|id| json!({"id": id, "values": [1.0, 2.0], "metadata": {"k": "v"}}))
+            .collect();
+        let (status, _) = data(
+            &cluster,
+            &key,
+            "pages",
+            "/vectors/upsert",
+            json!({"namespace": ns, "vectors": vectors}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let (_, first) = get(
+        &cluster,
+        &key,
+        "pages",
+        "/vectors/list?namespace=a&prefix=p&limit=3",
+    )
+    .await;
+    let token = first["pagination"]["next"].as_str().unwrap().to_string();
+    let (status, next) = get(
+        &cluster,
+        &key,
+        "pages",
+        &format!("/vectors/list?namespace=a&prefix=p&limit=3&paginationToken={token}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(next["vectors"][0]["id"], "p3");
+    refused(
+        &get(
+            &cluster,
+            &key,
+            "pages",
+            &format!("/vectors/list?namespace=a&prefix=q&limit=3&paginationToken={token}"),
+        )
+        .await,
+        400,
+        "pagination_token was issued for another prefix",
+    );
+    refused(
+        &get(
+            &cluster,
+            &key,
+            "pages",
+            &format!("/vectors/list?namespace=b&prefix=p&limit=3&paginationToken={token}"),
+        )
+        .await,
+        400,
+        "pagination_token was issued for another namespace",
+    );
+    refused(
+        &get(
+            &cluster,
+            &key,
+            "pages",
+            &format!("/vectors/list?namespace=a&limit=3&paginationToken={token}"),
+        )
+        .await,
+        400,
+        "another prefix",
+    );
+    refused(
+        &get(
+            &cluster,
+            &key,
+            "pages",
+            "/vectors/list?namespace=a&prefix=p&paginationToken=bm9wZQ",
+        )
+        .await,
+        400,
+        "not a token this server issued",
+    );
+
+    let by_metadata = |filter: Value, token: Option<&str>| {
+        let mut body = json!({"namespace": "a", "filter": filter, "limit": 4});
+        if let Some(t) = token {
+            body["paginationToken"] = json!(t);
+        }
+        data(&cluster, &key, "pages", "/vectors/fetch_by_metadata", body)
+    };
+    let (_, page) = by_metadata(json!({"k": "v"}), None).await;
+    let token = page["pagination"]["next"].as_str().unwrap().to_string();
+    assert_eq!(by_metadata(json!({"k": "v"}), Some(&token)).await.0, 200);
+    refused(
+        &by_metadata(json!({"k": "w"}), Some(&token)).await,
+        400,
+        "another filter",
+    );
+    refused(
+        &data(
+            &cluster,
+            &key,
+            "pages",
+            "/vectors/fetch_by_metadata",
+            json!({"namespace": "a", "filter": {}}),
+        )
+        .await,
+        400,
+        "Empty filter provided for fetch by metadata request",
+    );
+
+    let (_, spaces) = get(&cluster, &key, "pages", "/namespaces?limit=1").await;
+    let token = spaces["pagination"]["next"].as_str().unwrap().to_string();
+    refused(
+        &get(
+            &cluster,
+            &key,
+            "pages",
+            &format!("/namespaces?limit=1&prefix=b&paginationToken={token}"),
+        )
+        .await,
+        400,
+        "another prefix",
+    );
+    // A token of another kind of listing is refused too.
+    refused(
+        &get(
+            &cluster,
+            &key,
+            "pages",
+            &format!("/vectors/list?namespace=&limit=1&paginationToken={token}"),
+        )
+        .await,
+        400,
+        "another kind of listing",
+    );
+}
+
+/// The protobuf frame of a unary gRPC call carrying `payload`.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_error_has_pinecone_shape_on_every_route_and_transport() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let key = cluster.api_key();
+    let op = cluster.admin_token();
+    cluster
+        .create_index(1, &key, "errs", 4, "cosine")
+        .await
+        .unwrap();
+    let one = [1.0, 0.0, 0.0, 0.0];
+
+    // Over the body limits: JSON naming the limit, not axum's plain text.
+    let big =
+        json!({"vectors": [{"id": "a", "values": one, "metadata": {"x": "y".repeat(5 << 20)}}]});
+    refused(
+        &data(&cluster, &key, "errs", "/vectors/upsert", big).await,
+        413,
+        "4194304 bytes (4 MiB)",
+    );
+    let admin_big = cluster
+        .http
+        .post(cluster.url(1, "/admin/projects"))
+        .bearer_auth(&op)
+        .json(&json!({"name": "x".repeat(70 * 1024)}))
+        .send()
+        .await
+        .unwrap();
+    refused(&answer(admin_big).await, 413, "65536 bytes (64 KiB)");
+    // A body that is not declared JSON is refused, and nothing is written.
+    let plain = cluster
+        .data(1, &key, "errs", Method::POST, "/vectors/upsert")
+        .header("content-type", "text/plain")
+        .body(json!({"vectors": [{"id": "t", "values": one}]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    refused(&answer(plain).await, 415, "application/json");
+    assert_eq!(total(&cluster, &key, "errs").await, json!({}));
+    // axum's own refusals: a method the route does not take, an unknown query parameter.
+    let wrong_method = cluster
+        .data(1, &key, "errs", Method::GET, "/vectors/upsert")
+        .send()
+        .await
+        .unwrap();
+    refused(&answer(wrong_method).await, 405, "");
+    refused(
+        &get(&cluster, &key, "errs", "/vectors/fetch?ids=a&colour=red").await,
+        400,
+        "unknown query parameter 'colour'",
+    );
+    let bad_query = cluster
+        .http
+        .get(cluster.url(1, "/admin/audit-logs?limit=many"))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap();
+    refused(&answer(bad_query).await, 400, "limit");
+
+    // A filter nested past the limit gets the filter's message however deep it goes.
+    let nested = |depth: usize| {
+        let mut filter = json!({"n": {"$eq": 1}});
+        for _ in 0..depth {
+            filter = json!({"$and": [filter]});
+        }
+        json!({"vector": one, "topK": 1, "filter": filter})
+    };
+    refused(
+        &data(&cluster, &key, "errs", "/query", nested(9)).await,
+        400,
+        "nesting deeper than 8 levels",
+    );
+    refused(
+        &data(&cluster, &key, "errs", "/query", nested(1000)).await,
+        400,
+        "nesting deeper than 8 levels",
+    );
+    assert_eq!(
+        data(&cluster, &key, "errs", "/query", nested(7)).await.0,
+        200
+    );
+
+    // The control plane: 422 for JSON of the wrong shape, 400 for text that is not JSON.
+    let create = |body: String| {
+        cluster
+            .http
+            .post(cluster.url(1, "/indexes"))
+            .header("Api-Key", &key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let (status, body) = answer(create(r#"{"name":"four","dimension":"four","spec":{"serverless":{"cloud":"aws","region":"us-east-1"}}}"#.into()).await.unwrap()).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (422, &json!("UNPROCESSABLE_ENTITY")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("dimension"),
+        "{body}"
+    );
+    refused(
+        &answer(create(r#"{"name": "#.into()).await.unwrap()).await,
+        400,
+        "JSON",
+    );
+    let project = cluster
+        .http
+        .post(cluster.url(1, "/admin/projects"))
+        .bearer_auth(&op)
+        .json(&json!({"name": 5}))
+        .send()
+        .await
+        .unwrap();
+    refused(&answer(project).await, 422, "name");
+    let unknown = cluster
+        .http
+        .post(cluster.url(1, "/admin/projects"))
+        .bearer_auth(&op)
+        .json(&json!({"name": "p", "colour": "red"}))
+        .send()
+        .await
+        .unwrap();
+    refused(&answer(unknown).await, 422, "colour");
+
+    // gRPC: malformed protobuf, invalid UTF-8 and truncated frames are the client's fault.
+    let upsert = "/VectorService/Upsert";
+    let cases: Vec<(&str, Vec<u8>, tonic::Code, &str)> = vec![
+        (
+            "malformed protobuf",
+            frame(&[0x0a, 0x05, 0x01]),
+            tonic::Code::InvalidArgument,
+            "malformed request",
+        ),
+        (
+            "invalid UTF-8",
+            frame(&[0x12, 0x02, 0xff, 0xfe]),
+            tonic::Code::InvalidArgument,
+            "malformed request",
+        ),
+        (
+            "trailing bytes",
+            frame(&pb::UpsertRequest::default().encode_to_vec())
+                .into_iter()
+                .chain([0, 0, 0])
+                .collect(),
+            tonic::Code::InvalidArgument,
+            "3 bytes follow",
+        ),
+        (
+            "truncated body",
+            {
+                let mut f = frame(&[0x12, 0x01, b'n']);
+                f.truncate(6);
+                f
+            },
+            tonic::Code::InvalidArgument,
+            "truncated gRPC frame",
+        ),
+        (
+            "no message",
+            Vec::new(),
+            tonic::Code::InvalidArgument,
+            "no message",
+        ),
+    ];
+    for (what, body, code, needle) in cases {
+        let got = cluster
+            .grpc_raw(1, &key, "errs", upsert, body)
+            .await
+            .unwrap();
+        assert_eq!(got.code, Some(code), "{what}: {got:?}");
+        assert!(got.message.contains(needle), "{what}: {got:?}");
+    }
+    let deep = {
+        let mut filter = prost_types::Struct::default();
+        for _ in 0..200 {
+            let inner = prost_types::Value {
+                kind: Some(prost_types::value::Kind::StructValue(filter)),
+            };
+            let list = prost_types::Value {
+                kind: Some(prost_types::value::Kind::ListValue(
+                    prost_types::ListValue {
+                        values: vec![inner],
+                    },
+                )),
+            };
+            filter = prost_types::Struct {
+                fields: [("$and".to_string(), list)].into(),
+            };
+        }
+        pb::QueryRequest {
+            vector: one.to_vec(),
+            top_k: 1,
+            filter: Some(filter),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let got = cluster
+        .grpc_raw(1, &key, "errs", "/VectorService/Query", frame(&deep))
+        .await
+        .unwrap();
+    assert_eq!(got.code, Some(tonic::Code::InvalidArgument), "{got:?}");
+    for path in ["/VectorService/NoSuchMethod", "/pinecone.Other/Query"] {
+        let got = cluster
+            .grpc_raw(1, &key, "errs", path, frame(&[]))
+            .await
+            .unwrap();
+        assert_eq!(
+            got.code,
+            Some(tonic::Code::Unimplemented),
+            "{path}: {got:?}"
+        );
+    }
+    assert_eq!(
+        total(&cluster, &key, "errs").await,
+        json!({}),
+        "no refused call wrote"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn index_names_tags_and_specs_follow_pinecone_rules() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let key = cluster.api_key();
+    let post = |body: Value| {
+        cluster
+            .http
+            .post(cluster.url(1, "/indexes"))
+            .header("Api-Key", &key)
+            .json(&body)
+            .send()
+    };
+    let spec = json!({"serverless": {"cloud": "aws", "region": "us-east-1"}});
+    let index = |tags: Value, spec: Value| json!({"name": "tagged", "dimension": 4, "spec": spec, "tags": tags});
+    for (tags, needle) in [
+        (
+            json!({"team/owner": "a"}),
+            "keys must be alphanumeric, '_', or '-'",
+        ),
+        (json!({"team": "a=b"}), "values must be alphanumeric"),
+        (
+            Value::Object([("k".repeat(81), json!("a"))].into_iter().collect()),
+            "1 to 80 characters",
+        ),
+        (json!({"team": "v".repeat(121)}), "120 characters"),
+    ] {
+        refused(
+            &answer(post(index(tags, spec.clone())).await.unwrap()).await,
+            400,
+            needle,
+        );
+    }
+    refused(
+        &answer(post(index(json!({"team": 5}), spec.clone())).await.unwrap()).await,
+        422,
+        "string value",
+    );
+    for (spec, status, needle) in [
+        (
+            json!({"serverless": {"cloud": "aws", "region": "r", "source_collection": "c"}}),
+            400,
+            "source_collection",
+        ),
+        (
+            json!({"pod": {"environment": "e", "pods": 2}}),
+            400,
+            "'spec.pod.pods' is 2",
+        ),
+        (
+            json!({"pod": {"environment": "e", "metadata_config": {"indexed": ["a"]}}}),
+            400,
+            "metadata_config",
+        ),
+        (
+            json!({"serverless": {"cloud": "aws", "region": "r", "read_capacity": {"mode": "Dedicated"}}}),
+            400,
+            "OnDemand",
+        ),
+        (
+            json!({"serverless": {"cloud": "aws", "region": "r", "colour": "red"}}),
+            422,
+            "unknown field 'colour'",
+        ),
+        (
+            json!({"serverless": {"cloud": "aws"}}),
+            422,
+            "'spec.serverless.region' is required",
+        ),
+    ] {
+        refused(
+            &answer(post(index(json!({}), spec)).await.unwrap()).await,
+            status,
+            needle,
+        );
+    }
+    refused(
+        &answer(
+            post(json!({"name": "Bad_Name", "dimension": 4, "spec": spec}))
+                .await
+                .unwrap(),
+        )
+        .await,
+        400,
+        "Name must consist of lower case alphanumeric characters or '-'",
+    );
+    let good = json!({"team-a_1": "x;y@z_-.+ w", "empty": ""});
+    let (status, created) = answer(post(index(good.clone(), spec.clone())).await.unwrap()).await;
+    assert_eq!(status, 201, "{created}");
+    let configure = |tags: Value| {
+        cluster
+            .http
+            .patch(cluster.url(1, "/indexes/tagged"))
+            .header("Api-Key", &key)
+            .json(&json!({"tags": tags}))
+            .send()
+    };
+    refused(
+        &answer(configure(json!({"team/owner": "a=b"})).await.unwrap()).await,
+        400,
+        "keys must be alphanumeric",
+    );
+    refused(
+        &answer(configure(json!({"team": "a=b"})).await.unwrap()).await,
+        400,
+        "values must be alphanumeric",
+    );
+    let (status, configured) = answer(configure(json!({"team-a_1": ""})).await.unwrap()).await;
+    assert_eq!(status, 200, "{configured}");
+    assert_eq!(configured["tags"], json!({"empty": ""}));
+}
+
+/// `DELETE /admin/cluster/members/{id}` through node `via`, with `query`; retried while the
+/// answer is 503 (an election after a node was killed, a leader that removed itself).
+async fn remove(cluster: &Cluster, via: u64, id: u64, query: &str) -> (u16, Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = answer(
+            cluster
+                .http
+                .delete(cluster.url(via, &format!("/admin/cluster/members/{id}{query}")))
+                .bearer_auth(cluster.admin_token())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if got.0 != 503 || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn describe(cluster: &Cluster, via: u64, key: &str, name: &str) -> Value {
+    answer(
+        cluster
+            .http
+            .get(cluster.url(via, &format!("/indexes/{name}")))
+            .header("Api-Key", key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_holding_an_index_last_reachable_replica_is_not_removed() {
+    let mut cluster = Cluster::start(1).await.unwrap();
+    let key = cluster.api_key();
+    // "solo" lives on node 1 alone; "pair" on nodes 1 and 2 (placed when node 2 had joined).
+    cluster
+        .create_index(1, &key, "solo", 4, "cosine")
+        .await
+        .unwrap();
+    cluster.add_node(false).await.unwrap();
+    cluster
+        .create_index(1, &key, "pair", 4, "cosine")
+        .await
+        .unwrap();
+    cluster.add_node(false).await.unwrap();
+
+    // Node 2 down: removing node 1 would strand both.
+    cluster.node(2).kill();
+    let got = remove(&cluster, 3, 1, "").await;
+    refused(
+        &got,
+        412,
+        "removing node 1 would leave no reachable replica of index(es)",
+    );
+    let message = got.1["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("'solo'") && message.contains("'pair'"),
+        "{message}"
+    );
+
+    // Node 2 back: only "solo" is stranded.
+    cluster.node(2).spawn().unwrap();
+    cluster.wait_serving(2).await.unwrap();
+    let got = remove(&cluster, 3, 1, "").await;
+    refused(&got, 412, "'solo'");
+    assert!(
+        !got.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'pair'"),
+        "{}",
+        got.1
+    );
+    assert_eq!(
+        describe(&cluster, 3, &key, "solo").await["status"]["state"],
+        "Ready"
+    );
+
+    // Forced, node 1 goes; "solo" then reports what it is: Disabled, not Ready.
+    let (status, body) = remove(&cluster, 3, 1, "?force=true").await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let solo = describe(&cluster, 3, &key, "solo").await;
+        if solo["status"] == json!({"ready": false, "state": "Disabled"}) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{solo}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        describe(&cluster, 2, &key, "pair").await["status"]["state"],
+        "Ready"
+    );
+    let (status, _) = answer(
+        cluster
+            .data(3, &key, "solo", Method::POST, "/query")
+            .json(&json!({"vector": [1.0, 0.0, 0.0, 0.0], "topK": 1}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 503);
+}
