@@ -158,6 +158,10 @@ pub async fn change_member(
                 )
                 .await
                 .map_err(|e| membership_status(e, format!("removing voter {node_id}")))?;
+                // Not retained as a learner: the voter has left the membership. (A leader
+                // that removed itself no longer leads, and openraft refuses a second change
+                // from it.)
+                return Ok(());
             }
             raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false)
                 .await

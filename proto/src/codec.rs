@@ -1,7 +1,7 @@
-//! The codec of every generated service and client: prost's, except that a request that
-//! cannot be decoded (malformed protobuf, a string field that is not UTF-8, nesting deeper
-//! than prost's recursion limit) is `INVALID_ARGUMENT`, the client's fault, where prost's
-//! codec answers `INTERNAL`.
+//! The codec of the Pinecone data plane's generated service and client: prost's, except
+//! that a message that cannot be decoded (malformed protobuf, a string field that is not
+//! UTF-8, nesting deeper than prost's recursion limit) is `INVALID_ARGUMENT`, the client's
+//! fault, where prost's codec answers `INTERNAL`. The node-to-node API keeps prost's codec.
 
 use std::marker::PhantomData;
 

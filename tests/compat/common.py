@@ -103,7 +103,8 @@ def check_pinecone_parity(pc, index, spec, transport):
                 "Vector ID must be ASCII")
     raises_with(lambda: index.upsert(vectors=[{"id": "m", "values": one, "metadata": {"$price": 5}}], namespace=ns),
                 "cannot start with '$'")
-    index.upsert(vectors=[{"id": f"p{i}", "values": [0.1 * (i + 1)] + [0.1] * (DIM - 1)} for i in range(6)]
+    # Directions unlike [0.1] * DIM (used below), so no other record ties with it.
+    index.upsert(vectors=[{"id": f"p{i}", "values": [float(i + 1)] + [0.0] * (DIM - 2) + [-1.0]} for i in range(6)]
                  + [{"id": f"q{i}", "values": one} for i in range(3)], namespace=ns)
     raises_with(lambda: index.update(id="p0", values=[0.0] * DIM, namespace=ns), "contains only zeros")
     raises_with(lambda: index.update(id="p0", set_metadata={"$x": 1}, namespace=ns), "cannot start with '$'")

@@ -619,6 +619,23 @@ async fn pagination_tokens_only_continue_the_listing_that_issued_them() {
     );
 }
 
+/// Protobuf field `field` of wire type "length-delimited" holding `bytes`.
+fn wrap(field: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![(field << 3) | 2];
+    let mut len = bytes.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(bytes);
+    out
+}
+
 /// The protobuf frame of a unary gRPC call carrying `payload`.
 fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8];
@@ -686,28 +703,24 @@ async fn every_error_has_pinecone_shape_on_every_route_and_transport() {
         .unwrap();
     refused(&answer(bad_query).await, 400, "limit");
 
-    // A filter nested past the limit gets the filter's message however deep it goes.
+    // A filter nested past the limit gets the filter's message however deep it goes (the
+    // body is built as text: a 1,000-level JSON value would overflow this test's stack).
     let nested = |depth: usize| {
-        let mut filter = json!({"n": {"$eq": 1}});
-        for _ in 0..depth {
-            filter = json!({"$and": [filter]});
-        }
-        json!({"vector": one, "topK": 1, "filter": filter})
+        let filter = format!(
+            "{}{{\"n\":{{\"$eq\":1}}}}{}",
+            "{\"$and\":[".repeat(depth),
+            "]}".repeat(depth)
+        );
+        let body = format!("{{\"vector\":[1.0,0.0,0.0,0.0],\"topK\":1,\"filter\":{filter}}}");
+        let request = cluster
+            .data(1, &key, "errs", Method::POST, "/query")
+            .header("content-type", "application/json")
+            .body(body);
+        async move { answer(request.send().await.unwrap()).await }
     };
-    refused(
-        &data(&cluster, &key, "errs", "/query", nested(9)).await,
-        400,
-        "nesting deeper than 8 levels",
-    );
-    refused(
-        &data(&cluster, &key, "errs", "/query", nested(1000)).await,
-        400,
-        "nesting deeper than 8 levels",
-    );
-    assert_eq!(
-        data(&cluster, &key, "errs", "/query", nested(7)).await.0,
-        200
-    );
+    refused(&nested(9).await, 400, "nesting deeper than 8 levels");
+    refused(&nested(1000).await, 400, "nesting deeper than 8 levels");
+    assert_eq!(nested(7).await.0, 200);
 
     // The control plane: 422 for JSON of the wrong shape, 400 for text that is not JSON.
     let create = |body: String| {
@@ -805,30 +818,17 @@ async fn every_error_has_pinecone_shape_on_every_route_and_transport() {
         assert_eq!(got.code, Some(code), "{what}: {got:?}");
         assert!(got.message.contains(needle), "{what}: {got:?}");
     }
+    // A filter 200 levels deep, encoded level by level (a 200-level prost value would
+    // overflow this test's stack on drop): prost's decoder refuses it as the client's fault.
     let deep = {
-        let mut filter = prost_types::Struct::default();
+        let mut filter = Vec::new(); // an empty Struct
         for _ in 0..200 {
-            let inner = prost_types::Value {
-                kind: Some(prost_types::value::Kind::StructValue(filter)),
-            };
-            let list = prost_types::Value {
-                kind: Some(prost_types::value::Kind::ListValue(
-                    prost_types::ListValue {
-                        values: vec![inner],
-                    },
-                )),
-            };
-            filter = prost_types::Struct {
-                fields: [("$and".to_string(), list)].into(),
-            };
+            let list = wrap(6, &wrap(1, &wrap(5, &filter))); // Value{list: [Value{struct}]}
+            let entry = [wrap(1, b"$and"), wrap(2, &list)].concat();
+            filter = wrap(1, &entry); // Struct{fields: {"$and": list}}
         }
-        pb::QueryRequest {
-            vector: one.to_vec(),
-            top_k: 1,
-            filter: Some(filter),
-            ..Default::default()
-        }
-        .encode_to_vec()
+        let vector: Vec<u8> = one.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect();
+        [wrap(3, &filter), vec![0x10, 1], wrap(7, &vector)].concat()
     };
     let got = cluster
         .grpc_raw(1, &key, "errs", "/VectorService/Query", frame(&deep))

@@ -439,19 +439,6 @@ fn parse_node_id(id: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::invalid(format!("node id '{id}' is not a number")))
 }
 
-fn status_to_api(status: tonic::Status) -> ApiError {
-    match status.code() {
-        tonic::Code::NotFound => ApiError::not_found(status.message()),
-        tonic::Code::InvalidArgument => ApiError::invalid(status.message()),
-        tonic::Code::FailedPrecondition => ApiError {
-            status: StatusCode::PRECONDITION_FAILED,
-            code: "FAILED_PRECONDITION",
-            message: status.message().to_string(),
-        },
-        _ => ApiError::unavailable(status.message()),
-    }
-}
-
 /// `POST /admin/cluster/members/{id}/promote`: makes a learner a voter.
 pub async fn promote_member(
     State(state): State<ApiState>,
@@ -466,7 +453,7 @@ pub async fn promote_member(
         false,
     )
     .await
-    .map_err(status_to_api)?;
+    .map_err(|status| ApiError::from_status(&status))?;
     Ok(StatusCode::OK)
 }
 
@@ -497,6 +484,6 @@ pub async fn remove_member(
         query.force,
     )
     .await
-    .map_err(status_to_api)?;
+    .map_err(|status| ApiError::from_status(&status))?;
     Ok(StatusCode::ACCEPTED)
 }

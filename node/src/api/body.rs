@@ -12,11 +12,11 @@ use super::ApiError;
 /// Deepest JSON nesting read as it is. Deeper arrays and objects are read as `null`, so
 /// the field's own validation refuses them with its usual message (a filter nested 1,000
 /// levels deep gets the same "nesting deeper than 8 levels" as one nested 9 deep), the
-/// JSON parser's recursion limit (128) is never reached, and a filter forwarded to another
-/// node as protobuf (four messages per `$and` level) stays under prost's decoding limit of
-/// 100 nested messages. No valid request nests deeper than a filter at its limit (about 21
-/// levels).
-pub const MAX_JSON_NESTING: usize = 40;
+/// JSON parser's recursion limit (128) is never reached, and a filter or metadata forwarded
+/// to another node as protobuf (at most three messages per JSON level: `Struct`, its map
+/// entry, `Value`) stays under prost's decoding limit of 100 nested messages. No valid
+/// request nests deeper than a filter at its limit (about 21 levels).
+pub const MAX_JSON_NESTING: usize = 32;
 
 /// Which API a body belongs to: Pinecone answers a body that is JSON but not the request's
 /// shape with 422 on the control plane (its spec) and 400 on the data plane.
@@ -58,9 +58,22 @@ pub fn json<T: DeserializeOwned>(
 ) -> Result<T, ApiError> {
     require_json_content_type(headers)?;
     let body = cap_nesting(body, MAX_JSON_NESTING);
-    serde_json::from_slice(&body).map_err(|e| {
+    let mut deserializer = serde_json::Deserializer::from_slice(&body);
+    let (path, outcome) = match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(value) => (String::new(), deserializer.end().map(|()| value)),
+        Err(e) => (e.path().to_string(), Err(e.into_inner())),
+    };
+    outcome.map_err(|e| {
         if e.classify() == serde_json::error::Category::Data {
-            let message = format!("Failed to deserialize the JSON body into the target type: {e}");
+            // Named by its path, as axum's `Json` does: "dimension: invalid type: …".
+            let message = match path.as_str() {
+                "" | "." => {
+                    format!("Failed to deserialize the JSON body into the target type: {e}")
+                }
+                path => {
+                    format!("Failed to deserialize the JSON body into the target type: {path}: {e}")
+                }
+            };
             match plane {
                 Plane::Control => ApiError::unprocessable(message),
                 Plane::Data => ApiError::invalid(message),

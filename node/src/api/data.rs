@@ -189,6 +189,12 @@ struct QueryJson {
     sparse_vector: Option<SparseJson>,
     #[serde(default)]
     id: String,
+    /// Refused with an explanation by the shared operation (not honoured).
+    #[serde(default)]
+    scan_factor: Option<f32>,
+    /// Refused with an explanation by the shared operation (not honoured).
+    #[serde(default)]
+    max_candidates: Option<u32>,
 }
 
 /// `POST /query`.
@@ -211,8 +217,8 @@ pub async fn query(
         vector: req.vector,
         id: req.id,
         sparse_vector: req.sparse_vector.map(Into::into),
-        scan_factor: None,
-        max_candidates: None,
+        scan_factor: req.scan_factor,
+        max_candidates: req.max_candidates,
     };
     let (resp, lsn) = vectors::query(&state.router, &target, req).await?;
     let matches: Vec<Value> = resp

@@ -299,6 +299,7 @@ async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
 
 /// Query of `GET /admin/cluster`.
 #[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct ClusterQuery {
     /// Add each namespace's record digest (costs a pass over its records).
     #[serde(default)]

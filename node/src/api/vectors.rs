@@ -614,6 +614,25 @@ impl PageScope<'_> {
     }
 }
 
+/// A listing's `prefix` (empty when absent): ASCII, as the ids and namespace names it
+/// matches, and at most `max_bytes` (theirs).
+fn check_prefix(prefix: Option<String>, max_bytes: usize) -> Result<String, ApiError> {
+    let prefix = prefix.unwrap_or_default();
+    if prefix.len() > max_bytes {
+        return Err(ApiError::invalid(format!(
+            "prefix is {} bytes; the limit is {max_bytes}",
+            prefix.len()
+        )));
+    }
+    if !prefix.is_ascii() {
+        return Err(ApiError::invalid(format!(
+            "prefix must be ASCII, but got '{}'",
+            quoted(&prefix)
+        )));
+    }
+    Ok(prefix)
+}
+
 fn check_limit(limit: Option<u32>) -> Result<usize, ApiError> {
     match limit {
         None => Ok(MAX_LIST_LIMIT as usize),
@@ -633,19 +652,7 @@ pub async fn list_local(
 ) -> Result<(pb::ListResponse, Lsn), ApiError> {
     let namespace = check_namespace(&req.namespace)?;
     let limit = check_limit(req.limit)?;
-    let prefix = req.prefix.unwrap_or_default();
-    if prefix.len() > MAX_ID_BYTES {
-        return Err(ApiError::invalid(format!(
-            "prefix is {} bytes; the limit is {MAX_ID_BYTES}",
-            prefix.len()
-        )));
-    }
-    if !prefix.is_ascii() {
-        return Err(ApiError::invalid(format!(
-            "prefix must be ASCII, but got '{}'",
-            quoted(&prefix)
-        )));
-    }
+    let prefix = check_prefix(req.prefix, MAX_ID_BYTES)?;
     let scope = PageScope {
         listing: Listing::Ids,
         namespace: &namespace,
@@ -947,13 +954,7 @@ pub async fn list_namespaces_local(
     req: pb::ListNamespacesRequest,
 ) -> Result<(pb::ListNamespacesResponse, Lsn), ApiError> {
     let limit = check_limit(req.limit)?;
-    let prefix = req.prefix.unwrap_or_default();
-    if prefix.len() > MAX_NAMESPACE_BYTES {
-        return Err(ApiError::invalid(format!(
-            "prefix is {} bytes; the limit is {MAX_NAMESPACE_BYTES}",
-            prefix.len()
-        )));
-    }
+    let prefix = check_prefix(req.prefix, MAX_NAMESPACE_BYTES)?;
     let scope = PageScope {
         listing: Listing::Namespaces,
         namespace: "",
