@@ -28,8 +28,6 @@ use crate::tls::peer_node_ids;
 
 /// Longest a new learner may take to catch up before a join reports failure.
 pub const JOIN_CATCH_UP_TIMEOUT_MS: u64 = 60_000;
-/// Longest the leader waits for a node's `Ping` before counting it unreachable.
-pub const PING_TIMEOUT_MS: u64 = 1_000;
 /// Most index names a refused removal lists (the rest are counted).
 const MAX_LISTED_INDEXES: usize = 10;
 
@@ -174,27 +172,6 @@ pub async fn change_member(
     Ok(())
 }
 
-/// Whether node `id` of the membership answers a `Ping` within [`PING_TIMEOUT_MS`] (this
-/// node always does).
-async fn reachable(control: &ControlPlane, id: NodeId) -> bool {
-    if id == control.node_id() {
-        return true;
-    }
-    let Some(node) = control.membership().get_node(&id).cloned() else {
-        return false;
-    };
-    let Ok(mut client) = control.peers().client(id, &node) else {
-        return false;
-    };
-    let ping = client.ping(PingRequest {
-        from_node: control.node_id(),
-    });
-    matches!(
-        tokio::time::timeout(Duration::from_millis(PING_TIMEOUT_MS), ping).await,
-        Ok(Ok(reply)) if reply.get_ref().node_id == id
-    )
-}
-
 /// Refuses to remove node `removed` while it would leave an index with no replica on a
 /// member that answers: the indexes whose other replicas are all gone from the membership
 /// or unreachable are named, with what to do. Runs on the control-plane leader.
@@ -215,32 +192,23 @@ async fn refuse_stranding_indexes(control: &ControlPlane, removed: NodeId) -> Re
             })
             .collect()
     });
-    let mut answers: std::collections::BTreeMap<NodeId, bool> = Default::default();
-    let mut stranded = Vec::new();
-    for (name, project, others) in at_risk {
-        let mut served = false;
-        for node in others {
-            let up = match answers.get(&node) {
-                Some(up) => *up,
-                None => {
-                    let up = reachable(control, node).await;
-                    answers.insert(node, up);
-                    up
-                }
-            };
-            if up {
-                served = true;
-                break;
-            }
-        }
-        if !served {
-            stranded.push(format!("'{name}' (project {project})"));
-        }
-    }
+    let up = control
+        .reachable_of(
+            at_risk
+                .iter()
+                .flat_map(|(_, _, others)| others.iter().copied()),
+        )
+        .await;
+    let stranded: Vec<String> = at_risk
+        .into_iter()
+        .filter(|(_, _, others)| !others.iter().any(|n| up.contains(n)))
+        .map(|(name, project, _)| format!("'{name}' (project {project})"))
+        .collect();
     if stranded.is_empty() {
         return Ok(());
     }
     let more = stranded.len().saturating_sub(MAX_LISTED_INDEXES);
+    let mut stranded = stranded;
     stranded.truncate(MAX_LISTED_INDEXES);
     Err(Status::failed_precondition(format!(
         "removing node {removed} would leave no reachable replica of index(es) {}{}: delete \

@@ -10,6 +10,9 @@ use tonic::codec::{BufferSettings, DecodeBuf};
 use tonic::Status;
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
+/// Deepest nesting of messages prost decodes (its fixed `RECURSION_LIMIT`).
+pub const PROST_RECURSION_LIMIT: u32 = 100;
+
 /// Prost encoding; decoding failures are `INVALID_ARGUMENT`.
 #[derive(Debug, Clone)]
 pub struct Codec<T, U> {
@@ -53,6 +56,14 @@ impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         self.0.decode(buf).map_err(|status| {
+            // Only filters and metadata (`Struct`) nest; either is far past its own limit.
+            if status.message().contains("recursion limit reached") {
+                return Status::invalid_argument(format!(
+                    "malformed request: nesting deeper than {PROST_RECURSION_LIMIT} levels of \
+                     Protobuf messages (a filter takes at most 8 levels of $and / $or, and \
+                     metadata is flat)"
+                ));
+            }
             Status::invalid_argument(format!(
                 "malformed request: {} (a Protobuf message of this method was expected)",
                 status.message()

@@ -165,6 +165,11 @@ async fn admin_api_rejects_bad_requests_without_writing() {
             422,
             "UNPROCESSABLE_ENTITY",
         ),
+        (
+            r#"{"name": "x", "force_encryption_with_cmek": true}"#,
+            400,
+            "INVALID_ARGUMENT",
+        ),
     ] {
         let (s, b) = api.admin(Method::POST, "/admin/projects", Some(body)).await;
         assert_error(s, &b, status, code);

@@ -779,6 +779,20 @@ async fn every_audited_action_records_one_event_with_every_field() {
     }
     let ids: Vec<Value> = events.iter().map(|e| e["id"].clone()).collect();
     assert_eq!(paged[..ids.len()], ids[..]);
+    // A page token continues only the listing that issued it.
+    let (_, first) = query("limit=2&outcome=success").await;
+    let token = first["pagination"]["next"].as_str().unwrap().to_string();
+    let (status, _) = query(&format!("limit=2&outcome=success&pagination_token={token}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = query(&format!("limit=2&outcome=failure&pagination_token={token}")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("issued for another organization_id or other filters"),
+        "{body}"
+    );
     for bad in [
         "limit=0",
         "limit=1001",

@@ -744,5 +744,9 @@ async fn a_node_without_a_replica_forwards_data_plane_calls() {
         .await
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
-    assert!(bad.text().await.unwrap().contains("dimension 8"));
+    let text = bad.text().await.unwrap();
+    assert!(
+        text.contains("Query vector dimension 1 does not match the dimension of the index 8"),
+        "{text}"
+    );
 }

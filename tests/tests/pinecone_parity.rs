@@ -694,6 +694,19 @@ async fn every_error_has_pinecone_shape_on_every_route_and_transport() {
         400,
         "unknown query parameter 'colour'",
     );
+    refused(
+        &get(&cluster, &key, "errs", "/describe_index_stats?colour=red").await,
+        400,
+        "takes no query parameters",
+    );
+    let described = cluster
+        .http
+        .get(cluster.url(1, "/indexes/errs?colour=red"))
+        .header("Api-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    refused(&answer(described).await, 400, "takes no query parameters");
     let bad_query = cluster
         .http
         .get(cluster.url(1, "/admin/audit-logs?limit=many"))
@@ -835,6 +848,7 @@ async fn every_error_has_pinecone_shape_on_every_route_and_transport() {
         .await
         .unwrap();
     assert_eq!(got.code, Some(tonic::Code::InvalidArgument), "{got:?}");
+    assert!(got.message.contains("nesting deeper than"), "{got:?}");
     for path in ["/VectorService/NoSuchMethod", "/pinecone.Other/Query"] {
         let got = cluster
             .grpc_raw(1, &key, "errs", path, frame(&[]))
@@ -1064,6 +1078,14 @@ async fn a_node_holding_an_index_last_reachable_replica_is_not_removed() {
         describe(&cluster, 2, &key, "pair").await["status"]["state"],
         "Ready"
     );
+    // With node 2 down too, no member holding "pair" answers: Disabled through node 3.
+    cluster.node(2).kill();
+    let pair = describe(&cluster, 3, &key, "pair").await;
+    assert_eq!(
+        pair["status"],
+        json!({"ready": false, "state": "Disabled"}),
+        "{pair}"
+    );
     let (status, _) = answer(
         cluster
             .data(3, &key, "solo", Method::POST, "/query")
@@ -1074,4 +1096,56 @@ async fn a_node_holding_an_index_last_reachable_replica_is_not_removed() {
     )
     .await;
     assert_eq!(status, 503);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_attempt_is_recorded_with_what_it_aimed_at_in_the_seed_vocabulary() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let key = cluster.api_key();
+    let project = cluster.bootstrap["project_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let org = cluster.bootstrap["organization_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cluster
+        .create_index(1, &key, "kept", 4, "cosine")
+        .await
+        .unwrap();
+    let viewer = cluster
+        .key_in(&project, &["ControlPlaneViewer"])
+        .await
+        .unwrap();
+    let denied = cluster
+        .http
+        .delete(cluster.url(1, "/indexes/kept"))
+        .header("Api-Key", &viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status().as_u16(), 403);
+    // Refusals are batched: the event arrives within a second or so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let page = cluster
+            .audit_page(
+                1,
+                Some(&org),
+                "outcome=failure&action=delete&resource_type=index&resource_id=kept",
+            )
+            .await
+            .unwrap();
+        if let Some(e) = page["data"].as_array().and_then(|d| d.first()) {
+            break e.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no refusal event");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(event["event"]["operation"], "index.delete");
+    assert_eq!(event["event"]["resource_id"], "kept");
+    assert_eq!(event["event"]["outcome"]["error_code"], "PERMISSION_DENIED");
+    assert_eq!(event["event"]["parameters"]["target_id"], project.as_str());
+    assert_eq!(event["actor"]["principal_type"], "api_key");
 }

@@ -67,7 +67,28 @@ impl Caller {
                 Target::Organization(id) => ("organization", Some(id)),
                 Target::Project { id, .. } => ("project", Some(id)),
             };
-            let resource = Resource::new(verb, kind, None).params(
+            // The seed's resource id of what the attempt aimed at: the path's resource (an
+            // index name, a key id), or the organization or project itself by name.
+            let hint = self.request.resource_hint.clone();
+            let resource_id = match (hint, target) {
+                (Some(h), Target::Project { id, .. }) if h == id => self
+                    .api
+                    .control
+                    .read(|s| s.projects.get(id).map(|p| p.name.clone())),
+                (Some(h), Target::Organization(id)) if h == id => self
+                    .api
+                    .control
+                    .read(|s| s.organizations.get(id).map(|o| o.name.clone())),
+                // A member named by id (`…/members/{user_id}`) is named by email, as the seed
+                // names users.
+                (hint, _) => hint.map(|h| {
+                    self.api
+                        .control
+                        .read(|s| s.users.get(&h).map(|u| u.email.clone()))
+                        .unwrap_or(h)
+                }),
+            };
+            let resource = Resource::new(verb, kind, None).id(resource_id).params(
                 Params::default()
                     .with("target_type", target_type)
                     .with_some("target_id", target_id),
@@ -238,11 +259,23 @@ pub async fn authenticate(
             )
         }
     };
-    let info = Arc::new(RequestInfo::new(
-        request.headers(),
-        request.extensions().get::<ClientAddr>().copied(),
-        route.api.control.node_id(),
-    ));
+    let (mut parts, body) = request.into_parts();
+    // The route's last path parameter (decoded), if any: what a refused attempt aimed at.
+    let params = axum::extract::RawPathParams::from_request_parts(&mut parts, &())
+        .await
+        .ok();
+    let resource = params
+        .as_ref()
+        .and_then(|p| p.iter().last().map(|(_, v)| v));
+    let info = Arc::new(
+        RequestInfo::new(
+            &parts.headers,
+            parts.extensions.get::<ClientAddr>().copied(),
+            route.api.control.node_id(),
+        )
+        .with_resource_hint(resource),
+    );
+    let request = Request::from_parts(parts, body);
     let request_id = axum::http::HeaderValue::from_str(&info.request_id).ok();
     let mut response = authenticated(route, operation, grpc, info, request, next).await;
     if let Some(id) = request_id {

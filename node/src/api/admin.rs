@@ -18,10 +18,10 @@ use crate::control::state::{ApiKey, ApiKeyRole, Project, ProjectMember, ProjectR
 use crate::control::{Command, Output};
 use crate::policy::{self, Operation, Target};
 
-/// Longest project name, in bytes.
-pub const MAX_PROJECT_NAME_BYTES: usize = 512;
-/// Longest API key name, in bytes.
-pub const MAX_API_KEY_NAME_BYTES: usize = 80;
+/// Longest project name, in characters (Pinecone's admin API).
+pub const MAX_PROJECT_NAME_CHARS: usize = 512;
+/// Longest API key name, in characters (Pinecone's admin API).
+pub const MAX_API_KEY_NAME_CHARS: usize = 80;
 /// Largest `max_pods` accepted.
 pub const MAX_PODS_LIMIT: u32 = 100_000;
 /// Longest id accepted in a path; longer ids cannot exist.
@@ -76,14 +76,17 @@ pub(super) fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub(super) fn check_name(field: &str, name: &str, max: usize) -> Result<(), ApiError> {
+/// A name of the admin API (Pinecone's admin spec: project and organization names 1–512
+/// characters, API key names 1–80): not blank, at most `max_chars` characters, no control
+/// characters.
+pub(super) fn check_name(field: &str, name: &str, max_chars: usize) -> Result<(), ApiError> {
     if name.trim().is_empty() {
         return Err(ApiError::invalid(format!("'{field}' must not be empty")));
     }
-    if name.len() > max {
+    let chars = name.chars().count();
+    if chars > max_chars {
         return Err(ApiError::invalid(format!(
-            "'{field}' is {} bytes; the limit is {max}",
-            name.len()
+            "'{field}' is {chars} characters; the limit is {max_chars}"
         )));
     }
     if name.chars().any(char::is_control) {
@@ -121,6 +124,19 @@ pub struct CreateProject {
     force_encryption_with_cmek: Option<bool>,
 }
 
+/// Refuses `force_encryption_with_cmek: true`: Conifer has no customer-managed keys yet
+/// (issue 17), so storing the flag would promise what no index honours.
+fn check_cmek(force_encryption_with_cmek: Option<bool>) -> Result<(), ApiError> {
+    if force_encryption_with_cmek == Some(true) {
+        return Err(ApiError::invalid(
+            "'force_encryption_with_cmek' cannot be true: customer-managed keys are not \
+             available yet, so no index could honour it (every index is encrypted at rest with \
+             the node's keys)",
+        ));
+    }
+    Ok(())
+}
+
 fn check_max_pods(max_pods: Option<u32>) -> Result<(), ApiError> {
     match max_pods {
         Some(n) if n > MAX_PODS_LIMIT => Err(ApiError::invalid(format!(
@@ -153,8 +169,9 @@ pub async fn create_project(
         }
     };
     caller.authorize(Target::Organization(&organization_id))?;
-    check_name("name", &body.name, MAX_PROJECT_NAME_BYTES)?;
+    check_name("name", &body.name, MAX_PROJECT_NAME_CHARS)?;
     check_max_pods(body.max_pods)?;
+    check_cmek(body.force_encryption_with_cmek)?;
     let project = Project {
         id: uuid::Uuid::new_v4().to_string(),
         organization_id,
@@ -247,9 +264,10 @@ pub async fn update_project(
     caller.authorize_project(&state, &id).await?;
     let Json(body) = body?;
     if let Some(name) = &body.name {
-        check_name("name", name, MAX_PROJECT_NAME_BYTES)?;
+        check_name("name", name, MAX_PROJECT_NAME_CHARS)?;
     }
     check_max_pods(body.max_pods)?;
+    check_cmek(body.force_encryption_with_cmek)?;
     let command = Command::UpdateProject {
         id,
         name: body.name,
@@ -294,7 +312,7 @@ fn parse_key_roles(names: &[String]) -> Result<Vec<ApiKeyRole>, ApiError> {
             ApiError::invalid(format!(
                 "'roles' contains unknown role '{}'; known roles: {}",
                 name.chars()
-                    .take(MAX_API_KEY_NAME_BYTES)
+                    .take(MAX_API_KEY_NAME_CHARS)
                     .collect::<String>(),
                 known.join(", ")
             ))
@@ -316,7 +334,7 @@ pub async fn create_api_key(
     check_id("project", &project_id)?;
     caller.authorize_project(&state, &project_id).await?;
     let Json(body) = body?;
-    check_name("name", &body.name, MAX_API_KEY_NAME_BYTES)?;
+    check_name("name", &body.name, MAX_API_KEY_NAME_CHARS)?;
     let roles = parse_key_roles(
         &body
             .roles
@@ -409,7 +427,7 @@ pub async fn update_api_key(
     authorized_key(&state, &caller, &id).await?;
     let Json(body) = body?;
     if let Some(name) = &body.name {
-        check_name("name", name, MAX_API_KEY_NAME_BYTES)?;
+        check_name("name", name, MAX_API_KEY_NAME_CHARS)?;
     }
     let roles = body.roles.as_deref().map(parse_key_roles).transpose()?;
     let command = Command::UpdateApiKey {

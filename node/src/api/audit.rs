@@ -54,6 +54,9 @@ pub struct RequestInfo {
     pub user_agent: Option<String>,
     /// This node.
     pub node_id: u64,
+    /// What the request's path names last, when its route ends in a parameter (an index
+    /// name, a key or member id): the resource of the attempt, for the event of a refusal.
+    pub resource_hint: Option<String>,
 }
 
 impl RequestInfo {
@@ -78,7 +81,15 @@ impl RequestInfo {
             request_id,
             user_agent,
             node_id,
+            resource_hint: None,
         }
+    }
+
+    /// The same, naming `resource` (a request path's last parameter: an index name, a key
+    /// or member id) as what a refusal aimed at, cut to [`audit::MAX_AUDIT_TEXT_BYTES`].
+    pub fn with_resource_hint(mut self, resource: Option<&str>) -> Self {
+        self.resource_hint = resource.map(|r| audit::truncate(r, audit::MAX_AUDIT_TEXT_BYTES));
+        self
     }
 
     /// The context of an event about `operation` by `actor`, stamped now.
@@ -258,6 +269,9 @@ pub struct AuditQuery {
     outcome: Option<String>,
     limit: Option<usize>,
     pagination_token: Option<String>,
+    /// Start after this sequence (a position in the chain, for `conifer audit verify`);
+    /// instead of a `pagination_token`.
+    after_sequence: Option<u64>,
 }
 
 fn text_filter(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
@@ -280,20 +294,24 @@ fn time_filter(field: &str, value: Option<String>) -> Result<Option<String>, Api
 }
 
 impl AuditQuery {
-    fn into_parts(self) -> Result<(Filter, usize, u64), ApiError> {
+    fn into_parts(self) -> Result<(Filter, usize, Start), ApiError> {
         let limit = self.limit.unwrap_or(DEFAULT_AUDIT_PAGE_EVENTS);
         if !(1..=MAX_AUDIT_PAGE_EVENTS).contains(&limit) {
             return Err(ApiError::invalid(format!(
                 "'limit' must be between 1 and {MAX_AUDIT_PAGE_EVENTS}, got {limit}"
             )));
         }
-        let after = match self.pagination_token.as_deref() {
-            None | Some("") => 0,
-            Some(token) => token.parse::<u64>().map_err(|_| {
-                ApiError::invalid(format!(
-                    "'pagination_token' {token:?} is not one this API gave"
+        let token =
+            text_filter("pagination_token", self.pagination_token)?.filter(|t| !t.is_empty());
+        let start = match (token, self.after_sequence) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "give 'pagination_token' or 'after_sequence', not both",
                 ))
-            })?,
+            }
+            (Some(token), None) => Start::Token(token),
+            (None, Some(sequence)) => Start::After(sequence),
+            (None, None) => Start::After(0),
         };
         let outcome = text_filter("outcome", self.outcome)?;
         if outcome
@@ -314,7 +332,7 @@ impl AuditQuery {
             actor: text_filter("actor", self.actor)?,
             outcome,
         };
-        Ok((filter, limit, after))
+        Ok((filter, limit, start))
     }
 }
 
@@ -347,7 +365,7 @@ pub async fn list(
             "organization '{organization_id}' not found"
         )));
     }
-    Ok(page(&state, &organization_id, parts))
+    page(&state, &organization_id, parts)
 }
 
 /// `GET /admin/cluster/audit-logs`: the cluster chain (operator tokens, signing keys,
@@ -365,7 +383,42 @@ pub async fn list_cluster(
     }
     let parts = query.into_parts()?;
     state.control.linearizable_barrier().await?;
-    Ok(page(&state, CLUSTER_CHAIN, parts))
+    page(&state, CLUSTER_CHAIN, parts)
+}
+
+/// What a page token is bound to: the chain and every filter, as 16 hex digits of their
+/// SHA-256, so a token only continues the listing that issued it.
+fn page_scope(chain_id: &str, filter: &Filter) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{chain_id}\0{filter:?}").as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// Where a page starts.
+enum Start {
+    /// After a sequence given as such.
+    After(u64),
+    /// Where an earlier page's token says.
+    Token(String),
+}
+
+/// The sequence to continue after from `token` (`<sequence>.<scope>`), refused when it was
+/// issued for another chain or other filters.
+fn page_after(token: &str, scope: &str) -> Result<u64, ApiError> {
+    let foreign = || {
+        ApiError::invalid(format!(
+            "'pagination_token' {token:?} is not one this API gave"
+        ))
+    };
+    let (sequence, issued_for) = token.split_once('.').ok_or_else(foreign)?;
+    let sequence = sequence.parse::<u64>().map_err(|_| foreign())?;
+    if issued_for != scope {
+        return Err(ApiError::invalid(
+            "'pagination_token' was issued for another organization_id or other filters: send \
+             the organization and filters of the first page with every page",
+        ));
+    }
+    Ok(sequence)
 }
 
 /// One page of chain `chain_id` as this node's replica holds it (callers catch up with the
@@ -373,8 +426,13 @@ pub async fn list_cluster(
 fn page(
     state: &ApiState,
     chain_id: &str,
-    (filter, limit, after): (Filter, usize, u64),
-) -> Json<Value> {
+    (filter, limit, start): (Filter, usize, Start),
+) -> Result<Json<Value>, ApiError> {
+    let scope = page_scope(chain_id, &filter);
+    let after = match start {
+        Start::After(sequence) => sequence,
+        Start::Token(token) => page_after(&token, &scope)?,
+    };
     let (events, next, head, retained, evicted) = state.control.read(|s| {
         let Some(chain) = s.audit.chains.get(chain_id) else {
             let empty = crate::audit::Chain::default();
@@ -400,9 +458,9 @@ fn page(
         )
     });
     let organization_id = (chain_id != CLUSTER_CHAIN).then_some(chain_id);
-    Json(json!({
+    Ok(Json(json!({
         "data": events,
-        "pagination": { "next": next.map(|s: u64| s.to_string()) },
+        "pagination": { "next": next.map(|s: u64| format!("{s}.{scope}")) },
         "chain": {
             "organization_id": organization_id,
             "anchor_sequence": head.anchor_sequence,
@@ -412,5 +470,5 @@ fn page(
             "events_retained": retained,
             "evicted_early": evicted,
         },
-    }))
+    })))
 }

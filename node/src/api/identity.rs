@@ -20,12 +20,12 @@ use crate::control::state::{
 use crate::control::{Command, Output};
 use crate::policy::{self, Target};
 
-/// Longest organization name, in bytes.
-pub const MAX_ORGANIZATION_NAME_BYTES: usize = 512;
+/// Longest organization name, in characters.
+pub const MAX_ORGANIZATION_NAME_CHARS: usize = 512;
 /// Longest email address (RFC 5321's path limit), in bytes.
 pub const MAX_EMAIL_BYTES: usize = 254;
-/// Longest user or service-account display name, in bytes.
-pub const MAX_DISPLAY_NAME_BYTES: usize = 128;
+/// Longest user or service-account display name, in characters.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 128;
 
 fn org_json(o: &Organization) -> Value {
     json!({ "id": o.id, "name": o.name, "created_at": o.created_at })
@@ -114,7 +114,7 @@ pub async fn create_organization(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.authorize(Target::Cluster)?;
     let Json(body) = body?;
-    check_name("name", &body.name, MAX_ORGANIZATION_NAME_BYTES)?;
+    check_name("name", &body.name, MAX_ORGANIZATION_NAME_CHARS)?;
     let org = Organization {
         id: uuid::Uuid::new_v4().to_string(),
         name: body.name,
@@ -176,7 +176,7 @@ pub async fn update_organization(
 ) -> Result<Json<Value>, ApiError> {
     authorized_org(&state, &caller, &id).await?;
     let Json(body) = body?;
-    check_name("name", &body.name, MAX_ORGANIZATION_NAME_BYTES)?;
+    check_name("name", &body.name, MAX_ORGANIZATION_NAME_CHARS)?;
     match caller
         .propose(Command::RenameOrganization {
             id,
@@ -225,6 +225,8 @@ pub struct CreateMember {
     password: String,
 }
 
+/// A user's email: at most [`MAX_EMAIL_BYTES`], an address as RFC 5322 defines it with a
+/// dotted domain; returned lowercased (emails name users case-insensitively).
 fn check_email(email: &str) -> Result<String, ApiError> {
     if email.len() > MAX_EMAIL_BYTES {
         return Err(ApiError::invalid(format!(
@@ -232,12 +234,21 @@ fn check_email(email: &str) -> Result<String, ApiError> {
             email.len()
         )));
     }
-    let valid = email
-        .split_once('@')
-        .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+    // RFC 5322 addresses (the `email_address` crate) with a domain of at least two labels,
+    // no display name and no IP literal: `a@@b.c`, `a@b.` and `<a@b.c>` are refused.
+    let options = email_address::Options {
+        minimum_sub_domains: 2,
+        allow_domain_literal: false,
+        allow_display_text: false,
+        ..email_address::Options::default()
+    };
+    let valid = email_address::EmailAddress::parse_with_options(email, options).is_ok()
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     if !valid {
-        return Err(ApiError::invalid("'email' is not an email address"));
+        return Err(ApiError::invalid(format!(
+            "'email' {:?} is not an email address",
+            email.chars().take(MAX_EMAIL_BYTES).collect::<String>()
+        )));
     }
     Ok(email.to_lowercase())
 }
@@ -265,7 +276,7 @@ pub async fn create_member(
     check_role_management(&caller, &org, role)?;
     let email = check_email(&body.email)?;
     let name = body.name.unwrap_or_else(|| email.clone());
-    check_name("name", &name, MAX_DISPLAY_NAME_BYTES)?;
+    check_name("name", &name, MAX_DISPLAY_NAME_CHARS)?;
     let password_phc = hash_new_password(body.password).await?;
     let user = User {
         id: uuid::Uuid::new_v4().to_string(),
@@ -414,7 +425,7 @@ pub async fn create_service_account(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     authorized_org(&state, &caller, &org).await?;
     let Json(body) = body?;
-    check_name("name", &body.name, MAX_DISPLAY_NAME_BYTES)?;
+    check_name("name", &body.name, MAX_DISPLAY_NAME_CHARS)?;
     let role = match body.role.as_deref() {
         Some(name) => parse_org_role(name)?,
         None => OrgRole::OrgMember,
@@ -491,7 +502,7 @@ pub async fn update_service_account(
     let account = authorized_account(&state, &caller, &id).await?;
     let Json(body) = body?;
     if let Some(name) = &body.name {
-        check_name("name", name, MAX_DISPLAY_NAME_BYTES)?;
+        check_name("name", name, MAX_DISPLAY_NAME_CHARS)?;
     }
     let role = body.role.as_deref().map(parse_org_role).transpose()?;
     if let Some(role) = role {
@@ -765,4 +776,29 @@ pub async fn rotate_signing_key(caller: Caller) -> Result<Json<Value>, ApiError>
         .propose(Command::Identity(IdentityCommand::RotateSigningKey(key)))
         .await?;
     Ok(Json(json!({ "id": id })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_email;
+
+    #[test]
+    fn emails_are_addresses_with_a_dotted_domain() {
+        assert_eq!(check_email("Ana@Example.com").unwrap(), "ana@example.com");
+        assert!(check_email("first.last+tag@mail.example.co").is_ok());
+        for bad in [
+            "a@@b.c",
+            "a@b.",
+            "a@b",
+            "@b.c",
+            "a b@c.d",
+            "<a@b.c>",
+            "a@[127.0.0.1]",
+            "a@.b.c",
+            "a@b..c",
+            "",
+        ] {
+            assert!(check_email(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

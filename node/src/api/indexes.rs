@@ -4,7 +4,7 @@
 //! metadata lives in the control plane; the shard group is started by the reconciler on
 //! the chosen replicas, and the index turns `Ready` when that group has a leader.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -55,13 +55,50 @@ fn schema_api(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v >= SCHEMA_API_VERSION)
 }
 
-/// The index in the shape the caller's API version expects.
-fn render(state: &ApiState, index: &Index, schema_shape: bool) -> Value {
-    if schema_shape {
-        index_json_2026(state, index)
-    } else {
-        index_json(state, index)
+/// The indexes in the shape the caller's API version expects, each with the status the
+/// cluster can serve it in ([`status_json`]).
+async fn render(state: &ApiState, indexes: &[Index], schema_shape: bool) -> Vec<Value> {
+    let up = serving_nodes(state, indexes).await;
+    indexes
+        .iter()
+        .map(|index| {
+            let mut out = if schema_shape {
+                index_json_2026(state, index)
+            } else {
+                index_json(state, index)
+            };
+            out["status"] = status_json(index, &up);
+            out
+        })
+        .collect()
+}
+
+/// The replica nodes of `indexes` that can serve now: this node, when it is a member, and
+/// the other members holding a replica that answer a ping — asked only for the indexes
+/// this node holds no replica of, all at once, so a healthy describe costs no round trip.
+async fn serving_nodes(state: &ApiState, indexes: &[Index]) -> BTreeSet<u64> {
+    let me = state.control.node_id();
+    let membership = state.control.membership();
+    let is_member = |id: &u64| membership.get_node(id).is_some();
+    let mut up = BTreeSet::new();
+    if is_member(&me) {
+        up.insert(me);
     }
+    let ask: Vec<u64> = indexes
+        .iter()
+        .filter(|i| !i.replicas.iter().any(|r| up.contains(r)))
+        .flat_map(|i| i.replicas.iter().copied().filter(|r| is_member(r)))
+        .collect();
+    up.extend(state.control.reachable_of(ask).await);
+    up
+}
+
+/// One index as [`render`] shows it.
+async fn render_one(state: &ApiState, index: Index, schema_shape: bool) -> Value {
+    render(state, &[index], schema_shape)
+        .await
+        .pop()
+        .unwrap_or(Value::Null)
 }
 
 /// The 2026-07 shape: `schema.fields` and `deployment` instead of dimension, metric, spec.
@@ -96,7 +133,6 @@ fn index_json_2026(state: &ApiState, index: &Index) -> Value {
     json!({
         "name": index.name,
         "host": state.router.host_of(index),
-        "status": status_json(state, index),
         "schema": { "fields": { DENSE_FIELD: {
             "type": "dense_vector", "dimension": index.dimension, "metric": index.metric.as_str(),
         } } },
@@ -150,6 +186,12 @@ fn create_from_2026(body: &Value) -> Result<CreateIndex, ApiError> {
         .iter()
         .next()
         .ok_or_else(|| ApiError::invalid("'schema.fields' is empty"))?;
+    if field_name != DENSE_FIELD {
+        return Err(ApiError::invalid(format!(
+            "schema field '{field_name}': Conifer names an index's dense vector field \
+             '{DENSE_FIELD}' (it would be shown under that name)"
+        )));
+    }
     if field.get("type").and_then(Value::as_str) != Some("dense_vector") {
         return Err(ApiError::invalid(format!(
             "schema field '{field_name}' must have type 'dense_vector'; other field types are not supported"
@@ -340,15 +382,11 @@ fn check_spec(kind: &str, spec: &Value) -> Result<(), ApiError> {
 }
 
 /// Pinecone's `status` of an index as the cluster can serve it now: `Disabled` (not ready)
-/// when none of its replicas is on a member of the cluster any more, so no node can serve
-/// it, whatever its recorded state; else `Ready` once its shard group has served, and
-/// `Initializing` before.
-fn status_json(state: &ApiState, index: &Index) -> Value {
-    let membership = state.control.membership();
-    let placed = index
-        .replicas
-        .iter()
-        .any(|r| membership.get_node(r).is_some());
+/// when none of its replicas is on a node in `up` (the members that answer: see
+/// [`serving_nodes`]), so no node can serve it, whatever its recorded state; else `Ready`
+/// once its shard group has served, and `Initializing` before.
+fn status_json(index: &Index, up: &BTreeSet<u64>) -> Value {
+    let placed = index.replicas.iter().any(|r| up.contains(r));
     let (ready, name) = match (placed, &index.state) {
         (false, _) => (false, "Disabled"),
         (true, IndexState::Ready) => (true, "Ready"),
@@ -375,7 +413,6 @@ fn index_json(state: &ApiState, index: &Index) -> Value {
         "deletion_protection": if index.deletion_protection { "enabled" } else { "disabled" },
         "tags": tags,
         "spec": spec,
-        "status": status_json(state, index),
     })
 }
 
@@ -585,7 +622,7 @@ pub async fn create(
     match caller.propose(Command::CreateIndex(index)).await? {
         Output::Index(index) => Ok((
             StatusCode::CREATED,
-            Json(render(&state, &index, schema_shape)),
+            Json(render_one(&state, index, schema_shape).await),
         )),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
@@ -598,17 +635,13 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = project(&state, &caller, &headers).await?;
-    let indexes: Vec<Value> = state
-        .control
-        .read(|s| {
-            s.indexes_of(&project_id)
-                .into_iter()
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .iter()
-        .map(|i| render(&state, i, schema_api(&headers)))
-        .collect();
+    let indexes: Vec<Index> = state.control.read(|s| {
+        s.indexes_of(&project_id)
+            .into_iter()
+            .cloned()
+            .collect::<Vec<_>>()
+    });
+    let indexes = render(&state, &indexes, schema_api(&headers)).await;
     Ok(Json(json!({ "indexes": indexes })))
 }
 
@@ -631,11 +664,8 @@ pub async fn describe(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = project(&state, &caller, &headers).await?;
-    Ok(Json(render(
-        &state,
-        &find(&state, &project_id, &name)?,
-        schema_api(&headers),
-    )))
+    let index = find(&state, &project_id, &name)?;
+    Ok(Json(render_one(&state, index, schema_api(&headers)).await))
 }
 
 #[derive(Deserialize)]
@@ -707,7 +737,7 @@ pub async fn configure(
         tags_json,
     };
     match caller.propose(command).await? {
-        Output::Index(index) => Ok(Json(render(&state, &index, schema_api(&headers)))),
+        Output::Index(index) => Ok(Json(render_one(&state, index, schema_api(&headers)).await)),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
 }

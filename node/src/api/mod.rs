@@ -81,7 +81,11 @@ pub fn routes(state: ApiState) -> axum::Router {
             Scope::Project if is_data_operation(*operation) => MAX_DATA_BODY_BYTES,
             _ => MAX_ADMIN_BODY_BYTES,
         };
-        let route = handler(method_filter(method), *operation)
+        let mut route = handler(method_filter(method), *operation);
+        if !takes_query(*operation) {
+            route = route.layer(axum::middleware::from_fn(refuse_query));
+        }
+        let route = route
             .layer(axum::middleware::map_response_with_state(
                 body_limit,
                 error::name_body_limit,
@@ -121,6 +125,39 @@ async fn no_such_route(request: axum::extract::Request) -> axum::response::Respo
             .into_http();
     }
     axum::response::IntoResponse::into_response(ApiError::not_found("no such route"))
+}
+
+/// Whether a REST operation reads query parameters (each refuses the ones it does not
+/// know); every other route refuses any query string rather than ignore it.
+fn takes_query(operation: Operation) -> bool {
+    use Operation as O;
+    matches!(
+        operation,
+        O::VectorFetch
+            | O::VectorList
+            | O::NamespaceList
+            | O::AuditLogRead
+            | O::ClusterAuditLogRead
+            | O::ClusterDescribe
+            | O::ClusterRemoveMember
+    )
+}
+
+/// Refuses a request with a query string, for routes that take none.
+async fn refuse_query(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match request.uri().query() {
+        Some(query) if !query.is_empty() => {
+            axum::response::IntoResponse::into_response(ApiError::invalid(format!(
+                "{} takes no query parameters, got '{}'",
+                request.uri().path(),
+                query.chars().take(256).collect::<String>()
+            )))
+        }
+        _ => next.run(request).await,
+    }
 }
 
 /// Whether an operation of project scope carries index or vector payloads (the larger body

@@ -320,14 +320,15 @@ async fn verify_file(
     // The file's links hold; its last event must also be the cluster's event at that place,
     // or an edit of the tail (re-hashed) would pass.
     let page = c
-        .audit_logs(
-            selection.cluster,
-            &Selection {
+        .audit_logs(selection.cluster, &{
+            let mut query = Selection {
                 org: selection.org.clone().or(last.organization_id.clone()),
                 ..selection.clone()
             }
-            .query(1, Some(&(last.sequence - 1).to_string())),
-        )
+            .query(1, None);
+            query.push(("after_sequence".into(), (last.sequence - 1).to_string()));
+            query
+        })
         .await?;
     let theirs = page["data"][0]["hash"].as_str().unwrap_or_default();
     if theirs.is_empty() {

@@ -19,11 +19,14 @@ pub mod state;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use conifer_proto::internal::{ProposeRequest, ReadIndexRequest};
+use conifer_proto::internal::{PingRequest, ProposeRequest, ReadIndexRequest};
 use conifer_raft::network::PeerChannels;
 use conifer_raft::state_machine::StateHandle;
 use conifer_raft::types::{Command as RaftCommand, CONTROL_GROUP};
 use conifer_raft::{NodeId, Raft};
+
+/// Longest a node waits for a peer's `Ping` before counting it unreachable.
+pub const PING_TIMEOUT_MS: u64 = 1_000;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
 pub use state::{Command, ControlMachine, ControlState, Output, Rejection};
@@ -193,6 +196,45 @@ impl ControlPlane {
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.peers.node_id()
+    }
+
+    /// Whether node `id` of the membership answers a `Ping` within [`PING_TIMEOUT_MS`]
+    /// (this node always does; a node outside the membership never).
+    pub async fn reachable(&self, id: NodeId) -> bool {
+        if id == self.node_id() {
+            return true;
+        }
+        let Some(node) = self.membership().get_node(&id).cloned() else {
+            return false;
+        };
+        let Ok(mut client) = self.peers.client(id, &node) else {
+            return false;
+        };
+        let ping = client.ping(PingRequest {
+            from_node: self.node_id(),
+        });
+        matches!(
+            tokio::time::timeout(Duration::from_millis(PING_TIMEOUT_MS), ping).await,
+            Ok(Ok(reply)) if reply.get_ref().node_id == id
+        )
+    }
+
+    /// Which of `nodes` are [`reachable`](Self::reachable), asked at once.
+    pub async fn reachable_of(
+        &self,
+        nodes: impl IntoIterator<Item = NodeId>,
+    ) -> std::collections::BTreeSet<NodeId> {
+        let nodes: std::collections::BTreeSet<NodeId> = nodes.into_iter().collect();
+        let answers = futures::future::join_all(
+            nodes
+                .iter()
+                .map(|id| async move { (*id, self.reachable(*id).await) }),
+        )
+        .await;
+        answers
+            .into_iter()
+            .filter_map(|(id, up)| up.then_some(id))
+            .collect()
     }
 
     /// Looks something up in the local replica; when it is missing there, first catches up
