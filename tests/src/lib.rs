@@ -351,12 +351,27 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// The default project's API key from bootstrap.
-    pub fn api_key(&self) -> String {
-        self.bootstrap["api_key"]
+    /// A field of bootstrap.json (empty when missing).
+    fn bootstrapped(&self, field: &str) -> String {
+        self.bootstrap[field]
             .as_str()
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// The default project's API key from bootstrap.
+    pub fn api_key(&self) -> String {
+        self.bootstrapped("api_key")
+    }
+
+    /// The default project's id from bootstrap.
+    pub fn project_id(&self) -> String {
+        self.bootstrapped("project_id")
+    }
+
+    /// The default organization's id from bootstrap.
+    pub fn organization_id(&self) -> String {
+        self.bootstrapped("organization_id")
     }
 
     /// Creates a project and a key with `roles` in it, returning (project id, key value).

@@ -57,6 +57,19 @@ fn refused(got: &(u16, Value), status: u16, needle: &str) {
     assert!(message.contains(needle), "{needle:?} not in {message:?}");
 }
 
+/// A one-node cluster with `indexes` (name, dimension, metric) ready, and its project's key.
+async fn one_node_with(indexes: &[(&str, u32, &str)]) -> (Cluster, String) {
+    let cluster = Cluster::start(1).await.unwrap();
+    let key = cluster.api_key();
+    for (name, dimension, metric) in indexes {
+        cluster
+            .create_index(1, &key, name, *dimension, metric)
+            .await
+            .unwrap();
+    }
+    (cluster, key)
+}
+
 async fn total(cluster: &Cluster, key: &str, index: &str) -> Value {
     data(cluster, key, index, "/describe_index_stats", json!({}))
         .await
@@ -66,16 +79,7 @@ async fn total(cluster: &Cluster, key: &str, index: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn records_are_validated_as_pinecone_documents_them_on_every_write_path() {
-    let cluster = Cluster::start(1).await.unwrap();
-    let key = cluster.api_key();
-    cluster
-        .create_index(1, &key, "cos", 4, "cosine")
-        .await
-        .unwrap();
-    cluster
-        .create_index(1, &key, "dot", 4, "dotproduct")
-        .await
-        .unwrap();
+    let (cluster, key) = one_node_with(&[("cos", 4, "cosine"), ("dot", 4, "dotproduct")]).await;
     let one = [1.0, 0.0, 0.0, 0.0];
     let ok = data(&cluster, &key, "cos", "/vectors/upsert",
         json!({"namespace": "ns", "vectors": [{"id": "a", "values": one, "metadata": {"big": "x".repeat(30_000)}}]})).await;
@@ -270,16 +274,7 @@ async fn records_are_validated_as_pinecone_documents_them_on_every_write_path() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn queries_match_nothing_for_a_missing_id_and_refuse_what_they_would_ignore() {
-    let cluster = Cluster::start(1).await.unwrap();
-    let key = cluster.api_key();
-    cluster
-        .create_index(1, &key, "cos", 384, "cosine")
-        .await
-        .unwrap();
-    cluster
-        .create_index(1, &key, "dot", 4, "dotproduct")
-        .await
-        .unwrap();
+    let (cluster, key) = one_node_with(&[("cos", 384, "cosine"), ("dot", 4, "dotproduct")]).await;
     let same = vec![0.1f32; 384];
     let (status, _) = data(
         &cluster,
@@ -481,12 +476,7 @@ async fn queries_match_nothing_for_a_missing_id_and_refuse_what_they_would_ignor
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pagination_tokens_only_continue_the_listing_that_issued_them() {
-    let cluster = Cluster::start(1).await.unwrap();
-    let key = cluster.api_key();
-    cluster
-        .create_index(1, &key, "pages", 2, "euclidean")
-        .await
-        .unwrap();
+    let (cluster, key) = one_node_with(&[("pages", 2, "euclidean")]).await;
     for ns in ["a", "b"] {
         let vectors: Vec<Value> = (0..10)
             .flat_map(|i| [format!("p{i}"), format!("q{i}")])
@@ -646,13 +636,8 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_error_has_pinecone_shape_on_every_route_and_transport() {
-    let cluster = Cluster::start(1).await.unwrap();
-    let key = cluster.api_key();
+    let (cluster, key) = one_node_with(&[("errs", 4, "cosine")]).await;
     let op = cluster.admin_token();
-    cluster
-        .create_index(1, &key, "errs", 4, "cosine")
-        .await
-        .unwrap();
     let one = [1.0, 0.0, 0.0, 0.0];
 
     // Over the body limits: JSON naming the limit, not axum's plain text.
@@ -869,8 +854,7 @@ async fn every_error_has_pinecone_shape_on_every_route_and_transport() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn index_names_tags_and_specs_follow_pinecone_rules() {
-    let cluster = Cluster::start(1).await.unwrap();
-    let key = cluster.api_key();
+    let (cluster, key) = one_node_with(&[]).await;
     let post = |body: Value| {
         cluster
             .http
@@ -1100,20 +1084,8 @@ async fn a_node_holding_an_index_last_reachable_replica_is_not_removed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_attempt_is_recorded_with_what_it_aimed_at_in_the_seed_vocabulary() {
-    let cluster = Cluster::start(1).await.unwrap();
-    let key = cluster.api_key();
-    let project = cluster.bootstrap["project_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let org = cluster.bootstrap["organization_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    cluster
-        .create_index(1, &key, "kept", 4, "cosine")
-        .await
-        .unwrap();
+    let (cluster, _) = one_node_with(&[("kept", 4, "cosine")]).await;
+    let (project, org) = (cluster.project_id(), cluster.organization_id());
     let viewer = cluster
         .key_in(&project, &["ControlPlaneViewer"])
         .await

@@ -18,6 +18,66 @@ use super::ApiError;
 /// request nests deeper than a filter at its limit (about 21 levels).
 pub const MAX_JSON_NESTING: usize = 32;
 
+/// Most bytes of an over-limit request body read on and discarded before the refusal is
+/// sent: a client still sending then receives the 413 rather than a connection reset (the
+/// kernel resets a connection closed with unread data). Past this, the connection is closed.
+pub const MAX_DRAINED_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a request body was not read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// It is longer than the route's limit.
+    TooLarge,
+    /// The connection failed while reading it.
+    Broken(String),
+}
+
+/// Reads `body` whole when it is at most `limit_bytes`; past that, reads on and discards up
+/// to [`MAX_DRAINED_BODY_BYTES`] more and answers [`BodyError::TooLarge`].
+pub async fn read_bounded(
+    body: axum::body::Body,
+    limit_bytes: usize,
+) -> Result<axum::body::Bytes, BodyError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
+        seen = seen.saturating_add(chunk.len());
+        if seen <= limit_bytes {
+            kept.extend_from_slice(&chunk);
+        } else if seen > limit_bytes.saturating_add(MAX_DRAINED_BODY_BYTES) {
+            break;
+        }
+    }
+    if seen > limit_bytes {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(axum::body::Bytes::from(kept))
+}
+
+/// The layer that bounds a REST route's body at `limit_bytes` ([`read_bounded`]): 413 in
+/// Pinecone's shape naming the limit, after draining what the client still sends.
+pub async fn limit_body(
+    axum::extract::State(limit_bytes): axum::extract::State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    match read_bounded(body, limit_bytes).await {
+        Ok(bytes) => {
+            next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+                .await
+        }
+        Err(BodyError::TooLarge) => ApiError::too_large(limit_bytes).into_response(),
+        Err(BodyError::Broken(e)) => {
+            ApiError::invalid(format!("the request body could not be read: {e}")).into_response()
+        }
+    }
+}
+
 /// Which API a body belongs to: Pinecone answers a body that is JSON but not the request's
 /// shape with 422 on the control plane (its spec) and 400 on the data plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,50 +144,63 @@ pub fn json<T: DeserializeOwned>(
     })
 }
 
+/// Whether each byte of JSON text belongs to a string literal (quotes and escapes
+/// included), fed one byte at a time: how the nesting scans skip brackets inside strings.
+#[derive(Default)]
+struct StringLiterals {
+    inside: bool,
+    escaped: bool,
+}
+
+impl StringLiterals {
+    /// Whether `b`, the next byte, is part of a string literal.
+    fn contain(&mut self, b: u8) -> bool {
+        if !self.inside {
+            self.inside = b == b'"';
+            return self.inside;
+        }
+        if self.escaped {
+            self.escaped = false;
+        } else if b == b'\\' {
+            self.escaped = true;
+        } else if b == b'"' {
+            self.inside = false;
+        }
+        true
+    }
+}
+
 /// `text` with every array or object that opens deeper than `max` levels replaced by
-/// `null` (borrowed unchanged when nothing is that deep). Strings are skipped with their
-/// escapes; text that is not JSON stays malformed for the parser to name.
+/// `null` (borrowed unchanged when nothing is that deep). Text that is not JSON stays
+/// malformed for the parser to name.
 fn cap_nesting(text: &[u8], max: usize) -> Cow<'_, [u8]> {
     if max_nesting(text) <= max {
         return Cow::Borrowed(text);
     }
     let mut out = Vec::with_capacity(text.len());
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut strings = StringLiterals::default();
     let mut skipping_from: Option<usize> = None; // depth at which a cut subtree opened
     for &b in text {
-        if in_string {
-            if skipping_from.is_none() {
-                out.push(b);
-            }
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max && skipping_from.is_none() {
-                    skipping_from = Some(depth);
-                    out.extend_from_slice(b"null");
+        if !strings.contain(b) {
+            match b {
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > max && skipping_from.is_none() {
+                        skipping_from = Some(depth);
+                        out.extend_from_slice(b"null");
+                    }
                 }
-            }
-            b']' | b'}' => {
-                let closing = depth;
-                depth = depth.saturating_sub(1);
-                if skipping_from == Some(closing) {
-                    skipping_from = None;
-                    continue;
+                b']' | b'}' => {
+                    let closing = depth;
+                    depth = depth.saturating_sub(1);
+                    if skipping_from == Some(closing) {
+                        skipping_from = None;
+                        continue;
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
         if skipping_from.is_none() {
             out.push(b);
@@ -139,20 +212,12 @@ fn cap_nesting(text: &[u8], max: usize) -> Cow<'_, [u8]> {
 /// The deepest nesting of arrays and objects in `text`.
 fn max_nesting(text: &[u8]) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
+    let mut strings = StringLiterals::default();
     for &b in text {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
+        if strings.contain(b) {
             continue;
         }
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);

@@ -1,7 +1,7 @@
 //! The one place where failures become HTTP statuses with Pinecone's error body
 //! `{"error":{"code","message"},"status"}` and gRPC statuses: [`CODES`] pairs every error
 //! code with both, and [`pinecone_error_bodies`] gives every other refusal on the REST port
-//! (axum's own 405, 413, 415, path and query rejections) the same body.
+//! (axum's own 405, 415, path and query rejections) the same body.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -273,18 +273,6 @@ pub async fn pinecone_error_bodies(
     Response::from_parts(parts, body)
 }
 
-/// The innermost layer of a REST route whose body limit is `limit_bytes`: a 413 from
-/// reading the body becomes Pinecone's error body naming the limit.
-pub async fn name_body_limit(
-    axum::extract::State(limit_bytes): axum::extract::State<usize>,
-    response: Response,
-) -> Response {
-    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::too_large(limit_bytes).into_response();
-    }
-    response
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({
@@ -332,8 +320,8 @@ impl From<ControlError> for ApiError {
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     /// Axum's JSON rejections in Pinecone's control-plane terms: a body that is JSON but not
     /// the request's shape is 422, one that is not JSON 400, a missing
-    /// `Content-Type: application/json` 415, one over the limit 413 (its message is replaced
-    /// by [`name_body_limit`], which knows the route's limit).
+    /// `Content-Type: application/json` 415 (bodies over the route's limit were refused
+    /// before, by [`super::body::limit_body`]).
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
         use axum::extract::rejection::JsonRejection as J;
         match e {

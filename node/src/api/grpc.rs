@@ -201,14 +201,18 @@ pub async fn check_frame(
 ) -> axum::response::Response {
     let (parts, body) = request.into_parts();
     let limit = super::MAX_DATA_BODY_BYTES + FRAME_HEADER_BYTES;
-    let bytes = match axum::body::to_bytes(body, limit).await {
+    let bytes = match super::body::read_bounded(body, limit).await {
         Ok(bytes) => bytes,
-        Err(_) => {
+        Err(super::body::BodyError::TooLarge) => {
             return Status::out_of_range(format!(
-                "request exceeds the limit of {} bytes (4 MiB) or could not be read",
+                "request exceeds the limit of {} bytes (4 MiB)",
                 super::MAX_DATA_BODY_BYTES
             ))
             .into_http()
+        }
+        Err(super::body::BodyError::Broken(e)) => {
+            return Status::invalid_argument(format!("the request could not be read: {e}"))
+                .into_http()
         }
     };
     if let Err(message) = frame_problem(&bytes) {

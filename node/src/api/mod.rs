@@ -86,9 +86,9 @@ pub fn routes(state: ApiState) -> axum::Router {
             route = route.layer(axum::middleware::from_fn(refuse_query));
         }
         let route = route
-            .layer(axum::middleware::map_response_with_state(
+            .layer(axum::middleware::from_fn_with_state(
                 body_limit,
-                error::name_body_limit,
+                body::limit_body,
             ))
             .layer::<_, std::convert::Infallible>(axum::middleware::from_fn_with_state(
                 access,

@@ -176,7 +176,7 @@ async fn hash_at(
     sequence: u64,
 ) -> anyhow::Result<Option<String>> {
     let after = sequence.saturating_sub(1);
-    let query = format!("limit=1&pagination_token={after}");
+    let query = format!("limit=1&after_sequence={after}");
     let page = cluster.audit_page(node, Some(org), &query).await?;
     Ok(page["data"][0]["hash"].as_str().map(str::to_string))
 }
