@@ -91,11 +91,20 @@ async fn marker_written_through_the_api_never_appears_in_plaintext_on_disk() {
         assert_eq!(resp.status().as_u16(), 202);
     }
 
-    let info = cluster.cluster_info(1).await.unwrap();
-    assert!(
-        info["snapshot_index"].as_u64().is_some_and(|i| i >= 900),
-        "a snapshot was taken: {info}"
-    );
+    // The snapshot is built in the background once the log passed the threshold: wait for it
+    // (a loaded machine took longer than the requests above).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let info = cluster.cluster_info(1).await.unwrap();
+        if info["snapshot_index"].as_u64().is_some_and(|i| i >= 900) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a snapshot was taken: {info}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 
     // Stop the node so everything it buffered is on disk, then scan.
     let data_dir = cluster.node(1).data_dir.clone();
