@@ -78,6 +78,15 @@ pub enum Verb {
 }
 
 impl Verb {
+    /// Every verb.
+    pub const ALL: [Verb; 5] = [
+        Verb::Create,
+        Verb::Update,
+        Verb::Delete,
+        Verb::Login,
+        Verb::Read,
+    ];
+
     /// The value of `event.action`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -119,6 +128,20 @@ pub enum ResourceType {
 }
 
 impl ResourceType {
+    /// Every resource type.
+    pub const ALL: [ResourceType; 10] = [
+        ResourceType::Organization,
+        ResourceType::User,
+        ResourceType::Project,
+        ResourceType::Index,
+        ResourceType::ApiKey,
+        ResourceType::ServiceAccount,
+        ResourceType::OperatorToken,
+        ResourceType::SigningKey,
+        ResourceType::AuditLog,
+        ResourceType::Cluster,
+    ];
+
     /// The value of `event.resource_type`.
     pub fn as_str(self) -> &'static str {
         match self {

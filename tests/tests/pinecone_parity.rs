@@ -529,7 +529,7 @@ async fn pagination_tokens_only_continue_the_listing_that_issued_them() {
         )
         .await,
         400,
-        "pagination_token was issued for another namespace",
+        "pagination_token was issued for another index or namespace",
     );
     refused(
         &get(
@@ -551,7 +551,7 @@ async fn pagination_tokens_only_continue_the_listing_that_issued_them() {
         )
         .await,
         400,
-        "not a token this server issued",
+        "not a valid pagination token",
     );
 
     let by_metadata = |filter: Value, token: Option<&str>| {
@@ -1120,4 +1120,209 @@ async fn a_refused_attempt_is_recorded_with_what_it_aimed_at_in_the_seed_vocabul
     assert_eq!(event["event"]["outcome"]["error_code"], "PERMISSION_DENIED");
     assert_eq!(event["event"]["parameters"]["target_id"], project.as_str());
     assert_eq!(event["actor"]["principal_type"], "api_key");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misshapen_or_ambiguous_requests_are_refused_rather_than_guessed() {
+    let (cluster, key) = one_node_with(&[("t", 4, "cosine"), ("u", 4, "dotproduct")]).await;
+    let op = cluster.admin_token();
+    let send = |method: Method, path: &str, body: &str| {
+        cluster
+            .http
+            .request(method, cluster.url(1, path))
+            .header("Api-Key", &key)
+            .header("X-Conifer-Index", "t")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    };
+    // A JSON array in place of an object would fill fields by position.
+    let spec = r#"{"serverless":{"cloud":"aws","region":"us-east-1"}}"#;
+    let array_index = format!(r#"["x2",4,"cosine",{spec},null,null,null]"#);
+    refused(
+        &answer(
+            send(Method::POST, "/indexes", &array_index)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+        422,
+        "JSON object",
+    );
+    let array_upsert = r#"[[{"id":"seq","values":[1,0,0,0]}],"seqns"]"#;
+    refused(
+        &answer(
+            send(Method::POST, "/vectors/upsert", array_upsert)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+        400,
+        "JSON object",
+    );
+    let array_project = cluster
+        .http
+        .post(cluster.url(1, "/admin/projects"))
+        .bearer_auth(&op)
+        .header("content-type", "application/json")
+        .body(r#"["p9"]"#)
+        .send()
+        .await
+        .unwrap();
+    refused(&answer(array_project).await, 422, "JSON object");
+    // Bodies on routes that take none, and compressed bodies.
+    let rotate = cluster
+        .http
+        .post(cluster.url(1, "/admin/signing-keys/rotate"))
+        .bearer_auth(&op)
+        .header("content-type", "application/json")
+        .body(r#"{"foo":1}"#)
+        .send()
+        .await
+        .unwrap();
+    refused(&answer(rotate).await, 400, "takes no request body");
+    refused(
+        &answer(
+            send(Method::DELETE, "/indexes/u", r#"{"foo":1}"#)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+        400,
+        "takes no request body",
+    );
+    let brotli = send(Method::POST, "/query", r#"{"vector":[1,0,0,0],"topK":1}"#)
+        .header("content-encoding", "br");
+    refused(
+        &answer(brotli.send().await.unwrap()).await,
+        415,
+        "Content-Encoding",
+    );
+    // Repeated headers and parameters that name one thing.
+    let twice = send(Method::POST, "/query", r#"{"vector":[1,0,0,0],"topK":1}"#)
+        .header("Api-Key", "pcsk_bad");
+    refused(
+        &answer(twice.send().await.unwrap()).await,
+        400,
+        "header api-key appears 2 times",
+    );
+    refused(
+        &get(&cluster, &key, "t", "/vectors/list?namespace=a&namespace=b").await,
+        400,
+        "query parameter 'namespace' is given more than once",
+    );
+    let version = cluster
+        .http
+        .get(cluster.url(1, "/indexes"))
+        .header("Api-Key", &key)
+        .header("X-Pinecone-Api-Version", "garbage")
+        .send()
+        .await
+        .unwrap();
+    refused(
+        &answer(version).await,
+        400,
+        "expected a version such as 2025-10",
+    );
+    // Specs and schemas Conifer would store without honouring.
+    for (body, status, needle) in [
+        (
+            r#"{"name":"v1","dimension":4,"spec":{"serverless":{"cloud":"aws","region":"r","read_capacity":{"mode":"OnDemand","foo":1}}}}"#,
+            422,
+            "unknown field 'foo'",
+        ),
+        (
+            r#"{"name":"v1","dimension":4,"spec":{"serverless":{"cloud":"aws","region":"r","schema":{"fields":{"a":{"filterable":true}}}}}}"#,
+            400,
+            "'spec.serverless.schema' is not supported",
+        ),
+        (
+            r#"{"name":"v1","dimension":4,"spec":{"serverless":{"cloud":"aws","region":"r"},"foo":1}}"#,
+            422,
+            "unknown field 'foo' in 'spec'",
+        ),
+    ] {
+        refused(
+            &answer(send(Method::POST, "/indexes", body).send().await.unwrap()).await,
+            status,
+            needle,
+        );
+    }
+    refused(
+        &answer(
+            send(
+                Method::POST,
+                "/namespaces",
+                r#"{"name":"ns3","schema":{"fields":{"a":{"filterable":true}}}}"#,
+            )
+            .send()
+            .await
+            .unwrap(),
+        )
+        .await,
+        400,
+        "'schema' is not supported",
+    );
+    // Vectors long enough to overflow a score.
+    refused(
+        &data(
+            &cluster,
+            &key,
+            "u",
+            "/vectors/upsert",
+            json!({"vectors": [{"id": "big", "values": [3e38, 3e38, 3e38, 3e38]}]}),
+        )
+        .await,
+        400,
+        "is too long",
+    );
+    // A dry run answers as the update would.
+    let (status, _) = data(&cluster, &key, "t", "/vectors/upsert",
+        json!({"vectors": [{"id": "m", "values": [1.0, 0.0, 0.0, 0.0], "metadata": {"big": "x".repeat(30_000)}}]})).await;
+    assert_eq!(status, 200);
+    refused(&data(&cluster, &key, "t", "/vectors/update",
+        json!({"filter": {"big": {"$exists": true}}, "setMetadata": {"more": "y".repeat(20_000)}, "dryRun": true})).await,
+        400, "exceeds the limit of 40960 bytes");
+    // A list token of one index does not continue another's listing.
+    for index in ["t", "u"] {
+        let vectors: Vec<Value> = (0..4)
+            .map(|i| json!({"id": format!("p{i}"), "values": [1.0, 2.0, 3.0, 4.0]}))
+            .collect();
+        assert_eq!(
+            data(
+                &cluster,
+                &key,
+                index,
+                "/vectors/upsert",
+                json!({"vectors": vectors})
+            )
+            .await
+            .0,
+            200
+        );
+    }
+    let (_, page) = get(&cluster, &key, "t", "/vectors/list?prefix=p&limit=2").await;
+    let token = page["pagination"]["next"].as_str().unwrap().to_string();
+    refused(
+        &get(
+            &cluster,
+            &key,
+            "u",
+            &format!("/vectors/list?prefix=p&limit=2&paginationToken={token}"),
+        )
+        .await,
+        400,
+        "another index or namespace",
+    );
+    // Audit filters take the vocabulary's values only.
+    let bogus = cluster
+        .http
+        .get(cluster.url(1, "/admin/audit-logs?action=bogus"))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap();
+    refused(&answer(bogus).await, 400, "'action' is \"bogus\"");
 }

@@ -199,6 +199,51 @@ fn reply(error: ApiError, grpc: bool) -> Response {
     }
 }
 
+/// Headers that name one thing (a credential, the index, the API version, a read option):
+/// sent twice they would be ambiguous, so they are refused rather than the first one used.
+pub const SINGLE_HEADERS: &[&str] = &[
+    "api-key",
+    "authorization",
+    PROJECT_HEADER,
+    "x-conifer-index",
+    "service-name",
+    "content-type",
+    "content-encoding",
+    "x-pinecone-api-version",
+    "x-conifer-min-lsn",
+    "x-conifer-read-consistency",
+    super::audit::REQUEST_ID_HEADER,
+];
+
+/// Refuses a request that repeats one of [`SINGLE_HEADERS`] or sends an
+/// `X-Pinecone-Api-Version` that is not a version (`YYYY-MM`, as `2025-10`).
+fn check_headers(headers: &HeaderMap) -> Result<(), ApiError> {
+    for name in SINGLE_HEADERS {
+        let n = headers.get_all(*name).iter().count();
+        if n > 1 {
+            return Err(ApiError::invalid(format!(
+                "header {name} appears {n} times; send it once"
+            )));
+        }
+    }
+    if let Some(version) = headers.get("x-pinecone-api-version") {
+        let text = version.to_str().unwrap_or("");
+        let b = text.as_bytes();
+        let shaped = b.len() == 7
+            && b[4] == b'-'
+            && b.iter()
+                .enumerate()
+                .all(|(i, c)| i == 4 || c.is_ascii_digit());
+        if !shaped {
+            return Err(ApiError::invalid(format!(
+                "X-Pinecone-Api-Version is {:?}; expected a version such as 2025-10",
+                text.chars().take(32).collect::<String>()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The credential of a request: `Api-Key` or `Authorization: Bearer`, never both.
 pub fn credential(headers: &HeaderMap) -> Result<Credential<'_>, ApiError> {
     let api_key = headers.get("api-key");
@@ -259,6 +304,9 @@ pub async fn authenticate(
             )
         }
     };
+    if let Err(e) = check_headers(request.headers()) {
+        return reply(e, grpc);
+    }
     let (mut parts, body) = request.into_parts();
     // The route's last path parameter (decoded), if any: what a refused attempt aimed at.
     let params = axum::extract::RawPathParams::from_request_parts(&mut parts, &())

@@ -322,12 +322,32 @@ impl AuditQuery {
                 "'outcome' must be \"success\" or \"failure\"",
             ));
         }
+        let action = text_filter("action", self.action)?;
+        if let Some(a) = action
+            .as_deref()
+            .filter(|a| !Verb::ALL.iter().any(|v| v.as_str() == *a))
+        {
+            return Err(ApiError::invalid(format!(
+                "'action' is {a:?}; it is one of {}",
+                Verb::ALL.map(Verb::as_str).join(", ")
+            )));
+        }
+        let resource_type = text_filter("resource_type", self.resource_type)?;
+        if let Some(r) = resource_type
+            .as_deref()
+            .filter(|r| !ResourceType::ALL.iter().any(|t| t.as_str() == *r))
+        {
+            return Err(ApiError::invalid(format!(
+                "'resource_type' is {r:?}; it is one of {}",
+                ResourceType::ALL.map(ResourceType::as_str).join(", ")
+            )));
+        }
         let filter = Filter {
             start_time: time_filter("start_time", self.start_time)?,
             end_time: time_filter("end_time", self.end_time)?,
-            action: text_filter("action", self.action)?,
+            action,
             operation: text_filter("operation", self.operation)?,
-            resource_type: text_filter("resource_type", self.resource_type)?,
+            resource_type,
             resource_id: text_filter("resource_id", self.resource_id)?,
             actor: text_filter("actor", self.actor)?,
             outcome,

@@ -57,25 +57,73 @@ pub async fn read_bounded(
     Ok(axum::body::Bytes::from(kept))
 }
 
-/// The layer that bounds a REST route's body at `limit_bytes` ([`read_bounded`]): 413 in
-/// Pinecone's shape naming the limit, after draining what the client still sends.
+/// What a REST route accepts as its body.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyRule {
+    /// Largest body.
+    pub limit_bytes: usize,
+    /// Whether the route reads a body at all (others refuse any).
+    pub takes_body: bool,
+    /// Which API it belongs to (the status of a body of the wrong shape).
+    pub plane: Plane,
+}
+
+/// The layer that reads a REST route's body by its [`BodyRule`]: bounded ([`read_bounded`]:
+/// 413 in Pinecone's shape naming the limit, after draining what the client still sends),
+/// not compressed (`Content-Encoding` other than `identity` is 415), absent (or `{}`) on
+/// routes that take none, and — when present — a JSON object, not an array or scalar whose values serde
+/// would assign to fields by position.
 pub async fn limit_body(
-    axum::extract::State(limit_bytes): axum::extract::State<usize>,
+    axum::extract::State(rule): axum::extract::State<BodyRule>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let encoding = request
+        .headers()
+        .get(axum::http::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    if encoding.as_deref().is_some_and(|e| e != "identity") {
+        return ApiError::unsupported_media_type(format!(
+            "Content-Encoding {:?} is not accepted; send the body uncompressed",
+            encoding.unwrap_or_default()
+        ))
+        .into_response();
+    }
     let (parts, body) = request.into_parts();
-    match read_bounded(body, limit_bytes).await {
-        Ok(bytes) => {
-            next.run(axum::extract::Request::from_parts(parts, bytes.into()))
-                .await
-        }
-        Err(BodyError::TooLarge) => ApiError::too_large(limit_bytes).into_response(),
+    let bytes = match read_bounded(body, rule.limit_bytes).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => return ApiError::too_large(rule.limit_bytes).into_response(),
         Err(BodyError::Broken(e)) => {
-            ApiError::invalid(format!("the request body could not be read: {e}")).into_response()
+            return ApiError::invalid(format!("the request body could not be read: {e}"))
+                .into_response()
+        }
+    };
+    if let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        // `{}` says nothing (some clients send it with every DELETE): as good as no body.
+        let empty_object = bytes
+            .iter()
+            .filter(|b| !b.is_ascii_whitespace())
+            .eq(b"{}".iter());
+        if !rule.takes_body && !empty_object {
+            return ApiError::invalid(format!(
+                "{} {} takes no request body",
+                parts.method,
+                parts.uri.path()
+            ))
+            .into_response();
+        }
+        if *first != b'{' {
+            let message = "the request body must be a JSON object";
+            return match rule.plane {
+                Plane::Control => ApiError::unprocessable(message),
+                Plane::Data => ApiError::invalid(message),
+            }
+            .into_response();
         }
     }
+    next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+        .await
 }
 
 /// Which API a body belongs to: Pinecone answers a body that is JSON but not the request's

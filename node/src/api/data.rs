@@ -257,15 +257,21 @@ fn query_pairs(raw: &Option<String>, allowed: &[&str]) -> Result<Vec<(String, St
     Ok(pairs)
 }
 
-fn single(pairs: &[(String, String)], name: &str) -> Option<String> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
+/// The value of query parameter `name`, refused when it is given more than once (only
+/// `ids` repeats).
+fn single(pairs: &[(String, String)], name: &str) -> Result<Option<String>, ApiError> {
+    let mut values = pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v);
+    let first = values.next().cloned();
+    if values.next().is_some() {
+        return Err(ApiError::invalid(format!(
+            "query parameter '{name}' is given more than once"
+        )));
+    }
+    Ok(first)
 }
 
 fn number(pairs: &[(String, String)], name: &str) -> Result<Option<u32>, ApiError> {
-    single(pairs, name)
+    single(pairs, name)?
         .map(|v| {
             v.parse().map_err(|_| {
                 ApiError::invalid(format!("{name} must be a non-negative integer, got '{v}'"))
@@ -290,7 +296,7 @@ pub async fn fetch(
         .collect();
     let req = pb::FetchRequest {
         ids,
-        namespace: single(&pairs, "namespace").unwrap_or_default(),
+        namespace: single(&pairs, "namespace")?.unwrap_or_default(),
     };
     let (resp, lsn) = vectors::fetch(&state.router, &target, req).await?;
     let vectors: Map<String, Value> = resp
@@ -314,10 +320,10 @@ pub async fn list(
     let target = target(&state, &caller, &headers).await?;
     let pairs = query_pairs(&raw, &["prefix", "limit", "paginationToken", "namespace"])?;
     let req = pb::ListRequest {
-        prefix: single(&pairs, "prefix"),
+        prefix: single(&pairs, "prefix")?,
         limit: number(&pairs, "limit")?,
-        pagination_token: single(&pairs, "paginationToken"),
-        namespace: single(&pairs, "namespace").unwrap_or_default(),
+        pagination_token: single(&pairs, "paginationToken")?,
+        namespace: single(&pairs, "namespace")?.unwrap_or_default(),
     };
     let (resp, lsn) = vectors::list(&state.router, &target, req).await?;
     let mut body = json!({
@@ -515,9 +521,9 @@ pub async fn list_namespaces(
     let target = target(&state, &caller, &headers).await?;
     let pairs = query_pairs(&raw, &["paginationToken", "limit", "prefix"])?;
     let req = pb::ListNamespacesRequest {
-        pagination_token: single(&pairs, "paginationToken"),
+        pagination_token: single(&pairs, "paginationToken")?,
         limit: number(&pairs, "limit")?,
-        prefix: single(&pairs, "prefix"),
+        prefix: single(&pairs, "prefix")?,
     };
     let (resp, lsn) = vectors::list_namespaces(&state.router, &target, req).await?;
     let mut body = json!({

@@ -29,6 +29,8 @@ pub const MAX_TAGS: usize = 20;
 pub const MAX_TAG_KEY_CHARS: usize = 80;
 /// Longest tag value.
 pub const MAX_TAG_VALUE_CHARS: usize = 120;
+/// Longest text setting of a spec (`cloud`, `region`, `environment`, `pod_type`).
+pub const MAX_SPEC_TEXT_CHARS: usize = 128;
 /// Replicas of each shard (fewer when the cluster has fewer nodes).
 pub const SHARD_REPLICAS: usize = 3;
 
@@ -314,10 +316,21 @@ fn check_spec(kind: &str, spec: &Value) -> Result<(), ApiError> {
             )));
         }
     }
-    if fields.get("pod_type").is_some_and(|v| !v.is_string()) {
-        return Err(ApiError::unprocessable(format!(
-            "'spec.{kind}.pod_type' must be a string"
-        )));
+    for text in ["cloud", "region", "environment", "pod_type"] {
+        match fields.get(text) {
+            None => {}
+            Some(Value::String(v)) if v.chars().count() <= MAX_SPEC_TEXT_CHARS => {}
+            Some(Value::String(_)) => {
+                return Err(ApiError::invalid(format!(
+                    "'spec.{kind}.{text}' exceeds {MAX_SPEC_TEXT_CHARS} characters"
+                )))
+            }
+            Some(_) => {
+                return Err(ApiError::unprocessable(format!(
+                    "'spec.{kind}.{text}' must be a string"
+                )))
+            }
+        }
     }
     if fields
         .get("source_collection")
@@ -346,6 +359,14 @@ fn check_spec(kind: &str, spec: &Value) -> Result<(), ApiError> {
         }
     }
     if let Some(rc) = fields.get("read_capacity").filter(|v| !v.is_null()) {
+        if let Some(key) = rc
+            .as_object()
+            .and_then(|o| o.keys().find(|k| k.as_str() != "mode"))
+        {
+            return Err(ApiError::unprocessable(format!(
+                "unknown field '{key}' in 'spec.{kind}.read_capacity'"
+            )));
+        }
         let mode = rc.get("mode").and_then(Value::as_str);
         if mode != Some("OnDemand") {
             return Err(ApiError::invalid(format!(
@@ -361,22 +382,11 @@ fn check_spec(kind: &str, spec: &Value) -> Result<(), ApiError> {
              field, so it cannot limit filtering to the listed ones"
         )));
     }
-    if let Some(schema) = fields.get("schema").filter(|v| !v.is_null()) {
-        let listed = schema
-            .get("fields")
-            .and_then(Value::as_object)
-            .ok_or_else(|| {
-                ApiError::unprocessable(format!("'spec.{kind}.schema.fields' must be an object"))
-            })?;
-        if let Some((field, _)) = listed
-            .iter()
-            .find(|(_, p)| p.get("filterable").and_then(Value::as_bool) != Some(true))
-        {
-            return Err(ApiError::invalid(format!(
-                "Field '{field}' is set to filterable: false. Only filterable: true is supported. \
-                 To avoid indexing the field, omit it from the list of fields."
-            )));
-        }
+    if fields.get("schema").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::invalid(format!(
+            "'spec.{kind}.schema' is not supported: Conifer indexes every metadata field, so \
+             it cannot limit filtering to the fields a schema lists"
+        )));
     }
     Ok(())
 }
@@ -582,8 +592,17 @@ pub async fn create(
             "'metric' is '{metric_name}'; it must be cosine, euclidean or dotproduct"
         ))
     })?;
+    if let Some(key) = req
+        .spec
+        .keys()
+        .find(|k| !matches!(k.as_str(), "serverless" | "pod" | "byoc"))
+    {
+        return Err(ApiError::unprocessable(format!(
+            "unknown field '{key}' in 'spec'"
+        )));
+    }
     let kinds: Vec<&String> = req.spec.keys().collect();
-    if kinds.len() != 1 || !matches!(kinds[0].as_str(), "serverless" | "pod" | "byoc") {
+    if kinds.len() != 1 {
         return Err(ApiError::invalid(
             "'spec' must have exactly one of 'serverless', 'pod' or 'byoc'",
         ));

@@ -85,11 +85,17 @@ pub fn routes(state: ApiState) -> axum::Router {
         if !takes_query(*operation) {
             route = route.layer(axum::middleware::from_fn(refuse_query));
         }
+        let rule = body::BodyRule {
+            limit_bytes: body_limit,
+            takes_body: takes_body(*operation),
+            plane: if operation.is_data_plane() {
+                body::Plane::Data
+            } else {
+                body::Plane::Control
+            },
+        };
         let route = route
-            .layer(axum::middleware::from_fn_with_state(
-                body_limit,
-                body::limit_body,
-            ))
+            .layer(axum::middleware::from_fn_with_state(rule, body::limit_body))
             .layer::<_, std::convert::Infallible>(axum::middleware::from_fn_with_state(
                 access,
                 access::authenticate,
@@ -140,6 +146,39 @@ fn takes_query(operation: Operation) -> bool {
             | O::ClusterAuditLogRead
             | O::ClusterDescribe
             | O::ClusterRemoveMember
+    )
+}
+
+/// Whether a REST operation reads a JSON body; every other route refuses a non-empty one
+/// rather than ignore it.
+fn takes_body(operation: Operation) -> bool {
+    use Operation as O;
+    matches!(
+        operation,
+        O::Login
+            | O::IssueToken
+            | O::ChangePassword
+            | O::OrgCreate
+            | O::OrgUpdate
+            | O::OrgMemberCreate
+            | O::OrgMemberUpdate
+            | O::ServiceAccountCreate
+            | O::ServiceAccountUpdate
+            | O::ProjectCreate
+            | O::ProjectUpdate
+            | O::ProjectMemberAdd
+            | O::ProjectMemberUpdate
+            | O::ApiKeyCreate
+            | O::ApiKeyUpdate
+            | O::IndexCreate
+            | O::IndexConfigure
+            | O::VectorUpsert
+            | O::VectorUpdate
+            | O::VectorDelete
+            | O::VectorQuery
+            | O::VectorFetchByMetadata
+            | O::IndexStats
+            | O::NamespaceCreate
     )
 }
 

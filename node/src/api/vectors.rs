@@ -14,8 +14,8 @@ use crate::control::state::Metric;
 use crate::router::{Resolved, Router, Target};
 use crate::shard::filter::{self, Filter};
 use crate::shard::machine::{
-    canonical_namespace, check_metadata_size, Namespace, Record, ShardCommand, ShardOutput, Sparse,
-    DEFAULT_NAMESPACE,
+    canonical_namespace, check_metadata_size, merge_metadata, Namespace, Record, ShardCommand,
+    ShardOutput, Sparse, DEFAULT_NAMESPACE,
 };
 
 pub use crate::shard::machine::MAX_METADATA_BYTES;
@@ -133,10 +133,29 @@ fn check_values(target: &Target, id: &str, values: &[f32]) -> Result<(), ApiErro
             quoted(id)
         )));
     }
+    check_magnitude(&format!("vector ID '{}'", quoted(id)), values)?;
     if values.iter().all(|v| *v == 0.0) {
         return Err(ApiError::invalid(format!(
             "Dense vectors must contain at least one non-zero value. Vector ID '{}' contains only zeros",
             quoted(id)
+        )));
+    }
+    Ok(())
+}
+
+/// Largest squared length of a dense vector: a quarter of `f32::MAX`, so that every score
+/// stays a finite 32-bit float — a dot product is at most the product of the lengths and a
+/// squared distance at most the square of their sum (beyond it scores overflowed to
+/// infinity, answered as `null`, and cosine normalized to 0).
+pub const MAX_SQUARED_NORM: f64 = f32::MAX as f64 / 4.0;
+
+/// Refuses dense `values` (of `what`) longer than [`MAX_SQUARED_NORM`] allows.
+fn check_magnitude(what: &str, values: &[f32]) -> Result<(), ApiError> {
+    let squared: f64 = values.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
+    if squared > MAX_SQUARED_NORM {
+        return Err(ApiError::invalid(format!(
+            "{what} is too long: its squared length is {squared:e}, the limit is \
+             {MAX_SQUARED_NORM:e} (scores would overflow 32-bit floats)"
         )));
     }
     Ok(())
@@ -159,6 +178,7 @@ fn check_query_vector(target: &Target, values: &[f32]) -> Result<(), ApiError> {
             "query vector contains a NaN or infinite value",
         ));
     }
+    check_magnitude("the query vector", values)?;
     if target.index.metric == Metric::Cosine && values.iter().all(|v| *v == 0.0) {
         return Err(ApiError::invalid(
             "Query vector must contain at least one non-zero value: cosine similarity is \
@@ -530,14 +550,24 @@ const TOKEN_FORMAT: u8 = 1;
 /// Bytes of each parameter digest in a token.
 const TOKEN_DIGEST_BYTES: usize = 8;
 
-/// The parameters a listing's pages must share: the namespace (empty for
-/// `ListNamespaces`) and the prefix or the filter's canonical JSON.
+/// The parameters a listing's pages must share: the index and namespace (`where_`: project,
+/// index and namespace, the namespace empty for `ListNamespaces`) and the prefix or the
+/// filter's canonical JSON. Tokens are not secret: one only positions a listing the caller
+/// may read anyway.
 struct PageScope<'a> {
     listing: Listing,
-    namespace: &'a str,
+    where_: String,
     /// Name of the second parameter as the client sends it, for errors.
     narrowing_name: &'static str,
     narrowing: &'a str,
+}
+
+/// Where a listing pages: the index (by project and name) and the namespace.
+fn page_place(target: &Target, namespace: &str) -> String {
+    format!(
+        "{}\0{}\0{namespace}",
+        target.index.project_id, target.index.name
+    )
 }
 
 fn digest(text: &str) -> [u8; TOKEN_DIGEST_BYTES] {
@@ -553,7 +583,7 @@ impl PageScope<'_> {
     /// namespace and of the prefix or filter, then `last`, base64url.
     fn token(&self, last: &str) -> String {
         let mut bytes = vec![TOKEN_FORMAT, self.listing as u8];
-        bytes.extend_from_slice(&digest(self.namespace));
+        bytes.extend_from_slice(&digest(&self.where_));
         bytes.extend_from_slice(&digest(self.narrowing));
         bytes.extend_from_slice(last.as_bytes());
         B64.encode(bytes)
@@ -566,7 +596,7 @@ impl PageScope<'_> {
             None | Some("") => return Ok(None),
             Some(t) => t,
         };
-        let foreign = || ApiError::invalid("pagination_token is not a token this server issued");
+        let foreign = || ApiError::invalid("pagination_token is not a valid pagination token");
         let bytes = B64.decode(token).map_err(|_| foreign())?;
         let header = 2 + 2 * TOKEN_DIGEST_BYTES;
         if bytes.len() < header || bytes[0] != TOKEN_FORMAT {
@@ -578,9 +608,9 @@ impl PageScope<'_> {
             ));
         }
         let (ns, narrowing) = bytes[2..header].split_at(TOKEN_DIGEST_BYTES);
-        if ns != digest(self.namespace) {
+        if ns != digest(&self.where_) {
             return Err(ApiError::invalid(
-                "pagination_token was issued for another namespace: send the namespace of the \
+                "pagination_token was issued for another index or namespace: send the namespace of the \
                  first page with every page",
             ));
         }
@@ -655,7 +685,7 @@ pub async fn list_local(
     let prefix = check_prefix(req.prefix, MAX_ID_BYTES)?;
     let scope = PageScope {
         listing: Listing::Ids,
-        namespace: &namespace,
+        where_: page_place(target, &namespace),
         narrowing_name: "prefix",
         narrowing: &prefix,
     };
@@ -696,7 +726,7 @@ pub async fn fetch_by_metadata_local(
     let filter = parse_filter(req.filter.as_ref())?;
     let scope = PageScope {
         listing: Listing::ByMetadata,
-        namespace: &namespace,
+        where_: page_place(target, &namespace),
         narrowing_name: "filter",
         narrowing: filter.as_ref().map_or("", |f| f.1.as_str()),
     };
@@ -827,9 +857,22 @@ pub async fn update_local(
             parse_filter(Some(filter_struct))?.unwrap_or((Filter::And(Vec::new()), "{}".into()));
         if req.dry_run.unwrap_or(false) {
             let guard = target.shard.state.read();
-            let matched = guard
-                .namespace(&namespace)
-                .map_or(0, |ns| ns.count_matching(&filter) as usize);
+            let matched = match (guard.namespace(&namespace), &set_metadata) {
+                (None, _) => 0,
+                (Some(ns), None) => ns.count_matching(&filter) as usize,
+                // A dry run answers as the update would: refused when a merge would put a
+                // record over the metadata limit.
+                (Some(ns), Some(set)) => {
+                    let set: Map<String, Value> = serde_json::from_str(set)
+                        .map_err(|e| ApiError::internal(format!("setMetadata: {e}")))?;
+                    let hits = ns.matching(&filter);
+                    for (id, record) in &hits {
+                        merge_metadata(id, &mut (*record).clone(), &set)
+                            .map_err(|e| ApiError::invalid(e.to_string()))?;
+                    }
+                    hits.len()
+                }
+            };
             return Ok((
                 pb::UpdateResponse {
                     matched_records: Some(matched as i32),
@@ -957,7 +1000,7 @@ pub async fn list_namespaces_local(
     let prefix = check_prefix(req.prefix, MAX_NAMESPACE_BYTES)?;
     let scope = PageScope {
         listing: Listing::Namespaces,
-        namespace: "",
+        where_: page_place(target, ""),
         narrowing_name: "prefix",
         narrowing: &prefix,
     };
@@ -1025,17 +1068,14 @@ pub async fn create_namespace_local(
         ));
     }
     let name = check_namespace(&req.name)?;
-    // Conifer indexes every metadata field, so a schema listing fields as filterable is
-    // honoured; one asking for a field not to be indexed would not be, and is refused in
-    // Pinecone's words.
-    if let Some(schema) = &req.schema {
-        if let Some((field, _)) = schema.fields.iter().find(|(_, p)| !p.filterable) {
-            return Err(ApiError::invalid(format!(
-                "Field '{}' is set to filterable: false. Only filterable: true is supported. \
-                 To avoid indexing the field, omit it from the list of fields.",
-                quoted(field)
-            )));
-        }
+    // A schema makes only the fields it lists filterable; Conifer indexes every field, so it
+    // could not honour one.
+    if req.schema.is_some() {
+        return Err(ApiError::invalid(
+            "'schema' is not supported: Conifer indexes every metadata field of a namespace, so \
+             it cannot limit filtering to the fields a schema lists; create the namespace \
+             without one",
+        ));
     }
     let count = target.shard.state.read().namespace_counts().len();
     if count >= MAX_NAMESPACES_PER_INDEX {

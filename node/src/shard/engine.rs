@@ -90,11 +90,21 @@ pub struct VectorIndex {
     tombstones: HashSet<u64>,
 }
 
+/// Euclidean length of `v`, summed in `f64` so that very small and very large components
+/// neither vanish nor overflow.
+fn length(v: &[f32]) -> f64 {
+    v.iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt()
+}
+
 /// Scales `v` to unit length (zero vectors stay zero).
 pub fn normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let norm = length(v);
     if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
+        v.iter_mut()
+            .for_each(|x| *x = (f64::from(*x) / norm) as f32);
     }
 }
 
@@ -125,13 +135,16 @@ fn raw_score(metric: Metric, query: &[f32], candidate: &[f32]) -> f32 {
             .map(|(a, b)| (a - b) * (a - b))
             .sum(),
         Metric::Cosine => {
-            let dot: f32 = query.iter().zip(candidate).map(|(a, b)| a * b).sum();
-            let nq = query.iter().map(|x| x * x).sum::<f32>().sqrt();
-            let nc = candidate.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let dot: f64 = query
+                .iter()
+                .zip(candidate)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            let (nq, nc) = (length(query), length(candidate));
             if nq == 0.0 || nc == 0.0 {
                 0.0
             } else {
-                dot / (nq * nc)
+                (dot / (nq * nc)) as f32
             }
         }
     }

@@ -88,7 +88,7 @@ pub fn check_metadata_size(id: &str, metadata_json: &str) -> Result<(), String> 
 /// `record`'s metadata with `set` merged in (Pinecone's update: fields in `set` replace
 /// those of the same name, others stay), refused when the result is over
 /// [`MAX_METADATA_BYTES`].
-fn merge_metadata(
+pub fn merge_metadata(
     id: &str,
     record: &mut Record,
     set: &Map<String, Value>,
