@@ -200,7 +200,8 @@ fn reply(error: ApiError, grpc: bool) -> Response {
 }
 
 /// Headers that name one thing (a credential, the index, the API version, a read option):
-/// sent twice they would be ambiguous, so they are refused rather than the first one used.
+/// sent twice with different values they would be ambiguous, so they are refused rather than
+/// the first one used.
 pub const SINGLE_HEADERS: &[&str] = &[
     "api-key",
     "authorization",
@@ -215,14 +216,21 @@ pub const SINGLE_HEADERS: &[&str] = &[
     super::audit::REQUEST_ID_HEADER,
 ];
 
-/// Refuses a request that repeats one of [`SINGLE_HEADERS`] or sends an
+/// Refuses a request that repeats one of [`SINGLE_HEADERS`] with different values, or sends an
 /// `X-Pinecone-Api-Version` that is not a version (`YYYY-MM`, as `2025-10`).
 fn check_headers(headers: &HeaderMap) -> Result<(), ApiError> {
     for name in SINGLE_HEADERS {
-        let n = headers.get_all(*name).iter().count();
-        if n > 1 {
+        // The same value twice is harmless (SDK 8 sends its API version twice); different
+        // values are ambiguous.
+        let values: std::collections::BTreeSet<&[u8]> = headers
+            .get_all(*name)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        if values.len() > 1 {
             return Err(ApiError::invalid(format!(
-                "header {name} appears {n} times; send it once"
+                "header {name} appears {} times with different values; send one",
+                values.len()
             )));
         }
     }
