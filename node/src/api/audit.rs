@@ -283,6 +283,21 @@ fn text_filter(field: &str, value: Option<String>) -> Result<Option<String>, Api
     }
 }
 
+/// A filter whose value must be one of `allowed` (the vocabulary's values).
+fn choice_filter(
+    field: &str,
+    value: Option<String>,
+    allowed: &[&str],
+) -> Result<Option<String>, ApiError> {
+    match text_filter(field, value)? {
+        Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::invalid(format!(
+            "'{field}' is {v:?}; it is one of {}",
+            allowed.join(", ")
+        ))),
+        other => Ok(other),
+    }
+}
+
 fn time_filter(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
     value
         .map(|v| {
@@ -313,35 +328,13 @@ impl AuditQuery {
             (None, Some(sequence)) => Start::After(sequence),
             (None, None) => Start::After(0),
         };
-        let outcome = text_filter("outcome", self.outcome)?;
-        if outcome
-            .as_deref()
-            .is_some_and(|o| o != "success" && o != "failure")
-        {
-            return Err(ApiError::invalid(
-                "'outcome' must be \"success\" or \"failure\"",
-            ));
-        }
-        let action = text_filter("action", self.action)?;
-        if let Some(a) = action
-            .as_deref()
-            .filter(|a| !Verb::ALL.iter().any(|v| v.as_str() == *a))
-        {
-            return Err(ApiError::invalid(format!(
-                "'action' is {a:?}; it is one of {}",
-                Verb::ALL.map(Verb::as_str).join(", ")
-            )));
-        }
-        let resource_type = text_filter("resource_type", self.resource_type)?;
-        if let Some(r) = resource_type
-            .as_deref()
-            .filter(|r| !ResourceType::ALL.iter().any(|t| t.as_str() == *r))
-        {
-            return Err(ApiError::invalid(format!(
-                "'resource_type' is {r:?}; it is one of {}",
-                ResourceType::ALL.map(ResourceType::as_str).join(", ")
-            )));
-        }
+        let outcome = choice_filter("outcome", self.outcome, &["success", "failure"])?;
+        let action = choice_filter("action", self.action, &Verb::ALL.map(Verb::as_str))?;
+        let resource_type = choice_filter(
+            "resource_type",
+            self.resource_type,
+            &ResourceType::ALL.map(ResourceType::as_str),
+        )?;
         let filter = Filter {
             start_time: time_filter("start_time", self.start_time)?,
             end_time: time_filter("end_time", self.end_time)?,
