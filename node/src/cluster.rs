@@ -176,17 +176,17 @@ pub async fn change_member(
 /// member that answers: the indexes whose other replicas are all gone from the membership
 /// or unreachable are named, with what to do. Runs on the control-plane leader.
 async fn refuse_stranding_indexes(control: &ControlPlane, removed: NodeId) -> Result<(), Status> {
-    let members: BTreeSet<NodeId> = control.membership().nodes().map(|(id, _)| *id).collect();
     let at_risk: Vec<(String, String, Vec<NodeId>)> = control.read(|s| {
         s.indexes
             .values()
             .filter(|i| i.replicas.contains(&removed))
             .map(|i| {
+                // A replica on a node outside the membership never answers a ping.
                 let others = i
                     .replicas
                     .iter()
                     .copied()
-                    .filter(|r| *r != removed && members.contains(r))
+                    .filter(|r| *r != removed)
                     .collect();
                 (i.name.clone(), i.project_id.clone(), others)
             })
@@ -199,7 +199,7 @@ async fn refuse_stranding_indexes(control: &ControlPlane, removed: NodeId) -> Re
                 .flat_map(|(_, _, others)| others.iter().copied()),
         )
         .await;
-    let stranded: Vec<String> = at_risk
+    let mut stranded: Vec<String> = at_risk
         .into_iter()
         .filter(|(_, _, others)| !others.iter().any(|n| up.contains(n)))
         .map(|(name, project, _)| format!("'{name}' (project {project})"))
@@ -208,7 +208,6 @@ async fn refuse_stranding_indexes(control: &ControlPlane, removed: NodeId) -> Re
         return Ok(());
     }
     let more = stranded.len().saturating_sub(MAX_LISTED_INDEXES);
-    let mut stranded = stranded;
     stranded.truncate(MAX_LISTED_INDEXES);
     Err(Status::failed_precondition(format!(
         "removing node {removed} would leave no reachable replica of index(es) {}{}: delete \

@@ -574,40 +574,9 @@ pub async fn delete_namespace(
 #[serde(deny_unknown_fields)]
 struct CreateNamespaceJson {
     name: String,
+    /// Refused by the shared operation whatever it holds (Conifer indexes every field).
     #[serde(default)]
-    schema: Option<SchemaJson>,
-}
-
-/// A namespace's metadata schema: which fields are filterable.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SchemaJson {
-    fields: std::collections::HashMap<String, FieldJson>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FieldJson {
-    filterable: bool,
-}
-
-impl From<SchemaJson> for pb::MetadataSchema {
-    fn from(s: SchemaJson) -> Self {
-        Self {
-            fields: s
-                .fields
-                .into_iter()
-                .map(|(name, f)| {
-                    (
-                        name,
-                        pb::MetadataFieldProperties {
-                            filterable: f.filterable,
-                        },
-                    )
-                })
-                .collect(),
-        }
-    }
+    schema: Option<serde::de::IgnoredAny>,
 }
 
 /// `POST /namespaces`.
@@ -624,7 +593,7 @@ pub async fn create_namespace(
         &target,
         pb::CreateNamespaceRequest {
             name: req.name,
-            schema: req.schema.map(Into::into),
+            schema: req.schema.map(|_| pb::MetadataSchema::default()),
         },
     )
     .await?;

@@ -80,16 +80,15 @@ async fn render(state: &ApiState, indexes: &[Index], schema_shape: bool) -> Vec<
 /// this node holds no replica of, all at once, so a healthy describe costs no round trip.
 async fn serving_nodes(state: &ApiState, indexes: &[Index]) -> BTreeSet<u64> {
     let me = state.control.node_id();
-    let membership = state.control.membership();
-    let is_member = |id: &u64| membership.get_node(id).is_some();
     let mut up = BTreeSet::new();
-    if is_member(&me) {
+    if state.control.membership().get_node(&me).is_some() {
         up.insert(me);
     }
+    // `reachable_of` answers no for a node outside the membership without asking it.
     let ask: Vec<u64> = indexes
         .iter()
         .filter(|i| !i.replicas.iter().any(|r| up.contains(r)))
-        .flat_map(|i| i.replicas.iter().copied().filter(|r| is_member(r)))
+        .flat_map(|i| i.replicas.iter().copied())
         .collect();
     up.extend(state.control.reachable_of(ask).await);
     up

@@ -199,14 +199,15 @@ impl ControlPlane {
     }
 
     /// Whether node `id` of the membership answers a `Ping` within [`PING_TIMEOUT_MS`]
-    /// (this node always does; a node outside the membership never).
+    /// (a node outside the membership never, asked or not; this node, when a member,
+    /// always).
     pub async fn reachable(&self, id: NodeId) -> bool {
-        if id == self.node_id() {
-            return true;
-        }
         let Some(node) = self.membership().get_node(&id).cloned() else {
             return false;
         };
+        if id == self.node_id() {
+            return true;
+        }
         let Ok(mut client) = self.peers.client(id, &node) else {
             return false;
         };
