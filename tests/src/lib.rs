@@ -39,10 +39,22 @@ pub fn free_port() -> u16 {
     free_port_on("127.0.0.1")
 }
 
-/// A port free on address `host` at the time of the call.
+/// Ports nodes listen on: below the kernel's ephemeral range (32768 and up here), which
+/// outgoing connections draw from. A port taken from that range could be handed to some
+/// connection's source port while its node was down, and the restarted node failed to bind
+/// it ("Address already in use"). Below the compat suite's 20000–40000.
+const NODE_PORTS: std::ops::Range<u16> = 10_000..20_000;
+
+/// A port of [`NODE_PORTS`] free on address `host` at the time of the call.
 pub fn free_port_on(host: &str) -> u16 {
-    let listener = TcpListener::bind((host, 0)).expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    loop {
+        let port = rng.gen_range(NODE_PORTS);
+        if TcpListener::bind((host, port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// How [`Cluster::start_with`] starts its nodes.
