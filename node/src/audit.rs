@@ -28,9 +28,15 @@ use crate::control::state::{Command, ControlState, MemberKind, Rejection};
 
 /// Default time an event is kept: 90 days.
 pub const DEFAULT_AUDIT_RETENTION_S: u64 = 90 * 86_400;
-/// Most events one chain keeps in the replicated state; past it the oldest are dropped ahead
-/// of their retention, counted in the chain's `evicted_early`.
-pub const MAX_EVENTS_PER_CHAIN: usize = 100_000;
+/// Most refusal events (denied attempts, failed sign-ins and their summaries: everything
+/// [`EventClass::Refusal`]) one chain keeps; past it the oldest refusal is pruned ahead of its
+/// retention, leaving a [`PrunedRun`] that keeps the chain's links verifiable. Events of
+/// changes are never pruned for room.
+pub const MAX_REFUSAL_EVENTS_PER_CHAIN: usize = 100_000;
+/// Events of changes one chain holds before it reports itself over budget
+/// ([`Chain::over_budget`], shown by `/admin/cluster` and logged): a warning to the operator,
+/// never a reason to drop an event before its retention ends.
+pub const CHANGE_EVENTS_BUDGET_PER_CHAIN: usize = 1_000_000;
 /// The chain of events that belong to no organization.
 pub const CLUSTER_CHAIN: &str = "_cluster";
 /// Longest user agent kept; longer ones are cut at a character boundary.
@@ -1085,47 +1091,153 @@ pub fn build_event(
     }
 }
 
+/// What an event records, which decides how long it is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventClass {
+    /// An attempt to change something (accepted or rejected by the state machine), a sign-in,
+    /// a retention purge: kept for the whole retention period.
+    Change,
+    /// An attempt that changed nothing and was refused before it reached the state machine
+    /// (denied, unauthenticated, a failed sign-in) or a summary of such attempts: kept up to
+    /// [`MAX_REFUSAL_EVENTS_PER_CHAIN`] per chain.
+    Refusal,
+}
+
+/// Consecutive events removed from the middle of a chain (refusals pruned for room): what a
+/// verifier needs to step over them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedRun {
+    /// The first sequence removed.
+    pub first_sequence: u64,
+    /// The last sequence removed.
+    pub last_sequence: u64,
+    /// The `prev_hash` the first removed event carried (the hash of the event before it).
+    pub prev_hash: String,
+    /// The hash of the last removed event (the `prev_hash` of the event after it).
+    pub last_hash: String,
+}
+
 /// One organization's (or the cluster's) chain of events.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chain {
-    /// The events kept, oldest first, with consecutive sequences.
-    pub events: VecDeque<AuditEvent>,
+    /// The events kept, by sequence.
+    pub events: BTreeMap<u64, AuditEvent>,
+    /// Sequences of the kept refusal events, oldest first.
+    pub refusals: VecDeque<u64>,
+    /// Runs of pruned refusals between kept events, by first sequence.
+    pub pruned: BTreeMap<u64, PrunedRun>,
     /// Sequence of the last event ever appended (0 before any).
     pub head_sequence: u64,
     /// Hash of the last event ever appended ([`GENESIS_HASH`] before any).
     pub head_hash: String,
-    /// Sequence of the last event removed (purged or evicted); 0 when none was.
+    /// Sequence of the last event removed from the front (by retention, or a pruned refusal
+    /// that had nothing kept before it); 0 when none was.
     pub anchor_sequence: u64,
-    /// Hash of the last event removed: the `prev_hash` the first kept event must carry.
+    /// Hash of that event: the `prev_hash` the first kept event (or run) must carry.
     pub anchor_hash: String,
-    /// Events removed because the chain was full, before their retention ran out.
-    pub evicted_early: u64,
+    /// Refusal events pruned for room, before their retention ran out.
+    pub refusals_pruned: u64,
 }
 
 impl Default for Chain {
     fn default() -> Self {
         Self {
-            events: VecDeque::new(),
+            events: BTreeMap::new(),
+            refusals: VecDeque::new(),
+            pruned: BTreeMap::new(),
             head_sequence: 0,
             head_hash: GENESIS_HASH.into(),
             anchor_sequence: 0,
             anchor_hash: GENESIS_HASH.into(),
-            evicted_early: 0,
+            refusals_pruned: 0,
         }
     }
 }
 
 impl Chain {
-    fn drop_oldest(&mut self) -> Option<AuditEvent> {
-        let removed = self.events.pop_front()?;
-        self.anchor_sequence = removed.sequence;
-        self.anchor_hash = removed.hash.clone();
-        Some(removed)
+    /// Events of changes kept.
+    pub fn changes(&self) -> usize {
+        self.events.len() - self.refusals.len()
     }
 
-    /// Index of the first kept event with a sequence above `after`.
-    pub fn position_after(&self, after: u64) -> usize {
-        self.events.partition_point(|e| e.sequence <= after)
+    /// Whether the chain holds more events of changes than [`CHANGE_EVENTS_BUDGET_PER_CHAIN`].
+    pub fn over_budget(&self) -> bool {
+        self.changes() > CHANGE_EVENTS_BUDGET_PER_CHAIN
+    }
+
+    /// The kept events with a sequence above `after`, in order.
+    pub fn events_after(&self, after: u64) -> impl Iterator<Item = &AuditEvent> {
+        self.events
+            .range(after.saturating_add(1)..)
+            .map(|(_, event)| event)
+    }
+
+    /// The pruned runs that start after `after` and no later than `until`.
+    pub fn pruned_between(&self, after: u64, until: u64) -> impl Iterator<Item = &PrunedRun> {
+        self.pruned
+            .range(after.saturating_add(1)..=until.max(after.saturating_add(1)))
+            .map(|(_, run)| run)
+    }
+
+    /// Removes the oldest kept item (event, or a run at the front) and moves the anchor past
+    /// it; returns the events removed.
+    fn drop_oldest(&mut self) -> u64 {
+        let Some((&sequence, _)) = self.events.first_key_value() else {
+            return 0;
+        };
+        if let Some(removed) = self.events.remove(&sequence) {
+            if self.refusals.front() == Some(&sequence) {
+                self.refusals.pop_front();
+            }
+            self.anchor_sequence = removed.sequence;
+            self.anchor_hash = removed.hash;
+        }
+        1 + self.fold_front_runs()
+    }
+
+    /// Folds runs that now start right after the anchor into it; returns the events they
+    /// stood for.
+    fn fold_front_runs(&mut self) -> u64 {
+        let mut folded = 0;
+        while let Some(run) = self.pruned.remove(&(self.anchor_sequence + 1)) {
+            folded += run.last_sequence - run.first_sequence + 1;
+            self.anchor_sequence = run.last_sequence;
+            self.anchor_hash = run.last_hash;
+        }
+        folded
+    }
+
+    /// Prunes the oldest kept refusal, joining the runs beside it.
+    fn prune_oldest_refusal(&mut self) {
+        let Some(sequence) = self.refusals.pop_front() else {
+            return;
+        };
+        let Some(event) = self.events.remove(&sequence) else {
+            return;
+        };
+        self.refusals_pruned += 1;
+        let mut run = PrunedRun {
+            first_sequence: sequence,
+            last_sequence: sequence,
+            prev_hash: event.prev_hash,
+            last_hash: event.hash,
+        };
+        let before = self
+            .pruned
+            .range(..sequence)
+            .next_back()
+            .filter(|(_, r)| r.last_sequence + 1 == sequence)
+            .map(|(first, _)| *first);
+        if let Some(earlier) = before.and_then(|first| self.pruned.remove(&first)) {
+            run.first_sequence = earlier.first_sequence;
+            run.prev_hash = earlier.prev_hash;
+        }
+        if let Some(later) = self.pruned.remove(&(sequence + 1)) {
+            run.last_sequence = later.last_sequence;
+            run.last_hash = later.last_hash;
+        }
+        self.pruned.insert(run.first_sequence, run);
+        self.fold_front_runs();
     }
 }
 
@@ -1137,10 +1249,12 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Appends `event` to its chain, filling in its sequence and hashes; returns the
-    /// sequence.
-    pub fn append(&mut self, mut event: AuditEvent) -> u64 {
-        let chain = self.chains.entry(event.chain_id().to_string()).or_default();
+    /// Appends `event` of `class` to its chain, filling in its sequence and hashes; returns
+    /// the sequence. A refusal past [`MAX_REFUSAL_EVENTS_PER_CHAIN`] prunes the chain's oldest
+    /// refusal; nothing prunes an event of a change.
+    pub fn append(&mut self, mut event: AuditEvent, class: EventClass) -> u64 {
+        let chain_id = event.chain_id().to_string();
+        let chain = self.chains.entry(chain_id.clone()).or_default();
         event.sequence = chain.head_sequence + 1;
         event.prev_hash = chain.head_hash.clone();
         event.hash = event_hash(&event);
@@ -1152,12 +1266,27 @@ impl AuditLog {
         if fail::eval("conifer::audit::edit_stored_event", |_| ()).is_some() {
             event.actor.principal_name = "edited-behind-the-cluster's-back".into();
         }
-        chain.events.push_back(event);
-        if chain.events.len() > MAX_EVENTS_PER_CHAIN {
-            chain.drop_oldest();
-            chain.evicted_early += 1;
+        let sequence = event.sequence;
+        chain.events.insert(sequence, event);
+        match class {
+            EventClass::Refusal => {
+                chain.refusals.push_back(sequence);
+                if chain.refusals.len() > MAX_REFUSAL_EVENTS_PER_CHAIN {
+                    chain.prune_oldest_refusal();
+                }
+            }
+            EventClass::Change => {
+                if chain.changes() == CHANGE_EVENTS_BUDGET_PER_CHAIN + 1 {
+                    tracing::warn!(
+                        chain = chain_id,
+                        "audit chain holds more than {CHANGE_EVENTS_BUDGET_PER_CHAIN} events of \
+                         changes; they are kept for their retention (memory grows): shorten \
+                         the retention or export and archive"
+                    );
+                }
+            }
         }
-        chain.head_sequence
+        sequence
     }
 
     /// Removes every event older than `before` ([`timestamp`] text) from every chain;
@@ -1168,11 +1297,10 @@ impl AuditLog {
             let mut removed = 0u64;
             while chain
                 .events
-                .front()
-                .is_some_and(|e| e.event.time.as_str() < before)
+                .first_key_value()
+                .is_some_and(|(_, e)| e.event.time.as_str() < before)
             {
-                chain.drop_oldest();
-                removed += 1;
+                removed += chain.drop_oldest();
             }
             if removed > 0 {
                 touched.push((id.clone(), removed));
@@ -1185,9 +1313,18 @@ impl AuditLog {
     pub fn oldest_time(&self) -> Option<&str> {
         self.chains
             .values()
-            .filter_map(|c| c.events.front())
-            .map(|e| e.event.time.as_str())
+            .filter_map(|c| c.events.first_key_value())
+            .map(|(_, e)| e.event.time.as_str())
             .min()
+    }
+
+    /// Chains holding more events of changes than their budget.
+    pub fn chains_over_budget(&self) -> Vec<&str> {
+        self.chains
+            .iter()
+            .filter(|(_, c)| c.over_budget())
+            .map(|(id, _)| id.as_str())
+            .collect()
     }
 }
 
@@ -1290,6 +1427,7 @@ pub struct Verifier {
     expected_sequence: Option<u64>,
     expected_prev_hash: Option<String>,
     checked: u64,
+    pruned: u64,
 }
 
 impl Verifier {
@@ -1300,6 +1438,7 @@ impl Verifier {
             expected_sequence: anchor.as_ref().map(|(s, _)| s + 1),
             expected_prev_hash: anchor.map(|(_, h)| h),
             checked: 0,
+            pruned: 0,
         }
     }
 
@@ -1346,6 +1485,46 @@ impl Verifier {
         self.expected_prev_hash = Some(event.hash.clone());
         self.checked += 1;
         Ok(())
+    }
+
+    /// Steps over a run of pruned refusals: it must start where the chain stands and carry
+    /// the hash the chain stands at.
+    pub fn push_pruned(&mut self, run: &PrunedRun) -> Result<(), BrokenLink> {
+        let broken = |problem: String| BrokenLink {
+            sequence: run.first_sequence,
+            event_id: String::new(),
+            problem,
+        };
+        if run.last_sequence < run.first_sequence {
+            return Err(broken("a pruned run ends before it starts".into()));
+        }
+        if let Some(expected) = self.expected_sequence {
+            if run.first_sequence != expected {
+                return Err(broken(format!(
+                    "expected sequence {expected}, found a pruned run from {} (events missing \
+                     or reordered)",
+                    run.first_sequence
+                )));
+            }
+        }
+        if let Some(expected) = &self.expected_prev_hash {
+            if &run.prev_hash != expected {
+                return Err(broken(format!(
+                    "the pruned run's prev_hash {} does not match the previous event's hash \
+                     {expected}",
+                    run.prev_hash
+                )));
+            }
+        }
+        self.expected_sequence = Some(run.last_sequence + 1);
+        self.expected_prev_hash = Some(run.last_hash.clone());
+        self.pruned += run.last_sequence - run.first_sequence + 1;
+        Ok(())
+    }
+
+    /// Pruned events stepped over so far.
+    pub fn pruned(&self) -> u64 {
+        self.pruned
     }
 
     /// Events checked so far.
@@ -1406,15 +1585,24 @@ mod tests {
                 resource,
                 EventOutcome::success(),
             );
-            log.append(event);
+            log.append(event, EventClass::Change);
         }
         (state, log)
     }
 
+    /// Verifies a chain as a reader of its pages does: kept events and pruned runs in
+    /// sequence order.
     fn verify(chain: &Chain) -> Result<u64, BrokenLink> {
         let mut v = Verifier::anchored(&ChainHead::from(chain));
-        for e in &chain.events {
+        let mut runs = chain.pruned_between(0, u64::MAX).peekable();
+        for e in chain.events.values() {
+            while let Some(run) = runs.next_if(|r| r.first_sequence < e.sequence) {
+                v.push_pruned(run)?;
+            }
             v.push(e)?;
+        }
+        for run in runs {
+            v.push_pruned(run)?;
         }
         v.finish(&ChainHead::from(chain))
     }
@@ -1436,8 +1624,8 @@ mod tests {
         let (_, log) = log_with(5);
         let chain = &log.chains["o1"];
         assert_eq!(chain.head_sequence, 5);
-        assert_eq!(chain.events[0].prev_hash, GENESIS_HASH);
-        for pair in chain.events.iter().collect::<Vec<_>>().windows(2) {
+        assert_eq!(chain.events[&1].prev_hash, GENESIS_HASH);
+        for pair in chain.events.values().collect::<Vec<_>>().windows(2) {
             assert_eq!(pair[1].prev_hash, pair[0].hash);
             assert_eq!(pair[1].sequence, pair[0].sequence + 1);
         }
@@ -1448,7 +1636,7 @@ mod tests {
     fn an_edited_event_is_named_as_the_first_broken_link() {
         let (_, mut log) = log_with(5);
         let chain = log.chains.get_mut("o1").unwrap();
-        chain.events[2].actor.principal_name = "someone-else".into();
+        chain.events.get_mut(&3).unwrap().actor.principal_name = "someone-else".into();
         let broken = verify(chain).unwrap_err();
         assert_eq!(broken.sequence, 3);
         assert_eq!(broken.event_id, "e2");
@@ -1459,13 +1647,14 @@ mod tests {
     fn a_rehashed_edit_breaks_the_next_link_and_a_dropped_event_is_found() {
         let (_, mut log) = log_with(5);
         let mut edited = log.chains["o1"].clone();
-        edited.events[1].event.outcome = EventOutcome::failure("X", "y");
-        edited.events[1].hash = event_hash(&edited.events[1]);
+        let second = edited.events.get_mut(&2).unwrap();
+        second.event.outcome = EventOutcome::failure("X", "y");
+        second.hash = event_hash(second);
         let broken = verify(&edited).unwrap_err();
         assert_eq!((broken.sequence, broken.event_id.as_str()), (3, "e2"));
 
         let chain = log.chains.get_mut("o1").unwrap();
-        chain.events.remove(3);
+        chain.events.remove(&4);
         let broken = verify(chain).unwrap_err();
         assert_eq!(broken.sequence, 4);
         assert!(broken.problem.contains("missing"), "{broken}");
@@ -1476,9 +1665,9 @@ mod tests {
         let (_, mut log) = log_with(4);
         let chain = log.chains.get_mut("o1").unwrap();
         let head = ChainHead::from(&*chain);
-        chain.events.pop_back();
+        chain.events.pop_last();
         let mut v = Verifier::new(Some((0, GENESIS_HASH.into())));
-        for e in &chain.events {
+        for e in chain.events.values() {
             v.push(e).unwrap();
         }
         assert!(v.finish(&head).is_err());
@@ -1509,13 +1698,11 @@ mod tests {
                     .with("roles", roles_param(&["ProjectEditor"]))
                     .with("name", "ci"),
             );
-        log.append(build_event(
-            &state,
-            &context("e", 1),
-            resource,
-            EventOutcome::success(),
-        ));
-        let event = log.chains["o1"].events[0].clone();
+        log.append(
+            build_event(&state, &context("e", 1), resource, EventOutcome::success()),
+            EventClass::Change,
+        );
+        let event = log.chains["o1"].events[&1].clone();
         let via_bincode: AuditEvent =
             bincode::deserialize(&bincode::serialize(&event).unwrap()).unwrap();
         let via_json: AuditEvent =
@@ -1529,7 +1716,7 @@ mod tests {
     fn filters_select_by_every_field() {
         let (_, log) = log_with(3);
         let chain = &log.chains["o1"];
-        let count = |f: Filter| chain.events.iter().filter(|e| f.matches(e)).count();
+        let count = |f: Filter| chain.events.values().filter(|e| f.matches(e)).count();
         assert_eq!(count(Filter::default()), 3);
         let from_two = Filter {
             start_time: Some(timestamp(2_000)),
@@ -1569,24 +1756,61 @@ mod tests {
     }
 
     #[test]
-    fn a_full_chain_evicts_its_oldest_event_and_counts_it() {
+    fn refusals_past_their_cap_are_pruned_and_changes_never_are() {
         let (state, mut log) = log_with(0);
-        let chain = log.chains.entry("o1".into()).or_default();
-        chain.head_sequence = 41;
-        let mut event = build_event(
-            &state,
-            &context("x", 5),
-            Resource::new(Verb::Create, ResourceType::Project, None).in_org(Some("o1")),
-            EventOutcome::success(),
-        );
-        for i in 0..MAX_EVENTS_PER_CHAIN as u64 + 2 {
-            event.id = format!("x{i}");
-            log.append(event.clone());
+        let event = |id: &str| {
+            let mut e = build_event(
+                &state,
+                &context(id, 5),
+                Resource::new(Verb::Create, ResourceType::Project, None).in_org(Some("o1")),
+                EventOutcome::success(),
+            );
+            e.id = id.into();
+            e
+        };
+        // A change, a flood of refusals with changes among them, and a change at the end.
+        log.append(event("first-change"), EventClass::Change);
+        let flood = MAX_REFUSAL_EVENTS_PER_CHAIN as u64 + 1_000;
+        for i in 0..flood {
+            let class = if i % 10_000 == 5 {
+                EventClass::Change
+            } else {
+                EventClass::Refusal
+            };
+            log.append(event(&format!("e{i}")), class);
         }
+        log.append(event("last-change"), EventClass::Change);
         let chain = &log.chains["o1"];
-        assert_eq!(chain.events.len(), MAX_EVENTS_PER_CHAIN);
-        assert_eq!(chain.evicted_early, 2);
-        assert_eq!(chain.anchor_sequence, 43);
-        assert_eq!(chain.events[0].sequence, 44);
+        let changes: Vec<&str> = chain
+            .events
+            .values()
+            .filter(|e| !chain.refusals.contains(&e.sequence))
+            .map(|e| e.id.as_str())
+            .collect();
+        // Every change is still there, in order; refusals are at their cap.
+        let expected_changes = 2 + flood.div_ceil(10_000) as usize;
+        assert_eq!(changes.len(), expected_changes, "{changes:?}");
+        assert_eq!(changes.first(), Some(&"first-change"));
+        assert_eq!(changes.last(), Some(&"last-change"));
+        assert_eq!(chain.refusals.len(), MAX_REFUSAL_EVENTS_PER_CHAIN);
+        assert_eq!(
+            chain.refusals_pruned,
+            flood - (expected_changes as u64 - 2) - MAX_REFUSAL_EVENTS_PER_CHAIN as u64
+        );
+        // The oldest refusals went first; the first change is still the front, so nothing
+        // folded into the anchor.
+        assert_eq!(chain.anchor_sequence, 0);
+        assert!(!chain.pruned.is_empty());
+        // The chain verifies across the pruned runs, and a tampered run is caught.
+        assert_eq!(verify(chain), Ok(chain.events.len() as u64));
+        let mut tampered = chain.clone();
+        let first = *tampered.pruned.keys().next().unwrap();
+        tampered.pruned.get_mut(&first).unwrap().last_hash = GENESIS_HASH.into();
+        assert!(verify(&tampered).is_err());
+        // Retention later removes the front; the runs there fold into the anchor.
+        let mut purged = chain.clone();
+        assert_eq!(purged.drop_oldest(), 1 + 5, "the first change and the run of five after it");
+        assert_eq!(purged.anchor_sequence, 6);
+        assert_eq!(verify(&purged), Ok(purged.events.len() as u64));
     }
 }

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState};
 use crate::auth;
+use crate::auth::throttle::{SourceRate, UNKNOWN_CREDENTIAL_CATCH_UPS_PER_S};
 use crate::cluster::{InternalService, JOIN_RETRY_MS};
 use crate::control::state::{ApiKey, ApiKeyRole, OperatorToken, Organization, Project};
 use crate::control::{Command, ControlMachine, ControlPlane};
@@ -139,8 +140,27 @@ pub struct RunningNode {
     pub control: ControlPlane,
 }
 
+/// Open files a node wants: every client connection ([`api::conn::MAX_CLIENT_CONNECTIONS`])
+/// plus room for RocksDB's files, peer channels and the cluster port.
+pub const MIN_OPEN_FILES: u64 = api::conn::MAX_CLIENT_CONNECTIONS as u64 + 2_048;
+
+/// Raises the process's open-file limit to its hard limit (a fresh Debian session starts at
+/// a soft 1,024, less than the client connections a node admits); warns when the hard
+/// limit is below [`MIN_OPEN_FILES`].
+fn raise_open_files() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < MIN_OPEN_FILES => tracing::warn!(
+            "the open-file limit is {limit} (hard); a node wants {MIN_OPEN_FILES} to hold its \
+             client connections: raise it (ulimit -Hn, LimitNOFILE=)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("raising the open-file limit failed: {e}"),
+    }
+}
+
 /// Starts the node and serves until SIGINT / SIGTERM.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    raise_open_files();
     let node = start(&config).await?;
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -245,6 +265,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     let api_listener = TcpListener::bind(config.api_addr)
         .await
         .with_context(|| format!("binding client port {}", config.api_addr))?;
+    let connections = Arc::new(api::conn::ConnectionTable::default());
     tokio::spawn(api::serve(
         api_listener,
         node_tls.client_port_config()?,
@@ -253,7 +274,10 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
             router,
             signin: Arc::new(api::signin::SignIn::new(config.token_ttl_s)),
             audit: api::audit::AuditSink::start(control.clone(), config.audit_queue_events),
+            connections: connections.clone(),
+            catch_ups: Arc::new(SourceRate::per_second(UNKNOWN_CREDENTIAL_CATCH_UPS_PER_S)),
         }),
+        connections,
     ));
     tokio::spawn(api::audit::keep_retention(
         control.clone(),

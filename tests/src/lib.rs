@@ -4,6 +4,7 @@
 //! Every integration test builds on [`Cluster`]; none copies process setup. Processes are
 //! killed when the fixture is dropped. [`chaos`] is the chaos harness built on it.
 
+pub mod abuse;
 pub mod chaos;
 
 use std::net::TcpListener;

@@ -792,6 +792,26 @@ async fn every_error_has_pinecone_shape_on_every_route_and_transport() {
             "3 bytes follow",
         ),
         (
+            // A unary call carrying two whole messages: neither is applied (the stats
+            // checked below stay at zero).
+            "two messages",
+            {
+                let one = pb::UpsertRequest {
+                    vectors: vec![pb::Vector {
+                        id: "first".into(),
+                        values: vec![1.0, 0.0, 0.0, 0.0],
+                        ..Default::default()
+                    }],
+                    namespace: String::new(),
+                };
+                let mut body = frame(&one.encode_to_vec());
+                body.extend(frame(&one.encode_to_vec()));
+                body
+            },
+            tonic::Code::InvalidArgument,
+            "a unary call carries one message",
+        ),
+        (
             "truncated body",
             {
                 let mut f = frame(&[0x12, 0x01, b'n']);

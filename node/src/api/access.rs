@@ -360,8 +360,11 @@ async fn authenticated(
     let check = || control.read_authenticated(|s| auth::authenticate(s, cred, token::now_s()));
     let mut outcome = check().await;
     // A credential created through another node a moment ago may not be here yet: catch up
-    // with the leader once before refusing it.
+    // with the leader once before refusing it — at a bounded rate per source, so a flood of
+    // garbage keys costs the leader nothing more.
+    let source = request.extensions().get::<ClientAddr>().map(|a| a.0);
     if matches!(&outcome, Ok(Err(refused)) if refused.may_be_unseen())
+        && source.is_none_or(|ip| route.api.catch_ups.allow(ip))
         && control.linearizable_barrier().await.is_ok()
     {
         outcome = check().await;

@@ -3,8 +3,10 @@
 //! task, and the query routes `GET /admin/audit-logs` (an organization's chain, `OrgOwner`)
 //! and `GET /admin/cluster/audit-logs` (the cluster chain, operator).
 
+use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Query, State};
@@ -17,7 +19,7 @@ use tokio::sync::mpsc;
 use super::access::{Caller, ClientAddr};
 use super::{ApiError, ApiState};
 use crate::audit::{
-    self, ActorRef, AuditContext, AuditDraft, ChainHead, EventOutcome, Filter, Params,
+    self, ActorRef, AuditContext, AuditDraft, ChainHead, EventOutcome, Filter, Params, PrunedRun,
     PrincipalType, Resource, ResourceType, Verb, CLUSTER_CHAIN,
 };
 use crate::auth::Principal;
@@ -33,6 +35,17 @@ pub const DEFAULT_AUDIT_QUEUE_EVENTS: usize = 10_000;
 pub const MAX_AUDIT_QUEUE_EVENTS: usize = 1_000_000;
 /// Longest a queued event waits for companions before its batch is proposed.
 pub const AUDIT_FLUSH_MS: u64 = 200;
+/// Refusal events one principal (or, unauthenticated, one claimed name) from one source
+/// address may add to the log in a burst, on each node.
+pub const REFUSAL_EVENTS_BURST: u32 = 10;
+/// Refusal events the same pair may add per minute after its burst; further refusals are
+/// counted and recorded as one summary event per pair per [`REFUSAL_SUMMARY_INTERVAL_S`].
+pub const REFUSAL_EVENTS_PER_MIN: u32 = 6;
+/// Interval between the summary events of refusals past the rate.
+pub const REFUSAL_SUMMARY_INTERVAL_S: u64 = 10;
+/// Most (principal, source) pairs summarized at once on a node; past it refusals are only
+/// counted in the node's overflow event.
+pub const MAX_SUMMARIZED_PAIRS: usize = 10_000;
 /// Longest interval between checks for events past their retention.
 pub const AUDIT_PURGE_MAX_INTERVAL_S: u64 = 60;
 /// Events returned by one page when the query does not say.
@@ -122,7 +135,123 @@ pub fn actor_of(principal: &Principal) -> ActorRef {
     }
 }
 
-/// Where events of attempts that changed nothing wait to be proposed in batches.
+/// Refusals of one (principal, source) pair past the rate, waiting for their summary.
+struct Suppressed {
+    /// The first one, which the summary repeats with the count.
+    first: AuditDraft,
+    /// How many.
+    count: u64,
+    /// Time of the last one.
+    last_time: String,
+}
+
+/// The rate of refusal events per (principal, source) pair and the summaries of the excess.
+struct RefusalRate {
+    limiter: governor::DefaultKeyedRateLimiter<String>,
+    suppressed: Mutex<HashMap<String, Suppressed>>,
+    summarized_total: AtomicU64,
+}
+
+impl RefusalRate {
+    fn new() -> Self {
+        let quota = governor::Quota::per_minute(
+            NonZeroU32::new(REFUSAL_EVENTS_PER_MIN).unwrap_or(NonZeroU32::MIN),
+        )
+        .allow_burst(NonZeroU32::new(REFUSAL_EVENTS_BURST).unwrap_or(NonZeroU32::MIN));
+        Self {
+            limiter: governor::RateLimiter::hashmap(quota),
+            suppressed: Mutex::default(),
+            summarized_total: AtomicU64::new(0),
+        }
+    }
+
+    /// The pair a refusal counts against: who it claims or proved to be, and from where.
+    fn pair(draft: &AuditDraft) -> String {
+        let actor = &draft.context.actor;
+        let who = if actor.principal_id.is_empty() {
+            actor.name_hint.as_deref().unwrap_or_default()
+        } else {
+            actor.principal_id.as_str()
+        };
+        format!(
+            "{:?}|{who}|{}",
+            actor.principal_type,
+            draft.context.source_ip.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// `Some(draft)` when it may be recorded now; otherwise it is counted for the pair's
+    /// summary (or, past [`MAX_SUMMARIZED_PAIRS`], returned as `Err` to be counted as
+    /// dropped).
+    fn admit(&self, draft: AuditDraft) -> Result<Option<AuditDraft>, ()> {
+        let pair = Self::pair(&draft);
+        if self.limiter.len() >= MAX_SUMMARIZED_PAIRS {
+            self.limiter.retain_recent();
+        }
+        if self.limiter.check_key(&pair).is_ok() {
+            return Ok(Some(draft));
+        }
+        let mut suppressed = self.suppressed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = suppressed.get_mut(&pair) {
+            entry.count += 1;
+            entry.last_time = draft.context.time;
+        } else if suppressed.len() < MAX_SUMMARIZED_PAIRS {
+            let last_time = draft.context.time.clone();
+            suppressed.insert(
+                pair,
+                Suppressed {
+                    first: draft,
+                    count: 1,
+                    last_time,
+                },
+            );
+        } else {
+            return Err(());
+        }
+        self.summarized_total.fetch_add(1, Ordering::Relaxed);
+        Ok(None)
+    }
+
+    /// One summary event per pair with suppressed refusals, emptying the table.
+    fn summaries(&self) -> Vec<AuditDraft> {
+        let drained: Vec<Suppressed> = {
+            let mut suppressed = self.suppressed.lock().unwrap_or_else(|e| e.into_inner());
+            suppressed.drain().map(|(_, s)| s).collect()
+        };
+        drained.into_iter().map(summary).collect()
+    }
+}
+
+/// The summary of `suppressed`: its first refusal, with the count and the time range in its
+/// parameters and its reason.
+fn summary(suppressed: Suppressed) -> AuditDraft {
+    let Suppressed {
+        mut first,
+        count,
+        last_time,
+    } = suppressed;
+    let params = std::mem::take(&mut first.resource.parameters)
+        .with("summarized_refusals", count)
+        .with("first_time", first.context.time.as_str())
+        .with("last_time", last_time.as_str());
+    first.resource.parameters = params;
+    let reason = first.outcome.reason.take().unwrap_or_default();
+    first.outcome.reason = Some(audit::truncate(
+        &format!(
+            "{count} refusal(s) like this one by the same principal from the same address, \
+             {} to {last_time}, past the recording rate: {reason}",
+            first.context.time
+        ),
+        audit::MAX_AUDIT_TEXT_BYTES,
+    ));
+    first.context.id = uuid::Uuid::new_v4().to_string();
+    first.context.time = audit::now();
+    first
+}
+
+/// Where events of attempts that changed nothing wait to be proposed in batches, at a
+/// bounded rate per principal and source ([`REFUSAL_EVENTS_BURST`],
+/// [`REFUSAL_EVENTS_PER_MIN`]; the excess is summarized as counts).
 #[derive(Clone)]
 pub struct AuditSink {
     queue: mpsc::Sender<AuditDraft>,
@@ -130,6 +259,7 @@ pub struct AuditSink {
     unreported: Arc<AtomicU64>,
     /// Events dropped since the node started (the metric).
     dropped_total: Arc<AtomicU64>,
+    rate: Arc<RefusalRate>,
 }
 
 impl AuditSink {
@@ -141,16 +271,29 @@ impl AuditSink {
             queue,
             unreported: Arc::new(AtomicU64::new(0)),
             dropped_total: Arc::new(AtomicU64::new(0)),
+            rate: Arc::new(RefusalRate::new()),
         };
         tokio::spawn(flush_batches(pending, control, sink.clone(), capacity));
         sink
     }
 
-    /// Queues `draft`; when the queue is full it is dropped and counted.
+    /// Queues `draft` when its pair is within the rate (otherwise it goes into the pair's
+    /// next summary); when the queue is full it is dropped and counted.
     pub fn record(&self, draft: AuditDraft) {
-        if self.queue.try_send(draft).is_err() {
-            self.count_dropped(1);
+        match self.rate.admit(draft) {
+            Ok(Some(draft)) => {
+                if self.queue.try_send(draft).is_err() {
+                    self.count_dropped(1);
+                }
+            }
+            Ok(None) => {}
+            Err(()) => self.count_dropped(1),
         }
+    }
+
+    /// Refusals this node summarized instead of recording one by one, since it started.
+    pub fn summarized_total(&self) -> u64 {
+        self.rate.summarized_total.load(Ordering::Relaxed)
     }
 
     fn count_dropped(&self, n: u64) {
@@ -172,6 +315,8 @@ async fn flush_batches(
     capacity: usize,
 ) {
     let idle = Duration::from_secs(1);
+    let summary_interval = Duration::from_secs(REFUSAL_SUMMARY_INTERVAL_S);
+    let mut next_summaries = tokio::time::Instant::now() + summary_interval;
     loop {
         let first = match tokio::time::timeout(idle, pending.recv()).await {
             Ok(Some(draft)) => Some(draft),
@@ -185,6 +330,17 @@ async fn flush_batches(
                 match tokio::time::timeout_at(deadline, pending.recv()).await {
                     Ok(Some(draft)) => batch.push(draft),
                     _ => break,
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= next_summaries {
+            next_summaries += summary_interval;
+            let summaries = sink.rate.summaries();
+            // Summaries are proposed in batches of their own, within the batch limit.
+            for chunk in summaries.chunks(audit::MAX_AUDIT_BATCH_EVENTS) {
+                if let Err(e) = control.propose(Command::RecordAudit(chunk.to_vec())).await {
+                    tracing::warn!("{} refusal summaries not recorded: {e}", chunk.len());
+                    sink.count_dropped(chunk.len() as u64);
                 }
             }
         }
@@ -446,14 +602,14 @@ fn page(
         Start::After(sequence) => sequence,
         Start::Token(token) => page_after(&token, &scope)?,
     };
-    let (events, next, head, retained, evicted) = state.control.read(|s| {
+    let (events, pruned, next, head, chain) = state.control.read(|s| {
         let Some(chain) = s.audit.chains.get(chain_id) else {
             let empty = crate::audit::Chain::default();
-            return (Vec::new(), None, ChainHead::from(&empty), 0, 0);
+            return (Vec::new(), Vec::new(), None, ChainHead::from(&empty), json!({}));
         };
         let mut events = Vec::new();
         let mut next = None;
-        for event in chain.events.range(chain.position_after(after)..) {
+        for event in chain.events_after(after) {
             if events.len() == limit {
                 next = events.last().map(|e: &crate::audit::AuditEvent| e.sequence);
                 break;
@@ -462,26 +618,34 @@ fn page(
                 events.push(event.clone());
             }
         }
-        (
-            events,
-            next,
-            ChainHead::from(chain),
-            chain.events.len(),
-            chain.evicted_early,
-        )
+        // The pruned runs this page spans, for a reader verifying the chain page by page.
+        let pruned: Vec<PrunedRun> = chain
+            .pruned_between(after, next.unwrap_or(u64::MAX))
+            .cloned()
+            .collect();
+        let facts = json!({
+            "events_retained": chain.events.len(),
+            "refusals_retained": chain.refusals.len(),
+            "refusals_pruned": chain.refusals_pruned,
+            "over_budget": chain.over_budget(),
+        });
+        (events, pruned, next, ChainHead::from(chain), facts)
     });
     let organization_id = (chain_id != CLUSTER_CHAIN).then_some(chain_id);
+    let mut chain_json = json!({
+        "organization_id": organization_id,
+        "anchor_sequence": head.anchor_sequence,
+        "anchor_hash": head.anchor_hash,
+        "head_sequence": head.head_sequence,
+        "head_hash": head.head_hash,
+    });
+    if let (Some(out), Some(facts)) = (chain_json.as_object_mut(), chain.as_object()) {
+        out.extend(facts.clone());
+    }
     Ok(Json(json!({
         "data": events,
+        "pruned": pruned,
         "pagination": { "next": next.map(|s: u64| format!("{s}.{scope}")) },
-        "chain": {
-            "organization_id": organization_id,
-            "anchor_sequence": head.anchor_sequence,
-            "anchor_hash": head.anchor_hash,
-            "head_sequence": head.head_sequence,
-            "head_hash": head.head_hash,
-            "events_retained": retained,
-            "evicted_early": evicted,
-        },
+        "chain": chain_json,
     })))
 }

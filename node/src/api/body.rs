@@ -3,10 +3,12 @@
 //! Pinecone's error shape.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use axum::http::HeaderMap;
 use serde::de::DeserializeOwned;
 
+use super::conn::CLIENT_BODY_READ_TIMEOUT_MS;
 use super::ApiError;
 
 /// Deepest JSON nesting read as it is. Deeper arrays and objects are read as `null`, so
@@ -30,31 +32,40 @@ pub enum BodyError {
     TooLarge,
     /// The connection failed while reading it.
     Broken(String),
+    /// It did not arrive within [`CLIENT_BODY_READ_TIMEOUT_MS`].
+    TimedOut,
 }
 
 /// Reads `body` whole when it is at most `limit_bytes`; past that, reads on and discards up
-/// to [`MAX_DRAINED_BODY_BYTES`] more and answers [`BodyError::TooLarge`].
+/// to [`MAX_DRAINED_BODY_BYTES`] more and answers [`BodyError::TooLarge`]. The whole body
+/// must arrive within [`CLIENT_BODY_READ_TIMEOUT_MS`] (a client sending a byte at a time
+/// does not hold the request open).
 pub async fn read_bounded(
     body: axum::body::Body,
     limit_bytes: usize,
 ) -> Result<axum::body::Bytes, BodyError> {
     use futures::StreamExt;
-    let mut stream = body.into_data_stream();
-    let mut kept = Vec::new();
-    let mut seen = 0usize;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
-        seen = seen.saturating_add(chunk.len());
-        if seen <= limit_bytes {
-            kept.extend_from_slice(&chunk);
-        } else if seen > limit_bytes.saturating_add(MAX_DRAINED_BODY_BYTES) {
-            break;
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut kept = Vec::new();
+        let mut seen = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
+            seen = seen.saturating_add(chunk.len());
+            if seen <= limit_bytes {
+                kept.extend_from_slice(&chunk);
+            } else if seen > limit_bytes.saturating_add(MAX_DRAINED_BODY_BYTES) {
+                break;
+            }
         }
-    }
-    if seen > limit_bytes {
-        return Err(BodyError::TooLarge);
-    }
-    Ok(axum::body::Bytes::from(kept))
+        if seen > limit_bytes {
+            return Err(BodyError::TooLarge);
+        }
+        Ok(axum::body::Bytes::from(kept))
+    };
+    tokio::time::timeout(Duration::from_millis(CLIENT_BODY_READ_TIMEOUT_MS), read)
+        .await
+        .unwrap_or(Err(BodyError::TimedOut))
 }
 
 /// What a REST route accepts as its body.
@@ -98,6 +109,7 @@ pub async fn limit_body(
             return ApiError::invalid(format!("the request body could not be read: {e}"))
                 .into_response()
         }
+        Err(BodyError::TimedOut) => return ApiError::body_timed_out().into_response(),
     };
     if let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         // `{}` says nothing (some clients send it with every DELETE): as good as no body.

@@ -107,6 +107,18 @@ impl ApiError {
         }
     }
 
+    /// 408 `DEADLINE_EXCEEDED`: the client did not send its request body in time.
+    pub fn body_timed_out() -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "DEADLINE_EXCEEDED",
+            message: format!(
+                "the request body did not arrive within {} s",
+                super::conn::CLIENT_BODY_READ_TIMEOUT_MS / 1000
+            ),
+        }
+    }
+
     /// The gRPC code of this error: from its error code through [`CODES`], never from the
     /// HTTP status (several codes share a status, e.g. 400).
     pub fn grpc_code(&self) -> tonic::Code {
@@ -207,6 +219,11 @@ pub const CODES: &[(&str, StatusCode, tonic::Code)] = &[
     (
         "DEADLINE_EXCEEDED",
         StatusCode::GATEWAY_TIMEOUT,
+        tonic::Code::DeadlineExceeded,
+    ),
+    (
+        "DEADLINE_EXCEEDED",
+        StatusCode::REQUEST_TIMEOUT,
         tonic::Code::DeadlineExceeded,
     ),
 ];

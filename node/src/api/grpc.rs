@@ -214,6 +214,10 @@ pub async fn check_frame(
             return Status::invalid_argument(format!("the request could not be read: {e}"))
                 .into_http()
         }
+        Err(super::body::BodyError::TimedOut) => {
+            let error = ApiError::body_timed_out();
+            return Status::new(error.grpc_code(), error.message).into_http();
+        }
     };
     if let Err(message) = frame_problem(&bytes) {
         return Status::invalid_argument(message).into_http();

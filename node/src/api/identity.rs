@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::access::Caller;
 use super::admin::{check_id, check_name, home_organization};
 use super::{ApiError, ApiState};
-use crate::auth::{self, password, token, Principal};
+use crate::auth::{self, token, Principal};
 use crate::control::state::{
     IdentityCommand, MemberKind, OperatorToken, OrgRole, Organization, ProjectMember, ProjectRole,
     ServiceAccount, User,
@@ -253,15 +253,6 @@ fn check_email(email: &str) -> Result<String, ApiError> {
     Ok(email.to_lowercase())
 }
 
-/// Hashes a new password off the async threads.
-async fn hash_new_password(password: String) -> Result<String, ApiError> {
-    password::check_new_password(&password).map_err(ApiError::invalid)?;
-    tokio::task::spawn_blocking(move || password::hash_password(&password))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(ApiError::internal)
-}
-
 /// `POST /admin/organizations/{id}/members`: creates a user who signs in with the password
 /// given (the self-hosted stand-in for an email invitation).
 pub async fn create_member(
@@ -277,7 +268,7 @@ pub async fn create_member(
     let email = check_email(&body.email)?;
     let name = body.name.unwrap_or_else(|| email.clone());
     check_name("name", &name, MAX_DISPLAY_NAME_CHARS)?;
-    let password_phc = hash_new_password(body.password).await?;
+    let password_phc = state.signin.hash_new_password(body.password).await?;
     let user = User {
         id: uuid::Uuid::new_v4().to_string(),
         organization_id: org,
@@ -357,7 +348,7 @@ pub async fn update_member(
         }
     }
     if let Some(password) = body.password {
-        let password_phc = hash_new_password(password).await?;
+        let password_phc = state.signin.hash_new_password(password).await?;
         match caller
             .propose(Command::Identity(IdentityCommand::SetUserPassword {
                 id: user_id,

@@ -9,6 +9,7 @@ pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod body;
+pub mod conn;
 pub mod convert;
 pub mod data;
 pub mod error;
@@ -31,7 +32,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::control::ControlPlane;
@@ -46,8 +46,6 @@ use signin::SignIn;
 pub const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024;
 /// Largest data-plane or index request body (JSON of a 2 MB upsert, with room for encoding).
 pub const MAX_DATA_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// Most client connections served at once per node; further connections wait in the backlog.
-pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
 /// Time allowed for a client's TLS handshake.
 pub const CLIENT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
@@ -62,6 +60,10 @@ pub struct ApiState {
     pub signin: Arc<SignIn>,
     /// Where events of denied and failed attempts wait to be proposed.
     pub audit: audit::AuditSink,
+    /// The client connections this node holds.
+    pub connections: Arc<conn::ConnectionTable>,
+    /// Leader catch-ups that unknown credentials may cause, per source.
+    pub catch_ups: Arc<crate::auth::throttle::SourceRate>,
 }
 
 /// Every route of the client port, built from [`policy::ROUTES`]: each REST route with the
@@ -309,19 +311,28 @@ async fn copy_authority(mut request: axum::extract::Request) -> axum::extract::R
     request
 }
 
-/// Serves `router` with TLS on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router: axum::Router) {
+/// Serves `router` with TLS on `listener` until the process ends, admitting connections by
+/// `connections` ([`conn`]'s caps) and closing idle and slow ones ([`conn`]'s timeouts).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: axum::Router,
+    connections: Arc<conn::ConnectionTable>,
+) {
     let acceptor = TlsAcceptor::from(tls);
-    let permits = Arc::new(Semaphore::new(MAX_CLIENT_CONNECTIONS));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let (tcp, peer) = match listener.accept().await {
-            Ok(conn) => conn,
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!("accept on client port failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = match connections.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                tracing::debug!(%peer, ?refusal, "client connection refused");
                 continue;
             }
         };
@@ -329,7 +340,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             let handshake = tokio::time::timeout(
                 Duration::from_millis(CLIENT_TLS_HANDSHAKE_TIMEOUT_MS),
                 acceptor.accept(tcp),
@@ -344,13 +355,32 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router
             };
             // One wrapper around the whole router (not a layer on each of its routes, which
             // would rebuild every route's service stack per connection).
+            let activity = conn::Activity::new();
             let service = tower::Layer::layer(
                 &axum::Extension(access::ClientAddr(peer.ip())),
                 router.into_service::<hyper::body::Incoming>(),
             );
-            let service = TowerToHyperService::new(service);
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+            let service = TowerToHyperService::new(conn::Tracked::new(service, activity.clone()));
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_millis(conn::CLIENT_HEADER_READ_TIMEOUT_MS));
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = activity.idle() => {
+                    // Let whatever is in flight finish, then close regardless.
+                    connection.as_mut().graceful_shutdown();
+                    let grace = Duration::from_millis(conn::CLIENT_CLOSE_GRACE_MS);
+                    match tokio::time::timeout(grace, connection.as_mut()).await {
+                        Ok(ended) => ended,
+                        Err(_) => Ok(()),
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, "client connection ended: {e}");
             }
         });
@@ -454,6 +484,21 @@ async fn cluster(
         "purged_index": metrics.purged.map(|l| l.index),
         "members": members,
         "audit_events_dropped": state.audit.dropped_total(),
+        "audit_refusals_summarized": state.audit.summarized_total(),
+        "audit_chains_over_budget": state.control.read(|s| {
+            s.audit
+                .chains_over_budget()
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        }),
+        "client_connections": {
+            "open": state.connections.open(),
+            "refused": state.connections.refused(),
+        },
+        "sign_ins_refused_unchecked": state.signin.throttle.refused(),
+        "unknown_credential_catch_ups_refused": state.catch_ups.refused(),
+        "read_index_rounds": state.control.barrier_rounds(),
     })))
 }
 

@@ -2,7 +2,8 @@
 //! (service-account client credentials, OAuth 2.0's `client_credentials` grant, as
 //! Pinecone's admin API takes it), which answer with a short-lived bearer token; and
 //! `POST /auth/password`, a user changing their own password with the current one. All are
-//! throttled per source address after repeated failures.
+//! throttled per source address and per account ([`crate::auth::throttle`]), and their
+//! argon2 work runs on the bounded pool of [`crate::auth::password::PasswordWork`].
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use super::access::ClientAddr;
 use super::audit::RequestInfo;
@@ -23,7 +23,7 @@ use super::{ApiError, ApiState};
 use crate::audit::{
     ActorRef, AuditDraft, EventOutcome, PrincipalType, Resource, ResourceType, Verb,
 };
-use crate::auth::password::{self, MAX_PASSWORD_BYTES};
+use crate::auth::password::{self, Busy, PasswordWork, MAX_PASSWORD_BYTES};
 use crate::auth::throttle::SignInThrottle;
 use crate::auth::token::{self, Claims, TOKEN_ISSUER};
 use crate::auth::{self, MAX_CREDENTIAL_BYTES};
@@ -31,42 +31,71 @@ use crate::control::state::{IdentityCommand, MemberKind, SigningKey, User};
 use crate::control::{Command, Output};
 use crate::policy::Operation;
 
-/// Most password verifications (argon2, ~19 MiB each) running at once on a node; more
-/// sign-ins wait.
-pub const MAX_CONCURRENT_PASSWORD_CHECKS: usize = 4;
-
 /// A node's sign-in machinery.
 pub struct SignIn {
-    /// Failed sign-ins per source.
+    /// Sign-in attempts per source and per account.
     pub throttle: SignInThrottle,
-    /// Bounds concurrent password verifications.
-    pub checks: Semaphore,
+    /// The argon2 worker pool (password checks and new password hashes).
+    pub passwords: PasswordWork,
     /// Lifetime of the tokens this node issues, in seconds.
     pub token_ttl_s: u64,
 }
 
 impl SignIn {
-    /// Sign-in with tokens living `token_ttl_s` seconds.
+    /// Sign-in with tokens living `token_ttl_s` seconds and one password worker per core.
     pub fn new(token_ttl_s: u64) -> Self {
         Self {
             throttle: SignInThrottle::default(),
-            checks: Semaphore::new(MAX_CONCURRENT_PASSWORD_CHECKS),
+            passwords: PasswordWork::per_core(),
             token_ttl_s,
         }
     }
+
+    /// The PHC string of a new password, after checking its length; 429 when the password
+    /// workers are saturated.
+    pub async fn hash_new_password(&self, password: String) -> Result<String, ApiError> {
+        password::check_new_password(&password).map_err(ApiError::invalid)?;
+        self.passwords
+            .hash(password)
+            .await
+            .map_err(|Busy| busy())?
+            .map_err(ApiError::internal)
+    }
 }
 
-fn throttled(retry_after_s: u64) -> Response {
-    let mut response = ApiError {
-        status: StatusCode::TOO_MANY_REQUESTS,
-        code: "RESOURCE_EXHAUSTED",
-        message: format!("too many failed sign-ins from this address; retry in {retry_after_s} s"),
-    }
-    .into_response();
+/// 429 with `Retry-After`.
+fn retry_after(error: ApiError, retry_after_s: u64) -> Response {
+    let mut response = error.into_response();
     if let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string()) {
         response.headers_mut().insert("retry-after", v);
     }
     response
+}
+
+fn throttled(retry_after_s: u64) -> Response {
+    retry_after(
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "RESOURCE_EXHAUSTED",
+            message: format!(
+                "too many failed sign-ins from this address or for this account; retry in \
+                 {retry_after_s} s"
+            ),
+        },
+        retry_after_s,
+    )
+}
+
+/// The password workers' queue is full.
+fn busy() -> ApiError {
+    ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "RESOURCE_EXHAUSTED",
+        message: format!(
+            "this node is checking {} passwords already; retry in 1 s",
+            password::MAX_QUEUED_PASSWORD_HASHES
+        ),
+    }
 }
 
 /// Who is signing in, once the secret checked out.
@@ -97,7 +126,6 @@ fn issue(state: &ApiState, key: &SigningKey, subject: Subject) -> Result<Respons
     .into_response())
 }
 
-/// Runs a sign-in attempt: refuses throttled sources up front, counts failures.
 /// How a sign-in check ended.
 enum Verdict {
     /// The credentials are good. `recorded`: the check already proposed an audited change
@@ -120,28 +148,30 @@ fn unknown_actor(principal_type: PrincipalType, name: &str) -> ActorRef {
     }
 }
 
-/// Runs a sign-in `check` under the throttle. A good one is recorded in the audit log
-/// (committed) before the token is issued; a bad one is queued as a failure event.
+/// Runs a sign-in `check` of `account` under the throttle, which counts the attempt before
+/// the check runs. A good one is recorded in the audit log (committed) before the token is
+/// issued; a bad one is queued as a failure event.
 async fn attempt<F>(
     state: &ApiState,
     info: &RequestInfo,
     operation: Operation,
-    source: std::net::IpAddr,
+    (source, account): (std::net::IpAddr, &str),
     check: F,
 ) -> Response
 where
     F: std::future::Future<Output = Result<Verdict, ApiError>>,
 {
-    if let Err(wait) = state.signin.throttle.check(source, Instant::now()) {
-        return throttled(wait.as_secs().max(1));
-    }
+    let counted = match state.signin.throttle.admit(source, account, Instant::now()) {
+        Ok(counted) => counted,
+        Err(wait) => return throttled(wait.as_secs_f64().ceil().max(1.0) as u64),
+    };
     match check.await {
         Ok(Verdict::Accepted {
             key,
             subject,
             recorded,
         }) => {
-            state.signin.throttle.record_success(source);
+            state.signin.throttle.succeeded(counted);
             if !recorded {
                 let actor = ActorRef::member(subject.kind, &subject.id, &subject.organization_id);
                 let command = Command::SignIn {
@@ -156,7 +186,6 @@ where
             issue(state, &key, subject).unwrap_or_else(IntoResponse::into_response)
         }
         Ok(Verdict::Refused { actor }) => {
-            state.signin.throttle.record_failure(source, Instant::now());
             let error = ApiError::unauthenticated("invalid credentials");
             // The seed's login event names the user (email) tried; a service account is
             // named by the client id it presented.
@@ -176,7 +205,15 @@ where
             });
             error.into_response()
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            // Not checked (the node could not): the attempt is given back.
+            state.signin.throttle.abandoned(counted);
+            if e.status == StatusCode::TOO_MANY_REQUESTS {
+                retry_after(e, 1)
+            } else {
+                e.into_response()
+            }
+        }
     }
 }
 
@@ -196,8 +233,6 @@ fn check_sizes(email: &str, password: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The user `email` with its signing key, when `password` is theirs; `None` when not (an
-/// unknown email costs the same argon2 verification, against a decoy hash).
 /// Checks `email` and `password`: (the signing key, the user if the email is known, whether
 /// the password matched).
 async fn verify_user(
@@ -216,19 +251,14 @@ async fn verify_user(
         })
         .await?;
     let key = key.ok_or_else(|| ApiError::unavailable("no signing key yet"))?;
-    let phc = user.as_ref().map_or_else(
-        || password::decoy_phc().to_string(),
-        |u| u.password_phc.clone(),
-    );
-    let _permit = state
+    // An unknown email is checked against the decoy: the same work, never a match.
+    let phc = user.as_ref().map(|u| u.password_phc.clone());
+    let matches = state
         .signin
-        .checks
-        .acquire()
+        .passwords
+        .verify(password, phc)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let matches = tokio::task::spawn_blocking(move || password::verify_password(&password, &phc))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|Busy| busy())?;
     Ok((key, user, matches))
 }
 
@@ -277,7 +307,7 @@ pub async fn login(
             },
         )
     };
-    attempt(&state, &info, Operation::Login, source, check).await
+    attempt(&state, &info, Operation::Login, (source, &body.email), check).await
 }
 
 /// Body of `POST /auth/password`.
@@ -312,12 +342,7 @@ pub async fn change_password(
             (_, user, _) => return Ok(refused_user(&body.email, user.as_ref())),
         };
         let actor = ActorRef::member(MemberKind::User, &user.id, &user.organization_id);
-        let new_password = body.new_password;
-        let password_phc =
-            tokio::task::spawn_blocking(move || password::hash_password(&new_password))
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .map_err(ApiError::internal)?;
+        let password_phc = state.signin.hash_new_password(body.new_password).await?;
         let command = Command::Identity(IdentityCommand::SetUserPassword {
             id: user.id.clone(),
             password_phc,
@@ -332,7 +357,14 @@ pub async fn change_password(
             other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
         }
     };
-    attempt(&state, &info, Operation::ChangePassword, source, check).await
+    attempt(
+        &state,
+        &info,
+        Operation::ChangePassword,
+        (source, &body.email),
+        check,
+    )
+    .await
 }
 
 /// Body of `POST /oauth/token`.
@@ -399,5 +431,12 @@ pub async fn issue_token(
             },
         })
     };
-    attempt(&state, &info, Operation::IssueToken, source, check).await
+    attempt(
+        &state,
+        &info,
+        Operation::IssueToken,
+        (source, &body.client_id),
+        check,
+    )
+    .await
 }

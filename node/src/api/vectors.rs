@@ -18,7 +18,9 @@ use crate::shard::machine::{
     ShardOutput, Sparse, DEFAULT_NAMESPACE,
 };
 
-pub use crate::shard::machine::MAX_METADATA_BYTES;
+pub use crate::shard::machine::{
+    MAX_METADATA_BYTES, MAX_NAMESPACES_PER_INDEX, MAX_RECORDS_PER_INDEX, MAX_RECORDS_PER_NAMESPACE,
+};
 
 /// Longest record id, in bytes (Pinecone's limits page).
 pub const MAX_ID_BYTES: usize = 512;
@@ -30,6 +32,12 @@ pub const MAX_UPSERT_BYTES: usize = 2 * 1024 * 1024;
 pub const MAX_TOP_K: u32 = 10_000;
 /// Most ids in one fetch.
 pub const MAX_FETCH_IDS: usize = 1000;
+/// Largest `top_k` of a query that includes values or metadata (Pinecone's limit).
+pub const MAX_TOP_K_WITH_DATA: u32 = 1_000;
+/// Largest response of a query, fetch or fetch-by-metadata page, in bytes of its protobuf
+/// encoding (Pinecone's 4 MB query result size; JSON runs larger). A query or fetch over it
+/// is refused, naming the limit; a fetch-by-metadata page ends before it.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// Most ids in one delete.
 pub const MAX_DELETE_IDS: usize = 1000;
 /// Most non-zero entries of a sparse vector.
@@ -38,8 +46,6 @@ pub const MAX_SPARSE_NON_ZEROS: usize = 2048;
 pub const MAX_NAMESPACE_BYTES: usize = 512;
 /// Default and largest page of `list` and `fetch_by_metadata`.
 pub const MAX_LIST_LIMIT: u32 = 100;
-/// Most namespaces per index.
-pub const MAX_NAMESPACES_PER_INDEX: usize = 10_000;
 /// Longest excerpt of a refused value quoted back in an error message, in characters.
 const MAX_QUOTED_CHARS: usize = 40;
 
@@ -429,6 +435,13 @@ pub async fn query_local(
             req.top_k
         )));
     }
+    if (req.include_values || req.include_metadata) && req.top_k > MAX_TOP_K_WITH_DATA {
+        return Err(ApiError::invalid(format!(
+            "top_k is {}; with includeValues or includeMetadata it must be at most \
+             {MAX_TOP_K_WITH_DATA}",
+            req.top_k
+        )));
+    }
     refuse_unhonoured_query_fields(target, &req)?;
     let namespace = check_namespace(&req.namespace)?;
     let filter = parse_filter(req.filter.as_ref())?;
@@ -462,19 +475,22 @@ pub async fn query_local(
             .map_err(ApiError::internal)?,
         _ => Vec::new(),
     };
+    let mut size = ResponseSize::new("query result", "lower topK, or leave out values or metadata");
     let matches = hits
         .into_iter()
         .map(|h| {
             let v = record_to_vector(h.id, h.record, req.include_values, req.include_metadata);
-            pb::ScoredVector {
+            let scored = pb::ScoredVector {
                 id: v.id,
                 score: h.score,
                 values: v.values,
                 sparse_values: v.sparse_values,
                 metadata: v.metadata,
-            }
+            };
+            size.add(&scored)?;
+            Ok(scored)
         })
-        .collect();
+        .collect::<Result<_, ApiError>>()?;
     drop(guard);
     Ok((
         pb::QueryResponse {
@@ -509,15 +525,18 @@ pub async fn fetch_local(
     }
     let namespace = check_namespace(&req.namespace)?;
     let guard = target.shard.state.read();
+    let mut size = ResponseSize::new("fetch result", "fetch fewer ids at a time");
     let vectors = match guard.namespace(&namespace) {
         Some(ns) => req
             .ids
             .iter()
-            .filter_map(|id| {
-                ns.get(id)
-                    .map(|r| (id.clone(), record_to_vector(id, r, true, true)))
+            .filter_map(|id| ns.get(id).map(|r| (id, r)))
+            .map(|(id, r)| {
+                let vector = record_to_vector(id, r, true, true);
+                size.add(&vector)?;
+                Ok((id.clone(), vector))
             })
-            .collect(),
+            .collect::<Result<_, ApiError>>()?,
         None => Default::default(),
     };
     drop(guard);
@@ -663,6 +682,41 @@ fn check_prefix(prefix: Option<String>, max_bytes: usize) -> Result<String, ApiE
     Ok(prefix)
 }
 
+/// The size of a response as it is built, refused past [`MAX_RESPONSE_BYTES`].
+struct ResponseSize {
+    bytes: usize,
+    items: usize,
+    what: &'static str,
+    advice: &'static str,
+}
+
+impl ResponseSize {
+    fn new(what: &'static str, advice: &'static str) -> Self {
+        Self {
+            bytes: 0,
+            items: 0,
+            what,
+            advice,
+        }
+    }
+
+    /// Counts `item` (as it is encoded inside its response); refuses it when the response
+    /// would pass [`MAX_RESPONSE_BYTES`].
+    fn add(&mut self, item: &impl prost::Message) -> Result<(), ApiError> {
+        let len = item.encoded_len();
+        // The field tag and length prefix around each item.
+        self.bytes += len + 1 + prost::encoding::encoded_len_varint(len as u64);
+        self.items += 1;
+        if self.bytes > MAX_RESPONSE_BYTES {
+            return Err(ApiError::invalid(format!(
+                "the {} passes the limit of {MAX_RESPONSE_BYTES} bytes (4 MiB) at item {}; {}",
+                self.what, self.items, self.advice
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn check_limit(limit: Option<u32>) -> Result<usize, ApiError> {
     match limit {
         None => Ok(MAX_LIST_LIMIT as usize),
@@ -733,20 +787,30 @@ pub async fn fetch_by_metadata_local(
     let after = scope.parse(req.pagination_token.as_deref())?;
     let guard = target.shard.state.read();
     let mut found: Vec<(String, pb::Vector)> = Vec::new();
+    // A page ends at `limit` records or before MAX_RESPONSE_BYTES, whichever comes first;
+    // the record that did not fit opens the next page.
+    let mut size = ResponseSize::new("fetch by metadata page", "");
+    let mut page_limit = limit;
     if let Some(ns) = guard.namespace(&namespace) {
         let all = Filter::And(Vec::new());
         for (id, record) in ns.matching(filter.as_ref().map_or(&all, |f| &f.0)) {
             if after.as_deref().is_some_and(|a| id.as_str() <= a) {
                 continue;
             }
-            found.push((id.clone(), record_to_vector(id, record, true, true)));
+            let vector = record_to_vector(id, record, true, true);
+            if size.add(&vector).is_err() && !found.is_empty() {
+                page_limit = found.len();
+                found.push((id.clone(), vector));
+                break;
+            }
+            found.push((id.clone(), vector));
             if found.len() > limit {
                 break;
             }
         }
     }
     drop(guard);
-    let pagination = scope.paginate(&mut found, limit, |(id, _)| id.as_str());
+    let pagination = scope.paginate(&mut found, page_limit, |(id, _)| id.as_str());
     Ok((
         pb::FetchByMetadataResponse {
             vectors: found.into_iter().collect(),
@@ -1076,12 +1140,6 @@ pub async fn create_namespace_local(
              it cannot limit filtering to the fields a schema lists; create the namespace \
              without one",
         ));
-    }
-    let count = target.shard.state.read().namespace_counts().len();
-    if count >= MAX_NAMESPACES_PER_INDEX {
-        return Err(ApiError::invalid(format!(
-            "index has {count} namespaces; the limit is {MAX_NAMESPACES_PER_INDEX}"
-        )));
     }
     let (_, lsn) = router
         .write(target, ShardCommand::CreateNamespace { name: name.clone() })

@@ -14,7 +14,7 @@ use conifer_client::AdminClient;
 use serde_json::Value;
 
 use super::admin::{client, print, Connection, OutputFormat};
-use crate::audit::{AuditEvent, ChainHead, Verifier};
+use crate::audit::{AuditEvent, ChainHead, PrunedRun, Verifier};
 
 /// Events asked for per page by `export` and `verify`.
 const PAGE_EVENTS: usize = 1_000;
@@ -214,12 +214,20 @@ fn print_events(page: &Value) {
     }
 }
 
-/// Walks every page of `selection`, handing each event to `each`; returns the chain facts
-/// the first page reported.
+/// One item of a chain as its pages list it.
+enum Item<'a> {
+    /// An event, as the node sent it.
+    Event(&'a Value),
+    /// Refusals pruned for room between two kept events.
+    Pruned(PrunedRun),
+}
+
+/// Walks every page of `selection`, handing each event and pruned run to `each` in sequence
+/// order; returns the chain facts the first page reported.
 async fn walk(
     c: &AdminClient,
     selection: &Selection,
-    mut each: impl FnMut(&Value, &ChainHead) -> anyhow::Result<()>,
+    mut each: impl FnMut(Item<'_>, &ChainHead) -> anyhow::Result<()>,
 ) -> anyhow::Result<ChainHead> {
     let mut after: Option<String> = None;
     let mut head: Option<ChainHead> = None;
@@ -234,8 +242,18 @@ async fn walk(
             serde_json::from_value(page["chain"].clone())
                 .context("the node's answer has no chain head")?,
         );
+        let pruned: Vec<PrunedRun> =
+            serde_json::from_value(page["pruned"].clone()).unwrap_or_default();
+        let mut runs = pruned.into_iter().peekable();
         for event in page["data"].as_array().into_iter().flatten() {
-            each(event, chain_head)?;
+            let sequence = event["sequence"].as_u64().unwrap_or(0);
+            while let Some(run) = runs.next_if(|r| r.first_sequence < sequence) {
+                each(Item::Pruned(run), chain_head)?;
+            }
+            each(Item::Event(event), chain_head)?;
+        }
+        for run in runs {
+            each(Item::Pruned(run), chain_head)?;
         }
         match page["pagination"]["next"].as_str() {
             Some(next) => after = Some(next.to_string()),
@@ -256,8 +274,17 @@ async fn export(c: &AdminClient, selection: &Selection) -> anyhow::Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut written = 0u64;
-    walk(c, selection, |event, head| {
+    walk(c, selection, |item, head| {
         bar.set_length(head.head_sequence.saturating_sub(head.anchor_sequence));
+        let event = match item {
+            Item::Event(event) => event,
+            // Written as it is, so that `verify --file` steps over it.
+            Item::Pruned(run) => {
+                serde_json::to_writer(&mut out, &serde_json::json!({ "pruned": run }))?;
+                out.write_all(b"\n")?;
+                return Ok(());
+            }
+        };
         serde_json::to_writer(&mut out, event)?;
         out.write_all(b"\n")?;
         written += 1;
@@ -275,8 +302,17 @@ async fn export(c: &AdminClient, selection: &Selection) -> anyhow::Result<()> {
 
 async fn verify_cluster(c: &AdminClient, selection: &Selection) -> anyhow::Result<String> {
     let mut verifier: Option<Verifier> = None;
-    let head = walk(c, selection, |value, head| {
+    let head = walk(c, selection, |item, head| {
         let verifier = verifier.get_or_insert_with(|| Verifier::anchored(head));
+        let value = match item {
+            Item::Event(value) => value,
+            Item::Pruned(run) => {
+                if run.first_sequence <= head.head_sequence {
+                    verifier.push_pruned(&run)?;
+                }
+                return Ok(());
+            }
+        };
         let event: AuditEvent =
             serde_json::from_value(value.clone()).context("an event does not parse")?;
         // Events appended after the first page are past the head it reported.
@@ -289,11 +325,20 @@ async fn verify_cluster(c: &AdminClient, selection: &Selection) -> anyhow::Resul
     let verifier = verifier.unwrap_or_else(|| Verifier::anchored(&head));
     let checked = verifier.finish(&head)?;
     Ok(format!(
-        "audit chain intact: {checked} event(s), sequences {}..={}, head hash {}",
+        "audit chain intact: {checked} event(s) and {} pruned refusal(s) stepped over, sequences \
+         {}..={}, head hash {}",
+        verifier.pruned(),
         head.anchor_sequence + 1,
         head.head_sequence,
         head.head_hash
     ))
+}
+
+/// A pruned-run line of an export.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pruned {
+    pruned: PrunedRun,
 }
 
 async fn verify_file(
@@ -307,6 +352,10 @@ async fn verify_file(
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
+            continue;
+        }
+        if let Ok(Pruned { pruned }) = serde_json::from_str::<Pruned>(&line) {
+            verifier.push_pruned(&pruned)?;
             continue;
         }
         let event: AuditEvent = serde_json::from_str(&line)

@@ -13,6 +13,7 @@
 //! out, so a credential whose deletion was acknowledged at `t` is refused on every node from
 //! `t + LEASE_MS` on.
 
+pub mod barrier;
 pub mod identity;
 pub mod state;
 
@@ -103,16 +104,30 @@ pub struct ControlPlane {
     state: StateHandle<ControlMachine>,
     peers: PeerChannels,
     lease: Lease,
+    barrier: barrier::Coalesced,
 }
 
 impl ControlPlane {
     /// A handle on the local group-0 replica.
     pub fn new(raft: Raft, state: StateHandle<ControlMachine>, peers: PeerChannels) -> Self {
+        let (group_raft, group_peers) = (raft.clone(), peers.clone());
+        let barrier = barrier::Coalesced::new(Arc::new(move || {
+            let (raft, peers) = (group_raft.clone(), group_peers.clone());
+            Box::pin(async move {
+                linearizable_barrier(&raft, &peers, CONTROL_GROUP)
+                    .await
+                    .map_err(|e| match e {
+                        ControlError::Unavailable { reason, .. } => reason,
+                        other => other.to_string(),
+                    })
+            })
+        }));
         Self {
             raft,
             state,
             peers,
             lease: Lease::default(),
+            barrier,
         }
     }
 
@@ -136,9 +151,21 @@ impl ControlPlane {
     }
 
     /// Waits until this replica has applied everything acknowledged before the call, as
-    /// confirmed by group 0's leader (read index).
+    /// confirmed by group 0's leader (read index). Concurrent calls on this node share one
+    /// read index at a time ([`barrier::Coalesced`]).
     pub async fn linearizable_barrier(&self) -> Result<(), ControlError> {
-        linearizable_barrier(&self.raft, &self.peers, CONTROL_GROUP).await
+        self.barrier
+            .wait()
+            .await
+            .map_err(|reason| ControlError::Unavailable {
+                reason,
+                outcome_unknown: false,
+            })
+    }
+
+    /// Read-index rounds this node ran for group 0 since it started.
+    pub fn barrier_rounds(&self) -> u64 {
+        self.barrier.rounds()
     }
 
     /// Runs `f` on the local replica's state to check a credential. Without a valid

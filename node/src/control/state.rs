@@ -678,7 +678,7 @@ impl ControlState {
                 for draft in drafts {
                     let event =
                         audit::build_event(self, &draft.context, draft.resource, draft.outcome);
-                    self.audit.append(event);
+                    self.audit.append(event, audit::EventClass::Refusal);
                 }
                 Ok(Output::Done)
             }
@@ -695,7 +695,7 @@ impl ControlState {
                         );
                     let event =
                         audit::build_event(self, &context, resource, EventOutcome::success());
-                    self.audit.append(event);
+                    self.audit.append(event, audit::EventClass::Change);
                 }
                 Ok(Output::Done)
             }
@@ -751,7 +751,7 @@ impl ControlState {
                 event.organization_name = Some(org.name.clone());
             }
         }
-        self.audit.append(event);
+        self.audit.append(event, audit::EventClass::Change);
         outcome
     }
 
@@ -975,7 +975,7 @@ pub(crate) mod tests {
         let chain = &s.audit.chains["o1"];
         assert!(s.projects.contains_key("p1"));
         assert_eq!(chain.events.len(), 1);
-        let event = &chain.events[0];
+        let event = &chain.events[&1];
         assert_eq!(event.event.outcome, EventOutcome::success());
         assert_eq!(event.event.resource_uid.as_deref(), Some("p1"));
         assert_eq!(
@@ -992,7 +992,7 @@ pub(crate) mod tests {
         assert!(!s.projects.contains_key("p2"));
         let chain = &s.audit.chains["o1"];
         assert_eq!(chain.events.len(), 2);
-        let failure = &chain.events[1].event.outcome;
+        let failure = &chain.events[&2].event.outcome;
         assert_eq!(failure.result, "failure");
         assert_eq!(failure.error_code.as_deref(), Some("ALREADY_EXISTS"));
         // Nothing else changed.

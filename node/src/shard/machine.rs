@@ -73,6 +73,38 @@ pub struct Record {
 /// update, so no write can leave a record over the limit.
 pub const MAX_METADATA_BYTES: usize = 40 * 1024;
 
+/// Most namespaces one index holds, whether created explicitly or by a first upsert into
+/// them.
+pub const MAX_NAMESPACES_PER_INDEX: usize = 10_000;
+/// Most records one namespace holds.
+pub const MAX_RECORDS_PER_NAMESPACE: usize = 10_000_000;
+/// Most records one index holds over all its namespaces (an index is one shard today).
+pub const MAX_RECORDS_PER_INDEX: usize = 20_000_000;
+
+/// The totals a shard's state may reach, checked when a command is applied, on the state it
+/// would produce: a write that would pass one is refused whole and changes nothing. Every
+/// replica uses the same ([`ShardLimits::default`], the constants above), so applying stays
+/// deterministic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardLimits {
+    /// [`MAX_NAMESPACES_PER_INDEX`].
+    pub namespaces: usize,
+    /// [`MAX_RECORDS_PER_NAMESPACE`].
+    pub records_per_namespace: usize,
+    /// [`MAX_RECORDS_PER_INDEX`].
+    pub records: usize,
+}
+
+impl Default for ShardLimits {
+    fn default() -> Self {
+        Self {
+            namespaces: MAX_NAMESPACES_PER_INDEX,
+            records_per_namespace: MAX_RECORDS_PER_NAMESPACE,
+            records: MAX_RECORDS_PER_INDEX,
+        }
+    }
+}
+
 /// Refuses metadata (as JSON text) of record `id` over [`MAX_METADATA_BYTES`], in Pinecone's
 /// words.
 pub fn check_metadata_size(id: &str, metadata_json: &str) -> Result<(), String> {
@@ -407,6 +439,7 @@ pub struct ShardMachine {
     config: EngineConfig,
     namespaces: BTreeMap<String, Namespace>,
     next_seq: u64,
+    limits: ShardLimits,
 }
 
 /// A namespace as exported for a follower.
@@ -527,7 +560,58 @@ impl ShardMachine {
             config,
             namespaces: BTreeMap::new(),
             next_seq: 1,
+            limits: ShardLimits::default(),
         }
+    }
+
+    /// The same shard with other totals (tests reach the edges with small ones).
+    #[cfg(test)]
+    pub fn with_limits(mut self, limits: ShardLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Refuses a namespace beyond [`ShardLimits::namespaces`].
+    fn check_new_namespace(&self, name: &str) -> Result<(), ShardRejection> {
+        let count = self.namespaces.len();
+        if count >= self.limits.namespaces {
+            return Err(ShardRejection::Invalid(format!(
+                "index has {count} namespaces; the limit is {}, so namespace '{name}' cannot \
+                 be created",
+                self.limits.namespaces
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses an upsert of `records` into `namespace` that would pass the record totals.
+    fn check_record_totals(
+        &self,
+        namespace: &str,
+        records: &[(String, Record)],
+    ) -> Result<(), ShardRejection> {
+        let ns = self.namespaces.get(namespace);
+        let new: std::collections::HashSet<&str> = records
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .filter(|id| ns.is_none_or(|ns| !ns.records.contains_key(*id)))
+            .collect();
+        let in_namespace = ns.map_or(0, Namespace::len) + new.len();
+        if in_namespace > self.limits.records_per_namespace {
+            return Err(ShardRejection::Invalid(format!(
+                "namespace '{namespace}' would hold {in_namespace} records; the limit is {} \
+                 per namespace",
+                self.limits.records_per_namespace
+            )));
+        }
+        let in_index = self.namespaces.values().map(Namespace::len).sum::<usize>() + new.len();
+        if in_index > self.limits.records {
+            return Err(ShardRejection::Invalid(format!(
+                "the index would hold {in_index} records; the limit is {} per index",
+                self.limits.records
+            )));
+        }
+        Ok(())
     }
 
     /// Dimension of the index.
@@ -660,6 +744,10 @@ impl ShardMachine {
                     self.check_values(id, &record.values)?;
                 }
                 if !self.namespaces.contains_key(&namespace) {
+                    self.check_new_namespace(&namespace)?;
+                }
+                self.check_record_totals(&namespace, &records)?;
+                if !self.namespaces.contains_key(&namespace) {
                     let ns = self.new_namespace(&namespace, writes);
                     self.namespaces.insert(namespace.clone(), ns);
                 }
@@ -760,6 +848,7 @@ impl ShardMachine {
                         "namespace '{name}' already exists"
                     )));
                 }
+                self.check_new_namespace(&name)?;
                 let ns = self.new_namespace(&name, writes);
                 self.namespaces.insert(name.clone(), ns);
                 Ok(ShardOutput::Namespace(name, 0))
@@ -1269,6 +1358,55 @@ mod tests {
         assert!(matches!(out, Err(ShardRejection::Invalid(m)) if m.contains("'b' has 1 values")));
         assert!(shard.sm.namespace("n").is_none());
         assert!(shard.stored().is_empty(), "nothing written");
+    }
+
+    #[test]
+    fn totals_are_checked_on_the_state_a_write_produces() {
+        let mut shard = TestShard::new(1, Metric::Euclidean, EngineConfig::default());
+        shard.sm = ShardMachine::new(1, Metric::Euclidean, EngineConfig::default()).with_limits(
+            ShardLimits {
+                namespaces: 2,
+                records_per_namespace: 3,
+                records: 5,
+            },
+        );
+        let upsert = |ns: &str, ids: &[&str]| ShardCommand::Upsert {
+            namespace: ns.into(),
+            records: ids.iter().map(|id| (id.to_string(), rec(vec![1.0], None))).collect(),
+        };
+        // A namespace at its limit; overwriting (and repeating an id) adds nothing.
+        assert_eq!(shard.apply(upsert("a", &["1", "2", "3"])), Ok(ShardOutput::Upserted(3)));
+        assert!(shard.apply(upsert("a", &["1", "3", "3"])).is_ok());
+        let out = shard.apply(upsert("a", &["2", "4"]));
+        assert!(
+            matches!(&out, Err(ShardRejection::Invalid(m)) if m.contains("would hold 4 records; the limit is 3 per namespace")),
+            "{out:?}"
+        );
+        // The index total counts every namespace.
+        assert!(shard.apply(upsert("b", &["1", "2"])).is_ok());
+        let out = shard.apply(upsert("b", &["3"]));
+        assert!(
+            matches!(&out, Err(ShardRejection::Invalid(m)) if m.contains("would hold 6 records; the limit is 5 per index")),
+            "{out:?}"
+        );
+        // A first upsert into a new namespace counts as creating it, as does CreateNamespace.
+        shard.apply(ShardCommand::Delete { namespace: "b".into(), ids: vec!["2".into()] }).unwrap();
+        let out = shard.apply(upsert("c", &["1"]));
+        assert!(
+            matches!(&out, Err(ShardRejection::Invalid(m)) if m.contains("index has 2 namespaces; the limit is 2")),
+            "{out:?}"
+        );
+        let out = shard.apply(ShardCommand::CreateNamespace { name: "c".into() });
+        assert!(matches!(out, Err(ShardRejection::Invalid(_))), "{out:?}");
+        assert!(shard.sm.namespace("c").is_none());
+        // Nothing refused was written.
+        let stored: Vec<(String, String)> =
+            shard.stored().into_iter().map(|(ns, id, _)| (ns, id)).collect();
+        let expected: Vec<(String, String)> = [("a", "1"), ("a", "2"), ("a", "3"), ("b", "1")]
+            .iter()
+            .map(|(ns, id)| (ns.to_string(), id.to_string()))
+            .collect();
+        assert_eq!(stored, expected);
     }
 
     #[test]

@@ -1,0 +1,1048 @@
+//! The abuse harness: scenarios in which one client, with an ordinary key or none, tries to
+//! deny service to others, get past a limit, or erase the audit history — each run against a
+//! real cluster, with the figures it measured and the checks it made.
+//!
+//! `conifer-abuse` (behind `scripts/abuse/run.sh`) runs every scenario at full scale against
+//! a 3-node cluster and writes a report; `tests/tests/abuse.rs` runs each at short scale.
+//! Clients take their own loopback source addresses (127.0.x.y, all routed to `lo`), so each
+//! scenario's attacker and victim are different sources to the node, and the fixture's own
+//! calls (from 127.0.0.1) are neither.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use conifer_node::api::conn::{
+    CLIENT_HEADER_READ_TIMEOUT_MS, CLIENT_IDLE_TIMEOUT_MS, MAX_CLIENT_CONNECTIONS,
+    MAX_CLIENT_CONNECTIONS_PER_SOURCE,
+};
+use conifer_node::audit::{AuditEvent, ChainHead, PrunedRun, Verifier};
+use conifer_node::auth::throttle::FREE_FAILED_SIGN_INS;
+use conifer_node::tls;
+use reqwest::Method;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::Cluster;
+
+/// How hard a run pushes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scale {
+    /// Seconds per scenario: the version in `scripts/test.sh`.
+    Short,
+    /// The figures of the report (minutes).
+    Full,
+}
+
+/// Every scenario, in the order a run takes them.
+pub const SCENARIOS: &[&str] = &[
+    "connections",
+    "sign_in_throttle",
+    "password_hashing",
+    "merged_limits",
+    "bounded_responses",
+    "audit_flood",
+    "garbage_keys",
+    "unary_frames",
+];
+
+/// What one scenario measured and whether its checks held.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// Its name ([`SCENARIOS`]).
+    pub scenario: String,
+    /// Whether every check held.
+    pub passed: bool,
+    /// The figures it measured.
+    pub figures: Value,
+    /// The checks that failed, as sentences.
+    pub failures: Vec<String>,
+}
+
+/// Checks collected while a scenario runs.
+#[derive(Default)]
+struct Checks(Vec<String>);
+
+impl Checks {
+    fn check(&mut self, ok: bool, what: impl Into<String>) {
+        if !ok {
+            self.0.push(what.into());
+        }
+    }
+}
+
+/// Runs scenario `name` against `cluster` (three nodes, the default project's key
+/// `ProjectEditor`).
+pub async fn run(cluster: &Cluster, name: &str, scale: Scale) -> anyhow::Result<Outcome> {
+    raise_open_files();
+    let mut checks = Checks::default();
+    let figures = match name {
+        "connections" => connections(cluster, scale, &mut checks).await?,
+        "sign_in_throttle" => sign_in_throttle(cluster, &mut checks).await?,
+        "password_hashing" => password_hashing(cluster, scale, &mut checks).await?,
+        "merged_limits" => merged_limits(cluster, scale, &mut checks).await?,
+        "bounded_responses" => bounded_responses(cluster, &mut checks).await?,
+        "audit_flood" => audit_flood(cluster, scale, &mut checks).await?,
+        "garbage_keys" => garbage_keys(cluster, scale, &mut checks).await?,
+        "unary_frames" => unary_frames(cluster, &mut checks).await?,
+        other => bail!("no scenario {other:?}; the scenarios are {SCENARIOS:?}"),
+    };
+    Ok(Outcome {
+        scenario: name.to_string(),
+        passed: checks.0.is_empty(),
+        figures,
+        failures: checks.0,
+    })
+}
+
+/// The harness holds thousands of sockets: lift its own open-file limit to the hard one.
+fn raise_open_files() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+}
+
+/// The loopback source `127.0.a.b`.
+fn source(a: u8, b: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, a, b))
+}
+
+/// A REST client trusting the cluster CA whose connections come from `from`.
+fn client_from(cluster: &Cluster, from: IpAddr) -> anyhow::Result<reqwest::Client> {
+    let ca_pem = std::fs::read(cluster.ca_dir.join(tls::CA_CERT))?;
+    Ok(reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
+        .local_address(from)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// The client-port address of node `id`.
+fn api_addr(cluster: &Cluster, id: u64) -> anyhow::Result<SocketAddr> {
+    let node = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == id)
+        .context("no such node")?;
+    Ok(node.api_addr.parse()?)
+}
+
+/// A TLS connector trusting the cluster CA.
+fn tls_connector(cluster: &Cluster) -> anyhow::Result<TlsConnector> {
+    let pem = std::fs::read(cluster.ca_dir.join(tls::CA_CERT))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// A TLS connection from `from` to `to`, or why not (the node closed it unanswered).
+async fn open_tls(
+    tls: &TlsConnector,
+    from: IpAddr,
+    to: SocketAddr,
+) -> anyhow::Result<TlsStream<TcpStream>> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let tcp = socket.connect(to).await?;
+    let name = rustls::pki_types::ServerName::IpAddress(to.ip().into());
+    Ok(tokio::time::timeout(Duration::from_secs(10), tls.connect(name, tcp)).await??)
+}
+
+/// Opens `attempts` connections from `from` (64 at a time); returns those the node took.
+async fn hold(
+    tls: &TlsConnector,
+    from: IpAddr,
+    to: SocketAddr,
+    attempts: usize,
+) -> Vec<TlsStream<TcpStream>> {
+    let mut held = Vec::new();
+    let mut left = attempts;
+    while left > 0 {
+        let wave = left.min(64);
+        left -= wave;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..wave {
+            let tls = tls.clone();
+            tasks.spawn(async move { open_tls(&tls, from, to).await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Ok(stream)) = done {
+                held.push(stream);
+            }
+        }
+    }
+    held
+}
+
+/// Milliseconds, at the `q` quantile of `samples` (sorted here).
+fn quantile_ms(samples: &mut [Duration], q: f64) -> u64 {
+    if samples.is_empty() {
+        return 0;
+    }
+    samples.sort();
+    let i = ((samples.len() - 1) as f64 * q).round() as usize;
+    samples[i].as_millis() as u64
+}
+
+/// Victim traffic for `duration`: a health check and a query through node `via` every
+/// 100 ms; returns (requests, failures, latencies).
+async fn victim(
+    cluster: &Cluster,
+    via: u64,
+    from: IpAddr,
+    index: &str,
+    duration: Duration,
+) -> anyhow::Result<(u64, u64, Vec<Duration>)> {
+    let client = client_from(cluster, from)?;
+    let key = cluster.api_key();
+    let (mut sent, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        let started = Instant::now();
+        let health = client.get(cluster.url(via, "/health")).send().await;
+        latencies.push(started.elapsed());
+        sent += 1;
+        if !health.is_ok_and(|r| r.status().is_success()) {
+            failed += 1;
+        }
+        let started = Instant::now();
+        let query = client
+            .post(cluster.url(via, "/query"))
+            .header("Api-Key", &key)
+            .header("X-Conifer-Index", index)
+            .json(&json!({"vector": [0.1, 0.2, 0.3, 0.4], "topK": 3}))
+            .send()
+            .await;
+        latencies.push(started.elapsed());
+        sent += 1;
+        if !query.is_ok_and(|r| r.status().is_success()) {
+            failed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((sent, failed, latencies))
+}
+
+/// Upserts `records` (id, values, metadata) into `index` in batches of `per_batch`.
+async fn upsert(
+    cluster: &Cluster,
+    index: &str,
+    records: Vec<Value>,
+    per_batch: usize,
+) -> anyhow::Result<()> {
+    for batch in records.chunks(per_batch) {
+        let resp = cluster
+            .data(1, &cluster.api_key(), index, Method::POST, "/vectors/upsert")
+            .json(&json!({ "vectors": batch }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "upsert: {} {}",
+            resp.status(),
+            resp.text().await?
+        );
+    }
+    Ok(())
+}
+
+/// A data-plane call's status and JSON body.
+async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+    let resp = request.send().await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await?;
+    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+}
+
+/// 1. One source holding connections, and slowloris clients, while another client works.
+async fn connections(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> anyhow::Result<Value> {
+    let key = cluster.api_key();
+    cluster.create_index(1, &key, "conn", 4, "cosine").await?;
+    let to = api_addr(cluster, 1)?;
+    let tls = tls_connector(cluster)?;
+
+    // 50 slowloris clients: the request line, then one header byte a second.
+    let slow_from = source(5, 2);
+    let slow_closed_after = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
+    let mut slowloris = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let tls = tls.clone();
+        let closed = slow_closed_after.clone();
+        slowloris.spawn(async move {
+            let Ok(mut stream) = open_tls(&tls, slow_from, to).await else {
+                return;
+            };
+            let opened = Instant::now();
+            let _ = stream
+                .write_all(b"POST /query HTTP/1.1\r\nHost: conifer\r\nX-Slow: ")
+                .await;
+            let mut buf = [0u8; 512];
+            loop {
+                tokio::select! {
+                    read = stream.read(&mut buf) => {
+                        // An answer (408) or the close: either way the node let go.
+                        let _ = read;
+                        break;
+                    }
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if stream.write_all(b"a").await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                if opened.elapsed() > Duration::from_secs(90) {
+                    return;
+                }
+            }
+            closed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(opened.elapsed());
+        });
+    }
+    // One source asking for 1,100 connections, then seven more sources asking for their
+    // cap each, into the reserve.
+    let hog = hold(&tls, source(5, 1), to, 1_100).await;
+    let mut fillers = BTreeMap::new();
+    let mut held = Vec::new();
+    for b in 1..=7u8 {
+        let got = hold(&tls, source(6, b), to, MAX_CLIENT_CONNECTIONS_PER_SOURCE).await;
+        fillers.insert(format!("127.0.6.{b}"), got.len());
+        held.extend(got);
+    }
+    let info = cluster.cluster_info(1).await?;
+    let open_at_peak = info["client_connections"]["open"].as_u64().unwrap_or(0);
+    let refused = info["client_connections"]["refused"].as_u64().unwrap_or(0);
+
+    // Meanwhile another client, from its own address.
+    let (sent, failed, mut latencies) = victim(
+        cluster,
+        1,
+        source(7, 1),
+        "conn",
+        Duration::from_millis(CLIENT_HEADER_READ_TIMEOUT_MS + 3_000),
+    )
+    .await?;
+    while slowloris.join_next().await.is_some() {}
+    let mut slow = slow_closed_after
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+
+    checks.check(
+        hog.len() == MAX_CLIENT_CONNECTIONS_PER_SOURCE,
+        format!(
+            "one source held {} connections; its cap is {MAX_CLIENT_CONNECTIONS_PER_SOURCE}",
+            hog.len()
+        ),
+    );
+    checks.check(
+        open_at_peak as usize <= MAX_CLIENT_CONNECTIONS,
+        format!("the node held {open_at_peak} connections; its cap is {MAX_CLIENT_CONNECTIONS}"),
+    );
+    checks.check(failed == 0, format!("{failed} of the other client's {sent} requests failed"));
+    let p99 = quantile_ms(&mut latencies, 0.99);
+    checks.check(
+        p99 <= 2_000,
+        format!("the other client's p99 latency was {p99} ms (bound 2,000 ms)"),
+    );
+    checks.check(
+        slow.len() == 50,
+        format!("{} of 50 slowloris connections were closed by the node", slow.len()),
+    );
+    let slow_max = quantile_ms(&mut slow, 1.0);
+    checks.check(
+        slow_max <= CLIENT_HEADER_READ_TIMEOUT_MS + 3_000,
+        format!(
+            "a slowloris connection was held {slow_max} ms (header timeout \
+             {CLIENT_HEADER_READ_TIMEOUT_MS} ms)"
+        ),
+    );
+
+    // Full scale: the held connections, idle, are closed by the node.
+    let mut idle_closed = Value::Null;
+    if scale == Scale::Full {
+        tokio::time::sleep(Duration::from_millis(CLIENT_IDLE_TIMEOUT_MS + 5_000)).await;
+        let open_after = cluster.cluster_info(1).await?["client_connections"]["open"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
+        checks.check(
+            open_after < 10,
+            format!("{open_after} connections still open after the idle timeout"),
+        );
+        idle_closed = json!(open_after);
+    }
+    drop(hog);
+    drop(held);
+    Ok(json!({
+        "hog_source_attempts": 1_100,
+        "hog_source_admitted": MAX_CLIENT_CONNECTIONS_PER_SOURCE.min(1_100),
+        "filler_sources_admitted": fillers,
+        "node_open_at_peak": open_at_peak,
+        "node_refused_total": refused,
+        "slowloris_connections": 50,
+        "slowloris_closed": slow.len(),
+        "slowloris_held_max_ms": slow_max,
+        "other_client_requests": sent,
+        "other_client_failed": failed,
+        "other_client_p50_ms": quantile_ms(&mut latencies, 0.5),
+        "other_client_p99_ms": p99,
+        "open_after_idle_timeout": idle_closed,
+    }))
+}
+
+/// Signs in as `email` with `password` from `client` through node `via`: the status.
+async fn login(
+    cluster: &Cluster,
+    client: &reqwest::Client,
+    via: u64,
+    email: &str,
+    password: &str,
+) -> u16 {
+    client
+        .post(cluster.url(via, "/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// Creates user `email` with `password` in the default organization.
+async fn member(cluster: &Cluster, email: &str, password: &str) -> anyhow::Result<()> {
+    let org = cluster.organization_id();
+    let resp = cluster
+        .http
+        .post(cluster.url(1, &format!("/admin/organizations/{org}/members")))
+        .bearer_auth(cluster.admin_token())
+        .json(&json!({"email": email, "password": password, "role": "OrgMember"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "creating {email}: {} {}",
+        resp.status(),
+        resp.text().await?
+    );
+    Ok(())
+}
+
+/// Counts statuses.
+fn tally(statuses: &[u16]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for s in statuses {
+        *counts.entry(s.to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Sends the same sign-in `n` times at once from `client`.
+async fn concurrent_logins(
+    cluster: &Cluster,
+    client: &reqwest::Client,
+    emails: Vec<String>,
+) -> Vec<u16> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for email in emails {
+        let client = client.clone();
+        let url = cluster.url(1, "/auth/login");
+        tasks.spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"email": email, "password": "not the password at all"}))
+                .send()
+                .await
+                .map_or(0, |r| r.status().as_u16())
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        statuses.push(done.unwrap_or(0));
+    }
+    statuses
+}
+
+/// 2. Concurrent guesses, and guesses interleaved with good sign-ins to another account.
+async fn sign_in_throttle(cluster: &Cluster, checks: &mut Checks) -> anyhow::Result<Value> {
+    let password = "a long enough password";
+    for email in ["victim1@abuse.test", "victim2@abuse.test", "attacker@abuse.test"] {
+        member(cluster, email, password).await?;
+    }
+    let free = FREE_FAILED_SIGN_INS as usize;
+
+    // 200 wrong passwords for one account from one address, all at once.
+    let burst = client_from(cluster, source(8, 1))?;
+    let statuses =
+        concurrent_logins(cluster, &burst, vec!["victim1@abuse.test".into(); 200]).await;
+    let checked_same = statuses.iter().filter(|s| **s == 401).count();
+    checks.check(
+        checked_same <= free + 1 && statuses.iter().all(|s| *s == 401 || *s == 429),
+        format!("of 200 concurrent guesses at one account, {checked_same} were checked: {:?}", tally(&statuses)),
+    );
+
+    // 200 at once, each at another account, from one address.
+    let spread = client_from(cluster, source(8, 3))?;
+    let emails = (0..200).map(|i| format!("nobody{i}@abuse.test")).collect();
+    let statuses_spread = concurrent_logins(cluster, &spread, emails).await;
+    let checked_spread = statuses_spread.iter().filter(|s| **s == 401).count();
+    checks.check(
+        checked_spread <= free + 1,
+        format!("of 200 concurrent guesses at 200 accounts from one address, {checked_spread} were checked"),
+    );
+
+    // A guess at the victim, then a good sign-in to the attacker's own account, 40 times.
+    let alternating = client_from(cluster, source(8, 2))?;
+    let (mut guesses_checked, mut own_ok) = (0, 0);
+    for _ in 0..40 {
+        if login(cluster, &alternating, 1, "victim2@abuse.test", "wrong guess, again").await == 401 {
+            guesses_checked += 1;
+        }
+        if login(cluster, &alternating, 1, "attacker@abuse.test", password).await == 200 {
+            own_ok += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    checks.check(
+        guesses_checked <= free + 4,
+        format!(
+            "{guesses_checked} of 40 guesses interleaved with good sign-ins were checked (the \
+             good sign-ins must not reset the count)"
+        ),
+    );
+    // The victim, from elsewhere and once the wait is over, still signs in.
+    let owner = client_from(cluster, source(8, 4))?;
+    let mut owner_status = 0;
+    for _ in 0..40 {
+        owner_status = login(cluster, &owner, 2, "victim1@abuse.test", password).await;
+        if owner_status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    checks.check(
+        owner_status == 200,
+        format!("the real owner could not sign in through another node: {owner_status}"),
+    );
+    Ok(json!({
+        "concurrent_guesses_one_account": 200,
+        "checked_one_account": checked_same,
+        "statuses_one_account": tally(&statuses),
+        "concurrent_guesses_200_accounts": 200,
+        "checked_200_accounts": checked_spread,
+        "interleaved_guesses": 40,
+        "interleaved_guesses_checked": guesses_checked,
+        "own_sign_ins_succeeded": own_ok,
+        "owner_signs_in_through_node_2": owner_status == 200,
+    }))
+}
+
+/// 3. Bursts of failed sign-ins from many addresses: bounded hashing work and memory.
+async fn password_hashing(
+    cluster: &Cluster,
+    scale: Scale,
+    checks: &mut Checks,
+) -> anyhow::Result<Value> {
+    let pid = cluster.nodes[0].pid().context("node 1 not running")?;
+    // Resident memory of node 1, in MiB.
+    let rss = || -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib / 1024)
+            .context("no VmRSS")
+    };
+    // Warm up: the workers allocate their memory once.
+    let warm = client_from(cluster, source(9, 250))?;
+    for i in 0..4 {
+        let _ = login(cluster, &warm, 1, &format!("warm{i}@abuse.test"), "nope nope nope").await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss()?;
+    let bursts = if scale == Scale::Full { 5 } else { 2 };
+    let mut statuses = Vec::new();
+    let mut peak = before;
+    for burst in 0..bursts {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200u8 {
+            let client = client_from(cluster, source(10 + burst, i.max(1)))?;
+            let url = cluster.url(1, "/auth/login");
+            tasks.spawn(async move {
+                client
+                    .post(url)
+                    .json(&json!({"email": format!("ghost{i}@abuse.test"), "password": "nope nope nope"}))
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            statuses.push(done.unwrap_or(0));
+            peak = peak.max(rss()?);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss()?;
+    let counts = tally(&statuses);
+    let refused = counts.get("429").copied().unwrap_or(0);
+    checks.check(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        format!("unexpected answers: {counts:?}"),
+    );
+    checks.check(refused > 0, "no sign-in was refused for a full queue");
+    checks.check(
+        after.saturating_sub(before) <= 64,
+        format!("memory grew from {before} MiB to {after} MiB (bound +64 MiB)"),
+    );
+    Ok(json!({
+        "sign_ins": statuses.len(),
+        "statuses": counts,
+        "rss_before_mib": before,
+        "rss_peak_mib": peak,
+        "rss_after_mib": after,
+    }))
+}
+
+/// 4. Writes whose merged result would pass a limit.
+async fn merged_limits(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> anyhow::Result<Value> {
+    let key = cluster.api_key();
+    cluster.create_index(1, &key, "merge", 4, "cosine").await?;
+    let blob = "m".repeat(39 * 1024);
+    upsert(cluster, "merge", vec![json!({"id": "r", "values": [1.0, 0.0, 0.0, 0.0]})], 1).await?;
+    let mut update_statuses = Vec::new();
+    for i in 0..5 {
+        let (status, _) = call(
+            cluster
+                .data(1, &key, "merge", Method::POST, "/vectors/update")
+                .json(&json!({"id": "r", "setMetadata": {format!("f{i}"): blob}})),
+        )
+        .await?;
+        update_statuses.push(status);
+    }
+    let (_, fetched) = call(cluster.data(1, &key, "merge", Method::GET, "/vectors/fetch?ids=r")).await?;
+    let stored = fetched["vectors"]["r"]["metadata"].to_string().len();
+    checks.check(
+        update_statuses[0] == 200 && update_statuses[1..].iter().all(|s| *s == 400),
+        format!("five 39 KB updates of one record answered {update_statuses:?}"),
+    );
+    checks.check(
+        stored <= 40 * 1024,
+        format!("the record holds {stored} bytes of metadata (limit 40,960)"),
+    );
+
+    let n = if scale == Scale::Full { 2_000 } else { 300 };
+    let records = (0..n)
+        .map(|i| json!({"id": format!("g{i}"), "values": [1.0, 0.5, 0.0, 0.0], "metadata": {"g": 1}}))
+        .collect();
+    upsert(cluster, "merge", records, 500).await?;
+    let mut filter_statuses = Vec::new();
+    for i in 0..3 {
+        let (status, _) = call(
+            cluster
+                .data(1, &key, "merge", Method::POST, "/vectors/update")
+                .json(&json!({"filter": {"g": {"$eq": 1}}, "setMetadata": {format!("b{i}"): blob}})),
+        )
+        .await?;
+        filter_statuses.push(status);
+    }
+    let (_, sample) =
+        call(cluster.data(1, &key, "merge", Method::GET, "/vectors/fetch?ids=g7")).await?;
+    let sample_bytes = sample["vectors"]["g7"]["metadata"].to_string().len();
+    checks.check(
+        filter_statuses[0] == 200 && filter_statuses[1..].iter().all(|s| *s == 400),
+        format!("three 39 KB updates by filter answered {filter_statuses:?}"),
+    );
+    checks.check(
+        sample_bytes <= 40 * 1024 && sample["vectors"]["g7"]["metadata"].get("b1").is_none(),
+        format!("a record matched by the filter holds {sample_bytes} bytes of metadata"),
+    );
+    let (status, body) = call(
+        cluster
+            .data(1, &key, "merge", Method::POST, "/query")
+            .json(&json!({"vector": [1.0, 0.5, 0.0, 0.0], "topK": 10_000, "includeMetadata": true})),
+    )
+    .await?;
+    checks.check(
+        status == 400,
+        format!("topK 10,000 with metadata answered {status}: {body}"),
+    );
+    Ok(json!({
+        "update_39kb_x5_statuses": update_statuses,
+        "record_metadata_bytes_after": stored,
+        "records_updated_by_filter": n,
+        "update_by_filter_39kb_x3_statuses": filter_statuses,
+        "matched_record_metadata_bytes_after": sample_bytes,
+        "query_topk_10000_with_metadata_status": status,
+    }))
+}
+
+/// 6. Responses that would be hundreds of megabytes.
+async fn bounded_responses(cluster: &Cluster, checks: &mut Checks) -> anyhow::Result<Value> {
+    let key = cluster.api_key();
+    let dimension = 2_000usize;
+    cluster.create_index(1, &key, "big", dimension as u32, "cosine").await?;
+    let blob = "b".repeat(39 * 1024);
+    let records: Vec<Value> = (0..200)
+        .map(|i| {
+            let mut values = vec![0.5f32; dimension];
+            values[i % dimension] = 1.0;
+            json!({"id": format!("v{i:03}"), "values": values, "metadata": {"k": 1, "blob": blob}})
+        })
+        .collect();
+    upsert(cluster, "big", records, 25).await?;
+    let query = |top_k: u32, metadata: bool| {
+        cluster.data(1, &key, "big", Method::POST, "/query").json(&json!({
+            "vector": vec![0.5f32; dimension], "topK": top_k, "includeMetadata": metadata,
+        }))
+    };
+    let (with_data, body_a) = call(query(10_000, true)).await?;
+    let (ids_only, body_b) = call(query(10_000, false)).await?;
+    let (too_big, body_c) = call(query(1_000, true)).await?;
+    let ids: Vec<String> = (0..200).map(|i| format!("ids=v{i:03}")).collect();
+    let (fetch_all, body_d) = call(cluster.data(
+        1,
+        &key,
+        "big",
+        Method::GET,
+        &format!("/vectors/fetch?{}", ids.join("&")),
+    ))
+    .await?;
+    checks.check(with_data == 400, format!("topK 10,000 with metadata: {with_data} {body_a}"));
+    checks.check(
+        ids_only == 200 && body_b["matches"].as_array().map_or(0, Vec::len) == 200,
+        format!("topK 10,000 without data: {ids_only}"),
+    );
+    checks.check(
+        too_big == 400 && body_c.to_string().contains("4 MiB"),
+        format!("a 7.6 MB query result: {too_big} {body_c}"),
+    );
+    checks.check(
+        fetch_all == 400 && body_d.to_string().contains("4 MiB"),
+        format!("a 7.6 MB fetch: {fetch_all} {body_d}"),
+    );
+    // Fetch by metadata pages end before the limit; every record comes once.
+    let mut seen = BTreeSet::new();
+    let mut pages = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut body = json!({"filter": {"k": {"$eq": 1}}, "limit": 100});
+        if let Some(t) = &token {
+            body["paginationToken"] = json!(t);
+        }
+        let resp = cluster
+            .data(1, &key, "big", Method::POST, "/vectors/fetch_by_metadata")
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        anyhow::ensure!(status == 200, "fetch_by_metadata: {status}");
+        let page: Value = serde_json::from_slice(&bytes)?;
+        let vectors = page["vectors"].as_object().cloned().unwrap_or_default();
+        pages.push(json!({"records": vectors.len(), "json_bytes": bytes.len()}));
+        for id in vectors.keys() {
+            checks.check(seen.insert(id.clone()), format!("{id} came twice"));
+        }
+        token = page["pagination"]["next"].as_str().map(String::from);
+        if token.is_none() || pages.len() > 10 {
+            break;
+        }
+    }
+    checks.check(seen.len() == 200, format!("fetch by metadata returned {} of 200", seen.len()));
+    checks.check(
+        pages.len() >= 3,
+        format!("pages of 100 records of 47 KB were not cut under 4 MiB: {pages:?}"),
+    );
+    Ok(json!({
+        "records": 200,
+        "record_bytes_approx": dimension * 4 + 39 * 1024,
+        "query_topk_10000_with_metadata": with_data,
+        "query_topk_10000_ids_only": ids_only,
+        "query_topk_1000_with_metadata": too_big,
+        "fetch_200_ids": fetch_all,
+        "fetch_by_metadata_pages": pages,
+    }))
+}
+
+/// Reads a whole chain through node `via` with its pruned runs and verifies it here.
+async fn verified_chain(
+    cluster: &Cluster,
+    via: u64,
+    org: &str,
+) -> anyhow::Result<(Vec<AuditEvent>, ChainHead, u64)> {
+    let mut events: Vec<AuditEvent> = Vec::new();
+    let mut runs: Vec<PrunedRun> = Vec::new();
+    let mut head: Option<ChainHead> = None;
+    let mut after = String::new();
+    loop {
+        let page = cluster
+            .audit_page(via, Some(org), &format!("limit=1000&pagination_token={after}"))
+            .await?;
+        if head.is_none() {
+            head = Some(serde_json::from_value(page["chain"].clone())?);
+        }
+        events.extend(serde_json::from_value::<Vec<AuditEvent>>(page["data"].clone())?);
+        runs.extend(serde_json::from_value::<Vec<PrunedRun>>(page["pruned"].clone()).unwrap_or_default());
+        match page["pagination"]["next"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    let head = head.context("no page")?;
+    let mut verifier = Verifier::anchored(&head);
+    let mut runs = runs.into_iter().filter(|r| r.first_sequence <= head.head_sequence).peekable();
+    for event in events.iter().filter(|e| e.sequence <= head.head_sequence) {
+        while let Some(run) = runs.next_if(|r| r.first_sequence < event.sequence) {
+            verifier.push_pruned(&run)?;
+        }
+        verifier.push(event)?;
+    }
+    for run in runs {
+        verifier.push_pruned(&run)?;
+    }
+    let checked = verifier.finish(&head)?;
+    Ok((events, head, checked))
+}
+
+/// 5. A read-only key looping on a refused admin call.
+async fn audit_flood(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> anyhow::Result<Value> {
+    let org = cluster.organization_id();
+    let viewer = cluster.key_in(&cluster.project_id(), &["DataPlaneViewer"]).await?;
+    // Some changes first, so there is history to keep.
+    for _ in 0..5 {
+        cluster.key_in(&cluster.project_id(), &["DataPlaneViewer"]).await?;
+    }
+    let (before, _, _) = verified_chain(cluster, 1, &org).await?;
+    let duration = Duration::from_secs(if scale == Scale::Full { 90 } else { 10 });
+    let sent = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let end = Instant::now() + duration;
+    let client = client_from(cluster, source(11, 1))?;
+    for _ in 0..8 {
+        let (client, viewer) = (client.clone(), viewer.clone());
+        let (sent, refused) = (sent.clone(), refused.clone());
+        let url = cluster.url(1, "/indexes");
+        tasks.spawn(async move {
+            while Instant::now() < end {
+                let status = client
+                    .post(&url)
+                    .header("Api-Key", &viewer)
+                    .json(&json!({"name": "nope", "dimension": 4, "metric": "cosine",
+                        "spec": {"serverless": {"cloud": "aws", "region": "us-east-1"}}}))
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16());
+                sent.fetch_add(1, Ordering::Relaxed);
+                if status == 403 {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let sent = sent.load(Ordering::Relaxed);
+    let refused = refused.load(Ordering::Relaxed);
+    // The summaries come at their interval; then everything is in.
+    tokio::time::sleep(Duration::from_secs(
+        conifer_node::api::audit::REFUSAL_SUMMARY_INTERVAL_S + 3,
+    ))
+    .await;
+    let (after, head, checked) = verified_chain(cluster, 2, &org).await?;
+    let by_hash: BTreeSet<&str> = after.iter().map(|e| e.hash.as_str()).collect();
+    let lost = before.iter().filter(|e| !by_hash.contains(e.hash.as_str())).count();
+    let flood: Vec<&AuditEvent> = after
+        .iter()
+        .filter(|e| e.sequence > before.last().map_or(0, |l| l.sequence))
+        .filter(|e| e.event.outcome.error_code.as_deref() == Some("PERMISSION_DENIED"))
+        .collect();
+    let summarized: u64 = flood
+        .iter()
+        .filter_map(|e| serde_json::to_value(&e.event.parameters).ok())
+        .filter_map(|p| p["summarized_refusals"].as_u64())
+        .sum();
+    let summaries = flood
+        .iter()
+        .filter(|e| {
+            serde_json::to_value(&e.event.parameters)
+                .is_ok_and(|p| p.get("summarized_refusals").is_some())
+        })
+        .count() as u64;
+    let recorded = flood.len() as u64 - summaries;
+    checks.check(lost == 0, format!("{lost} events from before the flood are gone"));
+    checks.check(refused == sent, format!("{refused} of {sent} attempts were refused"));
+    checks.check(
+        recorded + summarized == refused,
+        format!(
+            "{refused} refusals, but {recorded} recorded one by one and {summarized} in \
+             {summaries} summaries"
+        ),
+    );
+    checks.check(
+        recorded <= 10 + 6 * (duration.as_secs() / 60 + 1) + 10,
+        format!("{recorded} refusals were recorded one by one"),
+    );
+    Ok(json!({
+        "flood_seconds": duration.as_secs(),
+        "refused_calls": refused,
+        "refusals_per_second": refused as f64 / duration.as_secs_f64(),
+        "events_before": before.len(),
+        "events_before_lost": lost,
+        "refusal_events_recorded": recorded,
+        "summary_events": summaries,
+        "refusals_summarized": summarized,
+        "chain_events_after": after.len(),
+        "chain_verified_events": checked,
+        "chain_head_sequence": head.head_sequence,
+    }))
+}
+
+/// 7. Garbage credentials at one node while another client works through it.
+async fn garbage_keys(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> anyhow::Result<Value> {
+    let key = cluster.api_key();
+    cluster.create_index(1, &key, "garbage", 4, "cosine").await?;
+    let info = cluster.cluster_info(1).await?;
+    let leader = info["leader_id"].as_u64().context("no leader")?;
+    let target = (1..=3).find(|id| *id != leader).unwrap_or(2);
+    let term_before = info["term"].as_u64().unwrap_or(0);
+    let rounds_before = cluster.cluster_info(target).await?["read_index_rounds"]
+        .as_u64()
+        .unwrap_or(0);
+    let (_, _, mut baseline) =
+        victim(cluster, target, source(12, 2), "garbage", Duration::from_secs(3)).await?;
+    let duration = Duration::from_secs(if scale == Scale::Full { 30 } else { 5 });
+    let ca_pem = std::fs::read(cluster.ca_dir.join(tls::CA_CERT))?;
+    let flood_client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
+        .local_address(source(12, 1))
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let sent = Arc::new(AtomicU64::new(0));
+    let unauthenticated = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..64u64 {
+        let client = flood_client.clone();
+        let (sent, unauthenticated) = (sent.clone(), unauthenticated.clone());
+        let url = cluster.url(target, "/describe_index_stats");
+        tasks.spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < end {
+                n += 1;
+                let garbage = format!("pcsk_{}_{worker}x{n}", uuid::Uuid::new_v4().simple());
+                let status = client
+                    .post(&url)
+                    .header("Api-Key", garbage)
+                    .header("X-Conifer-Index", "garbage")
+                    .json(&json!({}))
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16());
+                sent.fetch_add(1, Ordering::Relaxed);
+                if status == 401 {
+                    unauthenticated.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    let (victim_sent, victim_failed, mut during) =
+        victim(cluster, target, source(12, 2), "garbage", duration).await?;
+    while tasks.join_next().await.is_some() {}
+    let sent = sent.load(Ordering::Relaxed);
+    let unauthenticated = unauthenticated.load(Ordering::Relaxed);
+    let after = cluster.cluster_info(target).await?;
+    let rounds = after["read_index_rounds"].as_u64().unwrap_or(0) - rounds_before;
+    let info = cluster.cluster_info(1).await?;
+    let term_after = info["term"].as_u64().unwrap_or(0);
+    let p99_before = quantile_ms(&mut baseline, 0.99);
+    let p99_during = quantile_ms(&mut during, 0.99);
+    // Lease renewals (every LEASE_RENEW_MS) and the catch-ups the rate allows, with room.
+    let rounds_bound = duration.as_secs() * (5 + 10) + 20;
+    checks.check(unauthenticated == sent, format!("{unauthenticated} of {sent} garbage keys were refused"));
+    checks.check(
+        rounds <= rounds_bound,
+        format!("{rounds} read-index rounds for {sent} garbage keys (bound {rounds_bound})"),
+    );
+    checks.check(
+        term_after == term_before && info["leader_id"].as_u64() == Some(leader),
+        format!("the leader changed during the flood (term {term_before} -> {term_after})"),
+    );
+    checks.check(victim_failed == 0, format!("{victim_failed} of {victim_sent} requests failed"));
+    checks.check(
+        p99_during <= 2_000,
+        format!("the other client's p99 was {p99_during} ms during the flood (bound 2,000 ms)"),
+    );
+    Ok(json!({
+        "flood_seconds": duration.as_secs(),
+        "garbage_keys_sent": sent,
+        "garbage_keys_per_second": sent as f64 / duration.as_secs_f64(),
+        "read_index_rounds": rounds,
+        "read_index_rounds_bound": rounds_bound,
+        "catch_ups_refused": after["unknown_credential_catch_ups_refused"],
+        "leader_term_before": term_before,
+        "leader_term_after": term_after,
+        "other_client_p99_ms_before": p99_before,
+        "other_client_p99_ms_during": p99_during,
+        "other_client_requests": victim_sent,
+        "other_client_failed": victim_failed,
+    }))
+}
+
+/// 8. A unary gRPC call carrying two messages.
+async fn unary_frames(cluster: &Cluster, checks: &mut Checks) -> anyhow::Result<Value> {
+    use prost::Message;
+    let key = cluster.api_key();
+    cluster.create_index(1, &key, "frames", 4, "cosine").await?;
+    let one = conifer_proto::pinecone::UpsertRequest {
+        vectors: vec![conifer_proto::pinecone::Vector {
+            id: "first".into(),
+            values: vec![1.0, 0.0, 0.0, 0.0],
+            ..Default::default()
+        }],
+        namespace: String::new(),
+    }
+    .encode_to_vec();
+    let frame = |m: &[u8]| {
+        let mut f = vec![0u8];
+        f.extend((m.len() as u32).to_be_bytes());
+        f.extend_from_slice(m);
+        f
+    };
+    let mut body = frame(&one);
+    body.extend(frame(&one));
+    let answer = cluster
+        .grpc_raw(1, &key, "frames", "/VectorService/Upsert", body)
+        .await?;
+    let (_, stats) = call(
+        cluster
+            .data(1, &key, "frames", Method::POST, "/describe_index_stats")
+            .json(&json!({})),
+    )
+    .await?;
+    let total = stats["totalVectorCount"].as_u64().unwrap_or(0);
+    checks.check(
+        answer.code == Some(tonic::Code::InvalidArgument),
+        format!("two messages in a unary call: {answer:?}"),
+    );
+    checks.check(total == 0, format!("{total} records were written"));
+    Ok(json!({
+        "grpc_status": format!("{:?}", answer.code),
+        "message": answer.message,
+        "records_written": total,
+    }))
+}
