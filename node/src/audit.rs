@@ -477,8 +477,14 @@ pub struct AuditEvent {
     pub node_id: u64,
     /// Position in the chain, from 1.
     pub sequence: u64,
+    /// Whether it records a change (kept for its retention) or a refusal (prunable).
+    pub class: EventClass,
     /// `hash` of the previous event of the chain ([`GENESIS_HASH`] for the first).
     pub prev_hash: String,
+    /// `hash` of the last event of a change before this one ([`GENESIS_HASH`] when none):
+    /// the changes' own chain, which still links across pruned refusals, so no change can
+    /// be passed off as a pruned refusal.
+    pub prev_change_hash: String,
     /// SHA-256 of this event's JSON with `hash` empty, hex.
     pub hash: String,
 }
@@ -1086,13 +1092,16 @@ pub fn build_event(
         request_id: context.request_id.clone(),
         node_id: context.node_id,
         sequence: 0,
+        class: EventClass::Change,
         prev_hash: String::new(),
+        prev_change_hash: String::new(),
         hash: String::new(),
     }
 }
 
 /// What an event records, which decides how long it is kept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EventClass {
     /// An attempt to change something (accepted or rejected by the state machine), a sign-in,
     /// a retention purge: kept for the whole retention period.
@@ -1130,11 +1139,16 @@ pub struct Chain {
     pub head_sequence: u64,
     /// Hash of the last event ever appended ([`GENESIS_HASH`] before any).
     pub head_hash: String,
+    /// Hash of the last event of a change ever appended ([`GENESIS_HASH`] before any).
+    pub head_change_hash: String,
     /// Sequence of the last event removed from the front (by retention, or a pruned refusal
     /// that had nothing kept before it); 0 when none was.
     pub anchor_sequence: u64,
     /// Hash of that event: the `prev_hash` the first kept event (or run) must carry.
     pub anchor_hash: String,
+    /// Hash of the last event of a change at or before the anchor: the `prev_change_hash`
+    /// the first kept event after it must carry.
+    pub anchor_change_hash: String,
     /// Refusal events pruned for room, before their retention ran out.
     pub refusals_pruned: u64,
 }
@@ -1147,8 +1161,10 @@ impl Default for Chain {
             pruned: BTreeMap::new(),
             head_sequence: 0,
             head_hash: GENESIS_HASH.into(),
+            head_change_hash: GENESIS_HASH.into(),
             anchor_sequence: 0,
             anchor_hash: GENESIS_HASH.into(),
+            anchor_change_hash: GENESIS_HASH.into(),
             refusals_pruned: 0,
         }
     }
@@ -1172,11 +1188,20 @@ impl Chain {
             .map(|(_, event)| event)
     }
 
-    /// The pruned runs that start after `after` and no later than `until`.
-    pub fn pruned_between(&self, after: u64, until: u64) -> impl Iterator<Item = &PrunedRun> {
-        self.pruned
-            .range(after.saturating_add(1)..=until.max(after.saturating_add(1)))
+    /// The pruned runs that cover a sequence after `after` and start no later than `until`,
+    /// in order.
+    pub fn pruned_overlapping(&self, after: u64, until: u64) -> impl Iterator<Item = &PrunedRun> {
+        let reaching_in = self
+            .pruned
+            .range(..=after)
+            .next_back()
             .map(|(_, run)| run)
+            .filter(|run| run.last_sequence > after);
+        let starting_in = self
+            .pruned
+            .range(after.saturating_add(1)..=until.max(after.saturating_add(1)))
+            .map(|(_, run)| run);
+        reaching_in.into_iter().chain(starting_in)
     }
 
     /// Removes the oldest kept item (event, or a run at the front) and moves the anchor past
@@ -1189,6 +1214,10 @@ impl Chain {
             if self.refusals.front() == Some(&sequence) {
                 self.refusals.pop_front();
             }
+            self.anchor_change_hash = match removed.class {
+                EventClass::Change => removed.hash.clone(),
+                EventClass::Refusal => removed.prev_change_hash,
+            };
             self.anchor_sequence = removed.sequence;
             self.anchor_hash = removed.hash;
         }
@@ -1256,10 +1285,15 @@ impl AuditLog {
         let chain_id = event.chain_id().to_string();
         let chain = self.chains.entry(chain_id.clone()).or_default();
         event.sequence = chain.head_sequence + 1;
+        event.class = class;
         event.prev_hash = chain.head_hash.clone();
+        event.prev_change_hash = chain.head_change_hash.clone();
         event.hash = event_hash(&event);
         chain.head_sequence = event.sequence;
         chain.head_hash = event.hash.clone();
+        if class == EventClass::Change {
+            chain.head_change_hash = event.hash.clone();
+        }
         // Tests: someone edits this replica's copy of the event after it was chained, which
         // `conifer audit verify` through this node must catch.
         #[cfg(feature = "failpoints")]
@@ -1392,10 +1426,14 @@ pub struct ChainHead {
     pub anchor_sequence: u64,
     /// Its hash: what the first kept event's `prev_hash` must be.
     pub anchor_hash: String,
+    /// The changes' chain at the anchor ([`Chain::anchor_change_hash`]).
+    pub anchor_change_hash: String,
     /// Sequence of the last event.
     pub head_sequence: u64,
     /// Its hash.
     pub head_hash: String,
+    /// Hash of the last event of a change.
+    pub head_change_hash: String,
 }
 
 impl From<&Chain> for ChainHead {
@@ -1403,8 +1441,10 @@ impl From<&Chain> for ChainHead {
         Self {
             anchor_sequence: chain.anchor_sequence,
             anchor_hash: chain.anchor_hash.clone(),
+            anchor_change_hash: chain.anchor_change_hash.clone(),
             head_sequence: chain.head_sequence,
             head_hash: chain.head_hash.clone(),
+            head_change_hash: chain.head_change_hash.clone(),
         }
     }
 }
@@ -1426,6 +1466,8 @@ pub struct BrokenLink {
 pub struct Verifier {
     expected_sequence: Option<u64>,
     expected_prev_hash: Option<String>,
+    /// The hash of the last change seen: the next event's `prev_change_hash`.
+    expected_change_hash: Option<String>,
     checked: u64,
     pruned: u64,
 }
@@ -1437,6 +1479,7 @@ impl Verifier {
         Self {
             expected_sequence: anchor.as_ref().map(|(s, _)| s + 1),
             expected_prev_hash: anchor.map(|(_, h)| h),
+            expected_change_hash: None,
             checked: 0,
             pruned: 0,
         }
@@ -1444,7 +1487,9 @@ impl Verifier {
 
     /// A verifier for a whole retained chain: its events must follow `head`'s anchor.
     pub fn anchored(head: &ChainHead) -> Self {
-        Self::new(Some((head.anchor_sequence, head.anchor_hash.clone())))
+        let mut verifier = Self::new(Some((head.anchor_sequence, head.anchor_hash.clone())));
+        verifier.expected_change_hash = Some(head.anchor_change_hash.clone());
+        verifier
     }
 
     /// Checks the next event.
@@ -1481,14 +1526,30 @@ impl Verifier {
                 event.hash
             )));
         }
+        if let Some(expected) = &self.expected_change_hash {
+            if &event.prev_change_hash != expected {
+                return Err(broken(format!(
+                    "prev_change_hash {} does not match the last change's hash {expected} (an \
+                     event of a change is missing)",
+                    event.prev_change_hash
+                )));
+            }
+        }
         self.expected_sequence = Some(event.sequence + 1);
         self.expected_prev_hash = Some(event.hash.clone());
+        self.expected_change_hash = Some(match event.class {
+            EventClass::Change => event.hash.clone(),
+            EventClass::Refusal => event.prev_change_hash.clone(),
+        });
         self.checked += 1;
         Ok(())
     }
 
     /// Steps over a run of pruned refusals: it must start where the chain stands and carry
-    /// the hash the chain stands at.
+    /// the hash the chain stands at. A run that also covers events already checked (they
+    /// were pruned while a reader went page by page) is stepped over from where the chain
+    /// stands; one wholly behind it is ignored. Runs never hold a change, so the changes'
+    /// chain checked at the next change (or the head) catches a change passed off as one.
     pub fn push_pruned(&mut self, run: &PrunedRun) -> Result<(), BrokenLink> {
         let broken = |problem: String| BrokenLink {
             sequence: run.first_sequence,
@@ -1499,6 +1560,15 @@ impl Verifier {
             return Err(broken("a pruned run ends before it starts".into()));
         }
         if let Some(expected) = self.expected_sequence {
+            if run.last_sequence < expected {
+                return Ok(());
+            }
+            if run.first_sequence < expected {
+                self.pruned += run.last_sequence + 1 - expected;
+                self.expected_sequence = Some(run.last_sequence + 1);
+                self.expected_prev_hash = Some(run.last_hash.clone());
+                return Ok(());
+            }
             if run.first_sequence != expected {
                 return Err(broken(format!(
                     "expected sequence {expected}, found a pruned run from {} (events missing \
@@ -1536,6 +1606,19 @@ impl Verifier {
     pub fn finish(&self, head: &ChainHead) -> Result<u64, BrokenLink> {
         let last = self.expected_sequence.map_or(0, |s| s - 1);
         let last_hash = self.expected_prev_hash.as_deref().unwrap_or(GENESIS_HASH);
+        let last_change = self.expected_change_hash.as_deref();
+        if last_change.is_some_and(|h| h != head.head_change_hash) {
+            return Err(BrokenLink {
+                sequence: head.head_sequence,
+                event_id: String::new(),
+                problem: format!(
+                    "the last change seen hashes to {}, but the replicated head's last change is \
+                     {} (an event of a change is missing)",
+                    last_change.unwrap_or_default(),
+                    head.head_change_hash
+                ),
+            });
+        }
         if last != head.head_sequence || last_hash != head.head_hash {
             return Err(BrokenLink {
                 sequence: head.head_sequence,
@@ -1594,7 +1677,7 @@ mod tests {
     /// sequence order.
     fn verify(chain: &Chain) -> Result<u64, BrokenLink> {
         let mut v = Verifier::anchored(&ChainHead::from(chain));
-        let mut runs = chain.pruned_between(0, u64::MAX).peekable();
+        let mut runs = chain.pruned_overlapping(0, u64::MAX).peekable();
         for e in chain.events.values() {
             while let Some(run) = runs.next_if(|r| r.first_sequence < e.sequence) {
                 v.push_pruned(run)?;
@@ -1781,12 +1864,17 @@ mod tests {
         }
         log.append(event("last-change"), EventClass::Change);
         let chain = &log.chains["o1"];
+        let refusals: std::collections::HashSet<u64> = chain.refusals.iter().copied().collect();
         let changes: Vec<&str> = chain
             .events
             .values()
-            .filter(|e| !chain.refusals.contains(&e.sequence))
+            .filter(|e| !refusals.contains(&e.sequence))
             .map(|e| e.id.as_str())
             .collect();
+        assert!(chain
+            .events
+            .values()
+            .all(|e| (e.class == EventClass::Refusal) == refusals.contains(&e.sequence)));
         // Every change is still there, in order; refusals are at their cap.
         let expected_changes = 2 + flood.div_ceil(10_000) as usize;
         assert_eq!(changes.len(), expected_changes, "{changes:?}");
@@ -1807,9 +1895,39 @@ mod tests {
         let first = *tampered.pruned.keys().next().unwrap();
         tampered.pruned.get_mut(&first).unwrap().last_hash = GENESIS_HASH.into();
         assert!(verify(&tampered).is_err());
+        // A change passed off as a pruned run breaks the changes' chain at the next change,
+        // and at the head when it was the last.
+        for hidden in ["e5", "last-change"] {
+            let mut forged = chain.clone();
+            let victim = forged
+                .events
+                .values()
+                .find(|e| e.id == hidden)
+                .cloned()
+                .unwrap();
+            forged.events.remove(&victim.sequence);
+            forged.pruned.insert(
+                victim.sequence,
+                PrunedRun {
+                    first_sequence: victim.sequence,
+                    last_sequence: victim.sequence,
+                    prev_hash: victim.prev_hash.clone(),
+                    last_hash: victim.hash.clone(),
+                },
+            );
+            let broken = verify(&forged).unwrap_err();
+            assert!(
+                broken.problem.contains("change is missing"),
+                "{hidden}: {broken}"
+            );
+        }
         // Retention later removes the front; the runs there fold into the anchor.
         let mut purged = chain.clone();
-        assert_eq!(purged.drop_oldest(), 1 + 5, "the first change and the run of five after it");
+        assert_eq!(
+            purged.drop_oldest(),
+            1 + 5,
+            "the first change and the run of five after it"
+        );
         assert_eq!(purged.anchor_sequence, 6);
         assert_eq!(verify(&purged), Ok(purged.events.len() as u64));
     }

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use conifer_node::api::conn::{
-    CLIENT_HEADER_READ_TIMEOUT_MS, CLIENT_IDLE_TIMEOUT_MS, MAX_CLIENT_CONNECTIONS,
-    MAX_CLIENT_CONNECTIONS_PER_SOURCE,
+    CLIENT_HEADER_READ_TIMEOUT_MS, CLIENT_IDLE_TIMEOUT_MS, MAX_CLIENT_CONNECTIONS_PER_SOURCE,
 };
 use conifer_node::audit::{AuditEvent, ChainHead, PrunedRun, Verifier};
 use conifer_node::auth::throttle::FREE_FAILED_SIGN_INS;
@@ -113,16 +112,6 @@ fn source(a: u8, b: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, a, b))
 }
 
-/// A REST client trusting the cluster CA whose connections come from `from`.
-fn client_from(cluster: &Cluster, from: IpAddr) -> anyhow::Result<reqwest::Client> {
-    let ca_pem = std::fs::read(cluster.ca_dir.join(tls::CA_CERT))?;
-    Ok(reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
-        .local_address(from)
-        .timeout(Duration::from_secs(30))
-        .build()?)
-}
-
 /// The client-port address of node `id`.
 fn api_addr(cluster: &Cluster, id: u64) -> anyhow::Result<SocketAddr> {
     let node = cluster
@@ -207,7 +196,7 @@ async fn victim(
     index: &str,
     duration: Duration,
 ) -> anyhow::Result<(u64, u64, Vec<Duration>)> {
-    let client = client_from(cluster, from)?;
+    let client = cluster.client_from(from)?;
     let key = cluster.api_key();
     let (mut sent, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
     let end = Instant::now() + duration;
@@ -246,7 +235,13 @@ async fn upsert(
 ) -> anyhow::Result<()> {
     for batch in records.chunks(per_batch) {
         let resp = cluster
-            .data(1, &cluster.api_key(), index, Method::POST, "/vectors/upsert")
+            .data(
+                1,
+                &cluster.api_key(),
+                index,
+                Method::POST,
+                "/vectors/upsert",
+            )
             .json(&json!({ "vectors": batch }))
             .send()
             .await?;
@@ -265,11 +260,18 @@ async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> 
     let resp = request.send().await?;
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await?;
-    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
 }
 
 /// 1. One source holding connections, and slowloris clients, while another client works.
-async fn connections(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> anyhow::Result<Value> {
+async fn connections(
+    cluster: &Cluster,
+    scale: Scale,
+    checks: &mut Checks,
+) -> anyhow::Result<Value> {
     let key = cluster.api_key();
     cluster.create_index(1, &key, "conn", 4, "cosine").await?;
     let to = api_addr(cluster, 1)?;
@@ -351,10 +353,9 @@ async fn connections(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> an
         ),
     );
     checks.check(
-        open_at_peak as usize <= MAX_CLIENT_CONNECTIONS,
-        format!("the node held {open_at_peak} connections; its cap is {MAX_CLIENT_CONNECTIONS}"),
+        failed == 0,
+        format!("{failed} of the other client's {sent} requests failed"),
     );
-    checks.check(failed == 0, format!("{failed} of the other client's {sent} requests failed"));
     let p99 = quantile_ms(&mut latencies, 0.99);
     checks.check(
         p99 <= 2_000,
@@ -362,7 +363,10 @@ async fn connections(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> an
     );
     checks.check(
         slow.len() == 50,
-        format!("{} of 50 slowloris connections were closed by the node", slow.len()),
+        format!(
+            "{} of 50 slowloris connections were closed by the node",
+            slow.len()
+        ),
     );
     let slow_max = quantile_ms(&mut slow, 1.0);
     checks.check(
@@ -478,23 +482,29 @@ async fn concurrent_logins(
 /// 2. Concurrent guesses, and guesses interleaved with good sign-ins to another account.
 async fn sign_in_throttle(cluster: &Cluster, checks: &mut Checks) -> anyhow::Result<Value> {
     let password = "a long enough password";
-    for email in ["victim1@abuse.test", "victim2@abuse.test", "attacker@abuse.test"] {
+    for email in [
+        "victim1@abuse.test",
+        "victim2@abuse.test",
+        "attacker@abuse.test",
+    ] {
         member(cluster, email, password).await?;
     }
     let free = FREE_FAILED_SIGN_INS as usize;
 
     // 200 wrong passwords for one account from one address, all at once.
-    let burst = client_from(cluster, source(8, 1))?;
-    let statuses =
-        concurrent_logins(cluster, &burst, vec!["victim1@abuse.test".into(); 200]).await;
+    let burst = cluster.client_from(source(8, 1))?;
+    let statuses = concurrent_logins(cluster, &burst, vec!["victim1@abuse.test".into(); 200]).await;
     let checked_same = statuses.iter().filter(|s| **s == 401).count();
     checks.check(
         checked_same <= free + 1 && statuses.iter().all(|s| *s == 401 || *s == 429),
-        format!("of 200 concurrent guesses at one account, {checked_same} were checked: {:?}", tally(&statuses)),
+        format!(
+            "of 200 concurrent guesses at one account, {checked_same} were checked: {:?}",
+            tally(&statuses)
+        ),
     );
 
     // 200 at once, each at another account, from one address.
-    let spread = client_from(cluster, source(8, 3))?;
+    let spread = cluster.client_from(source(8, 3))?;
     let emails = (0..200).map(|i| format!("nobody{i}@abuse.test")).collect();
     let statuses_spread = concurrent_logins(cluster, &spread, emails).await;
     let checked_spread = statuses_spread.iter().filter(|s| **s == 401).count();
@@ -504,10 +514,19 @@ async fn sign_in_throttle(cluster: &Cluster, checks: &mut Checks) -> anyhow::Res
     );
 
     // A guess at the victim, then a good sign-in to the attacker's own account, 40 times.
-    let alternating = client_from(cluster, source(8, 2))?;
+    let alternating = cluster.client_from(source(8, 2))?;
     let (mut guesses_checked, mut own_ok) = (0, 0);
     for _ in 0..40 {
-        if login(cluster, &alternating, 1, "victim2@abuse.test", "wrong guess, again").await == 401 {
+        if login(
+            cluster,
+            &alternating,
+            1,
+            "victim2@abuse.test",
+            "wrong guess, again",
+        )
+        .await
+            == 401
+        {
             guesses_checked += 1;
         }
         if login(cluster, &alternating, 1, "attacker@abuse.test", password).await == 200 {
@@ -522,19 +541,23 @@ async fn sign_in_throttle(cluster: &Cluster, checks: &mut Checks) -> anyhow::Res
              good sign-ins must not reset the count)"
         ),
     );
-    // The victim, from elsewhere and once the wait is over, still signs in.
-    let owner = client_from(cluster, source(8, 4))?;
-    let mut owner_status = 0;
-    for _ in 0..40 {
-        owner_status = login(cluster, &owner, 2, "victim1@abuse.test", password).await;
-        if owner_status == 200 {
-            break;
-        }
+    // The owner, from elsewhere, is held off only while the account's wait runs, then signs
+    // in (through the same node, which counted the guesses).
+    let owner = cluster.client_from(source(8, 4))?;
+    let first_try = login(cluster, &owner, 1, "victim1@abuse.test", password).await;
+    let mut owner_status = first_try;
+    let waited = Instant::now();
+    while owner_status != 200 && waited.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        owner_status = login(cluster, &owner, 1, "victim1@abuse.test", password).await;
     }
     checks.check(
+        first_try == 429,
+        format!("the attacked account was not in a wait: the owner got {first_try}"),
+    );
+    checks.check(
         owner_status == 200,
-        format!("the real owner could not sign in through another node: {owner_status}"),
+        format!("the real owner could not sign in after the wait: {owner_status}"),
     );
     Ok(json!({
         "concurrent_guesses_one_account": 200,
@@ -545,7 +568,8 @@ async fn sign_in_throttle(cluster: &Cluster, checks: &mut Checks) -> anyhow::Res
         "interleaved_guesses": 40,
         "interleaved_guesses_checked": guesses_checked,
         "own_sign_ins_succeeded": own_ok,
-        "owner_signs_in_through_node_2": owner_status == 200,
+        "owner_first_try_status": first_try,
+        "owner_signed_in_after_ms": waited.elapsed().as_millis() as u64,
     }))
 }
 
@@ -567,9 +591,16 @@ async fn password_hashing(
             .context("no VmRSS")
     };
     // Warm up: the workers allocate their memory once.
-    let warm = client_from(cluster, source(9, 250))?;
+    let warm = cluster.client_from(source(9, 250))?;
     for i in 0..4 {
-        let _ = login(cluster, &warm, 1, &format!("warm{i}@abuse.test"), "nope nope nope").await;
+        let _ = login(
+            cluster,
+            &warm,
+            1,
+            &format!("warm{i}@abuse.test"),
+            "nope nope nope",
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss()?;
@@ -579,7 +610,7 @@ async fn password_hashing(
     for burst in 0..bursts {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..200u8 {
-            let client = client_from(cluster, source(10 + burst, i.max(1)))?;
+            let client = cluster.client_from(source(10 + burst, i.max(1)))?;
             let url = cluster.url(1, "/auth/login");
             tasks.spawn(async move {
                 client
@@ -618,11 +649,21 @@ async fn password_hashing(
 }
 
 /// 4. Writes whose merged result would pass a limit.
-async fn merged_limits(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> anyhow::Result<Value> {
+async fn merged_limits(
+    cluster: &Cluster,
+    scale: Scale,
+    checks: &mut Checks,
+) -> anyhow::Result<Value> {
     let key = cluster.api_key();
     cluster.create_index(1, &key, "merge", 4, "cosine").await?;
     let blob = "m".repeat(39 * 1024);
-    upsert(cluster, "merge", vec![json!({"id": "r", "values": [1.0, 0.0, 0.0, 0.0]})], 1).await?;
+    upsert(
+        cluster,
+        "merge",
+        vec![json!({"id": "r", "values": [1.0, 0.0, 0.0, 0.0]})],
+        1,
+    )
+    .await?;
     let mut update_statuses = Vec::new();
     for i in 0..5 {
         let (status, _) = call(
@@ -633,7 +674,8 @@ async fn merged_limits(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> 
         .await?;
         update_statuses.push(status);
     }
-    let (_, fetched) = call(cluster.data(1, &key, "merge", Method::GET, "/vectors/fetch?ids=r")).await?;
+    let (_, fetched) =
+        call(cluster.data(1, &key, "merge", Method::GET, "/vectors/fetch?ids=r")).await?;
     let stored = fetched["vectors"]["r"]["metadata"].to_string().len();
     checks.check(
         update_statuses[0] == 200 && update_statuses[1..].iter().all(|s| *s == 400),
@@ -654,7 +696,9 @@ async fn merged_limits(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> 
         let (status, _) = call(
             cluster
                 .data(1, &key, "merge", Method::POST, "/vectors/update")
-                .json(&json!({"filter": {"g": {"$eq": 1}}, "setMetadata": {format!("b{i}"): blob}})),
+                .json(
+                    &json!({"filter": {"g": {"$eq": 1}}, "setMetadata": {format!("b{i}"): blob}}),
+                ),
         )
         .await?;
         filter_statuses.push(status);
@@ -670,12 +714,11 @@ async fn merged_limits(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> 
         sample_bytes <= 40 * 1024 && sample["vectors"]["g7"]["metadata"].get("b1").is_none(),
         format!("a record matched by the filter holds {sample_bytes} bytes of metadata"),
     );
-    let (status, body) = call(
-        cluster
-            .data(1, &key, "merge", Method::POST, "/query")
-            .json(&json!({"vector": [1.0, 0.5, 0.0, 0.0], "topK": 10_000, "includeMetadata": true})),
-    )
-    .await?;
+    let (status, body) =
+        call(cluster.data(1, &key, "merge", Method::POST, "/query").json(
+            &json!({"vector": [1.0, 0.5, 0.0, 0.0], "topK": 10_000, "includeMetadata": true}),
+        ))
+        .await?;
     checks.check(
         status == 400,
         format!("topK 10,000 with metadata answered {status}: {body}"),
@@ -694,7 +737,9 @@ async fn merged_limits(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> 
 async fn bounded_responses(cluster: &Cluster, checks: &mut Checks) -> anyhow::Result<Value> {
     let key = cluster.api_key();
     let dimension = 2_000usize;
-    cluster.create_index(1, &key, "big", dimension as u32, "cosine").await?;
+    cluster
+        .create_index(1, &key, "big", dimension as u32, "cosine")
+        .await?;
     let blob = "b".repeat(39 * 1024);
     let records: Vec<Value> = (0..200)
         .map(|i| {
@@ -705,9 +750,11 @@ async fn bounded_responses(cluster: &Cluster, checks: &mut Checks) -> anyhow::Re
         .collect();
     upsert(cluster, "big", records, 25).await?;
     let query = |top_k: u32, metadata: bool| {
-        cluster.data(1, &key, "big", Method::POST, "/query").json(&json!({
-            "vector": vec![0.5f32; dimension], "topK": top_k, "includeMetadata": metadata,
-        }))
+        cluster
+            .data(1, &key, "big", Method::POST, "/query")
+            .json(&json!({
+                "vector": vec![0.5f32; dimension], "topK": top_k, "includeMetadata": metadata,
+            }))
     };
     let (with_data, body_a) = call(query(10_000, true)).await?;
     let (ids_only, body_b) = call(query(10_000, false)).await?;
@@ -721,7 +768,10 @@ async fn bounded_responses(cluster: &Cluster, checks: &mut Checks) -> anyhow::Re
         &format!("/vectors/fetch?{}", ids.join("&")),
     ))
     .await?;
-    checks.check(with_data == 400, format!("topK 10,000 with metadata: {with_data} {body_a}"));
+    checks.check(
+        with_data == 400,
+        format!("topK 10,000 with metadata: {with_data} {body_a}"),
+    );
     checks.check(
         ids_only == 200 && body_b["matches"].as_array().map_or(0, Vec::len) == 200,
         format!("topK 10,000 without data: {ids_only}"),
@@ -762,7 +812,10 @@ async fn bounded_responses(cluster: &Cluster, checks: &mut Checks) -> anyhow::Re
             break;
         }
     }
-    checks.check(seen.len() == 200, format!("fetch by metadata returned {} of 200", seen.len()));
+    checks.check(
+        seen.len() == 200,
+        format!("fetch by metadata returned {} of 200", seen.len()),
+    );
     checks.check(
         pages.len() >= 3,
         format!("pages of 100 records of 47 KB were not cut under 4 MiB: {pages:?}"),
@@ -790,13 +843,21 @@ async fn verified_chain(
     let mut after = String::new();
     loop {
         let page = cluster
-            .audit_page(via, Some(org), &format!("limit=1000&pagination_token={after}"))
+            .audit_page(
+                via,
+                Some(org),
+                &format!("limit=1000&pagination_token={after}"),
+            )
             .await?;
         if head.is_none() {
             head = Some(serde_json::from_value(page["chain"].clone())?);
         }
-        events.extend(serde_json::from_value::<Vec<AuditEvent>>(page["data"].clone())?);
-        runs.extend(serde_json::from_value::<Vec<PrunedRun>>(page["pruned"].clone()).unwrap_or_default());
+        events.extend(serde_json::from_value::<Vec<AuditEvent>>(
+            page["data"].clone(),
+        )?);
+        runs.extend(
+            serde_json::from_value::<Vec<PrunedRun>>(page["pruned"].clone()).unwrap_or_default(),
+        );
         match page["pagination"]["next"].as_str() {
             Some(next) => after = next.to_string(),
             None => break,
@@ -804,7 +865,10 @@ async fn verified_chain(
     }
     let head = head.context("no page")?;
     let mut verifier = Verifier::anchored(&head);
-    let mut runs = runs.into_iter().filter(|r| r.first_sequence <= head.head_sequence).peekable();
+    let mut runs = runs
+        .into_iter()
+        .filter(|r| r.first_sequence <= head.head_sequence)
+        .peekable();
     for event in events.iter().filter(|e| e.sequence <= head.head_sequence) {
         while let Some(run) = runs.next_if(|r| r.first_sequence < event.sequence) {
             verifier.push_pruned(&run)?;
@@ -819,12 +883,20 @@ async fn verified_chain(
 }
 
 /// 5. A read-only key looping on a refused admin call.
-async fn audit_flood(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> anyhow::Result<Value> {
+async fn audit_flood(
+    cluster: &Cluster,
+    scale: Scale,
+    checks: &mut Checks,
+) -> anyhow::Result<Value> {
     let org = cluster.organization_id();
-    let viewer = cluster.key_in(&cluster.project_id(), &["DataPlaneViewer"]).await?;
+    let viewer = cluster
+        .key_in(&cluster.project_id(), &["DataPlaneViewer"])
+        .await?;
     // Some changes first, so there is history to keep.
     for _ in 0..5 {
-        cluster.key_in(&cluster.project_id(), &["DataPlaneViewer"]).await?;
+        cluster
+            .key_in(&cluster.project_id(), &["DataPlaneViewer"])
+            .await?;
     }
     let (before, _, _) = verified_chain(cluster, 1, &org).await?;
     let duration = Duration::from_secs(if scale == Scale::Full { 90 } else { 10 });
@@ -832,7 +904,7 @@ async fn audit_flood(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> an
     let refused = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     let end = Instant::now() + duration;
-    let client = client_from(cluster, source(11, 1))?;
+    let client = cluster.client_from(source(11, 1))?;
     for _ in 0..8 {
         let (client, viewer) = (client.clone(), viewer.clone());
         let (sent, refused) = (sent.clone(), refused.clone());
@@ -864,7 +936,10 @@ async fn audit_flood(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> an
     .await;
     let (after, head, checked) = verified_chain(cluster, 2, &org).await?;
     let by_hash: BTreeSet<&str> = after.iter().map(|e| e.hash.as_str()).collect();
-    let lost = before.iter().filter(|e| !by_hash.contains(e.hash.as_str())).count();
+    let lost = before
+        .iter()
+        .filter(|e| !by_hash.contains(e.hash.as_str()))
+        .count();
     let flood: Vec<&AuditEvent> = after
         .iter()
         .filter(|e| e.sequence > before.last().map_or(0, |l| l.sequence))
@@ -883,8 +958,14 @@ async fn audit_flood(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> an
         })
         .count() as u64;
     let recorded = flood.len() as u64 - summaries;
-    checks.check(lost == 0, format!("{lost} events from before the flood are gone"));
-    checks.check(refused == sent, format!("{refused} of {sent} attempts were refused"));
+    checks.check(
+        lost == 0,
+        format!("{lost} events from before the flood are gone"),
+    );
+    checks.check(
+        refused == sent,
+        format!("{refused} of {sent} attempts were refused"),
+    );
     checks.check(
         recorded + summarized == refused,
         format!(
@@ -912,18 +993,30 @@ async fn audit_flood(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> an
 }
 
 /// 7. Garbage credentials at one node while another client works through it.
-async fn garbage_keys(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> anyhow::Result<Value> {
+async fn garbage_keys(
+    cluster: &Cluster,
+    scale: Scale,
+    checks: &mut Checks,
+) -> anyhow::Result<Value> {
     let key = cluster.api_key();
-    cluster.create_index(1, &key, "garbage", 4, "cosine").await?;
+    cluster
+        .create_index(1, &key, "garbage", 4, "cosine")
+        .await?;
     let info = cluster.cluster_info(1).await?;
     let leader = info["leader_id"].as_u64().context("no leader")?;
     let target = (1..=3).find(|id| *id != leader).unwrap_or(2);
     let term_before = info["term"].as_u64().unwrap_or(0);
     let rounds_before = cluster.cluster_info(target).await?["read_index_rounds"]
         .as_u64()
-        .unwrap_or(0);
-    let (_, _, mut baseline) =
-        victim(cluster, target, source(12, 2), "garbage", Duration::from_secs(3)).await?;
+        .context("the node reports no read_index_rounds")?;
+    let (_, _, mut baseline) = victim(
+        cluster,
+        target,
+        source(12, 2),
+        "garbage",
+        Duration::from_secs(3),
+    )
+    .await?;
     let duration = Duration::from_secs(if scale == Scale::Full { 30 } else { 5 });
     let ca_pem = std::fs::read(cluster.ca_dir.join(tls::CA_CERT))?;
     let flood_client = reqwest::Client::builder()
@@ -936,7 +1029,8 @@ async fn garbage_keys(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> a
     let unauthenticated = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..64u64 {
+    let workers = if scale == Scale::Full { 64 } else { 16 };
+    for worker in 0..workers {
         let client = flood_client.clone();
         let (sent, unauthenticated) = (sent.clone(), unauthenticated.clone());
         let url = cluster.url(target, "/describe_index_stats");
@@ -960,20 +1054,47 @@ async fn garbage_keys(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> a
             }
         });
     }
+    // The leader's last quorum acknowledgement, sampled through the flood.
+    let sampler = {
+        let (http, url, token) = (
+            cluster.http.clone(),
+            cluster.url(leader, "/admin/cluster"),
+            cluster.admin_token(),
+        );
+        tokio::spawn(async move {
+            let mut worst = 0u64;
+            while Instant::now() < end {
+                if let Ok(resp) = http.get(&url).bearer_auth(&token).send().await {
+                    if let Ok(info) = resp.json::<Value>().await {
+                        worst = worst.max(info["millis_since_quorum_ack"].as_u64().unwrap_or(0));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            worst
+        })
+    };
     let (victim_sent, victim_failed, mut during) =
         victim(cluster, target, source(12, 2), "garbage", duration).await?;
     while tasks.join_next().await.is_some() {}
+    let quorum_ack_worst_ms = sampler.await.unwrap_or(0);
     let sent = sent.load(Ordering::Relaxed);
     let unauthenticated = unauthenticated.load(Ordering::Relaxed);
     let after = cluster.cluster_info(target).await?;
-    let rounds = after["read_index_rounds"].as_u64().unwrap_or(0) - rounds_before;
+    let rounds = after["read_index_rounds"]
+        .as_u64()
+        .context("the node reports no read_index_rounds")?
+        - rounds_before;
     let info = cluster.cluster_info(1).await?;
     let term_after = info["term"].as_u64().unwrap_or(0);
     let p99_before = quantile_ms(&mut baseline, 0.99);
     let p99_during = quantile_ms(&mut during, 0.99);
     // Lease renewals (every LEASE_RENEW_MS) and the catch-ups the rate allows, with room.
     let rounds_bound = duration.as_secs() * (5 + 10) + 20;
-    checks.check(unauthenticated == sent, format!("{unauthenticated} of {sent} garbage keys were refused"));
+    checks.check(
+        unauthenticated == sent,
+        format!("{unauthenticated} of {sent} garbage keys were refused"),
+    );
     checks.check(
         rounds <= rounds_bound,
         format!("{rounds} read-index rounds for {sent} garbage keys (bound {rounds_bound})"),
@@ -982,7 +1103,10 @@ async fn garbage_keys(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> a
         term_after == term_before && info["leader_id"].as_u64() == Some(leader),
         format!("the leader changed during the flood (term {term_before} -> {term_after})"),
     );
-    checks.check(victim_failed == 0, format!("{victim_failed} of {victim_sent} requests failed"));
+    checks.check(
+        victim_failed == 0,
+        format!("{victim_failed} of {victim_sent} requests failed"),
+    );
     checks.check(
         p99_during <= 2_000,
         format!("the other client's p99 was {p99_during} ms during the flood (bound 2,000 ms)"),
@@ -994,6 +1118,8 @@ async fn garbage_keys(cluster: &Cluster, scale: Scale, checks: &mut Checks) -> a
         "read_index_rounds": rounds,
         "read_index_rounds_bound": rounds_bound,
         "catch_ups_refused": after["unknown_credential_catch_ups_refused"],
+        "leader_millis_since_quorum_ack_worst": quorum_ack_worst_ms,
+        "flood_workers": workers,
         "leader_term_before": term_before,
         "leader_term_after": term_after,
         "other_client_p99_ms_before": p99_before,

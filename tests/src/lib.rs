@@ -524,6 +524,17 @@ impl Cluster {
         }
     }
 
+    /// A REST client trusting the cluster CA whose connections come from loopback address
+    /// `source` (127.0.0.0/8 is all routed to `lo`): to the nodes, another client.
+    pub fn client_from(&self, source: std::net::IpAddr) -> anyhow::Result<reqwest::Client> {
+        let ca_pem = std::fs::read(self.ca_dir.join(tls::CA_CERT))?;
+        Ok(reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
+            .local_address(source)
+            .timeout(Duration::from_secs(30))
+            .build()?)
+    }
+
     /// A data-plane REST call to index `index` through node `via` (explicit index header).
     pub fn data(
         &self,

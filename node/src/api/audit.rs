@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use super::access::{Caller, ClientAddr};
 use super::{ApiError, ApiState};
 use crate::audit::{
-    self, ActorRef, AuditContext, AuditDraft, ChainHead, EventOutcome, Filter, Params, PrunedRun,
-    PrincipalType, Resource, ResourceType, Verb, CLUSTER_CHAIN,
+    self, ActorRef, AuditContext, AuditDraft, ChainHead, EventOutcome, Filter, Params,
+    PrincipalType, PrunedRun, Resource, ResourceType, Verb, CLUSTER_CHAIN,
 };
 use crate::auth::Principal;
 use crate::control::{Command, ControlPlane};
@@ -173,11 +173,15 @@ impl RefusalRate {
         } else {
             actor.principal_id.as_str()
         };
-        format!(
-            "{:?}|{who}|{}",
-            actor.principal_type,
-            draft.context.source_ip.as_deref().unwrap_or_default()
-        )
+        // By source (an IPv6 client rotating addresses in its /64 is one source).
+        let source = draft
+            .context
+            .source_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .map(|ip| crate::auth::throttle::source_of(ip).to_string())
+            .unwrap_or_default();
+        format!("{:?}|{who}|{source}", actor.principal_type)
     }
 
     /// `Some(draft)` when it may be recorded now; otherwise it is counted for the pair's
@@ -188,7 +192,9 @@ impl RefusalRate {
         if self.limiter.len() >= MAX_SUMMARIZED_PAIRS {
             self.limiter.retain_recent();
         }
-        if self.limiter.check_key(&pair).is_ok() {
+        // Past MAX_SUMMARIZED_PAIRS pairs in the limiter, a new pair is summarized at once.
+        let tracked = self.limiter.len() < MAX_SUMMARIZED_PAIRS;
+        if tracked && self.limiter.check_key(&pair).is_ok() {
             return Ok(Some(draft));
         }
         let mut suppressed = self.suppressed.lock().unwrap_or_else(|e| e.into_inner());
@@ -605,7 +611,13 @@ fn page(
     let (events, pruned, next, head, chain) = state.control.read(|s| {
         let Some(chain) = s.audit.chains.get(chain_id) else {
             let empty = crate::audit::Chain::default();
-            return (Vec::new(), Vec::new(), None, ChainHead::from(&empty), json!({}));
+            return (
+                Vec::new(),
+                Vec::new(),
+                None,
+                ChainHead::from(&empty),
+                json!({}),
+            );
         };
         let mut events = Vec::new();
         let mut next = None;
@@ -618,9 +630,10 @@ fn page(
                 events.push(event.clone());
             }
         }
-        // The pruned runs this page spans, for a reader verifying the chain page by page.
+        // The pruned runs this page spans (also one reaching back before it: refusals read
+        // on an earlier page may have been pruned since), for a reader verifying page by page.
         let pruned: Vec<PrunedRun> = chain
-            .pruned_between(after, next.unwrap_or(u64::MAX))
+            .pruned_overlapping(after, next.unwrap_or(u64::MAX))
             .cloned()
             .collect();
         let facts = json!({
@@ -636,8 +649,10 @@ fn page(
         "organization_id": organization_id,
         "anchor_sequence": head.anchor_sequence,
         "anchor_hash": head.anchor_hash,
+        "anchor_change_hash": head.anchor_change_hash,
         "head_sequence": head.head_sequence,
         "head_hash": head.head_hash,
+        "head_change_hash": head.head_change_hash,
     });
     if let (Some(out), Some(facts)) = (chain_json.as_object_mut(), chain.as_object()) {
         out.extend(facts.clone());

@@ -34,6 +34,22 @@ pub enum BodyError {
     Broken(String),
     /// It did not arrive within [`CLIENT_BODY_READ_TIMEOUT_MS`].
     TimedOut,
+    /// The node already buffers [`MAX_BUFFERED_BODY_BYTES`] of request bodies being read.
+    Busy,
+}
+
+/// Most bytes of request bodies all the node's requests may hold while they are being read
+/// (each is bounded by its route's limit, but 128 connections × 64 streams of 4 MiB would
+/// not be); a body that would pass it is refused with 429 / `RESOURCE_EXHAUSTED`.
+pub const MAX_BUFFERED_BODY_BYTES: usize = 256 * 1024 * 1024;
+
+/// The node's budget of [`MAX_BUFFERED_BODY_BYTES`], in KiB permits.
+fn body_budget() -> &'static std::sync::Arc<tokio::sync::Semaphore> {
+    static BUDGET: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
+        std::sync::OnceLock::new();
+    BUDGET.get_or_init(|| {
+        std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_BUFFERED_BODY_BYTES / 1024))
+    })
 }
 
 /// Reads `body` whole when it is at most `limit_bytes`; past that, reads on and discards up
@@ -49,10 +65,25 @@ pub async fn read_bounded(
         let mut stream = body.into_data_stream();
         let mut kept = Vec::new();
         let mut seen = 0usize;
+        // KiB of the node's body budget this request holds while it reads.
+        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
             seen = seen.saturating_add(chunk.len());
             if seen <= limit_bytes {
+                let want = kept.len().saturating_add(chunk.len()).div_ceil(1024);
+                let have = held.as_ref().map_or(0, |p| p.num_permits());
+                if want > have {
+                    let more = u32::try_from(want - have).map_err(|_| BodyError::Busy)?;
+                    let permit = body_budget()
+                        .clone()
+                        .try_acquire_many_owned(more)
+                        .map_err(|_| BodyError::Busy)?;
+                    match held.as_mut() {
+                        Some(h) => h.merge(permit),
+                        None => held = Some(permit),
+                    }
+                }
                 kept.extend_from_slice(&chunk);
             } else if seen > limit_bytes.saturating_add(MAX_DRAINED_BODY_BYTES) {
                 break;
@@ -110,6 +141,7 @@ pub async fn limit_body(
                 .into_response()
         }
         Err(BodyError::TimedOut) => return ApiError::body_timed_out().into_response(),
+        Err(BodyError::Busy) => return ApiError::bodies_busy().into_response(),
     };
     if let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         // `{}` says nothing (some clients send it with every DELETE): as good as no body.

@@ -33,15 +33,18 @@ pub const RESERVED_CLIENT_CONNECTIONS: usize = 256;
 /// Most connections a source may hold and still be given one of the reserved slots.
 pub const MAX_RESERVED_CONNECTIONS_PER_SOURCE: usize = 8;
 /// Time a connection may stay open with no request in flight (after its handshake, or
-/// since its last response) before the node closes it. Covers HTTP/2, whose requests'
-/// headers arrive in frames of their own.
+/// since its last response) before the node closes it: what bounds an idle HTTP/2
+/// connection, or one whose client never completes a request's headers.
 pub const CLIENT_IDLE_TIMEOUT_MS: u64 = 60_000;
-/// Time an HTTP/1.1 client has to send a request's headers once it started them.
+/// Time an HTTP/1.1 connection may wait for a request's headers: hyper starts it whenever it
+/// waits for the next request, so it also closes an idle HTTP/1.1 keep-alive connection.
 pub const CLIENT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Time a client has to send a request's whole body (4 MiB at 140 KB/s), from when the
 /// handler starts reading it; past it the request is refused with 408 /
 /// `DEADLINE_EXCEEDED`.
 pub const CLIENT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Most requests one HTTP/2 connection carries at once (its `SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 64;
 /// Time in-flight requests get to finish once an idle connection is being closed.
 pub const CLIENT_CLOSE_GRACE_MS: u64 = 10_000;
 

@@ -119,6 +119,18 @@ impl ApiError {
         }
     }
 
+    /// 429 `RESOURCE_EXHAUSTED`: the node holds its budget of request bodies being read.
+    pub fn bodies_busy() -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "RESOURCE_EXHAUSTED",
+            message: format!(
+                "this node is reading {} MiB of request bodies already; retry",
+                super::body::MAX_BUFFERED_BODY_BYTES / (1024 * 1024)
+            ),
+        }
+    }
+
     /// The gRPC code of this error: from its error code through [`CODES`], never from the
     /// HTTP status (several codes share a status, e.g. 400).
     pub fn grpc_code(&self) -> tonic::Code {

@@ -218,6 +218,10 @@ pub async fn check_frame(
             let error = ApiError::body_timed_out();
             return Status::new(error.grpc_code(), error.message).into_http();
         }
+        Err(super::body::BodyError::Busy) => {
+            let error = ApiError::bodies_busy();
+            return Status::new(error.grpc_code(), error.message).into_http();
+        }
     };
     if let Err(message) = frame_problem(&bytes) {
         return Status::invalid_argument(message).into_http();

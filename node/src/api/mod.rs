@@ -366,6 +366,9 @@ pub async fn serve(
                 .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_millis(conn::CLIENT_HEADER_READ_TIMEOUT_MS));
+            builder
+                .http2()
+                .max_concurrent_streams(conn::MAX_CONCURRENT_STREAMS_PER_CONNECTION);
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             tokio::pin!(connection);
             let ended = tokio::select! {
@@ -479,6 +482,7 @@ async fn cluster(
         "shards": shards,
         "leader_id": metrics.current_leader,
         "term": metrics.current_term,
+        "millis_since_quorum_ack": metrics.millis_since_quorum_ack,
         "last_applied_index": metrics.last_applied.map(|l| l.index),
         "snapshot_index": metrics.snapshot.map(|l| l.index),
         "purged_index": metrics.purged.map(|l| l.index),

@@ -307,7 +307,14 @@ pub async fn login(
             },
         )
     };
-    attempt(&state, &info, Operation::Login, (source, &body.email), check).await
+    attempt(
+        &state,
+        &info,
+        Operation::Login,
+        (source, &body.email),
+        check,
+    )
+    .await
 }
 
 /// Body of `POST /auth/password`.

@@ -475,7 +475,10 @@ pub async fn query_local(
             .map_err(ApiError::internal)?,
         _ => Vec::new(),
     };
-    let mut size = ResponseSize::new("query result", "lower topK, or leave out values or metadata");
+    let mut size = ResponseSize::new(
+        "query result",
+        "lower topK, or leave out values or metadata",
+    );
     let matches = hits
         .into_iter()
         .map(|h| {

@@ -256,7 +256,11 @@ mod tests {
         assert!(!phc.contains("correct horse"));
         assert!(verify_with("correct horse battery", &phc, &mut memory));
         assert!(!verify_with("correct horse batterz", &phc, &mut memory));
-        assert!(!verify_with("correct horse battery", "not a phc string", &mut memory));
+        assert!(!verify_with(
+            "correct horse battery",
+            "not a phc string",
+            &mut memory
+        ));
         // Hashes stored by the argon2 crate's own API (earlier versions) still verify.
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
         let stored = Argon2::default()
@@ -284,10 +288,24 @@ mod tests {
     #[tokio::test]
     async fn the_pool_answers_and_refuses_past_its_queue() {
         let pool = PasswordWork::start(1);
-        let phc = pool.hash("a password of mine".into()).await.unwrap().unwrap();
-        assert_eq!(pool.verify("a password of mine".into(), Some(phc.clone())).await, Ok(true));
-        assert_eq!(pool.verify("not it at all".into(), Some(phc.clone())).await, Ok(false));
-        assert_eq!(pool.verify("a password of mine".into(), None).await, Ok(false));
+        let phc = pool
+            .hash("a password of mine".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            pool.verify("a password of mine".into(), Some(phc.clone()))
+                .await,
+            Ok(true)
+        );
+        assert_eq!(
+            pool.verify("not it at all".into(), Some(phc.clone())).await,
+            Ok(false)
+        );
+        assert_eq!(
+            pool.verify("a password of mine".into(), None).await,
+            Ok(false)
+        );
         // One worker busy, the queue full: the next request is refused at once.
         let mut waiting = Vec::new();
         let mut refused = 0;

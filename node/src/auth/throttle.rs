@@ -55,7 +55,8 @@ pub const MAX_SIGN_IN_BACKOFF_MS: u64 = 15 * 60_000;
 /// Failures are forgotten this long after the last attempt, once no wait is running.
 pub const SIGN_IN_FORGET_MS: u64 = 15 * 60_000;
 /// Most sources, and most accounts, tracked at once; past it forgotten records go first,
-/// then the one whose last attempt is oldest.
+/// then the one with the fewest failures (of those, the oldest): an account under a long
+/// guessing run is the last to be forgotten, not the first.
 pub const MAX_TRACKED_SIGN_IN_KEYS: usize = 10_000;
 
 #[derive(Clone, Copy, Debug)]
@@ -105,17 +106,20 @@ impl<K: Hash + Eq + Clone> Table<K> {
         if !self.0.contains_key(key) && self.0.len() >= MAX_TRACKED_SIGN_IN_KEYS {
             self.0.retain(|_, r| !r.forgotten(now));
             if self.0.len() >= MAX_TRACKED_SIGN_IN_KEYS {
-                let oldest = self
+                let least = self
                     .0
                     .iter()
-                    .min_by_key(|(_, r)| r.last_attempt)
+                    .min_by_key(|(_, r)| (r.failures, r.last_attempt))
                     .map(|(k, _)| k.clone());
-                if let Some(k) = oldest {
+                if let Some(k) = least {
                     self.0.remove(&k);
                 }
             }
         }
-        let record = self.0.entry(key.clone()).or_insert_with(|| Record::new(now));
+        let record = self
+            .0
+            .entry(key.clone())
+            .or_insert_with(|| Record::new(now));
         if record.forgotten(now) {
             *record = Record::new(now);
         }
@@ -282,7 +286,10 @@ mod tests {
         assert_eq!(t.refused(), 200 - admitted.len() as u64);
         // The wait doubles with each failure past the free ones, up to the cap.
         assert_eq!(backoff(1), Duration::from_millis(SIGN_IN_BACKOFF_BASE_MS));
-        assert_eq!(backoff(2), Duration::from_millis(2 * SIGN_IN_BACKOFF_BASE_MS));
+        assert_eq!(
+            backoff(2),
+            Duration::from_millis(2 * SIGN_IN_BACKOFF_BASE_MS)
+        );
         assert_eq!(backoff(40), Duration::from_millis(MAX_SIGN_IN_BACKOFF_MS));
         let wait = t.admit(ip(1), "someone@x.io", now).unwrap_err();
         assert_eq!(wait, backoff(1));
@@ -329,7 +336,9 @@ mod tests {
         // The owner, once the wait ends, signs in and clears the account; the sources keep
         // their counts.
         let later = now + backoff(1);
-        let owner = t.admit(ip(200), "victim@x.io", later).expect("after the wait");
+        let owner = t
+            .admit(ip(200), "victim@x.io", later)
+            .expect("after the wait");
         t.succeeded(owner);
         assert!(t.admit(ip(201), "victim@x.io", later).is_ok());
     }
@@ -354,9 +363,19 @@ mod tests {
         for _ in 0..FREE_FAILED_SIGN_INS + 1 {
             assert!(t.admit(ip(1), "a@x.io", later).is_ok());
         }
+        // An account under a long guessing run...
+        let guessed = (0..30u8)
+            .filter(|i| t.admit(ip(100 + i), "victim@x.io", now).is_ok())
+            .count();
+        assert_eq!(guessed, FREE_FAILED_SIGN_INS as usize + 1);
         for i in 0..(MAX_TRACKED_SIGN_IN_KEYS as u32 + 10) {
-            let _ = t.admit(IpAddr::from(i.to_be_bytes()), "b@x.io", now);
+            let _ = t.admit(IpAddr::from(i.to_be_bytes()), &format!("b{i}@x.io"), now);
         }
-        assert_eq!(t.tracked().0, MAX_TRACKED_SIGN_IN_KEYS);
+        assert_eq!(
+            t.tracked(),
+            (MAX_TRACKED_SIGN_IN_KEYS, MAX_TRACKED_SIGN_IN_KEYS)
+        );
+        // ...is still throttled after 10,000 other names passed through the table.
+        assert!(t.admit(ip(250), "victim@x.io", now).is_err());
     }
 }

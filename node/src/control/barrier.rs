@@ -67,12 +67,36 @@ impl Coalesced {
     }
 }
 
+/// Marks the driver stopped when it ends without doing so itself (a panicking barrier), so
+/// the next caller starts another.
+struct Stopped {
+    rounds: Arc<Mutex<Rounds>>,
+    armed: bool,
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if self.armed {
+            self.rounds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .running = false;
+        }
+    }
+}
+
 async fn drive(rounds: Arc<Mutex<Rounds>>, run: RunBarrier) {
+    let mut stopped = Stopped {
+        rounds: rounds.clone(),
+        armed: true,
+    };
     loop {
         let batch = {
             let mut r = rounds.lock().unwrap_or_else(|e| e.into_inner());
             if r.waiting.is_empty() {
+                // Under the lock that callers check it with.
                 r.running = false;
+                stopped.armed = false;
                 return;
             }
             r.rounds += 1;
@@ -115,7 +139,10 @@ mod tests {
         }
         // The first round took whoever was there; the rest waited for the second.
         let rounds = started.load(Ordering::SeqCst);
-        assert!((1..=3).contains(&rounds), "{rounds} rounds for 1,000 waiters");
+        assert!(
+            (1..=3).contains(&rounds),
+            "{rounds} rounds for 1,000 waiters"
+        );
         assert_eq!(coalesced.rounds(), rounds);
         // A later waiter gets a round of its own.
         coalesced.wait().await.unwrap();

@@ -1372,10 +1372,16 @@ mod tests {
         );
         let upsert = |ns: &str, ids: &[&str]| ShardCommand::Upsert {
             namespace: ns.into(),
-            records: ids.iter().map(|id| (id.to_string(), rec(vec![1.0], None))).collect(),
+            records: ids
+                .iter()
+                .map(|id| (id.to_string(), rec(vec![1.0], None)))
+                .collect(),
         };
         // A namespace at its limit; overwriting (and repeating an id) adds nothing.
-        assert_eq!(shard.apply(upsert("a", &["1", "2", "3"])), Ok(ShardOutput::Upserted(3)));
+        assert_eq!(
+            shard.apply(upsert("a", &["1", "2", "3"])),
+            Ok(ShardOutput::Upserted(3))
+        );
         assert!(shard.apply(upsert("a", &["1", "3", "3"])).is_ok());
         let out = shard.apply(upsert("a", &["2", "4"]));
         assert!(
@@ -1390,7 +1396,12 @@ mod tests {
             "{out:?}"
         );
         // A first upsert into a new namespace counts as creating it, as does CreateNamespace.
-        shard.apply(ShardCommand::Delete { namespace: "b".into(), ids: vec!["2".into()] }).unwrap();
+        shard
+            .apply(ShardCommand::Delete {
+                namespace: "b".into(),
+                ids: vec!["2".into()],
+            })
+            .unwrap();
         let out = shard.apply(upsert("c", &["1"]));
         assert!(
             matches!(&out, Err(ShardRejection::Invalid(m)) if m.contains("index has 2 namespaces; the limit is 2")),
@@ -1400,8 +1411,11 @@ mod tests {
         assert!(matches!(out, Err(ShardRejection::Invalid(_))), "{out:?}");
         assert!(shard.sm.namespace("c").is_none());
         // Nothing refused was written.
-        let stored: Vec<(String, String)> =
-            shard.stored().into_iter().map(|(ns, id, _)| (ns, id)).collect();
+        let stored: Vec<(String, String)> = shard
+            .stored()
+            .into_iter()
+            .map(|(ns, id, _)| (ns, id))
+            .collect();
         let expected: Vec<(String, String)> = [("a", "1"), ("a", "2"), ("a", "3"), ("b", "1")]
             .iter()
             .map(|(ns, id)| (ns.to_string(), id.to_string()))

@@ -27,8 +27,10 @@ struct Args {
 
 fn markdown(outcomes: &[Outcome], scale: Scale, seconds: u64) -> String {
     let mut md = format!(
-        "# Abuse harness report\n\nScale `{scale:?}`, one 3-node cluster, {seconds} s. Each \
-         scenario's figures as measured; `passed` means every check held.\n"
+        "# Abuse harness report\n\nScale `{scale:?}`, a fresh 3-node cluster per scenario (debug \
+         build, this 2-core machine), {seconds} s in all. Each scenario's figures as measured; \
+         `passed` means every check held. Produced by `scripts/abuse/run.sh`; the limits are \
+         in [abuse.md](abuse.md).\n"
     );
     for o in outcomes {
         let _ = write!(
@@ -92,12 +94,18 @@ fn main() -> ExitCode {
         }
     };
     let seconds = started.elapsed().as_secs();
-    let json = serde_json::json!({ "scale": args.scale, "seconds": seconds, "scenarios": outcomes });
+    let json =
+        serde_json::json!({ "scale": args.scale, "seconds": seconds, "scenarios": outcomes });
     let written = std::fs::write(
         args.out.join("report.json"),
         serde_json::to_string_pretty(&json).unwrap_or_default(),
     )
-    .and_then(|()| std::fs::write(args.out.join("report.md"), markdown(&outcomes, args.scale, seconds)));
+    .and_then(|()| {
+        std::fs::write(
+            args.out.join("report.md"),
+            markdown(&outcomes, args.scale, seconds),
+        )
+    });
     if let Err(e) = written {
         eprintln!("conifer-abuse: writing the report: {e}");
         return ExitCode::from(2);

@@ -203,8 +203,8 @@ async fn read_chain(
 mod tests {
     use super::*;
     use conifer_node::audit::{
-        build_event, ActorRef, AuditContext, AuditLog, EventOutcome, PrincipalType, Resource,
-        ResourceType, Verb,
+        build_event, ActorRef, AuditContext, AuditLog, EventClass, EventOutcome, PrincipalType,
+        Resource, ResourceType, Verb,
     };
 
     fn op(index: u64, kind: EventType, f: &str, rid: &str, value: Value) -> Event {
@@ -245,16 +245,22 @@ mod tests {
         } else {
             EventOutcome::failure("NOT_FOUND", "gone")
         };
-        log.append(build_event(
-            &state,
-            &context,
-            Resource::new(Verb::Create, ResourceType::ApiKey, None),
-            outcome,
-        ));
+        log.append(
+            build_event(
+                &state,
+                &context,
+                Resource::new(Verb::Create, ResourceType::ApiKey, None),
+                outcome,
+            ),
+            EventClass::Change,
+        );
     }
 
     fn events(log: &AuditLog) -> Vec<AuditEvent> {
-        log.chains.values().flat_map(|c| c.events.clone()).collect()
+        log.chains
+            .values()
+            .flat_map(|c| c.events.values().cloned())
+            .collect()
     }
 
     #[test]
