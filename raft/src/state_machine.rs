@@ -91,6 +91,7 @@ struct Applied<S> {
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, NodeInfo>,
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
 

@@ -10,7 +10,7 @@
 //! left. A success gives back only its own attempt at its source, and clears the account
 //! it signed in to (its owner proved the secret): a success on one account never clears
 //! another account's failures, nor the source's. Failures are forgotten
-//! [`SIGN_IN_FORGET_MS`] after the last attempt.
+//! [`SIGN_IN_FORGET_MS`] after the last attempt and the end of its wait.
 //!
 //! The per-account count lets an attacker delay the real owner's sign-ins by failing on
 //! purpose (at most [`MAX_SIGN_IN_BACKOFF_MS`] at a time); that is the price of bounding
@@ -52,7 +52,7 @@ pub const FREE_FAILED_SIGN_INS: u32 = 5;
 pub const SIGN_IN_BACKOFF_BASE_MS: u64 = 1_000;
 /// Longest wait.
 pub const MAX_SIGN_IN_BACKOFF_MS: u64 = 15 * 60_000;
-/// Failures are forgotten this long after the last attempt, once no wait is running.
+/// Failures are forgotten this long after the last attempt and the end of its wait.
 pub const SIGN_IN_FORGET_MS: u64 = 15 * 60_000;
 /// Most sources, and most accounts, tracked at once; past it forgotten records go first,
 /// then the one with the fewest failures (of those, the oldest): an account under a long
@@ -78,9 +78,11 @@ impl Record {
         }
     }
 
+    /// No attempt for [`SIGN_IN_FORGET_MS`] after the last one and after its wait ended (so
+    /// a client that waits out the longest wait is not forgiven for it).
     fn forgotten(&self, now: Instant) -> bool {
-        self.blocked_until <= now
-            && self.last_attempt + Duration::from_millis(SIGN_IN_FORGET_MS) <= now
+        self.last_attempt.max(self.blocked_until) + Duration::from_millis(SIGN_IN_FORGET_MS)
+            <= now
     }
 }
 

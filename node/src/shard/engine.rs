@@ -76,6 +76,7 @@ pub struct EngineSnapshot {
     /// Tombstoned internal ids.
     pub tombstones: Vec<u64>,
     /// The FAISS index, serialized in memory.
+    #[serde(with = "serde_bytes")]
     pub faiss: Vec<u8>,
 }
 
