@@ -81,8 +81,7 @@ impl Record {
     /// No attempt for [`SIGN_IN_FORGET_MS`] after the last one and after its wait ended (so
     /// a client that waits out the longest wait is not forgiven for it).
     fn forgotten(&self, now: Instant) -> bool {
-        self.last_attempt.max(self.blocked_until) + Duration::from_millis(SIGN_IN_FORGET_MS)
-            <= now
+        self.last_attempt.max(self.blocked_until) + Duration::from_millis(SIGN_IN_FORGET_MS) <= now
     }
 }
 
