@@ -21,6 +21,8 @@ cargo build --workspace --all-targets
 export CONIFER_BIN="$CARGO_TARGET_DIR/debug/conifer"
 echo "==> tests"
 # Integration tests start several real clusters; two at a time keeps 2 cores responsive.
+# They include every abuse scenario at short scale (tests/tests/abuse.rs; the full run with
+# its report is scripts/abuse/run.sh).
 cargo test --workspace -- --test-threads=2
 
 # The compat suite: the official Pinecone Python SDK, 8.1 (API 2025-10) and 10.x (API

@@ -4,8 +4,13 @@
 use conifer_tests::abuse::{self, Scale};
 use conifer_tests::Cluster;
 
+/// One scenario at a time: each measures latencies and memory that another running beside
+/// it on these cores would distort.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs scenario `name` and fails with its figures when a check did not hold.
 async fn scenario(name: &str) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(3).await.expect("cluster");
     let outcome = abuse::run(&cluster, name, Scale::Short)
         .await
