@@ -650,6 +650,28 @@ async fn password_hashing(
     }))
 }
 
+/// Sends each of `bodies` to `/vectors/update` of `index`, one after another: the statuses.
+async fn updates(
+    cluster: &Cluster,
+    index: &str,
+    bodies: impl Iterator<Item = Value>,
+) -> anyhow::Result<Vec<u16>> {
+    let mut statuses = Vec::new();
+    for body in bodies {
+        let request = cluster
+            .data(
+                1,
+                &cluster.api_key(),
+                index,
+                Method::POST,
+                "/vectors/update",
+            )
+            .json(&body);
+        statuses.push(call(request).await?.0);
+    }
+    Ok(statuses)
+}
+
 /// 4. Writes whose merged result would pass a limit.
 async fn merged_limits(
     cluster: &Cluster,
@@ -666,16 +688,12 @@ async fn merged_limits(
         1,
     )
     .await?;
-    let mut update_statuses = Vec::new();
-    for i in 0..5 {
-        let (status, _) = call(
-            cluster
-                .data(1, &key, "merge", Method::POST, "/vectors/update")
-                .json(&json!({"id": "r", "setMetadata": {format!("f{i}"): blob}})),
-        )
-        .await?;
-        update_statuses.push(status);
-    }
+    let update_statuses = updates(
+        cluster,
+        "merge",
+        (0..5).map(|i| json!({"id": "r", "setMetadata": {format!("f{i}"): blob}})),
+    )
+    .await?;
     let (_, fetched) =
         call(cluster.data(1, &key, "merge", Method::GET, "/vectors/fetch?ids=r")).await?;
     let stored = fetched["vectors"]["r"]["metadata"].to_string().len();
@@ -693,18 +711,13 @@ async fn merged_limits(
         .map(|i| json!({"id": format!("g{i}"), "values": [1.0, 0.5, 0.0, 0.0], "metadata": {"g": 1}}))
         .collect();
     upsert(cluster, "merge", records, 500).await?;
-    let mut filter_statuses = Vec::new();
-    for i in 0..3 {
-        let (status, _) = call(
-            cluster
-                .data(1, &key, "merge", Method::POST, "/vectors/update")
-                .json(
-                    &json!({"filter": {"g": {"$eq": 1}}, "setMetadata": {format!("b{i}"): blob}}),
-                ),
-        )
-        .await?;
-        filter_statuses.push(status);
-    }
+    let filter_statuses = updates(
+        cluster,
+        "merge",
+        (0..3)
+            .map(|i| json!({"filter": {"g": {"$eq": 1}}, "setMetadata": {format!("b{i}"): blob}})),
+    )
+    .await?;
     let (_, sample) =
         call(cluster.data(1, &key, "merge", Method::GET, "/vectors/fetch?ids=g7")).await?;
     let sample_bytes = sample["vectors"]["g7"]["metadata"].to_string().len();
