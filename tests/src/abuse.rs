@@ -491,12 +491,14 @@ async fn sign_in_throttle(cluster: &Cluster, checks: &mut Checks) -> anyhow::Res
     }
     let free = FREE_FAILED_SIGN_INS as usize;
 
-    // 200 wrong passwords for one account from one address, all at once.
+    // 200 wrong passwords for one account from one address, all at once. (One client: over
+    // HTTP/2 a few of its first streams may be refused before it learns the node's stream
+    // limit; those come back unanswered, status 0, and were never checked.)
     let burst = cluster.client_from(source(8, 1))?;
     let statuses = concurrent_logins(cluster, &burst, vec!["victim1@abuse.test".into(); 200]).await;
     let checked_same = statuses.iter().filter(|s| **s == 401).count();
     checks.check(
-        checked_same <= free + 1 && statuses.iter().all(|s| *s == 401 || *s == 429),
+        checked_same <= free + 1 && statuses.iter().all(|s| matches!(s, 0 | 401 | 429)),
         format!(
             "of 200 concurrent guesses at one account, {checked_same} were checked: {:?}",
             tally(&statuses)
