@@ -1461,6 +1461,32 @@ pub struct BrokenLink {
     pub problem: String,
 }
 
+/// Verifies a whole retained chain as read through a node: its `events` and pruned `runs`
+/// (each in sequence order, as pages list them) against `head`, the facts of its first
+/// page. Events and runs past that head (appended while the pages were read) are left out.
+/// Returns the events checked, or the first broken link.
+pub fn verify_chain(
+    head: &ChainHead,
+    events: &[AuditEvent],
+    runs: &[PrunedRun],
+) -> Result<u64, BrokenLink> {
+    let mut verifier = Verifier::anchored(head);
+    let mut runs = runs
+        .iter()
+        .filter(|r| r.first_sequence <= head.head_sequence)
+        .peekable();
+    for event in events.iter().filter(|e| e.sequence <= head.head_sequence) {
+        while let Some(run) = runs.next_if(|r| r.first_sequence < event.sequence) {
+            verifier.push_pruned(run)?;
+        }
+        verifier.push(event)?;
+    }
+    for run in runs {
+        verifier.push_pruned(run)?;
+    }
+    verifier.finish(head)
+}
+
 /// Recomputes a chain event by event.
 #[derive(Debug)]
 pub struct Verifier {
@@ -1676,18 +1702,9 @@ mod tests {
     /// Verifies a chain as a reader of its pages does: kept events and pruned runs in
     /// sequence order.
     fn verify(chain: &Chain) -> Result<u64, BrokenLink> {
-        let mut v = Verifier::anchored(&ChainHead::from(chain));
-        let mut runs = chain.pruned_overlapping(0, u64::MAX).peekable();
-        for e in chain.events.values() {
-            while let Some(run) = runs.next_if(|r| r.first_sequence < e.sequence) {
-                v.push_pruned(run)?;
-            }
-            v.push(e)?;
-        }
-        for run in runs {
-            v.push_pruned(run)?;
-        }
-        v.finish(&ChainHead::from(chain))
+        let events: Vec<AuditEvent> = chain.events.values().cloned().collect();
+        let runs: Vec<PrunedRun> = chain.pruned_overlapping(0, u64::MAX).cloned().collect();
+        verify_chain(&ChainHead::from(chain), &events, &runs)
     }
 
     #[test]

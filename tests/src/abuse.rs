@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use conifer_node::api::conn::{
     CLIENT_HEADER_READ_TIMEOUT_MS, CLIENT_IDLE_TIMEOUT_MS, MAX_CLIENT_CONNECTIONS_PER_SOURCE,
 };
-use conifer_node::audit::{AuditEvent, ChainHead, PrunedRun, Verifier};
+use conifer_node::audit::{verify_chain, AuditEvent, ChainHead, PrunedRun};
 use conifer_node::auth::throttle::FREE_FAILED_SIGN_INS;
 use conifer_node::tls;
 use reqwest::Method;
@@ -888,21 +888,7 @@ async fn verified_chain(
         }
     }
     let head = head.context("no page")?;
-    let mut verifier = Verifier::anchored(&head);
-    let mut runs = runs
-        .into_iter()
-        .filter(|r| r.first_sequence <= head.head_sequence)
-        .peekable();
-    for event in events.iter().filter(|e| e.sequence <= head.head_sequence) {
-        while let Some(run) = runs.next_if(|r| r.first_sequence < event.sequence) {
-            verifier.push_pruned(&run)?;
-        }
-        verifier.push(event)?;
-    }
-    for run in runs {
-        verifier.push_pruned(&run)?;
-    }
-    let checked = verifier.finish(&head)?;
+    let checked = verify_chain(&head, &events, &runs)?;
     Ok((events, head, checked))
 }
 
