@@ -67,6 +67,8 @@ pub struct ServeConfig {
     pub learner: bool,
     /// Domain of index host names (`<index>-<project>.<domain>`).
     pub domain: String,
+    /// Most records one project holds over all its indexes.
+    pub max_records_per_project: u64,
     /// Lifetime of issued bearer tokens, in seconds.
     pub token_ttl_s: u64,
     /// How long audit events are kept, in seconds.
@@ -240,6 +242,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         shards.clone(),
         config.domain.clone(),
         config.api_addr.port(),
+        config.max_records_per_project,
     );
 
     let cluster_listener = TcpListener::bind(config.cluster_addr)

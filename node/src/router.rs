@@ -6,7 +6,11 @@
 //! [`PROJECT_TAG_CHARS`] hex digits of the project id. A key of another project never
 //! reaches an index: it gets the same 404 as a missing index, so names do not leak.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use conifer_proto::pinecone as pb;
 
 use crate::api::ApiError;
 use crate::control::state::Index;
@@ -18,6 +22,12 @@ use crate::shard::manager::{HostedShard, ShardManager};
 pub const PROJECT_TAG_CHARS: usize = 7;
 /// Longest a read waits for a requested sequence number to be applied locally.
 pub const MAX_READ_WAIT_MS: u64 = 10_000;
+/// Most records one project holds over all its indexes, unless `--max-records-per-project`
+/// says otherwise.
+pub const DEFAULT_MAX_RECORDS_PER_PROJECT: u64 = 100_000_000;
+/// Oldest a record count of another index of the project may be when an upsert is checked
+/// against the project's total (see [`Router::check_project_records`]).
+pub const PROJECT_COUNT_MAX_AGE_MS: u64 = 1_000;
 
 /// Resolves data-plane calls and runs shard writes.
 #[derive(Clone)]
@@ -26,6 +36,9 @@ pub struct Router {
     shards: ShardManager,
     domain: String,
     api_port: u16,
+    max_records_per_project: u64,
+    /// Record counts of indexes with no replica here, by shard group, and when counted.
+    remote_counts: Arc<Mutex<HashMap<u64, (Instant, u64)>>>,
 }
 
 /// Where a data-plane call runs: on this node's replica, or forwarded to a replica.
@@ -76,14 +89,111 @@ pub fn project_tag(project_id: &str) -> String {
 }
 
 impl Router {
-    /// A router for indexes under `domain`, advertising `api_port`.
-    pub fn new(control: ControlPlane, shards: ShardManager, domain: String, api_port: u16) -> Self {
+    /// A router for indexes under `domain`, advertising `api_port`, holding each project to
+    /// `max_records_per_project` records.
+    pub fn new(
+        control: ControlPlane,
+        shards: ShardManager,
+        domain: String,
+        api_port: u16,
+        max_records_per_project: u64,
+    ) -> Self {
         Self {
             control,
             shards,
             domain,
             api_port,
+            max_records_per_project,
+            remote_counts: Arc::default(),
         }
+    }
+
+    /// Refuses an upsert adding `added` records to the index of `target` when its project
+    /// would then hold more than `--max-records-per-project` records: this index as its
+    /// local replica holds it, plus the project's other indexes, each as a replica here holds
+    /// it or as a replica elsewhere reported at most [`PROJECT_COUNT_MAX_AGE_MS`] earlier.
+    /// A project whose indexes cannot together pass the total (each is held to
+    /// [`MAX_RECORDS_PER_INDEX`](crate::shard::machine::MAX_RECORDS_PER_INDEX)) is not
+    /// counted. Concurrent upserts into one project are checked against the same counts, so
+    /// together they can pass the total by what they add. INVALID_ARGUMENT naming the limit;
+    /// UNAVAILABLE when an index of the project was never counted and has no reachable
+    /// replica.
+    pub async fn check_project_records(&self, target: &Target, added: u64) -> Result<(), ApiError> {
+        let limit = self.max_records_per_project;
+        let project = &target.index.project_id;
+        let others: Vec<Index> = self.control.read(|s| {
+            s.indexes
+                .values()
+                .filter(|i| &i.project_id == project && i.group_id != target.index.group_id)
+                .cloned()
+                .collect()
+        });
+        let most = crate::shard::machine::MAX_RECORDS_PER_INDEX as u64;
+        if (others.len() as u64 + 1).saturating_mul(most) <= limit {
+            return Ok(());
+        }
+        let mut total = target.shard.state.read().record_count() as u64;
+        for index in others {
+            total += self.record_count(index).await?;
+        }
+        let after = total + added;
+        if after > limit {
+            return Err(ApiError::invalid(format!(
+                "the project would hold {after} records over its indexes; the limit is \
+                 {limit} per project"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records of `index`: from its replica here, else as last reported by a replica
+    /// elsewhere (asked again when the count is older than [`PROJECT_COUNT_MAX_AGE_MS`]).
+    async fn record_count(&self, index: Index) -> Result<u64, ApiError> {
+        if let Some(shard) = self.shards.get(index.group_id) {
+            return Ok(shard.state.read().record_count() as u64);
+        }
+        let group = index.group_id;
+        let known = self.lock_counts().get(&group).copied();
+        let max_age = Duration::from_millis(PROJECT_COUNT_MAX_AGE_MS);
+        if let Some((_, count)) = known.filter(|(at, _)| at.elapsed() < max_age) {
+            return Ok(count);
+        }
+        let name = index.name.clone();
+        let remote = Remote {
+            replicas: index.replicas.clone(),
+            index,
+            min_lsn: 0,
+            linearizable: false,
+        };
+        let asked: Result<(pb::DescribeIndexStatsResponse, _), ApiError> = self
+            .forward(
+                &remote,
+                "DescribeIndexStats",
+                &pb::DescribeIndexStatsRequest::default(),
+            )
+            .await;
+        match (asked, known) {
+            (Ok((stats, _)), _) => {
+                let count = u64::from(stats.total_vector_count);
+                self.lock_counts().insert(group, (Instant::now(), count));
+                Ok(count)
+            }
+            (Err(e), Some((_, count))) => {
+                tracing::warn!(
+                    "counting index '{name}' for its project's total: {}; using its last count",
+                    e.message
+                );
+                Ok(count)
+            }
+            (Err(e), None) => Err(ApiError::unavailable(format!(
+                "cannot count the records of index '{name}' for the project's total: {}",
+                e.message
+            ))),
+        }
+    }
+
+    fn lock_counts(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Instant, u64)>> {
+        self.remote_counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The control plane.

@@ -19,7 +19,7 @@ use conifer_node::api::conn::{
     CLIENT_HEADER_READ_TIMEOUT_MS, CLIENT_IDLE_TIMEOUT_MS, MAX_CLIENT_CONNECTIONS_PER_SOURCE,
 };
 use conifer_node::audit::{verify_chain, AuditEvent, ChainHead, PrunedRun};
-use conifer_node::auth::throttle::FREE_FAILED_SIGN_INS;
+use conifer_node::auth::throttle::{FREE_FAILED_SIGN_INS, SIGN_INS_PER_MIN_PER_PRINCIPAL};
 use conifer_node::tls;
 use reqwest::Method;
 use serde::Serialize;
@@ -29,7 +29,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::Cluster;
+use crate::{Cluster, ClusterOptions};
 
 /// How hard a run pushes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -47,6 +47,7 @@ pub const SCENARIOS: &[&str] = &[
     "sign_in_throttle",
     "password_hashing",
     "merged_limits",
+    "project_totals",
     "bounded_responses",
     "audit_flood",
     "garbage_keys",
@@ -78,9 +79,28 @@ impl Checks {
     }
 }
 
-/// Runs scenario `name` against `cluster` (three nodes, the default project's key
+/// The project record total the `project_totals` scenario's cluster runs with
+/// (`--max-records-per-project`): small enough to reach in seconds.
+pub const SCENARIO_MAX_RECORDS_PER_PROJECT: u64 = 1_000;
+
+/// Starts the 3-node cluster scenario `name` runs against.
+pub async fn start(name: &str) -> anyhow::Result<Cluster> {
+    let mut options = ClusterOptions {
+        nodes: 3,
+        ..ClusterOptions::default()
+    };
+    if name == "project_totals" {
+        options.env.push((
+            "CONIFER_MAX_RECORDS_PER_PROJECT".into(),
+            SCENARIO_MAX_RECORDS_PER_PROJECT.to_string(),
+        ));
+    }
+    Cluster::start_with(options).await
+}
+
+/// Runs scenario `name` against `cluster` (started by [`start`]; the default project's key
 /// `ProjectEditor`).
-pub async fn run(cluster: &Cluster, name: &str, scale: Scale) -> anyhow::Result<Outcome> {
+pub async fn run(cluster: &mut Cluster, name: &str, scale: Scale) -> anyhow::Result<Outcome> {
     raise_open_files();
     let mut checks = Checks::default();
     let figures = match name {
@@ -88,6 +108,7 @@ pub async fn run(cluster: &Cluster, name: &str, scale: Scale) -> anyhow::Result<
         "sign_in_throttle" => sign_in_throttle(cluster, &mut checks).await?,
         "password_hashing" => password_hashing(cluster, scale, &mut checks).await?,
         "merged_limits" => merged_limits(cluster, scale, &mut checks).await?,
+        "project_totals" => project_totals(cluster, &mut checks).await?,
         "bounded_responses" => bounded_responses(cluster, &mut checks).await?,
         "audit_flood" => audit_flood(cluster, scale, &mut checks).await?,
         "garbage_keys" => garbage_keys(cluster, scale, &mut checks).await?,
@@ -569,7 +590,51 @@ async fn sign_in_throttle(cluster: &Cluster, checks: &mut Checks) -> anyhow::Res
         ),
     );
 
+    // A principal signing in per call instead of reusing its token: held to its rate.
+    let looper = "looper@abuse.test";
+    member(cluster, looper, password).await?;
+    let per_minute = SIGN_INS_PER_MIN_PER_PRINCIPAL.get() as usize;
+    let looping = cluster.client_from(source(8, 4))?;
+    let loop_started = Instant::now();
+    let (mut loop_ok, mut loop_refused, mut loop_without_retry_after) = (0usize, 0usize, 0usize);
+    for _ in 0..per_minute + 20 {
+        let resp = looping
+            .post(cluster.url(1, "/auth/login"))
+            .json(&json!({"email": looper, "password": password}))
+            .send()
+            .await?;
+        match resp.status().as_u16() {
+            200 => loop_ok += 1,
+            429 => {
+                loop_refused += 1;
+                if resp.headers().get("retry-after").is_none() {
+                    loop_without_retry_after += 1;
+                }
+            }
+            other => bail!("looping sign-in answered {other}"),
+        }
+    }
+    let loop_s = loop_started.elapsed().as_secs_f64();
+    // The burst, and one more per second the loop ran.
+    let loop_bound = per_minute + loop_s.ceil() as usize;
+    checks.check(
+        (per_minute..=loop_bound).contains(&loop_ok) && loop_refused > 0,
+        format!(
+            "{} sign-ins of one principal in {loop_s:.1} s: {loop_ok} succeeded (bound \
+             {per_minute}..={loop_bound}), {loop_refused} refused",
+            per_minute + 20
+        ),
+    );
+    checks.check(
+        loop_without_retry_after == 0,
+        format!("{loop_without_retry_after} refused sign-ins had no Retry-After"),
+    );
+
     Ok(json!({
+        "looping_sign_ins": per_minute + 20,
+        "looping_sign_ins_succeeded": loop_ok,
+        "looping_sign_ins_refused": loop_refused,
+        "looping_seconds": loop_s,
         "concurrent_guesses_one_account": 200,
         "checked_one_account": checked_same,
         "statuses_one_account": tally(&statuses),
@@ -617,6 +682,7 @@ async fn password_hashing(
     let before = rss()?;
     let bursts = if scale == Scale::Full { 5 } else { 2 };
     let mut statuses = Vec::new();
+    let mut without_retry_after = 0usize;
     let mut peak = before;
     for burst in 0..bursts {
         let mut tasks = tokio::task::JoinSet::new();
@@ -629,11 +695,22 @@ async fn password_hashing(
                     .json(&json!({"email": format!("ghost{i}@abuse.test"), "password": "nope nope nope"}))
                     .send()
                     .await
-                    .map_or(0, |r| r.status().as_u16())
+                    .map_or((0, None), |r| {
+                        let retry_after = r
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        (r.status().as_u16(), retry_after)
+                    })
             });
         }
         while let Some(done) = tasks.join_next().await {
-            statuses.push(done.unwrap_or(0));
+            let (status, retry_after) = done.unwrap_or((0, None));
+            statuses.push(status);
+            if status == 429 && retry_after.as_deref() != Some("1") {
+                without_retry_after += 1;
+            }
             peak = peak.max(rss()?);
         }
     }
@@ -647,12 +724,19 @@ async fn password_hashing(
     );
     checks.check(refused > 0, "no sign-in was refused for a full queue");
     checks.check(
+        without_retry_after == 0,
+        format!(
+            "{without_retry_after} of {refused} refusals for a full queue had no 'Retry-After: 1'"
+        ),
+    );
+    checks.check(
         after.saturating_sub(before) <= 64,
         format!("memory grew from {before} MiB to {after} MiB (bound +64 MiB)"),
     );
     Ok(json!({
         "sign_ins": statuses.len(),
         "statuses": counts,
+        "refused_without_retry_after": without_retry_after,
         "rss_before_mib": before,
         "rss_peak_mib": peak,
         "rss_after_mib": after,
@@ -754,6 +838,166 @@ async fn merged_limits(
         "update_by_filter_39kb_x3_statuses": filter_statuses,
         "matched_record_metadata_bytes_after": sample_bytes,
         "query_topk_10000_with_metadata_status": status,
+    }))
+}
+
+/// Records of index `index` as node `via` counts them (`describe_index_stats`).
+async fn record_total(cluster: &Cluster, via: u64, index: &str) -> anyhow::Result<u64> {
+    let key = cluster.api_key();
+    let (status, stats) = call(
+        cluster
+            .data(via, &key, index, Method::POST, "/describe_index_stats")
+            .json(&json!({})),
+    )
+    .await?;
+    anyhow::ensure!(
+        status == 200,
+        "describe_index_stats of {index}: {status} {stats}"
+    );
+    stats["totalVectorCount"]
+        .as_u64()
+        .context("totalVectorCount")
+}
+
+/// Upserts `ids` (4-dimensional records) into `index` through node `via`; the status and
+/// body of the answer.
+async fn upsert_ids(
+    cluster: &Cluster,
+    via: u64,
+    index: &str,
+    ids: impl Iterator<Item = String>,
+) -> anyhow::Result<(u16, Value)> {
+    let vectors: Vec<Value> = ids
+        .map(|id| json!({"id": id, "values": [1.0, 0.25, 0.0, 0.5]}))
+        .collect();
+    call(
+        cluster
+            .data(
+                via,
+                &cluster.api_key(),
+                index,
+                Method::POST,
+                "/vectors/upsert",
+            )
+            .json(&json!({ "vectors": vectors })),
+    )
+    .await
+}
+
+/// 4 (continued). The project's record total holds across its indexes, also when one of
+/// them has no replica on the node that checks the upsert: index `totals-a` lives on nodes
+/// 1–3, a fourth node joins and holds a replica of `totals-b`, and upserts into `totals-b`
+/// go through that fourth node.
+async fn project_totals(cluster: &mut Cluster, checks: &mut Checks) -> anyhow::Result<Value> {
+    let limit = SCENARIO_MAX_RECORDS_PER_PROJECT;
+    let key = cluster.api_key();
+    cluster
+        .create_index(1, &key, "totals-a", 4, "cosine")
+        .await?;
+    let fourth = cluster.add_node(false).await?;
+    cluster
+        .create_index(1, &key, "totals-b", 4, "cosine")
+        .await?;
+    let hosted_by_fourth = cluster.cluster_info(fourth).await?["shards"]
+        .as_array()
+        .map_or(0, Vec::len);
+    checks.check(
+        hosted_by_fourth == 1,
+        format!("node {fourth} holds {hosted_by_fourth} shard replicas, not only totals-b's"),
+    );
+    let in_a = limit * 3 / 5;
+    let in_b = limit - in_a;
+    let ids = |prefix: &'static str, range: std::ops::Range<u64>| {
+        range.map(move |i| format!("{prefix}{i}"))
+    };
+    let (fill_a, body) = upsert_ids(cluster, 1, "totals-a", ids("a", 0..in_a)).await?;
+    anyhow::ensure!(fill_a == 200, "filling totals-a: {fill_a} {body}");
+    let (fill_b, body) = upsert_ids(cluster, fourth, "totals-b", ids("b", 0..in_b)).await?;
+    anyhow::ensure!(fill_b == 200, "filling totals-b: {fill_b} {body}");
+
+    let (over_b, over_b_body) =
+        upsert_ids(cluster, fourth, "totals-b", ids("b", in_b..in_b + 1)).await?;
+    let (over_a, over_a_body) =
+        upsert_ids(cluster, 1, "totals-a", ids("a", in_a..in_a + 5)).await?;
+    let names_limit = |body: &Value| {
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("the limit is {limit} per project")))
+    };
+    checks.check(
+        over_b == 400 && names_limit(&over_b_body),
+        format!("one record past the project total into totals-b through node {fourth} answered {over_b}: {over_b_body}"),
+    );
+    checks.check(
+        over_a == 400 && names_limit(&over_a_body),
+        format!(
+            "five records past the project total into totals-a answered {over_a}: {over_a_body}"
+        ),
+    );
+    let (rewrite, body) = upsert_ids(cluster, 1, "totals-a", ids("a", 0..10)).await?;
+    checks.check(
+        rewrite == 200,
+        format!("rewriting 10 existing records at the total answered {rewrite}: {body}"),
+    );
+    let counts_at_limit = (
+        record_total(cluster, 1, "totals-a").await?,
+        record_total(cluster, fourth, "totals-b").await?,
+    );
+    checks.check(
+        counts_at_limit == (in_a, in_b),
+        format!("after the refusals the indexes hold {counts_at_limit:?}, not ({in_a}, {in_b})"),
+    );
+
+    // Room made in one index is usable in the other once the count there is renewed.
+    let freed = 50;
+    let (deleted, body) = call(
+        cluster
+            .data(1, &key, "totals-a", Method::POST, "/vectors/delete")
+            .json(&json!({"ids": ids("a", 0..freed).collect::<Vec<_>>()})),
+    )
+    .await?;
+    anyhow::ensure!(deleted == 200, "delete: {deleted} {body}");
+    let waited = Instant::now();
+    let reuse = loop {
+        let answer = upsert_ids(cluster, fourth, "totals-b", ids("c", 0..freed)).await?;
+        if answer.0 == 200 || waited.elapsed() > Duration::from_secs(10) {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    checks.check(
+        reuse.0 == 200,
+        format!(
+            "{freed} records into totals-b after deleting {freed} from totals-a answered {}: {}",
+            reuse.0, reuse.1
+        ),
+    );
+    let (after_reuse, after_reuse_body) =
+        upsert_ids(cluster, fourth, "totals-b", ids("d", 0..1)).await?;
+    checks.check(
+        after_reuse == 400 && names_limit(&after_reuse_body),
+        format!("one more record at the total again answered {after_reuse}: {after_reuse_body}"),
+    );
+    let final_counts = (
+        record_total(cluster, 1, "totals-a").await?,
+        record_total(cluster, fourth, "totals-b").await?,
+    );
+    checks.check(
+        final_counts.0 + final_counts.1 == limit,
+        format!("the project ends with {final_counts:?} records, not {limit} in all"),
+    );
+    Ok(json!({
+        "max_records_per_project": limit,
+        "shard_replicas_on_the_node_checking_totals_b": hosted_by_fourth,
+        "filled": {"totals-a": in_a, "totals-b": in_b},
+        "one_past_total_via_node_without_a_replica_of_the_other_index_status": over_b,
+        "five_past_total_status": over_a,
+        "rewrite_at_total_status": rewrite,
+        "counts_after_refusals": [counts_at_limit.0, counts_at_limit.1],
+        "reuse_after_delete_status": reuse.0,
+        "reuse_after_delete_waited_ms": waited.elapsed().as_millis() as u64,
+        "one_past_total_again_status": after_reuse,
+        "final_counts": [final_counts.0, final_counts.1],
     }))
 }
 

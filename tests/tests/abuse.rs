@@ -2,7 +2,6 @@
 //! cluster (the full run with its report is `scripts/abuse/run.sh`).
 
 use conifer_tests::abuse::{self, Scale};
-use conifer_tests::Cluster;
 
 /// One scenario at a time: each measures latencies and memory that another running beside
 /// it on these cores would distort.
@@ -11,8 +10,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// Runs scenario `name` and fails with its figures when a check did not hold.
 async fn scenario(name: &str) {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let cluster = Cluster::start(3).await.expect("cluster");
-    let outcome = abuse::run(&cluster, name, Scale::Short)
+    let mut cluster = abuse::start(name).await.expect("cluster");
+    let outcome = abuse::run(&mut cluster, name, Scale::Short)
         .await
         .unwrap_or_else(|e| panic!("{name}: {e:#}"));
     println!("{name}: {}", outcome.figures);
@@ -41,6 +40,11 @@ async fn password_hashing_is_bounded_work_and_memory_stays_flat() {
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_hold_on_the_merged_result_of_updates() {
     scenario("merged_limits").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_project_record_total_holds_across_indexes_and_nodes() {
+    scenario("project_totals").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,12 +19,20 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong, for a person.
     pub message: String,
+    /// Seconds after which a retry may succeed, sent as `Retry-After` (REST only): set on
+    /// refusals for momentary load ([`ApiError::busy`]), never on quotas, which a retry does
+    /// not lift.
+    pub retry_after_s: Option<u64>,
 }
+
+/// Seconds a client is asked to wait (`Retry-After`) after a refusal for momentary load.
+pub const BUSY_RETRY_AFTER_S: u64 = 1;
 
 impl ApiError {
     /// 400 `INVALID_ARGUMENT`.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self {
+            retry_after_s: None,
             status: StatusCode::BAD_REQUEST,
             code: "INVALID_ARGUMENT",
             message: message.into(),
@@ -33,6 +41,7 @@ impl ApiError {
     /// 401 `UNAUTHENTICATED`.
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Self {
+            retry_after_s: None,
             status: StatusCode::UNAUTHORIZED,
             code: "UNAUTHENTICATED",
             message: message.into(),
@@ -41,6 +50,7 @@ impl ApiError {
     /// 403 `PERMISSION_DENIED`.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self {
+            retry_after_s: None,
             status: StatusCode::FORBIDDEN,
             code: "PERMISSION_DENIED",
             message: message.into(),
@@ -49,6 +59,7 @@ impl ApiError {
     /// 404 `NOT_FOUND`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {
+            retry_after_s: None,
             status: StatusCode::NOT_FOUND,
             code: "NOT_FOUND",
             message: message.into(),
@@ -57,6 +68,7 @@ impl ApiError {
     /// 503 `UNAVAILABLE`.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {
+            retry_after_s: None,
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "UNAVAILABLE",
             message: message.into(),
@@ -65,6 +77,7 @@ impl ApiError {
     /// 500 `INTERNAL`.
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
+            retry_after_s: None,
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "INTERNAL",
             message: message.into(),
@@ -74,6 +87,7 @@ impl ApiError {
     /// shape (Pinecone's control-plane spec).
     pub fn unprocessable(message: impl Into<String>) -> Self {
         Self {
+            retry_after_s: None,
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: "UNPROCESSABLE_ENTITY",
             message: message.into(),
@@ -82,6 +96,7 @@ impl ApiError {
     /// 413 `OUT_OF_RANGE`: a request body over the route's limit of `limit_bytes`.
     pub fn too_large(limit_bytes: usize) -> Self {
         Self {
+            retry_after_s: None,
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "OUT_OF_RANGE",
             message: format!(
@@ -93,6 +108,7 @@ impl ApiError {
     /// 415 `INVALID_ARGUMENT`: a body in a format the route does not take.
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self {
+            retry_after_s: None,
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             code: "INVALID_ARGUMENT",
             message: message.into(),
@@ -101,6 +117,7 @@ impl ApiError {
     /// 501 `UNIMPLEMENTED`.
     pub fn unimplemented(message: impl Into<String>) -> Self {
         Self {
+            retry_after_s: None,
             status: StatusCode::NOT_IMPLEMENTED,
             code: "UNIMPLEMENTED",
             message: message.into(),
@@ -110,6 +127,7 @@ impl ApiError {
     /// 408 `DEADLINE_EXCEEDED`: the client did not send its request body in time.
     pub fn body_timed_out() -> Self {
         Self {
+            retry_after_s: None,
             status: StatusCode::REQUEST_TIMEOUT,
             code: "DEADLINE_EXCEEDED",
             message: format!(
@@ -121,13 +139,20 @@ impl ApiError {
 
     /// 429 `RESOURCE_EXHAUSTED`: the node holds its budget of request bodies being read.
     pub fn bodies_busy() -> Self {
+        Self::busy(format!(
+            "this node is reading {} MiB of request bodies already; retry in {BUSY_RETRY_AFTER_S} s",
+            super::body::MAX_BUFFERED_BODY_BYTES / (1024 * 1024)
+        ))
+    }
+
+    /// 429 `RESOURCE_EXHAUSTED` for momentary load (a full queue or budget), with
+    /// `Retry-After: ` [`BUSY_RETRY_AFTER_S`].
+    pub fn busy(message: impl Into<String>) -> Self {
         Self {
+            retry_after_s: Some(BUSY_RETRY_AFTER_S),
             status: StatusCode::TOO_MANY_REQUESTS,
             code: "RESOURCE_EXHAUSTED",
-            message: format!(
-                "this node is reading {} MiB of request bodies already; retry",
-                super::body::MAX_BUFFERED_BODY_BYTES / (1024 * 1024)
-            ),
+            message: message.into(),
         }
     }
 
@@ -292,6 +317,7 @@ pub async fn pinecone_error_bodies(
     parts.headers.remove(axum::http::header::CONTENT_TYPE);
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     let rebuilt = ApiError {
+        retry_after_s: None,
         status,
         code: code_for_status(status),
         message,
@@ -308,7 +334,13 @@ impl IntoResponse for ApiError {
             "error": { "code": self.code, "message": self.message },
             "status": self.status.as_u16(),
         });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -319,16 +351,19 @@ impl From<ControlError> for ApiError {
                 Self::not_found(format!("{kind} '{id}' not found"))
             }
             ControlError::Rejected(Rejection::AlreadyExists(m)) => Self {
+                retry_after_s: None,
                 status: StatusCode::CONFLICT,
                 code: "ALREADY_EXISTS",
                 message: m,
             },
             ControlError::Rejected(Rejection::LimitExceeded(m)) => Self {
+                retry_after_s: None,
                 status: StatusCode::TOO_MANY_REQUESTS,
                 code: "RESOURCE_EXHAUSTED",
                 message: m,
             },
             ControlError::Rejected(Rejection::Invalid(m)) => Self {
+                retry_after_s: None,
                 status: StatusCode::PRECONDITION_FAILED,
                 code: "FAILED_PRECONDITION",
                 message: m,
@@ -357,6 +392,7 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
             J::JsonDataError(e) => Self::unprocessable(e.body_text()),
             J::MissingJsonContentType(e) => Self::unsupported_media_type(e.body_text()),
             J::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => Self {
+                retry_after_s: None,
                 status: StatusCode::PAYLOAD_TOO_LARGE,
                 code: "OUT_OF_RANGE",
                 message: b.body_text(),
@@ -386,6 +422,7 @@ impl ApiError {
             .map(|(code, http, _)| (*code, *http))
             .unwrap_or(("INTERNAL", StatusCode::INTERNAL_SERVER_ERROR));
         Self {
+            retry_after_s: None,
             status: http,
             code,
             message: status.message().to_string(),
@@ -398,9 +435,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_refusals_for_load_ask_for_a_retry() {
+        let busy = ApiError::busy("queue full").into_response();
+        assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(busy.headers()[axum::http::header::RETRY_AFTER], "1");
+        let quota = ApiError::from(ControlError::Rejected(Rejection::LimitExceeded(
+            "project already has 100 indexes".into(),
+        )))
+        .into_response();
+        assert_eq!(quota.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(quota
+            .headers()
+            .get(axum::http::header::RETRY_AFTER)
+            .is_none());
+        let bodies = ApiError::bodies_busy().into_response();
+        assert_eq!(bodies.headers()[axum::http::header::RETRY_AFTER], "1");
+    }
+
+    #[test]
     fn every_code_maps_to_one_status_and_grpc_code_and_back() {
         for (code, http, grpc) in CODES {
             let e = ApiError {
+                retry_after_s: None,
                 status: *http,
                 code,
                 message: "m".into(),

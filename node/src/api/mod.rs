@@ -501,6 +501,7 @@ async fn cluster(
             "refused": state.connections.refused(),
         },
         "sign_ins_refused_unchecked": state.signin.throttle.refused(),
+        "sign_ins_refused_per_principal_rate": state.signin.per_principal.refused(),
         "unknown_credential_catch_ups_refused": state.catch_ups.refused(),
         "read_index_rounds": state.control.barrier_rounds(),
     })))

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -18,13 +18,14 @@ use serde_json::json;
 
 use super::access::ClientAddr;
 use super::audit::RequestInfo;
+use super::error::BUSY_RETRY_AFTER_S;
 use super::identity::MAX_EMAIL_BYTES;
 use super::{ApiError, ApiState};
 use crate::audit::{
     ActorRef, AuditDraft, EventOutcome, PrincipalType, Resource, ResourceType, Verb,
 };
 use crate::auth::password::{self, Busy, PasswordWork, MAX_PASSWORD_BYTES};
-use crate::auth::throttle::SignInThrottle;
+use crate::auth::throttle::{PrincipalRate, SignInThrottle, SIGN_INS_PER_MIN_PER_PRINCIPAL};
 use crate::auth::token::{self, Claims, TOKEN_ISSUER};
 use crate::auth::{self, MAX_CREDENTIAL_BYTES};
 use crate::control::state::{IdentityCommand, MemberKind, SigningKey, User};
@@ -35,6 +36,8 @@ use crate::policy::Operation;
 pub struct SignIn {
     /// Sign-in attempts per source and per account.
     pub throttle: SignInThrottle,
+    /// Successful sign-ins per principal.
+    pub per_principal: PrincipalRate,
     /// The argon2 worker pool (password checks and new password hashes).
     pub passwords: PasswordWork,
     /// Lifetime of the tokens this node issues, in seconds.
@@ -46,6 +49,7 @@ impl SignIn {
     pub fn new(token_ttl_s: u64) -> Self {
         Self {
             throttle: SignInThrottle::default(),
+            per_principal: PrincipalRate::default(),
             passwords: PasswordWork::per_core(),
             token_ttl_s,
         }
@@ -63,39 +67,38 @@ impl SignIn {
     }
 }
 
-/// 429 with `Retry-After`.
-fn retry_after(error: ApiError, retry_after_s: u64) -> Response {
-    let mut response = error.into_response();
-    if let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string()) {
-        response.headers_mut().insert("retry-after", v);
+fn throttled(retry_after_s: u64) -> ApiError {
+    ApiError {
+        retry_after_s: Some(retry_after_s),
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "RESOURCE_EXHAUSTED",
+        message: format!(
+            "too many failed sign-ins from this address or for this account; retry in \
+             {retry_after_s} s"
+        ),
     }
-    response
 }
 
-fn throttled(retry_after_s: u64) -> Response {
-    retry_after(
-        ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            code: "RESOURCE_EXHAUSTED",
-            message: format!(
-                "too many failed sign-ins from this address or for this account; retry in \
-                 {retry_after_s} s"
-            ),
-        },
-        retry_after_s,
-    )
+/// The principal signed in [`SIGN_INS_PER_MIN_PER_PRINCIPAL`] times in the last minute.
+fn too_many_sign_ins(retry_after_s: u64) -> ApiError {
+    ApiError {
+        retry_after_s: Some(retry_after_s),
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "RESOURCE_EXHAUSTED",
+        message: format!(
+            "this principal signed in {SIGN_INS_PER_MIN_PER_PRINCIPAL} times in the last \
+             minute on this node; reuse the token issued (it is valid until its 'exp'), or \
+             retry in {retry_after_s} s"
+        ),
+    }
 }
 
 /// The password workers' queue is full.
 fn busy() -> ApiError {
-    ApiError {
-        status: StatusCode::TOO_MANY_REQUESTS,
-        code: "RESOURCE_EXHAUSTED",
-        message: format!(
-            "this node is checking {} passwords already; retry in 1 s",
-            password::MAX_QUEUED_PASSWORD_HASHES
-        ),
-    }
+    ApiError::busy(format!(
+        "this node is checking {} passwords already; retry in {BUSY_RETRY_AFTER_S} s",
+        password::MAX_QUEUED_PASSWORD_HASHES
+    ))
 }
 
 /// Who is signing in, once the secret checked out.
@@ -163,7 +166,7 @@ where
 {
     let counted = match state.signin.throttle.admit(source, account, Instant::now()) {
         Ok(counted) => counted,
-        Err(wait) => return throttled(wait.as_secs_f64().ceil().max(1.0) as u64),
+        Err(wait) => return throttled(wait.as_secs_f64().ceil().max(1.0) as u64).into_response(),
     };
     match check.await {
         Ok(Verdict::Accepted {
@@ -174,6 +177,22 @@ where
             state.signin.throttle.succeeded(counted);
             if !recorded {
                 let actor = ActorRef::member(subject.kind, &subject.id, &subject.organization_id);
+                if let Err(wait) = state.signin.per_principal.allow(&subject.id) {
+                    // Recorded as a refusal: rate-limited and summarized like every other.
+                    let error = too_many_sign_ins(wait.as_secs_f64().ceil().max(1.0) as u64);
+                    let resource = Resource::new(
+                        Verb::Login,
+                        ResourceType::of_member(subject.kind),
+                        Some(&subject.id),
+                    )
+                    .in_org(Some(&subject.organization_id));
+                    state.audit.record(AuditDraft {
+                        context: info.context(operation.name(), actor),
+                        resource,
+                        outcome: EventOutcome::failure(error.code, &error.message),
+                    });
+                    return error.into_response();
+                }
                 let command = Command::SignIn {
                     principal_id: subject.id.clone(),
                     kind: subject.kind,
@@ -208,11 +227,7 @@ where
         Err(e) => {
             // Not checked (the node could not): the attempt is given back.
             state.signin.throttle.abandoned(counted);
-            if e.status == StatusCode::TOO_MANY_REQUESTS {
-                retry_after(e, 1)
-            } else {
-                e.into_response()
-            }
+            e.into_response()
         }
     }
 }

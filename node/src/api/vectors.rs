@@ -370,6 +370,12 @@ pub async fn upsert_local(
             },
         ));
     }
+    let added = target
+        .shard
+        .state
+        .read()
+        .records_added(&namespace, &records);
+    router.check_project_records(target, added as u64).await?;
     let (output, lsn) = router
         .write(target, ShardCommand::Upsert { namespace, records })
         .await?;

@@ -267,6 +267,57 @@ impl SourceRate {
     }
 }
 
+/// Successful sign-ins (tokens issued) one principal may make per minute on a node, in a
+/// burst of as many. Each costs a group-0 write and an audit event of a change, which is
+/// kept for the whole retention period, so a client signing in per call instead of reusing
+/// its token (valid `--token-ttl-s`) would otherwise grow every node's state without bound.
+pub const SIGN_INS_PER_MIN_PER_PRINCIPAL: NonZeroU32 = NonZeroU32::new(60).unwrap();
+
+/// A rate per principal (GCRA, `governor`) for successful sign-ins.
+pub struct PrincipalRate {
+    limiter: RateLimiter<String, HashMapStateStore<String>, DefaultClock>,
+    refused: AtomicU64,
+}
+
+impl Default for PrincipalRate {
+    fn default() -> Self {
+        Self::per_minute(SIGN_INS_PER_MIN_PER_PRINCIPAL)
+    }
+}
+
+impl PrincipalRate {
+    /// `per_minute` per principal, in bursts of as many.
+    pub fn per_minute(per_minute: NonZeroU32) -> Self {
+        Self {
+            limiter: RateLimiter::hashmap(Quota::per_minute(per_minute)),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one sign-in of `principal_id` now, or says how long until one is allowed.
+    pub fn allow(&self, principal_id: &str) -> Result<(), Duration> {
+        if self.limiter.len() >= MAX_TRACKED_SIGN_IN_KEYS {
+            self.limiter.retain_recent();
+        }
+        let key = principal_id.to_string();
+        // Past the tracking bound, an untracked principal is refused for a moment rather
+        // than let the table grow.
+        if self.limiter.len() >= MAX_TRACKED_SIGN_IN_KEYS {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Duration::from_secs(1));
+        }
+        self.limiter.check_key(&key).map_err(|not_until| {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            not_until.wait_time_from(governor::clock::Clock::now(&DefaultClock::default()))
+        })
+    }
+
+    /// Sign-ins refused since the node started.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +397,20 @@ mod tests {
 
     #[test]
     fn a_source_rate_holds_per_source() {
+        let principals = PrincipalRate::per_minute(NonZeroU32::new(3).unwrap());
+        let allowed = (0..10).filter(|_| principals.allow("sa-1").is_ok()).count();
+        assert_eq!(allowed, 3);
+        let wait = principals.allow("sa-1").unwrap_err();
+        assert!(
+            wait > Duration::from_secs(10) && wait <= Duration::from_secs(20),
+            "one sign-in per 20 s: wait {wait:?}"
+        );
+        assert!(
+            principals.allow("sa-2").is_ok(),
+            "another principal has its own"
+        );
+        assert_eq!(principals.refused(), 8);
+
         let rate = SourceRate::per_second(NonZeroU32::new(5).unwrap());
         let allowed = (0..100).filter(|_| rate.allow(ip(1))).count();
         assert_eq!(allowed, 5);

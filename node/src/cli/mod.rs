@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// recorded (1 to 1,000,000); past it they are dropped, counted and summarized.
     #[arg(long, env = "CONIFER_AUDIT_QUEUE_EVENTS", default_value_t = crate::api::audit::DEFAULT_AUDIT_QUEUE_EVENTS)]
     pub audit_queue_events: usize,
+    /// Most records one project holds over all its indexes (at least 1). Give every node the
+    /// same value: it is checked where an upsert is accepted.
+    #[arg(long, env = "CONIFER_MAX_RECORDS_PER_PROJECT", default_value_t = crate::router::DEFAULT_MAX_RECORDS_PER_PROJECT)]
+    pub max_records_per_project: u64,
 }
 
 impl ServeArgs {
@@ -107,6 +111,9 @@ impl ServeArgs {
                 "--token-ttl-s is {}; it must be 1 to {max_ttl}",
                 self.token_ttl_s
             ));
+        }
+        if self.max_records_per_project == 0 {
+            return Err("--max-records-per-project must be at least 1".into());
         }
         if self.audit_retention_s == 0 {
             return Err("--audit-retention-s must be at least 1".into());
@@ -129,6 +136,7 @@ impl ServeArgs {
             join: self.join,
             learner: self.learner,
             domain: self.domain,
+            max_records_per_project: self.max_records_per_project,
             token_ttl_s: self.token_ttl_s,
             engine: EngineConfig {
                 hnsw_min_records: self.hnsw_min_records.max(1),

@@ -591,12 +591,8 @@ impl ShardMachine {
         records: &[(String, Record)],
     ) -> Result<(), ShardRejection> {
         let ns = self.namespaces.get(namespace);
-        let new: std::collections::HashSet<&str> = records
-            .iter()
-            .map(|(id, _)| id.as_str())
-            .filter(|id| ns.is_none_or(|ns| !ns.records.contains_key(*id)))
-            .collect();
-        let in_namespace = ns.map_or(0, Namespace::len) + new.len();
+        let new = self.records_added(namespace, records);
+        let in_namespace = ns.map_or(0, Namespace::len) + new;
         if in_namespace > self.limits.records_per_namespace {
             return Err(ShardRejection::Invalid(format!(
                 "namespace '{namespace}' would hold {in_namespace} records; the limit is {} \
@@ -604,7 +600,7 @@ impl ShardMachine {
                 self.limits.records_per_namespace
             )));
         }
-        let in_index = self.namespaces.values().map(Namespace::len).sum::<usize>() + new.len();
+        let in_index = self.record_count() + new;
         if in_index > self.limits.records {
             return Err(ShardRejection::Invalid(format!(
                 "the index would hold {in_index} records; the limit is {} per index",
@@ -612,6 +608,23 @@ impl ShardMachine {
             )));
         }
         Ok(())
+    }
+
+    /// How many records an upsert of `records` into `namespace` would add: the distinct ids
+    /// not already there.
+    pub fn records_added(&self, namespace: &str, records: &[(String, Record)]) -> usize {
+        let ns = self.namespaces.get(namespace);
+        records
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .filter(|id| ns.is_none_or(|ns| !ns.records.contains_key(*id)))
+            .collect::<std::collections::HashSet<&str>>()
+            .len()
+    }
+
+    /// Records over all namespaces.
+    pub fn record_count(&self) -> usize {
+        self.namespaces.values().map(Namespace::len).sum()
     }
 
     /// Dimension of the index.

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use clap::Parser;
 use conifer_tests::abuse::{self, Outcome, Scale, SCENARIOS};
-use conifer_tests::Cluster;
 
 #[derive(Parser, Debug)]
 #[command(about = "Abuse scenarios against a real 3-node Conifer cluster, with figures")]
@@ -26,9 +25,15 @@ struct Args {
 }
 
 fn markdown(outcomes: &[Outcome], scale: Scale, seconds: u64) -> String {
+    // `scripts/abuse/run.sh` builds the node and the harness with one profile.
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let mut md = format!(
-        "# Abuse harness report\n\nScale `{scale:?}`, a fresh 3-node cluster per scenario (debug \
-         build, this 2-core machine), {seconds} s in all. Each scenario's figures as measured; \
+        "# Abuse harness report\n\nScale `{scale:?}`, a fresh 3-node cluster per scenario \
+         ({build} build, this 2-core machine), {seconds} s in all. Each scenario's figures as measured; \
          `passed` means every check held. Produced by `scripts/abuse/run.sh`; the limits are \
          in [abuse.md](abuse.md).\n"
     );
@@ -72,8 +77,8 @@ fn main() -> ExitCode {
         for name in &selected {
             // A cluster per scenario: each starts from the same state.
             eprintln!("==> scenario {name} ({:?})", args.scale);
-            let cluster = Cluster::start(3).await?;
-            let outcome = abuse::run(&cluster, name, args.scale).await?;
+            let mut cluster = abuse::start(name).await?;
+            let outcome = abuse::run(&mut cluster, name, args.scale).await?;
             eprintln!(
                 "    {}: {}",
                 if outcome.passed { "passed" } else { "FAILED" },
