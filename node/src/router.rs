@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use conifer_proto::pinecone as pb;
 
 use crate::api::ApiError;
-use crate::control::state::Index;
+use crate::control::state::{Index, IndexState};
 use crate::control::{propose_to_group, ControlError, ControlPlane};
 use crate::shard::machine::{ShardCommand, ShardOutcome, ShardOutput, ShardRejection};
 use crate::shard::manager::{HostedShard, ShardManager};
@@ -26,7 +26,7 @@ pub const MAX_READ_WAIT_MS: u64 = 10_000;
 /// says otherwise.
 pub const DEFAULT_MAX_RECORDS_PER_PROJECT: u64 = 100_000_000;
 /// Oldest a record count of another index of the project may be when an upsert is checked
-/// against the project's total (see [`Router::check_project_records`]).
+/// against the project's total (see [`Router::project_records_elsewhere`]).
 pub const PROJECT_COUNT_MAX_AGE_MS: u64 = 1_000;
 
 /// Resolves data-plane calls and runs shard writes.
@@ -108,18 +108,24 @@ impl Router {
         }
     }
 
-    /// Refuses an upsert adding `added` records to the index of `target` when its project
-    /// would then hold more than `--max-records-per-project` records: this index as its
-    /// local replica holds it, plus the project's other indexes, each as a replica here holds
-    /// it or as a replica elsewhere reported at most [`PROJECT_COUNT_MAX_AGE_MS`] earlier.
-    /// A project whose indexes cannot together pass the total (each is held to
-    /// [`MAX_RECORDS_PER_INDEX`](crate::shard::machine::MAX_RECORDS_PER_INDEX)) is not
-    /// counted. Concurrent upserts into one project are checked against the same counts, so
-    /// together they can pass the total by what they add. INVALID_ARGUMENT naming the limit;
-    /// UNAVAILABLE when an index of the project was never counted and has no reachable
-    /// replica.
-    pub async fn check_project_records(&self, target: &Target, added: u64) -> Result<(), ApiError> {
-        let limit = self.max_records_per_project;
+    /// The project's record total (`--max-records-per-project`).
+    pub fn max_records_per_project(&self) -> u64 {
+        self.max_records_per_project
+    }
+
+    /// Records held by the other indexes of `target`'s project, for an upsert into it to be
+    /// checked against the project's total when it is applied
+    /// ([`ShardCommand::UpsertInProject`]); `None` when the project's indexes cannot pass
+    /// the total together (each is held to
+    /// [`MAX_RECORDS_PER_INDEX`](crate::shard::machine::MAX_RECORDS_PER_INDEX)). Each other
+    /// index is counted by a linearizable read (of its replica here after the group's read
+    /// index, or of a replica elsewhere) at most [`PROJECT_COUNT_MAX_AGE_MS`] earlier; an
+    /// index still initializing holds none. UNAVAILABLE when an index was never counted here
+    /// and cannot be now.
+    pub async fn project_records_elsewhere(
+        &self,
+        target: &Target,
+    ) -> Result<Option<u64>, ApiError> {
         let project = &target.index.project_id;
         let others: Vec<Index> = self.control.read(|s| {
             s.indexes
@@ -129,28 +135,22 @@ impl Router {
                 .collect()
         });
         let most = crate::shard::machine::MAX_RECORDS_PER_INDEX as u64;
-        if (others.len() as u64 + 1).saturating_mul(most) <= limit {
-            return Ok(());
+        if (others.len() as u64 + 1).saturating_mul(most) <= self.max_records_per_project {
+            return Ok(None);
         }
-        let mut total = target.shard.state.read().record_count() as u64;
+        let mut elsewhere = 0u64;
         for index in others {
-            total += self.record_count(index).await?;
+            elsewhere += self.record_count(index).await?;
         }
-        let after = total + added;
-        if after > limit {
-            return Err(ApiError::invalid(format!(
-                "the project would hold {after} records over its indexes; the limit is \
-                 {limit} per project"
-            )));
-        }
-        Ok(())
+        Ok(Some(elsewhere))
     }
 
     /// Records of `index`: from its replica here, else as last reported by a replica
-    /// elsewhere (asked again when the count is older than [`PROJECT_COUNT_MAX_AGE_MS`]).
+    /// elsewhere (asked again when that is older than [`PROJECT_COUNT_MAX_AGE_MS`]; after a
+    /// failed ask the last count serves for as long).
     async fn record_count(&self, index: Index) -> Result<u64, ApiError> {
-        if let Some(shard) = self.shards.get(index.group_id) {
-            return Ok(shard.state.read().record_count() as u64);
+        if index.state == IndexState::Initializing {
+            return Ok(0);
         }
         let group = index.group_id;
         let known = self.lock_counts().get(&group).copied();
@@ -159,37 +159,56 @@ impl Router {
             return Ok(count);
         }
         let name = index.name.clone();
-        let remote = Remote {
-            replicas: index.replicas.clone(),
-            index,
-            min_lsn: 0,
-            linearizable: false,
-        };
-        let asked: Result<(pb::DescribeIndexStatsResponse, _), ApiError> = self
-            .forward(
-                &remote,
-                "DescribeIndexStats",
-                &pb::DescribeIndexStatsRequest::default(),
-            )
-            .await;
-        match (asked, known) {
-            (Ok((stats, _)), _) => {
-                let count = u64::from(stats.total_vector_count);
-                self.lock_counts().insert(group, (Instant::now(), count));
-                Ok(count)
+        let asked = match self.shards.get(group) {
+            // A replica here may lag its leader: read it after the group's read index.
+            Some(shard) => {
+                crate::control::linearizable_barrier(&shard.raft, self.control.peers(), group)
+                    .await
+                    .map_err(ApiError::from)
+                    .map(|()| shard.state.read().record_count() as u64)
             }
+            None => {
+                let remote = Remote {
+                    replicas: index.replicas.clone(),
+                    index,
+                    min_lsn: 0,
+                    linearizable: true,
+                };
+                self.forward::<_, pb::DescribeIndexStatsResponse>(
+                    &remote,
+                    "DescribeIndexStats",
+                    &pb::DescribeIndexStatsRequest::default(),
+                )
+                .await
+                .map(|(stats, _)| u64::from(stats.total_vector_count))
+            }
+        };
+        let count = match (asked, known) {
+            (Ok(count), _) => count,
             (Err(e), Some((_, count))) => {
                 tracing::warn!(
                     "counting index '{name}' for its project's total: {}; using its last count",
                     e.message
                 );
-                Ok(count)
+                count
             }
-            (Err(e), None) => Err(ApiError::unavailable(format!(
-                "cannot count the records of index '{name}' for the project's total: {}",
-                e.message
-            ))),
+            (Err(e), None) => {
+                return Err(ApiError::unavailable(format!(
+                    "cannot count the records of index '{name}' for the project's total: {}",
+                    e.message
+                )))
+            }
+        };
+        let mut counts = self.lock_counts();
+        counts.insert(group, (Instant::now(), count));
+        // Forget the groups of deleted indexes.
+        if counts.len() > 64 {
+            let live: std::collections::HashSet<u64> = self
+                .control
+                .read(|s| s.indexes.values().map(|i| i.group_id).collect());
+            counts.retain(|group, _| live.contains(group));
         }
+        Ok(count)
     }
 
     fn lock_counts(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Instant, u64)>> {
@@ -346,7 +365,9 @@ impl Router {
         // The chaos harness's deliberately unsafe mode: acknowledge an upsert before it is
         // committed (the proposal carries on in the background), which its checkers must catch.
         #[cfg(feature = "failpoints")]
-        if let ShardCommand::Upsert { records, .. } = &command {
+        if let ShardCommand::Upsert { records, .. }
+        | ShardCommand::UpsertInProject { records, .. } = &command
+        {
             if fail::eval("conifer::write::ack_before_commit", |_| ()).is_some() {
                 let (raft, peers, group) = (
                     target.shard.raft.clone(),

@@ -502,6 +502,7 @@ async fn cluster(
         },
         "sign_ins_refused_unchecked": state.signin.throttle.refused(),
         "sign_ins_refused_per_principal_rate": state.signin.per_principal.refused(),
+        "max_records_per_project": state.router.max_records_per_project(),
         "unknown_credential_catch_ups_refused": state.catch_ups.refused(),
         "read_index_rounds": state.control.barrier_rounds(),
     })))

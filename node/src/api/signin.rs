@@ -6,7 +6,7 @@
 //! argon2 work runs on the bounded pool of [`crate::auth::password::PasswordWork`].
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -25,7 +25,9 @@ use crate::audit::{
     ActorRef, AuditDraft, EventOutcome, PrincipalType, Resource, ResourceType, Verb,
 };
 use crate::auth::password::{self, Busy, PasswordWork, MAX_PASSWORD_BYTES};
-use crate::auth::throttle::{PrincipalRate, SignInThrottle, SIGN_INS_PER_MIN_PER_PRINCIPAL};
+use crate::auth::throttle::{
+    PrincipalRate, SignInThrottle, SIGN_IN_BURST_PER_PRINCIPAL, SIGN_IN_INTERVAL_PER_PRINCIPAL_MS,
+};
 use crate::auth::token::{self, Claims, TOKEN_ISSUER};
 use crate::auth::{self, MAX_CREDENTIAL_BYTES};
 use crate::control::state::{IdentityCommand, MemberKind, SigningKey, User};
@@ -79,18 +81,40 @@ fn throttled(retry_after_s: u64) -> ApiError {
     }
 }
 
-/// The principal signed in [`SIGN_INS_PER_MIN_PER_PRINCIPAL`] times in the last minute.
-fn too_many_sign_ins(retry_after_s: u64) -> ApiError {
-    ApiError {
+/// 429 with `Retry-After` for a principal past its sign-in rate, recorded as a refusal (so
+/// rate-limited and summarized like every other).
+fn over_rate(
+    state: &ApiState,
+    info: &RequestInfo,
+    operation: Operation,
+    subject: &Subject,
+    wait: Duration,
+) -> Response {
+    let retry_after_s = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let error = ApiError {
         retry_after_s: Some(retry_after_s),
         status: StatusCode::TOO_MANY_REQUESTS,
         code: "RESOURCE_EXHAUSTED",
         message: format!(
-            "this principal signed in {SIGN_INS_PER_MIN_PER_PRINCIPAL} times in the last \
-             minute on this node; reuse the token issued (it is valid until its 'exp'), or \
-             retry in {retry_after_s} s"
+            "this principal signed in {SIGN_IN_BURST_PER_PRINCIPAL} times in a burst, then \
+             more than once per {} s, on this node; reuse the token issued (it is valid \
+             until its 'exp'), or retry in {retry_after_s} s",
+            SIGN_IN_INTERVAL_PER_PRINCIPAL_MS / 1000
         ),
-    }
+    };
+    let actor = ActorRef::member(subject.kind, &subject.id, &subject.organization_id);
+    let resource = Resource::new(
+        Verb::Login,
+        ResourceType::of_member(subject.kind),
+        Some(&subject.id),
+    )
+    .in_org(Some(&subject.organization_id));
+    state.audit.record(AuditDraft {
+        context: info.context(operation.name(), actor),
+        resource,
+        outcome: EventOutcome::failure(error.code, &error.message),
+    });
+    error.into_response()
 }
 
 /// The password workers' queue is full.
@@ -131,6 +155,9 @@ fn issue(state: &ApiState, key: &SigningKey, subject: Subject) -> Result<Respons
 
 /// How a sign-in check ended.
 enum Verdict {
+    /// The credentials are good, but their principal is past its sign-in rate
+    /// ([`PrincipalRate`]) for `wait` more.
+    OverRate { subject: Subject, wait: Duration },
     /// The credentials are good. `recorded`: the check already proposed an audited change
     /// (a password change), so no separate sign-in event is needed.
     Accepted {
@@ -178,20 +205,7 @@ where
             if !recorded {
                 let actor = ActorRef::member(subject.kind, &subject.id, &subject.organization_id);
                 if let Err(wait) = state.signin.per_principal.allow(&subject.id) {
-                    // Recorded as a refusal: rate-limited and summarized like every other.
-                    let error = too_many_sign_ins(wait.as_secs_f64().ceil().max(1.0) as u64);
-                    let resource = Resource::new(
-                        Verb::Login,
-                        ResourceType::of_member(subject.kind),
-                        Some(&subject.id),
-                    )
-                    .in_org(Some(&subject.organization_id));
-                    state.audit.record(AuditDraft {
-                        context: info.context(operation.name(), actor),
-                        resource,
-                        outcome: EventOutcome::failure(error.code, &error.message),
-                    });
-                    return error.into_response();
+                    return over_rate(state, info, operation, &subject, wait);
                 }
                 let command = Command::SignIn {
                     principal_id: subject.id.clone(),
@@ -203,6 +217,10 @@ where
                 }
             }
             issue(state, &key, subject).unwrap_or_else(IntoResponse::into_response)
+        }
+        Ok(Verdict::OverRate { subject, wait }) => {
+            state.signin.throttle.succeeded(counted);
+            over_rate(state, info, operation, &subject, wait)
         }
         Ok(Verdict::Refused { actor }) => {
             let error = ApiError::unauthenticated("invalid credentials");
@@ -363,6 +381,12 @@ pub async fn change_password(
             (key, Some(user), true) => (key, user),
             (_, user, _) => return Ok(refused_user(&body.email, user.as_ref())),
         };
+        if let Err(wait) = state.signin.per_principal.allow(&user.id) {
+            return Ok(Verdict::OverRate {
+                subject: subject_of(user),
+                wait,
+            });
+        }
         let actor = ActorRef::member(MemberKind::User, &user.id, &user.organization_id);
         let password_phc = state.signin.hash_new_password(body.new_password).await?;
         let command = Command::Identity(IdentityCommand::SetUserPassword {

@@ -370,15 +370,16 @@ pub async fn upsert_local(
             },
         ));
     }
-    let added = target
-        .shard
-        .state
-        .read()
-        .records_added(&namespace, &records);
-    router.check_project_records(target, added as u64).await?;
-    let (output, lsn) = router
-        .write(target, ShardCommand::Upsert { namespace, records })
-        .await?;
+    let command = match router.project_records_elsewhere(target).await? {
+        None => ShardCommand::Upsert { namespace, records },
+        Some(elsewhere) => ShardCommand::UpsertInProject {
+            namespace,
+            records,
+            elsewhere,
+            project_limit: router.max_records_per_project(),
+        },
+    };
+    let (output, lsn) = router.write(target, command).await?;
     let count = match output {
         ShardOutput::Upserted(n) => n,
         _ => 0,

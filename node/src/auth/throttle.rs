@@ -267,11 +267,15 @@ impl SourceRate {
     }
 }
 
-/// Successful sign-ins (tokens issued) one principal may make per minute on a node, in a
-/// burst of as many. Each costs a group-0 write and an audit event of a change, which is
-/// kept for the whole retention period, so a client signing in per call instead of reusing
-/// its token (valid `--token-ttl-s`) would otherwise grow every node's state without bound.
-pub const SIGN_INS_PER_MIN_PER_PRINCIPAL: NonZeroU32 = NonZeroU32::new(60).unwrap();
+/// Successful sign-ins (and password changes) one principal may make at once on a node.
+/// Each is a group-0 write and an audit event of a change, kept for the whole retention
+/// period, so a client signing in per call instead of reusing its token (valid
+/// `--token-ttl-s`) is held to this burst and then one per
+/// [`SIGN_IN_INTERVAL_PER_PRINCIPAL_MS`]: at most 60 + 8,640 such events a day per principal
+/// per node.
+pub const SIGN_IN_BURST_PER_PRINCIPAL: NonZeroU32 = NonZeroU32::new(60).unwrap();
+/// After the burst, one more sign-in per principal per this many milliseconds.
+pub const SIGN_IN_INTERVAL_PER_PRINCIPAL_MS: u64 = 10_000;
 
 /// A rate per principal (GCRA, `governor`) for successful sign-ins.
 pub struct PrincipalRate {
@@ -281,35 +285,42 @@ pub struct PrincipalRate {
 
 impl Default for PrincipalRate {
     fn default() -> Self {
-        Self::per_minute(SIGN_INS_PER_MIN_PER_PRINCIPAL)
+        Self::new(
+            SIGN_IN_BURST_PER_PRINCIPAL,
+            Duration::from_millis(SIGN_IN_INTERVAL_PER_PRINCIPAL_MS),
+        )
     }
 }
 
 impl PrincipalRate {
-    /// `per_minute` per principal, in bursts of as many.
-    pub fn per_minute(per_minute: NonZeroU32) -> Self {
+    /// `burst` sign-ins per principal at once, then one per `interval`.
+    pub fn new(burst: NonZeroU32, interval: Duration) -> Self {
+        let quota = Quota::with_period(interval)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
         Self {
-            limiter: RateLimiter::hashmap(Quota::per_minute(per_minute)),
+            limiter: RateLimiter::hashmap(quota),
             refused: AtomicU64::new(0),
         }
     }
 
     /// Counts one sign-in of `principal_id` now, or says how long until one is allowed.
+    /// While [`MAX_TRACKED_SIGN_IN_KEYS`] principals are tracked with none forgettable,
+    /// every principal is refused for a second rather than let the table grow.
     pub fn allow(&self, principal_id: &str) -> Result<(), Duration> {
         if self.limiter.len() >= MAX_TRACKED_SIGN_IN_KEYS {
             self.limiter.retain_recent();
         }
-        let key = principal_id.to_string();
-        // Past the tracking bound, an untracked principal is refused for a moment rather
-        // than let the table grow.
         if self.limiter.len() >= MAX_TRACKED_SIGN_IN_KEYS {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Duration::from_secs(1));
         }
-        self.limiter.check_key(&key).map_err(|not_until| {
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            not_until.wait_time_from(governor::clock::Clock::now(&DefaultClock::default()))
-        })
+        self.limiter
+            .check_key(&principal_id.to_string())
+            .map_err(|not_until| {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                not_until.wait_time_from(governor::clock::Clock::now(self.limiter.clock()))
+            })
     }
 
     /// Sign-ins refused since the node started.
@@ -397,25 +408,28 @@ mod tests {
 
     #[test]
     fn a_source_rate_holds_per_source() {
-        let principals = PrincipalRate::per_minute(NonZeroU32::new(3).unwrap());
+        let rate = SourceRate::per_second(NonZeroU32::new(5).unwrap());
+        let allowed = (0..100).filter(|_| rate.allow(ip(1))).count();
+        assert_eq!(allowed, 5);
+        assert!(rate.allow(ip(2)), "another source has its own budget");
+        assert_eq!(rate.refused(), 95);
+    }
+
+    #[test]
+    fn a_principal_rate_holds_per_principal_with_the_wait_left() {
+        let principals = PrincipalRate::new(NonZeroU32::new(3).unwrap(), Duration::from_secs(20));
         let allowed = (0..10).filter(|_| principals.allow("sa-1").is_ok()).count();
         assert_eq!(allowed, 3);
         let wait = principals.allow("sa-1").unwrap_err();
         assert!(
             wait > Duration::from_secs(10) && wait <= Duration::from_secs(20),
-            "one sign-in per 20 s: wait {wait:?}"
+            "one sign-in per 20 s after the burst: wait {wait:?}"
         );
         assert!(
             principals.allow("sa-2").is_ok(),
             "another principal has its own"
         );
         assert_eq!(principals.refused(), 8);
-
-        let rate = SourceRate::per_second(NonZeroU32::new(5).unwrap());
-        let allowed = (0..100).filter(|_| rate.allow(ip(1))).count();
-        assert_eq!(allowed, 5);
-        assert!(rate.allow(ip(2)), "another source has its own budget");
-        assert_eq!(rate.refused(), 95);
     }
 
     #[test]

@@ -203,6 +203,19 @@ pub enum ShardCommand {
         /// Name.
         name: String,
     },
+    /// An [`Upsert`](ShardCommand::Upsert) into an index whose project is held to a record
+    /// total: refused when it adds records and this index would then hold more than
+    /// `project_limit` − `elsewhere`.
+    UpsertInProject {
+        /// Namespace (canonical).
+        namespace: String,
+        /// (id, record) pairs, validated by the API.
+        records: Vec<(String, Record)>,
+        /// Records the project's other indexes held when the upsert was accepted.
+        elsewhere: u64,
+        /// The project's total (`--max-records-per-project`).
+        project_limit: u64,
+    },
 }
 
 /// What a shard command produced.
@@ -612,7 +625,7 @@ impl ShardMachine {
 
     /// How many records an upsert of `records` into `namespace` would add: the distinct ids
     /// not already there.
-    pub fn records_added(&self, namespace: &str, records: &[(String, Record)]) -> usize {
+    fn records_added(&self, namespace: &str, records: &[(String, Record)]) -> usize {
         let ns = self.namespaces.get(namespace);
         records
             .iter()
@@ -746,6 +759,45 @@ impl ShardMachine {
         Ok(())
     }
 
+    /// Upserts `records` into `namespace` after every check on the state it would produce;
+    /// `project`: (records of the project's other indexes, the project's total).
+    fn apply_upsert(
+        &mut self,
+        namespace: String,
+        records: Vec<(String, Record)>,
+        project: Option<(u64, u64)>,
+        writes: &mut StateWrites<'_>,
+    ) -> ShardOutcome {
+        for (id, record) in &records {
+            self.check_values(id, &record.values)?;
+        }
+        if !self.namespaces.contains_key(&namespace) {
+            self.check_new_namespace(&namespace)?;
+        }
+        self.check_record_totals(&namespace, &records)?;
+        if let Some((elsewhere, limit)) = project {
+            let added = self.records_added(&namespace, &records) as u64;
+            let after = self.record_count() as u64 + added + elsewhere;
+            // Rewriting records never is refused, also in a project already past its total.
+            if added > 0 && after > limit {
+                return Err(ShardRejection::Invalid(format!(
+                    "the project would hold {after} records over its indexes; the limit is \
+                     {limit} per project"
+                )));
+            }
+        }
+        if !self.namespaces.contains_key(&namespace) {
+            let ns = self.new_namespace(&namespace, writes);
+            self.namespaces.insert(namespace.clone(), ns);
+        }
+        let Some(ns) = self.namespaces.get_mut(&namespace) else {
+            unreachable!("namespace inserted above")
+        };
+        let count = records.len() as u32;
+        ns.upsert(records, writes);
+        Ok(ShardOutput::Upserted(count))
+    }
+
     fn apply_command(
         &mut self,
         command: ShardCommand,
@@ -753,24 +805,14 @@ impl ShardMachine {
     ) -> ShardOutcome {
         match command {
             ShardCommand::Upsert { namespace, records } => {
-                for (id, record) in &records {
-                    self.check_values(id, &record.values)?;
-                }
-                if !self.namespaces.contains_key(&namespace) {
-                    self.check_new_namespace(&namespace)?;
-                }
-                self.check_record_totals(&namespace, &records)?;
-                if !self.namespaces.contains_key(&namespace) {
-                    let ns = self.new_namespace(&namespace, writes);
-                    self.namespaces.insert(namespace.clone(), ns);
-                }
-                let Some(ns) = self.namespaces.get_mut(&namespace) else {
-                    unreachable!("namespace inserted above")
-                };
-                let count = records.len() as u32;
-                ns.upsert(records, writes);
-                Ok(ShardOutput::Upserted(count))
+                self.apply_upsert(namespace, records, None, writes)
             }
+            ShardCommand::UpsertInProject {
+                namespace,
+                records,
+                elsewhere,
+                project_limit,
+            } => self.apply_upsert(namespace, records, Some((elsewhere, project_limit)), writes),
             ShardCommand::Update {
                 namespace,
                 id,
@@ -1371,6 +1413,36 @@ mod tests {
         assert!(matches!(out, Err(ShardRejection::Invalid(m)) if m.contains("'b' has 1 values")));
         assert!(shard.sm.namespace("n").is_none());
         assert!(shard.stored().is_empty(), "nothing written");
+    }
+
+    #[test]
+    fn the_project_total_is_checked_on_apply_and_rewrites_always_pass() {
+        let mut shard = TestShard::new(1, Metric::Euclidean, EngineConfig::default());
+        let upsert = |ids: &[&str], elsewhere: u64| ShardCommand::UpsertInProject {
+            namespace: "n".into(),
+            records: ids
+                .iter()
+                .map(|id| (id.to_string(), rec(vec![1.0], None)))
+                .collect(),
+            elsewhere,
+            project_limit: 10,
+        };
+        assert!(shard.apply(upsert(&["1", "2", "3"], 5)).is_ok());
+        // 3 here + 2 new + 5 elsewhere = 10: at the total, allowed.
+        assert_eq!(
+            shard.apply(upsert(&["4", "5", "5"], 5)),
+            Ok(ShardOutput::Upserted(3))
+        );
+        let out = shard.apply(upsert(&["1", "6"], 5));
+        assert!(
+            matches!(&out, Err(ShardRejection::Invalid(m)) if m.contains("the project would hold 11 records over its indexes; the limit is 10 per project")),
+            "{out:?}"
+        );
+        assert!(shard.sm.namespace("n").unwrap().get("6").is_none());
+        // A project already past its total (the other indexes grew) may still rewrite.
+        assert!(shard.apply(upsert(&["1", "2"], 50)).is_ok());
+        assert!(shard.apply(upsert(&["7"], 50)).is_err());
+        assert_eq!(shard.sm.record_count(), 5);
     }
 
     #[test]
