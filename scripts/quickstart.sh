@@ -15,13 +15,18 @@ BIN="$CARGO_TARGET_DIR/release/conifer"
 DATA="${CONIFER_DATA_DIR:-$PWD/conifer-data}"
 API_ADDR="${CONIFER_API_ADDR:-127.0.0.1:7443}"
 CLUSTER_ADDR="${CONIFER_CLUSTER_ADDR:-127.0.0.1:7444}"
+# Each index gets its own port from this range, and its host is 127.0.0.1:<port>: no DNS.
+# CONIFER_INDEX_PORT_RANGE= (empty) turns it off: index hosts are then host names.
+INDEX_PORTS="${CONIFER_INDEX_PORT_RANGE-7500-7599}"
+index_port_flags=()
+[ -n "$INDEX_PORTS" ] && index_port_flags=(--index-port-range "$INDEX_PORTS")
 mkdir -p "$DATA"
 if [ -f "$DATA/conifer.pid" ] && kill -0 "$(cat "$DATA/conifer.pid")" 2>/dev/null; then
   echo "==> conifer already running (pid $(cat "$DATA/conifer.pid"))"
 else
   echo "==> starting conifer in $DATA (log: $DATA/conifer.log)"
   nohup "$BIN" serve --data-dir "$DATA" --api-addr "$API_ADDR" --cluster-addr "$CLUSTER_ADDR" \
-    >>"$DATA/conifer.log" 2>&1 &
+    "${index_port_flags[@]}" >>"$DATA/conifer.log" 2>&1 &
   echo $! >"$DATA/conifer.pid"
 fi
 
@@ -42,6 +47,7 @@ cat <<MSG
 
 Conifer is serving.
   endpoint:     https://$API_ADDR
+  index hosts:  ${INDEX_PORTS:+${API_ADDR%:*}:<port from $INDEX_PORTS> }(describe_index reports each)
   CA cert:      $DATA/tls/ca.pem
   credentials:  $DATA/bootstrap.json (mode 0600: admin_token, api_key, project_id, ...)
 

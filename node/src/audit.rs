@@ -761,7 +761,7 @@ pub fn describe(state: &ControlState, command: &Command) -> Resource {
             .params(Params::default().with("name", name.as_str())),
         Command::DeleteOrganization { id } => org_resource(state, V::Delete, id),
         Command::Identity(identity) => describe_identity(state, identity),
-        Command::CreateIndex(index) => {
+        Command::CreateIndex { index, .. } => {
             index_resource(state, V::Create, &index.project_id, &index.name).params(
                 Params::default()
                     .with("project_id", index.project_id.as_str())

@@ -25,7 +25,7 @@ use crate::cluster::{InternalService, JOIN_RETRY_MS};
 use crate::control::state::{ApiKey, ApiKeyRole, OperatorToken, Organization, Project};
 use crate::control::{Command, ControlMachine, ControlPlane};
 use crate::crypto::{node_data_key, write_private_file, LocalKeyring};
-use crate::router::Router;
+use crate::router::{Addressing, Router};
 use crate::shard::engine::EngineConfig;
 use crate::shard::manager::ShardManager;
 use crate::tls::{self, LeafKind, NodeTls, Validity};
@@ -69,6 +69,8 @@ pub struct ServeConfig {
     pub domain: String,
     /// Most records one project holds over all its indexes.
     pub max_records_per_project: u64,
+    /// Index port range (first, last), inclusive; `None`: index hosts are host names.
+    pub index_ports: Option<(u16, u16)>,
     /// Lifetime of issued bearer tokens, in seconds.
     pub token_ttl_s: u64,
     /// How long audit events are kept, in seconds.
@@ -240,8 +242,11 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     let router = Router::new(
         control.clone(),
         shards.clone(),
-        config.domain.clone(),
-        config.api_addr.port(),
+        Addressing {
+            domain: config.domain.clone(),
+            api_addr: config.api_addr,
+            index_ports: config.index_ports,
+        },
         config.max_records_per_project,
     );
 
@@ -269,19 +274,28 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         .await
         .with_context(|| format!("binding client port {}", config.api_addr))?;
     let connections = Arc::new(api::conn::ConnectionTable::default());
-    tokio::spawn(api::serve(
-        api_listener,
-        node_tls.client_port_config()?,
-        api::routes(ApiState {
-            control: control.clone(),
-            router,
-            signin: Arc::new(api::signin::SignIn::new(config.token_ttl_s)),
-            audit: api::audit::AuditSink::start(control.clone(), config.audit_queue_events),
-            connections: connections.clone(),
-            catch_ups: Arc::new(SourceRate::per_second(UNKNOWN_CREDENTIAL_CATCH_UPS_PER_S)),
-        }),
-        connections,
-    ));
+    let client_tls = node_tls.client_port_config()?;
+    let state = ApiState {
+        control: control.clone(),
+        router,
+        signin: Arc::new(api::signin::SignIn::new(config.token_ttl_s)),
+        audit: api::audit::AuditSink::start(control.clone(), config.audit_queue_events),
+        connections: connections.clone(),
+        catch_ups: Arc::new(SourceRate::per_second(UNKNOWN_CREDENTIAL_CATCH_UPS_PER_S)),
+    };
+    if let Some((first, last)) = config.index_ports {
+        tracing::info!(first, last, "index ports: each index gets its own port");
+        tokio::spawn(api::ports::serve_index_ports(
+            config.api_addr.ip(),
+            vec![config.api_addr.port(), config.cluster_addr.port()],
+            control.clone(),
+            client_tls.clone(),
+            api::index_port_routes(state.clone()),
+            connections.clone(),
+        ));
+    }
+    let app = api::routes(state);
+    tokio::spawn(api::serve(api_listener, client_tls, app, connections, None));
     tokio::spawn(api::audit::keep_retention(
         control.clone(),
         config.audit_retention_s,

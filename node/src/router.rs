@@ -29,13 +29,36 @@ pub const DEFAULT_MAX_RECORDS_PER_PROJECT: u64 = 100_000_000;
 /// against the project's total (see [`Router::project_records_elsewhere`]).
 pub const PROJECT_COUNT_MAX_AGE_MS: u64 = 1_000;
 
+/// How clients address indexes on this node.
+#[derive(Clone, Debug)]
+pub struct Addressing {
+    /// Domain of index host names: `<index>-<project tag>.<domain>`.
+    pub domain: String,
+    /// The client port's address; its IP is the one index hosts advertise.
+    pub api_addr: std::net::SocketAddr,
+    /// Index port range (first, last), inclusive: each index created through this node gets
+    /// its own port from it and is reported as `<api IP>:<port>`, which needs no DNS.
+    /// `None`: host names only.
+    pub index_ports: Option<(u16, u16)>,
+}
+
+impl Addressing {
+    /// The IP an index host advertises: the client port's (never unspecified with index
+    /// ports: `serve` refuses that).
+    fn advertised_ip(&self) -> String {
+        match self.api_addr.ip() {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        }
+    }
+}
+
 /// Resolves data-plane calls and runs shard writes.
 #[derive(Clone)]
 pub struct Router {
     control: ControlPlane,
     shards: ShardManager,
-    domain: String,
-    api_port: u16,
+    addressing: Addressing,
     max_records_per_project: u64,
     /// Record counts of indexes with no replica here, by shard group, and when counted.
     remote_counts: Arc<Mutex<HashMap<u64, (Instant, u64)>>>,
@@ -89,20 +112,18 @@ pub fn project_tag(project_id: &str) -> String {
 }
 
 impl Router {
-    /// A router for indexes under `domain`, advertising `api_port`, holding each project to
+    /// A router for indexes addressed as `addressing` says, holding each project to
     /// `max_records_per_project` records.
     pub fn new(
         control: ControlPlane,
         shards: ShardManager,
-        domain: String,
-        api_port: u16,
+        addressing: Addressing,
         max_records_per_project: u64,
     ) -> Self {
         Self {
             control,
             shards,
-            domain,
-            api_port,
+            addressing,
             max_records_per_project,
             remote_counts: Arc::default(),
         }
@@ -225,15 +246,24 @@ impl Router {
         &self.shards
     }
 
-    /// The `host` reported for an index.
+    /// The index port range of this node, if it has one.
+    pub fn index_ports(&self) -> Option<(u16, u16)> {
+        self.addressing.index_ports
+    }
+
+    /// The `host` reported for an index: `<advertised IP>:<its port>` when it has a port and
+    /// this node serves index ports, else `<index>-<project tag>.<domain>:<client port>`.
     pub fn host_of(&self, index: &Index) -> String {
-        format!(
-            "{}-{}.{}:{}",
-            index.name,
-            project_tag(&index.project_id),
-            self.domain,
-            self.api_port
-        )
+        match (index.port, self.addressing.index_ports) {
+            (Some(port), Some(_)) => format!("{}:{port}", self.addressing.advertised_ip()),
+            _ => format!(
+                "{}-{}.{}:{}",
+                index.name,
+                project_tag(&index.project_id),
+                self.addressing.domain,
+                self.addressing.api_addr.port()
+            ),
+        }
     }
 
     /// Splits a host name under our domain into (index name, project tag).
@@ -245,19 +275,52 @@ impl Router {
                 host
             }
         });
-        let label = name.strip_suffix(&format!(".{}", self.domain))?;
+        let label = name.strip_suffix(&format!(".{}", self.addressing.domain))?;
         let (index, tag) = label.rsplit_once('-')?;
         Some((index.to_string(), tag.to_string()))
     }
 
-    /// Finds the index a data-plane call addresses: the explicit index name if given, else
-    /// the host name; the index must belong to `project_id` (already authorized).
+    /// Finds the index a data-plane call addresses: on an index's own port, that index
+    /// (`served_index`, its shard group; the port decides, whatever header or host name
+    /// the call carries); else the explicit index name if given, else the host name. The
+    /// index must belong to `project_id` (already authorized): another project's index, or
+    /// a deleted one whose port a connection still holds, gets 404 like a missing one.
     pub fn resolve(
+        &self,
+        project_id: &str,
+        served_index: Option<u64>,
+        explicit: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<Resolved, ApiError> {
+        let index = match served_index {
+            Some(group) => self
+                .control
+                .read(|s| s.indexes.values().find(|i| i.group_id == group).cloned())
+                .filter(|index| index.project_id == project_id)
+                .ok_or_else(|| ApiError::not_found("index not found"))?,
+            None => self.resolve_by_name(project_id, explicit, host)?,
+        };
+        match self.shards.get(index.group_id) {
+            Some(shard) => Ok(Resolved::Local(Target { index, shard })),
+            None => {
+                let replicas = index.replicas.clone();
+                Ok(Resolved::Remote(Remote {
+                    index,
+                    replicas,
+                    min_lsn: 0,
+                    linearizable: false,
+                }))
+            }
+        }
+    }
+
+    /// The index named by `explicit`, else by `host`, in `project_id`.
+    fn resolve_by_name(
         &self,
         project_id: &str,
         explicit: Option<&str>,
         host: Option<&str>,
-    ) -> Result<Resolved, ApiError> {
+    ) -> Result<Index, ApiError> {
         let explicit = explicit.filter(|name| !name.is_empty());
         let (name, tag) = match (explicit, host.and_then(|h| self.parse_host(h))) {
             (Some(name), _) => (name.to_string(), None),
@@ -272,26 +335,13 @@ impl Router {
         if tag.as_deref().is_some_and(|t| t != project_tag(project_id)) {
             return Err(not_found());
         }
-        let index = self
-            .control
+        self.control
             .read(|s| {
                 s.indexes
                     .get(&(project_id.to_string(), name.clone()))
                     .cloned()
             })
-            .ok_or_else(not_found)?;
-        match self.shards.get(index.group_id) {
-            Some(shard) => Ok(Resolved::Local(Target { index, shard })),
-            None => {
-                let replicas = index.replicas.clone();
-                Ok(Resolved::Remote(Remote {
-                    index,
-                    replicas,
-                    min_lsn: 0,
-                    linearizable: false,
-                }))
-            }
-        }
+            .ok_or_else(not_found)
     }
 
     /// The local replica of shard group `group`, as a target (on a node serving a forward).

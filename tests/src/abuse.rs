@@ -147,7 +147,7 @@ fn api_addr(cluster: &Cluster, id: u64) -> anyhow::Result<SocketAddr> {
 }
 
 /// A TLS connector trusting the cluster CA.
-fn tls_connector(cluster: &Cluster) -> anyhow::Result<TlsConnector> {
+pub fn tls_connector(cluster: &Cluster) -> anyhow::Result<TlsConnector> {
     let pem = std::fs::read(cluster.ca_dir.join(tls::CA_CERT))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -163,7 +163,7 @@ fn tls_connector(cluster: &Cluster) -> anyhow::Result<TlsConnector> {
 }
 
 /// A TLS connection from `from` to `to`, or why not (the node closed it unanswered).
-async fn open_tls(
+pub async fn open_tls(
     tls: &TlsConnector,
     from: IpAddr,
     to: SocketAddr,

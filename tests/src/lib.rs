@@ -46,6 +46,19 @@ pub fn free_port() -> u16 {
 /// it ("Address already in use"). Below the compat suite's 20000–40000.
 const NODE_PORTS: std::ops::Range<u16> = 10_000..20_000;
 
+/// The first of `n` consecutive ports of [`NODE_PORTS`] free on 127.0.0.1 at the time of
+/// the call (an index port range).
+pub fn free_port_range(n: u16) -> u16 {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    loop {
+        let first = rng.gen_range(NODE_PORTS.start..NODE_PORTS.end - n);
+        if (first..first + n).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+            return first;
+        }
+    }
+}
+
 /// A port of [`NODE_PORTS`] free on address `host` at the time of the call.
 pub fn free_port_on(host: &str) -> u16 {
     use rand::Rng;
@@ -574,8 +587,21 @@ impl Cluster {
             tonic::transport::Channel,
         >,
     > {
+        self.grpc_data_at(&self.url(via, "")).await
+    }
+
+    /// A typed gRPC client of the Pinecone data plane at `url` (`https://<IP>:<port>`: a
+    /// node's client port or an index's own port), over TLS trusting the cluster CA.
+    pub async fn grpc_data_at(
+        &self,
+        url: &str,
+    ) -> anyhow::Result<
+        conifer_proto::pinecone::vector_service_client::VectorServiceClient<
+            tonic::transport::Channel,
+        >,
+    > {
         let ca_pem = std::fs::read(self.ca_dir.join(tls::CA_CERT))?;
-        let url = self.url(via, "");
+        let url = url.to_string();
         let host = url
             .trim_start_matches("https://")
             .rsplit_once(':')

@@ -31,6 +31,12 @@ pub const PROJECT_HEADER: &str = "x-project-id";
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub IpAddr);
 
+/// The shard group of the index whose own port a request came in on
+/// (`--index-port-range`): every accept loop sets an `Option<ServedIndex>`, `None` on the
+/// client port.
+#[derive(Clone, Copy, Debug)]
+pub struct ServedIndex(pub u64);
+
 /// An authenticated caller and the operation its route performs.
 #[derive(Clone)]
 pub struct Caller {
@@ -40,6 +46,8 @@ pub struct Caller {
     pub operation: Operation,
     /// Where the request came from, for its audit event.
     pub request: Arc<RequestInfo>,
+    /// The index whose own port the request came in on ([`ServedIndex`]), by shard group.
+    pub served_index: Option<u64>,
     api: ApiState,
     authorized: Arc<AtomicBool>,
 }
@@ -378,6 +386,12 @@ async fn authenticated(
         principal: Arc::new(principal),
         operation,
         request: info,
+        served_index: request
+            .extensions()
+            .get::<Option<ServedIndex>>()
+            .copied()
+            .flatten()
+            .map(|index| index.0),
         api: route.api.clone(),
         authorized: Arc::new(AtomicBool::new(false)),
     };

@@ -41,9 +41,12 @@ async fn target(
         .authorize_data_project(state, header(headers, PROJECT_HEADER))
         .await?;
     let host = header(headers, super::grpc::AUTHORITY_METADATA);
-    let mut target = state
-        .router
-        .resolve(&project_id, header(headers, INDEX_HEADER), host)?;
+    let mut target = state.router.resolve(
+        &project_id,
+        caller.served_index,
+        header(headers, INDEX_HEADER),
+        host,
+    )?;
     read_headers(&state.router, &mut target, |name| header(headers, name)).await?;
     Ok(target)
 }

@@ -42,10 +42,12 @@ impl GrpcDataPlane {
             .authorize_data_project(&self.state, get(PROJECT_HEADER))
             .await?;
         let explicit = get(INDEX_HEADER).or_else(|| get("service-name"));
-        let mut target =
-            self.state
-                .router
-                .resolve(&project_id, explicit, get(AUTHORITY_METADATA))?;
+        let mut target = self.state.router.resolve(
+            &project_id,
+            caller.served_index,
+            explicit,
+            get(AUTHORITY_METADATA),
+        )?;
         read_headers(&self.state.router, &mut target, get).await?;
         Ok(target)
     }

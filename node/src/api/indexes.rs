@@ -636,8 +636,13 @@ pub async fn create(
         replicas,
         state: IndexState::Initializing,
         created_at: crate::now_rfc3339(),
+        port: None,
     };
-    match caller.propose(Command::CreateIndex(index)).await? {
+    let ports = state.router.index_ports();
+    match caller
+        .propose(Command::CreateIndex { index, ports })
+        .await?
+    {
         Output::Index(index) => Ok((
             StatusCode::CREATED,
             Json(render_one(&state, index, schema_shape).await),

@@ -1,5 +1,6 @@
-//! The front door: one TLS port per node serving REST (axum) and, from the data-plane
-//! issue on, gRPC (tonic) on the same listener (ALPN h2 / http/1.1).
+//! The front door: one TLS client port per node serving REST (axum) and gRPC (tonic) on
+//! the same listener (ALPN h2 / http/1.1), and with `--index-port-range` one more port per
+//! index serving its data plane ([`ports`]).
 //!
 //! This layer only authenticates, authorizes, validates and routes; the control plane
 //! holds the logic. Routes come from [`policy::ROUTES`]; every one except the public ones
@@ -16,6 +17,7 @@ pub mod error;
 pub mod grpc;
 pub mod identity;
 pub mod indexes;
+pub mod ports;
 pub mod signin;
 pub mod vectors;
 
@@ -70,9 +72,19 @@ pub struct ApiState {
 /// authentication middleware for its operation in front, and the gRPC `VectorService`,
 /// whose operation the middleware finds by method path.
 pub fn routes(state: ApiState) -> axum::Router {
+    routes_where(state, |_| true)
+}
+
+/// The routes of an index's own port ([`ports`]): the data plane (REST and gRPC) and
+/// `/health`; the control plane and administration stay on the client port.
+pub fn index_port_routes(state: ApiState) -> axum::Router {
+    routes_where(state, |op| op.is_data_plane() || op == Operation::Health)
+}
+
+fn routes_where(state: ApiState, served: impl Fn(Operation) -> bool) -> axum::Router {
     let mut router = axum::Router::new();
     for (method, path, operation) in policy::ROUTES {
-        if path.starts_with(policy::GRPC_PREFIX) {
+        if path.starts_with(policy::GRPC_PREFIX) || !served(*operation) {
             continue;
         }
         let access = access::RouteAccess {
@@ -313,18 +325,21 @@ async fn copy_authority(mut request: axum::extract::Request) -> axum::extract::R
 
 /// Serves `router` with TLS on `listener` until the process ends, admitting connections by
 /// `connections` ([`conn`]'s caps) and closing idle and slow ones ([`conn`]'s timeouts).
+/// `served_index`: the shard group of the index this is the own port of
+/// ([`ports`]), stamped on every request; `None` for the client port.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: axum::Router,
     connections: Arc<conn::ConnectionTable>,
+    served_index: Option<u64>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!("accept on client port failed: {e}");
+                tracing::warn!(index = ?served_index, "accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -358,7 +373,10 @@ pub async fn serve(
             let activity = conn::Activity::new();
             let service = tower::Layer::layer(
                 &axum::Extension(access::ClientAddr(peer.ip())),
-                router.into_service::<hyper::body::Incoming>(),
+                tower::Layer::layer(
+                    &axum::Extension(served_index.map(access::ServedIndex)),
+                    router.into_service::<hyper::body::Incoming>(),
+                ),
             );
             let service = TowerToHyperService::new(conn::Tracked::new(service, activity.clone()));
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

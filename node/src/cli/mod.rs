@@ -67,9 +67,14 @@ pub struct ServeArgs {
     /// When joining, stay a learner (promote later with POST /admin/cluster/members/{id}/promote).
     #[arg(long, requires = "join")]
     pub learner: bool,
-    /// Domain of index hosts: <index>-<project>.<domain>.
+    /// Domain of index hosts: <index>-<project>.<domain> (needs DNS, or the
+    /// X-Conifer-Index header); used when --index-port-range is not given.
     #[arg(long, env = "CONIFER_DOMAIN", default_value = DEFAULT_DOMAIN)]
     pub domain: String,
+    /// Give each index its own client port from FIRST-LAST (e.g. 15100-15199) and report
+    /// its host as <client IP>:<port>, which needs no DNS. Give every node the same range.
+    #[arg(long, env = "CONIFER_INDEX_PORT_RANGE", value_name = "FIRST-LAST")]
+    pub index_port_range: Option<String>,
     /// Records in a namespace from which it is searched with HNSW instead of exactly.
     #[arg(long, env = "CONIFER_HNSW_MIN_RECORDS", default_value_t = EngineConfig::default().hnsw_min_records)]
     pub hnsw_min_records: usize,
@@ -112,6 +117,33 @@ impl ServeArgs {
                 self.token_ttl_s
             ));
         }
+        let index_ports = self
+            .index_port_range
+            .as_deref()
+            .map(crate::api::ports::parse_range)
+            .transpose()?;
+        let api_addr = crate::api::parse_addr("api-addr", &self.api_addr)?;
+        let cluster_addr = crate::api::parse_addr("cluster-addr", &self.cluster_addr)?;
+        if let Some((first, last)) = index_ports {
+            let own = [
+                ("--api-addr", api_addr.port()),
+                ("--cluster-addr", cluster_addr.port()),
+            ];
+            for (flag, port) in own {
+                if (first..=last).contains(&port) {
+                    return Err(format!(
+                        "--index-port-range {first}-{last} holds the port of {flag} ({port})"
+                    ));
+                }
+            }
+            if api_addr.ip().is_unspecified() {
+                return Err(format!(
+                    "--index-port-range reports index hosts as <client IP>:<port>, and \
+                     --api-addr {api_addr} has no one IP to report; listen on the address \
+                     clients use"
+                ));
+            }
+        }
         if self.max_records_per_project == 0 {
             return Err("--max-records-per-project must be at least 1".into());
         }
@@ -130,13 +162,14 @@ impl ServeArgs {
             audit_queue_events: self.audit_queue_events,
             node_id: self.node_id,
             data_dir: self.data_dir,
-            api_addr: crate::api::parse_addr("api-addr", &self.api_addr)?,
-            cluster_addr: crate::api::parse_addr("cluster-addr", &self.cluster_addr)?,
+            api_addr,
+            cluster_addr,
             tls_dir: self.tls_dir,
             join: self.join,
             learner: self.learner,
             domain: self.domain,
             max_records_per_project: self.max_records_per_project,
+            index_ports,
             token_ttl_s: self.token_ttl_s,
             engine: EngineConfig {
                 hnsw_min_records: self.hnsw_min_records.max(1),

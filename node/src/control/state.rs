@@ -183,6 +183,9 @@ pub struct Index {
     pub state: IndexState,
     /// Creation time, RFC 3339.
     pub created_at: String,
+    /// Its own client port on every node, from the index port range (`None`: addressed by
+    /// host name or header only). Assigned at apply.
+    pub port: Option<u16>,
 }
 
 /// The operator (break-glass cluster-admin) token; only its digest is stored.
@@ -269,8 +272,15 @@ pub enum Command {
     },
     /// Users, service accounts, memberships, operator tokens and signing keys.
     Identity(IdentityCommand),
-    /// Create an index; the state machine assigns its shard group id.
-    CreateIndex(Index),
+    /// Create an index; the state machine assigns its shard group id and, given `ports`
+    /// (the first and last of the proposing node's index port range), the lowest port of
+    /// the range no other index holds.
+    CreateIndex {
+        /// The index.
+        index: Index,
+        /// Index port range, inclusive.
+        ports: Option<(u16, u16)>,
+    },
     /// Change an index's deletion protection and/or tags.
     ConfigureIndex {
         /// Owning project.
@@ -392,6 +402,9 @@ pub struct ControlState {
     pub signing_keys: Vec<SigningKey>,
     /// The audit log: one hash chain per organization.
     pub audit: AuditLog,
+    /// The index port given out last: the next index gets the first free port after it,
+    /// wrapping within the range, so a deleted index's port is the last to be given again.
+    pub last_index_port: Option<u16>,
 }
 
 pub(super) fn not_found(kind: &str, id: &str) -> Rejection {
@@ -604,7 +617,7 @@ impl ControlState {
                 Ok(Output::Done)
             }
             Command::Identity(command) => self.apply_identity(command),
-            Command::CreateIndex(mut index) => {
+            Command::CreateIndex { mut index, ports } => {
                 if !self.projects.contains_key(&index.project_id) {
                     return Err(not_found("project", &index.project_id));
                 }
@@ -621,6 +634,11 @@ impl ControlState {
                         "project already has {count} indexes; the limit is {MAX_INDEXES_PER_PROJECT}"
                     )));
                 }
+                index.port = match ports {
+                    None => None,
+                    Some(range) => Some(self.next_index_port(range)?),
+                };
+                self.last_index_port = index.port.or(self.last_index_port);
                 self.next_group_id = self.next_group_id.max(1);
                 index.group_id = self.next_group_id;
                 index.state = IndexState::Initializing;
@@ -755,6 +773,26 @@ impl ControlState {
         outcome
     }
 
+    /// The port for a new index from `(first, last)`: the first one after the port given
+    /// out last that no index holds, wrapping within the range.
+    fn next_index_port(&self, (first, last): (u16, u16)) -> Result<u16, Rejection> {
+        let taken: std::collections::BTreeSet<u16> =
+            self.indexes.values().filter_map(|i| i.port).collect();
+        let start = match self.last_index_port {
+            Some(p) if (first..last).contains(&p) => p + 1,
+            _ => first,
+        };
+        (start..=last)
+            .chain(first..start)
+            .find(|p| !taken.contains(p))
+            .ok_or_else(|| {
+                Rejection::LimitExceeded(format!(
+                    "every port of the index port range {first}-{last} is taken; delete an \
+                     index or widen --index-port-range"
+                ))
+            })
+    }
+
     /// Indexes of a project, by name order.
     pub fn indexes_of(&self, project_id: &str) -> Vec<&Index> {
         self.indexes
@@ -866,6 +904,63 @@ pub(crate) mod tests {
         })
         .unwrap();
         s
+    }
+
+    fn index(name: &str) -> Index {
+        Index {
+            name: name.into(),
+            project_id: "p0".into(),
+            dimension: 3,
+            metric: Metric::Cosine,
+            vector_type: "dense".into(),
+            spec_json: "{}".into(),
+            tags_json: "null".into(),
+            deletion_protection: false,
+            group_id: 0,
+            replicas: vec![1],
+            state: IndexState::Initializing,
+            created_at: "t".into(),
+            port: None,
+        }
+    }
+
+    #[test]
+    fn index_ports_are_given_after_the_last_wrapping_and_a_full_range_refuses() {
+        let mut s = bootstrapped();
+        let create = |s: &mut ControlState, name: &str| {
+            s.apply(Command::CreateIndex {
+                index: index(name),
+                ports: Some((7500, 7502)),
+            })
+            .map(|out| match out {
+                Output::Index(i) => i.port,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(create(&mut s, "a"), Ok(Some(7500)));
+        assert_eq!(create(&mut s, "b"), Ok(Some(7501)));
+        s.apply(Command::DeleteIndex {
+            project_id: "p0".into(),
+            name: "a".into(),
+        })
+        .unwrap();
+        // 7500 is free again, but given last: a client still holding it meets no new index
+        // before the range has gone round.
+        assert_eq!(create(&mut s, "c"), Ok(Some(7502)));
+        assert_eq!(create(&mut s, "d"), Ok(Some(7500)));
+        let before = s.clone();
+        let full = create(&mut s, "e");
+        assert!(
+            matches!(&full, Err(Rejection::LimitExceeded(m)) if m.contains("7500-7502 is taken")),
+            "{full:?}"
+        );
+        assert_eq!(s, before, "a refused index changes nothing");
+        // Without a range, no port.
+        let plain = s.apply(Command::CreateIndex {
+            index: index("f"),
+            ports: None,
+        });
+        assert!(matches!(plain, Ok(Output::Index(Index { port: None, .. }))));
     }
 
     #[test]
