@@ -8,12 +8,26 @@
 #   scripts/local-cluster.sh start DIR ID restart node ID with its original flags
 #
 # Ports: node i listens on BASE_PORT+i (client) and BASE_PORT+100+i (cluster); BASE_PORT
-# defaults to 17000. The binary is $CONIFER_BIN, or the debug build in CARGO_TARGET_DIR.
+# defaults to 17000. With INDEX_PORT_RANGE=FIRST-LAST every node also gets that index port
+# range (index hosts <IP>:<port>, no DNS) and node i listens on its own IP, 127.0.0.i, so
+# each can open every index port; without it every node is on 127.0.0.1 and index hosts are
+# host names. The binary is $CONIFER_BIN, or the release build when the quickstart made
+# one, else the debug build in CARGO_TARGET_DIR.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/conifer-target}"
-BIN="${CONIFER_BIN:-$CARGO_TARGET_DIR/debug/conifer}"
+if [ -n "${CONIFER_BIN:-}" ]; then
+  BIN="$CONIFER_BIN"
+elif [ -x "$CARGO_TARGET_DIR/release/conifer" ]; then
+  BIN="$CARGO_TARGET_DIR/release/conifer"
+else
+  BIN="$CARGO_TARGET_DIR/debug/conifer"
+fi
 BASE_PORT="${BASE_PORT:-17000}"
+INDEX_PORT_RANGE="${INDEX_PORT_RANGE:-}"
+
+# The IP node $1 listens on.
+node_ip() { if [ -n "$INDEX_PORT_RANGE" ]; then echo "127.0.0.$1"; else echo 127.0.0.1; fi; }
 
 usage() { sed -n '2,12p' "$0" >&2; exit 2; }
 
@@ -27,7 +41,7 @@ ensure_bin() {
 wait_health() { # DIR ID
   local dir=$1 id=$2 port=$((BASE_PORT + $2))
   for _ in $(seq 1 300); do
-    if curl -sf --cacert "$dir/ca/ca.pem" "https://127.0.0.1:$port/health" >/dev/null 2>&1; then return 0; fi
+    if curl -sf --cacert "$dir/ca/ca.pem" "https://$(node_ip "$2"):$port/health" >/dev/null 2>&1; then return 0; fi
     if ! kill -0 "$(cat "$dir/node-$id/pid")" 2>/dev/null; then
       echo "node $id exited:" >&2; tail -20 "$dir/node-$id/log" >&2; return 1
     fi
@@ -46,17 +60,19 @@ start_node() { # DIR ID
 
 write_manifest() { # DIR N
   local dir=$1 n=$2
-  python3 - "$dir" "$n" "$BASE_PORT" <<'PY'
+  python3 - "$dir" "$n" "$BASE_PORT" "$INDEX_PORT_RANGE" <<'PY'
 import json, sys, os
-d, n, base = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+d, n, base, index_ports = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 boot = json.load(open(os.path.join(d, "node-1", "data", "bootstrap.json")))
 nodes = []
 for i in range(1, n + 1):
     nd = os.path.join(d, f"node-{i}")
-    nodes.append({"id": i, "api_url": f"https://127.0.0.1:{base + i}",
-                  "cluster_addr": f"127.0.0.1:{base + 100 + i}",
+    ip = f"127.0.0.{i}" if index_ports else "127.0.0.1"
+    nodes.append({"id": i, "api_url": f"https://{ip}:{base + i}",
+                  "cluster_addr": f"{ip}:{base + 100 + i}",
                   "pid": int(open(os.path.join(nd, "pid")).read()), "data_dir": os.path.join(nd, "data")})
-manifest = {"nodes": nodes, "ca_cert": os.path.join(d, "ca", "ca.pem"), "bootstrap": boot}
+manifest = {"nodes": nodes, "ca_cert": os.path.join(d, "ca", "ca.pem"), "bootstrap": boot,
+            "index_port_range": index_ports or None}
 path = os.path.join(d, "cluster.json")
 with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
     json.dump(manifest, f, indent=2)
@@ -71,15 +87,18 @@ case "$cmd" in
     n=$1; dir=$(mkdir -p "$2" && cd "$2" && pwd)
     ensure_bin
     [ -f "$dir/ca/ca.pem" ] || "$BIN" certs ca --out "$dir/ca" >/dev/null
+    ports=""
+    [ -n "$INDEX_PORT_RANGE" ] && ports="--index-port-range $INDEX_PORT_RANGE"
     for i in $(seq 1 "$n"); do
       mkdir -p "$dir/node-$i"
-      [ -f "$dir/node-$i/tls/node.pem" ] || "$BIN" certs node --ca-dir "$dir/ca" --id "$i" --host 127.0.0.1 --out "$dir/node-$i/tls" >/dev/null
+      ip=$(node_ip "$i")
+      [ -f "$dir/node-$i/tls/node.pem" ] || "$BIN" certs node --ca-dir "$dir/ca" --id "$i" --host "$ip" --out "$dir/node-$i/tls" >/dev/null
       join=""
-      [ "$i" -gt 1 ] && join="--join 127.0.0.1:$((BASE_PORT + 101))"
-      echo "$BIN serve --data-dir $dir/node-$i/data --node-id $i --api-addr 127.0.0.1:$((BASE_PORT + i)) --cluster-addr 127.0.0.1:$((BASE_PORT + 100 + i)) --tls-dir $dir/node-$i/tls $join" >"$dir/node-$i/cmd"
+      [ "$i" -gt 1 ] && join="--join $(node_ip 1):$((BASE_PORT + 101))"
+      echo "$BIN serve --data-dir $dir/node-$i/data --node-id $i --api-addr $ip:$((BASE_PORT + i)) --cluster-addr $ip:$((BASE_PORT + 100 + i)) --tls-dir $dir/node-$i/tls $ports $join" >"$dir/node-$i/cmd"
       start_node "$dir" "$i"
       wait_health "$dir" "$i"
-      echo "==> node $i serving on https://127.0.0.1:$((BASE_PORT + i))"
+      echo "==> node $i serving on https://$ip:$((BASE_PORT + i))"
     done
     write_manifest "$dir" "$n"
     ;;

@@ -26,16 +26,20 @@ echo "==> tests"
 cargo test --workspace -- --test-threads=2
 
 # The compat suite: the official Pinecone Python SDK, 8.1 (API 2025-10) and 10.x (API
-# 2026-07), each over REST and gRPC against its own 3-node cluster. Each SDK lives in a
+# 2026-07), each over REST and gRPC against its own 3-node cluster, in both index-host
+# modes: `ports` (each index its own port, hosts <IP>:<port>, no DNS) and `names` (host
+# names, mapped through /etc/hosts entries the suite adds and removes). Each SDK lives in a
 # venv outside the clone, rebuilt only when its requirements change.
-compat() { # VERSION
+compat() { # VERSION MODE
   local venv="${CONIFER_VENV_PREFIX:-/var/tmp/conifer-venv}-$1"
   scripts/venv.sh "$venv" "tests/compat/requirements-$1.txt"
-  echo "==> compat suite: Pinecone SDK $1"
-  "$venv/bin/python" -m pytest -q "tests/compat/test_sdk_$1.py"
+  echo "==> compat suite: Pinecone SDK $1, index hosts by $2"
+  CONIFER_COMPAT_HOSTS="$2" "$venv/bin/python" -m pytest -q "tests/compat/test_sdk_$1.py"
 }
-compat v8
-compat v10
+compat v8 ports
+compat v10 ports
+compat v8 names
+compat v10 names
 
 # A short chaos run (the long one is `scripts/chaos/run.sh --schedules 200`): a few seeded
 # fault schedules on 5 nodes, every checker on. Each run draws a new seed and prints it.

@@ -1,6 +1,10 @@
 """Fixtures of the compat suite: a real 3-node Conifer cluster over TLS (started with
-scripts/local-cluster.sh), index host names resolving to loopback through /etc/hosts
-entries the suite adds and removes, and official Pinecone SDK clients."""
+scripts/local-cluster.sh) and official Pinecone SDK clients.
+
+Index hosts come in the mode CONIFER_COMPAT_HOSTS names: `ports` (the default) gives each
+index its own port and each node its own loopback IP, so hosts are `127.0.0.i:<port>` and
+need no DNS; `names` reports `<index>-<tag>.<domain>` hosts, which the suite points at
+127.0.0.1 through /etc/hosts entries it adds and removes."""
 
 import json
 import os
@@ -33,15 +37,23 @@ def _hosts_clean():
         HOSTS.write_text("".join(kept))
 
 
+MODE = os.environ.get("CONIFER_COMPAT_HOSTS", "ports")
+
+
 @pytest.fixture(scope="session")
 def cluster():
-    if not os.access(HOSTS, os.W_OK):
+    if MODE not in ("ports", "names"):
+        pytest.fail(f"CONIFER_COMPAT_HOSTS is {MODE!r}; expected 'ports' or 'names'")
+    if MODE == "names" and not os.access(HOSTS, os.W_OK):
         pytest.fail(f"{HOSTS} is not writable: the compat suite maps index hosts to 127.0.0.1 there")
-    base = int(os.environ.get("CONIFER_COMPAT_BASE_PORT", random.randrange(20000, 40000, 200)))
+    base = int(os.environ.get("CONIFER_COMPAT_BASE_PORT", random.randrange(20000, 40000, 400)))
     d = tempfile.mkdtemp(prefix="conifer-compat-")
     # Namespaces of 5,000+ records move to HNSW: the suite's 10,000-record index exercises
     # the approximate path, its 3,000-record index the exact one.
     env = dict(os.environ, BASE_PORT=str(base), CONIFER_HNSW_MIN_RECORDS=str(HNSW_MIN_RECORDS))
+    if MODE == "ports":
+        # Above the nodes' client (base+i) and cluster (base+100+i) ports.
+        env["INDEX_PORT_RANGE"] = f"{base + 200}-{base + 399}"
     script = ROOT / "scripts" / "local-cluster.sh"
     subprocess.run([str(script), "up", "3", d], check=True, env=env, stdout=subprocess.DEVNULL)
     manifest = json.loads((Path(d) / "cluster.json").read_text())
@@ -49,15 +61,23 @@ def cluster():
         yield manifest
     finally:
         subprocess.run([str(script), "down", d], env=env)
-        _hosts_clean()
+        if MODE == "names":
+            _hosts_clean()
 
 
 @pytest.fixture(scope="session")
-def resolve_host():
-    """Maps an index host (host:port) to 127.0.0.1 for this run."""
+def resolve_host(cluster):
+    """An index host as the SDK should use it: as reported in `ports` mode (checked to be
+    an IP and port, which needs no DNS); in `names` mode, mapped to 127.0.0.1 for this run."""
 
     def add(host):
-        _hosts_add(host.removeprefix("https://").split(":")[0])
+        name = host.removeprefix("https://").rsplit(":", 1)[0]
+        if MODE == "ports":
+            import ipaddress
+
+            ipaddress.ip_address(name)  # raises unless the host is an IP
+            return host
+        _hosts_add(name)
         return host
 
     return add
