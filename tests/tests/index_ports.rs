@@ -8,6 +8,19 @@ use conifer_proto::pinecone as pb;
 use conifer_tests::{free_port_range, Cluster, ClusterOptions};
 use serde_json::{json, Value};
 
+/// Fetches `id` from `index` through node 1's client port, naming the index by header.
+async fn fetch_by_header(cluster: &Cluster, key: &str, index: &str, id: &str) -> Value {
+    let path = format!("/vectors/fetch?ids={id}");
+    cluster
+        .data(1, key, index, reqwest::Method::GET, &path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Waits until 127.0.0.1:`port` accepts connections.
 async fn wait_open(port: u16) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -213,7 +226,7 @@ async fn each_index_has_its_own_port_and_host_without_dns() {
         "ports-b holds nothing: {stats}"
     );
 
-    // gRPC on the same port (read-your-writes through the LSN the upsert returned).
+    // gRPC on the same port (asked until the upsert is applied: reads are eventual).
     let mut grpc = cluster.grpc_data_at(&on_port("")).await.unwrap();
     let mut query = tonic::Request::new(pb::QueryRequest {
         vector: vec![1.0, 0.0, 0.0],
@@ -247,38 +260,12 @@ async fn each_index_has_its_own_port_and_host_without_dns() {
         .await
         .unwrap();
     assert_eq!(foreign.status(), 404);
-    let unchanged: Value = cluster
-        .data(
-            1,
-            &key,
-            "ports-a",
-            reqwest::Method::GET,
-            "/vectors/fetch?ids=y",
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let unchanged = fetch_by_header(&cluster, &key, "ports-a", "y").await;
     assert_eq!(unchanged["vectors"], json!({}), "{unchanged}");
 
     // The client port still routes by header, and serves no data plane by port number; an
     // index port serves no control plane.
-    let by_header: Value = cluster
-        .data(
-            1,
-            &key,
-            "ports-a",
-            reqwest::Method::GET,
-            "/vectors/fetch?ids=x",
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let by_header = fetch_by_header(&cluster, &key, "ports-a", "x").await;
     assert!(by_header["vectors"]["x"].is_object(), "{by_header}");
     let admin = cluster
         .http
