@@ -10,7 +10,15 @@ scripts/install-deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/conifer-target}"
 echo "==> building conifer (release)"
 cargo build --release --bin conifer
-BIN="$CARGO_TARGET_DIR/release/conifer"
+# The CLI on PATH: a copy of the release binary in CONIFER_BIN_DIR (default ~/.local/bin,
+# which Debian's ~/.profile puts on PATH when it exists).
+BIN_DIR="${CONIFER_BIN_DIR:-$HOME/.local/bin}"
+mkdir -p "$BIN_DIR"
+install -m 0755 "$CARGO_TARGET_DIR/release/conifer" "$BIN_DIR/conifer"
+BIN="$BIN_DIR/conifer"
+echo "==> conifer installed at $BIN"
+on_path=1
+case ":$PATH:" in *":$BIN_DIR:"*) ;; *) on_path=0 ;; esac
 
 DATA="${CONIFER_DATA_DIR:-$PWD/conifer-data}"
 API_ADDR="${CONIFER_API_ADDR:-127.0.0.1:7443}"
@@ -43,6 +51,9 @@ for _ in $(seq 1 120); do
 done
 curl -sf --cacert "$DATA/tls/ca.pem" "https://$API_ADDR/health" >/dev/null || { echo "not healthy" >&2; exit 1; }
 
+if [ "$on_path" = 0 ]; then
+  echo "==> $BIN_DIR is not on PATH in this shell: export PATH=\"$BIN_DIR:\$PATH\""
+fi
 cat <<MSG
 
 Conifer is serving.
@@ -54,8 +65,8 @@ Conifer is serving.
 Try:
   curl --cacert $DATA/tls/ca.pem https://$API_ADDR/health
   curl --cacert $DATA/tls/ca.pem -H "Authorization: Bearer \$(python3 -c 'import json; print(json.load(open("$DATA/bootstrap.json"))["admin_token"])')" https://$API_ADDR/admin/projects
-  $BIN project list --bootstrap $DATA/bootstrap.json
-  $BIN key create --bootstrap $DATA/bootstrap.json --project <id> --name ci --role DataPlaneViewer
-  $BIN audit list --bootstrap $DATA/bootstrap.json
-  $BIN audit verify --bootstrap $DATA/bootstrap.json
+  conifer project list --bootstrap $DATA/bootstrap.json
+  conifer key create --bootstrap $DATA/bootstrap.json --project <id> --name ci --role DataPlaneViewer
+  conifer audit list --bootstrap $DATA/bootstrap.json
+  conifer audit verify --bootstrap $DATA/bootstrap.json
 MSG
