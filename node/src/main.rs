@@ -4,13 +4,8 @@ use clap::Parser;
 use conifer_node::cli::{run_certs, Cli, Commands};
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = Cli::parse();
+    cli.init_logging().map_err(anyhow::Error::msg)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     // FAISS runs one OpenMP thread per search: on these machines two threads per search
     // were measured slower than one, and concurrency comes from parallel requests. Set
@@ -32,7 +27,6 @@ fn main() -> anyhow::Result<()> {
         }
         fail::FailScenario::setup()
     };
-    let cli = Cli::parse();
     match cli.command {
         Commands::Certs(command) => run_certs(command),
         Commands::Policy => {

@@ -26,6 +26,47 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Commands,
+    /// Which log events to print, in tracing's filter syntax (e.g. `debug`,
+    /// `info,openraft=warn`) [default: RUST_LOG, else info,openraft=warn].
+    #[arg(long, global = true, env = "CONIFER_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// How log lines look: `text` (colours only on a terminal) or `json` (one object a line).
+    #[arg(long, global = true, env = "CONIFER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The log format (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
+}
+
+/// Default log filter when neither `--log-level` nor `RUST_LOG` is given.
+pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+
+impl Cli {
+    /// Starts logging to stderr as `--log-level` and `--log-format` say; an unparsable
+    /// filter is an error naming it.
+    pub fn init_logging(&self) -> Result<(), String> {
+        use std::io::IsTerminal;
+        let filter = match &self.log_level {
+            Some(level) => tracing_subscriber::EnvFilter::try_new(level)
+                .map_err(|e| format!("--log-level {level:?}: {e}"))?,
+            None => tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
+        };
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        let started = match self.log_format {
+            LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).try_init(),
+            LogFormat::Json => logs.json().try_init(),
+        };
+        started.map_err(|e| format!("starting logs: {e}"))
+    }
 }
 
 /// The subcommands.
