@@ -21,13 +21,15 @@ async fn fetch_by_header(cluster: &Cluster, key: &str, index: &str, id: &str) ->
         .unwrap()
 }
 
-/// Waits until 127.0.0.1:`port` accepts connections.
-async fn wait_open(port: u16) -> bool {
+/// Waits until 127.0.0.1:`port` accepts connections (`open`) or refuses them (`!open`):
+/// whether it did within 10 s.
+async fn wait_port(port: u16, open: bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
+            == open
         {
             return true;
         }
@@ -36,19 +38,14 @@ async fn wait_open(port: u16) -> bool {
     false
 }
 
-/// Waits until nothing accepts connections on 127.0.0.1:`port`.
+/// [`wait_port`] until it accepts.
+async fn wait_open(port: u16) -> bool {
+    wait_port(port, true).await
+}
+
+/// [`wait_port`] until it refuses.
 async fn wait_closed(port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+    wait_port(port, false).await
 }
 
 /// Sends `GET path` with `key` on a kept-alive HTTP/1.1 connection: the status.

@@ -1,8 +1,10 @@
 //! Index ports: on a node given `--index-port-range`, every index that holds a port gets a
 //! listener on the client port's IP and that port, serving the data plane and `/health`
-//! ([`super::index_port_routes`]) with the same TLS, connection rules and authorization; [`Router::resolve`](crate::router::Router::resolve)
-//! sends its data-plane calls to that index by the port they came in on. An index host is
-//! then `<IP>:<port>`, which clients reach with no DNS (Pinecone Local's scheme).
+//! ([`super::index_port_routes`]) with the same TLS, connection rules and authorization.
+//! The listener stamps each request with its index's shard group, and
+//! [`Router::resolve`](crate::router::Router::resolve) sends the call to that index. An
+//! index host is then `<IP>:<port>`, which clients reach with no DNS (Pinecone Local's
+//! scheme).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
