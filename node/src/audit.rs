@@ -792,7 +792,7 @@ pub fn describe(state: &ControlState, command: &Command) -> Resource {
                 .params(Params::default().with("project_id", project_id.as_str()))
         }
         Command::MarkIndexReady { group_id } => {
-            let index = state.indexes.values().find(|i| i.group_id == *group_id);
+            let index = state.index_of_group(*group_id);
             let resource = match index {
                 Some(i) => index_resource(state, V::Update, &i.project_id, &i.name),
                 None => Resource::new(V::Update, T::Index, None),

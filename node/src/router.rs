@@ -295,7 +295,7 @@ impl Router {
         let index = match served_index {
             Some(group) => self
                 .control
-                .read(|s| s.indexes.values().find(|i| i.group_id == group).cloned())
+                .read(|s| s.index_of_group(group).cloned())
                 .filter(|index| index.project_id == project_id)
                 .ok_or_else(|| ApiError::not_found("index not found"))?,
             None => self.resolve_by_name(project_id, explicit, host)?,
@@ -347,9 +347,7 @@ impl Router {
     /// The local replica of shard group `group`, as a target (on a node serving a forward).
     pub fn local_target(&self, group: u64) -> Option<Target> {
         let shard = self.shards.get(group)?;
-        let index = self
-            .control
-            .read(|s| s.indexes.values().find(|i| i.group_id == group).cloned())?;
+        let index = self.control.read(|s| s.index_of_group(group).cloned())?;
         Some(Target { index, shard })
     }
 

@@ -148,12 +148,23 @@ impl ApiError {
     /// 429 `RESOURCE_EXHAUSTED` for momentary load (a full queue or budget), with
     /// `Retry-After: ` [`BUSY_RETRY_AFTER_S`].
     pub fn busy(message: impl Into<String>) -> Self {
+        Self::retry_in(BUSY_RETRY_AFTER_S, message)
+    }
+
+    /// 429 `RESOURCE_EXHAUSTED` that a retry after `retry_after_s` seconds may pass, sent as
+    /// `Retry-After` (a wait, not a quota).
+    pub fn retry_in(retry_after_s: u64, message: impl Into<String>) -> Self {
         Self {
-            retry_after_s: Some(BUSY_RETRY_AFTER_S),
+            retry_after_s: Some(retry_after_s),
             status: StatusCode::TOO_MANY_REQUESTS,
             code: "RESOURCE_EXHAUSTED",
             message: message.into(),
         }
+    }
+
+    /// `wait` in whole seconds for `Retry-After`: rounded up, at least 1.
+    pub fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+        wait.as_secs_f64().ceil().max(1.0) as u64
     }
 
     /// The gRPC code of this error: from its error code through [`CODES`], never from the

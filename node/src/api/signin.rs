@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -69,16 +68,16 @@ impl SignIn {
     }
 }
 
-fn throttled(retry_after_s: u64) -> ApiError {
-    ApiError {
-        retry_after_s: Some(retry_after_s),
-        status: StatusCode::TOO_MANY_REQUESTS,
-        code: "RESOURCE_EXHAUSTED",
-        message: format!(
+/// The source or the account is waiting out its backoff for `wait` more.
+fn throttled(wait: Duration) -> ApiError {
+    let retry_after_s = ApiError::retry_after_seconds(wait);
+    ApiError::retry_in(
+        retry_after_s,
+        format!(
             "too many failed sign-ins from this address or for this account; retry in \
              {retry_after_s} s"
         ),
-    }
+    )
 }
 
 /// 429 with `Retry-After` for a principal past its sign-in rate, recorded as a refusal (so
@@ -90,18 +89,16 @@ fn over_rate(
     subject: &Subject,
     wait: Duration,
 ) -> Response {
-    let retry_after_s = wait.as_secs_f64().ceil().max(1.0) as u64;
-    let error = ApiError {
-        retry_after_s: Some(retry_after_s),
-        status: StatusCode::TOO_MANY_REQUESTS,
-        code: "RESOURCE_EXHAUSTED",
-        message: format!(
+    let retry_after_s = ApiError::retry_after_seconds(wait);
+    let error = ApiError::retry_in(
+        retry_after_s,
+        format!(
             "this principal signed in {SIGN_IN_BURST_PER_PRINCIPAL} times in a burst, then \
              more than once per {} s, on this node; reuse the token issued (it is valid \
              until its 'exp'), or retry in {retry_after_s} s",
             SIGN_IN_INTERVAL_PER_PRINCIPAL_MS / 1000
         ),
-    };
+    );
     let actor = ActorRef::member(subject.kind, &subject.id, &subject.organization_id);
     let resource = Resource::new(
         Verb::Login,
@@ -193,7 +190,7 @@ where
 {
     let counted = match state.signin.throttle.admit(source, account, Instant::now()) {
         Ok(counted) => counted,
-        Err(wait) => return throttled(wait.as_secs_f64().ceil().max(1.0) as u64).into_response(),
+        Err(wait) => return throttled(wait).into_response(),
     };
     match check.await {
         Ok(Verdict::Accepted {

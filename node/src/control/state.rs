@@ -793,6 +793,11 @@ impl ControlState {
             })
     }
 
+    /// The index whose shard is Raft group `group`.
+    pub fn index_of_group(&self, group: u64) -> Option<&Index> {
+        self.indexes.values().find(|i| i.group_id == group)
+    }
+
     /// Indexes of a project, by name order.
     pub fn indexes_of(&self, project_id: &str) -> Vec<&Index> {
         self.indexes
