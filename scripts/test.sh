@@ -41,6 +41,29 @@ compat v10 ports
 compat v8 names
 compat v10 names
 
+# The integrations, each in its own venv with the SDK it pins, set up as its documentation
+# says, against one node: LangChain (SDK 7.x) over `serve --dev-http`, LlamaIndex (SDK 9.x)
+# over TLS with the bundle of `conifer certs trust`.
+integration() { # NAME
+  local venv="${CONIFER_VENV_PREFIX:-/var/tmp/conifer-venv}-$1"
+  scripts/venv.sh "$venv" "tests/compat/requirements-$1.txt"
+  echo "==> integration: $1"
+  "$venv/bin/python" -m pytest -q "tests/compat/test_$1.py"
+}
+integration langchain
+integration llamaindex
+
+# The README's Python snippets, run as written in the venv of what they use
+# (tests/compat/test_readme.py): the SDK snippet with 8.1 and 10.x, the LangChain one.
+readme() { # VENV KINDS
+  echo "==> README snippets: $2 ($1)"
+  CONIFER_README_BLOCKS="$2" "${CONIFER_VENV_PREFIX:-/var/tmp/conifer-venv}-$1/bin/python" \
+    -m pytest -q tests/compat/test_readme.py
+}
+readme v8 sdk
+readme v10 sdk
+readme langchain langchain
+
 # A short chaos run (the long one is `scripts/chaos/run.sh --schedules 200`): a few seeded
 # fault schedules on 5 nodes, every checker on. Each run draws a new seed and prints it.
 echo "==> chaos: short run"

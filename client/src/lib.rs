@@ -31,11 +31,30 @@ pub enum ClientError {
     },
 }
 
-/// A client of one node's admin API.
+/// The header naming the index of a data-plane call sent to a node's client port (instead
+/// of the index's own host).
+pub const INDEX_HEADER: &str = "X-Conifer-Index";
+
+/// A client of one node's client port: the admin API with a bearer token, the index and
+/// data-plane API with an API key ([`AdminClient::with_api_key`]).
 pub struct AdminClient {
     base: String,
     token: Option<String>,
+    api_key: Option<String>,
     http: reqwest::Client,
+}
+
+/// `text` as one URL path segment (percent-encoded).
+pub fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// An `Option` field of a JSON body: present only when set.
@@ -46,19 +65,35 @@ fn put(body: &mut Value, field: &str, value: Option<Value>) {
 }
 
 impl AdminClient {
-    /// A client of `api_url` (`https://host:port`) trusting `ca_pem`, authenticating with
-    /// the bearer `token` (an operator token, or a token from [`AdminClient::login`] /
-    /// [`AdminClient::client_credentials`]); `None` for the sign-in calls only.
-    pub fn new(api_url: &str, ca_pem: &[u8], token: Option<&str>) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?)
-            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
-            .build()?;
+    /// A client of `api_url` (`https://host:port`, or `http://` for a node under
+    /// `serve --dev-http`) trusting `ca_pem` (the cluster CA) besides the system's trust store
+    /// and Mozilla's roots, authenticating with the bearer `token` (an operator token, or a
+    /// token from [`AdminClient::login`] / [`AdminClient::client_credentials`]); `None` for
+    /// the sign-in calls only.
+    pub fn new(
+        api_url: &str,
+        ca_pem: Option<&[u8]>,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let mut http = reqwest::Client::builder().timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
+        if let Some(ca_pem) = ca_pem {
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?);
+        }
+        let http = http.build()?;
         Ok(Self {
             base: api_url.trim_end_matches('/').to_string(),
             token: token.map(String::from),
+            api_key: None,
             http,
         })
+    }
+
+    /// The same client authenticating with the API key `key` (`Api-Key` header), the
+    /// credential of the index and data-plane calls, instead of a bearer token.
+    pub fn with_api_key(mut self, key: &str) -> Self {
+        self.api_key = Some(key.to_string());
+        self.token = None;
+        self
     }
 
     /// The same client authenticating with `token`.
@@ -84,6 +119,9 @@ impl AdminClient {
     async fn send(&self, mut req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
+        }
+        if let Some(key) = &self.api_key {
+            req = req.header("Api-Key", key);
         }
         let resp = req.send().await?;
         let status = resp.status().as_u16();
@@ -127,6 +165,55 @@ impl AdminClient {
             .as_array()
             .cloned()
             .unwrap_or_default())
+    }
+
+    /// `GET /indexes`: the project's indexes (Pinecone's index models).
+    pub async fn list_indexes(&self) -> Result<Vec<Value>, ClientError> {
+        Ok(self.get("/indexes").await?["indexes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// `POST /indexes` with Pinecone's body (`name`, `dimension`, `metric`, `spec`, …): the
+    /// index model.
+    pub async fn create_index(&self, body: Value) -> Result<Value, ClientError> {
+        self.post("/indexes", body).await
+    }
+
+    /// `GET /indexes/{name}`: the index model (`host`, `status`, …).
+    pub async fn describe_index(&self, name: &str) -> Result<Value, ClientError> {
+        self.get(&format!("/indexes/{}", segment(name))).await
+    }
+
+    /// `PATCH /indexes/{name}` (`deletion_protection`, `tags`): the index model.
+    pub async fn configure_index(&self, name: &str, body: Value) -> Result<Value, ClientError> {
+        self.patch(&format!("/indexes/{}", segment(name)), body)
+            .await
+    }
+
+    /// `DELETE /indexes/{name}`.
+    pub async fn delete_index(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/indexes/{}", segment(name))).await
+    }
+
+    /// A data-plane call (`/vectors/upsert`, `/query`, `/namespaces`, …) on `index`,
+    /// sent to this node's client port with the [`INDEX_HEADER`]: the JSON answer.
+    pub async fn data(
+        &self,
+        index: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header(INDEX_HEADER, index);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        self.send(req).await
     }
 
     /// `POST /auth/login`: `{access_token, token_type, expires_in}` for a user.
@@ -430,6 +517,32 @@ impl AdminClient {
     /// `POST /admin/signing-keys/rotate`.
     pub async fn rotate_signing_key(&self) -> Result<Value, ClientError> {
         self.post("/admin/signing-keys/rotate", json!({})).await
+    }
+
+    /// `POST /admin/cluster/members/{id}/promote`: makes a learner a voter.
+    pub async fn promote_member(&self, id: u64) -> Result<(), ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/admin/cluster/members/{id}/promote"),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `DELETE /admin/cluster/members/{id}[?force=true]`: removes a node; 412 naming the
+    /// indexes whose last reachable replica it holds, unless `force`.
+    pub async fn remove_member(&self, id: u64, force: bool) -> Result<(), ClientError> {
+        let query = if force { "?force=true" } else { "" };
+        self.delete(&format!("/admin/cluster/members/{id}{query}"))
+            .await
+    }
+
+    /// `POST /admin/cluster/snapshot`: every Raft group of the node takes a snapshot now.
+    pub async fn snapshot(&self) -> Result<(), ClientError> {
+        self.call(reqwest::Method::POST, "/admin/cluster/snapshot", None)
+            .await
+            .map(drop)
     }
 
     /// `GET /admin/cluster`.

@@ -1,10 +1,23 @@
 //! The `conifer` binary.
 
-use clap::Parser;
-use conifer_node::cli::{run_certs, Cli, Commands};
+use std::process::ExitCode;
 
-fn main() -> anyhow::Result<()> {
+use clap::Parser;
+use conifer_node::cli::{data, exit, run_certs, Cli, Commands};
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line (with its causes), never a backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::code_of(&e))
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     cli.init_logging().map_err(anyhow::Error::msg)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     // FAISS runs one OpenMP thread per search: on these machines two threads per search
@@ -27,16 +40,21 @@ fn main() -> anyhow::Result<()> {
         }
         fail::FailScenario::setup()
     };
+    let client = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
         Commands::Certs(command) => run_certs(command),
         Commands::Policy => {
             print!("{}", conifer_node::policy::permissions_markdown());
             Ok(())
         }
-        Commands::Admin(admin) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(conifer_node::cli::admin::run(admin)),
+        Commands::Admin(admin) => client()?.block_on(conifer_node::cli::admin::run(admin)),
+        Commands::Index(args) => client()?.block_on(data::run_index(args)),
+        Commands::Vectors(args) => client()?.block_on(data::run_vectors(args)),
+        Commands::Namespace(args) => client()?.block_on(data::run_namespace(args)),
         Commands::Serve(args) => {
             let config = args.into_config().map_err(anyhow::Error::msg)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -61,6 +61,8 @@ pub struct ServeConfig {
     /// Directory with `ca.pem`, `node.pem`, `node-key.pem`; `None` = `<data_dir>/tls`,
     /// generated on first start of a bootstrapping node.
     pub tls_dir: Option<PathBuf>,
+    /// What the client port and index ports speak.
+    pub client_transport: ClientTransport,
     /// Cluster address of any member to join; `None` bootstraps a new cluster.
     pub join: Option<String>,
     /// Stay a learner after joining instead of becoming a voter.
@@ -81,13 +83,41 @@ pub struct ServeConfig {
     pub engine: EngineConfig,
 }
 
+/// What the client port and index ports speak (`serve --client-tls-cert`, `--dev-http`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientTransport {
+    /// TLS 1.2/1.3 with the node certificate, which chains to the cluster CA.
+    NodeCertificate,
+    /// TLS 1.2/1.3 with a certificate chain and key of the operator's (PEM files).
+    Certificate {
+        /// The chain, leaf first.
+        cert: PathBuf,
+        /// Its private key.
+        key: PathBuf,
+    },
+    /// Plain HTTP on a loopback address (development only; `serve` refuses other addresses).
+    DevHttp,
+}
+
+impl ClientTransport {
+    /// The URL scheme clients use.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            ClientTransport::DevHttp => "http",
+            _ => "https",
+        }
+    }
+}
+
 /// The credentials written to `bootstrap.json` (mode 0600) on first start.
 #[derive(Serialize)]
 pub struct BootstrapFile {
     /// URL of the client port.
     pub api_url: String,
-    /// Path of the cluster CA certificate clients should trust.
-    pub ca_cert: String,
+    /// Path of the cluster CA certificate, which the client port's certificate chains to;
+    /// `None` when the client port presents a certificate of the operator's
+    /// (`--client-tls-cert`): clients trust its issuer as they already do.
+    pub ca_cert: Option<String>,
     /// Operator token (break-glass cluster admin).
     pub admin_token: String,
     /// Default organization.
@@ -246,6 +276,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
             domain: config.domain.clone(),
             api_addr: config.api_addr,
             index_ports: config.index_ports,
+            plain_http: config.client_transport == ClientTransport::DevHttp,
         },
         config.max_records_per_project,
     );
@@ -274,7 +305,22 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         .await
         .with_context(|| format!("binding client port {}", config.api_addr))?;
     let connections = Arc::new(api::conn::ConnectionTable::default());
-    let client_tls = node_tls.client_port_config()?;
+    let client_tls = match &config.client_transport {
+        ClientTransport::NodeCertificate => Some(node_tls.client_port_config()?),
+        ClientTransport::Certificate { cert, key } => {
+            tracing::info!(cert = %cert.display(), "client port presents its own certificate");
+            Some(tls::load_client_port_config(cert, key)?)
+        }
+        ClientTransport::DevHttp => {
+            tracing::warn!(
+                api = %config.api_addr,
+                "DEVELOPMENT MODE (--dev-http): the client port and index ports speak plain \
+                 HTTP without TLS; API keys, tokens and vectors cross loopback unencrypted. \
+                 Never use it beyond one machine."
+            );
+            None
+        }
+    };
     let state = ApiState {
         control: control.clone(),
         router,
@@ -376,10 +422,19 @@ async fn bootstrap(
         created_at,
     };
     let file = BootstrapFile {
-        api_url: format!("https://{}", config.api_addr),
-        ca_cert: std::fs::canonicalize(tls_dir.join(tls::CA_CERT))?
-            .display()
-            .to_string(),
+        api_url: format!(
+            "{}://{}",
+            config.client_transport.scheme(),
+            config.api_addr
+        ),
+        ca_cert: match config.client_transport {
+            ClientTransport::Certificate { .. } => None,
+            _ => Some(
+                std::fs::canonicalize(tls_dir.join(tls::CA_CERT))?
+                    .display()
+                    .to_string(),
+            ),
+        },
         admin_token: token_secret.value,
         organization_id: organization.id.clone(),
         project_id: project.id.clone(),

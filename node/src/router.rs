@@ -40,6 +40,9 @@ pub struct Addressing {
     /// its own port from it and is reported as `<api IP>:<port>`, which needs no DNS.
     /// `None`: host names only.
     pub index_ports: Option<(u16, u16)>,
+    /// The client port speaks plain HTTP (`serve --dev-http`): index hosts then carry the
+    /// scheme (`http://127.0.0.1:7500`), since SDKs take a bare host for https.
+    pub plain_http: bool,
 }
 
 impl Addressing {
@@ -254,10 +257,17 @@ impl Router {
     /// The `host` reported for an index: `<advertised IP>:<its port>` when it has a port and
     /// this node serves index ports, else `<index>-<project tag>.<domain>:<client port>`.
     pub fn host_of(&self, index: &Index) -> String {
+        let scheme = if self.addressing.plain_http {
+            "http://"
+        } else {
+            ""
+        };
         match (index.port, self.addressing.index_ports) {
-            (Some(port), Some(_)) => format!("{}:{port}", self.addressing.advertised_ip()),
+            (Some(port), Some(_)) => {
+                format!("{scheme}{}:{port}", self.addressing.advertised_ip())
+            }
             _ => format!(
-                "{}-{}.{}:{}",
+                "{scheme}{}-{}.{}:{}",
                 index.name,
                 project_tag(&index.project_id),
                 self.addressing.domain,

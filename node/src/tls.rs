@@ -216,6 +216,61 @@ pub fn issue_leaf(
     Ok(())
 }
 
+/// rustls configuration of a client port presenting `cert_pem` (a chain, leaf first) and
+/// `key_pem`: TLS 1.2 and 1.3, ALPN h2 and http/1.1; `Invalid` naming what is missing or
+/// unreadable.
+pub fn client_port_config(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid(format!("certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid("the certificate file holds no certificate".into()));
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| TlsError::Invalid(format!("key: {e}")))?
+        .ok_or_else(|| TlsError::Invalid("the key file holds no private key".into()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// [`client_port_config`] from the files `cert` and `key` (`serve --client-tls-cert` and
+/// `--client-tls-key`); `Invalid` if the key file is readable by every user (mode o+r).
+pub fn load_client_port_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(key)
+        .map_err(|source| TlsError::Io {
+            path: key.to_path_buf(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o004 != 0 {
+        return Err(TlsError::Invalid(format!(
+            "{} is readable by every user (mode {:o}): chmod o-r it",
+            key.display(),
+            mode & 0o777
+        )));
+    }
+    client_port_config(&read(cert)?, &read(key)?).map_err(|e| match e {
+        TlsError::Invalid(what) => {
+            TlsError::Invalid(format!("{} / {}: {what}", cert.display(), key.display()))
+        }
+        other => other,
+    })
+}
+
 /// A node's TLS material as PEM text.
 #[derive(Clone)]
 pub struct NodeTls {
@@ -242,22 +297,10 @@ impl NodeTls {
         })
     }
 
-    /// rustls configuration of the client port: TLS 1.2 and 1.3, ALPN h2 and http/1.1.
+    /// rustls configuration of the client port with this node's certificate
+    /// ([`client_port_config`]).
     pub fn client_port_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let certs = rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::Invalid(format!("node certificate: {e}")))?;
-        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
-            .map_err(|e| TlsError::Invalid(format!("node key: {e}")))?
-            .ok_or_else(|| TlsError::Invalid("node key file holds no private key".into()))?;
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        client_port_config(&self.cert_pem, &self.key_pem)
     }
 
     /// tonic configuration of the cluster port: a client certificate from the cluster CA is required.

@@ -129,3 +129,66 @@ def engines(manifest):
             for ns in shard.get("namespaces", []):
                 out[(node["id"], shard["group_id"], ns["name"])] = ns["engine"]
     return out
+
+
+def conifer_bin():
+    """The conifer binary: $CONIFER_BIN, else the release build when the quickstart made
+    one, else the debug build (as scripts/local-cluster.sh chooses)."""
+    if os.environ.get("CONIFER_BIN"):
+        return os.environ["CONIFER_BIN"]
+    target = Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/conifer-target"))
+    release = target / "release" / "conifer"
+    return str(release if release.exists() else target / "debug" / "conifer")
+
+
+def _free_port_block(n):
+    """The first of n consecutive ports free on 127.0.0.1, in 20000-40000."""
+    import socket
+
+    while True:
+        first = random.randrange(20000, 40000 - n)
+        socks = []
+        try:
+            for port in range(first, first + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                socks.append(s)
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+
+
+@pytest.fixture(scope="module")
+def single_node(request):
+    """One `conifer serve` on 127.0.0.1 with index ports and the flags of the test module's
+    NODE_FLAGS (e.g. ["--dev-http"]): its bootstrap.json, with `data_dir` added."""
+    flags = getattr(request.module, "NODE_FLAGS", [])
+    base = _free_port_block(12)
+    d = Path(tempfile.mkdtemp(prefix="conifer-compat-node-"))
+    data = d / "data"
+    log = open(d / "serve.log", "ab")
+    proc = subprocess.Popen(
+        [conifer_bin(), "serve", "--data-dir", str(data), "--api-addr", f"127.0.0.1:{base}",
+         "--cluster-addr", f"127.0.0.1:{base + 1}", "--index-port-range",
+         f"{base + 2}-{base + 11}", *flags],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        boot_file = data / "bootstrap.json"
+        deadline = time.time() + 60
+        boot = None
+        while boot is None:
+            if proc.poll() is not None or time.time() > deadline:
+                raise AssertionError("conifer serve did not start:\n" + (d / "serve.log").read_text())
+            try:
+                boot = json.loads(boot_file.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                time.sleep(0.2)
+        boot["data_dir"] = str(data)
+        yield boot
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

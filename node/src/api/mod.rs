@@ -323,18 +323,19 @@ async fn copy_authority(mut request: axum::extract::Request) -> axum::extract::R
     request
 }
 
-/// Serves `router` with TLS on `listener` until the process ends, admitting connections by
+/// Serves `router` on `listener` until the process ends — over TLS with `tls`, or plain
+/// HTTP when `None` (`serve --dev-http`, loopback only) — admitting connections by
 /// `connections` ([`conn`]'s caps) and closing idle and slow ones ([`conn`]'s timeouts).
 /// `served_index`: the shard group of the index this is the own port of
 /// ([`ports`]), stamped on every request; `None` for the client port.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
     connections: Arc<conn::ConnectionTable>,
     served_index: Option<u64>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
+    let acceptor = tls.map(TlsAcceptor::from);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -356,55 +357,67 @@ pub async fn serve(
         let router = router.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let Some(acceptor) = acceptor else {
+                return serve_connection(tcp, peer, router, served_index).await;
+            };
             let handshake = tokio::time::timeout(
                 Duration::from_millis(CLIENT_TLS_HANDSHAKE_TIMEOUT_MS),
                 acceptor.accept(tcp),
             );
-            let tls = match handshake.await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "client TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
-            // One wrapper around the whole router (not a layer on each of its routes, which
-            // would rebuild every route's service stack per connection).
-            let activity = conn::Activity::new();
-            let service = tower::Layer::layer(
-                &axum::Extension(access::ClientAddr(peer.ip())),
-                tower::Layer::layer(
-                    &axum::Extension(served_index.map(access::ServedIndex)),
-                    router.into_service::<hyper::body::Incoming>(),
-                ),
-            );
-            let service = TowerToHyperService::new(conn::Tracked::new(service, activity.clone()));
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_millis(conn::CLIENT_HEADER_READ_TIMEOUT_MS));
-            builder
-                .http2()
-                .max_concurrent_streams(conn::MAX_CONCURRENT_STREAMS_PER_CONNECTION);
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
-            tokio::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                () = activity.idle() => {
-                    // Let whatever is in flight finish, then close regardless.
-                    connection.as_mut().graceful_shutdown();
-                    let grace = Duration::from_millis(conn::CLIENT_CLOSE_GRACE_MS);
-                    match tokio::time::timeout(grace, connection.as_mut()).await {
-                        Ok(ended) => ended,
-                        Err(_) => Ok(()),
-                    }
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%peer, "client connection ended: {e}");
+            match handshake.await {
+                Ok(Ok(tls)) => serve_connection(tls, peer, router, served_index).await,
+                Ok(Err(e)) => tracing::debug!(%peer, "client TLS handshake failed: {e}"),
+                Err(_) => {}
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (gRPC) on one accepted connection `io` until it ends or
+/// idles out ([`conn::Activity`]).
+async fn serve_connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    router: axum::Router,
+    served_index: Option<u64>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // One wrapper around the whole router (not a layer on each of its routes, which
+    // would rebuild every route's service stack per connection).
+    let activity = conn::Activity::new();
+    let service = tower::Layer::layer(
+        &axum::Extension(access::ClientAddr(peer.ip())),
+        tower::Layer::layer(
+            &axum::Extension(served_index.map(access::ServedIndex)),
+            router.into_service::<hyper::body::Incoming>(),
+        ),
+    );
+    let service = TowerToHyperService::new(conn::Tracked::new(service, activity.clone()));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(conn::CLIENT_HEADER_READ_TIMEOUT_MS));
+    builder
+        .http2()
+        .max_concurrent_streams(conn::MAX_CONCURRENT_STREAMS_PER_CONNECTION);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = activity.idle() => {
+            // Let whatever is in flight finish, then close regardless.
+            connection.as_mut().graceful_shutdown();
+            let grace = Duration::from_millis(conn::CLIENT_CLOSE_GRACE_MS);
+            match tokio::time::timeout(grace, connection.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, "client connection ended: {e}");
     }
 }
 

@@ -1,6 +1,7 @@
 //! Index ports: on a node given `--index-port-range`, every index that holds a port gets a
 //! listener on the client port's IP and that port, serving the data plane and `/health`
-//! ([`super::index_port_routes`]) with the same TLS, connection rules and authorization.
+//! ([`super::index_port_routes`]) with the same TLS (or plain HTTP under `--dev-http`),
+//! connection rules and authorization.
 //! The listener stamps each request with its index's shard group, and
 //! [`Router::resolve`](crate::router::Router::resolve) sends the call to that index. An
 //! index host is then `<IP>:<port>`, which clients reach with no DNS (Pinecone Local's
@@ -63,7 +64,7 @@ pub async fn serve_index_ports(
     ip: IpAddr,
     own_ports: Vec<u16>,
     control: ControlPlane,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     app: axum::Router,
     connections: Arc<ConnectionTable>,
 ) {

@@ -25,7 +25,8 @@ pub struct Connection {
     /// URL of any node's client port, e.g. https://127.0.0.1:7443 [default: from --bootstrap].
     #[arg(long, env = "CONIFER_API_URL", global = true)]
     pub api_url: Option<String>,
-    /// CA certificate the nodes' certificates chain to [default: from --bootstrap].
+    /// CA certificate the nodes' client certificates chain to, trusted besides the system's
+    /// [default: from --bootstrap].
     #[arg(long, env = "CONIFER_CA_CERT", global = true)]
     pub ca_cert: Option<PathBuf>,
     /// Bearer token: an operator token, or one printed by `conifer login` / `conifer token`
@@ -382,6 +383,26 @@ pub enum SigningKeyCommand {
 pub enum ClusterCommand {
     /// Members, leader and shard replicas as seen by the node.
     Describe,
+    /// The members: id, addresses, voter or learner, leader.
+    Members,
+    /// Make a learner (a node started with `serve --join ADDR --learner`) a voter.
+    Promote {
+        /// Node id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a node from the cluster (refused while it holds the last reachable replica
+    /// of an index, naming them, unless --force).
+    Remove {
+        /// Node id.
+        #[arg(long)]
+        id: u64,
+        /// Remove it even so: those indexes report Disabled until deleted.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Ask every Raft group of the node to take a snapshot now (e.g. before a restart).
+    Snapshot,
 }
 
 /// Flags of `conifer login`.
@@ -429,13 +450,25 @@ pub struct TokenArgs {
     pub client_secret: Option<String>,
 }
 
+/// `value`, else a secret typed at the terminal without echo ([`secret_from_terminal`]).
 fn secret_or_stdin(value: Option<String>, what: &str) -> anyhow::Result<String> {
-    if let Some(v) = value {
-        return Ok(v);
+    match value {
+        Some(v) => Ok(v),
+        None => secret_from_terminal(what),
     }
-    eprintln!("{what}: (reading one line from standard input)");
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
+}
+
+/// Reads a secret: typed at the terminal without echo (rpassword) when standard input is
+/// one, else one line of standard input (a pipe).
+pub(super) fn secret_from_terminal(what: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    let line = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("{what}: ")).context("reading from the terminal")?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line
+    };
     let line = line.trim_end_matches(['\r', '\n']).to_string();
     if line.is_empty() {
         bail!("no {what} given");
@@ -443,8 +476,15 @@ fn secret_or_stdin(value: Option<String>, what: &str) -> anyhow::Result<String> 
     Ok(line)
 }
 
-pub(super) fn client(c: &Connection, need_token: bool) -> anyhow::Result<AdminClient> {
-    let boot: Option<Value> = match &c.bootstrap {
+/// A client of the node at `api_url` (else `--bootstrap`'s), trusting `ca_cert` (else
+/// `--bootstrap`'s; none: the system's trust store) with no credential yet, and the parsed
+/// bootstrap file.
+pub(super) fn endpoint(
+    api_url: Option<String>,
+    ca_cert: Option<PathBuf>,
+    bootstrap: Option<&std::path::Path>,
+) -> anyhow::Result<(AdminClient, Option<Value>)> {
+    let boot: Option<Value> = match bootstrap {
         Some(path) => Some(
             serde_json::from_slice(
                 &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
@@ -458,86 +498,127 @@ pub(super) fn client(c: &Connection, need_token: bool) -> anyhow::Result<AdminCl
             .and_then(|b| b[field].as_str())
             .map(String::from)
     };
-    let url = c
-        .api_url
-        .clone()
+    let url = api_url
         .or_else(|| from_boot("api_url"))
         .context("no node URL: give --api-url (or CONIFER_API_URL, or --bootstrap)")?;
-    let ca = c
-        .ca_cert
-        .clone()
-        .or_else(|| from_boot("ca_cert").map(PathBuf::from))
-        .context("no CA certificate: give --ca-cert (or CONIFER_CA_CERT, or --bootstrap)")?;
-    let ca_pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
-    let token = c.token.clone().or_else(|| from_boot("admin_token"));
-    if need_token && token.is_none() {
-        bail!("no credential: give --token (or CONIFER_TOKEN, or --bootstrap)");
-    }
-    Ok(AdminClient::new(&url, &ca_pem, token.as_deref())?)
+    // No CA named: the node's client certificate chains to one the system already trusts
+    // (`serve --client-tls-cert`, or the cluster CA after `conifer certs trust`).
+    let ca_pem = match ca_cert.or_else(|| from_boot("ca_cert").map(PathBuf::from)) {
+        Some(ca) => Some(std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?),
+        None => None,
+    };
+    Ok((AdminClient::new(&url, ca_pem.as_deref(), None)?, boot))
 }
 
-/// Columns shown for a list, by the kind of object.
-fn columns(rows: &[Value]) -> Vec<&'static str> {
+pub(super) fn client(c: &Connection, need_token: bool) -> anyhow::Result<AdminClient> {
+    let (client, boot) = endpoint(c.api_url.clone(), c.ca_cert.clone(), c.bootstrap.as_deref())?;
+    let token = c
+        .token
+        .clone()
+        .or_else(|| boot.as_ref().and_then(|b| b["admin_token"].as_str()).map(String::from));
+    match token {
+        Some(token) => Ok(client.with_token(&token)),
+        None if need_token => {
+            bail!("no credential: give --token (or CONIFER_TOKEN, or --bootstrap)")
+        }
+        None => Ok(client),
+    }
+}
+
+/// Columns shown for a list, by the kind of object; for other rows (query matches,
+/// records, namespaces) every field of the rows in first-seen order.
+fn columns(rows: &[Value]) -> Vec<String> {
     let first = rows.first();
     let has = |field: &str| first.is_some_and(|r| r.get(field).is_some());
-    if has("principal_type") {
-        vec!["principal_id", "principal_type", "role", "created_at"]
+    let known: &[&str] = if has("principal_type") {
+        &["principal_id", "principal_type", "role", "created_at"]
     } else if has("email") {
-        vec!["id", "email", "name", "role", "created_at"]
+        &["id", "email", "name", "role", "created_at"]
     } else if has("client_id") {
-        vec!["id", "name", "role", "created_at"]
+        &["id", "name", "role", "created_at"]
     } else if has("roles") {
-        vec!["id", "name", "roles", "created_at"]
+        &["id", "name", "roles", "created_at"]
     } else if has("organization_id") && has("max_pods") {
-        vec!["id", "name", "organization_id", "created_at"]
+        &["id", "name", "organization_id", "created_at"]
+    } else if has("created_at") {
+        &["id", "name", "created_at"]
     } else {
-        vec!["id", "name", "created_at"]
-    }
+        let mut cols: Vec<String> = Vec::new();
+        for row in rows {
+            for key in row.as_object().into_iter().flat_map(|o| o.keys()) {
+                if !cols.contains(key) {
+                    cols.push(key.clone());
+                }
+            }
+        }
+        return cols;
+    };
+    known.iter().map(|c| c.to_string()).collect()
 }
 
+/// A value as one table cell: strings bare, lists of scalars comma-separated, objects and
+/// nested lists as compact JSON.
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
-        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
+            items.iter().map(cell).collect::<Vec<_>>().join(",")
+        }
         other => other.to_string(),
     }
 }
 
-pub(super) fn print_table(rows: &[Value], cols: &[&str]) {
-    let cells: Vec<Vec<String>> = rows
+/// A table without borders, columns two spaces apart, wrapped to the terminal's width.
+fn table(header: Vec<String>, rows: Vec<Vec<String>>) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+    if !header.is_empty() {
+        table.set_header(header);
+    }
+    for row in rows {
+        table.add_row(row);
+    }
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    table
+}
+
+pub(super) fn print_table<C: AsRef<str>>(rows: &[Value], cols: &[C]) {
+    let cells = rows
         .iter()
-        .map(|r| cols.iter().map(|c| cell(&r[*c])).collect())
+        .map(|r| cols.iter().map(|c| cell(&r[c.as_ref()])).collect())
         .collect();
-    let widths: Vec<usize> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            cells
-                .iter()
-                .map(|r| r[i].chars().count())
-                .chain([c.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |items: Vec<String>| {
-        items
-            .iter()
-            .zip(&widths)
-            .map(|(s, w)| format!("{s:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
-    for row in cells {
-        println!("{}", line(row));
+    let header = cols.iter().map(|c| c.as_ref().to_uppercase()).collect();
+    println!("{}", trim_lines(&table(header, cells).to_string()));
+}
+
+/// Without the padding at the ends of lines.
+fn trim_lines(text: &str) -> String {
+    text.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+}
+
+/// An object's fields as (name, cell) pairs, nested objects flattened to `outer.inner`.
+fn fields(prefix: &str, map: &serde_json::Map<String, Value>, out: &mut Vec<Vec<String>>) {
+    for (k, v) in map {
+        let name = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            Value::Object(inner) if !inner.is_empty() => fields(&name, inner, out),
+            _ => out.push(vec![name, cell(v)]),
+        }
     }
 }
 
-pub(super) fn print(format: OutputFormat, value: &Value) {
+/// Prints `value`: with `--output json` as the API's JSON; else a list as a table, an
+/// object as a table of its fields (nested ones as `outer.inner`).
+pub fn print(format: OutputFormat, value: &Value) {
     if format == OutputFormat::Json {
         println!(
             "{}",
@@ -549,18 +630,9 @@ pub(super) fn print(format: OutputFormat, value: &Value) {
         Value::Array(rows) if rows.is_empty() => println!("(none)"),
         Value::Array(rows) => print_table(rows, &columns(rows)),
         Value::Object(map) => {
-            let width = map.keys().map(|k| k.len()).max().unwrap_or(0);
-            for (k, v) in map {
-                match v {
-                    Value::Object(inner) => {
-                        for (ik, iv) in inner {
-                            let key = format!("{k}.{ik}");
-                            println!("{key:<w$}  {}", cell(iv), w = width + 12);
-                        }
-                    }
-                    _ => println!("{k:<width$}  {}", cell(v)),
-                }
-            }
+            let mut rows = Vec::new();
+            fields("", map, &mut rows);
+            println!("{}", trim_lines(&table(Vec::new(), rows).to_string()));
         }
         Value::Null => println!("done"),
         other => println!("{other}"),
@@ -823,6 +895,22 @@ pub async fn run(admin: Admin) -> anyhow::Result<()> {
             let c = client(&a.connection, true)?;
             let v = match a.command {
                 ClusterCommand::Describe => c.cluster().await?,
+                ClusterCommand::Members => c.cluster().await?["members"].clone(),
+                ClusterCommand::Promote { id } => {
+                    c.promote_member(id).await?;
+                    eprintln!("node {id} is a voter");
+                    return Ok(());
+                }
+                ClusterCommand::Remove { id, force } => {
+                    c.remove_member(id, force).await?;
+                    eprintln!("node {id} removed");
+                    return Ok(());
+                }
+                ClusterCommand::Snapshot => {
+                    c.snapshot().await?;
+                    eprintln!("snapshots requested");
+                    return Ok(());
+                }
             };
             (a.connection.output, v)
         }

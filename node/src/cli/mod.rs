@@ -3,12 +3,15 @@
 
 pub mod admin;
 pub mod audit;
+pub mod data;
+pub mod exit;
+pub mod trust;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::node::ServeConfig;
+use crate::node::{ClientTransport, ServeConfig};
 use crate::shard::engine::EngineConfig;
 use crate::tls::{self, LeafKind, Validity};
 
@@ -21,7 +24,7 @@ pub const DEFAULT_DOMAIN: &str = "svc.conifer.localhost";
 
 /// Conifer: a self-hosted, secure vector database cluster.
 #[derive(Parser)]
-#[command(name = "conifer", version, about)]
+#[command(name = "conifer", version, about, after_help = exit::HELP)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -79,6 +82,12 @@ pub enum Commands {
     Certs(CertsCommand),
     /// Print the permission matrix (operation × role) as a Markdown table.
     Policy,
+    /// Indexes of a project (with its API key): create, list, describe, configure, delete.
+    Index(data::IndexArgs),
+    /// Records of an index: upsert from a file, query, fetch, list, delete.
+    Vectors(data::VectorsArgs),
+    /// Namespaces of an index: list, describe, delete.
+    Namespace(data::NamespaceArgs),
     /// Administration through any node's client port.
     #[command(flatten)]
     Admin(admin::Admin),
@@ -108,6 +117,19 @@ pub struct ServeArgs {
     /// When joining, stay a learner (promote later with POST /admin/cluster/members/{id}/promote).
     #[arg(long, requires = "join")]
     pub learner: bool,
+    /// Certificate chain (PEM, leaf first) the client port and index ports present instead
+    /// of the node certificate, e.g. from a corporate CA or ACME. The cluster port keeps the
+    /// node certificate. Needs --client-tls-key.
+    #[arg(long, env = "CONIFER_CLIENT_TLS_CERT", requires = "client_tls_key")]
+    pub client_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-tls-cert; refused if every user can read it.
+    #[arg(long, env = "CONIFER_CLIENT_TLS_KEY", requires = "client_tls_cert")]
+    pub client_tls_key: Option<PathBuf>,
+    /// Development only: the client port and index ports speak plain HTTP (HTTP/1.1 and
+    /// h2c gRPC, no TLS), for tools that cannot be given a CA. Refused unless --api-addr is
+    /// a loopback address; the cluster port keeps mutual TLS.
+    #[arg(long, env = "CONIFER_DEV_HTTP", conflicts_with = "client_tls_cert")]
+    pub dev_http: bool,
     /// Domain of index hosts: <index>-<project>.<domain> (needs DNS, or the
     /// X-Conifer-Index header); used when --index-port-range is not given.
     #[arg(long, env = "CONIFER_DOMAIN", default_value = DEFAULT_DOMAIN)]
@@ -185,6 +207,19 @@ impl ServeArgs {
                 ));
             }
         }
+        let client_transport = match (self.dev_http, self.client_tls_cert, self.client_tls_key)
+        {
+            (true, _, _) if !api_addr.ip().is_loopback() => {
+                return Err(format!(
+                    "--dev-http serves plain HTTP and is refused on {api_addr}: it is for \
+                     loopback addresses only (127.0.0.0/8, ::1); give clients the CA \
+                     (`conifer certs trust`) or a certificate they trust (--client-tls-cert)"
+                ))
+            }
+            (true, _, _) => ClientTransport::DevHttp,
+            (false, Some(cert), Some(key)) => ClientTransport::Certificate { cert, key },
+            _ => ClientTransport::NodeCertificate,
+        };
         if self.max_records_per_project == 0 {
             return Err("--max-records-per-project must be at least 1".into());
         }
@@ -206,6 +241,7 @@ impl ServeArgs {
             api_addr,
             cluster_addr,
             tls_dir: self.tls_dir,
+            client_transport,
             join: self.join,
             learner: self.learner,
             domain: self.domain,
@@ -271,6 +307,10 @@ pub enum CertsCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Trust the cluster CA: install it into the system trust store (Debian's
+    /// update-ca-certificates; needs root) and write a bundle of the system's CAs plus it,
+    /// printing the SSL_CERT_FILE / REQUESTS_CA_BUNDLE line for clients that read one.
+    Trust(trust::TrustArgs),
 }
 
 /// Runs a `certs` subcommand.
@@ -330,6 +370,7 @@ pub fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
             )?;
             println!("issued {}", out.join(format!("{name}.pem")).display());
         }
+        CertsCommand::Trust(args) => trust::run(args)?,
     }
     Ok(())
 }

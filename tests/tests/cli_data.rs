@@ -1,0 +1,185 @@
+//! The CLI for the data: `conifer index`, `conifer vectors` (upsert from JSON lines and CSV
+//! with a resumable file of failures), `conifer namespace`, `conifer cluster members /
+//! promote / remove`, and its exit codes.
+
+use std::path::Path;
+use std::process::Command;
+
+use conifer_tests::{free_port, Cluster};
+use serde_json::{json, Value};
+
+/// Runs `conifer ARGS --bootstrap BOOT`: (exit code, stdout, stderr).
+fn conifer(boot: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(conifer_tests::conifer_bin())
+        .args(args)
+        .arg("--bootstrap")
+        .arg(boot)
+        .env_remove("CONIFER_API_KEY")
+        .output()
+        .expect("run conifer");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`conifer`] with `--output json`, which must succeed: the printed JSON.
+fn json_of(boot: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let (code, out, err) = conifer(boot, &all);
+    assert_eq!(code, 0, "conifer {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
+    let mut c = Cluster::start(1).await.unwrap();
+    let boot = c.nodes[0].data_dir.join("bootstrap.json");
+    let dir = tempfile::tempdir().unwrap();
+
+    // Indexes.
+    let created = json_of(
+        &boot,
+        &["index", "create", "docs", "--dimension", "3", "--tag", "team=search"],
+    );
+    assert_eq!(created["status"]["ready"], true, "{created}");
+    assert_eq!(created["tags"]["team"], "search");
+    let (code, table, _) = conifer(&boot, &["index", "list"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{table}");
+    assert!(lines[1].starts_with("docs") && lines[1].contains("cosine"), "{table}");
+    let (code, described, _) = conifer(&boot, &["index", "describe", "docs"]);
+    assert_eq!(code, 0);
+    assert!(described.contains("status.ready") && described.contains("tags.team"), "{described}");
+    let configured = json_of(
+        &boot,
+        &["index", "configure", "docs", "--deletion-protection", "enabled"],
+    );
+    assert_eq!(configured["deletion_protection"], "enabled");
+    let (code, _, err) = conifer(&boot, &["index", "delete", "docs"]);
+    assert_eq!(code, 3, "deleting a protected index is a refusal: {err}");
+    assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
+
+    // Upsert from JSON lines: one unreadable line and one of the wrong dimension fail and
+    // are written to the failed file; the rest land.
+    let jsonl = dir.path().join("records.jsonl");
+    let mut text = String::new();
+    for i in 0..250 {
+        let genre = if i % 2 == 0 { "drama" } else { "comedy" };
+        text += &json!({"id": format!("r{i}"), "values": [1.0, i as f64, 0.5],
+                        "metadata": {"genre": genre, "year": 2000 + i}})
+            .to_string();
+        text.push('\n');
+        if i == 100 {
+            text += "{not json\n";
+        }
+    }
+    text += &json!({"id": "short", "values": [1.0]}).to_string();
+    text.push('\n');
+    std::fs::write(&jsonl, text).unwrap();
+    let jsonl_arg = jsonl.to_str().unwrap();
+    let (code, _, err) = conifer(
+        &boot,
+        &["vectors", "upsert", "--index", "docs", "--file", jsonl_arg, "--namespace", "n",
+          "--batch-size", "50"],
+    );
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("upserted 250 of 252 records"), "{err}");
+    let failed = dir.path().join("records.jsonl.failed.jsonl");
+    let failed_text = std::fs::read_to_string(&failed).unwrap();
+    assert_eq!(failed_text.lines().collect::<Vec<_>>(), ["{not json", r#"{"id":"short","values":[1.0]}"#]);
+    // Fixed, the failed file resumes the upload.
+    std::fs::write(&failed, json!({"id": "short", "values": [1.0, 0.0, 0.0]}).to_string()).unwrap();
+    let (code, _, err) = conifer(
+        &boot,
+        &["vectors", "upsert", "--index", "docs", "--file", failed.to_str().unwrap(), "--namespace", "n"],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    // CSV: id, values, and other columns as metadata (numbers parsed).
+    let csv = dir.path().join("more.csv");
+    std::fs::write(&csv, "id,values,genre,year\nc1,\"[0, 1, 0]\",horror,1999\nc2,\"[0, 0, 1]\",horror,2001\n").unwrap();
+    let (code, _, err) = conifer(
+        &boot,
+        &["vectors", "upsert", "--index", "docs", "--file", csv.to_str().unwrap(), "--namespace", "n"],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    // Reads.
+    let query = json_of(
+        &boot,
+        &["vectors", "query", "--index", "docs", "--namespace", "n", "--vector", "[0, 1, 0]",
+          "--top-k", "1", "--filter", r#"{"year": {"$lt": 2000}}"#, "--include-metadata"],
+    );
+    assert_eq!(query["matches"][0]["id"], "c1", "{query}");
+    let metadata = &query["matches"][0]["metadata"];
+    assert_eq!(metadata["genre"], "horror", "{query}");
+    assert_eq!(metadata["year"].as_f64(), Some(1999.0), "{query}");
+    let (code, table, _) = conifer(
+        &boot,
+        &["vectors", "query", "--index", "docs", "--namespace", "n", "--id", "c2", "--top-k", "2"],
+    );
+    assert_eq!(code, 0);
+    assert!(table.lines().next().unwrap().starts_with("ID") && table.contains("c2"), "{table}");
+    let fetched = json_of(
+        &boot,
+        &["vectors", "fetch", "--index", "docs", "--namespace", "n", "--id", "r7", "--id", "short"],
+    );
+    assert_eq!(fetched["vectors"]["r7"]["values"], json!([1.0, 7.0, 0.5]));
+    assert_eq!(fetched["vectors"]["short"]["values"], json!([1.0, 0.0, 0.0]));
+    let listed = json_of(
+        &boot,
+        &["vectors", "list", "--index", "docs", "--namespace", "n", "--prefix", "c"],
+    );
+    assert_eq!(listed["vectors"], json!([{"id": "c1"}, {"id": "c2"}]));
+
+    // Namespaces.
+    let namespaces = json_of(&boot, &["namespace", "list", "--index", "docs"]);
+    assert_eq!(namespaces[0]["name"], "n", "{namespaces}");
+    assert_eq!(namespaces[0]["record_count"], 253, "{namespaces}");
+    json_of(&boot, &["vectors", "delete", "--index", "docs", "--namespace", "n",
+                     "--filter", r#"{"genre": "comedy"}"#]);
+    let described = json_of(&boot, &["namespace", "describe", "--index", "docs", "n"]);
+    assert_eq!(described["record_count"], 128, "{described}");
+    let (code, _, err) = conifer(&boot, &["namespace", "delete", "--index", "docs", "n"]);
+    assert_eq!(code, 0, "{err}");
+
+    // Errors: a missing index is a refusal (3), an unreachable node is 4, bad flags 2.
+    let (code, _, err) = conifer(&boot, &["index", "describe", "nope"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("404") && !err.contains("stack backtrace"), "{err}");
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    let (code, _, err) = conifer(&boot, &["index", "list", "--api-url", &dead]);
+    assert_eq!(code, 4, "{err}");
+    let (code, _, _) = conifer(&boot, &["vectors", "query", "--index", "docs"]);
+    assert_eq!(code, 2);
+    // A key of the wrong role is refused: a DataPlaneViewer cannot create indexes.
+    let viewer = c.key_in(&c.project_id(), &["DataPlaneViewer"]).await.unwrap();
+    let (code, _, err) = conifer(
+        &boot,
+        &["index", "create", "other", "--dimension", "3", "--api-key", &viewer],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("403"), "{err}");
+
+    // Membership: a learner joins, is promoted, listed, and removed.
+    let learner = c.add_node(true).await.unwrap();
+    let (code, _, err) = conifer(&boot, &["cluster", "promote", "--id", &learner.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let members = json_of(&boot, &["cluster", "members"]);
+    let row = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == learner)
+        .cloned()
+        .unwrap();
+    assert_eq!(row["role"], "voter", "{members}");
+    let (code, _, err) = conifer(&boot, &["cluster", "remove", "--id", &learner.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let members = json_of(&boot, &["cluster", "members"]);
+    assert_eq!(members.as_array().unwrap().len(), 1, "{members}");
+}
