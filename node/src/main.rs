@@ -2,12 +2,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use conifer_node::cli::{data, exit, run_certs, Cli, Commands};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line (with its causes), never a backtrace.
@@ -17,7 +18,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     cli.init_logging().map_err(anyhow::Error::msg)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     // FAISS runs one OpenMP thread per search: on these machines two threads per search
@@ -56,6 +57,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Vectors(args) => client()?.block_on(data::run_vectors(args)),
         Commands::Namespace(args) => client()?.block_on(data::run_namespace(args)),
         Commands::Serve(args) => {
+            let serve_matches = matches.subcommand_matches("serve").unwrap_or(matches);
+            let args = args
+                .with_config_file(serve_matches)
+                .map_err(anyhow::Error::msg)?;
+            if args.print_config {
+                print!("{}", args.to_toml().map_err(anyhow::Error::msg)?);
+                return Ok(());
+            }
             let config = args.into_config().map_err(anyhow::Error::msg)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -56,6 +56,9 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Client (REST + gRPC) listen address.
     pub api_addr: SocketAddr,
+    /// Host name or IP clients and peers reach this node by (`--advertise-addr`); `None`:
+    /// the IPs of the listen addresses.
+    pub advertise_host: Option<String>,
     /// Cluster (mutual-TLS) listen address.
     pub cluster_addr: SocketAddr,
     /// Directory with `ca.pem`, `node.pem`, `node-key.pem`; `None` = `<data_dir>/tls`,
@@ -81,6 +84,31 @@ pub struct ServeConfig {
     pub audit_queue_events: usize,
     /// Vector engine tuning.
     pub engine: EngineConfig,
+}
+
+impl ServeConfig {
+    /// The host others reach `listen` by: `--advertise-addr`, else its IP (IPv6 in brackets).
+    pub fn advertised_host(&self, listen: SocketAddr) -> String {
+        match (&self.advertise_host, listen.ip()) {
+            (Some(host), _) => host.clone(),
+            (None, std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+            (None, v4) => v4.to_string(),
+        }
+    }
+
+    /// `host:port` of the client port as clients and peers reach it.
+    pub fn advertised_api_addr(&self) -> String {
+        format!("{}:{}", self.advertised_host(self.api_addr), self.api_addr.port())
+    }
+
+    /// `host:port` of the cluster port as peers reach it.
+    pub fn advertised_cluster_addr(&self) -> String {
+        format!(
+            "{}:{}",
+            self.advertised_host(self.cluster_addr),
+            self.cluster_addr.port()
+        )
+    }
 }
 
 /// What the client port and index ports speak (`serve --client-tls-cert`, `--dev-http`).
@@ -149,6 +177,12 @@ fn create_default_certs(dir: &Path, config: &ServeConfig) -> anyhow::Result<()> 
     for ip in [config.api_addr.ip(), config.cluster_addr.ip()] {
         if !ip.is_unspecified() && !hosts.contains(&ip.to_string()) {
             hosts.push(ip.to_string());
+        }
+    }
+    if let Some(host) = &config.advertise_host {
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        if !hosts.contains(&host) {
+            hosts.push(host);
         }
     }
     let kind = LeafKind::Node {
@@ -275,6 +309,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         Addressing {
             domain: config.domain.clone(),
             api_addr: config.api_addr,
+            advertised_host: config.advertised_host(config.api_addr),
             index_ports: config.index_ports,
             plain_http: config.client_transport == ClientTransport::DevHttp,
         },
@@ -349,8 +384,8 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     tracing::info!(node = config.node_id, api = %config.api_addr, cluster = %config.cluster_addr, "node listening");
 
     let me = NodeInfo {
-        cluster_addr: config.cluster_addr.to_string(),
-        api_addr: config.api_addr.to_string(),
+        cluster_addr: config.advertised_cluster_addr(),
+        api_addr: config.advertised_api_addr(),
     };
     match &config.join {
         None => bootstrap(config, &raft, &control, me, &tls_dir).await?,
@@ -425,7 +460,7 @@ async fn bootstrap(
         api_url: format!(
             "{}://{}",
             config.client_transport.scheme(),
-            config.api_addr
+            config.advertised_api_addr()
         ),
         ca_cert: match config.client_transport {
             ClientTransport::Certificate { .. } => None,

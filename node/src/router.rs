@@ -34,8 +34,11 @@ pub const PROJECT_COUNT_MAX_AGE_MS: u64 = 1_000;
 pub struct Addressing {
     /// Domain of index host names: `<index>-<project tag>.<domain>`.
     pub domain: String,
-    /// The client port's address; its IP is the one index hosts advertise.
+    /// The client port's address (its port is the one of host-name index hosts).
     pub api_addr: std::net::SocketAddr,
+    /// The host index hosts advertise: `serve --advertise-addr`, else the client port's IP
+    /// (IPv6 in brackets).
+    pub advertised_host: String,
     /// Index port range (first, last), inclusive: each index created through this node gets
     /// its own port from it and is reported as `<api IP>:<port>`, which needs no DNS.
     /// `None`: host names only.
@@ -43,17 +46,6 @@ pub struct Addressing {
     /// The client port speaks plain HTTP (`serve --dev-http`): index hosts then carry the
     /// scheme (`http://127.0.0.1:7500`), since SDKs take a bare host for https.
     pub plain_http: bool,
-}
-
-impl Addressing {
-    /// The IP an index host advertises: the client port's (never unspecified with index
-    /// ports: `serve` refuses that).
-    fn advertised_ip(&self) -> String {
-        match self.api_addr.ip() {
-            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-            v4 => v4.to_string(),
-        }
-    }
 }
 
 /// Resolves data-plane calls and runs shard writes.
@@ -264,7 +256,7 @@ impl Router {
         };
         match (index.port, self.addressing.index_ports) {
             (Some(port), Some(_)) => {
-                format!("{scheme}{}:{port}", self.addressing.advertised_ip())
+                format!("{scheme}{}:{port}", self.addressing.advertised_host)
             }
             _ => format!(
                 "{scheme}{}-{}.{}:{}",

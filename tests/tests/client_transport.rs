@@ -455,3 +455,71 @@ async fn certs_trust_installs_the_ca_into_the_system_store() {
     assert!(!curl(), "curl still trusted the CA after `certs trust --remove`");
     assert!(!bundle.exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn advertise_addr_names_the_node_in_hosts_members_and_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    // Index hosts need one host to report: an unspecified listen address needs --advertise-addr.
+    let refused = serve_refused(
+        dir.path(),
+        &["--api-addr", "0.0.0.0:7443", "--index-port-range", "7600-7609"],
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--advertise-addr"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    for bad in ["node:7443", "bad_name", "0.0.0.0"] {
+        let refused = serve_refused(dir.path(), &["--advertise-addr", bad]);
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("--advertise-addr"),
+            "{bad}"
+        );
+    }
+
+    let (api, cluster, ports) = (free_port(), free_port(), free_port_range(4));
+    let range = format!("{ports}-{}", ports + 3);
+    let mut serve = Serve::start(
+        dir.path(),
+        &[
+            "--api-addr",
+            &format!("127.0.0.1:{api}"),
+            "--cluster-addr",
+            &format!("127.0.0.1:{cluster}"),
+            "--advertise-addr",
+            "localhost",
+            "--index-port-range",
+            &range,
+        ],
+    );
+    let ca = serve.data_dir.join("tls").join(tls::CA_CERT);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ca.exists() {
+        assert!(Instant::now() < deadline, "no CA:\n{}", serve.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = client_trusting(&std::fs::read(&ca).unwrap());
+    // The advertised name is in the default certificate: TLS verifies against it.
+    let url = format!("https://localhost:{api}");
+    let boot = serve.wait_serving(&client, &url).await;
+    assert_eq!(boot["api_url"], url);
+    let key = boot["api_key"].as_str().unwrap();
+    let host = create_index(&client, &url, key, "docs").await;
+    assert_eq!(host, format!("localhost:{ports}"));
+    let record = upsert_and_fetch(&client, &format!("https://{host}"), key).await;
+    assert_eq!(record["values"], json!([0.6, 0.8]));
+    let cluster_info: Value = client
+        .get(format!("{url}/admin/cluster"))
+        .bearer_auth(boot["admin_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cluster_info["members"][0]["api_addr"], format!("localhost:{api}"));
+    assert_eq!(
+        cluster_info["members"][0]["cluster_addr"],
+        format!("localhost:{cluster}")
+    );
+}

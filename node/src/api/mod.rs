@@ -554,9 +554,16 @@ async fn snapshot(State(state): State<ApiState>, caller: Caller) -> Result<Statu
     Ok(StatusCode::ACCEPTED)
 }
 
-/// Parses a `SocketAddr`, naming the flag in the error.
+/// Parses `HOST:PORT` — an IP, or a host name resolved now to its first address — naming
+/// the flag in the error.
 pub fn parse_addr(flag: &str, value: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
     value
-        .parse()
-        .map_err(|e| format!("--{flag} {value:?}: {e}"))
+        .to_socket_addrs()
+        .map_err(|e| format!("--{flag} {value:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--{flag} {value:?}: the name resolves to no address"))
 }

@@ -93,21 +93,50 @@ pub enum Commands {
     Admin(admin::Admin),
 }
 
-/// Flags of `conifer serve`.
-#[derive(Args)]
+/// Flags of `conifer serve`. Each is also a key of the configuration file (`--config`,
+/// TOML, the flag's name without `--`), which ranks below `CONIFER_*` environment variables
+/// and flags: default < file < environment < flag.
+#[derive(Args, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[command(after_help = "Examples:
+  conifer serve --data-dir conifer-data --index-port-range 7500-7599
+  conifer serve --config /etc/conifer/node.toml --print-config
+  conifer serve --data-dir conifer-dev --dev-http --api-addr 127.0.0.1:7080 --cluster-addr 127.0.0.1:7081
+
+A configuration file holds the same settings, e.g.:
+  data-dir = \"/var/lib/conifer\"
+  api-addr = \"10.0.0.5:7443\"
+  index-port-range = \"7500-7599\"")]
 pub struct ServeArgs {
-    /// Data directory (created with mode 0700).
+    /// A TOML file of serve settings, each a flag's name (e.g. `index-port-range =
+    /// "7500-7599"`); environment variables and flags override it.
+    #[arg(long, env = "CONIFER_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the settings in effect (defaults, file, environment and flags merged) as TOML
+    /// and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+    /// Data directory (created with mode 0700); required, here or in --config.
     #[arg(long, env = "CONIFER_DATA_DIR")]
-    pub data_dir: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
     /// Node id: unique in the cluster, never reused.
     #[arg(long, env = "CONIFER_NODE_ID", default_value_t = 1)]
     pub node_id: u64,
-    /// Client port (REST + gRPC over TLS).
+    /// Client port (REST + gRPC over TLS): IP:PORT or HOST:PORT (resolved at start);
+    /// 0.0.0.0:PORT listens on every address.
     #[arg(long, env = "CONIFER_API_ADDR", default_value = DEFAULT_API_ADDR)]
     pub api_addr: String,
-    /// Cluster port (mutual TLS between nodes).
+    /// Cluster port (mutual TLS between nodes): IP:PORT or HOST:PORT.
     #[arg(long, env = "CONIFER_CLUSTER_ADDR", default_value = DEFAULT_CLUSTER_ADDR)]
     pub cluster_addr: String,
+    /// Host name or IP (no port) by which clients and other nodes reach this node, when it
+    /// differs from the listen addresses (e.g. they are 0.0.0.0, or behind NAT): members
+    /// and index hosts are reported with it, and the default certificate carries it.
+    #[arg(long, env = "CONIFER_ADVERTISE_ADDR", value_name = "HOST")]
+    pub advertise_addr: Option<String>,
     /// Directory holding ca.pem, node.pem and node-key.pem [default: DATA_DIR/tls, generated on bootstrap].
     #[arg(long, env = "CONIFER_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
@@ -168,8 +197,49 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// Layers the configuration file (`--config`) under what `matches` (the `serve`
+    /// subcommand's) got from the environment and flags: every setting whose value is
+    /// clap's default is taken from the file when the file has it. An unknown key or a value
+    /// of the wrong type is an error naming it.
+    pub fn with_config_file(self, matches: &clap::ArgMatches) -> Result<Self, String> {
+        use figment::providers::{Format, Serialized, Toml};
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        if !path.exists() {
+            return Err(format!("--config {}: no such file", path.display()));
+        }
+        let print_config = self.print_config;
+        let mut given = serde_json::to_value(&self).map_err(|e| e.to_string())?;
+        if let Some(fields) = given.as_object_mut() {
+            fields.retain(|key, _| {
+                let id = key.replace('-', "_");
+                !matches!(
+                    matches.value_source(&id),
+                    None | Some(clap::parser::ValueSource::DefaultValue)
+                )
+            });
+        }
+        let mut merged: Self = figment::Figment::from(Serialized::defaults(&self))
+            .merge(Toml::file_exact(&path))
+            .merge(Serialized::defaults(given))
+            .extract()
+            .map_err(|e| format!("--config {}: {e}", path.display()))?;
+        merged.config = Some(path);
+        merged.print_config = print_config;
+        Ok(merged)
+    }
+
+    /// The settings as the TOML a configuration file holds.
+    pub fn to_toml(&self) -> Result<String, String> {
+        toml::to_string(self).map_err(|e| e.to_string())
+    }
+
     /// Validates the flags into a [`ServeConfig`].
     pub fn into_config(self) -> Result<ServeConfig, String> {
+        let Some(data_dir) = self.data_dir else {
+            return Err("no data directory: give --data-dir (or data-dir in --config)".into());
+        };
         if self.node_id == 0 {
             return Err("--node-id must be at least 1".into());
         }
@@ -186,6 +256,11 @@ impl ServeArgs {
             .map(crate::api::ports::parse_range)
             .transpose()?;
         let api_addr = crate::api::parse_addr("api-addr", &self.api_addr)?;
+        let advertise_host = self
+            .advertise_addr
+            .as_deref()
+            .map(parse_advertised_host)
+            .transpose()?;
         let cluster_addr = crate::api::parse_addr("cluster-addr", &self.cluster_addr)?;
         if let Some((first, last)) = index_ports {
             let own = [
@@ -199,11 +274,11 @@ impl ServeArgs {
                     ));
                 }
             }
-            if api_addr.ip().is_unspecified() {
+            if api_addr.ip().is_unspecified() && advertise_host.is_none() {
                 return Err(format!(
-                    "--index-port-range reports index hosts as <client IP>:<port>, and \
-                     --api-addr {api_addr} has no one IP to report; listen on the address \
-                     clients use"
+                    "--index-port-range reports index hosts as <host>:<port>, and \
+                     --api-addr {api_addr} has no one IP to report; give --advertise-addr \
+                     (the host clients use) or listen on the address clients use"
                 ));
             }
         }
@@ -215,6 +290,9 @@ impl ServeArgs {
                      loopback addresses only (127.0.0.0/8, ::1); give clients the CA \
                      (`conifer certs trust`) or a certificate they trust (--client-tls-cert)"
                 ))
+            }
+            (true, _, _) if advertise_host.is_some() => {
+                return Err("--dev-http is for one machine: it takes no --advertise-addr".into())
             }
             (true, _, _) => ClientTransport::DevHttp,
             (false, Some(cert), Some(key)) => ClientTransport::Certificate { cert, key },
@@ -237,8 +315,9 @@ impl ServeArgs {
             audit_retention_s: self.audit_retention_s,
             audit_queue_events: self.audit_queue_events,
             node_id: self.node_id,
-            data_dir: self.data_dir,
+            data_dir,
             api_addr,
+            advertise_host,
             cluster_addr,
             tls_dir: self.tls_dir,
             client_transport,
@@ -257,6 +336,35 @@ impl ServeArgs {
             },
         })
     }
+}
+
+/// Checks `--advertise-addr`: an IP (IPv6 given bare or in brackets) or a DNS host name,
+/// without a port; IPv6 is returned in brackets, ready for `host:port`.
+fn parse_advertised_host(text: &str) -> Result<String, String> {
+    let bare = text.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => return Ok(format!("[{v6}]")),
+        Ok(ip) if ip.is_unspecified() => {
+            return Err(format!(
+                "--advertise-addr {text}: the unspecified address reaches no node"
+            ))
+        }
+        Ok(ip) => return Ok(ip.to_string()),
+        Err(_) => {}
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if text.len() > 253 || !text.split('.').all(label_ok) {
+        return Err(format!(
+            "--advertise-addr {text:?}: expected a host name or an IP, without a port"
+        ));
+    }
+    Ok(text.to_ascii_lowercase())
 }
 
 /// `conifer certs …`.
