@@ -64,9 +64,13 @@ Conifer is serving.
 
 Try:
   curl --cacert $DATA/tls/ca.pem https://$API_ADDR/health
-  curl --cacert $DATA/tls/ca.pem -H "Authorization: Bearer \$(python3 -c 'import json; print(json.load(open("$DATA/bootstrap.json"))["admin_token"])')" https://$API_ADDR/admin/projects
-  conifer project list --bootstrap $DATA/bootstrap.json
-  conifer key create --bootstrap $DATA/bootstrap.json --project <id> --name ci --role DataPlaneViewer
-  conifer audit list --bootstrap $DATA/bootstrap.json
-  conifer audit verify --bootstrap $DATA/bootstrap.json
+  export CONIFER_BOOTSTRAP=$DATA/bootstrap.json
+  conifer index create docs --dimension 3
+  echo '{"id": "a", "values": [0.1, 0.2, 0.3], "metadata": {"genre": "drama"}}' > records.jsonl
+  conifer vectors upsert --index docs --file records.jsonl
+  conifer vectors query --index docs --vector '[0.1, 0.2, 0.3]' --top-k 3 --include-metadata
+  conifer project list
+  conifer audit list
+  sudo $BIN certs trust --bootstrap $DATA/bootstrap.json   # the CA into the system store + SSL_CERT_FILE line
+The Python SDK, LangChain and LlamaIndex: README.md, "The first five minutes".
 MSG

@@ -8,6 +8,9 @@
 
 use std::time::Duration;
 
+/// HTTP methods of [`AdminClient::data`] and [`AdminClient::call`].
+pub use reqwest::Method;
+
 use serde_json::{json, Value};
 
 /// Timeout of one admin request.
@@ -75,7 +78,8 @@ impl AdminClient {
         ca_pem: Option<&[u8]>,
         token: Option<&str>,
     ) -> Result<Self, ClientError> {
-        let mut http = reqwest::Client::builder().timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
+        let mut http =
+            reqwest::Client::builder().timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
         if let Some(ca_pem) = ca_pem {
             http = http.add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?);
         }
@@ -520,7 +524,7 @@ impl AdminClient {
     }
 
     /// `POST /admin/cluster/members/{id}/promote`: makes a learner a voter.
-    pub async fn promote_member(&self, id: u64) -> Result<(), ClientError> {
+    pub async fn promote_cluster_member(&self, id: u64) -> Result<(), ClientError> {
         self.call(
             reqwest::Method::POST,
             &format!("/admin/cluster/members/{id}/promote"),
@@ -532,7 +536,7 @@ impl AdminClient {
 
     /// `DELETE /admin/cluster/members/{id}[?force=true]`: removes a node; 412 naming the
     /// indexes whose last reachable replica it holds, unless `force`.
-    pub async fn remove_member(&self, id: u64, force: bool) -> Result<(), ClientError> {
+    pub async fn remove_cluster_member(&self, id: u64, force: bool) -> Result<(), ClientError> {
         let query = if force { "?force=true" } else { "" };
         self.delete(&format!("/admin/cluster/members/{id}{query}"))
             .await

@@ -98,7 +98,11 @@ impl ServeConfig {
 
     /// `host:port` of the client port as clients and peers reach it.
     pub fn advertised_api_addr(&self) -> String {
-        format!("{}:{}", self.advertised_host(self.api_addr), self.api_addr.port())
+        format!(
+            "{}:{}",
+            self.advertised_host(self.api_addr),
+            self.api_addr.port()
+        )
     }
 
     /// `host:port` of the cluster port as peers reach it.
@@ -180,7 +184,10 @@ fn create_default_certs(dir: &Path, config: &ServeConfig) -> anyhow::Result<()> 
         }
     }
     if let Some(host) = &config.advertise_host {
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         if !hosts.contains(&host) {
             hosts.push(host);
         }

@@ -227,7 +227,9 @@ pub fn client_port_config(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Invalid(format!("certificate: {e}")))?;
     if certs.is_empty() {
-        return Err(TlsError::Invalid("the certificate file holds no certificate".into()));
+        return Err(TlsError::Invalid(
+            "the certificate file holds no certificate".into(),
+        ));
     }
     let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
         .map_err(|e| TlsError::Invalid(format!("key: {e}")))?

@@ -42,7 +42,15 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     // Indexes.
     let created = json_of(
         &boot,
-        &["index", "create", "docs", "--dimension", "3", "--tag", "team=search"],
+        &[
+            "index",
+            "create",
+            "docs",
+            "--dimension",
+            "3",
+            "--tag",
+            "team=search",
+        ],
     );
     assert_eq!(created["status"]["ready"], true, "{created}");
     assert_eq!(created["tags"]["team"], "search");
@@ -50,18 +58,33 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     assert_eq!(code, 0);
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("NAME"), "{table}");
-    assert!(lines[1].starts_with("docs") && lines[1].contains("cosine"), "{table}");
+    assert!(
+        lines[1].starts_with("docs") && lines[1].contains("cosine"),
+        "{table}"
+    );
     let (code, described, _) = conifer(&boot, &["index", "describe", "docs"]);
     assert_eq!(code, 0);
-    assert!(described.contains("status.ready") && described.contains("tags.team"), "{described}");
+    assert!(
+        described.contains("status.ready") && described.contains("tags.team"),
+        "{described}"
+    );
     let configured = json_of(
         &boot,
-        &["index", "configure", "docs", "--deletion-protection", "enabled"],
+        &[
+            "index",
+            "configure",
+            "docs",
+            "--deletion-protection",
+            "enabled",
+        ],
     );
     assert_eq!(configured["deletion_protection"], "enabled");
     let (code, _, err) = conifer(&boot, &["index", "delete", "docs"]);
     assert_eq!(code, 3, "deleting a protected index is a refusal: {err}");
-    assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.lines().count() == 1,
+        "{err}"
+    );
 
     // Upsert from JSON lines: one unreadable line and one of the wrong dimension fail and
     // are written to the failed file; the rest land.
@@ -71,7 +94,7 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
         let genre = if i % 2 == 0 { "drama" } else { "comedy" };
         text += &json!({"id": format!("r{i}"), "values": [1.0, i as f64, 0.5],
                         "metadata": {"genre": genre, "year": 2000 + i}})
-            .to_string();
+        .to_string();
         text.push('\n');
         if i == 100 {
             text += "{not json\n";
@@ -83,36 +106,88 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     let jsonl_arg = jsonl.to_str().unwrap();
     let (code, _, err) = conifer(
         &boot,
-        &["vectors", "upsert", "--index", "docs", "--file", jsonl_arg, "--namespace", "n",
-          "--batch-size", "50"],
+        &[
+            "vectors",
+            "upsert",
+            "--index",
+            "docs",
+            "--file",
+            jsonl_arg,
+            "--namespace",
+            "n",
+            "--batch-size",
+            "50",
+        ],
     );
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("upserted 250 of 252 records"), "{err}");
     let failed = dir.path().join("records.jsonl.failed.jsonl");
     let failed_text = std::fs::read_to_string(&failed).unwrap();
-    assert_eq!(failed_text.lines().collect::<Vec<_>>(), ["{not json", r#"{"id":"short","values":[1.0]}"#]);
+    assert_eq!(
+        failed_text.lines().collect::<Vec<_>>(),
+        ["{not json", r#"{"id":"short","values":[1.0]}"#]
+    );
     // Fixed, the failed file resumes the upload.
-    std::fs::write(&failed, json!({"id": "short", "values": [1.0, 0.0, 0.0]}).to_string()).unwrap();
+    std::fs::write(
+        &failed,
+        json!({"id": "short", "values": [1.0, 0.0, 0.0]}).to_string(),
+    )
+    .unwrap();
     let (code, _, err) = conifer(
         &boot,
-        &["vectors", "upsert", "--index", "docs", "--file", failed.to_str().unwrap(), "--namespace", "n"],
+        &[
+            "vectors",
+            "upsert",
+            "--index",
+            "docs",
+            "--file",
+            failed.to_str().unwrap(),
+            "--namespace",
+            "n",
+        ],
     );
     assert_eq!(code, 0, "{err}");
 
     // CSV: id, values, and other columns as metadata (numbers parsed).
     let csv = dir.path().join("more.csv");
-    std::fs::write(&csv, "id,values,genre,year\nc1,\"[0, 1, 0]\",horror,1999\nc2,\"[0, 0, 1]\",horror,2001\n").unwrap();
+    std::fs::write(
+        &csv,
+        "id,values,genre,year\nc1,\"[0, 1, 0]\",horror,1999\nc2,\"[0, 0, 1]\",horror,2001\n",
+    )
+    .unwrap();
     let (code, _, err) = conifer(
         &boot,
-        &["vectors", "upsert", "--index", "docs", "--file", csv.to_str().unwrap(), "--namespace", "n"],
+        &[
+            "vectors",
+            "upsert",
+            "--index",
+            "docs",
+            "--file",
+            csv.to_str().unwrap(),
+            "--namespace",
+            "n",
+        ],
     );
     assert_eq!(code, 0, "{err}");
 
     // Reads.
     let query = json_of(
         &boot,
-        &["vectors", "query", "--index", "docs", "--namespace", "n", "--vector", "[0, 1, 0]",
-          "--top-k", "1", "--filter", r#"{"year": {"$lt": 2000}}"#, "--include-metadata"],
+        &[
+            "vectors",
+            "query",
+            "--index",
+            "docs",
+            "--namespace",
+            "n",
+            "--vector",
+            "[0, 1, 0]",
+            "--top-k",
+            "1",
+            "--filter",
+            r#"{"year": {"$lt": 2000}}"#,
+            "--include-metadata",
+        ],
     );
     assert_eq!(query["matches"][0]["id"], "c1", "{query}");
     let metadata = &query["matches"][0]["metadata"];
@@ -120,19 +195,56 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     assert_eq!(metadata["year"].as_f64(), Some(1999.0), "{query}");
     let (code, table, _) = conifer(
         &boot,
-        &["vectors", "query", "--index", "docs", "--namespace", "n", "--id", "c2", "--top-k", "2"],
+        &[
+            "vectors",
+            "query",
+            "--index",
+            "docs",
+            "--namespace",
+            "n",
+            "--id",
+            "c2",
+            "--top-k",
+            "2",
+        ],
     );
     assert_eq!(code, 0);
-    assert!(table.lines().next().unwrap().starts_with("ID") && table.contains("c2"), "{table}");
+    assert!(
+        table.lines().next().unwrap().starts_with("ID") && table.contains("c2"),
+        "{table}"
+    );
     let fetched = json_of(
         &boot,
-        &["vectors", "fetch", "--index", "docs", "--namespace", "n", "--id", "r7", "--id", "short"],
+        &[
+            "vectors",
+            "fetch",
+            "--index",
+            "docs",
+            "--namespace",
+            "n",
+            "--id",
+            "r7",
+            "--id",
+            "short",
+        ],
     );
     assert_eq!(fetched["vectors"]["r7"]["values"], json!([1.0, 7.0, 0.5]));
-    assert_eq!(fetched["vectors"]["short"]["values"], json!([1.0, 0.0, 0.0]));
+    assert_eq!(
+        fetched["vectors"]["short"]["values"],
+        json!([1.0, 0.0, 0.0])
+    );
     let listed = json_of(
         &boot,
-        &["vectors", "list", "--index", "docs", "--namespace", "n", "--prefix", "c"],
+        &[
+            "vectors",
+            "list",
+            "--index",
+            "docs",
+            "--namespace",
+            "n",
+            "--prefix",
+            "c",
+        ],
     );
     assert_eq!(listed["vectors"], json!([{"id": "c1"}, {"id": "c2"}]));
 
@@ -140,8 +252,19 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     let namespaces = json_of(&boot, &["namespace", "list", "--index", "docs"]);
     assert_eq!(namespaces[0]["name"], "n", "{namespaces}");
     assert_eq!(namespaces[0]["record_count"], 253, "{namespaces}");
-    json_of(&boot, &["vectors", "delete", "--index", "docs", "--namespace", "n",
-                     "--filter", r#"{"genre": "comedy"}"#]);
+    json_of(
+        &boot,
+        &[
+            "vectors",
+            "delete",
+            "--index",
+            "docs",
+            "--namespace",
+            "n",
+            "--filter",
+            r#"{"genre": "comedy"}"#,
+        ],
+    );
     let described = json_of(&boot, &["namespace", "describe", "--index", "docs", "n"]);
     assert_eq!(described["record_count"], 128, "{described}");
     let (code, _, err) = conifer(&boot, &["namespace", "delete", "--index", "docs", "n"]);
@@ -150,17 +273,31 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     // Errors: a missing index is a refusal (3), an unreachable node is 4, bad flags 2.
     let (code, _, err) = conifer(&boot, &["index", "describe", "nope"]);
     assert_eq!(code, 3, "{err}");
-    assert!(err.contains("404") && !err.contains("stack backtrace"), "{err}");
+    assert!(
+        err.contains("404") && !err.contains("stack backtrace"),
+        "{err}"
+    );
     let dead = format!("https://127.0.0.1:{}", free_port());
     let (code, _, err) = conifer(&boot, &["index", "list", "--api-url", &dead]);
     assert_eq!(code, 4, "{err}");
     let (code, _, _) = conifer(&boot, &["vectors", "query", "--index", "docs"]);
     assert_eq!(code, 2);
     // A key of the wrong role is refused: a DataPlaneViewer cannot create indexes.
-    let viewer = c.key_in(&c.project_id(), &["DataPlaneViewer"]).await.unwrap();
+    let viewer = c
+        .key_in(&c.project_id(), &["DataPlaneViewer"])
+        .await
+        .unwrap();
     let (code, _, err) = conifer(
         &boot,
-        &["index", "create", "other", "--dimension", "3", "--api-key", &viewer],
+        &[
+            "index",
+            "create",
+            "other",
+            "--dimension",
+            "3",
+            "--api-key",
+            &viewer,
+        ],
     );
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("403"), "{err}");

@@ -195,7 +195,11 @@ async fn dev_http_serves_plain_http_on_loopback_only() {
     let url = format!("http://{api_addr}");
     let boot = serve.wait_serving(&plain, &url).await;
     assert_eq!(boot["api_url"], url);
-    assert!(serve.log().contains("DEVELOPMENT MODE (--dev-http)"), "{}", serve.log());
+    assert!(
+        serve.log().contains("DEVELOPMENT MODE (--dev-http)"),
+        "{}",
+        serve.log()
+    );
     let key = boot["api_key"].as_str().unwrap();
 
     let host = create_index(&plain, &url, key, "docs").await;
@@ -209,7 +213,10 @@ async fn dev_http_serves_plain_http_on_loopback_only() {
         .get(format!("https://{api_addr}/health"))
         .send()
         .await;
-    assert!(tls_attempt.is_err(), "a TLS handshake succeeded on --dev-http");
+    assert!(
+        tls_attempt.is_err(),
+        "a TLS handshake succeeded on --dev-http"
+    );
     // Credentials are still checked.
     let resp = plain
         .get(format!("{host}/vectors/fetch?ids=a"))
@@ -231,7 +238,14 @@ async fn client_port_presents_the_operators_certificate() {
         hosts: vec!["127.0.0.1".into()],
         domain: None,
     };
-    tls::issue_leaf(&corp, &corp, "client-port", kind, Validity::days_from_now(30)).unwrap();
+    tls::issue_leaf(
+        &corp,
+        &corp,
+        "client-port",
+        kind,
+        Validity::days_from_now(30),
+    )
+    .unwrap();
     let cert = corp.join("client-port.pem");
     let key_file = corp.join("client-port-key.pem");
     let (cert, key_file) = (cert.to_str().unwrap(), key_file.to_str().unwrap());
@@ -284,7 +298,10 @@ async fn client_port_presents_the_operators_certificate() {
         .get(format!("{url}/health"))
         .send()
         .await;
-    assert!(wrong.is_err(), "the client port verified with the cluster CA");
+    assert!(
+        wrong.is_err(),
+        "the client port verified with the cluster CA"
+    );
 
     // The CLI with no CA named trusts the system store (which lacks the corporate CA):
     // refused; with --ca-cert the corporate CA: served.
@@ -338,7 +355,11 @@ fn certs_trust_writes_one_bundle_of_the_system_cas_and_the_cluster_ca() {
     ];
     for _ in 0..2 {
         let out = trust(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let bundle = bundle.canonicalize().unwrap();
         assert!(
@@ -433,7 +454,10 @@ async fn certs_trust_installs_the_ca_into_the_system_store() {
             .status
             .success()
     };
-    assert!(!curl(), "curl trusted the new cluster CA before `certs trust`");
+    assert!(
+        !curl(),
+        "curl trusted the new cluster CA before `certs trust`"
+    );
     assert!(!cli());
 
     /// Takes the CA out of the system store however the test ends.
@@ -445,14 +469,21 @@ async fn certs_trust_installs_the_ca_into_the_system_store() {
     }
     let untrust = Untrust(bootstrap.clone());
     let out = trust(&["--bootstrap", bootstrap.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(curl(), "curl did not trust the CA after `certs trust`");
     assert!(cli(), "the CLI did not trust the CA after `certs trust`");
     let bundle = serve.data_dir.join("tls").join("ca-bundle.pem");
     assert!(bundle.exists());
 
     drop(untrust);
-    assert!(!curl(), "curl still trusted the CA after `certs trust --remove`");
+    assert!(
+        !curl(),
+        "curl still trusted the CA after `certs trust --remove`"
+    );
     assert!(!bundle.exists());
 }
 
@@ -462,7 +493,12 @@ async fn advertise_addr_names_the_node_in_hosts_members_and_certificate() {
     // Index hosts need one host to report: an unspecified listen address needs --advertise-addr.
     let refused = serve_refused(
         dir.path(),
-        &["--api-addr", "0.0.0.0:7443", "--index-port-range", "7600-7609"],
+        &[
+            "--api-addr",
+            "0.0.0.0:7443",
+            "--index-port-range",
+            "7600-7609",
+        ],
     );
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("--advertise-addr"),
@@ -517,7 +553,10 @@ async fn advertise_addr_names_the_node_in_hosts_members_and_certificate() {
         .json()
         .await
         .unwrap();
-    assert_eq!(cluster_info["members"][0]["api_addr"], format!("localhost:{api}"));
+    assert_eq!(
+        cluster_info["members"][0]["api_addr"],
+        format!("localhost:{api}")
+    );
     assert_eq!(
         cluster_info["members"][0]["cluster_addr"],
         format!("localhost:{cluster}")

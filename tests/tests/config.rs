@@ -46,7 +46,10 @@ fn the_config_file_ranks_under_environment_and_flags() {
     // The environment overrides the file, and a flag the environment.
     let (ok, out, _) = print_config(&["--config", config], &[("CONIFER_HNSW_M", "20")]);
     assert!(ok);
-    assert_eq!(out.parse::<toml::Table>().unwrap()["hnsw-m"].as_integer(), Some(20));
+    assert_eq!(
+        out.parse::<toml::Table>().unwrap()["hnsw-m"].as_integer(),
+        Some(20)
+    );
     let (ok, out, _) = print_config(
         &["--config", config, "--hnsw-m", "24", "--data-dir", "/tmp/x"],
         &[("CONIFER_HNSW_M", "20")],

@@ -42,9 +42,10 @@ pub struct Connection {
 }
 
 macro_rules! admin_args {
-    ($(#[$doc:meta])* $name:ident, $command:ty) => {
+    ($(#[$doc:meta])* $name:ident, $command:ty, $examples:literal) => {
         $(#[$doc])*
         #[derive(Args, Debug)]
+        #[command(after_help = concat!("Examples:\n", $examples))]
         pub struct $name {
             /// Connection flags.
             #[command(flatten)]
@@ -58,31 +59,40 @@ macro_rules! admin_args {
 
 admin_args!(
     /// Flags of `conifer org`.
-    OrgArgs, OrgCommand);
+    OrgArgs, OrgCommand,
+    "  conifer org list\n  conifer org rename --name acme");
 admin_args!(
     /// Flags of `conifer member`.
-    MemberArgs, MemberCommand);
+    MemberArgs, MemberCommand,
+    "  conifer member create --email ana@example.com --role OrgOwner   # asks for the password\n  conifer member list\n  conifer member update --user-id <id> --role OrgMember\n  conifer member remove --user-id <id>");
 admin_args!(
     /// Flags of `conifer service-account`.
-    ServiceAccountArgs, ServiceAccountCommand);
+    ServiceAccountArgs, ServiceAccountCommand,
+    "  conifer service-account create --name deployer --role OrgManager   # client secret shown once\n  conifer service-account rotate-secret --id <id>");
 admin_args!(
     /// Flags of `conifer project`.
-    ProjectArgs, ProjectCommand);
+    ProjectArgs, ProjectCommand,
+    "  conifer project create --name search\n  conifer project list\n  conifer project delete --id <id>");
 admin_args!(
     /// Flags of `conifer project-member`.
-    ProjectMemberArgs, ProjectMemberCommand);
+    ProjectMemberArgs, ProjectMemberCommand,
+    "  conifer project-member add --project <id> --email ana@example.com --role ProjectEditor\n  conifer project-member list --project <id>");
 admin_args!(
     /// Flags of `conifer key`.
-    KeyArgs, KeyCommand);
+    KeyArgs, KeyCommand,
+    "  conifer key create --project <id> --name ci --role DataPlaneViewer   # the key shown once\n  conifer key list --project <id>\n  conifer key delete --id <id>");
 admin_args!(
     /// Flags of `conifer operator-token`.
-    OperatorTokenArgs, OperatorTokenCommand);
+    OperatorTokenArgs, OperatorTokenCommand,
+    "  conifer operator-token create\n  conifer operator-token rotate --id <id>");
 admin_args!(
     /// Flags of `conifer signing-key`.
-    SigningKeyArgs, SigningKeyCommand);
+    SigningKeyArgs, SigningKeyCommand,
+    "  conifer signing-key rotate");
 admin_args!(
     /// Flags of `conifer cluster`.
-    ClusterArgs, ClusterCommand);
+    ClusterArgs, ClusterCommand,
+    "  conifer cluster members\n  conifer cluster promote --id 4   # a node started with serve --join ADDR --learner\n  conifer cluster remove --id 4\n  conifer cluster describe --output json");
 
 /// `conifer org …`.
 #[derive(Subcommand, Debug)]
@@ -512,10 +522,11 @@ pub(super) fn endpoint(
 
 pub(super) fn client(c: &Connection, need_token: bool) -> anyhow::Result<AdminClient> {
     let (client, boot) = endpoint(c.api_url.clone(), c.ca_cert.clone(), c.bootstrap.as_deref())?;
-    let token = c
-        .token
-        .clone()
-        .or_else(|| boot.as_ref().and_then(|b| b["admin_token"].as_str()).map(String::from));
+    let token = c.token.clone().or_else(|| {
+        boot.as_ref()
+            .and_then(|b| b["admin_token"].as_str())
+            .map(String::from)
+    });
     match token {
         Some(token) => Ok(client.with_token(&token)),
         None if need_token => {
@@ -598,7 +609,10 @@ pub(super) fn print_table<C: AsRef<str>>(rows: &[Value], cols: &[C]) {
 
 /// Without the padding at the ends of lines.
 fn trim_lines(text: &str) -> String {
-    text.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// An object's fields as (name, cell) pairs, nested objects flattened to `outer.inner`.
@@ -897,12 +911,12 @@ pub async fn run(admin: Admin) -> anyhow::Result<()> {
                 ClusterCommand::Describe => c.cluster().await?,
                 ClusterCommand::Members => c.cluster().await?["members"].clone(),
                 ClusterCommand::Promote { id } => {
-                    c.promote_member(id).await?;
+                    c.promote_cluster_member(id).await?;
                     eprintln!("node {id} is a voter");
                     return Ok(());
                 }
                 ClusterCommand::Remove { id, force } => {
-                    c.remove_member(id, force).await?;
+                    c.remove_cluster_member(id, force).await?;
                     eprintln!("node {id} removed");
                     return Ok(());
                 }

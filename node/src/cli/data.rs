@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
+use conifer_client::Method;
 use conifer_client::{AdminClient, ClientError};
-use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::admin::{endpoint, print, OutputFormat};
@@ -55,7 +55,10 @@ impl DataConnection {
             self.ca_cert.clone(),
             self.bootstrap.as_deref(),
         )?;
-        let key = match (&self.api_key, boot.as_ref().and_then(|b| b["api_key"].as_str())) {
+        let key = match (
+            &self.api_key,
+            boot.as_ref().and_then(|b| b["api_key"].as_str()),
+        ) {
             (Some(key), _) => key.clone(),
             (None, Some(key)) => key.to_string(),
             (None, None) => super::admin::secret_from_terminal("API key")?,
@@ -356,7 +359,8 @@ pub async fn run_index(args: IndexArgs) -> anyhow::Result<()> {
                 "deletion_protection": if deletion_protection { "enabled" } else { "disabled" },
             });
             if !tags.is_empty() {
-                body["tags"] = Value::Object(tags.into_iter().map(|(k, v)| (k, json!(v))).collect());
+                body["tags"] =
+                    Value::Object(tags.into_iter().map(|(k, v)| (k, json!(v))).collect());
             }
             let created = c.create_index(body).await?;
             if no_wait {
@@ -375,7 +379,12 @@ pub async fn run_index(args: IndexArgs) -> anyhow::Result<()> {
         IndexCommand::Describe { name } => {
             let mut index = c.describe_index(&name).await?;
             let stats = c
-                .data(&name, Method::POST, "/describe_index_stats", Some(json!({})))
+                .data(
+                    &name,
+                    Method::POST,
+                    "/describe_index_stats",
+                    Some(json!({})),
+                )
                 .await?;
             index["total_vector_count"] = stats["totalVectorCount"].clone();
             index
@@ -390,7 +399,8 @@ pub async fn run_index(args: IndexArgs) -> anyhow::Result<()> {
                 body["deletion_protection"] = json!(format!("{p:?}").to_lowercase());
             }
             if !tags.is_empty() {
-                body["tags"] = Value::Object(tags.into_iter().map(|(k, v)| (k, json!(v))).collect());
+                body["tags"] =
+                    Value::Object(tags.into_iter().map(|(k, v)| (k, json!(v))).collect());
             }
             if body == json!({}) {
                 bail!("nothing to change: give --deletion-protection or --tag");
@@ -428,7 +438,10 @@ async fn wait_ready(c: &AdminClient, name: &str) -> anyhow::Result<Value> {
             return Ok(index);
         }
         if std::time::Instant::now() > deadline {
-            bail!("index {name} not ready after {INDEX_READY_TIMEOUT_S} s: {}", index["status"]);
+            bail!(
+                "index {name} not ready after {INDEX_READY_TIMEOUT_S} s: {}",
+                index["status"]
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -713,7 +726,12 @@ impl Upload<'_> {
         loop {
             match self
                 .client
-                .data(self.index, Method::POST, "/vectors/upsert", Some(body.clone()))
+                .data(
+                    self.index,
+                    Method::POST,
+                    "/vectors/upsert",
+                    Some(body.clone()),
+                )
                 .await
             {
                 Ok(_) => return Ok(()),

@@ -17,7 +17,8 @@ pub const SERVER_ERROR: u8 = 5;
 pub const PARTIAL: u8 = 6;
 
 /// The `--help` text listing the codes.
-pub const HELP: &str = "Exit codes: 0 done, 1 other failure, 2 bad usage, 3 refused by the server (4xx), \
+pub const HELP: &str =
+    "Exit codes: 0 done, 1 other failure, 2 bad usage, 3 refused by the server (4xx), \
 4 no node reachable (connection, TLS, timeout), 5 server error (5xx), 6 upsert partly failed.";
 
 /// The exit code of a command that failed with `error`.

@@ -282,8 +282,7 @@ impl ServeArgs {
                 ));
             }
         }
-        let client_transport = match (self.dev_http, self.client_tls_cert, self.client_tls_key)
-        {
+        let client_transport = match (self.dev_http, self.client_tls_cert, self.client_tls_key) {
             (true, _, _) if !api_addr.ip().is_loopback() => {
                 return Err(format!(
                     "--dev-http serves plain HTTP and is refused on {api_addr}: it is for \

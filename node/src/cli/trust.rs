@@ -61,7 +61,8 @@ struct CaCertificate {
 
 /// Reads `path`: exactly one certificate, and a CA's (basic constraints CA:TRUE).
 fn read_ca(path: &Path) -> anyhow::Result<CaCertificate> {
-    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let ders = rustls_pemfile::certs(&mut pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{}: not PEM", path.display()))?;
@@ -158,10 +159,7 @@ pub fn run(args: TrustArgs) -> anyhow::Result<()> {
         .join(format!("conifer-{}.crt", &ca.fingerprint[..16]));
     let bundle = match &args.bundle {
         Some(bundle) => bundle.clone(),
-        None => path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(BUNDLE_FILE),
+        None => path.parent().unwrap_or(Path::new(".")).join(BUNDLE_FILE),
     };
     if args.remove {
         match std::fs::remove_file(&stored) {
