@@ -22,6 +22,9 @@ pub enum ClientError {
     /// The request did not complete (connection, TLS, timeout).
     #[error("request failed: {0}")]
     Transport(#[from] reqwest::Error),
+    /// The CA certificate given is not a PEM certificate.
+    #[error("the CA certificate: {0}")]
+    Certificate(String),
     /// The server answered with an error body.
     #[error("{status} {code}: {message}")]
     Api {
@@ -81,7 +84,9 @@ impl AdminClient {
         let mut http =
             reqwest::Client::builder().timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
         if let Some(ca_pem) = ca_pem {
-            http = http.add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?);
+            let ca = reqwest::Certificate::from_pem(ca_pem)
+                .map_err(|e| ClientError::Certificate(e.to_string()))?;
+            http = http.add_root_certificate(ca);
         }
         let http = http.build()?;
         Ok(Self {

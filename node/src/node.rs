@@ -354,6 +354,11 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
             Some(tls::load_client_port_config(cert, key)?)
         }
         ClientTransport::DevHttp => {
+            // Also past any log filter: this must not go unnoticed.
+            eprintln!(
+                "WARNING: --dev-http: {} serves plain HTTP without TLS (development only)",
+                config.api_addr
+            );
             tracing::warn!(
                 api = %config.api_addr,
                 "DEVELOPMENT MODE (--dev-http): the client port and index ports speak plain \

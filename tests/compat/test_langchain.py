@@ -65,9 +65,10 @@ def test_similarity_search_with_filter(store):
 
 
 def test_max_marginal_relevance(store):
+    # langchain-pinecone's MMR returns documents without ids: compare their texts.
     hits = store.max_marginal_relevance_search("rust compiles safe code", k=2, fetch_k=4)
-    assert hits[0].id == "rust"
-    assert len(set(ids_of(hits))) == 2
+    assert hits[0].page_content == DOCS[2][1]
+    assert len({h.page_content for h in hits}) == 2
 
 
 def test_retriever(store):

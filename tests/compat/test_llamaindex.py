@@ -5,6 +5,7 @@ CA reaches the SDK the way `conifer certs trust` says: the bundle it writes, nam
 SSL_CERT_FILE (no hand-made bundle, no `ssl_ca_certs`)."""
 
 import os
+import shlex
 import subprocess
 
 import pytest
@@ -43,7 +44,7 @@ def pc(single_node, tmp_path_factory):
         [conifer_bin(), "certs", "trust", "--no-system", "--ca-cert", single_node["ca_cert"],
          "--bundle", str(bundle)], check=True, capture_output=True, text=True).stdout
     assert out.startswith("export SSL_CERT_FILE="), out
-    for assignment in out.removeprefix("export ").split():
+    for assignment in shlex.split(out.removeprefix("export ")):
         name, value = assignment.split("=", 1)
         os.environ[name] = value
     os.environ["PINECONE_API_KEY"] = single_node["api_key"]

@@ -148,13 +148,17 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     );
     assert_eq!(code, 0, "{err}");
 
-    // CSV: id, values, and other columns as metadata (numbers parsed).
+    // CSV: id, values, and other columns as metadata (numbers parsed, "007" kept a
+    // string); a row of the wrong width fails alone and goes to FILE.failed.csv under the
+    // header row.
     let csv = dir.path().join("more.csv");
     std::fs::write(
         &csv,
-        "id,values,genre,year\nc1,\"[0, 1, 0]\",horror,1999\nc2,\"[0, 0, 1]\",horror,2001\n",
+        "id,values,genre,year,code\nc1,\"[0, 1, 0]\",horror,1999,007\nbad,\"[0, 1, 0]\"\n\
+         c2,\"[0, 0, 1]\",horror,2001,\n",
     )
     .unwrap();
+    let csv_arg = csv.to_str().unwrap();
     let (code, _, err) = conifer(
         &boot,
         &[
@@ -163,12 +167,44 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
             "--index",
             "docs",
             "--file",
-            csv.to_str().unwrap(),
+            csv_arg,
             "--namespace",
             "n",
         ],
     );
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("upserted 2 of 3 records"), "{err}");
+    let failed_csv = std::fs::read_to_string(dir.path().join("more.csv.failed.csv")).unwrap();
+    assert_eq!(failed_csv, "id,values,genre,year,code\nbad,\"[0, 1, 0]\"\n");
+
+    // An error that is not about the records stops the upload at once: a key that may not
+    // write (403) sends one batch, exits 3, and every record is in the failed file.
+    let viewer = c
+        .key_in(&c.project_id(), &["DataPlaneViewer"])
+        .await
+        .unwrap();
+    let (code, _, err) = conifer(
+        &boot,
+        &[
+            "vectors",
+            "upsert",
+            "--index",
+            "docs",
+            "--file",
+            jsonl_arg,
+            "--api-key",
+            &viewer,
+        ],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("stopped at line 1") && err.contains("403"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&failed).unwrap().lines().count(),
+        252
+    );
 
     // Reads.
     let query = json_of(
@@ -193,6 +229,7 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     let metadata = &query["matches"][0]["metadata"];
     assert_eq!(metadata["genre"], "horror", "{query}");
     assert_eq!(metadata["year"].as_f64(), Some(1999.0), "{query}");
+    assert_eq!(metadata["code"], "007", "{query}");
     let (code, table, _) = conifer(
         &boot,
         &[
@@ -250,8 +287,11 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
 
     // Namespaces.
     let namespaces = json_of(&boot, &["namespace", "list", "--index", "docs"]);
-    assert_eq!(namespaces[0]["name"], "n", "{namespaces}");
-    assert_eq!(namespaces[0]["record_count"], 253, "{namespaces}");
+    assert_eq!(namespaces["namespaces"][0]["name"], "n", "{namespaces}");
+    assert_eq!(
+        namespaces["namespaces"][0]["record_count"], 253,
+        "{namespaces}"
+    );
     json_of(
         &boot,
         &[
@@ -283,10 +323,6 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     let (code, _, _) = conifer(&boot, &["vectors", "query", "--index", "docs"]);
     assert_eq!(code, 2);
     // A key of the wrong role is refused: a DataPlaneViewer cannot create indexes.
-    let viewer = c
-        .key_in(&c.project_id(), &["DataPlaneViewer"])
-        .await
-        .unwrap();
     let (code, _, err) = conifer(
         &boot,
         &[

@@ -1350,3 +1350,51 @@ async fn misshapen_or_ambiguous_requests_are_refused_rather_than_guessed() {
         .unwrap();
     refused(&answer(bogus).await, 400, "'action' is \"bogus\"");
 }
+
+/// Field report (LlamaIndex on SDK 9.1): its delete sends `"namespace": null`. In Pinecone's
+/// API an explicit `null` for an optional field means the field was left out, on every
+/// data-plane body; `null` inside metadata stays refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn null_for_an_optional_field_means_it_was_left_out() {
+    let (c, key) = one_node_with(&[("nulls", 2, "cosine")]).await;
+    let upsert = json!({"vectors": [{"id": "a", "values": [1.0, 0.0], "sparseValues": null,
+                                     "metadata": null},
+                                    {"id": "b", "values": [0.0, 1.0], "metadata": {"g": "x"}}],
+                        "namespace": null});
+    assert_eq!(
+        data(&c, &key, "nulls", "/vectors/upsert", upsert).await.0,
+        200
+    );
+    let query = json!({"vector": [1.0, 0.0], "topK": 1, "namespace": null, "id": null,
+                       "includeValues": null, "includeMetadata": null, "filter": null});
+    let (status, body) = data(&c, &key, "nulls", "/query", query).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["matches"][0]["id"], "a", "{body}");
+    let values = &body["matches"][0]["values"];
+    assert!(
+        values.as_array().is_none_or(Vec::is_empty),
+        "includeValues null is false: {body}"
+    );
+    let update = json!({"id": "b", "values": null, "namespace": null,
+                        "setMetadata": {"g": "y"}, "dryRun": null});
+    assert_eq!(
+        data(&c, &key, "nulls", "/vectors/update", update).await.0,
+        200
+    );
+    let delete = json!({"ids": ["a"], "deleteAll": null, "namespace": null, "filter": null});
+    assert_eq!(
+        data(&c, &key, "nulls", "/vectors/delete", delete).await.0,
+        200
+    );
+    let delete = json!({"ids": null, "filter": {"g": {"$eq": "y"}}, "namespace": null});
+    assert_eq!(
+        data(&c, &key, "nulls", "/vectors/delete", delete).await.0,
+        200
+    );
+    let stats = data(&c, &key, "nulls", "/describe_index_stats", json!({})).await;
+    assert_eq!(stats.1["totalVectorCount"], 0, "{}", stats.1);
+    // A null metadata value is not a missing field: still refused.
+    let upsert = json!({"vectors": [{"id": "c", "values": [1.0, 0.0], "metadata": {"g": null}}]});
+    let got = data(&c, &key, "nulls", "/vectors/upsert", upsert).await;
+    assert_eq!(got.0, 400, "{}", got.1);
+}

@@ -117,7 +117,7 @@ fn sparse_json(s: &Option<pb::SparseValues>) -> Option<Value> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct VectorJson {
     id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     values: Vec<f32>,
     #[serde(default)]
     sparse_values: Option<SparseJson>,
@@ -144,7 +144,7 @@ fn usage_json(u: &Option<pb::Usage>) -> Value {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UpsertJson {
     vectors: Vec<VectorJson>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     namespace: String,
 }
 
@@ -177,20 +177,20 @@ pub async fn upsert(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct QueryJson {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     namespace: String,
     top_k: u32,
     #[serde(default)]
     filter: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     include_values: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     include_metadata: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     vector: Vec<f32>,
     #[serde(default)]
     sparse_vector: Option<SparseJson>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     id: String,
     /// Refused with an explanation by the shared operation (not honoured).
     #[serde(default)]
@@ -343,7 +343,7 @@ pub async fn list(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FetchByMetadataJson {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     namespace: String,
     #[serde(default)]
     filter: Option<Map<String, Value>>,
@@ -385,11 +385,11 @@ pub async fn fetch_by_metadata(
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct DeleteJson {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     ids: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     delete_all: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     namespace: String,
     #[serde(default)]
     filter: Option<Map<String, Value>>,
@@ -421,15 +421,15 @@ pub async fn delete(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UpdateJson {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     values: Vec<f32>,
     #[serde(default)]
     sparse_values: Option<SparseJson>,
     #[serde(default)]
     set_metadata: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::body::null_as_default")]
     namespace: String,
     #[serde(default)]
     filter: Option<Map<String, Value>>,

@@ -553,8 +553,25 @@ fn columns(rows: &[Value]) -> Vec<String> {
         &["id", "name", "organization_id", "created_at"]
     } else if has("created_at") {
         &["id", "name", "created_at"]
+    } else if has("cluster_addr") {
+        &["id", "role", "leader", "api_addr", "cluster_addr"]
+    } else if has("dimension") && has("host") {
+        &[
+            "name",
+            "dimension",
+            "metric",
+            "host",
+            "state",
+            "deletion_protection",
+        ]
     } else {
-        let mut cols: Vec<String> = Vec::new();
+        // Query matches, records, namespaces: the identifying fields first, then every
+        // other field seen in the rows.
+        let mut cols: Vec<String> = ["id", "name", "score"]
+            .into_iter()
+            .filter(|c| rows.iter().any(|r| r.get(c).is_some()))
+            .map(String::from)
+            .collect();
         for row in rows {
             for key in row.as_object().into_iter().flat_map(|o| o.keys()) {
                 if !cols.contains(key) {

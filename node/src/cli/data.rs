@@ -171,8 +171,11 @@ fn parse_tag(text: &str) -> Result<(String, String), String> {
 
 Upsert files: JSON lines (.jsonl, .ndjson: one {\"id\", \"values\", \"metadata\"} object a line)
 or CSV (.csv: columns id, values as a JSON array, optional metadata as a JSON object; any
-other column becomes a metadata field, a number when it parses as one). Records that fail
-are written to FILE.failed.jsonl; rerun upsert with that file to resume.")]
+other column becomes a metadata field, a number or boolean when it is one as JSON writes
+it). Records the server refuses are isolated (the rest of their batch is sent) and written,
+as the file held them, to FILE.failed.jsonl or FILE.failed.csv; an error that stops the
+upload (wrong key, missing index, no node) writes the records not sent there too. Fix them
+and rerun upsert with that file to resume.")]
 pub struct VectorsArgs {
     /// Connection flags.
     #[command(flatten)]
@@ -311,11 +314,17 @@ pub struct NamespaceArgs {
 /// `conifer namespace …`.
 #[derive(Subcommand, Debug)]
 pub enum NamespaceCommand {
-    /// The index's namespaces and their record counts.
+    /// The index's namespaces and their record counts, in pages.
     List {
         /// Index name.
         #[arg(long)]
         index: String,
+        /// Namespaces per page.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Continue from this pagination token.
+        #[arg(long)]
+        pagination_token: Option<String>,
     },
     /// One namespace's record count.
     Describe {
@@ -403,7 +412,9 @@ pub async fn run_index(args: IndexArgs) -> anyhow::Result<()> {
                     Value::Object(tags.into_iter().map(|(k, v)| (k, json!(v))).collect());
             }
             if body == json!({}) {
-                bail!("nothing to change: give --deletion-protection or --tag");
+                bail!(Usage(
+                    "nothing to change: give --deletion-protection or --tag".into()
+                ));
             }
             c.configure_index(&name, body).await?
         }
@@ -461,11 +472,21 @@ pub async fn run_vectors(args: VectorsArgs) -> anyhow::Result<()> {
             failed,
         } => {
             if !(1..=MAX_UPSERT_BATCH).contains(&batch_size) {
-                bail!("--batch-size is {batch_size}; it must be 1 to {MAX_UPSERT_BATCH}");
+                bail!(Usage(format!(
+                    "--batch-size is {batch_size}; it must be 1 to {MAX_UPSERT_BATCH}"
+                )));
             }
+            let format =
+                format.unwrap_or_else(|| match file.extension().and_then(|e| e.to_str()) {
+                    Some("csv") => FileFormat::Csv,
+                    _ => FileFormat::Jsonl,
+                });
             let failed = failed.unwrap_or_else(|| {
                 let mut name = file.clone().into_os_string();
-                name.push(".failed.jsonl");
+                name.push(match format {
+                    FileFormat::Csv => ".failed.csv",
+                    FileFormat::Jsonl => ".failed.jsonl",
+                });
                 PathBuf::from(name)
             });
             let upload = Upload {
@@ -474,7 +495,7 @@ pub async fn run_vectors(args: VectorsArgs) -> anyhow::Result<()> {
                 namespace: &namespace,
                 batch_size,
             };
-            return upload.run(&file, format, &failed).await;
+            return upload.run(&file, format, failed).await;
         }
         VectorsCommand::Query {
             index,
@@ -495,7 +516,7 @@ pub async fn run_vectors(args: VectorsArgs) -> anyhow::Result<()> {
             match (vector, id) {
                 (Some(v), _) => body["vector"] = parse_json("vector", &v)?,
                 (None, Some(id)) => body["id"] = json!(id),
-                (None, None) => bail!("give --vector or --id"),
+                (None, None) => bail!(Usage("give --vector or --id".into())),
             }
             if let Some(f) = filter {
                 body["filter"] = parse_json("filter", &f)?;
@@ -570,7 +591,7 @@ pub async fn run_vectors(args: VectorsArgs) -> anyhow::Result<()> {
             } else if !ids.is_empty() {
                 body["ids"] = json!(ids);
             } else {
-                bail!("give --id, --filter or --all");
+                bail!(Usage("give --id, --filter or --all".into()));
             }
             c.data(&index, Method::POST, "/vectors/delete", Some(body))
                 .await?;
@@ -586,9 +607,28 @@ pub async fn run_vectors(args: VectorsArgs) -> anyhow::Result<()> {
 pub async fn run_namespace(args: NamespaceArgs) -> anyhow::Result<()> {
     let c = args.connection.client()?;
     let value = match args.command {
-        NamespaceCommand::List { index } => {
-            let answer = c.data(&index, Method::GET, "/namespaces", None).await?;
-            Value::Array(answer["namespaces"].as_array().cloned().unwrap_or_default())
+        NamespaceCommand::List {
+            index,
+            limit,
+            pagination_token,
+        } => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            if let Some(l) = limit {
+                query.append_pair("limit", &l.to_string());
+            }
+            if let Some(t) = &pagination_token {
+                query.append_pair("paginationToken", t);
+            }
+            let path = format!("/namespaces?{}", query.finish());
+            let answer = c.data(&index, Method::GET, &path, None).await?;
+            if args.connection.output == OutputFormat::Json {
+                answer
+            } else {
+                if let Some(next) = answer["pagination"]["next"].as_str() {
+                    eprintln!("more: --pagination-token {next}");
+                }
+                Value::Array(answer["namespaces"].as_array().cloned().unwrap_or_default())
+            }
         }
         NamespaceCommand::Describe { index, name } => {
             let path = format!("/namespaces/{}", conifer_client::segment(&name));
@@ -611,6 +651,202 @@ struct Line {
     number: usize,
     /// The record, in the API's JSON (camelCase).
     record: Value,
+    /// The record as the file held it, for the failed file.
+    raw: Raw,
+}
+
+/// A record as the file held it.
+#[derive(Clone)]
+enum Raw {
+    /// A JSON line, as it was.
+    Text(String),
+    /// A CSV row, as it was.
+    Row(csv::StringRecord),
+}
+
+/// What a source yields: a record, or a line that is not one (written to the failed file
+/// as it was, with why).
+enum Item {
+    Record(Line),
+    Unreadable(Raw, String),
+}
+
+/// The records of an upsert file, read one at a time.
+enum Source {
+    Jsonl {
+        lines: Box<dyn BufRead>,
+        number: usize,
+        bytes: u64,
+    },
+    Csv {
+        reader: csv::Reader<std::fs::File>,
+        headers: csv::StringRecord,
+    },
+}
+
+impl Source {
+    fn open(file: &Path, format: FileFormat) -> anyhow::Result<Self> {
+        let stdin = file == Path::new("-");
+        Ok(match format {
+            FileFormat::Jsonl => Source::Jsonl {
+                lines: if stdin {
+                    Box::new(std::io::BufReader::new(std::io::stdin()))
+                } else {
+                    Box::new(std::io::BufReader::new(
+                        std::fs::File::open(file)
+                            .with_context(|| format!("opening {}", file.display()))?,
+                    ))
+                },
+                number: 0,
+                bytes: 0,
+            },
+            FileFormat::Csv if stdin => bail!(Usage(
+                "CSV is read from a file, not from standard input".into()
+            )),
+            FileFormat::Csv => {
+                let mut reader = csv::ReaderBuilder::new()
+                    .flexible(true)
+                    .from_path(file)
+                    .with_context(|| format!("opening {}", file.display()))?;
+                let headers = reader
+                    .headers()
+                    .with_context(|| format!("{}: the header row", file.display()))?
+                    .clone();
+                for needed in ["id", "values"] {
+                    if !headers.iter().any(|h| h == needed) {
+                        bail!("{}: no {needed:?} column in the header row", file.display());
+                    }
+                }
+                Source::Csv { reader, headers }
+            }
+        })
+    }
+
+    /// Bytes of the file read so far.
+    fn position(&self) -> u64 {
+        match self {
+            Source::Jsonl { bytes, .. } => *bytes,
+            Source::Csv { reader, .. } => reader.position().byte(),
+        }
+    }
+
+    /// The next record or unreadable line; `None` at the end.
+    fn next(&mut self) -> anyhow::Result<Option<Item>> {
+        match self {
+            Source::Jsonl {
+                lines,
+                number,
+                bytes,
+            } => loop {
+                let mut text = String::new();
+                let n = lines.read_line(&mut text).context("reading the file")?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                *bytes += n as u64;
+                *number += 1;
+                let text = text.trim_end_matches(['\r', '\n']).to_string();
+                if text.trim().is_empty() {
+                    continue;
+                }
+                let parsed = match serde_json::from_str::<Value>(&text) {
+                    Ok(Value::Object(object)) => record(object),
+                    Ok(_) => Err("not a JSON object".into()),
+                    Err(e) => Err(format!("not JSON: {e}")),
+                };
+                let number = *number;
+                return Ok(Some(match parsed {
+                    Ok(record) => Item::Record(Line {
+                        number,
+                        record,
+                        raw: Raw::Text(text),
+                    }),
+                    Err(why) => Item::Unreadable(Raw::Text(text), format!("line {number}: {why}")),
+                }));
+            },
+            Source::Csv { reader, headers } => {
+                let mut row = csv::StringRecord::new();
+                let more = reader.read_record(&mut row).context("reading the file")?;
+                if !more {
+                    return Ok(None);
+                }
+                let number = row.position().map_or(0, |p| p.line() as usize);
+                Ok(Some(match csv_record(headers, &row) {
+                    Ok(record) => Item::Record(Line {
+                        number,
+                        record,
+                        raw: Raw::Row(row),
+                    }),
+                    Err(why) => Item::Unreadable(Raw::Row(row), format!("line {number}: {why}")),
+                }))
+            }
+        }
+    }
+}
+
+/// The failed file: created at the first failure, in the input's format (JSON lines, or
+/// CSV with the input's header row), so that it can be fixed and given to `upsert` again.
+struct FailedFile {
+    path: PathBuf,
+    headers: Option<csv::StringRecord>,
+    out: Option<csv::Writer<std::fs::File>>,
+    text: Option<std::io::BufWriter<std::fs::File>>,
+    count: usize,
+    reasons: Vec<(String, usize)>,
+}
+
+impl FailedFile {
+    fn new(path: PathBuf, headers: Option<csv::StringRecord>) -> Self {
+        Self {
+            path,
+            headers,
+            out: None,
+            text: None,
+            count: 0,
+            reasons: Vec::new(),
+        }
+    }
+
+    /// Writes `raw` (as the file held it) and counts `reason`; flushed at once, so an
+    /// interrupted upload keeps what failed so far.
+    fn add(&mut self, raw: &Raw, reason: &str) -> anyhow::Result<()> {
+        let create = || {
+            std::fs::File::create(&self.path)
+                .with_context(|| format!("creating {}", self.path.display()))
+        };
+        match raw {
+            Raw::Text(text) => {
+                if self.text.is_none() {
+                    self.text = Some(std::io::BufWriter::new(create()?));
+                }
+                if let Some(out) = self.text.as_mut() {
+                    writeln!(out, "{text}")?;
+                    out.flush()?;
+                }
+            }
+            Raw::Row(row) => {
+                if self.out.is_none() {
+                    let mut out = csv::WriterBuilder::new()
+                        .flexible(true)
+                        .from_writer(create()?);
+                    if let Some(headers) = &self.headers {
+                        out.write_record(headers)?;
+                    }
+                    self.out = Some(out);
+                }
+                if let Some(out) = self.out.as_mut() {
+                    out.write_record(row)?;
+                    out.flush()?;
+                }
+            }
+        }
+        self.count += 1;
+        match self.reasons.iter_mut().find(|(r, _)| r == reason) {
+            Some((_, n)) => *n += 1,
+            None => self.reasons.push((reason.to_string(), 1)),
+        }
+        Ok(())
+    }
 }
 
 /// An upsert of a file's records in batches.
@@ -626,93 +862,134 @@ fn is_momentary(e: &ClientError) -> bool {
     match e {
         ClientError::Transport(_) => true,
         ClientError::Api { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+        ClientError::Certificate(_) => false,
     }
+}
+
+/// Whether `e` refuses these records themselves (a record the server finds invalid, a
+/// request too large), so that other records may still pass; every other error (wrong
+/// key, missing index, no node, server failing) stops the upload.
+fn refuses_records(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { status, .. } if matches!(status, 400 | 413 | 422))
 }
 
 impl Upload<'_> {
     async fn run(
         &self,
         file: &Path,
-        format: Option<FileFormat>,
-        failed_path: &Path,
+        format: FileFormat,
+        failed_path: PathBuf,
     ) -> anyhow::Result<()> {
-        let format = format.unwrap_or_else(|| match file.extension().and_then(|e| e.to_str()) {
-            Some("csv") => FileFormat::Csv,
-            _ => FileFormat::Jsonl,
-        });
-        let (lines, mut failures) = match (format, file == Path::new("-")) {
-            (FileFormat::Jsonl, true) => read_jsonl(std::io::stdin().lock())?,
-            (FileFormat::Jsonl, false) => read_jsonl(std::io::BufReader::new(
-                std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
-            ))?,
-            (FileFormat::Csv, true) => bail!("CSV from standard input is not read: give a file"),
-            (FileFormat::Csv, false) => read_csv(file)?,
+        let mut source = Source::open(file, format)?;
+        let headers = match &source {
+            Source::Csv { headers, .. } => Some(headers.clone()),
+            Source::Jsonl { .. } => None,
         };
-        let total = lines.len() + failures.len();
-        let bar = indicatif::ProgressBar::new(total as u64).with_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} records {per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.inc(failures.len() as u64);
-        let mut upserted = 0usize;
-        for batch in lines.chunks(self.batch_size) {
-            match self.send(batch).await {
-                Ok(()) => upserted += batch.len(),
+        let mut failed = FailedFile::new(failed_path, headers);
+        let size = std::fs::metadata(file)
+            .map(|m| m.len())
+            .ok()
+            .filter(|_| file != Path::new("-"));
+        let bar = match size {
+            Some(size) => indicatif::ProgressBar::new(size).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {msg} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            ),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        let (mut upserted, mut read) = (0usize, 0usize);
+        let mut stopped: Option<(usize, ClientError)> = None;
+        loop {
+            let mut batch = Vec::with_capacity(self.batch_size);
+            while batch.len() < self.batch_size {
+                match source.next()? {
+                    Some(Item::Record(line)) => batch.push(line),
+                    Some(Item::Unreadable(raw, why)) => failed.add(&raw, &why)?,
+                    None => break,
+                }
+                read += 1;
+            }
+            if batch.is_empty() {
+                break;
+            }
+            if let Some((_, _)) = &stopped {
+                for line in &batch {
+                    failed.add(&line.raw, "not sent: the upload stopped")?;
+                }
+                continue;
+            }
+            match self.send_isolating(&batch, &mut failed).await? {
+                Ok(n) => upserted += n,
                 Err(e) => {
-                    let reason = e.to_string();
-                    failures.extend(
-                        batch
-                            .iter()
-                            .map(|l| (l.number, l.record.to_string(), reason.clone())),
-                    );
+                    let first = batch[0].number;
+                    for line in &batch {
+                        failed.add(&line.raw, "not sent: the upload stopped")?;
+                    }
+                    stopped = Some((first, e));
                 }
             }
-            bar.inc(batch.len() as u64);
+            bar.set_position(source.position());
+            bar.set_message(format!("{upserted} records upserted"));
         }
         bar.finish_and_clear();
-        eprintln!(
-            "upserted {upserted} of {total} records into {}{}",
-            self.index,
-            if self.namespace.is_empty() {
-                String::new()
-            } else {
-                format!(" (namespace {:?})", self.namespace)
-            }
-        );
-        if failures.is_empty() {
-            let _ = std::fs::remove_file(failed_path);
-            return Ok(());
-        }
-        failures.sort_by_key(|f| f.0);
-        let mut out = std::io::BufWriter::new(
-            std::fs::File::create(failed_path)
-                .with_context(|| format!("creating {}", failed_path.display()))?,
-        );
-        let mut reasons: Vec<(String, usize)> = Vec::new();
-        for (_, text, reason) in &failures {
-            writeln!(out, "{text}")?;
-            match reasons.iter_mut().find(|(r, _)| r == reason) {
-                Some((_, n)) => *n += 1,
-                None => reasons.push((reason.clone(), 1)),
-            }
-        }
-        out.flush()?;
-        for (reason, n) in &reasons {
+        let target = if self.namespace.is_empty() {
+            self.index.to_string()
+        } else {
+            format!("{} (namespace {:?})", self.index, self.namespace)
+        };
+        eprintln!("upserted {upserted} of {read} records into {target}");
+        for (reason, n) in &failed.reasons {
             eprintln!("  {n} failed: {reason}");
         }
-        eprintln!(
-            "{} records failed (first at line {}); they are in {}: fix them and rerun with --file {}",
-            failures.len(),
-            failures[0].0,
-            failed_path.display(),
-            failed_path.display()
-        );
-        Err(PartialUpsert {
-            failed: failures.len(),
+        if failed.count > 0 {
+            eprintln!(
+                "the {} records that failed are in {}: fix them and rerun with --file {}",
+                failed.count,
+                failed.path.display(),
+                failed.path.display()
+            );
+        } else {
+            let _ = std::fs::remove_file(&failed.path);
         }
-        .into())
+        match stopped {
+            Some((line, e)) => {
+                Err(anyhow::Error::new(e).context(format!("stopped at line {line}")))
+            }
+            None if failed.count > 0 => Err(PartialUpsert {
+                failed: failed.count,
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends `batch`; when the server refuses records of it (400, 413), halves it until
+    /// each refused record is alone, writes those to `failed`, and sends the rest. `Ok(Err)`:
+    /// an error that stops the upload (nothing of `batch` is counted then).
+    async fn send_isolating(
+        &self,
+        batch: &[Line],
+        failed: &mut FailedFile,
+    ) -> anyhow::Result<Result<usize, ClientError>> {
+        let mut upserted = 0;
+        let mut parts = vec![batch];
+        while let Some(part) = parts.pop() {
+            match self.send(part).await {
+                Ok(()) => upserted += part.len(),
+                Err(e) if refuses_records(&e) && part.len() > 1 => {
+                    let (a, b) = part.split_at(part.len() / 2);
+                    parts.push(b);
+                    parts.push(a);
+                }
+                Err(e) if refuses_records(&e) => {
+                    failed.add(&part[0].raw, &format!("line {}: {e}", part[0].number))?
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        Ok(Ok(upserted))
     }
 
     /// Sends one batch, retrying momentary refusals ([`UPSERT_ATTEMPTS`]).
@@ -754,9 +1031,10 @@ pub struct PartialUpsert {
     pub failed: usize,
 }
 
-/// Records that could not be read or were refused: (line, the text to write to the failed
-/// file — the record as JSON, or the line as it was — and why).
-type Unreadable = Vec<(usize, String, String)>;
+/// A mistake in the command line found after parsing: exit code [`super::exit::USAGE`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
 
 /// A record object of a file as the API wants it: `sparse_values` accepted for
 /// `sparseValues`; an `id` and `values` or `sparseValues` required.
@@ -773,91 +1051,48 @@ fn record(mut object: Map<String, Value>) -> Result<Value, String> {
     Ok(Value::Object(object))
 }
 
-/// Reads JSON lines: the records, and the lines that are not records.
-fn read_jsonl(reader: impl BufRead) -> anyhow::Result<(Vec<Line>, Unreadable)> {
-    let (mut lines, mut bad) = (Vec::new(), Vec::new());
-    for (i, text) in reader.lines().enumerate() {
-        let text = text.context("reading the file")?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let parsed = match serde_json::from_str::<Value>(&text) {
-            Ok(Value::Object(object)) => record(object),
-            Ok(_) => Err("not a JSON object".into()),
-            Err(e) => Err(format!("not JSON: {e}")),
-        };
-        match parsed {
-            Ok(record) => lines.push(Line {
-                number: i + 1,
-                record,
-            }),
-            Err(why) => bad.push((i + 1, text, format!("line {}: {why}", i + 1))),
-        }
+/// A CSV row as a record: `id`, `values` (a JSON array), optional `metadata` (a JSON
+/// object; empty means none); any other column is a metadata field — a number or boolean
+/// when it is one as JSON writes it (`12`, `-0.5`, `true`; not `007`), else a string;
+/// empty cells are left out.
+fn csv_record(headers: &csv::StringRecord, row: &csv::StringRecord) -> Result<Value, String> {
+    if row.len() != headers.len() {
+        return Err(format!(
+            "{} fields where the header row has {}",
+            row.len(),
+            headers.len()
+        ));
     }
-    Ok((lines, bad))
-}
-
-/// Reads a CSV file with a header row: `id`, `values` (a JSON array), optional `metadata`
-/// (a JSON object); other columns are metadata fields, numbers when they parse as one.
-fn read_csv(path: &Path) -> anyhow::Result<(Vec<Line>, Unreadable)> {
-    let mut reader =
-        csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
-    let headers = reader.headers()?.clone();
-    for needed in ["id", "values"] {
-        if !headers.iter().any(|h| h == needed) {
-            bail!("{}: no {needed:?} column in the header row", path.display());
-        }
-    }
-    let (mut lines, mut bad) = (Vec::new(), Vec::new());
-    for (i, row) in reader.records().enumerate() {
-        let number = i + 2;
-        let row = row.with_context(|| format!("{} line {number}", path.display()))?;
-        let mut object = Map::new();
-        let mut metadata = Map::new();
-        let mut why = None;
-        for (header, field) in headers.iter().zip(row.iter()) {
-            match header {
-                "id" => {
-                    object.insert("id".into(), json!(field));
+    let mut object = Map::new();
+    let mut metadata = Map::new();
+    for (header, field) in headers.iter().zip(row.iter()) {
+        match header {
+            "id" => {
+                object.insert("id".into(), json!(field));
+            }
+            "values" => match serde_json::from_str::<Value>(field) {
+                Ok(v @ Value::Array(_)) => {
+                    object.insert("values".into(), v);
                 }
-                "values" | "metadata" => match serde_json::from_str::<Value>(field) {
-                    Ok(Value::Object(m)) if header == "metadata" => metadata.extend(m),
-                    Ok(v) if header == "values" => {
-                        object.insert("values".into(), v);
-                    }
-                    _ => why = Some(format!("column {header:?} is not JSON of its kind")),
-                },
-                _ if field.is_empty() => {}
-                _ => {
-                    let value = field
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|n| n.is_finite())
-                        .map_or_else(|| json!(field), |n| json!(n));
-                    metadata.insert(header.to_string(), value);
-                }
+                _ => return Err("column \"values\" is not a JSON array".into()),
+            },
+            "metadata" if field.trim().is_empty() => {}
+            "metadata" => match serde_json::from_str::<Value>(field) {
+                Ok(Value::Object(m)) => metadata.extend(m),
+                _ => return Err("column \"metadata\" is not a JSON object".into()),
+            },
+            _ if field.is_empty() => {}
+            _ => {
+                let value = match serde_json::from_str::<Value>(field) {
+                    Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
+                    _ => json!(field),
+                };
+                metadata.insert(header.to_string(), value);
             }
         }
-        if !metadata.is_empty() {
-            object.insert("metadata".into(), Value::Object(metadata));
-        }
-        match why.map_or_else(|| record(object), Err) {
-            Ok(record) => lines.push(Line { number, record }),
-            Err(why) => bad.push((
-                number,
-                Value::Object(object_of(&headers, &row)).to_string(),
-                format!("line {number}: {why}"),
-            )),
-        }
     }
-    Ok((lines, bad))
-}
-
-/// A CSV row as a JSON object of its columns (strings), for the failed file.
-fn object_of(headers: &csv::StringRecord, row: &csv::StringRecord) -> Map<String, Value> {
-    headers
-        .iter()
-        .zip(row.iter())
-        .map(|(h, f)| (h.to_string(), json!(f)))
-        .collect()
+    if !metadata.is_empty() {
+        object.insert("metadata".into(), Value::Object(metadata));
+    }
+    record(object)
 }

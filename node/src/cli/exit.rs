@@ -27,12 +27,16 @@ pub fn code_of(error: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<ClientError>() {
             return match e {
                 ClientError::Transport(_) => UNREACHABLE,
+                ClientError::Certificate(_) => FAILURE,
                 ClientError::Api { status, .. } if *status >= 500 => SERVER_ERROR,
                 ClientError::Api { .. } => REFUSED,
             };
         }
         if cause.is::<super::data::PartialUpsert>() {
             return PARTIAL;
+        }
+        if cause.is::<super::data::Usage>() {
+            return USAGE;
         }
     }
     FAILURE

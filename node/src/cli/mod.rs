@@ -274,13 +274,21 @@ impl ServeArgs {
                     ));
                 }
             }
-            if api_addr.ip().is_unspecified() && advertise_host.is_none() {
-                return Err(format!(
-                    "--index-port-range reports index hosts as <host>:<port>, and \
-                     --api-addr {api_addr} has no one IP to report; give --advertise-addr \
-                     (the host clients use) or listen on the address clients use"
-                ));
-            }
+        }
+        // Flags that go together, checked here too: clap checks them only among flags,
+        // and they may come from the configuration file or the environment.
+        if self.client_tls_cert.is_some() != self.client_tls_key.is_some() {
+            return Err("--client-tls-cert and --client-tls-key go together: give both".into());
+        }
+        if self.dev_http && self.client_tls_cert.is_some() {
+            return Err("--dev-http serves no TLS: it takes no --client-tls-cert".into());
+        }
+        if self.learner && self.join.is_none() {
+            return Err("--learner applies to a node that joins: give --join too".into());
+        }
+        if let (Some(cert), Some(key)) = (&self.client_tls_cert, &self.client_tls_key) {
+            // Before anything is created on disk.
+            crate::tls::load_client_port_config(cert, key).map_err(|e| e.to_string())?;
         }
         let client_transport = match (self.dev_http, self.client_tls_cert, self.client_tls_key) {
             (true, _, _) if !api_addr.ip().is_loopback() => {
@@ -297,6 +305,15 @@ impl ServeArgs {
             (false, Some(cert), Some(key)) => ClientTransport::Certificate { cert, key },
             _ => ClientTransport::NodeCertificate,
         };
+        for (flag, addr) in [("--api-addr", api_addr), ("--cluster-addr", cluster_addr)] {
+            if addr.ip().is_unspecified() && advertise_host.is_none() {
+                return Err(format!(
+                    "{flag} {addr} listens on every address and has no one IP to report to \
+                     clients and peers (members, index hosts, bootstrap.json); give \
+                     --advertise-addr HOST, the name or IP they reach this node by"
+                ));
+            }
+        }
         if self.max_records_per_project == 0 {
             return Err("--max-records-per-project must be at least 1".into());
         }
@@ -342,12 +359,12 @@ impl ServeArgs {
 fn parse_advertised_host(text: &str) -> Result<String, String> {
     let bare = text.trim_start_matches('[').trim_end_matches(']');
     match bare.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(v6)) => return Ok(format!("[{v6}]")),
         Ok(ip) if ip.is_unspecified() => {
             return Err(format!(
                 "--advertise-addr {text}: the unspecified address reaches no node"
             ))
         }
+        Ok(std::net::IpAddr::V6(v6)) => return Ok(format!("[{v6}]")),
         Ok(ip) => return Ok(ip.to_string()),
         Err(_) => {}
     }

@@ -208,7 +208,12 @@ pub fn run(args: TrustArgs) -> anyhow::Result<()> {
         }
         text.push_str(&ca.pem);
     }
-    std::fs::write(&bundle, text).with_context(|| format!("writing {}", bundle.display()))?;
+    // Through a new file renamed over the old one: a bundle an earlier `sudo` run left
+    // owned by root is replaced by whoever may write the directory.
+    let partial = bundle.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, &bundle)
+        .with_context(|| format!("renaming {} to {}", partial.display(), bundle.display()))?;
     let bundle = std::fs::canonicalize(&bundle)?;
     let ca_file = std::fs::canonicalize(&path)?;
     eprintln!(
@@ -216,11 +221,11 @@ pub fn run(args: TrustArgs) -> anyhow::Result<()> {
          Node in this shell:",
         bundle.display()
     );
-    let b = bundle.display();
+    let b = shell_quote(&bundle.display().to_string());
     println!(
         "export SSL_CERT_FILE={b} REQUESTS_CA_BUNDLE={b} GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={b} \
          NODE_EXTRA_CA_CERTS={}",
-        ca_file.display()
+        shell_quote(&ca_file.display().to_string())
     );
     Ok(())
 }
@@ -232,4 +237,18 @@ fn ca_body(pem: &str) -> String {
         .filter(|l| !l.starts_with("-----"))
         .map(str::trim)
         .collect()
+}
+
+/// `text` as one shell word: as it is when it holds only characters no shell treats
+/// specially, else in single quotes.
+fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:,@%=".contains(c));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
