@@ -30,7 +30,7 @@ fn json_of(boot: &Path, args: &[&str]) -> Value {
     all.extend(["--output", "json"]);
     let (code, out, err) = conifer(boot, &all);
     assert_eq!(code, 0, "conifer {args:?}: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("conifer {args:?}: {e}: {out} {err}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -292,7 +292,7 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
         namespaces["namespaces"][0]["record_count"], 253,
         "{namespaces}"
     );
-    json_of(
+    let (code, _, err) = conifer(
         &boot,
         &[
             "vectors",
@@ -305,6 +305,7 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
             r#"{"genre": "comedy"}"#,
         ],
     );
+    assert_eq!((code, err.as_str()), (0, "deleted\n"));
     let described = json_of(&boot, &["namespace", "describe", "--index", "docs", "n"]);
     assert_eq!(described["record_count"], 128, "{described}");
     let (code, _, err) = conifer(&boot, &["namespace", "delete", "--index", "docs", "n"]);

@@ -136,7 +136,7 @@ async fn upsert_and_fetch(client: &reqwest::Client, base: &str, key: &str) -> Va
         let upsert = client
             .post(format!("{base}/vectors/upsert"))
             .header("Api-Key", key)
-            .json(&json!({"vectors": [{"id": "a", "values": [0.6, 0.8]}]}))
+            .json(&json!({"vectors": [{"id": "a", "values": [0.5, 0.25]}]}))
             .send()
             .await;
         match upsert {
@@ -205,7 +205,7 @@ async fn dev_http_serves_plain_http_on_loopback_only() {
     let host = create_index(&plain, &url, key, "docs").await;
     assert_eq!(host, format!("http://127.0.0.1:{ports}"));
     let record = upsert_and_fetch(&plain, &host, key).await;
-    assert_eq!(record["values"], json!([0.6, 0.8]));
+    assert_eq!(record["values"], json!([0.5, 0.25]));
 
     // Plain HTTP means no TLS: a TLS client cannot talk to the port.
     let ca = std::fs::read(boot["ca_cert"].as_str().unwrap()).unwrap();
@@ -290,7 +290,7 @@ async fn client_port_presents_the_operators_certificate() {
     let key = boot["api_key"].as_str().unwrap();
     let host = create_index(&corp_client, &url, key, "docs").await;
     let record = upsert_and_fetch(&corp_client, &format!("https://{host}"), key).await;
-    assert_eq!(record["values"], json!([0.6, 0.8]));
+    assert_eq!(record["values"], json!([0.5, 0.25]));
 
     // The cluster CA (the node certificate's) no longer verifies the client port.
     let cluster_ca = std::fs::read(serve.data_dir.join("tls").join(tls::CA_CERT)).unwrap();
@@ -440,7 +440,7 @@ async fn certs_trust_installs_the_ca_into_the_system_store() {
     let bootstrap = serve.data_dir.join("bootstrap.json");
     let curl = || {
         Command::new("curl")
-            .args(["-sf", "--max-time", "5", &format!("{url}/health")])
+            .args(["-sf", "-o", "/dev/null", "--max-time", "5", &format!("{url}/health")])
             .status()
             .unwrap()
             .success()
@@ -543,7 +543,7 @@ async fn advertise_addr_names_the_node_in_hosts_members_and_certificate() {
     let host = create_index(&client, &url, key, "docs").await;
     assert_eq!(host, format!("localhost:{ports}"));
     let record = upsert_and_fetch(&client, &format!("https://{host}"), key).await;
-    assert_eq!(record["values"], json!([0.6, 0.8]));
+    assert_eq!(record["values"], json!([0.5, 0.25]));
     let cluster_info: Value = client
         .get(format!("{url}/admin/cluster"))
         .bearer_auth(boot["admin_token"].as_str().unwrap())
