@@ -440,7 +440,14 @@ async fn certs_trust_installs_the_ca_into_the_system_store() {
     let bootstrap = serve.data_dir.join("bootstrap.json");
     let curl = || {
         Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", "--max-time", "5", &format!("{url}/health")])
+            .args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                &format!("{url}/health"),
+            ])
             .status()
             .unwrap()
             .success()
