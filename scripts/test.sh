@@ -54,7 +54,7 @@ integration langchain
 integration llamaindex
 
 # The README's Python snippets, run as written in the venv of what they use
-# (tests/compat/test_readme.py): the SDK snippet with 8.1 and 10.x, the LangChain one.
+# (tests/compat/test_readme.py): the SDK snippet with 8.1 and 10.x, LangChain's, LlamaIndex's.
 readme() { # VENV KINDS
   echo "==> README snippets: $2 ($1)"
   CONIFER_README_BLOCKS="$2" "${CONIFER_VENV_PREFIX:-/var/tmp/conifer-venv}-$1/bin/python" \
@@ -63,6 +63,7 @@ readme() { # VENV KINDS
 readme v8 sdk
 readme v10 sdk
 readme langchain langchain
+readme llamaindex llamaindex
 
 # A short chaos run (the long one is `scripts/chaos/run.sh --schedules 200`): a few seeded
 # fault schedules on 5 nodes, every checker on. Each run draws a new seed and prints it.

@@ -339,6 +339,30 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("403"), "{err}");
 
+    // Membership: `cluster add` issues a new node's certificate and prints how to start
+    // it; an id that is a member already is refused.
+    let out = dir.path().join("node-99");
+    let ca_dir = c.ca_dir.to_str().unwrap().to_string();
+    let add = |id: &str| {
+        conifer(
+            &boot,
+            &["cluster", "add", "--id", id, "--ca-dir", &ca_dir, "--host", "127.0.0.9",
+              "--out", out.to_str().unwrap()],
+        )
+    };
+    let (code, _, err) = add("1");
+    assert_eq!(code, 2, "{err}");
+    let (code, command, err) = add("99");
+    assert_eq!(code, 0, "{err}");
+    let member = c.nodes[0].cluster_addr.clone();
+    assert!(
+        command.contains("--node-id 99")
+            && command.contains(&format!("--join {member} --learner"))
+            && command.contains("--api-addr 127.0.0.9:7443"),
+        "{command}"
+    );
+    assert!(out.join("node.pem").exists() && out.join("node-key.pem").exists());
+
     // Membership: a learner joins, is promoted, listed, and removed.
     let learner = c.add_node(true).await.unwrap();
     let (code, _, err) = conifer(&boot, &["cluster", "promote", "--id", &learner.to_string()]);
@@ -356,4 +380,115 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     assert_eq!(code, 0, "{err}");
     let members = json_of(&boot, &["cluster", "members"]);
     assert_eq!(members.as_array().unwrap().len(), 1, "{members}");
+}
+
+/// Writes a Parquet file of `rows` (id, values, genre): `id` a string, `values` a list of
+/// floats, `genre` an optional string.
+fn write_parquet(path: &Path, rows: &[(&str, Vec<f32>, Option<&str>)]) {
+    use parquet::data_type::{ByteArray, ByteArrayType, FloatType};
+    use parquet::file::writer::SerializedFileWriter;
+    let schema = parquet::schema::parser::parse_message_type(
+        "message records {
+           required binary id (STRING);
+           required group values (LIST) { repeated group list { required float element; } }
+           optional binary genre (STRING);
+         }",
+    )
+    .unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = SerializedFileWriter::new(file, schema.into(), Default::default()).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let ids: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(r.0)).collect();
+    let mut column = group.next_column().unwrap().unwrap();
+    column
+        .typed::<ByteArrayType>()
+        .write_batch(&ids, None, None)
+        .unwrap();
+    column.close().unwrap();
+    // A list: every element defined (level 1); repetition 0 starts a row, 1 continues it.
+    let values: Vec<f32> = rows.iter().flat_map(|r| r.1.clone()).collect();
+    let definitions = vec![1i16; values.len()];
+    let repetitions: Vec<i16> = rows
+        .iter()
+        .flat_map(|r| (0..r.1.len()).map(|i| i16::from(i > 0)))
+        .collect();
+    let mut column = group.next_column().unwrap().unwrap();
+    column
+        .typed::<FloatType>()
+        .write_batch(&values, Some(&definitions), Some(&repetitions))
+        .unwrap();
+    column.close().unwrap();
+    let genres: Vec<ByteArray> = rows
+        .iter()
+        .filter_map(|r| r.2.map(ByteArray::from))
+        .collect();
+    let defined: Vec<i16> = rows.iter().map(|r| i16::from(r.2.is_some())).collect();
+    let mut column = group.next_column().unwrap().unwrap();
+    column
+        .typed::<ByteArrayType>()
+        .write_batch(&genres, Some(&defined), None)
+        .unwrap();
+    column.close().unwrap();
+    group.close().unwrap();
+    writer.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vectors_upsert_reads_parquet() {
+    let c = Cluster::start(1).await.unwrap();
+    let boot = c.nodes[0].data_dir.join("bootstrap.json");
+    let dir = tempfile::tempdir().unwrap();
+    json_of(&boot, &["index", "create", "docs", "--dimension", "2"]);
+    let file = dir.path().join("records.parquet");
+    write_parquet(
+        &file,
+        &[
+            ("p1", vec![1.0, 0.0], Some("drama")),
+            ("p2", vec![0.0, 1.0], None),
+            ("p3", vec![0.5, 0.5, 0.5], Some("wrong dimension")),
+        ],
+    );
+    let (code, _, err) = conifer(
+        &boot,
+        &[
+            "vectors",
+            "upsert",
+            "--index",
+            "docs",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("upserted 2 of 3 records"), "{err}");
+    let fetched = json_of(
+        &boot,
+        &[
+            "vectors", "fetch", "--index", "docs", "--id", "p1", "--id", "p2",
+        ],
+    );
+    assert_eq!(fetched["vectors"]["p1"]["values"], json!([1.0, 0.0]));
+    assert_eq!(
+        fetched["vectors"]["p1"]["metadata"],
+        json!({"genre": "drama"})
+    );
+    assert_eq!(fetched["vectors"]["p2"].get("metadata"), None, "{fetched}");
+    // The refused row, as JSON lines: fixed, it resumes the upload.
+    let failed = dir.path().join("records.parquet.failed.jsonl");
+    let line: Value =
+        serde_json::from_str(std::fs::read_to_string(&failed).unwrap().trim()).unwrap();
+    assert_eq!(line["id"], "p3");
+    std::fs::write(&failed, r#"{"id": "p3", "values": [0.5, 0.5]}"#).unwrap();
+    let (code, _, err) = conifer(
+        &boot,
+        &[
+            "vectors",
+            "upsert",
+            "--index",
+            "docs",
+            "--file",
+            failed.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
 }

@@ -92,7 +92,7 @@ admin_args!(
 admin_args!(
     /// Flags of `conifer cluster`.
     ClusterArgs, ClusterCommand,
-    "  conifer cluster members\n  conifer cluster promote --id 4   # a node started with serve --join ADDR --learner\n  conifer cluster remove --id 4\n  conifer cluster describe --output json");
+    "  conifer cluster members\n  conifer cluster add --id 4 --ca-dir ca/ --host 10.0.0.4 --out node-4-tls/   # prints the serve command\n  conifer cluster promote --id 4   # a node started with serve --join ADDR --learner\n  conifer cluster remove --id 4\n  conifer cluster describe --output json");
 
 /// `conifer org …`.
 #[derive(Subcommand, Debug)]
@@ -395,6 +395,25 @@ pub enum ClusterCommand {
     Describe,
     /// The members: id, addresses, voter or learner, leader.
     Members,
+    /// Prepare a new node: issue its certificate from the cluster CA and print the
+    /// `conifer serve` command that joins it (as a learner; promote it once it caught up).
+    Add {
+        /// The new node's id: never one a node had before (ids are not reused).
+        #[arg(long)]
+        id: u64,
+        /// Directory of the cluster CA (ca.pem, ca-key.pem).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Host names or IPs the node is reached by (repeatable); the first is its address.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Where to write its certificate (node.pem, node-key.pem, ca.pem).
+        #[arg(long)]
+        out: PathBuf,
+        /// Domain of index hosts: adds the SAN *.<domain>.
+        #[arg(long, default_value = super::DEFAULT_DOMAIN)]
+        domain: String,
+    },
     /// Make a learner (a node started with `serve --join ADDR --learner`) a voter.
     Promote {
         /// Node id.
@@ -670,6 +689,62 @@ pub fn print(format: OutputFormat, value: &Value) {
     }
 }
 
+/// `conifer cluster add`: checks `id` is not a member, issues the node certificate into
+/// `out`, and prints the command that starts the node and joins it through a member.
+async fn add_node(
+    c: &AdminClient,
+    id: u64,
+    ca_dir: &std::path::Path,
+    hosts: Vec<String>,
+    out: &std::path::Path,
+    domain: String,
+) -> anyhow::Result<()> {
+    use crate::tls::{self, LeafKind, Validity};
+    if id == 0 {
+        bail!(super::data::Usage("--id must be at least 1".into()));
+    }
+    let cluster = c.cluster().await?;
+    let members = cluster["members"].as_array().cloned().unwrap_or_default();
+    if members.iter().any(|m| m["id"] == id) {
+        bail!(super::data::Usage(format!(
+            "node {id} is a member already: give the new node an id no node had before"
+        )));
+    }
+    let join = members
+        .iter()
+        .find(|m| m["leader"] == true)
+        .or(members.first())
+        .and_then(|m| m["cluster_addr"].as_str())
+        .context("the cluster reported no member to join through")?
+        .to_string();
+    let address = hosts[0].clone();
+    let kind = LeafKind::Node {
+        id,
+        hosts,
+        domain: Some(domain),
+    };
+    tls::issue_leaf(
+        ca_dir,
+        out,
+        "node",
+        kind,
+        Validity::days_from_now(tls::LEAF_VALIDITY_DAYS),
+    )?;
+    if ca_dir.join(tls::CA_CERT) != out.join(tls::CA_CERT) {
+        std::fs::copy(ca_dir.join(tls::CA_CERT), out.join(tls::CA_CERT))?;
+    }
+    eprintln!(
+        "issued node-{id}'s certificate in {}; on the new machine (with that directory), run:",
+        out.display()
+    );
+    println!(
+        "conifer serve --data-dir <DATA_DIR> --node-id {id} --tls-dir {} --api-addr {address}:7443 \\\n  --cluster-addr {address}:7444 --join {join} --learner",
+        out.display()
+    );
+    eprintln!("then, once it has caught up: conifer cluster promote --id {id}");
+    Ok(())
+}
+
 async fn default_org(client: &AdminClient, org: Option<String>) -> anyhow::Result<String> {
     if let Some(org) = org {
         return Ok(org);
@@ -926,6 +1001,16 @@ pub async fn run(admin: Admin) -> anyhow::Result<()> {
             let c = client(&a.connection, true)?;
             let v = match a.command {
                 ClusterCommand::Describe => c.cluster().await?,
+                ClusterCommand::Add {
+                    id,
+                    ca_dir,
+                    hosts,
+                    out,
+                    domain,
+                } => {
+                    add_node(&c, id, &ca_dir, hosts, &out, domain).await?;
+                    return Ok(());
+                }
                 ClusterCommand::Members => c.cluster().await?["members"].clone(),
                 ClusterCommand::Promote { id } => {
                     c.promote_cluster_member(id).await?;

@@ -172,8 +172,10 @@ fn parse_tag(text: &str) -> Result<(String, String), String> {
 Upsert files: JSON lines (.jsonl, .ndjson: one {\"id\", \"values\", \"metadata\"} object a line)
 or CSV (.csv: columns id, values as a JSON array, optional metadata as a JSON object; any
 other column becomes a metadata field, a number or boolean when it is one as JSON writes
-it). Records the server refuses are isolated (the rest of their batch is sent) and written,
-as the file held them, to FILE.failed.jsonl or FILE.failed.csv; an error that stops the
+it), or Parquet (.parquet: the same columns, values a list of floats, metadata a struct or
+JSON text). Records the server refuses are isolated (the rest of their batch is sent) and
+written, as the file held them, to FILE.failed.jsonl or FILE.failed.csv (Parquet's as JSON
+lines); an error that stops the
 upload (wrong key, missing index, no node) writes the records not sent there too. Fix them
 and rerun upsert with that file to resume.")]
 pub struct VectorsArgs {
@@ -192,6 +194,8 @@ pub enum FileFormat {
     Jsonl,
     /// Comma-separated values with a header row.
     Csv,
+    /// Apache Parquet (columns as for CSV; `values` a list of floats).
+    Parquet,
 }
 
 /// `conifer vectors …`.
@@ -203,7 +207,7 @@ pub enum VectorsCommand {
         /// Index name.
         #[arg(long)]
         index: String,
-        /// JSON lines or CSV file; `-` reads JSON lines from standard input.
+        /// JSON lines, CSV or Parquet file; `-` reads JSON lines from standard input.
         #[arg(long)]
         file: PathBuf,
         /// File format [default: by extension; JSON lines otherwise].
@@ -485,7 +489,8 @@ pub async fn run_vectors(args: VectorsArgs) -> anyhow::Result<()> {
                 let mut name = file.clone().into_os_string();
                 name.push(match format {
                     FileFormat::Csv => ".failed.csv",
-                    FileFormat::Jsonl => ".failed.jsonl",
+                    // Parquet's failed records are written as JSON lines.
+                    FileFormat::Jsonl | FileFormat::Parquet => ".failed.jsonl",
                 });
                 PathBuf::from(name)
             });
@@ -682,6 +687,11 @@ enum Source {
         reader: csv::Reader<std::fs::File>,
         headers: csv::StringRecord,
     },
+    Parquet {
+        rows: parquet::record::reader::RowIter<'static>,
+        number: usize,
+        total: u64,
+    },
 }
 
 impl Source {
@@ -719,14 +729,57 @@ impl Source {
                 }
                 Source::Csv { reader, headers }
             }
+            FileFormat::Parquet if stdin => {
+                bail!(Usage(
+                    "Parquet is read from a file, not from standard input".into()
+                ))
+            }
+            FileFormat::Parquet => {
+                use parquet::file::reader::FileReader;
+                let opened = std::fs::File::open(file)
+                    .with_context(|| format!("opening {}", file.display()))?;
+                let reader = parquet::file::reader::SerializedFileReader::new(opened)
+                    .with_context(|| format!("{}: not a Parquet file", file.display()))?;
+                let metadata = reader.metadata().file_metadata();
+                let columns: Vec<String> = metadata
+                    .schema()
+                    .get_fields()
+                    .iter()
+                    .map(|f| f.name().to_string())
+                    .collect();
+                for needed in ["id", "values"] {
+                    if !columns.iter().any(|c| c == needed) {
+                        bail!(
+                            "{}: no {needed:?} column (it has {columns:?})",
+                            file.display()
+                        );
+                    }
+                }
+                let total = u64::try_from(metadata.num_rows()).unwrap_or(0);
+                Source::Parquet {
+                    rows: parquet::record::reader::RowIter::from_file_into(Box::new(reader)),
+                    number: 0,
+                    total,
+                }
+            }
         })
     }
 
-    /// Bytes of the file read so far.
+    /// The progress bar's length: bytes of the file, or rows of a Parquet file.
+    fn total(&self, file: &Path) -> Option<u64> {
+        match self {
+            Source::Parquet { total, .. } => Some(*total),
+            _ if file == Path::new("-") => None,
+            _ => std::fs::metadata(file).map(|m| m.len()).ok(),
+        }
+    }
+
+    /// How far the file is read, in the unit of [`Source::total`].
     fn position(&self) -> u64 {
         match self {
             Source::Jsonl { bytes, .. } => *bytes,
             Source::Csv { reader, .. } => reader.position().byte(),
+            Source::Parquet { number, .. } => *number as u64,
         }
     }
 
@@ -778,6 +831,24 @@ impl Source {
                         raw: Raw::Row(row),
                     }),
                     Err(why) => Item::Unreadable(Raw::Row(row), format!("line {number}: {why}")),
+                }))
+            }
+            Source::Parquet { rows, number, .. } => {
+                let Some(row) = rows.next() else {
+                    return Ok(None);
+                };
+                *number += 1;
+                let number = *number;
+                let row = row.with_context(|| format!("reading row {number}"))?;
+                let columns = row.to_json_value();
+                let text = columns.to_string();
+                Ok(Some(match parquet_record(columns) {
+                    Ok(record) => Item::Record(Line {
+                        number,
+                        raw: Raw::Text(record.to_string()),
+                        record,
+                    }),
+                    Err(why) => Item::Unreadable(Raw::Text(text), format!("row {number}: {why}")),
                 }))
             }
         }
@@ -1088,6 +1159,44 @@ fn csv_record(headers: &csv::StringRecord, row: &csv::StringRecord) -> Result<Va
                     _ => json!(field),
                 };
                 metadata.insert(header.to_string(), value);
+            }
+        }
+    }
+    if !metadata.is_empty() {
+        object.insert("metadata".into(), Value::Object(metadata));
+    }
+    record(object)
+}
+
+/// A Parquet row (its columns as JSON) as a record: `id`, `values` (a list of floats),
+/// optional `metadata` (a struct, or a JSON object in a string) and `sparse_values`; any
+/// other non-null column is a metadata field.
+fn parquet_record(columns: Value) -> Result<Value, String> {
+    let Value::Object(columns) = columns else {
+        return Err("not a row of columns".into());
+    };
+    let mut object = Map::new();
+    let mut metadata = Map::new();
+    for (name, value) in columns {
+        match (name.as_str(), value) {
+            (_, Value::Null) => {}
+            ("id" | "values", v) => {
+                object.insert(name, v);
+            }
+            ("sparse_values" | "sparseValues", v) => {
+                object.insert("sparseValues".into(), v);
+            }
+            ("metadata", Value::Object(m)) => metadata.extend(m),
+            ("metadata", Value::String(text)) if text.trim().is_empty() => {}
+            ("metadata", Value::String(text)) => match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(m)) => metadata.extend(m),
+                _ => return Err("column \"metadata\" is not a JSON object".into()),
+            },
+            ("metadata", _) => {
+                return Err("column \"metadata\" is not a struct or JSON text".into())
+            }
+            (_, v) => {
+                metadata.insert(name, v);
             }
         }
     }
