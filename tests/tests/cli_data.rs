@@ -346,8 +346,18 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     let add = |id: &str| {
         conifer(
             &boot,
-            &["cluster", "add", "--id", id, "--ca-dir", &ca_dir, "--host", "127.0.0.9",
-              "--out", out.to_str().unwrap()],
+            &[
+                "cluster",
+                "add",
+                "--id",
+                id,
+                "--ca-dir",
+                &ca_dir,
+                "--host",
+                "127.0.0.9",
+                "--out",
+                out.to_str().unwrap(),
+            ],
         )
     };
     let (code, _, err) = add("1");

@@ -483,6 +483,7 @@ pub async fn run_vectors(args: VectorsArgs) -> anyhow::Result<()> {
             let format =
                 format.unwrap_or_else(|| match file.extension().and_then(|e| e.to_str()) {
                     Some("csv") => FileFormat::Csv,
+                    Some("parquet") => FileFormat::Parquet,
                     _ => FileFormat::Jsonl,
                 });
             let failed = failed.unwrap_or_else(|| {
@@ -954,19 +955,13 @@ impl Upload<'_> {
         let mut source = Source::open(file, format)?;
         let headers = match &source {
             Source::Csv { headers, .. } => Some(headers.clone()),
-            Source::Jsonl { .. } => None,
+            Source::Jsonl { .. } | Source::Parquet { .. } => None,
         };
         let mut failed = FailedFile::new(failed_path, headers);
-        let size = std::fs::metadata(file)
-            .map(|m| m.len())
-            .ok()
-            .filter(|_| file != Path::new("-"));
-        let bar = match size {
-            Some(size) => indicatif::ProgressBar::new(size).with_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:40} {bytes}/{total_bytes} {msg} eta {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        let bar = match source.total(file) {
+            Some(total) => indicatif::ProgressBar::new(total).with_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {percent:>3}% {msg} eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             ),
             None => indicatif::ProgressBar::new_spinner(),
         };
