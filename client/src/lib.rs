@@ -19,9 +19,12 @@ pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Errors of the SDK.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The request did not complete (connection, TLS, timeout).
-    #[error("request failed: {0}")]
-    Transport(#[from] reqwest::Error),
+    /// The request did not complete (connection, TLS, timeout): what failed, in one line.
+    #[error("{0}")]
+    Transport(String),
+    /// The URL or request could not be built (e.g. a URL without `https://`).
+    #[error("{0}")]
+    Request(String),
     /// The CA certificate given is not a PEM certificate.
     #[error("the CA certificate: {0}")]
     Certificate(String),
@@ -40,6 +43,31 @@ pub enum ClientError {
 /// The header naming the index of a data-plane call sent to a node's client port (instead
 /// of the index's own host).
 pub const INDEX_HEADER: &str = "X-Conifer-Index";
+
+impl From<reqwest::Error> for ClientError {
+    /// One line: where, and the innermost cause (reqwest repeats the URL down its chain).
+    fn from(e: reqwest::Error) -> Self {
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
+        let url = e
+            .url()
+            .map(|u| format!("{}://{}", u.scheme(), u.authority()))
+            .unwrap_or_default();
+        if e.is_builder() {
+            return ClientError::Request(format!("bad request URL {url}: {cause}"));
+        }
+        let hint = if e.is_timeout() {
+            "no answer in time"
+        } else if cause.to_string().contains("certificate") {
+            "TLS verification failed: is --ca-cert (or --bootstrap) the CA of this node's certificate?"
+        } else {
+            "is a node listening there? check --api-url (or --bootstrap)"
+        };
+        ClientError::Transport(format!("cannot reach {url}: {cause} ({hint})"))
+    }
+}
 
 /// A client of one node's client port: the admin API with a bearer token, the index and
 /// data-plane API with an API key ([`AdminClient::with_api_key`]).

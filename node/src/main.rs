@@ -58,14 +58,12 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         Commands::Namespace(args) => client()?.block_on(data::run_namespace(args)),
         Commands::Serve(args) => {
             let serve_matches = matches.subcommand_matches("serve").unwrap_or(matches);
-            let args = args
-                .with_config_file(serve_matches)
-                .map_err(anyhow::Error::msg)?;
+            let args = args.with_config_file(serve_matches).map_err(exit::Usage)?;
             if args.print_config {
                 print!("{}", args.to_toml().map_err(anyhow::Error::msg)?);
                 return Ok(());
             }
-            let config = args.into_config().map_err(anyhow::Error::msg)?;
+            let config = args.into_config().map_err(exit::Usage)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

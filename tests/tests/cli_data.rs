@@ -24,6 +24,13 @@ fn conifer(boot: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `conifer vectors upsert --index docs --file FILE ARGS`: (exit code, stdout, stderr).
+fn upsert(boot: &Path, file: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["vectors", "upsert", "--index", "docs", "--file", file];
+    all.extend(args);
+    conifer(boot, &all)
+}
+
 /// [`conifer`] with `--output json`, which must succeed: the printed JSON.
 fn json_of(boot: &Path, args: &[&str]) -> Value {
     let mut all = args.to_vec();
@@ -104,20 +111,10 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     text.push('\n');
     std::fs::write(&jsonl, text).unwrap();
     let jsonl_arg = jsonl.to_str().unwrap();
-    let (code, _, err) = conifer(
+    let (code, _, err) = upsert(
         &boot,
-        &[
-            "vectors",
-            "upsert",
-            "--index",
-            "docs",
-            "--file",
-            jsonl_arg,
-            "--namespace",
-            "n",
-            "--batch-size",
-            "50",
-        ],
+        jsonl_arg,
+        &["--namespace", "n", "--batch-size", "50"],
     );
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("upserted 250 of 252 records"), "{err}");
@@ -133,19 +130,7 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
         json!({"id": "short", "values": [1.0, 0.0, 0.0]}).to_string(),
     )
     .unwrap();
-    let (code, _, err) = conifer(
-        &boot,
-        &[
-            "vectors",
-            "upsert",
-            "--index",
-            "docs",
-            "--file",
-            failed.to_str().unwrap(),
-            "--namespace",
-            "n",
-        ],
-    );
+    let (code, _, err) = upsert(&boot, failed.to_str().unwrap(), &["--namespace", "n"]);
     assert_eq!(code, 0, "{err}");
 
     // CSV: id, values, and other columns as metadata (numbers parsed, "007" kept a
@@ -159,19 +144,7 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
     )
     .unwrap();
     let csv_arg = csv.to_str().unwrap();
-    let (code, _, err) = conifer(
-        &boot,
-        &[
-            "vectors",
-            "upsert",
-            "--index",
-            "docs",
-            "--file",
-            csv_arg,
-            "--namespace",
-            "n",
-        ],
-    );
+    let (code, _, err) = upsert(&boot, csv_arg, &["--namespace", "n"]);
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("upserted 2 of 3 records"), "{err}");
     let failed_csv = std::fs::read_to_string(dir.path().join("more.csv.failed.csv")).unwrap();
@@ -183,19 +156,7 @@ async fn the_cli_covers_indexes_vectors_namespaces_and_members() {
         .key_in(&c.project_id(), &["DataPlaneViewer"])
         .await
         .unwrap();
-    let (code, _, err) = conifer(
-        &boot,
-        &[
-            "vectors",
-            "upsert",
-            "--index",
-            "docs",
-            "--file",
-            jsonl_arg,
-            "--api-key",
-            &viewer,
-        ],
-    );
+    let (code, _, err) = upsert(&boot, jsonl_arg, &["--api-key", &viewer]);
     assert_eq!(code, 3, "{err}");
     assert!(
         err.contains("stopped at line 1") && err.contains("403"),
@@ -458,17 +419,7 @@ async fn vectors_upsert_reads_parquet() {
             ("p3", vec![0.5, 0.5, 0.5], Some("wrong dimension")),
         ],
     );
-    let (code, _, err) = conifer(
-        &boot,
-        &[
-            "vectors",
-            "upsert",
-            "--index",
-            "docs",
-            "--file",
-            file.to_str().unwrap(),
-        ],
-    );
+    let (code, _, err) = upsert(&boot, file.to_str().unwrap(), &[]);
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("upserted 2 of 3 records"), "{err}");
     let fetched = json_of(
@@ -489,16 +440,6 @@ async fn vectors_upsert_reads_parquet() {
         serde_json::from_str(std::fs::read_to_string(&failed).unwrap().trim()).unwrap();
     assert_eq!(line["id"], "p3");
     std::fs::write(&failed, r#"{"id": "p3", "values": [0.5, 0.5]}"#).unwrap();
-    let (code, _, err) = conifer(
-        &boot,
-        &[
-            "vectors",
-            "upsert",
-            "--index",
-            "docs",
-            "--file",
-            failed.to_str().unwrap(),
-        ],
-    );
+    let (code, _, err) = upsert(&boot, failed.to_str().unwrap(), &[]);
     assert_eq!(code, 0, "{err}");
 }

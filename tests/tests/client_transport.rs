@@ -11,16 +11,24 @@ use conifer_node::tls::{self, LeafKind, Validity};
 use conifer_tests::{conifer_bin, free_port, free_port_range};
 use serde_json::{json, Value};
 
-/// One `conifer serve` with the flags a test gives, SIGKILLed on drop.
+/// One `conifer serve` on 127.0.0.1 with the flags a test gives, SIGKILLed on drop.
 struct Serve {
     child: Child,
     data_dir: PathBuf,
     log: PathBuf,
+    /// Client port.
+    api: u16,
+    /// Cluster port.
+    cluster: u16,
+    /// First of its 4 index ports.
+    ports: u16,
 }
 
 impl Serve {
-    /// Starts `conifer serve --data-dir DIR/data` with `args`.
+    /// Starts `conifer serve --data-dir DIR/data` on free loopback ports (client, cluster,
+    /// and 4 index ports) with `args` besides.
     fn start(dir: &Path, args: &[&str]) -> Self {
+        let (api, cluster, ports) = (free_port(), free_port(), free_port_range(4));
         let data_dir = dir.join("data");
         let log = dir.join("serve.log");
         let file = std::fs::File::create(&log).unwrap();
@@ -28,6 +36,12 @@ impl Serve {
             .arg("serve")
             .arg("--data-dir")
             .arg(&data_dir)
+            .arg("--api-addr")
+            .arg(format!("127.0.0.1:{api}"))
+            .arg("--cluster-addr")
+            .arg(format!("127.0.0.1:{cluster}"))
+            .arg("--index-port-range")
+            .arg(format!("{ports}-{}", ports + 3))
             .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -38,7 +52,21 @@ impl Serve {
             child,
             data_dir,
             log,
+            api,
+            cluster,
+            ports,
         }
+    }
+
+    /// Waits (60 s) for the CA the node creates on its first start: its PEM.
+    async fn wait_ca(&self) -> Vec<u8> {
+        let ca = self.data_dir.join("tls").join(tls::CA_CERT);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ca.exists() {
+            assert!(Instant::now() < deadline, "no CA:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        std::fs::read(&ca).unwrap()
     }
 
     fn log(&self) -> String {
@@ -173,21 +201,8 @@ async fn dev_http_serves_plain_http_on_loopback_only() {
         assert!(stderr.contains("loopback"), "{addr}: {stderr}");
     }
 
-    let (api, cluster, ports) = (free_port(), free_port(), free_port_range(4));
-    let api_addr = format!("127.0.0.1:{api}");
-    let range = format!("{ports}-{}", ports + 3);
-    let mut serve = Serve::start(
-        dir.path(),
-        &[
-            "--dev-http",
-            "--api-addr",
-            &api_addr,
-            "--cluster-addr",
-            &format!("127.0.0.1:{cluster}"),
-            "--index-port-range",
-            &range,
-        ],
-    );
+    let mut serve = Serve::start(dir.path(), &["--dev-http"]);
+    let (api_addr, ports) = (format!("127.0.0.1:{}", serve.api), serve.ports);
     let plain = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -261,24 +276,11 @@ async fn client_port_presents_the_operators_certificate() {
     assert!(stderr.contains("readable by every user"), "{stderr}");
     std::fs::set_permissions(key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
 
-    let (api, cluster, ports) = (free_port(), free_port(), free_port_range(4));
-    let api_addr = format!("127.0.0.1:{api}");
-    let range = format!("{ports}-{}", ports + 3);
     let mut serve = Serve::start(
         dir.path(),
-        &[
-            "--client-tls-cert",
-            cert,
-            "--client-tls-key",
-            key_file,
-            "--api-addr",
-            &api_addr,
-            "--cluster-addr",
-            &format!("127.0.0.1:{cluster}"),
-            "--index-port-range",
-            &range,
-        ],
+        &["--client-tls-cert", cert, "--client-tls-key", key_file],
     );
+    let api_addr = format!("127.0.0.1:{}", serve.api);
     let corp_client = client_trusting(&std::fs::read(corp.join(tls::CA_CERT)).unwrap());
     let url = format!("https://{api_addr}");
     let boot = serve.wait_serving(&corp_client, &url).await;
@@ -416,27 +418,10 @@ async fn certs_trust_installs_the_ca_into_the_system_store() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (api, cluster) = (free_port(), free_port());
-    let api_addr = format!("127.0.0.1:{api}");
-    let mut serve = Serve::start(
-        dir.path(),
-        &[
-            "--api-addr",
-            &api_addr,
-            "--cluster-addr",
-            &format!("127.0.0.1:{cluster}"),
-        ],
-    );
-    let ca = serve.data_dir.join("tls").join(tls::CA_CERT);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ca.exists() {
-        assert!(Instant::now() < deadline, "no CA:\n{}", serve.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let url = format!("https://{api_addr}");
-    let boot = serve
-        .wait_serving(&client_trusting(&std::fs::read(&ca).unwrap()), &url)
-        .await;
+    let mut serve = Serve::start(dir.path(), &[]);
+    let url = format!("https://127.0.0.1:{}", serve.api);
+    let ca = serve.wait_ca().await;
+    let boot = serve.wait_serving(&client_trusting(&ca), &url).await;
     let bootstrap = serve.data_dir.join("bootstrap.json");
     let curl = || {
         Command::new("curl")
@@ -520,28 +505,10 @@ async fn advertise_addr_names_the_node_in_hosts_members_and_certificate() {
         );
     }
 
-    let (api, cluster, ports) = (free_port(), free_port(), free_port_range(4));
-    let range = format!("{ports}-{}", ports + 3);
-    let mut serve = Serve::start(
-        dir.path(),
-        &[
-            "--api-addr",
-            &format!("127.0.0.1:{api}"),
-            "--cluster-addr",
-            &format!("127.0.0.1:{cluster}"),
-            "--advertise-addr",
-            "localhost",
-            "--index-port-range",
-            &range,
-        ],
-    );
-    let ca = serve.data_dir.join("tls").join(tls::CA_CERT);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ca.exists() {
-        assert!(Instant::now() < deadline, "no CA:\n{}", serve.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let client = client_trusting(&std::fs::read(&ca).unwrap());
+    let mut serve = Serve::start(dir.path(), &["--advertise-addr", "localhost"]);
+    let (api, ports) = (serve.api, serve.ports);
+    let cluster = serve.cluster;
+    let client = client_trusting(&serve.wait_ca().await);
     // The advertised name is in the default certificate: TLS verifies against it.
     let url = format!("https://localhost:{api}");
     let boot = serve.wait_serving(&client, &url).await;

@@ -321,6 +321,19 @@ fn max_nesting(text: &[u8]) -> usize {
     deepest
 }
 
+/// Deserializes an optional field whose absence means its default (`#[serde(default,
+/// deserialize_with = "crate::api::body::null_as_default")]`): JSON `null` means the same
+/// as leaving the field out, as in Pinecone's API, whose generated clients send `null` for
+/// unset fields (SDK 9.x sends `"namespace": null`). Free-form maps (metadata, filters)
+/// keep refusing `null` values: only whole fields are affected.
+pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    Ok(<Option<T> as serde::Deserialize>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,17 +399,4 @@ mod tests {
         let syntax = json::<Body>(&headers, br#"{"dimension":"#, Plane::Control);
         assert_eq!(syntax.unwrap_err().status.as_u16(), 400);
     }
-}
-
-/// Deserializes an optional field whose absence means its default (`#[serde(default,
-/// deserialize_with = "crate::api::body::null_as_default")]`): JSON `null` means the same
-/// as leaving the field out, as in Pinecone's API, whose generated clients send `null` for
-/// unset fields (SDK 9.x sends `"namespace": null`). Free-form maps (metadata, filters)
-/// keep refusing `null` values: only whole fields are affected.
-pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Default + serde::Deserialize<'de>,
-{
-    Ok(<Option<T> as serde::Deserialize>::deserialize(deserializer)?.unwrap_or_default())
 }

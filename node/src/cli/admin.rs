@@ -527,9 +527,11 @@ pub(super) fn endpoint(
             .and_then(|b| b[field].as_str())
             .map(String::from)
     };
-    let url = api_url
-        .or_else(|| from_boot("api_url"))
-        .context("no node URL: give --api-url (or CONIFER_API_URL, or --bootstrap)")?;
+    let Some(url) = api_url.or_else(|| from_boot("api_url")) else {
+        bail!(super::exit::Usage(
+            "no node URL: give --api-url (or CONIFER_API_URL, or --bootstrap)".into()
+        ));
+    };
     // No CA named: the node's client certificate chains to one the system already trusts
     // (`serve --client-tls-cert`, or the cluster CA after `conifer certs trust`).
     let ca_pem = match ca_cert.or_else(|| from_boot("ca_cert").map(PathBuf::from)) {

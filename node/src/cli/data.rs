@@ -28,6 +28,7 @@ pub const INDEX_READY_TIMEOUT_S: u64 = 120;
 
 /// Where and with which API key the index and data commands connect.
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Connection")]
 pub struct DataConnection {
     /// URL of any node's client port, e.g. https://127.0.0.1:7443 [default: from --bootstrap].
     #[arg(long, env = "CONIFER_API_URL", global = true)]
@@ -108,6 +109,8 @@ pub enum Switch {
 #[derive(Subcommand, Debug)]
 pub enum IndexCommand {
     /// Create a dense serverless index and wait until it is ready.
+    #[command(after_help = "Example:
+  conifer index create docs --dimension 384 --metric cosine --tag team=search")]
     Create {
         /// Index name: lowercase letters, digits and '-', at most 45 characters.
         name: String,
@@ -167,17 +170,7 @@ fn parse_tag(text: &str) -> Result<(String, String), String> {
   conifer vectors query --index docs --id doc-1 --include-metadata
   conifer vectors fetch --index docs --id doc-1 --id doc-2
   conifer vectors list --index docs --prefix doc-
-  conifer vectors delete --index docs --id doc-1
-
-Upsert files: JSON lines (.jsonl, .ndjson: one {\"id\", \"values\", \"metadata\"} object a line)
-or CSV (.csv: columns id, values as a JSON array, optional metadata as a JSON object; any
-other column becomes a metadata field, a number or boolean when it is one as JSON writes
-it), or Parquet (.parquet: the same columns, values a list of floats, metadata a struct or
-JSON text). Records the server refuses are isolated (the rest of their batch is sent) and
-written, as the file held them, to FILE.failed.jsonl or FILE.failed.csv (Parquet's as JSON
-lines); an error that stops the
-upload (wrong key, missing index, no node) writes the records not sent there too. Fix them
-and rerun upsert with that file to resume.")]
+  conifer vectors delete --index docs --id doc-1")]
 pub struct VectorsArgs {
     /// Connection flags.
     #[command(flatten)]
@@ -203,6 +196,25 @@ pub enum FileFormat {
 pub enum VectorsCommand {
     /// Upsert records from a file in batches, with progress; failed records go to a file
     /// to resume from.
+    #[command(after_help = "Examples:
+  conifer vectors upsert --index docs --file records.jsonl --namespace n
+  conifer vectors upsert --index docs --file records.csv --batch-size 500
+  producer | conifer vectors upsert --index docs --file -
+
+Files:
+  JSON lines (.jsonl, .ndjson, or -): one record a line,
+    {\"id\": \"a\", \"values\": [0.1, 0.2], \"metadata\": {\"genre\": \"drama\"}}
+  CSV (.csv): a header row with id, values (a JSON array), optional metadata (a JSON
+    object); any other column is a metadata field, a number or boolean when it is one as
+    JSON writes it (12, -0.5, true; not 007).
+  Parquet (.parquet): the same columns; values a list of floats, metadata a struct or
+    JSON text.
+
+Records the server refuses are isolated (the rest of their batch is sent) and written, as
+the file held them, to FILE.failed.jsonl or FILE.failed.csv (Parquet's as JSON lines,
+standard input's to stdin.failed.jsonl). An error that is not about the records (wrong key,
+missing index, no node) stops the upload and writes the records not sent there too. Fix
+them and upsert that file to resume.")]
     Upsert {
         /// Index name.
         #[arg(long)]
@@ -349,7 +361,8 @@ pub enum NamespaceCommand {
 }
 
 fn parse_json(flag: &str, text: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(text).with_context(|| format!("--{flag} is not valid JSON"))
+    serde_json::from_str(text)
+        .map_err(|e| Usage(format!("--{flag} is not valid JSON ({e}): {text}")).into())
 }
 
 /// Runs `conifer index …`.
@@ -487,7 +500,11 @@ pub async fn run_vectors(args: VectorsArgs) -> anyhow::Result<()> {
                     _ => FileFormat::Jsonl,
                 });
             let failed = failed.unwrap_or_else(|| {
-                let mut name = file.clone().into_os_string();
+                let mut name = if file == Path::new("-") {
+                    "stdin".into()
+                } else {
+                    file.clone().into_os_string()
+                };
                 name.push(match format {
                     FileFormat::Csv => ".failed.csv",
                     // Parquet's failed records are written as JSON lines.
@@ -500,6 +517,7 @@ pub async fn run_vectors(args: VectorsArgs) -> anyhow::Result<()> {
                 index: &index,
                 namespace: &namespace,
                 batch_size,
+                output,
             };
             return upload.run(&file, format, failed).await;
         }
@@ -519,6 +537,7 @@ pub async fn run_vectors(args: VectorsArgs) -> anyhow::Result<()> {
                 "includeMetadata": include_metadata,
                 "includeValues": include_values,
             });
+            let by_id = id.clone();
             match (vector, id) {
                 (Some(v), _) => body["vector"] = parse_json("vector", &v)?,
                 (None, Some(id)) => body["id"] = json!(id),
@@ -528,6 +547,11 @@ pub async fn run_vectors(args: VectorsArgs) -> anyhow::Result<()> {
                 body["filter"] = parse_json("filter", &f)?;
             }
             let answer = c.data(&index, Method::POST, "/query", Some(body)).await?;
+            let none = answer["matches"].as_array().is_none_or(Vec::is_empty);
+            if let (true, Some(id)) = (none, by_id) {
+                // Pinecone answers a query by a missing id with no matches, not an error.
+                eprintln!("no matches: is there a record {id:?} in this namespace?");
+            }
             if output == OutputFormat::Json {
                 answer
             } else {
@@ -546,6 +570,13 @@ pub async fn run_vectors(args: VectorsArgs) -> anyhow::Result<()> {
             query.append_pair("namespace", &namespace);
             let path = format!("/vectors/fetch?{}", query.finish());
             let answer = c.data(&index, Method::GET, &path, None).await?;
+            let missing: Vec<&String> = ids
+                .iter()
+                .filter(|id| answer["vectors"].get(id.as_str()).is_none())
+                .collect();
+            if !missing.is_empty() {
+                eprintln!("not found: {missing:?}");
+            }
             if output == OutputFormat::Json {
                 answer
             } else {
@@ -637,11 +668,11 @@ pub async fn run_namespace(args: NamespaceArgs) -> anyhow::Result<()> {
             }
         }
         NamespaceCommand::Describe { index, name } => {
-            let path = format!("/namespaces/{}", conifer_client::segment(&name));
+            let path = format!("/namespaces/{}", namespace_segment(&name));
             c.data(&index, Method::GET, &path, None).await?
         }
         NamespaceCommand::Delete { index, name } => {
-            let path = format!("/namespaces/{}", conifer_client::segment(&name));
+            let path = format!("/namespaces/{}", namespace_segment(&name));
             c.data(&index, Method::DELETE, &path, None).await?;
             eprintln!("deleted namespace {name:?}");
             return Ok(());
@@ -649,6 +680,14 @@ pub async fn run_namespace(args: NamespaceArgs) -> anyhow::Result<()> {
     };
     print(args.connection.output, &value);
     Ok(())
+}
+
+/// A namespace as a path segment: the default namespace ("") by Pinecone's name for it.
+fn namespace_segment(name: &str) -> String {
+    match name {
+        "" => "__default__".into(),
+        name => conifer_client::segment(name),
+    }
 }
 
 /// One record read from an upsert file, with where it came from.
@@ -674,7 +713,7 @@ enum Raw {
 /// as it was, with why).
 enum Item {
     Record(Line),
-    Unreadable(Raw, String),
+    Unreadable(usize, Raw, String),
 }
 
 /// The records of an upsert file, read one at a time.
@@ -815,7 +854,7 @@ impl Source {
                         record,
                         raw: Raw::Text(text),
                     }),
-                    Err(why) => Item::Unreadable(Raw::Text(text), format!("line {number}: {why}")),
+                    Err(why) => Item::Unreadable(number, Raw::Text(text), why),
                 }));
             },
             Source::Csv { reader, headers } => {
@@ -831,7 +870,7 @@ impl Source {
                         record,
                         raw: Raw::Row(row),
                     }),
-                    Err(why) => Item::Unreadable(Raw::Row(row), format!("line {number}: {why}")),
+                    Err(why) => Item::Unreadable(number, Raw::Row(row), why),
                 }))
             }
             Source::Parquet { rows, number, .. } => {
@@ -849,7 +888,7 @@ impl Source {
                         raw: Raw::Text(record.to_string()),
                         record,
                     }),
-                    Err(why) => Item::Unreadable(Raw::Text(text), format!("row {number}: {why}")),
+                    Err(why) => Item::Unreadable(number, Raw::Text(text), why),
                 }))
             }
         }
@@ -864,7 +903,8 @@ struct FailedFile {
     out: Option<csv::Writer<std::fs::File>>,
     text: Option<std::io::BufWriter<std::fs::File>>,
     count: usize,
-    reasons: Vec<(String, usize)>,
+    /// Each reason, how many records failed for it, and the first one's line.
+    reasons: Vec<(String, usize, usize)>,
 }
 
 impl FailedFile {
@@ -879,9 +919,9 @@ impl FailedFile {
         }
     }
 
-    /// Writes `raw` (as the file held it) and counts `reason`; flushed at once, so an
-    /// interrupted upload keeps what failed so far.
-    fn add(&mut self, raw: &Raw, reason: &str) -> anyhow::Result<()> {
+    /// Writes `raw` (as the file held it, from line `number`) and counts `reason`; flushed
+    /// at once, so an interrupted upload keeps what failed so far.
+    fn add(&mut self, number: usize, raw: &Raw, reason: &str) -> anyhow::Result<()> {
         let create = || {
             std::fs::File::create(&self.path)
                 .with_context(|| format!("creating {}", self.path.display()))
@@ -913,9 +953,9 @@ impl FailedFile {
             }
         }
         self.count += 1;
-        match self.reasons.iter_mut().find(|(r, _)| r == reason) {
-            Some((_, n)) => *n += 1,
-            None => self.reasons.push((reason.to_string(), 1)),
+        match self.reasons.iter_mut().find(|(r, _, _)| r == reason) {
+            Some((_, n, _)) => *n += 1,
+            None => self.reasons.push((reason.to_string(), 1, number)),
         }
         Ok(())
     }
@@ -927,6 +967,7 @@ struct Upload<'a> {
     index: &'a str,
     namespace: &'a str,
     batch_size: usize,
+    output: OutputFormat,
 }
 
 /// Whether an upsert that failed with `e` may succeed when sent again.
@@ -934,7 +975,7 @@ fn is_momentary(e: &ClientError) -> bool {
     match e {
         ClientError::Transport(_) => true,
         ClientError::Api { status, .. } => matches!(status, 429 | 502 | 503 | 504),
-        ClientError::Certificate(_) => false,
+        ClientError::Certificate(_) | ClientError::Request(_) => false,
     }
 }
 
@@ -967,37 +1008,47 @@ impl Upload<'_> {
         };
         let (mut upserted, mut read) = (0usize, 0usize);
         let mut stopped: Option<(usize, ClientError)> = None;
+        let not_sent = "not sent: the upload stopped";
         loop {
-            let mut batch = Vec::with_capacity(self.batch_size);
+            // A batch of records, and the lines among them that are not records; what fails
+            // is written in the file's order.
+            let (mut batch, mut failures) = (Vec::with_capacity(self.batch_size), Vec::new());
+            let mut exhausted = false;
             while batch.len() < self.batch_size {
                 match source.next()? {
                     Some(Item::Record(line)) => batch.push(line),
-                    Some(Item::Unreadable(raw, why)) => failed.add(&raw, &why)?,
-                    None => break,
+                    Some(Item::Unreadable(number, raw, why)) => failures.push((number, raw, why)),
+                    None => {
+                        exhausted = true;
+                        break;
+                    }
                 }
                 read += 1;
             }
-            if batch.is_empty() {
-                break;
-            }
-            if let Some((_, _)) = &stopped {
-                for line in &batch {
-                    failed.add(&line.raw, "not sent: the upload stopped")?;
-                }
-                continue;
-            }
-            match self.send_isolating(&batch, &mut failed).await? {
-                Ok(n) => upserted += n,
-                Err(e) => {
-                    let first = batch[0].number;
-                    for line in &batch {
-                        failed.add(&line.raw, "not sent: the upload stopped")?;
+            if stopped.is_none() && !batch.is_empty() {
+                match self.send_isolating(&batch).await {
+                    Ok((n, refused)) => {
+                        upserted += n;
+                        failures.extend(refused);
                     }
-                    stopped = Some((first, e));
+                    Err(e) => stopped = Some((batch[0].number, e)),
                 }
+            }
+            if stopped.is_some() {
+                let unsent = batch
+                    .iter()
+                    .map(|l| (l.number, l.raw.clone(), not_sent.into()));
+                failures.extend(unsent);
+            }
+            failures.sort_by_key(|f| f.0);
+            for (number, raw, why) in &failures {
+                failed.add(*number, raw, why)?;
             }
             bar.set_position(source.position());
             bar.set_message(format!("{upserted} records upserted"));
+            if exhausted {
+                break;
+            }
         }
         bar.finish_and_clear();
         let target = if self.namespace.is_empty() {
@@ -1006,8 +1057,8 @@ impl Upload<'_> {
             format!("{} (namespace {:?})", self.index, self.namespace)
         };
         eprintln!("upserted {upserted} of {read} records into {target}");
-        for (reason, n) in &failed.reasons {
-            eprintln!("  {n} failed: {reason}");
+        for (reason, n, first) in &failed.reasons {
+            eprintln!("  {n} failed (first at line {first}): {reason}");
         }
         if failed.count > 0 {
             eprintln!(
@@ -1019,9 +1070,26 @@ impl Upload<'_> {
         } else {
             let _ = std::fs::remove_file(&failed.path);
         }
+        if self.output == OutputFormat::Json {
+            print(
+                OutputFormat::Json,
+                &json!({
+                    "upserted": upserted,
+                    "read": read,
+                    "failed": failed.count,
+                    "failed_file": (failed.count > 0).then(|| failed.path.display().to_string()),
+                }),
+            );
+        }
         match stopped {
             Some((line, e)) => {
-                Err(anyhow::Error::new(e).context(format!("stopped at line {line}")))
+                let hint = match &e {
+                    ClientError::Api { status: 404, .. } => {
+                        " (create the index first: conifer index create)"
+                    }
+                    _ => "",
+                };
+                Err(anyhow::Error::new(e).context(format!("stopped at line {line}{hint}")))
             }
             None if failed.count > 0 => Err(PartialUpsert {
                 failed: failed.count,
@@ -1032,14 +1100,14 @@ impl Upload<'_> {
     }
 
     /// Sends `batch`; when the server refuses records of it (400, 413), halves it until
-    /// each refused record is alone, writes those to `failed`, and sends the rest. `Ok(Err)`:
-    /// an error that stops the upload (nothing of `batch` is counted then).
+    /// each refused record is alone, and sends the rest: how many were upserted, and the
+    /// refused ones with why. `Err`: an error that stops the upload (nothing of `batch` is
+    /// counted then).
     async fn send_isolating(
         &self,
         batch: &[Line],
-        failed: &mut FailedFile,
-    ) -> anyhow::Result<Result<usize, ClientError>> {
-        let mut upserted = 0;
+    ) -> Result<(usize, Vec<(usize, Raw, String)>), ClientError> {
+        let (mut upserted, mut refused) = (0, Vec::new());
         let mut parts = vec![batch];
         while let Some(part) = parts.pop() {
             match self.send(part).await {
@@ -1050,12 +1118,12 @@ impl Upload<'_> {
                     parts.push(a);
                 }
                 Err(e) if refuses_records(&e) => {
-                    failed.add(&part[0].raw, &format!("line {}: {e}", part[0].number))?
+                    refused.push((part[0].number, part[0].raw.clone(), e.to_string()))
                 }
-                Err(e) => return Ok(Err(e)),
+                Err(e) => return Err(e),
             }
         }
-        Ok(Ok(upserted))
+        Ok((upserted, refused))
     }
 
     /// Sends one batch, retrying momentary refusals ([`UPSERT_ATTEMPTS`]).
@@ -1097,10 +1165,7 @@ pub struct PartialUpsert {
     pub failed: usize,
 }
 
-/// A mistake in the command line found after parsing: exit code [`super::exit::USAGE`].
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Usage(pub String);
+pub use super::exit::Usage;
 
 /// A record object of a file as the API wants it: `sparse_values` accepted for
 /// `sparseValues`; an `id` and `values` or `sparseValues` required.

@@ -21,6 +21,12 @@ pub const HELP: &str =
     "Exit codes: 0 done, 1 other failure, 2 bad usage, 3 refused by the server (4xx), \
 4 no node reachable (connection, TLS, timeout), 5 server error (5xx), 6 upsert partly failed.";
 
+/// A mistake in the command line or configuration found after parsing (a flag's value,
+/// a missing setting, a configuration file): exit code [`USAGE`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 /// The exit code of a command that failed with `error`.
 pub fn code_of(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
@@ -28,6 +34,7 @@ pub fn code_of(error: &anyhow::Error) -> u8 {
             return match e {
                 ClientError::Transport(_) => UNREACHABLE,
                 ClientError::Certificate(_) => FAILURE,
+                ClientError::Request(_) => USAGE,
                 ClientError::Api { status, .. } if *status >= 500 => SERVER_ERROR,
                 ClientError::Api { .. } => REFUSED,
             };
@@ -35,7 +42,7 @@ pub fn code_of(error: &anyhow::Error) -> u8 {
         if cause.is::<super::data::PartialUpsert>() {
             return PARTIAL;
         }
-        if cause.is::<super::data::Usage>() {
+        if cause.is::<Usage>() {
             return USAGE;
         }
     }

@@ -230,9 +230,22 @@ impl ServeArgs {
         Ok(merged)
     }
 
-    /// The settings as the TOML a configuration file holds.
+    /// The settings as the TOML a configuration file holds; the settings not set (TOML
+    /// has no null) follow as comments.
     pub fn to_toml(&self) -> Result<String, String> {
-        toml::to_string(self).map_err(|e| e.to_string())
+        let mut text = toml::to_string(self).map_err(|e| e.to_string())?;
+        let all = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        let unset: Vec<&String> = all
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| v.is_null())
+            .map(|(k, _)| k)
+            .collect();
+        for key in unset {
+            text.push_str(&format!("# {key} = (not set)\n"));
+        }
+        Ok(text)
     }
 
     /// Validates the flags into a [`ServeConfig`].
