@@ -56,7 +56,9 @@ impl From<reqwest::Error> for ClientError {
             .map(|u| format!("{}://{}", u.scheme(), u.authority()))
             .unwrap_or_default();
         if e.is_builder() {
-            return ClientError::Request(format!("bad request URL {url}: {cause}"));
+            return ClientError::Request(format!(
+                "the node URL is not usable ({cause}): give it as https://HOST:PORT"
+            ));
         }
         let hint = if e.is_timeout() {
             "no answer in time"

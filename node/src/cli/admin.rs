@@ -500,7 +500,10 @@ pub(super) fn secret_from_terminal(what: &str) -> anyhow::Result<String> {
     };
     let line = line.trim_end_matches(['\r', '\n']).to_string();
     if line.is_empty() {
-        bail!("no {what} given");
+        bail!(super::exit::Usage(format!(
+            "no {what} given: give its flag or environment variable (see --help), or type it \
+             at the prompt"
+        )));
     }
     Ok(line)
 }
