@@ -691,9 +691,12 @@ async fn password_hashing(
     let mut without_retry_after = 0usize;
     let mut peak = before;
     for burst in 0..bursts {
+        // Every client ready before the first request, so the 200 arrive together.
+        let clients = (0..200u8)
+            .map(|i| Ok((i, cluster.client_from(source(10 + burst, i.max(1)))?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..200u8 {
-            let client = cluster.client_from(source(10 + burst, i.max(1)))?;
+        for (i, client) in clients {
             let url = cluster.url(1, "/auth/login");
             tasks.spawn(async move {
                 client
@@ -1314,6 +1317,8 @@ async fn garbage_keys(
     let duration = Duration::from_secs(if scale == Scale::Full { 30 } else { 5 });
     let ca_pem = std::fs::read(cluster.ca_dir.join(tls::CA_CERT))?;
     let flood_client = reqwest::Client::builder()
+        // The cluster CA only: no system store to load for each of many clients.
+        .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
         .local_address(source(12, 1))
         .http2_prior_knowledge()

@@ -236,6 +236,8 @@ impl Cluster {
         cluster.bootstrap = serde_json::from_str(&boot)?;
         let ca_pem = std::fs::read(ca_dir.join(tls::CA_CERT))?;
         cluster.http = reqwest::Client::builder()
+            // The cluster CA only: no system store to load for each of many clients.
+            .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
             .timeout(Duration::from_secs(30))
             .http1_only()
@@ -542,6 +544,8 @@ impl Cluster {
     pub fn client_from(&self, source: std::net::IpAddr) -> anyhow::Result<reqwest::Client> {
         let ca_pem = std::fs::read(self.ca_dir.join(tls::CA_CERT))?;
         Ok(reqwest::Client::builder()
+            // The cluster CA only: no system store to load for each of many clients.
+            .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
             .local_address(source)
             .timeout(Duration::from_secs(30))
@@ -630,6 +634,8 @@ impl Cluster {
     ) -> anyhow::Result<GrpcAnswer> {
         let ca_pem = std::fs::read(self.ca_dir.join(tls::CA_CERT))?;
         let client = reqwest::Client::builder()
+            // The cluster CA only: no system store to load for each of many clients.
+            .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
             .timeout(Duration::from_secs(30))
             .http2_prior_knowledge()
@@ -688,6 +694,8 @@ fn percent_decode(text: &str) -> String {
 pub fn ca_client(ca_dir: &Path) -> anyhow::Result<reqwest::Client> {
     let ca_pem = std::fs::read(ca_dir.join(tls::CA_CERT))?;
     Ok(reqwest::Client::builder()
+        // The cluster CA only: no system store to load for each of many clients.
+        .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
         .timeout(Duration::from_secs(5))
         .build()?)

@@ -266,6 +266,8 @@ async fn run_schedule(
     let (group, replicas) = new_shard(cluster, &before).await?;
     let endpoints = Endpoints {
         http: reqwest::Client::builder()
+            // The cluster CA only: no system store to load for each of many clients.
+            .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(
                 cluster.ca_dir.join(conifer_node::tls::CA_CERT),
             )?)?)
