@@ -704,7 +704,7 @@ async fn add_node(
     out: &std::path::Path,
     domain: String,
 ) -> anyhow::Result<()> {
-    use crate::tls::{self, LeafKind, Validity};
+    use crate::tls::{self, LeafKind};
     if id == 0 {
         bail!(super::data::Usage("--id must be at least 1".into()));
     }
@@ -728,16 +728,7 @@ async fn add_node(
         hosts,
         domain: Some(domain),
     };
-    tls::issue_leaf(
-        ca_dir,
-        out,
-        "node",
-        kind,
-        Validity::days_from_now(tls::LEAF_VALIDITY_DAYS),
-    )?;
-    if ca_dir.join(tls::CA_CERT) != out.join(tls::CA_CERT) {
-        std::fs::copy(ca_dir.join(tls::CA_CERT), out.join(tls::CA_CERT))?;
-    }
+    super::issue_node_certificate(ca_dir, out, kind, tls::LEAF_VALIDITY_DAYS)?;
     eprintln!(
         "issued node-{id}'s certificate in {}; on the new machine (with that directory), run:",
         out.display()

@@ -450,6 +450,22 @@ pub enum CertsCommand {
     Trust(trust::TrustArgs),
 }
 
+/// Issues a node certificate (`node.pem`, `node-key.pem`) from the CA in `ca_dir` into
+/// `out`, valid `days`, with a copy of the CA's `ca.pem` beside it (what `serve --tls-dir`
+/// reads): `certs node` and `cluster add`.
+pub(crate) fn issue_node_certificate(
+    ca_dir: &std::path::Path,
+    out: &std::path::Path,
+    kind: LeafKind,
+    days: i64,
+) -> anyhow::Result<()> {
+    tls::issue_leaf(ca_dir, out, "node", kind, Validity::days_from_now(days))?;
+    if ca_dir.join(tls::CA_CERT) != out.join(tls::CA_CERT) {
+        std::fs::copy(ca_dir.join(tls::CA_CERT), out.join(tls::CA_CERT))?;
+    }
+    Ok(())
+}
+
 /// Runs a `certs` subcommand.
 pub fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
     match command {
@@ -483,10 +499,7 @@ pub fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
                 hosts,
                 domain: Some(domain),
             };
-            tls::issue_leaf(&ca_dir, &out, "node", kind, Validity::days_from_now(days))?;
-            if ca_dir.join(tls::CA_CERT) != out.join(tls::CA_CERT) {
-                std::fs::copy(ca_dir.join(tls::CA_CERT), out.join(tls::CA_CERT))?;
-            }
+            issue_node_certificate(&ca_dir, &out, kind, days)?;
             println!(
                 "issued {} for node-{id}",
                 out.join(tls::NODE_CERT).display()
