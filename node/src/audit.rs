@@ -417,13 +417,7 @@ impl EventOutcome {
 
     /// The outcome of a command the state machine rejected.
     pub fn rejected(rejection: &Rejection) -> Self {
-        let code = match rejection {
-            Rejection::NotFound { .. } => "NOT_FOUND",
-            Rejection::AlreadyExists(_) => "ALREADY_EXISTS",
-            Rejection::LimitExceeded(_) => "RESOURCE_EXHAUSTED",
-            Rejection::Invalid(_) => "FAILED_PRECONDITION",
-        };
-        Self::failure(code, &rejection.to_string())
+        Self::failure(rejection.error_code(), &rejection.to_string())
     }
 }
 
@@ -815,7 +809,33 @@ pub fn describe(state: &ControlState, command: &Command) -> Resource {
         Command::Audited { .. } | Command::RecordAudit(_) | Command::PurgeAudit { .. } => {
             Resource::new(V::Update, T::AuditLog, None)
         }
+        Command::Membership(record) => describe_membership(record),
     }
+}
+
+/// A membership change: the cluster, named by the node changed (as a refused promote or
+/// remove names it), on the cluster chain.
+fn describe_membership(record: &crate::control::membership::MembershipRecord) -> Resource {
+    use crate::control::membership::MemberChange;
+    let node = record.node_id.to_string();
+    let (verb, params) = match &record.change {
+        MemberChange::Join {
+            cluster_addr,
+            api_addr,
+            voter,
+        } => (
+            Verb::Create,
+            Params::default()
+                .with("cluster_addr", cluster_addr.as_str())
+                .with("api_addr", api_addr.as_str())
+                .with("voter", *voter),
+        ),
+        MemberChange::Promote => (Verb::Update, Params::default()),
+        MemberChange::Remove { force } => (Verb::Delete, Params::default().with("force", *force)),
+    };
+    Resource::new(verb, ResourceType::Cluster, Some(&node))
+        .id(Some(node.as_str()))
+        .params(params.with("node_id", record.node_id))
 }
 
 fn project_resource(state: &ControlState, action: Verb, id: &str) -> Resource {

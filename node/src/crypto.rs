@@ -117,7 +117,11 @@ fn decode_key(text: &str, path: &Path) -> Result<[u8; KEY_BYTES], CryptoError> {
     })
 }
 
-/// Writes `contents` to `path` atomically with mode 0600 (temp file, fsync, rename).
+/// Writes `contents` to `path` atomically with mode 0600 (temp file, fsync, rename, fsync
+/// of the directory): a crash leaves the old file or the new one, never a torn one.
+/// Failpoints (feature `failpoints`): `conifer::crypto::write::before_rename` and
+/// `conifer::crypto::write::after_rename` (the keyring and the wrapped data key are written
+/// here).
 pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), CryptoError> {
     let io = |source| CryptoError::Io {
         path: path.into(),
@@ -133,7 +137,14 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), CryptoErro
         .map_err(io)?;
     file.write_all(contents).map_err(io)?;
     file.sync_all().map_err(io)?;
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("conifer::crypto::write::before_rename");
     fs::rename(&tmp, path).map_err(io)?;
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("conifer::crypto::write::after_rename");
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
     Ok(())
 }
 

@@ -7,9 +7,9 @@ pub mod cli;
 pub mod cluster;
 pub mod control;
 pub mod crypto;
+pub mod dataplane;
 pub mod node;
 pub mod policy;
-pub mod router;
 pub mod shard;
 pub mod tls;
 

@@ -25,7 +25,7 @@ use crate::cluster::{InternalService, JOIN_RETRY_MS};
 use crate::control::state::{ApiKey, ApiKeyRole, OperatorToken, Organization, Project};
 use crate::control::{Command, ControlMachine, ControlPlane};
 use crate::crypto::{node_data_key, write_private_file, LocalKeyring};
-use crate::router::{Addressing, Router};
+use crate::dataplane::router::{Addressing, Router};
 use crate::shard::engine::EngineConfig;
 use crate::shard::manager::ShardManager;
 use crate::tls::{self, LeafKind, NodeTls, Validity};
@@ -527,7 +527,13 @@ async fn join(
     loop {
         match client.join(request.clone()).await {
             Ok(reply) => {
-                tracing::info!(leader = reply.into_inner().leader_id, "joined the cluster");
+                let reply = reply.into_inner();
+                if let Err(refused) =
+                    crate::control::membership::rejection_from_reply(&reply.rejection)
+                {
+                    bail!("join via {addr} refused: {refused}");
+                }
+                tracing::info!(leader = reply.leader_id, "joined the cluster");
                 return Ok(());
             }
             Err(status)

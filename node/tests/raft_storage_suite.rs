@@ -7,9 +7,12 @@ use conifer_node::crypto::DataKey;
 use conifer_raft::group_state::{StateView, StateWrites};
 use conifer_raft::log_store::LogStore;
 use conifer_raft::state_machine::{StateMachine, StateMachineStore};
-use conifer_raft::{NodeStorage, TypeConfig};
+use conifer_raft::{Format, MachineError, NodeStorage, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
+
+/// The recorders' snapshot and export format.
+const RECORDS: Format = Format::new("recorded commands", 1);
 
 /// A trivial deterministic machine kept in memory: remembers every command it applied.
 #[derive(Default)]
@@ -25,10 +28,10 @@ impl StateMachine for Recorder {
         command.to_vec()
     }
     fn snapshot(&self) -> Vec<u8> {
-        bincode::serialize(&self.applied).unwrap()
+        RECORDS.encode(&self.applied)
     }
-    fn restore(&mut self, snapshot: &[u8], _: &mut StateWrites<'_>) -> Result<(), String> {
-        self.applied = bincode::deserialize(snapshot).map_err(|e| e.to_string())?;
+    fn restore(&mut self, snapshot: &[u8], _: &mut StateWrites<'_>) -> Result<(), MachineError> {
+        self.applied = RECORDS.decode(snapshot)?;
         Ok(())
     }
 }
@@ -47,10 +50,14 @@ fn record_key(index: u64) -> Vec<u8> {
     key
 }
 
-fn scan_records(view: &StateView<'_>) -> Result<Vec<(u64, Vec<u8>)>, String> {
+fn scan_records(view: &StateView<'_>) -> Result<Vec<(u64, Vec<u8>)>, MachineError> {
     let mut records = Vec::new();
     view.scan(&[RECORD_PREFIX], |key, value| {
-        let index = u64::from_be_bytes(key[1..9].try_into().map_err(|_| "short key")?);
+        let index = u64::from_be_bytes(
+            key[1..9]
+                .try_into()
+                .map_err(|_| MachineError::Inconsistent("short key".into()))?,
+        );
         records.push((index, value));
         Ok(())
     })?;
@@ -68,21 +75,23 @@ impl StateMachine for DurableRecorder {
     fn snapshot(&self) -> Vec<u8> {
         Vec::new()
     }
-    fn restore(&mut self, snapshot: &[u8], writes: &mut StateWrites<'_>) -> Result<(), String> {
-        self.applied = bincode::deserialize(snapshot).map_err(|e| e.to_string())?;
+    fn restore(
+        &mut self,
+        snapshot: &[u8],
+        writes: &mut StateWrites<'_>,
+    ) -> Result<(), MachineError> {
+        self.applied = RECORDS.decode(snapshot)?;
         for (index, command) in &self.applied {
-            writes
-                .put(&record_key(*index), command)
-                .map_err(|e| e.to_string())?;
+            writes.put(&record_key(*index), command)?;
         }
         Ok(())
     }
-    fn load(&mut self, view: &StateView<'_>) -> Result<(), String> {
+    fn load(&mut self, view: &StateView<'_>) -> Result<(), MachineError> {
         self.applied = scan_records(view)?;
         Ok(())
     }
-    fn export(view: &StateView<'_>) -> Result<Vec<u8>, String> {
-        bincode::serialize(&scan_records(view)?).map_err(|e| e.to_string())
+    fn export(view: &StateView<'_>) -> Result<Vec<u8>, MachineError> {
+        Ok(RECORDS.encode(&scan_records(view)?))
     }
 }
 

@@ -13,6 +13,7 @@
 
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
+use crate::state_machine::MachineError;
 use crate::storage::{NodeStorage, StorageFault, CF_STATE};
 use crate::types::GroupId;
 
@@ -161,23 +162,20 @@ impl<'a> StateView<'a> {
     pub fn scan(
         &self,
         prefix: &[u8],
-        mut visit: impl FnMut(&[u8], Vec<u8>) -> Result<(), String>,
-    ) -> Result<(), String> {
+        mut visit: impl FnMut(&[u8], Vec<u8>) -> Result<(), MachineError>,
+    ) -> Result<(), MachineError> {
         let (from, to) = group_range(self.group, prefix);
         let mut opts = self.read_options();
         opts.set_iterate_upper_bound(to);
-        let cf = self.storage.cf(CF_STATE).map_err(|e| e.to_string())?;
+        let cf = self.storage.cf(CF_STATE)?;
         let iter = self.storage.db().iterator_cf_opt(
             cf,
             opts,
             IteratorMode::From(&from, Direction::Forward),
         );
         for item in iter {
-            let (key, sealed) = item.map_err(|e| e.to_string())?;
-            let value = self
-                .storage
-                .open_value(CF_STATE, &key, &sealed)
-                .map_err(|e| e.to_string())?;
+            let (key, sealed) = item.map_err(StorageFault::from)?;
+            let value = self.storage.open_value(CF_STATE, &key, &sealed)?;
             visit(&key[8..], value)?;
         }
         Ok(())

@@ -8,12 +8,16 @@
 //! - [`group_state`]: the durable state of a group kept in RocksDB (shard records),
 //! - [`network`]: the gRPC transport (one lazily-connected mutual-TLS channel per peer),
 //! - [`registry`]: the groups running on this node, and dispatch of incoming RPCs.
+//! - [`format`]: versioned formats of what state machines put in logs and snapshots,
+//! - [`client`]: propose, read index and linearizable barrier of one group ([`GroupClient`]).
 
 // openraft's `StorageError` (224 bytes) is the error type its storage traits require; the
 // helpers here return it as-is rather than boxing and unboxing at every trait boundary.
 #![allow(clippy::result_large_err)]
 
 pub mod cipher;
+pub mod client;
+pub mod format;
 pub mod group_state;
 pub mod log_store;
 pub mod network;
@@ -23,6 +27,9 @@ pub mod storage;
 pub mod types;
 
 pub use cipher::ValueCipher;
+pub use client::{GroupClient, GroupError};
+pub use format::{Format, FormatError};
+pub use state_machine::MachineError;
 pub use registry::GroupRegistry;
 pub use state_machine::StateMachine;
 pub use storage::NodeStorage;

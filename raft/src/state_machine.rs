@@ -27,6 +27,27 @@ use crate::group_state::{StateView, StateWrites, RESERVED_KEY_PREFIX};
 use crate::storage::{NodeStorage, StorageFault, CF_SNAPSHOTS};
 use crate::types::{GroupId, LogId, NodeId, NodeInfo, Response, StorageError, TypeConfig};
 
+/// Why a state machine could not restore, load, export or checkpoint its state.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// A snapshot, export or stored value is not in a format this node reads.
+    #[error(transparent)]
+    Format(#[from] crate::format::FormatError),
+    /// Storage failed (RocksDB, or a value that does not decrypt).
+    #[error(transparent)]
+    Storage(#[from] StorageFault),
+    /// Derived state (a vector index) could not be built or saved.
+    #[error("derived state: {0}")]
+    Derived(String),
+    /// The stored state contradicts itself (a record of a namespace that does not exist,
+    /// a saved index missing chunks).
+    #[error("inconsistent stored state: {0}")]
+    Inconsistent(String),
+    /// A durable-only operation was asked of an in-memory machine.
+    #[error("in-memory state machines are not exported from RocksDB")]
+    NotDurable,
+}
+
 /// A deterministic application state machine replicated by one Raft group.
 pub trait StateMachine: Send + Sync + 'static {
     /// Whether the machine keeps its state in RocksDB through [`StateWrites`] (true) or in
@@ -45,25 +66,26 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Replaces the whole state with a snapshot made by [`StateMachine::snapshot`] (in
     /// memory) or [`StateMachine::export`] (durable; the old durable state is already staged
     /// for deletion in `writes`, and the machine stages the new one).
-    fn restore(&mut self, snapshot: &[u8], writes: &mut StateWrites<'_>) -> Result<(), String>;
+    fn restore(&mut self, snapshot: &[u8], writes: &mut StateWrites<'_>)
+        -> Result<(), MachineError>;
 
     /// Durable machines: rebuilds the in-memory structures from the durable state at open.
-    fn load(&mut self, _view: &StateView<'_>) -> Result<(), String> {
+    fn load(&mut self, _view: &StateView<'_>) -> Result<(), MachineError> {
         Ok(())
     }
 
     /// Durable machines: serializes the state seen by `view` for a follower, in the format
     /// [`StateMachine::restore`] reads.
-    fn export(_view: &StateView<'_>) -> Result<Vec<u8>, String>
+    fn export(_view: &StateView<'_>) -> Result<Vec<u8>, MachineError>
     where
         Self: Sized,
     {
-        Err("in-memory state machines are not exported from RocksDB".to_string())
+        Err(MachineError::NotDurable)
     }
 
     /// Durable machines: stages derived state worth saving (a vector index), called while
     /// a snapshot is built. The default saves nothing.
-    fn checkpoint(&self, _writes: &mut StateWrites<'_>) -> Result<(), String> {
+    fn checkpoint(&self, _writes: &mut StateWrites<'_>) -> Result<(), MachineError> {
         Ok(())
     }
 }

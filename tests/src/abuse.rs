@@ -22,7 +22,7 @@ use conifer_node::audit::{verify_chain, AuditEvent, ChainHead, PrunedRun};
 use conifer_node::auth::throttle::{
     FREE_FAILED_SIGN_INS, SIGN_IN_BURST_PER_PRINCIPAL, SIGN_IN_INTERVAL_PER_PRINCIPAL_MS,
 };
-use conifer_node::router::PROJECT_COUNT_MAX_AGE_MS;
+use conifer_node::dataplane::router::PROJECT_COUNT_MAX_AGE_MS;
 use conifer_node::tls;
 use reqwest::Method;
 use serde::Serialize;

@@ -207,6 +207,108 @@ async fn learner_joins_is_promoted_and_a_node_is_removed_while_serving() -> anyh
         .send()
         .await?;
     assert_eq!(unknown.status().as_u16(), 404);
+
+    // Each change is on the cluster chain, with its outcome: the join by Conifer itself
+    // (the leader that admitted the node), promote and remove by the operator, and the
+    // refused promote with the code its client received.
+    let events: Value = cluster
+        .http
+        .get(cluster.url(3, "/admin/cluster/audit-logs?limit=1000"))
+        .bearer_auth(cluster.admin_token())
+        .send()
+        .await?
+        .json()
+        .await?;
+    let membership: Vec<&Value> = events["data"]
+        .as_array()
+        .expect("a page of events")
+        .iter()
+        .filter(|e| {
+            let op = e["event"]["operation"].as_str().unwrap_or_default();
+            // Nodes 2 and 3 joined when the cluster started; those joins are not this test's.
+            let startup_join = op == "cluster.member.join"
+                && e["event"]["resource_id"].as_str() != Some(fourth.to_string().as_str());
+            op.starts_with("cluster.member.") && !startup_join
+        })
+        .collect();
+    let joined_at_start: Vec<&Value> = events["data"]
+        .as_array()
+        .expect("a page of events")
+        .iter()
+        .filter(|e| {
+            e["event"]["operation"] == "cluster.member.join"
+                && e["event"]["outcome"]["result"] == "success"
+                && e["event"]["parameters"]["voter"] == true
+        })
+        .collect();
+    for node in ["2", "3"] {
+        assert!(
+            joined_at_start
+                .iter()
+                .any(|e| e["event"]["resource_id"] == node),
+            "node {node}'s join is recorded: {joined_at_start:#?}"
+        );
+    }
+    let summary: Vec<(String, String, String, String, String)> = membership
+        .iter()
+        .map(|e| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (
+                s(&e["event"]["operation"]),
+                s(&e["event"]["action"]),
+                s(&e["event"]["resource_id"]),
+                s(&e["event"]["outcome"]["result"]),
+                s(&e["actor"]["principal_type"]),
+            )
+        })
+        .collect();
+    let row = |op: &str, action: &str, node: &str, result: &str, actor: &str| {
+        (
+            op.into(),
+            action.into(),
+            node.into(),
+            result.into(),
+            actor.into(),
+        )
+    };
+    let fourth_id = fourth.to_string();
+    assert_eq!(
+        summary,
+        vec![
+            row(
+                "cluster.member.join",
+                "create",
+                &fourth_id,
+                "success",
+                "system"
+            ),
+            row(
+                "cluster.member.promote",
+                "update",
+                &fourth_id,
+                "success",
+                "operator"
+            ),
+            row(
+                "cluster.member.remove",
+                "delete",
+                "2",
+                "success",
+                "operator"
+            ),
+            row(
+                "cluster.member.promote",
+                "update",
+                "99",
+                "failure",
+                "operator"
+            ),
+        ],
+        "{membership:#?}"
+    );
+    assert_eq!(membership[0]["event"]["parameters"]["voter"], false);
+    assert_eq!(membership[2]["event"]["parameters"]["force"], false);
+    assert_eq!(membership[3]["event"]["outcome"]["error_code"], "NOT_FOUND");
     wait_converged(&cluster, &[1, 3, fourth], &acknowledged).await
 }
 

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use super::audit::{actor_of, RequestInfo, REQUEST_ID_HEADER};
 use super::{ApiError, ApiState};
 use crate::audit::{AuditContext, AuditDraft, EventOutcome, Params, Resource};
-use crate::auth::{self, token, AuthError, Credential, Principal};
+use crate::auth::{self, token, Credential, Principal};
 use crate::control::state::Project;
 use crate::control::{Command, ControlError, Output};
 use crate::policy::{self, Denied, Operation, Scope, Target};
@@ -379,7 +379,7 @@ async fn authenticated(
     }
     let principal = match outcome {
         Ok(Ok(principal)) => principal,
-        Ok(Err(refused)) => return reply(refusal(refused), grpc),
+        Ok(Err(refused)) => return reply(ApiError::from(refused), grpc),
         Err(unavailable) => return reply(unavailable.into(), grpc),
     };
     let caller = Caller {
@@ -411,8 +411,4 @@ async fn authenticated(
         );
     }
     response
-}
-
-fn refusal(refused: AuthError) -> ApiError {
-    ApiError::unauthenticated(refused.to_string())
 }

@@ -13,7 +13,7 @@ use super::access::Caller;
 use super::data::CONSISTENCY_HEADER;
 use super::{ApiError, ApiState};
 use crate::auth::{self, Principal};
-use crate::cluster::change_member;
+use crate::control::membership::{self, MemberChange};
 use crate::control::state::{ApiKey, ApiKeyRole, Project, ProjectMember, ProjectRole};
 use crate::control::{Command, Output};
 use crate::policy::{self, Operation, Target};
@@ -464,14 +464,18 @@ pub async fn promote_member(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.authorize(Target::Cluster)?;
-    change_member(
+    let node = parse_node_id(&id)?;
+    let result =
+        membership::change_member(&state.control, node, MemberAction::Promote, false).await;
+    membership::record(
         &state.control,
-        parse_node_id(&id)?,
-        MemberAction::Promote,
-        false,
+        caller.context(),
+        node,
+        MemberChange::Promote,
+        &result,
     )
-    .await
-    .map_err(|status| ApiError::from_status(&status))?;
+    .await;
+    result?;
     Ok(StatusCode::OK)
 }
 
@@ -495,13 +499,11 @@ pub async fn remove_member(
     axum::extract::Query(query): axum::extract::Query<RemoveMemberQuery>,
 ) -> Result<StatusCode, ApiError> {
     caller.authorize(Target::Cluster)?;
-    change_member(
-        &state.control,
-        parse_node_id(&id)?,
-        MemberAction::Remove,
-        query.force,
-    )
-    .await
-    .map_err(|status| ApiError::from_status(&status))?;
+    let node = parse_node_id(&id)?;
+    let result =
+        membership::change_member(&state.control, node, MemberAction::Remove, query.force).await;
+    let change = MemberChange::Remove { force: query.force };
+    membership::record(&state.control, caller.context(), node, change, &result).await;
+    result?;
     Ok(StatusCode::ACCEPTED)
 }

@@ -1,5 +1,5 @@
 //! The data plane over REST with Pinecone's camelCase JSON. Each handler converts its JSON
-//! into the protobuf request, runs the shared operation in [`super::vectors`], and converts
+//! into the protobuf request, runs the shared operation ([`dataplane::run`]), and converts
 //! the response back, adding the sequence-number headers.
 
 use axum::body::Bytes;
@@ -12,10 +12,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::access::{Caller, PROJECT_HEADER};
-use super::convert::{json_to_struct, struct_to_json};
-use super::vectors::{self, Lsn};
 use super::{ApiError, ApiState};
-use crate::router::Resolved;
+use crate::dataplane::convert::{json_to_struct, struct_to_json};
+use crate::dataplane::{self, Lsn, Resolved};
 
 /// Request header asking a read to wait until this sequence number is applied locally.
 pub const MIN_LSN_HEADER: &str = "x-conifer-min-lsn";
@@ -54,7 +53,7 @@ async fn target(
 /// Honours the read headers of a data-plane call (REST header or gRPC metadata, looked up
 /// through `get`): [`MIN_LSN_HEADER`] and [`CONSISTENCY_HEADER`].
 pub async fn read_headers<'a>(
-    router: &crate::router::Router,
+    router: &dataplane::Router,
     target: &mut Resolved,
     get: impl Fn(&str) -> Option<&'a str>,
 ) -> Result<(), ApiError> {
@@ -66,7 +65,7 @@ pub async fn read_headers<'a>(
     }
     match get(CONSISTENCY_HEADER) {
         None | Some("eventual") => Ok(()),
-        Some("linearizable") => router.linearizable(target).await,
+        Some("linearizable") => Ok(router.linearizable(target).await?),
         Some(other) => Err(ApiError::invalid(format!(
             "{CONSISTENCY_HEADER} is {other:?}; expected \"eventual\" or \"linearizable\""
         ))),
@@ -170,7 +169,7 @@ pub async fn upsert(
             .collect(),
         namespace: req.namespace,
     };
-    let (resp, lsn) = vectors::upsert(&state.router, &target, req).await?;
+    let (resp, lsn) = dataplane::run(&state.router, &target, req).await?;
     Ok(with_lsn(json!({"upsertedCount": resp.upserted_count}), lsn))
 }
 
@@ -223,7 +222,7 @@ pub async fn query(
         scan_factor: req.scan_factor,
         max_candidates: req.max_candidates,
     };
-    let (resp, lsn) = vectors::query(&state.router, &target, req).await?;
+    let (resp, lsn) = dataplane::run(&state.router, &target, req).await?;
     let matches: Vec<Value> = resp
         .matches
         .iter()
@@ -301,7 +300,7 @@ pub async fn fetch(
         ids,
         namespace: single(&pairs, "namespace")?.unwrap_or_default(),
     };
-    let (resp, lsn) = vectors::fetch(&state.router, &target, req).await?;
+    let (resp, lsn) = dataplane::run(&state.router, &target, req).await?;
     let vectors: Map<String, Value> = resp
         .vectors
         .iter()
@@ -328,7 +327,7 @@ pub async fn list(
         pagination_token: single(&pairs, "paginationToken")?,
         namespace: single(&pairs, "namespace")?.unwrap_or_default(),
     };
-    let (resp, lsn) = vectors::list(&state.router, &target, req).await?;
+    let (resp, lsn) = dataplane::run(&state.router, &target, req).await?;
     let mut body = json!({
         "vectors": resp.vectors.iter().map(|v| json!({"id": v.id})).collect::<Vec<_>>(),
         "namespace": resp.namespace,
@@ -368,7 +367,7 @@ pub async fn fetch_by_metadata(
         limit: req.limit,
         pagination_token: req.pagination_token,
     };
-    let (resp, lsn) = vectors::fetch_by_metadata(&state.router, &target, req).await?;
+    let (resp, lsn) = dataplane::run(&state.router, &target, req).await?;
     let vectors: Map<String, Value> = resp
         .vectors
         .iter()
@@ -414,7 +413,7 @@ pub async fn delete(
         namespace: req.namespace,
         filter: req.filter.as_ref().map(json_to_struct),
     };
-    let (_, lsn) = vectors::delete(&state.router, &target, req).await?;
+    let (_, lsn) = dataplane::run(&state.router, &target, req).await?;
     Ok(with_lsn(json!({}), lsn))
 }
 
@@ -455,7 +454,7 @@ pub async fn update(
         filter: req.filter.as_ref().map(json_to_struct),
         dry_run: req.dry_run,
     };
-    let (resp, lsn) = vectors::update(&state.router, &target, req).await?;
+    let (resp, lsn) = dataplane::run(&state.router, &target, req).await?;
     let body = match resp.matched_records {
         Some(n) => json!({"matchedRecords": n}),
         None => json!({}),
@@ -483,7 +482,7 @@ pub async fn describe_index_stats(
     } else {
         parse_body(&headers, &body)?
     };
-    let (resp, lsn) = vectors::describe_index_stats(
+    let (resp, lsn) = dataplane::run(
         &state.router,
         &target,
         pb::DescribeIndexStatsRequest {
@@ -528,7 +527,7 @@ pub async fn list_namespaces(
         limit: number(&pairs, "limit")?,
         prefix: single(&pairs, "prefix")?,
     };
-    let (resp, lsn) = vectors::list_namespaces(&state.router, &target, req).await?;
+    let (resp, lsn) = dataplane::run(&state.router, &target, req).await?;
     let mut body = json!({
         "namespaces": resp.namespaces.iter().map(namespace_json).collect::<Vec<_>>(),
         "total_count": resp.total_count,
@@ -547,7 +546,7 @@ pub async fn describe_namespace(
     Path(namespace): Path<String>,
 ) -> Result<Response, ApiError> {
     let target = target(&state, &caller, &headers).await?;
-    let (resp, lsn) = vectors::describe_namespace(
+    let (resp, lsn) = dataplane::run(
         &state.router,
         &target,
         pb::DescribeNamespaceRequest { namespace },
@@ -564,7 +563,7 @@ pub async fn delete_namespace(
     Path(namespace): Path<String>,
 ) -> Result<Response, ApiError> {
     let target = target(&state, &caller, &headers).await?;
-    let (_, lsn) = vectors::delete_namespace(
+    let (_, lsn) = dataplane::run(
         &state.router,
         &target,
         pb::DeleteNamespaceRequest { namespace },
@@ -591,7 +590,7 @@ pub async fn create_namespace(
 ) -> Result<Response, ApiError> {
     let target = target(&state, &caller, &headers).await?;
     let req: CreateNamespaceJson = parse_body(&headers, &body)?;
-    let (resp, lsn) = vectors::create_namespace(
+    let (resp, lsn) = dataplane::run(
         &state.router,
         &target,
         pb::CreateNamespaceRequest {

@@ -8,9 +8,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::control::{ControlError, Rejection};
+use crate::control::ControlError;
+use crate::dataplane::DataError;
 
 /// An API failure: status, Pinecone error code and a message naming the field and the limit.
+/// Built only here: by a constructor for each code, or from a domain error
+/// ([`ControlError`], [`DataError`], `AuthError`).
 #[derive(Debug)]
 pub struct ApiError {
     /// HTTP status.
@@ -93,6 +96,24 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// 409 `ALREADY_EXISTS`.
+    pub fn already_exists(message: impl Into<String>) -> Self {
+        Self {
+            retry_after_s: None,
+            status: StatusCode::CONFLICT,
+            code: "ALREADY_EXISTS",
+            message: message.into(),
+        }
+    }
+    /// 403 `FORBIDDEN`: Pinecone's refusal to delete an index with deletion protection on.
+    pub fn deletion_protected(message: impl Into<String>) -> Self {
+        Self {
+            retry_after_s: None,
+            status: StatusCode::FORBIDDEN,
+            code: "FORBIDDEN",
+            message: message.into(),
+        }
+    }
     /// 413 `OUT_OF_RANGE`: a request body over the route's limit of `limit_bytes`.
     pub fn too_large(limit_bytes: usize) -> Self {
         Self {
@@ -103,6 +124,15 @@ impl ApiError {
                 "request body exceeds the limit of {limit_bytes} bytes ({})",
                 human_bytes(limit_bytes)
             ),
+        }
+    }
+    /// 413 `OUT_OF_RANGE` with `message`: a gRPC request over its limit.
+    pub fn out_of_range(message: impl Into<String>) -> Self {
+        Self {
+            retry_after_s: None,
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "OUT_OF_RANGE",
+            message: message.into(),
         }
     }
     /// 415 `INVALID_ARGUMENT`: a body in a format the route does not take.
@@ -355,40 +385,53 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// The error of Pinecone's error `code` (a domain error's), with the HTTP status of its
+    /// first row in [`CODES`]; 500 for a code the table lacks (a test keeps every domain
+    /// error's code in it).
+    pub fn coded(code: &'static str, message: impl Into<String>) -> Self {
+        let status = CODES
+            .iter()
+            .find(|(c, _, _)| *c == code)
+            .map_or(StatusCode::INTERNAL_SERVER_ERROR, |(_, status, _)| *status);
+        Self {
+            retry_after_s: None,
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
 impl From<ControlError> for ApiError {
+    /// Rejections by their code (404, 409, 429 for a count limit — a quota, so no
+    /// `Retry-After` —, 412), unavailability (saying when a write may still have been
+    /// applied) 503, local faults 500.
     fn from(e: ControlError) -> Self {
-        match e {
-            ControlError::Rejected(Rejection::NotFound { kind, id }) => {
-                Self::not_found(format!("{kind} '{id}' not found"))
-            }
-            ControlError::Rejected(Rejection::AlreadyExists(m)) => Self {
-                retry_after_s: None,
-                status: StatusCode::CONFLICT,
-                code: "ALREADY_EXISTS",
-                message: m,
-            },
-            ControlError::Rejected(Rejection::LimitExceeded(m)) => Self {
-                retry_after_s: None,
-                status: StatusCode::TOO_MANY_REQUESTS,
-                code: "RESOURCE_EXHAUSTED",
-                message: m,
-            },
-            ControlError::Rejected(Rejection::Invalid(m)) => Self {
-                retry_after_s: None,
-                status: StatusCode::PRECONDITION_FAILED,
-                code: "FAILED_PRECONDITION",
-                message: m,
-            },
+        let code = e.error_code();
+        let message = match e {
+            ControlError::Rejected(rejection) => rejection.to_string(),
             ControlError::Unavailable {
                 reason,
-                outcome_unknown,
-            } => Self::unavailable(if outcome_unknown {
-                format!("{reason}; the request may or may not have been applied")
-            } else {
-                reason
-            }),
-            ControlError::Internal(m) => Self::internal(m),
-        }
+                outcome_unknown: true,
+            } => format!("{reason}; the request may or may not have been applied"),
+            ControlError::Unavailable { reason, .. } => reason,
+            ControlError::Internal(m) => m,
+        };
+        Self::coded(code, message)
+    }
+}
+
+impl From<DataError> for ApiError {
+    fn from(e: DataError) -> Self {
+        Self::coded(e.error_code(), e.to_string())
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    /// A credential that names no one (unknown, altered, revoked, expired): 401.
+    fn from(e: crate::auth::AuthError) -> Self {
+        Self::unauthenticated(e.to_string())
     }
 }
 
@@ -419,31 +462,10 @@ impl From<ApiError> for tonic::Status {
     }
 }
 
-impl ApiError {
-    /// The error a peer reported over the cluster port, as the client should see it: the
-    /// first row of [`CODES`] with that gRPC code (a deadline is unavailability here).
-    pub fn from_status(status: &tonic::Status) -> Self {
-        let grpc = match status.code() {
-            tonic::Code::DeadlineExceeded => tonic::Code::Unavailable,
-            other => other,
-        };
-        let (code, http) = CODES
-            .iter()
-            .find(|(_, _, g)| *g == grpc)
-            .map(|(code, http, _)| (*code, *http))
-            .unwrap_or(("INTERNAL", StatusCode::INTERNAL_SERVER_ERROR));
-        Self {
-            retry_after_s: None,
-            status: http,
-            code,
-            message: status.message().to_string(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::Rejection;
 
     #[test]
     fn only_refusals_for_load_ask_for_a_retry() {
@@ -464,7 +486,61 @@ mod tests {
     }
 
     #[test]
-    fn every_code_maps_to_one_status_and_grpc_code_and_back() {
+    fn every_domain_error_has_its_code_in_the_table() {
+        let control = [
+            ControlError::Rejected(Rejection::NotFound {
+                kind: "index".into(),
+                id: "x".into(),
+            }),
+            ControlError::Rejected(Rejection::AlreadyExists("x".into())),
+            ControlError::Rejected(Rejection::LimitExceeded("x".into())),
+            ControlError::Rejected(Rejection::Invalid("x".into())),
+            ControlError::Unavailable {
+                reason: "x".into(),
+                outcome_unknown: true,
+            },
+            ControlError::Internal("x".into()),
+        ];
+        let expected = [404, 409, 429, 412, 503, 500];
+        for (e, status) in control.into_iter().zip(expected) {
+            let code = e.error_code();
+            assert!(CODES.iter().any(|(c, _, _)| *c == code), "{code}");
+            assert_eq!(ApiError::from(e).status.as_u16(), status, "{code}");
+        }
+        let data = [
+            DataError::invalid("x"),
+            DataError::not_found("x"),
+            DataError::AlreadyExists("x".into()),
+            DataError::unavailable("x"),
+            DataError::internal("x"),
+        ];
+        let expected = [
+            (400, tonic::Code::InvalidArgument),
+            (404, tonic::Code::NotFound),
+            (409, tonic::Code::AlreadyExists),
+            (503, tonic::Code::Unavailable),
+            (500, tonic::Code::Internal),
+        ];
+        for (e, (status, grpc)) in data.into_iter().zip(expected) {
+            let api = ApiError::from(e);
+            assert_eq!(
+                (api.status.as_u16(), api.grpc_code()),
+                (status, grpc),
+                "{}",
+                api.code
+            );
+        }
+        let outcome_unknown = ApiError::from(ControlError::Unavailable {
+            reason: "no leader".into(),
+            outcome_unknown: true,
+        });
+        assert!(outcome_unknown
+            .message
+            .contains("may or may not have been applied"));
+    }
+
+    #[test]
+    fn every_code_maps_to_its_status_and_grpc_code() {
         for (code, http, grpc) in CODES {
             let e = ApiError {
                 retry_after_s: None,
@@ -473,13 +549,7 @@ mod tests {
                 message: "m".into(),
             };
             assert_eq!(e.grpc_code(), *grpc, "{code}");
-            let back = ApiError::from_status(&tonic::Status::from(e));
-            // A peer's deadline reaches the client as unavailability.
-            let expected = match grpc {
-                tonic::Code::DeadlineExceeded => tonic::Code::Unavailable,
-                other => *other,
-            };
-            assert_eq!(back.grpc_code(), expected, "{code}");
+            assert_eq!(tonic::Status::from(e).code(), *grpc, "{code}");
         }
         assert_eq!(
             ApiError::unimplemented("no such method").grpc_code(),

@@ -9,9 +9,8 @@ use tonic::{Request, Response, Status};
 
 use super::access::{Caller, PROJECT_HEADER};
 use super::data::{read_headers, INDEX_HEADER};
-use super::vectors::{self, Lsn};
 use super::{ApiError, ApiState};
-use crate::router::Resolved;
+use crate::dataplane::{self, Lsn, Operation, Resolved};
 
 /// Metadata key the front door sets to the HTTP/2 `:authority` before gRPC dispatch
 /// (overwriting any client-sent value).
@@ -42,14 +41,30 @@ impl GrpcDataPlane {
             .authorize_data_project(&self.state, get(PROJECT_HEADER))
             .await?;
         let explicit = get(INDEX_HEADER).or_else(|| get("service-name"));
-        let mut target = self.state.router.resolve(
-            &project_id,
-            caller.served_index,
-            explicit,
-            get(AUTHORITY_METADATA),
-        )?;
+        let mut target = self
+            .state
+            .router
+            .resolve(
+                &project_id,
+                caller.served_index,
+                explicit,
+                get(AUTHORITY_METADATA),
+            )
+            .map_err(ApiError::from)?;
         read_headers(&self.state.router, &mut target, get).await?;
         Ok(target)
+    }
+
+    /// Runs one call: authorize and resolve its index, run the operation, respond.
+    async fn run<O: Operation + Send + 'static>(
+        &self,
+        request: Request<O>,
+    ) -> Result<Response<O::Response>, Status> {
+        let target = self.target(&request).await?;
+        let (body, lsn) = dataplane::run(&self.state.router, &target, request.into_inner())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(respond(body, lsn))
     }
 }
 
@@ -68,124 +83,92 @@ fn respond<T>(body: T, lsn: Lsn) -> Response<T> {
     response
 }
 
+/// Every method is the same: authorize and resolve, run the operation, answer with the
+/// sequence numbers in the metadata.
 #[tonic::async_trait]
 impl VectorService for GrpcDataPlane {
     async fn upsert(
         &self,
         request: Request<pb::UpsertRequest>,
     ) -> Result<Response<pb::UpsertResponse>, Status> {
-        let target = self.target(&request).await?;
-        let (body, lsn) =
-            vectors::upsert(&self.state.router, &target, request.into_inner()).await?;
-        Ok(respond(body, lsn))
+        self.run(request).await
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let target = self.target(&request).await?;
-        let (body, lsn) =
-            vectors::delete(&self.state.router, &target, request.into_inner()).await?;
-        Ok(respond(body, lsn))
+        self.run(request).await
     }
 
     async fn fetch(
         &self,
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
-        let target = self.target(&request).await?;
-        let (body, lsn) = vectors::fetch(&self.state.router, &target, request.into_inner()).await?;
-        Ok(respond(body, lsn))
+        self.run(request).await
     }
 
     async fn list(
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let target = self.target(&request).await?;
-        let (body, lsn) = vectors::list(&self.state.router, &target, request.into_inner()).await?;
-        Ok(respond(body, lsn))
+        self.run(request).await
     }
 
     async fn query(
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
-        let target = self.target(&request).await?;
-        let (body, lsn) = vectors::query(&self.state.router, &target, request.into_inner()).await?;
-        Ok(respond(body, lsn))
+        self.run(request).await
     }
 
     async fn update(
         &self,
         request: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::UpdateResponse>, Status> {
-        let target = self.target(&request).await?;
-        let (body, lsn) =
-            vectors::update(&self.state.router, &target, request.into_inner()).await?;
-        Ok(respond(body, lsn))
+        self.run(request).await
     }
 
     async fn describe_index_stats(
         &self,
         request: Request<pb::DescribeIndexStatsRequest>,
     ) -> Result<Response<pb::DescribeIndexStatsResponse>, Status> {
-        let target = self.target(&request).await?;
-        let (body, lsn) =
-            vectors::describe_index_stats(&self.state.router, &target, request.into_inner())
-                .await?;
-        Ok(respond(body, lsn))
+        self.run(request).await
     }
 
     async fn list_namespaces(
         &self,
         request: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
-        let target = self.target(&request).await?;
-        let (body, lsn) =
-            vectors::list_namespaces(&self.state.router, &target, request.into_inner()).await?;
-        Ok(respond(body, lsn))
+        self.run(request).await
     }
 
     async fn describe_namespace(
         &self,
         request: Request<pb::DescribeNamespaceRequest>,
     ) -> Result<Response<pb::NamespaceDescription>, Status> {
-        let target = self.target(&request).await?;
-        let (body, lsn) =
-            vectors::describe_namespace(&self.state.router, &target, request.into_inner()).await?;
-        Ok(respond(body, lsn))
+        self.run(request).await
     }
 
     async fn delete_namespace(
         &self,
         request: Request<pb::DeleteNamespaceRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let target = self.target(&request).await?;
-        let (body, lsn) =
-            vectors::delete_namespace(&self.state.router, &target, request.into_inner()).await?;
-        Ok(respond(body, lsn))
+        self.run(request).await
     }
 
     async fn create_namespace(
         &self,
         request: Request<pb::CreateNamespaceRequest>,
     ) -> Result<Response<pb::NamespaceDescription>, Status> {
-        let target = self.target(&request).await?;
-        let (body, lsn) =
-            vectors::create_namespace(&self.state.router, &target, request.into_inner()).await?;
-        Ok(respond(body, lsn))
+        self.run(request).await
     }
 
     async fn fetch_by_metadata(
         &self,
         request: Request<pb::FetchByMetadataRequest>,
     ) -> Result<Response<pb::FetchByMetadataResponse>, Status> {
-        let target = self.target(&request).await?;
-        let (body, lsn) =
-            vectors::fetch_by_metadata(&self.state.router, &target, request.into_inner()).await?;
-        Ok(respond(body, lsn))
+        self.run(request).await
     }
 }
 
@@ -203,36 +186,29 @@ pub async fn check_frame(
 ) -> axum::response::Response {
     let (parts, body) = request.into_parts();
     let limit = super::MAX_DATA_BODY_BYTES + FRAME_HEADER_BYTES;
-    let bytes = match super::body::read_bounded(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(super::body::BodyError::TooLarge) => {
-            return Status::out_of_range(format!(
-                "request exceeds the limit of {} bytes (4 MiB)",
-                super::MAX_DATA_BODY_BYTES
-            ))
-            .into_http()
-        }
+    let refused = match super::body::read_bounded(body, limit).await {
+        Ok(bytes) => match frame_problem(&bytes) {
+            Ok(()) => {
+                return next
+                    .run(axum::extract::Request::from_parts(
+                        parts,
+                        axum::body::Body::from(bytes),
+                    ))
+                    .await
+            }
+            Err(message) => ApiError::invalid(message),
+        },
+        Err(super::body::BodyError::TooLarge) => ApiError::out_of_range(format!(
+            "request exceeds the limit of {} bytes (4 MiB)",
+            super::MAX_DATA_BODY_BYTES
+        )),
         Err(super::body::BodyError::Broken(e)) => {
-            return Status::invalid_argument(format!("the request could not be read: {e}"))
-                .into_http()
+            ApiError::invalid(format!("the request could not be read: {e}"))
         }
-        Err(super::body::BodyError::TimedOut) => {
-            let error = ApiError::body_timed_out();
-            return Status::new(error.grpc_code(), error.message).into_http();
-        }
-        Err(super::body::BodyError::Busy) => {
-            let error = ApiError::bodies_busy();
-            return Status::new(error.grpc_code(), error.message).into_http();
-        }
+        Err(super::body::BodyError::TimedOut) => ApiError::body_timed_out(),
+        Err(super::body::BodyError::Busy) => ApiError::bodies_busy(),
     };
-    if let Err(message) = frame_problem(&bytes) {
-        return Status::invalid_argument(message).into_http();
-    }
-    next.run(axum::extract::Request::from_parts(
-        parts,
-        axum::body::Body::from(bytes),
-    ))
-    .await
+    Status::from(refused).into_http()
 }
 
 /// What is wrong with the framing of a unary request body, if anything.

@@ -779,12 +779,7 @@ pub async fn delete(
     };
     match caller.propose(command).await {
         Ok(_) => Ok(StatusCode::ACCEPTED),
-        Err(ControlError::Rejected(Rejection::Invalid(m))) => Err(ApiError {
-            retry_after_s: None,
-            status: StatusCode::FORBIDDEN,
-            code: "FORBIDDEN",
-            message: m,
-        }),
+        Err(ControlError::Rejected(Rejection::Invalid(m))) => Err(ApiError::deletion_protected(m)),
         Err(e) => Err(e.into()),
     }
 }

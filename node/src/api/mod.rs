@@ -11,7 +11,6 @@ pub mod admin;
 pub mod audit;
 pub mod body;
 pub mod conn;
-pub mod convert;
 pub mod data;
 pub mod error;
 pub mod grpc;
@@ -19,7 +18,6 @@ pub mod identity;
 pub mod indexes;
 pub mod ports;
 pub mod signin;
-pub mod vectors;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,8 +35,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::control::ControlPlane;
+use crate::dataplane::Router;
 use crate::policy::{self, Operation, Scope, Target};
-use crate::router::Router;
 use access::Caller;
 pub use error::ApiError;
 use grpc::GrpcDataPlane;
@@ -141,8 +139,8 @@ fn routes_where(state: ApiState, served: impl Fn(Operation) -> bool) -> axum::Ro
 /// `UNIMPLEMENTED`, as gRPC defines it.
 async fn no_such_route(request: axum::extract::Request) -> axum::response::Response {
     if access::is_grpc(request.headers()) {
-        return tonic::Status::unimplemented(format!("no such method {}", request.uri().path()))
-            .into_http();
+        let unknown = ApiError::unimplemented(format!("no such method {}", request.uri().path()));
+        return tonic::Status::from(unknown).into_http();
     }
     axum::response::IntoResponse::into_response(ApiError::not_found("no such route"))
 }

@@ -3,7 +3,7 @@
 //! ([`super::index_port_routes`]) with the same TLS (or plain HTTP under `--dev-http`),
 //! connection rules and authorization.
 //! The listener stamps each request with its index's shard group, and
-//! [`Router::resolve`](crate::router::Router::resolve) sends the call to that index. An
+//! [`Router::resolve`](crate::dataplane::Router::resolve) sends the call to that index. An
 //! index host is then `<IP>:<port>`, which clients reach with no DNS (Pinecone Local's
 //! scheme).
 

@@ -192,7 +192,7 @@ pub struct ServeArgs {
     pub audit_queue_events: usize,
     /// Most records one project holds over all its indexes (at least 1). Give every node the
     /// same value: it is checked where an upsert is accepted.
-    #[arg(long, env = "CONIFER_MAX_RECORDS_PER_PROJECT", default_value_t = crate::router::DEFAULT_MAX_RECORDS_PER_PROJECT)]
+    #[arg(long, env = "CONIFER_MAX_RECORDS_PER_PROJECT", default_value_t = crate::dataplane::router::DEFAULT_MAX_RECORDS_PER_PROJECT)]
     pub max_records_per_project: u64,
 }
 

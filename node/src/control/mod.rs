@@ -15,34 +15,28 @@
 
 pub mod barrier;
 pub mod identity;
+pub mod membership;
 pub mod state;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use conifer_proto::internal::{PingRequest, ProposeRequest, ReadIndexRequest};
+use conifer_proto::internal::PingRequest;
 use conifer_raft::network::PeerChannels;
 use conifer_raft::state_machine::StateHandle;
-use conifer_raft::types::{Command as RaftCommand, CONTROL_GROUP};
-use conifer_raft::{NodeId, Raft};
+use conifer_raft::types::CONTROL_GROUP;
+use conifer_raft::{GroupClient, GroupError, NodeId, Raft};
+
+pub use conifer_raft::client::{PROPOSE_TIMEOUT_MS, READ_INDEX_TIMEOUT_MS};
+pub use state::{Command, ControlMachine, ControlState, Output, Rejection};
 
 /// Longest a node waits for a peer's `Ping` before counting it unreachable.
 pub const PING_TIMEOUT_MS: u64 = 1_000;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-
-pub use state::{Command, ControlMachine, ControlState, Output, Rejection};
-
-/// Longest a write waits for a leader (elections, forwarding) before it reports unavailable.
-pub const PROPOSE_TIMEOUT_MS: u64 = 10_000;
-/// Pause between attempts while no leader is known.
-const NO_LEADER_RETRY_MS: u64 = 100;
 /// How long a lease renewal lets this node check credentials locally: the bound on how late
 /// a revoked credential can still be accepted anywhere after its revocation was acknowledged.
 pub const LEASE_MS: u64 = 1_000;
 /// Interval between lease renewals.
 pub const LEASE_RENEW_MS: u64 = 200;
-/// Longest a linearizable read waits for its read index (leader confirmation and local apply).
-pub const READ_INDEX_TIMEOUT_MS: u64 = 2_000;
 
 /// Why a control-plane write did not produce an outcome.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +56,33 @@ pub enum ControlError {
     /// A local failure (storage, encoding).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl ControlError {
+    /// Pinecone's error code of the failure: the rejection's, `UNAVAILABLE` or `INTERNAL`.
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            ControlError::Rejected(r) => r.error_code(),
+            ControlError::Unavailable { .. } => "UNAVAILABLE",
+            ControlError::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl From<GroupError> for ControlError {
+    fn from(e: GroupError) -> Self {
+        match e {
+            GroupError::Unavailable {
+                reason,
+                outcome_unknown,
+                ..
+            } => ControlError::Unavailable {
+                reason,
+                outcome_unknown,
+            },
+            GroupError::Internal { reason, .. } => ControlError::Internal(reason),
+        }
+    }
 }
 
 /// Until when this node may answer credential checks from its local replica.
@@ -101,6 +122,7 @@ impl Lease {
 #[derive(Clone)]
 pub struct ControlPlane {
     raft: Raft,
+    group: GroupClient,
     state: StateHandle<ControlMachine>,
     peers: PeerChannels,
     lease: Lease,
@@ -110,20 +132,20 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// A handle on the local group-0 replica.
     pub fn new(raft: Raft, state: StateHandle<ControlMachine>, peers: PeerChannels) -> Self {
-        let (group_raft, group_peers) = (raft.clone(), peers.clone());
+        let group = GroupClient::new(raft.clone(), peers.clone(), CONTROL_GROUP);
+        let barrier_group = group.clone();
         let barrier = barrier::Coalesced::new(Arc::new(move || {
-            let (raft, peers) = (group_raft.clone(), group_peers.clone());
+            let group = barrier_group.clone();
             Box::pin(async move {
-                linearizable_barrier(&raft, &peers, CONTROL_GROUP)
+                group
+                    .linearizable_barrier()
                     .await
-                    .map_err(|e| match e {
-                        ControlError::Unavailable { reason, .. } => reason,
-                        other => other.to_string(),
-                    })
+                    .map_err(|e| e.reason().to_string())
             })
         }));
         Self {
             raft,
+            group,
             state,
             peers,
             lease: Lease::default(),
@@ -303,201 +325,19 @@ impl ControlPlane {
     /// Replicates `command` and returns what applying it produced. Used directly only for
     /// what Conifer does on its own (marking an index ready, audit batches and purges).
     pub async fn propose(&self, command: Command) -> Result<Output, ControlError> {
-        let bytes =
-            bincode::serialize(&command).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let bytes = state::COMMAND_FORMAT.encode(&command);
         let (response, _index) = self.propose_bytes(bytes).await?;
-        let outcome: state::Outcome = bincode::deserialize(&response)
-            .map_err(|e| ControlError::Internal(format!("undecodable outcome: {e}")))?;
+        let outcome: state::Outcome = state::OUTCOME_FORMAT
+            .decode(&response)
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
         Ok(outcome?)
     }
 
     /// Proposes a serialized command, forwarding to the leader when this node is not it.
     /// Returns the serialized outcome and the log index it committed at.
     pub async fn propose_bytes(&self, bytes: Vec<u8>) -> Result<(Vec<u8>, u64), ControlError> {
-        propose_to_group(&self.raft, &self.peers, CONTROL_GROUP, bytes).await
+        Ok(self.group.propose(bytes).await?)
     }
-}
-
-/// Proposes `bytes` to `group` through its local replica `raft`: directly on the leader,
-/// otherwise forwarded to the leader over the cluster port, after which this replica waits
-/// until it has applied the entry (so reads through this node see the write).
-pub async fn propose_to_group(
-    raft: &Raft,
-    peers: &PeerChannels,
-    group: u64,
-    bytes: Vec<u8>,
-) -> Result<(Vec<u8>, u64), ControlError> {
-    let deadline = Instant::now() + Duration::from_millis(PROPOSE_TIMEOUT_MS);
-    loop {
-        match raft.client_write(RaftCommand(bytes.clone())).await {
-            Ok(resp) => return Ok((resp.data.0, resp.log_id.index)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
-                if let (Some(leader), Some(node)) = (fwd.leader_id, fwd.leader_node) {
-                    if leader != peers.node_id() {
-                        match forward(raft, peers, group, leader, &node, bytes.clone()).await {
-                            // The leader this node knows of is unreachable and nothing was
-                            // sent: wait for the group to elect another, and try again.
-                            Err(ControlError::Unavailable {
-                                outcome_unknown: false,
-                                reason,
-                            }) if Instant::now() < deadline => {
-                                tracing::debug!("group {group}: {reason}; retrying");
-                            }
-                            done => return done,
-                        }
-                    }
-                }
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                return Err(ControlError::Internal(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => {
-                return Err(ControlError::Unavailable {
-                    reason: e.to_string(),
-                    outcome_unknown: true,
-                })
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(ControlError::Unavailable {
-                reason: format!("no leader for group {group} within {PROPOSE_TIMEOUT_MS} ms"),
-                outcome_unknown: false,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(NO_LEADER_RETRY_MS)).await;
-    }
-}
-
-async fn forward(
-    raft: &Raft,
-    peers: &PeerChannels,
-    group: u64,
-    leader: NodeId,
-    node: &conifer_raft::NodeInfo,
-    bytes: Vec<u8>,
-) -> Result<(Vec<u8>, u64), ControlError> {
-    let mut client = peers
-        .client(leader, node)
-        .map_err(|e| ControlError::Unavailable {
-            reason: e,
-            outcome_unknown: false,
-        })?;
-    let request = ProposeRequest {
-        group_id: group,
-        from_node: peers.node_id(),
-        command: bytes,
-    };
-    let reply = client
-        .propose(request)
-        .await
-        .map_err(|status| ControlError::Unavailable {
-            reason: format!(
-                "forwarding to leader node {leader} of group {group}: {}",
-                status.message()
-            ),
-            outcome_unknown: !never_sent(&status),
-        })?
-        .into_inner();
-    let _ = raft
-        .wait(Some(Duration::from_millis(PROPOSE_TIMEOUT_MS)))
-        .applied_index_at_least(Some(reply.log_index), "forwarded write applied locally")
-        .await;
-    Ok((reply.response, reply.log_index))
-}
-
-/// Group `group`'s read index: the log index a linearizable read must have applied. Asked of
-/// the local replica when it leads the group, otherwise of the leader over the cluster port.
-pub async fn read_index(
-    raft: &Raft,
-    peers: &PeerChannels,
-    group: u64,
-) -> Result<u64, ControlError> {
-    let unavailable = |reason: String| ControlError::Unavailable {
-        reason,
-        outcome_unknown: false,
-    };
-    match raft.get_read_log_id().await {
-        Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(fwd))) => {
-            let (Some(leader), Some(node)) = (fwd.leader_id, fwd.leader_node) else {
-                return Err(unavailable(format!("group {group} has no known leader")));
-            };
-            if leader == peers.node_id() {
-                return Err(unavailable(format!(
-                    "group {group}: leadership is changing"
-                )));
-            }
-            let mut client = peers.client(leader, &node).map_err(unavailable)?;
-            let reply = client
-                .read_index(ReadIndexRequest {
-                    group_id: group,
-                    from_node: peers.node_id(),
-                })
-                .await
-                .map_err(|s| {
-                    unavailable(format!(
-                        "read index of group {group} from leader node {leader}: {}",
-                        s.message()
-                    ))
-                })?;
-            Ok(reply.into_inner().read_index)
-        }
-        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-            Err(unavailable(format!("group {group}: {e}")))
-        }
-        Err(RaftError::Fatal(e)) => Err(unavailable(format!("group {group}: {e}"))),
-    }
-}
-
-/// Whether a failed internal call certainly never reached the peer (no connection could be
-/// made), so the request had no effect there.
-pub fn never_sent(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if e.is::<tonic::ConnectError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// Waits until the local replica `raft` of `group` has applied the group's read index, so a
-/// read that follows sees every write acknowledged before the call (bounded by
-/// [`READ_INDEX_TIMEOUT_MS`]; a leader that cannot be asked is asked again, so that a read
-/// survives an election).
-pub async fn linearizable_barrier(
-    raft: &Raft,
-    peers: &PeerChannels,
-    group: u64,
-) -> Result<(), ControlError> {
-    let timeout = Duration::from_millis(READ_INDEX_TIMEOUT_MS);
-    let asked = async {
-        loop {
-            match read_index(raft, peers, group).await {
-                Ok(index) => return Ok::<u64, ControlError>(index),
-                Err(e) => tracing::debug!("read index of group {group}: {e}; retrying"),
-            }
-            tokio::time::sleep(Duration::from_millis(NO_LEADER_RETRY_MS)).await;
-        }
-    };
-    let index =
-        tokio::time::timeout(timeout, asked)
-            .await
-            .map_err(|_| ControlError::Unavailable {
-                reason: format!("group {group}: no read index within {READ_INDEX_TIMEOUT_MS} ms"),
-                outcome_unknown: false,
-            })??;
-    raft.wait(Some(timeout))
-        .applied_index_at_least(Some(index), "linearizable read")
-        .await
-        .map(|_| ())
-        .map_err(|_| ControlError::Unavailable {
-            reason: format!(
-                "group {group}: read index {index} not applied here within {READ_INDEX_TIMEOUT_MS} ms"
-            ),
-            outcome_unknown: false,
-        })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use conifer_raft::group_state::StateWrites;
+use conifer_raft::{Format, MachineError};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{
@@ -118,34 +119,7 @@ pub struct ApiKey {
     pub created_at: String,
 }
 
-/// Similarity metric of an index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Metric {
-    /// Cosine similarity (vectors normalized, then inner product).
-    Cosine,
-    /// Euclidean distance (score = squared L2 distance, lower is closer).
-    Euclidean,
-    /// Inner product.
-    DotProduct,
-}
-
-impl Metric {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Metric::Cosine => "cosine",
-            Metric::Euclidean => "euclidean",
-            Metric::DotProduct => "dotproduct",
-        }
-    }
-
-    /// Parses a wire name.
-    pub fn parse(name: &str) -> Option<Self> {
-        [Metric::Cosine, Metric::Euclidean, Metric::DotProduct]
-            .into_iter()
-            .find(|m| m.as_str() == name)
-    }
-}
+pub use crate::shard::engine::Metric;
 
 /// Lifecycle state of an index, as Pinecone reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,6 +302,10 @@ pub enum Command {
         /// Cut-off time ([`audit::timestamp`] text).
         before: String,
     },
+    /// Record a change of the cluster's membership that was attempted (made by openraft's
+    /// own membership entry before it; see [`super::membership`]); rejected, changing
+    /// nothing, when the change failed, so its audit event records the failure.
+    Membership(super::membership::MembershipRecord),
 }
 
 /// What a command produced.
@@ -371,6 +349,20 @@ pub enum Rejection {
     /// The command does not apply in this state.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl Rejection {
+    /// Pinecone's error code for the rejection (`api::error::CODES` gives its statuses;
+    /// the audit log records it): `NOT_FOUND`, `ALREADY_EXISTS`, `RESOURCE_EXHAUSTED` for a
+    /// count limit, `FAILED_PRECONDITION` for a command that does not apply in this state.
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            Rejection::NotFound { .. } => "NOT_FOUND",
+            Rejection::AlreadyExists(_) => "ALREADY_EXISTS",
+            Rejection::LimitExceeded(_) => "RESOURCE_EXHAUSTED",
+            Rejection::Invalid(_) => "FAILED_PRECONDITION",
+        }
+    }
 }
 
 /// The result of applying one command.
@@ -685,6 +677,10 @@ impl ControlState {
                 }
             }
             Command::Audited { context, command } => self.apply_audited(context, *command),
+            Command::Membership(record) => match record.failure {
+                None => Ok(Output::Done),
+                Some(failure) => Err(Rejection::Invalid(failure.reason)),
+            },
             Command::RecordAudit(drafts) => {
                 if drafts.len() > audit::MAX_AUDIT_BATCH_EVENTS {
                     return Err(Rejection::LimitExceeded(format!(
@@ -748,6 +744,12 @@ impl ControlState {
         let resource = audit::describe(self, &command);
         let resource_org = resource.organization_id.clone();
         let mut event = audit::build_event(self, &context, resource, EventOutcome::success());
+        // A membership change that failed outside the state machine keeps the code its
+        // client received.
+        let recorded_failure = match &command {
+            Command::Membership(record) => record.failure.clone(),
+            _ => None,
+        };
         let outcome = self.apply(command);
         // The chaos harness's unsafe mode: the change without its event for about half the
         // commands (chosen by event id, the same on every replica), which its audit checker
@@ -761,7 +763,10 @@ impl ControlState {
             return outcome;
         }
         if let Err(rejection) = &outcome {
-            event.event.outcome = EventOutcome::rejected(rejection);
+            event.event.outcome = match recorded_failure {
+                Some(f) => EventOutcome::failure(&f.error_code, &f.reason),
+                None => EventOutcome::rejected(rejection),
+            };
         }
         if event.organization_id.is_none() {
             if let Some(org) = resource_org.and_then(|id| self.organizations.get(&id)) {
@@ -823,6 +828,13 @@ impl ControlState {
     }
 }
 
+/// Format of control-plane commands in group 0's log (and in forwarded proposals).
+pub const COMMAND_FORMAT: Format = Format::new("control-plane command", 1);
+/// Format of group 0's snapshots: the whole [`ControlState`].
+pub const SNAPSHOT_FORMAT: Format = Format::new("control-plane snapshot", 1);
+/// Format of a command's [`Outcome`], as the response of its proposal.
+pub const OUTCOME_FORMAT: Format = Format::new("control-plane outcome", 1);
+
 /// Adapter that lets Raft replicate [`ControlState`].
 #[derive(Default)]
 pub struct ControlMachine {
@@ -834,23 +846,29 @@ impl conifer_raft::StateMachine for ControlMachine {
     const DURABLE: bool = false;
 
     fn apply(&mut self, _log_index: u64, command: &[u8], _writes: &mut StateWrites<'_>) -> Vec<u8> {
-        let outcome: Outcome = match bincode::deserialize::<Command>(command) {
+        let outcome: Outcome = match COMMAND_FORMAT.decode::<Command>(command) {
             Ok(cmd) => self.state.apply(cmd),
-            Err(e) => Err(Rejection::Invalid(format!(
-                "undecodable control-plane command: {e}"
-            ))),
+            Err(e) => Err(Rejection::Invalid(e.to_string())),
         };
-        // Serializing plain data structures cannot fail.
-        bincode::serialize(&outcome).unwrap_or_default()
+        OUTCOME_FORMAT.encode(&outcome)
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        bincode::serialize(&self.state).unwrap_or_default()
+        SNAPSHOT_FORMAT.encode(&self.state)
     }
 
-    fn restore(&mut self, snapshot: &[u8], _writes: &mut StateWrites<'_>) -> Result<(), String> {
-        self.state =
-            bincode::deserialize(snapshot).map_err(|e| format!("control-plane snapshot: {e}"))?;
+    fn restore(
+        &mut self,
+        snapshot: &[u8],
+        _writes: &mut StateWrites<'_>,
+    ) -> Result<(), MachineError> {
+        self.state = SNAPSHOT_FORMAT.decode(snapshot)?;
+        // The state holds ordered maps only, so it encodes to the bytes it came from; a
+        // difference means a decoder that loses or invents something.
+        debug_assert!(
+            SNAPSHOT_FORMAT.encode(&self.state) == snapshot,
+            "a restored control-plane snapshot does not re-encode to the same bytes"
+        );
         Ok(())
     }
 }

@@ -16,7 +16,36 @@ use faiss::search_params::SearchParameters;
 use faiss::selector::IdSelector;
 use faiss::{index_factory, Idx, Index, MetricType};
 
-use crate::control::state::Metric;
+use serde::{Deserialize, Serialize};
+
+/// Similarity metric of an index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Metric {
+    /// Cosine similarity (vectors normalized, then inner product).
+    Cosine,
+    /// Euclidean distance (score = squared L2 distance, lower is closer).
+    Euclidean,
+    /// Inner product.
+    DotProduct,
+}
+
+impl Metric {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Cosine => "cosine",
+            Metric::Euclidean => "euclidean",
+            Metric::DotProduct => "dotproduct",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Metric::Cosine, Metric::Euclidean, Metric::DotProduct]
+            .into_iter()
+            .find(|m| m.as_str() == name)
+    }
+}
 
 /// Share of tombstones (of all vectors in an HNSW index) above which it is rebuilt.
 pub const MAX_TOMBSTONE_RATIO: f64 = 0.1;

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use conifer_raft::group_state::{StateView, StateWrites};
+use conifer_raft::{Format, MachineError};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -34,7 +35,7 @@ use serde_json::{Map, Value};
 use super::engine::{better, exact_score, EngineConfig, EngineKind, EngineSnapshot, VectorIndex};
 use super::filter::Filter;
 use super::metadata_index::MetadataIndex;
-use crate::control::state::Metric;
+use crate::shard::engine::Metric;
 
 /// Name under which the default namespace (`""`) is stored and listed.
 pub const DEFAULT_NAMESPACE: &str = "__default__";
@@ -245,6 +246,22 @@ pub enum ShardRejection {
     AlreadyExists(String),
 }
 
+impl ShardCommand {
+    /// The namespace the command acts on.
+    pub fn namespace(&self) -> &str {
+        match self {
+            ShardCommand::Upsert { namespace, .. }
+            | ShardCommand::UpsertInProject { namespace, .. }
+            | ShardCommand::Update { namespace, .. }
+            | ShardCommand::Delete { namespace, .. }
+            | ShardCommand::DeleteAll { namespace }
+            | ShardCommand::UpdateByFilter { namespace, .. }
+            | ShardCommand::DeleteByFilter { namespace, .. } => namespace,
+            ShardCommand::CreateNamespace { name } | ShardCommand::DeleteNamespace { name } => name,
+        }
+    }
+}
+
 /// Outcome of one shard command.
 pub type ShardOutcome = Result<ShardOutput, ShardRejection>;
 
@@ -305,12 +322,12 @@ mod keys {
     }
 
     /// The numbers after the tag byte of a key.
-    pub fn numbers(key: &[u8]) -> Result<(u64, u64), String> {
+    pub fn numbers(key: &[u8]) -> Result<(u64, u64), MachineError> {
         let ns = key
             .get(1..9)
             .and_then(|b| b.try_into().ok())
             .map(u64::from_be_bytes)
-            .ok_or("shard state key too short")?;
+            .ok_or_else(|| MachineError::Inconsistent("shard state key too short".into()))?;
         let rest = key
             .get(9..17)
             .and_then(|b| b.try_into().ok())
@@ -328,9 +345,23 @@ fn stage(result: Result<(), conifer_raft::storage::StorageFault>) {
     }
 }
 
+/// Format of shard commands in a shard group's log.
+pub const COMMAND_FORMAT: Format = Format::new("shard command", 1);
+/// Format of a shard command's [`ShardOutcome`], as the response of its proposal.
+pub const OUTCOME_FORMAT: Format = Format::new("shard outcome", 1);
+/// Format of a shard's export (the data of its Raft snapshot for a follower).
+pub const EXPORT_FORMAT: Format = Format::new("shard export", 1);
+/// Format of each value of a shard's durable state in RocksDB (namespace headers, records,
+/// saved index headers, the namespace counter).
+pub const STATE_FORMAT: Format = Format::new("shard state value", 1);
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Plain data structures always serialize.
-    bincode::serialize(value).unwrap_or_default()
+    STATE_FORMAT.encode(value)
+}
+
+/// A vector-engine failure while building or saving derived state.
+fn derived(e: impl std::fmt::Display) -> MachineError {
+    MachineError::Derived(e.to_string())
 }
 
 /// A namespace header as stored.
@@ -418,12 +449,10 @@ impl RebuildJob {
     }
 
     /// Builds the index (CPU-heavy: run it off the async runtime).
-    pub fn build(self) -> Result<Rebuilt, String> {
+    pub fn build(self) -> Result<Rebuilt, MachineError> {
         let mut index = VectorIndex::new(self.dimension, self.metric, self.kind, self.config)
-            .map_err(|e| e.to_string())?;
-        index
-            .add(&self.ids, &self.values)
-            .map_err(|e| e.to_string())?;
+            .map_err(derived)?;
+        index.add(&self.ids, &self.values).map_err(derived)?;
         Ok(Rebuilt {
             namespace: self.namespace,
             seq: self.seq,
@@ -481,15 +510,17 @@ struct NamespaceState {
 }
 
 /// Reads every namespace of the shard from `view`, with the next namespace number.
-fn read_state(view: &StateView<'_>) -> Result<(u64, BTreeMap<u64, NamespaceState>), String> {
-    let next_seq = match view.get(&keys::NEXT_NAMESPACE).map_err(|e| e.to_string())? {
-        Some(bytes) => bincode::deserialize(&bytes).map_err(|e| e.to_string())?,
+fn read_state(
+    view: &StateView<'_>,
+) -> Result<(u64, BTreeMap<u64, NamespaceState>), MachineError> {
+    let next_seq = match view.get(&keys::NEXT_NAMESPACE)? {
+        Some(bytes) => STATE_FORMAT.decode(&bytes)?,
         None => 1,
     };
     let mut namespaces = BTreeMap::new();
     view.scan(&[keys::HEADER], |key, value| {
         let (seq, _) = keys::numbers(key)?;
-        let header: Header = bincode::deserialize(&value).map_err(|e| e.to_string())?;
+        let header: Header = STATE_FORMAT.decode(&value)?;
         namespaces.insert(
             seq,
             NamespaceState {
@@ -502,11 +533,10 @@ fn read_state(view: &StateView<'_>) -> Result<(u64, BTreeMap<u64, NamespaceState
     })?;
     view.scan(&[keys::RECORD], |key, value| {
         let (seq, internal) = keys::numbers(key)?;
-        let (id, record): (String, Record) =
-            bincode::deserialize(&value).map_err(|e| e.to_string())?;
-        let ns = namespaces
-            .get_mut(&seq)
-            .ok_or_else(|| format!("record of unknown namespace {seq}"))?;
+        let (id, record): (String, Record) = STATE_FORMAT.decode(&value)?;
+        let ns = namespaces.get_mut(&seq).ok_or_else(|| {
+            MachineError::Inconsistent(format!("record of unknown namespace {seq}"))
+        })?;
         ns.records.push((internal, id, record));
         Ok(())
     })?;
@@ -516,14 +546,14 @@ fn read_state(view: &StateView<'_>) -> Result<(u64, BTreeMap<u64, NamespaceState
     Ok((next_seq, namespaces))
 }
 
-fn read_saved_engine(view: &StateView<'_>, seq: u64) -> Result<Option<SavedEngine>, String> {
-    let Some(bytes) = view
-        .get(&keys::of(keys::ENGINE, seq))
-        .map_err(|e| e.to_string())?
-    else {
+fn read_saved_engine(
+    view: &StateView<'_>,
+    seq: u64,
+) -> Result<Option<SavedEngine>, MachineError> {
+    let Some(bytes) = view.get(&keys::of(keys::ENGINE, seq))? else {
         return Ok(None);
     };
-    let header: SavedEngineHeader = bincode::deserialize(&bytes).map_err(|e| e.to_string())?;
+    let header: SavedEngineHeader = STATE_FORMAT.decode(&bytes)?;
     let mut faiss = Vec::new();
     let mut chunks = 0u32;
     view.scan(&keys::of(keys::ENGINE_CHUNK, seq), |_, value| {
@@ -532,10 +562,10 @@ fn read_saved_engine(view: &StateView<'_>, seq: u64) -> Result<Option<SavedEngin
         Ok(())
     })?;
     if chunks != header.chunks {
-        return Err(format!(
+        return Err(MachineError::Inconsistent(format!(
             "saved index of namespace {seq} has {chunks} of {} chunks",
             header.chunks
-        ));
+        )));
     }
     Ok(Some(SavedEngine {
         next_internal: header.next_internal,
@@ -678,7 +708,11 @@ impl ShardMachine {
 
     /// Builds a namespace from its durable state: loads the saved HNSW index and catches it
     /// up with the records written after it was saved, or builds an exact index.
-    fn build_namespace(&self, seq: u64, state: NamespaceState) -> Result<Namespace, String> {
+    fn build_namespace(
+        &self,
+        seq: u64,
+        state: NamespaceState,
+    ) -> Result<Namespace, MachineError> {
         let mut ns = self.empty_namespace(&state.header.name, seq, state.header.next_internal);
         for (internal, id, record) in state.records {
             ns.by_internal.insert(internal, id.clone());
@@ -716,8 +750,8 @@ impl ShardMachine {
             .filter(|id| !ns.by_internal.contains_key(id))
             .collect();
         let changed = (ids.len() + gone.len()) as u64;
-        index.add(&ids, &values).map_err(|e| e.to_string())?;
-        index.remove(&gone).map_err(|e| e.to_string())?;
+        index.add(&ids, &values).map_err(derived)?;
+        index.remove(&gone).map_err(derived)?;
         ns.engine_saved
             .store(index.kind() == EngineKind::Hnsw, Ordering::Relaxed);
         ns.unsaved_changes.store(changed, Ordering::Relaxed);
@@ -960,7 +994,7 @@ impl ShardMachine {
 
     /// Swaps a rebuilt index in, catching it up with writes applied since its job was made.
     /// Returns false when the namespace was deleted or replaced meanwhile.
-    pub fn install(&self, rebuilt: Rebuilt) -> Result<bool, String> {
+    pub fn install(&self, rebuilt: Rebuilt) -> Result<bool, MachineError> {
         let Some(ns) = self.namespaces.get(&rebuilt.namespace) else {
             return Ok(false);
         };
@@ -982,10 +1016,8 @@ impl ShardMachine {
             .copied()
             .filter(|id| !ns.by_internal.contains_key(id))
             .collect();
-        index
-            .add(&new_ids, &new_values)
-            .map_err(|e| e.to_string())?;
-        index.remove(&gone).map_err(|e| e.to_string())?;
+        index.add(&new_ids, &new_values).map_err(derived)?;
+        index.remove(&gone).map_err(derived)?;
         *ns.engine.lock().unwrap_or_else(|p| p.into_inner()) = index;
         ns.engine_saved.store(false, Ordering::Relaxed);
         ns.unsaved_changes.store(0, Ordering::Relaxed);
@@ -1039,8 +1071,27 @@ impl Namespace {
                 || self.unsaved_changes.load(Ordering::Relaxed) >= ENGINE_SAVE_MIN_CHANGES)
     }
 
+    /// Pair assertions after an apply: the namespace's records, its map from internal ids
+    /// and its metadata index hold the same records. A difference would serve a deleted
+    /// record, or lose a live one from filters, from here on — so the replica stops
+    /// rather than diverge (the log is intact; a restart rebuilds memory from RocksDB).
+    fn assert_consistent(&self) {
+        assert_eq!(
+            self.records.len(),
+            self.by_internal.len(),
+            "namespace '{}': records and internal ids disagree",
+            self.name
+        );
+        assert_eq!(
+            self.records.len() as u64,
+            self.meta_index.len(),
+            "namespace '{}': records and metadata index disagree",
+            self.name
+        );
+    }
+
     /// Stages the HNSW index for saving if it is new or changed enough.
-    fn checkpoint(&self, writes: &mut StateWrites<'_>) -> Result<(), String> {
+    fn checkpoint(&self, writes: &mut StateWrites<'_>) -> Result<(), MachineError> {
         if !self.index_needs_saving() {
             return Ok(());
         }
@@ -1049,7 +1100,11 @@ impl Namespace {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .to_snapshot()
-            .map_err(|e| e.to_string())?;
+            .map_err(derived)?;
+        // A crash while the graph is being saved: the records are on disk, the graph is
+        // rebuilt from them at the next start.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("conifer::shard::checkpoint::before_stage");
         let mut live: Vec<u64> = self.by_internal.keys().copied().collect();
         live.sort_unstable();
         let saved = SavedEngine {
@@ -1238,13 +1293,18 @@ impl conifer_raft::StateMachine for ShardMachine {
     const DURABLE: bool = true;
 
     fn apply(&mut self, _log_index: u64, command: &[u8], writes: &mut StateWrites<'_>) -> Vec<u8> {
-        let outcome: ShardOutcome = match bincode::deserialize::<ShardCommand>(command) {
-            Ok(cmd) => self.apply_command(cmd, writes),
-            Err(e) => Err(ShardRejection::Invalid(format!(
-                "undecodable shard command: {e}"
-            ))),
+        let outcome: ShardOutcome = match COMMAND_FORMAT.decode::<ShardCommand>(command) {
+            Ok(cmd) => {
+                let touched = cmd.namespace().to_string();
+                let outcome = self.apply_command(cmd, writes);
+                if let Some(ns) = self.namespaces.get(&touched) {
+                    ns.assert_consistent();
+                }
+                outcome
+            }
+            Err(e) => Err(ShardRejection::Invalid(e.to_string())),
         };
-        encode(&outcome)
+        OUTCOME_FORMAT.encode(&outcome)
     }
 
     /// Unused: a shard is exported from RocksDB ([`ShardMachine::export`]).
@@ -1252,9 +1312,12 @@ impl conifer_raft::StateMachine for ShardMachine {
         Vec::new()
     }
 
-    fn restore(&mut self, snapshot: &[u8], writes: &mut StateWrites<'_>) -> Result<(), String> {
-        let export: ShardExport =
-            bincode::deserialize(snapshot).map_err(|e| format!("shard snapshot: {e}"))?;
+    fn restore(
+        &mut self,
+        snapshot: &[u8],
+        writes: &mut StateWrites<'_>,
+    ) -> Result<(), MachineError> {
+        let export: ShardExport = EXPORT_FORMAT.decode(snapshot)?;
         self.namespaces.clear();
         self.next_seq = export.next_seq;
         stage(writes.put(&keys::NEXT_NAMESPACE, &encode(&self.next_seq)));
@@ -1277,7 +1340,7 @@ impl conifer_raft::StateMachine for ShardMachine {
         Ok(())
     }
 
-    fn load(&mut self, view: &StateView<'_>) -> Result<(), String> {
+    fn load(&mut self, view: &StateView<'_>) -> Result<(), MachineError> {
         let (next_seq, namespaces) = read_state(view)?;
         self.next_seq = next_seq;
         self.namespaces.clear();
@@ -1288,7 +1351,7 @@ impl conifer_raft::StateMachine for ShardMachine {
         Ok(())
     }
 
-    fn export(view: &StateView<'_>) -> Result<Vec<u8>, String> {
+    fn export(view: &StateView<'_>) -> Result<Vec<u8>, MachineError> {
         let (next_seq, namespaces) = read_state(view)?;
         let export = ShardExport {
             next_seq,
@@ -1302,10 +1365,10 @@ impl conifer_raft::StateMachine for ShardMachine {
                 })
                 .collect(),
         };
-        bincode::serialize(&export).map_err(|e| e.to_string())
+        Ok(EXPORT_FORMAT.encode(&export))
     }
 
-    fn checkpoint(&self, writes: &mut StateWrites<'_>) -> Result<(), String> {
+    fn checkpoint(&self, writes: &mut StateWrites<'_>) -> Result<(), MachineError> {
         for ns in self.namespaces.values() {
             ns.checkpoint(writes)?;
         }
@@ -1347,9 +1410,9 @@ mod tests {
             let mut writes = StateWrites::new(&self.storage, GROUP);
             let out = self
                 .sm
-                .apply(0, &bincode::serialize(&cmd).unwrap(), &mut writes);
+                .apply(0, &COMMAND_FORMAT.encode(&cmd), &mut writes);
             self.storage.write(writes.into_batch()).unwrap();
-            bincode::deserialize(&out).unwrap()
+            OUTCOME_FORMAT.decode(&out).unwrap()
         }
 
         fn checkpoint(&self) {

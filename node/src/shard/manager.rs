@@ -13,7 +13,7 @@ use std::time::Duration;
 use conifer_raft::log_store::LogStore;
 use conifer_raft::network::NetworkFactory;
 use conifer_raft::state_machine::{StateHandle, StateMachineStore};
-use conifer_raft::{GroupRegistry, NodeId, NodeStorage, Raft};
+use conifer_raft::{GroupClient, GroupRegistry, NodeId, NodeStorage, Raft};
 
 use super::engine::EngineConfig;
 use super::machine::ShardMachine;
@@ -32,6 +32,13 @@ pub struct HostedShard {
     pub raft: Raft,
     /// Read access to its records.
     pub state: StateHandle<ShardMachine>,
+}
+
+impl HostedShard {
+    /// The client of its group (propose, read index), through this replica and `peers`.
+    pub fn group_client(&self, peers: &conifer_raft::network::PeerChannels) -> GroupClient {
+        GroupClient::new(self.raft.clone(), peers.clone(), self.group)
+    }
 }
 
 struct Inner {

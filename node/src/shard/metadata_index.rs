@@ -60,6 +60,16 @@ pub struct MetadataIndex {
 }
 
 impl MetadataIndex {
+    /// Records indexed.
+    pub fn len(&self) -> u64 {
+        self.all.len()
+    }
+
+    /// Whether no record is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
     /// Indexes record `id` with `metadata`.
     pub fn insert(&mut self, id: u64, metadata: Option<&Map<String, Value>>) {
         self.all.insert(id);

@@ -11,11 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conifer_proto::pinecone as pb;
+use conifer_raft::client::never_sent;
 
-use crate::api::ApiError;
+use super::{DataError, DataOp, DataResponse, Lsn};
 use crate::control::state::{Index, IndexState};
-use crate::control::{propose_to_group, ControlError, ControlPlane};
-use crate::shard::machine::{ShardCommand, ShardOutcome, ShardOutput, ShardRejection};
+use crate::control::ControlPlane;
+use crate::shard::machine::{
+    ShardCommand, ShardOutcome, ShardOutput, ShardRejection, COMMAND_FORMAT, OUTCOME_FORMAT,
+};
 use crate::shard::manager::{HostedShard, ShardManager};
 
 /// Hex digits of the project id in index host names.
@@ -141,7 +144,7 @@ impl Router {
     pub async fn project_records_elsewhere(
         &self,
         target: &Target,
-    ) -> Result<Option<u64>, ApiError> {
+    ) -> Result<Option<u64>, DataError> {
         let project = &target.index.project_id;
         let others: Vec<Index> = self.control.read(|s| {
             s.indexes
@@ -164,7 +167,7 @@ impl Router {
     /// Records of `index`: from its replica here, else as last reported by a replica
     /// elsewhere (asked again when that is older than [`PROJECT_COUNT_MAX_AGE_MS`]; after a
     /// failed ask the last count serves for as long).
-    async fn record_count(&self, index: Index) -> Result<u64, ApiError> {
+    async fn record_count(&self, index: Index) -> Result<u64, DataError> {
         if index.state == IndexState::Initializing {
             return Ok(0);
         }
@@ -177,12 +180,12 @@ impl Router {
         let name = index.name.clone();
         let asked = match self.shards.get(group) {
             // A replica here may lag its leader: read it after the group's read index.
-            Some(shard) => {
-                crate::control::linearizable_barrier(&shard.raft, self.control.peers(), group)
-                    .await
-                    .map_err(ApiError::from)
-                    .map(|()| shard.state.read().record_count() as u64)
-            }
+            Some(shard) => shard
+                .group_client(self.control.peers())
+                .linearizable_barrier()
+                .await
+                .map_err(DataError::from)
+                .map(|()| shard.state.read().record_count() as u64),
             None => {
                 let remote = Remote {
                     replicas: index.replicas.clone(),
@@ -190,28 +193,26 @@ impl Router {
                     min_lsn: 0,
                     linearizable: true,
                 };
-                self.forward::<_, pb::DescribeIndexStatsResponse>(
-                    &remote,
-                    "DescribeIndexStats",
-                    &pb::DescribeIndexStatsRequest::default(),
-                )
-                .await
-                .map(|(stats, _)| u64::from(stats.total_vector_count))
+                let stats = DataOp::DescribeIndexStats(pb::DescribeIndexStatsRequest::default());
+                self.forward(&remote, stats)
+                    .await
+                    .and_then(|(response, _)| {
+                        <pb::DescribeIndexStatsRequest as super::Operation>::response(response)
+                    })
+                    .map(|stats| u64::from(stats.total_vector_count))
             }
         };
         let count = match (asked, known) {
             (Ok(count), _) => count,
             (Err(e), Some((_, count))) => {
                 tracing::warn!(
-                    "counting index '{name}' for its project's total: {}; using its last count",
-                    e.message
+                    "counting index '{name}' for its project's total: {e}; using its last count"
                 );
                 count
             }
             (Err(e), None) => {
-                return Err(ApiError::unavailable(format!(
-                    "cannot count the records of index '{name}' for the project's total: {}",
-                    e.message
+                return Err(DataError::unavailable(format!(
+                    "cannot count the records of index '{name}' for the project's total: {e}"
                 )))
             }
         };
@@ -293,13 +294,13 @@ impl Router {
         served_index: Option<u64>,
         explicit: Option<&str>,
         host: Option<&str>,
-    ) -> Result<Resolved, ApiError> {
+    ) -> Result<Resolved, DataError> {
         let index = match served_index {
             Some(group) => self
                 .control
                 .read(|s| s.index_of_group(group).cloned())
                 .filter(|index| index.project_id == project_id)
-                .ok_or_else(|| ApiError::not_found("index not found"))?,
+                .ok_or_else(|| DataError::not_found("index not found"))?,
             None => self.resolve_by_name(project_id, explicit, host)?,
         };
         match self.shards.get(index.group_id) {
@@ -322,18 +323,18 @@ impl Router {
         project_id: &str,
         explicit: Option<&str>,
         host: Option<&str>,
-    ) -> Result<Index, ApiError> {
+    ) -> Result<Index, DataError> {
         let explicit = explicit.filter(|name| !name.is_empty());
         let (name, tag) = match (explicit, host.and_then(|h| self.parse_host(h))) {
             (Some(name), _) => (name.to_string(), None),
             (None, Some((name, tag))) => (name, Some(tag)),
             (None, None) => {
-                return Err(ApiError::not_found(
+                return Err(DataError::not_found(
                     "no index addressed: use the index host from describe_index, or the X-Conifer-Index header",
                 ))
             }
         };
-        let not_found = || ApiError::not_found(format!("index '{name}' not found"));
+        let not_found = || DataError::not_found(format!("index '{name}' not found"));
         if tag.as_deref().is_some_and(|t| t != project_tag(project_id)) {
             return Err(not_found());
         }
@@ -353,15 +354,17 @@ impl Router {
         Some(Target { index, shard })
     }
 
-    /// Runs operation `op` on a replica of a remote index and decodes its response.
-    pub async fn forward<Req: prost::Message, Resp: prost::Message + Default>(
+    /// Runs `op` on a replica of a remote index (`Internal/Data`), trying its replicas in
+    /// turn. A replica that cannot be reached, refuses the call at the transport, or answers
+    /// that it cannot serve it now (unavailable) is passed over; any other answer,
+    /// including a refusal of the request, is the call's.
+    pub async fn forward(
         &self,
         remote: &Remote,
-        op: &str,
-        request: &Req,
-    ) -> Result<(Resp, crate::api::vectors::Lsn), ApiError> {
+        op: DataOp,
+    ) -> Result<(DataResponse, Lsn), DataError> {
         let membership = self.control.membership();
-        let mut last = ApiError::unavailable(format!(
+        let mut last = DataError::unavailable(format!(
             "index '{}' has no reachable replica",
             remote.index.name
         ));
@@ -372,34 +375,34 @@ impl Router {
             let mut client = match self.control.peers().client(*replica, node) {
                 Ok(client) => client,
                 Err(e) => {
-                    last = ApiError::unavailable(e);
+                    last = DataError::unavailable(e);
                     continue;
                 }
             };
             let call = conifer_proto::internal::DataRequest {
                 from_node: self.control.node_id(),
                 group_id: remote.index.group_id,
-                op: op.to_string(),
-                request: request.encode_to_vec(),
                 min_lsn: remote.min_lsn,
                 linearizable: remote.linearizable,
+                operation: Some(op.clone()),
             };
             match client.data(call).await {
-                Ok(reply) => {
-                    let reply = reply.into_inner();
-                    let response = Resp::decode(reply.response.as_slice()).map_err(|e| {
-                        ApiError::internal(format!("undecodable forwarded reply: {e}"))
-                    })?;
-                    let lsn = crate::api::vectors::Lsn {
-                        request: reply.request_lsn,
-                        max_indexed: reply.max_indexed_lsn,
+                Ok(reply) => match super::reply_outcome(reply.into_inner()) {
+                    Err(DataError::Unavailable(m)) => last = DataError::Unavailable(m),
+                    answered => return answered,
+                },
+                Err(status) => {
+                    let sent = if never_sent(&status) {
+                        "could not be reached"
+                    } else {
+                        "refused the call"
                     };
-                    return Ok((response, lsn));
+                    last = DataError::unavailable(format!(
+                        "the replica of index '{}' on node {replica} {sent}: {}",
+                        remote.index.name,
+                        status.message()
+                    ));
                 }
-                Err(status) if status.code() == tonic::Code::Unavailable => {
-                    last = ApiError::from_status(&status);
-                }
-                Err(status) => return Err(ApiError::from_status(&status)),
             }
         }
         Err(last)
@@ -410,8 +413,8 @@ impl Router {
         &self,
         target: &Target,
         command: ShardCommand,
-    ) -> Result<(ShardOutput, u64), ApiError> {
-        let bytes = bincode::serialize(&command).map_err(|e| ApiError::internal(e.to_string()))?;
+    ) -> Result<(ShardOutput, u64), DataError> {
+        let bytes = COMMAND_FORMAT.encode(&command);
         // The chaos harness's deliberately unsafe mode: acknowledge an upsert before it is
         // committed (the proposal carries on in the background), which its checkers must catch.
         #[cfg(feature = "failpoints")]
@@ -419,39 +422,31 @@ impl Router {
         | ShardCommand::UpsertInProject { records, .. } = &command
         {
             if fail::eval("conifer::write::ack_before_commit", |_| ()).is_some() {
-                let (raft, peers, group) = (
-                    target.shard.raft.clone(),
-                    self.control.peers().clone(),
-                    target.shard.group,
-                );
+                let group = target.shard.group_client(self.control.peers());
                 let upserted = records.len() as u32;
-                tokio::spawn(async move { propose_to_group(&raft, &peers, group, bytes).await });
+                tokio::spawn(async move { group.propose(bytes).await });
                 return Ok((ShardOutput::Upserted(upserted), 0));
             }
         }
-        let (response, lsn) = propose_to_group(
-            &target.shard.raft,
-            self.control.peers(),
-            target.shard.group,
-            bytes,
-        )
-        .await
-        .map_err(ApiError::from)?;
-        let outcome: ShardOutcome = bincode::deserialize(&response)
-            .map_err(|e| ApiError::internal(format!("undecodable outcome: {e}")))?;
+        let (response, lsn) = target
+            .shard
+            .group_client(self.control.peers())
+            .propose(bytes)
+            .await?;
+        let outcome: ShardOutcome = OUTCOME_FORMAT
+            .decode(&response)
+            .map_err(|e| DataError::internal(e.to_string()))?;
         match outcome {
             Ok(output) => Ok((output, lsn)),
-            Err(ShardRejection::Invalid(m)) => Err(ApiError::invalid(m)),
-            Err(ShardRejection::NotFound(m)) => Err(ApiError::not_found(m)),
-            Err(ShardRejection::AlreadyExists(m)) => Err(ApiError::from(ControlError::Rejected(
-                crate::control::Rejection::AlreadyExists(m),
-            ))),
+            Err(ShardRejection::Invalid(m)) => Err(DataError::Invalid(m)),
+            Err(ShardRejection::NotFound(m)) => Err(DataError::NotFound(m)),
+            Err(ShardRejection::AlreadyExists(m)) => Err(DataError::AlreadyExists(m)),
         }
     }
 
     /// Read-your-writes for `lsn`: waits here for a local replica, or asks the replica that
     /// serves a forwarded call to wait.
-    pub async fn wait_for(&self, target: &mut Resolved, lsn: u64) -> Result<(), ApiError> {
+    pub async fn wait_for(&self, target: &mut Resolved, lsn: u64) -> Result<(), DataError> {
         match target {
             Resolved::Local(t) => self.wait_applied(t, lsn).await,
             Resolved::Remote(r) => {
@@ -463,14 +458,13 @@ impl Router {
 
     /// Makes the read that follows linearizable: a local replica waits here until it has
     /// applied the shard's read index; a forwarded call asks the serving replica to.
-    pub async fn linearizable(&self, target: &mut Resolved) -> Result<(), ApiError> {
+    pub async fn linearizable(&self, target: &mut Resolved) -> Result<(), DataError> {
         match target {
-            Resolved::Local(t) => Ok(crate::control::linearizable_barrier(
-                &t.shard.raft,
-                self.control.peers(),
-                t.shard.group,
-            )
-            .await?),
+            Resolved::Local(t) => Ok(t
+                .shard
+                .group_client(self.control.peers())
+                .linearizable_barrier()
+                .await?),
             Resolved::Remote(r) => {
                 r.linearizable = true;
                 Ok(())
@@ -479,19 +473,18 @@ impl Router {
     }
 
     /// Waits until the local replica has applied sequence number `lsn`.
-    pub async fn wait_applied(&self, target: &Target, lsn: u64) -> Result<(), ApiError> {
-        if target.shard.state.applied_index() >= lsn {
+    pub async fn wait_applied(&self, target: &Target, lsn: u64) -> Result<(), DataError> {
+        if target.shard.state.applied_index() >= lsn
+            || target
+                .shard
+                .group_client(self.control.peers())
+                .wait_applied(lsn, MAX_READ_WAIT_MS)
+                .await
+        {
             return Ok(());
         }
-        target
-            .shard
-            .raft
-            .wait(Some(Duration::from_millis(MAX_READ_WAIT_MS)))
-            .applied_index_at_least(Some(lsn), "read-your-writes")
-            .await
-            .map(|_| ())
-            .map_err(|_| {
-                ApiError::unavailable(format!("sequence number {lsn} not applied on this replica within {MAX_READ_WAIT_MS} ms"))
-            })
+        Err(DataError::unavailable(format!(
+            "sequence number {lsn} not applied on this replica within {MAX_READ_WAIT_MS} ms"
+        )))
     }
 }
