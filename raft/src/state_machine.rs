@@ -66,8 +66,11 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Replaces the whole state with a snapshot made by [`StateMachine::snapshot`] (in
     /// memory) or [`StateMachine::export`] (durable; the old durable state is already staged
     /// for deletion in `writes`, and the machine stages the new one).
-    fn restore(&mut self, snapshot: &[u8], writes: &mut StateWrites<'_>)
-        -> Result<(), MachineError>;
+    fn restore(
+        &mut self,
+        snapshot: &[u8],
+        writes: &mut StateWrites<'_>,
+    ) -> Result<(), MachineError>;
 
     /// Durable machines: rebuilds the in-memory structures from the durable state at open.
     fn load(&mut self, _view: &StateView<'_>) -> Result<(), MachineError> {

@@ -322,12 +322,14 @@ mod keys {
     }
 
     /// The numbers after the tag byte of a key.
-    pub fn numbers(key: &[u8]) -> Result<(u64, u64), MachineError> {
+    pub fn numbers(key: &[u8]) -> Result<(u64, u64), conifer_raft::MachineError> {
         let ns = key
             .get(1..9)
             .and_then(|b| b.try_into().ok())
             .map(u64::from_be_bytes)
-            .ok_or_else(|| MachineError::Inconsistent("shard state key too short".into()))?;
+            .ok_or_else(|| {
+                conifer_raft::MachineError::Inconsistent("shard state key too short".into())
+            })?;
         let rest = key
             .get(9..17)
             .and_then(|b| b.try_into().ok())
@@ -510,9 +512,7 @@ struct NamespaceState {
 }
 
 /// Reads every namespace of the shard from `view`, with the next namespace number.
-fn read_state(
-    view: &StateView<'_>,
-) -> Result<(u64, BTreeMap<u64, NamespaceState>), MachineError> {
+fn read_state(view: &StateView<'_>) -> Result<(u64, BTreeMap<u64, NamespaceState>), MachineError> {
     let next_seq = match view.get(&keys::NEXT_NAMESPACE)? {
         Some(bytes) => STATE_FORMAT.decode(&bytes)?,
         None => 1,
@@ -546,10 +546,7 @@ fn read_state(
     Ok((next_seq, namespaces))
 }
 
-fn read_saved_engine(
-    view: &StateView<'_>,
-    seq: u64,
-) -> Result<Option<SavedEngine>, MachineError> {
+fn read_saved_engine(view: &StateView<'_>, seq: u64) -> Result<Option<SavedEngine>, MachineError> {
     let Some(bytes) = view.get(&keys::of(keys::ENGINE, seq))? else {
         return Ok(None);
     };
@@ -708,11 +705,7 @@ impl ShardMachine {
 
     /// Builds a namespace from its durable state: loads the saved HNSW index and catches it
     /// up with the records written after it was saved, or builds an exact index.
-    fn build_namespace(
-        &self,
-        seq: u64,
-        state: NamespaceState,
-    ) -> Result<Namespace, MachineError> {
+    fn build_namespace(&self, seq: u64, state: NamespaceState) -> Result<Namespace, MachineError> {
         let mut ns = self.empty_namespace(&state.header.name, seq, state.header.next_internal);
         for (internal, id, record) in state.records {
             ns.by_internal.insert(internal, id.clone());
@@ -1408,9 +1401,7 @@ mod tests {
 
         fn apply(&mut self, cmd: ShardCommand) -> ShardOutcome {
             let mut writes = StateWrites::new(&self.storage, GROUP);
-            let out = self
-                .sm
-                .apply(0, &COMMAND_FORMAT.encode(&cmd), &mut writes);
+            let out = self.sm.apply(0, &COMMAND_FORMAT.encode(&cmd), &mut writes);
             self.storage.write(writes.into_batch()).unwrap();
             OUTCOME_FORMAT.decode(&out).unwrap()
         }
