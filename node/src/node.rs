@@ -372,7 +372,10 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         control: control.clone(),
         router,
         signin: Arc::new(api::signin::SignIn::new(config.token_ttl_s)),
-        audit: api::audit::AuditSink::start(control.clone(), config.audit_queue_events),
+        audit: crate::control::audit_sink::AuditSink::start(
+            control.clone(),
+            config.audit_queue_events,
+        ),
         connections: connections.clone(),
         catch_ups: Arc::new(SourceRate::per_second(UNKNOWN_CREDENTIAL_CATCH_UPS_PER_S)),
     };
@@ -389,7 +392,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     }
     let app = api::routes(state);
     tokio::spawn(api::serve(api_listener, client_tls, app, connections, None));
-    tokio::spawn(api::audit::keep_retention(
+    tokio::spawn(crate::control::audit_sink::keep_retention(
         control.clone(),
         config.audit_retention_s,
     ));

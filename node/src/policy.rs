@@ -235,7 +235,7 @@ operations! {
 impl Operation {
     /// How an attempt at this operation is named in the audit log, in the seed's vocabulary:
     /// its `event.action` and `event.resource_type`. Used for refused attempts, which carry
-    /// no command (an audited command names itself: [`crate::audit::describe`]).
+    /// no command (an audited command names itself: [`crate::control::audit::describe`]).
     pub fn audit_terms(self) -> (Verb, ResourceType) {
         use Operation as O;
         use ResourceType as T;

@@ -22,7 +22,7 @@ const BELOW_API: &[&str] = &[
     "node/src/control",
     "node/src/shard",
     "node/src/auth",
-    "node/src/audit.rs",
+    "node/src/audit",
     "node/src/policy.rs",
     "node/src/cluster.rs",
     "node/src/crypto.rs",
@@ -42,7 +42,7 @@ const RULES: &[Rule] = &[
             "node/src/control",
             "node/src/shard",
             "node/src/auth",
-            "node/src/audit.rs",
+            "node/src/audit",
             "node/src/policy.rs",
         ],
         forbidden: &["tonic::Code", "Status::"],
@@ -75,6 +75,18 @@ const RULES: &[Rule] = &[
             "crate::shard::manager",
         ],
         why: "the vector engine knows nothing above it: no control-plane type, no Raft",
+    },
+    Rule {
+        rooms: &["node/src/audit"],
+        forbidden: &[
+            "crate::control",
+            "crate::api",
+            "crate::dataplane",
+            "crate::shard",
+            "crate::auth",
+        ],
+        why: "`audit` is a library (schema, hashing, chains, verifier): it imports nothing \
+              from `control` — the control plane describes its commands and names actors",
     },
     Rule {
         rooms: &["raft/src"],

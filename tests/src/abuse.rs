@@ -1222,7 +1222,7 @@ async fn audit_flood(
         .clone();
     // The summaries come at their interval; then everything is in.
     tokio::time::sleep(Duration::from_secs(
-        conifer_node::api::audit::REFUSAL_SUMMARY_INTERVAL_S + 3,
+        conifer_node::control::audit_sink::REFUSAL_SUMMARY_INTERVAL_S + 3,
     ))
     .await;
     let (after, head, checked) = verified_chain(cluster, 2, &org).await?;

@@ -106,7 +106,7 @@ impl Caller {
             context.actor.name_hint = self
                 .api
                 .control
-                .read(|s| crate::audit::actor_names(s, &context.actor))
+                .read(|s| crate::control::audit::actor_names(s, &context.actor))
                 .map(|(name, _)| name);
             self.api.audit.record(AuditDraft {
                 context,

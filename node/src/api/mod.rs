@@ -59,7 +59,7 @@ pub struct ApiState {
     /// Sign-in throttling and token lifetime.
     pub signin: Arc<SignIn>,
     /// Where events of denied and failed attempts wait to be proposed.
-    pub audit: audit::AuditSink,
+    pub audit: crate::control::audit_sink::AuditSink,
     /// The client connections this node holds.
     pub connections: Arc<conn::ConnectionTable>,
     /// Leader catch-ups that unknown credentials may cause, per source.

@@ -99,10 +99,10 @@ fn over_rate(
             SIGN_IN_INTERVAL_PER_PRINCIPAL_MS / 1000
         ),
     );
-    let actor = ActorRef::member(subject.kind, &subject.id, &subject.organization_id);
+    let actor = ActorRef::member(subject.kind.into(), &subject.id, &subject.organization_id);
     let resource = Resource::new(
         Verb::Login,
-        ResourceType::of_member(subject.kind),
+        crate::control::audit::member_resource_type(subject.kind),
         Some(&subject.id),
     )
     .in_org(Some(&subject.organization_id));
@@ -200,7 +200,8 @@ where
         }) => {
             state.signin.throttle.succeeded(counted);
             if !recorded {
-                let actor = ActorRef::member(subject.kind, &subject.id, &subject.organization_id);
+                let actor =
+                    ActorRef::member(subject.kind.into(), &subject.id, &subject.organization_id);
                 if let Err(wait) = state.signin.per_principal.allow(&subject.id) {
                     return over_rate(state, info, operation, &subject, wait);
                 }
@@ -295,7 +296,7 @@ async fn verify_user(
 fn refused_user(email: &str, user: Option<&User>) -> Verdict {
     Verdict::Refused {
         actor: match user {
-            Some(u) => ActorRef::member(MemberKind::User, &u.id, &u.organization_id)
+            Some(u) => ActorRef::member(MemberKind::User.into(), &u.id, &u.organization_id)
                 .with_name_hint(&u.email),
             None => unknown_actor(PrincipalType::User, email),
         },
@@ -384,7 +385,7 @@ pub async fn change_password(
                 wait,
             });
         }
-        let actor = ActorRef::member(MemberKind::User, &user.id, &user.organization_id);
+        let actor = ActorRef::member(MemberKind::User.into(), &user.id, &user.organization_id);
         let password_phc = state.signin.hash_new_password(body.new_password).await?;
         let command = Command::Identity(IdentityCommand::SetUserPassword {
             id: user.id.clone(),
@@ -466,8 +467,12 @@ pub async fn issue_token(
                 recorded: false,
             },
             Some(a) => Verdict::Refused {
-                actor: ActorRef::member(MemberKind::ServiceAccount, &a.id, &a.organization_id)
-                    .with_name_hint(&a.name),
+                actor: ActorRef::member(
+                    MemberKind::ServiceAccount.into(),
+                    &a.id,
+                    &a.organization_id,
+                )
+                .with_name_hint(&a.name),
             },
             None => Verdict::Refused {
                 actor: unknown_actor(PrincipalType::ServiceAccount, &body.client_id),

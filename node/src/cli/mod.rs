@@ -188,7 +188,7 @@ pub struct ServeArgs {
     pub audit_retention_s: u64,
     /// Most events of refused attempts and failed sign-ins waiting on this node to be
     /// recorded (1 to 1,000,000); past it they are dropped, counted and summarized.
-    #[arg(long, env = "CONIFER_AUDIT_QUEUE_EVENTS", default_value_t = crate::api::audit::DEFAULT_AUDIT_QUEUE_EVENTS)]
+    #[arg(long, env = "CONIFER_AUDIT_QUEUE_EVENTS", default_value_t = crate::control::audit_sink::DEFAULT_AUDIT_QUEUE_EVENTS)]
     pub audit_queue_events: usize,
     /// Most records one project holds over all its indexes (at least 1). Give every node the
     /// same value: it is checked where an upsert is accepted.
@@ -333,7 +333,7 @@ impl ServeArgs {
         if self.audit_retention_s == 0 {
             return Err("--audit-retention-s must be at least 1".into());
         }
-        let max_queue = crate::api::audit::MAX_AUDIT_QUEUE_EVENTS;
+        let max_queue = crate::control::audit_sink::MAX_AUDIT_QUEUE_EVENTS;
         if !(1..=max_queue).contains(&self.audit_queue_events) {
             return Err(format!(
                 "--audit-queue-events is {}; it must be 1 to {max_queue}",

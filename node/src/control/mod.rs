@@ -13,6 +13,8 @@
 //! out, so a credential whose deletion was acknowledged at `t` is refused on every node from
 //! `t + LEASE_MS` on.
 
+pub mod audit;
+pub mod audit_sink;
 pub mod barrier;
 pub mod identity;
 pub mod membership;

@@ -691,7 +691,7 @@ impl ControlState {
                 }
                 for draft in drafts {
                     let event =
-                        audit::build_event(self, &draft.context, draft.resource, draft.outcome);
+                        super::audit::event(self, &draft.context, draft.resource, draft.outcome);
                     self.audit.append(event, audit::EventClass::Refusal);
                 }
                 Ok(Output::Done)
@@ -708,7 +708,7 @@ impl ControlState {
                                 .with("before", before.as_str()),
                         );
                     let event =
-                        audit::build_event(self, &context, resource, EventOutcome::success());
+                        super::audit::event(self, &context, resource, EventOutcome::success());
                     self.audit.append(event, audit::EventClass::Change);
                 }
                 Ok(Output::Done)
@@ -741,9 +741,9 @@ impl ControlState {
                 "audit commands cannot be audited".into(),
             ));
         }
-        let resource = audit::describe(self, &command);
+        let resource = super::audit::describe(self, &command);
         let resource_org = resource.organization_id.clone();
-        let mut event = audit::build_event(self, &context, resource, EventOutcome::success());
+        let mut event = super::audit::event(self, &context, resource, EventOutcome::success());
         // A membership change that failed outside the state machine keeps the code its
         // client received.
         let recorded_failure = match &command {
@@ -765,7 +765,7 @@ impl ControlState {
         if let Err(rejection) = &outcome {
             event.event.outcome = match recorded_failure {
                 Some(f) => EventOutcome::failure(&f.error_code, &f.reason),
-                None => EventOutcome::rejected(rejection),
+                None => super::audit::rejected(rejection),
             };
         }
         if event.organization_id.is_none() {

@@ -219,7 +219,6 @@ mod tests {
     }
 
     fn event(log: &mut AuditLog, rid: &str, operation: &str, result: &str) {
-        let state = conifer_node::control::ControlState::default();
         let context = AuditContext {
             id: rid.into(),
             time: conifer_node::audit::timestamp(1),
@@ -242,10 +241,13 @@ mod tests {
         };
         log.append(
             build_event(
-                &state,
                 &context,
                 Resource::new(Verb::Create, ResourceType::ApiKey, None),
                 outcome,
+                conifer_node::audit::EventNames {
+                    actor: Some(("operator".into(), "Operator token".into())),
+                    organization: None,
+                },
             ),
             EventClass::Change,
         );
