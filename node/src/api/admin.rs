@@ -15,6 +15,7 @@ use super::{ApiError, ApiState};
 use crate::auth::{self, Principal};
 use crate::control::membership::{self, MemberChange};
 use crate::control::state::{ApiKey, ApiKeyRole, Project, ProjectMember, ProjectRole};
+use crate::control::state::{ApiKeyCommand, ProjectCommand};
 use crate::control::{Command, Output};
 use crate::policy::{self, Operation, Target};
 
@@ -191,7 +192,7 @@ pub async fn create_project(
         _ => None,
     };
     match caller
-        .propose(Command::CreateProject { project, owner })
+        .propose(Command::Project(ProjectCommand::Create { project, owner }))
         .await?
     {
         Output::Project(p) => Ok((StatusCode::CREATED, Json(project_json(&p)))),
@@ -268,12 +269,12 @@ pub async fn update_project(
     }
     check_max_pods(body.max_pods)?;
     check_cmek(body.force_encryption_with_cmek)?;
-    let command = Command::UpdateProject {
+    let command = Command::Project(ProjectCommand::Update {
         id,
         name: body.name,
         max_pods: body.max_pods,
         force_encryption_with_cmek: body.force_encryption_with_cmek,
-    };
+    });
     match caller.propose(command).await? {
         Output::Project(p) => Ok(Json(project_json(&p))),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
@@ -288,7 +289,9 @@ pub async fn delete_project(
 ) -> Result<StatusCode, ApiError> {
     check_id("project", &id)?;
     caller.authorize_project(&state, &id).await?;
-    caller.propose(Command::DeleteProject { id }).await?;
+    caller
+        .propose(Command::Project(ProjectCommand::Delete { id }))
+        .await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -349,7 +352,10 @@ pub async fn create_api_key(
         secret_sha256: secret.secret_sha256,
         created_at: crate::now_rfc3339(),
     };
-    match caller.propose(Command::CreateApiKey(key)).await? {
+    match caller
+        .propose(Command::ApiKey(ApiKeyCommand::Create(key)))
+        .await?
+    {
         Output::ApiKey(k) => Ok((
             StatusCode::CREATED,
             Json(json!({ "key": key_json(&k), "value": secret.value })),
@@ -430,11 +436,11 @@ pub async fn update_api_key(
         check_name("name", name, MAX_API_KEY_NAME_CHARS)?;
     }
     let roles = body.roles.as_deref().map(parse_key_roles).transpose()?;
-    let command = Command::UpdateApiKey {
+    let command = Command::ApiKey(ApiKeyCommand::Update {
         id,
         name: body.name,
         roles,
-    };
+    });
     match caller.propose(command).await? {
         Output::ApiKey(k) => Ok(Json(key_json(&k))),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
@@ -448,7 +454,9 @@ pub async fn delete_api_key(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     authorized_key(&state, &caller, &id).await?;
-    caller.propose(Command::DeleteApiKey { id }).await?;
+    caller
+        .propose(Command::ApiKey(ApiKeyCommand::Delete { id }))
+        .await?;
     Ok(StatusCode::ACCEPTED)
 }
 

@@ -13,6 +13,7 @@ use super::access::Caller;
 use super::admin::{check_id, check_name, home_organization};
 use super::{ApiError, ApiState};
 use crate::auth::{self, token, Principal};
+use crate::control::state::OrganizationCommand;
 use crate::control::state::{
     IdentityCommand, MemberKind, OperatorToken, OrgRole, Organization, ProjectMember, ProjectRole,
     ServiceAccount, User,
@@ -120,7 +121,10 @@ pub async fn create_organization(
         name: body.name,
         created_at: crate::now_rfc3339(),
     };
-    match caller.propose(Command::CreateOrganization(org)).await? {
+    match caller
+        .propose(Command::Organization(OrganizationCommand::Create(org)))
+        .await?
+    {
         Output::Organization(o) => Ok((StatusCode::CREATED, Json(org_json(&o)))),
         other => Err(unexpected(other)),
     }
@@ -178,10 +182,10 @@ pub async fn update_organization(
     let Json(body) = body?;
     check_name("name", &body.name, MAX_ORGANIZATION_NAME_CHARS)?;
     match caller
-        .propose(Command::RenameOrganization {
+        .propose(Command::Organization(OrganizationCommand::Rename {
             id,
             name: body.name,
-        })
+        }))
         .await?
     {
         Output::Organization(o) => Ok(Json(org_json(&o))),
@@ -197,7 +201,9 @@ pub async fn delete_organization(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     authorized_org(&state, &caller, &id).await?;
-    caller.propose(Command::DeleteOrganization { id }).await?;
+    caller
+        .propose(Command::Organization(OrganizationCommand::Delete { id }))
+        .await?;
     Ok(StatusCode::ACCEPTED)
 }
 

@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use super::access::{Caller, PROJECT_HEADER};
 use super::body::{self, Plane};
 use super::{ApiError, ApiState};
+use crate::control::state::IndexCommand;
 use crate::control::state::{Command, Index, IndexState, Metric, Output};
 use crate::control::{ControlError, Rejection};
 
@@ -640,7 +641,7 @@ pub async fn create(
     };
     let ports = state.router.index_ports();
     match caller
-        .propose(Command::CreateIndex { index, ports })
+        .propose(Command::Index(IndexCommand::Create { index, ports }))
         .await?
     {
         Output::Index(index) => Ok((
@@ -753,12 +754,12 @@ pub async fn configure(
         }
     };
     let deletion_protection = parse_protection(req.deletion_protection.as_deref())?;
-    let command = Command::ConfigureIndex {
+    let command = Command::Index(IndexCommand::Configure {
         project_id: project_id.clone(),
         name,
         deletion_protection,
         tags_json,
-    };
+    });
     match caller.propose(command).await? {
         Output::Index(index) => Ok(Json(render_one(&state, index, schema_api(&headers)).await)),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
@@ -773,10 +774,10 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let project_id = project(&state, &caller, &headers).await?;
-    let command = Command::DeleteIndex {
+    let command = Command::Index(IndexCommand::Delete {
         project_id: project_id.clone(),
         name,
-    };
+    });
     match caller.propose(command).await {
         Ok(_) => Ok(StatusCode::ACCEPTED),
         Err(ControlError::Rejected(Rejection::Invalid(m))) => Err(ApiError::deletion_protected(m)),

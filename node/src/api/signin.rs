@@ -205,10 +205,10 @@ where
                 if let Err(wait) = state.signin.per_principal.allow(&subject.id) {
                     return over_rate(state, info, operation, &subject, wait);
                 }
-                let command = Command::SignIn {
+                let command = Command::Identity(IdentityCommand::SignIn {
                     principal_id: subject.id.clone(),
                     kind: subject.kind,
-                };
+                });
                 let context = info.context(operation.name(), actor);
                 if let Err(e) = state.control.propose_as(context, command).await {
                     return ApiError::from(e).into_response();

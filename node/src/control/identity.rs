@@ -9,7 +9,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{not_found, ControlState, Output, Rejection};
+use super::audit::{
+    account_resource, member_field, member_handle, member_name, member_resource_type,
+    membership_resource, principal_kind, user_resource,
+};
+use super::state::{check_new, not_found, ControlState, Output, Rejection};
+use crate::audit::{Params, Resource, ResourceType, Verb};
 
 /// Most users (organization members) one organization may hold.
 pub const MAX_USERS_PER_ORG: usize = 10_000;
@@ -262,6 +267,14 @@ pub enum IdentityCommand {
     },
     /// Start signing tokens with a new key; the previous key still verifies.
     RotateSigningKey(SigningKey),
+    /// A user or service account signed in (its audit event is the point; refused when the
+    /// principal was deleted meanwhile).
+    SignIn {
+        /// The principal.
+        principal_id: String,
+        /// Its kind.
+        kind: MemberKind,
+    },
 }
 
 fn exists(message: String) -> Rejection {
@@ -277,21 +290,19 @@ impl ControlState {
                 if !self.organizations.contains_key(&user.organization_id) {
                     return Err(not_found("organization", &user.organization_id));
                 }
-                if self.users.contains_key(&user.id) {
-                    return Err(exists(format!("user id '{}' already exists", user.id)));
-                }
-                if self.users.values().any(|u| u.email == user.email) {
-                    return Err(exists(format!(
-                        "a user with email '{}' already exists",
-                        user.email
-                    )));
-                }
-                let count = self.users_of(&user.organization_id).len();
-                if count >= MAX_USERS_PER_ORG {
-                    return Err(Rejection::LimitExceeded(format!(
-                        "organization already has {count} members; the limit is {MAX_USERS_PER_ORG}"
-                    )));
-                }
+                let taken = if self.users.contains_key(&user.id) {
+                    Some(format!("user id '{}' already exists", user.id))
+                } else {
+                    (self.users.values().any(|u| u.email == user.email))
+                        .then(|| format!("a user with email '{}' already exists", user.email))
+                };
+                check_new(
+                    taken,
+                    self.users_of(&user.organization_id).len(),
+                    MAX_USERS_PER_ORG,
+                    "organization",
+                    "members",
+                )?;
                 self.users.insert(user.id.clone(), user.clone());
                 Ok(Output::User(user))
             }
@@ -323,18 +334,15 @@ impl ControlState {
                 if !self.organizations.contains_key(&account.organization_id) {
                     return Err(not_found("organization", &account.organization_id));
                 }
-                if self.service_accounts.contains_key(&account.id) {
-                    return Err(exists(format!(
-                        "service account id '{}' already exists",
-                        account.id
-                    )));
-                }
-                let count = self.service_accounts_of(&account.organization_id).len();
-                if count >= MAX_SERVICE_ACCOUNTS_PER_ORG {
-                    return Err(Rejection::LimitExceeded(format!(
-                        "organization already has {count} service accounts; the limit is {MAX_SERVICE_ACCOUNTS_PER_ORG}"
-                    )));
-                }
+                check_new(
+                    self.service_accounts
+                        .contains_key(&account.id)
+                        .then(|| format!("service account id '{}' already exists", account.id)),
+                    self.service_accounts_of(&account.organization_id).len(),
+                    MAX_SERVICE_ACCOUNTS_PER_ORG,
+                    "organization",
+                    "service accounts",
+                )?;
                 self.service_accounts
                     .insert(account.id.clone(), account.clone());
                 Ok(Output::ServiceAccount(account))
@@ -388,18 +396,18 @@ impl ControlState {
                     return Err(not_found(member.kind.as_str(), &member.principal_id));
                 }
                 let key = (member.principal_id.clone(), member.project_id.clone());
-                if self.project_members.contains_key(&key) {
-                    return Err(exists(format!(
-                        "'{}' is already a member of project '{}'",
-                        member.principal_id, member.project_id
-                    )));
-                }
-                let count = self.members_of(&member.project_id).len();
-                if count >= MAX_MEMBERS_PER_PROJECT {
-                    return Err(Rejection::LimitExceeded(format!(
-                        "project already has {count} members; the limit is {MAX_MEMBERS_PER_PROJECT}"
-                    )));
-                }
+                check_new(
+                    self.project_members.contains_key(&key).then(|| {
+                        format!(
+                            "'{}' is already a member of project '{}'",
+                            member.principal_id, member.project_id
+                        )
+                    }),
+                    self.members_of(&member.project_id).len(),
+                    MAX_MEMBERS_PER_PROJECT,
+                    "project",
+                    "members",
+                )?;
                 self.project_members.insert(key, member.clone());
                 Ok(Output::ProjectMember(member))
             }
@@ -425,18 +433,15 @@ impl ControlState {
                 Ok(Output::Done)
             }
             C::CreateOperatorToken(token) => {
-                if self.operator_tokens.len() >= MAX_OPERATOR_TOKENS {
-                    return Err(Rejection::LimitExceeded(format!(
-                        "the cluster already has {} operator tokens; the limit is {MAX_OPERATOR_TOKENS}",
-                        self.operator_tokens.len()
-                    )));
-                }
-                if self.operator_tokens.contains_key(&token.id) {
-                    return Err(exists(format!(
-                        "operator token '{}' already exists",
-                        token.id
-                    )));
-                }
+                check_new(
+                    self.operator_tokens
+                        .contains_key(&token.id)
+                        .then(|| format!("operator token '{}' already exists", token.id)),
+                    self.operator_tokens.len(),
+                    MAX_OPERATOR_TOKENS,
+                    "the cluster",
+                    "operator tokens",
+                )?;
                 self.operator_tokens.insert(token.id.clone(), token);
                 Ok(Output::Done)
             }
@@ -475,6 +480,17 @@ impl ControlState {
                 let excess = self.signing_keys.len().saturating_sub(SIGNING_KEYS_KEPT);
                 self.signing_keys.drain(..excess);
                 Ok(Output::Done)
+            }
+            C::SignIn { principal_id, kind } => {
+                let exists = match kind {
+                    MemberKind::User => self.users.contains_key(&principal_id),
+                    MemberKind::ServiceAccount => self.service_accounts.contains_key(&principal_id),
+                };
+                if exists {
+                    Ok(Output::Done)
+                } else {
+                    Err(not_found(kind.as_str(), &principal_id))
+                }
             }
         }
     }
@@ -537,11 +553,132 @@ impl ControlState {
     }
 }
 
+/// The audit description of an identity command (the state before it).
+pub(super) fn describe(state: &ControlState, command: &IdentityCommand) -> Resource {
+    use IdentityCommand as C;
+    use ResourceType as T;
+    use Verb as V;
+    match command {
+        C::CreateUser(user) => Resource::new(V::Create, T::User, Some(&user.id))
+            .id(Some(serde_json::json!([user.email])))
+            .named(Some(&user.email))
+            .in_org(Some(&user.organization_id))
+            .params(
+                Params::default()
+                    .with("email", user.email.as_str())
+                    .with("name", user.name.as_str())
+                    .with("role", user.role.as_str()),
+            ),
+        C::SetUserRole { id, role } => {
+            let email = state.users.get(id).map(|u| u.email.clone());
+            user_resource(state, V::Update, id)
+                .id(Some(
+                    serde_json::json!({"user": email, "role": role.as_str()}),
+                ))
+                .params(Params::default().with("role", role.as_str()))
+        }
+        C::SetUserPassword { id, .. } => user_resource(state, V::Update, id),
+        C::DeleteUser { id } => user_resource(state, V::Delete, id),
+        C::CreateServiceAccount(account) => {
+            Resource::new(V::Create, T::ServiceAccount, Some(&account.id))
+                .id(Some(account.id.as_str()))
+                .named(Some(&account.name))
+                .in_org(Some(&account.organization_id))
+                .params(
+                    Params::default()
+                        .with("name", account.name.as_str())
+                        .with("role", account.role.as_str()),
+                )
+        }
+        C::UpdateServiceAccount { id, name, role } => account_resource(state, V::Update, id)
+            .params(
+                Params::default()
+                    .with_some("name", name.as_deref())
+                    .with_some("role", role.map(|r| r.as_str())),
+            ),
+        C::RotateServiceAccountSecret { id, .. } => account_resource(state, V::Update, id),
+        C::DeleteServiceAccount { id } => account_resource(state, V::Delete, id),
+        C::AddProjectMember(member) => {
+            let handle = member_handle(state, member.kind, &member.principal_id);
+            let mut resource = membership_resource(
+                state,
+                V::Create,
+                &member.project_id,
+                &member.principal_id,
+                Some(member.kind),
+            )
+            .id(Some(serde_json::json!([handle])));
+            resource.parameters = resource
+                .parameters
+                .with("member_type", member.kind.as_str())
+                .with("role", member.role.as_str());
+            resource
+        }
+        C::SetProjectMemberRole {
+            project_id,
+            principal_id,
+            role,
+        } => {
+            let mut resource =
+                membership_resource(state, V::Update, project_id, principal_id, None);
+            let kind = principal_kind(state, principal_id).unwrap_or(MemberKind::User);
+            resource = resource.id(Some(serde_json::json!({
+                member_field(kind): member_handle(state, kind, principal_id),
+                "role": role.as_str(),
+            })));
+            resource.parameters = resource.parameters.with("role", role.as_str());
+            resource
+        }
+        C::RemoveProjectMember {
+            project_id,
+            principal_id,
+        } => {
+            let kind = principal_kind(state, principal_id).unwrap_or(MemberKind::User);
+            let project = state.projects.get(project_id).map(|p| p.name.clone());
+            membership_resource(state, V::Delete, project_id, principal_id, None).id(Some(
+                serde_json::json!({
+                    member_field(kind): member_handle(state, kind, principal_id),
+                    "project": project,
+                }),
+            ))
+        }
+        C::CreateOperatorToken(token) => {
+            Resource::new(V::Create, T::OperatorToken, Some(&token.id)).id(Some(token.id.as_str()))
+        }
+        C::RotateOperatorToken { old_id, new } => {
+            Resource::new(V::Update, T::OperatorToken, Some(old_id))
+                .id(Some(old_id.as_str()))
+                .params(Params::default().with("new_id", new.id.as_str()))
+        }
+        C::DeleteOperatorToken { id } => {
+            Resource::new(V::Delete, T::OperatorToken, Some(id)).id(Some(id.as_str()))
+        }
+        C::RotateSigningKey(key) => {
+            Resource::new(V::Create, T::SigningKey, Some(&key.id)).id(Some(key.id.as_str()))
+        }
+        C::SignIn { principal_id, kind } => {
+            let org = match kind {
+                MemberKind::User => state.users.get(principal_id).map(|u| &u.organization_id),
+                MemberKind::ServiceAccount => state
+                    .service_accounts
+                    .get(principal_id)
+                    .map(|a| &a.organization_id),
+            };
+            Resource::new(V::Login, member_resource_type(*kind), Some(principal_id))
+                .id(Some(member_handle(state, *kind, principal_id)))
+                .named(member_name(state, *kind, principal_id).as_deref())
+                .in_org(org.map(String::as_str))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::control::state::tests::bootstrapped;
-    use crate::control::state::{Command, OperatorToken, Project};
+    use crate::control::state::{
+        Command, OperatorToken, OrganizationCommand, Project, ProjectCommand,
+    };
 
     fn user(id: &str, email: &str, role: OrgRole) -> User {
         User {
@@ -638,7 +775,7 @@ mod tests {
     #[test]
     fn deleting_a_project_removes_its_memberships_only() {
         let mut s = bootstrapped();
-        s.apply(Command::CreateProject {
+        s.apply(Command::Project(ProjectCommand::Create {
             project: Project {
                 id: "p1".into(),
                 organization_id: "o1".into(),
@@ -648,7 +785,7 @@ mod tests {
                 created_at: "t".into(),
             },
             owner: None,
-        })
+        }))
         .unwrap();
         s.apply(id(IdentityCommand::CreateUser(user(
             "u1",
@@ -664,7 +801,8 @@ mod tests {
             ))))
             .unwrap();
         }
-        s.apply(Command::DeleteProject { id: "p1".into() }).unwrap();
+        s.apply(Command::Project(ProjectCommand::Delete { id: "p1".into() }))
+            .unwrap();
         let left: Vec<&str> = s
             .memberships_of("u1")
             .map(|m| m.project_id.as_str())
@@ -677,13 +815,13 @@ mod tests {
     #[test]
     fn a_member_must_exist_in_the_projects_organization() {
         let mut s = bootstrapped();
-        s.apply(Command::CreateOrganization(
+        s.apply(Command::Organization(OrganizationCommand::Create(
             crate::control::state::Organization {
                 id: "o2".into(),
                 name: "other".into(),
                 created_at: "t".into(),
             },
-        ))
+        )))
         .unwrap();
         let mut stranger = user("u9", "s@x.io", OrgRole::OrgOwner);
         stranger.organization_id = "o2".into();

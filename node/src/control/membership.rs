@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
 use super::{ControlError, ControlPlane, Rejection};
+use crate::audit::{Params, Resource, ResourceType, Verb};
 
 /// Longest a new learner may take to catch up before a join reports failure.
 pub const JOIN_CATCH_UP_TIMEOUT_MS: u64 = 60_000;
@@ -365,6 +366,30 @@ async fn refuse_stranding_indexes(
         }
     ))
     .into())
+}
+
+/// A membership change: the cluster, named by the node changed (as a refused promote or
+/// remove names it), on the cluster chain.
+pub(super) fn describe(record: &MembershipRecord) -> Resource {
+    let node = record.node_id.to_string();
+    let (verb, params) = match &record.change {
+        MemberChange::Join {
+            cluster_addr,
+            api_addr,
+            voter,
+        } => (
+            Verb::Create,
+            Params::default()
+                .with("cluster_addr", cluster_addr.as_str())
+                .with("api_addr", api_addr.as_str())
+                .with("voter", *voter),
+        ),
+        MemberChange::Promote => (Verb::Update, Params::default()),
+        MemberChange::Remove { force } => (Verb::Delete, Params::default().with("force", *force)),
+    };
+    Resource::new(verb, ResourceType::Cluster, Some(&node))
+        .id(Some(node.as_str()))
+        .params(params.with("node_id", record.node_id))
 }
 
 #[cfg(test)]

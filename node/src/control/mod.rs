@@ -17,7 +17,11 @@ pub mod audit;
 pub mod audit_sink;
 pub mod barrier;
 pub mod identity;
+pub mod indexes;
+pub mod keys;
 pub mod membership;
+pub mod organizations;
+pub mod projects;
 pub mod state;
 
 use std::sync::{Arc, Mutex};

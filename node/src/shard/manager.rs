@@ -17,6 +17,7 @@ use conifer_raft::{GroupClient, GroupRegistry, NodeId, NodeStorage, Raft};
 
 use super::engine::EngineConfig;
 use super::machine::ShardMachine;
+use crate::control::state::IndexCommand;
 use crate::control::state::{Command, Index, IndexState};
 use crate::control::ControlPlane;
 
@@ -149,9 +150,9 @@ impl ShardManager {
             }
             let leader = shard.raft.metrics().borrow().current_leader;
             if index.state == IndexState::Initializing && leader == Some(me) {
-                let command = Command::MarkIndexReady {
+                let command = Command::Index(IndexCommand::MarkReady {
                     group_id: index.group_id,
-                };
+                });
                 if let Err(e) = self.inner.control.propose(command).await {
                     tracing::debug!(group = index.group_id, "mark ready: {e}");
                 }

@@ -1,0 +1,242 @@
+//! Indexes of a project: create (the state machine assigns the shard group and, with index
+//! ports, the port), configure, mark ready, delete (refused under deletion protection), and
+//! how each is audited.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::audit::index_resource;
+use super::state::{check_new, not_found, ControlState, Outcome, Output, Rejection};
+use crate::audit::{Params, Resource, ResourceType, Verb};
+pub use crate::shard::engine::Metric;
+
+/// Most indexes one project may hold.
+pub const MAX_INDEXES_PER_PROJECT: usize = 100;
+
+/// Lifecycle state of an index, as Pinecone reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IndexState {
+    /// The shard group is being created.
+    Initializing,
+    /// The shard group has elected a leader and serves.
+    Ready,
+}
+
+/// An index of a project: configuration plus where its (single, for now) shard lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    /// Name, unique within the project.
+    pub name: String,
+    /// Owning project.
+    pub project_id: String,
+    /// Vector dimension.
+    pub dimension: u32,
+    /// Similarity metric.
+    pub metric: Metric,
+    /// `dense` (sparse indexes come later).
+    pub vector_type: String,
+    /// Pinecone `spec` (serverless or pod) as given, JSON text.
+    pub spec_json: String,
+    /// Pinecone `tags` as given, JSON text (`null` when none).
+    pub tags_json: String,
+    /// Whether deletion is refused.
+    pub deletion_protection: bool,
+    /// Raft group of the shard (assigned at apply).
+    pub group_id: u64,
+    /// Nodes holding a replica of the shard.
+    pub replicas: Vec<u64>,
+    /// Lifecycle state.
+    pub state: IndexState,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Its own client port on every node, from the index port range (`None`: addressed by
+    /// host name or header only). Assigned at apply.
+    pub port: Option<u16>,
+}
+
+/// A change of an index.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum IndexCommand {
+    /// Create an index; the state machine assigns its shard group id and, given `ports`
+    /// (the first and last of the proposing node's index port range), the lowest port of
+    /// the range no other index holds.
+    Create {
+        /// The index.
+        index: Index,
+        /// Index port range, inclusive.
+        ports: Option<(u16, u16)>,
+    },
+    /// Change an index's deletion protection and/or tags.
+    Configure {
+        /// Owning project.
+        project_id: String,
+        /// Index name.
+        name: String,
+        /// New deletion protection, if changing.
+        deletion_protection: Option<bool>,
+        /// New tags (JSON text), if changing.
+        tags_json: Option<String>,
+    },
+    /// Mark an index ready (proposed by its shard leader once the group serves).
+    MarkReady {
+        /// Shard group of the index.
+        group_id: u64,
+    },
+    /// Delete an index (refused while deletion protection is on).
+    Delete {
+        /// Owning project.
+        project_id: String,
+        /// Index name.
+        name: String,
+    },
+}
+
+impl ControlState {
+    /// Applies an index command; on rejection nothing changes.
+    pub(super) fn apply_index(&mut self, command: IndexCommand) -> Outcome {
+        match command {
+            IndexCommand::Create { mut index, ports } => {
+                if !self.projects.contains_key(&index.project_id) {
+                    return Err(not_found("project", &index.project_id));
+                }
+                let key = (index.project_id.clone(), index.name.clone());
+                check_new(
+                    self.indexes
+                        .contains_key(&key)
+                        .then(|| format!("index '{}' already exists", index.name)),
+                    self.indexes_of(&index.project_id).len(),
+                    MAX_INDEXES_PER_PROJECT,
+                    "project",
+                    "indexes",
+                )?;
+                index.port = match ports {
+                    None => None,
+                    Some(range) => Some(self.next_index_port(range)?),
+                };
+                self.last_index_port = index.port.or(self.last_index_port);
+                self.next_group_id = self.next_group_id.max(1);
+                index.group_id = self.next_group_id;
+                index.state = IndexState::Initializing;
+                self.next_group_id += 1;
+                self.indexes.insert(key, index.clone());
+                Ok(Output::Index(index))
+            }
+            IndexCommand::Configure {
+                project_id,
+                name,
+                deletion_protection,
+                tags_json,
+            } => {
+                let index = self
+                    .indexes
+                    .get_mut(&(project_id, name.clone()))
+                    .ok_or_else(|| not_found("index", &name))?;
+                if let Some(protect) = deletion_protection {
+                    index.deletion_protection = protect;
+                }
+                if let Some(tags) = tags_json {
+                    index.tags_json = tags;
+                }
+                Ok(Output::Index(index.clone()))
+            }
+            IndexCommand::MarkReady { group_id } => {
+                match self.indexes.values_mut().find(|i| i.group_id == group_id) {
+                    Some(index) => {
+                        index.state = IndexState::Ready;
+                        Ok(Output::Done)
+                    }
+                    None => Err(not_found("index with shard group", &group_id.to_string())),
+                }
+            }
+            IndexCommand::Delete { project_id, name } => {
+                let key = (project_id, name.clone());
+                match self.indexes.get(&key) {
+                    None => Err(not_found("index", &name)),
+                    Some(index) if index.deletion_protection => Err(Rejection::Invalid(format!(
+                        "index '{name}' has deletion protection enabled; disable it before deleting"
+                    ))),
+                    Some(_) => {
+                        self.indexes.remove(&key);
+                        Ok(Output::Done)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The port for a new index from `(first, last)`: the first one after the port given
+    /// out last that no index holds, wrapping within the range.
+    fn next_index_port(&self, (first, last): (u16, u16)) -> Result<u16, Rejection> {
+        let taken: std::collections::BTreeSet<u16> =
+            self.indexes.values().filter_map(|i| i.port).collect();
+        let start = match self.last_index_port {
+            Some(p) if (first..last).contains(&p) => p + 1,
+            _ => first,
+        };
+        (start..=last)
+            .chain(first..start)
+            .find(|p| !taken.contains(p))
+            .ok_or_else(|| {
+                Rejection::LimitExceeded(format!(
+                    "every port of the index port range {first}-{last} is taken; delete an \
+                     index or widen --index-port-range"
+                ))
+            })
+    }
+
+    /// The index whose shard is Raft group `group`.
+    pub fn index_of_group(&self, group: u64) -> Option<&Index> {
+        self.indexes.values().find(|i| i.group_id == group)
+    }
+
+    /// Indexes of a project, by name order.
+    pub fn indexes_of(&self, project_id: &str) -> Vec<&Index> {
+        self.indexes
+            .values()
+            .filter(|i| i.project_id == project_id)
+            .collect()
+    }
+}
+
+/// The audit description of an index command (the state before it).
+pub(super) fn describe(state: &ControlState, command: &IndexCommand) -> Resource {
+    match command {
+        IndexCommand::Create { index, .. } => {
+            index_resource(state, Verb::Create, &index.project_id, &index.name).params(
+                Params::default()
+                    .with("project_id", index.project_id.as_str())
+                    .with("dimension", index.dimension)
+                    .with("metric", index.metric.as_str())
+                    .with("vector_type", index.vector_type.as_str())
+                    .with("deletion_protection", index.deletion_protection),
+            )
+        }
+        IndexCommand::Configure {
+            project_id,
+            name,
+            deletion_protection,
+            tags_json,
+        } => index_resource(state, Verb::Update, project_id, name).params(
+            Params::default()
+                .with("project_id", project_id.as_str())
+                .with_some("deletion_protection", *deletion_protection)
+                .with_some(
+                    "tags",
+                    tags_json
+                        .as_deref()
+                        .and_then(|t| serde_json::from_str::<Value>(t).ok()),
+                ),
+        ),
+        IndexCommand::MarkReady { group_id } => {
+            let resource = match state.index_of_group(*group_id) {
+                Some(i) => index_resource(state, Verb::Update, &i.project_id, &i.name),
+                None => Resource::new(Verb::Update, ResourceType::Index, None),
+            };
+            resource.params(Params::default().with("group_id", *group_id))
+        }
+        IndexCommand::Delete { project_id, name } => {
+            index_resource(state, Verb::Delete, project_id, name)
+                .params(Params::default().with("project_id", project_id.as_str()))
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Projects: create (with an owner in the same step), update, delete (one with no indexes,
+//! with its API keys and memberships), and how each is audited.
+
+use serde::{Deserialize, Serialize};
+
+use super::audit::project_resource;
+use super::identity::{MemberKind, ProjectMember};
+use super::state::{check_new, not_found, ControlState, Outcome, Output, Rejection};
+use crate::audit::{Params, Resource, ResourceType, Verb};
+
+/// Most projects one organization may hold.
+pub const MAX_PROJECTS_PER_ORG: usize = 1_000;
+
+/// A project: the unit API keys and indexes belong to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    /// Stable id.
+    pub id: String,
+    /// Owning organization.
+    pub organization_id: String,
+    /// Name, unique within the organization.
+    pub name: String,
+    /// Pinecone's pod quota; stored and reported.
+    pub max_pods: u32,
+    /// Whether indexes must use customer-managed keys.
+    pub force_encryption_with_cmek: bool,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+/// A change of a project.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ProjectCommand {
+    /// Create a project; `owner`, when given, becomes its `ProjectOwner` in the same step.
+    Create {
+        /// The project.
+        project: Project,
+        /// The user or service account that created it.
+        owner: Option<ProjectMember>,
+    },
+    /// Rename a project or change its settings.
+    Update {
+        /// The project.
+        id: String,
+        /// New name, if changing.
+        name: Option<String>,
+        /// New pod quota, if changing.
+        max_pods: Option<u32>,
+        /// New CMEK requirement, if changing.
+        force_encryption_with_cmek: Option<bool>,
+    },
+    /// Delete a project and its API keys.
+    Delete {
+        /// The project.
+        id: String,
+    },
+}
+
+impl ControlState {
+    /// Applies a project command; on rejection nothing changes.
+    pub(super) fn apply_project(&mut self, command: ProjectCommand) -> Outcome {
+        match command {
+            ProjectCommand::Create { project, owner } => {
+                if !self.organizations.contains_key(&project.organization_id) {
+                    return Err(not_found("organization", &project.organization_id));
+                }
+                let siblings = self.projects_of(&project.organization_id);
+                let taken = if self.projects.contains_key(&project.id) {
+                    Some(format!("project id '{}' already exists", project.id))
+                } else {
+                    siblings.iter().any(|p| p.name == project.name).then(|| {
+                        format!(
+                            "a project named '{}' already exists in this organization",
+                            project.name
+                        )
+                    })
+                };
+                check_new(
+                    taken,
+                    siblings.len(),
+                    MAX_PROJECTS_PER_ORG,
+                    "organization",
+                    "projects",
+                )?;
+                if let Some(owner) = &owner {
+                    let known = match owner.kind {
+                        MemberKind::User => self.users.contains_key(&owner.principal_id),
+                        MemberKind::ServiceAccount => {
+                            self.service_accounts.contains_key(&owner.principal_id)
+                        }
+                    };
+                    if !known || owner.project_id != project.id {
+                        return Err(not_found(owner.kind.as_str(), &owner.principal_id));
+                    }
+                }
+                self.projects.insert(project.id.clone(), project.clone());
+                if let Some(owner) = owner {
+                    self.project_members
+                        .insert((owner.principal_id.clone(), project.id.clone()), owner);
+                }
+                Ok(Output::Project(project))
+            }
+            ProjectCommand::Update {
+                id,
+                name,
+                max_pods,
+                force_encryption_with_cmek,
+            } => {
+                let org = match self.projects.get(&id) {
+                    Some(p) => p.organization_id.clone(),
+                    None => return Err(not_found("project", &id)),
+                };
+                if let Some(name) = &name {
+                    let taken = self
+                        .projects_of(&org)
+                        .iter()
+                        .any(|p| p.name == *name && p.id != id);
+                    if taken {
+                        return Err(Rejection::AlreadyExists(format!(
+                            "a project named '{name}' already exists in this organization"
+                        )));
+                    }
+                }
+                let project = self.projects.get_mut(&id).expect("checked above");
+                if let Some(name) = name {
+                    project.name = name;
+                }
+                if let Some(max_pods) = max_pods {
+                    project.max_pods = max_pods;
+                }
+                if let Some(force) = force_encryption_with_cmek {
+                    project.force_encryption_with_cmek = force;
+                }
+                Ok(Output::Project(project.clone()))
+            }
+            ProjectCommand::Delete { id } => {
+                if !self.projects.contains_key(&id) {
+                    return Err(not_found("project", &id));
+                }
+                let indexes = self.indexes_of(&id).len();
+                if indexes > 0 {
+                    return Err(Rejection::Invalid(format!(
+                        "project '{id}' still has {indexes} index(es); delete them first"
+                    )));
+                }
+                self.projects.remove(&id);
+                self.api_keys.retain(|_, k| k.project_id != id);
+                self.project_members.retain(|(_, p), _| *p != id);
+                Ok(Output::Done)
+            }
+        }
+    }
+
+    /// The projects of an organization.
+    pub fn projects_of(&self, organization_id: &str) -> Vec<&Project> {
+        self.projects
+            .values()
+            .filter(|p| p.organization_id == organization_id)
+            .collect()
+    }
+}
+
+/// The audit description of a project command (the state before it).
+pub(super) fn describe(state: &ControlState, command: &ProjectCommand) -> Resource {
+    match command {
+        ProjectCommand::Create { project, owner } => {
+            Resource::new(Verb::Create, ResourceType::Project, Some(&project.id))
+                .id(Some(project.name.as_str()))
+                .named(Some(&project.name))
+                .in_org(Some(&project.organization_id))
+                .params(
+                    Params::default()
+                        .with("name", project.name.as_str())
+                        .with("max_pods", project.max_pods)
+                        .with(
+                            "force_encryption_with_cmek",
+                            project.force_encryption_with_cmek,
+                        )
+                        .with_some("owner_id", owner.as_ref().map(|o| o.principal_id.as_str())),
+                )
+        }
+        ProjectCommand::Update {
+            id,
+            name,
+            max_pods,
+            force_encryption_with_cmek,
+        } => {
+            let mut resource = project_resource(state, Verb::Update, id);
+            // A rename is recorded under the new name, as the seed's organization rename is.
+            if let Some(name) = name {
+                resource = resource.id(Some(name.as_str()));
+            }
+            resource.params(
+                Params::default()
+                    .with_some("name", name.as_deref())
+                    .with_some("max_pods", *max_pods)
+                    .with_some("force_encryption_with_cmek", *force_encryption_with_cmek),
+            )
+        }
+        ProjectCommand::Delete { id } => project_resource(state, Verb::Delete, id),
+    }
+}
