@@ -12,11 +12,10 @@ use super::page::{page_place, Listing, PageScope};
 use super::router::{Router, Target};
 use super::validate::*;
 use super::{DataError, DataOp, DataResponse, Lsn};
+use crate::shard::command::{merge_metadata, Record, ShardCommand, ShardOutput, DEFAULT_NAMESPACE};
 use crate::shard::engine::Metric;
 use crate::shard::filter::Filter;
-use crate::shard::machine::{
-    merge_metadata, Namespace, Record, ShardCommand, ShardOutput, DEFAULT_NAMESPACE,
-};
+use crate::shard::namespace::Namespace;
 
 /// Runs `op` on the local replica `target`: the one dispatch from an operation to its
 /// function, so an operation without an arm here does not compile.
@@ -464,11 +463,8 @@ pub async fn delete(
     }
     let command = if req.delete_all {
         ShardCommand::DeleteAll { namespace }
-    } else if let Some((_, text)) = parse_filter(req.filter.as_ref())? {
-        ShardCommand::DeleteByFilter {
-            namespace,
-            filter: text,
-        }
+    } else if let Some((filter, _)) = parse_filter(req.filter.as_ref())? {
+        ShardCommand::DeleteByFilter { namespace, filter }
     } else {
         if req.ids.len() > MAX_DELETE_IDS {
             return Err(DataError::invalid(format!(
@@ -527,7 +523,7 @@ pub async fn update(
                 "Update with empty metadata filter is not allowed",
             ));
         }
-        let (filter, text) =
+        let (filter, _) =
             parse_filter(Some(filter_struct))?.unwrap_or((Filter::And(Vec::new()), "{}".into()));
         if req.dry_run.unwrap_or(false) {
             let guard = target.shard.state.read();
@@ -561,7 +557,7 @@ pub async fn update(
                 target,
                 ShardCommand::UpdateByFilter {
                     namespace,
-                    filter: text,
+                    filter,
                     set_metadata: set,
                 },
             )

@@ -16,7 +16,7 @@ use conifer_raft::client::never_sent;
 use super::{DataError, DataOp, DataResponse, Lsn};
 use crate::control::state::{Index, IndexState};
 use crate::control::ControlPlane;
-use crate::shard::machine::{
+use crate::shard::command::{
     ShardCommand, ShardOutcome, ShardOutput, ShardRejection, COMMAND_FORMAT, OUTCOME_FORMAT,
 };
 use crate::shard::manager::{HostedShard, ShardManager};
@@ -136,7 +136,7 @@ impl Router {
     /// checked against the project's total when it is applied
     /// ([`ShardCommand::UpsertInProject`]); `None` when the project's indexes cannot pass
     /// the total together (each is held to
-    /// [`MAX_RECORDS_PER_INDEX`](crate::shard::machine::MAX_RECORDS_PER_INDEX)). Each other
+    /// [`MAX_RECORDS_PER_INDEX`](crate::shard::command::MAX_RECORDS_PER_INDEX)). Each other
     /// index is counted by a linearizable read (of its replica here after the group's read
     /// index, or of a replica elsewhere) at most [`PROJECT_COUNT_MAX_AGE_MS`] earlier; an
     /// index still initializing holds none. UNAVAILABLE when an index was never counted here
@@ -153,7 +153,7 @@ impl Router {
                 .cloned()
                 .collect()
         });
-        let most = crate::shard::machine::MAX_RECORDS_PER_INDEX as u64;
+        let most = crate::shard::command::MAX_RECORDS_PER_INDEX as u64;
         if (others.len() as u64 + 1).saturating_mul(most) <= self.max_records_per_project {
             return Ok(None);
         }

@@ -10,11 +10,11 @@ use serde_json::{Map, Value};
 use super::convert::struct_to_json;
 use super::router::Target;
 use super::DataError;
+use crate::shard::command::{canonical_namespace, check_metadata_size, Sparse};
 use crate::shard::engine::Metric;
 use crate::shard::filter::{self, Filter};
-use crate::shard::machine::{canonical_namespace, check_metadata_size, Sparse};
 
-pub use crate::shard::machine::{
+pub use crate::shard::command::{
     MAX_METADATA_BYTES, MAX_NAMESPACES_PER_INDEX, MAX_RECORDS_PER_INDEX, MAX_RECORDS_PER_NAMESPACE,
 };
 

@@ -16,7 +16,7 @@ pub const MAX_IN_VALUES: usize = 10_000;
 pub const MAX_FILTER_CONDITIONS: usize = 1_000;
 
 /// A scalar a condition compares with.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Scalar {
     /// A string.
     Str(String),
@@ -27,7 +27,7 @@ pub enum Scalar {
 }
 
 /// One comparison on one field.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Condition {
     /// Equal (or, on a list, contains).
     Eq(Scalar),
@@ -50,7 +50,7 @@ pub enum Condition {
 }
 
 /// A parsed filter.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Filter {
     /// All must hold.
     And(Vec<Filter>),
