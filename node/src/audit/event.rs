@@ -435,7 +435,8 @@ pub fn event_hash(event: &AuditEvent) -> String {
     let mut unhashed = event.clone();
     unhashed.hash.clear();
     // Serializing plain data to JSON cannot fail.
-    let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
+    let bytes = serde_json::to_vec(&unhashed)
+        .expect("an event (strings, numbers and JSON objects with string keys) always serializes");
     hex::encode(Sha256::digest(&bytes))
 }
 

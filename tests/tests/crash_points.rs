@@ -1,0 +1,116 @@
+//! Crashes where corruption would follow: a node killed (a failpoint's panic aborts it)
+//! while it writes its keyring or its wrapped data key — before the new file is renamed
+//! into place, or right after — starts again and serves, because each file is written
+//! to a temporary file, synced, renamed and the directory synced.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use conifer_node::crypto::{DATA_KEY_FILE, KEYRING_FILE};
+use conifer_tests::{conifer_bin, free_port};
+
+/// `conifer serve` of a new single node in `dir`, with `failpoints` (fail-rs syntax) set.
+fn serve(dir: &Path, failpoints: Option<&str>) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("serve.log"))
+        .unwrap();
+    let mut cmd = Command::new(conifer_bin());
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--api-addr")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--cluster-addr")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .env_remove("FAILPOINTS")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    if let Some(f) = failpoints {
+        cmd.env("FAILPOINTS", f);
+    }
+    cmd.spawn().unwrap()
+}
+
+fn log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+}
+
+/// Waits (60 s) for the node to die at its failpoint.
+fn wait_crash(child: &mut Child, dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success(), "serve exited cleanly:\n{}", log(dir));
+            return;
+        }
+        assert!(Instant::now() < deadline, "no crash:\n{}", log(dir));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (60 s) until the node has bootstrapped (bootstrap.json) and still runs.
+fn wait_bootstrapped(child: &mut Child, dir: &Path) {
+    let boot = dir.join("data").join("bootstrap.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !boot.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "serve exited:\n{}",
+            log(dir)
+        );
+        assert!(Instant::now() < deadline, "no bootstrap:\n{}", log(dir));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "{}", log(dir));
+}
+
+/// Crashes a new node at `failpoints`, checks what is on disk with `after_crash`, then
+/// starts it again without failpoints and requires it to bootstrap.
+fn crash_then_restart(failpoints: &str, after_crash: impl Fn(&Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = serve(dir.path(), Some(failpoints));
+    wait_crash(&mut first, dir.path());
+    after_crash(&dir.path().join("data"));
+    let mut again = serve(dir.path(), None);
+    wait_bootstrapped(&mut again, dir.path());
+    let _ = again.kill();
+    let _ = again.wait();
+}
+
+#[test]
+fn a_crash_before_the_keyring_is_renamed_leaves_no_keyring_and_the_node_starts_again() {
+    crash_then_restart("conifer::crypto::write::before_rename=panic", |data| {
+        assert!(!data.join(KEYRING_FILE).exists(), "a keyring was renamed");
+        assert!(
+            data.join(KEYRING_FILE).with_extension("tmp").exists(),
+            "the crash came before the keyring's temporary file was written"
+        );
+        assert!(!data.join(DATA_KEY_FILE).exists());
+    });
+}
+
+#[test]
+fn a_crash_before_the_data_key_is_renamed_keeps_the_keyring_and_the_node_starts_again() {
+    crash_then_restart(
+        "conifer::crypto::write::before_rename=1*off->panic",
+        |data| {
+            assert!(data.join(KEYRING_FILE).exists());
+            assert!(!data.join(DATA_KEY_FILE).exists(), "a data key was renamed");
+        },
+    );
+}
+
+#[test]
+fn a_crash_right_after_the_data_key_is_renamed_keeps_both_and_the_node_starts_again() {
+    crash_then_restart(
+        "conifer::crypto::write::after_rename=1*off->panic",
+        |data| {
+            assert!(data.join(KEYRING_FILE).exists());
+            assert!(data.join(DATA_KEY_FILE).exists());
+        },
+    );
+}
