@@ -24,7 +24,7 @@ const NO_LEADER_RETRY_MS: u64 = 100;
 pub enum GroupError {
     /// No leader could be reached in time, or the leader lost its quorum. The command may
     /// have been applied only when `outcome_unknown` is set.
-    #[error("raft group {group} unavailable: {reason}")]
+    #[error("{reason}")]
     Unavailable {
         /// The group.
         group: GroupId,
@@ -35,7 +35,7 @@ pub enum GroupError {
     },
     /// A local failure the group cannot recover from by retrying (a membership change in
     /// the way of a proposal).
-    #[error("raft group {group}: {reason}")]
+    #[error("{reason}")]
     Internal {
         /// The group.
         group: GroupId,
@@ -45,8 +45,7 @@ pub enum GroupError {
 }
 
 impl GroupError {
-    /// The reason alone, without the group prefix (for messages that name the group
-    /// their own way).
+    /// What went wrong (naming the group).
     pub fn reason(&self) -> &str {
         match self {
             GroupError::Unavailable { reason, .. } | GroupError::Internal { reason, .. } => reason,
@@ -120,9 +119,10 @@ impl GroupClient {
                 Err(RaftError::Fatal(e)) => return Err(self.unavailable(e.to_string(), true)),
             }
             if Instant::now() >= deadline {
-                return Err(
-                    self.unavailable(format!("no leader within {PROPOSE_TIMEOUT_MS} ms"), false)
-                );
+                return Err(self.unavailable(
+                    format!("no leader for group {group} within {PROPOSE_TIMEOUT_MS} ms"),
+                    false,
+                ));
             }
             tokio::time::sleep(Duration::from_millis(NO_LEADER_RETRY_MS)).await;
         }
@@ -150,7 +150,11 @@ impl GroupClient {
             .await
             .map_err(|status| {
                 self.unavailable(
-                    format!("forwarding to leader node {leader}: {}", status.message()),
+                    format!(
+                        "forwarding to leader node {leader} of group {}: {}",
+                        self.group,
+                        status.message()
+                    ),
                     !never_sent(&status),
                 )
             })?
@@ -170,10 +174,14 @@ impl GroupClient {
             Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(fwd))) => {
                 let (Some(leader), Some(node)) = (fwd.leader_id, fwd.leader_node) else {
-                    return Err(self.unavailable("no known leader".into(), false));
+                    return Err(self
+                        .unavailable(format!("group {} has no known leader", self.group), false));
                 };
                 if leader == self.peers.node_id() {
-                    return Err(self.unavailable("leadership is changing".into(), false));
+                    return Err(self.unavailable(
+                        format!("group {}: leadership is changing", self.group),
+                        false,
+                    ));
                 }
                 let mut client = self
                     .peers
@@ -187,16 +195,22 @@ impl GroupClient {
                     .await
                     .map_err(|s| {
                         self.unavailable(
-                            format!("read index from leader node {leader}: {}", s.message()),
+                            format!(
+                                "read index of group {} from leader node {leader}: {}",
+                                self.group,
+                                s.message()
+                            ),
                             false,
                         )
                     })?;
                 Ok(reply.into_inner().read_index)
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(self.unavailable(e.to_string(), false))
+                Err(self.unavailable(format!("group {}: {e}", self.group), false))
             }
-            Err(RaftError::Fatal(e)) => Err(self.unavailable(e.to_string(), false)),
+            Err(RaftError::Fatal(e)) => {
+                Err(self.unavailable(format!("group {}: {e}", self.group), false))
+            }
         }
     }
 
@@ -218,7 +232,7 @@ impl GroupClient {
         };
         let index = tokio::time::timeout(timeout, asked).await.map_err(|_| {
             self.unavailable(
-                format!("no read index within {READ_INDEX_TIMEOUT_MS} ms"),
+                format!("group {group}: no read index within {READ_INDEX_TIMEOUT_MS} ms"),
                 false,
             )
         })?;
@@ -230,7 +244,7 @@ impl GroupClient {
             .map_err(|_| {
                 self.unavailable(
                     format!(
-                        "read index {index} not applied here within {READ_INDEX_TIMEOUT_MS} ms"
+                        "group {group}: read index {index} not applied here within {READ_INDEX_TIMEOUT_MS} ms"
                     ),
                     false,
                 )
@@ -245,6 +259,38 @@ impl GroupClient {
             .applied_index_at_least(Some(index), "read-your-writes")
             .await
             .is_ok()
+    }
+}
+
+/// How a call to a peer failed at the transport (a status, not an answer of the peer's
+/// application), as a caller decides what to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerFailure {
+    /// No connection could be made: the request had no effect there.
+    NotSent,
+    /// The peer said it cannot serve the call now (`UNAVAILABLE`): another may.
+    Unavailable,
+    /// No answer in time: the request may or may not have had its effect.
+    TimedOut,
+    /// The peer refused this node (its certificate or its standing): a node fault, which a
+    /// client sees as unavailability, never as its own lack of permission.
+    Refused,
+    /// Anything else: a fault of the peer or of the call.
+    Fault,
+}
+
+impl PeerFailure {
+    /// The kind of `status`, a failed call to a peer.
+    pub fn of(status: &tonic::Status) -> Self {
+        if never_sent(status) {
+            return PeerFailure::NotSent;
+        }
+        match status.code() {
+            tonic::Code::Unavailable => PeerFailure::Unavailable,
+            tonic::Code::DeadlineExceeded => PeerFailure::TimedOut,
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => PeerFailure::Refused,
+            _ => PeerFailure::Fault,
+        }
     }
 }
 

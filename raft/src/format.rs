@@ -1,7 +1,9 @@
 //! Versioned formats of what a state machine puts in Raft logs and snapshots. Every such
 //! value starts with [`MAGIC`] and its format's version, then its bincode: a node that
-//! meets a version it does not read (a newer node's log entry, an old data directory)
-//! stops with an error naming the value and both versions, never misreads bytes.
+//! meets a version it does not read (a newer node's log entry) stops with an error naming
+//! the value and both versions. Values written before formats were versioned are refused
+//! as unversioned (their bincode would have to begin with the two magic bytes — a length
+//! or counter of 61,903 — to be taken for a versioned value, and would then fail to decode).
 //!
 //! These formats are boundaries, like the `.proto` files: a change to a type they carry
 //! (a field, a variant anywhere but at the end of an enum) needs a new version and a
@@ -10,9 +12,8 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// First byte of every versioned value (not a valid start of the unversioned encodings
-/// used before: those began with a small enum index or length).
-pub const MAGIC: u8 = 0xCF;
+/// First bytes of every versioned value.
+pub const MAGIC: [u8; 2] = [0xCF, 0xF1];
 
 /// Why bytes did not decode as a value of a [`Format`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,7 +66,7 @@ impl Format {
     /// carried (no maps with non-string keys that bincode refuses, no I/O), so a failure is
     /// a bug and panics naming the format.
     pub fn encode<T: Serialize>(&self, value: &T) -> Vec<u8> {
-        let mut bytes = vec![MAGIC, self.version];
+        let mut bytes = vec![MAGIC[0], MAGIC[1], self.version];
         bincode::serialize_into(&mut bytes, value).unwrap_or_else(|e| {
             panic!(
                 "encoding a {} cannot fail for its types, but did: {e}",
@@ -78,13 +79,14 @@ impl Format {
     /// The value in `bytes`, written by [`Format::encode`] in this version.
     pub fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, FormatError> {
         match bytes {
-            [MAGIC, version, body @ ..] if *version == self.version => bincode::deserialize(body)
-                .map_err(|e| FormatError::Corrupt {
+            [m0, m1, version, body @ ..] if [*m0, *m1] == MAGIC && *version == self.version => {
+                bincode::deserialize(body).map_err(|e| FormatError::Corrupt {
                     what: self.what,
                     version: *version,
                     reason: e.to_string(),
-                }),
-            [MAGIC, found, ..] => Err(FormatError::UnknownVersion {
+                })
+            }
+            [m0, m1, found, ..] if [*m0, *m1] == MAGIC => Err(FormatError::UnknownVersion {
                 what: self.what,
                 found: *found,
                 reads: self.version,
@@ -103,7 +105,7 @@ mod tests {
     #[test]
     fn a_value_round_trips_and_other_versions_are_named() {
         let bytes = THING.encode(&(7u64, "seven".to_string()));
-        assert_eq!(&bytes[..2], &[MAGIC, 3]);
+        assert_eq!(&bytes[..3], &[MAGIC[0], MAGIC[1], 3]);
         assert_eq!(
             THING.decode::<(u64, String)>(&bytes),
             Ok((7, "seven".to_string()))
@@ -125,7 +127,7 @@ mod tests {
             Err(FormatError::Unversioned { what: "thing" })
         );
         assert!(matches!(
-            THING.decode::<(u64, String)>(&bytes[..5]),
+            THING.decode::<(u64, String)>(&bytes[..6]),
             Err(FormatError::Corrupt { version: 3, .. })
         ));
     }

@@ -20,6 +20,22 @@ ROOT = Path(__file__).resolve().parents[2]
 HOSTS = Path(os.environ.get("CONIFER_HOSTS_FILE", "/etc/hosts"))
 MARK = "# conifer-compat"
 HNSW_MIN_RECORDS = 5000
+# Ports the suite listens on come from below the kernel's ephemeral range, which outgoing
+# connections take their local ports from: a port in it can be held by any client socket
+# at the moment a node binds it.
+PORTS_FROM = 20000
+
+
+def _ephemeral_low():
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _port_base(span):
+    """A random first port of `span` ports, all below the ephemeral range."""
+    return random.randrange(PORTS_FROM, _ephemeral_low() - span, 400)
 
 
 def _hosts_add(name):
@@ -46,7 +62,7 @@ def cluster():
         pytest.fail(f"CONIFER_COMPAT_HOSTS is {MODE!r}; expected 'ports' or 'names'")
     if MODE == "names" and not os.access(HOSTS, os.W_OK):
         pytest.fail(f"{HOSTS} is not writable: the compat suite maps index hosts to 127.0.0.1 there")
-    base = int(os.environ.get("CONIFER_COMPAT_BASE_PORT", random.randrange(20000, 40000, 400)))
+    base = int(os.environ.get("CONIFER_COMPAT_BASE_PORT", _port_base(400)))
     d = tempfile.mkdtemp(prefix="conifer-compat-")
     # Namespaces of 5,000+ records move to HNSW: the suite's 10,000-record index exercises
     # the approximate path, its 3,000-record index the exact one.
@@ -142,11 +158,11 @@ def conifer_bin():
 
 
 def _free_port_block(n):
-    """The first of n consecutive ports free on 127.0.0.1, in 20000-40000."""
+    """The first of n consecutive ports free on 127.0.0.1, below the ephemeral range."""
     import socket
 
     while True:
-        first = random.randrange(20000, 40000 - n)
+        first = random.randrange(PORTS_FROM, _ephemeral_low() - n)
         socks = []
         try:
             for port in range(first, first + n):

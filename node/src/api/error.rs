@@ -105,13 +105,18 @@ impl ApiError {
             message: message.into(),
         }
     }
-    /// 403 `FORBIDDEN`: Pinecone's refusal to delete an index with deletion protection on.
-    pub fn deletion_protected(message: impl Into<String>) -> Self {
-        Self {
-            retry_after_s: None,
-            status: StatusCode::FORBIDDEN,
-            code: "FORBIDDEN",
-            message: message.into(),
+    /// The failure of an index delete: the state machine's one precondition there is
+    /// deletion protection, which Pinecone answers 403 `FORBIDDEN` (the audit event keeps
+    /// the rejection's `FAILED_PRECONDITION`); anything else as [`From<ControlError>`].
+    pub fn from_index_delete(e: ControlError) -> Self {
+        match e {
+            ControlError::Rejected(crate::control::Rejection::Invalid(message)) => Self {
+                retry_after_s: None,
+                status: StatusCode::FORBIDDEN,
+                code: "FORBIDDEN",
+                message,
+            },
+            other => other.into(),
         }
     }
     /// 413 `OUT_OF_RANGE`: a request body over the route's limit of `limit_bytes`.

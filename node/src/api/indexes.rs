@@ -18,7 +18,6 @@ use super::body::{self, Plane};
 use super::{ApiError, ApiState};
 use crate::control::state::IndexCommand;
 use crate::control::state::{Command, Index, IndexState, Metric, Output};
-use crate::control::{ControlError, Rejection};
 
 /// Longest index name.
 pub const MAX_INDEX_NAME_CHARS: usize = 45;
@@ -778,9 +777,9 @@ pub async fn delete(
         project_id: project_id.clone(),
         name,
     });
-    match caller.propose(command).await {
-        Ok(_) => Ok(StatusCode::ACCEPTED),
-        Err(ControlError::Rejected(Rejection::Invalid(m))) => Err(ApiError::deletion_protected(m)),
-        Err(e) => Err(e.into()),
-    }
+    caller
+        .propose(command)
+        .await
+        .map_err(ApiError::from_index_delete)?;
+    Ok(StatusCode::ACCEPTED)
 }

@@ -97,13 +97,7 @@ pub async fn change_member(
                 force,
             })
             .await
-            .map_err(|status| ControlError::Unavailable {
-                reason: format!(
-                    "forwarding the membership change to the leader: {}",
-                    status.message()
-                ),
-                outcome_unknown: !conifer_raft::client::never_sent(&status),
-            })?
+            .map_err(|status| leader_failure(&status))?
             .into_inner();
         return rejection_from_reply(&reply.rejection);
     }
@@ -177,10 +171,7 @@ pub async fn admit(
                 promote,
             })
             .await
-            .map_err(|status| ControlError::Unavailable {
-                reason: format!("forwarding the join to the leader: {}", status.message()),
-                outcome_unknown: !conifer_raft::client::never_sent(&status),
-            })?
+            .map_err(|status| leader_failure(&status))?
             .into_inner();
         return rejection_from_reply(&reply.rejection).map(|()| reply.leader_id);
     }
@@ -256,6 +247,27 @@ pub fn rejection_from_reply(bytes: &[u8]) -> Result<(), ControlError> {
     let rejection: Rejection = bincode::deserialize(bytes)
         .map_err(|e| ControlError::Internal(format!("undecodable membership rejection: {e}")))?;
     Err(rejection.into())
+}
+
+/// A forwarded join or change that failed at the transport: what the leader said when it
+/// said it cannot serve now (unavailable, which callers retry; also when it could not be
+/// reached or did not answer in time, then possibly applied); a refusal of this node as a
+/// rejection (a joining node stops); any other fault as internal.
+fn leader_failure(status: &tonic::Status) -> ControlError {
+    use conifer_raft::client::PeerFailure;
+    let message = status.message().to_string();
+    match PeerFailure::of(status) {
+        PeerFailure::NotSent | PeerFailure::Unavailable => ControlError::Unavailable {
+            reason: message,
+            outcome_unknown: false,
+        },
+        PeerFailure::TimedOut => ControlError::Unavailable {
+            reason: message,
+            outcome_unknown: true,
+        },
+        PeerFailure::Refused => Rejection::Invalid(message).into(),
+        PeerFailure::Fault => ControlError::Internal(message),
+    }
 }
 
 /// A membership-change failure: leader changes and a change in progress are unavailable

@@ -110,25 +110,19 @@ impl DataError {
 }
 
 impl From<GroupError> for DataError {
-    /// A shard group's failure: unavailable names the group and whether the write may still
+    /// A shard group's failure (its reason names the group), saying when a write may still
     /// have been applied.
     fn from(e: GroupError) -> Self {
         match e {
             GroupError::Unavailable {
-                group,
                 reason,
-                outcome_unknown,
-            } => DataError::Unavailable(if outcome_unknown {
-                format!(
-                    "shard group {group} unavailable: {reason}; the request may or may not \
-                     have been applied"
-                )
-            } else {
-                format!("shard group {group} unavailable: {reason}")
-            }),
-            GroupError::Internal { group, reason } => {
-                DataError::Internal(format!("shard group {group}: {reason}"))
-            }
+                outcome_unknown: true,
+                ..
+            } => DataError::Unavailable(format!(
+                "{reason}; the request may or may not have been applied"
+            )),
+            GroupError::Unavailable { reason, .. } => DataError::Unavailable(reason),
+            GroupError::Internal { reason, .. } => DataError::Internal(reason),
         }
     }
 }
@@ -143,7 +137,10 @@ pub struct Lsn {
     pub max_indexed: Option<u64>,
 }
 
-/// A VectorService request type: its [`DataOp`] variant and its response type.
+/// A VectorService request type: its [`DataOp`] variant and its response type. Every
+/// request type has one (the `operations!` list below): the gRPC service's methods — all of
+/// VectorService's, which tonic requires — each run through [`run`], so a missing line does
+/// not compile.
 pub trait Operation: Sized {
     /// What the operation answers.
     type Response: Send + 'static;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conifer_proto::pinecone as pb;
-use conifer_raft::client::never_sent;
+use conifer_raft::client::PeerFailure;
 
 use super::{DataError, DataOp, DataResponse, Lsn};
 use crate::control::state::{Index, IndexState};
@@ -355,9 +355,11 @@ impl Router {
     }
 
     /// Runs `op` on a replica of a remote index (`Internal/Data`), trying its replicas in
-    /// turn. A replica that cannot be reached, refuses the call at the transport, or answers
-    /// that it cannot serve it now (unavailable) is passed over; any other answer,
-    /// including a refusal of the request, is the call's.
+    /// turn. A replica that cannot be reached, or that answers it cannot serve the call now
+    /// (unavailable), is passed over; any other answer — the operation's response or its
+    /// refusal — is the call's. A peer that times out is unavailable (the request may have
+    /// been applied), one that refuses this node is unavailable (a cluster fault, never the
+    /// client's 403), any other transport failure internal.
     pub async fn forward(
         &self,
         remote: &Remote,
@@ -392,16 +394,26 @@ impl Router {
                     answered => return answered,
                 },
                 Err(status) => {
-                    let sent = if never_sent(&status) {
-                        "could not be reached"
-                    } else {
-                        "refused the call"
-                    };
-                    last = DataError::unavailable(format!(
-                        "the replica of index '{}' on node {replica} {sent}: {}",
+                    let what = format!(
+                        "the replica of index '{}' on node {replica}: {}",
                         remote.index.name,
                         status.message()
-                    ));
+                    );
+                    match PeerFailure::of(&status) {
+                        // Nothing happened there, or the peer says another may serve it.
+                        PeerFailure::NotSent | PeerFailure::Unavailable => {
+                            last = DataError::unavailable(what)
+                        }
+                        PeerFailure::TimedOut => {
+                            return Err(DataError::unavailable(format!(
+                                "{what}; the request may or may not have been applied"
+                            )))
+                        }
+                        // A peer refusing this node is a fault of the cluster, not the
+                        // client's lack of permission.
+                        PeerFailure::Refused => return Err(DataError::unavailable(what)),
+                        PeerFailure::Fault => return Err(DataError::internal(what)),
+                    }
                 }
             }
         }

@@ -147,7 +147,7 @@ pub enum ShardCommand {
     UpdateByFilter {
         /// Namespace.
         namespace: String,
-        /// Filter (JSON text, validated by the API).
+        /// Filter, parsed and validated by the data plane.
         filter: Filter,
         /// Fields to set (JSON object text).
         set_metadata: String,
@@ -156,7 +156,7 @@ pub enum ShardCommand {
     DeleteByFilter {
         /// Namespace.
         namespace: String,
-        /// Filter (JSON text, validated by the API).
+        /// Filter, parsed and validated by the data plane.
         filter: Filter,
     },
     /// Create an empty namespace.

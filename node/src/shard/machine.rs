@@ -509,6 +509,12 @@ impl conifer_raft::StateMachine for ShardMachine {
         writes: &mut StateWrites<'_>,
     ) -> Result<(), MachineError> {
         let export: ShardExport = EXPORT_FORMAT.decode(snapshot)?;
+        // An export holds ordered collections only, so it encodes to the bytes it came
+        // from; a difference means a decoder that loses or invents something.
+        debug_assert!(
+            EXPORT_FORMAT.encode(&export) == snapshot,
+            "a shard export does not re-encode to the same bytes"
+        );
         self.namespaces.clear();
         self.next_seq = export.next_seq;
         stage(writes.put(&keys::NEXT_NAMESPACE, &encode(&self.next_seq)));
