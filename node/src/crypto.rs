@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -38,6 +38,16 @@ pub enum CryptoError {
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// A key file others may read or write.
+    #[error(
+        "{path} is open to other users (mode {mode:o}): a key file must be its owner's only (chmod 600)"
+    )]
+    Exposed {
+        /// The file concerned.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// A key file is malformed.
     #[error("{path}: malformed key file: {reason}")]
@@ -117,6 +127,24 @@ fn decode_key(text: &str, path: &Path) -> Result<[u8; KEY_BYTES], CryptoError> {
     })
 }
 
+/// Refuses a key file that its group or other users may access (any of mode `0o077`).
+pub fn check_private_mode(path: &Path) -> Result<(), CryptoError> {
+    let mode = fs::metadata(path)
+        .map_err(|source| CryptoError::Io {
+            path: path.into(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(CryptoError::Exposed {
+            path: path.into(),
+            mode: mode & 0o777,
+        });
+    }
+    Ok(())
+}
+
 /// Writes `contents` to `path` atomically with mode 0600 (temp file, fsync, rename, fsync
 /// of the directory): a crash leaves the old file or the new one, never a torn one.
 /// Failpoints (feature `failpoints`): `conifer::crypto::write::before_rename` and
@@ -149,10 +177,18 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), CryptoErro
 }
 
 impl LocalKeyring {
-    /// Opens the keyring in `dir`, creating it with one fresh key on first use.
+    /// Opens the keyring in `dir` ([`KEYRING_FILE`]), creating it with one fresh key on
+    /// first use.
     pub fn open_or_create(dir: &Path) -> Result<Self, CryptoError> {
-        let path = dir.join(KEYRING_FILE);
+        Self::open_or_create_file(&dir.join(KEYRING_FILE))
+    }
+
+    /// Opens the keyring file `path` (mode 0600), creating it with one fresh key on first
+    /// use; refused when its group or other users may read or write it.
+    pub fn open_or_create_file(path: &Path) -> Result<Self, CryptoError> {
+        let path = path.to_path_buf();
         if path.exists() {
+            check_private_mode(&path)?;
             let text = fs::read(&path).map_err(|source| CryptoError::Io {
                 path: path.clone(),
                 source,
@@ -328,7 +364,6 @@ mod tests {
 
     #[test]
     fn keyring_is_private_and_data_key_survives_reopen() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let keyring = LocalKeyring::open_or_create(dir.path()).unwrap();
         let mode = fs::metadata(dir.path().join(KEYRING_FILE))

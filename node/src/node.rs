@@ -47,6 +47,16 @@ pub const BOOTSTRAP_LEADER_TIMEOUT_MS: u64 = 30_000;
 /// Name of the credentials file written on bootstrap.
 pub const BOOTSTRAP_FILE: &str = "bootstrap.json";
 
+/// Where the local keyring (the root key wrapping the node's data key) lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keyring {
+    /// `DATA_DIR/keyring.json`: protects data at rest from whoever reads the disk without
+    /// the data directory (a stray SST, a log), not from a copy of the directory.
+    InDataDir,
+    /// A file outside the data directory (`--keyring`).
+    File(PathBuf),
+}
+
 /// How to run a node (`conifer serve`).
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -54,6 +64,8 @@ pub struct ServeConfig {
     pub node_id: NodeId,
     /// Where everything of this node lives.
     pub data_dir: PathBuf,
+    /// Where the keyring lives.
+    pub keyring: Keyring,
     /// Client (REST + gRPC) listen address.
     pub api_addr: SocketAddr,
     /// Host name or IP clients and peers reach this node by (`--advertise-addr`); `None`:
@@ -266,7 +278,21 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting {}", data_dir.display()))?;
 
-    let keyring = LocalKeyring::open_or_create(data_dir)?;
+    let keyring = match &config.keyring {
+        Keyring::File(path) => LocalKeyring::open_or_create_file(path)?,
+        Keyring::InDataDir => {
+            let warning = format!(
+                "the keyring is in the data directory ({}): data at rest is sealed against \
+                 whoever reads the disk without that file, but anyone holding a copy of the \
+                 data directory (a backup, a disk snapshot) can decrypt it; give --keyring \
+                 PATH on another disk or mount",
+                data_dir.join(crate::crypto::KEYRING_FILE).display()
+            );
+            tracing::warn!("{warning}");
+            eprintln!("warning: {warning}");
+            LocalKeyring::open_or_create(data_dir)?
+        }
+    };
     let data_key = node_data_key(data_dir, &keyring)?;
     let storage = NodeStorage::open(&data_dir.join("db"), Arc::new(data_key))?;
 

@@ -129,6 +129,9 @@ impl NodeProc {
             .arg(&self.cluster_addr)
             .arg("--tls-dir")
             .arg(&self.tls_dir)
+            // Beside the data directory, not in it (a joining node refuses that).
+            .arg("--keyring")
+            .arg(self.data_dir.with_extension("keyring.json"))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

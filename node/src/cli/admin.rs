@@ -734,7 +734,7 @@ async fn add_node(
         out.display()
     );
     println!(
-        "conifer serve --data-dir <DATA_DIR> --node-id {id} --tls-dir {} --api-addr {address}:7443 \\\n  --cluster-addr {address}:7444 --join {join} --learner",
+        "conifer serve --data-dir <DATA_DIR> --keyring <KEYRING_OUTSIDE_DATA_DIR> --node-id {id} \\\n  --tls-dir {} --api-addr {address}:7443 --cluster-addr {address}:7444 --join {join} --learner",
         out.display()
     );
     eprintln!("then, once it has caught up: conifer cluster promote --id {id}");

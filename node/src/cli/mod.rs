@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::node::{ClientTransport, ServeConfig};
+use crate::node::{ClientTransport, Keyring, ServeConfig};
 use crate::shard::engine::EngineConfig;
 use crate::tls::{self, LeafKind, Validity};
 
@@ -140,6 +140,20 @@ pub struct ServeArgs {
     /// Directory holding ca.pem, node.pem and node-key.pem [default: DATA_DIR/tls, generated on bootstrap].
     #[arg(long, env = "CONIFER_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// The local keyring — the root key that wraps the node's data key — as a file outside
+    /// the data directory (created 0600 on first start; refused when other users may open
+    /// it), so that a copy of the data directory alone decrypts nothing.
+    /// [default: DATA_DIR/keyring.json, which only a single node may use; see
+    /// --insecure-keyring-in-data-dir]
+    #[arg(long, env = "CONIFER_KEYRING", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<PathBuf>,
+    /// Keep the keyring in the data directory on a node that joins a cluster: whoever copies
+    /// the data directory (a backup, a disk snapshot, a volume) can then decrypt everything
+    /// in it. Refused by default; a single bootstrapping node keeps it there unless --keyring
+    /// says otherwise, and says so at start.
+    #[arg(long, env = "CONIFER_INSECURE_KEYRING_IN_DATA_DIR")]
+    pub insecure_keyring_in_data_dir: bool,
     /// Cluster address of any member: join that cluster instead of bootstrapping one.
     #[arg(long, env = "CONIFER_JOIN")]
     pub join: Option<String>,
@@ -299,6 +313,36 @@ impl ServeArgs {
         if self.learner && self.join.is_none() {
             return Err("--learner applies to a node that joins: give --join too".into());
         }
+        let keyring = match &self.keyring {
+            Some(path) => {
+                let absolute = |p: &std::path::Path| {
+                    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+                };
+                if absolute(path).starts_with(absolute(&data_dir)) {
+                    return Err(format!(
+                        "--keyring {} is inside the data directory {}: give a path outside it \
+                         (another disk or mount), so that a copy of the data directory is not a \
+                         copy of the data",
+                        path.display(),
+                        data_dir.display()
+                    ));
+                }
+                if path.exists() {
+                    crate::crypto::check_private_mode(path).map_err(|e| e.to_string())?;
+                }
+                Keyring::File(path.clone())
+            }
+            None if self.join.is_some() && !self.insecure_keyring_in_data_dir => {
+                return Err(
+                    "a node that joins a cluster keeps its keyring outside the data directory: \
+                     give --keyring PATH (or --insecure-keyring-in-data-dir to keep it in \
+                     DATA_DIR/keyring.json, where a copy of the data directory is a copy of the \
+                     data)"
+                        .into(),
+                );
+            }
+            None => Keyring::InDataDir,
+        };
         if let (Some(cert), Some(key)) = (&self.client_tls_cert, &self.client_tls_key) {
             // Before anything is created on disk.
             crate::tls::load_client_port_config(cert, key).map_err(|e| e.to_string())?;
@@ -344,6 +388,7 @@ impl ServeArgs {
             audit_retention_s: self.audit_retention_s,
             audit_queue_events: self.audit_queue_events,
             node_id: self.node_id,
+            keyring,
             data_dir,
             api_addr,
             advertise_host,
