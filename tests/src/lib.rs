@@ -43,7 +43,7 @@ pub fn free_port() -> u16 {
 /// Ports nodes listen on: below the kernel's ephemeral range (32768 and up here), which
 /// outgoing connections draw from. A port taken from that range could be handed to some
 /// connection's source port while its node was down, and the restarted node failed to bind
-/// it ("Address already in use"). Below the compat suite's 20000–40000.
+/// it ("Address already in use"). Below the compat suite's (20000 up to that range).
 const NODE_PORTS: std::ops::Range<u16> = 10_000..20_000;
 
 /// The first of `n` consecutive ports of [`NODE_PORTS`] free on 127.0.0.1 at the time of
@@ -57,6 +57,24 @@ pub fn free_port_range(n: u16) -> u16 {
             return first;
         }
     }
+}
+
+/// `conifer serve` of a new node on loopback, outside the cluster fixture: data directory
+/// `dir/data`, free client and cluster ports, and no `FAILPOINTS` or `CONIFER_KEYRING`
+/// inherited from the test's environment. Tests add their flags and spawn or run it.
+pub fn serve_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(conifer_bin());
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--api-addr")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--cluster-addr")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .env_remove("FAILPOINTS")
+        .env_remove("CONIFER_KEYRING")
+        .stdin(Stdio::null());
+    cmd
 }
 
 /// A port of [`NODE_PORTS`] free on address `host` at the time of the call.

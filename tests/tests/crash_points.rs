@@ -5,11 +5,11 @@
 //! it saves an HNSW graph keeps every record and serves queries after its restart.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use conifer_node::crypto::{DATA_KEY_FILE, KEYRING_FILE};
-use conifer_tests::{conifer_bin, free_port, Cluster, ClusterOptions};
+use conifer_tests::{serve_command, Cluster, ClusterOptions};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -20,18 +20,8 @@ fn serve(dir: &Path, failpoints: Option<&str>) -> Child {
         .append(true)
         .open(dir.join("serve.log"))
         .unwrap();
-    let mut cmd = Command::new(conifer_bin());
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--api-addr")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--cluster-addr")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .env_remove("FAILPOINTS")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
+    let mut cmd = serve_command(dir);
+    cmd.stdout(log.try_clone().unwrap()).stderr(log);
     if let Some(f) = failpoints {
         cmd.env("FAILPOINTS", f);
     }

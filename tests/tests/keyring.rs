@@ -6,24 +6,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use conifer_tests::{conifer_bin, free_port};
+use conifer_tests::serve_command;
 
 fn serve_args(dir: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(conifer_bin());
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--api-addr")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--cluster-addr")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .args(extra)
-        .env_remove("FAILPOINTS")
-        .env_remove("CONIFER_KEYRING")
-        .stdin(Stdio::null());
+    let mut cmd = serve_command(dir);
+    cmd.args(extra);
     cmd
 }
 
