@@ -77,6 +77,17 @@ pub fn serve_command(dir: &Path) -> Command {
     cmd
 }
 
+/// A spawned process SIGKILLed and reaped when dropped, so a test that fails midway leaves
+/// no node running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A port of [`NODE_PORTS`] free on address `host` at the time of the call.
 pub fn free_port_on(host: &str) -> u16 {
     use rand::Rng;

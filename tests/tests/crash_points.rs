@@ -9,12 +9,12 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use conifer_node::crypto::{DATA_KEY_FILE, KEYRING_FILE};
-use conifer_tests::{serve_command, Cluster, ClusterOptions};
+use conifer_tests::{serve_command, Cluster, ClusterOptions, KillOnDrop};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 /// `conifer serve` of a new single node in `dir`, with `failpoints` (fail-rs syntax) set.
-fn serve(dir: &Path, failpoints: Option<&str>) -> Child {
+fn serve(dir: &Path, failpoints: Option<&str>) -> KillOnDrop {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -25,7 +25,7 @@ fn serve(dir: &Path, failpoints: Option<&str>) -> Child {
     if let Some(f) = failpoints {
         cmd.env("FAILPOINTS", f);
     }
-    cmd.spawn().unwrap()
+    KillOnDrop(cmd.spawn().unwrap())
 }
 
 fn log(dir: &Path) -> String {
@@ -72,12 +72,10 @@ fn crash_then_restart(failpoints: &str, after_crash: impl Fn(&Path)) {
     let dir = tempfile::tempdir().unwrap();
     let mut first = serve(dir.path(), Some(failpoints));
     let name = failpoints.split('=').next().unwrap_or(failpoints);
-    wait_crash(&mut first, dir.path(), name);
+    wait_crash(&mut first.0, dir.path(), name);
     after_crash(&dir.path().join("data"));
     let mut again = serve(dir.path(), None);
-    wait_bootstrapped(&mut again, dir.path());
-    let _ = again.kill();
-    let _ = again.wait();
+    wait_bootstrapped(&mut again.0, dir.path());
 }
 
 #[test]

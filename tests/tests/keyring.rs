@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use conifer_tests::serve_command;
+use conifer_tests::{serve_command, KillOnDrop};
 
 fn serve_args(dir: &Path, extra: &[&str]) -> Command {
     let mut cmd = serve_command(dir);
@@ -74,21 +74,25 @@ fn a_keyring_file_others_may_read_is_refused() {
 fn bootstraps(dir: &Path, extra: &[&str]) -> String {
     let log = dir.join("serve.log");
     let file = std::fs::File::create(&log).unwrap();
-    let mut child = serve_args(dir, extra)
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
+    let mut node = KillOnDrop(
+        serve_args(dir, extra)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+    );
     let boot = dir.join("data").join("bootstrap.json");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !boot.exists() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(child.try_wait().unwrap().is_none(), "serve exited:\n{text}");
+        assert!(
+            node.0.try_wait().unwrap().is_none(),
+            "serve exited:\n{text}"
+        );
         assert!(Instant::now() < deadline, "no bootstrap:\n{text}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(node);
     std::fs::read_to_string(&log).unwrap()
 }
 
