@@ -67,11 +67,6 @@ impl GroupClient {
         Self { raft, peers, group }
     }
 
-    /// The group.
-    pub fn group(&self) -> GroupId {
-        self.group
-    }
-
     fn unavailable(&self, reason: String, outcome_unknown: bool) -> GroupError {
         GroupError::Unavailable {
             group: self.group,
