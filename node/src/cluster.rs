@@ -10,13 +10,15 @@ use conifer_proto::internal::internal_server::Internal;
 use conifer_proto::internal::{
     ChangeMemberReply, ChangeMemberRequest, DataReply, DataRequest, JoinReply, JoinRequest,
     MemberAction, PingReply, PingRequest, ProposeReply, ProposeRequest, RaftReply, RaftRequest,
-    ReadIndexReply, ReadIndexRequest,
+    ReadIndexReply, ReadIndexRequest, RootKey, RootKeysReply, RootKeysRequest,
 };
 use conifer_raft::{GroupClient, GroupError, GroupRegistry, NodeId, NodeInfo};
 use openraft::error::{CheckIsLeaderError, RaftError};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::control::{membership, ControlError, ControlPlane};
+use crate::crypto::LocalKeyring;
 use crate::dataplane::{self, Router};
 use crate::tls::peer_node_ids;
 
@@ -40,16 +42,24 @@ pub struct InternalService {
     registry: GroupRegistry,
     control: ControlPlane,
     router: Router,
+    keyring: Option<Arc<LocalKeyring>>,
 }
 
 impl InternalService {
-    /// Serves the groups in `registry`, the control plane `control`, and data-plane calls
-    /// forwarded to this node's shard replicas through `router`.
-    pub fn new(registry: GroupRegistry, control: ControlPlane, router: Router) -> Self {
+    /// Serves the groups in `registry`, the control plane `control`, data-plane calls
+    /// forwarded to this node's shard replicas through `router`, and — when the root is a
+    /// local keyring — its root key versions to joining nodes.
+    pub fn new(
+        registry: GroupRegistry,
+        control: ControlPlane,
+        router: Router,
+        keyring: Option<Arc<LocalKeyring>>,
+    ) -> Self {
         Self {
             registry,
             control,
             router,
+            keyring,
         }
     }
 }
@@ -140,6 +150,36 @@ impl Internal for InternalService {
         authenticate_peer(&request, request.get_ref().from_node)?;
         Ok(Response::new(PingReply {
             node_id: self.control.node_id(),
+        }))
+    }
+
+    async fn root_keys(
+        &self,
+        request: Request<RootKeysRequest>,
+    ) -> Result<Response<RootKeysReply>, Status> {
+        let from = request.get_ref().from_node;
+        authenticate_peer(&request, from)?;
+        let keyring = self.keyring.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this cluster's root key is not a local keyring: give the joining node the \
+                 same root as the others",
+            )
+        })?;
+        tracing::info!(
+            node = from,
+            "giving the cluster's root key versions to a node"
+        );
+        Ok(Response::new(RootKeysReply {
+            current: keyring.current_version(),
+            keys: keyring
+                .export()
+                .into_iter()
+                .map(|root| RootKey {
+                    version: root.version,
+                    key: root.key.to_vec(),
+                    created_at: root.created_at,
+                })
+                .collect(),
         }))
     }
 

@@ -24,7 +24,9 @@ use crate::auth::throttle::{SourceRate, UNKNOWN_CREDENTIAL_CATCH_UPS_PER_S};
 use crate::cluster::{InternalService, JOIN_RETRY_MS};
 use crate::control::state::{ApiKey, ApiKeyRole, OperatorToken, Organization, Project};
 use crate::control::{Command, ControlMachine, ControlPlane};
-use crate::crypto::{node_data_key, write_private_file, LocalKeyring};
+use crate::crypto::{
+    node_data_key, write_private_file, KeyCache, KeyProvider, LocalKeyring, RootKeyVersion,
+};
 use crate::dataplane::router::{Addressing, Router};
 use crate::shard::engine::EngineConfig;
 use crate::shard::manager::ShardManager;
@@ -66,6 +68,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Where the keyring lives.
     pub keyring: Keyring,
+    /// Lifetime of an unwrapped project or index key in memory, in milliseconds.
+    pub key_cache_ttl_ms: u64,
     /// Client (REST + gRPC) listen address.
     pub api_addr: SocketAddr,
     /// Host name or IP clients and peers reach this node by (`--advertise-addr`); `None`:
@@ -278,24 +282,6 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting {}", data_dir.display()))?;
 
-    let keyring = match &config.keyring {
-        Keyring::File(path) => LocalKeyring::open_or_create_file(path)?,
-        Keyring::InDataDir => {
-            let warning = format!(
-                "the keyring is in the data directory ({}): data at rest is sealed against \
-                 whoever reads the disk without that file, but anyone holding a copy of the \
-                 data directory (a backup, a disk snapshot) can decrypt it; give --keyring \
-                 PATH on another disk or mount",
-                data_dir.join(crate::crypto::KEYRING_FILE).display()
-            );
-            tracing::warn!("{warning}");
-            eprintln!("warning: {warning}");
-            LocalKeyring::open_or_create(data_dir)?
-        }
-    };
-    let data_key = node_data_key(data_dir, &keyring)?;
-    let storage = NodeStorage::open(&data_dir.join("db"), Arc::new(data_key))?;
-
     let tls_dir = config
         .tls_dir
         .clone()
@@ -313,6 +299,16 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     let mut node_tls = NodeTls::load(&tls_dir)?;
     let cluster_ip = config.cluster_addr.ip();
     node_tls.source_ip = (!cluster_ip.is_unspecified()).then_some(cluster_ip);
+
+    let keyring = Arc::new(open_keyring(config, &node_tls).await?);
+    let root: Arc<dyn KeyProvider> = keyring.clone();
+    let data_key = node_data_key(data_dir, root.as_ref()).await?;
+    let keys = Arc::new(KeyCache::new(
+        root,
+        Duration::from_millis(config.key_cache_ttl_ms),
+    ));
+    let storage = NodeStorage::open(&data_dir.join("db"), Arc::new(data_key))?
+        .with_group_ciphers(keys.clone());
 
     let channel_tls = node_tls.clone();
     let peers = PeerChannels::new(
@@ -335,6 +331,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         registry.clone(),
         control.clone(),
         raft_config()?,
+        keys.clone(),
     );
     let router = Router::new(
         control.clone(),
@@ -356,6 +353,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         registry.clone(),
         control.clone(),
         router.clone(),
+        Some(keyring),
     ))
     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
@@ -404,6 +402,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         ),
         connections: connections.clone(),
         catch_ups: Arc::new(SourceRate::per_second(UNKNOWN_CREDENTIAL_CATCH_UPS_PER_S)),
+        keys: keys.clone(),
     };
     if let Some((first, last)) = config.index_ports {
         tracing::info!(first, last, "index ports: each index gets its own port");
@@ -429,7 +428,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         api_addr: config.advertised_api_addr(),
     };
     match &config.join {
-        None => bootstrap(config, &raft, &control, me, &tls_dir).await?,
+        None => bootstrap(config, &raft, &control, &keys, me, &tls_dir).await?,
         Some(addr) => {
             if !raft.is_initialized().await? {
                 join(config, &node_tls, addr, me).await?;
@@ -444,6 +443,7 @@ async fn bootstrap(
     config: &ServeConfig,
     raft: &Raft,
     control: &ControlPlane,
+    keys: &KeyCache,
     me: NodeInfo,
     tls_dir: &Path,
 ) -> anyhow::Result<()> {
@@ -474,8 +474,10 @@ async fn bootstrap(
         name: "default".into(),
         created_at: created_at.clone(),
     };
+    let project_id = uuid::Uuid::new_v4().to_string();
     let project = Project {
-        id: uuid::Uuid::new_v4().to_string(),
+        key: keys.new_project_key(&project_id).await?,
+        id: project_id,
         organization_id: organization.id.clone(),
         name: "default".into(),
         max_pods: 0,
@@ -536,6 +538,90 @@ async fn bootstrap(
     write_private_file(&path, &serde_json::to_vec_pretty(&file)?)?;
     tracing::info!("bootstrapped; credentials in {}", path.display());
     Ok(())
+}
+
+/// The node's local keyring: the file given (or `DATA_DIR/keyring.json`, with a warning
+/// saying what that does not protect against). A node joining a cluster that has no
+/// keyring file yet receives the cluster's root key versions from the member it joins
+/// through; one that has a file keeps it.
+async fn open_keyring(config: &ServeConfig, node_tls: &NodeTls) -> anyhow::Result<LocalKeyring> {
+    let path = match &config.keyring {
+        Keyring::File(path) => path.clone(),
+        Keyring::InDataDir => {
+            let path = config.data_dir.join(crate::crypto::KEYRING_FILE);
+            let warning = format!(
+                "the keyring is in the data directory ({}): data at rest is sealed against \
+                 whoever reads the disk without that file, but anyone holding a copy of the \
+                 data directory (a backup, a disk snapshot) can decrypt it; give --keyring \
+                 PATH on another disk or mount",
+                path.display()
+            );
+            tracing::warn!("{warning}");
+            eprintln!("warning: {warning}");
+            path
+        }
+    };
+    match &config.join {
+        Some(addr) if !path.exists() => {
+            let (versions, current) = fetch_root_keys(config, node_tls, addr).await?;
+            tracing::info!(
+                keyring = %path.display(),
+                versions = versions.len(),
+                "received the cluster's root key versions"
+            );
+            Ok(LocalKeyring::adopt(&path, versions, current)?)
+        }
+        _ => Ok(LocalKeyring::open_or_create_file(&path)?),
+    }
+}
+
+/// Asks the member at `addr` for the cluster's root key versions (retrying while it cannot
+/// be reached).
+async fn fetch_root_keys(
+    config: &ServeConfig,
+    node_tls: &NodeTls,
+    addr: &str,
+) -> anyhow::Result<(Vec<RootKeyVersion>, u32)> {
+    let channel = node_tls.join_channel(addr).map_err(anyhow::Error::msg)?;
+    let mut client = conifer_proto::internal::internal_client::InternalClient::new(channel);
+    let request = conifer_proto::internal::RootKeysRequest {
+        from_node: config.node_id,
+    };
+    let reply = loop {
+        match client.root_keys(request.clone()).await {
+            Ok(reply) => break reply.into_inner(),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                tracing::info!(
+                    "root keys via {addr} not available yet: {}",
+                    status.message()
+                );
+                tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
+            }
+            Err(status) => bail!(
+                "the cluster's root key via {addr} was refused: {}",
+                status.message()
+            ),
+        }
+    };
+    let mut versions = Vec::with_capacity(reply.keys.len());
+    for root in reply.keys {
+        let bytes = zeroize::Zeroizing::new(root.key);
+        let key: [u8; crate::crypto::KEY_BYTES] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("root key version {} is not 32 bytes", root.version))?;
+        versions.push(RootKeyVersion {
+            version: root.version,
+            created_at: root.created_at,
+            key: zeroize::Zeroizing::new(key),
+        });
+    }
+    Ok((versions, reply.current))
 }
 
 async fn join(

@@ -30,6 +30,8 @@ pub use cipher::ValueCipher;
 pub use client::{GroupClient, GroupError};
 pub use format::{Format, FormatError};
 pub use registry::GroupRegistry;
+/// The RocksDB binding the node storage uses, for tools that read a stopped node's database.
+pub use rocksdb;
 pub use state_machine::MachineError;
 pub use state_machine::StateMachine;
 pub use storage::NodeStorage;

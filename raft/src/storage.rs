@@ -2,14 +2,16 @@
 //!
 //! One database per node keeps one WAL and one fsync per batch for all groups. Keys start
 //! with the group id (8 bytes, big-endian) so each group's records sort together. Every
-//! value is sealed with the node's [`ValueCipher`]; keys carry only ids and indexes.
+//! value is sealed: node-local settings and group 0 with the node's [`ValueCipher`], every
+//! other group with the cipher its [`GroupCiphers`] give (the group is read off the key's
+//! first 8 bytes); keys carry only ids and indexes.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
-use crate::cipher::ValueCipher;
+use crate::cipher::{GroupCiphers, SameCipher, ValueCipher};
 use crate::types::GroupId;
 
 /// Column family of Raft log entries: key = group ‖ index.
@@ -40,6 +42,14 @@ pub enum StorageFault {
         /// Why decryption failed.
         reason: String,
     },
+    /// The key of a group's values is not available now (see [`GroupCiphers::cipher`]).
+    #[error("the key of group {group} is not available: {reason}")]
+    KeyUnavailable {
+        /// The group.
+        group: GroupId,
+        /// Why not.
+        reason: String,
+    },
     /// A stored value decrypted but did not decode.
     #[error("stored value under {key} is corrupt: {reason}")]
     Corrupt {
@@ -50,15 +60,18 @@ pub enum StorageFault {
     },
 }
 
-/// The node's RocksDB and the cipher that seals every value in it.
+/// The node's RocksDB and the ciphers that seal every value in it.
 #[derive(Clone)]
 pub struct NodeStorage {
     db: Arc<DB>,
     cipher: Arc<dyn ValueCipher>,
+    groups: Arc<dyn GroupCiphers>,
 }
 
 impl NodeStorage {
-    /// Opens (or creates) the database under `path` with all column families.
+    /// Opens (or creates) the database under `path` with all column families; every value
+    /// is sealed with `cipher` until [`NodeStorage::with_group_ciphers`] gives the groups
+    /// other than 0 their own.
     pub fn open(path: &Path, cipher: Arc<dyn ValueCipher>) -> Result<Self, StorageFault> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -69,8 +82,16 @@ impl NodeStorage {
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Self {
             db: Arc::new(db),
+            groups: Arc::new(SameCipher(cipher.clone())),
             cipher,
         })
+    }
+
+    /// The same storage, sealing the values of every group other than 0 with the cipher
+    /// `groups` give for it.
+    pub fn with_group_ciphers(mut self, groups: Arc<dyn GroupCiphers>) -> Self {
+        self.groups = groups;
+        self
     }
 
     /// The underlying database, for modules that keep their own column families' layout.
@@ -78,9 +99,19 @@ impl NodeStorage {
         &self.db
     }
 
-    /// The cipher sealing every value.
-    pub fn cipher(&self) -> &Arc<dyn ValueCipher> {
-        &self.cipher
+    /// The cipher of the value under `cf`/`key`: the node's for node-local settings and
+    /// group 0, else the group's (its id is the key's first 8 bytes).
+    fn cipher_for(&self, cf: &str, key: &[u8]) -> Result<Arc<dyn ValueCipher>, StorageFault> {
+        let group = match key.first_chunk::<8>() {
+            Some(prefix) if cf != CF_NODE => GroupId::from_be_bytes(*prefix),
+            _ => return Ok(self.cipher.clone()),
+        };
+        if group == crate::types::CONTROL_GROUP {
+            return Ok(self.cipher.clone());
+        }
+        self.groups
+            .cipher(group)
+            .map_err(|e| StorageFault::KeyUnavailable { group, reason: e.0 })
     }
 
     /// Builds the key `group ‖ suffix`.
@@ -109,7 +140,8 @@ impl NodeStorage {
         value: &[u8],
     ) -> Result<(), StorageFault> {
         let handle = self.cf(cf)?;
-        batch.put_cf(handle, key, self.cipher.seal(&Self::aad(cf, key), value));
+        let cipher = self.cipher_for(cf, key)?;
+        batch.put_cf(handle, key, cipher.seal(&Self::aad(cf, key), value));
         Ok(())
     }
 
@@ -151,7 +183,7 @@ impl NodeStorage {
 
     /// Opens a sealed value read from `cf`/`key`.
     pub fn open_value(&self, cf: &str, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StorageFault> {
-        self.cipher
+        self.cipher_for(cf, key)?
             .open(&Self::aad(cf, key), sealed)
             .map_err(|e| StorageFault::Decrypt {
                 key: format!("{cf}/{}", printable(key)),

@@ -159,3 +159,120 @@ async fn marker_written_through_the_api_never_appears_in_plaintext_on_disk() {
         marker.as_str()
     );
 }
+
+/// Every value of a shard group under `db` opened with the node's own key: (values of group
+/// 0 that open, values of other groups that open, values of other groups that do not).
+async fn open_with_node_key(data_dir: &Path, keyring: &Path) -> (usize, usize, usize) {
+    use conifer_node::crypto::{node_data_key, LocalKeyring};
+    use conifer_raft::storage::{CF_RAFT_LOG, CF_SNAPSHOTS, CF_STATE};
+    let root = LocalKeyring::open(keyring).unwrap();
+    let node_key = node_data_key(data_dir, &root).await.unwrap();
+    let storage =
+        conifer_raft::NodeStorage::open(&data_dir.join("db"), std::sync::Arc::new(node_key))
+            .unwrap();
+    let (mut control, mut opened, mut sealed) = (0, 0, 0);
+    for cf in [CF_RAFT_LOG, CF_STATE, CF_SNAPSHOTS] {
+        let handle = storage.cf(cf).unwrap();
+        for item in storage
+            .db()
+            .iterator_cf(handle, conifer_raft::rocksdb::IteratorMode::Start)
+        {
+            let (key, value) = item.unwrap();
+            let group = u64::from_be_bytes(key[..8].try_into().unwrap());
+            let opens = storage.open_value(cf, &key, &value).is_ok();
+            match (group, opens) {
+                (0, true) => control += 1,
+                (0, false) => panic!("a control-plane value under {cf} does not open"),
+                (_, true) => opened += 1,
+                (_, false) => sealed += 1,
+            }
+        }
+    }
+    (control, opened, sealed)
+}
+
+/// Everything of an index — its Raft log entries, records and metadata in the shard's
+/// state — is sealed under the index's own data key, not the node's: on every node of a
+/// 3-node cluster (two of which received the cluster's root key when they joined), the
+/// node's key opens the control plane's values and none of the shard group's, and the
+/// restarted nodes still serve the records.
+#[tokio::test(flavor = "multi_thread")]
+async fn index_data_is_sealed_under_the_index_key_on_every_node() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    let key = cluster.api_key();
+    cluster
+        .create_index(1, &key, "keyed", 4, "cosine")
+        .await
+        .unwrap();
+    let vectors: Vec<Value> = (0..30)
+        .map(|i| json!({"id": format!("rec-{i}"), "values": [1.0, i as f32, 0.5, 0.25], "metadata": {"n": i}}))
+        .collect();
+    let resp = cluster
+        .data(1, &key, "keyed", Method::POST, "/vectors/upsert")
+        .json(&json!({ "vectors": vectors }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // Every replica has applied the upsert before the nodes stop.
+    for node in 1..=3 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let stats: Value = cluster
+                .data(node, &key, "keyed", Method::POST, "/describe_index_stats")
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if stats["totalVectorCount"] == 30 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "node {node}: {stats}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    for node in 1..=3 {
+        cluster.node(node).kill();
+    }
+    for node in 1..=3 {
+        let data_dir = cluster.node(node).data_dir.clone();
+        let keyring = data_dir.with_extension("keyring.json");
+        let (control, opened, sealed) = open_with_node_key(&data_dir, &keyring).await;
+        assert!(control > 0, "node {node}: the scan reads group 0's values");
+        assert!(
+            sealed > 0,
+            "node {node}: the shard group's values are on disk ({sealed})"
+        );
+        assert_eq!(
+            opened, 0,
+            "node {node}: {opened} shard values opened with the node key"
+        );
+    }
+    for node in 1..=3 {
+        cluster.node(node).spawn().unwrap();
+    }
+    for node in 1..=3 {
+        cluster.wait_serving(node).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let resp = cluster
+            .data(2, &key, "keyed", Method::GET, "/vectors/fetch?ids=rec-7")
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status == 200 && body["vectors"]["rec-7"]["metadata"]["n"] == 7.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted cluster serves the records: {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -173,13 +173,16 @@ pub async fn create_project(
     check_name("name", &body.name, MAX_PROJECT_NAME_CHARS)?;
     check_max_pods(body.max_pods)?;
     check_cmek(body.force_encryption_with_cmek)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let key = state.keys.new_project_key(&id).await?;
     let project = Project {
-        id: uuid::Uuid::new_v4().to_string(),
+        id,
         organization_id,
         name: body.name,
         max_pods: body.max_pods.unwrap_or(0),
         force_encryption_with_cmek: body.force_encryption_with_cmek.unwrap_or(false),
         created_at: crate::now_rfc3339(),
+        key,
     };
     let owner = match caller.principal.as_ref() {
         Principal::Member(m) => Some(ProjectMember {

@@ -433,6 +433,13 @@ impl From<DataError> for ApiError {
     }
 }
 
+impl From<crate::crypto::CryptoError> for ApiError {
+    /// A key the request needs (a new project's or index's) could not be made or wrapped.
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        Self::coded(e.error_code(), e.to_string())
+    }
+}
+
 impl From<crate::auth::AuthError> for ApiError {
     /// A credential that names no one (unknown, altered, revoked, expired): 401.
     fn from(e: crate::auth::AuthError) -> Self {

@@ -619,6 +619,14 @@ pub async fn create(
             "the cluster has no members to place the index on",
         ));
     }
+    let project_key = state
+        .control
+        .read(|s| s.projects.get(&project_id).map(|p| p.key.clone()))
+        .ok_or_else(|| ApiError::not_found(format!("project {project_id} not found")))?;
+    let keys = state
+        .keys
+        .new_index_keys(&project_id, &project_key, &req.name)
+        .await?;
     let index = Index {
         name: req.name,
         project_id: project_id.clone(),
@@ -637,6 +645,7 @@ pub async fn create(
         state: IndexState::Initializing,
         created_at: crate::now_rfc3339(),
         port: None,
+        keys,
     };
     let ports = state.router.index_ports();
     match caller

@@ -64,6 +64,8 @@ pub struct ApiState {
     pub connections: Arc<conn::ConnectionTable>,
     /// Leader catch-ups that unknown credentials may cause, per source.
     pub catch_ups: Arc<crate::auth::throttle::SourceRate>,
+    /// The key hierarchy: new projects and indexes get their keys here.
+    pub keys: Arc<crate::crypto::KeyCache>,
 }
 
 /// Every route of the client port, built from [`policy::ROUTES`]: each REST route with the

@@ -737,6 +737,10 @@ async fn add_node(
         "conifer serve --data-dir <DATA_DIR> --keyring <KEYRING_OUTSIDE_DATA_DIR> --node-id {id} \\\n  --tls-dir {} --api-addr {address}:7443 --cluster-addr {address}:7444 --join {join} --learner",
         out.display()
     );
+    eprintln!(
+        "(the keyring file need not exist: the node receives the cluster's root key into it \
+         when it joins)"
+    );
     eprintln!("then, once it has caught up: conifer cluster promote --id {id}");
     Ok(())
 }

@@ -154,6 +154,11 @@ pub struct ServeArgs {
     /// says otherwise, and says so at start.
     #[arg(long, env = "CONIFER_INSECURE_KEYRING_IN_DATA_DIR")]
     pub insecure_keyring_in_data_dir: bool,
+    /// How long an unwrapped project or index key stays in memory, in milliseconds (500 to
+    /// 86,400,000): the bound within which a revoked root or project key stops the indexes
+    /// under it on this node.
+    #[arg(long, env = "CONIFER_KEY_CACHE_TTL_MS", default_value_t = crate::crypto::DEFAULT_KEY_CACHE_TTL_MS)]
+    pub key_cache_ttl_ms: u64,
     /// Cluster address of any member: join that cluster instead of bootstrapping one.
     #[arg(long, env = "CONIFER_JOIN")]
     pub join: Option<String>,
@@ -209,6 +214,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CONIFER_MAX_RECORDS_PER_PROJECT", default_value_t = crate::dataplane::router::DEFAULT_MAX_RECORDS_PER_PROJECT)]
     pub max_records_per_project: u64,
 }
+
+/// Shortest `--key-cache-ttl-ms`.
+pub const MIN_KEY_CACHE_TTL_MS: u64 = 500;
+/// Longest `--key-cache-ttl-ms` (one day).
+pub const MAX_KEY_CACHE_TTL_MS: u64 = 86_400_000;
 
 impl ServeArgs {
     /// Layers the configuration file (`--config`) under what `matches` (the `serve`
@@ -377,6 +387,13 @@ impl ServeArgs {
         if self.audit_retention_s == 0 {
             return Err("--audit-retention-s must be at least 1".into());
         }
+        if !(MIN_KEY_CACHE_TTL_MS..=MAX_KEY_CACHE_TTL_MS).contains(&self.key_cache_ttl_ms) {
+            return Err(format!(
+                "--key-cache-ttl-ms is {}; it must be {MIN_KEY_CACHE_TTL_MS} to \
+                 {MAX_KEY_CACHE_TTL_MS}",
+                self.key_cache_ttl_ms
+            ));
+        }
         let max_queue = crate::control::audit_sink::MAX_AUDIT_QUEUE_EVENTS;
         if !(1..=max_queue).contains(&self.audit_queue_events) {
             return Err(format!(
@@ -389,6 +406,7 @@ impl ServeArgs {
             audit_queue_events: self.audit_queue_events,
             node_id: self.node_id,
             keyring,
+            key_cache_ttl_ms: self.key_cache_ttl_ms,
             data_dir,
             api_addr,
             advertise_host,

@@ -783,6 +783,7 @@ mod tests {
                 max_pods: 0,
                 force_encryption_with_cmek: false,
                 created_at: "t".into(),
+                key: crate::crypto::ProjectKey::placeholder(),
             },
             owner: None,
         }))
@@ -932,6 +933,7 @@ mod tests {
                 max_pods: 0,
                 force_encryption_with_cmek: false,
                 created_at: "t".into(),
+                key: crate::crypto::ProjectKey::placeholder(),
             },
         );
         for i in 0..MAX_MEMBERS_PER_PROJECT {

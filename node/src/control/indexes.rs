@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::audit::index_resource;
 use super::state::{check_new, not_found, ControlState, Outcome, Output, Rejection};
 use crate::audit::{Params, Resource, ResourceType, Verb};
+use crate::crypto::IndexKeys;
 pub use crate::shard::engine::Metric;
 
 /// Most indexes one project may hold.
@@ -52,6 +53,9 @@ pub struct Index {
     /// Its own client port on every node, from the index port range (`None`: addressed by
     /// host name or header only). Assigned at apply.
     pub port: Option<u16>,
+    /// Its data keys, wrapped by the project's key; they seal everything of the index
+    /// (records, Raft log entries, snapshots, saved vector indexes).
+    pub keys: IndexKeys,
 }
 
 /// A change of an index.

@@ -7,6 +7,7 @@ use super::audit::project_resource;
 use super::identity::{MemberKind, ProjectMember};
 use super::state::{check_new, not_found, ControlState, Outcome, Output, Rejection};
 use crate::audit::{Params, Resource, ResourceType, Verb};
+use crate::crypto::ProjectKey;
 
 /// Most projects one organization may hold.
 pub const MAX_PROJECTS_PER_ORG: usize = 1_000;
@@ -26,6 +27,9 @@ pub struct Project {
     pub force_encryption_with_cmek: bool,
     /// Creation time, RFC 3339.
     pub created_at: String,
+    /// The project's key-encryption key, wrapped by the root key; it wraps the data keys
+    /// of the project's indexes.
+    pub key: ProjectKey,
 }
 
 /// A change of a project.

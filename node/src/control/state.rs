@@ -242,11 +242,11 @@ impl ControlState {
     }
 }
 /// Format of control-plane commands in group 0's log (and in forwarded proposals).
-pub const COMMAND_FORMAT: Format = Format::new("control-plane command", 1);
+pub const COMMAND_FORMAT: Format = Format::new("control-plane command", 2);
 /// Format of group 0's snapshots: the whole [`ControlState`].
-pub const SNAPSHOT_FORMAT: Format = Format::new("control-plane snapshot", 1);
+pub const SNAPSHOT_FORMAT: Format = Format::new("control-plane snapshot", 2);
 /// Format of a command's [`Outcome`], as the response of its proposal.
-pub const OUTCOME_FORMAT: Format = Format::new("control-plane outcome", 1);
+pub const OUTCOME_FORMAT: Format = Format::new("control-plane outcome", 2);
 
 /// Adapter that lets Raft replicate [`ControlState`].
 #[derive(Default)]
@@ -290,6 +290,7 @@ impl conifer_raft::StateMachine for ControlMachine {
 pub(crate) mod tests {
     use super::*;
     use crate::audit::{self, EventOutcome, Resource, ResourceType, Verb};
+    use crate::crypto::{IndexKeys, ProjectKey};
 
     fn org() -> Organization {
         Organization {
@@ -307,6 +308,7 @@ pub(crate) mod tests {
             max_pods: 0,
             force_encryption_with_cmek: false,
             created_at: "t".into(),
+            key: ProjectKey::placeholder(),
         }
     }
 
@@ -358,6 +360,7 @@ pub(crate) mod tests {
             state: IndexState::Initializing,
             created_at: "t".into(),
             port: None,
+            keys: IndexKeys::placeholder(),
         }
     }
 

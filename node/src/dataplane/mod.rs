@@ -24,6 +24,8 @@ use conifer_proto::internal::{
 use conifer_proto::pinecone as pb;
 use conifer_raft::GroupError;
 
+use crate::crypto::{KeyStatus, Unavailability};
+
 pub use conifer_proto::internal::data_output::Response as DataResponse;
 pub use conifer_proto::internal::data_request::Operation as DataOp;
 pub use router::{Resolved, Router, Target};
@@ -45,6 +47,10 @@ pub enum DataError {
     /// No replica or leader could serve the call in time; a retry may succeed.
     #[error("{0}")]
     Unavailable(String),
+    /// The index's key was refused (access denied, disabled): nothing is lost, and the index
+    /// serves again once the key's owner restores it.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A fault of this node (encoding, an answer of the wrong kind).
     #[error("{0}")]
     Internal(String),
@@ -58,8 +64,27 @@ impl DataError {
             DataError::NotFound(_) => "NOT_FOUND",
             DataError::AlreadyExists(_) => "ALREADY_EXISTS",
             DataError::Unavailable(_) => "UNAVAILABLE",
+            DataError::FailedPrecondition(_) => "FAILED_PRECONDITION",
             DataError::Internal(_) => "INTERNAL",
         }
+    }
+
+    /// The refusal of a call to `index` whose keys are unavailable on this node (`status`
+    /// is [`KeyStatus::Unavailable`]): FAILED_PRECONDITION when the key was refused or the
+    /// wrapped key does not unwrap, UNAVAILABLE when the key provider could not be reached.
+    /// `None` when the keys are not refused.
+    pub fn key_refusal(index: &str, status: KeyStatus) -> Option<Self> {
+        let KeyStatus::Unavailable { kind, reason, .. } = status else {
+            return None;
+        };
+        let message = format!(
+            "index '{index}' cannot be served: {reason}; its data is intact and it serves again \
+             once the key is available"
+        );
+        Some(match kind {
+            Some(Unavailability::Unreachable) => DataError::Unavailable(message),
+            _ => DataError::FailedPrecondition(message),
+        })
     }
 
     /// [`DataError::Invalid`].
@@ -86,6 +111,7 @@ impl DataError {
             DataError::NotFound(m) => (DataFailureKind::NotFound, m),
             DataError::AlreadyExists(m) => (DataFailureKind::AlreadyExists, m),
             DataError::Unavailable(m) => (DataFailureKind::Unavailable, m),
+            DataError::FailedPrecondition(m) => (DataFailureKind::FailedPrecondition, m),
             DataError::Internal(m) => (DataFailureKind::Internal, m),
         };
         DataFailure {
@@ -102,6 +128,7 @@ impl DataError {
             DataFailureKind::NotFound => DataError::NotFound(message),
             DataFailureKind::AlreadyExists => DataError::AlreadyExists(message),
             DataFailureKind::Unavailable => DataError::Unavailable(message),
+            DataFailureKind::FailedPrecondition => DataError::FailedPrecondition(message),
             DataFailureKind::Internal | DataFailureKind::Unspecified => {
                 DataError::Internal(message)
             }
@@ -226,9 +253,10 @@ async fn run_forwarded(
     request: DataRequest,
 ) -> Result<(DataResponse, Lsn), DataError> {
     let group = request.group_id;
-    let target = router.local_target(group).ok_or_else(|| {
-        DataError::unavailable(format!("shard group {group} has no replica on this node"))
-    })?;
+    let target = match router.local_target(group) {
+        Some(target) => target,
+        None => return Err(router.not_hosted(group)),
+    };
     if request.min_lsn > 0 {
         router.wait_applied(&target, request.min_lsn).await?;
     }
@@ -273,6 +301,7 @@ mod tests {
             DataError::not_found("n"),
             DataError::AlreadyExists("a".into()),
             DataError::unavailable("u"),
+            DataError::FailedPrecondition("f".into()),
             DataError::internal("x"),
         ] {
             assert_eq!(DataError::from_failure(e.to_failure()), e);

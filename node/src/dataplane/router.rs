@@ -303,6 +303,11 @@ impl Router {
                 .ok_or_else(|| DataError::not_found("index not found"))?,
             None => self.resolve_by_name(project_id, explicit, host)?,
         };
+        if let Some(refused) =
+            DataError::key_refusal(&index.name, self.shards.keys().status(index.group_id))
+        {
+            return Err(refused);
+        }
         match self.shards.get(index.group_id) {
             Some(shard) => Ok(Resolved::Local(Target { index, shard })),
             None => {
@@ -345,6 +350,18 @@ impl Router {
                     .cloned()
             })
             .ok_or_else(not_found)
+    }
+
+    /// Why this node cannot serve a forwarded call to shard group `group`, which it does not
+    /// run: its keys are unavailable here, or it hosts no replica of it (yet).
+    pub fn not_hosted(&self, group: u64) -> DataError {
+        let name = self
+            .control
+            .read(|s| s.index_of_group(group).map(|i| i.name.clone()))
+            .unwrap_or_else(|| format!("of shard group {group}"));
+        DataError::key_refusal(&name, self.shards.keys().status(group)).unwrap_or_else(|| {
+            DataError::unavailable(format!("shard group {group} has no replica on this node"))
+        })
     }
 
     /// The local replica of shard group `group`, as a target (on a node serving a forward).

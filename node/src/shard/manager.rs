@@ -1,12 +1,15 @@
 //! The shard reconciler: converges the shard groups running on this node to what the
 //! control plane says this node should host.
 //!
-//! Every [`RECONCILE_INTERVAL_MS`] it starts a Raft group for each index whose replica set
-//! names this node (the lowest-numbered replica initializes the group), proposes
-//! `MarkIndexReady` once a group it leads serves, and stops and erases groups whose index
-//! is gone. A restarted or lagging node heals itself through the same loop.
+//! Every [`RECONCILE_INTERVAL_MS`] it loads the data keys of each index whose replica set
+//! names this node ([`KeyCache::load`]) and starts its Raft group once they unwrap (the
+//! lowest-numbered replica initializes the group), proposes `MarkIndexReady` once a group
+//! it leads serves, stops (without erasing) a group whose keys expired without a successful
+//! unwrap, and stops and erases groups whose index is gone. A restarted or lagging node
+//! heals itself through the same loop, and a group stopped for its keys starts again once
+//! they unwrap.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -20,6 +23,7 @@ use super::machine::ShardMachine;
 use crate::control::state::IndexCommand;
 use crate::control::state::{Command, Index, IndexState};
 use crate::control::ControlPlane;
+use crate::crypto::{KeyCache, KeyStatus};
 
 /// Period of the reconciler.
 pub const RECONCILE_INTERVAL_MS: u64 = 250;
@@ -48,7 +52,10 @@ struct Inner {
     registry: GroupRegistry,
     control: ControlPlane,
     raft_config: Arc<openraft::Config>,
+    keys: Arc<KeyCache>,
     shards: RwLock<HashMap<u64, HostedShard>>,
+    /// Groups whose keys failed to unwrap, so the failure is logged once, not every pass.
+    key_failures: std::sync::Mutex<HashSet<u64>>,
 }
 
 /// The shard replicas of this node and their reconciler.
@@ -58,13 +65,15 @@ pub struct ShardManager {
 }
 
 impl ShardManager {
-    /// A manager hosting shards in `storage`, registered in `registry`.
+    /// A manager hosting shards in `storage` (whose group ciphers are `keys`), registered in
+    /// `registry`.
     pub fn new(
         engine: EngineConfig,
         storage: NodeStorage,
         registry: GroupRegistry,
         control: ControlPlane,
         raft_config: Arc<openraft::Config>,
+        keys: Arc<KeyCache>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -73,9 +82,67 @@ impl ShardManager {
                 registry,
                 control,
                 raft_config,
+                keys,
                 shards: RwLock::new(HashMap::new()),
+                key_failures: std::sync::Mutex::new(HashSet::new()),
             }),
         }
+    }
+
+    /// The unwrapped keys of the indexes this node hosts.
+    pub fn keys(&self) -> &Arc<KeyCache> {
+        &self.inner.keys
+    }
+
+    /// Loads `index`'s keys; stops its group here when they expired without a successful
+    /// unwrap. Returns whether they are available (the group may run).
+    async fn keep_keys(&self, index: &Index) -> anyhow::Result<bool> {
+        let group = index.group_id;
+        let keys = &self.inner.keys;
+        let project_key = self
+            .inner
+            .control
+            .read(|s| s.projects.get(&index.project_id).map(|p| p.key.clone()));
+        let Some(project_key) = project_key else {
+            return Ok(false);
+        };
+        let loaded = keys
+            .load(
+                group,
+                &index.project_id,
+                &project_key,
+                &index.name,
+                &index.keys,
+            )
+            .await;
+        {
+            let mut failures = self
+                .inner
+                .key_failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match &loaded {
+                Err(KeyStatus::Unavailable { reason, .. }) if failures.insert(group) => {
+                    tracing::warn!(group, index = %index.name, "index keys unavailable: {reason}")
+                }
+                Ok(()) if failures.remove(&group) => {
+                    tracing::info!(group, index = %index.name, "index keys available again")
+                }
+                _ => {}
+            }
+        }
+        if keys.expired(group) {
+            if self.get(group).is_some() {
+                tracing::warn!(
+                    group,
+                    index = %index.name,
+                    "stopping the shard replica: its keys expired without a successful unwrap"
+                );
+                self.stop(group).await;
+            }
+            keys.evict(group);
+        }
+        Ok(keys.available(group))
     }
 
     /// The replica of shard group `group`, if hosted here.
@@ -130,6 +197,9 @@ impl ShardManager {
         let wanted_groups: BTreeMap<u64, &Index> = wanted.iter().map(|i| (i.group_id, i)).collect();
 
         for index in &wanted {
+            if !self.keep_keys(index).await? {
+                continue;
+            }
             let shard = match self.get(index.group_id) {
                 Some(shard) => shard,
                 None => self.start(index).await?,
@@ -257,7 +327,8 @@ impl ShardManager {
         Ok(shard)
     }
 
-    async fn stop_and_erase(&self, group: u64) -> anyhow::Result<()> {
+    /// Stops the replica of `group` on this node, keeping its data.
+    async fn stop(&self, group: u64) {
         let shard = self
             .inner
             .shards
@@ -268,7 +339,12 @@ impl ShardManager {
         if let Some(shard) = shard {
             let _ = shard.raft.shutdown().await;
         }
+    }
+
+    async fn stop_and_erase(&self, group: u64) -> anyhow::Result<()> {
+        self.stop(group).await;
         self.inner.storage.delete_group(group)?;
+        self.inner.keys.forget(group);
         tracing::info!(group, "shard replica stopped and erased");
         Ok(())
     }

@@ -1,0 +1,341 @@
+//! The unwrapped keys of the indexes this node hosts, in memory for a bounded lifetime.
+//!
+//! The shard reconciler asks [`KeyCache::load`] for every index it hosts on each pass; an
+//! entry younger than half its lifetime is kept, an older one is unwrapped again through
+//! the root (and, under CMEK, the project's KMS key). An entry whose unwrap keeps failing
+//! expires at most the lifetime after the last successful unwrap of the key above it
+//! ([`KeyCache::expired`]); the reconciler then stops the index's shard group on this node
+//! and evicts the keys, so a revoked root or project key stops the index within the
+//! lifetime (plus one reconciler pass). Nothing on disk changes: once the key unwraps
+//! again, the group starts and catches up.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use conifer_raft::cipher::{CipherError, GroupCiphers, ValueCipher};
+use conifer_raft::GroupId;
+
+use super::hierarchy::{self, IndexKeys, KeySet, ProjectKey};
+use super::{CryptoError, DataKey, KeyProvider, Unavailability};
+
+/// Default lifetime of an unwrapped key in memory (`serve --key-cache-ttl-ms`): the bound
+/// within which a revoked or disabled key stops the indexes under it. AWS's own data-key
+/// caching guidance uses the same order (minutes).
+pub const DEFAULT_KEY_CACHE_TTL_MS: u64 = 300_000;
+/// Least time between two attempts to unwrap an index's keys after a failure, so a refused
+/// or unreachable key provider is not asked on every reconciler pass.
+pub const KEY_RETRY_INTERVAL_MS: u64 = 1_000;
+
+/// Whether an index's keys can be used on this node now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// Unwrapped and in the cache; values are sealed with `version`.
+    Available {
+        /// The current data key version.
+        version: u32,
+    },
+    /// The last unwrap failed and no unexpired key is cached.
+    Unavailable {
+        /// The key that failed: a KMS key ARN or the local keyring.
+        key: String,
+        /// Why, when the provider said (`None`: the wrapped key itself did not unwrap).
+        kind: Option<Unavailability>,
+        /// The whole reason.
+        reason: String,
+    },
+    /// Not unwrapped on this node (it hosts no replica of the index, or has not yet
+    /// reached it).
+    NotLoaded,
+}
+
+struct CachedProject {
+    wrapped: ProjectKey,
+    key: Arc<DataKey>,
+    expires: Instant,
+}
+
+struct CachedIndex {
+    keys: IndexKeys,
+    set: Arc<KeySet>,
+    expires: Instant,
+}
+
+/// Unwrapped project and index keys with a bounded lifetime; the ciphers of the shard
+/// groups ([`GroupCiphers`]).
+pub struct KeyCache {
+    root: Arc<dyn KeyProvider>,
+    ttl: Duration,
+    projects: Mutex<HashMap<String, CachedProject>>,
+    groups: RwLock<HashMap<GroupId, CachedIndex>>,
+    failures: RwLock<HashMap<GroupId, (KeyStatus, Instant)>>,
+}
+
+fn failure(root: &dyn KeyProvider, e: &CryptoError) -> KeyStatus {
+    match e {
+        CryptoError::Unavailable { key, kind, .. } => KeyStatus::Unavailable {
+            key: key.clone(),
+            kind: Some(*kind),
+            reason: e.to_string(),
+        },
+        _ => KeyStatus::Unavailable {
+            key: root.describe(),
+            kind: None,
+            reason: e.to_string(),
+        },
+    }
+}
+
+impl KeyCache {
+    /// A cache unwrapping through `root`, keeping keys `ttl`.
+    pub fn new(root: Arc<dyn KeyProvider>, ttl: Duration) -> Self {
+        Self {
+            root,
+            ttl,
+            projects: Mutex::new(HashMap::new()),
+            groups: RwLock::new(HashMap::new()),
+            failures: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The root key provider.
+    pub fn root(&self) -> &Arc<dyn KeyProvider> {
+        &self.root
+    }
+
+    /// The lifetime of an unwrapped key.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// A new project key wrapped by the root (the proposer of a new project calls this).
+    pub async fn new_project_key(&self, project_id: &str) -> Result<ProjectKey, CryptoError> {
+        hierarchy::new_project_key(self.root.as_ref(), project_id).await
+    }
+
+    /// A new index's data keys wrapped by its project key (the proposer of a new index
+    /// calls this).
+    pub async fn new_index_keys(
+        &self,
+        project_id: &str,
+        project_key: &ProjectKey,
+        index: &str,
+    ) -> Result<IndexKeys, CryptoError> {
+        let (kek, _) = self.project_key(project_id, project_key).await?;
+        Ok(hierarchy::new_index_keys(&kek, project_id, index))
+    }
+
+    /// The unwrapped project key and when it expires; unwrapped again through the root
+    /// when it is past half its lifetime or its wrapped form changed.
+    async fn project_key(
+        &self,
+        project_id: &str,
+        wrapped: &ProjectKey,
+    ) -> Result<(Arc<DataKey>, Instant), CryptoError> {
+        let now = Instant::now();
+        {
+            let projects = self.projects.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(cached) = projects.get(project_id) {
+                if cached.wrapped == *wrapped && cached.expires > now + self.ttl / 2 {
+                    return Ok((cached.key.clone(), cached.expires));
+                }
+            }
+        }
+        let key =
+            Arc::new(hierarchy::unwrap_project_key(self.root.as_ref(), project_id, wrapped).await?);
+        let expires = now + self.ttl;
+        self.projects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                project_id.to_string(),
+                CachedProject {
+                    wrapped: wrapped.clone(),
+                    key: key.clone(),
+                    expires,
+                },
+            );
+        Ok((key, expires))
+    }
+
+    /// Makes sure `group`'s keys are in the cache and younger than half their lifetime,
+    /// unwrapping them again otherwise (at most every [`KEY_RETRY_INTERVAL_MS`] after a
+    /// failure). On failure the cached keys (if any) stay until they expire, and the error
+    /// is the [`KeyStatus::Unavailable`] that [`KeyCache::status`] then reports.
+    pub async fn load(
+        &self,
+        group: GroupId,
+        project_id: &str,
+        project_key: &ProjectKey,
+        index: &str,
+        keys: &IndexKeys,
+    ) -> Result<(), KeyStatus> {
+        let now = Instant::now();
+        {
+            let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(cached) = groups.get(&group) {
+                if cached.keys == *keys && cached.expires > now + self.ttl / 2 {
+                    return Ok(());
+                }
+            }
+        }
+        if let Some((status, at)) = self
+            .failures
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+        {
+            if now < *at + Duration::from_millis(KEY_RETRY_INTERVAL_MS) {
+                return Err(status.clone());
+            }
+        }
+        let unwrapped = match self.project_key(project_id, project_key).await {
+            Ok((kek, expires)) => hierarchy::unwrap_index_keys(&kek, project_id, index, keys)
+                .map(|set| (set, expires)),
+            Err(e) => Err(e),
+        };
+        match unwrapped {
+            Ok((set, expires)) => {
+                self.groups
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        group,
+                        CachedIndex {
+                            keys: keys.clone(),
+                            set: Arc::new(set),
+                            expires,
+                        },
+                    );
+                self.failures
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&group);
+                Ok(())
+            }
+            Err(e) => {
+                let status = failure(self.root.as_ref(), &e);
+                self.failures
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(group, (status.clone(), now));
+                Err(status)
+            }
+        }
+    }
+
+    /// Whether `group`'s cached keys outlived their lifetime (the reconciler then stops the
+    /// group and calls [`KeyCache::evict`]).
+    pub fn expired(&self, group: GroupId) -> bool {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        groups
+            .get(&group)
+            .is_some_and(|cached| cached.expires <= Instant::now())
+    }
+
+    /// Whether `group` has unexpired keys in the cache.
+    pub fn available(&self, group: GroupId) -> bool {
+        matches!(self.status(group), KeyStatus::Available { .. })
+    }
+
+    /// Drops `group`'s unwrapped keys (their memory is zeroized); a recorded failure stays.
+    pub fn evict(&self, group: GroupId) {
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group);
+    }
+
+    /// Drops everything of `group` (its index is gone).
+    pub fn forget(&self, group: GroupId) {
+        self.evict(group);
+        self.failures
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group);
+    }
+
+    /// Whether `group`'s keys can be used on this node now.
+    pub fn status(&self, group: GroupId) -> KeyStatus {
+        let now = Instant::now();
+        if let Some(cached) = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+        {
+            if cached.expires > now {
+                return KeyStatus::Available {
+                    version: cached.set.current(),
+                };
+            }
+        }
+        self.failures
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .map(|(status, _)| status.clone())
+            .unwrap_or(KeyStatus::NotLoaded)
+    }
+}
+
+impl GroupCiphers for KeyCache {
+    /// The cached keys of `group`, even past their lifetime: the reconciler stops a group
+    /// before it evicts its keys, so a running group never finds its cipher gone.
+    fn cipher(&self, group: GroupId) -> Result<Arc<dyn ValueCipher>, CipherError> {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        match groups.get(&group) {
+            Some(cached) => Ok(cached.set.clone()),
+            None => Err(CipherError(format!(
+                "the data keys of group {group} are not unwrapped on this node"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::LocalKeyring;
+
+    #[tokio::test]
+    async fn a_group_cipher_exists_only_while_its_keys_are_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let root: Arc<dyn KeyProvider> =
+            Arc::new(LocalKeyring::open_or_create(dir.path()).unwrap());
+        let cache = KeyCache::new(root, Duration::from_millis(200));
+        let project = cache.new_project_key("p1").await.unwrap();
+        let keys = cache.new_index_keys("p1", &project, "docs").await.unwrap();
+        assert_eq!(cache.status(7), KeyStatus::NotLoaded);
+        assert!(cache.cipher(7).is_err());
+        cache.load(7, "p1", &project, "docs", &keys).await.unwrap();
+        assert_eq!(cache.status(7), KeyStatus::Available { version: 1 });
+        let sealed = cache.cipher(7).unwrap().seal(b"a", b"v");
+        assert!(!cache.expired(7));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(cache.expired(7));
+        assert_eq!(cache.status(7), KeyStatus::NotLoaded);
+        // Past its lifetime the cipher is still there until the reconciler evicts it.
+        assert_eq!(cache.cipher(7).unwrap().open(b"a", &sealed).unwrap(), b"v");
+        cache.evict(7);
+        assert!(cache.cipher(7).is_err());
+        // A wrapped key that does not unwrap (the wrong index) is recorded as unavailable,
+        // and asked again only after the retry interval.
+        let refused = cache.load(8, "p1", &project, "other", &keys).await;
+        assert!(matches!(
+            refused,
+            Err(KeyStatus::Unavailable { kind: None, .. })
+        ));
+        assert_eq!(cache.status(8), refused.clone().unwrap_err());
+        assert_eq!(
+            cache.load(8, "p1", &project, "docs", &keys).await,
+            refused,
+            "within the retry interval the recorded failure answers"
+        );
+        tokio::time::sleep(Duration::from_millis(KEY_RETRY_INTERVAL_MS + 50)).await;
+        cache.load(8, "p1", &project, "docs", &keys).await.unwrap();
+        assert!(cache.available(8));
+        cache.forget(8);
+        assert_eq!(cache.status(8), KeyStatus::NotLoaded);
+    }
+}
