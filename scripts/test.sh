@@ -19,6 +19,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "==> build"
 cargo build --workspace --all-targets
 export CONIFER_BIN="$CARGO_TARGET_DIR/debug/conifer"
+# moto's server mode: the real AWS KMS (and IAM) API the tests of keys in KMS start on
+# 127.0.0.1 (tests/src/kms.rs).
+export CONIFER_MOTO_VENV="${CONIFER_VENV_PREFIX:-/var/tmp/conifer-venv}-moto"
+scripts/venv.sh "$CONIFER_MOTO_VENV" tests/kms/requirements-moto.txt
 echo "==> tests"
 # Integration tests start several real clusters; two at a time keeps 2 cores responsive.
 # They include every abuse scenario at short scale (tests/tests/abuse.rs; the full run with

@@ -24,6 +24,7 @@ use crate::auth::throttle::{SourceRate, UNKNOWN_CREDENTIAL_CATCH_UPS_PER_S};
 use crate::cluster::{InternalService, JOIN_RETRY_MS};
 use crate::control::state::{ApiKey, ApiKeyRole, OperatorToken, Organization, Project};
 use crate::control::{Command, ControlMachine, ControlPlane};
+use crate::crypto::kms::Kms;
 use crate::crypto::{
     node_data_key, write_private_file, KeyCache, KeyProvider, LocalKeyring, RootKeyVersion,
 };
@@ -57,6 +58,8 @@ pub enum Keyring {
     InDataDir,
     /// A file outside the data directory (`--keyring`).
     File(PathBuf),
+    /// No local keyring: the root is this AWS KMS key (`--root-key-kms ARN`).
+    Kms(String),
 }
 
 /// How to run a node (`conifer serve`).
@@ -66,8 +69,10 @@ pub struct ServeConfig {
     pub node_id: NodeId,
     /// Where everything of this node lives.
     pub data_dir: PathBuf,
-    /// Where the keyring lives.
+    /// Where the root key lives.
     pub keyring: Keyring,
+    /// Where AWS KMS is reached instead of its regional endpoint (`--kms-endpoint`).
+    pub kms_endpoint: Option<String>,
     /// Lifetime of an unwrapped project or index key in memory, in milliseconds.
     pub key_cache_ttl_ms: u64,
     /// Client (REST + gRPC) listen address.
@@ -286,6 +291,36 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         .tls_dir
         .clone()
         .unwrap_or_else(|| data_dir.join("tls"));
+    let load_tls = || -> anyhow::Result<NodeTls> {
+        let mut node_tls = NodeTls::load(&tls_dir)?;
+        let cluster_ip = config.cluster_addr.ip();
+        node_tls.source_ip = (!cluster_ip.is_unspecified()).then_some(cluster_ip);
+        Ok(node_tls)
+    };
+
+    // The keyring comes before the certificates a bootstrapping node generates; a joining
+    // node has its certificate already (it needs it to receive the cluster's root key).
+    let (root, keyring): (Arc<dyn KeyProvider>, Option<Arc<LocalKeyring>>) = match &config.keyring {
+        Keyring::Kms(arn) => {
+            let kms = Arc::new(Kms::load(config.kms_endpoint.clone()).await);
+            tracing::info!(key = %arn, "the root key is in AWS KMS");
+            (Arc::new(kms.key(arn)?), None)
+        }
+        _ => {
+            let keyring = Arc::new(open_keyring(config, load_tls).await?);
+            (keyring.clone(), Some(keyring))
+        }
+    };
+    let data_key = node_data_key(data_dir, root.as_ref())
+        .await
+        .with_context(|| format!("unwrapping the node data key with {}", root.describe()))?;
+    let keys = Arc::new(KeyCache::new(
+        root,
+        Duration::from_millis(config.key_cache_ttl_ms),
+    ));
+    let storage = NodeStorage::open(&data_dir.join("db"), Arc::new(data_key))?
+        .with_group_ciphers(keys.clone());
+
     if !tls_dir.join(tls::NODE_CERT).exists() {
         if config.join.is_some() || config.tls_dir.is_some() {
             bail!(
@@ -296,19 +331,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         }
         create_default_certs(&tls_dir, config)?;
     }
-    let mut node_tls = NodeTls::load(&tls_dir)?;
-    let cluster_ip = config.cluster_addr.ip();
-    node_tls.source_ip = (!cluster_ip.is_unspecified()).then_some(cluster_ip);
-
-    let keyring = Arc::new(open_keyring(config, &node_tls).await?);
-    let root: Arc<dyn KeyProvider> = keyring.clone();
-    let data_key = node_data_key(data_dir, root.as_ref()).await?;
-    let keys = Arc::new(KeyCache::new(
-        root,
-        Duration::from_millis(config.key_cache_ttl_ms),
-    ));
-    let storage = NodeStorage::open(&data_dir.join("db"), Arc::new(data_key))?
-        .with_group_ciphers(keys.clone());
+    let node_tls = load_tls()?;
 
     let channel_tls = node_tls.clone();
     let peers = PeerChannels::new(
@@ -353,7 +376,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         registry.clone(),
         control.clone(),
         router.clone(),
-        Some(keyring),
+        keyring,
     ))
     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
@@ -544,9 +567,13 @@ async fn bootstrap(
 /// saying what that does not protect against). A node joining a cluster that has no
 /// keyring file yet receives the cluster's root key versions from the member it joins
 /// through; one that has a file keeps it.
-async fn open_keyring(config: &ServeConfig, node_tls: &NodeTls) -> anyhow::Result<LocalKeyring> {
+async fn open_keyring(
+    config: &ServeConfig,
+    load_tls: impl FnOnce() -> anyhow::Result<NodeTls>,
+) -> anyhow::Result<LocalKeyring> {
     let path = match &config.keyring {
         Keyring::File(path) => path.clone(),
+        Keyring::Kms(_) => bail!("the root key is in AWS KMS: there is no local keyring"),
         Keyring::InDataDir => {
             let path = config.data_dir.join(crate::crypto::KEYRING_FILE);
             let warning = format!(
@@ -563,7 +590,10 @@ async fn open_keyring(config: &ServeConfig, node_tls: &NodeTls) -> anyhow::Resul
     };
     match &config.join {
         Some(addr) if !path.exists() => {
-            let (versions, current) = fetch_root_keys(config, node_tls, addr).await?;
+            let node_tls = load_tls().context(
+                "a joining node needs its certificate to receive the cluster's root key",
+            )?;
+            let (versions, current) = fetch_root_keys(config, &node_tls, addr).await?;
             tracing::info!(
                 keyring = %path.display(),
                 versions = versions.len(),
@@ -588,7 +618,7 @@ async fn fetch_root_keys(
         from_node: config.node_id,
     };
     let reply = loop {
-        match client.root_keys(request.clone()).await {
+        match client.root_keys(request).await {
             Ok(reply) => break reply.into_inner(),
             Err(status)
                 if matches!(

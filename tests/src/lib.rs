@@ -6,6 +6,7 @@
 
 pub mod abuse;
 pub mod chaos;
+pub mod kms;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -110,6 +111,9 @@ pub struct ClusterOptions {
     pub distinct_hosts: bool,
     /// Extra environment of every node process (e.g. `FAILPOINTS`).
     pub env: Vec<(String, String)>,
+    /// Extra `serve` arguments of every node; with `--root-key-kms` the nodes get no
+    /// `--keyring`.
+    pub args: Vec<String>,
 }
 
 /// The loopback address of node `id` when nodes have distinct hosts.
@@ -135,6 +139,8 @@ pub struct NodeProc {
     pub learner: bool,
     /// Extra environment of the process.
     pub env: Vec<(String, String)>,
+    /// Extra `serve` arguments.
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -158,13 +164,16 @@ impl NodeProc {
             .arg(&self.cluster_addr)
             .arg("--tls-dir")
             .arg(&self.tls_dir)
-            // Beside the data directory, not in it (a joining node refuses that).
-            .arg("--keyring")
-            .arg(self.data_dir.with_extension("keyring.json"))
+            .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if !self.args.iter().any(|a| a == "--root-key-kms") {
+            // Beside the data directory, not in it (a joining node refuses that).
+            cmd.arg("--keyring")
+                .arg(self.data_dir.with_extension("keyring.json"));
+        }
         if let Some(join) = &self.join {
             cmd.arg("--join").arg(join);
             if self.learner {
@@ -314,6 +323,7 @@ impl Cluster {
             join,
             learner,
             env: self.options.env.clone(),
+            args: self.options.args.clone(),
             child: None,
         };
         node.spawn()?;

@@ -154,6 +154,19 @@ pub struct ServeArgs {
     /// says otherwise, and says so at start.
     #[arg(long, env = "CONIFER_INSECURE_KEYRING_IN_DATA_DIR")]
     pub insecure_keyring_in_data_dir: bool,
+    /// The root key is this AWS KMS key (its ARN) instead of a local keyring: the node data
+    /// key and every project key are wrapped by KMS, so revoking the node's access to the
+    /// key stops the node's data within --key-cache-ttl-ms. Give every node the same key.
+    /// Credentials and region come from the standard AWS chain (environment, ~/.aws, instance
+    /// or task role).
+    #[arg(long, env = "CONIFER_ROOT_KEY_KMS", value_name = "ARN", conflicts_with_all = ["keyring", "insecure_keyring_in_data_dir"])]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_key_kms: Option<String>,
+    /// Where AWS KMS is reached instead of its public regional endpoint (a VPC endpoint, a
+    /// KMS-compatible server); AWS_ENDPOINT_URL_KMS does the same.
+    #[arg(long, env = "CONIFER_KMS_ENDPOINT", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms_endpoint: Option<String>,
     /// How long an unwrapped project or index key stays in memory, in milliseconds (500 to
     /// 86,400,000): the bound within which a revoked root or project key stops the indexes
     /// under it on this node.
@@ -323,7 +336,29 @@ impl ServeArgs {
         if self.learner && self.join.is_none() {
             return Err("--learner applies to a node that joins: give --join too".into());
         }
+        if self.root_key_kms.is_some()
+            && (self.keyring.is_some() || self.insecure_keyring_in_data_dir)
+        {
+            return Err(
+                "--root-key-kms replaces the local keyring: give no --keyring nor \
+                        --insecure-keyring-in-data-dir"
+                    .into(),
+            );
+        }
+        if let Some(endpoint) = &self.kms_endpoint {
+            if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+                return Err(format!(
+                    "--kms-endpoint {endpoint} is not a URL (https://host[:port])"
+                ));
+            }
+        }
         let keyring = match &self.keyring {
+            _ if self.root_key_kms.is_some() => {
+                let arn = self.root_key_kms.clone().unwrap_or_default();
+                crate::crypto::kms::key_region(&arn)
+                    .map_err(|reason| format!("--root-key-kms: {reason}"))?;
+                Keyring::Kms(arn)
+            }
             Some(path) => {
                 let absolute = |p: &std::path::Path| {
                     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
@@ -406,6 +441,7 @@ impl ServeArgs {
             audit_queue_events: self.audit_queue_events,
             node_id: self.node_id,
             keyring,
+            kms_endpoint: self.kms_endpoint,
             key_cache_ttl_ms: self.key_cache_ttl_ms,
             data_dir,
             api_addr,

@@ -69,6 +69,8 @@ pub struct KeyCache {
     projects: Mutex<HashMap<String, CachedProject>>,
     groups: RwLock<HashMap<GroupId, CachedIndex>>,
     failures: RwLock<HashMap<GroupId, (KeyStatus, Instant)>>,
+    /// Groups whose keys are being unwrapped now (one attempt at a time).
+    refreshing: Mutex<std::collections::HashSet<GroupId>>,
 }
 
 fn failure(root: &dyn KeyProvider, e: &CryptoError) -> KeyStatus {
@@ -95,6 +97,7 @@ impl KeyCache {
             projects: Mutex::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
             failures: RwLock::new(HashMap::new()),
+            refreshing: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -170,25 +173,34 @@ impl KeyCache {
         index: &str,
         keys: &IndexKeys,
     ) -> Result<(), KeyStatus> {
-        let now = Instant::now();
-        {
-            let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(cached) = groups.get(&group) {
-                if cached.keys == *keys && cached.expires > now + self.ttl / 2 {
-                    return Ok(());
-                }
+        if !self.needs_refresh(group, keys) {
+            return match self.status(group) {
+                KeyStatus::Available { .. } => Ok(()),
+                other => Err(other),
+            };
+        }
+        struct Refreshing<'a>(&'a KeyCache, GroupId);
+        impl Drop for Refreshing<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .refreshing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&self.1);
             }
         }
-        if let Some((status, at)) = self
-            .failures
-            .read()
+        if !self
+            .refreshing
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&group)
+            .insert(group)
         {
-            if now < *at + Duration::from_millis(KEY_RETRY_INTERVAL_MS) {
-                return Err(status.clone());
-            }
+            return match self.status(group) {
+                KeyStatus::Available { .. } => Ok(()),
+                other => Err(other),
+            };
         }
+        let _refreshing = Refreshing(self, group);
         let unwrapped = match self.project_key(project_id, project_key).await {
             Ok((kek, expires)) => hierarchy::unwrap_index_keys(&kek, project_id, index, keys)
                 .map(|set| (set, expires)),
@@ -218,10 +230,38 @@ impl KeyCache {
                 self.failures
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(group, (status.clone(), now));
+                    .insert(group, (status.clone(), Instant::now()));
                 Err(status)
             }
         }
+    }
+
+    /// Whether `group`'s keys (`keys` as the control plane has them now) should be unwrapped
+    /// again: not cached, changed, or past half their lifetime — unless an unwrap is under
+    /// way or the last one failed less than [`KEY_RETRY_INTERVAL_MS`] ago.
+    pub fn needs_refresh(&self, group: GroupId, keys: &IndexKeys) -> bool {
+        let now = Instant::now();
+        let fresh = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .is_some_and(|cached| cached.keys == *keys && cached.expires > now + self.ttl / 2);
+        if fresh {
+            return false;
+        }
+        let retried_lately = self
+            .failures
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .is_some_and(|(_, at)| now < *at + Duration::from_millis(KEY_RETRY_INTERVAL_MS));
+        !retried_lately
+            && !self
+                .refreshing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&group)
     }
 
     /// Whether `group`'s cached keys outlived their lifetime (the reconciler then stops the
@@ -255,27 +295,45 @@ impl KeyCache {
             .remove(&group);
     }
 
-    /// Whether `group`'s keys can be used on this node now.
+    /// Whether `group`'s keys can be used on this node now: available while cached and
+    /// unexpired; else the last failure; else, when they expired while an unwrap is still
+    /// under way (a provider that does not answer), unavailable as unreachable.
     pub fn status(&self, group: GroupId) -> KeyStatus {
         let now = Instant::now();
-        if let Some(cached) = self
+        let expired = match self
             .groups
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&group)
         {
-            if cached.expires > now {
+            Some(cached) if cached.expires > now => {
                 return KeyStatus::Available {
                     version: cached.set.current(),
-                };
+                }
             }
-        }
-        self.failures
+            Some(_) => true,
+            None => false,
+        };
+        if let Some((status, _)) = self
+            .failures
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&group)
-            .map(|(status, _)| status.clone())
-            .unwrap_or(KeyStatus::NotLoaded)
+        {
+            return status.clone();
+        }
+        if expired {
+            return KeyStatus::Unavailable {
+                key: self.root.describe(),
+                kind: Some(Unavailability::Unreachable),
+                reason: format!(
+                    "the keys expired from this node's cache after {} ms and the key \
+                     provider has not answered yet",
+                    self.ttl.as_millis()
+                ),
+            };
+        }
+        KeyStatus::NotLoaded
     }
 }
 
@@ -314,7 +372,17 @@ mod tests {
         assert!(!cache.expired(7));
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(cache.expired(7));
-        assert_eq!(cache.status(7), KeyStatus::NotLoaded);
+        assert!(
+            matches!(
+                cache.status(7),
+                KeyStatus::Unavailable {
+                    kind: Some(Unavailability::Unreachable),
+                    ..
+                }
+            ),
+            "expired keys with no answer yet: {:?}",
+            cache.status(7)
+        );
         // Past its lifetime the cipher is still there until the reconciler evicts it.
         assert_eq!(cache.cipher(7).unwrap().open(b"a", &sealed).unwrap(), b"v");
         cache.evict(7);

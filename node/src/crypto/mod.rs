@@ -23,6 +23,7 @@
 
 pub mod cache;
 pub mod hierarchy;
+pub mod kms;
 pub mod provider;
 
 use std::fs;

@@ -94,19 +94,46 @@ impl ShardManager {
         &self.inner.keys
     }
 
-    /// Loads `index`'s keys; stops its group here when they expired without a successful
-    /// unwrap. Returns whether they are available (the group may run).
+    /// Starts unwrapping `index`'s keys in the background when they are due
+    /// ([`KeyCache::needs_refresh`]: a key provider that does not answer holds up no other
+    /// index); stops its group here when they expired without a successful unwrap. Returns
+    /// whether they are available (the group may run).
     async fn keep_keys(&self, index: &Index) -> anyhow::Result<bool> {
         let group = index.group_id;
         let keys = &self.inner.keys;
+        if keys.needs_refresh(group, &index.keys) {
+            let manager = self.clone();
+            let index = index.clone();
+            tokio::spawn(async move { manager.refresh_keys(index).await });
+        }
+        if keys.expired(group) {
+            if self.get(group).is_some() {
+                tracing::warn!(
+                    group,
+                    index = %index.name,
+                    "stopping the shard replica: its keys expired without a successful unwrap"
+                );
+                self.stop(group).await;
+            }
+            keys.evict(group);
+        }
+        Ok(keys.available(group))
+    }
+
+    /// Unwraps `index`'s keys into the cache, logging when they become unavailable or
+    /// available again.
+    async fn refresh_keys(&self, index: Index) {
+        let group = index.group_id;
         let project_key = self
             .inner
             .control
             .read(|s| s.projects.get(&index.project_id).map(|p| p.key.clone()));
         let Some(project_key) = project_key else {
-            return Ok(false);
+            return;
         };
-        let loaded = keys
+        let loaded = self
+            .inner
+            .keys
             .load(
                 group,
                 &index.project_id,
@@ -131,18 +158,6 @@ impl ShardManager {
                 _ => {}
             }
         }
-        if keys.expired(group) {
-            if self.get(group).is_some() {
-                tracing::warn!(
-                    group,
-                    index = %index.name,
-                    "stopping the shard replica: its keys expired without a successful unwrap"
-                );
-                self.stop(group).await;
-            }
-            keys.evict(group);
-        }
-        Ok(keys.available(group))
     }
 
     /// The replica of shard group `group`, if hosted here.

@@ -228,6 +228,7 @@ async fn start_cluster(config: &RunConfig) -> anyhow::Result<(Cluster, String, S
         nodes: config.nodes,
         distinct_hosts: true,
         env,
+        ..ClusterOptions::default()
     })
     .await
     .context("starting the cluster")?;
