@@ -424,6 +424,35 @@ impl AdminClient {
         self.post("/admin/projects", json!({ "name": name })).await
     }
 
+    /// `POST /admin/projects` with customer-managed encryption: every index of the project
+    /// gets its data key from the AWS KMS key `cmek_key_arn`.
+    pub async fn create_cmek_project(
+        &self,
+        name: &str,
+        cmek_key_arn: &str,
+    ) -> Result<Value, ClientError> {
+        self.post(
+            "/admin/projects",
+            json!({ "name": name, "cmek_key_arn": cmek_key_arn }),
+        )
+        .await
+    }
+
+    /// `PATCH /admin/projects/{id}` `{"cmek_key_arn"}`: turns customer-managed encryption on
+    /// for the indexes created from now on (it cannot be turned off or moved to another
+    /// key).
+    pub async fn set_project_cmek(
+        &self,
+        id: &str,
+        cmek_key_arn: &str,
+    ) -> Result<Value, ClientError> {
+        self.patch(
+            &format!("/admin/projects/{id}"),
+            json!({ "cmek_key_arn": cmek_key_arn }),
+        )
+        .await
+    }
+
     /// `GET /admin/projects`: the `data` array.
     pub async fn list_projects(&self) -> Result<Vec<Value>, ClientError> {
         self.list("/admin/projects").await

@@ -300,9 +300,9 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
 
     // The keyring comes before the certificates a bootstrapping node generates; a joining
     // node has its certificate already (it needs it to receive the cluster's root key).
+    let kms = Arc::new(Kms::new(config.kms_endpoint.clone()));
     let (root, keyring): (Arc<dyn KeyProvider>, Option<Arc<LocalKeyring>>) = match &config.keyring {
         Keyring::Kms(arn) => {
-            let kms = Arc::new(Kms::load(config.kms_endpoint.clone()).await);
             tracing::info!(key = %arn, "the root key is in AWS KMS");
             (Arc::new(kms.key(arn)?), None)
         }
@@ -316,6 +316,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("unwrapping the node data key with {}", root.describe()))?;
     let keys = Arc::new(KeyCache::new(
         root,
+        kms,
         Duration::from_millis(config.key_cache_ttl_ms),
     ));
     let storage = NodeStorage::open(&data_dir.join("db"), Arc::new(data_key))?
@@ -505,6 +506,7 @@ async fn bootstrap(
         name: "default".into(),
         max_pods: 0,
         force_encryption_with_cmek: false,
+        cmek_key_arn: None,
         created_at: created_at.clone(),
     };
     let key_secret = auth::new_api_key();

@@ -1,9 +1,13 @@
-//! The root key in AWS KMS (`serve --root-key-kms ARN`), against moto's KMS server on
-//! 127.0.0.1 with IAM enforcement: a 3-node cluster wraps its node data keys and project
-//! keys with KMS and keeps no keyring; when KMS refuses the nodes (their IAM policy
-//! removed) every index answers FAILED_PRECONDITION (412) naming the key within the key
-//! cache's lifetime, and when KMS does not answer (the server stopped) UNAVAILABLE (503);
-//! once access is back the indexes serve again, every record present, without a restart.
+//! Keys in AWS KMS, against moto's KMS server on 127.0.0.1 with IAM enforcement, on 3-node
+//! clusters:
+//! - the root key in KMS (`serve --root-key-kms ARN`): node data keys and project keys are
+//!   wrapped by KMS and no keyring exists; when KMS refuses the nodes (their IAM policy
+//!   removed) every index answers FAILED_PRECONDITION (412) naming the key within the key
+//!   cache's lifetime, and when KMS does not answer (the server stopped) UNAVAILABLE (503);
+//!   once access is back the indexes serve again, every record present, without a restart;
+//! - a project's customer-managed key (CMEK): its indexes' data keys are made by the
+//!   project's KMS key; losing it stops that project's indexes only, and the setting cannot
+//!   be turned off or moved to another key.
 
 use std::time::{Duration, Instant};
 
@@ -20,9 +24,9 @@ const SLACK_MS: u64 = 12_000;
 
 const RECORDS: usize = 25;
 
-async fn stats(cluster: &Cluster, node: u64, key: &str) -> (u16, Value) {
+async fn stats(cluster: &Cluster, node: u64, key: &str, index: &str) -> (u16, Value) {
     let resp = cluster
-        .data(node, key, "vault", Method::POST, "/describe_index_stats")
+        .data(node, key, index, Method::POST, "/describe_index_stats")
         .json(&json!({}))
         .send()
         .await
@@ -35,7 +39,7 @@ async fn stats(cluster: &Cluster, node: u64, key: &str) -> (u16, Value) {
 /// took, or panics after `within`.
 async fn until_every_node(
     cluster: &Cluster,
-    key: &str,
+    (key, index): (&str, &str),
     within: Duration,
     what: &str,
     done: impl Fn(u16, &Value) -> bool,
@@ -44,7 +48,7 @@ async fn until_every_node(
     loop {
         let mut last = Vec::new();
         for node in 1..=3 {
-            let (status, body) = stats(cluster, node, key).await;
+            let (status, body) = stats(cluster, node, key, index).await;
             if !done(status, &body) {
                 last.push(format!("node {node}: {status} {body}"));
             }
@@ -59,6 +63,23 @@ async fn until_every_node(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+fn all_there(status: u16, body: &Value) -> bool {
+    status == 200 && body["totalVectorCount"] == RECORDS
+}
+
+async fn upsert(cluster: &Cluster, key: &str, index: &str) {
+    let vectors: Vec<Value> = (0..RECORDS)
+        .map(|i| json!({"id": format!("r{i}"), "values": [1.0, i as f32, 0.5, 0.25]}))
+        .collect();
+    let resp = cluster
+        .data(1, key, index, Method::POST, "/vectors/upsert")
+        .json(&json!({ "vectors": vectors }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
 }
 
 fn names_key(body: &Value, arn: &str) -> bool {
@@ -98,21 +119,10 @@ async fn a_root_key_in_kms_seals_the_cluster_and_losing_it_stops_the_indexes_unt
         .create_index(1, &key, "vault", 4, "cosine")
         .await
         .unwrap();
-    let vectors: Vec<Value> = (0..RECORDS)
-        .map(|i| json!({"id": format!("r{i}"), "values": [1.0, i as f32, 0.5, 0.25]}))
-        .collect();
-    let resp = cluster
-        .data(1, &key, "vault", Method::POST, "/vectors/upsert")
-        .json(&json!({ "vectors": vectors }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let all_there =
-        |status: u16, body: &Value| status == 200 && body["totalVectorCount"] == RECORDS;
+    upsert(&cluster, &key, "vault").await;
     until_every_node(
         &cluster,
-        &key,
+        (&key, "vault"),
         Duration::from_secs(30),
         "replicated",
         all_there,
@@ -124,7 +134,7 @@ async fn a_root_key_in_kms_seals_the_cluster_and_losing_it_stops_the_indexes_unt
     let bound = Duration::from_millis(TTL_MS + SLACK_MS);
     let took = until_every_node(
         &cluster,
-        &key,
+        (&key, "vault"),
         bound,
         "refused after deny",
         |status, body| {
@@ -147,7 +157,7 @@ async fn a_root_key_in_kms_seals_the_cluster_and_losing_it_stops_the_indexes_unt
     moto.allow().unwrap();
     let took = until_every_node(
         &cluster,
-        &key,
+        (&key, "vault"),
         Duration::from_secs(30),
         "serving after allow",
         all_there,
@@ -159,7 +169,7 @@ async fn a_root_key_in_kms_seals_the_cluster_and_losing_it_stops_the_indexes_unt
     moto.pause().unwrap();
     let took = until_every_node(
         &cluster,
-        &key,
+        (&key, "vault"),
         bound,
         "refused while paused",
         |status, body| {
@@ -171,7 +181,7 @@ async fn a_root_key_in_kms_seals_the_cluster_and_losing_it_stops_the_indexes_unt
     moto.resume().unwrap();
     until_every_node(
         &cluster,
-        &key,
+        (&key, "vault"),
         Duration::from_secs(30),
         "serving after resume",
         all_there,
@@ -186,4 +196,173 @@ async fn a_root_key_in_kms_seals_the_cluster_and_losing_it_stops_the_indexes_unt
         .await
         .unwrap();
     assert_eq!(fetched["vectors"]["r7"]["values"][1], 7.0, "{fetched}");
+}
+
+async fn patch_project(cluster: &Cluster, project: &str, body: Value) -> (u16, Value) {
+    let resp = cluster
+        .http
+        .patch(cluster.url(2, &format!("/admin/projects/{project}")))
+        .bearer_auth(cluster.admin_token())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cmek_project_stops_alone_when_its_key_is_refused_and_serves_again_when_it_is_back() {
+    let moto = Moto::start(true).unwrap();
+    let arn = moto.create_key().unwrap();
+    let other_arn = moto.create_key().unwrap();
+    let cluster = Cluster::start_with(ClusterOptions {
+        nodes: 3,
+        env: moto.node.env(),
+        args: vec![
+            "--kms-endpoint".into(),
+            moto.endpoint.clone(),
+            "--key-cache-ttl-ms".into(),
+            TTL_MS.to_string(),
+        ],
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = cluster.admin_token();
+
+    // A key that is not an ARN is refused before anything is asked of KMS.
+    let resp = cluster
+        .http
+        .post(cluster.url(1, "/admin/projects"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "bad", "cmek_key_arn": "alias/mine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let resp = cluster
+        .http
+        .post(cluster.url(1, "/admin/projects"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "cmek", "cmek_key_arn": arn}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let project: Value = resp.json().await.unwrap();
+    assert_eq!(project["force_encryption_with_cmek"], true, "{project}");
+    assert_eq!(project["cmek_key_arn"], arn.as_str());
+    let project_id = project["id"].as_str().unwrap().to_string();
+    let cmek_key = cluster
+        .key_in(&project_id, &["ProjectEditor"])
+        .await
+        .unwrap();
+    let plain_key = cluster.api_key();
+
+    // Once on, it stays on, with its key.
+    let (status, body) = patch_project(
+        &cluster,
+        &project_id,
+        json!({"force_encryption_with_cmek": false}),
+    )
+    .await;
+    assert_eq!(status, 412, "{body}");
+    let (status, body) =
+        patch_project(&cluster, &project_id, json!({"cmek_key_arn": other_arn})).await;
+    assert_eq!(status, 412, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("cannot be changed"));
+
+    let described = cluster
+        .create_index(1, &cmek_key, "secret", 4, "cosine")
+        .await
+        .unwrap();
+    assert_eq!(
+        described["encryption"]["customer_managed"], true,
+        "{described}"
+    );
+    assert_eq!(described["encryption"]["key"], arn.as_str());
+    assert_eq!(described["encryption"]["key_state"], "available");
+    let described = cluster
+        .create_index(1, &plain_key, "plain", 4, "cosine")
+        .await
+        .unwrap();
+    assert_eq!(
+        described["encryption"]["customer_managed"], false,
+        "{described}"
+    );
+    upsert(&cluster, &cmek_key, "secret").await;
+    upsert(&cluster, &plain_key, "plain").await;
+    for (key, index) in [(&cmek_key, "secret"), (&plain_key, "plain")] {
+        until_every_node(
+            &cluster,
+            (key, index),
+            Duration::from_secs(30),
+            "replicated",
+            all_there,
+        )
+        .await;
+    }
+
+    // KMS refuses the nodes the project's key: its index stops, naming the key, within the
+    // bound; the other project's index serves throughout.
+    moto.deny().unwrap();
+    let took = until_every_node(
+        &cluster,
+        (&cmek_key, "secret"),
+        Duration::from_millis(TTL_MS + SLACK_MS),
+        "the CMEK index refused after deny",
+        |status, body| {
+            status == 412 && body["error"]["code"] == "FAILED_PRECONDITION" && names_key(body, &arn)
+        },
+    )
+    .await;
+    eprintln!("CMEK key denied → the project's index refused on every node after {took:?}");
+    until_every_node(
+        &cluster,
+        (&plain_key, "plain"),
+        Duration::from_secs(5),
+        "the other project serving",
+        all_there,
+    )
+    .await;
+    let described: Value = cluster
+        .http
+        .get(cluster.url(1, "/indexes/secret"))
+        .header("Api-Key", &cmek_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        described["encryption"]["key_state"], "unavailable",
+        "{described}"
+    );
+    // A new CMEK project on a key KMS refuses is refused too.
+    let resp = cluster
+        .http
+        .post(cluster.url(1, "/admin/projects"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "cmek-2", "cmek_key_arn": other_arn}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 412);
+
+    // Access back: it serves again without a restart, every record there.
+    moto.allow().unwrap();
+    let took = until_every_node(
+        &cluster,
+        (&cmek_key, "secret"),
+        Duration::from_secs(30),
+        "the CMEK index serving after allow",
+        all_there,
+    )
+    .await;
+    eprintln!("CMEK key allowed again → the index serves on every node after {took:?}");
 }

@@ -34,6 +34,7 @@ fn project_json(p: &Project) -> Value {
         "name": p.name,
         "max_pods": p.max_pods,
         "force_encryption_with_cmek": p.force_encryption_with_cmek,
+        "cmek_key_arn": p.cmek_key_arn,
         "organization_id": p.organization_id,
         "created_at": p.created_at,
     })
@@ -123,18 +124,34 @@ pub struct CreateProject {
     max_pods: Option<u32>,
     #[serde(default)]
     force_encryption_with_cmek: Option<bool>,
+    #[serde(default)]
+    cmek_key_arn: Option<String>,
 }
 
-/// Refuses `force_encryption_with_cmek: true`: Conifer has no customer-managed keys yet
-/// (issue 17), so storing the flag would promise what no index honours.
-fn check_cmek(force_encryption_with_cmek: Option<bool>) -> Result<(), ApiError> {
-    if force_encryption_with_cmek == Some(true) {
+/// Checks a customer-managed key setting before it is proposed: `cmek_key_arn` must be a
+/// KMS key ARN (400 INVALID_ARGUMENT) that this node can use — a data key made and
+/// unwrapped again through it (412 FAILED_PRECONDITION when KMS refuses or the key is
+/// disabled, 503 UNAVAILABLE when KMS does not answer) — and
+/// `force_encryption_with_cmek: false` does not go with a key (400). Whether the project's
+/// state allows the change (on without a key, off again, another key) the control plane
+/// decides.
+async fn check_cmek(
+    state: &ApiState,
+    force_encryption_with_cmek: Option<bool>,
+    cmek_key_arn: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(arn) = cmek_key_arn else {
+        return Ok(());
+    };
+    if force_encryption_with_cmek == Some(false) {
         return Err(ApiError::invalid(
-            "'force_encryption_with_cmek' cannot be true: customer-managed keys are not \
-             available yet, so no index could honour it (every index is encrypted at rest with \
-             the node's keys)",
+            "'cmek_key_arn' turns customer-managed encryption on: it does not go with \
+             'force_encryption_with_cmek': false",
         ));
     }
+    crate::crypto::kms::key_region(arn)
+        .map_err(|reason| ApiError::invalid(format!("'cmek_key_arn': {reason}")))?;
+    state.keys.check_kms_key(arn).await?;
     Ok(())
 }
 
@@ -172,7 +189,18 @@ pub async fn create_project(
     caller.authorize(Target::Organization(&organization_id))?;
     check_name("name", &body.name, MAX_PROJECT_NAME_CHARS)?;
     check_max_pods(body.max_pods)?;
-    check_cmek(body.force_encryption_with_cmek)?;
+    if body.force_encryption_with_cmek == Some(true) && body.cmek_key_arn.is_none() {
+        return Err(ApiError::invalid(
+            "'force_encryption_with_cmek': true needs the customer-managed AWS KMS key: give \
+             its ARN in 'cmek_key_arn'",
+        ));
+    }
+    check_cmek(
+        &state,
+        body.force_encryption_with_cmek,
+        body.cmek_key_arn.as_deref(),
+    )
+    .await?;
     let id = uuid::Uuid::new_v4().to_string();
     let key = state.keys.new_project_key(&id).await?;
     let project = Project {
@@ -180,7 +208,8 @@ pub async fn create_project(
         organization_id,
         name: body.name,
         max_pods: body.max_pods.unwrap_or(0),
-        force_encryption_with_cmek: body.force_encryption_with_cmek.unwrap_or(false),
+        force_encryption_with_cmek: body.cmek_key_arn.is_some(),
+        cmek_key_arn: body.cmek_key_arn,
         created_at: crate::now_rfc3339(),
         key,
     };
@@ -255,9 +284,12 @@ pub struct UpdateProject {
     max_pods: Option<u32>,
     #[serde(default)]
     force_encryption_with_cmek: Option<bool>,
+    #[serde(default)]
+    cmek_key_arn: Option<String>,
 }
 
-/// `PATCH /admin/projects/{id}`: rename, quota, CMEK requirement.
+/// `PATCH /admin/projects/{id}`: rename, quota, customer-managed encryption (a key once
+/// set stays, and the requirement cannot be turned off again).
 pub async fn update_project(
     State(state): State<ApiState>,
     caller: Caller,
@@ -271,12 +303,18 @@ pub async fn update_project(
         check_name("name", name, MAX_PROJECT_NAME_CHARS)?;
     }
     check_max_pods(body.max_pods)?;
-    check_cmek(body.force_encryption_with_cmek)?;
+    check_cmek(
+        &state,
+        body.force_encryption_with_cmek,
+        body.cmek_key_arn.as_deref(),
+    )
+    .await?;
     let command = Command::Project(ProjectCommand::Update {
         id,
         name: body.name,
         max_pods: body.max_pods,
         force_encryption_with_cmek: body.force_encryption_with_cmek,
+        cmek_key_arn: body.cmek_key_arn,
     });
     match caller.propose(command).await? {
         Output::Project(p) => Ok(Json(project_json(&p))),

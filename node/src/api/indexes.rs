@@ -18,6 +18,7 @@ use super::body::{self, Plane};
 use super::{ApiError, ApiState};
 use crate::control::state::IndexCommand;
 use crate::control::state::{Command, Index, IndexState, Metric, Output};
+use crate::crypto::KeyStatus;
 
 /// Longest index name.
 pub const MAX_INDEX_NAME_CHARS: usize = 45;
@@ -70,9 +71,47 @@ async fn render(state: &ApiState, indexes: &[Index], schema_shape: bool) -> Vec<
                 index_json(state, index)
             };
             out["status"] = status_json(index, &up);
+            out["encryption"] = encryption_json(state, index);
             out
         })
         .collect()
+}
+
+/// How `index` is encrypted at rest, as this node sees it: the key that wraps its current
+/// data key (the project's customer-managed KMS key, or the project key under the root),
+/// the data key version, and the key state here (`available`; `unavailable` with the
+/// reason; `not_loaded` on a node that holds no replica of it).
+fn encryption_json(state: &ApiState, index: &Index) -> Value {
+    let current = index
+        .keys
+        .versions
+        .iter()
+        .find(|v| v.version == index.keys.current);
+    let wrapping_key = match current {
+        Some(v) if v.wrapped.provider == crate::crypto::kms::KMS_PROVIDER => {
+            v.wrapped.key_id.clone()
+        }
+        _ => format!(
+            "project key (wrapped by the {})",
+            state.keys.root().describe()
+        ),
+    };
+    let mut out = json!({
+        "algorithm": "AES-256-GCM",
+        "key": wrapping_key,
+        "customer_managed": current
+            .is_some_and(|v| v.wrapped.provider == crate::crypto::kms::KMS_PROVIDER),
+        "data_key_version": index.keys.current,
+    });
+    match state.router.shards().keys().status(index.group_id) {
+        KeyStatus::Available { .. } => out["key_state"] = json!("available"),
+        KeyStatus::Unavailable { reason, .. } => {
+            out["key_state"] = json!("unavailable");
+            out["reason"] = json!(reason);
+        }
+        KeyStatus::NotLoaded => out["key_state"] = json!("not_loaded"),
+    }
+    out
 }
 
 /// The replica nodes of `indexes` that can serve now: this node, when it is a member, and
@@ -619,13 +658,17 @@ pub async fn create(
             "the cluster has no members to place the index on",
         ));
     }
-    let project_key = state
+    let (project_key, cmek) = state
         .control
-        .read(|s| s.projects.get(&project_id).map(|p| p.key.clone()))
+        .read(|s| {
+            s.projects
+                .get(&project_id)
+                .map(|p| (p.key.clone(), p.cmek_key_arn.clone()))
+        })
         .ok_or_else(|| ApiError::not_found(format!("project {project_id} not found")))?;
     let keys = state
         .keys
-        .new_index_keys(&project_id, &project_key, &req.name)
+        .new_index_keys(&project_id, &project_key, cmek.as_deref(), &req.name)
         .await?;
     let index = Index {
         name: req.name,

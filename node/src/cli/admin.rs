@@ -72,7 +72,7 @@ admin_args!(
 admin_args!(
     /// Flags of `conifer project`.
     ProjectArgs, ProjectCommand,
-    "  conifer project create --name search\n  conifer project list\n  conifer project delete --id <id>");
+    "  conifer project create --name search\n  conifer project create --name vault --cmek-key-arn arn:aws:kms:us-east-1:111122223333:key/<id>\n  conifer project set-cmek --id <id> --key-arn arn:aws:kms:…\n  conifer project list\n  conifer project delete --id <id>");
 admin_args!(
     /// Flags of `conifer project-member`.
     ProjectMemberArgs, ProjectMemberCommand,
@@ -238,6 +238,20 @@ pub enum ProjectCommand {
         /// Name, unique in the organization.
         #[arg(long)]
         name: String,
+        /// Customer-managed encryption: every index of the project gets its data key from
+        /// this AWS KMS key (its ARN), which the cluster's nodes must be allowed to use.
+        #[arg(long, value_name = "ARN")]
+        cmek_key_arn: Option<String>,
+    },
+    /// Turn on customer-managed encryption for the indexes created from now on: their data
+    /// keys come from the AWS KMS key ARN. It cannot be turned off or moved to another key.
+    SetCmek {
+        /// Project id.
+        #[arg(long)]
+        id: String,
+        /// The KMS key's ARN (arn:aws:kms:REGION:ACCOUNT:key/ID).
+        #[arg(long, value_name = "ARN")]
+        key_arn: String,
     },
     /// One project.
     Get {
@@ -903,7 +917,17 @@ pub async fn run(admin: Admin) -> anyhow::Result<()> {
             let c = client(&a.connection, true)?;
             let v = match a.command {
                 ProjectCommand::List => Value::Array(c.list_projects().await?),
-                ProjectCommand::Create { name } => c.create_project(&name).await?,
+                ProjectCommand::Create {
+                    name,
+                    cmek_key_arn: None,
+                } => c.create_project(&name).await?,
+                ProjectCommand::Create {
+                    name,
+                    cmek_key_arn: Some(arn),
+                } => c.create_cmek_project(&name, &arn).await?,
+                ProjectCommand::SetCmek { id, key_arn } => {
+                    c.set_project_cmek(&id, &key_arn).await?
+                }
                 ProjectCommand::Get { id } => c.get_project(&id).await?,
                 ProjectCommand::Rename { id, name } => c.rename_project(&id, &name).await?,
                 ProjectCommand::Delete { id } => {

@@ -28,9 +28,16 @@ pub struct Project {
     /// Creation time, RFC 3339.
     pub created_at: String,
     /// The project's key-encryption key, wrapped by the root key; it wraps the data keys
-    /// of the project's indexes.
+    /// of the project's indexes created without customer-managed encryption.
     pub key: ProjectKey,
+    /// The customer-managed AWS KMS key (ARN) that makes the data keys of the indexes
+    /// created while it is set; once set it stays (and `force_encryption_with_cmek` is on).
+    pub cmek_key_arn: Option<String>,
 }
+
+/// Why a CMEK setting was refused: the requirement and the key go together.
+const CMEK_NEEDS_KEY: &str = "force_encryption_with_cmek and cmek_key_arn go together: \
+     give the customer-managed AWS KMS key's ARN in cmek_key_arn to turn it on";
 
 /// A change of a project.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -50,8 +57,10 @@ pub enum ProjectCommand {
         name: Option<String>,
         /// New pod quota, if changing.
         max_pods: Option<u32>,
-        /// New CMEK requirement, if changing.
+        /// New CMEK requirement, if changing (on only with a key; never off again).
         force_encryption_with_cmek: Option<bool>,
+        /// The customer-managed KMS key, if setting it (never changed once set).
+        cmek_key_arn: Option<String>,
     },
     /// Delete a project and its API keys.
     Delete {
@@ -67,6 +76,9 @@ impl ControlState {
             ProjectCommand::Create { project, owner } => {
                 if !self.organizations.contains_key(&project.organization_id) {
                     return Err(not_found("organization", &project.organization_id));
+                }
+                if project.force_encryption_with_cmek != project.cmek_key_arn.is_some() {
+                    return Err(Rejection::Invalid(CMEK_NEEDS_KEY.into()));
                 }
                 let siblings = self.projects_of(&project.organization_id);
                 let taken = if self.projects.contains_key(&project.id) {
@@ -109,11 +121,35 @@ impl ControlState {
                 name,
                 max_pods,
                 force_encryption_with_cmek,
+                cmek_key_arn,
             } => {
-                let org = match self.projects.get(&id) {
-                    Some(p) => p.organization_id.clone(),
+                let (org, current_key) = match self.projects.get(&id) {
+                    Some(p) => (p.organization_id.clone(), p.cmek_key_arn.clone()),
                     None => return Err(not_found("project", &id)),
                 };
+                match (&current_key, &cmek_key_arn) {
+                    (Some(current), Some(asked)) if current != asked => {
+                        return Err(Rejection::Invalid(format!(
+                            "project '{id}' encrypts with the customer-managed key {current}; \
+                             a project's CMEK key cannot be changed"
+                        )))
+                    }
+                    _ => {}
+                }
+                let keyed = current_key.is_some() || cmek_key_arn.is_some();
+                match force_encryption_with_cmek {
+                    Some(false) if current_key.is_some() => {
+                        return Err(Rejection::Invalid(format!(
+                            "project '{id}' encrypts with a customer-managed key: \
+                             force_encryption_with_cmek cannot be turned off"
+                        )))
+                    }
+                    Some(false) if cmek_key_arn.is_some() => {
+                        return Err(Rejection::Invalid(CMEK_NEEDS_KEY.into()))
+                    }
+                    Some(true) if !keyed => return Err(Rejection::Invalid(CMEK_NEEDS_KEY.into())),
+                    _ => {}
+                }
                 if let Some(name) = &name {
                     let taken = self
                         .projects_of(&org)
@@ -132,8 +168,9 @@ impl ControlState {
                 if let Some(max_pods) = max_pods {
                     project.max_pods = max_pods;
                 }
-                if let Some(force) = force_encryption_with_cmek {
-                    project.force_encryption_with_cmek = force;
+                if let Some(arn) = cmek_key_arn {
+                    project.cmek_key_arn = Some(arn);
+                    project.force_encryption_with_cmek = true;
                 }
                 Ok(Output::Project(project.clone()))
             }
@@ -180,6 +217,7 @@ pub(super) fn describe(state: &ControlState, command: &ProjectCommand) -> Resour
                             "force_encryption_with_cmek",
                             project.force_encryption_with_cmek,
                         )
+                        .with_some("cmek_key_arn", project.cmek_key_arn.as_deref())
                         .with_some("owner_id", owner.as_ref().map(|o| o.principal_id.as_str())),
                 )
         }
@@ -188,6 +226,7 @@ pub(super) fn describe(state: &ControlState, command: &ProjectCommand) -> Resour
             name,
             max_pods,
             force_encryption_with_cmek,
+            cmek_key_arn,
         } => {
             let mut resource = project_resource(state, Verb::Update, id);
             // A rename is recorded under the new name, as the seed's organization rename is.
@@ -198,7 +237,8 @@ pub(super) fn describe(state: &ControlState, command: &ProjectCommand) -> Resour
                 Params::default()
                     .with_some("name", name.as_deref())
                     .with_some("max_pods", *max_pods)
-                    .with_some("force_encryption_with_cmek", *force_encryption_with_cmek),
+                    .with_some("force_encryption_with_cmek", *force_encryption_with_cmek)
+                    .with_some("cmek_key_arn", cmek_key_arn.as_deref()),
             )
         }
         ProjectCommand::Delete { id } => project_resource(state, Verb::Delete, id),

@@ -307,6 +307,7 @@ pub(crate) mod tests {
             name: name.into(),
             max_pods: 0,
             force_encryption_with_cmek: false,
+            cmek_key_arn: None,
             created_at: "t".into(),
             key: ProjectKey::placeholder(),
         }
@@ -362,6 +363,43 @@ pub(crate) mod tests {
             port: None,
             keys: IndexKeys::placeholder(),
         }
+    }
+
+    #[test]
+    fn customer_managed_encryption_once_set_stays_on_with_its_key() {
+        let mut s = bootstrapped();
+        let update = |force: Option<bool>, arn: Option<&str>| {
+            Command::Project(ProjectCommand::Update {
+                id: "p0".into(),
+                name: None,
+                max_pods: None,
+                force_encryption_with_cmek: force,
+                cmek_key_arn: arn.map(Into::into),
+            })
+        };
+        let refused = |outcome: Outcome, needle: &str| match outcome {
+            Err(Rejection::Invalid(m)) => assert!(m.contains(needle), "{m}"),
+            other => panic!("expected a refusal naming '{needle}', got {other:?}"),
+        };
+        refused(s.apply(update(Some(true), None)), "cmek_key_arn");
+        refused(s.apply(update(Some(false), Some("arn:a"))), "cmek_key_arn");
+        assert!(!s.projects["p0"].force_encryption_with_cmek);
+        s.apply(update(None, Some("arn:a"))).unwrap();
+        assert!(s.projects["p0"].force_encryption_with_cmek);
+        refused(s.apply(update(Some(false), None)), "cannot be turned off");
+        refused(s.apply(update(None, Some("arn:b"))), "cannot be changed");
+        s.apply(update(Some(true), Some("arn:a"))).unwrap();
+        assert_eq!(s.projects["p0"].cmek_key_arn.as_deref(), Some("arn:a"));
+        // A project created with the requirement but no key, or the reverse, is refused.
+        let mut half = project("p9", "half");
+        half.force_encryption_with_cmek = true;
+        refused(
+            s.apply(Command::Project(ProjectCommand::Create {
+                project: half,
+                owner: None,
+            })),
+            "cmek_key_arn",
+        );
     }
 
     #[test]

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use conifer_raft::cipher::{CipherError, GroupCiphers, ValueCipher};
 use conifer_raft::GroupId;
 
-use super::hierarchy::{self, IndexKeys, KeySet, ProjectKey};
+use super::hierarchy::{self, IndexKeyVersion, IndexKeys, KeySet, ProjectKey};
+use super::kms::{Kms, KMS_PROVIDER};
 use super::{CryptoError, DataKey, KeyProvider, Unavailability};
 
 /// Default lifetime of an unwrapped key in memory (`serve --key-cache-ttl-ms`): the bound
@@ -65,6 +66,7 @@ struct CachedIndex {
 /// groups ([`GroupCiphers`]).
 pub struct KeyCache {
     root: Arc<dyn KeyProvider>,
+    kms: Arc<Kms>,
     ttl: Duration,
     projects: Mutex<HashMap<String, CachedProject>>,
     groups: RwLock<HashMap<GroupId, CachedIndex>>,
@@ -89,10 +91,12 @@ fn failure(root: &dyn KeyProvider, e: &CryptoError) -> KeyStatus {
 }
 
 impl KeyCache {
-    /// A cache unwrapping through `root`, keeping keys `ttl`.
-    pub fn new(root: Arc<dyn KeyProvider>, ttl: Duration) -> Self {
+    /// A cache unwrapping through `root` (and `kms`, for the keys of projects under
+    /// customer-managed encryption), keeping keys `ttl`.
+    pub fn new(root: Arc<dyn KeyProvider>, kms: Arc<Kms>, ttl: Duration) -> Self {
         Self {
             root,
+            kms,
             ttl,
             projects: Mutex::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
@@ -116,16 +120,47 @@ impl KeyCache {
         hierarchy::new_project_key(self.root.as_ref(), project_id).await
     }
 
-    /// A new index's data keys wrapped by its project key (the proposer of a new index
-    /// calls this).
+    /// A new index's data keys (the proposer of a new index calls this): made by the
+    /// project's customer-managed KMS key `cmek` (`GenerateDataKey`) when it has one, else
+    /// wrapped by its project key.
     pub async fn new_index_keys(
         &self,
         project_id: &str,
         project_key: &ProjectKey,
+        cmek: Option<&str>,
         index: &str,
     ) -> Result<IndexKeys, CryptoError> {
-        let (kek, _) = self.project_key(project_id, project_key).await?;
-        Ok(hierarchy::new_index_keys(&kek, project_id, index))
+        let Some(arn) = cmek else {
+            let (kek, _) = self.project_key(project_id, project_key).await?;
+            return Ok(hierarchy::new_index_keys(&kek, project_id, index));
+        };
+        let version = 1;
+        let context = hierarchy::index_context(project_id, index, version);
+        let (_, wrapped) = self.kms.key(arn)?.generate(&context).await?;
+        Ok(IndexKeys {
+            current: version,
+            versions: vec![IndexKeyVersion {
+                version,
+                wrapped,
+                created_at: crate::now_rfc3339(),
+            }],
+        })
+    }
+
+    /// Checks that this node can use the KMS key `arn` (a data key made and unwrapped
+    /// again), before a project is set to encrypt with it.
+    pub async fn check_kms_key(&self, arn: &str) -> Result<(), CryptoError> {
+        use super::KeyProvider as _;
+        let key = self.kms.key(arn)?;
+        let context = "conifer/cmek-check/v1";
+        let (secret, wrapped) = key.generate(context).await?;
+        let again = key.unwrap(&wrapped, context).await?;
+        if again.as_ref() != secret.as_ref() {
+            return Err(CryptoError::Auth(format!(
+                "{arn} did not give back the key it wrapped"
+            )));
+        }
+        Ok(())
     }
 
     /// The unwrapped project key and when it expires; unwrapped again through the root
@@ -201,12 +236,10 @@ impl KeyCache {
             };
         }
         let _refreshing = Refreshing(self, group);
-        let unwrapped = match self.project_key(project_id, project_key).await {
-            Ok((kek, expires)) => hierarchy::unwrap_index_keys(&kek, project_id, index, keys)
-                .map(|set| (set, expires)),
-            Err(e) => Err(e),
-        };
-        match unwrapped {
+        match self
+            .unwrap_index(project_id, project_key, index, keys)
+            .await
+        {
             Ok((set, expires)) => {
                 self.groups
                     .write()
@@ -234,6 +267,41 @@ impl KeyCache {
                 Err(status)
             }
         }
+    }
+
+    /// Every version of an index's data keys, each through what wrapped it (the project key,
+    /// or the project's KMS key), and when they expire: a lifetime from now, or sooner when
+    /// the project key was unwrapped earlier.
+    async fn unwrap_index(
+        &self,
+        project_id: &str,
+        project_key: &ProjectKey,
+        index: &str,
+        keys: &IndexKeys,
+    ) -> Result<(KeySet, Instant), CryptoError> {
+        use super::KeyProvider as _;
+        let mut expires = Instant::now() + self.ttl;
+        let mut kek: Option<Arc<DataKey>> = None;
+        let mut set = std::collections::BTreeMap::new();
+        for version in &keys.versions {
+            let context = hierarchy::index_context(project_id, index, version.version);
+            let secret = if version.wrapped.provider == KMS_PROVIDER {
+                let key = self.kms.key(&version.wrapped.key_id)?;
+                key.unwrap(&version.wrapped, &context).await?
+            } else {
+                let kek = match &kek {
+                    Some(kek) => kek.clone(),
+                    None => {
+                        let (unwrapped, until) = self.project_key(project_id, project_key).await?;
+                        expires = expires.min(until);
+                        kek.insert(unwrapped).clone()
+                    }
+                };
+                hierarchy::unwrap_with(&kek, &version.wrapped, &context)?
+            };
+            set.insert(version.version, DataKey::from_secret(&secret));
+        }
+        Ok((KeySet::new(keys.current, set)?, expires))
     }
 
     /// Whether `group`'s keys (`keys` as the control plane has them now) should be unwrapped
@@ -361,9 +429,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root: Arc<dyn KeyProvider> =
             Arc::new(LocalKeyring::open_or_create(dir.path()).unwrap());
-        let cache = KeyCache::new(root, Duration::from_millis(200));
+        let kms = Arc::new(Kms::new(None));
+        let cache = KeyCache::new(root, kms, Duration::from_millis(200));
         let project = cache.new_project_key("p1").await.unwrap();
-        let keys = cache.new_index_keys("p1", &project, "docs").await.unwrap();
+        let keys = cache
+            .new_index_keys("p1", &project, None, "docs")
+            .await
+            .unwrap();
         assert_eq!(cache.status(7), KeyStatus::NotLoaded);
         assert!(cache.cipher(7).is_err());
         cache.load(7, "p1", &project, "docs", &keys).await.unwrap();

@@ -61,6 +61,7 @@ impl ProjectKey {
                 provider: "test".into(),
                 kek_version: 1,
                 ciphertext: String::new(),
+                key_id: String::new(),
             },
         }
     }
@@ -78,6 +79,7 @@ impl IndexKeys {
                     provider: "test".into(),
                     kek_version: 1,
                     ciphertext: String::new(),
+                    key_id: String::new(),
                 },
                 created_at: "t".into(),
             }],
@@ -89,7 +91,9 @@ fn project_context(project_id: &str) -> String {
     format!("conifer/project-key/v1/{project_id}")
 }
 
-fn index_context(project_id: &str, index: &str, version: u32) -> String {
+/// The owner string of version `version` of an index's data key (its wrap's associated data
+/// or KMS encryption context).
+pub(super) fn index_context(project_id: &str, index: &str, version: u32) -> String {
     format!("conifer/index-key/v1/{project_id}/{index}/{version}")
 }
 
@@ -156,6 +160,7 @@ pub fn new_index_keys(project_key: &DataKey, project_id: &str, index: &str) -> I
                 provider: PROJECT_KEY_PROVIDER.to_string(),
                 kek_version: 1,
                 ciphertext: B64.encode(sealed),
+                key_id: String::new(),
             },
             created_at: crate::now_rfc3339(),
         }],
@@ -175,13 +180,7 @@ pub fn unwrap_index_keys(
         let secret = unwrap_with(project_key, &version.wrapped, &context)?;
         set.insert(version.version, DataKey::from_secret(&secret));
     }
-    if !set.contains_key(&keys.current) {
-        return Err(CryptoError::UnknownKeyVersion(keys.current));
-    }
-    Ok(KeySet {
-        current: keys.current,
-        keys: set,
-    })
+    KeySet::new(keys.current, set)
 }
 
 /// An index's data keys as one cipher: seals with the current version, opens any version
@@ -192,6 +191,14 @@ pub struct KeySet {
 }
 
 impl KeySet {
+    /// The versions `keys`, sealing with `current` (which must be among them).
+    pub(super) fn new(current: u32, keys: BTreeMap<u32, DataKey>) -> Result<Self, CryptoError> {
+        if !keys.contains_key(&current) {
+            return Err(CryptoError::UnknownKeyVersion(current));
+        }
+        Ok(Self { current, keys })
+    }
+
     /// The version new values are sealed with.
     pub fn current(&self) -> u32 {
         self.current

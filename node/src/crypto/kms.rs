@@ -42,53 +42,73 @@ pub const KMS_PROVIDER: &str = "aws-kms";
 /// Name of the encryption context entry every wrap carries.
 const CONTEXT_KEY: &str = "conifer";
 
-/// The node's AWS configuration and a KMS client per region.
+/// The node's AWS configuration, loaded on first use (a node that uses no KMS key asks
+/// nothing of the AWS chain), and a KMS client per region.
 pub struct Kms {
-    base: aws_config::SdkConfig,
+    base: tokio::sync::OnceCell<aws_config::SdkConfig>,
     endpoint: Option<String>,
     clients: Mutex<HashMap<String, Client>>,
 }
 
 impl Kms {
-    /// Loads the standard AWS configuration chain; `endpoint` (`--kms-endpoint`) overrides
-    /// where KMS is reached (a VPC endpoint, a test server).
-    pub async fn load(endpoint: Option<String>) -> Self {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let base = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_timeout(Duration::from_millis(KMS_OPERATION_TIMEOUT_MS))
-                    .operation_attempt_timeout(Duration::from_millis(KMS_ATTEMPT_TIMEOUT_MS))
-                    .build(),
-            )
-            .retry_config(RetryConfig::standard().with_max_attempts(KMS_ATTEMPTS))
-            .load()
-            .await;
+    /// A KMS client factory; `endpoint` (`--kms-endpoint`) overrides where KMS is reached (a
+    /// VPC endpoint, a test server).
+    pub fn new(endpoint: Option<String>) -> Self {
         Self {
-            base,
+            base: tokio::sync::OnceCell::new(),
             endpoint,
             clients: Mutex::new(HashMap::new()),
         }
     }
 
-    fn client(&self, region: &str) -> Client {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry(region.to_string())
-            .or_insert_with(|| {
-                let mut config = aws_sdk_kms::config::Builder::from(&self.base)
-                    .region(aws_sdk_kms::config::Region::new(region.to_string()));
-                if let Some(endpoint) = &self.endpoint {
-                    config = config.endpoint_url(endpoint);
-                }
-                Client::from_conf(config.build())
+    /// The standard AWS configuration chain, loaded once. The region is always the key's
+    /// (set per client), so none is looked up here.
+    async fn base(&self) -> &aws_config::SdkConfig {
+        self.base
+            .get_or_init(|| async {
+                let http = aws_smithy_http_client::Builder::new()
+                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https();
+                aws_config::defaults(BehaviorVersion::latest())
+                    .http_client(http)
+                    .region(aws_sdk_kms::config::Region::from_static("us-east-1"))
+                    .timeout_config(
+                        TimeoutConfig::builder()
+                            .operation_timeout(Duration::from_millis(KMS_OPERATION_TIMEOUT_MS))
+                            .operation_attempt_timeout(Duration::from_millis(
+                                KMS_ATTEMPT_TIMEOUT_MS,
+                            ))
+                            .build(),
+                    )
+                    .retry_config(RetryConfig::standard().with_max_attempts(KMS_ATTEMPTS))
+                    .load()
+                    .await
             })
-            .clone()
+            .await
+    }
+
+    async fn client(&self, region: &str) -> Client {
+        if let Some(client) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(region)
+        {
+            return client.clone();
+        }
+        let mut config = aws_sdk_kms::config::Builder::from(self.base().await)
+            .region(aws_sdk_kms::config::Region::new(region.to_string()));
+        if let Some(endpoint) = &self.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        let client = Client::from_conf(config.build());
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(region.to_string(), client.clone());
+        client
     }
 
     /// The KMS key `arn` (`arn:aws:kms:<region>:<account>:key/<id>` or `…:alias/<name>`).
@@ -98,7 +118,8 @@ impl Kms {
             reason,
         })?;
         Ok(KmsKey {
-            client: self.client(&region),
+            kms: self.clone(),
+            region,
             arn: arn.to_string(),
         })
     }
@@ -132,7 +153,8 @@ pub fn key_region(arn: &str) -> Result<String, String> {
 
 /// One AWS KMS key.
 pub struct KmsKey {
-    client: Client,
+    kms: Arc<Kms>,
+    region: String,
     arn: String,
 }
 
@@ -145,7 +167,9 @@ impl KmsKey {
     /// A new 256-bit key made by KMS (`GenerateDataKey`, `AES_256`) and its wrap.
     pub async fn generate(&self, context: &str) -> Result<(Secret, WrappedKey), CryptoError> {
         let out = self
-            .client
+            .kms
+            .client(&self.region)
+            .await
             .generate_data_key()
             .key_id(&self.arn)
             .key_spec(DataKeySpec::Aes256)
@@ -167,6 +191,7 @@ impl KmsKey {
             provider: KMS_PROVIDER.to_string(),
             kek_version: 0,
             ciphertext: B64.encode(blob.as_ref()),
+            key_id: self.arn.clone(),
         }
     }
 
@@ -251,7 +276,9 @@ impl KeyProvider for KmsKey {
     ) -> BoxFuture<'a, Result<WrappedKey, CryptoError>> {
         Box::pin(async move {
             let out = self
-                .client
+                .kms
+                .client(&self.region)
+                .await
                 .encrypt()
                 .key_id(&self.arn)
                 .plaintext(Blob::new(key.as_ref().to_vec()))
@@ -282,7 +309,9 @@ impl KeyProvider for KmsKey {
                 .decode(&wrapped.ciphertext)
                 .map_err(|e| CryptoError::Auth(e.to_string()))?;
             let out = self
-                .client
+                .kms
+                .client(&self.region)
+                .await
                 .decrypt()
                 .key_id(&self.arn)
                 .ciphertext_blob(Blob::new(blob))

@@ -28,6 +28,10 @@ pub struct WrappedKey {
     pub kek_version: u32,
     /// The wrapped key, base64.
     pub ciphertext: String,
+    /// The AWS KMS key that wrapped it (its ARN); empty for other providers. (Always
+    /// serialized: the control plane's formats are bincode, which cannot skip a field.)
+    #[serde(default)]
+    pub key_id: String,
 }
 
 /// Holds root keys and wraps / unwraps keys with them. `context` is associated data naming
@@ -288,6 +292,7 @@ impl KeyProvider for LocalKeyring {
                 provider: LOCAL_PROVIDER.to_string(),
                 kek_version: version,
                 ciphertext: B64.encode(kek.seal(context.as_bytes(), key.as_ref())),
+                key_id: String::new(),
             })
         })
     }

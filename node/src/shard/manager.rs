@@ -94,17 +94,22 @@ impl ShardManager {
         &self.inner.keys
     }
 
-    /// Starts unwrapping `index`'s keys in the background when they are due
-    /// ([`KeyCache::needs_refresh`]: a key provider that does not answer holds up no other
+    /// Unwraps `index`'s keys when they are due ([`KeyCache::needs_refresh`]): in this pass
+    /// the first time (so a group starts as soon as its keys unwrap, as at a restart), in
+    /// the background afterwards (so a key provider that does not answer holds up no other
     /// index); stops its group here when they expired without a successful unwrap. Returns
     /// whether they are available (the group may run).
     async fn keep_keys(&self, index: &Index) -> anyhow::Result<bool> {
         let group = index.group_id;
         let keys = &self.inner.keys;
         if keys.needs_refresh(group, &index.keys) {
-            let manager = self.clone();
-            let index = index.clone();
-            tokio::spawn(async move { manager.refresh_keys(index).await });
+            if keys.status(group) == KeyStatus::NotLoaded {
+                self.refresh_keys(index.clone()).await;
+            } else {
+                let manager = self.clone();
+                let index = index.clone();
+                tokio::spawn(async move { manager.refresh_keys(index).await });
+            }
         }
         if keys.expired(group) {
             if self.get(group).is_some() {
