@@ -349,6 +349,8 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     conifer_raft::registry::elect_if_sole_voter(&raft, config.node_id).await;
     let control = ControlPlane::new(raft.clone(), handle, peers.clone());
     tokio::spawn(control.clone().keep_lease());
+    let audit =
+        crate::control::audit_sink::AuditSink::start(control.clone(), config.audit_queue_events);
     let shards = ShardManager::new(
         config.engine,
         storage.clone(),
@@ -420,10 +422,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         control: control.clone(),
         router,
         signin: Arc::new(api::signin::SignIn::new(config.token_ttl_s)),
-        audit: crate::control::audit_sink::AuditSink::start(
-            control.clone(),
-            config.audit_queue_events,
-        ),
+        audit: audit.clone(),
         connections: connections.clone(),
         catch_ups: Arc::new(SourceRate::per_second(UNKNOWN_CREDENTIAL_CATCH_UPS_PER_S)),
         keys: keys.clone(),

@@ -365,4 +365,50 @@ async fn a_cmek_project_stops_alone_when_its_key_is_refused_and_serves_again_whe
     )
     .await;
     eprintln!("CMEK key allowed again → the index serves on every node after {took:?}");
+
+    // Each node recorded the key going and coming back in the organization's audit chain,
+    // and the CMEK setting with its key.
+    let org = project["organization_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let (events, _) = cluster.audit_chain(1, Some(&org)).await.unwrap();
+        let of = |operation: &str| {
+            events
+                .iter()
+                .filter(|e| {
+                    e["event"]["operation"] == operation && e["event"]["resource_id"] == "secret"
+                })
+                .count()
+        };
+        if of("index.key_unavailable") >= 3 && of("index.key_available") >= 3 {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "key events of every node: {} unavailable, {} available",
+            of("index.key_unavailable"),
+            of("index.key_available")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for e in events
+        .iter()
+        .filter(|e| e["event"]["operation"] == "index.key_unavailable")
+    {
+        assert_eq!(
+            e["event"]["outcome"]["error_code"], "FAILED_PRECONDITION",
+            "{e}"
+        );
+        assert_eq!(e["event"]["parameters"]["key"], arn.as_str(), "{e}");
+        assert_eq!(e["actor"]["principal_type"], "system", "{e}");
+        // Kept like a change, never pruned to make room for refusals.
+        assert_eq!(e["class"], "change", "{e}");
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"]["operation"] == "project.create"
+                && e["event"]["parameters"]["cmek_key_arn"] == arn.as_str()),
+        "the CMEK project's creation names its key"
+    );
 }

@@ -136,9 +136,10 @@ pub fn describe(state: &ControlState, command: &Command) -> Resource {
         Command::ApiKey(c) => super::keys::describe(state, c),
         Command::Index(c) => super::indexes::describe(state, c),
         Command::Identity(c) => super::identity::describe(state, c),
-        Command::Audited { .. } | Command::RecordAudit(_) | Command::PurgeAudit { .. } => {
-            Resource::new(V::Update, T::AuditLog, None)
-        }
+        Command::Audited { .. }
+        | Command::RecordAudit(_)
+        | Command::RecordObserved(_)
+        | Command::PurgeAudit { .. } => Resource::new(V::Update, T::AuditLog, None),
         Command::Membership(record) => super::membership::describe(record),
     }
 }
@@ -167,6 +168,46 @@ pub(super) fn org_resource(state: &ControlState, action: Verb, id: &str) -> Reso
         .id(name)
         .named(name)
         .in_org(Some(id))
+}
+
+/// The event of an index's keys becoming unusable on node `node_id`
+/// (`index.key_unavailable`: `unavailable` is the key's state, a failure whose code is the
+/// refusal the index answers — FAILED_PRECONDITION, or UNAVAILABLE when the key provider
+/// does not answer — and whose reason names the key) or usable again (`index.key_available`),
+/// on the index's organization chain; actor `system`; `parameters.key` names the key,
+/// `parameters.node` the node.
+pub fn key_state_event(
+    state: &ControlState,
+    node_id: u64,
+    index: &crate::control::state::Index,
+    key: &str,
+    unavailable: Option<&crate::crypto::KeyStatus>,
+) -> AuditDraft {
+    use crate::crypto::{KeyStatus, Unavailability};
+    let operation = match unavailable {
+        Some(_) => "index.key_unavailable",
+        None => "index.key_available",
+    };
+    let resource = index_resource(state, Verb::Update, &index.project_id, &index.name)
+        .params(Params::default().with("key", key).with("node", node_id));
+    let outcome = match unavailable {
+        Some(KeyStatus::Unavailable { kind, reason, .. }) => EventOutcome::failure(
+            match kind {
+                Some(Unavailability::Unreachable) => "UNAVAILABLE",
+                _ => "FAILED_PRECONDITION",
+            },
+            &format!("node {node_id}: {reason}"),
+        ),
+        Some(other) => {
+            EventOutcome::failure("FAILED_PRECONDITION", &format!("node {node_id}: {other:?}"))
+        }
+        None => EventOutcome::success(),
+    };
+    AuditDraft {
+        context: AuditContext::internal(operation, ActorRef::system(), node_id),
+        resource,
+        outcome,
+    }
 }
 
 pub(super) fn index_resource(
@@ -254,7 +295,10 @@ impl ControlState {
     pub(super) fn apply_audited(&mut self, context: AuditContext, command: Command) -> Outcome {
         if matches!(
             command,
-            Command::Audited { .. } | Command::RecordAudit(_) | Command::PurgeAudit { .. }
+            Command::Audited { .. }
+                | Command::RecordAudit(_)
+                | Command::RecordObserved(_)
+                | Command::PurgeAudit { .. }
         ) {
             return Err(Rejection::Invalid(
                 "audit commands cannot be audited".into(),
@@ -297,9 +341,14 @@ impl ControlState {
         outcome
     }
 
-    /// Appends events of attempts that changed nothing (denials, failed sign-ins), at most
+    /// Appends events of attempts that changed nothing (denials, failed sign-ins; class
+    /// `Refusal`) or of what a node observed (class `Change`), at most
     /// [`audit::MAX_AUDIT_BATCH_EVENTS`] per batch.
-    pub(super) fn apply_record_audit(&mut self, drafts: Vec<AuditDraft>) -> Outcome {
+    pub(super) fn apply_record_audit(
+        &mut self,
+        drafts: Vec<AuditDraft>,
+        class: audit::EventClass,
+    ) -> Outcome {
         if drafts.len() > audit::MAX_AUDIT_BATCH_EVENTS {
             return Err(Rejection::LimitExceeded(format!(
                 "an audit batch holds at most {} events; this one has {}",
@@ -309,7 +358,7 @@ impl ControlState {
         }
         for draft in drafts {
             let event = event(self, &draft.context, draft.resource, draft.outcome);
-            self.audit.append(event, audit::EventClass::Refusal);
+            self.audit.append(event, class);
         }
         Ok(Output::Done)
     }

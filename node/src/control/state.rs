@@ -71,6 +71,9 @@ pub enum Command {
     },
     /// Append events of attempts that changed nothing (denials, failed sign-ins).
     RecordAudit(Vec<AuditDraft>),
+    /// Append events of what a node observed (an index's keys stopping or starting to
+    /// unwrap there), kept for the whole retention like changes.
+    RecordObserved(Vec<AuditDraft>),
     /// Remove audit events older than `before`, recording the purge in each chain touched.
     PurgeAudit {
         /// The purge's own context (actor: the system).
@@ -232,7 +235,12 @@ impl ControlState {
             Command::Index(command) => self.apply_index(command),
             Command::Identity(command) => self.apply_identity(command),
             Command::Audited { context, command } => self.apply_audited(context, *command),
-            Command::RecordAudit(drafts) => self.apply_record_audit(drafts),
+            Command::RecordAudit(drafts) => {
+                self.apply_record_audit(drafts, crate::audit::EventClass::Refusal)
+            }
+            Command::RecordObserved(drafts) => {
+                self.apply_record_audit(drafts, crate::audit::EventClass::Change)
+            }
             Command::PurgeAudit { context, before } => self.apply_purge_audit(context, &before),
             Command::Membership(record) => match record.failure {
                 None => Ok(Output::Done),

@@ -20,6 +20,7 @@ use conifer_raft::{GroupClient, GroupRegistry, NodeId, NodeStorage, Raft};
 
 use super::engine::EngineConfig;
 use super::machine::ShardMachine;
+use crate::control::audit::key_state_event;
 use crate::control::state::IndexCommand;
 use crate::control::state::{Command, Index, IndexState};
 use crate::control::ControlPlane;
@@ -125,8 +126,8 @@ impl ShardManager {
         Ok(keys.available(group))
     }
 
-    /// Unwraps `index`'s keys into the cache, logging when they become unavailable or
-    /// available again.
+    /// Unwraps `index`'s keys into the cache, logging and auditing
+    /// ([`key_state_event`]) when they become unavailable or available again on this node.
     async fn refresh_keys(&self, index: Index) {
         let group = index.group_id;
         let project_key = self
@@ -147,21 +148,32 @@ impl ShardManager {
                 &index.keys,
             )
             .await;
-        {
+        let draft = {
             let mut failures = self
                 .inner
                 .key_failures
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            match &loaded {
-                Err(KeyStatus::Unavailable { reason, .. }) if failures.insert(group) => {
-                    tracing::warn!(group, index = %index.name, "index keys unavailable: {reason}")
+            let (key, unavailable) = match &loaded {
+                Err(status @ KeyStatus::Unavailable { key, reason, .. })
+                    if failures.insert(group) =>
+                {
+                    tracing::warn!(group, index = %index.name, "index keys unavailable: {reason}");
+                    (key.clone(), Some(status))
                 }
                 Ok(()) if failures.remove(&group) => {
-                    tracing::info!(group, index = %index.name, "index keys available again")
+                    tracing::info!(group, index = %index.name, "index keys available again");
+                    (self.wrapping_key(&index), None)
                 }
-                _ => {}
-            }
+                _ => return,
+            };
+            self.inner
+                .control
+                .read(|s| key_state_event(s, self.node_id(), &index, &key, unavailable))
+        };
+        let command = Command::RecordObserved(vec![draft]);
+        if let Err(e) = self.inner.control.propose(command).await {
+            tracing::warn!(group, index = %index.name, "key state event not recorded: {e}");
         }
     }
 
@@ -345,6 +357,19 @@ impl ShardManager {
             .insert(group, shard.clone());
         tracing::info!(group, index = %index.name, "shard replica started");
         Ok(shard)
+    }
+
+    /// The key that wraps `index`'s current data key: its project's KMS key under CMEK,
+    /// else the root that wraps the project key.
+    fn wrapping_key(&self, index: &Index) -> String {
+        index
+            .keys
+            .versions
+            .iter()
+            .find(|v| v.version == index.keys.current)
+            .filter(|v| v.wrapped.provider == crate::crypto::kms::KMS_PROVIDER)
+            .map(|v| v.wrapped.key_id.clone())
+            .unwrap_or_else(|| self.inner.keys.root().describe())
     }
 
     /// Stops the replica of `group` on this node, keeping its data.
