@@ -40,6 +40,9 @@ const CMEK_NEEDS_KEY: &str = "force_encryption_with_cmek and cmek_key_arn go tog
      give the customer-managed AWS KMS key's ARN in cmek_key_arn to turn it on";
 
 /// A change of a project.
+// A command lives for one proposal and is serialized at once; boxing the project (with its
+// wrapped key) would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ProjectCommand {
     /// Create a project; `owner`, when given, becomes its `ProjectOwner` in the same step.
