@@ -169,6 +169,13 @@ impl Internal for InternalService {
             node = from,
             "giving the cluster's root key versions to a node"
         );
+        let draft = crate::control::audit::root_keys_event(self.control.node_id(), from);
+        let command = crate::control::Command::RecordObserved(vec![draft]);
+        if let Err(e) = self.control.propose(command).await {
+            // Recorded or not, the node holds a certificate of the cluster CA; its join is
+            // recorded as cluster.member.join.
+            tracing::warn!(node = from, "root key hand-over not recorded: {e}");
+        }
         Ok(Response::new(RootKeysReply {
             current: keyring.current_version(),
             keys: keyring

@@ -184,7 +184,15 @@ async fn open_with_node_key(data_dir: &Path, keyring: &Path) -> (usize, usize, u
                 (0, true) => control += 1,
                 (0, false) => panic!("a control-plane value under {cf} does not open"),
                 (_, true) => opened += 1,
-                (_, false) => sealed += 1,
+                // Sealed by an index's key set: format byte 2, then the key version (1).
+                (_, false) => {
+                    assert_eq!(
+                        value.get(..5),
+                        Some(&[2u8, 0, 0, 0, 1][..]),
+                        "a value of group {group} under {cf} is not sealed by index key version 1"
+                    );
+                    sealed += 1
+                }
             }
         }
     }

@@ -93,7 +93,7 @@ fn encryption_json(state: &ApiState, index: &Index) -> Value {
         }
         _ => format!(
             "project key (wrapped by the {})",
-            state.keys.root().describe()
+            state.keys.wrapping_key(&index.keys)
         ),
     };
     let mut out = json!({

@@ -156,7 +156,9 @@ pub struct ServeArgs {
     pub insecure_keyring_in_data_dir: bool,
     /// The root key is this AWS KMS key (its ARN) instead of a local keyring: the node data
     /// key and every project key are wrapped by KMS, so revoking the node's access to the
-    /// key stops the node's data within --key-cache-ttl-ms. Give every node the same key.
+    /// key stops its indexes within --key-cache-ttl-ms (the control plane, whose key is
+    /// unwrapped at start, keeps running; the node does not start again without the key).
+    /// Give every node the same key.
     /// Credentials and region come from the standard AWS chain (environment, ~/.aws, instance
     /// or task role).
     #[arg(long, env = "CONIFER_ROOT_KEY_KMS", value_name = "ARN", conflicts_with_all = ["keyring", "insecure_keyring_in_data_dir"])]

@@ -210,6 +210,24 @@ pub fn key_state_event(
     }
 }
 
+/// The event of node `node_id` giving the cluster's root key versions to node `to` (a node
+/// joining a cluster whose root is a local keyring): `cluster.root_keys`, on the cluster
+/// chain; actor `system`.
+pub fn root_keys_event(node_id: u64, to: u64) -> AuditDraft {
+    let node = to.to_string();
+    AuditDraft {
+        context: AuditContext::internal("cluster.root_keys", ActorRef::system(), node_id),
+        resource: Resource::new(Verb::Read, ResourceType::Cluster, Some(&node))
+            .id(Some(node.as_str()))
+            .params(
+                Params::default()
+                    .with("node_id", to)
+                    .with("from_node", node_id),
+            ),
+        outcome: EventOutcome::success(),
+    }
+}
+
 pub(super) fn index_resource(
     state: &ControlState,
     action: Verb,

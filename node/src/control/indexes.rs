@@ -100,8 +100,24 @@ impl ControlState {
     pub(super) fn apply_index(&mut self, command: IndexCommand) -> Outcome {
         match command {
             IndexCommand::Create { mut index, ports } => {
-                if !self.projects.contains_key(&index.project_id) {
+                let Some(project) = self.projects.get(&index.project_id) else {
                     return Err(not_found("project", &index.project_id));
+                };
+                // The proposer read the project's CMEK setting from its own (possibly older)
+                // state: an index whose keys are not the project's KMS key's is refused.
+                if let Some(arn) = &project.cmek_key_arn {
+                    let made_by_cmek = index.keys.versions.iter().all(|v| {
+                        v.wrapped.provider == crate::crypto::kms::KMS_PROVIDER
+                            && v.wrapped.key_id == *arn
+                    });
+                    if !made_by_cmek || index.keys.versions.is_empty() {
+                        return Err(Rejection::Invalid(format!(
+                            "project '{}' encrypts its indexes with the customer-managed key \
+                             {arn}, and this index's keys were made without it (its CMEK \
+                             setting changed meanwhile): create the index again",
+                            index.project_id
+                        )));
+                    }
                 }
                 let key = (index.project_id.clone(), index.name.clone());
                 check_new(

@@ -398,6 +398,32 @@ pub(crate) mod tests {
         refused(s.apply(update(None, Some("arn:b"))), "cannot be changed");
         s.apply(update(Some(true), Some("arn:a"))).unwrap();
         assert_eq!(s.projects["p0"].cmek_key_arn.as_deref(), Some("arn:a"));
+        // An index whose keys were made without the project's KMS key (a proposer that had
+        // not yet seen the setting) is refused; one made by it is created.
+        refused(
+            s.apply(Command::Index(IndexCommand::Create {
+                index: index("under-project-key"),
+                ports: None,
+            })),
+            "customer-managed key",
+        );
+        let mut cmek_index = index("under-cmek");
+        cmek_index.keys.versions[0].wrapped.provider = crate::crypto::kms::KMS_PROVIDER.into();
+        cmek_index.keys.versions[0].wrapped.key_id = "arn:a".into();
+        s.apply(Command::Index(IndexCommand::Create {
+            index: cmek_index.clone(),
+            ports: None,
+        }))
+        .unwrap();
+        cmek_index.name = "under-another-kms-key".into();
+        cmek_index.keys.versions[0].wrapped.key_id = "arn:b".into();
+        refused(
+            s.apply(Command::Index(IndexCommand::Create {
+                index: cmek_index,
+                ports: None,
+            })),
+            "customer-managed key",
+        );
         // A project created with the requirement but no key, or the reverse, is refused.
         let mut half = project("p9", "half");
         half.force_encryption_with_cmek = true;

@@ -73,19 +73,24 @@ pub struct KeyCache {
     failures: RwLock<HashMap<GroupId, (KeyStatus, Instant)>>,
     /// Groups whose keys are being unwrapped now (one attempt at a time).
     refreshing: Mutex<std::collections::HashSet<GroupId>>,
+    /// Groups whose index is gone: an unwrap finishing after [`KeyCache::forget`] does not
+    /// put their keys back (group ids are never reused).
+    forgotten: Mutex<std::collections::HashSet<GroupId>>,
 }
 
-fn failure(root: &dyn KeyProvider, e: &CryptoError) -> KeyStatus {
+/// The state of keys whose unwrap failed with `e`; `wrapping` names the key that wraps
+/// them when the error does not name one.
+fn failure(wrapping: String, e: &CryptoError) -> KeyStatus {
     match e {
         CryptoError::Unavailable { key, kind, .. } => KeyStatus::Unavailable {
             key: key.clone(),
             kind: Some(*kind),
-            reason: e.to_string(),
+            reason: format!("key {key} is unavailable ({})", kind.as_str()),
         },
         _ => KeyStatus::Unavailable {
-            key: root.describe(),
+            reason: format!("the data keys do not unwrap with {wrapping}"),
+            key: wrapping,
             kind: None,
-            reason: e.to_string(),
         },
     }
 }
@@ -102,6 +107,7 @@ impl KeyCache {
             groups: RwLock::new(HashMap::new()),
             failures: RwLock::new(HashMap::new()),
             refreshing: Mutex::new(std::collections::HashSet::new()),
+            forgotten: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -236,10 +242,18 @@ impl KeyCache {
             };
         }
         let _refreshing = Refreshing(self, group);
-        match self
+        let unwrapped = self
             .unwrap_index(project_id, project_key, index, keys)
-            .await
+            .await;
+        if self
+            .forgotten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&group)
         {
+            return Err(KeyStatus::NotLoaded);
+        }
+        match unwrapped {
             Ok((set, expires)) => {
                 self.groups
                     .write()
@@ -259,7 +273,8 @@ impl KeyCache {
                 Ok(())
             }
             Err(e) => {
-                let status = failure(self.root.as_ref(), &e);
+                tracing::debug!(group, "unwrapping the keys of index {index}: {e}");
+                let status = failure(self.wrapping_key(keys), &e);
                 self.failures
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
@@ -346,16 +361,55 @@ impl KeyCache {
         matches!(self.status(group), KeyStatus::Available { .. })
     }
 
-    /// Drops `group`'s unwrapped keys (their memory is zeroized); a recorded failure stays.
+    /// Drops `group`'s unwrapped keys (their memory is zeroized). A recorded failure stays;
+    /// without one (an unwrap still under way), the expiry itself is recorded as the
+    /// failure, so the index keeps answering that its key is unavailable, naming it, rather
+    /// than that no replica serves it.
     pub fn evict(&self, group: GroupId) {
-        self.groups
+        let evicted = self
+            .groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&group);
+        if let Some(cached) = evicted {
+            let mut failures = self.failures.write().unwrap_or_else(|p| p.into_inner());
+            failures
+                .entry(group)
+                .or_insert_with(|| (self.expired_status(&cached.keys), Instant::now()));
+        }
     }
 
-    /// Drops everything of `group` (its index is gone).
+    /// The state of keys that expired while the key provider has not answered.
+    fn expired_status(&self, keys: &IndexKeys) -> KeyStatus {
+        let key = self.wrapping_key(keys);
+        KeyStatus::Unavailable {
+            reason: format!(
+                "key {key} is unavailable (unreachable): the data keys it wraps expired from \
+                 this node's cache after {} ms and it has not answered since",
+                self.ttl.as_millis()
+            ),
+            key,
+            kind: Some(Unavailability::Unreachable),
+        }
+    }
+
+    /// The key that wraps the current version of `keys`: a customer-managed KMS key (its
+    /// ARN), else the root that wraps the project key.
+    pub fn wrapping_key(&self, keys: &IndexKeys) -> String {
+        keys.versions
+            .iter()
+            .find(|v| v.version == keys.current)
+            .filter(|v| v.wrapped.provider == KMS_PROVIDER)
+            .map(|v| v.wrapped.key_id.clone())
+            .unwrap_or_else(|| self.root.describe())
+    }
+
+    /// Drops everything of `group` (its index is gone), for good.
     pub fn forget(&self, group: GroupId) {
+        self.forgotten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group);
         self.evict(group);
         self.failures
             .write()
@@ -379,8 +433,8 @@ impl KeyCache {
                     version: cached.set.current(),
                 }
             }
-            Some(_) => true,
-            None => false,
+            Some(cached) => Some(cached.keys.clone()),
+            None => None,
         };
         if let Some((status, _)) = self
             .failures
@@ -390,18 +444,10 @@ impl KeyCache {
         {
             return status.clone();
         }
-        if expired {
-            return KeyStatus::Unavailable {
-                key: self.root.describe(),
-                kind: Some(Unavailability::Unreachable),
-                reason: format!(
-                    "the keys expired from this node's cache after {} ms and the key \
-                     provider has not answered yet",
-                    self.ttl.as_millis()
-                ),
-            };
+        match expired {
+            Some(keys) => self.expired_status(&keys),
+            None => KeyStatus::NotLoaded,
         }
-        KeyStatus::NotLoaded
     }
 }
 
@@ -477,5 +523,11 @@ mod tests {
         assert!(cache.available(8));
         cache.forget(8);
         assert_eq!(cache.status(8), KeyStatus::NotLoaded);
+        // A forgotten group's keys are not put back by a later unwrap.
+        assert_eq!(
+            cache.load(8, "p1", &project, "docs", &keys).await,
+            Err(KeyStatus::NotLoaded)
+        );
+        assert!(cache.cipher(8).is_err());
     }
 }

@@ -257,6 +257,11 @@ async fn run_forwarded(
         Some(target) => target,
         None => return Err(router.not_hosted(group)),
     };
+    if let Some(refused) =
+        DataError::key_refusal(&target.index.name, router.shards().keys().status(group))
+    {
+        return Err(refused);
+    }
     if request.min_lsn > 0 {
         router.wait_applied(&target, request.min_lsn).await?;
     }

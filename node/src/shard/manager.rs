@@ -26,8 +26,12 @@ use crate::control::state::{Command, Index, IndexState};
 use crate::control::ControlPlane;
 use crate::crypto::{KeyCache, KeyStatus};
 
-/// Period of the reconciler.
+/// Period of the reconciler (and of the check that stops replicas whose keys expired).
 pub const RECONCILE_INTERVAL_MS: u64 = 250;
+/// Longest a reconciler pass waits for the first unwrap of the keys of indexes it has not
+/// loaded yet (all at once); slower ones finish in the background and their groups start
+/// on a later pass, so a key provider that does not answer holds up no other index.
+pub const FIRST_KEY_LOAD_WAIT_MS: u64 = 2_000;
 
 /// A shard replica running on this node.
 #[derive(Clone)]
@@ -95,22 +99,17 @@ impl ShardManager {
         &self.inner.keys
     }
 
-    /// Unwraps `index`'s keys when they are due ([`KeyCache::needs_refresh`]): in this pass
-    /// the first time (so a group starts as soon as its keys unwrap, as at a restart), in
-    /// the background afterwards (so a key provider that does not answer holds up no other
+    /// Unwraps `index`'s keys in the background when they are due
+    /// ([`KeyCache::needs_refresh`]; a key provider that does not answer holds up no other
     /// index); stops its group here when they expired without a successful unwrap. Returns
     /// whether they are available (the group may run).
     async fn keep_keys(&self, index: &Index) -> anyhow::Result<bool> {
         let group = index.group_id;
         let keys = &self.inner.keys;
         if keys.needs_refresh(group, &index.keys) {
-            if keys.status(group) == KeyStatus::NotLoaded {
-                self.refresh_keys(index.clone()).await;
-            } else {
-                let manager = self.clone();
-                let index = index.clone();
-                tokio::spawn(async move { manager.refresh_keys(index).await });
-            }
+            let manager = self.clone();
+            let index = index.clone();
+            tokio::spawn(async move { manager.refresh_keys(index).await });
         }
         if keys.expired(group) {
             if self.get(group).is_some() {
@@ -122,6 +121,7 @@ impl ShardManager {
                 self.stop(group).await;
             }
             keys.evict(group);
+            self.note_key_state(index, Some(keys.status(group))).await;
         }
         Ok(keys.available(group))
     }
@@ -148,29 +148,49 @@ impl ShardManager {
                 &index.keys,
             )
             .await;
-        let draft = {
+        match loaded {
+            // Recorded once the index is refused, not while its cached keys still serve (a
+            // failed refresh at half-life).
+            Err(status @ KeyStatus::Unavailable { .. }) if !self.inner.keys.available(group) => {
+                self.note_key_state(&index, Some(status)).await
+            }
+            Ok(()) => self.note_key_state(&index, None).await,
+            _ => {}
+        }
+    }
+
+    /// Logs and audits ([`key_state_event`]) `index`'s keys becoming unusable on this node
+    /// (`unavailable`: why) or usable again (`None`), once per transition.
+    async fn note_key_state(&self, index: &Index, unavailable: Option<KeyStatus>) {
+        let group = index.group_id;
+        let changed = {
             let mut failures = self
                 .inner
                 .key_failures
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            let (key, unavailable) = match &loaded {
-                Err(status @ KeyStatus::Unavailable { key, reason, .. })
-                    if failures.insert(group) =>
-                {
-                    tracing::warn!(group, index = %index.name, "index keys unavailable: {reason}");
-                    (key.clone(), Some(status))
-                }
-                Ok(()) if failures.remove(&group) => {
-                    tracing::info!(group, index = %index.name, "index keys available again");
-                    (self.wrapping_key(&index), None)
-                }
-                _ => return,
-            };
-            self.inner
-                .control
-                .read(|s| key_state_event(s, self.node_id(), &index, &key, unavailable))
+            match unavailable {
+                Some(_) => failures.insert(group),
+                None => failures.remove(&group),
+            }
         };
+        if !changed {
+            return;
+        }
+        let key = match &unavailable {
+            Some(KeyStatus::Unavailable { key, reason, .. }) => {
+                tracing::warn!(group, index = %index.name, "index keys unavailable: {reason}");
+                key.clone()
+            }
+            _ => {
+                tracing::info!(group, index = %index.name, "index keys available again");
+                self.inner.keys.wrapping_key(&index.keys)
+            }
+        };
+        let draft = self
+            .inner
+            .control
+            .read(|s| key_state_event(s, self.node_id(), index, &key, unavailable.as_ref()));
         let command = Command::RecordObserved(vec![draft]);
         if let Err(e) = self.inner.control.propose(command).await {
             tracing::warn!(group, index = %index.name, "key state event not recorded: {e}");
@@ -199,8 +219,39 @@ impl ShardManager {
         self.inner.control.node_id()
     }
 
-    /// Runs the reconciler forever.
+    /// Stops (keeping their data) the replicas whose keys expired without a successful
+    /// unwrap, and evicts the keys.
+    pub async fn enforce_key_expiry(&self) {
+        for shard in self.hosted() {
+            if self.inner.keys.expired(shard.group) {
+                tracing::warn!(
+                    group = shard.group,
+                    "stopping the shard replica: its keys expired without a successful unwrap"
+                );
+                self.stop(shard.group).await;
+                self.inner.keys.evict(shard.group);
+                let index = self
+                    .inner
+                    .control
+                    .read(|s| s.index_of_group(shard.group).cloned());
+                if let Some(index) = index {
+                    let status = self.inner.keys.status(shard.group);
+                    self.note_key_state(&index, Some(status)).await;
+                }
+            }
+        }
+    }
+
+    /// Runs the reconciler forever, and beside it the check that stops replicas whose keys
+    /// expired (on its own timer, so a long vector-index rebuild does not delay it).
     pub fn spawn(&self) {
+        let expiry = self.clone();
+        tokio::spawn(async move {
+            loop {
+                expiry.enforce_key_expiry().await;
+                tokio::time::sleep(Duration::from_millis(RECONCILE_INTERVAL_MS)).await;
+            }
+        });
         let manager = self.clone();
         tokio::spawn(async move {
             loop {
@@ -227,6 +278,28 @@ impl ShardManager {
             )
         });
         let wanted_groups: BTreeMap<u64, &Index> = wanted.iter().map(|i| (i.group_id, i)).collect();
+
+        // First unwraps (a start, a new index), all at once and for a bounded time.
+        let keys = &self.inner.keys;
+        let first: Vec<_> = wanted
+            .iter()
+            .filter(|i| {
+                keys.status(i.group_id) == KeyStatus::NotLoaded
+                    && keys.needs_refresh(i.group_id, &i.keys)
+            })
+            .map(|index| {
+                let manager = self.clone();
+                let index = index.clone();
+                tokio::spawn(async move { manager.refresh_keys(index).await })
+            })
+            .collect();
+        if !first.is_empty() {
+            let _ = tokio::time::timeout(
+                Duration::from_millis(FIRST_KEY_LOAD_WAIT_MS),
+                futures::future::join_all(first),
+            )
+            .await;
+        }
 
         for index in &wanted {
             if !self.keep_keys(index).await? {
@@ -357,19 +430,6 @@ impl ShardManager {
             .insert(group, shard.clone());
         tracing::info!(group, index = %index.name, "shard replica started");
         Ok(shard)
-    }
-
-    /// The key that wraps `index`'s current data key: its project's KMS key under CMEK,
-    /// else the root that wraps the project key.
-    fn wrapping_key(&self, index: &Index) -> String {
-        index
-            .keys
-            .versions
-            .iter()
-            .find(|v| v.version == index.keys.current)
-            .filter(|v| v.wrapped.provider == crate::crypto::kms::KMS_PROVIDER)
-            .map(|v| v.wrapped.key_id.clone())
-            .unwrap_or_else(|| self.inner.keys.root().describe())
     }
 
     /// Stops the replica of `group` on this node, keeping its data.
