@@ -26,7 +26,8 @@ pub const CF_NODE: &str = "node";
 /// applied log ids): key = group ‖ app key.
 pub const CF_STATE: &str = "state";
 
-const COLUMN_FAMILIES: [&str; 5] = [CF_RAFT_LOG, CF_RAFT_META, CF_SNAPSHOTS, CF_NODE, CF_STATE];
+/// Every column family of the node database.
+pub const COLUMN_FAMILIES: [&str; 5] = [CF_RAFT_LOG, CF_RAFT_META, CF_SNAPSHOTS, CF_NODE, CF_STATE];
 
 /// Errors of the node storage.
 #[derive(Debug, thiserror::Error)]

@@ -284,3 +284,156 @@ async fn index_data_is_sealed_under_the_index_key_on_every_node() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// Saved HNSW graph chunks of shard groups (state key tag 0x05 after the group id) in a
+/// stopped node's database, and shard-group snapshots.
+fn saved_graphs_and_snapshots(data_dir: &Path) -> (usize, usize) {
+    use conifer_raft::storage::{CF_SNAPSHOTS, CF_STATE};
+    let opts = conifer_raft::rocksdb::Options::default();
+    let db = conifer_raft::rocksdb::DB::open_cf_for_read_only(
+        &opts,
+        data_dir.join("db"),
+        conifer_raft::storage::COLUMN_FAMILIES,
+        false,
+    )
+    .unwrap();
+    let count = |cf: &str, wanted: &dyn Fn(&[u8]) -> bool| {
+        db.iterator_cf(
+            db.cf_handle(cf).unwrap(),
+            conifer_raft::rocksdb::IteratorMode::Start,
+        )
+        .filter(|item| {
+            let (key, _) = item.as_ref().unwrap();
+            key.len() > 8 && key[..8] != [0u8; 8] && wanted(key)
+        })
+        .count()
+    };
+    (
+        count(CF_STATE, &|key: &[u8]| key[8] == 0x05),
+        count(CF_SNAPSHOTS, &|_: &[u8]| true),
+    )
+}
+
+/// The disk scan of a 3-node cluster: records with marker ids and metadata and known float
+/// vectors, enough of them that every replica builds and saves an HNSW graph (and takes the
+/// shard snapshot that saves it); after the nodes stop, no file under any node's data
+/// directory — RocksDB SSTs, WAL and manifest, Raft logs, snapshots, saved graphs — holds a
+/// marker, a record id or a vector's bytes, and the restarted cluster serves the records.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_node_cluster_keeps_no_plaintext_on_disk() {
+    const RECORDS: usize = 300;
+    let mut cluster = conifer_tests::Cluster::start_with(conifer_tests::ClusterOptions {
+        nodes: 3,
+        args: vec!["--hnsw-min-records".into(), "100".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let key = cluster.api_key();
+    let marker = format!("DISKSCAN-{}", uuid::Uuid::new_v4().simple());
+    cluster
+        .create_index(1, &key, "scanned", 4, "euclidean")
+        .await
+        .unwrap();
+    let vector = |i: usize| {
+        [
+            1.234_567_8 + i as f32,
+            -9.876_543,
+            3.333_777 * (i + 1) as f32,
+            2.468_135,
+        ]
+    };
+    for chunk in (0..RECORDS).collect::<Vec<_>>().chunks(100) {
+        let vectors: Vec<Value> = chunk
+            .iter()
+            .map(|&i| json!({"id": format!("{marker}-id-{i}"), "values": vector(i), "metadata": {"note": marker}}))
+            .collect();
+        let resp = cluster
+            .data(1, &key, "scanned", Method::POST, "/vectors/upsert")
+            .json(&json!({ "vectors": vectors }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    // Every replica builds its graph (the log says so), then saves it at a snapshot.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for node in 1..=3 {
+        let log_path = cluster.node(node).data_dir.with_extension("log");
+        while !std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("vector index rebuilt")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {node} built no HNSW graph"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    for node in 1..=3 {
+        cluster.node(node).kill();
+    }
+
+    let mut needles: Vec<(String, Vec<u8>)> = vec![("marker".into(), marker.clone().into_bytes())];
+    for i in [0, 1, 150, RECORDS - 1] {
+        needles.push((format!("id {i}"), format!("{marker}-id-{i}").into_bytes()));
+        let bytes: Vec<u8> = vector(i).iter().flat_map(|f| f.to_le_bytes()).collect();
+        needles.push((format!("vector {i}"), bytes));
+    }
+    for node in 1..=3 {
+        let data_dir = cluster.node(node).data_dir.clone();
+        let mut hits = Vec::new();
+        for (what, needle) in &needles {
+            let mut found = Vec::new();
+            files_containing(&data_dir, needle, &mut found);
+            hits.extend(found.into_iter().map(|f| format!("{what} in {f}")));
+        }
+        assert!(hits.is_empty(), "node {node}: plaintext on disk: {hits:?}");
+        let (graph_chunks, snapshots) = saved_graphs_and_snapshots(&data_dir);
+        eprintln!("node {node}: {graph_chunks} saved graph chunk(s), {snapshots} shard snapshot(s) scanned");
+        assert!(
+            graph_chunks > 0,
+            "node {node}: the scan covers a saved HNSW graph"
+        );
+    }
+    // The scan finds what is there in plaintext: node 1's bootstrap.json holds the API key.
+    let mut found = Vec::new();
+    files_containing(
+        &cluster.node(1).data_dir.clone(),
+        key.as_bytes(),
+        &mut found,
+    );
+    assert!(
+        found.iter().any(|f| f.ends_with("/bootstrap.json")),
+        "the scan reads the data directory: {found:?}"
+    );
+
+    for node in 1..=3 {
+        cluster.node(node).spawn().unwrap();
+    }
+    for node in 1..=3 {
+        cluster.wait_serving(node).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let resp = cluster
+            .data(3, &key, "scanned", Method::POST, "/query")
+            .json(&json!({"vector": vector(150), "topK": 1, "includeMetadata": true}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status == 200 && body["matches"][0]["id"] == format!("{marker}-id-150") {
+            assert_eq!(body["matches"][0]["metadata"]["note"], marker.as_str());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted cluster answers the query: {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
