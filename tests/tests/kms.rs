@@ -65,6 +65,31 @@ async fn until_every_node(
     }
 }
 
+/// Waits until every node refuses the index with `status` and `code`, naming the key `arn`,
+/// within the key cache's lifetime plus [`SLACK_MS`]; returns how long it took.
+async fn refused_everywhere(
+    cluster: &Cluster,
+    target: (&str, &str),
+    arn: &str,
+    (status, code): (u16, &str),
+    what: &str,
+) -> Duration {
+    until_every_node(
+        cluster,
+        target,
+        Duration::from_millis(TTL_MS + SLACK_MS),
+        what,
+        |got, body| got == status && body["error"]["code"] == code && names_key(body, arn),
+    )
+    .await
+}
+
+/// Waits (30 s) until every node serves the index with every record; returns how long it
+/// took.
+async fn serving_everywhere(cluster: &Cluster, target: (&str, &str), what: &str) -> Duration {
+    until_every_node(cluster, target, Duration::from_secs(30), what, all_there).await
+}
+
 fn all_there(status: u16, body: &Value) -> bool {
     status == 200 && body["totalVectorCount"] == RECORDS
 }
@@ -120,26 +145,16 @@ async fn a_root_key_in_kms_seals_the_cluster_and_losing_it_stops_the_indexes_unt
         .await
         .unwrap();
     upsert(&cluster, &key, "vault").await;
-    until_every_node(
-        &cluster,
-        (&key, "vault"),
-        Duration::from_secs(30),
-        "replicated",
-        all_there,
-    )
-    .await;
+    serving_everywhere(&cluster, (&key, "vault"), "replicated").await;
 
     // KMS refuses the nodes: 412 naming the key, on every node, within the bound.
     moto.deny().unwrap();
-    let bound = Duration::from_millis(TTL_MS + SLACK_MS);
-    let took = until_every_node(
+    let took = refused_everywhere(
         &cluster,
         (&key, "vault"),
-        bound,
+        &arn,
+        (412, "FAILED_PRECONDITION"),
         "refused after deny",
-        |status, body| {
-            status == 412 && body["error"]["code"] == "FAILED_PRECONDITION" && names_key(body, &arn)
-        },
     )
     .await;
     eprintln!("access denied → every node refuses the index after {took:?}");
@@ -155,38 +170,22 @@ async fn a_root_key_in_kms_seals_the_cluster_and_losing_it_stops_the_indexes_unt
 
     // Access restored: the index serves again, every record there, without a restart.
     moto.allow().unwrap();
-    let took = until_every_node(
-        &cluster,
-        (&key, "vault"),
-        Duration::from_secs(30),
-        "serving after allow",
-        all_there,
-    )
-    .await;
+    let took = serving_everywhere(&cluster, (&key, "vault"), "serving after allow").await;
     eprintln!("access restored → every node serves after {took:?}");
 
     // KMS does not answer: 503 naming the key; back when it answers again.
     moto.pause().unwrap();
-    let took = until_every_node(
+    let took = refused_everywhere(
         &cluster,
         (&key, "vault"),
-        bound,
+        &arn,
+        (503, "UNAVAILABLE"),
         "refused while paused",
-        |status, body| {
-            status == 503 && body["error"]["code"] == "UNAVAILABLE" && names_key(body, &arn)
-        },
     )
     .await;
     eprintln!("KMS unreachable → every node refuses the index after {took:?}");
     moto.resume().unwrap();
-    until_every_node(
-        &cluster,
-        (&key, "vault"),
-        Duration::from_secs(30),
-        "serving after resume",
-        all_there,
-    )
-    .await;
+    serving_everywhere(&cluster, (&key, "vault"), "serving after resume").await;
     let fetched: Value = cluster
         .data(3, &key, "vault", Method::GET, "/vectors/fetch?ids=r7")
         .send()
@@ -329,27 +328,18 @@ async fn a_cmek_project_stops_alone_when_its_key_is_refused_and_serves_again_whe
     upsert(&cluster, &cmek_key, "secret").await;
     upsert(&cluster, &plain_key, "plain").await;
     for (key, index) in [(&cmek_key, "secret"), (&plain_key, "plain")] {
-        until_every_node(
-            &cluster,
-            (key, index),
-            Duration::from_secs(30),
-            "replicated",
-            all_there,
-        )
-        .await;
+        serving_everywhere(&cluster, (key, index), "replicated").await;
     }
 
     // KMS refuses the nodes the project's key: its index stops, naming the key, within the
     // bound; the other project's index serves throughout.
     moto.deny().unwrap();
-    let took = until_every_node(
+    let took = refused_everywhere(
         &cluster,
         (&cmek_key, "secret"),
-        Duration::from_millis(TTL_MS + SLACK_MS),
+        &arn,
+        (412, "FAILED_PRECONDITION"),
         "the CMEK index refused after deny",
-        |status, body| {
-            status == 412 && body["error"]["code"] == "FAILED_PRECONDITION" && names_key(body, &arn)
-        },
     )
     .await;
     eprintln!("CMEK key denied → the project's index refused on every node after {took:?}");
@@ -388,12 +378,10 @@ async fn a_cmek_project_stops_alone_when_its_key_is_refused_and_serves_again_whe
 
     // Access back: it serves again without a restart, every record there.
     moto.allow().unwrap();
-    let took = until_every_node(
+    let took = serving_everywhere(
         &cluster,
         (&cmek_key, "secret"),
-        Duration::from_secs(30),
         "the CMEK index serving after allow",
-        all_there,
     )
     .await;
     eprintln!("CMEK key allowed again → the index serves on every node after {took:?}");
@@ -401,14 +389,12 @@ async fn a_cmek_project_stops_alone_when_its_key_is_refused_and_serves_again_whe
     // KMS does not answer: the CMEK index answers 503 naming its key; the other project
     // (under the local keyring) serves; both serve once KMS answers again.
     moto.pause().unwrap();
-    let took = until_every_node(
+    let took = refused_everywhere(
         &cluster,
         (&cmek_key, "secret"),
-        Duration::from_millis(TTL_MS + SLACK_MS),
+        &arn,
+        (503, "UNAVAILABLE"),
         "the CMEK index refused while KMS hangs",
-        |status, body| {
-            status == 503 && body["error"]["code"] == "UNAVAILABLE" && names_key(body, &arn)
-        },
     )
     .await;
     eprintln!("KMS unreachable → the CMEK index refused on every node after {took:?}");
@@ -421,12 +407,10 @@ async fn a_cmek_project_stops_alone_when_its_key_is_refused_and_serves_again_whe
     )
     .await;
     moto.resume().unwrap();
-    until_every_node(
+    serving_everywhere(
         &cluster,
         (&cmek_key, "secret"),
-        Duration::from_secs(30),
         "the CMEK index serving after KMS answers again",
-        all_there,
     )
     .await;
 
