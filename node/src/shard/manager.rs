@@ -112,18 +112,26 @@ impl ShardManager {
             tokio::spawn(async move { manager.refresh_keys(index).await });
         }
         if keys.expired(group) {
-            if self.get(group).is_some() {
-                tracing::warn!(
-                    group,
-                    index = %index.name,
-                    "stopping the shard replica: its keys expired without a successful unwrap"
-                );
-                self.stop(group).await;
-            }
-            keys.evict(group);
-            self.note_key_state(index, Some(keys.status(group))).await;
+            self.expire_keys(group, Some(index)).await;
         }
         Ok(keys.available(group))
+    }
+
+    /// `group`'s keys expired without a successful unwrap: stops its replica here (keeping
+    /// its data), evicts the keys and, when its index still exists, records the transition.
+    async fn expire_keys(&self, group: u64, index: Option<&Index>) {
+        if self.get(group).is_some() {
+            tracing::warn!(
+                group,
+                "stopping the shard replica: its keys expired without a successful unwrap"
+            );
+            self.stop(group).await;
+        }
+        self.inner.keys.evict(group);
+        if let Some(index) = index {
+            let status = self.inner.keys.status(group);
+            self.note_key_state(index, Some(status)).await;
+        }
     }
 
     /// Unwraps `index`'s keys into the cache, logging and auditing
@@ -224,20 +232,11 @@ impl ShardManager {
     pub async fn enforce_key_expiry(&self) {
         for shard in self.hosted() {
             if self.inner.keys.expired(shard.group) {
-                tracing::warn!(
-                    group = shard.group,
-                    "stopping the shard replica: its keys expired without a successful unwrap"
-                );
-                self.stop(shard.group).await;
-                self.inner.keys.evict(shard.group);
                 let index = self
                     .inner
                     .control
                     .read(|s| s.index_of_group(shard.group).cloned());
-                if let Some(index) = index {
-                    let status = self.inner.keys.status(shard.group);
-                    self.note_key_state(&index, Some(status)).await;
-                }
+                self.expire_keys(shard.group, index.as_ref()).await;
             }
         }
     }
