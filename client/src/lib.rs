@@ -618,6 +618,23 @@ impl AdminClient {
         self.get("/admin/cluster").await
     }
 
+    /// `GET /admin/cluster/root-keys`: the root key's version, the rotation in progress,
+    /// deletions waiting to be shredded, and each member's keyring versions.
+    pub async fn root_keys(&self) -> Result<Value, ClientError> {
+        self.get("/admin/cluster/root-keys").await
+    }
+
+    /// `POST /admin/cluster/root-keys/rotate`: starts a root key rotation (202); answers the
+    /// root key's state as [`AdminClient::root_keys`].
+    pub async fn rotate_root_key(&self) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            "/admin/cluster/root-keys/rotate",
+            None,
+        )
+        .await
+    }
+
     /// One page of audit events: `GET /admin/audit-logs` (an organization's chain) or, with
     /// `cluster`, `GET /admin/cluster/audit-logs`, with `query` as its parameters
     /// (`organization_id`, `start_time`, `end_time`, `action`, `resource_type`, `actor`,

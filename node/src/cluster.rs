@@ -10,15 +10,17 @@ use conifer_proto::internal::internal_server::Internal;
 use conifer_proto::internal::{
     ChangeMemberReply, ChangeMemberRequest, DataReply, DataRequest, JoinReply, JoinRequest,
     MemberAction, PingReply, PingRequest, ProposeReply, ProposeRequest, RaftReply, RaftRequest,
-    ReadIndexReply, ReadIndexRequest, RootKey, RootKeysReply, RootKeysRequest,
+    ReadIndexReply, ReadIndexRequest, RootKey, RootKeyStepReply, RootKeyStepRequest, RootKeysReply,
+    RootKeysRequest,
 };
 use conifer_raft::{GroupClient, GroupError, GroupRegistry, NodeId, NodeInfo};
 use openraft::error::{CheckIsLeaderError, RaftError};
-use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+use crate::control::rotation;
 use crate::control::{membership, ControlError, ControlPlane};
-use crate::crypto::LocalKeyring;
+use crate::crypto::rotation::LocalRoot;
+use crate::crypto::CryptoError;
 use crate::dataplane::{self, Router};
 use crate::tls::peer_node_ids;
 
@@ -42,24 +44,24 @@ pub struct InternalService {
     registry: GroupRegistry,
     control: ControlPlane,
     router: Router,
-    keyring: Option<Arc<LocalKeyring>>,
+    root: Option<LocalRoot>,
 }
 
 impl InternalService {
     /// Serves the groups in `registry`, the control plane `control`, data-plane calls
     /// forwarded to this node's shard replicas through `router`, and — when the root is a
-    /// local keyring — its root key versions to joining nodes.
+    /// local keyring — its root key versions to joining nodes and root key rotation steps.
     pub fn new(
         registry: GroupRegistry,
         control: ControlPlane,
         router: Router,
-        keyring: Option<Arc<LocalKeyring>>,
+        root: Option<LocalRoot>,
     ) -> Self {
         Self {
             registry,
             control,
             router,
-            keyring,
+            root,
         }
     }
 }
@@ -159,12 +161,16 @@ impl Internal for InternalService {
     ) -> Result<Response<RootKeysReply>, Status> {
         let from = request.get_ref().from_node;
         authenticate_peer(&request, from)?;
-        let keyring = self.keyring.as_ref().ok_or_else(|| {
-            Status::failed_precondition(
-                "this cluster's root key is not a local keyring: give the joining node the \
-                 same root as the others",
-            )
-        })?;
+        let keyring = &self
+            .root
+            .as_ref()
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "this cluster's root key is not a local keyring: give the joining node the \
+                     same root as the others",
+                )
+            })?
+            .keyring;
         tracing::info!(
             node = from,
             "giving the cluster's root key versions to a node"
@@ -188,6 +194,34 @@ impl Internal for InternalService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn root_key_step(
+        &self,
+        request: Request<RootKeyStepRequest>,
+    ) -> Result<Response<RootKeyStepReply>, Status> {
+        let from = request.get_ref().from_node;
+        authenticate_peer(&request, from)?;
+        if self.control.membership().get_node(&from).is_none() {
+            return Err(Status::permission_denied(format!(
+                "node {from} is not a member of the cluster"
+            )));
+        }
+        let root = self.root.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this node's root key is not a local keyring")
+        })?;
+        let step = request
+            .into_inner()
+            .step
+            .ok_or_else(|| Status::invalid_argument("no step given"))
+            .and_then(|step| rotation::step_from_proto(step).map_err(Status::invalid_argument))?;
+        match root.apply(step).await {
+            Ok(keys) => Ok(Response::new(rotation::node_keys_to_proto(keys))),
+            Err(e @ (CryptoError::Rotation(_) | CryptoError::UnknownKeyVersion(_))) => {
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
     }
 
     async fn change_member(

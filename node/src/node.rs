@@ -22,9 +22,11 @@ use crate::api::{self, ApiState};
 use crate::auth;
 use crate::auth::throttle::{SourceRate, UNKNOWN_CREDENTIAL_CATCH_UPS_PER_S};
 use crate::cluster::{InternalService, JOIN_RETRY_MS};
+use crate::control::rotation::RootRotator;
 use crate::control::state::{ApiKey, ApiKeyRole, OperatorToken, Organization, Project};
 use crate::control::{Command, ControlMachine, ControlPlane};
 use crate::crypto::kms::Kms;
+use crate::crypto::rotation::LocalRoot;
 use crate::crypto::{
     node_data_key, write_private_file, KeyCache, KeyProvider, LocalKeyring, RootKeyVersion,
 };
@@ -375,11 +377,21 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     let cluster_listener = TcpListener::bind(config.cluster_addr)
         .await
         .with_context(|| format!("binding cluster port {}", config.cluster_addr))?;
+    let local_root = keyring.map(|keyring| LocalRoot {
+        keyring,
+        data_dir: data_dir.to_path_buf(),
+    });
+    let rotator = local_root
+        .clone()
+        .map(|local| RootRotator::new(control.clone(), local));
+    if let Some(rotator) = &rotator {
+        tokio::spawn(rotator.clone().run());
+    }
     let internal = InternalServer::new(InternalService::new(
         registry.clone(),
         control.clone(),
         router.clone(),
-        keyring,
+        local_root,
     ))
     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
@@ -426,6 +438,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         connections: connections.clone(),
         catch_ups: Arc::new(SourceRate::per_second(UNKNOWN_CREDENTIAL_CATCH_UPS_PER_S)),
         keys: keys.clone(),
+        rotator,
     };
     if let Some((first, last)) = config.index_ports {
         tracing::info!(first, last, "index ports: each index gets its own port");
@@ -639,19 +652,12 @@ async fn fetch_root_keys(
             ),
         }
     };
-    let mut versions = Vec::with_capacity(reply.keys.len());
-    for root in reply.keys {
-        let bytes = zeroize::Zeroizing::new(root.key);
-        let key: [u8; crate::crypto::KEY_BYTES] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("root key version {} is not 32 bytes", root.version))?;
-        versions.push(RootKeyVersion {
-            version: root.version,
-            created_at: root.created_at,
-            key: zeroize::Zeroizing::new(key),
-        });
-    }
+    let versions = reply
+        .keys
+        .into_iter()
+        .map(crate::control::rotation::root_key_from_proto)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     Ok((versions, reply.current))
 }
 

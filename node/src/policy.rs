@@ -134,6 +134,8 @@ operations! {
     ClusterPromoteMember => "cluster.member.promote", Cluster, [OPERATOR];
     ClusterRemoveMember => "cluster.member.remove", Cluster, [OPERATOR];
     ClusterSnapshot => "cluster.snapshot", Cluster, [OPERATOR];
+    RootKeysDescribe => "cluster.root_keys.describe", Cluster, [OPERATOR];
+    RootKeysRotate => "cluster.root_keys.rotate", Cluster, [OPERATOR];
     OperatorTokenList => "operator_token.list", Cluster, [OPERATOR];
     OperatorTokenCreate => "operator_token.create", Cluster, [OPERATOR];
     OperatorTokenRotate => "operator_token.rotate", Cluster, [OPERATOR];
@@ -241,11 +243,13 @@ impl Operation {
         use ResourceType as T;
         use Verb as V;
         match self {
-            O::Health | O::ClusterDescribe => (V::Read, T::Cluster),
+            O::Health | O::ClusterDescribe | O::RootKeysDescribe => (V::Read, T::Cluster),
             O::Login => (V::Login, T::User),
             O::IssueToken => (V::Login, T::ServiceAccount),
             O::ChangePassword => (V::Update, T::User),
-            O::ClusterPromoteMember | O::ClusterSnapshot => (V::Update, T::Cluster),
+            O::ClusterPromoteMember | O::ClusterSnapshot | O::RootKeysRotate => {
+                (V::Update, T::Cluster)
+            }
             O::ClusterRemoveMember => (V::Delete, T::Cluster),
             O::OperatorTokenList => (V::Read, T::OperatorToken),
             O::OperatorTokenCreate => (V::Create, T::OperatorToken),
@@ -315,6 +319,16 @@ pub const ROUTES: &[(&str, &str, Operation)] = &[
         "POST",
         "/admin/cluster/snapshot",
         Operation::ClusterSnapshot,
+    ),
+    (
+        "GET",
+        "/admin/cluster/root-keys",
+        Operation::RootKeysDescribe,
+    ),
+    (
+        "POST",
+        "/admin/cluster/root-keys/rotate",
+        Operation::RootKeysRotate,
     ),
     (
         "GET",

@@ -556,3 +556,100 @@ pub async fn remove_member(
     result?;
     Ok(StatusCode::ACCEPTED)
 }
+
+/// The root key of the cluster: the control plane's version and rotation, deletions waiting
+/// to be shredded, and each member's keyring (versions by key check value, the version its
+/// node data key is wrapped under).
+async fn root_keys_json(state: &ApiState) -> Value {
+    use crate::control::rotation;
+    let (root, rotation_json) = state.control.read(|s| {
+        let rotation_json = s.root_keys.rotation.as_ref().map(|r| {
+            let (done, total) = rotation::progress(s, r);
+            json!({
+                "from_version": r.from,
+                "to_version": r.to,
+                "started_at": r.started_at,
+                "reason": r.reason.as_str(),
+                "shreds": r.shreds.len(),
+                "project_keys_rewrapped": done,
+                "project_keys_total": total,
+            })
+        });
+        (s.root_keys.clone(), rotation_json)
+    });
+    let Some(rotator) = &state.rotator else {
+        return json!({
+            "provider": "aws-kms",
+            "key": state.keys.root().describe(),
+            "rotation": null,
+            "pending_shreds": root.pending_shreds.len(),
+        });
+    };
+    let nodes: Vec<Value> = rotator
+        .member_status()
+        .await
+        .into_iter()
+        .map(|(node, status)| match status {
+            Ok(keys) => json!({
+                "node_id": node,
+                "current_version": keys.keyring.current,
+                "versions": keys.keyring.versions.iter().map(|(v, check)| json!({
+                    "version": v,
+                    "check_value": check,
+                })).collect::<Vec<_>>(),
+                "node_key_version": keys.node_key_version,
+            }),
+            Err(e) => json!({ "node_id": node, "error": e }),
+        })
+        .collect();
+    json!({
+        "provider": "local-keyring",
+        "current_version": root.version(),
+        "rotation": rotation_json,
+        "rotations": root.rotations,
+        "pending_shreds": root.pending_shreds.len(),
+        "last_error": rotator.last_error(),
+        "nodes": nodes,
+    })
+}
+
+/// `GET /admin/cluster/root-keys` (operator): the root key's state ([`root_keys_json`]).
+pub async fn describe_root_keys(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.authorize(Target::Cluster)?;
+    state.control.linearizable_barrier().await?;
+    Ok(Json(root_keys_json(&state).await))
+}
+
+/// `POST /admin/cluster/root-keys/rotate` (operator): records a rotation of the local
+/// keyring's root key to a new version and answers 202 with the root key's state; the
+/// control-plane leader carries it out (follow it with `GET /admin/cluster/root-keys`).
+/// 400 `FAILED_PRECONDITION` while one is in progress, or when the root is an AWS KMS key
+/// (KMS rotates its key material itself and keeps the old material for decryption).
+pub async fn rotate_root_key(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.authorize(Target::Cluster)?;
+    if state.rotator.is_none() {
+        return Err(ApiError::coded(
+            "FAILED_PRECONDITION",
+            format!(
+                "the root key is the AWS KMS key {}: rotate it in KMS (automatic key \
+                 rotation keeps the earlier key material for decryption, so nothing needs \
+                 re-wrapping)",
+                state.keys.root().describe()
+            ),
+        ));
+    }
+    state.control.linearizable_barrier().await?;
+    crate::control::rotation::begin(
+        &state.control,
+        caller.context(),
+        crate::control::root_keys::RotationReason::Requested,
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(root_keys_json(&state).await)))
+}

@@ -92,7 +92,7 @@ fn encryption_json(state: &ApiState, index: &Index) -> Value {
             v.wrapped.key_id.clone()
         }
         _ => format!(
-            "project key (wrapped by the {})",
+            "project key (wrapped by {})",
             state.keys.wrapping_key(&index.keys)
         ),
     };

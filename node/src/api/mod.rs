@@ -66,6 +66,8 @@ pub struct ApiState {
     pub catch_ups: Arc<crate::auth::throttle::SourceRate>,
     /// The key hierarchy: new projects and indexes get their keys here.
     pub keys: Arc<crate::crypto::KeyCache>,
+    /// Root key rotation (`None` when the root is an AWS KMS key).
+    pub rotator: Option<Arc<crate::control::rotation::RootRotator>>,
 }
 
 /// Every route of the client port, built from [`policy::ROUTES`]: each REST route with the
@@ -245,6 +247,8 @@ fn handler(method: MethodFilter, operation: Operation) -> MethodRouter<ApiState>
         O::ClusterPromoteMember => on(method, admin::promote_member),
         O::ClusterRemoveMember => on(method, admin::remove_member),
         O::ClusterSnapshot => on(method, snapshot),
+        O::RootKeysDescribe => on(method, admin::describe_root_keys),
+        O::RootKeysRotate => on(method, admin::rotate_root_key),
         O::OperatorTokenList => on(method, identity::list_operator_tokens),
         O::OperatorTokenCreate => on(method, identity::create_operator_token),
         O::OperatorTokenRotate => on(method, identity::rotate_operator_token),

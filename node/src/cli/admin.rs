@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use conifer_client::AdminClient;
 use serde_json::Value;
+use std::time::Duration;
 
 /// How results are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -93,6 +94,29 @@ admin_args!(
     /// Flags of `conifer cluster`.
     ClusterArgs, ClusterCommand,
     "  conifer cluster members\n  conifer cluster add --id 4 --ca-dir ca/ --host 10.0.0.4 --out node-4-tls/   # prints the serve command\n  conifer cluster promote --id 4   # a node started with serve --join ADDR --learner\n  conifer cluster remove --id 4\n  conifer cluster describe --output json");
+
+admin_args!(
+    /// Flags of `conifer keys`.
+    KeysArgs, KeysCommand,
+    "  conifer keys status\n  conifer keys rotate-root   # waits with a progress bar until the old version is retired everywhere\n  conifer keys rotate-root --no-wait");
+
+/// `conifer keys …`: the cluster's root key (local keyring).
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// The root key: version, rotation in progress, deletions waiting to be shredded, and
+    /// each member's keyring versions.
+    Status,
+    /// Re-wrap every project key and node data key under a new root key version, then
+    /// retire the old version on every member (every member must be reachable).
+    RotateRoot {
+        /// Return once the rotation is recorded instead of waiting for it to finish.
+        #[arg(long)]
+        no_wait: bool,
+        /// Longest wait, in seconds, before giving up (the rotation carries on).
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+}
 
 /// `conifer org …`.
 #[derive(Subcommand, Debug)]
@@ -803,6 +827,8 @@ pub enum Admin {
     SigningKey(SigningKeyArgs),
     /// The cluster.
     Cluster(ClusterArgs),
+    /// The root key: status and rotation.
+    Keys(KeysArgs),
     /// The audit log: list, export as JSON lines, verify the hash chain.
     Audit(super::audit::AuditArgs),
 }
@@ -1054,7 +1080,78 @@ pub async fn run(admin: Admin) -> anyhow::Result<()> {
             };
             (a.connection.output, v)
         }
+        Admin::Keys(a) => {
+            let c = client(&a.connection, true)?;
+            let v = match a.command {
+                KeysCommand::Status => c.root_keys().await?,
+                KeysCommand::RotateRoot { no_wait, timeout_s } => {
+                    let started = c.rotate_root_key().await?;
+                    let to = started["rotation"]["to_version"].as_u64().unwrap_or(0);
+                    eprintln!("root key rotation to version {to} started");
+                    if no_wait {
+                        started
+                    } else {
+                        wait_for_rotation(&c, to, Duration::from_secs(timeout_s)).await?
+                    }
+                }
+            };
+            (a.connection.output, v)
+        }
     };
     print(format, &value);
     Ok(())
+}
+
+/// Follows a root key rotation to version `to` with a progress bar (project keys
+/// re-wrapped) until it is finished and every member holds no older version; answers the
+/// final state. A failing step is shown as it is retried; past `timeout` it gives up (the
+/// rotation carries on in the cluster).
+async fn wait_for_rotation(c: &AdminClient, to: u64, timeout: Duration) -> anyhow::Result<Value> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} root key rotation [{bar:30}] {pos}/{len} project keys re-wrapped, {msg} ({elapsed})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let state = c.root_keys().await?;
+        let rotation = &state["rotation"];
+        let retired_everywhere = state["nodes"].as_array().is_some_and(|nodes| {
+            nodes.iter().all(|n| {
+                n["versions"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().all(|v| v["version"].as_u64() >= Some(to)))
+            })
+        });
+        if rotation.is_null() && state["current_version"].as_u64() >= Some(to) {
+            if retired_everywhere {
+                bar.finish_and_clear();
+                eprintln!(
+                    "root key version {to} is current; older versions are retired on every member"
+                );
+                return Ok(state);
+            }
+            bar.set_message("retiring older versions on every member");
+        } else if !rotation.is_null() {
+            bar.set_length(rotation["project_keys_total"].as_u64().unwrap_or(0));
+            bar.set_position(rotation["project_keys_rewrapped"].as_u64().unwrap_or(0));
+            bar.set_message(match state["last_error"].as_str() {
+                Some(e) => format!("retrying: {e}"),
+                None => "in progress".to_string(),
+            });
+        }
+        if std::time::Instant::now() >= deadline {
+            bar.abandon();
+            bail!(
+                "the rotation to root key version {to} has not finished after {} s; it carries \
+                 on — follow it with `conifer keys status`",
+                timeout.as_secs()
+            );
+        }
+        bar.tick();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

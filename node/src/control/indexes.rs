@@ -177,6 +177,7 @@ impl ControlState {
                     ))),
                     Some(_) => {
                         self.indexes.remove(&key);
+                        self.shred_later("index", &key.0, &name);
                         Ok(Output::Done)
                     }
                 }

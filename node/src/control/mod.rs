@@ -22,6 +22,8 @@ pub mod keys;
 pub mod membership;
 pub mod organizations;
 pub mod projects;
+pub mod root_keys;
+pub mod rotation;
 pub mod state;
 
 use std::sync::{Arc, Mutex};

@@ -83,6 +83,7 @@ impl ControlState {
                 if project.force_encryption_with_cmek != project.cmek_key_arn.is_some() {
                     return Err(Rejection::Invalid(CMEK_NEEDS_KEY.into()));
                 }
+                self.check_project_key_version(&project.key)?;
                 let siblings = self.projects_of(&project.organization_id);
                 let taken = if self.projects.contains_key(&project.id) {
                     Some(format!("project id '{}' already exists", project.id))
@@ -187,6 +188,8 @@ impl ControlState {
                         "project '{id}' still has {indexes} index(es); delete them first"
                     )));
                 }
+                let name = self.projects[&id].name.clone();
+                self.shred_later("project", &id, &name);
                 self.projects.remove(&id);
                 self.api_keys.retain(|_, k| k.project_id != id);
                 self.project_members.retain(|(_, p), _| *p != id);

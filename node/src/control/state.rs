@@ -81,6 +81,8 @@ pub enum Command {
         /// Cut-off time ([`crate::audit::timestamp`] text).
         before: String,
     },
+    /// The root key: rotation steps ([`super::root_keys`]).
+    RootKeys(super::root_keys::RootKeysCommand),
     /// Record a change of the cluster's membership that was attempted (made by openraft's
     /// own membership entry before it; see [`super::membership`]); rejected, changing
     /// nothing, when the change failed, so its audit event records the failure.
@@ -176,6 +178,8 @@ pub struct ControlState {
     /// The index port given out last: the next index gets the first free port after it,
     /// wrapping within the range, so a deleted index's port is the last to be given again.
     pub last_index_port: Option<u16>,
+    /// The root key's version, rotation and deletions waiting to be shredded.
+    pub root_keys: super::root_keys::RootKeyState,
 }
 
 /// The checks of a creation after its parent was found: `taken` (why the id or a unique
@@ -234,6 +238,7 @@ impl ControlState {
             Command::ApiKey(command) => self.apply_api_key(command),
             Command::Index(command) => self.apply_index(command),
             Command::Identity(command) => self.apply_identity(command),
+            Command::RootKeys(command) => self.apply_root_keys(command),
             Command::Audited { context, command } => self.apply_audited(context, *command),
             Command::RecordAudit(drafts) => {
                 self.apply_record_audit(drafts, crate::audit::EventClass::Refusal)

@@ -53,6 +53,13 @@ pub struct IndexKeys {
 }
 
 impl ProjectKey {
+    /// The root key version that wraps it.
+    pub fn root_version(&self) -> u32 {
+        match self {
+            ProjectKey::Wrapped { wrapped } => wrapped.kek_version,
+        }
+    }
+
     /// A wrapped key that unwraps under no root (unit tests of the control plane).
     #[cfg(test)]
     pub fn placeholder() -> Self {
@@ -140,6 +147,23 @@ pub async fn unwrap_project_key(
         ProjectKey::Wrapped { wrapped } => {
             let secret = root.unwrap(wrapped, &project_context(project_id)).await?;
             Ok(DataKey::from_secret(&secret))
+        }
+    }
+}
+
+/// The same project key wrapped with the root's current version (a root key rotation).
+pub async fn rewrap_project_key(
+    root: &dyn KeyProvider,
+    project_id: &str,
+    key: &ProjectKey,
+) -> Result<ProjectKey, CryptoError> {
+    match key {
+        ProjectKey::Wrapped { wrapped } => {
+            let context = project_context(project_id);
+            let secret = root.unwrap(wrapped, &context).await?;
+            Ok(ProjectKey::Wrapped {
+                wrapped: root.wrap(&secret, &context).await?,
+            })
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod cache;
 pub mod hierarchy;
 pub mod kms;
 pub mod provider;
+pub mod rotation;
 
 use std::fs;
 use std::io::Write;
@@ -39,7 +40,10 @@ use zeroize::Zeroizing;
 
 pub use cache::{KeyCache, KeyStatus, DEFAULT_KEY_CACHE_TTL_MS};
 pub use hierarchy::{IndexKeys, KeySet, ProjectKey};
-pub use provider::{KeyProvider, LocalKeyring, RootKeyVersion, WrappedKey, KEYRING_FILE};
+pub use provider::{
+    check_value, KeyProvider, KeyringSummary, LocalKeyring, RootKeyVersion, WrappedKey,
+    KEYRING_FILE,
+};
 
 /// Bytes of an AES-256 key.
 pub const KEY_BYTES: usize = 32;
@@ -115,6 +119,9 @@ pub enum CryptoError {
     /// The wrapped key names a key-encryption key version this provider does not have.
     #[error("key-encryption key version {0} is not in the keyring")]
     UnknownKeyVersion(u32),
+    /// A root key rotation step does not apply to this node's keyring as it is.
+    #[error("root key rotation: {0}")]
+    Rotation(String),
     /// A key the hierarchy needs cannot be used now; nothing is lost, and it serves again
     /// once the key is available.
     #[error("key {key} is unavailable ({}): {reason}", kind.as_str())]
@@ -279,27 +286,52 @@ impl ValueCipher for DataKey {
 pub async fn node_data_key(dir: &Path, root: &dyn KeyProvider) -> Result<DataKey, CryptoError> {
     let path = dir.join(DATA_KEY_FILE);
     if path.exists() {
-        let text = fs::read(&path).map_err(|source| CryptoError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let wrapped: WrappedKey =
-            serde_json::from_slice(&text).map_err(|e| CryptoError::Malformed {
-                path,
-                reason: e.to_string(),
-            })?;
+        let wrapped = read_node_data_key(dir)?;
         return Ok(DataKey::from_secret(
             &root.unwrap(&wrapped, NODE_DEK_CONTEXT).await?,
         ));
     }
     let dek = random_key();
     let wrapped = root.wrap(&dek, NODE_DEK_CONTEXT).await?;
-    let text = serde_json::to_vec_pretty(&wrapped).map_err(|e| CryptoError::Malformed {
+    write_node_data_key(dir, &wrapped)?;
+    Ok(DataKey::from_secret(&dek))
+}
+
+/// The node data key of data directory `dir` as it is on disk (wrapped).
+pub fn read_node_data_key(dir: &Path) -> Result<WrappedKey, CryptoError> {
+    let path = dir.join(DATA_KEY_FILE);
+    let text = fs::read(&path).map_err(|source| CryptoError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&text).map_err(|e| CryptoError::Malformed {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+fn write_node_data_key(dir: &Path, wrapped: &WrappedKey) -> Result<(), CryptoError> {
+    let path = dir.join(DATA_KEY_FILE);
+    let text = serde_json::to_vec_pretty(wrapped).map_err(|e| CryptoError::Malformed {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    write_private_file(&path, &text)?;
-    Ok(DataKey::from_secret(&dek))
+    write_private_file(&path, &text)
+}
+
+/// Wraps the node data key of `dir` again with the root's current version (a root key
+/// rotation), replacing the file atomically; returns the version it is now wrapped under.
+/// A key already wrapped under the current version is left as it is.
+pub async fn rewrap_node_data_key(dir: &Path, root: &LocalKeyring) -> Result<u32, CryptoError> {
+    let wrapped = read_node_data_key(dir)?;
+    let current = root.current_version();
+    if wrapped.kek_version >= current {
+        return Ok(wrapped.kek_version);
+    }
+    let dek = root.unwrap(&wrapped, NODE_DEK_CONTEXT).await?;
+    let again = root.wrap(&dek, NODE_DEK_CONTEXT).await?;
+    write_node_data_key(dir, &again)?;
+    Ok(again.kek_version)
 }
 
 #[cfg(test)]

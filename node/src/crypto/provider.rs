@@ -89,6 +89,29 @@ struct Versions {
 pub struct LocalKeyring {
     path: PathBuf,
     versions: RwLock<Versions>,
+    /// Held across a change and the save that follows it, so saves land in change order.
+    changing: std::sync::Mutex<()>,
+}
+
+/// What a keyring holds, without the keys: for rotation's progress and `GET
+/// /admin/cluster/root-keys`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyringSummary {
+    /// The version new wraps use.
+    pub current: u32,
+    /// Every version held, with its key check value ([`check_value`]), oldest first.
+    pub versions: Vec<(u32, String)>,
+}
+
+/// The key check value of a root key version: the first 8 bytes of HMAC-SHA256 under the
+/// key of a fixed label, hex. It tells whether two nodes hold the same key for a version
+/// without either revealing the key.
+pub fn check_value(key: &Secret) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_ref())
+        .expect("HMAC takes a key of any length");
+    mac.update(b"conifer/root-key-check-value/v1");
+    hex::encode(&mac.finalize().into_bytes()[..8])
 }
 
 /// Name of the keyring file inside the data directory (the single-node default).
@@ -130,6 +153,7 @@ impl LocalKeyring {
         let keyring = Self {
             path: path.to_path_buf(),
             versions: RwLock::new(Versions { current: 1, keys }),
+            changing: Default::default(),
         };
         keyring.save()?;
         Ok(keyring)
@@ -166,6 +190,7 @@ impl LocalKeyring {
                 current: file.current,
                 keys,
             }),
+            changing: Default::default(),
         })
     }
 
@@ -187,6 +212,7 @@ impl LocalKeyring {
                     current,
                     keys: BTreeMap::new(),
                 }),
+                changing: Default::default(),
             }
         };
         {
@@ -263,6 +289,122 @@ impl LocalKeyring {
                 key: key.clone(),
             })
             .collect()
+    }
+
+    /// The versions held and the current one, without the keys.
+    pub fn summary(&self) -> KeyringSummary {
+        let versions = self.versions.read().unwrap_or_else(|p| p.into_inner());
+        KeyringSummary {
+            current: versions.current,
+            versions: versions
+                .keys
+                .iter()
+                .map(|(version, (_, key))| (*version, check_value(key)))
+                .collect(),
+        }
+    }
+
+    /// The key of root version `version`, for a rotation handing it to another node.
+    pub fn version(&self, version: u32) -> Option<RootKeyVersion> {
+        let versions = self.versions.read().unwrap_or_else(|p| p.into_inner());
+        versions
+            .keys
+            .get(&version)
+            .map(|(created_at, key)| RootKeyVersion {
+                version,
+                created_at: created_at.clone(),
+                key: key.clone(),
+            })
+    }
+
+    /// Applies `change` to the versions and saves the file; the versions are left as they
+    /// were when the change is refused or the save fails.
+    fn change(
+        &self,
+        change: impl FnOnce(&mut Versions) -> Result<bool, CryptoError>,
+    ) -> Result<(), CryptoError> {
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let before = {
+            let mut versions = self.versions.write().unwrap_or_else(|p| p.into_inner());
+            let before = Versions {
+                current: versions.current,
+                keys: versions.keys.clone(),
+            };
+            if !change(&mut versions)? {
+                return Ok(());
+            }
+            before
+        };
+        if let Err(e) = self.save() {
+            *self.versions.write().unwrap_or_else(|p| p.into_inner()) = before;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Adds root version `root` without making it current (a rotation's first step on
+    /// every node). Holding the same key already is a no-op; holding another key for that
+    /// version is allowed only while the version is not current (a rotation attempt that
+    /// never reached its second step left it), and the new key replaces it.
+    pub fn add_version(&self, root: RootKeyVersion) -> Result<(), CryptoError> {
+        self.change(|versions| {
+            match versions.keys.get(&root.version) {
+                Some((_, mine)) if mine.as_ref() == root.key.as_ref() => return Ok(false),
+                Some(_) if versions.current >= root.version => {
+                    return Err(CryptoError::Rotation(format!(
+                        "root key version {} is already in use here with another key",
+                        root.version
+                    )))
+                }
+                _ => {}
+            }
+            versions
+                .keys
+                .insert(root.version, (root.created_at, root.key));
+            Ok(true)
+        })
+    }
+
+    /// Makes root version `version` current (new wraps use it) after checking that the key
+    /// this keyring holds for it has the check value `check` the rotation chose. A keyring
+    /// already at `version` or later is left as it is.
+    pub fn make_current(&self, version: u32, check: &str) -> Result<(), CryptoError> {
+        self.change(|versions| {
+            let held = versions
+                .keys
+                .get(&version)
+                .ok_or(CryptoError::UnknownKeyVersion(version))?;
+            if check_value(&held.1) != check {
+                return Err(CryptoError::Rotation(format!(
+                    "this node holds another key for root key version {version} than the \
+                     rotation chose"
+                )));
+            }
+            if versions.current >= version {
+                return Ok(false);
+            }
+            versions.current = version;
+            Ok(true)
+        })
+    }
+
+    /// Deletes every root version older than `below` (the rotation that made `below`
+    /// current is committed and nothing is wrapped under them any more). Refused while
+    /// `below` is not current here.
+    pub fn retire_below(&self, below: u32) -> Result<Vec<u32>, CryptoError> {
+        let mut retired = Vec::new();
+        self.change(|versions| {
+            if versions.current < below {
+                return Err(CryptoError::Rotation(format!(
+                    "root key version {below} is not current on this node (it is at {})",
+                    versions.current
+                )));
+            }
+            retired = versions.keys.range(..below).map(|(v, _)| *v).collect();
+            versions.keys.retain(|version, _| *version >= below);
+            Ok(!retired.is_empty())
+        })?;
+        Ok(retired)
     }
 
     fn key(&self, version: u32) -> Result<DataKey, CryptoError> {
