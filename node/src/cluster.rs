@@ -215,6 +215,9 @@ impl Internal for InternalService {
             .step
             .ok_or_else(|| Status::invalid_argument("no step given"))
             .and_then(|step| rotation::step_from_proto(step).map_err(Status::invalid_argument))?;
+        self.control
+            .read(|s| rotation::step_allowed(s, &step))
+            .map_err(Status::failed_precondition)?;
         match root.apply(step).await {
             Ok(keys) => Ok(Response::new(rotation::node_keys_to_proto(keys))),
             Err(e @ (CryptoError::Rotation(_) | CryptoError::UnknownKeyVersion(_))) => {

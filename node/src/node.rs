@@ -377,10 +377,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     let cluster_listener = TcpListener::bind(config.cluster_addr)
         .await
         .with_context(|| format!("binding cluster port {}", config.cluster_addr))?;
-    let local_root = keyring.map(|keyring| LocalRoot {
-        keyring,
-        data_dir: data_dir.to_path_buf(),
-    });
+    let local_root = keyring.map(|keyring| LocalRoot::new(keyring, data_dir.to_path_buf()));
     let rotator = local_root
         .clone()
         .map(|local| RootRotator::new(control.clone(), local));

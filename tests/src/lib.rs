@@ -742,3 +742,32 @@ pub fn ca_client(ca_dir: &Path) -> anyhow::Result<reqwest::Client> {
         .timeout(Duration::from_secs(5))
         .build()?)
 }
+
+/// Saved HNSW graph chunks of shard groups (state key tag 0x05 after the group id) in a
+/// stopped node's database, and shard-group snapshots.
+pub fn saved_graphs_and_snapshots(data_dir: &Path) -> (usize, usize) {
+    use conifer_raft::storage::{CF_SNAPSHOTS, CF_STATE};
+    let opts = conifer_raft::rocksdb::Options::default();
+    let db = conifer_raft::rocksdb::DB::open_cf_for_read_only(
+        &opts,
+        data_dir.join("db"),
+        conifer_raft::storage::COLUMN_FAMILIES,
+        false,
+    )
+    .unwrap();
+    let count = |cf: &str, wanted: &dyn Fn(&[u8]) -> bool| {
+        db.iterator_cf(
+            db.cf_handle(cf).unwrap(),
+            conifer_raft::rocksdb::IteratorMode::Start,
+        )
+        .filter(|item| {
+            let (key, _) = item.as_ref().unwrap();
+            key.len() > 8 && key[..8] != [0u8; 8] && wanted(key)
+        })
+        .count()
+    };
+    (
+        count(CF_STATE, &|key: &[u8]| key[8] == 0x05),
+        count(CF_SNAPSHOTS, &|_: &[u8]| true),
+    )
+}

@@ -454,6 +454,22 @@ fn rest_cases() -> Vec<Case> {
         ),
         case(
             "GET",
+            "/admin/cluster/root-keys",
+            ONLY_OPERATOR,
+            &[],
+            200,
+            prep!(|w, via, p, fresh| req(Method::GET, "/admin/cluster/root-keys", None)),
+        ),
+        case(
+            "POST",
+            "/admin/cluster/root-keys/rotate",
+            ONLY_OPERATOR,
+            &[],
+            202,
+            prep!(|w, via, p, fresh| req(Method::POST, "/admin/cluster/root-keys/rotate", None)),
+        ),
+        case(
+            "GET",
             "/admin/operator-tokens",
             ONLY_OPERATOR,
             &[],

@@ -285,35 +285,6 @@ async fn index_data_is_sealed_under_the_index_key_on_every_node() {
     }
 }
 
-/// Saved HNSW graph chunks of shard groups (state key tag 0x05 after the group id) in a
-/// stopped node's database, and shard-group snapshots.
-fn saved_graphs_and_snapshots(data_dir: &Path) -> (usize, usize) {
-    use conifer_raft::storage::{CF_SNAPSHOTS, CF_STATE};
-    let opts = conifer_raft::rocksdb::Options::default();
-    let db = conifer_raft::rocksdb::DB::open_cf_for_read_only(
-        &opts,
-        data_dir.join("db"),
-        conifer_raft::storage::COLUMN_FAMILIES,
-        false,
-    )
-    .unwrap();
-    let count = |cf: &str, wanted: &dyn Fn(&[u8]) -> bool| {
-        db.iterator_cf(
-            db.cf_handle(cf).unwrap(),
-            conifer_raft::rocksdb::IteratorMode::Start,
-        )
-        .filter(|item| {
-            let (key, _) = item.as_ref().unwrap();
-            key.len() > 8 && key[..8] != [0u8; 8] && wanted(key)
-        })
-        .count()
-    };
-    (
-        count(CF_STATE, &|key: &[u8]| key[8] == 0x05),
-        count(CF_SNAPSHOTS, &|_: &[u8]| true),
-    )
-}
-
 /// The disk scan of a 3-node cluster: records with marker ids and metadata and known float
 /// vectors, enough of them that every replica builds and saves an HNSW graph (and takes the
 /// shard snapshot that saves it); after the nodes stop, no file under any node's data
@@ -391,7 +362,7 @@ async fn a_three_node_cluster_keeps_no_plaintext_on_disk() {
             hits.extend(found.into_iter().map(|f| format!("{what} in {f}")));
         }
         assert!(hits.is_empty(), "node {node}: plaintext on disk: {hits:?}");
-        let (graph_chunks, snapshots) = saved_graphs_and_snapshots(&data_dir);
+        let (graph_chunks, snapshots) = conifer_tests::saved_graphs_and_snapshots(&data_dir);
         eprintln!("node {node}: {graph_chunks} saved graph chunk(s), {snapshots} shard snapshot(s) scanned");
         assert!(
             graph_chunks > 0,

@@ -626,7 +626,7 @@ pub async fn describe_root_keys(
 /// `POST /admin/cluster/root-keys/rotate` (operator): records a rotation of the local
 /// keyring's root key to a new version and answers 202 with the root key's state; the
 /// control-plane leader carries it out (follow it with `GET /admin/cluster/root-keys`).
-/// 400 `FAILED_PRECONDITION` while one is in progress, or when the root is an AWS KMS key
+/// 412 `FAILED_PRECONDITION` while one is in progress, or when the root is an AWS KMS key
 /// (KMS rotates its key material itself and keeps the old material for decryption).
 pub async fn rotate_root_key(
     State(state): State<ApiState>,

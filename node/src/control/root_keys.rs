@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::project_org;
 use super::state::{not_found, ControlState, Outcome, Output, Rejection};
-use crate::audit::{Params, Resource, ResourceType, Verb};
+use crate::audit::{
+    AuditContext, AuditDraft, EventClass, EventOutcome, Params, Resource, ResourceType, Verb,
+};
+use crate::crypto::provider::LOCAL_PROVIDER as LOCAL_KEYRING_PROVIDER;
 use crate::crypto::ProjectKey;
 
 /// Most deletions kept pending for the next rotation; beyond it the oldest are dropped from
@@ -117,10 +120,14 @@ pub enum RootKeysCommand {
         key: ProjectKey,
     },
     /// Commit the rotation to `to`: refused while a project key is wrapped under an older
-    /// version.
+    /// version. The deletions it shreds are recorded in the same step, one `index.shred` /
+    /// `project.shred` event each, from `shreds_context` (actor, time, node; the event ids
+    /// are its id with `-<n>`).
     Finish {
         /// The rotation's new version.
         to: u32,
+        /// The context of the shredding events.
+        shreds_context: AuditContext,
     },
 }
 
@@ -185,7 +192,7 @@ impl ControlState {
                 project.key = key;
                 Ok(Output::Done)
             }
-            RootKeysCommand::Finish { to } => {
+            RootKeysCommand::Finish { to, shreds_context } => {
                 let Some(rotation) = &self.root_keys.rotation else {
                     return Err(Rejection::Invalid(
                         "no root key rotation is in progress".into(),
@@ -208,16 +215,30 @@ impl ControlState {
                          version"
                     )));
                 }
+                let finished = self.root_keys.rotation.take().expect("checked above");
                 self.root_keys.current = to;
-                self.root_keys.rotation = None;
                 self.root_keys.rotations += 1;
+                for (n, shred) in finished.shreds.iter().enumerate() {
+                    let draft = shred_event(shred, &finished, &shreds_context, n);
+                    let event =
+                        super::audit::event(self, &draft.context, draft.resource, draft.outcome);
+                    self.audit.append(event, EventClass::Change);
+                }
                 Ok(Output::Done)
             }
         }
     }
 
-    /// Records a deleted index or project for the next rotation to shred.
+    /// Records a deleted index or project for the next rotation to shred (call it while the
+    /// project still exists). Nothing is recorded under an AWS KMS root, which has no
+    /// versions to retire.
     pub(super) fn shred_later(&mut self, kind: &str, project_id: &str, name: &str) {
+        let local_root = self.projects.get(project_id).is_some_and(|p| match &p.key {
+            ProjectKey::Wrapped { wrapped } => wrapped.provider == LOCAL_KEYRING_PROVIDER,
+        });
+        if !local_root {
+            return;
+        }
         let shred = Shred {
             kind: kind.into(),
             organization_id: project_org(self, project_id),
@@ -231,18 +252,52 @@ impl ControlState {
         pending.push(shred);
     }
 
-    /// Refuses a new project whose key is wrapped under a root version that a finished
-    /// rotation retired (its proposer wrapped it before the rotation reached that node).
+    /// Refuses a new project whose key the local keyring wrapped under a version older than
+    /// the one every project key is (or, during a rotation, was) wrapped under: a finished
+    /// rotation retired it (its proposer wrapped it before the rotation reached that node).
     pub(super) fn check_project_key_version(&self, key: &ProjectKey) -> Result<(), Rejection> {
-        let current = self.root_keys.current;
-        if current > 0 && key.root_version() < current && self.root_keys.rotation.is_none() {
+        let ProjectKey::Wrapped { wrapped } = key;
+        let oldest = self.root_keys.version();
+        if wrapped.provider == LOCAL_KEYRING_PROVIDER && wrapped.kek_version < oldest {
             return Err(Rejection::Invalid(format!(
                 "the project key was wrapped under root key version {}, which a rotation \
-                 retired (the root is at version {current}): try again",
-                key.root_version()
+                 retired (the root is at version {oldest}): try again",
+                wrapped.kek_version
             )));
         }
         Ok(())
+    }
+}
+
+/// The event of a deletion shredded by `rotation` (`index.shred` / `project.shred`, on the
+/// organization's chain), the `n`th of the rotation's, from `context`.
+fn shred_event(
+    shred: &Shred,
+    rotation: &RootRotation,
+    context: &AuditContext,
+    n: usize,
+) -> AuditDraft {
+    let (operation, kind) = match shred.kind.as_str() {
+        "project" => ("project.shred", ResourceType::Project),
+        _ => ("index.shred", ResourceType::Index),
+    };
+    let uid = (kind == ResourceType::Project).then_some(shred.project_id.as_str());
+    let mut context = context.clone();
+    context.id = format!("{}-{n}", context.id);
+    context.operation = operation.into();
+    AuditDraft {
+        context,
+        resource: Resource::new(Verb::Delete, kind, uid)
+            .id(Some(shred.name.as_str()))
+            .named(Some(shred.name.as_str()))
+            .in_org(shred.organization_id.as_deref())
+            .params(
+                Params::default()
+                    .with("project_id", shred.project_id.as_str())
+                    .with("retired_root_key_version", rotation.from)
+                    .with("root_key_version", rotation.to),
+            ),
+        outcome: EventOutcome::success(),
     }
 }
 
@@ -269,7 +324,7 @@ pub fn describe(state: &ControlState, command: &RootKeysCommand) -> Resource {
                 .with("project_id", project_id.as_str())
                 .with("to_version", key.root_version()),
         ),
-        RootKeysCommand::Finish { to } => resource(
+        RootKeysCommand::Finish { to, .. } => resource(
             Params::default()
                 .with(
                     "from_version",
@@ -286,6 +341,10 @@ mod tests {
     use crate::control::state::tests::bootstrapped;
     use crate::control::state::{Command, IndexCommand, ProjectCommand};
     use crate::crypto::WrappedKey;
+
+    fn context() -> AuditContext {
+        AuditContext::internal("index.shred", crate::audit::ActorRef::system(), 1)
+    }
 
     fn key_under(version: u32, text: &str) -> ProjectKey {
         ProjectKey::Wrapped {
@@ -311,7 +370,10 @@ mod tests {
         assert!(s.apply(begin(1)).is_err(), "not after the current version");
         s.apply(begin(2)).unwrap();
         assert!(s.apply(begin(3)).is_err(), "one rotation at a time");
-        let finish = Command::RootKeys(RootKeysCommand::Finish { to: 2 });
+        let finish = Command::RootKeys(RootKeysCommand::Finish {
+            to: 2,
+            shreds_context: context(),
+        });
         let refused = s.apply(finish.clone());
         assert!(
             matches!(&refused, Err(Rejection::Invalid(m)) if m.contains("1 project key")),
@@ -356,18 +418,23 @@ mod tests {
     }
 
     #[test]
-    fn deletions_wait_for_the_next_rotation_which_takes_them() {
+    fn deletions_wait_for_the_next_rotation_which_records_them_when_it_finishes() {
         let mut s = bootstrapped();
         s.apply(Command::Project(ProjectCommand::Create {
             project: {
                 let mut p = s.projects["p0"].clone();
                 p.id = "p1".into();
                 p.name = "gone".into();
+                p.key = key_under(1, "gone");
                 p
             },
             owner: None,
         }))
         .unwrap();
+        // Under an AWS KMS root (the default project's placeholder key is not the local
+        // keyring's) a deletion has no version to retire and is not recorded.
+        s.shred_later("index", "p0", "kms-rooted");
+        assert!(s.root_keys.pending_shreds.is_empty());
         s.apply(Command::Project(ProjectCommand::Delete { id: "p1".into() }))
             .unwrap();
         assert!(s
@@ -394,5 +461,22 @@ mod tests {
         .unwrap();
         assert!(s.root_keys.pending_shreds.is_empty());
         assert_eq!(s.root_keys.rotation.as_ref().unwrap().shreds.len(), 1);
+        let project = s.projects["p0"].clone();
+        s.apply(Command::RootKeys(RootKeysCommand::Rewrap {
+            project_id: "p0".into(),
+            expected: project.key,
+            key: key_under(2, "p0"),
+        }))
+        .unwrap();
+        s.apply(Command::RootKeys(RootKeysCommand::Finish {
+            to: 2,
+            shreds_context: context(),
+        }))
+        .unwrap();
+        let chain = &s.audit.chains["o1"];
+        let shred = chain.events.values().last().unwrap();
+        assert_eq!(shred.event.operation, "project.shred");
+        assert_eq!(shred.event.resource_name.as_deref(), Some("gone"));
+        assert_eq!(shred.event.resource_uid.as_deref(), Some("p1"));
     }
 }

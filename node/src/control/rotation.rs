@@ -33,12 +33,10 @@ use conifer_proto::internal::{
 };
 use conifer_raft::NodeId;
 
-use super::root_keys::{RootKeysCommand, RootRotation, RotationReason, Shred};
+use super::root_keys::{RootKeysCommand, RootRotation, RotationReason};
 use super::state::{Command, ControlState};
 use super::{ControlError, ControlPlane};
-use crate::audit::{
-    ActorRef, AuditContext, AuditDraft, EventOutcome, Params, Resource, ResourceType, Verb,
-};
+use crate::audit::{ActorRef, AuditContext};
 use crate::crypto::rotation::{LocalRoot, NodeRootKeys, RootKeyStep};
 use crate::crypto::{check_value, random_key, KeyringSummary, RootKeyVersion};
 
@@ -132,6 +130,10 @@ impl RootRotator {
             None if current > 0 => self.retire_local(current).await,
             _ => Ok(()),
         };
+        let result = match result {
+            Ok(()) => self.catch_up().await,
+            failed => failed,
+        };
         let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(()) => *last = None,
@@ -140,6 +142,55 @@ impl RootRotator {
                 *last = Some((e.to_string(), Instant::now()));
             }
         }
+    }
+
+    /// Brings this node's keyring up to the version every project key is wrapped under when
+    /// it is behind (it joined, or was out of the membership, while a rotation ran): the
+    /// versions it lacks from the leader, the newest made current, its node data key
+    /// wrapped again.
+    async fn catch_up(&self) -> Result<(), RotationError> {
+        let needed = self.control.read(|s| s.root_keys.version());
+        if self.local.keyring.current_version() >= needed {
+            return Ok(());
+        }
+        let leader = self
+            .control
+            .raft()
+            .metrics()
+            .borrow()
+            .current_leader
+            .filter(|l| *l != self.control.node_id())
+            .ok_or_else(|| RotationError::Member {
+                node: self.control.node_id(),
+                reason: format!("behind root key version {needed} and no other leader to ask"),
+            })?;
+        let keys = self.fetch_keys(leader).await?;
+        let mut check = None;
+        for key in keys {
+            if key.version <= self.local.keyring.current_version() {
+                continue;
+            }
+            if key.version == needed {
+                check = Some(check_value(&key.key));
+            }
+            self.local.apply(RootKeyStep::Add(key)).await?;
+        }
+        let check = check.ok_or_else(|| RotationError::Member {
+            node: leader,
+            reason: format!("does not hold root key version {needed}"),
+        })?;
+        self.local
+            .apply(RootKeyStep::MakeCurrent {
+                version: needed,
+                check,
+            })
+            .await?;
+        self.local.apply(RootKeyStep::RewrapNodeKey).await?;
+        tracing::info!(
+            version = needed,
+            "caught up with the cluster's root key version"
+        );
+        Ok(())
     }
 
     /// Retires this node's versions older than `current` once the control plane says a
@@ -219,20 +270,20 @@ impl RootRotator {
             ActorRef::system(),
             self.control.node_id(),
         );
+        let shreds_context =
+            AuditContext::internal("index.shred", ActorRef::system(), self.control.node_id());
         self.control
-            .propose_as(context, Command::RootKeys(RootKeysCommand::Finish { to }))
+            .propose_as(
+                context,
+                Command::RootKeys(RootKeysCommand::Finish { to, shreds_context }),
+            )
             .await?;
-        tracing::info!(from = rotation.from, to, "root key rotation finished");
-        if !rotation.shreds.is_empty() {
-            let drafts = rotation
-                .shreds
-                .iter()
-                .map(|shred| shred_event(shred, rotation, self.control.node_id()))
-                .collect();
-            if let Err(e) = self.control.propose(Command::RecordObserved(drafts)).await {
-                tracing::warn!("shredding events not recorded: {e}");
-            }
-        }
+        tracing::info!(
+            from = rotation.from,
+            to,
+            shredded = rotation.shreds.len(),
+            "root key rotation finished"
+        );
         // 5. Retire the old versions everywhere (a member that misses it retires on its own).
         for node in self.members() {
             if let Err(e) = self.step(node, RootKeyStep::Retire { below: to }).await {
@@ -321,6 +372,9 @@ impl RootRotator {
     /// cluster port.
     async fn step(&self, node: NodeId, step: RootKeyStep) -> Result<NodeRootKeys, RotationError> {
         if node == self.control.node_id() {
+            self.control
+                .read(|s| step_allowed(s, &step))
+                .map_err(|reason| RotationError::Member { node, reason })?;
             return Ok(self.local.apply(step).await?);
         }
         let member = |reason: String| RotationError::Member { node, reason };
@@ -373,32 +427,81 @@ impl RootRotator {
             node: holder,
             reason,
         };
-        let info = self
-            .control
-            .membership()
-            .get_node(&holder)
-            .cloned()
-            .ok_or_else(|| member("not a member".into()))?;
-        let mut client = self.control.peers().client(holder, &info).map_err(member)?;
-        let reply = client
-            .root_keys(RootKeysRequest {
-                from_node: self.control.node_id(),
-            })
-            .await
-            .map_err(|s| member(s.message().to_string()))?
-            .into_inner();
-        let root = reply
-            .keys
+        let key = self
+            .fetch_keys(holder)
+            .await?
             .into_iter()
             .find(|k| k.version == to)
             .ok_or_else(|| member(format!("does not hold root key version {to}")))?;
-        let key = root_key_from_proto(root).map_err(member)?;
         if check_value(&key.key) != check {
             return Err(member(format!(
                 "holds another key for root key version {to} than the rotation chose"
             )));
         }
         Ok(key)
+    }
+}
+
+impl RootRotator {
+    /// Every root key version member `node` holds (over `Internal/RootKeys`, which it
+    /// records as a hand-over); the bytes of the reply are zeroized once copied.
+    async fn fetch_keys(&self, node: NodeId) -> Result<Vec<RootKeyVersion>, RotationError> {
+        let member = |reason: String| RotationError::Member { node, reason };
+        let info = self
+            .control
+            .membership()
+            .get_node(&node)
+            .cloned()
+            .ok_or_else(|| member("not a member".into()))?;
+        let mut client = self.control.peers().client(node, &info).map_err(member)?;
+        let reply = tokio::time::timeout(
+            Duration::from_millis(ROTATION_STEP_TIMEOUT_MS),
+            client.root_keys(RootKeysRequest {
+                from_node: self.control.node_id(),
+            }),
+        )
+        .await
+        .map_err(|_| member(format!("no answer in {ROTATION_STEP_TIMEOUT_MS} ms")))?
+        .map_err(|s| member(s.message().to_string()))?
+        .into_inner();
+        reply
+            .keys
+            .into_iter()
+            .map(|root| root_key_from_proto(root).map_err(member))
+            .collect()
+    }
+}
+
+/// Whether this node may take `step` as its control-plane state stands: a version is added
+/// or made current only for the rotation the state records (so a stale leader cannot push
+/// one), and older versions retired only once this node has applied the rotation's
+/// `Finish` (and with it every project key's re-wrap).
+pub fn step_allowed(state: &ControlState, step: &RootKeyStep) -> Result<(), String> {
+    let root = &state.root_keys;
+    let rotating_to = root.rotation.as_ref().map(|r| r.to);
+    match step {
+        RootKeyStep::Add(RootKeyVersion { version, .. })
+        | RootKeyStep::MakeCurrent { version, .. } => {
+            if rotating_to == Some(*version) || root.version() >= *version {
+                Ok(())
+            } else {
+                Err(format!(
+                    "this node's control-plane state records no rotation to root key version \
+                     {version} (it may not have applied it yet)"
+                ))
+            }
+        }
+        RootKeyStep::Retire { below } => {
+            if root.rotation.is_none() && root.version() >= *below {
+                Ok(())
+            } else {
+                Err(format!(
+                    "this node has not applied the end of the rotation to root key version \
+                     {below} yet"
+                ))
+            }
+        }
+        RootKeyStep::Status | RootKeyStep::RewrapNodeKey => Ok(()),
     }
 }
 
@@ -464,28 +567,6 @@ pub fn progress(state: &ControlState, rotation: &RootRotation) -> (usize, usize)
         .filter(|p| p.key.root_version() >= rotation.to)
         .count();
     (done, state.projects.len())
-}
-
-fn shred_event(shred: &Shred, rotation: &RootRotation, node_id: NodeId) -> AuditDraft {
-    let (operation, kind) = match shred.kind.as_str() {
-        "project" => ("project.shred", ResourceType::Project),
-        _ => ("index.shred", ResourceType::Index),
-    };
-    let uid = (kind == ResourceType::Project).then_some(shred.project_id.as_str());
-    AuditDraft {
-        context: AuditContext::internal(operation, ActorRef::system(), node_id),
-        resource: Resource::new(Verb::Delete, kind, uid)
-            .id(Some(shred.name.as_str()))
-            .named(Some(shred.name.as_str()))
-            .in_org(shred.organization_id.as_deref())
-            .params(
-                Params::default()
-                    .with("project_id", shred.project_id.as_str())
-                    .with("retired_root_key_version", rotation.from)
-                    .with("root_key_version", rotation.to),
-            ),
-        outcome: EventOutcome::success(),
-    }
 }
 
 fn step_add(key: &RootKeyVersion) -> RootKeyStep {

@@ -117,7 +117,7 @@ pub fn check_value(key: &Secret) -> String {
 /// Name of the keyring file inside the data directory (the single-node default).
 pub const KEYRING_FILE: &str = "keyring.json";
 /// Provider name of the local keyring in [`WrappedKey::provider`].
-const LOCAL_PROVIDER: &str = "local-keyring";
+pub const LOCAL_PROVIDER: &str = "local-keyring";
 
 fn decode_key(text: &str, path: &Path) -> Result<Secret, CryptoError> {
     let bytes = Zeroizing::new(B64.decode(text).map_err(|e| CryptoError::Malformed {
@@ -330,11 +330,19 @@ impl LocalKeyring {
                 current: versions.current,
                 keys: versions.keys.clone(),
             };
-            if !change(&mut versions)? {
-                return Ok(());
+            match change(&mut versions) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    *versions = before;
+                    return Err(e);
+                }
             }
             before
         };
+        // A save that fails after its rename (the directory's sync) leaves the file
+        // changed and the memory as before; every step is repeated until it succeeds, and
+        // each is idempotent, so the two agree again at the next attempt.
         if let Err(e) = self.save() {
             *self.versions.write().unwrap_or_else(|p| p.into_inner()) = before;
             return Err(e);
@@ -354,6 +362,14 @@ impl LocalKeyring {
                     return Err(CryptoError::Rotation(format!(
                         "root key version {} is already in use here with another key",
                         root.version
+                    )))
+                }
+                // Not held and not after the current version: retired here, or never part
+                // of this cluster's rotations.
+                None if versions.current >= root.version => {
+                    return Err(CryptoError::Rotation(format!(
+                        "root key version {} is not after this keyring's current version {}",
+                        root.version, versions.current
                     )))
                 }
                 _ => {}

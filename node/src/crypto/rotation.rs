@@ -56,11 +56,24 @@ pub struct LocalRoot {
     pub keyring: Arc<LocalKeyring>,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// One step at a time (two leaders' requests, or a retry overlapping its first try,
+    /// would otherwise re-wrap the node data key through the same temporary file).
+    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl LocalRoot {
+    /// The root of the node whose keyring is `keyring` and data directory `data_dir`.
+    pub fn new(keyring: Arc<LocalKeyring>, data_dir: PathBuf) -> Self {
+        Self {
+            keyring,
+            data_dir,
+            one_at_a_time: Default::default(),
+        }
+    }
+
     /// Runs `step` and reports where the node is after it.
     pub async fn apply(&self, step: RootKeyStep) -> Result<NodeRootKeys, CryptoError> {
+        let _alone = self.one_at_a_time.lock().await;
         match step {
             RootKeyStep::Status => {}
             RootKeyStep::Add(root) => {
@@ -119,10 +132,7 @@ mod tests {
             .unwrap();
         let sealed = conifer_raft::cipher::ValueCipher::seal(&node_key, b"a", b"value");
         let project = keyring.wrap(&random_key(), "project").await.unwrap();
-        let root = LocalRoot {
-            keyring: keyring.clone(),
-            data_dir: dir.path().to_path_buf(),
-        };
+        let root = LocalRoot::new(keyring.clone(), dir.path().to_path_buf());
         let new = random_key();
         let check = check_value(&new);
         let add = |key: &crate::crypto::Secret| {

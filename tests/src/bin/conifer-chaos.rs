@@ -140,7 +140,7 @@ fn main() -> ExitCode {
     match runtime.block_on(chaos::run(&config)) {
         Ok(summary) => {
             println!(
-                "conifer-chaos: {} schedules, {} ops ok, {} acknowledged writes: {} lost, {} linearizability violation(s) ({} keys, {} unchecked), {} convergence failure(s), {} revoked-credential accept(s) past {} ms (longest accepted delay {:.0} ms), {} audited action(s) with {} audit mismatch(es)",
+                "conifer-chaos: {} schedules, {} ops ok, {} acknowledged writes: {} lost, {} linearizability violation(s) ({} keys, {} unchecked), {} convergence failure(s), {} revoked-credential accept(s) past {} ms (longest accepted delay {:.0} ms), {} audited action(s) with {} audit mismatch(es), {} root key rotation(s) with {} unsettled",
                 summary.schedules,
                 summary.ops_ok,
                 summary.acknowledged_writes,
@@ -154,6 +154,8 @@ fn main() -> ExitCode {
                 summary.max_accepted_delay_ms,
                 summary.audited_actions,
                 summary.audit_mismatches,
+                summary.root_key_rotations,
+                summary.root_key_failures,
             );
             if summary.violations == 0 {
                 ExitCode::SUCCESS

@@ -114,6 +114,10 @@ pub struct RunSummary {
     pub audited_actions: usize,
     /// Actions without their event, duplicated or unexplained events, broken chains.
     pub audit_mismatches: usize,
+    /// Root key rotations finished on one cluster (the most of any of the run's clusters).
+    pub root_key_rotations: u64,
+    /// Schedules after which the root keys did not settle.
+    pub root_key_failures: usize,
     /// All violations.
     pub violations: usize,
     /// Per-schedule reports.
@@ -163,6 +167,12 @@ impl RunSummary {
             }),
             audited_actions: sum(&|r| r.audit.actions_checked),
             audit_mismatches: sum(&|r| r.audit.violations()),
+            root_key_rotations: reports
+                .iter()
+                .map(|r| r.root_keys.rotations)
+                .max()
+                .unwrap_or_default(),
+            root_key_failures: sum(&|r| usize::from(!r.root_keys.settled)),
             violations: sum(&|r| r.violations()),
             reports,
         }
@@ -366,6 +376,7 @@ async fn run_schedule(
     let audit = check::audit::check(cluster, &all_nodes, &organization_id, &events)
         .await
         .context("reading the audit log")?;
+    let root_keys = check::root_keys::check(cluster).await;
     let count = |kind| ops.iter().filter(|o| o.outcome == kind).count();
     let report = ScheduleReport {
         schedule: n,
@@ -383,6 +394,7 @@ async fn run_schedule(
         convergence,
         revocation: check::revocation::check(&ops, REVOCATION_BOUND_MS),
         audit,
+        root_keys,
     };
     cluster
         .http

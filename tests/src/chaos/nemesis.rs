@@ -49,6 +49,9 @@ pub enum Fault {
     CrashAtFailpoint { node: u64, failpoint: String },
     /// Join a new node to the cluster (a voter), then remove it from the membership and stop it.
     AddRemoveNode,
+    /// Ask a node (chosen by the seed) to rotate the root key: the rotation runs on the
+    /// control-plane leader under whatever comes next; nothing to heal.
+    RotateRootKey { via: u64 },
 }
 
 /// The name of every kind of fault (for `--faults`).
@@ -64,6 +67,7 @@ pub const FAULT_KINDS: &[&str] = &[
     "restart-all",
     "crash-at-failpoint",
     "add-remove-node",
+    "rotate-root-key",
 ];
 
 /// Failpoints a node may be crashed at, with how often each fires once armed (fail-rs
@@ -73,6 +77,8 @@ pub const CRASH_FAILPOINTS: &[(&str, &str)] = &[
     ("raft::apply::before", "10%1*panic"),
     ("raft::snapshot::before_persist", "1*panic"),
     ("raft::snapshot::install::before", "1*panic"),
+    // Fires only on a control-plane leader re-wrapping project keys in a rotation.
+    ("conifer::root_rotation::after_rewrap", "1*panic"),
 ];
 
 impl Fault {
@@ -80,7 +86,7 @@ impl Fault {
     fn pick(rng: &mut StdRng, nodes: u64) -> Self {
         let all: Vec<u64> = (1..=nodes).collect();
         let any = |rng: &mut StdRng| *all.choose(rng).expect("a cluster has nodes");
-        match rng.gen_range(0..11) {
+        match rng.gen_range(0..12) {
             0 => Fault::KillNode { node: any(rng) },
             1 => Fault::KillControlLeader,
             2 => Fault::KillShardLeader,
@@ -112,7 +118,8 @@ impl Fault {
                 }
             }
             10 => Fault::AddRemoveNode,
-            _ => unreachable!("gen_range(0..11)"),
+            11 => Fault::RotateRootKey { via: any(rng) },
+            _ => unreachable!("gen_range(0..12)"),
         }
     }
 
@@ -130,6 +137,7 @@ impl Fault {
             Fault::RestartAll => "restart-all",
             Fault::CrashAtFailpoint { .. } => "crash-at-failpoint",
             Fault::AddRemoveNode => "add-remove-node",
+            Fault::RotateRootKey { .. } => "rotate-root-key",
         }
     }
 }
@@ -364,6 +372,22 @@ impl<'a> Nemesis<'a> {
                 proc.spawn()?;
                 Injected::Armed(*node)
             }
+            Fault::RotateRootKey { via } => {
+                let answer = self
+                    .cluster
+                    .http
+                    .post(self.cluster.url(*via, "/admin/cluster/root-keys/rotate"))
+                    .bearer_auth(self.cluster.admin_token())
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                let detail = match answer {
+                    Ok(resp) => json!({ "status": resp.status().as_u16() }),
+                    Err(e) => json!({ "error": e.to_string() }),
+                };
+                self.note(EventType::Info, name, Some(*via), detail);
+                Injected::Nothing
+            }
             Fault::AddRemoveNode => match self.cluster.add_node(false).await {
                 Ok(id) => Injected::Added(id),
                 Err(e) => {
@@ -386,7 +410,8 @@ impl<'a> Nemesis<'a> {
             EventType::Invoke,
             name,
             target,
-            json!({ "fault": fault, "applied": !matches!(injected, Injected::Nothing) || *fault == Fault::RestartAll }),
+            json!({ "fault": fault, "applied": !matches!(injected, Injected::Nothing)
+                || matches!(fault, Fault::RestartAll | Fault::RotateRootKey { .. }) }),
         );
         Ok(injected)
     }

@@ -8,6 +8,7 @@ pub mod convergence;
 pub mod durability;
 pub mod linear;
 pub mod revocation;
+pub mod root_keys;
 
 use serde::Serialize;
 
@@ -36,6 +37,8 @@ pub struct ScheduleReport {
     pub revocation: revocation::RevocationReport,
     /// Acknowledged control-plane actions against their audit events.
     pub audit: audit::AuditReport,
+    /// Root key rotations finished and every member on the one current version.
+    pub root_keys: root_keys::RootKeysReport,
 }
 
 impl ScheduleReport {
@@ -56,5 +59,6 @@ impl ScheduleReport {
             + usize::from(!self.convergence.converged)
             + self.revocation.accepted_after_bound.len()
             + self.audit.violations()
+            + usize::from(!self.root_keys.settled)
     }
 }
