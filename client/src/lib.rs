@@ -231,6 +231,17 @@ impl AdminClient {
             .await
     }
 
+    /// `POST /indexes/{name}/rotate-key`: starts a rotation of the index's data key (202);
+    /// the index model, whose `encryption.rotation` shows the progress.
+    pub async fn rotate_index_key(&self, name: &str) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/indexes/{}/rotate-key", segment(name)),
+            None,
+        )
+        .await
+    }
+
     /// `DELETE /indexes/{name}`.
     pub async fn delete_index(&self, name: &str) -> Result<(), ClientError> {
         self.delete(&format!("/indexes/{}", segment(name))).await

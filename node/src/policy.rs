@@ -200,6 +200,8 @@ operations! {
         [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_CONTROL_EDITOR];
     IndexDelete => "index.delete", Project,
         [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_CONTROL_EDITOR];
+    IndexRotateKey => "index.rotate_key", Project,
+        [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_CONTROL_EDITOR];
 
     VectorUpsert => "vector.upsert", Project,
         [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_DATA_EDITOR];
@@ -289,9 +291,11 @@ impl Operation {
             | O::VectorList
             | O::NamespaceList
             | O::NamespaceDescribe => (V::Read, T::Index),
-            O::IndexConfigure | O::VectorUpsert | O::VectorUpdate | O::VectorDelete => {
-                (V::Update, T::Index)
-            }
+            O::IndexConfigure
+            | O::IndexRotateKey
+            | O::VectorUpsert
+            | O::VectorUpdate
+            | O::VectorDelete => (V::Update, T::Index),
             O::IndexDelete | O::NamespaceDelete => (V::Delete, T::Index),
         }
     }
@@ -453,6 +457,11 @@ pub const ROUTES: &[(&str, &str, Operation)] = &[
     ("GET", "/indexes", Operation::IndexList),
     ("GET", "/indexes/{name}", Operation::IndexDescribe),
     ("PATCH", "/indexes/{name}", Operation::IndexConfigure),
+    (
+        "POST",
+        "/indexes/{name}/rotate-key",
+        Operation::IndexRotateKey,
+    ),
     ("DELETE", "/indexes/{name}", Operation::IndexDelete),
     ("POST", "/vectors/upsert", Operation::VectorUpsert),
     ("POST", "/vectors/update", Operation::VectorUpdate),

@@ -30,6 +30,11 @@ pub trait ValueCipher: Send + Sync + 'static {
     fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8>;
     /// Decrypts a value sealed with the same `aad`.
     fn open(&self, aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, CipherError>;
+    /// Whether `ciphertext` was sealed with a key this cipher no longer seals with (a key
+    /// rotation re-seals such values). A cipher with one key never has any.
+    fn is_stale(&self, _ciphertext: &[u8]) -> bool {
+        false
+    }
 }
 
 /// The cipher of each Raft group other than group 0 (whose values, like the node's own,

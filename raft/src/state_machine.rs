@@ -165,6 +165,13 @@ impl<S: StateMachine> StateHandle<S> {
         let guard = self.applied.read().unwrap_or_else(|p| p.into_inner());
         guard.last_applied.map(|l| l.index).unwrap_or(0)
     }
+
+    /// Runs `f` while applies, snapshot checkpoints and readers of the state are held off
+    /// (re-sealing the state's values in place). `f` must be short: reads wait for it.
+    pub fn exclusive<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _alone = self.applied.write().unwrap_or_else(|p| p.into_inner());
+        f()
+    }
 }
 
 /// openraft's view of an application state machine of one group.

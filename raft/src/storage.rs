@@ -100,11 +100,12 @@ impl NodeStorage {
         &self.db
     }
 
-    /// The cipher of the value under `cf`/`key`: the node's for node-local settings and
-    /// group 0, else the group's (its id is the key's first 8 bytes).
+    /// The cipher of the value under `cf`/`key`: the node's for node-local settings, Raft
+    /// metadata (votes, commit and purge marks: terms, indexes and node ids only) and group
+    /// 0, else the group's (its id is the key's first 8 bytes).
     fn cipher_for(&self, cf: &str, key: &[u8]) -> Result<Arc<dyn ValueCipher>, StorageFault> {
         let group = match key.first_chunk::<8>() {
-            Some(prefix) if cf != CF_NODE => GroupId::from_be_bytes(*prefix),
+            Some(prefix) if cf != CF_NODE && cf != CF_RAFT_META => GroupId::from_be_bytes(*prefix),
             _ => return Ok(self.cipher.clone()),
         };
         if group == crate::types::CONTROL_GROUP {
@@ -209,6 +210,80 @@ pub fn printable(key: &[u8]) -> String {
 }
 
 impl NodeStorage {
+    /// Re-seals with `group`'s current cipher up to `limit` of its values under `cf` that
+    /// were sealed with a key it no longer seals with, from key `from` on (the group's
+    /// first key when `None`); returns how many it rewrote and the key to go on from (`None`
+    /// once the group's last key was passed). The caller keeps every other writer of those
+    /// keys out meanwhile (see `StateHandle::exclusive`).
+    pub fn reseal(
+        &self,
+        cf: &str,
+        group: GroupId,
+        from: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(usize, Option<Vec<u8>>), StorageFault> {
+        let cipher = self
+            .groups
+            .cipher(group)
+            .map_err(|e| StorageFault::KeyUnavailable { group, reason: e.0 })?;
+        let start = from.unwrap_or_else(|| Self::group_key(group, &[]));
+        let end = Self::group_key(group + 1, &[]);
+        let handle = self.cf(cf)?;
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(end);
+        let iter = self.db.iterator_cf_opt(
+            handle,
+            opts,
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        let mut batch = WriteBatch::default();
+        let mut rewritten = 0;
+        for item in iter {
+            let (key, sealed) = item?;
+            if rewritten == limit {
+                self.write_synced(batch)?;
+                return Ok((rewritten, Some(key.to_vec())));
+            }
+            if !cipher.is_stale(&sealed) {
+                continue;
+            }
+            let aad = Self::aad(cf, &key);
+            let plain = cipher
+                .open(&aad, &sealed)
+                .map_err(|e| StorageFault::Decrypt {
+                    key: format!("{cf}/{}", printable(&key)),
+                    reason: e.0,
+                })?;
+            batch.put_cf(handle, &key, cipher.seal(&aad, &plain));
+            rewritten += 1;
+        }
+        self.write_synced(batch)?;
+        Ok((rewritten, None))
+    }
+
+    /// How many of `group`'s values under `cf` were sealed with a key its cipher no longer
+    /// seals with.
+    pub fn stale_values(&self, cf: &str, group: GroupId) -> Result<usize, StorageFault> {
+        let cipher = self
+            .groups
+            .cipher(group)
+            .map_err(|e| StorageFault::KeyUnavailable { group, reason: e.0 })?;
+        let handle = self.cf(cf)?;
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(Self::group_key(group + 1, &[]));
+        let start = Self::group_key(group, &[]);
+        let mut stale = 0;
+        for item in self.db.iterator_cf_opt(
+            handle,
+            opts,
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        ) {
+            let (_, sealed) = item?;
+            stale += usize::from(cipher.is_stale(&sealed));
+        }
+        Ok(stale)
+    }
+
     /// Deletes every key of `group` in every column family (a shard replica that left this node).
     pub fn delete_group(&self, group: GroupId) -> Result<(), StorageFault> {
         let from = Self::group_key(group, &[]);

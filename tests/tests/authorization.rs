@@ -970,6 +970,21 @@ fn rest_cases() -> Vec<Case> {
             )),
         ),
         case(
+            "POST",
+            "/indexes/{name}/rotate-key",
+            INDEX_WRITERS,
+            NOT_IN_A,
+            202,
+            prep!(|w, via, p, fresh| {
+                let name = if fresh {
+                    w.fresh_index(via).await
+                } else {
+                    INDEX.to_string()
+                };
+                req(Method::POST, format!("/indexes/{name}/rotate-key"), None)
+            }),
+        ),
+        case(
             "DELETE",
             "/indexes/{name}",
             INDEX_WRITERS,

@@ -88,13 +88,26 @@ async fn upsert(cluster: &Cluster, key: &str, index: &str, records: usize) {
                        "metadata": {"n": i}})
             })
             .collect();
-        let resp = cluster
-            .data(1, key, index, Method::POST, "/vectors/upsert")
-            .json(&json!({ "vectors": vectors }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
+        // Retried while the shard elects a leader (a cluster just restarted).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let resp = cluster
+                .data(1, key, index, Method::POST, "/vectors/upsert")
+                .json(&json!({ "vectors": vectors }))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            if status == 200 {
+                break;
+            }
+            let body = resp.text().await.unwrap_or_default();
+            assert!(
+                status == 503 && Instant::now() < deadline,
+                "upsert into {index}: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 
@@ -337,4 +350,164 @@ async fn deleting_an_index_shreds_it_for_a_copy_of_a_data_directory_taken_before
         started["event"]["parameters"]["reason"], "shredding",
         "{started}"
     );
+}
+
+/// How many values of shard groups (not group 0) each column family of a stopped node's
+/// database holds, by the index data key version that sealed them (format byte 2, then the
+/// version).
+fn sealed_versions(data_dir: &Path) -> std::collections::BTreeMap<(String, u32), usize> {
+    use conifer_raft::storage::{CF_RAFT_LOG, CF_STATE};
+    let db = conifer_raft::rocksdb::DB::open_cf_for_read_only(
+        &conifer_raft::rocksdb::Options::default(),
+        data_dir.join("db"),
+        conifer_raft::storage::COLUMN_FAMILIES,
+        false,
+    )
+    .unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for cf in [CF_STATE, CF_RAFT_LOG] {
+        for item in db.iterator_cf(
+            db.cf_handle(cf).unwrap(),
+            conifer_raft::rocksdb::IteratorMode::Start,
+        ) {
+            let (key, value) = item.unwrap();
+            if key.len() < 8 || key[..8] == [0u8; 8] {
+                continue;
+            }
+            assert_eq!(
+                value.first(),
+                Some(&2),
+                "a shard value not sealed by an index key"
+            );
+            let version = u32::from_be_bytes(value[1..5].try_into().unwrap());
+            *counts.entry((cf.to_string(), version)).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+async fn describe(cluster: &Cluster, key: &str, via: u64, index: &str) -> Value {
+    cluster
+        .http
+        .get(cluster.url(via, &format!("/indexes/{index}")))
+        .header("Api-Key", key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_key_rotation_killed_midway_resumes_and_leaves_nothing_under_the_old_key() {
+    const BEFORE: usize = 600;
+    const AFTER: usize = 650;
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        nodes: 3,
+        env: vec![(
+            "FAILPOINTS".into(),
+            "conifer::index_rotation::after_batch=1*panic".into(),
+        )],
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let key = cluster.api_key();
+    cluster
+        .create_index(1, &key, "rekeyed", 4, "cosine")
+        .await
+        .unwrap();
+    upsert(&cluster, &key, "rekeyed", BEFORE).await;
+    every_record_everywhere(&cluster, &key, "rekeyed", BEFORE).await;
+
+    let resp = cluster
+        .http
+        .post(cluster.url(1, "/indexes/rekeyed/rotate-key"))
+        .header("Api-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let started: Value = resp.json().await.unwrap();
+    assert_eq!(started["encryption"]["data_key_version"], 2, "{started}");
+    assert_eq!(
+        started["encryption"]["rotation"]["from_versions"],
+        json!([1])
+    );
+
+    // Each replica dies after its first re-sealed batch.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (1..=3).all(|id| cluster.node(id).is_running()) {
+        assert!(Instant::now() < deadline, "no replica died mid-re-seal");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in 1..=3 {
+        cluster.node(id).kill();
+    }
+    let midway = (1..=3)
+        .map(|id| sealed_versions(&cluster.nodes[id - 1].data_dir))
+        .filter(|counts| {
+            let state = |v| counts.get(&("state".to_string(), v)).copied().unwrap_or(0);
+            state(1) > 0 && state(2) > 0
+        })
+        .count();
+    assert!(
+        midway > 0,
+        "a replica holds values under both versions after the crash"
+    );
+
+    for id in 1..=3 {
+        let node = cluster.node(id);
+        node.env.clear();
+        node.spawn().unwrap();
+    }
+    for id in 1..=3 {
+        cluster.wait_serving(id).await.unwrap();
+    }
+    // Writes and reads go on while the rotation finishes.
+    upsert(&cluster, &key, "rekeyed", AFTER).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let index = describe(&cluster, &key, 2, "rekeyed").await;
+        if index["encryption"]["rotation"].is_null() && index["encryption"]["data_key_version"] == 2
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotation did not finish: {index}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    every_record_everywhere(&cluster, &key, "rekeyed", AFTER).await;
+    for id in 1..=3 {
+        cluster.node(id).kill();
+    }
+    for id in 1..=3 {
+        let counts = sealed_versions(&cluster.nodes[id - 1].data_dir);
+        assert!(
+            counts.keys().all(|(_, v)| *v == 2),
+            "node {id} still holds values under data key version 1: {counts:?}"
+        );
+        assert!(counts.contains_key(&("state".to_string(), 2)), "{counts:?}");
+    }
+    // Version 1 is gone from the control plane: the cluster starts and serves without it.
+    for id in 1..=3 {
+        cluster.node(id).spawn().unwrap();
+    }
+    for id in 1..=3 {
+        cluster.wait_serving(id).await.unwrap();
+    }
+    every_record_everywhere(&cluster, &key, "rekeyed", AFTER).await;
+    let org = cluster.organization_id();
+    let (events, _) = cluster.audit_chain(1, Some(&org)).await.unwrap();
+    let ops = operations(&events);
+    assert!(ops.iter().any(|o| o == "index.rotate_key"), "{ops:?}");
+    let retired = events.iter().any(|e| {
+        e["event"]["operation"] == "index.key_resealed"
+            && e["event"]["parameters"]["older_versions_retired"] == true
+    });
+    assert!(retired, "{ops:?}");
 }

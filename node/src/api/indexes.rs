@@ -111,6 +111,24 @@ fn encryption_json(state: &ApiState, index: &Index) -> Value {
         }
         KeyStatus::NotLoaded => out["key_state"] = json!("not_loaded"),
     }
+    if index.keys.versions.len() > 1 {
+        out["rotation"] = json!({
+            "from_versions": index
+                .keys
+                .versions
+                .iter()
+                .filter(|v| v.version != index.keys.current)
+                .map(|v| v.version)
+                .collect::<Vec<_>>(),
+            "to_version": index.keys.current,
+            "replicas_resealed": index
+                .replicas
+                .iter()
+                .filter(|r| index.keys.resealed.contains(r))
+                .count(),
+            "replicas": index.replicas.len(),
+        });
+    }
     out
 }
 
@@ -813,6 +831,54 @@ pub async fn configure(
     });
     match caller.propose(command).await? {
         Output::Index(index) => Ok(Json(render_one(&state, index, schema_api(&headers)).await)),
+        other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// `POST /indexes/{name}/rotate-key`: starts a rotation of the index's data key and
+/// answers 202 with the index (its `encryption.rotation` shows the progress). The new
+/// version is made as the first was (the project's customer-managed KMS key, or wrapped by
+/// the project key); new values are sealed with it at once, and every replica re-seals its
+/// stored values in the background while the index serves reads and writes; the older
+/// version is dropped once every replica is done. 412 `FAILED_PRECONDITION` while a
+/// rotation of the index runs.
+pub async fn rotate_key(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let project_id = project(&state, &caller, &headers).await?;
+    state.control.linearizable_barrier().await?;
+    let current = find(&state, &project_id, &name)?;
+    let (project_key, cmek) = state
+        .control
+        .read(|s| {
+            s.projects
+                .get(&project_id)
+                .map(|p| (p.key.clone(), p.cmek_key_arn.clone()))
+        })
+        .ok_or_else(|| ApiError::not_found(format!("project {project_id} not found")))?;
+    let version = state
+        .keys
+        .new_index_key_version(
+            &project_id,
+            &project_key,
+            cmek.as_deref(),
+            &name,
+            current.keys.current + 1,
+        )
+        .await?;
+    let command = Command::Index(IndexCommand::RotateKey {
+        project_id,
+        name,
+        version,
+    });
+    match caller.propose(command).await? {
+        Output::Index(index) => Ok((
+            StatusCode::ACCEPTED,
+            Json(render_one(&state, index, schema_api(&headers)).await),
+        )),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
 }

@@ -288,6 +288,7 @@ fn handler(method: MethodFilter, operation: Operation) -> MethodRouter<ApiState>
         O::IndexList => on(method, indexes::list),
         O::IndexDescribe => on(method, indexes::describe),
         O::IndexConfigure => on(method, indexes::configure),
+        O::IndexRotateKey => on(method, indexes::rotate_key),
         O::IndexDelete => on(method, indexes::delete),
         O::VectorUpsert => on(method, data::upsert),
         O::VectorUpdate => on(method, data::update),

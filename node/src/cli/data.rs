@@ -153,6 +153,18 @@ pub enum IndexCommand {
         /// Index name.
         name: String,
     },
+    /// Re-encrypt an index under a new data key, in the background while it serves, with a
+    /// progress bar of the replicas done; the old key is dropped once every replica is.
+    RotateKey {
+        /// Index name.
+        name: String,
+        /// Return once the rotation started instead of waiting for it to finish.
+        #[arg(long)]
+        no_wait: bool,
+        /// Longest wait, in seconds, before giving up (the rotation carries on).
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
 }
 
 fn parse_tag(text: &str) -> Result<(String, String), String> {
@@ -440,9 +452,68 @@ pub async fn run_index(args: IndexArgs) -> anyhow::Result<()> {
             eprintln!("deleted index {name}");
             return Ok(());
         }
+        IndexCommand::RotateKey {
+            name,
+            no_wait,
+            timeout_s,
+        } => {
+            let started = c.rotate_index_key(&name).await?;
+            let to = started["encryption"]["data_key_version"]
+                .as_u64()
+                .unwrap_or(0);
+            eprintln!("index {name}: re-encrypting under data key version {to}");
+            if no_wait {
+                started
+            } else {
+                wait_rotated(&c, &name, std::time::Duration::from_secs(timeout_s)).await?
+            }
+        }
     };
     print(args.connection.output, &value);
     Ok(())
+}
+
+/// Follows an index key rotation with a progress bar (replicas re-sealed out of all) until
+/// the older data key versions are dropped; answers the index then.
+async fn wait_rotated(
+    c: &AdminClient,
+    name: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<Value> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} re-encrypting [{bar:30}] {pos}/{len} replicas re-sealed ({elapsed})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let index = c.describe_index(name).await?;
+        let rotation = &index["encryption"]["rotation"];
+        if rotation.is_null() {
+            bar.finish_and_clear();
+            eprintln!(
+                "index {name}: every replica is sealed under data key version {}; the older \
+                 versions are dropped",
+                index["encryption"]["data_key_version"]
+            );
+            return Ok(index);
+        }
+        bar.set_length(rotation["replicas"].as_u64().unwrap_or(0));
+        bar.set_position(rotation["replicas_resealed"].as_u64().unwrap_or(0));
+        if std::time::Instant::now() >= deadline {
+            bar.abandon();
+            bail!(
+                "index {name} is still re-encrypting after {} s; it carries on — follow it \
+                 with `conifer index describe {name}`",
+                timeout.as_secs()
+            );
+        }
+        bar.tick();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// The columns of `index list`.

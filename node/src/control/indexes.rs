@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::audit::index_resource;
 use super::state::{check_new, not_found, ControlState, Outcome, Output, Rejection};
 use crate::audit::{Params, Resource, ResourceType, Verb};
+use crate::crypto::hierarchy::IndexKeyVersion;
 use crate::crypto::IndexKeys;
 pub use crate::shard::engine::Metric;
 
@@ -93,6 +94,30 @@ pub enum IndexCommand {
         /// Index name.
         name: String,
     },
+    /// Start a rotation of an index's data key: `version` (the next version, made by the
+    /// proposer) becomes current — new values are sealed with it — and the older versions
+    /// stay until every replica re-sealed its values ([`IndexCommand::KeyResealed`]).
+    /// Refused while a rotation runs.
+    RotateKey {
+        /// Owning project.
+        project_id: String,
+        /// Index name.
+        name: String,
+        /// The new version.
+        version: IndexKeyVersion,
+    },
+    /// Node `node`'s replica holds no value sealed with a version older than `version`;
+    /// when every replica's node has said so, the older versions are dropped.
+    KeyResealed {
+        /// Owning project.
+        project_id: String,
+        /// Index name.
+        name: String,
+        /// The node.
+        node: u64,
+        /// The version its replica is sealed with.
+        version: u32,
+    },
 }
 
 impl ControlState {
@@ -156,6 +181,76 @@ impl ControlState {
                 }
                 if let Some(tags) = tags_json {
                     index.tags_json = tags;
+                }
+                Ok(Output::Index(index.clone()))
+            }
+            IndexCommand::RotateKey {
+                project_id,
+                name,
+                version,
+            } => {
+                let index = self
+                    .indexes
+                    .get_mut(&(project_id, name.clone()))
+                    .ok_or_else(|| not_found("index", &name))?;
+                let keys = &mut index.keys;
+                if keys.versions.len() > 1 {
+                    return Err(Rejection::Invalid(format!(
+                        "index '{name}' is still re-encrypting under data key version {}; \
+                         rotate again once it finished",
+                        keys.current
+                    )));
+                }
+                if version.version != keys.current + 1 {
+                    return Err(Rejection::Invalid(format!(
+                        "index '{name}''s next data key version is {}, not {}",
+                        keys.current + 1,
+                        version.version
+                    )));
+                }
+                if let Some(cmek) = self
+                    .projects
+                    .get(&index.project_id)
+                    .and_then(|p| p.cmek_key_arn.as_ref())
+                {
+                    let by_cmek = version.wrapped.provider == crate::crypto::kms::KMS_PROVIDER
+                        && version.wrapped.key_id == *cmek;
+                    if !by_cmek {
+                        return Err(Rejection::Invalid(format!(
+                            "index '{name}''s project encrypts with the customer-managed key \
+                             {cmek}, and the new data key was made without it"
+                        )));
+                    }
+                }
+                keys.current = version.version;
+                keys.versions.push(version);
+                keys.resealed.clear();
+                Ok(Output::Index(index.clone()))
+            }
+            IndexCommand::KeyResealed {
+                project_id,
+                name,
+                node,
+                version,
+            } => {
+                let index = self
+                    .indexes
+                    .get_mut(&(project_id, name.clone()))
+                    .ok_or_else(|| not_found("index", &name))?;
+                let keys = &mut index.keys;
+                if version != keys.current || keys.versions.len() < 2 {
+                    return Err(Rejection::Invalid(format!(
+                        "index '{name}' is not re-encrypting under data key version {version}"
+                    )));
+                }
+                if !keys.resealed.contains(&node) {
+                    keys.resealed.push(node);
+                    keys.resealed.sort_unstable();
+                }
+                if index.replicas.iter().all(|r| keys.resealed.contains(r)) {
+                    let current = keys.current;
+                    keys.versions.retain(|v| v.version >= current);
+                    keys.resealed.clear();
                 }
                 Ok(Output::Index(index.clone()))
             }
@@ -258,6 +353,38 @@ pub(super) fn describe(state: &ControlState, command: &IndexCommand) -> Resource
         IndexCommand::Delete { project_id, name } => {
             index_resource(state, Verb::Delete, project_id, name)
                 .params(Params::default().with("project_id", project_id.as_str()))
+        }
+        IndexCommand::RotateKey {
+            project_id,
+            name,
+            version,
+        } => index_resource(state, Verb::Update, project_id, name).params(
+            Params::default()
+                .with("project_id", project_id.as_str())
+                .with("data_key_version", version.version),
+        ),
+        IndexCommand::KeyResealed {
+            project_id,
+            name,
+            node,
+            version,
+        } => {
+            // Whether this report is the last one, after which the older versions go.
+            let finishes = state
+                .indexes
+                .get(&(project_id.clone(), name.clone()))
+                .is_some_and(|i| {
+                    i.replicas
+                        .iter()
+                        .all(|r| r == node || i.keys.resealed.contains(r))
+                });
+            index_resource(state, Verb::Update, project_id, name).params(
+                Params::default()
+                    .with("project_id", project_id.as_str())
+                    .with("node", *node)
+                    .with("data_key_version", *version)
+                    .with("older_versions_retired", finishes),
+            )
         }
     }
 }

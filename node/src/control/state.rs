@@ -255,11 +255,11 @@ impl ControlState {
     }
 }
 /// Format of control-plane commands in group 0's log (and in forwarded proposals).
-pub const COMMAND_FORMAT: Format = Format::new("control-plane command", 2);
+pub const COMMAND_FORMAT: Format = Format::new("control-plane command", 3);
 /// Format of group 0's snapshots: the whole [`ControlState`].
-pub const SNAPSHOT_FORMAT: Format = Format::new("control-plane snapshot", 2);
+pub const SNAPSHOT_FORMAT: Format = Format::new("control-plane snapshot", 3);
 /// Format of a command's [`Outcome`], as the response of its proposal.
-pub const OUTCOME_FORMAT: Format = Format::new("control-plane outcome", 2);
+pub const OUTCOME_FORMAT: Format = Format::new("control-plane outcome", 3);
 
 /// Adapter that lets Raft replicate [`ControlState`].
 #[derive(Default)]

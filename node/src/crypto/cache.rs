@@ -136,20 +136,39 @@ impl KeyCache {
         cmek: Option<&str>,
         index: &str,
     ) -> Result<IndexKeys, CryptoError> {
+        let first = self
+            .new_index_key_version(project_id, project_key, cmek, index, 1)
+            .await?;
+        Ok(IndexKeys {
+            current: 1,
+            versions: vec![first],
+            resealed: Vec::new(),
+        })
+    }
+
+    /// Version `version` of an index's data key, new (an index created, or its key
+    /// rotated): made by the project's customer-managed KMS key `cmek` when it has one,
+    /// else wrapped by its project key.
+    pub async fn new_index_key_version(
+        &self,
+        project_id: &str,
+        project_key: &ProjectKey,
+        cmek: Option<&str>,
+        index: &str,
+        version: u32,
+    ) -> Result<IndexKeyVersion, CryptoError> {
         let Some(arn) = cmek else {
             let (kek, _) = self.project_key(project_id, project_key).await?;
-            return Ok(hierarchy::new_index_keys(&kek, project_id, index));
+            return Ok(hierarchy::new_index_key_version(
+                &kek, project_id, index, version,
+            ));
         };
-        let version = 1;
         let context = hierarchy::index_context(project_id, index, version);
         let (_, wrapped) = self.kms.key(arn)?.generate(&context).await?;
-        Ok(IndexKeys {
-            current: version,
-            versions: vec![IndexKeyVersion {
-                version,
-                wrapped,
-                created_at: crate::now_rfc3339(),
-            }],
+        Ok(IndexKeyVersion {
+            version,
+            wrapped,
+            created_at: crate::now_rfc3339(),
         })
     }
 

@@ -50,6 +50,10 @@ pub struct IndexKeys {
     pub current: u32,
     /// Every version values may still be sealed with.
     pub versions: Vec<IndexKeyVersion>,
+    /// While older versions are listed (a key rotation): the nodes whose replica holds no
+    /// value sealed with them any more. Once every replica's node is here, the older
+    /// versions are dropped.
+    pub resealed: Vec<u64>,
 }
 
 impl ProjectKey {
@@ -90,6 +94,7 @@ impl IndexKeys {
                 },
                 created_at: "t".into(),
             }],
+            resealed: Vec::new(),
         }
     }
 }
@@ -170,24 +175,34 @@ pub async fn rewrap_project_key(
 
 /// A new index's first data key (version 1), wrapped by its project key.
 pub fn new_index_keys(project_key: &DataKey, project_id: &str, index: &str) -> IndexKeys {
-    let version = 1;
+    IndexKeys {
+        current: 1,
+        versions: vec![new_index_key_version(project_key, project_id, index, 1)],
+        resealed: Vec::new(),
+    }
+}
+
+/// Version `version` of an index's data key, new, wrapped by its project key.
+pub fn new_index_key_version(
+    project_key: &DataKey,
+    project_id: &str,
+    index: &str,
+    version: u32,
+) -> IndexKeyVersion {
     let key = random_key();
     let sealed = project_key.seal(
         index_context(project_id, index, version).as_bytes(),
         key.as_ref(),
     );
-    IndexKeys {
-        current: version,
-        versions: vec![IndexKeyVersion {
-            version,
-            wrapped: WrappedKey {
-                provider: PROJECT_KEY_PROVIDER.to_string(),
-                kek_version: 1,
-                ciphertext: B64.encode(sealed),
-                key_id: String::new(),
-            },
-            created_at: crate::now_rfc3339(),
-        }],
+    IndexKeyVersion {
+        version,
+        wrapped: WrappedKey {
+            provider: PROJECT_KEY_PROVIDER.to_string(),
+            kek_version: 1,
+            ciphertext: B64.encode(sealed),
+            key_id: String::new(),
+        },
+        created_at: crate::now_rfc3339(),
     }
 }
 
@@ -245,6 +260,15 @@ impl ValueCipher for KeySet {
         out.extend_from_slice(&self.current.to_be_bytes());
         key.seal_into(&mut out, &Self::versioned_aad(aad, self.current), plaintext);
         out
+    }
+
+    fn is_stale(&self, sealed: &[u8]) -> bool {
+        match sealed {
+            [SEALED_FORMAT_VERSIONED, v0, v1, v2, v3, ..] => {
+                u32::from_be_bytes([*v0, *v1, *v2, *v3]) != self.current
+            }
+            _ => false,
+        }
     }
 
     fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CipherError> {

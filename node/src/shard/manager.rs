@@ -28,6 +28,12 @@ use crate::crypto::{KeyCache, KeyStatus};
 
 /// Period of the reconciler (and of the check that stops replicas whose keys expired).
 pub const RECONCILE_INTERVAL_MS: u64 = 250;
+/// How often a node looks for replicas to re-seal after an index key rotation.
+pub const RESEAL_CHECK_MS: u64 = 1_000;
+/// Values re-sealed per step while the replica's applies and reads wait (a few ms).
+pub const RESEAL_BATCH_VALUES: usize = 256;
+/// Longest wait for a replica's snapshot before its older log entries are purged.
+pub const RESEAL_SNAPSHOT_WAIT_MS: u64 = 30_000;
 /// Longest a reconciler pass waits for the first unwrap of the keys of indexes it has not
 /// loaded yet (all at once); slower ones finish in the background and their groups start
 /// on a later pass, so a key provider that does not answer holds up no other index.
@@ -205,6 +211,125 @@ impl ShardManager {
         }
     }
 
+    /// Re-seals, one after the other, the replicas here of indexes whose data key is being
+    /// rotated ([`IndexCommand::RotateKey`]) and that this node has not reported done,
+    /// once this node seals with the new version.
+    pub async fn reseal_pass(&self) {
+        let me = self.node_id();
+        let rotating: Vec<Index> = self.inner.control.read(|s| {
+            s.indexes
+                .values()
+                .filter(|i| {
+                    i.replicas.contains(&me)
+                        && i.keys.versions.len() > 1
+                        && !i.keys.resealed.contains(&me)
+                })
+                .cloned()
+                .collect()
+        });
+        for index in rotating {
+            let ready = matches!(
+                self.inner.keys.status(index.group_id),
+                KeyStatus::Available { version } if version == index.keys.current
+            );
+            let Some(shard) = self.get(index.group_id).filter(|_| ready) else {
+                continue;
+            };
+            match self.reseal(&shard, &index).await {
+                Ok(true) => {
+                    let context = crate::audit::AuditContext::internal(
+                        "index.key_resealed",
+                        crate::audit::ActorRef::system(),
+                        me,
+                    );
+                    let command = Command::Index(IndexCommand::KeyResealed {
+                        project_id: index.project_id.clone(),
+                        name: index.name.clone(),
+                        node: me,
+                        version: index.keys.current,
+                    });
+                    match self.inner.control.propose_as(context, command).await {
+                        Ok(_) => tracing::info!(
+                            group = index.group_id,
+                            index = %index.name,
+                            version = index.keys.current,
+                            "replica re-sealed under the new data key"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(group = index.group_id, "re-seal not recorded: {e}")
+                        }
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(group = index.group_id, index = %index.name, "re-seal: {e}")
+                }
+            }
+        }
+    }
+
+    /// Re-seals `shard`'s state under its current data key in batches (its applies and reads
+    /// wait for each batch, a few ms), then snapshots it and purges its log up to the
+    /// snapshot, so no entry sealed with an older version stays. Returns whether nothing of
+    /// the replica is sealed with an older version any more (else the next pass goes on).
+    async fn reseal(&self, shard: &HostedShard, index: &Index) -> anyhow::Result<bool> {
+        use conifer_raft::storage::{CF_RAFT_LOG, CF_STATE};
+        let storage = &self.inner.storage;
+        let group = shard.group;
+        let mut from = None;
+        let mut rewritten = 0;
+        loop {
+            let (n, next) = shard
+                .state
+                .exclusive(|| storage.reseal(CF_STATE, group, from.take(), RESEAL_BATCH_VALUES))?;
+            rewritten += n;
+            #[cfg(feature = "failpoints")]
+            if n > 0 {
+                fail::fail_point!("conifer::index_rotation::after_batch");
+            }
+            match next {
+                Some(key) => from = Some(key),
+                None => break,
+            }
+            tokio::task::yield_now().await;
+        }
+        if rewritten > 0 {
+            tracing::info!(
+                group,
+                index = %index.name,
+                values = rewritten,
+                version = index.keys.current,
+                "re-sealed the replica's stored values under the new data key"
+            );
+        }
+        if storage.stale_values(CF_RAFT_LOG, group)? > 0 {
+            // Log entries are not rewritten in place (a truncation may replace one at the
+            // same index meanwhile): a snapshot, then a purge up to it, removes them.
+            let applied = shard.state.applied_index();
+            shard.raft.trigger().snapshot().await?;
+            let deadline =
+                std::time::Instant::now() + Duration::from_millis(RESEAL_SNAPSHOT_WAIT_MS);
+            let snapshot = loop {
+                let at = shard
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .snapshot
+                    .map_or(0, |s| s.index);
+                if at >= applied {
+                    break at;
+                }
+                if std::time::Instant::now() >= deadline {
+                    anyhow::bail!("no snapshot of group {group} at {applied} yet");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            shard.raft.trigger().purge_log(snapshot).await?;
+            return Ok(false);
+        }
+        Ok(storage.stale_values(CF_STATE, group)? == 0)
+    }
+
     /// The replica of shard group `group`, if hosted here.
     pub fn get(&self, group: u64) -> Option<HostedShard> {
         self.inner
@@ -249,6 +374,13 @@ impl ShardManager {
             loop {
                 expiry.enforce_key_expiry().await;
                 tokio::time::sleep(Duration::from_millis(RECONCILE_INTERVAL_MS)).await;
+            }
+        });
+        let resealer = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(RESEAL_CHECK_MS)).await;
+                resealer.reseal_pass().await;
             }
         });
         let manager = self.clone();
