@@ -210,17 +210,19 @@ pub fn printable(key: &[u8]) -> String {
 }
 
 impl NodeStorage {
-    /// Re-seals with `group`'s current cipher up to `limit` of its values under `cf` that
-    /// were sealed with a key it no longer seals with, from key `from` on (the group's
-    /// first key when `None`); returns how many it rewrote and the key to go on from (`None`
-    /// once the group's last key was passed). The caller keeps every other writer of those
-    /// keys out meanwhile (see `StateHandle::exclusive`).
+    /// Re-seals with `group`'s current cipher the values under `cf` that were sealed with a
+    /// key it no longer seals with, from key `from` on (the group's first key when `None`),
+    /// stopping after `limit` keys looked at or `max_bytes` of values rewritten; returns how
+    /// many it rewrote and the key to go on from (`None` once the group's last key was
+    /// passed). The caller keeps every other writer of those keys out meanwhile (see
+    /// `StateHandle::exclusive`), so each call is bounded to keep that pause short.
     pub fn reseal(
         &self,
         cf: &str,
         group: GroupId,
         from: Option<Vec<u8>>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<(usize, Option<Vec<u8>>), StorageFault> {
         let cipher = self
             .groups
@@ -237,16 +239,18 @@ impl NodeStorage {
             rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
         );
         let mut batch = WriteBatch::default();
-        let mut rewritten = 0;
+        let (mut rewritten, mut looked_at, mut bytes) = (0, 0, 0);
         for item in iter {
             let (key, sealed) = item?;
-            if rewritten == limit {
+            if looked_at == limit || bytes >= max_bytes {
                 self.write_synced(batch)?;
                 return Ok((rewritten, Some(key.to_vec())));
             }
+            looked_at += 1;
             if !cipher.is_stale(&sealed) {
                 continue;
             }
+            bytes += sealed.len();
             let aad = Self::aad(cf, &key);
             let plain = cipher
                 .open(&aad, &sealed)

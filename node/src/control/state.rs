@@ -248,7 +248,15 @@ impl ControlState {
             }
             Command::PurgeAudit { context, before } => self.apply_purge_audit(context, &before),
             Command::Membership(record) => match record.failure {
-                None => Ok(Output::Done),
+                None => {
+                    if matches!(
+                        record.change,
+                        super::membership::MemberChange::Remove { .. }
+                    ) {
+                        self.drop_node_from_key_rotations(record.node_id);
+                    }
+                    Ok(Output::Done)
+                }
                 Some(failure) => Err(Rejection::Invalid(failure.reason)),
             },
         }
@@ -439,6 +447,66 @@ pub(crate) mod tests {
             })),
             "cmek_key_arn",
         );
+    }
+
+    #[test]
+    fn an_index_key_rotation_drops_the_old_version_only_when_every_replica_resealed() {
+        let mut s = bootstrapped();
+        let mut rotated = index("rotated");
+        rotated.replicas = vec![1, 2, 3];
+        s.apply(Command::Index(IndexCommand::Create {
+            index: rotated,
+            ports: None,
+        }))
+        .unwrap();
+        let version = |v: u32| {
+            let mut next = IndexKeys::placeholder().versions[0].clone();
+            next.version = v;
+            next
+        };
+        let rotate = |v: u32| {
+            Command::Index(IndexCommand::RotateKey {
+                project_id: "p0".into(),
+                name: "rotated".into(),
+                version: version(v),
+            })
+        };
+        let resealed = |node: u64, v: u32| {
+            Command::Index(IndexCommand::KeyResealed {
+                project_id: "p0".into(),
+                name: "rotated".into(),
+                node,
+                version: v,
+            })
+        };
+        let keys = |s: &ControlState| s.indexes[&("p0".into(), "rotated".into())].keys.clone();
+        assert!(s.apply(rotate(3)).is_err(), "not the next version");
+        assert!(s.apply(resealed(1, 1)).is_err(), "no rotation runs");
+        s.apply(rotate(2)).unwrap();
+        assert_eq!(keys(&s).current, 2);
+        assert_eq!(keys(&s).versions.len(), 2);
+        assert!(s.apply(rotate(3)).is_err(), "one rotation at a time");
+        s.apply(resealed(1, 2)).unwrap();
+        s.apply(resealed(1, 2)).unwrap();
+        s.apply(resealed(2, 2)).unwrap();
+        assert_eq!(keys(&s).versions.len(), 2, "node 3 has not re-sealed");
+        // Node 3 leaves the cluster: nothing waits for it any more.
+        s.apply(Command::Membership(
+            crate::control::membership::MembershipRecord {
+                node_id: 3,
+                change: crate::control::membership::MemberChange::Remove { force: true },
+                failure: None,
+            },
+        ))
+        .unwrap();
+        let done = keys(&s);
+        assert_eq!(done.current, 2);
+        assert_eq!(
+            done.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert!(done.resealed.is_empty());
+        s.apply(rotate(3)).unwrap();
     }
 
     #[test]

@@ -348,7 +348,12 @@ impl KeyCache {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&group)
-            .is_some_and(|cached| cached.keys == *keys && cached.expires > now + self.ttl / 2);
+            .is_some_and(|cached| {
+                // `resealed` changes as replicas report during a rotation; the keys do not.
+                cached.keys.current == keys.current
+                    && cached.keys.versions == keys.versions
+                    && cached.expires > now + self.ttl / 2
+            });
         if fresh {
             return false;
         }

@@ -543,11 +543,17 @@ pub async fn update(
                     hits.len()
                 }
             };
+            // The applied index of the state just read, from its own guard: a second read
+            // lock on this thread could wait behind a queued writer that waits on the first.
+            let lsn = Lsn {
+                request: None,
+                max_indexed: Some(guard.applied_index()),
+            };
             return Ok((
                 pb::UpdateResponse {
                     matched_records: Some(matched as i32),
                 },
-                read_lsn(target),
+                lsn,
             ));
         }
         let set = set_metadata

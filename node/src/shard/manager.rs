@@ -30,8 +30,12 @@ use crate::crypto::{KeyCache, KeyStatus};
 pub const RECONCILE_INTERVAL_MS: u64 = 250;
 /// How often a node looks for replicas to re-seal after an index key rotation.
 pub const RESEAL_CHECK_MS: u64 = 1_000;
-/// Values re-sealed per step while the replica's applies and reads wait (a few ms).
-pub const RESEAL_BATCH_VALUES: usize = 256;
+/// Keys looked at per re-seal step while the replica's applies and reads wait.
+pub const RESEAL_BATCH_KEYS: usize = 256;
+/// Most bytes of values rewritten per re-seal step (a saved graph chunk is 4 MiB).
+pub const RESEAL_BATCH_BYTES: usize = 8 << 20;
+/// Pause between two re-seal steps, so the rewrite leaves the disk and the lock to others.
+pub const RESEAL_PAUSE_MS: u64 = 5;
 /// Longest wait for a replica's snapshot before its older log entries are purged.
 pub const RESEAL_SNAPSHOT_WAIT_MS: u64 = 30_000;
 /// Longest a reconciler pass waits for the first unwrap of the keys of indexes it has not
@@ -151,6 +155,8 @@ impl ShardManager {
         let Some(project_key) = project_key else {
             return;
         };
+        let cold = self.inner.keys.status(group) == KeyStatus::NotLoaded;
+        let started = std::time::Instant::now();
         let loaded = self
             .inner
             .keys
@@ -168,7 +174,17 @@ impl ShardManager {
             Err(status @ KeyStatus::Unavailable { .. }) if !self.inner.keys.available(group) => {
                 self.note_key_state(&index, Some(status)).await
             }
-            Ok(()) => self.note_key_state(&index, None).await,
+            Ok(()) => {
+                if cold {
+                    tracing::info!(
+                        group,
+                        index = %index.name,
+                        unwrap_us = started.elapsed().as_micros() as u64,
+                        "index keys unwrapped into a cold key cache"
+                    );
+                }
+                self.note_key_state(&index, None).await
+            }
             _ => {}
         }
     }
@@ -279,9 +295,19 @@ impl ShardManager {
         let mut from = None;
         let mut rewritten = 0;
         loop {
-            let (n, next) = shard
-                .state
-                .exclusive(|| storage.reseal(CF_STATE, group, from.take(), RESEAL_BATCH_VALUES))?;
+            let (state, batch_storage, start) = (shard.state.clone(), storage.clone(), from.take());
+            let (n, next) = tokio::task::spawn_blocking(move || {
+                state.exclusive(|| {
+                    batch_storage.reseal(
+                        CF_STATE,
+                        group,
+                        start,
+                        RESEAL_BATCH_KEYS,
+                        RESEAL_BATCH_BYTES,
+                    )
+                })
+            })
+            .await??;
             rewritten += n;
             #[cfg(feature = "failpoints")]
             if n > 0 {
@@ -291,7 +317,7 @@ impl ShardManager {
                 Some(key) => from = Some(key),
                 None => break,
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(RESEAL_PAUSE_MS)).await;
         }
         if rewritten > 0 {
             tracing::info!(
@@ -305,26 +331,29 @@ impl ShardManager {
         if storage.stale_values(CF_RAFT_LOG, group)? > 0 {
             // Log entries are not rewritten in place (a truncation may replace one at the
             // same index meanwhile): a snapshot, then a purge up to it, removes them.
+            // A new snapshot only when entries were applied since the last one (stale
+            // entries not applied yet wait for a later pass).
             let applied = shard.state.applied_index();
-            shard.raft.trigger().snapshot().await?;
-            let deadline =
-                std::time::Instant::now() + Duration::from_millis(RESEAL_SNAPSHOT_WAIT_MS);
-            let snapshot = loop {
-                let at = shard
+            let snapshot_at = || {
+                shard
                     .raft
                     .metrics()
                     .borrow()
                     .snapshot
-                    .map_or(0, |s| s.index);
-                if at >= applied {
-                    break at;
-                }
-                if std::time::Instant::now() >= deadline {
-                    anyhow::bail!("no snapshot of group {group} at {applied} yet");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                    .map_or(0, |s| s.index)
             };
-            shard.raft.trigger().purge_log(snapshot).await?;
+            if snapshot_at() < applied {
+                shard.raft.trigger().snapshot().await?;
+                let deadline =
+                    std::time::Instant::now() + Duration::from_millis(RESEAL_SNAPSHOT_WAIT_MS);
+                while snapshot_at() < applied {
+                    if std::time::Instant::now() >= deadline {
+                        anyhow::bail!("no snapshot of group {group} at {applied} yet");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            shard.raft.trigger().purge_log(snapshot_at()).await?;
             return Ok(false);
         }
         Ok(storage.stale_values(CF_STATE, group)? == 0)

@@ -326,7 +326,12 @@ async fn run_schedule(
         clients.push(tokio::spawn(key_client.run(seed * 100 + k, stop.clone())));
     }
 
-    let mut nemesis = Nemesis::new(cluster, recorder.clone(), group);
+    let mut nemesis = Nemesis::new(
+        cluster,
+        recorder.clone(),
+        group,
+        (index.clone(), api_key.to_string()),
+    );
     let faults = nemesis.run(&schedule).await;
     let healed = nemesis.heal_all().await;
     faults.context("injecting faults")?;
@@ -376,7 +381,7 @@ async fn run_schedule(
     let audit = check::audit::check(cluster, &all_nodes, &organization_id, &events)
         .await
         .context("reading the audit log")?;
-    let root_keys = check::root_keys::check(cluster).await;
+    let root_keys = check::root_keys::check(cluster, &(index.clone(), api_key.to_string())).await;
     let count = |kind| ops.iter().filter(|o| o.outcome == kind).count();
     let report = ScheduleReport {
         schedule: n,

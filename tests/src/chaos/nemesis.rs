@@ -52,6 +52,9 @@ pub enum Fault {
     /// Ask a node (chosen by the seed) to rotate the root key: the rotation runs on the
     /// control-plane leader under whatever comes next; nothing to heal.
     RotateRootKey { via: u64 },
+    /// Ask a node (chosen by the seed) to rotate the schedule's index's data key: every
+    /// replica re-seals its values under whatever comes next; nothing to heal.
+    RotateIndexKey { via: u64 },
 }
 
 /// The name of every kind of fault (for `--faults`).
@@ -68,6 +71,7 @@ pub const FAULT_KINDS: &[&str] = &[
     "crash-at-failpoint",
     "add-remove-node",
     "rotate-root-key",
+    "rotate-index-key",
 ];
 
 /// Failpoints a node may be crashed at, with how often each fires once armed (fail-rs
@@ -77,8 +81,10 @@ pub const CRASH_FAILPOINTS: &[(&str, &str)] = &[
     ("raft::apply::before", "10%1*panic"),
     ("raft::snapshot::before_persist", "1*panic"),
     ("raft::snapshot::install::before", "1*panic"),
-    // Fires only on a control-plane leader re-wrapping project keys in a rotation.
+    // Fire only during a root key rotation (on the control-plane leader) or an index key
+    // rotation (on a replica re-sealing its values).
     ("conifer::root_rotation::after_rewrap", "1*panic"),
+    ("conifer::index_rotation::after_batch", "1*panic"),
 ];
 
 impl Fault {
@@ -86,7 +92,7 @@ impl Fault {
     fn pick(rng: &mut StdRng, nodes: u64) -> Self {
         let all: Vec<u64> = (1..=nodes).collect();
         let any = |rng: &mut StdRng| *all.choose(rng).expect("a cluster has nodes");
-        match rng.gen_range(0..12) {
+        match rng.gen_range(0..13) {
             0 => Fault::KillNode { node: any(rng) },
             1 => Fault::KillControlLeader,
             2 => Fault::KillShardLeader,
@@ -119,7 +125,8 @@ impl Fault {
             }
             10 => Fault::AddRemoveNode,
             11 => Fault::RotateRootKey { via: any(rng) },
-            _ => unreachable!("gen_range(0..12)"),
+            12 => Fault::RotateIndexKey { via: any(rng) },
+            _ => unreachable!("gen_range(0..13)"),
         }
     }
 
@@ -138,6 +145,7 @@ impl Fault {
             Fault::CrashAtFailpoint { .. } => "crash-at-failpoint",
             Fault::AddRemoveNode => "add-remove-node",
             Fault::RotateRootKey { .. } => "rotate-root-key",
+            Fault::RotateIndexKey { .. } => "rotate-index-key",
         }
     }
 }
@@ -237,15 +245,24 @@ pub struct Nemesis<'a> {
     cluster: &'a mut Cluster,
     recorder: Recorder,
     shard_group: u64,
+    /// The schedule's index and an API key that may rotate its data key.
+    index: (String, String),
 }
 
 impl<'a> Nemesis<'a> {
-    /// A nemesis for `cluster`, whose schedule targets shard group `shard_group`.
-    pub fn new(cluster: &'a mut Cluster, recorder: Recorder, shard_group: u64) -> Self {
+    /// A nemesis for `cluster`, whose schedule targets shard group `shard_group` of the
+    /// index `index` (its name and an API key that may administer it).
+    pub fn new(
+        cluster: &'a mut Cluster,
+        recorder: Recorder,
+        shard_group: u64,
+        index: (String, String),
+    ) -> Self {
         Self {
             cluster,
             recorder,
             shard_group,
+            index,
         }
     }
 
@@ -372,15 +389,24 @@ impl<'a> Nemesis<'a> {
                 proc.spawn()?;
                 Injected::Armed(*node)
             }
-            Fault::RotateRootKey { via } => {
-                let answer = self
+            Fault::RotateRootKey { via } | Fault::RotateIndexKey { via } => {
+                let (path, index_key) = match fault {
+                    Fault::RotateIndexKey { .. } => (
+                        format!("/indexes/{}/rotate-key", self.index.0),
+                        Some(self.index.1.clone()),
+                    ),
+                    _ => ("/admin/cluster/root-keys/rotate".to_string(), None),
+                };
+                let request = self
                     .cluster
                     .http
-                    .post(self.cluster.url(*via, "/admin/cluster/root-keys/rotate"))
-                    .bearer_auth(self.cluster.admin_token())
-                    .timeout(Duration::from_secs(10))
-                    .send()
-                    .await;
+                    .post(self.cluster.url(*via, &path))
+                    .timeout(Duration::from_secs(10));
+                let request = match index_key {
+                    Some(key) => request.header("Api-Key", key),
+                    None => request.bearer_auth(self.cluster.admin_token()),
+                };
+                let answer = request.send().await;
                 let detail = match answer {
                     Ok(resp) => json!({ "status": resp.status().as_u16() }),
                     Err(e) => json!({ "error": e.to_string() }),
@@ -411,7 +437,7 @@ impl<'a> Nemesis<'a> {
             name,
             target,
             json!({ "fault": fault, "applied": !matches!(injected, Injected::Nothing)
-                || matches!(fault, Fault::RestartAll | Fault::RotateRootKey { .. }) }),
+                || matches!(fault, Fault::RestartAll | Fault::RotateRootKey { .. } | Fault::RotateIndexKey { .. }) }),
         );
         Ok(injected)
     }

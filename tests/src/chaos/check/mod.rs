@@ -37,7 +37,8 @@ pub struct ScheduleReport {
     pub revocation: revocation::RevocationReport,
     /// Acknowledged control-plane actions against their audit events.
     pub audit: audit::AuditReport,
-    /// Root key rotations finished and every member on the one current version.
+    /// Root key rotations finished, every member on the one current version, and no
+    /// rotation of the index's data key left running.
     pub root_keys: root_keys::RootKeysReport,
 }
 

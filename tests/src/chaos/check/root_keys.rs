@@ -1,6 +1,8 @@
-//! Root keys: once faults are healed, every rotation begun during the schedule (asked for
-//! by the nemesis, or started by the previous schedule's index deletion) finishes, and every
-//! member holds only the current root key version and wraps its node data key with it.
+//! Keys: once faults are healed, every root key rotation begun during the schedule (asked
+//! for by the nemesis, or started by the previous schedule's index deletion) finishes, every
+//! member holds only the current root key version and wraps its node data key with it, and
+//! a rotation of the schedule's index's data key finishes (every replica re-sealed, the
+//! older versions dropped).
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,10 @@ pub struct RootKeysReport {
     pub rotations: u64,
     /// The last state seen (`GET /admin/cluster/root-keys`).
     pub last: Value,
+    /// The schedule's index's data key version at the end.
+    pub index_key_version: u64,
+    /// Whether no rotation of the index's data key was still running at the end.
+    pub index_rotation_settled: bool,
 }
 
 fn settled(state: &Value, members: usize) -> bool {
@@ -41,10 +47,41 @@ fn settled(state: &Value, members: usize) -> bool {
         })
 }
 
-/// Polls `GET /admin/cluster/root-keys` through any node until the root keys settle, or
-/// [`ROOT_KEYS_TIMEOUT_MS`].
-pub async fn check(cluster: &Cluster) -> RootKeysReport {
+/// Polls `GET /admin/cluster/root-keys` through any node until the root keys settle, then
+/// the schedule's index (`index`: its name and an API key) until no rotation of its data key
+/// runs, within [`ROOT_KEYS_TIMEOUT_MS`] in all.
+pub async fn check(cluster: &Cluster, index: &(String, String)) -> RootKeysReport {
     let deadline = Instant::now() + Duration::from_millis(ROOT_KEYS_TIMEOUT_MS);
+    let mut report = root_keys(cluster, deadline).await;
+    loop {
+        for node in &cluster.nodes {
+            let answer = cluster
+                .http
+                .get(cluster.url(node.id, &format!("/indexes/{}", index.0)))
+                .header("Api-Key", &index.1)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            let Ok(resp) = answer else { continue };
+            let Ok(described) = resp.json::<Value>().await else {
+                continue;
+            };
+            report.index_key_version = described["encryption"]["data_key_version"]
+                .as_u64()
+                .unwrap_or_default();
+            report.index_rotation_settled =
+                described["encryption"]["rotation"].is_null() && report.index_key_version > 0;
+            break;
+        }
+        if report.index_rotation_settled || Instant::now() >= deadline {
+            report.settled &= report.index_rotation_settled;
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn root_keys(cluster: &Cluster, deadline: Instant) -> RootKeysReport {
     let members = cluster.nodes.len();
     let mut last = Value::Null;
     loop {
@@ -67,6 +104,8 @@ pub async fn check(cluster: &Cluster) -> RootKeysReport {
                     version: last["current_version"].as_u64().unwrap_or_default(),
                     rotations: last["rotations"].as_u64().unwrap_or_default(),
                     last,
+                    index_key_version: 0,
+                    index_rotation_settled: false,
                 };
             }
             break;
@@ -77,6 +116,8 @@ pub async fn check(cluster: &Cluster) -> RootKeysReport {
                 version: last["current_version"].as_u64().unwrap_or_default(),
                 rotations: last["rotations"].as_u64().unwrap_or_default(),
                 last,
+                index_key_version: 0,
+                index_rotation_settled: false,
             };
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
