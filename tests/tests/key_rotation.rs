@@ -142,6 +142,30 @@ async fn every_record_everywhere(cluster: &Cluster, key: &str, index: &str, reco
     }
 }
 
+/// A 3-node cluster started with `options` (nodes forced to 3) holding index `index` (4
+/// dimensions) with `records` records on every node; and its API key.
+async fn cluster_with_index(
+    options: ClusterOptions,
+    index: &str,
+    metric: &str,
+    records: usize,
+) -> (Cluster, String) {
+    let cluster = Cluster::start_with(ClusterOptions {
+        nodes: 3,
+        ..options
+    })
+    .await
+    .unwrap();
+    let key = cluster.api_key();
+    cluster
+        .create_index(1, &key, index, 4, metric)
+        .await
+        .unwrap();
+    upsert(&cluster, &key, index, records).await;
+    every_record_everywhere(&cluster, &key, index, records).await;
+    (cluster, key)
+}
+
 fn operations(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -151,13 +175,16 @@ fn operations(events: &[Value]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_root_rotation_killed_midway_resumes_after_the_restart_and_retires_the_old_version() {
-    let mut cluster = Cluster::start_with(ClusterOptions {
-        nodes: 3,
-        env: vec![("FAILPOINTS".into(), format!("{AFTER_REWRAP}=panic"))],
-        ..ClusterOptions::default()
-    })
-    .await
-    .unwrap();
+    let (mut cluster, key) = cluster_with_index(
+        ClusterOptions {
+            env: vec![("FAILPOINTS".into(), format!("{AFTER_REWRAP}=panic"))],
+            ..ClusterOptions::default()
+        },
+        "kept",
+        "cosine",
+        RECORDS,
+    )
+    .await;
     let token = cluster.admin_token();
     // Four project keys to re-wrap: the leader dies after the first.
     for name in ["second", "third", "fourth"] {
@@ -171,13 +198,6 @@ async fn a_root_rotation_killed_midway_resumes_after_the_restart_and_retires_the
             .unwrap();
         assert_eq!(resp.status().as_u16(), 201);
     }
-    let key = cluster.api_key();
-    cluster
-        .create_index(1, &key, "kept", 4, "cosine")
-        .await
-        .unwrap();
-    upsert(&cluster, &key, "kept", RECORDS).await;
-    every_record_everywhere(&cluster, &key, "kept", RECORDS).await;
 
     let resp = cluster
         .http
@@ -258,20 +278,16 @@ async fn a_root_rotation_killed_midway_resumes_after_the_restart_and_retires_the
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_an_index_shreds_it_for_a_copy_of_a_data_directory_taken_before() {
     const SHREDDED: usize = 150;
-    let mut cluster = Cluster::start_with(ClusterOptions {
-        nodes: 3,
-        args: vec!["--hnsw-min-records".into(), "100".into()],
-        ..ClusterOptions::default()
-    })
-    .await
-    .unwrap();
-    let key = cluster.api_key();
-    cluster
-        .create_index(1, &key, "doomed", 4, "euclidean")
-        .await
-        .unwrap();
-    upsert(&cluster, &key, "doomed", SHREDDED).await;
-    every_record_everywhere(&cluster, &key, "doomed", SHREDDED).await;
+    let (mut cluster, key) = cluster_with_index(
+        ClusterOptions {
+            args: vec!["--hnsw-min-records".into(), "100".into()],
+            ..ClusterOptions::default()
+        },
+        "doomed",
+        "euclidean",
+        SHREDDED,
+    )
+    .await;
     // Node 2 saves its graph in a snapshot.
     let resp = cluster
         .http
@@ -403,23 +419,19 @@ async fn describe(cluster: &Cluster, key: &str, via: u64, index: &str) -> Value 
 async fn an_index_key_rotation_killed_midway_resumes_and_leaves_nothing_under_the_old_key() {
     const BEFORE: usize = 600;
     const AFTER: usize = 650;
-    let mut cluster = Cluster::start_with(ClusterOptions {
-        nodes: 3,
-        env: vec![(
-            "FAILPOINTS".into(),
-            "conifer::index_rotation::after_batch=1*panic".into(),
-        )],
-        ..ClusterOptions::default()
-    })
-    .await
-    .unwrap();
-    let key = cluster.api_key();
-    cluster
-        .create_index(1, &key, "rekeyed", 4, "cosine")
-        .await
-        .unwrap();
-    upsert(&cluster, &key, "rekeyed", BEFORE).await;
-    every_record_everywhere(&cluster, &key, "rekeyed", BEFORE).await;
+    let (mut cluster, key) = cluster_with_index(
+        ClusterOptions {
+            env: vec![(
+                "FAILPOINTS".into(),
+                "conifer::index_rotation::after_batch=1*panic".into(),
+            )],
+            ..ClusterOptions::default()
+        },
+        "rekeyed",
+        "cosine",
+        BEFORE,
+    )
+    .await;
 
     let resp = cluster
         .http

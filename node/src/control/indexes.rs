@@ -172,10 +172,7 @@ impl ControlState {
                 deletion_protection,
                 tags_json,
             } => {
-                let index = self
-                    .indexes
-                    .get_mut(&(project_id, name.clone()))
-                    .ok_or_else(|| not_found("index", &name))?;
+                let index = self.index_mut(&project_id, &name)?;
                 if let Some(protect) = deletion_protection {
                     index.deletion_protection = protect;
                 }
@@ -189,10 +186,11 @@ impl ControlState {
                 name,
                 version,
             } => {
-                let index = self
-                    .indexes
-                    .get_mut(&(project_id, name.clone()))
-                    .ok_or_else(|| not_found("index", &name))?;
+                let cmek = self
+                    .projects
+                    .get(&project_id)
+                    .and_then(|p| p.cmek_key_arn.clone());
+                let index = self.index_mut(&project_id, &name)?;
                 let keys = &mut index.keys;
                 if keys.versions.len() > 1 {
                     return Err(Rejection::Invalid(format!(
@@ -208,13 +206,9 @@ impl ControlState {
                         version.version
                     )));
                 }
-                if let Some(cmek) = self
-                    .projects
-                    .get(&index.project_id)
-                    .and_then(|p| p.cmek_key_arn.as_ref())
-                {
+                if let Some(cmek) = cmek {
                     let by_cmek = version.wrapped.provider == crate::crypto::kms::KMS_PROVIDER
-                        && version.wrapped.key_id == *cmek;
+                        && version.wrapped.key_id == cmek;
                     if !by_cmek {
                         return Err(Rejection::Invalid(format!(
                             "index '{name}''s project encrypts with the customer-managed key \
@@ -233,10 +227,7 @@ impl ControlState {
                 node,
                 version,
             } => {
-                let index = self
-                    .indexes
-                    .get_mut(&(project_id, name.clone()))
-                    .ok_or_else(|| not_found("index", &name))?;
+                let index = self.index_mut(&project_id, &name)?;
                 let keys = &mut index.keys;
                 if version != keys.current || keys.versions.len() < 2 {
                     return Err(Rejection::Invalid(format!(
@@ -274,6 +265,13 @@ impl ControlState {
                 }
             }
         }
+    }
+
+    /// The index `name` of project `project_id`, to change it.
+    fn index_mut(&mut self, project_id: &str, name: &str) -> Result<&mut Index, Rejection> {
+        self.indexes
+            .get_mut(&(project_id.to_string(), name.to_string()))
+            .ok_or_else(|| not_found("index", name))
     }
 
     /// A node left the cluster: its replicas hold nothing any more, so no rotation of an

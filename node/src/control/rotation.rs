@@ -378,13 +378,7 @@ impl RootRotator {
             return Ok(self.local.apply(step).await?);
         }
         let member = |reason: String| RotationError::Member { node, reason };
-        let info = self
-            .control
-            .membership()
-            .get_node(&node)
-            .cloned()
-            .ok_or_else(|| member("not a member".into()))?;
-        let mut client = self.control.peers().client(node, &info).map_err(member)?;
+        let mut client = self.member_client(node)?;
         let request = RootKeyStepRequest {
             from_node: self.control.node_id(),
             step: Some(step_to_proto(step)),
@@ -443,9 +437,14 @@ impl RootRotator {
 }
 
 impl RootRotator {
-    /// Every root key version member `node` holds (over `Internal/RootKeys`, which it
-    /// records as a hand-over); the bytes of the reply are zeroized once copied.
-    async fn fetch_keys(&self, node: NodeId) -> Result<Vec<RootKeyVersion>, RotationError> {
+    /// A client of member `node`'s cluster port.
+    fn member_client(
+        &self,
+        node: NodeId,
+    ) -> Result<
+        conifer_proto::internal::internal_client::InternalClient<tonic::transport::Channel>,
+        RotationError,
+    > {
         let member = |reason: String| RotationError::Member { node, reason };
         let info = self
             .control
@@ -453,7 +452,14 @@ impl RootRotator {
             .get_node(&node)
             .cloned()
             .ok_or_else(|| member("not a member".into()))?;
-        let mut client = self.control.peers().client(node, &info).map_err(member)?;
+        self.control.peers().client(node, &info).map_err(member)
+    }
+
+    /// Every root key version member `node` holds (over `Internal/RootKeys`, which it
+    /// records as a hand-over); the bytes of the reply are zeroized once copied.
+    async fn fetch_keys(&self, node: NodeId) -> Result<Vec<RootKeyVersion>, RotationError> {
+        let member = |reason: String| RotationError::Member { node, reason };
+        let mut client = self.member_client(node)?;
         let reply = tokio::time::timeout(
             Duration::from_millis(ROTATION_STEP_TIMEOUT_MS),
             client.root_keys(RootKeysRequest {
