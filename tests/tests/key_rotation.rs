@@ -166,6 +166,20 @@ async fn cluster_with_index(
     (cluster, key)
 }
 
+/// Waits (60 s) until a node of the cluster died at its failpoint (`what` otherwise), lets
+/// the others run 2 s more, then stops them all.
+async fn stop_after_a_crash(cluster: &mut Cluster, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (1..=3).all(|id| cluster.node(id).is_running()) {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in 1..=3 {
+        cluster.node(id).kill();
+    }
+}
+
 fn operations(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -212,15 +226,7 @@ async fn a_root_rotation_killed_midway_resumes_after_the_restart_and_retires_the
     assert_eq!(started["rotation"]["reason"], "requested");
     // The leader dies at the failpoint; the next one cannot reach it, so the rotation
     // waits.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (1..=3).all(|id| cluster.node(id).is_running()) {
-        assert!(Instant::now() < deadline, "no node reached {AFTER_REWRAP}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for id in 1..=3 {
-        cluster.node(id).kill();
-    }
+    stop_after_a_crash(&mut cluster, &format!("no node reached {AFTER_REWRAP}")).await;
     let crashed = (1..=3)
         .filter(|id| cluster.nodes[*id as usize - 1].log().contains(AFTER_REWRAP))
         .count();
@@ -449,15 +455,7 @@ async fn an_index_key_rotation_killed_midway_resumes_and_leaves_nothing_under_th
     );
 
     // Each replica dies after its first re-sealed batch.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (1..=3).all(|id| cluster.node(id).is_running()) {
-        assert!(Instant::now() < deadline, "no replica died mid-re-seal");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for id in 1..=3 {
-        cluster.node(id).kill();
-    }
+    stop_after_a_crash(&mut cluster, "no replica died mid-re-seal").await;
     let midway = (1..=3)
         .map(|id| sealed_versions(&cluster.nodes[id - 1].data_dir))
         .filter(|counts| {

@@ -676,14 +676,7 @@ pub async fn create(
             "the cluster has no members to place the index on",
         ));
     }
-    let (project_key, cmek) = state
-        .control
-        .read(|s| {
-            s.projects
-                .get(&project_id)
-                .map(|p| (p.key.clone(), p.cmek_key_arn.clone()))
-        })
-        .ok_or_else(|| ApiError::not_found(format!("project {project_id} not found")))?;
+    let (project_key, cmek) = project_keys(&state, &project_id)?;
     let keys = state
         .keys
         .new_index_keys(&project_id, &project_key, cmek.as_deref(), &req.name)
@@ -835,6 +828,21 @@ pub async fn configure(
     }
 }
 
+/// Project `project_id`'s key and customer-managed KMS key (if set), for making index keys.
+fn project_keys(
+    state: &ApiState,
+    project_id: &str,
+) -> Result<(crate::crypto::ProjectKey, Option<String>), ApiError> {
+    state
+        .control
+        .read(|s| {
+            s.projects
+                .get(project_id)
+                .map(|p| (p.key.clone(), p.cmek_key_arn.clone()))
+        })
+        .ok_or_else(|| ApiError::not_found(format!("project {project_id} not found")))
+}
+
 /// `POST /indexes/{name}/rotate-key`: starts a rotation of the index's data key and
 /// answers 202 with the index (its `encryption.rotation` shows the progress). The new
 /// version is made as the first was (the project's customer-managed KMS key, or wrapped by
@@ -851,14 +859,7 @@ pub async fn rotate_key(
     let project_id = project(&state, &caller, &headers).await?;
     state.control.linearizable_barrier().await?;
     let current = find(&state, &project_id, &name)?;
-    let (project_key, cmek) = state
-        .control
-        .read(|s| {
-            s.projects
-                .get(&project_id)
-                .map(|p| (p.key.clone(), p.cmek_key_arn.clone()))
-        })
-        .ok_or_else(|| ApiError::not_found(format!("project {project_id} not found")))?;
+    let (project_key, cmek) = project_keys(&state, &project_id)?;
     let version = state
         .keys
         .new_index_key_version(
