@@ -180,6 +180,21 @@ async fn stop_after_a_crash(cluster: &mut Cluster, what: &str) {
     }
 }
 
+/// Starts every (stopped) node of the cluster again — without the failpoints of its
+/// environment when `without_failpoints` — and waits until each serves.
+async fn start_all(cluster: &mut Cluster, without_failpoints: bool) {
+    for id in 1..=3 {
+        let node = cluster.node(id);
+        if without_failpoints {
+            node.env.clear();
+        }
+        node.spawn().unwrap();
+    }
+    for id in 1..=3 {
+        cluster.wait_serving(id).await.unwrap();
+    }
+}
+
 fn operations(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -238,14 +253,7 @@ async fn a_root_rotation_killed_midway_resumes_after_the_restart_and_retires_the
         assert_eq!(held, vec![1, 2], "node {id}'s keyring mid-rotation");
     }
 
-    for id in 1..=3 {
-        let node = cluster.node(id);
-        node.env.clear();
-        node.spawn().unwrap();
-    }
-    for id in 1..=3 {
-        cluster.wait_serving(id).await.unwrap();
-    }
+    start_all(&mut cluster, true).await;
     let state = until_rotated(&cluster, 2).await;
     assert_eq!(state["rotations"], 1, "{state}");
     every_record_everywhere(&cluster, &key, "kept", RECORDS).await;
@@ -258,12 +266,7 @@ async fn a_root_rotation_killed_midway_resumes_after_the_restart_and_retires_the
     for id in 1..=3 {
         cluster.node(id).kill();
     }
-    for id in 1..=3 {
-        cluster.node(id).spawn().unwrap();
-    }
-    for id in 1..=3 {
-        cluster.wait_serving(id).await.unwrap();
-    }
+    start_all(&mut cluster, false).await;
     every_record_everywhere(&cluster, &key, "kept", RECORDS).await;
     let (events, _) = cluster.audit_chain(1, None).await.unwrap();
     let ops = operations(&events);
@@ -468,14 +471,7 @@ async fn an_index_key_rotation_killed_midway_resumes_and_leaves_nothing_under_th
         "a replica holds values under both versions after the crash"
     );
 
-    for id in 1..=3 {
-        let node = cluster.node(id);
-        node.env.clear();
-        node.spawn().unwrap();
-    }
-    for id in 1..=3 {
-        cluster.wait_serving(id).await.unwrap();
-    }
+    start_all(&mut cluster, true).await;
     // Writes and reads go on while the rotation finishes.
     upsert(&cluster, &key, "rekeyed", AFTER).await;
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -504,12 +500,7 @@ async fn an_index_key_rotation_killed_midway_resumes_and_leaves_nothing_under_th
         assert!(counts.contains_key(&("state".to_string(), 2)), "{counts:?}");
     }
     // Version 1 is gone from the control plane: the cluster starts and serves without it.
-    for id in 1..=3 {
-        cluster.node(id).spawn().unwrap();
-    }
-    for id in 1..=3 {
-        cluster.wait_serving(id).await.unwrap();
-    }
+    start_all(&mut cluster, false).await;
     every_record_everywhere(&cluster, &key, "rekeyed", AFTER).await;
     let org = cluster.organization_id();
     let (events, _) = cluster.audit_chain(1, Some(&org)).await.unwrap();

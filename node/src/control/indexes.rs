@@ -323,11 +323,20 @@ impl ControlState {
     }
 }
 
+/// Whether every replica's node of `index` has re-sealed under its current data key
+/// (counting `also` as having done so: a report about to apply).
+fn resealed_everywhere(index: &Index, also: Option<u64>) -> bool {
+    index
+        .replicas
+        .iter()
+        .all(|r| Some(*r) == also || index.keys.resealed.contains(r))
+}
+
 /// Drops the older data key versions of `index` once every replica's node re-sealed (or
 /// left): nothing is sealed with them any more.
 fn finish_rotation_if_done(index: &mut Index) {
-    let keys = &mut index.keys;
-    if keys.versions.len() > 1 && index.replicas.iter().all(|r| keys.resealed.contains(r)) {
+    if index.keys.versions.len() > 1 && resealed_everywhere(index, None) {
+        let keys = &mut index.keys;
         let current = keys.current;
         keys.versions.retain(|v| v.version >= current);
         keys.resealed.clear();
@@ -393,11 +402,7 @@ pub(super) fn describe(state: &ControlState, command: &IndexCommand) -> Resource
             let finishes = state
                 .indexes
                 .get(&(project_id.clone(), name.clone()))
-                .is_some_and(|i| {
-                    i.replicas
-                        .iter()
-                        .all(|r| r == node || i.keys.resealed.contains(r))
-                });
+                .is_some_and(|i| resealed_everywhere(i, Some(*node)));
             index_resource(state, Verb::Update, project_id, name).params(
                 Params::default()
                     .with("project_id", project_id.as_str())
