@@ -2,10 +2,19 @@
 //!
 //! Appends are one RocksDB `WriteBatch` written with `sync = true`; openraft's flush
 //! callback is invoked only after that write returns, so no append is acknowledged before
-//! it is on disk. Every value is sealed with the node cipher, bound to group and index.
+//! it is on disk. Every value is sealed with the group's cipher, bound to group and index.
+//!
+//! The entries appended last are also kept decoded in memory ([`RECENT_ENTRIES_MAX_BYTES`]
+//! per group), so that applying a committed entry, or sending it to a follower, does not
+//! read it back and decrypt it: that read was a quarter of the at-rest encryption's CPU
+//! time while ingesting (`scripts/bench/run.sh encryption`). Disk stays the truth: the
+//! cache holds only what was synced, follows every truncation and purge, and a range it
+//! does not hold whole is read from RocksDB.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, Vote};
@@ -22,11 +31,85 @@ const META_PURGED: &[u8] = b"purged";
 
 type Entry = openraft::Entry<TypeConfig>;
 
+/// Bytes (serialized) of the most recently appended entries each group keeps decoded in
+/// memory; older ones are read back from RocksDB.
+pub const RECENT_ENTRIES_MAX_BYTES: usize = 8 << 20;
+
 /// The Raft log of one group inside the node's RocksDB.
 #[derive(Clone)]
 pub struct LogStore {
     group: GroupId,
     storage: NodeStorage,
+    recent: Arc<Mutex<RecentEntries>>,
+}
+
+/// The last appended entries of a group, decoded: one contiguous run of indexes ending at
+/// the last entry on disk (or empty).
+#[derive(Default)]
+struct RecentEntries {
+    /// Index -> (entry, its serialized size).
+    entries: BTreeMap<u64, (Entry, usize)>,
+    bytes: usize,
+}
+
+impl RecentEntries {
+    /// Records `appended` (consecutive indexes, just synced), evicting the oldest past
+    /// [`RECENT_ENTRIES_MAX_BYTES`].
+    fn appended(&mut self, appended: Vec<(Entry, usize)>) {
+        let Some(first) = appended.first().map(|(e, _)| e.log_id.index) else {
+            return;
+        };
+        // Keep the run contiguous: anything from `first` on is being replaced (openraft
+        // truncates before it overwrites), and a gap before `first` breaks the run.
+        self.remove_from(first);
+        if self
+            .entries
+            .last_key_value()
+            .is_some_and(|(&last, _)| last + 1 != first)
+        {
+            self.clear();
+        }
+        for (entry, size) in appended {
+            self.bytes += size;
+            self.entries.insert(entry.log_id.index, (entry, size));
+        }
+        while self.bytes > RECENT_ENTRIES_MAX_BYTES {
+            let Some((_, (_, size))) = self.entries.pop_first() else {
+                break;
+            };
+            self.bytes -= size;
+        }
+    }
+
+    /// Forgets the entries at `index` and after (a truncation).
+    fn remove_from(&mut self, index: u64) {
+        for (_, (_, size)) in self.entries.split_off(&index) {
+            self.bytes -= size;
+        }
+    }
+
+    /// Forgets the entries up to `index` included (a purge).
+    fn remove_through(&mut self, index: u64) {
+        let kept = self.entries.split_off(&index.saturating_add(1));
+        for (_, (_, size)) in std::mem::replace(&mut self.entries, kept) {
+            self.bytes -= size;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// The entries `start..end`, if every one of them is held.
+    fn range(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let held = self.entries.range(start..end);
+        let wanted = usize::try_from(end.saturating_sub(start)).ok()?;
+        if self.entries.range(start..end).count() != wanted {
+            return None;
+        }
+        Some(held.map(|(_, (entry, _))| entry.clone()).collect())
+    }
 }
 
 fn io_err(
@@ -44,7 +127,17 @@ fn fault(e: StorageFault) -> StorageError {
 impl LogStore {
     /// The log of `group` stored in `storage`.
     pub fn new(group: GroupId, storage: NodeStorage) -> Self {
-        Self { group, storage }
+        Self {
+            group,
+            storage,
+            recent: Arc::default(),
+        }
+    }
+
+    fn recent(&self) -> MutexGuard<'_, RecentEntries> {
+        // Every update leaves the cache consistent before it can panic, so a poisoned lock
+        // still guards a valid run.
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn log_key(&self, index: u64) -> Vec<u8> {
@@ -135,6 +228,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i.saturating_add(1)),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        if let Some(end) = end.filter(|&end| end > start) {
+            if let Some(entries) = self.recent().range(start, end) {
+                return Ok(entries);
+            }
+        }
         let cf = self.storage.cf(CF_RAFT_LOG).map_err(fault)?;
         let from = self.log_key(start);
         let mut out = Vec::new();
@@ -201,6 +304,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::default();
+        let mut appended = Vec::new();
         for entry in entries {
             let bytes = bincode::serialize(&entry)
                 .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
@@ -212,6 +316,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     &bytes,
                 )
                 .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            appended.push((entry, bytes.len()));
         }
         fail::fail_point!("raft::append::before_sync", |_| Err(io_err(
             ErrorSubject::Logs,
@@ -221,6 +326,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let result = self.storage.write_synced(batch);
         match result {
             Ok(()) => {
+                self.recent().appended(appended);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -237,11 +343,66 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Forgotten first: a failed delete leaves entries on disk that the next read
+        // finds there, never a cached entry that is no longer on disk.
+        self.recent().remove_from(log_id.index);
         self.delete_range(log_id.index, None)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().remove_through(log_id.index);
         self.write_meta(META_PURGED, &log_id)?;
         self.delete_range(0, Some(log_id.index + 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> (Entry, usize) {
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        };
+        (entry, 1 << 20)
+    }
+
+    fn held(recent: &RecentEntries) -> Vec<u64> {
+        recent.entries.keys().copied().collect()
+    }
+
+    #[test]
+    fn recent_entries_stay_one_run_within_their_byte_bound() {
+        let mut recent = RecentEntries::default();
+        recent.appended((1..=5).map(entry).collect());
+        assert_eq!(held(&recent), [1, 2, 3, 4, 5]);
+        assert_eq!(recent.range(2, 5).map(|e| e.len()), Some(3));
+        assert!(recent.range(0, 2).is_none(), "index 0 is not held");
+        assert!(recent.range(5, 7).is_none(), "index 6 is not held");
+
+        // A truncation, then an overwrite from index 4.
+        recent.remove_from(4);
+        assert_eq!(held(&recent), [1, 2, 3]);
+        recent.appended((4..=6).map(entry).collect());
+        assert_eq!(held(&recent), [1, 2, 3, 4, 5, 6]);
+        // Overwriting without a truncation first replaces the tail too.
+        recent.appended(vec![entry(3)]);
+        assert_eq!(held(&recent), [1, 2, 3]);
+
+        // A purge.
+        recent.remove_through(2);
+        assert_eq!(held(&recent), [3]);
+        assert_eq!(recent.bytes, 1 << 20);
+
+        // A gap (entries appended after a snapshot was installed) starts a new run.
+        recent.appended(vec![entry(10), entry(11)]);
+        assert_eq!(held(&recent), [10, 11]);
+
+        // The byte bound evicts the oldest.
+        recent.appended((12..=30).map(entry).collect());
+        assert_eq!(recent.bytes, RECENT_ENTRIES_MAX_BYTES);
+        assert_eq!(held(&recent), (23..=30).collect::<Vec<_>>());
     }
 }

