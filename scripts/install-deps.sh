@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing Conifer needs on Debian 12: C/C++ toolchain, cmake,
 # clang/libclang, BLAS/LAPACK for FAISS, iproute2 for the chaos harness, tinyproxy for the
-# proxy tests. Skips apt entirely when everything is already present.
+# proxy tests, openssl for the TLS policy tests (s_client). Skips apt entirely when
+# everything is already present.
 set -euo pipefail
 
 PACKAGES=(build-essential cmake clang libclang-dev libopenblas-dev liblapack-dev pkg-config
-          iproute2 tinyproxy python3 python3-venv curl ca-certificates)
+          iproute2 tinyproxy python3 python3-venv curl ca-certificates openssl)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -89,6 +89,8 @@ pub struct ServeConfig {
     pub tls_dir: Option<PathBuf>,
     /// What the client port and index ports speak.
     pub client_transport: ClientTransport,
+    /// TLS versions and cipher suites of the client port and index ports.
+    pub tls_policy: crate::tls::TlsPolicy,
     /// Cluster address of any member to join; `None` bootstraps a new cluster.
     pub join: Option<String>,
     /// Stay a learner after joining instead of becoming a voter.
@@ -407,10 +409,10 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("binding client port {}", config.api_addr))?;
     let connections = Arc::new(api::conn::ConnectionTable::default());
     let client_tls = match &config.client_transport {
-        ClientTransport::NodeCertificate => Some(node_tls.client_port_config()?),
+        ClientTransport::NodeCertificate => Some(node_tls.client_port_config(&config.tls_policy)?),
         ClientTransport::Certificate { cert, key } => {
             tracing::info!(cert = %cert.display(), "client port presents its own certificate");
-            Some(tls::load_client_port_config(cert, key)?)
+            Some(tls::load_client_port_config(cert, key, &config.tls_policy)?)
         }
         ClientTransport::DevHttp => {
             // Also past any log filter: this must not go unnoticed.
@@ -427,6 +429,13 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
             None
         }
     };
+    if client_tls.is_some() {
+        tracing::info!(
+            api = %config.api_addr,
+            "client TLS: {}",
+            config.tls_policy.describe()
+        );
+    }
     let state = ApiState {
         control: control.clone(),
         router,

@@ -3,7 +3,9 @@
 //! - `conifer certs` and first-start bootstrap create a cluster CA, node certificates
 //!   (SAN `node-<id>` plus the node's host names and IPs and the wildcard `*.<domain>` of
 //!   index hosts; server and client auth) and client certificates, all with rcgen.
-//! - The client port serves TLS 1.2 and 1.3 with the node certificate (ALPN h2, http/1.1).
+//! - The client port serves TLS 1.2 and 1.3 with the node certificate (ALPN h2, http/1.1),
+//!   restricted by a [`TlsPolicy`] (`serve --tls-min-version`, `--tls-cipher-suites`): AEAD
+//!   suites only, AES-256-GCM first, in the server's order of preference.
 //! - The cluster port requires a client certificate chaining to the cluster CA; the handler
 //!   of every internal RPC then checks that the certificate names the node the RPC claims
 //!   to come from ([`peer_node_ids`]). Outgoing channels pin the peer's name `node-<id>`.
@@ -216,12 +218,198 @@ pub fn issue_leaf(
     Ok(())
 }
 
+/// A TLS protocol version the client port may accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2 (RFC 5246), AEAD suites with ECDHE only.
+    V1_2,
+    /// TLS 1.3 (RFC 8446).
+    V1_3,
+}
+
+impl TlsVersion {
+    fn rustls(self) -> &'static rustls::SupportedProtocolVersion {
+        match self {
+            TlsVersion::V1_2 => &rustls::version::TLS12,
+            TlsVersion::V1_3 => &rustls::version::TLS13,
+        }
+    }
+
+    fn of(suite: &rustls::SupportedCipherSuite) -> Self {
+        match suite {
+            rustls::SupportedCipherSuite::Tls12(_) => TlsVersion::V1_2,
+            rustls::SupportedCipherSuite::Tls13(_) => TlsVersion::V1_3,
+        }
+    }
+}
+
+impl std::fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsVersion::V1_2 => "1.2",
+            TlsVersion::V1_3 => "1.3",
+        })
+    }
+}
+
+/// The cipher suites of the client port by default, in the server's order of preference:
+/// TLS 1.3 first, AES-256-GCM before AES-128-GCM before ChaCha20-Poly1305 (all AEAD; TLS
+/// 1.2 suites with ECDHE key exchange, for an ECDSA or an RSA certificate).
+pub const DEFAULT_CIPHER_SUITES: [&str; 9] = [
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+
+/// What the client port and index ports accept: the lowest TLS version and the cipher
+/// suites in the server's order of preference (the client's order is ignored, so a client
+/// offering AES-256-GCM gets it). Never below TLS 1.2; only AEAD suites exist to choose.
+#[derive(Clone, Debug)]
+pub struct TlsPolicy {
+    min_version: TlsVersion,
+    suites: Vec<rustls::SupportedCipherSuite>,
+}
+
+impl Default for TlsPolicy {
+    fn default() -> Self {
+        Self::new("1.2", None).expect("the default TLS policy is valid")
+    }
+}
+
+impl TlsPolicy {
+    /// The policy of `--tls-min-version` (`1.2` or `1.3`) and `--tls-cipher-suites` (names
+    /// separated by commas, most preferred first; `None`: [`DEFAULT_CIPHER_SUITES`]). A
+    /// TLS 1.3 suite may also be given by its RFC 8446 name (`TLS_AES_256_GCM_SHA384`).
+    /// Refused, with the reason: another version, an unknown or repeated suite, or a
+    /// version accepted without a suite of its own.
+    pub fn new(min_version: &str, suites: Option<&str>) -> Result<Self, String> {
+        let min_version = match min_version.trim() {
+            "1.2" => TlsVersion::V1_2,
+            "1.3" => TlsVersion::V1_3,
+            other => {
+                return Err(format!(
+                    "--tls-min-version {other}: give 1.2 or 1.3 (TLS 1.0 and 1.1 are never \
+                     accepted)"
+                ))
+            }
+        };
+        let names: Vec<String> = match suites {
+            None => DEFAULT_CIPHER_SUITES
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+            Some(list) => list
+                .split(',')
+                .map(|n| n.trim().to_ascii_uppercase())
+                .filter(|n| !n.is_empty())
+                .collect(),
+        };
+        let known = rustls::crypto::ring::ALL_CIPHER_SUITES;
+        let mut chosen: Vec<rustls::SupportedCipherSuite> = Vec::new();
+        for name in &names {
+            let suite = known
+                .iter()
+                .find(|s| {
+                    let own = s.suite().as_str().unwrap_or_default();
+                    own == name || own.replacen("TLS13_", "TLS_", 1) == *name
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "--tls-cipher-suites: unknown suite {name}; known: {}",
+                        DEFAULT_CIPHER_SUITES.join(", ")
+                    )
+                })?;
+            if chosen.iter().any(|c| c.suite() == suite.suite()) {
+                return Err(format!("--tls-cipher-suites names {name} twice"));
+            }
+            if TlsVersion::of(suite) >= min_version {
+                chosen.push(*suite);
+            } else {
+                return Err(format!(
+                    "--tls-cipher-suites: {name} is a TLS {} suite, below --tls-min-version \
+                     {min_version}",
+                    TlsVersion::of(suite)
+                ));
+            }
+        }
+        let policy = Self {
+            min_version,
+            suites: chosen,
+        };
+        for version in policy.versions() {
+            if !policy.suites.iter().any(|s| TlsVersion::of(s) == version) {
+                return Err(format!(
+                    "--tls-cipher-suites has no TLS {version} suite, yet TLS {version} is \
+                     accepted (--tls-min-version {min_version}): add one{}",
+                    if version == TlsVersion::V1_2 {
+                        ", or give --tls-min-version 1.3"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        Ok(policy)
+    }
+
+    /// The versions accepted, newest first.
+    pub fn versions(&self) -> Vec<TlsVersion> {
+        [TlsVersion::V1_3, TlsVersion::V1_2]
+            .into_iter()
+            .filter(|v| *v >= self.min_version)
+            .collect()
+    }
+
+    /// The suites' names, most preferred first.
+    pub fn suite_names(&self) -> Vec<&'static str> {
+        self.suites
+            .iter()
+            .map(|s| s.suite().as_str().unwrap_or("?"))
+            .collect()
+    }
+
+    /// One line for the startup log: versions and suites.
+    pub fn describe(&self) -> String {
+        let versions: Vec<String> = self.versions().iter().map(|v| format!("TLS {v}")).collect();
+        format!(
+            "{} only; cipher suites in the server's order of preference: {}",
+            versions.join(" and "),
+            self.suite_names().join(", ")
+        )
+    }
+
+    fn server_builder(
+        &self,
+    ) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier>, TlsError> {
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: self.suites.clone(),
+            ..rustls::crypto::ring::default_provider()
+        };
+        let versions: Vec<_> = self
+            .versions()
+            .into_iter()
+            .map(TlsVersion::rustls)
+            .collect();
+        Ok(
+            rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&versions)?,
+        )
+    }
+}
+
 /// rustls configuration of a client port presenting `cert_pem` (a chain, leaf first) and
-/// `key_pem`: TLS 1.2 and 1.3, ALPN h2 and http/1.1; `Invalid` naming what is missing or
+/// `key_pem` under `policy`, ALPN h2 and http/1.1; `Invalid` naming what is missing or
 /// unreadable.
 pub fn client_port_config(
     cert_pem: &str,
     key_pem: &str,
+    policy: &TlsPolicy,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -234,13 +422,12 @@ pub fn client_port_config(
     let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
         .map_err(|e| TlsError::Invalid(format!("key: {e}")))?
         .ok_or_else(|| TlsError::Invalid("the key file holds no private key".into()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)?;
+    let mut config = policy
+        .server_builder()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
@@ -249,6 +436,7 @@ pub fn client_port_config(
 pub fn load_client_port_config(
     cert: &Path,
     key: &Path,
+    policy: &TlsPolicy,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = fs::metadata(key)
@@ -265,7 +453,7 @@ pub fn load_client_port_config(
             mode & 0o777
         )));
     }
-    client_port_config(&read(cert)?, &read(key)?).map_err(|e| match e {
+    client_port_config(&read(cert)?, &read(key)?, policy).map_err(|e| match e {
         TlsError::Invalid(what) => {
             TlsError::Invalid(format!("{} / {}: {what}", cert.display(), key.display()))
         }
@@ -301,8 +489,11 @@ impl NodeTls {
 
     /// rustls configuration of the client port with this node's certificate
     /// ([`client_port_config`]).
-    pub fn client_port_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        client_port_config(&self.cert_pem, &self.key_pem)
+    pub fn client_port_config(
+        &self,
+        policy: &TlsPolicy,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        client_port_config(&self.cert_pem, &self.key_pem, policy)
     }
 
     /// tonic configuration of the cluster port: a client certificate from the cluster CA is required.
@@ -368,4 +559,57 @@ pub fn peer_node_ids(certs: &[rustls::pki_types::CertificateDer<'_>]) -> Vec<Nod
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_policy_is_tls_12_and_13_with_aes_256_gcm_first() {
+        let policy = TlsPolicy::default();
+        assert_eq!(policy.versions(), [TlsVersion::V1_3, TlsVersion::V1_2]);
+        assert_eq!(policy.suite_names(), DEFAULT_CIPHER_SUITES);
+        assert!(policy.describe().starts_with(
+            "TLS 1.3 and TLS 1.2 only; cipher suites in the server's order of \
+                          preference: TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256"
+        ));
+    }
+
+    #[test]
+    fn a_policy_takes_rfc_names_in_the_given_order() {
+        let policy = TlsPolicy::new(
+            "1.3",
+            Some("tls_chacha20_poly1305_sha256, TLS13_AES_256_GCM_SHA384"),
+        )
+        .unwrap();
+        assert_eq!(policy.versions(), [TlsVersion::V1_3]);
+        assert_eq!(
+            policy.suite_names(),
+            ["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_256_GCM_SHA384"]
+        );
+    }
+
+    #[test]
+    fn a_policy_that_cannot_hold_is_refused_with_its_reason() {
+        let refused = |min: &str, suites: Option<&str>| TlsPolicy::new(min, suites).unwrap_err();
+        assert!(refused("1.1", None).contains("give 1.2 or 1.3"));
+        assert!(refused("1.0", None).contains("never"));
+        assert!(refused("1.2", Some("TLS_RSA_WITH_AES_256_CBC_SHA")).contains("unknown suite"));
+        assert!(refused(
+            "1.2",
+            Some("TLS13_AES_256_GCM_SHA384,TLS_AES_256_GCM_SHA384")
+        )
+        .contains("twice"));
+        assert!(
+            refused("1.3", Some("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"))
+                .contains("below --tls-min-version 1.3")
+        );
+        assert!(refused("1.2", Some("TLS13_AES_256_GCM_SHA384")).contains("no TLS 1.2 suite"));
+        assert!(
+            refused("1.2", Some("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"))
+                .contains("no TLS 1.3 suite")
+        );
+        assert!(refused("1.2", Some(" , ")).contains("no TLS 1.3 suite"));
+    }
 }

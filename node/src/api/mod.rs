@@ -31,7 +31,8 @@ use conifer_proto::pinecone::vector_service_server::VectorServiceServer;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::control::ControlPlane;
@@ -367,15 +368,64 @@ pub async fn serve(
             };
             let handshake = tokio::time::timeout(
                 Duration::from_millis(CLIENT_TLS_HANDSHAKE_TIMEOUT_MS),
-                acceptor.accept(tcp),
+                async {
+                    let tcp = speaks_tls(tcp).await?;
+                    Some(acceptor.accept(tcp).await)
+                },
             );
             match handshake.await {
-                Ok(Ok(tls)) => serve_connection(tls, peer, router, served_index).await,
-                Ok(Err(e)) => tracing::debug!(%peer, "client TLS handshake failed: {e}"),
+                Ok(Some(Ok(tls))) => serve_connection(tls, peer, router, served_index).await,
+                Ok(Some(Err(e))) => tracing::debug!(%peer, "client TLS handshake failed: {e}"),
+                Ok(None) => tracing::debug!(%peer, "plaintext on the TLS client port refused"),
                 Err(_) => {}
             }
         });
     }
+}
+
+/// First byte of a TLS connection: a handshake record (RFC 8446 §5.1, content type 22).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The body of what a TLS port answers a plaintext HTTP request before it closes.
+const PLAINTEXT_REFUSAL: &str = "This port speaks TLS only: use https:// (TLS 1.2 or 1.3)\n";
+/// Most bytes and time spent reading a refused plaintext client's request before closing.
+const PLAINTEXT_DRAIN_BYTES: usize = 64 << 10;
+const PLAINTEXT_DRAIN_MS: u64 = 500;
+
+/// Whether the client on `tcp` starts a TLS handshake (peeked, nothing consumed). If it
+/// does not, the connection is answered and closed here: plain HTTP/1.x (and h2c gRPC's
+/// preface, which starts like it) gets a 400 saying so, anything else (an SSL 2.0
+/// hello, noise) just the close. Never waits for more than the first byte.
+async fn speaks_tls(mut tcp: TcpStream) -> Option<TcpStream> {
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(1) if first[0] == TLS_HANDSHAKE_RECORD => return Some(tcp),
+        Ok(1) if first[0].is_ascii_uppercase() => {
+            let response = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{PLAINTEXT_REFUSAL}",
+                PLAINTEXT_REFUSAL.len()
+            );
+            let _ = tcp.write_all(response.as_bytes()).await;
+        }
+        Ok(1) => {}
+        _ => return None,
+    }
+    let _ = tcp.shutdown().await;
+    // Read what the client sent until it closes too (bounded), so that the close is a FIN
+    // after the answer, not a reset that could discard it.
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        while read < PLAINTEXT_DRAIN_BYTES {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(PLAINTEXT_DRAIN_MS), drain).await;
+    None
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (gRPC) on one accepted connection `io` until it ends or

@@ -188,6 +188,19 @@ pub struct ServeArgs {
     /// Private key (PEM) of --client-tls-cert; refused if every user can read it.
     #[arg(long, env = "CONIFER_CLIENT_TLS_KEY", requires = "client_tls_cert")]
     pub client_tls_key: Option<PathBuf>,
+    /// Lowest TLS version the client port and index ports accept: 1.2 or 1.3. TLS 1.0 and
+    /// 1.1 are never accepted.
+    #[arg(long, env = "CONIFER_TLS_MIN_VERSION", default_value = "1.2")]
+    pub tls_min_version: String,
+    /// Cipher suites the client port and index ports accept, separated by commas, most
+    /// preferred first (the server's order wins over the client's). Default: AES-256-GCM,
+    /// then AES-128-GCM, then ChaCha20-Poly1305, TLS 1.3 before 1.2 (all AEAD):
+    /// TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256,
+    /// TLS_ECDHE_{ECDSA,RSA}_WITH_AES_256_GCM_SHA384, ..._AES_128_GCM_SHA256,
+    /// ..._CHACHA20_POLY1305_SHA256.
+    #[arg(long, env = "CONIFER_TLS_CIPHER_SUITES", value_name = "SUITES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cipher_suites: Option<String>,
     /// Development only: the client port and index ports speak plain HTTP (HTTP/1.1 and
     /// h2c gRPC, no TLS), for tools that cannot be given a CA. Refused unless --api-addr is
     /// a loopback address; the cluster port keeps mutual TLS.
@@ -390,9 +403,12 @@ impl ServeArgs {
             }
             None => Keyring::InDataDir,
         };
+        let tls_policy =
+            crate::tls::TlsPolicy::new(&self.tls_min_version, self.tls_cipher_suites.as_deref())?;
         if let (Some(cert), Some(key)) = (&self.client_tls_cert, &self.client_tls_key) {
             // Before anything is created on disk.
-            crate::tls::load_client_port_config(cert, key).map_err(|e| e.to_string())?;
+            crate::tls::load_client_port_config(cert, key, &tls_policy)
+                .map_err(|e| e.to_string())?;
         }
         let client_transport = match (self.dev_http, self.client_tls_cert, self.client_tls_key) {
             (true, _, _) if !api_addr.ip().is_loopback() => {
@@ -451,6 +467,7 @@ impl ServeArgs {
             cluster_addr,
             tls_dir: self.tls_dir,
             client_transport,
+            tls_policy,
             join: self.join,
             learner: self.learner,
             domain: self.domain,
