@@ -284,7 +284,8 @@ impl Default for TlsPolicy {
 
 impl TlsPolicy {
     /// The policy of `--tls-min-version` (`1.2` or `1.3`) and `--tls-cipher-suites` (names
-    /// separated by commas, most preferred first; `None`: [`DEFAULT_CIPHER_SUITES`]). A
+    /// separated by commas, most preferred first; `None`: those of [`DEFAULT_CIPHER_SUITES`]
+    /// of the versions accepted). A
     /// TLS 1.3 suite may also be given by its RFC 8446 name (`TLS_AES_256_GCM_SHA384`).
     /// Refused, with the reason: another version, an unknown or repeated suite, or a
     /// version accepted without a suite of its own.
@@ -299,6 +300,7 @@ impl TlsPolicy {
                 ))
             }
         };
+        let defaults = suites.is_none();
         let names: Vec<String> = match suites {
             None => DEFAULT_CIPHER_SUITES
                 .iter()
@@ -330,7 +332,7 @@ impl TlsPolicy {
             }
             if TlsVersion::of(suite) >= min_version {
                 chosen.push(*suite);
-            } else {
+            } else if !defaults {
                 return Err(format!(
                     "--tls-cipher-suites: {name} is a TLS {} suite, below --tls-min-version \
                      {min_version}",
@@ -422,6 +424,21 @@ pub fn client_port_config(
     let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
         .map_err(|e| TlsError::Invalid(format!("key: {e}")))?
         .ok_or_else(|| TlsError::Invalid("the key file holds no private key".into()))?;
+    if policy.versions().contains(&TlsVersion::V1_2) {
+        let signer = rustls::crypto::ring::default_provider()
+            .key_provider
+            .load_private_key(key.clone_key())?;
+        let algorithm = signer.algorithm();
+        if !policy.suites.iter().any(|s| {
+            TlsVersion::of(s) == TlsVersion::V1_2 && s.usable_for_signature_algorithm(algorithm)
+        }) {
+            return Err(TlsError::Invalid(format!(
+                "TLS 1.2 is accepted but no TLS 1.2 suite of --tls-cipher-suites works with \
+                 the certificate's {algorithm:?} key: add a TLS_ECDHE_{algorithm:?}_WITH_… \
+                 suite, or give --tls-min-version 1.3"
+            )));
+        }
+    }
     let mut config = policy
         .server_builder()?
         .with_no_client_auth()
@@ -574,6 +591,35 @@ mod tests {
             "TLS 1.3 and TLS 1.2 only; cipher suites in the server's order of \
                           preference: TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256"
         ));
+    }
+
+    #[test]
+    fn tls_13_alone_keeps_the_default_tls_13_suites() {
+        let policy = TlsPolicy::new("1.3", None).unwrap();
+        assert_eq!(policy.versions(), [TlsVersion::V1_3]);
+        assert_eq!(policy.suite_names(), DEFAULT_CIPHER_SUITES[..3]);
+    }
+
+    #[test]
+    fn tls_12_suites_must_fit_the_certificate_key() {
+        let key = KeyPair::generate().unwrap(); // ECDSA P-256
+        let cert = CertificateParams::new(vec!["node-1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let rsa_only = TlsPolicy::new(
+            "1.2",
+            Some("TLS13_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"),
+        )
+        .unwrap();
+        let refused = client_port_config(&cert.pem(), &key.serialize_pem(), &rsa_only);
+        assert!(
+            matches!(&refused, Err(TlsError::Invalid(m)) if m.contains("TLS_ECDHE_ECDSA_WITH")),
+            "{:?}",
+            refused.err()
+        );
+        let default = TlsPolicy::default();
+        assert!(client_port_config(&cert.pem(), &key.serialize_pem(), &default).is_ok());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! it is on disk. Every value is sealed with the group's cipher, bound to group and index.
 //!
 //! The entries appended last are also kept decoded in memory ([`RECENT_ENTRIES_MAX_BYTES`]
-//! per group), so that applying a committed entry, or sending it to a follower, does not
+//! per group, [`RECENT_ENTRIES_NODE_MAX_BYTES`] over all groups of the node), so that applying a committed entry, or sending it to a follower, does not
 //! read it back and decrypt it: that read was a quarter of the at-rest encryption's CPU
 //! time while ingesting (`scripts/bench/run.sh encryption`). Disk stays the truth: the
 //! cache holds only what was synced, follows every truncation and purge, and a range it
@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -34,6 +35,9 @@ type Entry = openraft::Entry<TypeConfig>;
 /// Bytes (serialized) of the most recently appended entries each group keeps decoded in
 /// memory; older ones are read back from RocksDB.
 pub const RECENT_ENTRIES_MAX_BYTES: usize = 8 << 20;
+/// Bytes of such entries over all the groups of a node: past it, a group that appends
+/// keeps fewer (possibly none) of its own.
+pub const RECENT_ENTRIES_NODE_MAX_BYTES: usize = 64 << 20;
 
 /// The Raft log of one group inside the node's RocksDB.
 #[derive(Clone)]
@@ -45,14 +49,40 @@ pub struct LogStore {
 
 /// The last appended entries of a group, decoded: one contiguous run of indexes ending at
 /// the last entry on disk (or empty).
-#[derive(Default)]
 struct RecentEntries {
     /// Index -> (entry, its serialized size).
     entries: BTreeMap<u64, (Entry, usize)>,
     bytes: usize,
+    /// The node's total over all groups (`NodeStorage::recent_log_bytes`).
+    node_bytes: Arc<AtomicUsize>,
+}
+
+impl Drop for RecentEntries {
+    fn drop(&mut self) {
+        self.node_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl RecentEntries {
+    fn new(node_bytes: Arc<AtomicUsize>) -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            bytes: 0,
+            node_bytes,
+        }
+    }
+
+    fn add(&mut self, index: u64, entry: Entry, size: usize) {
+        self.bytes += size;
+        self.node_bytes.fetch_add(size, Ordering::Relaxed);
+        self.entries.insert(index, (entry, size));
+    }
+
+    fn forget(&mut self, size: usize) {
+        self.bytes -= size;
+        self.node_bytes.fetch_sub(size, Ordering::Relaxed);
+    }
+
     /// Records `appended` (consecutive indexes, just synced), evicting the oldest past
     /// [`RECENT_ENTRIES_MAX_BYTES`].
     fn appended(&mut self, appended: Vec<(Entry, usize)>) {
@@ -70,21 +100,22 @@ impl RecentEntries {
             self.clear();
         }
         for (entry, size) in appended {
-            self.bytes += size;
-            self.entries.insert(entry.log_id.index, (entry, size));
+            self.add(entry.log_id.index, entry, size);
         }
-        while self.bytes > RECENT_ENTRIES_MAX_BYTES {
+        while self.bytes > RECENT_ENTRIES_MAX_BYTES
+            || self.node_bytes.load(Ordering::Relaxed) > RECENT_ENTRIES_NODE_MAX_BYTES
+        {
             let Some((_, (_, size))) = self.entries.pop_first() else {
                 break;
             };
-            self.bytes -= size;
+            self.forget(size);
         }
     }
 
     /// Forgets the entries at `index` and after (a truncation).
     fn remove_from(&mut self, index: u64) {
         for (_, (_, size)) in self.entries.split_off(&index) {
-            self.bytes -= size;
+            self.forget(size);
         }
     }
 
@@ -92,12 +123,13 @@ impl RecentEntries {
     fn remove_through(&mut self, index: u64) {
         let kept = self.entries.split_off(&index.saturating_add(1));
         for (_, (_, size)) in std::mem::replace(&mut self.entries, kept) {
-            self.bytes -= size;
+            self.forget(size);
         }
     }
 
     fn clear(&mut self) {
         self.entries.clear();
+        self.node_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
         self.bytes = 0;
     }
 
@@ -127,10 +159,11 @@ fn fault(e: StorageFault) -> StorageError {
 impl LogStore {
     /// The log of `group` stored in `storage`.
     pub fn new(group: GroupId, storage: NodeStorage) -> Self {
+        let recent = RecentEntries::new(storage.recent_log_bytes());
         Self {
             group,
             storage,
-            recent: Arc::default(),
+            recent: Arc::new(Mutex::new(recent)),
         }
     }
 
@@ -375,7 +408,8 @@ mod tests {
 
     #[test]
     fn recent_entries_stay_one_run_within_their_byte_bound() {
-        let mut recent = RecentEntries::default();
+        let node = Arc::new(AtomicUsize::new(0));
+        let mut recent = RecentEntries::new(node.clone());
         recent.appended((1..=5).map(entry).collect());
         assert_eq!(held(&recent), [1, 2, 3, 4, 5]);
         assert_eq!(recent.range(2, 5).map(|e| e.len()), Some(3));
@@ -404,5 +438,27 @@ mod tests {
         recent.appended((12..=30).map(entry).collect());
         assert_eq!(recent.bytes, RECENT_ENTRIES_MAX_BYTES);
         assert_eq!(held(&recent), (23..=30).collect::<Vec<_>>());
+        assert_eq!(node.load(Ordering::Relaxed), RECENT_ENTRIES_MAX_BYTES);
+
+        // Over all groups, the node's bound: a group appending past it keeps less.
+        let groups: Vec<RecentEntries> = (0..7)
+            .map(|_| {
+                let mut other = RecentEntries::new(node.clone());
+                other.appended((1..=8).map(entry).collect());
+                other
+            })
+            .collect();
+        assert_eq!(node.load(Ordering::Relaxed), RECENT_ENTRIES_NODE_MAX_BYTES);
+        recent.appended(vec![entry(31), entry(32)]);
+        assert_eq!(held(&recent), (25..=32).collect::<Vec<_>>());
+        let mut late = RecentEntries::new(node.clone());
+        late.appended(vec![entry(1)]);
+        assert!(
+            held(&late).is_empty(),
+            "nothing left for it under the node's bound"
+        );
+        assert_eq!(node.load(Ordering::Relaxed), RECENT_ENTRIES_NODE_MAX_BYTES);
+        drop(groups);
+        assert_eq!(node.load(Ordering::Relaxed), RECENT_ENTRIES_MAX_BYTES);
     }
 }

@@ -67,6 +67,9 @@ pub struct NodeStorage {
     db: Arc<DB>,
     cipher: Arc<dyn ValueCipher>,
     groups: Arc<dyn GroupCiphers>,
+    /// Bytes of Raft entries all groups' log stores keep decoded in memory
+    /// ([`crate::log_store::RECENT_ENTRIES_NODE_MAX_BYTES`]).
+    recent_log_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl NodeStorage {
@@ -85,7 +88,13 @@ impl NodeStorage {
             db: Arc::new(db),
             groups: Arc::new(SameCipher(cipher.clone())),
             cipher,
+            recent_log_bytes: Arc::default(),
         })
+    }
+
+    /// The node's count of decoded Raft entry bytes held by log stores.
+    pub(crate) fn recent_log_bytes(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.recent_log_bytes.clone()
     }
 
     /// The same storage, sealing the values of every group other than 0 with the cipher
