@@ -388,8 +388,9 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// The body of what a TLS port answers a plaintext HTTP request before it closes.
 const PLAINTEXT_REFUSAL: &str = "This port speaks TLS only: use https:// (TLS 1.2 or 1.3)\n";
-/// Most bytes and time spent reading a refused plaintext client's request before closing.
+/// Most bytes read from a refused plaintext client before closing.
 const PLAINTEXT_DRAIN_BYTES: usize = 64 << 10;
+/// Most time spent reading them.
 const PLAINTEXT_DRAIN_MS: u64 = 500;
 
 /// Whether the client on `tcp` starts a TLS handshake (peeked, nothing consumed). If it
