@@ -133,13 +133,15 @@ impl RecentEntries {
         self.bytes = 0;
     }
 
-    /// The entries `start..end`, if every one of them is held.
+    /// The entries `start..end`, if every one of them is held (the run is contiguous, so
+    /// its ends say so).
     fn range(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
-        let held = self.entries.range(start..end);
-        let wanted = usize::try_from(end.saturating_sub(start)).ok()?;
-        if self.entries.range(start..end).count() != wanted {
+        let (&first, _) = self.entries.first_key_value()?;
+        let (&last, _) = self.entries.last_key_value()?;
+        if start < first || end > last.saturating_add(1) {
             return None;
         }
+        let held = self.entries.range(start..end);
         Some(held.map(|(_, (entry, _))| entry.clone()).collect())
     }
 }
