@@ -395,6 +395,8 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     let cluster_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(tls::PEER_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(tls::PEER_KEEPALIVE_TIMEOUT))
         .tls_config(node_tls.cluster_server_config())?
         .add_service(internal);
     tokio::spawn(async move {

@@ -544,8 +544,20 @@ impl NodeTls {
             .timeout(Duration::from_millis(CLUSTER_RPC_TIMEOUT_MS))
             .tcp_nodelay(true)
             .local_address(self.source_ip)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        // The chaos harness's unsafe mode: channels that never notice a dead peer (the
+        // keepalive of the node's earlier releases, 10 s + 5 s), which its failover checker
+        // must catch.
+        #[cfg(feature = "failpoints")]
+        let endpoint = if fail::eval("conifer::peer::slow_keepalive", |_| ()).is_some() {
+            endpoint
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+        } else {
+            endpoint
+        };
         Ok(endpoint.connect_lazy())
     }
 }
@@ -554,6 +566,15 @@ impl NodeTls {
 pub const CLUSTER_CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// Time allowed for one internal RPC (snapshot chunks included).
 pub const CLUSTER_RPC_TIMEOUT_MS: u64 = 30_000;
+/// How often each end of a node-to-node connection sends an HTTP/2 PING, busy or idle.
+pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a PING may go unanswered before its connection is closed and every call on it
+/// fails unanswered (`PeerFailure::Unanswered`). With [`PEER_KEEPALIVE_INTERVAL`], a peer
+/// cut off by a partition, paused or gone without closing its connections is noticed within
+/// 3 s — the bound on a call forwarded to it, instead of [`CLUSTER_RPC_TIMEOUT_MS`]. The
+/// margin over a loopback round trip keeps a node whose cores are busy from being taken
+/// for dead.
+pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The node ids named `node-<id>` in the DNS SANs of the first (leaf) certificate.
 pub fn peer_node_ids(certs: &[rustls::pki_types::CertificateDer<'_>]) -> Vec<NodeId> {

@@ -18,6 +18,8 @@ pub const PROPOSE_TIMEOUT_MS: u64 = 10_000;
 pub const READ_INDEX_TIMEOUT_MS: u64 = 2_000;
 /// Pause between attempts while no leader is known.
 const NO_LEADER_RETRY_MS: u64 = 100;
+/// Longest a waiting write goes without looking at its leader's quorum contact.
+const QUORUM_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Why a call on a group produced no answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -85,7 +87,12 @@ impl GroupClient {
         let group = self.group;
         let deadline = Instant::now() + Duration::from_millis(PROPOSE_TIMEOUT_MS);
         loop {
-            match self.raft.client_write(Command(bytes.clone())).await {
+            let write = self.raft.client_write(Command(bytes.clone()));
+            let written = tokio::select! {
+                written = write => written,
+                lost = self.quorum_lost() => return Err(self.unavailable(lost, true)),
+            };
+            match written {
                 Ok(resp) => return Ok((resp.data.0, resp.log_id.index)),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
                     if let (Some(leader), Some(node)) = (fwd.leader_id, fwd.leader_node) {
@@ -120,6 +127,51 @@ impl GroupClient {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(NO_LEADER_RETRY_MS)).await;
+        }
+    }
+
+    /// Resolves once this replica leads the group but has heard from no quorum of it for
+    /// longer than the longest election timeout (its `millis_since_quorum_ack`, or the time
+    /// since the wait began while it has never heard from one): a partition has cut it off,
+    /// and the followers have elected, or are electing, another leader. A write waiting on
+    /// such a leader is abandoned with its outcome unknown instead of waiting out the
+    /// partition — the bound a client sees is the election timeout, not its own deadline
+    /// (etcd's and the Raft thesis's "check quorum"). Never resolves while this replica is
+    /// a follower: openraft answers the write itself there (`ForwardToLeader`).
+    async fn quorum_lost(&self) -> String {
+        // The chaos harness's unsafe mode: a cut-off leader that waits out the partition,
+        // which its failover checker must catch.
+        #[cfg(feature = "failpoints")]
+        if fail::eval("raft::propose::no_quorum_check", |_| ()).is_some() {
+            return std::future::pending().await;
+        }
+        let limit = self.raft.config().election_timeout_max;
+        let waiting = Instant::now();
+        let mut metrics = self.raft.metrics();
+        loop {
+            let silent_ms = {
+                let m = metrics.borrow_and_update();
+                (m.state == openraft::ServerState::Leader).then(|| {
+                    m.millis_since_quorum_ack
+                        .unwrap_or_else(|| waiting.elapsed().as_millis() as u64)
+                })
+            };
+            if let Some(silent_ms) = silent_ms.filter(|ms| *ms > limit) {
+                return format!(
+                    "leader node {} of group {} has heard from no quorum for {silent_ms} ms \
+                     (cut off by a partition?); the write may or may not have been applied",
+                    self.peers.node_id(),
+                    self.group
+                );
+            }
+            // The metrics are republished on every tick of the replica, so a silent
+            // leader's growing silence is seen here; a closed channel (shutdown) is polled.
+            if tokio::time::timeout(QUORUM_CHECK_INTERVAL, metrics.changed())
+                .await
+                .is_ok_and(|r| r.is_err())
+            {
+                tokio::time::sleep(QUORUM_CHECK_INTERVAL).await;
+            }
         }
     }
 
@@ -257,16 +309,18 @@ impl GroupClient {
     }
 }
 
-/// How a call to a peer failed at the transport (a status, not an answer of the peer's
-/// application), as a caller decides what to do next.
+/// How a call to a peer failed, as a caller decides what to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerFailure {
     /// No connection could be made: the request had no effect there.
     NotSent,
-    /// The peer said it cannot serve the call now (`UNAVAILABLE`): another may.
+    /// The peer answered that it cannot serve the call now (`UNAVAILABLE`): another may.
     Unavailable,
-    /// No answer in time: the request may or may not have had its effect.
-    TimedOut,
+    /// No answer came: the deadline passed, or the connection failed (an HTTP/2 keepalive
+    /// ping went unanswered, the connection was reset) after the request may have been
+    /// sent. The request may or may not have had its effect, so it must not be sent to
+    /// another replica.
+    Unanswered,
     /// The peer refused this node (its certificate or its standing): a node fault, which a
     /// client sees as unavailability, never as its own lack of permission.
     Refused,
@@ -275,14 +329,20 @@ pub enum PeerFailure {
 }
 
 impl PeerFailure {
-    /// The kind of `status`, a failed call to a peer.
+    /// The kind of `status`, a failed call to a peer. A status the peer sent carries no
+    /// source error; one this node's transport made up (a lost connection, its own
+    /// deadline) carries the error that ended the call, so it is unanswered whatever code
+    /// tonic gave it (`UNAVAILABLE` for a keepalive timeout, `CANCELLED` for a deadline).
     pub fn of(status: &tonic::Status) -> Self {
         if never_sent(status) {
             return PeerFailure::NotSent;
         }
+        if std::error::Error::source(status).is_some() {
+            return PeerFailure::Unanswered;
+        }
         match status.code() {
             tonic::Code::Unavailable => PeerFailure::Unavailable,
-            tonic::Code::DeadlineExceeded => PeerFailure::TimedOut,
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => PeerFailure::Unanswered,
             tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => PeerFailure::Refused,
             _ => PeerFailure::Fault,
         }
@@ -300,4 +360,47 @@ pub fn never_sent(status: &tonic::Status) -> bool {
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_the_peer_sent_is_judged_by_its_code() {
+        let of = |status: tonic::Status| PeerFailure::of(&status);
+        assert_eq!(
+            of(tonic::Status::unavailable("not the leader")),
+            PeerFailure::Unavailable
+        );
+        assert_eq!(
+            of(tonic::Status::deadline_exceeded("slow")),
+            PeerFailure::Unanswered
+        );
+        assert_eq!(
+            of(tonic::Status::permission_denied("who?")),
+            PeerFailure::Refused
+        );
+        assert_eq!(of(tonic::Status::internal("bug")), PeerFailure::Fault);
+    }
+
+    #[test]
+    fn a_call_this_node_lost_after_connecting_is_unanswered_whatever_its_code() {
+        // What tonic makes of a connection that failed under a call (a keepalive PING
+        // unanswered, a reset): a status carrying the error, here with UNAVAILABLE.
+        let lost = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert!(std::error::Error::source(&lost).is_some());
+        assert_eq!(PeerFailure::of(&lost), PeerFailure::Unanswered);
+        let deadline = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(deadline.code(), tonic::Code::Cancelled);
+        assert_eq!(PeerFailure::of(&deadline), PeerFailure::Unanswered);
+        let refused = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"),
+        ))));
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert_eq!(PeerFailure::of(&refused), PeerFailure::NotSent);
+    }
 }

@@ -261,7 +261,7 @@ fn leader_failure(status: &tonic::Status) -> ControlError {
             reason: message,
             outcome_unknown: false,
         },
-        PeerFailure::TimedOut => ControlError::Unavailable {
+        PeerFailure::Unanswered => ControlError::Unavailable {
             reason: message,
             outcome_unknown: true,
         },

@@ -374,8 +374,10 @@ impl Router {
     /// Runs `op` on a replica of a remote index (`Internal/Data`), trying its replicas in
     /// turn. A replica that cannot be reached, or that answers it cannot serve the call now
     /// (unavailable), is passed over; any other answer — the operation's response or its
-    /// refusal — is the call's. A peer that times out is unavailable (the request may have
-    /// been applied), one that refuses this node is unavailable (a cluster fault, never the
+    /// refusal — is the call's. A peer that gives no answer (the deadline passed, or its
+    /// connection failed after the request may have been sent: a partition is noticed by
+    /// the channel's HTTP/2 keepalive) is unavailable with the request perhaps applied, and
+    /// is not retried on another replica; one that refuses this node is unavailable (a cluster fault, never the
     /// client's 403), any other transport failure internal.
     pub async fn forward(
         &self,
@@ -421,7 +423,7 @@ impl Router {
                         PeerFailure::NotSent | PeerFailure::Unavailable => {
                             last = DataError::unavailable(what)
                         }
-                        PeerFailure::TimedOut => {
+                        PeerFailure::Unanswered => {
                             return Err(DataError::unavailable(format!(
                                 "{what}; the request may or may not have been applied"
                             )))

@@ -24,6 +24,12 @@ const UNSAFE_MODES: &[(&str, &str)] = &[
     // About half the control-plane changes applied without their audit event: the audit
     // checker.
     ("drop-audit-events", "conifer::audit::drop_event=return"),
+    // Peers noticed dead only after the old 15 s keepalive, and cut-off leaders that wait
+    // out the partition: the failover checker.
+    (
+        "no-failover",
+        "conifer::peer::slow_keepalive=return;raft::propose::no_quorum_check=return",
+    ),
 ];
 
 #[derive(Parser, Debug)]
@@ -45,8 +51,7 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     duration_s: u64,
     /// Run the nodes in a deliberately unsafe mode (ack-before-commit, no-lease,
-    /// drop-audit-events) to show
-    /// the checkers catch it.
+    /// drop-audit-events, no-failover) to show the checkers catch it.
     #[arg(long = "unsafe")]
     unsafe_mode: Option<String>,
     /// Failpoints every node starts with (fail-rs syntax, e.g. `raft::apply::before=1%panic`).
@@ -140,7 +145,7 @@ fn main() -> ExitCode {
     match runtime.block_on(chaos::run(&config)) {
         Ok(summary) => {
             println!(
-                "conifer-chaos: {} schedules, {} ops ok, {} acknowledged writes: {} lost, {} linearizability violation(s) ({} keys, {} unchecked), {} convergence failure(s), {} revoked-credential accept(s) past {} ms (longest accepted delay {:.0} ms), {} audited action(s) with {} audit mismatch(es), {} root key rotation(s) with {} unsettled",
+                "conifer-chaos: {} schedules, {} ops ok, {} acknowledged writes: {} lost, {} linearizability violation(s) ({} keys, {} unchecked), {} convergence failure(s), {} revoked-credential accept(s) past {} ms (longest accepted delay {:.0} ms), {} audited action(s) with {} audit mismatch(es), {} root key rotation(s) with {} unsettled, {} write(s) while a leader was cut off: {} unanswered (answered within {:.0} ms at p99, {:.0} ms at most)",
                 summary.schedules,
                 summary.ops_ok,
                 summary.acknowledged_writes,
@@ -156,6 +161,10 @@ fn main() -> ExitCode {
                 summary.audit_mismatches,
                 summary.root_key_rotations,
                 summary.root_key_failures,
+                summary.failover_writes,
+                summary.failover_unanswered,
+                summary.failover_p99_answer_ms,
+                summary.failover_max_answer_ms,
             );
             if summary.violations == 0 {
                 ExitCode::SUCCESS

@@ -206,6 +206,11 @@ pub struct Op {
     pub invoke_ms: f64,
     /// Completion time (`f64::INFINITY` when unknown).
     pub complete_ms: f64,
+    /// When the client had its answer, whatever it said (an unknown outcome included);
+    /// `None` when it never completed.
+    pub answered_ms: Option<f64>,
+    /// Why it failed or is unknown, from its completion.
+    pub error: Option<String>,
 }
 
 /// Pairs each invocation with its process's next completion. Operations whose outcome is
@@ -232,6 +237,8 @@ pub fn pair(events: &[Event]) -> Vec<Op> {
                     complete_index: u64::MAX,
                     invoke_ms: e.time_ms,
                     complete_ms: f64::INFINITY,
+                    answered_ms: None,
+                    error: None,
                 };
                 if let Some(unfinished) = open.insert(&e.process, op) {
                     ops.push(unfinished);
@@ -240,6 +247,8 @@ pub fn pair(events: &[Event]) -> Vec<Op> {
             kind => {
                 if let Some(mut op) = open.remove(e.process.as_str()) {
                     op.outcome = kind;
+                    op.answered_ms = Some(e.time_ms);
+                    op.error = e.error.clone();
                     if kind != EventType::Info {
                         op.complete_index = e.index;
                         op.complete_ms = e.time_ms;

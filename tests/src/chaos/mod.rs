@@ -118,6 +118,14 @@ pub struct RunSummary {
     pub root_key_rotations: u64,
     /// Schedules after which the root keys did not settle.
     pub root_key_failures: usize,
+    /// Writes sent to the majority side while a leader was cut off.
+    pub failover_writes: usize,
+    /// Of those, left unanswered at the client's timeout.
+    pub failover_unanswered: usize,
+    /// Longest time one of them took to be answered (ms).
+    pub failover_max_answer_ms: f64,
+    /// The 99th percentile of those times within each schedule, at its highest (ms).
+    pub failover_p99_answer_ms: f64,
     /// All violations.
     pub violations: usize,
     /// Per-schedule reports.
@@ -173,6 +181,16 @@ impl RunSummary {
                 .max()
                 .unwrap_or_default(),
             root_key_failures: sum(&|r| usize::from(!r.root_keys.settled)),
+            failover_writes: sum(&|r| r.failover.writes),
+            failover_unanswered: sum(&|r| r.failover.unanswered.len()),
+            failover_max_answer_ms: reports
+                .iter()
+                .map(|r| r.failover.max_answer_ms)
+                .fold(0.0, f64::max),
+            failover_p99_answer_ms: reports
+                .iter()
+                .map(|r| r.failover.p99_answer_ms)
+                .fold(0.0, f64::max),
             violations: sum(&|r| r.violations()),
             reports,
         }
@@ -400,6 +418,7 @@ async fn run_schedule(
         revocation: check::revocation::check(&ops, REVOCATION_BOUND_MS),
         audit,
         root_keys,
+        failover: check::failover::check(&events, &ops),
     };
     cluster
         .http

@@ -34,6 +34,9 @@ pub enum Fault {
     PauseControlLeader,
     /// Cut the current leader of group 0 off from every other node.
     IsolateControlLeader,
+    /// Cut the current leader of the schedule's shard off from every other node: writes
+    /// sent to the others are forwarded to it until they notice.
+    IsolateShardLeader,
     /// Cut the cluster in two: `minority` from the rest.
     Split { minority: Vec<u64> },
     /// Two halves that cannot see each other, and one node that sees both.
@@ -65,6 +68,7 @@ pub const FAULT_KINDS: &[&str] = &[
     "pause-node",
     "pause-control-leader",
     "isolate-control-leader",
+    "isolate-shard-leader",
     "partition-split",
     "partition-bridge",
     "restart-all",
@@ -92,7 +96,7 @@ impl Fault {
     fn pick(rng: &mut StdRng, nodes: u64) -> Self {
         let all: Vec<u64> = (1..=nodes).collect();
         let any = |rng: &mut StdRng| *all.choose(rng).expect("a cluster has nodes");
-        match rng.gen_range(0..13) {
+        match rng.gen_range(0..14) {
             0 => Fault::KillNode { node: any(rng) },
             1 => Fault::KillControlLeader,
             2 => Fault::KillShardLeader,
@@ -126,7 +130,8 @@ impl Fault {
             10 => Fault::AddRemoveNode,
             11 => Fault::RotateRootKey { via: any(rng) },
             12 => Fault::RotateIndexKey { via: any(rng) },
-            _ => unreachable!("gen_range(0..13)"),
+            13 => Fault::IsolateShardLeader,
+            _ => unreachable!("gen_range(0..14)"),
         }
     }
 
@@ -139,6 +144,7 @@ impl Fault {
             Fault::PauseNode { .. } => "pause-node",
             Fault::PauseControlLeader => "pause-control-leader",
             Fault::IsolateControlLeader => "isolate-control-leader",
+            Fault::IsolateShardLeader => "isolate-shard-leader",
             Fault::Split { .. } => "partition-split",
             Fault::Bridge { .. } => "partition-bridge",
             Fault::RestartAll => "restart-all",
@@ -326,7 +332,7 @@ impl<'a> Nemesis<'a> {
             Fault::KillControlLeader | Fault::PauseControlLeader | Fault::IsolateControlLeader => {
                 self.control_leader().await
             }
-            Fault::KillShardLeader => self.shard_leader().await,
+            Fault::KillShardLeader | Fault::IsolateShardLeader => self.shard_leader().await,
             _ => None,
         };
         let injected = match fault {
@@ -340,7 +346,7 @@ impl<'a> Nemesis<'a> {
                 Some(node) => self.pause(vec![node])?,
                 None => Injected::Nothing,
             },
-            Fault::IsolateControlLeader => match leader {
+            Fault::IsolateControlLeader | Fault::IsolateShardLeader => match leader {
                 Some(node) => {
                     let others: Vec<u64> = self.ids().into_iter().filter(|n| *n != node).collect();
                     cut_between(&[node], &others)?;

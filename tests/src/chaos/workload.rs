@@ -29,6 +29,8 @@ pub const DIMENSION: usize = 4;
 pub const CONSISTENCY_HEADER: &str = "x-conifer-read-consistency";
 /// Longest a client waits for one answer; after that the outcome is unknown.
 pub const CLIENT_TIMEOUT_MS: u64 = 5_000;
+/// How the error of an operation whose client gave up waiting ([`CLIENT_TIMEOUT_MS`]) starts.
+pub const NO_ANSWER: &str = "no answer within the client timeout";
 /// When the key client probes every node with a key after its deletion was acknowledged
 /// (ms after): densely at first, to measure how soon nodes refuse it, then past the bound.
 pub const PROBE_OFFSETS_MS: &[u64] = &[0, 50, 200, 600, 1_100, 1_600, 2_200, 3_200];
@@ -149,6 +151,7 @@ enum Outcome {
 async fn classify(result: reqwest::Result<reqwest::Response>) -> (Option<StatusCode>, Outcome) {
     match result {
         Err(e) if e.is_connect() => (None, Outcome::Fail(format!("not connected: {e}"))),
+        Err(e) if e.is_timeout() => (None, Outcome::Unknown(format!("{NO_ANSWER}: {e}"))),
         Err(e) => (None, Outcome::Unknown(e.to_string())),
         Ok(resp) => {
             let status = resp.status();

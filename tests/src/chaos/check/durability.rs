@@ -106,6 +106,8 @@ mod tests {
             complete_index: comp,
             invoke_ms: inv as f64,
             complete_ms: comp as f64,
+            answered_ms: Some(comp as f64),
+            error: None,
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod convergence;
 pub mod durability;
+pub mod failover;
 pub mod linear;
 pub mod revocation;
 pub mod root_keys;
@@ -40,6 +41,9 @@ pub struct ScheduleReport {
     /// Root key rotations finished, every member on the one current version, and no
     /// rotation of the index's data key left running.
     pub root_keys: root_keys::RootKeysReport,
+    /// Writes on the majority side while a leader was cut off: answered before their
+    /// client gave up, and how soon.
+    pub failover: failover::FailoverReport,
 }
 
 impl ScheduleReport {
@@ -61,5 +65,6 @@ impl ScheduleReport {
             + self.revocation.accepted_after_bound.len()
             + self.audit.violations()
             + usize::from(!self.root_keys.settled)
+            + self.failover.unanswered.len()
     }
 }

@@ -108,6 +108,8 @@ mod tests {
             complete_index: done as u64,
             invoke_ms: at,
             complete_ms: done,
+            answered_ms: Some(done),
+            error: None,
         }
     }
 
