@@ -3,10 +3,16 @@
 //! Today: the admin REST API over TLS with the cluster CA — sign-in (password or client
 //! credentials), organizations, members, service accounts, projects, project members, API
 //! keys, operator tokens, signing keys and the cluster. The `conifer` CLI's admin commands
-//! are built on it. The gRPC data plane, client certificates and HTTP CONNECT proxies arrive
-//! with the data-plane and network issues.
+//! are built on it. [`grpc`]: the Pinecone data plane over gRPC. Both go straight to the
+//! nodes or through an HTTP CONNECT proxy ([`Proxy`]: explicit, or `HTTPS_PROXY` /
+//! `NO_PROXY` from the environment, with basic authentication).
 
 use std::time::Duration;
+
+pub mod grpc;
+pub mod proxy;
+
+pub use proxy::Proxy;
 
 /// HTTP methods of [`AdminClient::data`] and [`AdminClient::call`].
 pub use reqwest::Method;
@@ -62,6 +68,9 @@ impl From<reqwest::Error> for ClientError {
         }
         let hint = if e.is_timeout() {
             "no answer in time"
+        } else if cause.to_string().contains("tunnel") {
+            "the HTTP CONNECT proxy refused the tunnel: check its address, user and password \
+             (--proxy, CONIFER_PROXY, HTTPS_PROXY) and that it allows CONNECT to this port"
         } else if cause.to_string().contains("certificate") {
             "TLS verification failed: is --ca-cert (or --bootstrap) the CA of this node's certificate?"
         } else {
@@ -111,8 +120,19 @@ impl AdminClient {
         ca_pem: Option<&[u8]>,
         token: Option<&str>,
     ) -> Result<Self, ClientError> {
-        let mut http =
-            reqwest::Client::builder().timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
+        Self::with_proxy(api_url, ca_pem, token, &Proxy::Environment)
+    }
+
+    /// [`AdminClient::new`], connecting through `proxy` (an HTTP CONNECT proxy named
+    /// explicitly, the environment's, or none).
+    pub fn with_proxy(
+        api_url: &str,
+        ca_pem: Option<&[u8]>,
+        token: Option<&str>,
+        proxy: &Proxy,
+    ) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder().timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
+        let mut http = proxy.configure(http)?;
         if let Some(ca_pem) = ca_pem {
             let ca = reqwest::Certificate::from_pem(ca_pem)
                 .map_err(|e| ClientError::Certificate(e.to_string()))?;

@@ -159,3 +159,17 @@ def check_pinecone_parity(pc, index, spec, transport):
     finally:
         pc.delete_index(name)
     index.delete(delete_all=True, namespace=ns)
+
+
+def check_through_proxy(pc, index, proxy, vectors):
+    """An index answers through `pc` and `index`, SDK clients configured with a proxy: an
+    upsert, a fetch and a query, each of which must add to the proxy's tunnels (a client
+    that went straight to the node would not)."""
+    before = proxy.tunnels()
+    assert index.upsert(vectors=vectors, namespace="proxied").upserted_count == len(vectors)
+    first = vectors[0]
+    fetched = index.fetch(ids=[first["id"]], namespace="proxied")
+    assert first["id"] in fetched.vectors
+    top = index.query(vector=first["values"], top_k=1, namespace="proxied").matches
+    assert top and top[0].id == first["id"]
+    assert proxy.tunnels() > before, "the SDK did not go through the proxy"

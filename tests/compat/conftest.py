@@ -208,3 +208,55 @@ def single_node(request):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+PROXY_USER, PROXY_PASSWORD = "alice", "s3cret"
+
+
+class Tinyproxy:
+    """Debian's tinyproxy on 127.0.0.1 (HTTP CONNECT), logging every tunnel it opens."""
+
+    def __init__(self, basic_auth):
+        import socket
+
+        self.dir = Path(tempfile.mkdtemp(prefix="conifer-compat-proxy-"))
+        self.port = _free_port_block(1)
+        self.log = self.dir / "tinyproxy.log"
+        conf = (f"Port {self.port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{self.log}\"\n"
+                "LogLevel Connect\nMaxClients 64\nAllow 127.0.0.1\n")
+        if basic_auth:
+            conf += f"BasicAuth {PROXY_USER} {PROXY_PASSWORD}\n"
+        (self.dir / "tinyproxy.conf").write_text(conf)
+        self.proc = subprocess.Popen(["tinyproxy", "-d", "-c", str(self.dir / "tinyproxy.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise AssertionError("tinyproxy did not start")
+                time.sleep(0.05)
+
+    def url(self, credentials=False):
+        auth = f"{PROXY_USER}:{PROXY_PASSWORD}@" if credentials else ""
+        return f"http://{auth}127.0.0.1:{self.port}"
+
+    def tunnels(self):
+        """Tunnels opened so far (the log's "Established connection" lines)."""
+        text = self.log.read_text() if self.log.exists() else ""
+        return sum("Established connection to host" in line for line in text.splitlines())
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def proxies():
+    """An open and an authenticating tinyproxy, for the SDK's proxy settings."""
+    open_proxy, authenticating = Tinyproxy(False), Tinyproxy(True)
+    yield open_proxy, authenticating
+    open_proxy.stop()
+    authenticating.stop()

@@ -8,8 +8,8 @@ import pytest
 from pinecone import Pinecone, ServerlessSpec
 from pinecone.grpc import PineconeGRPC
 
-from common import DIM, META, N, VECTORS, check_pinecone_parity, exact_top_k, oracle
-from conftest import wait_for
+from common import DIM, META, N, VECTORS, check_pinecone_parity, check_through_proxy, exact_top_k, oracle
+from conftest import PROXY_PASSWORD, PROXY_USER, wait_for
 
 RECORDS = 3000
 
@@ -104,3 +104,31 @@ def test_dimension_mismatch_is_refused(loaded):
 def test_pinecone_parity_from_field_reports(loaded):
     transport, pc, index = loaded
     check_pinecone_parity(pc, index, ServerlessSpec(cloud="aws", region="us-east-1"), transport)
+
+
+def test_rest_and_grpc_through_an_http_connect_proxy(cluster, proxies, resolve_host):
+    """REST with the SDK's proxy_url and proxy_headers (basic authentication) through the
+    authenticating tinyproxy; gRPC with proxy_url through the open one (10.2's gRPC client
+    sends no proxy credentials, neither from the URL nor from headers); the proxies' logs
+    must show the tunnels."""
+    import base64
+
+    open_proxy, authenticating = proxies
+    os.environ["SSL_CERT_FILE"] = cluster["ca_cert"]
+    boot, api, ca = cluster["bootstrap"], cluster["nodes"][0]["api_url"], cluster["ca_cert"]
+    token = base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
+    pc = Pinecone(api_key=boot["api_key"], host=api, ssl_ca_certs=ca,
+                  proxy_url=authenticating.url(), proxy_headers={"Proxy-Authorization": f"Basic {token}"})
+    name = "proxied-v10"
+    before = authenticating.tunnels()
+    pc.create_index(name=name, dimension=DIM, metric="cosine", spec=ServerlessSpec(cloud="aws", region="us-east-1"))
+    assert authenticating.tunnels() > before, "create_index did not go through the proxy"
+    try:
+        host = resolve_host(pc.describe_index(name).host)
+        rows = [{"id": f"p{i}", "values": VECTORS[i].tolist()} for i in range(20)]
+        check_through_proxy(pc, pc.Index(host=host), authenticating, rows[:10])
+        grpc = PineconeGRPC(api_key=boot["api_key"], host=api, ssl_ca_certs=ca,
+                            proxy_url=open_proxy.url())
+        check_through_proxy(grpc, grpc.Index(host=host), open_proxy, rows[10:])
+    finally:
+        pc.delete_index(name)

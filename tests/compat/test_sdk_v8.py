@@ -6,9 +6,10 @@ from pinecone import Pinecone, ServerlessSpec
 from pinecone.exceptions import PineconeApiException, NotFoundException
 from pinecone.grpc import PineconeGRPC
 
-from conftest import HNSW_MIN_RECORDS, admin, engines, wait_for
+from conftest import HNSW_MIN_RECORDS, PROXY_PASSWORD, PROXY_USER, admin, engines, wait_for
 
-from common import DIM, META, N, VECTORS, check_pinecone_parity, exact_top_k, oracle
+from common import (DIM, META, N, VECTORS, check_pinecone_parity, check_through_proxy, exact_top_k,
+                    oracle)
 
 
 @pytest.fixture(scope="module", params=["rest", "grpc"])
@@ -240,3 +241,29 @@ def test_index_actions_through_the_sdk_are_audited(client, cluster):
         assert event["event"]["outcome"]["result"] == "success"
         assert "python" in (event["client"]["userAgent"] or "").lower(), event["client"]
     assert events[1]["event"]["parameters"]["tags"] == {"owner": "compat"}
+
+
+def test_rest_and_grpc_through_an_http_connect_proxy(cluster, proxies, resolve_host, monkeypatch):
+    """REST with the SDK's proxy_url and proxy_headers (basic authentication), gRPC (grpcio)
+    through HTTPS_PROXY with the password in the URL, both through the authenticating
+    tinyproxy, whose log must show the tunnels."""
+    import urllib3
+
+    _, authenticating = proxies
+    boot, api, ca = cluster["bootstrap"], cluster["nodes"][0]["api_url"], cluster["ca_cert"]
+    headers = urllib3.make_headers(proxy_basic_auth=f"{PROXY_USER}:{PROXY_PASSWORD}")
+    pc = Pinecone(api_key=boot["api_key"], host=api, ssl_ca_certs=ca,
+                  proxy_url=authenticating.url(), proxy_headers=headers)
+    name = "proxied-v8"
+    before = authenticating.tunnels()
+    pc.create_index(name=name, dimension=DIM, metric="cosine", spec=ServerlessSpec(cloud="aws", region="us-east-1"))
+    assert authenticating.tunnels() > before, "create_index did not go through the proxy"
+    try:
+        host = resolve_host(pc.describe_index(name).host)
+        rows = [{"id": f"p{i}", "values": VECTORS[i].tolist()} for i in range(20)]
+        check_through_proxy(pc, pc.Index(host=host), authenticating, rows[:10])
+        monkeypatch.setenv("https_proxy", authenticating.url(credentials=True))
+        grpc = PineconeGRPC(api_key=boot["api_key"], host=api, ssl_ca_certs=ca)
+        check_through_proxy(grpc, grpc.Index(host=host), authenticating, rows[10:])
+    finally:
+        pc.delete_index(name)

@@ -37,6 +37,10 @@ pub struct Connection {
     /// A node's bootstrap.json, for the URL, CA and operator token.
     #[arg(long, env = "CONIFER_BOOTSTRAP", global = true)]
     pub bootstrap: Option<PathBuf>,
+    /// HTTP CONNECT proxy to reach the nodes through: http://[user:password@]host:port, or
+    /// `direct` for none [default: HTTPS_PROXY / ALL_PROXY, except NO_PROXY hosts].
+    #[arg(long, env = "CONIFER_PROXY", global = true, hide_env_values = true)]
+    pub proxy: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
     pub output: OutputFormat,
@@ -553,7 +557,14 @@ pub(super) fn endpoint(
     api_url: Option<String>,
     ca_cert: Option<PathBuf>,
     bootstrap: Option<&std::path::Path>,
+    proxy: Option<&str>,
 ) -> anyhow::Result<(AdminClient, Option<Value>)> {
+    let proxy = match proxy {
+        Some(text) => text
+            .parse::<conifer_client::Proxy>()
+            .map_err(|e| super::exit::Usage(e.to_string()))?,
+        None => conifer_client::Proxy::Environment,
+    };
     let boot: Option<Value> = match bootstrap {
         Some(path) => Some(
             serde_json::from_slice(
@@ -579,11 +590,19 @@ pub(super) fn endpoint(
         Some(ca) => Some(std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?),
         None => None,
     };
-    Ok((AdminClient::new(&url, ca_pem.as_deref(), None)?, boot))
+    Ok((
+        AdminClient::with_proxy(&url, ca_pem.as_deref(), None, &proxy)?,
+        boot,
+    ))
 }
 
 pub(super) fn client(c: &Connection, need_token: bool) -> anyhow::Result<AdminClient> {
-    let (client, boot) = endpoint(c.api_url.clone(), c.ca_cert.clone(), c.bootstrap.as_deref())?;
+    let (client, boot) = endpoint(
+        c.api_url.clone(),
+        c.ca_cert.clone(),
+        c.bootstrap.as_deref(),
+        c.proxy.as_deref(),
+    )?;
     let token = c.token.clone().or_else(|| {
         boot.as_ref()
             .and_then(|b| b["admin_token"].as_str())

@@ -44,6 +44,10 @@ pub struct DataConnection {
     /// A node's bootstrap.json, for the URL, CA and API key.
     #[arg(long, env = "CONIFER_BOOTSTRAP", global = true)]
     pub bootstrap: Option<PathBuf>,
+    /// HTTP CONNECT proxy to reach the nodes through: http://[user:password@]host:port, or
+    /// `direct` for none [default: HTTPS_PROXY / ALL_PROXY, except NO_PROXY hosts].
+    #[arg(long, env = "CONIFER_PROXY", global = true, hide_env_values = true)]
+    pub proxy: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
     pub output: OutputFormat,
@@ -55,6 +59,7 @@ impl DataConnection {
             self.api_url.clone(),
             self.ca_cert.clone(),
             self.bootstrap.as_deref(),
+            self.proxy.as_deref(),
         )?;
         let key = match (
             &self.api_key,
