@@ -569,6 +569,50 @@ impl AdminClient {
             .await
     }
 
+    /// `GET /admin/projects/{id}/private-endpoints`.
+    pub async fn list_private_endpoints(
+        &self,
+        project_id: &str,
+    ) -> Result<Vec<Value>, ClientError> {
+        self.list(&format!(
+            "/admin/projects/{}/private-endpoints",
+            segment(project_id)
+        ))
+        .await
+    }
+
+    /// `POST /admin/projects/{id}/private-endpoints`: a private endpoint binding the
+    /// project's data plane to the private listener and/or client sources in `allowed_cidrs`.
+    pub async fn create_private_endpoint(
+        &self,
+        project_id: &str,
+        name: &str,
+        private_listener: bool,
+        allowed_cidrs: &[String],
+    ) -> Result<Value, ClientError> {
+        self.post(
+            &format!("/admin/projects/{}/private-endpoints", segment(project_id)),
+            json!({
+                "name": name,
+                "private_listener": private_listener,
+                "allowed_cidrs": allowed_cidrs,
+            }),
+        )
+        .await
+    }
+
+    /// `GET /admin/private-endpoints/{id}`.
+    pub async fn get_private_endpoint(&self, id: &str) -> Result<Value, ClientError> {
+        self.get(&format!("/admin/private-endpoints/{}", segment(id)))
+            .await
+    }
+
+    /// `DELETE /admin/private-endpoints/{id}`.
+    pub async fn delete_private_endpoint(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/admin/private-endpoints/{}", segment(id)))
+            .await
+    }
+
     /// `GET /admin/api-keys/{id}`.
     pub async fn get_api_key(&self, id: &str) -> Result<Value, ClientError> {
         self.get(&format!("/admin/api-keys/{id}")).await

@@ -79,6 +79,9 @@ pub struct ServeConfig {
     pub key_cache_ttl_ms: u64,
     /// Client (REST + gRPC) listen address.
     pub api_addr: SocketAddr,
+    /// The private listener (`--private-api-addr`): the client API again, on an address of
+    /// its own, for projects' private endpoints.
+    pub private_api_addr: Option<SocketAddr>,
     /// Host name or IP clients and peers reach this node by (`--advertise-addr`); `None`:
     /// the IPs of the listen addresses.
     pub advertise_host: Option<String>,
@@ -203,7 +206,15 @@ fn raft_config() -> anyhow::Result<Arc<openraft::Config>> {
 fn create_default_certs(dir: &Path, config: &ServeConfig) -> anyhow::Result<()> {
     tls::generate_ca(dir, "conifer")?;
     let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    for ip in [config.api_addr.ip(), config.cluster_addr.ip()] {
+    let private = config.private_api_addr.map(|a| a.ip());
+    for ip in [
+        Some(config.api_addr.ip()),
+        Some(config.cluster_addr.ip()),
+        private,
+    ]
+    .into_iter()
+    .flatten()
+    {
         if !ip.is_unspecified() && !hosts.contains(&ip.to_string()) {
             hosts.push(ip.to_string());
         }
@@ -369,6 +380,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         Addressing {
             domain: config.domain.clone(),
             api_addr: config.api_addr,
+            private_api_addr: config.private_api_addr,
             advertised_host: config.advertised_host(config.api_addr),
             index_ports: config.index_ports,
             plain_http: config.client_transport == ClientTransport::DevHttp,
@@ -448,19 +460,56 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         keys: keys.clone(),
         rotator,
     };
-    if let Some((first, last)) = config.index_ports {
-        tracing::info!(first, last, "index ports: each index gets its own port");
-        tokio::spawn(api::ports::serve_index_ports(
-            config.api_addr.ip(),
-            vec![config.api_addr.port(), config.cluster_addr.port()],
-            control.clone(),
+    let own_ports: Vec<u16> = [Some(config.api_addr), Some(config.cluster_addr)]
+        .into_iter()
+        .chain([config.private_api_addr])
+        .flatten()
+        .map(|a| a.port())
+        .collect();
+    let listeners = [(config.api_addr, api::access::Listener::Public)]
+        .into_iter()
+        .chain(
+            config
+                .private_api_addr
+                .map(|a| (a, api::access::Listener::Private)),
+        );
+    for (addr, kind) in listeners {
+        if let Some((first, last)) = config.index_ports {
+            tracing::info!(first, last, ip = %addr.ip(), ?kind, "index ports: each index gets its own port");
+            tokio::spawn(api::ports::serve_index_ports(
+                addr.ip(),
+                own_ports.clone(),
+                control.clone(),
+                client_tls.clone(),
+                api::index_port_routes(state.clone()),
+                connections.clone(),
+                kind,
+            ));
+        }
+    }
+    if let Some(private) = config.private_api_addr {
+        let listener = TcpListener::bind(private)
+            .await
+            .with_context(|| format!("binding the private listener {private}"))?;
+        tracing::info!(%private, "private listener: projects' private endpoints");
+        tokio::spawn(api::serve(
+            listener,
             client_tls.clone(),
-            api::index_port_routes(state.clone()),
+            api::routes(state.clone()),
             connections.clone(),
+            None,
+            api::access::Listener::Private,
         ));
     }
     let app = api::routes(state);
-    tokio::spawn(api::serve(api_listener, client_tls, app, connections, None));
+    tokio::spawn(api::serve(
+        api_listener,
+        client_tls,
+        app,
+        connections,
+        None,
+        api::access::Listener::Public,
+    ));
     tokio::spawn(crate::control::audit_sink::keep_retention(
         control.clone(),
         config.audit_retention_s,

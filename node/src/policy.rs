@@ -187,6 +187,12 @@ operations! {
     ApiKeyCreate => "api_key.create", Project, [OPERATOR, P_OWNER];
     ApiKeyUpdate => "api_key.update", Project, [OPERATOR, P_OWNER];
     ApiKeyDelete => "api_key.delete", Project, [OPERATOR, P_OWNER];
+    PrivateEndpointList => "private_endpoint.list", Project,
+        [OPERATOR, P_OWNER, P_MANAGER, P_MEMBER];
+    PrivateEndpointGet => "private_endpoint.get", Project,
+        [OPERATOR, P_OWNER, P_MANAGER, P_MEMBER];
+    PrivateEndpointCreate => "private_endpoint.create", Project, [OPERATOR, P_OWNER];
+    PrivateEndpointDelete => "private_endpoint.delete", Project, [OPERATOR, P_OWNER];
 
     IndexCreate => "index.create", Project,
         [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_CONTROL_EDITOR];
@@ -281,6 +287,9 @@ impl Operation {
             O::ApiKeyCreate => (V::Create, T::ApiKey),
             O::ApiKeyUpdate => (V::Update, T::ApiKey),
             O::ApiKeyDelete => (V::Delete, T::ApiKey),
+            O::PrivateEndpointList | O::PrivateEndpointGet => (V::Read, T::PrivateEndpoints),
+            O::PrivateEndpointCreate => (V::Create, T::PrivateEndpoints),
+            O::PrivateEndpointDelete => (V::Delete, T::PrivateEndpoints),
             O::IndexCreate | O::NamespaceCreate => (V::Create, T::Index),
             O::IndexList
             | O::IndexDescribe
@@ -453,6 +462,26 @@ pub const ROUTES: &[(&str, &str, Operation)] = &[
     ("GET", "/admin/api-keys/{id}", Operation::ApiKeyGet),
     ("PATCH", "/admin/api-keys/{id}", Operation::ApiKeyUpdate),
     ("DELETE", "/admin/api-keys/{id}", Operation::ApiKeyDelete),
+    (
+        "GET",
+        "/admin/projects/{id}/private-endpoints",
+        Operation::PrivateEndpointList,
+    ),
+    (
+        "POST",
+        "/admin/projects/{id}/private-endpoints",
+        Operation::PrivateEndpointCreate,
+    ),
+    (
+        "GET",
+        "/admin/private-endpoints/{id}",
+        Operation::PrivateEndpointGet,
+    ),
+    (
+        "DELETE",
+        "/admin/private-endpoints/{id}",
+        Operation::PrivateEndpointDelete,
+    ),
     ("POST", "/indexes", Operation::IndexCreate),
     ("GET", "/indexes", Operation::IndexList),
     ("GET", "/indexes/{name}", Operation::IndexDescribe),

@@ -189,6 +189,11 @@ pub fn issue_leaf(
             }
             if let Some(domain) = domain {
                 sans.push(SanType::DnsName(format!("*.{domain}").try_into()?));
+                // Index hosts on the private listener (`<index>-<tag>.private.<domain>`).
+                let private = crate::dataplane::router::PRIVATE_SUBDOMAIN;
+                sans.push(SanType::DnsName(
+                    format!("*.{private}.{domain}").try_into()?,
+                ));
             }
             params.subject_alt_names = sans;
             params.extended_key_usages = vec![

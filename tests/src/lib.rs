@@ -114,6 +114,10 @@ pub struct ClusterOptions {
     /// Extra `serve` arguments of every node; with `--root-key-kms` the nodes get no
     /// `--keyring`.
     pub args: Vec<String>,
+    /// (public IP, private IP): every node's client and cluster ports on the public IP and
+    /// a private listener (`--private-api-addr`) on the private IP, both IPs in its
+    /// certificate.
+    pub private_listener: Option<(String, String)>,
 }
 
 /// The loopback address of node `id` when nodes have distinct hosts.
@@ -141,6 +145,8 @@ pub struct NodeProc {
     pub env: Vec<(String, String)>,
     /// Extra `serve` arguments.
     pub args: Vec<String>,
+    /// The private listener's address, when it has one.
+    pub private_addr: Option<String>,
     child: Option<Child>,
 }
 
@@ -294,15 +300,31 @@ impl Cluster {
         // Ids are never reused, also after a node was retired.
         self.last_id += 1;
         let id = self.last_id;
-        let host = if self.options.distinct_hosts {
-            node_host(id)
-        } else {
-            "127.0.0.1".to_string()
+        let host = match (&self.options.private_listener, self.options.distinct_hosts) {
+            (Some((public, _)), _) => public.clone(),
+            (None, true) => node_host(id),
+            (None, false) => "127.0.0.1".to_string(),
         };
+        let private = self
+            .options
+            .private_listener
+            .as_ref()
+            .map(|(_, private)| format!("{private}:{}", free_port_on(private)));
+        let mut hosts = vec![host.clone()];
+        hosts.extend(
+            self.options
+                .private_listener
+                .as_ref()
+                .map(|(_, private)| private.clone()),
+        );
+        let mut args = self.options.args.clone();
+        if let Some(private) = &private {
+            args.extend(["--private-api-addr".to_string(), private.clone()]);
+        }
         let tls_dir = self.dir.path().join(format!("tls-{id}"));
         let kind = LeafKind::Node {
             id,
-            hosts: vec![host.clone()],
+            hosts,
             domain: Some("svc.test.localhost".into()),
         };
         tls::issue_leaf(
@@ -323,7 +345,8 @@ impl Cluster {
             join,
             learner,
             env: self.options.env.clone(),
-            args: self.options.args.clone(),
+            args,
+            private_addr: private,
             child: None,
         };
         node.spawn()?;

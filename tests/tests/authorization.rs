@@ -91,6 +91,7 @@ struct World {
     sa_client_id: String,
     sa_secret: String,
     spare_key_id: String,
+    spare_endpoint_id: String,
     spare_token_id: String,
     spare_user_id: String,
     spare_sa_id: String,
@@ -219,6 +220,20 @@ impl World {
             )
             .await;
         v["key"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// A private endpoint of project A that admits every loopback source, so that the
+    /// data-plane cases stay open while it exists.
+    async fn fresh_endpoint(&self, via: u64) -> String {
+        let v = self
+            .operator(
+                via,
+                Method::POST,
+                &format!("/admin/projects/{}/private-endpoints", self.project_a),
+                Some(json!({"name": uid(), "allowed_cidrs": ["127.0.0.0/8"]})),
+            )
+            .await;
+        v["id"].as_str().unwrap().to_string()
     }
 
     /// A new project in which `principal` holds the role it holds in project A.
@@ -928,6 +943,61 @@ fn rest_cases() -> Vec<Case> {
             }),
         ),
         case(
+            "GET",
+            "/admin/projects/{id}/private-endpoints",
+            PROJECT_READERS,
+            NO_ROLE_IN_A,
+            200,
+            prep!(|w, via, p, fresh| req(
+                Method::GET,
+                format!("/admin/projects/{}/private-endpoints", w.project_a),
+                None
+            )),
+        ),
+        case(
+            "POST",
+            "/admin/projects/{id}/private-endpoints",
+            PROJECT_OWNERS,
+            NO_ROLE_IN_A,
+            201,
+            prep!(|w, via, p, fresh| req(
+                Method::POST,
+                format!("/admin/projects/{}/private-endpoints", w.project_a),
+                Some(json!({"name": uid(), "allowed_cidrs": ["127.0.0.0/8"]}))
+            )),
+        ),
+        case(
+            "GET",
+            "/admin/private-endpoints/{id}",
+            PROJECT_READERS,
+            NO_ROLE_IN_A,
+            200,
+            prep!(|w, via, p, fresh| req(
+                Method::GET,
+                format!("/admin/private-endpoints/{}", w.spare_endpoint_id),
+                None
+            )),
+        ),
+        case(
+            "DELETE",
+            "/admin/private-endpoints/{id}",
+            PROJECT_OWNERS,
+            NO_ROLE_IN_A,
+            202,
+            prep!(|w, via, p, fresh| {
+                let id = if fresh {
+                    w.fresh_endpoint(via).await
+                } else {
+                    w.spare_endpoint_id.clone()
+                };
+                req(
+                    Method::DELETE,
+                    format!("/admin/private-endpoints/{id}"),
+                    None,
+                )
+            }),
+        ),
+        case(
             "POST",
             "/indexes",
             INDEX_WRITERS,
@@ -1204,6 +1274,7 @@ async fn build_world() -> World {
         sa_client_id: String::new(),
         sa_secret: String::new(),
         spare_key_id: String::new(),
+        spare_endpoint_id: String::new(),
         spare_token_id: String::new(),
         spare_user_id: String::new(),
         spare_sa_id: String::new(),
@@ -1352,6 +1423,7 @@ async fn build_world() -> World {
 
     // Targets for denied attempts, which must exist so a 404 means "hidden".
     w.spare_key_id = w.fresh_key(1).await;
+    w.spare_endpoint_id = w.fresh_endpoint(1).await;
     w.spare_token_id = w.operator_token(1, true).await;
     w.spare_user_id = w.fresh_user(1, "OrgMember").await;
     w.spare_sa_id = w.fresh_sa(1).await;

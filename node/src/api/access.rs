@@ -31,6 +31,18 @@ pub const PROJECT_HEADER: &str = "x-project-id";
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub IpAddr);
 
+/// Which of a node's listeners a request came in on, set on every request by the accept
+/// loop: the client port and its index ports, or the private listener
+/// (`serve --private-api-addr`) and its index ports. A project with private endpoints
+/// ([`crate::control::private_endpoints`]) may require the private one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The client port (`--api-addr`) or one of its index ports.
+    Public,
+    /// The private listener (`--private-api-addr`) or one of its index ports.
+    Private,
+}
+
 /// The shard group of the index whose own port a request came in on
 /// (`--index-port-range`): every accept loop sets an `Option<ServedIndex>`, `None` on the
 /// client port.
@@ -48,6 +60,10 @@ pub struct Caller {
     pub request: Arc<RequestInfo>,
     /// The index whose own port the request came in on ([`ServedIndex`]), by shard group.
     pub served_index: Option<u64>,
+    /// The listener the request came in on.
+    pub listener: Listener,
+    /// The client's address.
+    pub client_addr: Option<IpAddr>,
     api: ApiState,
     authorized: Arc<AtomicBool>,
 }
@@ -59,6 +75,17 @@ impl Caller {
     pub fn authorize(&self, target: Target<'_>) -> Result<(), ApiError> {
         let error = match policy::decide(&self.principal, self.operation, target) {
             Ok(()) => {
+                // A project's private endpoints bind its data plane (with the key still
+                // required): checked once the caller may call it at all.
+                if let (true, Target::Project { id, .. }) = (self.operation.is_data_plane(), target)
+                {
+                    let private = self.listener == Listener::Private;
+                    let source = self.client_addr;
+                    self.api
+                        .control
+                        .read(|s| s.private_access(id, private, source))
+                        .map_err(|refusal| ApiError::forbidden(refusal.0))?;
+                }
                 self.authorized.store(true, Ordering::Release);
                 return Ok(());
             }
@@ -392,6 +419,12 @@ async fn authenticated(
             .copied()
             .flatten()
             .map(|index| index.0),
+        listener: request
+            .extensions()
+            .get::<Listener>()
+            .copied()
+            .unwrap_or(Listener::Public),
+        client_addr: source,
         api: route.api.clone(),
         authorized: Arc::new(AtomicBool::new(false)),
     };

@@ -72,6 +72,11 @@ async fn render(state: &ApiState, indexes: &[Index], schema_shape: bool) -> Vec<
             };
             out["status"] = status_json(index, &up);
             out["encryption"] = encryption_json(state, index);
+            // Pinecone's host on a private endpoint: the index on this node's private
+            // listener (`serve --private-api-addr`), when it has one.
+            if let Some(private) = state.router.private_host_of(index) {
+                out["private_host"] = json!(private);
+            }
             out
         })
         .collect()

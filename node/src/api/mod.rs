@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod identity;
 pub mod indexes;
 pub mod ports;
+pub mod private;
 pub mod signin;
 
 use std::net::SocketAddr;
@@ -187,6 +188,7 @@ fn takes_body(operation: Operation) -> bool {
             | O::ProjectMemberUpdate
             | O::ApiKeyCreate
             | O::ApiKeyUpdate
+            | O::PrivateEndpointCreate
             | O::IndexCreate
             | O::IndexConfigure
             | O::VectorUpsert
@@ -285,6 +287,10 @@ fn handler(method: MethodFilter, operation: Operation) -> MethodRouter<ApiState>
         O::ApiKeyCreate => on(method, admin::create_api_key),
         O::ApiKeyUpdate => on(method, admin::update_api_key),
         O::ApiKeyDelete => on(method, admin::delete_api_key),
+        O::PrivateEndpointList => on(method, private::list),
+        O::PrivateEndpointGet => on(method, private::get),
+        O::PrivateEndpointCreate => on(method, private::create),
+        O::PrivateEndpointDelete => on(method, private::delete),
         O::IndexCreate => on(method, indexes::create),
         O::IndexList => on(method, indexes::list),
         O::IndexDescribe => on(method, indexes::describe),
@@ -333,13 +339,15 @@ async fn copy_authority(mut request: axum::extract::Request) -> axum::extract::R
 /// HTTP when `None` (`serve --dev-http`, loopback only) — admitting connections by
 /// `connections` ([`conn`]'s caps) and closing idle and slow ones ([`conn`]'s timeouts).
 /// `served_index`: the shard group of the index this is the own port of
-/// ([`ports`]), stamped on every request; `None` for the client port.
+/// ([`ports`]), stamped on every request; `None` for the client port. `kind`: which of the
+/// node's listeners this is (public or private), also stamped on every request.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
     connections: Arc<conn::ConnectionTable>,
     served_index: Option<u64>,
+    kind: access::Listener,
 ) {
     let acceptor = tls.map(TlsAcceptor::from);
     loop {
@@ -364,7 +372,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             let Some(acceptor) = acceptor else {
-                return serve_connection(tcp, peer, router, served_index).await;
+                return serve_connection(tcp, peer, router, served_index, kind).await;
             };
             let handshake = tokio::time::timeout(
                 Duration::from_millis(CLIENT_TLS_HANDSHAKE_TIMEOUT_MS),
@@ -374,7 +382,7 @@ pub async fn serve(
                 },
             );
             match handshake.await {
-                Ok(Some(Ok(tls))) => serve_connection(tls, peer, router, served_index).await,
+                Ok(Some(Ok(tls))) => serve_connection(tls, peer, router, served_index, kind).await,
                 Ok(Some(Err(e))) => tracing::debug!(%peer, "client TLS handshake failed: {e}"),
                 Ok(None) => tracing::debug!(%peer, "plaintext on the TLS client port refused"),
                 Err(_) => {}
@@ -436,6 +444,7 @@ async fn serve_connection<IO>(
     peer: SocketAddr,
     router: axum::Router,
     served_index: Option<u64>,
+    kind: access::Listener,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -446,7 +455,10 @@ async fn serve_connection<IO>(
         &axum::Extension(access::ClientAddr(peer.ip())),
         tower::Layer::layer(
             &axum::Extension(served_index.map(access::ServedIndex)),
-            router.into_service::<hyper::body::Incoming>(),
+            tower::Layer::layer(
+                &axum::Extension(kind),
+                router.into_service::<hyper::body::Incoming>(),
+            ),
         ),
     );
     let service = TowerToHyperService::new(conn::Tracked::new(service, activity.clone()));

@@ -67,6 +67,7 @@ pub async fn serve_index_ports(
     tls: Option<Arc<rustls::ServerConfig>>,
     app: axum::Router,
     connections: Arc<ConnectionTable>,
+    kind: super::access::Listener,
 ) {
     let mut open: HashMap<u16, (u64, JoinHandle<()>)> = HashMap::new();
     let mut unbindable: HashMap<u16, Instant> = HashMap::new();
@@ -102,6 +103,7 @@ pub async fn serve_index_ports(
                         app.clone(),
                         connections.clone(),
                         Some(group),
+                        kind,
                     );
                     open.insert(port, (group, tokio::spawn(serving)));
                 }

@@ -92,11 +92,13 @@ pub enum ResourceType {
     AuditLog,
     /// The cluster (refused cluster operations).
     Cluster,
+    /// A project's private endpoint (the seed's `private-endpoints`).
+    PrivateEndpoints,
 }
 
 impl ResourceType {
     /// Every resource type.
-    pub const ALL: [ResourceType; 10] = [
+    pub const ALL: [ResourceType; 11] = [
         ResourceType::Organization,
         ResourceType::User,
         ResourceType::Project,
@@ -107,6 +109,7 @@ impl ResourceType {
         ResourceType::SigningKey,
         ResourceType::AuditLog,
         ResourceType::Cluster,
+        ResourceType::PrivateEndpoints,
     ];
 
     /// The value of `event.resource_type`.
@@ -122,6 +125,7 @@ impl ResourceType {
             ResourceType::SigningKey => "signing-key",
             ResourceType::AuditLog => "audit-log",
             ResourceType::Cluster => "cluster",
+            ResourceType::PrivateEndpoints => "private-endpoints",
         }
     }
 }

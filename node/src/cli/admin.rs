@@ -87,6 +87,10 @@ admin_args!(
     KeyArgs, KeyCommand,
     "  conifer key create --project <id> --name ci --role DataPlaneViewer   # the key shown once\n  conifer key list --project <id>\n  conifer key delete --id <id>");
 admin_args!(
+    /// Flags of `conifer private-endpoint`.
+    PrivateEndpointArgs, PrivateEndpointCommand,
+    "  conifer private-endpoint create --project <id> --name vpc --private-listener\n  conifer private-endpoint create --project <id> --name office --allow-cidr 10.20.0.0/16\n  conifer private-endpoint list --project <id>\n  conifer private-endpoint delete --id <id>");
+admin_args!(
     /// Flags of `conifer operator-token`.
     OperatorTokenArgs, OperatorTokenCommand,
     "  conifer operator-token create\n  conifer operator-token rotate --id <id>");
@@ -397,6 +401,45 @@ pub enum KeyCommand {
     /// Delete (revoke) an API key.
     Delete {
         /// Key id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// `conifer private-endpoint …`.
+#[derive(Subcommand, Debug)]
+pub enum PrivateEndpointCommand {
+    /// Private endpoints of a project.
+    List {
+        /// Project id.
+        #[arg(long)]
+        project: String,
+    },
+    /// Create a private endpoint: from then on the project's data plane answers only
+    /// calls that satisfy one of its private endpoints (the API key still required).
+    Create {
+        /// Project id.
+        #[arg(long)]
+        project: String,
+        /// Name, unique in the project.
+        #[arg(long)]
+        name: String,
+        /// Calls must arrive on a node's private listener (serve --private-api-addr).
+        #[arg(long)]
+        private_listener: bool,
+        /// Calls must come from this source range, e.g. 10.20.0.0/16 (repeat for several).
+        #[arg(long = "allow-cidr", value_name = "CIDR")]
+        allowed_cidrs: Vec<String>,
+    },
+    /// One private endpoint.
+    Get {
+        /// Private endpoint id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Delete a private endpoint.
+    Delete {
+        /// Private endpoint id.
         #[arg(long)]
         id: String,
     },
@@ -840,6 +883,9 @@ pub enum Admin {
     ProjectMember(ProjectMemberArgs),
     /// API keys.
     Key(KeyArgs),
+    /// Private endpoints of projects: their data plane on the private listener and/or
+    /// from allowed source ranges only.
+    PrivateEndpoint(PrivateEndpointArgs),
     /// Operator (break-glass) tokens.
     OperatorToken(OperatorTokenArgs),
     /// Keys that sign bearer tokens.
@@ -1041,6 +1087,29 @@ pub async fn run(admin: Admin) -> anyhow::Result<()> {
                 }
                 KeyCommand::Delete { id } => {
                     c.delete_api_key(&id).await?;
+                    Value::Null
+                }
+            };
+            (a.connection.output, v)
+        }
+        Admin::PrivateEndpoint(a) => {
+            let c = client(&a.connection, true)?;
+            let v = match a.command {
+                PrivateEndpointCommand::List { project } => {
+                    Value::Array(c.list_private_endpoints(&project).await?)
+                }
+                PrivateEndpointCommand::Create {
+                    project,
+                    name,
+                    private_listener,
+                    allowed_cidrs,
+                } => {
+                    c.create_private_endpoint(&project, &name, private_listener, &allowed_cidrs)
+                        .await?
+                }
+                PrivateEndpointCommand::Get { id } => c.get_private_endpoint(&id).await?,
+                PrivateEndpointCommand::Delete { id } => {
+                    c.delete_private_endpoint(&id).await?;
                     Value::Null
                 }
             };

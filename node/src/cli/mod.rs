@@ -132,6 +132,13 @@ pub struct ServeArgs {
     /// Cluster port (mutual TLS between nodes): IP:PORT or HOST:PORT.
     #[arg(long, env = "CONIFER_CLUSTER_ADDR", default_value = DEFAULT_CLUSTER_ADDR)]
     pub cluster_addr: String,
+    /// A second client listener, IP:PORT, for projects' private endpoints: the same API
+    /// and TLS as the client port (and, with --index-port-range, each index's port on this
+    /// IP too), reported as indexes' `private_host`. A project whose private endpoint
+    /// names the private listener serves its data plane only here.
+    #[arg(long, env = "CONIFER_PRIVATE_API_ADDR", value_name = "IP:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_api_addr: Option<String>,
     /// Host name or IP (no port) by which clients and other nodes reach this node, when it
     /// differs from the listen addresses (e.g. they are 0.0.0.0, or behind NAT): members
     /// and index hosts are reported with it, and the default certificate carries it.
@@ -327,11 +334,32 @@ impl ServeArgs {
             .map(parse_advertised_host)
             .transpose()?;
         let cluster_addr = crate::api::parse_addr("cluster-addr", &self.cluster_addr)?;
+        let private_api_addr = self
+            .private_api_addr
+            .as_deref()
+            .map(|a| crate::api::parse_addr("private-api-addr", a))
+            .transpose()?;
+        if let Some(private) = private_api_addr {
+            if private.ip().is_unspecified() {
+                return Err(format!(
+                    "--private-api-addr {private} listens on every address, the public ones \
+                     too: give the one private IP it is for"
+                ));
+            }
+            if private.ip() == api_addr.ip() || api_addr.ip().is_unspecified() {
+                return Err(format!(
+                    "--private-api-addr {private} shares its IP with --api-addr {api_addr}: a \
+                     private listener needs an address of its own, so that index ports can \
+                     open on both"
+                ));
+            }
+        }
         if let Some((first, last)) = index_ports {
-            let own = [
+            let mut own = vec![
                 ("--api-addr", api_addr.port()),
                 ("--cluster-addr", cluster_addr.port()),
             ];
+            own.extend(private_api_addr.map(|a| ("--private-api-addr", a.port())));
             for (flag, port) in own {
                 if (first..=last).contains(&port) {
                     return Err(format!(
@@ -463,6 +491,7 @@ impl ServeArgs {
             key_cache_ttl_ms: self.key_cache_ttl_ms,
             data_dir,
             api_addr,
+            private_api_addr,
             advertise_host,
             cluster_addr,
             tls_dir: self.tls_dir,

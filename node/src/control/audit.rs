@@ -134,6 +134,7 @@ pub fn describe(state: &ControlState, command: &Command) -> Resource {
         Command::Organization(c) => super::organizations::describe(state, c),
         Command::Project(c) => super::projects::describe(state, c),
         Command::ApiKey(c) => super::keys::describe(state, c),
+        Command::PrivateEndpoint(c) => super::private_endpoints::describe(state, c),
         Command::Index(c) => super::indexes::describe(state, c),
         Command::Identity(c) => super::identity::describe(state, c),
         Command::RootKeys(c) => super::root_keys::describe(state, c),

@@ -21,6 +21,7 @@ pub mod indexes;
 pub mod keys;
 pub mod membership;
 pub mod organizations;
+pub mod private_endpoints;
 pub mod projects;
 pub mod root_keys;
 pub mod rotation;

@@ -192,6 +192,7 @@ impl ControlState {
                 self.shred_later("project", &id, &name);
                 self.projects.remove(&id);
                 self.api_keys.retain(|_, k| k.project_id != id);
+                self.private_endpoints.retain(|_, e| e.project_id != id);
                 self.project_members.retain(|(_, p), _| *p != id);
                 Ok(Output::Done)
             }

@@ -57,6 +57,8 @@ pub enum Command {
     Project(ProjectCommand),
     /// API keys ([`super::keys`]).
     ApiKey(ApiKeyCommand),
+    /// Private endpoints ([`super::private_endpoints`]).
+    PrivateEndpoint(super::private_endpoints::PrivateEndpointCommand),
     /// Indexes ([`super::indexes`]).
     Index(IndexCommand),
     /// Users, service accounts, memberships, sign-ins, operator tokens and signing keys
@@ -98,6 +100,8 @@ pub enum Output {
     Project(Project),
     /// The key as stored.
     ApiKey(ApiKey),
+    /// The private endpoint as stored.
+    PrivateEndpoint(super::private_endpoints::PrivateEndpoint),
     /// The index as stored.
     Index(Index),
     /// The organization as stored.
@@ -180,6 +184,8 @@ pub struct ControlState {
     pub last_index_port: Option<u16>,
     /// The root key's version, rotation and deletions waiting to be shredded.
     pub root_keys: super::root_keys::RootKeyState,
+    /// Private endpoints of every project, by id.
+    pub private_endpoints: BTreeMap<String, super::private_endpoints::PrivateEndpoint>,
 }
 
 /// The checks of a creation after its parent was found: `taken` (why the id or a unique
@@ -236,6 +242,7 @@ impl ControlState {
             Command::Organization(command) => self.apply_organization(command),
             Command::Project(command) => self.apply_project(command),
             Command::ApiKey(command) => self.apply_api_key(command),
+            Command::PrivateEndpoint(command) => self.apply_private_endpoint(command),
             Command::Index(command) => self.apply_index(command),
             Command::Identity(command) => self.apply_identity(command),
             Command::RootKeys(command) => self.apply_root_keys(command),
@@ -263,11 +270,11 @@ impl ControlState {
     }
 }
 /// Format of control-plane commands in group 0's log (and in forwarded proposals).
-pub const COMMAND_FORMAT: Format = Format::new("control-plane command", 3);
+pub const COMMAND_FORMAT: Format = Format::new("control-plane command", 4);
 /// Format of group 0's snapshots: the whole [`ControlState`].
-pub const SNAPSHOT_FORMAT: Format = Format::new("control-plane snapshot", 3);
+pub const SNAPSHOT_FORMAT: Format = Format::new("control-plane snapshot", 4);
 /// Format of a command's [`Outcome`], as the response of its proposal.
-pub const OUTCOME_FORMAT: Format = Format::new("control-plane outcome", 3);
+pub const OUTCOME_FORMAT: Format = Format::new("control-plane outcome", 4);
 
 /// Adapter that lets Raft replicate [`ControlState`].
 #[derive(Default)]

@@ -39,6 +39,9 @@ pub struct Addressing {
     pub domain: String,
     /// The client port's address (its port is the one of host-name index hosts).
     pub api_addr: std::net::SocketAddr,
+    /// The private listener's address (`serve --private-api-addr`), if any: indexes'
+    /// `private_host`.
+    pub private_api_addr: Option<std::net::SocketAddr>,
     /// The host index hosts advertise: `serve --advertise-addr`, else the client port's IP
     /// (IPv6 in brackets).
     pub advertised_host: String,
@@ -50,6 +53,10 @@ pub struct Addressing {
     /// scheme (`http://127.0.0.1:7500`), since SDKs take a bare host for https.
     pub plain_http: bool,
 }
+
+/// The label under the index domain of host names on the private listener:
+/// `<index>-<project tag>.private.<domain>`.
+pub const PRIVATE_SUBDOMAIN: &str = "private";
 
 /// Resolves data-plane calls and runs shard writes.
 #[derive(Clone)]
@@ -269,7 +276,32 @@ impl Router {
         }
     }
 
-    /// Splits a host name under our domain into (index name, project tag).
+    /// The host of `index` on this node's private listener: `<private IP>:<index port>`
+    /// with index ports, else `<index>-<project tag>.private.<domain>:<private port>`;
+    /// `None` without a private listener.
+    pub fn private_host_of(&self, index: &Index) -> Option<String> {
+        let private = self.addressing.private_api_addr?;
+        let scheme = if self.addressing.plain_http {
+            "http://"
+        } else {
+            ""
+        };
+        Some(match (index.port, self.addressing.index_ports) {
+            (Some(port), Some(_)) => {
+                format!("{scheme}{}", std::net::SocketAddr::new(private.ip(), port))
+            }
+            _ => format!(
+                "{scheme}{}-{}.{PRIVATE_SUBDOMAIN}.{}:{}",
+                index.name,
+                project_tag(&index.project_id),
+                self.addressing.domain,
+                private.port()
+            ),
+        })
+    }
+
+    /// Splits a host name under our domain (or its private subdomain) into (index name,
+    /// project tag).
     pub fn parse_host(&self, host: &str) -> Option<(String, String)> {
         let name = host.rsplit_once(':').map_or(host, |(h, port)| {
             if port.chars().all(|c| c.is_ascii_digit()) {
@@ -278,7 +310,10 @@ impl Router {
                 host
             }
         });
-        let label = name.strip_suffix(&format!(".{}", self.addressing.domain))?;
+        let domain = &self.addressing.domain;
+        let label = name
+            .strip_suffix(&format!(".{PRIVATE_SUBDOMAIN}.{domain}"))
+            .or_else(|| name.strip_suffix(&format!(".{domain}")))?;
         let (index, tag) = label.rsplit_once('-')?;
         Some((index.to_string(), tag.to_string()))
     }
