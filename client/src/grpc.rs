@@ -149,6 +149,12 @@ impl tower::Service<http::Uri> for Connector {
         Box::pin(async move {
             match intercept {
                 None => Ok(tower::Service::call(&mut http, dst).await?),
+                Some(proxy) if proxy.uri().scheme_str() != Some("http") => Err(format!(
+                    "the proxy {} is not an http:// proxy: this client tunnels gRPC through \
+                     HTTP CONNECT only",
+                    redacted(&proxy.uri().to_string())
+                )
+                .into()),
                 Some(proxy) => {
                     let mut tunnel = Tunnel::new(proxy.uri().clone(), http);
                     if let Some(auth) = authorization(&proxy) {

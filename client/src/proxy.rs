@@ -62,15 +62,17 @@ impl FromStr for Proxy {
     }
 }
 
-/// `url` with the password of its user information replaced by `***` (for messages).
+/// `url` with the password of its user information replaced by `***` (for messages),
+/// with or without a scheme (`alice:s3cret@proxy:8888` is a mistake that carries one too).
 pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
     };
     match rest.rsplit_once('@') {
         Some((user_info, host)) => {
             let user = user_info.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
+            format!("{scheme}{user}:***@{host}")
         }
         None => url.to_string(),
     }
@@ -155,6 +157,17 @@ mod tests {
             !e.contains("s3cret") && e.contains("alice:***@proxy:1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_password_never_shows_in_an_error_with_or_without_a_scheme() {
+        for text in ["alice:s3cret@proxy:8888", "https://alice:s3cret@proxy:8888"] {
+            let e = text.parse::<Proxy>().unwrap_err().to_string();
+            assert!(
+                !e.contains("s3cret") && e.contains("alice:***@proxy:8888"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

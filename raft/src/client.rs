@@ -334,7 +334,7 @@ impl PeerFailure {
     /// deadline) carries the error that ended the call, so it is unanswered whatever code
     /// tonic gave it (`UNAVAILABLE` for a keepalive timeout, `CANCELLED` for a deadline).
     pub fn of(status: &tonic::Status) -> Self {
-        if never_sent(status) {
+        if never_sent(status) || refused_stream(status) {
             return PeerFailure::NotSent;
         }
         if std::error::Error::source(status).is_some() {
@@ -347,6 +347,19 @@ impl PeerFailure {
             _ => PeerFailure::Fault,
         }
     }
+}
+
+/// Whether the peer refused the call's HTTP/2 stream before processing it (REFUSED_STREAM,
+/// RFC 9113 §8.7: a server going away or at its stream limit), so it had no effect there.
+fn refused_stream(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Whether a failed internal call certainly never reached the peer (no connection could be
@@ -402,5 +415,11 @@ mod tests {
         ))));
         assert_eq!(refused.code(), tonic::Code::Unavailable);
         assert_eq!(PeerFailure::of(&refused), PeerFailure::NotSent);
+        // A stream the peer refused before processing it (it was going away).
+        let going_away =
+            tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM)));
+        assert_eq!(PeerFailure::of(&going_away), PeerFailure::NotSent);
+        let reset = tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::CANCEL)));
+        assert_eq!(PeerFailure::of(&reset), PeerFailure::Unanswered);
     }
 }

@@ -361,3 +361,47 @@ fn ranges_that_cannot_work_are_refused_at_start() {
     let stderr = refused_serve(&["--index-port-range", "80-90"]);
     assert!(stderr.contains("privileged"), "{stderr}");
 }
+
+#[test]
+fn private_listeners_that_cannot_work_are_refused_at_start() {
+    let stderr = refused_serve(&[
+        "--api-addr",
+        "127.0.0.3:7443",
+        "--private-api-addr",
+        "0.0.0.0:7445",
+    ]);
+    assert!(stderr.contains("listens on every address"), "{stderr}");
+    let stderr = refused_serve(&[
+        "--api-addr",
+        "127.0.0.3:7443",
+        "--private-api-addr",
+        "[::ffff:127.0.0.3]:7445",
+    ]);
+    assert!(stderr.contains("shares its IP with --api-addr"), "{stderr}");
+    let stderr = refused_serve(&[
+        "--api-addr",
+        "127.0.0.3:7443",
+        "--private-api-addr",
+        "127.0.0.2:7550",
+        "--index-port-range",
+        "7500-7599",
+    ]);
+    assert!(
+        stderr.contains("holds the port of --private-api-addr (7550)"),
+        "{stderr}"
+    );
+    // Plain HTTP stays on loopback, the private listener's address included.
+    let stderr = refused_serve(&[
+        "--dev-http",
+        "--api-addr",
+        "127.0.0.3:7080",
+        "--cluster-addr",
+        "127.0.0.3:7081",
+        "--private-api-addr",
+        "10.99.0.1:7082",
+    ]);
+    assert!(
+        stderr.contains("--dev-http serves plain HTTP, on the private listener too"),
+        "{stderr}"
+    );
+}

@@ -346,7 +346,9 @@ impl ServeArgs {
                      too: give the one private IP it is for"
                 ));
             }
-            if private.ip() == api_addr.ip() || api_addr.ip().is_unspecified() {
+            if private.ip().to_canonical() == api_addr.ip().to_canonical()
+                || api_addr.ip().is_unspecified()
+            {
                 return Err(format!(
                     "--private-api-addr {private} shares its IP with --api-addr {api_addr}: a \
                      private listener needs an address of its own, so that index ports can \
@@ -444,6 +446,13 @@ impl ServeArgs {
                     "--dev-http serves plain HTTP and is refused on {api_addr}: it is for \
                      loopback addresses only (127.0.0.0/8, ::1); give clients the CA \
                      (`conifer certs trust`) or a certificate they trust (--client-tls-cert)"
+                ))
+            }
+            (true, _, _) if private_api_addr.is_some_and(|a| !a.ip().is_loopback()) => {
+                return Err(format!(
+                    "--dev-http serves plain HTTP, on the private listener too, and is refused \
+                     on --private-api-addr {}: it is for loopback addresses only",
+                    private_api_addr.map(|a| a.to_string()).unwrap_or_default()
                 ))
             }
             (true, _, _) if advertise_host.is_some() => {

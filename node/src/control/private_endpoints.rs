@@ -75,7 +75,22 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Parses CIDR ranges (`10.0.0.0/8`, `2001:db8::/32`; a bare address is its /32 or /128)
+/// An IPv4-mapped IPv6 range (`::ffff:10.0.0.0/104`) as the IPv4 range it is, since
+/// clients are matched by their IPv4 address ([`canonical_ip`]).
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
+/// Parses CIDR ranges (`10.0.0.0/8`, `2001:db8::/32`; a bare address is its /32 or /128;
+/// an IPv4-mapped IPv6 range or address becomes the IPv4 one)
 /// into their canonical text, network address first. At most [`MAX_ALLOWED_CIDRS`].
 pub fn parse_cidrs(texts: &[String]) -> Result<Vec<String>, String> {
     if texts.len() > MAX_ALLOWED_CIDRS {
@@ -87,8 +102,8 @@ pub fn parse_cidrs(texts: &[String]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for text in texts {
         let net = match text.trim().parse::<IpNet>() {
-            Ok(net) => net.trunc(),
-            Err(_) => match text.trim().parse::<IpAddr>() {
+            Ok(net) => canonical_net(net.trunc()),
+            Err(_) => match text.trim().parse::<IpAddr>().map(canonical_ip) {
                 Ok(ip) => IpNet::from(ip),
                 Err(_) => {
                     return Err(format!(
@@ -265,6 +280,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(parsed, ["10.0.0.0/8", "127.0.0.2/32", "2001:db8::/32"]);
+        let mapped = parse_cidrs(&["::ffff:10.1.0.0/112".into(), "::ffff:10.9.9.9".into()]);
+        assert_eq!(mapped.unwrap(), ["10.1.0.0/16", "10.9.9.9/32"]);
         for bad in ["10.0.0.0/33", "nope", "10.0.0/8", ""] {
             assert!(parse_cidrs(&[bad.into()]).is_err(), "{bad:?} accepted");
         }

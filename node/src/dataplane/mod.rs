@@ -47,6 +47,11 @@ pub enum DataError {
     /// No replica or leader could serve the call in time; a retry may succeed.
     #[error("{0}")]
     Unavailable(String),
+    /// No answer came after the request may have taken effect (a write whose leader was
+    /// cut off, a connection lost under the call): unavailable to the client, whose retry
+    /// may succeed, but never sent to another replica here, which could apply it twice.
+    #[error("{0}")]
+    Indeterminate(String),
     /// The index's key was refused (access denied, disabled): nothing is lost, and the index
     /// serves again once the key's owner restores it.
     #[error("{0}")]
@@ -63,7 +68,7 @@ impl DataError {
             DataError::Invalid(_) => "INVALID_ARGUMENT",
             DataError::NotFound(_) => "NOT_FOUND",
             DataError::AlreadyExists(_) => "ALREADY_EXISTS",
-            DataError::Unavailable(_) => "UNAVAILABLE",
+            DataError::Unavailable(_) | DataError::Indeterminate(_) => "UNAVAILABLE",
             DataError::FailedPrecondition(_) => "FAILED_PRECONDITION",
             DataError::Internal(_) => "INTERNAL",
         }
@@ -111,6 +116,7 @@ impl DataError {
             DataError::NotFound(m) => (DataFailureKind::NotFound, m),
             DataError::AlreadyExists(m) => (DataFailureKind::AlreadyExists, m),
             DataError::Unavailable(m) => (DataFailureKind::Unavailable, m),
+            DataError::Indeterminate(m) => (DataFailureKind::Indeterminate, m),
             DataError::FailedPrecondition(m) => (DataFailureKind::FailedPrecondition, m),
             DataError::Internal(m) => (DataFailureKind::Internal, m),
         };
@@ -128,6 +134,7 @@ impl DataError {
             DataFailureKind::NotFound => DataError::NotFound(message),
             DataFailureKind::AlreadyExists => DataError::AlreadyExists(message),
             DataFailureKind::Unavailable => DataError::Unavailable(message),
+            DataFailureKind::Indeterminate => DataError::Indeterminate(message),
             DataFailureKind::FailedPrecondition => DataError::FailedPrecondition(message),
             DataFailureKind::Internal | DataFailureKind::Unspecified => {
                 DataError::Internal(message)
@@ -145,7 +152,7 @@ impl From<GroupError> for DataError {
                 reason,
                 outcome_unknown: true,
                 ..
-            } => DataError::Unavailable(format!(
+            } => DataError::Indeterminate(format!(
                 "{reason}; the request may or may not have been applied"
             )),
             GroupError::Unavailable { reason, .. } => DataError::Unavailable(reason),
@@ -307,10 +314,34 @@ mod tests {
             DataError::AlreadyExists("a".into()),
             DataError::unavailable("u"),
             DataError::FailedPrecondition("f".into()),
+            DataError::Indeterminate("d".into()),
             DataError::internal("x"),
         ] {
             assert_eq!(DataError::from_failure(e.to_failure()), e);
         }
+    }
+
+    #[test]
+    fn a_write_that_may_have_been_applied_stays_indeterminate_and_unavailable() {
+        let unknown = DataError::from(GroupError::Unavailable {
+            group: 7,
+            reason: "leader node 1 of group 7 has heard from no quorum".into(),
+            outcome_unknown: true,
+        });
+        assert!(
+            matches!(unknown, DataError::Indeterminate(_)),
+            "{unknown:?}"
+        );
+        assert_eq!(unknown.error_code(), "UNAVAILABLE");
+        assert!(unknown
+            .to_string()
+            .contains("may or may not have been applied"));
+        let no_leader = DataError::from(GroupError::Unavailable {
+            group: 7,
+            reason: "no leader".into(),
+            outcome_unknown: false,
+        });
+        assert!(matches!(no_leader, DataError::Unavailable(_)));
     }
 
     #[test]

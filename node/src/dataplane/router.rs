@@ -54,6 +54,19 @@ pub struct Addressing {
     pub plain_http: bool,
 }
 
+/// Whether `op` changes the shard (so a call of it that got no answer may have taken
+/// effect); reads, which change nothing, may be asked of another replica.
+fn writes(op: &DataOp) -> bool {
+    matches!(
+        op,
+        DataOp::Upsert(_)
+            | DataOp::Delete(_)
+            | DataOp::Update(_)
+            | DataOp::CreateNamespace(_)
+            | DataOp::DeleteNamespace(_)
+    )
+}
+
 /// The label under the index domain of host names on the private listener:
 /// `<index>-<project tag>.private.<domain>`.
 pub const PRIVATE_SUBDOMAIN: &str = "private";
@@ -409,10 +422,12 @@ impl Router {
     /// Runs `op` on a replica of a remote index (`Internal/Data`), trying its replicas in
     /// turn. A replica that cannot be reached, or that answers it cannot serve the call now
     /// (unavailable), is passed over; any other answer — the operation's response or its
-    /// refusal — is the call's. A peer that gives no answer (the deadline passed, or its
-    /// connection failed after the request may have been sent: a partition is noticed by
-    /// the channel's HTTP/2 keepalive) is unavailable with the request perhaps applied, and
-    /// is not retried on another replica; one that refuses this node is unavailable (a cluster fault, never the
+    /// refusal — is the call's. A write that got no answer (the deadline passed, or the
+    /// connection failed after it may have been sent: a partition is noticed by the
+    /// channel's HTTP/2 keepalive), or whose replica answered that it may have been applied
+    /// ([`DataError::Indeterminate`]), ends here indeterminate — never sent to another
+    /// replica, which could apply it twice; a read in that case goes on to the next
+    /// replica. A peer that refuses this node is unavailable (a cluster fault, never the
     /// client's 403), any other transport failure internal.
     pub async fn forward(
         &self,
@@ -445,6 +460,10 @@ impl Router {
             match client.data(call).await {
                 Ok(reply) => match super::reply_outcome(reply.into_inner()) {
                     Err(DataError::Unavailable(m)) => last = DataError::Unavailable(m),
+                    // A read changed nothing, wherever it got: another replica may answer.
+                    Err(DataError::Indeterminate(m)) if !writes(&op) => {
+                        last = DataError::Unavailable(m)
+                    }
                     answered => return answered,
                 },
                 Err(status) => {
@@ -458,8 +477,11 @@ impl Router {
                         PeerFailure::NotSent | PeerFailure::Unavailable => {
                             last = DataError::unavailable(what)
                         }
+                        PeerFailure::Unanswered if !writes(&op) => {
+                            last = DataError::unavailable(what)
+                        }
                         PeerFailure::Unanswered => {
-                            return Err(DataError::unavailable(format!(
+                            return Err(DataError::Indeterminate(format!(
                                 "{what}; the request may or may not have been applied"
                             )))
                         }
