@@ -419,18 +419,22 @@ pub async fn list_api_keys(
     Ok(Json(json!({ "data": data })))
 }
 
-/// The API key `id`, once the caller is authorized in its project (404 for a key the caller
-/// cannot see, as for one that does not exist).
-async fn authorized_key(state: &ApiState, caller: &Caller, id: &str) -> Result<ApiKey, ApiError> {
-    check_id("API key", id)?;
-    let missing = || ApiError::not_found(format!("API key '{id}' not found"));
-    let key = state
-        .control
-        .read_fresh(|s| s.api_keys.get(id).cloned())
-        .await?
-        .ok_or_else(missing)?;
+/// The `kind` (e.g. "API key") `id` of a project, as `find` reads it (fresh: a miss asks
+/// the leader), once the caller is authorized in the project `project_of` names — 404 for
+/// one the caller cannot see, as for one that does not exist.
+pub(super) async fn authorized_in_project<T>(
+    state: &ApiState,
+    caller: &Caller,
+    kind: &str,
+    id: &str,
+    find: impl Fn(&crate::control::state::ControlState) -> Option<T>,
+    project_of: impl Fn(&T) -> &str,
+) -> Result<T, ApiError> {
+    check_id(kind, id)?;
+    let missing = || ApiError::not_found(format!("{kind} '{id}' not found"));
+    let found = state.control.read_fresh(find).await?.ok_or_else(missing)?;
     caller
-        .authorize_project(state, &key.project_id)
+        .authorize_project(state, project_of(&found))
         .await
         .map_err(|e| {
             if e.status == StatusCode::NOT_FOUND {
@@ -439,7 +443,20 @@ async fn authorized_key(state: &ApiState, caller: &Caller, id: &str) -> Result<A
                 e
             }
         })?;
-    Ok(key)
+    Ok(found)
+}
+
+/// The API key `id`, once the caller is authorized in its project.
+async fn authorized_key(state: &ApiState, caller: &Caller, id: &str) -> Result<ApiKey, ApiError> {
+    authorized_in_project(
+        state,
+        caller,
+        "API key",
+        id,
+        |s| s.api_keys.get(id).cloned(),
+        |k| &k.project_id,
+    )
+    .await
 }
 
 /// `GET /admin/api-keys/{id}`.

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::access::Caller;
-use super::admin::{check_id, check_name, read_consistency};
+use super::admin::{authorized_in_project, check_id, check_name, read_consistency};
 use super::{ApiError, ApiState};
 use crate::control::private_endpoints::{parse_cidrs, PrivateEndpoint, PrivateEndpointCommand};
 use crate::control::{Command, Output};
@@ -98,31 +98,21 @@ pub async fn list(
     Ok(Json(json!({ "data": data })))
 }
 
-/// The private endpoint `id`, once the caller is authorized in its project (404 for one the
-/// caller cannot see, as for one that does not exist).
+/// The private endpoint `id`, once the caller is authorized in its project.
 async fn authorized(
     state: &ApiState,
     caller: &Caller,
     id: &str,
 ) -> Result<PrivateEndpoint, ApiError> {
-    check_id("private endpoint", id)?;
-    let missing = || ApiError::not_found(format!("private endpoint '{id}' not found"));
-    let endpoint = state
-        .control
-        .read_fresh(|s| s.private_endpoints.get(id).cloned())
-        .await?
-        .ok_or_else(missing)?;
-    caller
-        .authorize_project(state, &endpoint.project_id)
-        .await
-        .map_err(|e| {
-            if e.status == StatusCode::NOT_FOUND {
-                missing()
-            } else {
-                e
-            }
-        })?;
-    Ok(endpoint)
+    authorized_in_project(
+        state,
+        caller,
+        "private endpoint",
+        id,
+        |s| s.private_endpoints.get(id).cloned(),
+        |e| &e.project_id,
+    )
+    .await
 }
 
 /// `GET /admin/private-endpoints/{id}`.
