@@ -109,7 +109,7 @@ async fn authorized(
         caller,
         "private endpoint",
         id,
-        |s| s.private_endpoints.get(id).cloned(),
+        |s| s.private_endpoint(id).cloned(),
         |e| &e.project_id,
     )
     .await

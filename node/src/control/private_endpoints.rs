@@ -153,7 +153,7 @@ impl ControlState {
                     ));
                 }
                 let existing = self.private_endpoints_of(&endpoint.project_id);
-                let taken = if self.private_endpoints.contains_key(&endpoint.id) {
+                let taken = if self.private_endpoint(&endpoint.id).is_some() {
                     Some(format!(
                         "private endpoint id '{}' already exists",
                         endpoint.id
@@ -173,23 +173,35 @@ impl ControlState {
                     "project",
                     "private endpoints",
                 )?;
-                self.private_endpoints
-                    .insert(endpoint.id.clone(), endpoint.clone());
+                self.private_endpoints.insert(
+                    (endpoint.project_id.clone(), endpoint.id.clone()),
+                    endpoint.clone(),
+                );
                 Ok(Output::PrivateEndpoint(endpoint))
             }
-            PrivateEndpointCommand::Delete { id } => match self.private_endpoints.remove(&id) {
-                Some(_) => Ok(Output::Done),
-                None => Err(not_found("private endpoint", &id)),
-            },
+            PrivateEndpointCommand::Delete { id } => {
+                let Some(project) = self.private_endpoint(&id).map(|e| e.project_id.clone()) else {
+                    return Err(not_found("private endpoint", &id));
+                };
+                self.private_endpoints.remove(&(project, id));
+                Ok(Output::Done)
+            }
         }
     }
 
-    /// The private endpoints of a project, by id.
+    /// The private endpoints of a project, by id: one range of the map (every data-plane
+    /// call asks, so it reads the project's entries only).
     pub fn private_endpoints_of(&self, project_id: &str) -> Vec<&PrivateEndpoint> {
         self.private_endpoints
-            .values()
-            .filter(|e| e.project_id == project_id)
+            .range((project_id.to_string(), String::new())..)
+            .take_while(|((project, _), _)| project == project_id)
+            .map(|(_, e)| e)
             .collect()
+    }
+
+    /// The private endpoint `id`, of whichever project (an admin lookup: a scan).
+    pub fn private_endpoint(&self, id: &str) -> Option<&PrivateEndpoint> {
+        self.private_endpoints.values().find(|e| e.id == id)
     }
 
     /// Whether project `project_id` admits a data-plane call that arrived on the private
@@ -233,7 +245,7 @@ impl ControlState {
 pub(super) fn describe(state: &ControlState, command: &PrivateEndpointCommand) -> Resource {
     let endpoint = match command {
         PrivateEndpointCommand::Create(e) => Some(e.clone()),
-        PrivateEndpointCommand::Delete { id } => state.private_endpoints.get(id).cloned(),
+        PrivateEndpointCommand::Delete { id } => state.private_endpoint(id).cloned(),
     };
     let (verb, id) = match command {
         PrivateEndpointCommand::Create(e) => (Verb::Create, e.id.as_str()),
@@ -289,6 +301,36 @@ mod tests {
             .map(|i| format!("10.0.0.{i}"))
             .collect();
         assert!(parse_cidrs(&many).is_err());
+    }
+
+    #[test]
+    fn a_project_reads_its_own_endpoints_only() {
+        let mut state = ControlState::default();
+        for (project, name) in [("p1", "a"), ("p10", "b"), ("p1", "c"), ("p0", "d")] {
+            let mut e = endpoint(name, true, &[]);
+            e.project_id = project.into();
+            state
+                .private_endpoints
+                .insert((project.into(), e.id.clone()), e);
+        }
+        let names = |p: &str| -> Vec<String> {
+            state
+                .private_endpoints_of(p)
+                .iter()
+                .map(|e| e.name.clone())
+                .collect()
+        };
+        assert_eq!(names("p1"), ["a", "c"]);
+        assert_eq!(names("p10"), ["b"]);
+        assert!(names("p").is_empty());
+        assert_eq!(
+            state
+                .private_endpoint("pe-d")
+                .map(|e| e.project_id.as_str()),
+            Some("p0")
+        );
+        assert!(state.private_access("p2", false, None).is_ok());
+        assert!(state.private_access("p1", false, None).is_err());
     }
 
     #[test]

@@ -192,7 +192,8 @@ impl ControlState {
                 self.shred_later("project", &id, &name);
                 self.projects.remove(&id);
                 self.api_keys.retain(|_, k| k.project_id != id);
-                self.private_endpoints.retain(|_, e| e.project_id != id);
+                self.private_endpoints
+                    .retain(|(project, _), _| *project != id);
                 self.project_members.retain(|(_, p), _| *p != id);
                 Ok(Output::Done)
             }

@@ -184,8 +184,8 @@ pub struct ControlState {
     pub last_index_port: Option<u16>,
     /// The root key's version, rotation and deletions waiting to be shredded.
     pub root_keys: super::root_keys::RootKeyState,
-    /// Private endpoints of every project, by id.
-    pub private_endpoints: BTreeMap<String, super::private_endpoints::PrivateEndpoint>,
+    /// Private endpoints of every project, by (project id, endpoint id).
+    pub private_endpoints: BTreeMap<(String, String), super::private_endpoints::PrivateEndpoint>,
 }
 
 /// The checks of a creation after its parent was found: `taken` (why the id or a unique
