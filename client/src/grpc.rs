@@ -1,7 +1,8 @@
 //! The Pinecone data plane over gRPC (`VectorService`, the official SDKs' stubs), over TLS
 //! to a node's client port or an index's own port, directly or through an HTTP CONNECT
-//! proxy ([`Proxy`]). Every call carries the project's API key (`api-key` metadata) and,
-//! on a node's client port, the index it is for (`x-conifer-index`).
+//! proxy ([`Proxy`]). Every call carries the project's API key (`api-key` metadata) unless
+//! a client certificate authenticates instead, and, on a node's client port, the index it
+//! is for (`x-conifer-index`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,10 +16,10 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioIo;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::proxy::{authorization, redacted, Proxy};
-use crate::{ClientError, REQUEST_TIMEOUT_MS};
+use crate::{ClientError, Transport, REQUEST_TIMEOUT_MS};
 
 /// Time allowed to open a connection (through the proxy: to the proxy, then the tunnel).
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
@@ -29,7 +30,7 @@ pub type DataPlane = VectorServiceClient<InterceptedService<Channel, Credentials
 /// Adds `api-key` (and `x-conifer-index`) metadata to every call.
 #[derive(Clone)]
 pub struct Credentials {
-    api_key: AsciiMetadataValue,
+    api_key: Option<AsciiMetadataValue>,
     index: Option<AsciiMetadataValue>,
 }
 
@@ -38,9 +39,9 @@ impl tonic::service::Interceptor for Credentials {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("api-key", self.api_key.clone());
+        if let Some(key) = &self.api_key {
+            request.metadata_mut().insert("api-key", key.clone());
+        }
         if let Some(index) = &self.index {
             request
                 .metadata_mut()
@@ -51,28 +52,32 @@ impl tonic::service::Interceptor for Credentials {
 }
 
 /// Connects to `url` (`https://host:port`: a node's client port, with `index` naming the
-/// index, or the index's own host with `index` `None`), trusting `ca_pem` besides the
-/// system's roots, through `proxy`; calls authenticate with `api_key`. Fails with
-/// [`ClientError::Transport`] naming the proxy (never its password) when it refuses the
-/// tunnel: proxies answer a wrong password with 407 (or, like tinyproxy, 401).
+/// index, or the index's own host with `index` `None`) over `transport` (trusting its CA
+/// besides the system's roots, presenting its client certificate, through its proxy);
+/// calls authenticate with `api_key`, or with the client certificate alone when `None`.
+/// Fails with [`ClientError::Transport`] naming the proxy (never its password) when it
+/// refuses the tunnel: proxies answer a wrong password with 407 (or, like tinyproxy, 401).
 pub async fn connect(
     url: &str,
-    ca_pem: Option<&[u8]>,
-    api_key: &str,
+    transport: &Transport,
+    api_key: Option<&str>,
     index: Option<&str>,
-    proxy: &Proxy,
 ) -> Result<DataPlane, ClientError> {
+    let proxy = &transport.proxy;
     let metadata = |what: &str, value: &str| {
         AsciiMetadataValue::try_from(value)
             .map_err(|_| ClientError::Request(format!("the {what} is not printable ASCII")))
     };
     let credentials = Credentials {
-        api_key: metadata("API key", api_key)?,
+        api_key: api_key.map(|k| metadata("API key", k)).transpose()?,
         index: index.map(|i| metadata("index name", i)).transpose()?,
     };
     let mut tls = ClientTlsConfig::new().with_native_roots();
-    if let Some(ca_pem) = ca_pem {
+    if let Some(ca_pem) = &transport.ca_pem {
         tls = tls.ca_certificate(Certificate::from_pem(ca_pem));
+    }
+    if let Some(identity) = &transport.identity {
+        tls = tls.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
     }
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| {

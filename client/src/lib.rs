@@ -5,7 +5,8 @@
 //! keys, operator tokens, signing keys and the cluster. The `conifer` CLI's admin commands
 //! are built on it. [`grpc`]: the Pinecone data plane over gRPC. Both go straight to the
 //! nodes or through an HTTP CONNECT proxy ([`Proxy`]: explicit, or `HTTPS_PROXY` /
-//! `NO_PROXY` from the environment, with basic authentication).
+//! `NO_PROXY` from the environment, with basic authentication), and may present a client
+//! certificate ([`ClientIdentity`]); [`Transport`] holds all three settings.
 
 use std::time::Duration;
 
@@ -22,6 +23,35 @@ use serde_json::{json, Value};
 /// Timeout of one admin request.
 pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 
+/// How a client reaches the nodes: the CA it trusts besides the system's trust store and
+/// Mozilla's roots, the client certificate it presents, and the proxy it goes through.
+#[derive(Clone, Debug, Default)]
+pub struct Transport {
+    /// A CA certificate (PEM) to trust, e.g. the cluster CA; a bundle of several is all
+    /// trusted (both CAs during a rotation).
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate to present (to nodes started with `serve --client-ca`).
+    pub identity: Option<ClientIdentity>,
+    /// Where connections go.
+    pub proxy: Proxy,
+}
+
+/// A client certificate chain (PEM, leaf first) and its private key (PEM). On a node with
+/// a client CA, it authenticates as the service account one of its names is bound to.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// The certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// The private key.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity").finish_non_exhaustive()
+    }
+}
+
 /// Errors of the SDK.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -31,8 +61,8 @@ pub enum ClientError {
     /// The URL or request could not be built (e.g. a URL without `https://`).
     #[error("{0}")]
     Request(String),
-    /// The CA certificate given is not a PEM certificate.
-    #[error("the CA certificate: {0}")]
+    /// The CA certificate, or the client certificate and its key, given are not usable PEM.
+    #[error("{0}")]
     Certificate(String),
     /// The server answered with an error body.
     #[error("{status} {code}: {message}")]
@@ -86,8 +116,13 @@ pub struct AdminClient {
     base: String,
     token: Option<String>,
     api_key: Option<String>,
+    project: Option<String>,
     http: reqwest::Client,
 }
+
+/// The header naming the project of an index or data-plane call made without an API key
+/// (which implies its own project): with a bearer token or a client certificate.
+pub const PROJECT_HEADER: &str = "X-Project-Id";
 
 /// `text` as one URL path segment (percent-encoded).
 pub fn segment(text: &str) -> String {
@@ -120,31 +155,57 @@ impl AdminClient {
         ca_pem: Option<&[u8]>,
         token: Option<&str>,
     ) -> Result<Self, ClientError> {
-        Self::with_proxy(api_url, ca_pem, token, &Proxy::Environment)
+        let transport = Transport {
+            ca_pem: ca_pem.map(<[u8]>::to_vec),
+            ..Transport::default()
+        };
+        Self::with_transport(api_url, &transport, token)
     }
 
-    /// [`AdminClient::new`], connecting through `proxy` (an HTTP CONNECT proxy named
-    /// explicitly, the environment's, or none).
-    pub fn with_proxy(
+    /// [`AdminClient::new`] over `transport`: its CA, client certificate (which alone
+    /// authenticates as its service account when `token` is `None`) and proxy.
+    pub fn with_transport(
         api_url: &str,
-        ca_pem: Option<&[u8]>,
+        transport: &Transport,
         token: Option<&str>,
-        proxy: &Proxy,
     ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder().timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
-        let mut http = proxy.configure(http)?;
-        if let Some(ca_pem) = ca_pem {
-            let ca = reqwest::Certificate::from_pem(ca_pem)
-                .map_err(|e| ClientError::Certificate(e.to_string()))?;
-            http = http.add_root_certificate(ca);
+        let mut http = transport.proxy.configure(http)?;
+        if let Some(ca_pem) = &transport.ca_pem {
+            // Every certificate of a bundle: during a CA rotation clients trust both CAs.
+            let cas = reqwest::Certificate::from_pem_bundle(ca_pem)
+                .map_err(|e| ClientError::Certificate(format!("the CA certificate: {e}")))?;
+            if cas.is_empty() {
+                return Err(ClientError::Certificate(
+                    "the CA certificate file holds no certificate".into(),
+                ));
+            }
+            for ca in cas {
+                http = http.add_root_certificate(ca);
+            }
+        }
+        if let Some(identity) = &transport.identity {
+            let pem = [identity.cert_pem.as_slice(), b"\n", &identity.key_pem].concat();
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                ClientError::Certificate(format!("the client certificate and key: {e}"))
+            })?;
+            http = http.identity(identity);
         }
         let http = http.build()?;
         Ok(Self {
             base: api_url.trim_end_matches('/').to_string(),
             token: token.map(String::from),
             api_key: None,
+            project: None,
             http,
         })
+    }
+
+    /// The same client naming `project` in the `X-Project-Id` header of every call (what an
+    /// index or data-plane call made with a token or a client certificate needs).
+    pub fn with_project(mut self, project: &str) -> Self {
+        self.project = Some(project.to_string());
+        self
     }
 
     /// The same client authenticating with the API key `key` (`Api-Key` header), the
@@ -181,6 +242,9 @@ impl AdminClient {
         }
         if let Some(key) = &self.api_key {
             req = req.header("Api-Key", key);
+        }
+        if let Some(project) = &self.project {
+            req = req.header(PROJECT_HEADER, project);
         }
         let resp = req.send().await?;
         let status = resp.status().as_u16();
@@ -436,6 +500,22 @@ impl AdminClient {
             .await
     }
 
+    /// `PUT /admin/service-accounts/{id}/certificate-names` (the operator's): the names of
+    /// the client certificates that authenticate as the account, replacing the earlier
+    /// ones (empty unbinds them all).
+    pub async fn set_service_account_certificate_names(
+        &self,
+        id: &str,
+        names: &[String],
+    ) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/admin/service-accounts/{id}/certificate-names"),
+            Some(json!({ "certificate_names": names })),
+        )
+        .await
+    }
+
     /// `POST /admin/service-accounts/{id}/rotate-secret`: the new `client_secret`.
     pub async fn rotate_service_account_secret(&self, id: &str) -> Result<Value, ClientError> {
         self.post(
@@ -498,6 +578,20 @@ impl AdminClient {
     pub async fn rename_project(&self, id: &str, name: &str) -> Result<Value, ClientError> {
         self.patch(&format!("/admin/projects/{id}"), json!({ "name": name }))
             .await
+    }
+
+    /// `PATCH /admin/projects/{id}`: whether the project's data plane requires a client
+    /// certificate (mutual TLS).
+    pub async fn set_project_client_certificates(
+        &self,
+        id: &str,
+        required: bool,
+    ) -> Result<Value, ClientError> {
+        self.patch(
+            &format!("/admin/projects/{id}"),
+            json!({ "require_client_certificate": required }),
+        )
+        .await
     }
 
     /// `DELETE /admin/projects/{id}`.

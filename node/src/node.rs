@@ -94,6 +94,10 @@ pub struct ServeConfig {
     pub client_transport: ClientTransport,
     /// TLS versions and cipher suites of the client port and index ports.
     pub tls_policy: crate::tls::TlsPolicy,
+    /// The client CA (`--client-ca`, a PEM bundle): client certificates it issued
+    /// authenticate as the service accounts their names are bound to. `None`: the client
+    /// port asks for no client certificate.
+    pub client_ca: Option<PathBuf>,
     /// Cluster address of any member to join; `None` bootstraps a new cluster.
     pub join: Option<String>,
     /// Stay a learner after joining instead of becoming a voter.
@@ -423,10 +427,17 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("binding client port {}", config.api_addr))?;
     let connections = Arc::new(api::conn::ConnectionTable::default());
     let client_tls = match &config.client_transport {
-        ClientTransport::NodeCertificate => Some(node_tls.client_port_config(&config.tls_policy)?),
+        ClientTransport::NodeCertificate => {
+            Some(node_tls.client_port_config(&config.tls_policy, config.client_ca.as_deref())?)
+        }
         ClientTransport::Certificate { cert, key } => {
             tracing::info!(cert = %cert.display(), "client port presents its own certificate");
-            Some(tls::load_client_port_config(cert, key, &config.tls_policy)?)
+            Some(tls::load_client_port_config(
+                cert,
+                key,
+                &config.tls_policy,
+                config.client_ca.as_deref(),
+            )?)
         }
         ClientTransport::DevHttp => {
             // Also past any log filter: this must not go unnoticed.
@@ -448,6 +459,13 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
             api = %config.api_addr,
             "client TLS: {}",
             config.tls_policy.describe()
+        );
+    }
+    if let Some(ca) = &config.client_ca {
+        tracing::info!(
+            client_ca = %ca.display(),
+            "client certificates: accepted from the client CA, each authenticating as the \
+             service account one of its names is bound to"
         );
     }
     let state = ApiState {
@@ -576,6 +594,7 @@ async fn bootstrap(
         max_pods: 0,
         force_encryption_with_cmek: false,
         cmek_key_arn: None,
+        require_client_certificate: false,
         created_at: created_at.clone(),
     };
     let key_secret = auth::new_api_key();

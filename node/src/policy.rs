@@ -167,6 +167,10 @@ operations! {
         [OPERATOR, ORG_OWNER, ORG_MANAGER];
     ServiceAccountRotateSecret => "service_account.rotate_secret", Organization,
         [OPERATOR, ORG_OWNER, ORG_MANAGER];
+    // The names come from the cluster's client CA, which the operator runs, and are one
+    // namespace for the cluster: binding them is the operator's.
+    ServiceAccountSetCertificateNames => "service_account.set_certificate_names", Organization,
+        [OPERATOR];
     ServiceAccountDelete => "service_account.delete", Organization,
         [OPERATOR, ORG_OWNER, ORG_MANAGER];
     ProjectCreate => "project.create", Organization,
@@ -275,9 +279,9 @@ impl Operation {
             O::OrgMemberRemove | O::ProjectMemberRemove => (V::Delete, T::User),
             O::ServiceAccountList => (V::Read, T::ServiceAccount),
             O::ServiceAccountCreate => (V::Create, T::ServiceAccount),
-            O::ServiceAccountUpdate | O::ServiceAccountRotateSecret => {
-                (V::Update, T::ServiceAccount)
-            }
+            O::ServiceAccountUpdate
+            | O::ServiceAccountRotateSecret
+            | O::ServiceAccountSetCertificateNames => (V::Update, T::ServiceAccount),
             O::ServiceAccountDelete => (V::Delete, T::ServiceAccount),
             O::ProjectCreate => (V::Create, T::Project),
             O::ProjectList | O::ProjectGet => (V::Read, T::Project),
@@ -418,6 +422,11 @@ pub const ROUTES: &[(&str, &str, Operation)] = &[
         "POST",
         "/admin/service-accounts/{id}/rotate-secret",
         Operation::ServiceAccountRotateSecret,
+    ),
+    (
+        "PUT",
+        "/admin/service-accounts/{id}/certificate-names",
+        Operation::ServiceAccountSetCertificateNames,
     ),
     (
         "DELETE",

@@ -5,7 +5,11 @@
 //!   index hosts; server and client auth) and client certificates, all with rcgen.
 //! - The client port serves TLS 1.2 and 1.3 with the node certificate (ALPN h2, http/1.1),
 //!   restricted by a [`TlsPolicy`] (`serve --tls-min-version`, `--tls-cipher-suites`): AEAD
-//!   suites only, AES-256-GCM first, in the server's order of preference.
+//!   suites only, AES-256-GCM first, in the server's order of preference. With a client CA
+//!   (`serve --client-ca`) it also asks for a client certificate, optional at the handshake;
+//!   one that does not chain to that CA, or is expired, fails the handshake. A verified
+//!   certificate's names ([`certificate_names`]) authenticate it as the service account
+//!   bound to one of them ([`crate::auth::authenticate_certificate`]).
 //! - The cluster port requires a client certificate chaining to the cluster CA; the handler
 //!   of every internal RPC then checks that the certificate names the node the RPC claims
 //!   to come from ([`peer_node_ids`]). Outgoing channels pin the peer's name `node-<id>`.
@@ -410,13 +414,101 @@ impl TlsPolicy {
     }
 }
 
+/// The trust anchors of a client CA file (`serve --client-ca`): every certificate of the PEM
+/// bundle, so that an old and a new CA can be trusted together while clients move from one
+/// to the other; `Invalid` if it holds none or one is not a usable CA certificate.
+pub fn client_ca_roots(pem: &str) -> Result<rustls::RootCertStore, TlsError> {
+    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid(format!("client CA: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid(
+            "the client CA file holds no certificate".into(),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Invalid(format!("client CA: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// The names a client certificate (DER, the leaf) carries, in order and without repeats:
+/// its DNS, email and URI subject alternative names, then its subject's common names —
+/// what a service account's `certificate_names` are compared with (exactly). Empty for
+/// bytes that are not a certificate.
+pub fn certificate_names(leaf: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |name: &str| {
+        if !name.is_empty() && !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    };
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) | GeneralName::RFC822Name(n) | GeneralName::URI(n) => {
+                    add(n)
+                }
+                _ => {}
+            }
+        }
+    }
+    for cn in cert.subject().iter_common_name() {
+        if let Ok(text) = cn.as_str() {
+            add(text);
+        }
+    }
+    names
+}
+
+/// What a client certificate the client port verified says: the names it carries
+/// ([`certificate_names`]) and the end of its validity.
+#[derive(Clone, Debug)]
+pub struct PresentedCertificate {
+    /// Its DNS, email and URI SANs, then its subject's common names.
+    pub names: Vec<String>,
+    /// End of validity, seconds since the epoch (checked again on every request of a
+    /// connection that outlives it).
+    pub not_after_unix: i64,
+}
+
+/// The facts of a client certificate (DER, the leaf) that the handshake verified; `Err`
+/// saying why it authenticates no one when it does not declare client authentication as
+/// an extended key usage (rustls accepts a certificate that declares no usage at all;
+/// Conifer requires the declaration), or does not parse.
+pub fn presented_certificate(leaf: &[u8]) -> Result<PresentedCertificate, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| format!("the client certificate does not parse: {e}"))?;
+    let client_auth = matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.client_auth);
+    if !client_auth {
+        return Err(
+            "the client certificate does not declare client authentication (extended key \
+             usage clientAuth), so it authenticates no one"
+                .into(),
+        );
+    }
+    Ok(PresentedCertificate {
+        names: certificate_names(leaf),
+        not_after_unix: cert.validity().not_after.timestamp(),
+    })
+}
+
 /// rustls configuration of a client port presenting `cert_pem` (a chain, leaf first) and
-/// `key_pem` under `policy`, ALPN h2 and http/1.1; `Invalid` naming what is missing or
-/// unreadable.
+/// `key_pem` under `policy`, ALPN h2 and http/1.1, asking for a client certificate from
+/// `client_ca_pem` (optional at the handshake; one that does not verify fails it) when
+/// given; `Invalid` naming what is missing or unreadable.
 pub fn client_port_config(
     cert_pem: &str,
     key_pem: &str,
     policy: &TlsPolicy,
+    client_ca_pem: Option<&str>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -444,21 +536,34 @@ pub fn client_port_config(
             )));
         }
     }
-    let mut config = policy
-        .server_builder()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = policy.server_builder()?;
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(client_ca_roots(pem)?),
+                Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Invalid(format!("client CA: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
 /// [`client_port_config`] from the files `cert` and `key` (`serve --client-tls-cert` and
-/// `--client-tls-key`); `Invalid` if the key file is readable by every user (mode o+r).
+/// `--client-tls-key`) and `client_ca` (`serve --client-ca`); `Invalid` if the key file is
+/// readable by every user (mode o+r).
 pub fn load_client_port_config(
     cert: &Path,
     key: &Path,
     policy: &TlsPolicy,
+    client_ca: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = fs::metadata(key)
@@ -475,7 +580,9 @@ pub fn load_client_port_config(
             mode & 0o777
         )));
     }
-    client_port_config(&read(cert)?, &read(key)?, policy).map_err(|e| match e {
+    let client_ca = client_ca.map(read).transpose()?;
+    client_port_config(&read(cert)?, &read(key)?, policy, client_ca.as_deref()).map_err(|e| match e
+    {
         TlsError::Invalid(what) => {
             TlsError::Invalid(format!("{} / {}: {what}", cert.display(), key.display()))
         }
@@ -510,12 +617,15 @@ impl NodeTls {
     }
 
     /// rustls configuration of the client port with this node's certificate
-    /// ([`client_port_config`]).
+    /// ([`client_port_config`]), asking for client certificates of the client CA in
+    /// `client_ca` when given.
     pub fn client_port_config(
         &self,
         policy: &TlsPolicy,
+        client_ca: Option<&Path>,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        client_port_config(&self.cert_pem, &self.key_pem, policy)
+        let client_ca = client_ca.map(read).transpose()?;
+        client_port_config(&self.cert_pem, &self.key_pem, policy, client_ca.as_deref())
     }
 
     /// tonic configuration of the cluster port: a client certificate from the cluster CA is required.
@@ -638,14 +748,53 @@ mod tests {
             Some("TLS13_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"),
         )
         .unwrap();
-        let refused = client_port_config(&cert.pem(), &key.serialize_pem(), &rsa_only);
+        let refused = client_port_config(&cert.pem(), &key.serialize_pem(), &rsa_only, None);
         assert!(
             matches!(&refused, Err(TlsError::Invalid(m)) if m.contains("TLS_ECDHE_ECDSA_WITH")),
             "{:?}",
             refused.err()
         );
         let default = TlsPolicy::default();
-        assert!(client_port_config(&cert.pem(), &key.serialize_pem(), &default).is_ok());
+        assert!(client_port_config(&cert.pem(), &key.serialize_pem(), &default, None).is_ok());
+    }
+
+    #[test]
+    fn a_certificates_names_are_its_sans_then_its_common_name() {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["etl".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::Rfc822Name("ops@example.test".try_into().unwrap()));
+        params
+            .subject_alt_names
+            .push(SanType::URI("spiffe://conifer/etl".try_into().unwrap()));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "etl");
+        dn.push(DnType::OrganizationName, "not a name");
+        params.distinguished_name = dn;
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            certificate_names(cert.der()),
+            ["etl", "ops@example.test", "spiffe://conifer/etl"]
+        );
+        assert!(certificate_names(b"not a certificate").is_empty());
+    }
+
+    #[test]
+    fn a_client_ca_file_must_hold_certificates() {
+        assert!(matches!(
+            client_ca_roots("nothing here"),
+            Err(TlsError::Invalid(m)) if m.contains("no certificate")
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        generate_ca(dir.path(), "old").unwrap();
+        let old = read(&dir.path().join(CA_CERT)).unwrap();
+        generate_ca(dir.path(), "new").unwrap();
+        let new = read(&dir.path().join(CA_CERT)).unwrap();
+        assert_eq!(client_ca_roots(&format!("{old}{new}")).unwrap().len(), 2);
     }
 
     #[test]

@@ -36,7 +36,8 @@ pub fn conifer_bin() -> PathBuf {
     dir.join("conifer")
 }
 
-/// A loopback port free at the time of the call.
+/// A loopback port free at the time of the call, and never handed out before in this
+/// process.
 pub fn free_port() -> u16 {
     free_port_on("127.0.0.1")
 }
@@ -47,14 +48,35 @@ pub fn free_port() -> u16 {
 /// it ("Address already in use"). Below the compat suite's (20000 up to that range).
 const NODE_PORTS: std::ops::Range<u16> = 10_000..20_000;
 
+/// Ports handed out by [`free_port_on`] and [`free_port_range`] in this process. A port
+/// is free when it is picked but nothing holds it until a node binds it, so a second pick
+/// (another node of the same cluster, an index port range picked before the cluster
+/// starts) could land on it; no port is handed out twice.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Claims `ports` if none was handed out before and each binds on `host` now.
+fn claim(host: &str, ports: std::ops::Range<u16>) -> bool {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    if handed_out.range(ports.clone()).next().is_some()
+        || !ports
+            .clone()
+            .all(|port| TcpListener::bind((host, port)).is_ok())
+    {
+        return false;
+    }
+    handed_out.extend(ports);
+    true
+}
+
 /// The first of `n` consecutive ports of [`NODE_PORTS`] free on 127.0.0.1 at the time of
-/// the call (an index port range).
+/// the call and never handed out before in this process (an index port range).
 pub fn free_port_range(n: u16) -> u16 {
     use rand::Rng;
     let mut rng = rand::thread_rng();
     loop {
         let first = rng.gen_range(NODE_PORTS.start..NODE_PORTS.end - n);
-        if (first..first + n).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+        if claim("127.0.0.1", first..first + n) {
             return first;
         }
     }
@@ -95,7 +117,7 @@ pub fn free_port_on(host: &str) -> u16 {
     let mut rng = rand::thread_rng();
     loop {
         let port = rng.gen_range(NODE_PORTS);
-        if TcpListener::bind((host, port)).is_ok() {
+        if claim(host, port..port + 1) {
             return port;
         }
     }
@@ -118,6 +140,9 @@ pub struct ClusterOptions {
     /// a private listener (`--private-api-addr`) on the private IP, both IPs in its
     /// certificate.
     pub private_listener: Option<(String, String)>,
+    /// Create a client CA (`Cluster::client_ca_dir`, apart from the cluster CA) and start
+    /// every node with `--client-ca` naming it.
+    pub client_ca: bool,
 }
 
 /// The loopback address of node `id` when nodes have distinct hosts.
@@ -250,6 +275,8 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// How the nodes are started.
     pub options: ClusterOptions,
+    /// Directory of the client CA (`ClusterOptions::client_ca`).
+    pub client_ca_dir: Option<PathBuf>,
     /// The highest node id given out.
     last_id: u64,
 }
@@ -269,6 +296,18 @@ impl Cluster {
         let dir = tempfile::tempdir()?;
         let ca_dir = dir.path().join("ca");
         tls::generate_ca(&ca_dir, "test")?;
+        let mut options = options;
+        let client_ca_dir = if options.client_ca {
+            let client_ca_dir = dir.path().join("client-ca");
+            tls::generate_ca(&client_ca_dir, "test clients")?;
+            options.args.extend([
+                "--client-ca".to_string(),
+                client_ca_dir.join(tls::CA_CERT).display().to_string(),
+            ]);
+            Some(client_ca_dir)
+        } else {
+            None
+        };
         let mut cluster = Self {
             dir,
             ca_dir: ca_dir.clone(),
@@ -276,6 +315,7 @@ impl Cluster {
             bootstrap: Value::Null,
             http: reqwest::Client::new(),
             options: options.clone(),
+            client_ca_dir,
             last_id: 0,
         };
         cluster.add_node(false).await?;
@@ -617,6 +657,48 @@ impl Cluster {
             .build()?)
     }
 
+    /// Issues a client certificate named `name` (its common name and DNS SAN) from the
+    /// client CA, valid as `validity` says: (certificate PEM, key PEM).
+    pub fn client_certificate(
+        &self,
+        name: &str,
+        validity: Validity,
+    ) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        let ca = self
+            .client_ca_dir
+            .as_ref()
+            .context("the cluster has no client CA (ClusterOptions::client_ca)")?;
+        let out = self.dir.path().join("client-certs");
+        tls::issue_leaf(
+            ca,
+            &out,
+            name,
+            LeafKind::Client { name: name.into() },
+            validity,
+        )?;
+        Ok((
+            std::fs::read(out.join(format!("{name}.pem")))?,
+            std::fs::read(out.join(format!("{name}-key.pem")))?,
+        ))
+    }
+
+    /// A REST client trusting the cluster CA that presents the client certificate `cert`
+    /// with `key` (PEM) on every connection.
+    pub fn client_with_certificate(
+        &self,
+        cert: &[u8],
+        key: &[u8],
+    ) -> anyhow::Result<reqwest::Client> {
+        let ca_pem = std::fs::read(self.ca_dir.join(tls::CA_CERT))?;
+        Ok(reqwest::Client::builder()
+            // The cluster CA only: no system store to load for each of many clients.
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
+            .identity(reqwest::Identity::from_pem(&[cert, b"\n", key].concat())?)
+            .timeout(Duration::from_secs(30))
+            .build()?)
+    }
+
     /// A data-plane REST call to index `index` through node `via` (explicit index header).
     pub fn data(
         &self,
@@ -753,6 +835,70 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How long revocations take to reach every node: waits until `probe(node)` answers `ok`
+/// on each of `nodes`, runs `revoke`, then probes every node until each has refused once.
+/// Fails if a probe sent later than `LEASE_MS` after the revocation was acknowledged was
+/// accepted, or a refusal is not 401, 403, 404 or the lease's 503; returns the longest
+/// accepted delay seen.
+pub async fn measure_revocation<P, Fut, R>(
+    nodes: &[u64],
+    what: &str,
+    ok: u16,
+    probe: P,
+    revoke: R,
+) -> Duration
+where
+    P: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = u16>,
+    R: std::future::Future<Output = ()>,
+{
+    use conifer_node::control::LEASE_MS;
+    for &node in nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = probe(node).await;
+            if status == ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not accepted on node {node} before revocation ({status})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    revoke.await;
+    let acked = Instant::now();
+    let mut longest_accepted = Duration::ZERO;
+    let mut refused = vec![false; nodes.len()];
+    while refused.iter().any(|r| !r) {
+        for (i, &node) in nodes.iter().enumerate() {
+            let sent = acked.elapsed();
+            let status = probe(node).await;
+            if status == ok {
+                longest_accepted = longest_accepted.max(sent);
+                assert!(
+                    sent <= Duration::from_millis(LEASE_MS),
+                    "{what}: node {node} accepted a probe sent {sent:?} after the revocation was acknowledged"
+                );
+            } else {
+                assert!(
+                    matches!(status, 401 | 403 | 404 | 503),
+                    "{what}: node {node} answered {status}"
+                );
+                refused[i] = true;
+            }
+        }
+        assert!(
+            acked.elapsed() < Duration::from_secs(10),
+            "{what}: still accepted after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("{what}: refused on every node; longest accepted delay {longest_accepted:?}");
+    longest_accepted
 }
 
 /// A client that trusts the CA in `ca_dir` (used before `Cluster::http` exists).

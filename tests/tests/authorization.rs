@@ -738,6 +738,25 @@ fn rest_cases() -> Vec<Case> {
             }),
         ),
         case(
+            "PUT",
+            "/admin/service-accounts/{id}/certificate-names",
+            ONLY_OPERATOR,
+            &[],
+            200,
+            prep!(|w, via, p, fresh| {
+                let id = if fresh {
+                    w.fresh_sa(via).await
+                } else {
+                    w.spare_sa_id.clone()
+                };
+                req(
+                    Method::PUT,
+                    format!("/admin/service-accounts/{id}/certificate-names"),
+                    Some(json!({"certificate_names": [uid()]})),
+                )
+            }),
+        ),
+        case(
             "DELETE",
             "/admin/service-accounts/{id}",
             ORG_ADMINS,

@@ -115,56 +115,14 @@ impl Probe {
 }
 
 /// Waits until `probe` is accepted on every node, runs `revoke` (through node 1), then
-/// probes every node until it refuses. Fails if any probe sent later than `LEASE_MS` after
-/// the revocation was acknowledged was accepted; returns the longest accepted delay seen.
+/// probes every node until it refuses ([`conifer_tests::measure_revocation`]); the longest
+/// accepted delay seen.
 async fn revoke_and_measure<F>(c: &Cluster, what: &str, probe: Probe, revoke: F) -> Duration
 where
     F: std::future::Future<Output = ()>,
 {
-    for node in 1..=3 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let status = probe.status(c, node).await;
-            if status == probe.ok {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not accepted on node {node} before revocation ({status})"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    revoke.await;
-    let acked = Instant::now();
-    let mut longest_accepted = Duration::ZERO;
-    let mut refused = [false; 3];
-    while refused.iter().any(|r| !r) {
-        for node in 1..=3u64 {
-            let sent = acked.elapsed();
-            let status = probe.status(c, node).await;
-            if status == probe.ok {
-                longest_accepted = longest_accepted.max(sent);
-                assert!(
-                    sent <= Duration::from_millis(LEASE_MS),
-                    "{what}: node {node} accepted a probe sent {sent:?} after the revocation was acknowledged"
-                );
-            } else {
-                assert!(
-                    matches!(status, 401 | 403 | 404 | 503),
-                    "{what}: node {node} answered {status}"
-                );
-                refused[node as usize - 1] = true;
-            }
-        }
-        assert!(
-            acked.elapsed() < Duration::from_secs(10),
-            "{what}: still accepted after 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    println!("{what}: refused on every node; longest accepted delay {longest_accepted:?}");
-    longest_accepted
+    let status = |node| probe.status(c, node);
+    conifer_tests::measure_revocation(&[1, 2, 3], what, probe.ok, status, revoke).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

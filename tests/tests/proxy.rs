@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use conifer_client::{grpc, AdminClient, Proxy};
+use conifer_client::{grpc, AdminClient, Proxy, Transport};
 use conifer_proto::pinecone::{QueryRequest, UpsertRequest, Vector};
 use conifer_tests::{free_port, Cluster};
 
@@ -252,7 +252,12 @@ async fn the_cli_and_the_rust_client_reach_a_cluster_through_a_connect_proxy() {
     // The Rust client's REST calls, through the authenticating proxy.
     let ca = std::fs::read(c.ca_dir.join(conifer_node::tls::CA_CERT)).unwrap();
     let proxy: Proxy = with_password.parse().unwrap();
-    let rest = AdminClient::with_proxy(&node_url, Some(&ca), None, &proxy)
+    let transport = Transport {
+        ca_pem: Some(ca.clone()),
+        identity: None,
+        proxy,
+    };
+    let rest = AdminClient::with_transport(&node_url, &transport, None)
         .unwrap()
         .with_api_key(&key);
     let before = authenticating.tunnels_to(&node_host);
@@ -261,7 +266,7 @@ async fn the_cli_and_the_rust_client_reach_a_cluster_through_a_connect_proxy() {
     assert_eq!(authenticating.tunnels_to(&node_host), before + 1);
 
     // Its gRPC data plane through the same proxy: an upsert and a query over one tunnel.
-    let mut data = grpc::connect(&node_url, Some(&ca), &key, Some("docs"), &proxy)
+    let mut data = grpc::connect(&node_url, &transport, Some(&key), Some("docs"))
         .await
         .unwrap();
     assert_eq!(authenticating.tunnels_to(&node_host), before + 2);
@@ -301,8 +306,11 @@ async fn the_cli_and_the_rust_client_reach_a_cluster_through_a_connect_proxy() {
     assert_eq!(authenticating.tunnels_to(&node_host), before + 2);
 
     // A wrong password over gRPC: the proxy's refusal (tinyproxy answers 401), named.
-    let wrong_proxy: Proxy = wrong.parse().unwrap();
-    let Err(e) = grpc::connect(&node_url, Some(&ca), &key, Some("docs"), &wrong_proxy).await else {
+    let wrong_proxy = Transport {
+        proxy: wrong.parse().unwrap(),
+        ..transport.clone()
+    };
+    let Err(e) = grpc::connect(&node_url, &wrong_proxy, Some(&key), Some("docs")).await else {
         panic!("a tunnel opened with the wrong password");
     };
     let e = e.to_string();

@@ -43,6 +43,29 @@ pub enum Listener {
     Private,
 }
 
+/// The client certificate the TLS handshake of a request's connection verified against the
+/// client CA (`serve --client-ca`): its names and expiry, or why it authenticates no one
+/// ([`crate::tls::presented_certificate`]). Every accept loop sets an
+/// `Option<ClientCertificate>`, `None` without one.
+#[derive(Clone, Debug)]
+pub struct ClientCertificate(pub Arc<Result<crate::tls::PresentedCertificate, String>>);
+
+impl ClientCertificate {
+    /// Its names, if it may authenticate at `now_s` (seconds since the epoch): `Err` when
+    /// it does not declare client authentication or expired since the handshake.
+    fn names(&self, now_s: u64) -> Result<&[String], String> {
+        let presented = self.0.as_ref().as_ref().map_err(Clone::clone)?;
+        if presented.not_after_unix < i64::try_from(now_s).unwrap_or(i64::MAX) {
+            return Err(format!(
+                "the client certificate expired at {} (seconds since the epoch) after its \
+                 connection was opened; reconnect with a valid one",
+                presented.not_after_unix
+            ));
+        }
+        Ok(&presented.names)
+    }
+}
+
 /// The shard group of the index whose own port a request came in on
 /// (`--index-port-range`): every accept loop sets an `Option<ServedIndex>`, `None` on the
 /// client port.
@@ -64,6 +87,10 @@ pub struct Caller {
     pub listener: Listener,
     /// The client's address.
     pub client_addr: Option<IpAddr>,
+    /// The service account the connection's client certificate authenticates as (the
+    /// principal itself when no other credential was sent), or why it authenticates as
+    /// none; `None` without a client certificate.
+    pub certificate: Option<Result<Arc<Principal>, String>>,
     api: ApiState,
     authorized: Arc<AtomicBool>,
 }
@@ -85,6 +112,7 @@ impl Caller {
                         .control
                         .read(|s| s.private_access(id, private, source))
                         .map_err(|refusal| ApiError::forbidden(refusal.0))?;
+                    self.check_client_certificate(id, target)?;
                 }
                 self.authorized.store(true, Ordering::Release);
                 return Ok(());
@@ -144,6 +172,38 @@ impl Caller {
         Err(error)
     }
 
+    /// For a data-plane call into project `id`: when the project requires a client
+    /// certificate, the connection's must authenticate as a service account that may make
+    /// this call there too (whatever other credential came with it); 403 naming the rule.
+    fn check_client_certificate(&self, id: &str, target: Target<'_>) -> Result<(), ApiError> {
+        let required = self.api.control.read(|s| {
+            s.projects
+                .get(id)
+                .is_some_and(|p| p.require_client_certificate)
+        });
+        if !required {
+            return Ok(());
+        }
+        let rule = format!(
+            "project '{id}' requires a client certificate (mutual TLS) for its data plane, \
+             and an API key or token alone is refused there"
+        );
+        match &self.certificate {
+            None => Err(ApiError::forbidden(format!(
+                "{rule}: connect with a certificate from the cluster's client CA whose name is \
+                 bound to a service account with access to the project"
+            ))),
+            Some(Err(reason)) => Err(ApiError::forbidden(format!("{rule}: {reason}"))),
+            Some(Ok(account)) => policy::decide(account, self.operation, target).map_err(|_| {
+                ApiError::forbidden(format!(
+                    "{rule}: the client certificate's {} may not call {} in it",
+                    account.describe(),
+                    self.operation.name()
+                ))
+            }),
+        }
+    }
+
     /// Proposes `command` as this call: one log entry with its audit event (how every
     /// change a client asks for is made).
     pub async fn propose(&self, command: Command) -> Result<Output, ControlError> {
@@ -186,7 +246,8 @@ impl Caller {
             (None, Principal::ApiKey(key)) => key.project_id.clone(),
             (None, _) => {
                 return Err(ApiError::invalid(format!(
-                    "a call made with a bearer token must name its project in the {PROJECT_HEADER} header"
+                    "a call made without an API key (with a bearer token or a client \
+                     certificate) must name its project in the {PROJECT_HEADER} header"
                 )))
             }
         };
@@ -387,30 +448,67 @@ async fn authenticated(
         request.extensions_mut().insert(info);
         return next.run(request).await;
     }
-    let cred = match credential(request.headers()) {
-        Ok(cred) => cred,
-        Err(e) => return reply(e, grpc),
+    let certificate = request
+        .extensions()
+        .get::<Option<ClientCertificate>>()
+        .cloned()
+        .flatten();
+    let headers = request.headers();
+    let sent_credential =
+        headers.contains_key("api-key") || headers.contains_key(axum::http::header::AUTHORIZATION);
+    // A client certificate alone is a credential (of its service account); with another
+    // credential, that one names the caller and the certificate's account is checked only
+    // where a project requires a certificate.
+    let cred = match (credential(headers), &certificate) {
+        (Ok(cred), _) => Some(cred),
+        (Err(_), Some(_)) if !sent_credential => None,
+        (Err(e), _) => return reply(e, grpc),
     };
+    let names = certificate.as_ref().map(|c| c.names(token::now_s()));
     let control = &route.api.control;
-    let check = || control.read_authenticated(|s| auth::authenticate(s, cred, token::now_s()));
+    let check = || {
+        control.read_authenticated(|s| {
+            let by_certificate = names.as_ref().map(|names| match names {
+                Ok(names) => auth::authenticate_certificate(s, names),
+                Err(unusable) => Err(auth::AuthError::UnusableCertificate(unusable.clone())),
+            });
+            match cred {
+                Some(cred) => (auth::authenticate(s, cred, token::now_s()), by_certificate),
+                None => (
+                    by_certificate.expect("no other credential without a certificate"),
+                    None,
+                ),
+            }
+        })
+    };
     let mut outcome = check().await;
     // A credential created through another node a moment ago may not be here yet: catch up
     // with the leader once before refusing it — at a bounded rate per source, so a flood of
     // garbage keys costs the leader nothing more.
     let source = request.extensions().get::<ClientAddr>().map(|a| a.0);
-    if matches!(&outcome, Ok(Err(refused)) if refused.may_be_unseen())
+    if matches!(&outcome, Ok((Err(refused), _)) if refused.may_be_unseen())
         && source.is_none_or(|ip| route.api.catch_ups.allow(ip))
         && control.linearizable_barrier().await.is_ok()
     {
         outcome = check().await;
     }
-    let principal = match outcome {
-        Ok(Ok(principal)) => principal,
-        Ok(Err(refused)) => return reply(ApiError::from(refused), grpc),
+    let (principal, certificate) = match outcome {
+        Ok((Ok(principal), by_certificate)) => {
+            let principal = Arc::new(principal);
+            let certificate = match (cred, by_certificate) {
+                (None, _) => Some(Ok(principal.clone())),
+                (Some(_), by_certificate) => {
+                    by_certificate.map(|r| r.map(Arc::new).map_err(|e| e.to_string()))
+                }
+            };
+            (principal, certificate)
+        }
+        Ok((Err(refused), _)) => return reply(ApiError::from(refused), grpc),
         Err(unavailable) => return reply(unavailable.into(), grpc),
     };
     let caller = Caller {
-        principal: Arc::new(principal),
+        principal,
+        certificate,
         operation,
         request: info,
         served_index: request

@@ -35,6 +35,7 @@ fn project_json(p: &Project) -> Value {
         "max_pods": p.max_pods,
         "force_encryption_with_cmek": p.force_encryption_with_cmek,
         "cmek_key_arn": p.cmek_key_arn,
+        "require_client_certificate": p.require_client_certificate,
         "organization_id": p.organization_id,
         "created_at": p.created_at,
     })
@@ -126,6 +127,8 @@ pub struct CreateProject {
     force_encryption_with_cmek: Option<bool>,
     #[serde(default)]
     cmek_key_arn: Option<String>,
+    #[serde(default)]
+    require_client_certificate: Option<bool>,
 }
 
 /// Checks a customer-managed key setting before it is proposed: `cmek_key_arn` must be a
@@ -210,6 +213,7 @@ pub async fn create_project(
         max_pods: body.max_pods.unwrap_or(0),
         force_encryption_with_cmek: body.cmek_key_arn.is_some(),
         cmek_key_arn: body.cmek_key_arn,
+        require_client_certificate: body.require_client_certificate.unwrap_or(false),
         created_at: crate::now_rfc3339(),
         key,
     };
@@ -286,10 +290,13 @@ pub struct UpdateProject {
     force_encryption_with_cmek: Option<bool>,
     #[serde(default)]
     cmek_key_arn: Option<String>,
+    #[serde(default)]
+    require_client_certificate: Option<bool>,
 }
 
 /// `PATCH /admin/projects/{id}`: rename, quota, customer-managed encryption (a key once
-/// set stays, and the requirement cannot be turned off again).
+/// set stays, and the requirement cannot be turned off again), whether the data plane
+/// requires a client certificate (`require_client_certificate`).
 pub async fn update_project(
     State(state): State<ApiState>,
     caller: Caller,
@@ -315,6 +322,7 @@ pub async fn update_project(
         max_pods: body.max_pods,
         force_encryption_with_cmek: body.force_encryption_with_cmek,
         cmek_key_arn: body.cmek_key_arn,
+        require_client_certificate: body.require_client_certificate,
     });
     match caller.propose(command).await? {
         Output::Project(p) => Ok(Json(project_json(&p))),

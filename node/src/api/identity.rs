@@ -13,6 +13,7 @@ use super::access::Caller;
 use super::admin::{check_id, check_name, home_organization};
 use super::{ApiError, ApiState};
 use crate::auth::{self, token, Principal};
+use crate::control::identity::{MAX_CERTIFICATE_NAMES_PER_ACCOUNT, MAX_CERTIFICATE_NAME_BYTES};
 use crate::control::state::OrganizationCommand;
 use crate::control::state::{
     IdentityCommand, MemberKind, OperatorToken, OrgRole, Organization, ProjectMember, ProjectRole,
@@ -51,7 +52,43 @@ fn account_json(a: &ServiceAccount) -> Value {
         "role": a.role.as_str(),
         "organization_id": a.organization_id,
         "created_at": a.created_at,
+        "certificate_names": a.certificate_names,
     })
+}
+
+/// Checks `certificate_names` of a service-account body: at most
+/// [`MAX_CERTIFICATE_NAMES_PER_ACCOUNT`], each 1 to [`MAX_CERTIFICATE_NAME_BYTES`] bytes of
+/// printable ASCII (a DNS name, an email address, a URI or a common name) without
+/// surrounding spaces, none twice (400 naming the first that is not).
+fn check_certificate_names(names: &[String]) -> Result<(), ApiError> {
+    if names.len() > MAX_CERTIFICATE_NAMES_PER_ACCOUNT {
+        return Err(ApiError::invalid(format!(
+            "'certificate_names' holds {} names; the limit is {MAX_CERTIFICATE_NAMES_PER_ACCOUNT}",
+            names.len()
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        let printable = name.bytes().all(|b| (0x20..0x7f).contains(&b));
+        if name.is_empty()
+            || name.len() > MAX_CERTIFICATE_NAME_BYTES
+            || !printable
+            || name.trim() != name
+        {
+            return Err(ApiError::invalid(format!(
+                "certificate name {:?} must be 1 to {MAX_CERTIFICATE_NAME_BYTES} bytes of \
+                 printable ASCII without surrounding spaces (a DNS name, email address, URI or \
+                 common name the certificate carries)",
+                name.chars().take(64).collect::<String>()
+            )));
+        }
+        if !seen.insert(name) {
+            return Err(ApiError::invalid(format!(
+                "certificate name '{name}' is given twice"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn member_json(m: &ProjectMember) -> Value {
@@ -437,6 +474,7 @@ pub async fn create_service_account(
         secret_sha256,
         credential_version: 0,
         created_at: crate::now_rfc3339(),
+        certificate_names: Vec::new(),
     };
     match caller
         .propose(Command::Identity(IdentityCommand::CreateServiceAccount(
@@ -510,6 +548,42 @@ pub async fn update_service_account(
             id,
             name: body.name,
             role,
+            certificate_names: None,
+        }))
+        .await?
+    {
+        Output::ServiceAccount(a) => Ok(Json(account_json(&a))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Body of `PUT /admin/service-accounts/{id}/certificate-names`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetCertificateNames {
+    certificate_names: Vec<String>,
+}
+
+/// `PUT /admin/service-accounts/{id}/certificate-names` (the operator's): the names of the
+/// client certificates of the client CA that authenticate as the account from now on,
+/// replacing the earlier ones (`[]` unbinds them all; the account's certificates stop
+/// working within the lease). 409 naming the holder if a name is bound to another account
+/// (the operator sees every organization).
+pub async fn set_certificate_names(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<SetCertificateNames>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorized_account(&state, &caller, &id).await?;
+    let Json(body) = body?;
+    check_certificate_names(&body.certificate_names)?;
+    match caller
+        .propose(Command::Identity(IdentityCommand::UpdateServiceAccount {
+            id,
+            name: None,
+            role: None,
+            certificate_names: Some(body.certificate_names),
         }))
         .await?
     {

@@ -182,6 +182,7 @@ fn takes_body(operation: Operation) -> bool {
             | O::OrgMemberUpdate
             | O::ServiceAccountCreate
             | O::ServiceAccountUpdate
+            | O::ServiceAccountSetCertificateNames
             | O::ProjectCreate
             | O::ProjectUpdate
             | O::ProjectMemberAdd
@@ -272,6 +273,7 @@ fn handler(method: MethodFilter, operation: Operation) -> MethodRouter<ApiState>
         O::ServiceAccountCreate => on(method, identity::create_service_account),
         O::ServiceAccountUpdate => on(method, identity::update_service_account),
         O::ServiceAccountRotateSecret => on(method, identity::rotate_service_account_secret),
+        O::ServiceAccountSetCertificateNames => on(method, identity::set_certificate_names),
         O::ServiceAccountDelete => on(method, identity::delete_service_account),
         O::ProjectCreate => on(method, admin::create_project),
         O::ProjectList => on(method, admin::list_projects),
@@ -372,7 +374,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             let Some(acceptor) = acceptor else {
-                return serve_connection(tcp, peer, router, served_index, kind).await;
+                return serve_connection(tcp, peer, None, router, served_index, kind).await;
             };
             let handshake = tokio::time::timeout(
                 Duration::from_millis(CLIENT_TLS_HANDSHAKE_TIMEOUT_MS),
@@ -382,7 +384,20 @@ pub async fn serve(
                 },
             );
             match handshake.await {
-                Ok(Some(Ok(tls))) => serve_connection(tls, peer, router, served_index, kind).await,
+                Ok(Some(Ok(tls))) => {
+                    // Present only when the port has a client CA, which verified it.
+                    let certificate = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|leaf| {
+                            access::ClientCertificate(Arc::new(crate::tls::presented_certificate(
+                                leaf,
+                            )))
+                        });
+                    serve_connection(tls, peer, certificate, router, served_index, kind).await
+                }
                 Ok(Some(Err(e))) => tracing::debug!(%peer, "client TLS handshake failed: {e}"),
                 Ok(None) => tracing::debug!(%peer, "plaintext on the TLS client port refused"),
                 Err(_) => {}
@@ -438,10 +453,12 @@ async fn speaks_tls(mut tcp: TcpStream) -> Option<TcpStream> {
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (gRPC) on one accepted connection `io` until it ends or
-/// idles out ([`conn::Activity`]).
+/// idles out ([`conn::Activity`]); `certificate`: the client certificate the TLS handshake
+/// verified, stamped on every request.
 async fn serve_connection<IO>(
     io: IO,
     peer: SocketAddr,
+    certificate: Option<access::ClientCertificate>,
     router: axum::Router,
     served_index: Option<u64>,
     kind: access::Listener,
@@ -457,7 +474,10 @@ async fn serve_connection<IO>(
             &axum::Extension(served_index.map(access::ServedIndex)),
             tower::Layer::layer(
                 &axum::Extension(kind),
-                router.into_service::<hyper::body::Incoming>(),
+                tower::Layer::layer(
+                    &axum::Extension(certificate),
+                    router.into_service::<hyper::body::Incoming>(),
+                ),
             ),
         ),
     );

@@ -4,7 +4,9 @@
 //! form) lets the node find the record, the 256-bit secret is stored only as its SHA-256
 //! digest and compared in constant time. Service-account client secrets are 256-bit secrets
 //! stored the same way. Values are shown once, at creation. Users sign in with a password
-//! ([`password`], argon2id) and, like service accounts, then carry a bearer [`token`].
+//! ([`password`], argon2id) and, like service accounts, then carry a bearer [`token`]. A
+//! service account may also authenticate with a client certificate from the client CA
+//! (`serve --client-ca`) that carries a name bound to it ([`authenticate_certificate`]).
 //! [`authenticate`] turns any credential into a [`Principal`] against the control-plane
 //! state; what it may do is [`crate::policy`]'s business.
 
@@ -178,6 +180,24 @@ pub enum AuthError {
     /// The token verified but its principal is gone or its credentials changed since.
     #[error("the token's {0} was deleted or its credentials changed; sign in again")]
     Revoked(&'static str),
+    /// A verified client certificate none of whose names is bound to a service account
+    /// (never bound, unbound since, or its account deleted).
+    #[error(
+        "the client certificate ({0}) authenticates as no service account: none of its \
+         names is bound to one (PUT /admin/service-accounts/{{id}}/certificate-names, or \
+         `conifer service-account set-certificate-names`)"
+    )]
+    UnboundCertificate(String),
+    /// A client certificate that may not authenticate: it does not declare client
+    /// authentication, or it expired since its connection was opened (the reason).
+    #[error("{0}")]
+    UnusableCertificate(String),
+    /// A client certificate whose names are bound to two service accounts.
+    #[error(
+        "the client certificate's names are bound to two service accounts ('{0}' and '{1}'); \
+         a certificate must name one"
+    )]
+    AmbiguousCertificate(String, String),
 }
 
 impl AuthError {
@@ -190,6 +210,7 @@ impl AuthError {
             AuthError::BadApiKey
                 | AuthError::BadOperatorToken
                 | AuthError::Revoked(_)
+                | AuthError::UnboundCertificate(_)
                 | AuthError::BadToken(token::TokenError::UnknownKey)
         )
     }
@@ -244,19 +265,69 @@ pub fn authenticate(
             if *org != claims.org || version != claims.ver {
                 return Err(AuthError::Revoked(kind.as_str()));
             }
-            let project_roles = state
-                .memberships_of(&claims.sub)
-                .map(|m| (m.project_id.clone(), m.role))
-                .collect();
-            Ok(Principal::Member(Member {
-                id: claims.sub,
-                kind,
-                organization_id: org.clone(),
-                org_role: role,
-                project_roles,
-            }))
+            Ok(member(state, claims.sub, kind, org, role))
         }
     }
+}
+
+/// The member `id` with its organization role and its current project roles.
+fn member(
+    state: &ControlState,
+    id: String,
+    kind: MemberKind,
+    org: &str,
+    role: OrgRole,
+) -> Principal {
+    let project_roles = state
+        .memberships_of(&id)
+        .map(|m| (m.project_id.clone(), m.role))
+        .collect();
+    Principal::Member(Member {
+        id,
+        kind,
+        organization_id: org.to_string(),
+        org_role: role,
+        project_roles,
+    })
+}
+
+/// The service account a verified client certificate carrying `names` (its SANs and its
+/// subject's common name, [`crate::tls::certificate_names`]) authenticates as in `state`,
+/// with its current roles; `UnboundCertificate` when no name is bound to an account,
+/// `AmbiguousCertificate` when they name two.
+pub fn authenticate_certificate(
+    state: &ControlState,
+    names: &[String],
+) -> Result<Principal, AuthError> {
+    match state.certificate_account(names) {
+        Ok(Some(account)) => Ok(member(
+            state,
+            account.id.clone(),
+            MemberKind::ServiceAccount,
+            &account.organization_id,
+            account.role,
+        )),
+        Ok(None) => Err(AuthError::UnboundCertificate(describe_names(names))),
+        Err((a, b)) => Err(AuthError::AmbiguousCertificate(a, b)),
+    }
+}
+
+/// `names` for a message: the first few, quoted, with how many more there are.
+fn describe_names(names: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .map(|n| format!("'{}'", n.chars().take(64).collect::<String>()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    if text.is_empty() {
+        text = "no names".into();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -361,6 +432,48 @@ mod authenticate_tests {
         };
         assert_eq!(m.id, "u1");
         assert_eq!(m.project_roles["p0"], ProjectRole::ProjectManager);
+    }
+
+    #[test]
+    fn a_bound_certificate_names_its_service_account_with_current_roles() {
+        let (mut s, _) = with_user();
+        s.apply(Command::Identity(IdentityCommand::CreateServiceAccount(
+            ServiceAccount {
+                id: "sa1".into(),
+                organization_id: "o1".into(),
+                name: "etl".into(),
+                role: OrgRole::OrgMember,
+                secret_sha256: String::new(),
+                credential_version: 0,
+                created_at: "t".into(),
+                certificate_names: vec!["etl-loader".into()],
+            },
+        )))
+        .unwrap();
+        s.apply(Command::Identity(IdentityCommand::AddProjectMember(
+            ProjectMember {
+                project_id: "p0".into(),
+                principal_id: "sa1".into(),
+                kind: MemberKind::ServiceAccount,
+                role: ProjectRole::ProjectMember,
+                created_at: "t".into(),
+            },
+        )))
+        .unwrap();
+        let names = ["other".to_string(), "etl-loader".to_string()];
+        let Principal::Member(m) = authenticate_certificate(&s, &names).unwrap() else {
+            panic!("not a member");
+        };
+        assert_eq!((m.id.as_str(), m.kind), ("sa1", MemberKind::ServiceAccount));
+        assert_eq!(m.project_roles["p0"], ProjectRole::ProjectMember);
+        let unbound = authenticate_certificate(&s, &["nobody".to_string()]).unwrap_err();
+        assert!(matches!(&unbound, AuthError::UnboundCertificate(n) if n == "'nobody'"));
+        assert!(unbound.may_be_unseen());
+        s.apply(Command::Identity(IdentityCommand::DeleteServiceAccount {
+            id: "sa1".into(),
+        }))
+        .unwrap();
+        assert!(authenticate_certificate(&s, &names).is_err());
     }
 
     #[test]

@@ -41,9 +41,57 @@ pub struct Connection {
     /// `direct` for none [default: HTTPS_PROXY / ALL_PROXY, except NO_PROXY hosts].
     #[arg(long, env = "CONIFER_PROXY", global = true, hide_env_values = true)]
     pub proxy: Option<String>,
+    /// Client certificate flags.
+    #[command(flatten)]
+    pub certificate: ClientCertificateArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
     pub output: OutputFormat,
+}
+
+/// The client certificate a command presents (both connection flag sets).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ClientCertificateArgs {
+    /// Client certificate (PEM) to present. On nodes started with --client-ca it
+    /// authenticates as the service account one of its names is bound to, with no other
+    /// credential; a project that requires client certificates refuses its data plane
+    /// without one.
+    #[arg(
+        long,
+        env = "CONIFER_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        env = "CONIFER_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ClientCertificateArgs {
+    /// The certificate and key read from their files, if given.
+    fn identity(&self) -> anyhow::Result<Option<conifer_client::ClientIdentity>> {
+        let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) else {
+            return Ok(None);
+        };
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        Ok(Some(conifer_client::ClientIdentity {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        }))
+    }
+
+    /// Whether a client certificate is given.
+    pub fn is_set(&self) -> bool {
+        self.client_cert.is_some()
+    }
 }
 
 macro_rules! admin_args {
@@ -246,6 +294,18 @@ pub enum ServiceAccountCommand {
         #[arg(long)]
         role: Option<String>,
     },
+    /// Bind the names of client certificates (of the nodes' --client-ca) to a service
+    /// account, which they then authenticate as; replaces the names bound before, and no
+    /// --certificate-name unbinds them all (operator only).
+    SetCertificateNames {
+        /// Its id (= client id).
+        #[arg(long)]
+        id: String,
+        /// A name the certificate carries: a DNS, email or URI SAN, or its common name
+        /// (repeatable).
+        #[arg(long = "certificate-name", value_name = "NAME")]
+        certificate_names: Vec<String>,
+    },
     /// Replace the client secret; prints the new one once.
     RotateSecret {
         /// Its id (= client id).
@@ -299,6 +359,17 @@ pub enum ProjectCommand {
         /// New name.
         #[arg(long)]
         name: String,
+    },
+    /// Require a client certificate (mutual TLS) for the project's data plane, or stop
+    /// requiring it: once required, an API key or token alone is refused there, and the
+    /// certificate's service account must have access to the project too.
+    ClientCertificates {
+        /// Project id.
+        #[arg(long)]
+        id: String,
+        /// `required` or `optional`.
+        #[arg(value_parser = ["required", "optional"])]
+        setting: String,
     },
     /// Delete a project with no indexes, and its keys and memberships.
     Delete {
@@ -594,13 +665,14 @@ pub(super) fn secret_from_terminal(what: &str) -> anyhow::Result<String> {
 }
 
 /// A client of the node at `api_url` (else `--bootstrap`'s), trusting `ca_cert` (else
-/// `--bootstrap`'s; none: the system's trust store) with no credential yet, and the parsed
-/// bootstrap file.
+/// `--bootstrap`'s; none: the system's trust store), presenting `certificate`'s client
+/// certificate if given, with no other credential yet, and the parsed bootstrap file.
 pub(super) fn endpoint(
     api_url: Option<String>,
     ca_cert: Option<PathBuf>,
     bootstrap: Option<&std::path::Path>,
     proxy: Option<&str>,
+    certificate: &ClientCertificateArgs,
 ) -> anyhow::Result<(AdminClient, Option<Value>)> {
     let proxy = match proxy {
         Some(text) => text
@@ -633,10 +705,12 @@ pub(super) fn endpoint(
         Some(ca) => Some(std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?),
         None => None,
     };
-    Ok((
-        AdminClient::with_proxy(&url, ca_pem.as_deref(), None, &proxy)?,
-        boot,
-    ))
+    let transport = conifer_client::Transport {
+        ca_pem,
+        identity: certificate.identity()?,
+        proxy,
+    };
+    Ok((AdminClient::with_transport(&url, &transport, None)?, boot))
 }
 
 pub(super) fn client(c: &Connection, need_token: bool) -> anyhow::Result<AdminClient> {
@@ -645,6 +719,7 @@ pub(super) fn client(c: &Connection, need_token: bool) -> anyhow::Result<AdminCl
         c.ca_cert.clone(),
         c.bootstrap.as_deref(),
         c.proxy.as_deref(),
+        &c.certificate,
     )?;
     let token = c.token.clone().or_else(|| {
         boot.as_ref()
@@ -653,8 +728,12 @@ pub(super) fn client(c: &Connection, need_token: bool) -> anyhow::Result<AdminCl
     });
     match token {
         Some(token) => Ok(client.with_token(&token)),
-        None if need_token => {
-            bail!("no credential: give --token (or CONIFER_TOKEN, or --bootstrap)")
+        // The client certificate authenticates as its service account.
+        None if need_token && !c.certificate.is_set() => {
+            bail!(
+                "no credential: give --token (or CONIFER_TOKEN, or --bootstrap), or a \
+                 client certificate (--client-cert, --client-key)"
+            )
         }
         None => Ok(client),
     }
@@ -994,6 +1073,13 @@ pub async fn run(admin: Admin) -> anyhow::Result<()> {
                     c.update_service_account(&id, name.as_deref(), role.as_deref())
                         .await?
                 }
+                ServiceAccountCommand::SetCertificateNames {
+                    id,
+                    certificate_names,
+                } => {
+                    c.set_service_account_certificate_names(&id, &certificate_names)
+                        .await?
+                }
                 ServiceAccountCommand::RotateSecret { id } => {
                     c.rotate_service_account_secret(&id).await?
                 }
@@ -1021,6 +1107,10 @@ pub async fn run(admin: Admin) -> anyhow::Result<()> {
                 }
                 ProjectCommand::Get { id } => c.get_project(&id).await?,
                 ProjectCommand::Rename { id, name } => c.rename_project(&id, &name).await?,
+                ProjectCommand::ClientCertificates { id, setting } => {
+                    c.set_project_client_certificates(&id, setting == "required")
+                        .await?
+                }
                 ProjectCommand::Delete { id } => {
                     c.delete_project(&id).await?;
                     Value::Null

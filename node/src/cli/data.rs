@@ -48,6 +48,13 @@ pub struct DataConnection {
     /// `direct` for none [default: HTTPS_PROXY / ALL_PROXY, except NO_PROXY hosts].
     #[arg(long, env = "CONIFER_PROXY", global = true, hide_env_values = true)]
     pub proxy: Option<String>,
+    /// Client certificate flags.
+    #[command(flatten)]
+    pub certificate: super::admin::ClientCertificateArgs,
+    /// Project id of the index, for calls made with a client certificate and no API key
+    /// (an API key implies its project).
+    #[arg(long, env = "CONIFER_PROJECT_ID", global = true)]
+    pub project_id: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
     pub output: OutputFormat,
@@ -60,6 +67,7 @@ impl DataConnection {
             self.ca_cert.clone(),
             self.bootstrap.as_deref(),
             self.proxy.as_deref(),
+            &self.certificate,
         )?;
         let key = match (
             &self.api_key,
@@ -67,6 +75,17 @@ impl DataConnection {
         ) {
             (Some(key), _) => key.clone(),
             (None, Some(key)) => key.to_string(),
+            // The client certificate authenticates as its service account.
+            (None, None) if self.certificate.is_set() => {
+                let Some(project) = &self.project_id else {
+                    bail!(super::exit::Usage(
+                        "a client certificate without an API key needs the index's project: \
+                         give --project-id (or CONIFER_PROJECT_ID)"
+                            .into()
+                    ));
+                };
+                return Ok(client.with_project(project));
+            }
             (None, None) => super::admin::secret_from_terminal("API key")?,
         };
         Ok(client.with_api_key(&key))

@@ -195,6 +195,13 @@ pub struct ServeArgs {
     /// Private key (PEM) of --client-tls-cert; refused if every user can read it.
     #[arg(long, env = "CONIFER_CLIENT_TLS_KEY", requires = "client_tls_cert")]
     pub client_tls_key: Option<PathBuf>,
+    /// Client CA (PEM; several certificates are all trusted, as during a CA rotation): the
+    /// client port, the private listener and index ports ask for a client certificate
+    /// (optional) and accept one this CA issued; it authenticates as the service account
+    /// one of its names is bound to (certificate_names). Issue them with `conifer certs
+    /// client`.
+    #[arg(long, env = "CONIFER_CLIENT_CA", conflicts_with = "dev_http")]
+    pub client_ca: Option<PathBuf>,
     /// Lowest TLS version the client port and index ports accept: 1.2 or 1.3. TLS 1.0 and
     /// 1.1 are never accepted.
     #[arg(long, env = "CONIFER_TLS_MIN_VERSION", default_value = "1.2")]
@@ -378,6 +385,12 @@ impl ServeArgs {
         if self.dev_http && self.client_tls_cert.is_some() {
             return Err("--dev-http serves no TLS: it takes no --client-tls-cert".into());
         }
+        if self.dev_http && self.client_ca.is_some() {
+            return Err(
+                "--dev-http serves no TLS, so no client certificates: it takes no --client-ca"
+                    .into(),
+            );
+        }
         if self.learner && self.join.is_none() {
             return Err("--learner applies to a node that joins: give --join too".into());
         }
@@ -437,8 +450,14 @@ impl ServeArgs {
             crate::tls::TlsPolicy::new(&self.tls_min_version, self.tls_cipher_suites.as_deref())?;
         if let (Some(cert), Some(key)) = (&self.client_tls_cert, &self.client_tls_key) {
             // Before anything is created on disk.
-            crate::tls::load_client_port_config(cert, key, &tls_policy)
+            crate::tls::load_client_port_config(cert, key, &tls_policy, self.client_ca.as_deref())
                 .map_err(|e| e.to_string())?;
+        }
+        if let Some(ca) = &self.client_ca {
+            let pem = std::fs::read_to_string(ca)
+                .map_err(|e| format!("--client-ca {}: {e}", ca.display()))?;
+            crate::tls::client_ca_roots(&pem)
+                .map_err(|e| format!("--client-ca {}: {e}", ca.display()))?;
         }
         let client_transport = match (self.dev_http, self.client_tls_cert, self.client_tls_key) {
             (true, _, _) if !api_addr.ip().is_loopback() => {
@@ -506,6 +525,7 @@ impl ServeArgs {
             tls_dir: self.tls_dir,
             client_transport,
             tls_policy,
+            client_ca: self.client_ca,
             join: self.join,
             learner: self.learner,
             domain: self.domain,
@@ -585,12 +605,20 @@ pub enum CertsCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Issue a client certificate (<name>.pem, <name>-key.pem) into --out.
+    /// Issue a client certificate (<name>.pem, <name>-key.pem) into --out. Issued by the
+    /// client CA (`serve --client-ca`), it authenticates as the service account its name is
+    /// bound to (`conifer service-account set-certificate-names --id ID --certificate-name
+    /// NAME`).
+    #[command(after_help = "Examples:
+  conifer certs ca --out client-ca --name clients
+  conifer certs client --ca-dir client-ca --name etl-loader --days 90 --out certs
+  conifer service-account set-certificate-names --id ID --certificate-name etl-loader")]
     Client {
-        /// Directory of the CA (ca.pem, ca-key.pem).
+        /// Directory of the CA (ca.pem, ca-key.pem): the client CA.
         #[arg(long)]
         ca_dir: PathBuf,
-        /// Client name (CN and SAN).
+        /// Client name (its common name and DNS SAN, and the file names): letters, digits,
+        /// '.', '-' and '_'.
         #[arg(long)]
         name: String,
         /// Days of validity.
@@ -667,6 +695,18 @@ pub fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
             days,
             out,
         } => {
+            let shaped = name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if name.is_empty() || name.len() > 253 || !shaped || name.starts_with('.') {
+                anyhow::bail!(exit::Usage(format!(
+                    "--name {name:?}: give 1 to 253 letters, digits, '.', '-' or '_' (not \
+                     starting with '.'), as in a DNS name"
+                )));
+            }
+            if days < 1 {
+                anyhow::bail!(exit::Usage("--days must be at least 1".into()));
+            }
             tls::issue_leaf(
                 &ca_dir,
                 &out,
@@ -674,7 +714,13 @@ pub fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
                 LeafKind::Client { name: name.clone() },
                 Validity::days_from_now(days),
             )?;
-            println!("issued {}", out.join(format!("{name}.pem")).display());
+            println!(
+                "issued {} (key {}), valid {days} days\n\
+                 bind its name to a service account so that it authenticates as it:\n  \
+                 conifer service-account set-certificate-names --id ACCOUNT_ID --certificate-name {name}",
+                out.join(format!("{name}.pem")).display(),
+                out.join(format!("{name}-key.pem")).display()
+            );
         }
         CertsCommand::Trust(args) => trust::run(args)?,
     }

@@ -24,6 +24,10 @@ pub const MAX_SERVICE_ACCOUNTS_PER_ORG: usize = 200;
 pub const MAX_MEMBERS_PER_PROJECT: usize = 1_000;
 /// Most operator tokens the cluster may hold at once.
 pub const MAX_OPERATOR_TOKENS: usize = 10;
+/// Most certificate names one service account may have bound to it.
+pub const MAX_CERTIFICATE_NAMES_PER_ACCOUNT: usize = 10;
+/// Longest certificate name (a DNS name's limit, RFC 1035).
+pub const MAX_CERTIFICATE_NAME_BYTES: usize = 253;
 /// Signing keys kept: the current one and the one before it, so tokens signed just before a
 /// rotation stay valid until they expire.
 pub const SIGNING_KEYS_KEPT: usize = 2;
@@ -138,6 +142,10 @@ pub struct ServiceAccount {
     pub credential_version: u64,
     /// Creation time, RFC 3339.
     pub created_at: String,
+    /// Names of the client certificates that authenticate as this account (a SAN or the
+    /// subject's common name, compared exactly), sorted; also indexed by name in
+    /// [`ControlState::certificate_names`], which apply keeps in step.
+    pub certificate_names: Vec<String>,
 }
 
 /// Which kind of principal a project membership names.
@@ -211,7 +219,8 @@ pub enum IdentityCommand {
     },
     /// Create a service account.
     CreateServiceAccount(ServiceAccount),
-    /// Rename a service account and/or change its organization role.
+    /// Rename a service account, change its organization role and/or replace the names
+    /// of client certificates that authenticate as it.
     UpdateServiceAccount {
         /// The account.
         id: String,
@@ -219,6 +228,9 @@ pub enum IdentityCommand {
         name: Option<String>,
         /// New role, if changing.
         role: Option<OrgRole>,
+        /// The certificate names bound to the account from now on, if changing (each bound
+        /// to no other account).
+        certificate_names: Option<Vec<String>>,
     },
     /// Replace a service account's secret digest; its earlier tokens stop working.
     RotateServiceAccountSecret {
@@ -343,15 +355,34 @@ impl ControlState {
                     "organization",
                     "service accounts",
                 )?;
+                let mut account = account;
+                account.certificate_names = self.bind_certificate_names(
+                    &account.id,
+                    std::mem::take(&mut account.certificate_names),
+                )?;
                 self.service_accounts
                     .insert(account.id.clone(), account.clone());
                 Ok(Output::ServiceAccount(account))
             }
-            C::UpdateServiceAccount { id, name, role } => {
+            C::UpdateServiceAccount {
+                id,
+                name,
+                role,
+                certificate_names,
+            } => {
+                if !self.service_accounts.contains_key(&id) {
+                    return Err(not_found("service account", &id));
+                }
+                let names = certificate_names
+                    .map(|names| self.bind_certificate_names(&id, names))
+                    .transpose()?;
                 let account = self
                     .service_accounts
                     .get_mut(&id)
                     .ok_or_else(|| not_found("service account", &id))?;
+                if let Some(names) = names {
+                    account.certificate_names = names;
+                }
                 if let Some(name) = name {
                     account.name = name;
                 }
@@ -374,6 +405,7 @@ impl ControlState {
                     .remove(&id)
                     .ok_or_else(|| not_found("service account", &id))?;
                 self.remove_memberships_of(&id);
+                self.certificate_names.retain(|_, account| *account != id);
                 Ok(Output::Done)
             }
             C::AddProjectMember(member) => {
@@ -503,6 +535,66 @@ impl ControlState {
             .collect()
     }
 
+    /// The service account a client certificate carrying `names` (its SANs and subject
+    /// common name) authenticates as: the one account any of them is bound to. `Ok(None)`
+    /// when none is bound; `Err` naming both when they name two accounts.
+    pub fn certificate_account<'a>(
+        &'a self,
+        names: &[String],
+    ) -> Result<Option<&'a ServiceAccount>, (String, String)> {
+        let mut found: Option<&ServiceAccount> = None;
+        for name in names {
+            let Some(account) = self
+                .certificate_names
+                .get(name)
+                .and_then(|id| self.service_accounts.get(id))
+            else {
+                continue;
+            };
+            match found {
+                Some(other) if other.id != account.id => {
+                    return Err((other.id.clone(), account.id.clone()))
+                }
+                _ => found = Some(account),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Makes `names` the certificate names of service account `id` in the index by name
+    /// (replacing its earlier ones) and returns them sorted, for the account's own field;
+    /// nothing changes if one is bound to another account or there are too many.
+    fn bind_certificate_names(
+        &mut self,
+        id: &str,
+        names: Vec<String>,
+    ) -> Result<Vec<String>, Rejection> {
+        let names: std::collections::BTreeSet<String> = names.into_iter().collect();
+        if names.len() > MAX_CERTIFICATE_NAMES_PER_ACCOUNT {
+            return Err(Rejection::LimitExceeded(format!(
+                "service account '{id}' would have {} certificate names; the limit is \
+                 {MAX_CERTIFICATE_NAMES_PER_ACCOUNT}",
+                names.len()
+            )));
+        }
+        for name in &names {
+            match self.certificate_names.get(name) {
+                Some(holder) if holder != id => {
+                    return Err(exists(format!(
+                        "certificate name '{name}' is bound to service account '{holder}'; \
+                         unbind it there first"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        self.certificate_names.retain(|_, account| account != id);
+        for name in &names {
+            self.certificate_names.insert(name.clone(), id.to_string());
+        }
+        Ok(names.into_iter().collect())
+    }
+
     /// Service accounts of an organization, by id order.
     pub fn service_accounts_of(&self, organization_id: &str) -> Vec<&ServiceAccount> {
         self.service_accounts
@@ -590,12 +682,17 @@ pub(super) fn describe(state: &ControlState, command: &IdentityCommand) -> Resou
                         .with("role", account.role.as_str()),
                 )
         }
-        C::UpdateServiceAccount { id, name, role } => account_resource(state, V::Update, id)
-            .params(
-                Params::default()
-                    .with_some("name", name.as_deref())
-                    .with_some("role", role.map(|r| r.as_str())),
-            ),
+        C::UpdateServiceAccount {
+            id,
+            name,
+            role,
+            certificate_names,
+        } => account_resource(state, V::Update, id).params(
+            Params::default()
+                .with_some("name", name.as_deref())
+                .with_some("role", role.map(|r| r.as_str()))
+                .with_some("certificate_names", certificate_names.as_deref()),
+        ),
         C::RotateServiceAccountSecret { id, .. } => account_resource(state, V::Update, id),
         C::DeleteServiceAccount { id } => account_resource(state, V::Delete, id),
         C::AddProjectMember(member) => {
@@ -702,6 +799,7 @@ mod tests {
             secret_sha256: "aa".into(),
             credential_version: 0,
             created_at: "t".into(),
+            certificate_names: Vec::new(),
         }
     }
 
@@ -717,6 +815,71 @@ mod tests {
 
     fn id(c: IdentityCommand) -> Command {
         Command::Identity(c)
+    }
+
+    #[test]
+    fn certificate_names_bind_one_account_each_and_go_with_it() {
+        let mut s = bootstrapped();
+        let names = |v: &[&str]| Some(v.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+        let bind = |account: &str, v: &[&str]| {
+            id(IdentityCommand::UpdateServiceAccount {
+                id: account.into(),
+                name: None,
+                role: None,
+                certificate_names: names(v),
+            })
+        };
+        let mut second = account("sa2");
+        second.certificate_names = vec!["b".into()];
+        s.apply(id(IdentityCommand::CreateServiceAccount(account("sa1"))))
+            .unwrap();
+        s.apply(id(IdentityCommand::CreateServiceAccount(second)))
+            .unwrap();
+        s.apply(bind("sa1", &["z", "a", "a"])).unwrap();
+        assert_eq!(s.service_accounts["sa1"].certificate_names, ["a", "z"]);
+        let found = |s: &ControlState, v: &[&str]| {
+            let v: Vec<String> = v.iter().map(|n| n.to_string()).collect();
+            s.certificate_account(&v).map(|a| a.map(|a| a.id.clone()))
+        };
+        assert_eq!(found(&s, &["x", "z"]), Ok(Some("sa1".into())));
+        assert_eq!(found(&s, &["b"]), Ok(Some("sa2".into())));
+        assert_eq!(found(&s, &["x"]), Ok(None));
+        assert_eq!(found(&s, &["a", "b"]), Err(("sa1".into(), "sa2".into())));
+        // A name of another account, or too many names: refused, nothing changes.
+        let before = s.clone();
+        assert!(matches!(
+            s.apply(bind("sa1", &["b"])),
+            Err(Rejection::AlreadyExists(m)) if m.contains("sa2")
+        ));
+        let eleven: Vec<String> = (0..11).map(|i| i.to_string()).collect();
+        let too_many = id(IdentityCommand::UpdateServiceAccount {
+            id: "sa1".into(),
+            name: None,
+            role: None,
+            certificate_names: Some(eleven),
+        });
+        assert!(matches!(
+            s.apply(too_many),
+            Err(Rejection::LimitExceeded(_))
+        ));
+        let mut taken = account("sa3");
+        taken.certificate_names = vec!["a".into()];
+        assert!(s
+            .apply(id(IdentityCommand::CreateServiceAccount(taken)))
+            .is_err());
+        assert_eq!(s, before);
+        // Replacing drops the old names; deleting the account drops the rest.
+        s.apply(bind("sa1", &["c"])).unwrap();
+        assert_eq!(found(&s, &["a"]), Ok(None));
+        s.apply(id(IdentityCommand::DeleteServiceAccount {
+            id: "sa1".into(),
+        }))
+        .unwrap();
+        assert_eq!(found(&s, &["c"]), Ok(None));
+        assert_eq!(
+            s.certificate_names.keys().collect::<Vec<_>>(),
+            [&"b".to_string()]
+        );
     }
 
     #[test]
@@ -783,6 +946,7 @@ mod tests {
                 max_pods: 0,
                 force_encryption_with_cmek: false,
                 cmek_key_arn: None,
+                require_client_certificate: false,
                 created_at: "t".into(),
                 key: crate::crypto::ProjectKey::placeholder(),
             },
@@ -934,6 +1098,7 @@ mod tests {
                 max_pods: 0,
                 force_encryption_with_cmek: false,
                 cmek_key_arn: None,
+                require_client_certificate: false,
                 created_at: "t".into(),
                 key: crate::crypto::ProjectKey::placeholder(),
             },

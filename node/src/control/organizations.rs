@@ -78,6 +78,9 @@ impl ControlState {
                 self.organizations.remove(&id);
                 self.users.retain(|_, u| u.organization_id != id);
                 self.service_accounts.retain(|_, a| a.organization_id != id);
+                let accounts = &self.service_accounts;
+                self.certificate_names
+                    .retain(|_, account| accounts.contains_key(account));
                 Ok(Output::Done)
             }
         }

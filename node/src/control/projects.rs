@@ -33,6 +33,10 @@ pub struct Project {
     /// The customer-managed AWS KMS key (ARN) that makes the data keys of the indexes
     /// created while it is set; once set it stays (and `force_encryption_with_cmek` is on).
     pub cmek_key_arn: Option<String>,
+    /// Whether the project's data plane requires a client certificate (mutual TLS) that
+    /// authenticates as a service account with access to the project: an API key or
+    /// bearer token alone is refused there ([`crate::tls`]'s client CA, `serve --client-ca`).
+    pub require_client_certificate: bool,
 }
 
 /// Why a CMEK setting was refused: the requirement and the key go together.
@@ -64,6 +68,8 @@ pub enum ProjectCommand {
         force_encryption_with_cmek: Option<bool>,
         /// The customer-managed KMS key, if setting it (never changed once set).
         cmek_key_arn: Option<String>,
+        /// New client-certificate requirement of the data plane, if changing.
+        require_client_certificate: Option<bool>,
     },
     /// Delete a project and its API keys.
     Delete {
@@ -126,6 +132,7 @@ impl ControlState {
                 max_pods,
                 force_encryption_with_cmek,
                 cmek_key_arn,
+                require_client_certificate,
             } => {
                 let (org, current_key) = match self.projects.get(&id) {
                     Some(p) => (p.organization_id.clone(), p.cmek_key_arn.clone()),
@@ -175,6 +182,9 @@ impl ControlState {
                 if let Some(arn) = cmek_key_arn {
                     project.cmek_key_arn = Some(arn);
                     project.force_encryption_with_cmek = true;
+                }
+                if let Some(required) = require_client_certificate {
+                    project.require_client_certificate = required;
                 }
                 Ok(Output::Project(project.clone()))
             }
@@ -235,6 +245,7 @@ pub(super) fn describe(state: &ControlState, command: &ProjectCommand) -> Resour
             max_pods,
             force_encryption_with_cmek,
             cmek_key_arn,
+            require_client_certificate,
         } => {
             let mut resource = project_resource(state, Verb::Update, id);
             // A rename is recorded under the new name, as the seed's organization rename is.
@@ -246,7 +257,8 @@ pub(super) fn describe(state: &ControlState, command: &ProjectCommand) -> Resour
                     .with_some("name", name.as_deref())
                     .with_some("max_pods", *max_pods)
                     .with_some("force_encryption_with_cmek", *force_encryption_with_cmek)
-                    .with_some("cmek_key_arn", cmek_key_arn.as_deref()),
+                    .with_some("cmek_key_arn", cmek_key_arn.as_deref())
+                    .with_some("require_client_certificate", *require_client_certificate),
             )
         }
         ProjectCommand::Delete { id } => project_resource(state, Verb::Delete, id),

@@ -186,6 +186,9 @@ pub struct ControlState {
     pub root_keys: super::root_keys::RootKeyState,
     /// Private endpoints of every project, by (project id, endpoint id).
     pub private_endpoints: BTreeMap<(String, String), super::private_endpoints::PrivateEndpoint>,
+    /// Names a client certificate may carry (a SAN or its subject's common name), each bound
+    /// to the service account it authenticates, by name: a name is bound to one account.
+    pub certificate_names: BTreeMap<String, String>,
 }
 
 /// The checks of a creation after its parent was found: `taken` (why the id or a unique
@@ -270,11 +273,11 @@ impl ControlState {
     }
 }
 /// Format of control-plane commands in group 0's log (and in forwarded proposals).
-pub const COMMAND_FORMAT: Format = Format::new("control-plane command", 4);
+pub const COMMAND_FORMAT: Format = Format::new("control-plane command", 5);
 /// Format of group 0's snapshots: the whole [`ControlState`].
-pub const SNAPSHOT_FORMAT: Format = Format::new("control-plane snapshot", 4);
+pub const SNAPSHOT_FORMAT: Format = Format::new("control-plane snapshot", 5);
 /// Format of a command's [`Outcome`], as the response of its proposal.
-pub const OUTCOME_FORMAT: Format = Format::new("control-plane outcome", 4);
+pub const OUTCOME_FORMAT: Format = Format::new("control-plane outcome", 5);
 
 /// Adapter that lets Raft replicate [`ControlState`].
 #[derive(Default)]
@@ -336,6 +339,7 @@ pub(crate) mod tests {
             max_pods: 0,
             force_encryption_with_cmek: false,
             cmek_key_arn: None,
+            require_client_certificate: false,
             created_at: "t".into(),
             key: ProjectKey::placeholder(),
         }
@@ -403,6 +407,7 @@ pub(crate) mod tests {
                 max_pods: None,
                 force_encryption_with_cmek: force,
                 cmek_key_arn: arn.map(Into::into),
+                require_client_certificate: None,
             })
         };
         let refused = |outcome: Outcome, needle: &str| match outcome {
