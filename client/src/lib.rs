@@ -208,6 +208,11 @@ impl AdminClient {
         self
     }
 
+    /// The node URL calls go to (`https://host:port`).
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
     /// The same client authenticating with the API key `key` (`Api-Key` header), the
     /// credential of the index and data-plane calls, instead of a bearer token.
     pub fn with_api_key(mut self, key: &str) -> Self {

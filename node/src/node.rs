@@ -94,6 +94,9 @@ pub struct ServeConfig {
     pub client_transport: ClientTransport,
     /// TLS versions and cipher suites of the client port and index ports.
     pub tls_policy: crate::tls::TlsPolicy,
+    /// Days before a certificate's expiry from which it is reported with a warning
+    /// (`--cert-expiry-warning-days`).
+    pub cert_expiry_warning_days: u32,
     /// The client CA (`--client-ca`, a PEM bundle): client certificates it issued
     /// authenticate as the service accounts their names are bound to. `None`: the client
     /// port asks for no client certificate.
@@ -352,12 +355,40 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         create_default_certs(&tls_dir, config)?;
     }
     let node_tls = load_tls()?;
+    let certs = tls::reload::Certificates::load(tls::reload::TlsFiles {
+        dir: tls_dir.clone(),
+        node_id: config.node_id,
+        client_port: match &config.client_transport {
+            ClientTransport::Certificate { cert, key } => Some((cert.clone(), key.clone())),
+            _ => None,
+        },
+        client_ca: config.client_ca.clone(),
+        policy: config.tls_policy.clone(),
+        plain_client_port: config.client_transport == ClientTransport::DevHttp,
+        source_ip: node_tls.source_ip,
+    })
+    .with_context(|| format!("the certificates of {}", tls_dir.display()))?;
+    tokio::spawn(
+        certs
+            .clone()
+            .keep_reloading(config.cert_expiry_warning_days),
+    );
 
-    let channel_tls = node_tls.clone();
+    let channel_certs = certs.clone();
     let peers = PeerChannels::new(
         config.node_id,
-        Arc::new(move |target, node| channel_tls.cluster_channel(target, node)),
+        Arc::new(move |target, node| {
+            tls::peer::channel(&channel_certs, &node.cluster_addr, &tls::node_name(target))
+        }),
     );
+    // Reloaded certificates: new peer connections present them.
+    let mut changes = certs.subscribe();
+    let reconnect = peers.clone();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            reconnect.forget_all();
+        }
+    });
     let registry = GroupRegistry::new(peers.clone());
     let log = LogStore::new(CONTROL_GROUP, storage.clone());
     let sm = StateMachineStore::open(CONTROL_GROUP, storage.clone(), ControlMachine::default())?;
@@ -413,10 +444,9 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     let cluster_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(tls::PEER_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(tls::PEER_KEEPALIVE_TIMEOUT))
-        .tls_config(node_tls.cluster_server_config())?
         .add_service(internal);
+    let incoming = tls::peer::cluster_incoming(cluster_listener, certs.clone());
     tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(cluster_listener);
         if let Err(e) = cluster_server.serve_with_incoming(incoming).await {
             tracing::error!("cluster port stopped: {e}");
         }
@@ -426,18 +456,10 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         .await
         .with_context(|| format!("binding client port {}", config.api_addr))?;
     let connections = Arc::new(api::conn::ConnectionTable::default());
-    let client_tls = match &config.client_transport {
-        ClientTransport::NodeCertificate => {
-            Some(node_tls.client_port_config(&config.tls_policy, config.client_ca.as_deref())?)
-        }
-        ClientTransport::Certificate { cert, key } => {
+    match &config.client_transport {
+        ClientTransport::NodeCertificate => {}
+        ClientTransport::Certificate { cert, .. } => {
             tracing::info!(cert = %cert.display(), "client port presents its own certificate");
-            Some(tls::load_client_port_config(
-                cert,
-                key,
-                &config.tls_policy,
-                config.client_ca.as_deref(),
-            )?)
         }
         ClientTransport::DevHttp => {
             // Also past any log filter: this must not go unnoticed.
@@ -451,10 +473,9 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
                  HTTP without TLS; API keys, tokens and vectors cross loopback unencrypted. \
                  Never use it beyond one machine."
             );
-            None
         }
-    };
-    if client_tls.is_some() {
+    }
+    if config.client_transport != ClientTransport::DevHttp {
         tracing::info!(
             api = %config.api_addr,
             "client TLS: {}",
@@ -477,6 +498,8 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         catch_ups: Arc::new(SourceRate::per_second(UNKNOWN_CREDENTIAL_CATCH_UPS_PER_S)),
         keys: keys.clone(),
         rotator,
+        certificates: certs.clone(),
+        cert_expiry_warning_days: config.cert_expiry_warning_days,
     };
     let own_ports: Vec<u16> = [Some(config.api_addr), Some(config.cluster_addr)]
         .into_iter()
@@ -498,7 +521,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
                 addr.ip(),
                 own_ports.clone(),
                 control.clone(),
-                client_tls.clone(),
+                certs.clone(),
                 api::index_port_routes(state.clone()),
                 connections.clone(),
                 kind,
@@ -512,7 +535,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         tracing::info!(%private, "private listener: projects' private endpoints");
         tokio::spawn(api::serve(
             listener,
-            client_tls.clone(),
+            certs.clone(),
             api::routes(state.clone()),
             connections.clone(),
             None,
@@ -522,7 +545,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     let app = api::routes(state);
     tokio::spawn(api::serve(
         api_listener,
-        client_tls,
+        certs,
         app,
         connections,
         None,

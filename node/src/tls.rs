@@ -26,11 +26,12 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::OffsetDateTime;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
-};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::crypto::write_private_file;
+
+pub mod peer;
+pub mod reload;
 
 /// CA certificate file name.
 pub const CA_CERT: &str = "ca.pem";
@@ -565,6 +566,19 @@ pub fn load_client_port_config(
     policy: &TlsPolicy,
     client_ca: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    check_key_mode(key)?;
+    let client_ca = client_ca.map(read).transpose()?;
+    client_port_config(&read(cert)?, &read(key)?, policy, client_ca.as_deref()).map_err(|e| match e
+    {
+        TlsError::Invalid(what) => {
+            TlsError::Invalid(format!("{} / {}: {what}", cert.display(), key.display()))
+        }
+        other => other,
+    })
+}
+
+/// `Invalid` if the private key file `key` is readable by every user (mode o+r).
+pub(crate) fn check_key_mode(key: &Path) -> Result<(), TlsError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = fs::metadata(key)
         .map_err(|source| TlsError::Io {
@@ -580,17 +594,11 @@ pub fn load_client_port_config(
             mode & 0o777
         )));
     }
-    let client_ca = client_ca.map(read).transpose()?;
-    client_port_config(&read(cert)?, &read(key)?, policy, client_ca.as_deref()).map_err(|e| match e
-    {
-        TlsError::Invalid(what) => {
-            TlsError::Invalid(format!("{} / {}: {what}", cert.display(), key.display()))
-        }
-        other => other,
-    })
+    Ok(())
 }
 
-/// A node's TLS material as PEM text.
+/// A node's TLS material as PEM text, as read once: the join path (before the node runs)
+/// and tools use it; the running node's certificates are [`reload::Certificates`].
 #[derive(Clone)]
 pub struct NodeTls {
     /// The cluster CA certificate.
@@ -616,26 +624,6 @@ impl NodeTls {
         })
     }
 
-    /// rustls configuration of the client port with this node's certificate
-    /// ([`client_port_config`]), asking for client certificates of the client CA in
-    /// `client_ca` when given.
-    pub fn client_port_config(
-        &self,
-        policy: &TlsPolicy,
-        client_ca: Option<&Path>,
-    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let client_ca = client_ca.map(read).transpose()?;
-        client_port_config(&self.cert_pem, &self.key_pem, policy, client_ca.as_deref())
-    }
-
-    /// tonic configuration of the cluster port: a client certificate from the cluster CA is required.
-    pub fn cluster_server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .timeout(Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS))
-    }
-
     /// A lazily-connected mutual-TLS channel to `target`'s cluster port, pinning `node-<target>`.
     pub fn cluster_channel(&self, target: NodeId, node: &NodeInfo) -> Result<Channel, String> {
         self.channel_to(&node.cluster_addr, &node_name(target))
@@ -651,30 +639,37 @@ impl NodeTls {
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .domain_name(server_name);
-        let endpoint = Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(|e| format!("bad cluster address {addr:?}: {e}"))?
+        Ok(peer_endpoint("https", addr)?
             .tls_config(tls)
             .map_err(|e| format!("tls config: {e}"))?
-            .connect_timeout(Duration::from_millis(CLUSTER_CONNECT_TIMEOUT_MS))
-            .timeout(Duration::from_millis(CLUSTER_RPC_TIMEOUT_MS))
             .tcp_nodelay(true)
             .local_address(self.source_ip)
-            .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
-        // The chaos harness's unsafe mode: channels that never notice a dead peer (the
-        // keepalive of the node's earlier releases, 10 s + 5 s), which its failover checker
-        // must catch.
-        #[cfg(feature = "failpoints")]
-        let endpoint = if fail::eval("conifer::peer::slow_keepalive", |_| ()).is_some() {
-            endpoint
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
-        } else {
-            endpoint
-        };
-        Ok(endpoint.connect_lazy())
+            .connect_lazy())
     }
+}
+
+/// The settings of every channel to a peer's cluster port at `addr` (`scheme://addr`):
+/// connect and call timeouts, and the HTTP/2 keepalive that notices a dead peer.
+pub(crate) fn peer_endpoint(scheme: &str, addr: &str) -> Result<Endpoint, String> {
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| format!("bad cluster address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_millis(CLUSTER_CONNECT_TIMEOUT_MS))
+        .timeout(Duration::from_millis(CLUSTER_RPC_TIMEOUT_MS))
+        .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    // The chaos harness's unsafe mode: channels that never notice a dead peer (the
+    // keepalive of the node's earlier releases, 10 s + 5 s), which its failover checker
+    // must catch.
+    #[cfg(feature = "failpoints")]
+    let endpoint = if fail::eval("conifer::peer::slow_keepalive", |_| ()).is_some() {
+        endpoint
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+    } else {
+        endpoint
+    };
+    Ok(endpoint)
 }
 
 /// Time allowed to connect to a peer's cluster port.

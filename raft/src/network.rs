@@ -62,6 +62,16 @@ impl PeerChannels {
         Ok(channel)
     }
 
+    /// Drops every cached channel: the next call to each peer builds a new one (new
+    /// connections, e.g. with certificates reloaded since). Calls in flight finish on the
+    /// channels they hold.
+    pub fn forget_all(&self) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// A gRPC client of the internal API on `target`.
     pub fn client(
         &self,

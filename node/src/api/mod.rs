@@ -70,6 +70,10 @@ pub struct ApiState {
     pub keys: Arc<crate::crypto::KeyCache>,
     /// Root key rotation (`None` when the root is an AWS KMS key).
     pub rotator: Option<Arc<crate::control::rotation::RootRotator>>,
+    /// The node's certificates, reloaded while it runs.
+    pub certificates: Arc<crate::tls::reload::Certificates>,
+    /// Days before expiry from which a certificate is reported with a warning.
+    pub cert_expiry_warning_days: u32,
 }
 
 /// Every route of the client port, built from [`policy::ROUTES`]: each REST route with the
@@ -337,21 +341,22 @@ async fn copy_authority(mut request: axum::extract::Request) -> axum::extract::R
     request
 }
 
-/// Serves `router` on `listener` until the process ends — over TLS with `tls`, or plain
-/// HTTP when `None` (`serve --dev-http`, loopback only) — admitting connections by
+/// Serves `router` on `listener` until the process ends — over TLS with the client-port
+/// configuration of the certificate set in use when each connection is accepted (`certs`
+/// reloads), or plain HTTP when that set has none (`serve --dev-http`, loopback only) —
+/// admitting connections by
 /// `connections` ([`conn`]'s caps) and closing idle and slow ones ([`conn`]'s timeouts).
 /// `served_index`: the shard group of the index this is the own port of
 /// ([`ports`]), stamped on every request; `None` for the client port. `kind`: which of the
 /// node's listeners this is (public or private), also stamped on every request.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    certs: Arc<crate::tls::reload::Certificates>,
     router: axum::Router,
     connections: Arc<conn::ConnectionTable>,
     served_index: Option<u64>,
     kind: access::Listener,
 ) {
-    let acceptor = tls.map(TlsAcceptor::from);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -369,7 +374,7 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = certs.current().client_port.clone().map(TlsAcceptor::from);
         let router = router.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -624,7 +629,37 @@ async fn cluster(
         "max_records_per_project": state.router.max_records_per_project(),
         "unknown_credential_catch_ups_refused": state.catch_ups.refused(),
         "read_index_rounds": state.control.barrier_rounds(),
+        "certificates": certificates_json(&state),
+        "certificate_reload": state.certificates.status(),
     })))
+}
+
+/// This node's certificates for `/admin/cluster`: each with `days_left` and, within the
+/// warning window (`serve --cert-expiry-warning-days`) or past expiry, a `warning`.
+fn certificates_json(state: &ApiState) -> Vec<Value> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let window = i64::from(state.cert_expiry_warning_days);
+    state
+        .certificates
+        .current()
+        .certificates
+        .iter()
+        .map(|cert| {
+            let left = cert.days_left(now);
+            let warning = match left {
+                l if l < 0 => Some(format!("expired {}", cert.not_after)),
+                l if l < window => Some(format!(
+                    "expires in {l} days ({}), within the {window}-day warning window",
+                    cert.not_after
+                )),
+                _ => None,
+            };
+            let mut entry = serde_json::to_value(cert).unwrap_or(Value::Null);
+            entry["days_left"] = json!(left);
+            entry["warning"] = json!(warning);
+            entry
+        })
+        .collect()
 }
 
 /// `POST /admin/cluster/snapshot`: asks every Raft group on this node to take a snapshot

@@ -64,7 +64,7 @@ pub async fn serve_index_ports(
     ip: IpAddr,
     own_ports: Vec<u16>,
     control: ControlPlane,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    certs: Arc<crate::tls::reload::Certificates>,
     app: axum::Router,
     connections: Arc<ConnectionTable>,
     kind: super::access::Listener,
@@ -99,7 +99,7 @@ pub async fn serve_index_ports(
                     unbindable.remove(&port);
                     let serving = super::serve(
                         listener,
-                        tls.clone(),
+                        certs.clone(),
                         app.clone(),
                         connections.clone(),
                         Some(group),

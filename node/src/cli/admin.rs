@@ -21,7 +21,7 @@ pub enum OutputFormat {
 }
 
 /// Where and as whom admin commands connect.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct Connection {
     /// URL of any node's client port, e.g. https://127.0.0.1:7443 [default: from --bootstrap].
     #[arg(long, env = "CONIFER_API_URL", global = true)]
@@ -588,6 +588,11 @@ pub enum ClusterCommand {
     },
     /// Ask every Raft group of the node to take a snapshot now (e.g. before a restart).
     Snapshot,
+    /// Every member's certificates (node, cluster CA, client port, client CA): subject,
+    /// issuer, expiry, days left, and a warning within the nodes'
+    /// --cert-expiry-warning-days; files a node refused at its last reload; members that
+    /// cannot be reached.
+    Status,
 }
 
 /// Flags of `conifer login`.
@@ -1240,6 +1245,7 @@ pub async fn run(admin: Admin) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 ClusterCommand::Members => c.cluster().await?["members"].clone(),
+                ClusterCommand::Status => cluster_status(&a.connection, &c).await?,
                 ClusterCommand::Promote { id } => {
                     c.promote_cluster_member(id).await?;
                     eprintln!("node {id} is a voter");
@@ -1278,6 +1284,66 @@ pub async fn run(admin: Admin) -> anyhow::Result<()> {
     };
     print(format, &value);
     Ok(())
+}
+
+/// `conifer cluster status`: one row per certificate of every member (asked at its own
+/// client port, with this command's credentials), one per refused reload, one per member
+/// that cannot be reached.
+async fn cluster_status(connection: &Connection, c: &AdminClient) -> anyhow::Result<Value> {
+    let here = c.cluster().await?;
+    let scheme = if c.base_url().starts_with("http://") {
+        "http"
+    } else {
+        "https"
+    };
+    let mut rows = Vec::new();
+    for member in here["members"].as_array().cloned().unwrap_or_default() {
+        let id = member["id"].as_u64().unwrap_or_default();
+        let node = format!("node-{id}");
+        let info = if here["node_id"].as_u64() == Some(id) {
+            Ok(here.clone())
+        } else {
+            let mut to_member = connection.clone();
+            to_member.api_url = Some(format!(
+                "{scheme}://{}",
+                member["api_addr"].as_str().unwrap_or_default()
+            ));
+            match client(&to_member, true) {
+                Ok(m) => m.cluster().await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            }
+        };
+        let info = match info {
+            Ok(info) => info,
+            Err(e) => {
+                rows.push(serde_json::json!({
+                    "node": node, "node_id": id, "status": format!("unreachable: {e}"),
+                }));
+                continue;
+            }
+        };
+        for cert in info["certificates"].as_array().cloned().unwrap_or_default() {
+            rows.push(serde_json::json!({
+                "node": node,
+                "node_id": id,
+                "role": cert["role"],
+                "subject": cert["subject"],
+                "issuer": cert["issuer"],
+                "not_after": cert["not_after"],
+                "days_left": cert["days_left"],
+                "status": cert["warning"].as_str().unwrap_or("ok"),
+            }));
+        }
+        if let Some(refused) = info["certificate_reload"]["refused"].as_str() {
+            rows.push(serde_json::json!({
+                "node": node,
+                "node_id": id,
+                "role": "reload",
+                "status": format!("new certificate files refused (the node keeps its own): {refused}"),
+            }));
+        }
+    }
+    Ok(Value::Array(rows))
 }
 
 /// Follows a root key rotation to version `to` with a progress bar (project keys

@@ -202,6 +202,11 @@ pub struct ServeArgs {
     /// client`.
     #[arg(long, env = "CONIFER_CLIENT_CA", conflicts_with = "dev_http")]
     pub client_ca: Option<PathBuf>,
+    /// Days before a certificate's expiry (node, cluster CA, client port, client CA) from
+    /// which /admin/cluster, `conifer cluster status` and the log warn about it. Renewed
+    /// files are picked up without a restart (on change, or SIGHUP).
+    #[arg(long, env = "CONIFER_CERT_EXPIRY_WARNING_DAYS", default_value_t = crate::tls::reload::DEFAULT_EXPIRY_WARNING_DAYS)]
+    pub cert_expiry_warning_days: u32,
     /// Lowest TLS version the client port and index ports accept: 1.2 or 1.3. TLS 1.0 and
     /// 1.1 are never accepted.
     #[arg(long, env = "CONIFER_TLS_MIN_VERSION", default_value = "1.2")]
@@ -526,6 +531,7 @@ impl ServeArgs {
             client_transport,
             tls_policy,
             client_ca: self.client_ca,
+            cert_expiry_warning_days: self.cert_expiry_warning_days,
             join: self.join,
             learner: self.learner,
             domain: self.domain,
