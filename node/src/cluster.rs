@@ -27,7 +27,9 @@ use crate::tls::peer_node_ids;
 /// Refuses a request whose client certificate does not name the node it claims to be.
 pub fn authenticate_peer<T>(request: &Request<T>, claimed: NodeId) -> Result<(), Status> {
     let certs = request
-        .peer_certs()
+        .extensions()
+        .get::<crate::tls::peer::PeerConnectInfo>()
+        .map(|info| info.certs.clone())
         .ok_or_else(|| Status::unauthenticated("no client certificate presented"))?;
     let named = peer_node_ids(&certs);
     if named.contains(&claimed) {

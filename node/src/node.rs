@@ -303,6 +303,9 @@ async fn wait_for_signal() {
 
 /// Starts every part of the node and returns once it is bootstrapped or joined.
 pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
+    // Before anything slow (the keyring, a join): SIGHUP reloads certificates, never ends
+    // the process.
+    let hangups = tls::reload::Certificates::hangups();
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -371,7 +374,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
     tokio::spawn(
         certs
             .clone()
-            .keep_reloading(config.cert_expiry_warning_days),
+            .keep_reloading(hangups, config.cert_expiry_warning_days),
     );
 
     let channel_certs = certs.clone();

@@ -642,18 +642,21 @@ impl NodeTls {
         Ok(peer_endpoint("https", addr)?
             .tls_config(tls)
             .map_err(|e| format!("tls config: {e}"))?
+            .connect_timeout(Duration::from_millis(CLUSTER_CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true)
             .local_address(self.source_ip)
             .connect_lazy())
     }
 }
 
-/// The settings of every channel to a peer's cluster port at `addr` (`scheme://addr`):
-/// connect and call timeouts, and the HTTP/2 keepalive that notices a dead peer.
+/// The settings of every channel to a peer's cluster port at `addr` (`scheme://addr`): the
+/// call timeout, and the HTTP/2 keepalive that notices a dead peer. The connect timeout
+/// ([`CLUSTER_CONNECT_TIMEOUT_MS`]) is the connector's: inside it, a connection that could
+/// not be made is a `tonic::ConnectError` (the call was never sent), which tonic's own
+/// timeout around a custom connector is not.
 pub(crate) fn peer_endpoint(scheme: &str, addr: &str) -> Result<Endpoint, String> {
     let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| format!("bad cluster address {addr:?}: {e}"))?
-        .connect_timeout(Duration::from_millis(CLUSTER_CONNECT_TIMEOUT_MS))
         .timeout(Duration::from_millis(CLUSTER_RPC_TIMEOUT_MS))
         .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
         .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)

@@ -19,10 +19,13 @@ use conifer_proto::pinecone::{QueryRequest, UpsertRequest, Vector};
 use conifer_tests::{Cluster, ClusterOptions};
 use serde_json::{json, Value};
 
-/// Writes `text` to `path` by renaming a complete file into place.
+/// Writes `text` to `path` (mode 0600: keys must not be readable by every user) by
+/// renaming a complete file into place.
 fn replace(path: &Path, text: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = path.with_extension("new");
     std::fs::write(&tmp, text).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
@@ -292,6 +295,38 @@ async fn every_certificate_of_a_running_cluster_rotates_under_load_without_a_fai
         assert!(node[0].1.contains("rotated"), "node {id}: {node:?}");
     }
 
+    // A peer still holding a certificate of the old CA: accepted while both are trusted,
+    // its session cut when the old CA is retired.
+    let old_node = c.dir.path().join("old-node");
+    tls::issue_leaf(
+        &c.ca_dir,
+        &old_node,
+        "node",
+        LeafKind::Node {
+            id: 1,
+            hosts: vec!["127.0.0.1".into()],
+            domain: None,
+        },
+        Validity::days_from_now(30),
+    )
+    .unwrap();
+    let read = |name: &str| std::fs::read_to_string(old_node.join(name)).unwrap();
+    let held = tls::NodeTls {
+        ca_pem: String::from_utf8(both.clone()).unwrap(),
+        cert_pem: read("node.pem"),
+        key_pem: read("node-key.pem"),
+        source_ip: None,
+    }
+    .cluster_channel(
+        2,
+        &conifer_raft::NodeInfo {
+            cluster_addr: c.nodes[1].cluster_addr.clone(),
+            api_addr: String::new(),
+        },
+    )
+    .unwrap();
+    assert_eq!(probe_raft(&held).await, tonic::Code::NotFound);
+
     // Step 3: the old CA is retired.
     for id in 1..=3u64 {
         replace(
@@ -314,24 +349,61 @@ async fn every_certificate_of_a_running_cluster_rotates_under_load_without_a_fai
     );
     assert!(failures.is_empty(), "failed requests: {failures:#?}");
     assert!(done > 100, "too little load: {done} requests");
+    // The held channel's session was cut; it reconnects with the old certificate, refused.
+    let code = probe_raft(&held).await;
+    assert!(
+        !matches!(code, tonic::Code::NotFound | tonic::Code::Ok),
+        "a session of the retired CA stayed open: {code:?}"
+    );
+
+    // Every replica converged after the last step: peers replicate over connections made
+    // with the new certificates alone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut digests = std::collections::BTreeMap::new();
+        for id in 1..=3u64 {
+            let info: Value = http
+                .get(c.url(id, "/admin/cluster?digest=true"))
+                .bearer_auth(c.admin_token())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for shard in info["shards"].as_array().unwrap() {
+                for ns in shard["namespaces"].as_array().unwrap() {
+                    digests
+                        .entry((shard["group_id"].to_string(), ns["name"].to_string()))
+                        .or_insert_with(Vec::new)
+                        .push(ns["digest"].clone());
+                }
+            }
+        }
+        let converged = !digests.is_empty()
+            && digests
+                .values()
+                .all(|d| d.len() == 3 && d.iter().all(|x| *x == d[0]));
+        if converged {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not converge: {digests:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        c.nodes
+            .iter()
+            .any(|n| n.log().contains("certificates reloaded (SIGHUP)")),
+        "no reload was made by SIGHUP"
+    );
 
     // A client that trusts only the old CA no longer gets a session on the client port, and
     // a node certificate of the old CA gets none on the cluster port.
     let old_only = fresh_client(&old_ca);
     assert!(old_only.get(c.url(2, "/health")).send().await.is_err());
-    let old_node = c.dir.path().join("old-node");
-    tls::issue_leaf(
-        &c.ca_dir,
-        &old_node,
-        "node",
-        LeafKind::Node {
-            id: 1,
-            hosts: vec!["127.0.0.1".into()],
-            domain: None,
-        },
-        Validity::days_from_now(30),
-    )
-    .unwrap();
     assert!(
         !cluster_port_accepts(&c, 2, &old_node, &new_ca).await,
         "the cluster port accepted a node certificate of the retired CA"
@@ -343,23 +415,27 @@ async fn every_certificate_of_a_running_cluster_rotates_under_load_without_a_fai
     );
 }
 
-/// Whether node `id`'s cluster port completes a mutual-TLS session with the node
-/// certificate in `dir` (node.pem, node-key.pem), trusting `ca`: a handshake, then an
-/// HTTP/2 preface answered by the server's SETTINGS.
-async fn cluster_port_accepts(c: &Cluster, id: u64, dir: &Path, ca: &[u8]) -> bool {
+/// A mutual-TLS session with node `id`'s cluster port presenting the node certificate in
+/// `dir` (node.pem, node-key.pem), trusting `ca`: a handshake, then an HTTP/2 preface
+/// answered by the server's first frame; `None` when the port refuses it.
+async fn open_cluster_session(
+    c: &Cluster,
+    id: u64,
+    dir: &Path,
+    ca: &[u8],
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut &ca[..]) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let chain: Vec<_> =
-        rustls_pemfile::certs(&mut &std::fs::read(dir.join("node.pem")).unwrap()[..])
-            .map(Result::unwrap)
-            .collect();
-    let key =
-        rustls_pemfile::private_key(&mut &std::fs::read(dir.join("node-key.pem")).unwrap()[..])
-            .unwrap()
-            .unwrap();
+    let pem = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let chain: Vec<_> = rustls_pemfile::certs(&mut &pem("node.pem")[..])
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pemfile::private_key(&mut &pem("node-key.pem")[..])
+        .unwrap()
+        .unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -373,26 +449,49 @@ async fn cluster_port_accepts(c: &Cluster, id: u64, dir: &Path, ca: &[u8]) -> bo
         .await
         .unwrap();
     let name = rustls::pki_types::ServerName::try_from(tls::node_name(id)).unwrap();
-    let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-    else {
-        return false;
-    };
+        .ok()?;
     // With TLS 1.3 the server judges the client's certificate after the client's side of
     // the handshake is done: its verdict arrives with the first read.
-    if tls
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
-        .is_err()
-    {
-        return false;
-    }
+        .ok()?;
     let mut frame = [0u8; 9];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut frame)).await,
-        Ok(Ok(_))
+    match tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut frame)).await {
+        Ok(Ok(_)) => Some(tls),
+        _ => None,
+    }
+}
+
+/// Whether node `id`'s cluster port accepts a new session with the certificate in `dir`.
+async fn cluster_port_accepts(c: &Cluster, id: u64, dir: &Path, ca: &[u8]) -> bool {
+    open_cluster_session(c, id, dir, ca).await.is_some()
+}
+
+/// An internal call on `channel` claiming to come from node 1 for a group that does not
+/// exist: `NotFound` when it reaches the dispatcher (the session and its certificate were
+/// accepted), a transport failure when the connection was refused or cut.
+async fn probe_raft(channel: &tonic::transport::Channel) -> tonic::Code {
+    use conifer_proto::internal::internal_client::InternalClient;
+    use conifer_proto::internal::{RaftKind, RaftRequest};
+    let request = RaftRequest {
+        group_id: 999,
+        from_node: 1,
+        kind: RaftKind::Vote as i32,
+        payload: vec![],
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        InternalClient::new(channel.clone()).raft(request),
     )
+    .await
+    {
+        Ok(Ok(_)) => tonic::Code::Ok,
+        Ok(Err(status)) => status.code(),
+        Err(_) => tonic::Code::DeadlineExceeded,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

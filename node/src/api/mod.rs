@@ -638,25 +638,15 @@ async fn cluster(
 /// warning window (`serve --cert-expiry-warning-days`) or past expiry, a `warning`.
 fn certificates_json(state: &ApiState) -> Vec<Value> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let window = i64::from(state.cert_expiry_warning_days);
     state
         .certificates
         .current()
         .certificates
         .iter()
         .map(|cert| {
-            let left = cert.days_left(now);
-            let warning = match left {
-                l if l < 0 => Some(format!("expired {}", cert.not_after)),
-                l if l < window => Some(format!(
-                    "expires in {l} days ({}), within the {window}-day warning window",
-                    cert.not_after
-                )),
-                _ => None,
-            };
             let mut entry = serde_json::to_value(cert).unwrap_or(Value::Null);
-            entry["days_left"] = json!(left);
-            entry["warning"] = json!(warning);
+            entry["days_left"] = json!(cert.days_left(now));
+            entry["warning"] = json!(cert.warning(now, state.cert_expiry_warning_days));
             entry
         })
         .collect()

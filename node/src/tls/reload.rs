@@ -25,8 +25,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use sha2::{Digest, Sha256};
 
 use super::{
-    client_port_config, peer_node_ids, read, NodeTls, TlsError, TlsPolicy, CA_CERT, NODE_CERT,
-    NODE_KEY,
+    check_key_mode, client_port_config, peer_node_ids, read, TlsError, TlsPolicy, CA_CERT,
+    NODE_CERT, NODE_KEY,
 };
 
 /// How often the certificate files are checked for a change.
@@ -62,13 +62,29 @@ struct Contents {
     key: String,
     client_port: Option<(String, String)>,
     client_ca: Option<String>,
+    /// Of everything read.
     digest: [u8; 32],
+    /// Of what the cluster port and peer connections use (CA bundle, node certificate
+    /// and key).
+    cluster_digest: [u8; 32],
+}
+
+/// SHA-256 over `parts`, each with its length (two splits of the same bytes differ).
+fn digest_of<'a>(parts: impl IntoIterator<Item = Option<&'a String>>) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for part in parts {
+        let part = part.map(String::as_bytes).unwrap_or_default();
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
 }
 
 impl TlsFiles {
     fn read(&self) -> Result<Contents, TlsError> {
         let ca = read(&self.dir.join(CA_CERT))?;
         let cert = read(&self.dir.join(NODE_CERT))?;
+        check_key_mode(&self.dir.join(NODE_KEY))?;
         let key = read(&self.dir.join(NODE_KEY))?;
         let client_port = match &self.client_port {
             Some((cert, key)) => {
@@ -78,23 +94,20 @@ impl TlsFiles {
             None => None,
         };
         let client_ca = self.client_ca.as_deref().map(read).transpose()?;
-        let mut hash = Sha256::new();
-        for part in [Some(&ca), Some(&cert), Some(&key), client_ca.as_ref()]
-            .into_iter()
-            .chain(client_port.iter().flat_map(|(c, k)| [Some(c), Some(k)]))
-        {
-            // Lengths keep two different splits of the same bytes apart.
-            let part = part.map(String::as_bytes).unwrap_or_default();
-            hash.update((part.len() as u64).to_le_bytes());
-            hash.update(part);
-        }
+        let digest = digest_of(
+            [Some(&ca), Some(&cert), Some(&key), client_ca.as_ref()]
+                .into_iter()
+                .chain(client_port.iter().flat_map(|(c, k)| [Some(c), Some(k)])),
+        );
+        let cluster_digest = digest_of([Some(&ca), Some(&cert), Some(&key)]);
         Ok(Contents {
             ca,
             cert,
             key,
             client_port,
             client_ca,
-            digest: hash.finalize().into(),
+            digest,
+            cluster_digest,
         })
     }
 }
@@ -123,6 +136,19 @@ impl CertificateInfo {
     /// Whole days from `now_unix` until it expires (negative once expired).
     pub fn days_left(&self, now_unix: i64) -> i64 {
         (self.not_after_unix - now_unix).div_euclid(86_400)
+    }
+
+    /// What to tell the operator at `now_unix` with a warning window of `window_days`:
+    /// `None` while it has more days left than that.
+    pub fn warning(&self, now_unix: i64, window_days: u32) -> Option<String> {
+        match self.days_left(now_unix) {
+            left if left < 0 => Some(format!("expired {}", self.not_after)),
+            left if left < i64::from(window_days) => Some(format!(
+                "expires in {left} days ({}), within the {window_days}-day warning window",
+                self.not_after
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -171,8 +197,6 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// One consistent set of certificates and the TLS configurations built from it.
 pub struct TlsSet {
-    /// The PEM texts (the join path and the client-port configuration use them).
-    pub node: NodeTls,
     /// The client port's, index ports' and private listener's configuration; `None` for a
     /// plain-HTTP client port.
     pub client_port: Option<Arc<rustls::ServerConfig>>,
@@ -180,9 +204,14 @@ pub struct TlsSet {
     pub cluster_server: Arc<rustls::ServerConfig>,
     /// Outgoing cluster connections': the node certificate, trusting the CA bundle.
     pub cluster_client: Arc<rustls::ClientConfig>,
+    /// The check a peer's certificate passes at the cluster port (chained to the CA
+    /// bundle, valid, for client authentication): connections opened under an earlier set
+    /// are checked against it again when a new set comes in.
+    pub peer_check: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     /// Every certificate of the set, for the operator.
     pub certificates: Vec<CertificateInfo>,
     digest: [u8; 32],
+    cluster_digest: [u8; 32],
 }
 
 impl TlsSet {
@@ -220,7 +249,7 @@ impl TlsSet {
             })?;
         let mut cluster_server = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(peer_check)
+            .with_client_cert_verifier(peer_check.clone())
             .with_single_cert(chain.clone(), key.clone_key())?;
         cluster_server.alpn_protocols = vec![b"h2".to_vec()];
         let mut cluster_client = rustls::ClientConfig::builder_with_provider(provider())
@@ -271,17 +300,13 @@ impl TlsSet {
             }
         }
         Ok(Self {
-            node: NodeTls {
-                ca_pem: contents.ca,
-                cert_pem: contents.cert,
-                key_pem: contents.key,
-                source_ip: files.source_ip,
-            },
             client_port,
             cluster_server: Arc::new(cluster_server),
             cluster_client: Arc::new(cluster_client),
+            peer_check,
             certificates,
             digest: contents.digest,
+            cluster_digest: contents.cluster_digest,
         })
     }
 }
@@ -302,7 +327,8 @@ pub struct Certificates {
     files: TlsFiles,
     current: RwLock<Arc<TlsSet>>,
     status: Mutex<ReloadStatus>,
-    /// Ticks once per installed set (peer channels are rebuilt on it).
+    /// Ticks once per installed set whose cluster side (CA bundle, node certificate or
+    /// key) changed: peer channels are rebuilt and open peer connections checked again.
     changes: tokio::sync::watch::Sender<u64>,
 }
 
@@ -344,7 +370,7 @@ impl Certificates {
             .clone()
     }
 
-    /// Ticks whenever a new set is installed.
+    /// Ticks whenever a new set with another cluster side is installed.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -367,11 +393,14 @@ impl Certificates {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         match built {
             Ok(set) => {
+                let cluster_side = set.cluster_digest != self.current().cluster_digest;
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
                 status.generation += 1;
                 status.loaded_at = crate::now_rfc3339();
                 status.refused = None;
-                self.changes.send_replace(status.generation);
+                if cluster_side {
+                    self.changes.send_replace(status.generation);
+                }
                 Ok(true)
             }
             Err(e) => {
@@ -381,18 +410,28 @@ impl Certificates {
         }
     }
 
-    /// Reloads on SIGHUP and whenever the files change, until the process ends; logs each
-    /// new set (with the certificates near expiry within `warning_days`) and each refusal
-    /// once per distinct reason.
-    pub async fn keep_reloading(self: Arc<Self>, warning_days: u32) {
+    /// The SIGHUP stream [`Certificates::keep_reloading`] takes: installed first thing at
+    /// start, so that a SIGHUP before the node serves does not end the process (the
+    /// signal's default action); `None` (logged) where it cannot be installed.
+    pub fn hangups() -> Option<tokio::signal::unix::Signal> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut hangups = match signal(SignalKind::hangup()) {
+        match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!("no SIGHUP handler ({e}); certificates reload on file changes only");
                 None
             }
-        };
+        }
+    }
+
+    /// Reloads on each of `hangups` (SIGHUP, [`Certificates::hangups`]) and whenever the
+    /// files change, until the process ends; logs each new set (with the certificates
+    /// near expiry within `warning_days`) and each refusal once per distinct reason.
+    pub async fn keep_reloading(
+        self: Arc<Self>,
+        mut hangups: Option<tokio::signal::unix::Signal>,
+        warning_days: u32,
+    ) {
         let mut poll = tokio::time::interval(RELOAD_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_refusal: Option<String> = None;
@@ -427,8 +466,12 @@ impl Certificates {
                     );
                     self.warn_near_expiry(warning_days);
                 }
-                Ok(false) if asked => tracing::info!("SIGHUP: the certificate files are unchanged"),
-                Ok(false) => {}
+                Ok(false) => {
+                    last_refusal = None;
+                    if asked {
+                        tracing::info!("SIGHUP: the certificate files are unchanged");
+                    }
+                }
                 Err(e) => {
                     let reason = e.to_string();
                     if asked || last_refusal.as_ref() != Some(&reason) {
@@ -445,15 +488,13 @@ impl Certificates {
     fn warn_near_expiry(&self, warning_days: u32) {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         for cert in &self.current().certificates {
-            let left = cert.days_left(now);
-            if left < i64::from(warning_days) {
+            if let Some(warning) = cert.warning(now, warning_days) {
                 tracing::warn!(
                     role = cert.role,
                     path = %cert.path,
-                    "certificate {} expires {} ({left} days left): renew it and put the new \
-                     files in place (they are picked up without a restart)",
+                    "certificate {}: {warning}; renew it and put the new files in place (they \
+                     are picked up without a restart)",
                     cert.subject,
-                    cert.not_after
                 );
             }
         }
