@@ -699,6 +699,26 @@ impl Cluster {
             .build()?)
     }
 
+    /// An admin call through node 1 as the operator: (status, body; `Null` when the body
+    /// is not JSON).
+    pub async fn operator_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (reqwest::StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, self.url(1, path))
+            .bearer_auth(self.admin_token());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let resp = request.send().await.expect("admin request sent");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// A data-plane REST call to index `index` through node `via` (explicit index header).
     pub fn data(
         &self,
@@ -835,6 +855,23 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Calls `probe` until it answers `want` (other nodes apply a change within the
+/// control-plane lease), for at most 10 s: the last answer.
+pub async fn until<F, Fut>(want: reqwest::StatusCode, mut probe: F) -> (reqwest::StatusCode, Value)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (reqwest::StatusCode, Value)>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = probe().await;
+        if answer.0 == want || Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// How long revocations take to reach every node: waits until `probe(node)` answers `ok`

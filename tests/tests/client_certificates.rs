@@ -5,38 +5,16 @@
 //! unbinding the name or deleting the account revokes the certificate within the lease; a
 //! certificate from another CA, an expired one or a node certificate fails the handshake.
 
-use std::time::{Duration, Instant};
-
 use conifer_client::{grpc, ClientIdentity, Transport};
 use conifer_node::tls::{self, LeafKind, Validity};
 use conifer_proto::pinecone::{UpsertRequest, Vector};
-use conifer_tests::{measure_revocation, Cluster, ClusterOptions};
+use conifer_tests::{measure_revocation, until, Cluster, ClusterOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-/// An admin call through node 1 as the operator: (status, body).
-async fn admin(
-    c: &Cluster,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = c
-        .http
-        .request(method, c.url(1, path))
-        .bearer_auth(c.admin_token());
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let resp = request.send().await.expect("admin request sent");
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// Binds `names` to service account `id` as the operator: (status, body).
 async fn bind(c: &Cluster, id: &str, names: Value) -> (StatusCode, Value) {
-    admin(
-        c,
+    c.operator_call(
         Method::PUT,
         &format!("/admin/service-accounts/{id}/certificate-names"),
         Some(json!({ "certificate_names": names })),
@@ -48,13 +26,13 @@ async fn bind(c: &Cluster, id: &str, names: Value) -> (StatusCode, Value) {
 /// of the cluster's project when `member`: its id.
 async fn account(c: &Cluster, name: &str, certificate_names: &[&str], member: bool) -> String {
     let org = c.organization_id();
-    let (status, body) = admin(
-        c,
-        Method::POST,
-        &format!("/admin/organizations/{org}/service-accounts"),
-        Some(json!({ "name": name })),
-    )
-    .await;
+    let (status, body) = c
+        .operator_call(
+            Method::POST,
+            &format!("/admin/organizations/{org}/service-accounts"),
+            Some(json!({ "name": name })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["certificate_names"], json!([]), "{body}");
     let id = body["id"].as_str().unwrap().to_string();
@@ -68,13 +46,13 @@ async fn account(c: &Cluster, name: &str, certificate_names: &[&str], member: bo
         );
     }
     if member {
-        let (status, body) = admin(
-            c,
-            Method::POST,
-            &format!("/admin/projects/{}/members", c.project_id()),
-            Some(json!({ "service_account_id": id, "role": "ProjectManager" })),
-        )
-        .await;
+        let (status, body) = c
+            .operator_call(
+                Method::POST,
+                &format!("/admin/projects/{}/members", c.project_id()),
+                Some(json!({ "service_account_id": id, "role": "ProjectManager" })),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
     id
@@ -100,23 +78,6 @@ async fn upsert(
     let resp = request.send().await.expect("upsert sent");
     let status = resp.status();
     (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// Calls `probe` until it answers `want` (other nodes apply a change within the lease), for
-/// at most 10 s: the last answer.
-async fn until<F, Fut>(want: StatusCode, mut probe: F) -> (StatusCode, Value)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = (StatusCode, Value)>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = probe().await;
-        if answer.0 == want || Instant::now() > deadline {
-            return answer;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn message(body: &Value) -> String {
@@ -158,9 +119,7 @@ async fn a_client_certificate_authenticates_as_its_service_account_and_a_project
     // Binding names is the operator's: not even the organization's owner may (the names
     // are the cluster's client CA's, one namespace for every organization).
     let org = c.organization_id();
-    let (status, body) = admin(
-        &c,
-        Method::POST,
+    let (status, body) = c.operator_call(Method::POST,
         &format!("/admin/organizations/{org}/members"),
         Some(json!({ "email": "owner@example.test", "role": "OrgOwner", "password": "a-good-long-password" })),
     )
@@ -226,13 +185,13 @@ async fn a_client_certificate_authenticates_as_its_service_account_and_a_project
 
     // The project requires client certificates: an API key alone is refused on every node,
     // over REST and gRPC; the key with the certificate, and the certificate alone, pass.
-    let (status, body) = admin(
-        &c,
-        Method::PATCH,
-        &format!("/admin/projects/{}", c.project_id()),
-        Some(json!({ "require_client_certificate": true })),
-    )
-    .await;
+    let (status, body) = c
+        .operator_call(
+            Method::PATCH,
+            &format!("/admin/projects/{}", c.project_id()),
+            Some(json!({ "require_client_certificate": true })),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["require_client_certificate"], true, "{body}");
     for via in 1..=3 {
@@ -312,13 +271,13 @@ async fn a_client_certificate_authenticates_as_its_service_account_and_a_project
     let rebind = bind(&c, &etl_id, json!(["etl-loader"])).await;
     assert_eq!(rebind.0, StatusCode::OK, "{}", rebind.1);
     let delete = async {
-        let (status, body) = admin(
-            &c,
-            Method::DELETE,
-            &format!("/admin/service-accounts/{etl_id}"),
-            None,
-        )
-        .await;
+        let (status, body) = c
+            .operator_call(
+                Method::DELETE,
+                &format!("/admin/service-accounts/{etl_id}"),
+                None,
+            )
+            .await;
         assert!(status.is_success(), "{status} {body}");
     };
     let deleted =
@@ -326,13 +285,13 @@ async fn a_client_certificate_authenticates_as_its_service_account_and_a_project
     println!("longest accepted delays: unbound {unbound:?}, deleted {deleted:?}");
 
     // The requirement lifted: the API key alone works again.
-    let (status, body) = admin(
-        &c,
-        Method::PATCH,
-        &format!("/admin/projects/{}", c.project_id()),
-        Some(json!({ "require_client_certificate": false })),
-    )
-    .await;
+    let (status, body) = c
+        .operator_call(
+            Method::PATCH,
+            &format!("/admin/projects/{}", c.project_id()),
+            Some(json!({ "require_client_certificate": false })),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = until(StatusCode::OK, || upsert(&c, &c.http, 3, Some(&key), "d")).await;
     assert_eq!(status, StatusCode::OK, "{body}");

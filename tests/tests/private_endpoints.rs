@@ -6,9 +6,9 @@
 //! creating and deleting endpoints is audited as the seed's `private-endpoints` events.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use conifer_tests::{free_port_range, Cluster, ClusterOptions};
+use conifer_tests::{free_port_range, until, Cluster, ClusterOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -43,42 +43,6 @@ async fn upsert(
         request = request.header("X-Conifer-Index", "docs");
     }
     let resp = request.send().await.expect("request sent");
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// Calls `probe` until it returns `want` (the other nodes apply a change within the
-/// control-plane lease), for at most 10 s; the last answer.
-async fn until<F, Fut>(want: StatusCode, mut probe: F) -> (StatusCode, Value)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = (StatusCode, Value)>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = probe().await;
-        if answer.0 == want || Instant::now() > deadline {
-            return answer;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// An admin call through node 1 as the operator: (status, body).
-async fn admin(
-    c: &Cluster,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = c
-        .http
-        .request(method, c.url(1, path))
-        .bearer_auth(c.admin_token());
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let resp = request.send().await.unwrap();
     let status = resp.status();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -148,13 +112,13 @@ async fn a_projects_private_endpoints_bind_its_data_plane() {
     // Validation: a private endpoint needs a rule; CIDRs must parse; only project owners
     // (and the operator) manage them — an API key, even a ProjectEditor one, may not.
     let path = format!("/admin/projects/{project}/private-endpoints");
-    let (status, body) = admin(
-        &c,
-        reqwest::Method::POST,
-        &path,
-        Some(json!({ "name": "none" })),
-    )
-    .await;
+    let (status, body) = c
+        .operator_call(
+            reqwest::Method::POST,
+            &path,
+            Some(json!({ "name": "none" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(
         body["error"]["message"]
@@ -163,13 +127,13 @@ async fn a_projects_private_endpoints_bind_its_data_plane() {
             .contains("needs the private listener"),
         "{body}"
     );
-    let (status, body) = admin(
-        &c,
-        reqwest::Method::POST,
-        &path,
-        Some(json!({ "name": "bad", "allowed_cidrs": ["10.0.0.0/33"] })),
-    )
-    .await;
+    let (status, body) = c
+        .operator_call(
+            reqwest::Method::POST,
+            &path,
+            Some(json!({ "name": "bad", "allowed_cidrs": ["10.0.0.0/33"] })),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let by_key = c
         .http
@@ -182,23 +146,23 @@ async fn a_projects_private_endpoints_bind_its_data_plane() {
     assert_eq!(by_key.status(), StatusCode::FORBIDDEN);
 
     // A private endpoint on the private listener.
-    let (status, vpc) = admin(
-        &c,
-        reqwest::Method::POST,
-        &path,
-        Some(json!({ "name": "vpc", "private_listener": true })),
-    )
-    .await;
+    let (status, vpc) = c
+        .operator_call(
+            reqwest::Method::POST,
+            &path,
+            Some(json!({ "name": "vpc", "private_listener": true })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{vpc}");
     let vpc_id = vpc["id"].as_str().unwrap().to_string();
     assert!(vpc_id.starts_with("pe-"), "{vpc}");
-    let (status, again) = admin(
-        &c,
-        reqwest::Method::POST,
-        &path,
-        Some(json!({ "name": "vpc", "private_listener": true })),
-    )
-    .await;
+    let (status, again) = c
+        .operator_call(
+            reqwest::Method::POST,
+            &path,
+            Some(json!({ "name": "vpc", "private_listener": true })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
 
     // Every node refuses the project's data plane on its public listener, naming the rule.
@@ -257,13 +221,13 @@ async fn a_projects_private_endpoints_bind_its_data_plane() {
 
     // A second endpoint allowing a source range: calls on the public listener from inside
     // it are served, from outside refused naming both rules.
-    let (status, office) = admin(
-        &c,
-        reqwest::Method::POST,
-        &path,
-        Some(json!({ "name": "office", "allowed_cidrs": ["127.0.0.5"] })),
-    )
-    .await;
+    let (status, office) = c
+        .operator_call(
+            reqwest::Method::POST,
+            &path,
+            Some(json!({ "name": "office", "allowed_cidrs": ["127.0.0.5"] })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{office}");
     assert_eq!(office["allowed_cidrs"], json!(["127.0.0.5/32"]));
     let inside = client_from(&c, "127.0.0.5");
@@ -283,29 +247,29 @@ async fn a_projects_private_endpoints_bind_its_data_plane() {
     }
 
     // Listing and describing.
-    let (status, listed) = admin(&c, reqwest::Method::GET, &path, None).await;
+    let (status, listed) = c.operator_call(reqwest::Method::GET, &path, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(listed["data"].as_array().unwrap().len(), 2, "{listed}");
-    let (status, got) = admin(
-        &c,
-        reqwest::Method::GET,
-        &format!("/admin/private-endpoints/{vpc_id}"),
-        None,
-    )
-    .await;
+    let (status, got) = c
+        .operator_call(
+            reqwest::Method::GET,
+            &format!("/admin/private-endpoints/{vpc_id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(got["private_listener"], true, "{got}");
 
     // Deleting both opens the public listener again.
     let office_id = office["id"].as_str().unwrap().to_string();
     for id in [&vpc_id, &office_id] {
-        let (status, body) = admin(
-            &c,
-            reqwest::Method::DELETE,
-            &format!("/admin/private-endpoints/{id}"),
-            None,
-        )
-        .await;
+        let (status, body) = c
+            .operator_call(
+                reqwest::Method::DELETE,
+                &format!("/admin/private-endpoints/{id}"),
+                None,
+            )
+            .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     }
     for id in 1..=3 {
@@ -313,13 +277,13 @@ async fn a_projects_private_endpoints_bind_its_data_plane() {
         let (status, body) = until(StatusCode::OK, || upsert(&outside, &base, &key, false)).await;
         assert_eq!(status, StatusCode::OK, "node {id}: {body}");
     }
-    let (status, _) = admin(
-        &c,
-        reqwest::Method::GET,
-        &format!("/admin/private-endpoints/{vpc_id}"),
-        None,
-    )
-    .await;
+    let (status, _) = c
+        .operator_call(
+            reqwest::Method::GET,
+            &format!("/admin/private-endpoints/{vpc_id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // The CLI: create, list, delete.
@@ -362,13 +326,13 @@ async fn a_projects_private_endpoints_bind_its_data_plane() {
 
     // Audited with the seed's names: create and delete of `private-endpoints`, by id.
     for (action, expected) in [("create", 3), ("delete", 3)] {
-        let (status, page) = admin(
-            &c,
-            reqwest::Method::GET,
-            &format!("/admin/audit-logs?action={action}&resource_type=private-endpoints"),
-            None,
-        )
-        .await;
+        let (status, page) = c
+            .operator_call(
+                reqwest::Method::GET,
+                &format!("/admin/audit-logs?action={action}&resource_type=private-endpoints"),
+                None,
+            )
+            .await;
         assert_eq!(status, StatusCode::OK, "{page}");
         let ids: Vec<&str> = page["data"]
             .as_array()
