@@ -419,14 +419,7 @@ impl TlsPolicy {
 /// bundle, so that an old and a new CA can be trusted together while clients move from one
 /// to the other; `Invalid` if it holds none or one is not a usable CA certificate.
 pub fn client_ca_roots(pem: &str) -> Result<rustls::RootCertStore, TlsError> {
-    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Invalid(format!("client CA: {e}")))?;
-    if certs.is_empty() {
-        return Err(TlsError::Invalid(
-            "the client CA file holds no certificate".into(),
-        ));
-    }
+    let certs = pem_certs(pem, "the client CA file")?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs {
         roots
@@ -436,15 +429,45 @@ pub fn client_ca_roots(pem: &str) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// Every certificate of the PEM text `pem`; `Invalid` naming `what` when it does not parse
+/// or holds none.
+pub(crate) fn pem_certs(
+    pem: &str,
+    what: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid(format!("{what}: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid(format!("{what} holds no certificate")));
+    }
+    Ok(certs)
+}
+
+/// The private key of the PEM text `pem`; `Invalid` naming `what` when it holds none.
+pub(crate) fn pem_key(
+    pem: &str,
+    what: &str,
+) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    rustls_pemfile::private_key(&mut pem.as_bytes())
+        .map_err(|e| TlsError::Invalid(format!("{what}: {e}")))?
+        .ok_or_else(|| TlsError::Invalid(format!("{what} holds no private key")))
+}
+
 /// The names a client certificate (DER, the leaf) carries, in order and without repeats:
 /// its DNS, email and URI subject alternative names, then its subject's common names —
 /// what a service account's `certificate_names` are compared with (exactly). Empty for
 /// bytes that are not a certificate.
 pub fn certificate_names(leaf: &[u8]) -> Vec<String> {
+    match x509_parser::parse_x509_certificate(leaf) {
+        Ok((_, cert)) => names_of(&cert),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// [`certificate_names`] of a parsed certificate.
+fn names_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
-        return Vec::new();
-    };
     let mut names: Vec<String> = Vec::new();
     let mut add = |name: &str| {
         if !name.is_empty() && !names.iter().any(|n| n == name) {
@@ -496,7 +519,7 @@ pub fn presented_certificate(leaf: &[u8]) -> Result<PresentedCertificate, String
         );
     }
     Ok(PresentedCertificate {
-        names: certificate_names(leaf),
+        names: names_of(&cert),
         not_after_unix: cert.validity().not_after.timestamp(),
     })
 }
@@ -511,17 +534,8 @@ pub fn client_port_config(
     policy: &TlsPolicy,
     client_ca_pem: Option<&str>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Invalid(format!("certificate: {e}")))?;
-    if certs.is_empty() {
-        return Err(TlsError::Invalid(
-            "the certificate file holds no certificate".into(),
-        ));
-    }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .map_err(|e| TlsError::Invalid(format!("key: {e}")))?
-        .ok_or_else(|| TlsError::Invalid("the key file holds no private key".into()))?;
+    let certs = pem_certs(cert_pem, "the certificate file")?;
+    let key = pem_key(key_pem, "the key file")?;
     if policy.versions().contains(&TlsVersion::V1_2) {
         let signer = rustls::crypto::ring::default_provider()
             .key_provider

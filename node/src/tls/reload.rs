@@ -21,12 +21,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use conifer_raft::NodeId;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::UnixTime;
 use sha2::{Digest, Sha256};
 
 use super::{
-    check_key_mode, client_port_config, peer_node_ids, read, TlsError, TlsPolicy, CA_CERT,
-    NODE_CERT, NODE_KEY,
+    check_key_mode, client_port_config, peer_node_ids, pem_certs, pem_key, read, TlsError,
+    TlsPolicy, CA_CERT, NODE_CERT, NODE_KEY,
 };
 
 /// How often the certificate files are checked for a change.
@@ -173,22 +173,6 @@ fn describe(role: &'static str, path: &Path, der: &[u8]) -> Option<CertificateIn
         not_after: rfc3339(&validity.not_after),
         not_after_unix: validity.not_after.timestamp(),
     })
-}
-
-fn pem_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Invalid(format!("{what}: {e}")))?;
-    if certs.is_empty() {
-        return Err(TlsError::Invalid(format!("{what} holds no certificate")));
-    }
-    Ok(certs)
-}
-
-fn pem_key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .map_err(|e| TlsError::Invalid(format!("{what}: {e}")))?
-        .ok_or_else(|| TlsError::Invalid(format!("{what} holds no private key")))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
