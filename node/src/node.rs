@@ -109,6 +109,10 @@ pub struct ServeConfig {
     pub domain: String,
     /// Most records one project holds over all its indexes.
     pub max_records_per_project: u64,
+    /// Where backups are kept.
+    pub backup_store: BackupStoreConfig,
+    /// Most bytes of backups one project holds.
+    pub max_backup_bytes_per_project: u64,
     /// Index port range (first, last), inclusive; `None`: index hosts are host names.
     pub index_ports: Option<(u16, u16)>,
     /// Lifetime of issued bearer tokens, in seconds.
@@ -119,6 +123,30 @@ pub struct ServeConfig {
     pub audit_queue_events: usize,
     /// Vector engine tuning.
     pub engine: EngineConfig,
+}
+
+/// Where a node keeps backups (`--backup-dir` or `--backup-s3-bucket`).
+#[derive(Clone, Debug)]
+pub enum BackupStoreConfig {
+    /// A directory (shared by every node of a cluster).
+    Dir(PathBuf),
+    /// An S3-compatible bucket.
+    S3(crate::backup::s3::S3Location),
+}
+
+impl BackupStoreConfig {
+    /// Opens the store (creating the directory).
+    pub fn open(&self) -> anyhow::Result<crate::backup::BackupStore> {
+        Ok(match self {
+            BackupStoreConfig::Dir(dir) => crate::backup::BackupStore::Local(
+                crate::backup::LocalDir::open(dir)
+                    .with_context(|| format!("opening the backup directory {}", dir.display()))?,
+            ),
+            BackupStoreConfig::S3(location) => {
+                crate::backup::BackupStore::S3(crate::backup::s3::S3Store::new(location.clone()))
+            }
+        })
+    }
 }
 
 impl ServeConfig {
@@ -425,6 +453,12 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         },
         config.max_records_per_project,
     );
+    let backups = crate::backup::Backups::new(
+        router.clone(),
+        config.backup_store.open()?,
+        config.max_backup_bytes_per_project,
+    );
+    tracing::info!(store = %backups.store().describe(), "backup store");
 
     let cluster_listener = TcpListener::bind(config.cluster_addr)
         .await
@@ -503,6 +537,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         rotator,
         certificates: certs.clone(),
         cert_expiry_warning_days: config.cert_expiry_warning_days,
+        backups: backups.clone(),
     };
     let own_ports: Vec<u16> = [Some(config.api_addr), Some(config.cluster_addr)]
         .into_iter()
@@ -573,6 +608,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         }
     }
     shards.spawn();
+    backups.spawn();
     Ok(RunningNode { raft, control })
 }
 

@@ -212,6 +212,36 @@ operations! {
         [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_CONTROL_EDITOR];
     IndexRotateKey => "index.rotate_key", Project,
         [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_CONTROL_EDITOR];
+    // Backups and collections are control-plane objects (the seed's ReadWrite / ReadOnly
+    // control-plane roles), like indexes.
+    BackupCreate => "backup.create", Project,
+        [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_CONTROL_EDITOR];
+    BackupList => "backup.list", Project,
+        [P_OWNER, P_MANAGER, P_MEMBER, K_PROJECT_EDITOR, K_PROJECT_VIEWER, K_CONTROL_EDITOR,
+         K_CONTROL_VIEWER];
+    BackupDescribe => "backup.describe", Project,
+        [P_OWNER, P_MANAGER, P_MEMBER, K_PROJECT_EDITOR, K_PROJECT_VIEWER, K_CONTROL_EDITOR,
+         K_CONTROL_VIEWER];
+    BackupDelete => "backup.delete", Project,
+        [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_CONTROL_EDITOR];
+    BackupRestore => "backup.restore", Project,
+        [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_CONTROL_EDITOR];
+    RestoreJobList => "restore_job.list", Project,
+        [P_OWNER, P_MANAGER, P_MEMBER, K_PROJECT_EDITOR, K_PROJECT_VIEWER, K_CONTROL_EDITOR,
+         K_CONTROL_VIEWER];
+    RestoreJobDescribe => "restore_job.describe", Project,
+        [P_OWNER, P_MANAGER, P_MEMBER, K_PROJECT_EDITOR, K_PROJECT_VIEWER, K_CONTROL_EDITOR,
+         K_CONTROL_VIEWER];
+    CollectionCreate => "collection.create", Project,
+        [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_CONTROL_EDITOR];
+    CollectionList => "collection.list", Project,
+        [P_OWNER, P_MANAGER, P_MEMBER, K_PROJECT_EDITOR, K_PROJECT_VIEWER, K_CONTROL_EDITOR,
+         K_CONTROL_VIEWER];
+    CollectionDescribe => "collection.describe", Project,
+        [P_OWNER, P_MANAGER, P_MEMBER, K_PROJECT_EDITOR, K_PROJECT_VIEWER, K_CONTROL_EDITOR,
+         K_CONTROL_VIEWER];
+    CollectionDelete => "collection.delete", Project,
+        [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_CONTROL_EDITOR];
 
     VectorUpsert => "vector.upsert", Project,
         [P_OWNER, P_MANAGER, K_PROJECT_EDITOR, K_DATA_EDITOR];
@@ -310,6 +340,14 @@ impl Operation {
             | O::VectorUpdate
             | O::VectorDelete => (V::Update, T::Index),
             O::IndexDelete | O::NamespaceDelete => (V::Delete, T::Index),
+            O::BackupCreate => (V::Create, T::Backup),
+            O::BackupList | O::BackupDescribe => (V::Read, T::Backup),
+            O::BackupDelete => (V::Delete, T::Backup),
+            O::BackupRestore => (V::Create, T::Index),
+            O::RestoreJobList | O::RestoreJobDescribe => (V::Read, T::Index),
+            O::CollectionCreate => (V::Create, T::Collection),
+            O::CollectionList | O::CollectionDescribe => (V::Read, T::Collection),
+            O::CollectionDelete => (V::Delete, T::Collection),
         }
     }
 }
@@ -501,6 +539,22 @@ pub const ROUTES: &[(&str, &str, Operation)] = &[
         Operation::IndexRotateKey,
     ),
     ("DELETE", "/indexes/{name}", Operation::IndexDelete),
+    ("POST", "/indexes/{name}/backups", Operation::BackupCreate),
+    ("GET", "/indexes/{name}/backups", Operation::BackupList),
+    ("GET", "/backups", Operation::BackupList),
+    ("GET", "/backups/{id}", Operation::BackupDescribe),
+    ("DELETE", "/backups/{id}", Operation::BackupDelete),
+    (
+        "POST",
+        "/backups/{id}/create-index",
+        Operation::BackupRestore,
+    ),
+    ("GET", "/restore-jobs", Operation::RestoreJobList),
+    ("GET", "/restore-jobs/{id}", Operation::RestoreJobDescribe),
+    ("POST", "/collections", Operation::CollectionCreate),
+    ("GET", "/collections", Operation::CollectionList),
+    ("GET", "/collections/{name}", Operation::CollectionDescribe),
+    ("DELETE", "/collections/{name}", Operation::CollectionDelete),
     ("POST", "/vectors/upsert", Operation::VectorUpsert),
     ("POST", "/vectors/update", Operation::VectorUpdate),
     ("POST", "/vectors/delete", Operation::VectorDelete),

@@ -338,6 +338,16 @@ fn read_marker(view: &StateView<'_>) -> Result<Option<AppliedMarker>, StorageErr
     }
 }
 
+/// The log index of the last entry applied to the durable state `view` reads (0 before
+/// any): a frozen view is the state after exactly that prefix of the log, since every
+/// batch of applies is written in one write with its marker.
+pub fn applied_index_of(view: &StateView<'_>) -> Result<u64, StorageError> {
+    Ok(read_marker(view)?
+        .and_then(|m| m.last_applied)
+        .map(|l| l.index)
+        .unwrap_or(0))
+}
+
 fn stage_marker(writes: &mut StateWrites<'_>, marker: &AppliedMarker) -> Result<(), StorageError> {
     let bytes = bincode::serialize(marker).map_err(|e| sm_err(ErrorVerb::Write, e))?;
     writes

@@ -440,6 +440,14 @@ impl From<crate::crypto::CryptoError> for ApiError {
     }
 }
 
+impl From<crate::backup::JobFailure> for ApiError {
+    /// A backup that cannot be read or restored: its key's refusal, damaged files (412) or
+    /// an unreachable store (503).
+    fn from(e: crate::backup::JobFailure) -> Self {
+        Self::coded(e.error_code(), e.to_string())
+    }
+}
+
 impl From<crate::auth::AuthError> for ApiError {
     /// A credential that names no one (unknown, altered, revoked, expired): 401.
     fn from(e: crate::auth::AuthError) -> Self {

@@ -36,7 +36,7 @@ pub const MAX_SPEC_TEXT_CHARS: usize = 128;
 pub const SHARD_REPLICAS: usize = 3;
 
 /// The project the call addresses, once the caller is authorized there.
-async fn project(
+pub(super) async fn project(
     state: &ApiState,
     caller: &Caller,
     headers: &HeaderMap,
@@ -51,7 +51,7 @@ pub const SCHEMA_API_VERSION: &str = "2026-07";
 pub const DENSE_FIELD: &str = "_values";
 
 /// Whether the request asks for the 2026-07 (schema and deployment) index shapes.
-fn schema_api(headers: &HeaderMap) -> bool {
+pub(super) fn schema_api(headers: &HeaderMap) -> bool {
     headers
         .get("x-pinecone-api-version")
         .and_then(|v| v.to_str().ok())
@@ -157,7 +157,7 @@ async fn serving_nodes(state: &ApiState, indexes: &[Index]) -> BTreeSet<u64> {
 }
 
 /// One index as [`render`] shows it.
-async fn render_one(state: &ApiState, index: Index, schema_shape: bool) -> Value {
+pub(super) async fn render_one(state: &ApiState, index: Index, schema_shape: bool) -> Value {
     render(state, &[index], schema_shape)
         .await
         .pop()
@@ -334,8 +334,7 @@ fn typed_field<T: serde::de::DeserializeOwned>(
 
 /// Checks an index's `spec` (the 2025-10 shape; 2026-07 deployments are translated into
 /// it): each kind's known fields with their types, and a refusal of every setting Conifer
-/// would store but not honour — restoring from `source_collection` (collections do not
-/// exist yet), dedicated read capacity, more than one pod, shard or replica (Conifer places
+/// would store but not honour — dedicated read capacity, more than one pod, shard or replica (Conifer places
 /// one shard on up to [`SHARD_REPLICAS`] nodes itself), and metadata indexing limited to some
 /// fields (Conifer indexes every field).
 fn check_spec(kind: &str, spec: &Value) -> Result<(), ApiError> {
@@ -393,14 +392,13 @@ fn check_spec(kind: &str, spec: &Value) -> Result<(), ApiError> {
             }
         }
     }
-    if fields
-        .get("source_collection")
-        .is_some_and(|v| !v.is_null())
-    {
-        return Err(ApiError::invalid(format!(
-            "'spec.{kind}.source_collection' is not supported: Conifer has no collections yet, \
-             and creating the index empty would silently drop the restore"
-        )));
+    match fields.get("source_collection") {
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(_) => {
+            return Err(ApiError::unprocessable(format!(
+                "'spec.{kind}.source_collection' must be a string"
+            )))
+        }
     }
     for count in ["pods", "replicas", "shards"] {
         match fields.get(count) {
@@ -490,7 +488,7 @@ fn index_json(state: &ApiState, index: &Index) -> Value {
 /// An index name as Pinecone's control-plane spec defines it: 1 to
 /// [`MAX_INDEX_NAME_CHARS`] characters of `a-z`, `0-9` and `-`, starting and ending with a
 /// letter or digit.
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
     let valid_chars = name
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
@@ -523,7 +521,7 @@ fn is_tag_value_char(c: char) -> bool {
 /// [`MAX_TAG_KEY_CHARS`] [`is_tag_key_char`]s, string values of at most
 /// [`MAX_TAG_VALUE_CHARS`] [`is_tag_value_char`]s (the empty value unsets a key on
 /// configure). Checked on a create, on a configure's changes and on the tags it produces.
-fn check_tags(tags: &Map<String, Value>) -> Result<(), ApiError> {
+pub(super) fn check_tags(tags: &Map<String, Value>) -> Result<(), ApiError> {
     if tags.len() > MAX_TAGS {
         return Err(ApiError::invalid(format!(
             "'tags' has {} entries; the limit is {MAX_TAGS}",
@@ -562,7 +560,7 @@ fn check_tags(tags: &Map<String, Value>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn parse_protection(value: Option<&str>) -> Result<Option<bool>, ApiError> {
+pub(super) fn parse_protection(value: Option<&str>) -> Result<Option<bool>, ApiError> {
     match value {
         None => Ok(None),
         Some("enabled") => Ok(Some(true)),
@@ -590,8 +588,8 @@ struct CreateIndex {
     vector_type: Option<String>,
 }
 
-/// Chooses up to [`SHARD_REPLICAS`] nodes, least loaded first (then lowest id).
-fn place(state: &ApiState) -> Vec<u64> {
+/// Chooses up to `replicas` nodes, least loaded first (then lowest id).
+pub(super) fn place(state: &ApiState, replicas: usize) -> Vec<u64> {
     let mut load: BTreeMap<u64, usize> = state
         .control
         .membership()
@@ -609,11 +607,7 @@ fn place(state: &ApiState) -> Vec<u64> {
     });
     let mut nodes: Vec<(usize, u64)> = load.into_iter().map(|(id, n)| (n, id)).collect();
     nodes.sort();
-    let mut chosen: Vec<u64> = nodes
-        .into_iter()
-        .take(SHARD_REPLICAS)
-        .map(|(_, id)| id)
-        .collect();
+    let mut chosen: Vec<u64> = nodes.into_iter().take(replicas).map(|(_, id)| id).collect();
     chosen.sort();
     chosen
 }
@@ -633,6 +627,56 @@ pub async fn create(
         body::json(&headers, &body, Plane::Control)?
     };
     check_name(&req.name)?;
+    if let Some(key) = req
+        .spec
+        .keys()
+        .find(|k| !matches!(k.as_str(), "serverless" | "pod" | "byoc"))
+    {
+        return Err(ApiError::unprocessable(format!(
+            "unknown field '{key}' in 'spec'"
+        )));
+    }
+    let kinds: Vec<&String> = req.spec.keys().collect();
+    if kinds.len() != 1 {
+        return Err(ApiError::invalid(
+            "'spec' must have exactly one of 'serverless', 'pod' or 'byoc'",
+        ));
+    }
+    let kind = kinds[0].clone();
+    check_spec(&kind, &req.spec[&kind])?;
+    if let Some(collection) = source_collection(&req.spec) {
+        if req.vector_type.as_deref().is_some_and(|t| t != "dense") {
+            return Err(ApiError::invalid(
+                "a collection restores into a dense index",
+            ));
+        }
+        if let Some(tags) = &req.tags {
+            check_tags(tags)?;
+        }
+        let target = super::backups::RestoreTarget {
+            name: req.name.clone(),
+            tags: req.tags.clone().filter(|t| !t.is_empty()),
+            deletion_protection: parse_protection(req.deletion_protection.as_deref())?
+                .unwrap_or(false),
+            replicas: SHARD_REPLICAS,
+            hnsw: None,
+            spec_json: Some(Value::Object(req.spec.clone()).to_string()),
+        };
+        let index = super::backups::create_from_collection(
+            &state,
+            &caller,
+            &project_id,
+            &collection,
+            req.dimension,
+            req.metric.as_deref(),
+            target,
+        )
+        .await?;
+        return Ok((
+            StatusCode::CREATED,
+            Json(render_one(&state, index, schema_shape).await),
+        ));
+    }
     let vector_type = req.vector_type.unwrap_or_else(|| "dense".into());
     if vector_type != "dense" {
         return Err(ApiError::invalid(format!(
@@ -653,29 +697,12 @@ pub async fn create(
             "'metric' is '{metric_name}'; it must be cosine, euclidean or dotproduct"
         ))
     })?;
-    if let Some(key) = req
-        .spec
-        .keys()
-        .find(|k| !matches!(k.as_str(), "serverless" | "pod" | "byoc"))
-    {
-        return Err(ApiError::unprocessable(format!(
-            "unknown field '{key}' in 'spec'"
-        )));
-    }
-    let kinds: Vec<&String> = req.spec.keys().collect();
-    if kinds.len() != 1 {
-        return Err(ApiError::invalid(
-            "'spec' must have exactly one of 'serverless', 'pod' or 'byoc'",
-        ));
-    }
-    let kind = kinds[0].clone();
-    check_spec(&kind, &req.spec[&kind])?;
     if let Some(tags) = &req.tags {
         check_tags(tags)?;
     }
     let deletion_protection =
         parse_protection(req.deletion_protection.as_deref())?.unwrap_or(false);
-    let replicas = place(&state);
+    let replicas = place(&state, SHARD_REPLICAS);
     if replicas.is_empty() {
         return Err(ApiError::unavailable(
             "the cluster has no members to place the index on",
@@ -705,6 +732,8 @@ pub async fn create(
         created_at: crate::now_rfc3339(),
         port: None,
         keys,
+        restore: None,
+        hnsw: None,
     };
     let ports = state.router.index_ports();
     match caller
@@ -717,6 +746,13 @@ pub async fn create(
         )),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
+}
+
+/// The collection a create request restores from (`spec.<kind>.source_collection`).
+fn source_collection(spec: &Map<String, Value>) -> Option<String> {
+    spec.values()
+        .find_map(|kind| kind.get("source_collection").and_then(Value::as_str))
+        .map(String::from)
 }
 
 /// `GET /indexes`.
@@ -736,7 +772,7 @@ pub async fn list(
     Ok(Json(json!({ "indexes": indexes })))
 }
 
-fn find(state: &ApiState, project_id: &str, name: &str) -> Result<Index, ApiError> {
+pub(super) fn find(state: &ApiState, project_id: &str, name: &str) -> Result<Index, ApiError> {
     state
         .control
         .read(|s| {
@@ -834,7 +870,7 @@ pub async fn configure(
 }
 
 /// Project `project_id`'s key and customer-managed KMS key (if set), for making index keys.
-fn project_keys(
+pub(super) fn project_keys(
     state: &ApiState,
     project_id: &str,
 ) -> Result<(crate::crypto::ProjectKey, Option<String>), ApiError> {
@@ -889,14 +925,32 @@ pub async fn rotate_key(
     }
 }
 
-/// `DELETE /indexes/{name}`: refused with 403 while deletion protection is enabled.
+/// `DELETE /indexes/{name}`: refused with 403 while deletion protection is enabled. The
+/// index's backups and collections are kept (Pinecone's behaviour) unless
+/// `?delete_backups=true`, which deletes them after the index.
 pub async fn delete(
     State(state): State<ApiState>,
     caller: Caller,
     headers: HeaderMap,
     Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<StatusCode, ApiError> {
     let project_id = project(&state, &caller, &headers).await?;
+    if let Some(key) = query.keys().find(|k| k.as_str() != "delete_backups") {
+        return Err(ApiError::invalid(format!(
+            "unknown query parameter '{key}'; DELETE /indexes/{{name}} takes 'delete_backups'"
+        )));
+    }
+    let delete_backups = match query.get("delete_backups").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "'delete_backups' is '{other}'; it must be true or false"
+            )))
+        }
+    };
+    let group = find(&state, &project_id, &name)?.group_id;
     let command = Command::Index(IndexCommand::Delete {
         project_id: project_id.clone(),
         name,
@@ -905,5 +959,17 @@ pub async fn delete(
         .propose(command)
         .await
         .map_err(ApiError::from_index_delete)?;
+    if delete_backups {
+        let ids: Vec<String> = state.control.read(|s| {
+            s.backups_of(&project_id)
+                .into_iter()
+                .filter(|b| b.source_group == group)
+                .map(|b| b.id.clone())
+                .collect()
+        });
+        for id in ids {
+            super::backups::remove(&state, &caller, &project_id, &id).await?;
+        }
+    }
     Ok(StatusCode::ACCEPTED)
 }

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod admin;
 pub mod audit;
+pub mod backups;
 pub mod body;
 pub mod conn;
 pub mod data;
@@ -74,6 +75,8 @@ pub struct ApiState {
     pub certificates: Arc<crate::tls::reload::Certificates>,
     /// Days before expiry from which a certificate is reported with a warning.
     pub cert_expiry_warning_days: u32,
+    /// Backups, collections and restore jobs.
+    pub backups: crate::backup::Backups,
 }
 
 /// Every route of the client port, built from [`policy::ROUTES`]: each REST route with the
@@ -168,6 +171,9 @@ fn takes_query(operation: Operation) -> bool {
             | O::ClusterAuditLogRead
             | O::ClusterDescribe
             | O::ClusterRemoveMember
+            | O::BackupList
+            | O::RestoreJobList
+            | O::IndexDelete
     )
 }
 
@@ -196,6 +202,9 @@ fn takes_body(operation: Operation) -> bool {
             | O::PrivateEndpointCreate
             | O::IndexCreate
             | O::IndexConfigure
+            | O::BackupCreate
+            | O::BackupRestore
+            | O::CollectionCreate
             | O::VectorUpsert
             | O::VectorUpdate
             | O::VectorDelete
@@ -315,6 +324,17 @@ fn handler(method: MethodFilter, operation: Operation) -> MethodRouter<ApiState>
         O::NamespaceDescribe => on(method, data::describe_namespace),
         O::NamespaceCreate => on(method, data::create_namespace),
         O::NamespaceDelete => on(method, data::delete_namespace),
+        O::BackupCreate => on(method, backups::create),
+        O::BackupList => on(method, backups::list),
+        O::BackupDescribe => on(method, backups::describe),
+        O::BackupDelete => on(method, backups::delete),
+        O::BackupRestore => on(method, backups::create_index),
+        O::RestoreJobList => on(method, backups::list_restore_jobs),
+        O::RestoreJobDescribe => on(method, backups::describe_restore_job),
+        O::CollectionCreate => on(method, backups::create_collection),
+        O::CollectionList => on(method, backups::list_collections),
+        O::CollectionDescribe => on(method, backups::describe_collection),
+        O::CollectionDelete => on(method, backups::delete_collection),
     }
 }
 

@@ -67,8 +67,7 @@ impl Verb {
 }
 
 /// What kind of object was acted on, in the seed's vocabulary (`event.resource_type`):
-/// `organization`, `user`, `project`, `index`, `api-key` as the seed names them (`backup`
-/// and `private-endpoints` come with those features), and in the same spelling the kinds
+/// `organization`, `user`, `project`, `index`, `api-key`, `backup` and `private-endpoints` as the seed names them, and in the same spelling the kinds
 /// the seed does not list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResourceType {
@@ -94,11 +93,15 @@ pub enum ResourceType {
     Cluster,
     /// A project's private endpoint (the seed's `private-endpoints`).
     PrivateEndpoints,
+    /// A backup of an index (the seed's `backup`).
+    Backup,
+    /// A collection of an index (Pinecone's named backup).
+    Collection,
 }
 
 impl ResourceType {
     /// Every resource type.
-    pub const ALL: [ResourceType; 11] = [
+    pub const ALL: [ResourceType; 13] = [
         ResourceType::Organization,
         ResourceType::User,
         ResourceType::Project,
@@ -110,6 +113,8 @@ impl ResourceType {
         ResourceType::AuditLog,
         ResourceType::Cluster,
         ResourceType::PrivateEndpoints,
+        ResourceType::Backup,
+        ResourceType::Collection,
     ];
 
     /// The value of `event.resource_type`.
@@ -126,6 +131,8 @@ impl ResourceType {
             ResourceType::AuditLog => "audit-log",
             ResourceType::Cluster => "cluster",
             ResourceType::PrivateEndpoints => "private-endpoints",
+            ResourceType::Backup => "backup",
+            ResourceType::Collection => "collection",
         }
     }
 }

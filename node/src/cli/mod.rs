@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::node::{ClientTransport, Keyring, ServeConfig};
+use crate::node::{BackupStoreConfig, ClientTransport, Keyring, ServeConfig};
 use crate::shard::engine::EngineConfig;
 use crate::tls::{self, LeafKind, Validity};
 
@@ -260,6 +260,38 @@ pub struct ServeArgs {
     /// same value: it is checked where an upsert is accepted.
     #[arg(long, env = "CONIFER_MAX_RECORDS_PER_PROJECT", default_value_t = crate::dataplane::router::DEFAULT_MAX_RECORDS_PER_PROJECT)]
     pub max_records_per_project: u64,
+    /// Directory of the backup store (default: `backups` beside the data directory's
+    /// contents, `DATA_DIR/backups`). In a cluster, every node must see the same directory
+    /// (a shared file system): the node that writes a backup and the one that restores it
+    /// may differ. Ignored with --backup-s3-bucket.
+    #[arg(long, env = "CONIFER_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Keep backups in this S3 bucket (AWS S3 or any S3-compatible service) instead of a
+    /// directory; credentials from the standard AWS chain.
+    #[arg(long, env = "CONIFER_BACKUP_S3_BUCKET")]
+    pub backup_s3_bucket: Option<String>,
+    /// Key prefix of every backup object in the bucket.
+    #[arg(
+        long,
+        env = "CONIFER_BACKUP_S3_PREFIX",
+        default_value = "",
+        requires = "backup_s3_bucket"
+    )]
+    pub backup_s3_prefix: String,
+    /// Region of the bucket (default: the AWS chain's, else us-east-1).
+    #[arg(long, env = "CONIFER_BACKUP_S3_REGION", requires = "backup_s3_bucket")]
+    pub backup_s3_region: Option<String>,
+    /// Endpoint of an S3-compatible service (MinIO, Ceph, a VPC endpoint), as a URL.
+    #[arg(
+        long,
+        env = "CONIFER_BACKUP_S3_ENDPOINT",
+        requires = "backup_s3_bucket"
+    )]
+    pub backup_s3_endpoint: Option<String>,
+    /// Most bytes of backups and collections one project holds in the backup store (at
+    /// least 1). Give every node the same value.
+    #[arg(long, env = "CONIFER_MAX_BACKUP_BYTES_PER_PROJECT", default_value_t = crate::control::backups::DEFAULT_MAX_BACKUP_BYTES_PER_PROJECT)]
+    pub max_backup_bytes_per_project: u64,
 }
 
 /// Shortest `--key-cache-ttl-ms`.
@@ -498,6 +530,27 @@ impl ServeArgs {
         if self.max_records_per_project == 0 {
             return Err("--max-records-per-project must be at least 1".into());
         }
+        if self.max_backup_bytes_per_project == 0 {
+            return Err("--max-backup-bytes-per-project must be at least 1".into());
+        }
+        let backup_store = match self.backup_s3_bucket {
+            Some(bucket) => {
+                if bucket.is_empty() {
+                    return Err("--backup-s3-bucket is empty".into());
+                }
+                BackupStoreConfig::S3(crate::backup::s3::S3Location {
+                    bucket,
+                    prefix: self.backup_s3_prefix,
+                    region: self.backup_s3_region,
+                    endpoint: self.backup_s3_endpoint,
+                })
+            }
+            None => BackupStoreConfig::Dir(
+                self.backup_dir
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("backups")),
+            ),
+        };
         if self.audit_retention_s == 0 {
             return Err("--audit-retention-s must be at least 1".into());
         }
@@ -536,6 +589,8 @@ impl ServeArgs {
             learner: self.learner,
             domain: self.domain,
             max_records_per_project: self.max_records_per_project,
+            backup_store,
+            max_backup_bytes_per_project: self.max_backup_bytes_per_project,
             index_ports,
             token_ttl_s: self.token_ttl_s,
             engine: EngineConfig {

@@ -136,6 +136,7 @@ pub fn describe(state: &ControlState, command: &Command) -> Resource {
         Command::ApiKey(c) => super::keys::describe(state, c),
         Command::PrivateEndpoint(c) => super::private_endpoints::describe(state, c),
         Command::Index(c) => super::indexes::describe(state, c),
+        Command::Backup(c) => super::backups::describe(state, c),
         Command::Identity(c) => super::identity::describe(state, c),
         Command::RootKeys(c) => super::root_keys::describe(state, c),
         Command::Audited { .. }

@@ -57,6 +57,43 @@ pub struct Index {
     /// Its data keys, wrapped by the project's key; they seal everything of the index
     /// (records, Raft log entries, snapshots, saved vector indexes).
     pub keys: IndexKeys,
+    /// The restore job writing its records (`None` once it serves): the data plane refuses
+    /// it and it stays `Initializing` meanwhile ([`super::backups`]).
+    pub restore: Option<String>,
+    /// Its HNSW parameters, when they differ from the nodes' defaults (`serve --hnsw-*`).
+    pub hnsw: Option<HnswParams>,
+}
+
+/// An index's own HNSW parameters (Conifer's extension of Pinecone's index spec:
+/// `spec.<kind>.hnsw`), each between its bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HnswParams {
+    /// Graph degree (`M`), [`HNSW_M_RANGE`].
+    pub m: u32,
+    /// Construction beam width (`efConstruction`), [`HNSW_EF_RANGE`].
+    pub ef_construction: u32,
+    /// Search beam width (`efSearch`, raised to 2 × top_k), [`HNSW_EF_RANGE`].
+    pub ef_search: u32,
+}
+
+/// Bounds of an HNSW graph degree.
+pub const HNSW_M_RANGE: std::ops::RangeInclusive<u32> = 4..=128;
+/// Bounds of HNSW beam widths.
+pub const HNSW_EF_RANGE: std::ops::RangeInclusive<u32> = 8..=4096;
+
+impl HnswParams {
+    /// The engine configuration `base` (a node's) with these parameters.
+    pub fn apply_to(
+        &self,
+        base: crate::shard::engine::EngineConfig,
+    ) -> crate::shard::engine::EngineConfig {
+        crate::shard::engine::EngineConfig {
+            hnsw_m: self.m as usize,
+            hnsw_ef_construction: self.ef_construction as usize,
+            hnsw_ef_search: self.ef_search as usize,
+            ..base
+        }
+    }
 }
 
 /// A change of an index.
@@ -243,6 +280,11 @@ impl ControlState {
             }
             IndexCommand::MarkReady { group_id } => {
                 match self.indexes.values_mut().find(|i| i.group_id == group_id) {
+                    // A restore's index turns ready when its job finishes.
+                    Some(index) if index.restore.is_some() => Err(Rejection::Invalid(format!(
+                        "index '{}' is being restored",
+                        index.name
+                    ))),
                     Some(index) => {
                         index.state = IndexState::Ready;
                         Ok(Output::Done)

@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod audit_sink;
+pub mod backups;
 pub mod barrier;
 pub mod identity;
 pub mod indexes;

@@ -205,6 +205,7 @@ impl ControlState {
                 self.private_endpoints
                     .retain(|(project, _), _| *project != id);
                 self.project_members.retain(|(_, p), _| *p != id);
+                self.drop_backups_of_project(&id);
                 Ok(Output::Done)
             }
         }

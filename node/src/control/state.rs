@@ -61,6 +61,8 @@ pub enum Command {
     PrivateEndpoint(super::private_endpoints::PrivateEndpointCommand),
     /// Indexes ([`super::indexes`]).
     Index(IndexCommand),
+    /// Backups, collections and restore jobs ([`super::backups`]).
+    Backup(super::backups::BackupCommand),
     /// Users, service accounts, memberships, sign-ins, operator tokens and signing keys
     /// ([`super::identity`]).
     Identity(IdentityCommand),
@@ -112,6 +114,12 @@ pub enum Output {
     ServiceAccount(ServiceAccount),
     /// The project membership as stored.
     ProjectMember(ProjectMember),
+    /// The backup or collection as stored.
+    Backup(super::backups::Backup),
+    /// The restore job as stored.
+    RestoreJob(super::backups::RestoreJob),
+    /// A restore started: the new index and its job.
+    Restore(Box<Index>, super::backups::RestoreJob),
 }
 
 /// Why a command was rejected; the state is unchanged.
@@ -189,6 +197,10 @@ pub struct ControlState {
     /// Names a client certificate may carry (a SAN or its subject's common name), each bound
     /// to the service account it authenticates, by name: a name is bound to one account.
     pub certificate_names: BTreeMap<String, String>,
+    /// Backups and collections by id ([`super::backups`]).
+    pub backups: BTreeMap<String, super::backups::Backup>,
+    /// Restore jobs by id.
+    pub restore_jobs: BTreeMap<String, super::backups::RestoreJob>,
 }
 
 /// The checks of a creation after its parent was found: `taken` (why the id or a unique
@@ -246,6 +258,7 @@ impl ControlState {
             Command::Project(command) => self.apply_project(command),
             Command::ApiKey(command) => self.apply_api_key(command),
             Command::PrivateEndpoint(command) => self.apply_private_endpoint(command),
+            Command::Backup(command) => self.apply_backup(command),
             Command::Index(command) => self.apply_index(command),
             Command::Identity(command) => self.apply_identity(command),
             Command::RootKeys(command) => self.apply_root_keys(command),
@@ -273,11 +286,11 @@ impl ControlState {
     }
 }
 /// Format of control-plane commands in group 0's log (and in forwarded proposals).
-pub const COMMAND_FORMAT: Format = Format::new("control-plane command", 5);
+pub const COMMAND_FORMAT: Format = Format::new("control-plane command", 6);
 /// Format of group 0's snapshots: the whole [`ControlState`].
-pub const SNAPSHOT_FORMAT: Format = Format::new("control-plane snapshot", 5);
+pub const SNAPSHOT_FORMAT: Format = Format::new("control-plane snapshot", 6);
 /// Format of a command's [`Outcome`], as the response of its proposal.
-pub const OUTCOME_FORMAT: Format = Format::new("control-plane outcome", 5);
+pub const OUTCOME_FORMAT: Format = Format::new("control-plane outcome", 6);
 
 /// Adapter that lets Raft replicate [`ControlState`].
 #[derive(Default)]
@@ -394,6 +407,8 @@ pub(crate) mod tests {
             created_at: "t".into(),
             port: None,
             keys: IndexKeys::placeholder(),
+            restore: None,
+            hnsw: None,
         }
     }
 

@@ -172,6 +172,55 @@ impl KeyCache {
         })
     }
 
+    /// A new backup's data key: made by the project's customer-managed KMS key `cmek` when
+    /// it has one, else wrapped by its project key; bound to the backup by the owner string
+    /// `conifer/backup-key/v1/<project>/<backup>`.
+    pub async fn new_backup_key(
+        &self,
+        project_id: &str,
+        project_key: &ProjectKey,
+        cmek: Option<&str>,
+        backup_id: &str,
+    ) -> Result<IndexKeyVersion, CryptoError> {
+        let context = hierarchy::backup_context(project_id, backup_id);
+        let wrapped = match cmek {
+            Some(arn) => self.kms.key(arn)?.generate(&context).await?.1,
+            None => {
+                let (kek, _) = self.project_key(project_id, project_key).await?;
+                hierarchy::new_wrapped_key(&kek, &context)
+            }
+        };
+        Ok(IndexKeyVersion {
+            version: 1,
+            wrapped,
+            created_at: crate::now_rfc3339(),
+        })
+    }
+
+    /// A backup's data key, unwrapped through what wrapped it (the project key, or the
+    /// project's KMS key: a denied or disabled key refuses it). Not cached: a job unwraps
+    /// it once.
+    pub async fn backup_key(
+        &self,
+        project_id: &str,
+        project_key: &ProjectKey,
+        backup_id: &str,
+        key: &IndexKeyVersion,
+    ) -> Result<DataKey, CryptoError> {
+        use super::KeyProvider as _;
+        let context = hierarchy::backup_context(project_id, backup_id);
+        let secret = if key.wrapped.provider == KMS_PROVIDER {
+            self.kms
+                .key(&key.wrapped.key_id)?
+                .unwrap(&key.wrapped, &context)
+                .await?
+        } else {
+            let (kek, _) = self.project_key(project_id, project_key).await?;
+            hierarchy::unwrap_with(&kek, &key.wrapped, &context)?
+        };
+        Ok(DataKey::from_secret(&secret))
+    }
+
     /// Checks that this node can use the KMS key `arn` (a data key made and unwrapped
     /// again), before a project is set to encrypt with it.
     pub async fn check_kms_key(&self, arn: &str) -> Result<(), CryptoError> {

@@ -189,21 +189,29 @@ pub fn new_index_key_version(
     index: &str,
     version: u32,
 ) -> IndexKeyVersion {
-    let key = random_key();
-    let sealed = project_key.seal(
-        index_context(project_id, index, version).as_bytes(),
-        key.as_ref(),
-    );
     IndexKeyVersion {
         version,
-        wrapped: WrappedKey {
-            provider: PROJECT_KEY_PROVIDER.to_string(),
-            kek_version: 1,
-            ciphertext: B64.encode(sealed),
-            key_id: String::new(),
-        },
+        wrapped: new_wrapped_key(project_key, &index_context(project_id, index, version)),
         created_at: crate::now_rfc3339(),
     }
+}
+
+/// A new random data key wrapped by `project_key` with the owner string `context`.
+pub fn new_wrapped_key(project_key: &DataKey, context: &str) -> WrappedKey {
+    let key = random_key();
+    let sealed = project_key.seal(context.as_bytes(), key.as_ref());
+    WrappedKey {
+        provider: PROJECT_KEY_PROVIDER.to_string(),
+        kek_version: 1,
+        ciphertext: B64.encode(sealed),
+        key_id: String::new(),
+    }
+}
+
+/// The owner string of a backup's data key (its wrap's associated data or KMS encryption
+/// context), so a backup's key copied to another backup or project does not unwrap.
+pub(super) fn backup_context(project_id: &str, backup_id: &str) -> String {
+    format!("conifer/backup-key/v1/{project_id}/{backup_id}")
 }
 
 /// Unwraps every version of an index's data keys with its project key.

@@ -351,6 +351,13 @@ impl Router {
                 .ok_or_else(|| DataError::not_found("index not found"))?,
             None => self.resolve_by_name(project_id, explicit, host)?,
         };
+        if let Some(job) = &index.restore {
+            return Err(DataError::unavailable(format!(
+                "index '{}' is being restored from a backup (restore job {job}); it serves \
+                 once the job completes (GET /restore-jobs/{job})",
+                index.name
+            )));
+        }
         if let Some(refused) =
             DataError::key_refusal(&index.name, self.shards.keys().status(index.group_id))
         {

@@ -104,6 +104,17 @@ impl ShardManager {
         }
     }
 
+    /// The node's engine configuration (`serve --hnsw-*`), which an index's own HNSW
+    /// parameters override.
+    pub fn engine_defaults(&self) -> EngineConfig {
+        self.inner.engine
+    }
+
+    /// The node's storage (every shard group's state).
+    pub fn storage(&self) -> &NodeStorage {
+        &self.inner.storage
+    }
+
     /// The unwrapped keys of the indexes this node hosts.
     pub fn keys(&self) -> &Arc<KeyCache> {
         &self.inner.keys
@@ -484,7 +495,11 @@ impl ShardManager {
                 }
             }
             let leader = shard.raft.metrics().borrow().current_leader;
-            if index.state == IndexState::Initializing && leader == Some(me) {
+            // A restored index turns ready when its restore job finishes.
+            if index.state == IndexState::Initializing
+                && index.restore.is_none()
+                && leader == Some(me)
+            {
                 let command = Command::Index(IndexCommand::MarkReady {
                     group_id: index.group_id,
                 });
@@ -567,7 +582,11 @@ impl ShardManager {
     async fn start(&self, index: &Index) -> anyhow::Result<HostedShard> {
         let group = index.group_id;
         let storage = self.inner.storage.clone();
-        let machine = ShardMachine::new(index.dimension as usize, index.metric, self.inner.engine);
+        let engine = match &index.hnsw {
+            Some(params) => params.apply_to(self.inner.engine),
+            None => self.inner.engine,
+        };
+        let machine = ShardMachine::new(index.dimension as usize, index.metric, engine);
         let sm = StateMachineStore::open(group, storage.clone(), machine)?;
         let state = sm.handle();
         let log = LogStore::new(group, storage);

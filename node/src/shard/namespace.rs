@@ -288,18 +288,14 @@ impl Namespace {
         self.records.is_empty()
     }
 
-    /// SHA-256 (hex) over the records in id order (id, values, sparse values, metadata):
-    /// equal on every replica that applied the same log prefix, whatever its vector index.
+    /// The namespace's [`records_digest`]: equal on every replica that applied the same log
+    /// prefix, whatever its vector index, and to a backup's of the same records.
     pub fn digest(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
-        for (id, stored) in &self.records {
-            let encoded =
-                bincode::serialize(&(id, &stored.record)).expect("a record always serializes");
-            hasher.update((encoded.len() as u64).to_be_bytes());
-            hasher.update(&encoded);
-        }
-        hex::encode(hasher.finalize())
+        records_digest(
+            self.records
+                .iter()
+                .map(|(id, stored)| record_hash(id, &stored.record)),
+        )
     }
 
     /// The record `id`.
@@ -397,4 +393,22 @@ impl Namespace {
         scored.truncate(top_k);
         scored
     }
+}
+
+/// SHA-256 of one record (id, values, sparse values, metadata), a term of
+/// [`records_digest`].
+pub fn record_hash(id: &str, record: &Record) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let encoded = bincode::serialize(&(id, record)).expect("a record always serializes");
+    Sha256::digest(&encoded).into()
+}
+
+/// SHA-256 (hex) over the [`record_hash`]es of a namespace's records in id order.
+pub fn records_digest(hashes_in_id_order: impl Iterator<Item = [u8; 32]>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for hash in hashes_in_id_order {
+        hasher.update(hash);
+    }
+    hex::encode(hasher.finalize())
 }

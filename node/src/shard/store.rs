@@ -212,3 +212,29 @@ pub(super) fn stage_saved_engine(writes: &mut StateWrites<'_>, seq: u64, saved: 
     }
     stage(writes.put(&keys::of(keys::ENGINE, seq), &encode(&header)));
 }
+
+/// Calls `visit(namespace, id, record)` for every record of the shard state `view` reads,
+/// namespace by namespace (by number), each in internal-id order — a copy for a backup,
+/// streamed without holding the shard's records twice in memory. Returns the namespaces'
+/// names (every namespace, the empty ones included).
+pub fn scan_records(
+    view: &StateView<'_>,
+    mut visit: impl FnMut(&str, String, Record) -> Result<(), MachineError>,
+) -> Result<Vec<String>, MachineError> {
+    let mut names: BTreeMap<u64, String> = BTreeMap::new();
+    view.scan(&[keys::HEADER], |key, value| {
+        let (seq, _) = keys::numbers(key)?;
+        let header: Header = STATE_FORMAT.decode(&value)?;
+        names.insert(seq, header.name);
+        Ok(())
+    })?;
+    view.scan(&[keys::RECORD], |key, value| {
+        let (seq, _) = keys::numbers(key)?;
+        let (id, record): (String, Record) = STATE_FORMAT.decode(&value)?;
+        let namespace = names.get(&seq).ok_or_else(|| {
+            MachineError::Inconsistent(format!("record of unknown namespace {seq}"))
+        })?;
+        visit(namespace, id, record)
+    })?;
+    Ok(names.into_values().collect())
+}

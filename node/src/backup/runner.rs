@@ -1,0 +1,766 @@
+//! The jobs of backups and restores, run on every node for the indexes it holds replicas
+//! of (see `control::backups` for the claims that keep one runner per job), and the
+//! collector that removes from the backup store what the control plane no longer lists.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use conifer_raft::group_state::StateView;
+use conifer_raft::MachineError;
+
+use super::archive::{
+    self, attempt_prefix, chunk_key, manifest_key, ArchiveError, ChunkWriter, Manifest, SealedChunk,
+};
+use super::store::BackupStore;
+use crate::control::backups::{
+    Backup, BackupCommand, BackupContents, BackupStatus, JobClaim, RestoreJob, RestoreStatus,
+    CLAIM_TIMEOUT_MS, HEARTBEAT_MS,
+};
+use crate::control::state::{Command, Output};
+use crate::control::{ControlError, ControlPlane};
+use crate::crypto::DataKey;
+use crate::dataplane::router::{Router, Target};
+use crate::dataplane::DataError;
+use crate::shard::command::{Record, ShardCommand};
+
+/// How often a node looks for jobs to claim.
+pub const JOB_POLL_MS: u64 = 1_000;
+/// How often the group-0 leader removes from the store what no backup lists.
+pub const COLLECT_INTERVAL_MS: u64 = 60_000;
+/// Most records of one restore write (one Raft entry of the target shard).
+pub const RESTORE_BATCH_RECORDS: usize = 1_000;
+/// Most plaintext bytes of one restore write.
+pub const RESTORE_BATCH_BYTES: usize = 2 << 20;
+/// Attempts of one restore write that found the target shard unavailable.
+pub const RESTORE_WRITE_ATTEMPTS: u32 = 10;
+/// Longest a restore waits for its target index's shard group to have a leader here.
+pub const TARGET_WAIT_MS: u64 = 60_000;
+
+/// Why a job stopped.
+#[derive(Debug)]
+enum JobError {
+    /// Another runner holds the job now: this one stops without a word.
+    ClaimLost,
+    /// The job cannot be done; recorded as its failure.
+    Failed(String),
+}
+
+impl From<ArchiveError> for JobError {
+    fn from(e: ArchiveError) -> Self {
+        JobError::Failed(e.to_string())
+    }
+}
+
+impl From<DataError> for JobError {
+    fn from(e: DataError) -> Self {
+        JobError::Failed(e.to_string())
+    }
+}
+
+/// Milliseconds since the epoch, by this node's clock.
+fn now_ms() -> u64 {
+    crate::audit::now_ms()
+}
+
+/// The backup and restore jobs of this node, and the store they use.
+#[derive(Clone)]
+pub struct Backups {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    router: Router,
+    store: BackupStore,
+    max_project_bytes: u64,
+    running: Mutex<HashSet<String>>,
+}
+
+/// Marks a job as running here for as long as it lives.
+struct Running(Arc<Inner>, String);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}
+
+impl Backups {
+    /// The jobs of a node routing through `router`, keeping backups in `store`, holding each
+    /// project to `max_project_bytes` of them.
+    pub fn new(router: Router, store: BackupStore, max_project_bytes: u64) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                router,
+                store,
+                max_project_bytes,
+                running: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    /// The backup store.
+    pub fn store(&self) -> &BackupStore {
+        &self.inner.store
+    }
+
+    /// The project's limit of backup bytes (`--max-backup-bytes-per-project`).
+    pub fn max_project_bytes(&self) -> u64 {
+        self.inner.max_project_bytes
+    }
+
+    fn control(&self) -> &ControlPlane {
+        self.inner.router.control()
+    }
+
+    /// Starts the job loop and the collector.
+    pub fn spawn(&self) {
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            let mut last_collect = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(JOB_POLL_MS)).await;
+                jobs.claim_pass().await;
+                if last_collect.elapsed() >= Duration::from_millis(COLLECT_INTERVAL_MS) {
+                    last_collect = Instant::now();
+                    if let Err(e) = jobs.collect().await {
+                        tracing::warn!("backup store collection: {e}");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Marks `id` as running here; `None` when it already is.
+    fn start_running(&self, id: &str) -> Option<Running> {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string())
+            .then(|| Running(self.inner.clone(), id.to_string()))
+    }
+
+    /// Claims the pending jobs this node can run (it holds a replica of the index) and
+    /// whose runner is silent, and runs each in the background.
+    pub async fn claim_pass(&self) {
+        let me = self.control().node_id();
+        let now = now_ms();
+        let free = |claim: &Option<JobClaim>| {
+            claim.as_ref().is_none_or(|c| {
+                c.node == me || now.saturating_sub(c.heartbeat_ms) >= CLAIM_TIMEOUT_MS
+            })
+        };
+        let (backups, restores): (Vec<Backup>, Vec<RestoreJob>) = self.control().read(|s| {
+            let hosts = |group: u64| {
+                s.index_of_group(group)
+                    .is_some_and(|i| i.replicas.contains(&me))
+            };
+            (
+                s.backups
+                    .values()
+                    .filter(|b| b.status == BackupStatus::Pending)
+                    .filter(|b| hosts(b.source_group) && free(&b.claim))
+                    .cloned()
+                    .collect(),
+                s.restore_jobs
+                    .values()
+                    .filter(|j| {
+                        matches!(j.status, RestoreStatus::Pending | RestoreStatus::InProgress)
+                    })
+                    .filter(|j| hosts(j.target_group) && free(&j.claim))
+                    .cloned()
+                    .collect(),
+            )
+        });
+        for backup in backups {
+            if self
+                .inner
+                .router
+                .shards()
+                .get(backup.source_group)
+                .is_none()
+            {
+                continue;
+            }
+            let Some(running) = self.start_running(&backup.id) else {
+                continue;
+            };
+            let claim = new_claim(me);
+            let command = Command::Backup(BackupCommand::Claim {
+                id: backup.id.clone(),
+                claim: claim.clone(),
+            });
+            if let Err(e) = self.control().propose(command).await {
+                tracing::debug!(backup = %backup.id, "claim: {e}");
+                continue;
+            }
+            let jobs = self.clone();
+            tokio::spawn(async move {
+                let _running = running;
+                jobs.backup_job(backup, claim.attempt).await;
+            });
+        }
+        for job in restores {
+            if self.inner.router.shards().get(job.target_group).is_none() {
+                continue;
+            }
+            let Some(running) = self.start_running(&job.id) else {
+                continue;
+            };
+            let claim = new_claim(me);
+            let command = Command::Backup(BackupCommand::ClaimRestore {
+                id: job.id.clone(),
+                claim: claim.clone(),
+            });
+            let job = match self.control().propose(command).await {
+                Ok(Output::RestoreJob(job)) => job,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(job = %job.id, "claim: {e}");
+                    continue;
+                }
+            };
+            let jobs = self.clone();
+            tokio::spawn(async move {
+                let _running = running;
+                jobs.restore_job(job, claim.attempt).await;
+            });
+        }
+    }
+
+    /// The data key of `backup`, unwrapped through its project's key (or KMS key).
+    pub async fn key_of(&self, backup: &Backup) -> Result<DataKey, JobFailure> {
+        let project_key = self
+            .control()
+            .read(|s| s.projects.get(&backup.project_id).map(|p| p.key.clone()))
+            .ok_or_else(|| {
+                JobFailure::Refused(format!("project {} no longer exists", backup.project_id))
+            })?;
+        self.inner
+            .router
+            .shards()
+            .keys()
+            .backup_key(&backup.project_id, &project_key, &backup.id, &backup.key)
+            .await
+            .map_err(JobFailure::Key)
+    }
+
+    /// Checks that `backup` can be restored before anything is created: its key unwraps,
+    /// its manifest is the one written, and every chunk is present, whole and unchanged.
+    pub async fn check_restorable(&self, backup: &Backup) -> Result<Manifest, JobFailure> {
+        let key = self.key_of(backup).await?;
+        let manifest = archive::read_manifest(&self.inner.store, &key, backup)
+            .await
+            .map_err(JobFailure::from)?;
+        archive::verify_chunks(&self.inner.store, backup, &manifest)
+            .await
+            .map_err(JobFailure::from)?;
+        Ok(manifest)
+    }
+
+    /// Writes `backup` under `attempt` and records the outcome.
+    async fn backup_job(&self, backup: Backup, attempt: String) {
+        tracing::info!(backup = %backup.id, index = %backup.source_index, "writing backup");
+        let started = Instant::now();
+        let command = match self.write_backup(&backup, &attempt).await {
+            Ok(contents) => {
+                tracing::info!(
+                    backup = %backup.id,
+                    records = contents.record_count,
+                    bytes = contents.size_bytes,
+                    log_position = contents.log_position,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "backup written"
+                );
+                BackupCommand::Complete {
+                    id: backup.id.clone(),
+                    contents,
+                    max_project_bytes: self.inner.max_project_bytes,
+                }
+            }
+            Err(JobError::ClaimLost) => return,
+            Err(JobError::Failed(reason)) => {
+                tracing::warn!(backup = %backup.id, "backup failed: {reason}");
+                BackupCommand::Fail {
+                    id: backup.id.clone(),
+                    attempt: Some(attempt.clone()),
+                    reason,
+                }
+            }
+        };
+        if let Err(e) = self.control().propose(Command::Backup(command)).await {
+            tracing::warn!(backup = %backup.id, "recording the backup's outcome: {e}");
+        }
+    }
+
+    async fn heartbeat_backup(&self, id: &str, attempt: &str) -> Result<(), JobError> {
+        let command = Command::Backup(BackupCommand::Heartbeat {
+            id: id.to_string(),
+            attempt: attempt.to_string(),
+            at_ms: now_ms(),
+        });
+        match self.control().propose(command).await {
+            Ok(_) => Ok(()),
+            Err(ControlError::Rejected(_)) => Err(JobError::ClaimLost),
+            // An unreachable control plane: the claim goes stale and another node resumes.
+            Err(e) => Err(JobError::Failed(format!("control plane: {e}"))),
+        }
+    }
+
+    /// A consistent copy of the source shard: the state after one log position, read from
+    /// a frozen RocksDB view of this node's replica (taken once it applied every write
+    /// acknowledged before, without holding up writes), sealed in chunks into the store,
+    /// then the manifest.
+    async fn write_backup(
+        &self,
+        backup: &Backup,
+        attempt: &str,
+    ) -> Result<BackupContents, JobError> {
+        let shard = self
+            .inner
+            .router
+            .shards()
+            .get(backup.source_group)
+            .ok_or_else(|| JobError::Failed("the source shard has no replica here".into()))?;
+        shard
+            .group_client(self.control().peers())
+            .linearizable_barrier()
+            .await
+            .map_err(|e| JobError::Failed(format!("source shard: {e}")))?;
+        let key = Arc::new(
+            self.key_of(backup)
+                .await
+                .map_err(|e| JobError::Failed(e.to_string()))?,
+        );
+        let prefix = attempt_prefix(&backup.project_id, &backup.id, attempt);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<SealedChunk>(2);
+        let storage = self.inner.router.shards().storage().clone();
+        let group = backup.source_group;
+        let (id, at) = (backup.id.clone(), attempt.to_string());
+        let producer_key = key.clone();
+        let producer = tokio::task::spawn_blocking(move || {
+            let view = StateView::frozen(&storage, group);
+            let position = conifer_raft::state_machine::applied_index_of(&view)
+                .map_err(|e| MachineError::Inconsistent(e.to_string()))?;
+            let mut writer = ChunkWriter::new(&producer_key, &id, &at);
+            let send = |chunk: SealedChunk| {
+                tx.blocking_send(chunk)
+                    .map_err(|_| MachineError::Inconsistent("the backup writer stopped".into()))
+            };
+            let names = crate::shard::store::scan_records(&view, |namespace, id, record| {
+                match writer.add(namespace, id, record) {
+                    Some(chunk) => send(chunk),
+                    None => Ok(()),
+                }
+            })?;
+            for name in &names {
+                writer.namespace(name);
+            }
+            let (last, namespaces) = writer.finish();
+            if let Some(chunk) = last {
+                send(chunk)?;
+            }
+            Ok::<_, MachineError>((position, namespaces))
+        });
+        let mut chunks = Vec::new();
+        let mut size_bytes = 0u64;
+        let mut beat = Instant::now();
+        while let Some(chunk) = rx.recv().await {
+            if chunk.n != chunks.len() {
+                return Err(JobError::Failed("chunks out of order".into()));
+            }
+            size_bytes += chunk.entry.sealed_bytes;
+            self.inner
+                .store
+                .put(&chunk_key(&prefix, chunk.n), chunk.bytes)
+                .await
+                .map_err(|e| JobError::Failed(e.to_string()))?;
+            chunks.push(chunk.entry);
+            if beat.elapsed() >= Duration::from_millis(HEARTBEAT_MS) {
+                beat = Instant::now();
+                self.heartbeat_backup(&backup.id, attempt).await?;
+            }
+        }
+        let (log_position, namespaces) = producer
+            .await
+            .map_err(|e| JobError::Failed(format!("reading the shard: {e}")))?
+            .map_err(|e| JobError::Failed(format!("reading the shard: {e}")))?;
+        let record_count = chunks.iter().map(|c| c.records).sum();
+        let records_digest = archive::set_digest(&namespaces);
+        let manifest = Manifest {
+            backup_id: backup.id.clone(),
+            project_id: backup.project_id.clone(),
+            attempt: attempt.to_string(),
+            source_index: backup.source_index.clone(),
+            dimension: backup.dimension,
+            metric: backup.metric.as_str().to_string(),
+            log_position,
+            record_count,
+            namespaces,
+            records_digest: records_digest.clone(),
+            chunks: chunks.clone(),
+            created_at: crate::now_rfc3339(),
+        };
+        let sealed = archive::seal_manifest(&key, &manifest);
+        let manifest_sha256 = archive::sha256_hex(&sealed);
+        size_bytes += sealed.len() as u64;
+        self.inner
+            .store
+            .put(&manifest_key(&prefix), sealed)
+            .await
+            .map_err(|e| JobError::Failed(e.to_string()))?;
+        Ok(BackupContents {
+            attempt: attempt.to_string(),
+            log_position,
+            record_count,
+            namespace_count: manifest.namespaces.len() as u64,
+            chunks: chunks.len() as u32,
+            size_bytes,
+            records_digest,
+            manifest_sha256,
+        })
+    }
+
+    /// Runs restore `job` under `attempt` and records the outcome; a failure removes the
+    /// target index.
+    async fn restore_job(&self, job: RestoreJob, attempt: String) {
+        tracing::info!(job = %job.id, index = %job.target_index, from_chunk = job.chunks_done, "restoring");
+        let started = Instant::now();
+        let command = match self.restore(&job, &attempt).await {
+            Ok(()) => {
+                tracing::info!(
+                    job = %job.id,
+                    index = %job.target_index,
+                    records = job.records_total,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "restore complete"
+                );
+                BackupCommand::FinishRestore {
+                    id: job.id.clone(),
+                    attempt,
+                    at: crate::now_rfc3339(),
+                }
+            }
+            Err(JobError::ClaimLost) => return,
+            Err(JobError::Failed(reason)) => {
+                tracing::warn!(job = %job.id, "restore failed: {reason}");
+                BackupCommand::FailRestore {
+                    id: job.id.clone(),
+                    attempt: Some(attempt),
+                    reason,
+                    at: crate::now_rfc3339(),
+                }
+            }
+        };
+        if let Err(e) = self.control().propose(Command::Backup(command)).await {
+            tracing::warn!(job = %job.id, "recording the restore's outcome: {e}");
+        }
+    }
+
+    /// The local replica of `group` once its group has a leader.
+    async fn target(&self, group: u64) -> Result<Target, JobError> {
+        let deadline = Instant::now() + Duration::from_millis(TARGET_WAIT_MS);
+        loop {
+            if let Some(target) = self.inner.router.local_target(group) {
+                if target
+                    .shard
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .current_leader
+                    .is_some()
+                {
+                    return Ok(target);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(JobError::Failed(format!(
+                    "the new index's shard group {group} has no leader after {TARGET_WAIT_MS} ms"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Writes one batch into the target shard, again while the shard is unavailable (an
+    /// upsert of the same records is idempotent, so a write whose outcome is unknown is
+    /// simply sent again).
+    async fn write_batch(
+        &self,
+        target: &Target,
+        namespace: &str,
+        records: Vec<(String, Record)>,
+    ) -> Result<(), JobError> {
+        let router = &self.inner.router;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let command = match router.project_records_elsewhere(target).await? {
+                None => ShardCommand::Upsert {
+                    namespace: namespace.to_string(),
+                    records: records.clone(),
+                },
+                Some(elsewhere) => ShardCommand::UpsertInProject {
+                    namespace: namespace.to_string(),
+                    records: records.clone(),
+                    elsewhere,
+                    project_limit: router.max_records_per_project(),
+                },
+            };
+            match router.write(target, command).await {
+                Ok(_) => return Ok(()),
+                Err(DataError::Unavailable(m) | DataError::Indeterminate(m))
+                    if attempt < RESTORE_WRITE_ATTEMPTS =>
+                {
+                    tracing::debug!("restore write: {m}; again");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn restore(&self, job: &RestoreJob, attempt: &str) -> Result<(), JobError> {
+        let backup = self
+            .control()
+            .read(|s| s.backups.get(&job.backup_id).cloned())
+            .ok_or_else(|| JobError::Failed(format!("backup '{}' is gone", job.backup_id)))?;
+        let key = self
+            .key_of(&backup)
+            .await
+            .map_err(|e| JobError::Failed(e.to_string()))?;
+        let store = &self.inner.store;
+        let manifest = archive::read_manifest(store, &key, &backup).await?;
+        let target = self.target(job.target_group).await?;
+        if job.chunks_done == 0 {
+            for ns in &manifest.namespaces {
+                let command = ShardCommand::CreateNamespace {
+                    name: ns.name.clone(),
+                };
+                match self.inner.router.write(&target, command).await {
+                    Ok(_) | Err(DataError::AlreadyExists(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let mut restored = job.records_restored;
+        for n in job.chunks_done as usize..manifest.chunks.len() {
+            let records = archive::read_chunk(store, &key, &backup, &manifest, n).await?;
+            for (namespace, batch) in batches(records) {
+                self.write_batch(&target, &namespace, batch).await?;
+            }
+            restored += manifest.chunks[n].records;
+            let progress = Command::Backup(BackupCommand::RestoreProgress {
+                id: job.id.clone(),
+                attempt: attempt.to_string(),
+                chunks_done: n as u32 + 1,
+                records_restored: restored,
+                at_ms: now_ms(),
+            });
+            match self.control().propose(progress).await {
+                Ok(_) => {}
+                Err(ControlError::Rejected(_)) => return Err(JobError::ClaimLost),
+                Err(e) => return Err(JobError::Failed(format!("control plane: {e}"))),
+            }
+        }
+        self.check_restored(&target, &manifest).await
+    }
+
+    /// Compares the target replica, once it applied every write of the restore, with the
+    /// manifest: each namespace's record count and digest.
+    async fn check_restored(&self, target: &Target, manifest: &Manifest) -> Result<(), JobError> {
+        target
+            .shard
+            .group_client(self.control().peers())
+            .linearizable_barrier()
+            .await
+            .map_err(|e| JobError::Failed(format!("new index: {e}")))?;
+        let machine = target.shard.state.read();
+        for ns in &manifest.namespaces {
+            let (count, digest) = machine
+                .namespace(&ns.name)
+                .map(|n| (n.len() as u64, n.digest()))
+                .unwrap_or((0, String::new()));
+            if count != ns.records || digest != ns.digest {
+                return Err(JobError::Failed(format!(
+                    "the restored namespace '{}' holds {count} records (digest {digest}); the \
+                     backup holds {} (digest {})",
+                    ns.name, ns.records, ns.digest
+                )));
+            }
+        }
+        let total = machine.record_count() as u64;
+        if total != manifest.record_count {
+            return Err(JobError::Failed(format!(
+                "the new index holds {total} records; the backup holds {}",
+                manifest.record_count
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes from the store what the control plane lists no more: projects and backups
+    /// deleted, failed backups, and attempts other than the one a backup is or was
+    /// written by. Runs on the control-plane leader. The store is listed before the state
+    /// is read (after a barrier), so a folder a runner has just begun is always known.
+    pub async fn collect(&self) -> Result<(), String> {
+        let me = Some(self.control().node_id());
+        if self.control().raft().metrics().borrow().current_leader != me {
+            return Ok(());
+        }
+        let store = &self.inner.store;
+        let mut listed: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        let projects = store.list("").await.map_err(|e| e.to_string())?;
+        for project in &projects {
+            for backup in store
+                .list(&format!("{project}/"))
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                let attempts = store
+                    .list(&format!("{project}/{backup}/"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                listed.insert((project.clone(), backup), attempts);
+            }
+        }
+        self.control()
+            .linearizable_barrier()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (live_projects, backups) = self.control().read(|s| {
+            (
+                s.projects.keys().cloned().collect::<HashSet<_>>(),
+                s.backups.clone(),
+            )
+        });
+        for project in &projects {
+            if !live_projects.contains(project) {
+                tracing::info!(project, "removing the backups of a deleted project");
+                store
+                    .delete_prefix(&format!("{project}/"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        for ((project, id), attempts) in listed {
+            if !live_projects.contains(&project) {
+                continue;
+            }
+            let keep: Option<String> = match backups.get(&id) {
+                Some(b) if b.project_id == project => match b.status {
+                    BackupStatus::Ready => b.contents.as_ref().map(|c| c.attempt.clone()),
+                    BackupStatus::Pending => b.claim.as_ref().map(|c| c.attempt.clone()),
+                    BackupStatus::Failed => None,
+                },
+                _ => None,
+            };
+            let pending = backups
+                .get(&id)
+                .is_some_and(|b| b.status == BackupStatus::Pending && b.claim.is_none());
+            for attempt in attempts {
+                if Some(&attempt) != keep.as_ref() && !pending {
+                    tracing::info!(backup = %id, attempt, "removing backup files no backup lists");
+                    store
+                        .delete_prefix(&format!("{project}/{id}/{attempt}/"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            if keep.is_none() && !pending {
+                store
+                    .delete_prefix(&format!("{project}/{id}/"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a backup cannot be read or restored, as the API answers it.
+#[derive(Debug, thiserror::Error)]
+pub enum JobFailure {
+    /// Its key does not unwrap (a denied or disabled KMS key: 412; unreachable: 503).
+    #[error(transparent)]
+    Key(crate::crypto::CryptoError),
+    /// Its files are damaged, missing or from elsewhere.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The backup store failed.
+    #[error("{0}")]
+    Store(String),
+    /// It cannot be restored in this state.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl JobFailure {
+    /// Pinecone's error code of the failure (`api::error::CODES` gives its statuses): the
+    /// key's own, `FAILED_PRECONDITION` for a damaged backup or a refused state,
+    /// `UNAVAILABLE` when the store cannot be reached.
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            JobFailure::Key(e) => e.error_code(),
+            JobFailure::Corrupt(_) | JobFailure::Refused(_) => "FAILED_PRECONDITION",
+            JobFailure::Store(_) => "UNAVAILABLE",
+        }
+    }
+}
+
+impl From<ArchiveError> for JobFailure {
+    fn from(e: ArchiveError) -> Self {
+        match e {
+            ArchiveError::Corrupt(m) => JobFailure::Corrupt(m),
+            ArchiveError::Store(e) => JobFailure::Store(e.to_string()),
+        }
+    }
+}
+
+fn new_claim(node: u64) -> JobClaim {
+    JobClaim {
+        node,
+        attempt: uuid::Uuid::new_v4().simple().to_string(),
+        heartbeat_ms: now_ms(),
+    }
+}
+
+/// A chunk's records as upsert batches: by namespace, each at most
+/// [`RESTORE_BATCH_RECORDS`] records and about [`RESTORE_BATCH_BYTES`].
+fn batches(records: Vec<(String, String, Record)>) -> Vec<(String, Vec<(String, Record)>)> {
+    let mut by_namespace: BTreeMap<String, Vec<(String, Record)>> = BTreeMap::new();
+    for (namespace, id, record) in records {
+        by_namespace
+            .entry(namespace)
+            .or_default()
+            .push((id, record));
+    }
+    let mut out = Vec::new();
+    for (namespace, records) in by_namespace {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for (id, record) in records {
+            let size = id.len()
+                + record.values.len() * 4
+                + record.metadata.as_ref().map_or(0, String::len)
+                + record.sparse.as_ref().map_or(0, |(i, _)| i.len() * 8);
+            if !batch.is_empty()
+                && (batch.len() >= RESTORE_BATCH_RECORDS || bytes + size > RESTORE_BATCH_BYTES)
+            {
+                out.push((namespace.clone(), std::mem::take(&mut batch)));
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push((id, record));
+        }
+        if !batch.is_empty() {
+            out.push((namespace, batch));
+        }
+    }
+    out
+}
