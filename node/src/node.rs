@@ -113,6 +113,8 @@ pub struct ServeConfig {
     pub backup_store: BackupStoreConfig,
     /// Most bytes of backups one project holds.
     pub max_backup_bytes_per_project: u64,
+    /// Plaintext bytes of records per backup chunk.
+    pub backup_chunk_bytes: usize,
     /// Index port range (first, last), inclusive; `None`: index hosts are host names.
     pub index_ports: Option<(u16, u16)>,
     /// Lifetime of issued bearer tokens, in seconds.
@@ -457,6 +459,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         router.clone(),
         config.backup_store.open()?,
         config.max_backup_bytes_per_project,
+        config.backup_chunk_bytes,
     );
     tracing::info!(store = %backups.store().describe(), "backup store");
 

@@ -361,6 +361,17 @@ impl Cluster {
         if let Some(private) = &private {
             args.extend(["--private-api-addr".to_string(), private.clone()]);
         }
+        // One backup store for the whole cluster (as a shared directory would be), unless
+        // the options choose another.
+        if !args
+            .iter()
+            .any(|a| a == "--backup-dir" || a == "--backup-s3-bucket")
+        {
+            args.extend([
+                "--backup-dir".to_string(),
+                self.backup_dir().display().to_string(),
+            ]);
+        }
         let tls_dir = self.dir.path().join(format!("tls-{id}"));
         let kind = LeafKind::Node {
             id,
@@ -393,6 +404,11 @@ impl Cluster {
         self.nodes.push(node);
         self.wait_serving(id).await?;
         Ok(id)
+    }
+
+    /// The backup store every node shares (`--backup-dir`), unless the options name another.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.dir.path().join("backups")
     }
 
     /// The node with id `id`.

@@ -96,6 +96,10 @@ struct World {
     spare_user_id: String,
     spare_sa_id: String,
     spare_member_id: String,
+    /// A ready backup of [`INDEX`], its collection and a restore job from it.
+    spare_backup_id: String,
+    spare_collection: String,
+    spare_restore_job_id: String,
 }
 
 /// One prepared request.
@@ -155,6 +159,29 @@ impl World {
             status.is_success(),
             "operator {method} {path}: {status} {v}"
         );
+        v
+    }
+
+    /// A successful call with the bootstrap project's editor key.
+    async fn operator_as_key(
+        &self,
+        via: u64,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
+        let mut r = self
+            .cluster
+            .http
+            .request(method.clone(), self.url(via, path))
+            .header("Api-Key", self.cluster.api_key());
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("key request");
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
         v
     }
 
@@ -281,6 +308,44 @@ impl World {
             .header("Api-Key", self.cluster.api_key())
             .json(&json!({"name": name, "dimension": 2, "metric": "cosine",
                 "spec": {"serverless": {"cloud": "aws", "region": "us-east-1"}}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            201,
+            "{}",
+            resp.text().await.unwrap()
+        );
+        name
+    }
+
+    /// A backup of [`INDEX`] (pending or ready).
+    async fn fresh_backup(&self, via: u64) -> String {
+        let resp = self
+            .cluster
+            .http
+            .post(self.url(via, &format!("/indexes/{INDEX}/backups")))
+            .header("Api-Key", self.cluster.api_key())
+            .json(&json!({"name": uid()}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 201, "{v}");
+        v["backup_id"].as_str().unwrap().to_string()
+    }
+
+    /// A collection of [`INDEX`].
+    async fn fresh_collection(&self, via: u64) -> String {
+        let name = format!("c{}", &uid()[..8]);
+        let resp = self
+            .cluster
+            .http
+            .post(self.url(via, "/collections"))
+            .header("Api-Key", self.cluster.api_key())
+            .json(&json!({"name": name, "source": INDEX}))
             .send()
             .await
             .unwrap();
@@ -1090,6 +1155,140 @@ fn rest_cases() -> Vec<Case> {
         ),
         case(
             "POST",
+            "/indexes/{name}/backups",
+            INDEX_WRITERS,
+            NOT_IN_A,
+            201,
+            prep!(|w, via, p, fresh| req(
+                Method::POST,
+                format!("/indexes/{INDEX}/backups"),
+                Some(json!({"name": "matrix", "description": "an attempt"}))
+            )),
+        ),
+        case(
+            "GET",
+            "/indexes/{name}/backups",
+            INDEX_READERS,
+            NOT_IN_A,
+            200,
+            prep!(|w, via, p, fresh| req(Method::GET, format!("/indexes/{INDEX}/backups"), None)),
+        ),
+        case(
+            "GET",
+            "/backups",
+            INDEX_READERS,
+            NOT_IN_A,
+            200,
+            prep!(|w, via, p, fresh| req(Method::GET, "/backups?limit=5", None)),
+        ),
+        case(
+            "GET",
+            "/backups/{id}",
+            INDEX_READERS,
+            NOT_IN_A,
+            200,
+            prep!(|w, via, p, fresh| req(
+                Method::GET,
+                format!("/backups/{}", w.spare_backup_id),
+                None
+            )),
+        ),
+        case(
+            "DELETE",
+            "/backups/{id}",
+            INDEX_WRITERS,
+            NOT_IN_A,
+            202,
+            prep!(|w, via, p, fresh| {
+                let id = if fresh {
+                    w.fresh_backup(via).await
+                } else {
+                    w.spare_backup_id.clone()
+                };
+                req(Method::DELETE, format!("/backups/{id}"), None)
+            }),
+        ),
+        case(
+            "POST",
+            "/backups/{id}/create-index",
+            INDEX_WRITERS,
+            NOT_IN_A,
+            202,
+            prep!(|w, via, p, fresh| req(
+                Method::POST,
+                format!("/backups/{}/create-index", w.spare_backup_id),
+                Some(json!({"name": format!("r{}", &uid()[..8]), "replicas": 1}))
+            )),
+        ),
+        case(
+            "GET",
+            "/restore-jobs",
+            INDEX_READERS,
+            NOT_IN_A,
+            200,
+            prep!(|w, via, p, fresh| req(Method::GET, "/restore-jobs", None)),
+        ),
+        case(
+            "GET",
+            "/restore-jobs/{id}",
+            INDEX_READERS,
+            NOT_IN_A,
+            200,
+            prep!(|w, via, p, fresh| req(
+                Method::GET,
+                format!("/restore-jobs/{}", w.spare_restore_job_id),
+                None
+            )),
+        ),
+        case(
+            "POST",
+            "/collections",
+            INDEX_WRITERS,
+            NOT_IN_A,
+            201,
+            prep!(|w, via, p, fresh| req(
+                Method::POST,
+                "/collections",
+                Some(json!({"name": format!("c{}", &uid()[..8]), "source": INDEX}))
+            )),
+        ),
+        case(
+            "GET",
+            "/collections",
+            INDEX_READERS,
+            NOT_IN_A,
+            200,
+            prep!(|w, via, p, fresh| req(Method::GET, "/collections", None)),
+        ),
+        case(
+            "GET",
+            "/collections/{name}",
+            INDEX_READERS,
+            NOT_IN_A,
+            200,
+            prep!(|w, via, p, fresh| req(
+                Method::GET,
+                format!("/collections/{}", w.spare_collection),
+                None
+            )),
+        ),
+        case(
+            "DELETE",
+            "/collections/{name}",
+            INDEX_WRITERS,
+            NOT_IN_A,
+            202,
+            prep!(|w, via, p, fresh| {
+                let name = if fresh {
+                    w.fresh_collection(via).await
+                } else {
+                    w.spare_collection.clone()
+                };
+                req(Method::DELETE, format!("/collections/{name}"), None)
+            }),
+        ),
+        case(
+            "POST",
             "/vectors/upsert",
             DATA_WRITERS,
             NOT_IN_A,
@@ -1298,6 +1497,9 @@ async fn build_world() -> World {
         spare_user_id: String::new(),
         spare_sa_id: String::new(),
         spare_member_id: String::new(),
+        spare_backup_id: String::new(),
+        spare_collection: String::new(),
+        spare_restore_job_id: String::new(),
     };
     let w = &mut world;
     w.cluster
@@ -1313,6 +1515,32 @@ async fn build_world() -> World {
         .await
         .unwrap();
     assert_eq!(upsert.status().as_u16(), 200);
+
+    // A ready backup of the index, a collection, and a restore job from the backup.
+    w.spare_backup_id = w.fresh_backup(1).await;
+    w.spare_collection = w.fresh_collection(1).await;
+    let backup_url = format!("/backups/{}", w.spare_backup_id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let b = w.operator_as_key(1, Method::GET, &backup_url, None).await;
+        if b["status"] == "Ready" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backup not ready: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let job = w
+        .operator_as_key(
+            1,
+            Method::POST,
+            &format!("{backup_url}/create-index"),
+            Some(json!({"name": "restored", "replicas": 1})),
+        )
+        .await;
+    w.spare_restore_job_id = job["restore_job_id"].as_str().unwrap().to_string();
 
     // Keys of project A, one per role; one of project B; one revoked.
     for (name, role) in [

@@ -142,6 +142,9 @@ fn restore_job_json(j: &RestoreJob, schema_shape: bool) -> Value {
         "records_restored": j.records_restored,
         "records_total": j.records_total,
     });
+    if let Some(claim) = &j.claim {
+        out["runner_node"] = json!(claim.node);
+    }
     if let Some(reason) = &j.failure {
         out["error"] = json!(reason);
     }
@@ -469,7 +472,8 @@ pub(super) struct RestoreTarget {
     pub(super) name: String,
     pub(super) tags: Option<Map<String, Value>>,
     pub(super) deletion_protection: bool,
-    pub(super) replicas: usize,
+    /// Replicas asked for (`None`: up to [`SHARD_REPLICAS`], as the cluster has nodes).
+    pub(super) replicas: Option<usize>,
     pub(super) hnsw: Option<HnswParams>,
     /// The new index's spec (JSON text); `None`: the source index's.
     pub(super) spec_json: Option<String>,
@@ -494,13 +498,17 @@ pub(super) async fn start_restore(
         ));
     }
     state.backups.check_restorable(backup).await?;
-    let replicas = place(state, target.replicas);
-    if replicas.len() < target.replicas {
+    let replicas = place(state, target.replicas.unwrap_or(SHARD_REPLICAS));
+    if let Some(asked) = target.replicas.filter(|n| replicas.len() < *n) {
         return Err(ApiError::invalid(format!(
-            "'replicas' is {}; the cluster has {} members",
-            target.replicas,
+            "'replicas' is {asked}; the cluster has {} members",
             replicas.len()
         )));
+    }
+    if replicas.is_empty() {
+        return Err(ApiError::unavailable(
+            "the cluster has no members to place the index on",
+        ));
     }
     let (project_key, cmek) = project_keys(state, project_id)?;
     let keys = state
@@ -559,12 +567,12 @@ pub(super) async fn start_restore(
 }
 
 /// The number of replicas asked for (Conifer's extension `replicas`, 1 to
-/// [`SHARD_REPLICAS`]; default [`SHARD_REPLICAS`]).
-pub(super) fn replica_count(value: Option<&Value>) -> Result<usize, ApiError> {
+/// [`SHARD_REPLICAS`]).
+pub(super) fn replica_count(value: Option<&Value>) -> Result<Option<usize>, ApiError> {
     match value {
-        None | Some(Value::Null) => Ok(SHARD_REPLICAS),
+        None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
-            Some(n) if (1..=SHARD_REPLICAS as u64).contains(&n) => Ok(n as usize),
+            Some(n) if (1..=SHARD_REPLICAS as u64).contains(&n) => Ok(Some(n as usize)),
             _ => Err(ApiError::invalid(format!(
                 "'replicas' is {v}; it must be an integer from 1 to {SHARD_REPLICAS}"
             ))),

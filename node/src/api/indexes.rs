@@ -658,7 +658,7 @@ pub async fn create(
             tags: req.tags.clone().filter(|t| !t.is_empty()),
             deletion_protection: parse_protection(req.deletion_protection.as_deref())?
                 .unwrap_or(false),
-            replicas: SHARD_REPLICAS,
+            replicas: None,
             hnsw: None,
             spec_json: Some(Value::Object(req.spec.clone()).to_string()),
         };

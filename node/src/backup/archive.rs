@@ -20,8 +20,11 @@ use crate::crypto::DataKey;
 use crate::shard::command::Record;
 use crate::shard::namespace::{record_hash, records_digest};
 
-/// Plaintext bytes of records gathered into one chunk before it is sealed and stored.
-pub const CHUNK_BYTES: usize = 4 << 20;
+/// Plaintext bytes of records gathered into one chunk before it is sealed and stored,
+/// unless `serve --backup-chunk-bytes` says otherwise.
+pub const DEFAULT_CHUNK_BYTES: usize = 4 << 20;
+/// Bounds of `--backup-chunk-bytes`.
+pub const CHUNK_BYTES_RANGE: std::ops::RangeInclusive<usize> = (64 << 10)..=(64 << 20);
 /// Format of a chunk's plaintext.
 pub const CHUNK_FORMAT: Format = Format::new("backup chunk", 1);
 /// Format of a manifest's plaintext.
@@ -140,6 +143,7 @@ pub struct ChunkWriter<'a> {
     attempt: String,
     pending: Vec<(String, String, Record)>,
     pending_bytes: usize,
+    chunk_bytes: usize,
     next: usize,
     hashes: BTreeMap<String, Vec<(String, [u8; 32])>>,
 }
@@ -155,20 +159,22 @@ pub struct SealedChunk {
 }
 
 impl<'a> ChunkWriter<'a> {
-    /// A writer for attempt `attempt` of backup `backup_id`, sealing with `key`.
-    pub fn new(key: &'a DataKey, backup_id: &str, attempt: &str) -> Self {
+    /// A writer for attempt `attempt` of backup `backup_id`, sealing with `key` chunks of
+    /// about `chunk_bytes` of records.
+    pub fn new(key: &'a DataKey, backup_id: &str, attempt: &str, chunk_bytes: usize) -> Self {
         Self {
             key,
             backup_id: backup_id.to_string(),
             attempt: attempt.to_string(),
             pending: Vec::new(),
             pending_bytes: 0,
+            chunk_bytes,
             next: 0,
             hashes: BTreeMap::new(),
         }
     }
 
-    /// Adds a record; returns a chunk once [`CHUNK_BYTES`] are gathered.
+    /// Adds a record; returns a chunk once the chunk size is reached.
     pub fn add(&mut self, namespace: &str, id: String, record: Record) -> Option<SealedChunk> {
         let hashes = self.hashes.entry(namespace.to_string()).or_default();
         hashes.push((id.clone(), record_hash(&id, &record)));
@@ -181,7 +187,7 @@ impl<'a> ChunkWriter<'a> {
                 .as_ref()
                 .map_or(0, |(indices, _)| indices.len() * 8);
         self.pending.push((namespace.to_string(), id, record));
-        (self.pending_bytes >= CHUNK_BYTES).then(|| self.seal())
+        (self.pending_bytes >= self.chunk_bytes).then(|| self.seal())
     }
 
     /// Notes a namespace (so an empty one is in the manifest too).
@@ -401,8 +407,8 @@ mod tests {
     #[test]
     fn chunks_seal_per_position_and_digests_ignore_the_order_records_came_in() {
         let key = DataKey::from_bytes([3; 32]);
-        let mut a = ChunkWriter::new(&key, "b1", "t1");
-        let mut b = ChunkWriter::new(&key, "b1", "t1");
+        let mut a = ChunkWriter::new(&key, "b1", "t1", DEFAULT_CHUNK_BYTES);
+        let mut b = ChunkWriter::new(&key, "b1", "t1", DEFAULT_CHUNK_BYTES);
         a.namespace("empty");
         b.namespace("empty");
         for i in 0..10 {

@@ -73,6 +73,7 @@ struct Inner {
     router: Router,
     store: BackupStore,
     max_project_bytes: u64,
+    chunk_bytes: usize,
     running: Mutex<HashSet<String>>,
 }
 
@@ -90,14 +91,20 @@ impl Drop for Running {
 }
 
 impl Backups {
-    /// The jobs of a node routing through `router`, keeping backups in `store`, holding each
-    /// project to `max_project_bytes` of them.
-    pub fn new(router: Router, store: BackupStore, max_project_bytes: u64) -> Self {
+    /// The jobs of a node routing through `router`, keeping backups in `store` in chunks of
+    /// about `chunk_bytes`, holding each project to `max_project_bytes` of them.
+    pub fn new(
+        router: Router,
+        store: BackupStore,
+        max_project_bytes: u64,
+        chunk_bytes: usize,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 router,
                 store,
                 max_project_bytes,
+                chunk_bytes,
                 running: Mutex::new(HashSet::new()),
             }),
         }
@@ -342,12 +349,13 @@ impl Backups {
         let storage = self.inner.router.shards().storage().clone();
         let group = backup.source_group;
         let (id, at) = (backup.id.clone(), attempt.to_string());
+        let chunk_bytes = self.inner.chunk_bytes;
         let producer_key = key.clone();
         let producer = tokio::task::spawn_blocking(move || {
             let view = StateView::frozen(&storage, group);
             let position = conifer_raft::state_machine::applied_index_of(&view)
                 .map_err(|e| MachineError::Inconsistent(e.to_string()))?;
-            let mut writer = ChunkWriter::new(&producer_key, &id, &at);
+            let mut writer = ChunkWriter::new(&producer_key, &id, &at, chunk_bytes);
             let send = |chunk: SealedChunk| {
                 tx.blocking_send(chunk)
                     .map_err(|_| MachineError::Inconsistent("the backup writer stopped".into()))
@@ -555,6 +563,13 @@ impl Backups {
                 self.write_batch(&target, &namespace, batch).await?;
             }
             restored += manifest.chunks[n].records;
+            // Tests slow a restore down here to stop its node mid-job.
+            #[cfg(feature = "failpoints")]
+            if let Some(ms) = fail::eval("conifer::restore::after_chunk", |arg| {
+                arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(1_000)
+            }) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             let progress = Command::Backup(BackupCommand::RestoreProgress {
                 id: job.id.clone(),
                 attempt: attempt.to_string(),

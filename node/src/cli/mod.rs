@@ -292,6 +292,11 @@ pub struct ServeArgs {
     /// least 1). Give every node the same value.
     #[arg(long, env = "CONIFER_MAX_BACKUP_BYTES_PER_PROJECT", default_value_t = crate::control::backups::DEFAULT_MAX_BACKUP_BYTES_PER_PROJECT)]
     pub max_backup_bytes_per_project: u64,
+    /// Bytes of records gathered into each backup chunk before it is sealed and stored
+    /// (64 KiB to 64 MiB): larger chunks mean fewer objects, smaller ones finer restore
+    /// progress and less memory per job.
+    #[arg(long, env = "CONIFER_BACKUP_CHUNK_BYTES", default_value_t = crate::backup::archive::DEFAULT_CHUNK_BYTES)]
+    pub backup_chunk_bytes: usize,
 }
 
 /// Shortest `--key-cache-ttl-ms`.
@@ -530,6 +535,15 @@ impl ServeArgs {
         if self.max_records_per_project == 0 {
             return Err("--max-records-per-project must be at least 1".into());
         }
+        let chunks = crate::backup::archive::CHUNK_BYTES_RANGE;
+        if !chunks.contains(&self.backup_chunk_bytes) {
+            return Err(format!(
+                "--backup-chunk-bytes is {}; it must be {} to {}",
+                self.backup_chunk_bytes,
+                chunks.start(),
+                chunks.end()
+            ));
+        }
         if self.max_backup_bytes_per_project == 0 {
             return Err("--max-backup-bytes-per-project must be at least 1".into());
         }
@@ -591,6 +605,7 @@ impl ServeArgs {
             max_records_per_project: self.max_records_per_project,
             backup_store,
             max_backup_bytes_per_project: self.max_backup_bytes_per_project,
+            backup_chunk_bytes: self.backup_chunk_bytes,
             index_ports,
             token_ttl_s: self.token_ttl_s,
             engine: EngineConfig {
