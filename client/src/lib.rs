@@ -336,6 +336,105 @@ impl AdminClient {
         self.delete(&format!("/indexes/{}", segment(name))).await
     }
 
+    /// `DELETE /indexes/{name}?delete_backups=true`: the index and its backups and
+    /// collections.
+    pub async fn delete_index_and_backups(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/indexes/{}?delete_backups=true", segment(name)))
+            .await
+    }
+
+    /// `POST /indexes/{name}/backups` (`name`, `description`): the backup model, status
+    /// `Initializing` until written.
+    pub async fn create_backup(&self, index: &str, body: Value) -> Result<Value, ClientError> {
+        self.post(&format!("/indexes/{}/backups", segment(index)), body)
+            .await
+    }
+
+    /// `GET /backups`, or `GET /indexes/{index}/backups`: every backup, page by page.
+    pub async fn list_backups(&self, index: Option<&str>) -> Result<Vec<Value>, ClientError> {
+        let path = match index {
+            Some(index) => format!("/indexes/{}/backups", segment(index)),
+            None => "/backups".to_string(),
+        };
+        self.all_pages(&path).await
+    }
+
+    /// `GET /backups/{id}`.
+    pub async fn describe_backup(&self, id: &str) -> Result<Value, ClientError> {
+        self.get(&format!("/backups/{}", segment(id))).await
+    }
+
+    /// `DELETE /backups/{id}`.
+    pub async fn delete_backup(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/backups/{}", segment(id))).await
+    }
+
+    /// `POST /backups/{id}/create-index` (`name`, `tags`, `deletion_protection`,
+    /// `replicas`, `hnsw`): `{restore_job_id, index_id}`.
+    pub async fn create_index_from_backup(
+        &self,
+        id: &str,
+        body: Value,
+    ) -> Result<Value, ClientError> {
+        self.post(&format!("/backups/{}/create-index", segment(id)), body)
+            .await
+    }
+
+    /// `GET /restore-jobs`: every restore job, page by page.
+    pub async fn list_restore_jobs(&self) -> Result<Vec<Value>, ClientError> {
+        self.all_pages("/restore-jobs").await
+    }
+
+    /// `GET /restore-jobs/{id}`: status, `percent_complete`, records restored.
+    pub async fn describe_restore_job(&self, id: &str) -> Result<Value, ClientError> {
+        self.get(&format!("/restore-jobs/{}", segment(id))).await
+    }
+
+    /// `POST /collections` (`name`, `source`): the collection model.
+    pub async fn create_collection(&self, name: &str, source: &str) -> Result<Value, ClientError> {
+        self.post("/collections", json!({"name": name, "source": source}))
+            .await
+    }
+
+    /// `GET /collections`.
+    pub async fn list_collections(&self) -> Result<Vec<Value>, ClientError> {
+        Ok(self.get("/collections").await?["collections"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// `GET /collections/{name}`.
+    pub async fn describe_collection(&self, name: &str) -> Result<Value, ClientError> {
+        self.get(&format!("/collections/{}", segment(name))).await
+    }
+
+    /// `DELETE /collections/{name}`.
+    pub async fn delete_collection(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/collections/{}", segment(name)))
+            .await
+    }
+
+    /// Every item of a Pinecone list (`data`, `pagination.next`), following its pages.
+    async fn all_pages(&self, path: &str) -> Result<Vec<Value>, ClientError> {
+        let mut items = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = match &token {
+                None => self.get(&format!("{path}?limit=100")).await?,
+                Some(t) => {
+                    self.get(&format!("{path}?limit=100&paginationToken={}", segment(t)))
+                        .await?
+                }
+            };
+            items.extend(page["data"].as_array().cloned().unwrap_or_default());
+            match page["pagination"]["next"].as_str() {
+                Some(next) => token = Some(next.to_string()),
+                None => return Ok(items),
+            }
+        }
+    }
+
     /// A data-plane call (`/vectors/upsert`, `/query`, `/namespaces`, …) on `index`,
     /// sent to this node's client port with the [`INDEX_HEADER`]: the JSON answer.
     pub async fn data(

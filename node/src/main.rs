@@ -56,6 +56,13 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         Commands::Index(args) => client()?.block_on(data::run_index(args)),
         Commands::Vectors(args) => client()?.block_on(data::run_vectors(args)),
         Commands::Namespace(args) => client()?.block_on(data::run_namespace(args)),
+        Commands::Backup(args) => client()?.block_on(conifer_node::cli::backup::run_backup(args)),
+        Commands::RestoreJob(args) => {
+            client()?.block_on(conifer_node::cli::backup::run_restore_job(args))
+        }
+        Commands::Collection(args) => {
+            client()?.block_on(conifer_node::cli::backup::run_collection(args))
+        }
         Commands::Serve(args) => {
             let serve_matches = matches.subcommand_matches("serve").unwrap_or(matches);
             let args = args.with_config_file(serve_matches).map_err(exit::Usage)?;

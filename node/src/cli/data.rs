@@ -61,7 +61,7 @@ pub struct DataConnection {
 }
 
 impl DataConnection {
-    fn client(&self) -> anyhow::Result<AdminClient> {
+    pub(super) fn client(&self) -> anyhow::Result<AdminClient> {
         let (client, boot) = endpoint(
             self.api_url.clone(),
             self.ca_cert.clone(),
@@ -172,10 +172,14 @@ pub enum IndexCommand {
         #[arg(long = "tag", value_parser = parse_tag)]
         tags: Vec<(String, String)>,
     },
-    /// Delete an index and every record in it.
+    /// Delete an index and every record in it (its backups and collections are kept unless
+    /// --delete-backups).
     Delete {
         /// Index name.
         name: String,
+        /// Also delete the index's backups and collections.
+        #[arg(long)]
+        delete_backups: bool,
     },
     /// Re-encrypt an index under a new data key, in the background while it serves, with a
     /// progress bar of the replicas done; the old key is dropped once every replica is.
@@ -191,7 +195,7 @@ pub enum IndexCommand {
     },
 }
 
-fn parse_tag(text: &str) -> Result<(String, String), String> {
+pub(super) fn parse_tag(text: &str) -> Result<(String, String), String> {
     let (k, v) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))?;
@@ -471,8 +475,15 @@ pub async fn run_index(args: IndexArgs) -> anyhow::Result<()> {
             }
             c.configure_index(&name, body).await?
         }
-        IndexCommand::Delete { name } => {
-            c.delete_index(&name).await?;
+        IndexCommand::Delete {
+            name,
+            delete_backups,
+        } => {
+            if delete_backups {
+                c.delete_index_and_backups(&name).await?;
+            } else {
+                c.delete_index(&name).await?;
+            }
             eprintln!("deleted index {name}");
             return Ok(());
         }

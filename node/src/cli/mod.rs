@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod backup;
 pub mod data;
 pub mod exit;
 pub mod trust;
@@ -88,6 +89,12 @@ pub enum Commands {
     Vectors(data::VectorsArgs),
     /// Namespaces of an index: list, describe, delete.
     Namespace(data::NamespaceArgs),
+    /// Backups of indexes: create, list, describe, delete, restore into a new index.
+    Backup(backup::BackupArgs),
+    /// Restore jobs (creating indexes from backups and collections): list, describe.
+    RestoreJob(backup::RestoreJobArgs),
+    /// Collections (named copies of indexes): create, list, describe, delete.
+    Collection(backup::CollectionArgs),
     /// Administration through any node's client port.
     #[command(flatten)]
     Admin(admin::Admin),
