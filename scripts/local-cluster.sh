@@ -95,7 +95,7 @@ case "$cmd" in
       [ -f "$dir/node-$i/tls/node.pem" ] || "$BIN" certs node --ca-dir "$dir/ca" --id "$i" --host "$ip" --out "$dir/node-$i/tls" >/dev/null
       join=""
       [ "$i" -gt 1 ] && join="--join $(node_ip 1):$((BASE_PORT + 101))"
-      echo "$BIN serve --data-dir $dir/node-$i/data --node-id $i --api-addr $ip:$((BASE_PORT + i)) --cluster-addr $ip:$((BASE_PORT + 100 + i)) --tls-dir $dir/node-$i/tls --keyring $dir/node-$i/keyring.json $ports $join" >"$dir/node-$i/cmd"
+      echo "$BIN serve --data-dir $dir/node-$i/data --node-id $i --api-addr $ip:$((BASE_PORT + i)) --cluster-addr $ip:$((BASE_PORT + 100 + i)) --tls-dir $dir/node-$i/tls --keyring $dir/node-$i/keyring.json --backup-dir $dir/backups $ports $join" >"$dir/node-$i/cmd"
       start_node "$dir" "$i"
       wait_health "$dir" "$i"
       echo "==> node $i serving on https://$ip:$((BASE_PORT + i))"

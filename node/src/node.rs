@@ -462,6 +462,16 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         config.backup_chunk_bytes,
     );
     tracing::info!(store = %backups.store().describe(), "backup store");
+    if config.join.is_some()
+        && matches!(&config.backup_store, BackupStoreConfig::Dir(d) if d.starts_with(data_dir))
+    {
+        tracing::warn!(
+            "backups go to {} on this node only: a backup written here cannot be restored \
+             through another node; give every node the same --backup-dir on a shared file \
+             system, or --backup-s3-bucket",
+            backups.store().describe()
+        );
+    }
 
     let cluster_listener = TcpListener::bind(config.cluster_addr)
         .await

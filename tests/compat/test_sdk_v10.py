@@ -132,3 +132,39 @@ def test_rest_and_grpc_through_an_http_connect_proxy(cluster, proxies, resolve_h
         check_through_proxy(grpc, grpc.Index(host=host), open_proxy, rows[10:])
     finally:
         pc.delete_index(name)
+
+
+def test_backups_restore_jobs_and_collections_in_2026_07_shapes(loaded, resolve_host):
+    """SDK 10's backup calls in the 2026-07 shapes (no dimension or metric on a backup: its
+    schema; percent_complete an integer), the restore through create_index_from_backup,
+    which polls until the index is ready, and the collection calls."""
+    transport, pc, index = loaded
+    src = f"v10-{transport}"
+    backup = pc.create_backup(index_name=src, backup_name=f"v10-{transport}", description="compat")
+    assert backup.source_index_name == src
+    bid = backup.backup_id
+    wait_for(lambda: pc.describe_backup(backup_id=bid).status == "Ready", timeout=60, what="backup ready")
+    described = pc.describe_backup(backup_id=bid)
+    assert (described.record_count, described.dense_dimension) == (RECORDS, DIM)
+    assert bid in [b.backup_id for b in pc.list_backups(index_name=src)]
+    target = f"v10-restored-{transport}"
+    restored = pc.create_index_from_backup(name=target, backup_id=bid, timeout=120)
+    assert restored.status.ready is True
+    jobs = [j for j in pc.list_restore_jobs() if j.target_index_name == target]
+    assert len(jobs) == 1
+    job = pc.describe_restore_job(job_id=jobs[0].restore_job_id)
+    assert (job.status, job.percent_complete) == ("Completed", 100)
+    restored_index = pc.Index(host=resolve_host(pc.describe_index(target).host))
+    wait_for(lambda: count(restored_index, "main") == RECORDS, what="restored records visible")
+    fetched = restored_index.fetch(ids=["v7"], namespace="main").vectors
+    assert np.array_equal(np.array(fetched["v7"].values, dtype=np.float32), VECTORS[7])
+    pc.delete_index(target)
+    pc.delete_backup(backup_id=bid)
+
+    collection = f"v10-coll-{transport}"
+    pc.create_collection(name=collection, source=src)
+    wait_for(lambda: pc.describe_collection(collection).status == "Ready", timeout=60, what="collection ready")
+    assert collection in [c.name for c in pc.list_collections()]
+    assert pc.describe_collection(collection).vector_count == RECORDS
+    pc.delete_collection(collection)
+    assert collection not in [c.name for c in pc.list_collections()]

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from pinecone import Pinecone, ServerlessSpec
+from pinecone import Pinecone, PodSpec, ServerlessSpec
 from pinecone.exceptions import PineconeApiException, NotFoundException
 from pinecone.grpc import PineconeGRPC
 
@@ -267,3 +267,57 @@ def test_rest_and_grpc_through_an_http_connect_proxy(cluster, proxies, resolve_h
         check_through_proxy(grpc, grpc.Index(host=host), authenticating, rows[10:])
     finally:
         pc.delete_index(name)
+
+
+def test_backups_restore_jobs_and_collections(client, small, resolve_host):
+    """The SDK's backup, restore-job and collection calls: a backup of the 3,000-record index,
+    restored through create_index_from_backup (which polls until the index is ready), the
+    job listed and described as Completed, the records equal; a collection, and an index
+    created from it through PodSpec(source_collection=...)."""
+    transport, pc = client
+    src = f"exact-{transport}"
+    backup = pc.create_backup(index_name=src, backup_name=f"nightly-{transport}", description="compat")
+    assert backup.source_index_name == src
+    assert backup.status in ("Initializing", "Ready")
+    bid = backup.backup_id
+    wait_for(lambda: pc.describe_backup(backup_id=bid).status == "Ready", timeout=60, what="backup ready")
+    described = pc.describe_backup(backup_id=bid)
+    assert (described.record_count, described.dimension, described.metric) == (3000, DIM, "cosine")
+    assert described.name == f"nightly-{transport}"
+    assert bid in [b.backup_id for b in pc.list_backups(index_name=src)]
+    assert bid in [b.backup_id for b in pc.list_backups()]
+
+    target = f"restored-{transport}"
+    restored = pc.create_index_from_backup(backup_id=bid, name=target, tags={"from": "backup"}, timeout=120)
+    assert restored.name == target and restored.status["ready"] is True
+    jobs = [j for j in pc.list_restore_jobs() if j.target_index_name == target]
+    assert len(jobs) == 1
+    job = pc.describe_restore_job(job_id=jobs[0].restore_job_id)
+    assert (job.status, job.backup_id, job.percent_complete) == ("Completed", bid, 100.0)
+    index = pc.Index(host=resolve_host(pc.describe_index(target).host))
+    wait_for(lambda: index.describe_index_stats().namespaces.get("main", {}).get("vector_count") == 3000,
+             what="restored records visible")
+    fetched = index.fetch(ids=["v0", "v1234", "v2999"], namespace="main").vectors
+    for i in (0, 1234, 2999):
+        assert np.array_equal(np.array(fetched[f"v{i}"].values, dtype=np.float32), VECTORS[i])
+        assert fetched[f"v{i}"].metadata == META[i]
+    pc.delete_index(target)
+    pc.delete_backup(backup_id=bid)
+    with pytest.raises(NotFoundException):
+        pc.describe_backup(backup_id=bid)
+
+    collection = f"coll-{transport}"
+    pc.create_collection(name=collection, source=src)
+    wait_for(lambda: pc.describe_collection(collection)["status"] == "Ready", timeout=60, what="collection ready")
+    assert collection in pc.list_collections().names()
+    described = pc.describe_collection(collection)
+    assert (described["vector_count"], described["dimension"]) == (3000, DIM)
+    from_collection = f"fromcoll-{transport}"
+    pc.create_index(name=from_collection, dimension=DIM, metric="cosine",
+                    spec=PodSpec(environment="us-east-1-aws", source_collection=collection), timeout=120)
+    index = pc.Index(host=resolve_host(pc.describe_index(from_collection).host))
+    wait_for(lambda: index.describe_index_stats().namespaces.get("main", {}).get("vector_count") == 3000,
+             what="records restored from the collection")
+    pc.delete_index(from_collection)
+    pc.delete_collection(collection)
+    assert collection not in pc.list_collections().names()

@@ -78,7 +78,11 @@ fn backup_json(b: &Backup, schema_shape: bool) -> Value {
         "tags": {},
         "created_at": b.created_at,
     });
-    if !schema_shape {
+    if schema_shape {
+        out["schema"] = json!({ "fields": { super::indexes::DENSE_FIELD: {
+            "type": "dense_vector", "dimension": b.dimension, "metric": b.metric.as_str(),
+        } } });
+    } else {
         out["dimension"] = json!(b.dimension);
         out["metric"] = json!(b.metric.as_str());
     }

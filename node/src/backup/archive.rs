@@ -259,9 +259,16 @@ pub async fn read_manifest(
     let name = manifest_key(&prefix);
     let bytes = store.get(&name).await?.ok_or_else(|| {
         ArchiveError::Corrupt(format!(
-            "backup '{}' is damaged: its manifest ({name}) is missing from {}",
+            "backup '{}' is damaged: its manifest ({name}) is missing from {}{}",
             backup.id,
-            store.describe()
+            store.describe(),
+            match store {
+                super::store::BackupStore::Local(_) => {
+                    " (a directory store must be the same shared directory on every node: \
+                     --backup-dir on a shared file system, or --backup-s3-bucket)"
+                }
+                super::store::BackupStore::S3(_) => "",
+            }
         ))
     })?;
     if sha256_hex(&bytes) != contents.manifest_sha256 {
