@@ -12,6 +12,9 @@ Usage: python moto_fixture.py ENDPOINT COMMAND [ARGS]; prints one JSON object.
   deny USER        Deletes USER's KMS policy: KMS then answers it AccessDenied.
   allow USER       Puts USER's KMS policy back.
   disable ARN      DisableKey (moto 5.2.5 records it but still decrypts).
+  create-bucket B  Creates the S3 bucket B (the backup store's).
+  objects B P [T]  The keys of the objects of bucket B under prefix P, and those whose bytes
+                   contain the text T.
 """
 
 import json
@@ -24,6 +27,10 @@ REGION = "us-east-1"
 KMS_POLICY = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}],
+}
+S3_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
 }
 ALL_POLICY = {
     "Version": "2012-10-17",
@@ -57,6 +64,8 @@ def main():
         admin = user_with_key(iam, "admin", ALL_POLICY)
         iam = client(endpoint, "iam", admin["access_key_id"], admin["secret_access_key"])
         node = user_with_key(iam, "node", KMS_POLICY)
+        # S3 in a policy of its own, so that `deny` takes KMS away and leaves the store.
+        iam.put_user_policy(UserName="node", PolicyName="s3", PolicyDocument=json.dumps(S3_POLICY))
         print(json.dumps({"admin": admin, "node": node}))
     elif command == "create-key":
         kms = client(endpoint, "kms")
@@ -70,6 +79,21 @@ def main():
             UserName=args[0], PolicyName="kms", PolicyDocument=json.dumps(KMS_POLICY)
         )
         print(json.dumps({"allowed": args[0]}))
+    elif command == "create-bucket":
+        client(endpoint, "s3").create_bucket(Bucket=args[0])
+        print(json.dumps({"bucket": args[0]}))
+    elif command == "objects":
+        s3 = client(endpoint, "s3")
+        bucket, prefix = args[0], args[1]
+        keys, containing = [], []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                keys.append(obj["Key"])
+                if len(args) > 2:
+                    body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                    if args[2].encode() in body:
+                        containing.append(obj["Key"])
+        print(json.dumps({"keys": keys, "containing": containing}))
     elif command == "disable":
         client(endpoint, "kms").disable_key(KeyId=args[0])
         print(json.dumps({"disabled": args[0]}))

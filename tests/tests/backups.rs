@@ -20,10 +20,22 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
+    call_as(c, &c.api_key(), via, method, path, body).await
+}
+
+/// A call with API key `key`: (status, body).
+async fn call_as(
+    c: &Cluster,
+    key: &str,
+    via: u64,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut r = c
         .http
         .request(method, c.url(via, path))
-        .header("Api-Key", c.api_key());
+        .header("Api-Key", key);
     if let Some(b) = body {
         r = r.json(&b);
     }
@@ -53,6 +65,17 @@ async fn upsert(
     namespace: &str,
     records: &[(String, Vec<f32>, Value)],
 ) -> Vec<u64> {
+    upsert_as(c, &c.api_key(), index, namespace, records).await
+}
+
+/// [`upsert`] with API key `key`.
+async fn upsert_as(
+    c: &Cluster,
+    key: &str,
+    index: &str,
+    namespace: &str,
+    records: &[(String, Vec<f32>, Value)],
+) -> Vec<u64> {
     let mut lsns = Vec::new();
     for batch in records.chunks(200) {
         let vectors: Vec<Value> = batch
@@ -60,7 +83,7 @@ async fn upsert(
             .map(|(id, values, metadata)| json!({"id": id, "values": values, "metadata": metadata}))
             .collect();
         let resp = c
-            .data(1, &c.api_key(), index, Method::POST, "/vectors/upsert")
+            .data(1, key, index, Method::POST, "/vectors/upsert")
             .json(&json!({"vectors": vectors, "namespace": namespace}))
             .send()
             .await
@@ -90,9 +113,21 @@ async fn wait_for(
     secs: u64,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
+    wait_for_as(c, &c.api_key(), via, path, secs, done).await
+}
+
+/// [`wait_for`] with API key `key`.
+async fn wait_for_as(
+    c: &Cluster,
+    key: &str,
+    via: u64,
+    path: &str,
+    secs: u64,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let (status, body) = call(c, via, Method::GET, path, None).await;
+        let (status, body) = call_as(c, key, via, Method::GET, path, None).await;
         if status == 200 && done(&body) {
             return body;
         }
@@ -106,8 +141,14 @@ async fn wait_for(
 
 /// Starts a backup of `index` and waits until it is ready; its description.
 async fn backup(c: &Cluster, index: &str) -> Value {
-    let (status, created) = call(
+    backup_as(c, &c.api_key(), index).await
+}
+
+/// [`backup`] with API key `key`.
+async fn backup_as(c: &Cluster, key: &str, index: &str) -> Value {
+    let (status, created) = call_as(
         c,
+        key,
         1,
         Method::POST,
         &format!("/indexes/{index}/backups"),
@@ -117,7 +158,7 @@ async fn backup(c: &Cluster, index: &str) -> Value {
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["status"], "Initializing", "{created}");
     let id = created["backup_id"].as_str().unwrap().to_string();
-    wait_for(c, 1, &format!("/backups/{id}"), 60, |b| {
+    wait_for_as(c, key, 1, &format!("/backups/{id}"), 60, |b| {
         b["status"] == "Ready"
     })
     .await
@@ -770,4 +811,135 @@ async fn a_restore_whose_node_is_killed_resumes_elsewhere_and_is_never_queryable
             assert_eq!(status, 404, "a failed restore left its index: {finished}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cmek_projects_backups_in_s3_restore_and_are_refused_once_its_key_is_denied_or_it_is_deleted(
+) {
+    use conifer_tests::kms::Moto;
+    let moto = Moto::start(true).unwrap();
+    let arn = moto.create_key().unwrap();
+    let bucket = "conifer-backups";
+    moto.run(&["create-bucket", bucket]).unwrap();
+    let c = Cluster::start_with(ClusterOptions {
+        nodes: 3,
+        env: moto.node.env(),
+        args: vec![
+            "--kms-endpoint".into(),
+            moto.endpoint.clone(),
+            "--backup-s3-bucket".into(),
+            bucket.into(),
+            "--backup-s3-endpoint".into(),
+            moto.endpoint.clone(),
+            "--backup-s3-prefix".into(),
+            "cluster-a".into(),
+            "--backup-chunk-bytes".into(),
+            "65536".into(),
+        ],
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let (status, project) = c
+        .operator_call(
+            Method::POST,
+            "/admin/projects",
+            Some(json!({"name": "cmek", "cmek_key_arn": arn})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201, "{project}");
+    let project_id = project["id"].as_str().unwrap().to_string();
+    let key = c.key_in(&project_id, &["ProjectEditor"]).await.unwrap();
+    let dim = 16;
+    c.create_index(1, &key, "secret", dim as u32, "cosine")
+        .await
+        .unwrap();
+    let marker = "S3-PLAINTEXT-MARKER";
+    let rows: Vec<_> = (0..1_500)
+        .map(|i| {
+            (
+                format!("doc-{i}"),
+                vector(i, 5, dim),
+                json!({"note": format!("{marker} {i}")}),
+            )
+        })
+        .collect();
+    upsert_as(&c, &key, "secret", "", &rows).await;
+    let backup = backup_as(&c, &key, "secret").await;
+    let id = backup["backup_id"].as_str().unwrap().to_string();
+    assert_eq!(backup["record_count"], 1_500, "{backup}");
+
+    // In the bucket under the prefix, sealed: no record's text in any object.
+    let prefix = format!("cluster-a/{project_id}/{id}/");
+    let objects = moto.run(&["objects", bucket, &prefix, marker]).unwrap();
+    assert!(objects["keys"].as_array().unwrap().len() >= 3, "{objects}");
+    assert!(
+        objects["containing"].as_array().unwrap().is_empty(),
+        "{objects}"
+    );
+
+    // Restored from S3 into another configuration, equal record for record.
+    let (status, started) = call_as(
+        &c,
+        &key,
+        2,
+        Method::POST,
+        &format!("/backups/{id}/create-index"),
+        Some(json!({"name": "restored", "replicas": 1, "hnsw": {"m": 8}})),
+    )
+    .await;
+    assert_eq!(status, 202, "{started}");
+    let job = format!(
+        "/restore-jobs/{}",
+        started["restore_job_id"].as_str().unwrap()
+    );
+    let done = wait_for_as(&c, &key, 1, &job, 120, |j| j["status"] != "Pending").await;
+    assert_eq!(done["status"], "Completed", "{done}");
+    let dst_group = group_of(&started, "index_id");
+    let src_group = group_of(&backup, "source_index_id");
+    let holder = holders(&c, dst_group).await;
+    assert_eq!(holder.len(), 1);
+    assert_eq!(
+        digests(&c, 1, src_group).await,
+        digests(&c, holder[0], dst_group).await
+    );
+
+    // The project's KMS key denied: the backup cannot be opened, nothing is created.
+    moto.deny().unwrap();
+    let (status, refused) = call_as(
+        &c,
+        &key,
+        1,
+        Method::POST,
+        &format!("/backups/{id}/create-index"),
+        Some(json!({"name": "never"})),
+    )
+    .await;
+    assert_eq!(status, 412, "{refused}");
+    assert!(
+        refused["error"]["message"].as_str().unwrap().contains(&arn),
+        "the refusal names the key: {refused}"
+    );
+    let (_, listed) = call_as(&c, &key, 1, Method::GET, "/indexes", None).await;
+    assert_eq!(listed["indexes"].as_array().unwrap().len(), 2, "{listed}");
+    moto.allow().unwrap();
+
+    // Deleting the project deletes its backups: gone from the control plane and the bucket.
+    for index in ["secret", "restored"] {
+        let path = format!("/indexes/{index}");
+        let (status, body) = call_as(&c, &key, 1, Method::DELETE, &path, None).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let (status, body) = c
+        .operator_call(
+            Method::DELETE,
+            &format!("/admin/projects/{project_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status.as_u16(), 202, "{body}");
+    let objects = moto
+        .run(&["objects", bucket, &format!("cluster-a/{project_id}/")])
+        .unwrap();
+    assert!(objects["keys"].as_array().unwrap().is_empty(), "{objects}");
 }

@@ -339,8 +339,13 @@ pub async fn delete_project(
     check_id("project", &id)?;
     caller.authorize_project(&state, &id).await?;
     caller
-        .propose(Command::Project(ProjectCommand::Delete { id }))
+        .propose(Command::Project(ProjectCommand::Delete { id: id.clone() }))
         .await?;
+    // Its backups went with it (their keys were wrapped by the project's); their files go
+    // now, or at the collector's next pass.
+    if let Err(e) = state.backups.store().delete_prefix(&format!("{id}/")).await {
+        tracing::warn!(project = %id, "removing the backups of a deleted project: {e}");
+    }
     Ok(StatusCode::ACCEPTED)
 }
 
