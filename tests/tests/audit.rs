@@ -466,6 +466,26 @@ async fn every_audited_action_records_one_event_with_every_field() {
         ("update", "index", json!("audited-idx")),
         200
     );
+    // The seed's backup events: named by the backup's name.
+    let backup = act!(
+        &k,
+        Method::POST,
+        "/indexes/audited-idx/backups",
+        Some(json!({"name": "audited-backup"})),
+        "backup.create",
+        ("create", "backup", json!("audited-backup")),
+        201
+    );
+    let backup_id = backup["backup_id"].as_str().unwrap().to_string();
+    act!(
+        &k,
+        Method::DELETE,
+        format!("/backups/{backup_id}"),
+        None,
+        "backup.delete",
+        ("delete", "backup", json!("audited-backup")),
+        202
+    );
     act!(
         &k,
         Method::DELETE,

@@ -185,13 +185,14 @@ impl Backups {
             )
         });
         for backup in backups {
-            if self
+            // A shard group without a leader yet (a new index) is backed up once it has one.
+            let led = self
                 .inner
                 .router
                 .shards()
                 .get(backup.source_group)
-                .is_none()
-            {
+                .is_some_and(|s| s.raft.metrics().borrow().current_leader.is_some());
+            if !led {
                 continue;
             }
             let Some(running) = self.start_running(&backup.id) else {

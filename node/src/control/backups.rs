@@ -334,9 +334,9 @@ impl ControlState {
                     .indexes
                     .get(&(backup.project_id.clone(), backup.source_index.clone()))
                     .ok_or_else(|| not_found("index", &backup.source_index))?;
-                if source.state != IndexState::Ready || source.restore.is_some() {
+                if source.restore.is_some() {
                     return Err(Rejection::Invalid(format!(
-                        "index '{}' is not ready yet; back it up once it serves",
+                        "index '{}' is being restored; back it up once it serves",
                         backup.source_index
                     )));
                 }
