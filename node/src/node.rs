@@ -461,7 +461,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         config.max_backup_bytes_per_project,
         config.backup_chunk_bytes,
     );
-    tracing::info!(store = %backups.store().describe(), "backup store");
+    tracing::info!(store = %backups.store_location(), "backup store");
     if config.join.is_some()
         && matches!(&config.backup_store, BackupStoreConfig::Dir(d) if d.starts_with(data_dir))
     {
@@ -469,7 +469,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
             "backups go to {} on this node only: a backup written here cannot be restored \
              through another node; give every node the same --backup-dir on a shared file \
              system, or --backup-s3-bucket",
-            backups.store().describe()
+            backups.store_location()
         );
     }
 
@@ -720,6 +720,7 @@ async fn bootstrap(
                 api_key,
                 operator_token,
                 signing_key: auth::token::new_signing_key(),
+                cluster_id: uuid::Uuid::new_v4().simple().to_string(),
             },
         )
         .await?;

@@ -7,6 +7,11 @@
 #   scripts/bench/run.sh --out DIR [--dataset glove|ada|all] [--queries N] [--limit N]
 #   scripts/bench/run.sh encryption --out DIR [--records N] [--dimension D]
 #   scripts/bench/run.sh seal
+#   scripts/bench/run.sh backup --out DIR [--limit N]
+#
+# `backup` runs scripts/bench/backup.py: backup and restore throughput of GloVe-400k
+# (records/s, MB/s) next to a plain copy of the node's data directory, as ratios measured
+# in the same run.
 #
 # `encryption` runs scripts/bench/encryption.py instead: encryption's share of a node's
 # CPU time while it ingests upserts (perf), and what a cold key cache adds after a restart.
@@ -30,7 +35,7 @@ if [ "${1:-}" = encryption ] && ! command -v perf >/dev/null 2>&1; then
 fi
 echo "==> building conifer (release)"
 cargo build --release --bin conifer
-export CONIFER_BIN="$CARGO_TARGET_DIR/release/conifer"
+export CONIFER_BIN="${CONIFER_BIN:-$CARGO_TARGET_DIR/release/conifer}"
 
 VENV="${CONIFER_VENV_BENCH:-/var/tmp/conifer-venv-bench}"
 scripts/venv.sh "$VENV" scripts/bench/requirements.txt
@@ -38,5 +43,8 @@ SCRIPT=scripts/bench/bench.py
 if [ "${1:-}" = encryption ]; then
   shift
   SCRIPT=scripts/bench/encryption.py
+elif [ "${1:-}" = backup ]; then
+  shift
+  SCRIPT=scripts/bench/backup.py
 fi
 exec "$VENV/bin/python" "$SCRIPT" "$@"

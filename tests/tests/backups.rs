@@ -344,7 +344,7 @@ async fn a_backup_restores_into_another_replica_count_and_hnsw_setting_equal_rec
         "{backup}"
     );
     let id = backup["backup_id"].as_str().unwrap();
-    let chunks = std::fs::read_dir(c.backup_dir().join(c.project_id()).join(id))
+    let chunks = std::fs::read_dir(cluster_folder(&c).join(c.project_id()).join(id))
         .unwrap()
         .flatten()
         .map(|attempt| std::fs::read_dir(attempt.path()).unwrap().count())
@@ -456,14 +456,28 @@ async fn a_backup_restores_into_another_replica_count_and_hnsw_setting_equal_rec
     assert_eq!((status, &kept["status"]), (200, &json!("Ready")), "{kept}");
     let (status, _) = call(&c, 1, Method::DELETE, &format!("/backups/{id}"), None).await;
     assert_eq!(status, 202);
-    assert!(!c.backup_dir().join(c.project_id()).join(id).exists());
+    assert!(!cluster_folder(&c).join(c.project_id()).join(id).exists());
     let (status, _) = call(&c, 1, Method::GET, &format!("/backups/{id}"), None).await;
     assert_eq!(status, 404);
 }
 
+/// The cluster's folder of the shared backup directory (named by the cluster's id).
+fn cluster_folder(c: &Cluster) -> std::path::PathBuf {
+    let mut folders: Vec<_> = std::fs::read_dir(c.backup_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(folders.len(), 1, "one cluster folder: {folders:?}");
+    folders.pop().unwrap()
+}
+
+/// A way to damage a backup's files.
+type Damage<'a> = Box<dyn Fn() + 'a>;
+
 /// The backup's attempt folder in the shared store.
 fn attempt_dir(c: &Cluster, backup_id: &str) -> std::path::PathBuf {
-    let dir = c.backup_dir().join(c.project_id()).join(backup_id);
+    let dir = cluster_folder(c).join(c.project_id()).join(backup_id);
     let mut attempts: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
     assert_eq!(attempts.len(), 1, "one attempt in {}", dir.display());
     attempts.pop().unwrap().path()
@@ -512,7 +526,7 @@ async fn a_damaged_truncated_or_foreign_backup_is_refused_before_anything_is_cre
     let good_manifest = std::fs::read(&manifest).unwrap();
     let mut flipped = good.clone();
     flipped[good.len() / 2] ^= 0x01;
-    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+    let cases: Vec<(&str, Damage, &str)> = vec![
         (
             "one byte",
             Box::new(|| std::fs::write(&chunk, &flipped).unwrap()),
@@ -575,6 +589,32 @@ async fn a_damaged_truncated_or_foreign_backup_is_refused_before_anything_is_cre
     // A name already taken is refused.
     let (status, body) = restore("src").await;
     assert_eq!(status, 409, "{body}");
+
+    // A backup whose index is deleted before it is written ends (ready or failed), never
+    // stays pending.
+    c.create_index(1, &c.api_key(), "brief", dim as u32, "cosine")
+        .await
+        .unwrap();
+    upsert(&c, "brief", "", &rows[..200]).await;
+    let (status, created) = call(&c, 1, Method::POST, "/indexes/brief/backups", None).await;
+    assert_eq!(status, 201, "{created}");
+    let (status, _) = call(&c, 1, Method::DELETE, "/indexes/brief", None).await;
+    assert_eq!(status, 202);
+    let id = created["backup_id"].as_str().unwrap();
+    let ended = wait_for(&c, 1, &format!("/backups/{id}"), 30, |b| {
+        b["status"] != "Initializing"
+    })
+    .await;
+    match ended["status"].as_str() {
+        Some("Ready") => assert_eq!(ended["record_count"], 200, "{ended}"),
+        _ => assert!(
+            ended["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("deleted"),
+            "{ended}"
+        ),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -811,6 +851,46 @@ async fn a_restore_whose_node_is_killed_resumes_elsewhere_and_is_never_queryable
             assert_eq!(status, 404, "a failed restore left its index: {finished}");
         }
     }
+
+    // The new index deleted mid-restore: the job fails, naming that, and the backup can be
+    // deleted afterwards.
+    let (status, started) = call(
+        &c,
+        survivor,
+        Method::POST,
+        &format!("/backups/{id}/create-index"),
+        Some(json!({"name": "doomed"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{started}");
+    let doomed = format!(
+        "/restore-jobs/{}",
+        started["restore_job_id"].as_str().unwrap()
+    );
+    wait_for(&c, survivor, &doomed, 60, |j| {
+        j["percent_complete"].as_f64().unwrap_or(0.0) > 0.0
+    })
+    .await;
+    let (status, _) = call(&c, survivor, Method::DELETE, "/indexes/doomed", None).await;
+    assert_eq!(status, 202);
+    let ended = wait_for(&c, survivor, &doomed, 60, |j| j["status"] != "Pending").await;
+    assert_eq!(ended["status"], "Failed", "{ended}");
+    assert!(
+        ended["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deleted"),
+        "{ended}"
+    );
+    let (status, body) = call(
+        &c,
+        survivor,
+        Method::DELETE,
+        &format!("/backups/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -870,9 +950,19 @@ async fn a_cmek_projects_backups_in_s3_restore_and_are_refused_once_its_key_is_d
     assert_eq!(backup["record_count"], 1_500, "{backup}");
 
     // In the bucket under the prefix, sealed: no record's text in any object.
-    let prefix = format!("cluster-a/{project_id}/{id}/");
-    let objects = moto.run(&["objects", bucket, &prefix, marker]).unwrap();
-    assert!(objects["keys"].as_array().unwrap().len() >= 3, "{objects}");
+    // Under the prefix, in the cluster's folder: cluster-a/<cluster>/<project>/<backup>/….
+    let objects = moto
+        .run(&["objects", bucket, "cluster-a/", marker])
+        .unwrap();
+    let ours = format!("/{project_id}/{id}/");
+    let keys: Vec<&str> = objects["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|k| k.contains(&ours))
+        .collect();
+    assert!(keys.len() >= 3, "{objects}");
     assert!(
         objects["containing"].as_array().unwrap().is_empty(),
         "{objects}"
@@ -938,8 +1028,14 @@ async fn a_cmek_projects_backups_in_s3_restore_and_are_refused_once_its_key_is_d
         )
         .await;
     assert_eq!(status.as_u16(), 202, "{body}");
-    let objects = moto
-        .run(&["objects", bucket, &format!("cluster-a/{project_id}/")])
-        .unwrap();
-    assert!(objects["keys"].as_array().unwrap().is_empty(), "{objects}");
+    let objects = moto.run(&["objects", bucket, "cluster-a/"]).unwrap();
+    assert!(
+        !objects["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|k| k.contains(&project_id)),
+        "{objects}"
+    );
 }

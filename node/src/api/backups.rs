@@ -180,33 +180,34 @@ fn page_request(query: &HashMap<String, String>) -> Result<(usize, Option<String
     Ok((limit, query.get("paginationToken").cloned()))
 }
 
-/// One page of `items` (in order of their keys) after `token`, with the next token when
-/// more follow. A token is the key of the page's last item, hex-encoded.
+/// One page of `items` (in order of their sequence numbers, which apply assigns, so an
+/// item created during the listing comes last and none is skipped) after `token`, with
+/// the next token when more follow. A token is the page's last sequence number, in hex.
 fn page<T>(
-    mut items: Vec<(String, T)>,
+    mut items: Vec<(u64, T)>,
     limit: usize,
     token: Option<&str>,
 ) -> Result<(Vec<T>, Option<String>), ApiError> {
-    items.sort_by(|a, b| a.0.cmp(&b.0));
+    items.sort_by_key(|(seq, _)| *seq);
     let after = match token {
         None => None,
         Some(t) => Some(
-            hex::decode(t)
+            u64::from_str_radix(t, 16)
                 .ok()
-                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|_| t.len() <= 16)
                 .ok_or_else(|| {
                     ApiError::invalid("'paginationToken' is not a token this list gave")
                 })?,
         ),
     };
-    let mut rest: Vec<(String, T)> = items
+    let mut rest: Vec<(u64, T)> = items
         .into_iter()
-        .filter(|(key, _)| after.as_ref().is_none_or(|a| key > a))
+        .filter(|(seq, _)| after.is_none_or(|a| *seq > a))
         .collect();
     let more = rest.len() > limit;
     rest.truncate(limit);
     let next = more
-        .then(|| rest.last().map(|(key, _)| hex::encode(key)))
+        .then(|| rest.last().map(|(seq, _)| format!("{seq:x}")))
         .flatten();
     Ok((rest.into_iter().map(|(_, item)| item).collect(), next))
 }
@@ -267,6 +268,8 @@ async fn start_backup(
         .await?;
     let backup = Backup {
         id,
+        seq: 0,
+        max_project_bytes: 0,
         kind,
         project_id: project_id.to_string(),
         name,
@@ -311,9 +314,14 @@ pub async fn create(
     let name = req.name.unwrap_or_default();
     check_backup_name(&name)?;
     let description = req.description.unwrap_or_default();
-    if description.chars().count() > MAX_BACKUP_DESCRIPTION_CHARS {
+    if description.chars().count() > MAX_BACKUP_DESCRIPTION_CHARS
+        || description
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(ApiError::invalid(format!(
-            "'description' exceeds {MAX_BACKUP_DESCRIPTION_CHARS} characters"
+            "'description' must be at most {MAX_BACKUP_DESCRIPTION_CHARS} characters, without \
+             control characters other than newlines and tabs"
         )));
     }
     let backup = start_backup(
@@ -369,12 +377,7 @@ pub async fn list(
     let schema_shape = schema_api(&headers);
     let keyed = backups
         .iter()
-        .map(|b| {
-            (
-                format!("{}\n{}", b.created_at, b.id),
-                backup_json(b, schema_shape),
-            )
-        })
+        .map(|b| (b.seq, backup_json(b, schema_shape)))
         .collect();
     let (data, next) = page(keyed, limit, token.as_deref())?;
     Ok(Json(list_json(data, next)))
@@ -545,6 +548,7 @@ pub(super) async fn start_restore(
     };
     let job = RestoreJob {
         id: uuid::Uuid::new_v4().to_string(),
+        seq: 0,
         project_id: project_id.to_string(),
         backup_id: backup.id.clone(),
         target_index: index.name.clone(),
@@ -672,12 +676,7 @@ pub async fn list_restore_jobs(
         s.restore_jobs
             .values()
             .filter(|j| j.project_id == project_id)
-            .map(|j| {
-                (
-                    format!("{}\n{}", j.created_at, j.id),
-                    restore_job_json(j, schema_shape),
-                )
-            })
+            .map(|j| (j.seq, restore_job_json(j, schema_shape)))
             .collect()
     });
     let (data, next) = page(keyed, limit, token.as_deref())?;

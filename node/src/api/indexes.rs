@@ -951,6 +951,43 @@ pub async fn delete(
         }
     };
     let group = find(&state, &project_id, &name)?.group_id;
+    // Deleting the backups too is a backup deletion: the caller must be allowed that, and
+    // no backup of the index may be being restored — checked before anything is deleted.
+    let backups_caller = if delete_backups {
+        let mut as_backups = caller.clone();
+        as_backups.operation = crate::policy::Operation::BackupDelete;
+        let header = headers.get(PROJECT_HEADER).and_then(|v| v.to_str().ok());
+        as_backups.authorize_data_project(&state, header).await?;
+        let restoring = state.control.read(|s| {
+            s.restore_jobs
+                .values()
+                .filter(|j| {
+                    matches!(
+                        j.status,
+                        crate::control::backups::RestoreStatus::Pending
+                            | crate::control::backups::RestoreStatus::InProgress
+                    )
+                })
+                .find(|j| {
+                    s.backups
+                        .get(&j.backup_id)
+                        .is_some_and(|b| b.source_group == group)
+                })
+                .map(|j| (j.backup_id.clone(), j.target_index.clone()))
+        });
+        if let Some((backup, target)) = restoring {
+            return Err(ApiError::coded(
+                "FAILED_PRECONDITION",
+                format!(
+                    "backup '{backup}' of index '{name}' is being restored into index \
+                     '{target}'; delete the index with its backups once the restore finished"
+                ),
+            ));
+        }
+        Some(as_backups)
+    } else {
+        None
+    };
     let command = Command::Index(IndexCommand::Delete {
         project_id: project_id.clone(),
         name,
@@ -959,7 +996,7 @@ pub async fn delete(
         .propose(command)
         .await
         .map_err(ApiError::from_index_delete)?;
-    if delete_backups {
+    if let Some(backups_caller) = backups_caller {
         let ids: Vec<String> = state.control.read(|s| {
             s.backups_of(&project_id)
                 .into_iter()
@@ -968,7 +1005,7 @@ pub async fn delete(
                 .collect()
         });
         for id in ids {
-            super::backups::remove(&state, &caller, &project_id, &id).await?;
+            super::backups::remove(&state, &backups_caller, &project_id, &id).await?;
         }
     }
     Ok(StatusCode::ACCEPTED)

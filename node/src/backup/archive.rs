@@ -247,7 +247,7 @@ pub fn seal_manifest(key: &DataKey, manifest: &Manifest) -> Vec<u8> {
 /// plane recorded, it must open with the backup's key, and say what the control plane
 /// says of the backup.
 pub async fn read_manifest(
-    store: &super::store::BackupStore,
+    store: &super::store::ClusterStore<'_>,
     key: &DataKey,
     backup: &Backup,
 ) -> Result<Manifest, ArchiveError> {
@@ -259,15 +259,12 @@ pub async fn read_manifest(
     let name = manifest_key(&prefix);
     let bytes = store.get(&name).await?.ok_or_else(|| {
         ArchiveError::Corrupt(format!(
-            "backup '{}' is damaged: its manifest ({name}) is missing from {}{}",
+            "backup '{}' is damaged: its manifest ({name}) is missing from the backup store{}",
             backup.id,
-            store.describe(),
-            match store {
-                super::store::BackupStore::Local(_) => {
-                    " (a directory store must be the same shared directory on every node: \
-                     --backup-dir on a shared file system, or --backup-s3-bucket)"
-                }
-                super::store::BackupStore::S3(_) => "",
+            if store.is_directory() {
+                " (a directory store must be the same shared directory on every node)"
+            } else {
+                ""
             }
         ))
     })?;
@@ -348,7 +345,7 @@ fn check_chunk(
 /// Checks every chunk of a backup (present, its size and SHA-256 as the manifest says),
 /// without opening them: the check before a restore creates anything.
 pub async fn verify_chunks(
-    store: &super::store::BackupStore,
+    store: &super::store::ClusterStore<'_>,
     backup: &Backup,
     manifest: &Manifest,
 ) -> Result<(), ArchiveError> {
@@ -363,7 +360,7 @@ pub async fn verify_chunks(
 
 /// Reads, checks and opens chunk `n`: its records as (namespace, id, record).
 pub async fn read_chunk(
-    store: &super::store::BackupStore,
+    store: &super::store::ClusterStore<'_>,
     key: &DataKey,
     backup: &Backup,
     manifest: &Manifest,

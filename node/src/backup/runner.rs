@@ -12,7 +12,7 @@ use conifer_raft::MachineError;
 use super::archive::{
     self, attempt_prefix, chunk_key, manifest_key, ArchiveError, ChunkWriter, Manifest, SealedChunk,
 };
-use super::store::BackupStore;
+use super::store::{BackupStore, ClusterStore};
 use crate::control::backups::{
     Backup, BackupCommand, BackupContents, BackupStatus, JobClaim, RestoreJob, RestoreStatus,
     CLAIM_TIMEOUT_MS, HEARTBEAT_MS,
@@ -36,25 +36,98 @@ pub const RESTORE_BATCH_BYTES: usize = 2 << 20;
 pub const RESTORE_WRITE_ATTEMPTS: u32 = 10;
 /// Longest a restore waits for its target index's shard group to have a leader here.
 pub const TARGET_WAIT_MS: u64 = 60_000;
+/// Most backup and restore jobs one node runs at once; the others wait for a later pass
+/// (or another node).
+pub const MAX_CONCURRENT_JOBS_PER_NODE: usize = 2;
 
 /// Why a job stopped.
 #[derive(Debug)]
 enum JobError {
     /// Another runner holds the job now: this one stops without a word.
     ClaimLost,
+    /// Something that may pass (the control plane or the new shard unavailable, the store
+    /// unreachable): this runner stops without recording a failure; its claim goes stale
+    /// and the job is resumed (here or elsewhere).
+    Abandoned(String),
     /// The job cannot be done; recorded as its failure.
     Failed(String),
 }
 
 impl From<ArchiveError> for JobError {
     fn from(e: ArchiveError) -> Self {
-        JobError::Failed(e.to_string())
+        match e {
+            ArchiveError::Corrupt(m) => JobError::Failed(m),
+            ArchiveError::Store(e) => JobError::Abandoned(e.to_string()),
+        }
     }
 }
 
 impl From<DataError> for JobError {
     fn from(e: DataError) -> Self {
-        JobError::Failed(e.to_string())
+        match e {
+            DataError::Unavailable(m) | DataError::Indeterminate(m) => JobError::Abandoned(m),
+            other => JobError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// A failure of the backup store while writing a backup: logged whole on this node, told to
+/// the tenant without where the store is.
+fn store_failed(e: impl std::fmt::Display) -> JobError {
+    tracing::warn!("backup store: {e}");
+    JobError::Failed("the backup store failed; the node's log has the details".into())
+}
+
+/// A job's heartbeat: proposed every [`HEARTBEAT_MS`] while the job runs, whatever step it
+/// is in; `lost` once the control plane refused it (another runner holds the job) or has
+/// not taken one for [`CLAIM_TIMEOUT_MS`]. Stops when dropped.
+struct Beat {
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Beat {
+    fn start(control: ControlPlane, id: String, attempt: String) -> Self {
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = lost.clone();
+        let task = tokio::spawn(async move {
+            let mut last_ok = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS)).await;
+                let command = Command::Backup(BackupCommand::Heartbeat {
+                    id: id.clone(),
+                    attempt: attempt.clone(),
+                    at_ms: now_ms(),
+                });
+                match control.propose(command).await {
+                    Ok(_) => last_ok = Instant::now(),
+                    Err(ControlError::Rejected(_)) => break,
+                    Err(e) => {
+                        tracing::debug!(job = %id, "heartbeat: {e}");
+                        if last_ok.elapsed() >= Duration::from_millis(CLAIM_TIMEOUT_MS) {
+                            break;
+                        }
+                    }
+                }
+            }
+            flag.store(true, std::sync::atomic::Ordering::Release);
+        });
+        Self { lost, task }
+    }
+
+    /// Whether the job must stop: another runner may hold it now.
+    fn check(&self) -> Result<(), JobError> {
+        if self.lost.load(std::sync::atomic::Ordering::Acquire) {
+            Err(JobError::ClaimLost)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for Beat {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -110,9 +183,15 @@ impl Backups {
         }
     }
 
-    /// The backup store.
-    pub fn store(&self) -> &BackupStore {
-        &self.inner.store
+    /// The backup store, as this cluster's folder of it.
+    pub fn store(&self) -> ClusterStore<'_> {
+        let cluster = self.control().read(|s| s.cluster_id.clone());
+        ClusterStore::new(&self.inner.store, &cluster)
+    }
+
+    /// The backup store as configured (`--backup-dir` or the bucket), for the node's log.
+    pub fn store_location(&self) -> String {
+        self.inner.store.describe()
     }
 
     /// The project's limit of backup bytes (`--max-backup-bytes-per-project`).
@@ -124,22 +203,32 @@ impl Backups {
         self.inner.router.control()
     }
 
-    /// Starts the job loop and the collector.
+    /// Starts the job loop and, apart from it, the collector.
     pub fn spawn(&self) {
         let jobs = self.clone();
         tokio::spawn(async move {
-            let mut last_collect = Instant::now();
             loop {
                 tokio::time::sleep(Duration::from_millis(JOB_POLL_MS)).await;
                 jobs.claim_pass().await;
-                if last_collect.elapsed() >= Duration::from_millis(COLLECT_INTERVAL_MS) {
-                    last_collect = Instant::now();
-                    if let Err(e) = jobs.collect().await {
-                        tracing::warn!("backup store collection: {e}");
-                    }
+            }
+        });
+        let collector = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(COLLECT_INTERVAL_MS)).await;
+                if let Err(e) = collector.collect().await {
+                    tracing::warn!("backup store collection: {e}");
                 }
             }
         });
+    }
+
+    fn running_count(&self) -> usize {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Marks `id` as running here; `None` when it already is.
@@ -152,9 +241,52 @@ impl Backups {
             .then(|| Running(self.inner.clone(), id.to_string()))
     }
 
+    /// On the control-plane leader: fails the jobs whose index is gone — a pending backup
+    /// of a deleted index, a restore whose new index was deleted — which no node would
+    /// ever claim again.
+    async fn fail_orphans(&self) {
+        let me = self.control().node_id();
+        if self.control().raft().metrics().borrow().current_leader != Some(me) {
+            return;
+        }
+        let commands: Vec<BackupCommand> = self.control().read(|s| {
+            let gone = |group: u64| s.index_of_group(group).is_none();
+            let backups = s
+                .backups
+                .values()
+                .filter(|b| b.status == BackupStatus::Pending && gone(b.source_group))
+                .map(|b| BackupCommand::Fail {
+                    id: b.id.clone(),
+                    attempt: None,
+                    reason: format!(
+                        "index '{}' was deleted before the backup was written",
+                        b.source_index
+                    ),
+                });
+            let restores = s
+                .restore_jobs
+                .values()
+                .filter(|j| matches!(j.status, RestoreStatus::Pending | RestoreStatus::InProgress))
+                .filter(|j| gone(j.target_group))
+                .map(|j| BackupCommand::FailRestore {
+                    id: j.id.clone(),
+                    attempt: None,
+                    reason: format!("index '{}' was deleted during the restore", j.target_index),
+                    at: crate::now_rfc3339(),
+                });
+            backups.chain(restores).collect()
+        });
+        for command in commands {
+            if let Err(e) = self.control().propose(Command::Backup(command)).await {
+                tracing::debug!("failing a job whose index is gone: {e}");
+            }
+        }
+    }
+
     /// Claims the pending jobs this node can run (it holds a replica of the index) and
     /// whose runner is silent, and runs each in the background.
     pub async fn claim_pass(&self) {
+        self.fail_orphans().await;
         let me = self.control().node_id();
         let now = now_ms();
         let free = |claim: &Option<JobClaim>| {
@@ -192,7 +324,7 @@ impl Backups {
                 .shards()
                 .get(backup.source_group)
                 .is_some_and(|s| s.raft.metrics().borrow().current_leader.is_some());
-            if !led {
+            if !led || self.running_count() >= MAX_CONCURRENT_JOBS_PER_NODE {
                 continue;
             }
             let Some(running) = self.start_running(&backup.id) else {
@@ -214,7 +346,9 @@ impl Backups {
             });
         }
         for job in restores {
-            if self.inner.router.shards().get(job.target_group).is_none() {
+            if self.inner.router.shards().get(job.target_group).is_none()
+                || self.running_count() >= MAX_CONCURRENT_JOBS_PER_NODE
+            {
                 continue;
             }
             let Some(running) = self.start_running(&job.id) else {
@@ -262,10 +396,11 @@ impl Backups {
     /// its manifest is the one written, and every chunk is present, whole and unchanged.
     pub async fn check_restorable(&self, backup: &Backup) -> Result<Manifest, JobFailure> {
         let key = self.key_of(backup).await?;
-        let manifest = archive::read_manifest(&self.inner.store, &key, backup)
+        let store = self.store();
+        let manifest = archive::read_manifest(&store, &key, backup)
             .await
             .map_err(JobFailure::from)?;
-        archive::verify_chunks(&self.inner.store, backup, &manifest)
+        archive::verify_chunks(&store, backup, &manifest)
             .await
             .map_err(JobFailure::from)?;
         Ok(manifest)
@@ -275,7 +410,10 @@ impl Backups {
     async fn backup_job(&self, backup: Backup, attempt: String) {
         tracing::info!(backup = %backup.id, index = %backup.source_index, "writing backup");
         let started = Instant::now();
-        let command = match self.write_backup(&backup, &attempt).await {
+        let beat = Beat::start(self.control().clone(), backup.id.clone(), attempt.clone());
+        let written = self.write_backup(&backup, &attempt, &beat).await;
+        drop(beat);
+        let command = match written {
             Ok(contents) => {
                 tracing::info!(
                     backup = %backup.id,
@@ -288,10 +426,13 @@ impl Backups {
                 BackupCommand::Complete {
                     id: backup.id.clone(),
                     contents,
-                    max_project_bytes: self.inner.max_project_bytes,
                 }
             }
             Err(JobError::ClaimLost) => return,
+            Err(JobError::Abandoned(why)) => {
+                tracing::warn!(backup = %backup.id, "backup stopped, to be resumed: {why}");
+                return;
+            }
             Err(JobError::Failed(reason)) => {
                 tracing::warn!(backup = %backup.id, "backup failed: {reason}");
                 BackupCommand::Fail {
@@ -306,20 +447,6 @@ impl Backups {
         }
     }
 
-    async fn heartbeat_backup(&self, id: &str, attempt: &str) -> Result<(), JobError> {
-        let command = Command::Backup(BackupCommand::Heartbeat {
-            id: id.to_string(),
-            attempt: attempt.to_string(),
-            at_ms: now_ms(),
-        });
-        match self.control().propose(command).await {
-            Ok(_) => Ok(()),
-            Err(ControlError::Rejected(_)) => Err(JobError::ClaimLost),
-            // An unreachable control plane: the claim goes stale and another node resumes.
-            Err(e) => Err(JobError::Failed(format!("control plane: {e}"))),
-        }
-    }
-
     /// A consistent copy of the source shard: the state after one log position, read from
     /// a frozen RocksDB view of this node's replica (taken once it applied every write
     /// acknowledged before, without holding up writes), sealed in chunks into the store,
@@ -328,7 +455,14 @@ impl Backups {
         &self,
         backup: &Backup,
         attempt: &str,
+        beat: &Beat,
     ) -> Result<BackupContents, JobError> {
+        // What the project may still hold: the backup stops once it would pass that.
+        let budget = backup.max_project_bytes.saturating_sub(
+            self.control()
+                .read(|s| s.backup_bytes_of(&backup.project_id)),
+        );
+        let store = self.store();
         let shard = self
             .inner
             .router
@@ -339,7 +473,7 @@ impl Backups {
             .group_client(self.control().peers())
             .linearizable_barrier()
             .await
-            .map_err(|e| JobError::Failed(format!("source shard: {e}")))?;
+            .map_err(|e| JobError::Abandoned(format!("source shard: {e}")))?;
         let key = Arc::new(
             self.key_of(backup)
                 .await
@@ -378,23 +512,27 @@ impl Backups {
         });
         let mut chunks = Vec::new();
         let mut size_bytes = 0u64;
-        let mut beat = Instant::now();
         while let Some(chunk) = rx.recv().await {
+            beat.check()?;
             if chunk.n != chunks.len() {
                 return Err(JobError::Failed("chunks out of order".into()));
             }
             size_bytes += chunk.entry.sealed_bytes;
-            self.inner
-                .store
+            if size_bytes > budget {
+                return Err(JobError::Failed(format!(
+                    "the backup passed {budget} bytes, all its project may still hold \
+                     (--max-backup-bytes-per-project {}); delete backups or collections and \
+                     back up again",
+                    backup.max_project_bytes
+                )));
+            }
+            store
                 .put(&chunk_key(&prefix, chunk.n), chunk.bytes)
                 .await
-                .map_err(|e| JobError::Failed(e.to_string()))?;
+                .map_err(store_failed)?;
             chunks.push(chunk.entry);
-            if beat.elapsed() >= Duration::from_millis(HEARTBEAT_MS) {
-                beat = Instant::now();
-                self.heartbeat_backup(&backup.id, attempt).await?;
-            }
         }
+        beat.check()?;
         let (log_position, namespaces) = producer
             .await
             .map_err(|e| JobError::Failed(format!("reading the shard: {e}")))?
@@ -418,11 +556,10 @@ impl Backups {
         let sealed = archive::seal_manifest(&key, &manifest);
         let manifest_sha256 = archive::sha256_hex(&sealed);
         size_bytes += sealed.len() as u64;
-        self.inner
-            .store
+        store
             .put(&manifest_key(&prefix), sealed)
             .await
-            .map_err(|e| JobError::Failed(e.to_string()))?;
+            .map_err(store_failed)?;
         Ok(BackupContents {
             attempt: attempt.to_string(),
             log_position,
@@ -440,7 +577,10 @@ impl Backups {
     async fn restore_job(&self, job: RestoreJob, attempt: String) {
         tracing::info!(job = %job.id, index = %job.target_index, from_chunk = job.chunks_done, "restoring");
         let started = Instant::now();
-        let command = match self.restore(&job, &attempt).await {
+        let beat = Beat::start(self.control().clone(), job.id.clone(), attempt.clone());
+        let restored = self.restore(&job, &attempt, &beat).await;
+        drop(beat);
+        let command = match restored {
             Ok(()) => {
                 tracing::info!(
                     job = %job.id,
@@ -456,6 +596,10 @@ impl Backups {
                 }
             }
             Err(JobError::ClaimLost) => return,
+            Err(JobError::Abandoned(why)) => {
+                tracing::warn!(job = %job.id, "restore stopped, to be resumed: {why}");
+                return;
+            }
             Err(JobError::Failed(reason)) => {
                 tracing::warn!(job = %job.id, "restore failed: {reason}");
                 BackupCommand::FailRestore {
@@ -488,7 +632,7 @@ impl Backups {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(JobError::Failed(format!(
+                return Err(JobError::Abandoned(format!(
                     "the new index's shard group {group} has no leader after {TARGET_WAIT_MS} ms"
                 )));
             }
@@ -534,7 +678,7 @@ impl Backups {
         }
     }
 
-    async fn restore(&self, job: &RestoreJob, attempt: &str) -> Result<(), JobError> {
+    async fn restore(&self, job: &RestoreJob, attempt: &str, beat: &Beat) -> Result<(), JobError> {
         let backup = self
             .control()
             .read(|s| s.backups.get(&job.backup_id).cloned())
@@ -542,8 +686,11 @@ impl Backups {
         let key = self
             .key_of(&backup)
             .await
-            .map_err(|e| JobError::Failed(e.to_string()))?;
-        let store = &self.inner.store;
+            .map_err(|e| match e.error_code() {
+                "UNAVAILABLE" => JobError::Abandoned(e.to_string()),
+                _ => JobError::Failed(e.to_string()),
+            })?;
+        let store = &self.store();
         let manifest = archive::read_manifest(store, &key, &backup).await?;
         let target = self.target(job.target_group).await?;
         if job.chunks_done == 0 {
@@ -559,6 +706,7 @@ impl Backups {
         }
         let mut restored = job.records_restored;
         for n in job.chunks_done as usize..manifest.chunks.len() {
+            beat.check()?;
             let records = archive::read_chunk(store, &key, &backup, &manifest, n).await?;
             for (namespace, batch) in batches(records) {
                 self.write_batch(&target, &namespace, batch).await?;
@@ -581,7 +729,7 @@ impl Backups {
             match self.control().propose(progress).await {
                 Ok(_) => {}
                 Err(ControlError::Rejected(_)) => return Err(JobError::ClaimLost),
-                Err(e) => return Err(JobError::Failed(format!("control plane: {e}"))),
+                Err(e) => return Err(JobError::Abandoned(format!("control plane: {e}"))),
             }
         }
         self.check_restored(&target, &manifest).await
@@ -595,7 +743,7 @@ impl Backups {
             .group_client(self.control().peers())
             .linearizable_barrier()
             .await
-            .map_err(|e| JobError::Failed(format!("new index: {e}")))?;
+            .map_err(|e| JobError::Abandoned(format!("new index: {e}")))?;
         let machine = target.shard.state.read();
         for ns in &manifest.namespaces {
             let (count, digest) = machine
@@ -620,29 +768,45 @@ impl Backups {
         Ok(())
     }
 
-    /// Removes from the store what the control plane lists no more: projects and backups
-    /// deleted, failed backups, and attempts other than the one a backup is or was
-    /// written by. Runs on the control-plane leader. The store is listed before the state
-    /// is read (after a barrier), so a folder a runner has just begun is always known.
+    /// Removes from this cluster's folder of the store what the control plane lists no
+    /// more: deleted projects and backups, failed backups, and attempts other than the one
+    /// a backup is or was written by. Runs on the control-plane leader. Only names shaped
+    /// like Conifer's ids are looked at (anything else is left alone), and an entry that
+    /// cannot be listed or removed is logged and skipped. The store is listed before the
+    /// state is read (after a barrier), so a folder a runner has just begun is always known.
     pub async fn collect(&self) -> Result<(), String> {
         let me = Some(self.control().node_id());
         if self.control().raft().metrics().borrow().current_leader != me {
             return Ok(());
         }
-        let store = &self.inner.store;
+        let store = self.store();
+        let is_uuid = |name: &str| uuid::Uuid::parse_str(name).is_ok();
+        let is_attempt =
+            |name: &str| name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit());
         let mut listed: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-        let projects = store.list("").await.map_err(|e| e.to_string())?;
+        let projects: Vec<String> = store
+            .list("")
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|p| is_uuid(p))
+            .collect();
         for project in &projects {
-            for backup in store
-                .list(&format!("{project}/"))
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                let attempts = store
-                    .list(&format!("{project}/{backup}/"))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                listed.insert((project.clone(), backup), attempts);
+            let backups = match store.list(&format!("{project}/")).await {
+                Ok(backups) => backups,
+                Err(e) => {
+                    tracing::warn!("backup store collection: {e}");
+                    continue;
+                }
+            };
+            for backup in backups.into_iter().filter(|b| is_uuid(b)) {
+                match store.list(&format!("{project}/{backup}/")).await {
+                    Ok(attempts) => {
+                        let attempts = attempts.into_iter().filter(|a| is_attempt(a)).collect();
+                        listed.insert((project.clone(), backup), attempts);
+                    }
+                    Err(e) => tracing::warn!("backup store collection: {e}"),
+                }
             }
         }
         self.control()
@@ -655,44 +819,40 @@ impl Backups {
                 s.backups.clone(),
             )
         });
+        let mut doomed: Vec<String> = Vec::new();
         for project in &projects {
             if !live_projects.contains(project) {
                 tracing::info!(project, "removing the backups of a deleted project");
-                store
-                    .delete_prefix(&format!("{project}/"))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                doomed.push(format!("{project}/"));
             }
         }
         for ((project, id), attempts) in listed {
             if !live_projects.contains(&project) {
                 continue;
             }
-            let keep: Option<String> = match backups.get(&id) {
-                Some(b) if b.project_id == project => match b.status {
-                    BackupStatus::Ready => b.contents.as_ref().map(|c| c.attempt.clone()),
-                    BackupStatus::Pending => b.claim.as_ref().map(|c| c.attempt.clone()),
-                    BackupStatus::Failed => None,
-                },
-                _ => None,
-            };
-            let pending = backups
-                .get(&id)
-                .is_some_and(|b| b.status == BackupStatus::Pending && b.claim.is_none());
+            let backup = backups.get(&id).filter(|b| b.project_id == project);
+            // A pending backup nobody has claimed yet owns nothing: its files, if any, are
+            // an earlier attempt's.
+            let keep: Option<String> = backup.and_then(|b| match b.status {
+                BackupStatus::Ready => b.contents.as_ref().map(|c| c.attempt.clone()),
+                BackupStatus::Pending => b.claim.as_ref().map(|c| c.attempt.clone()),
+                BackupStatus::Failed => None,
+            });
+            if backup.is_none() || backup.is_some_and(|b| b.status == BackupStatus::Failed) {
+                tracing::info!(backup = %id, "removing the files of a deleted or failed backup");
+                doomed.push(format!("{project}/{id}/"));
+                continue;
+            }
             for attempt in attempts {
-                if Some(&attempt) != keep.as_ref() && !pending {
-                    tracing::info!(backup = %id, attempt, "removing backup files no backup lists");
-                    store
-                        .delete_prefix(&format!("{project}/{id}/{attempt}/"))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                if Some(&attempt) != keep.as_ref() {
+                    tracing::info!(backup = %id, attempt, "removing an abandoned attempt's files");
+                    doomed.push(format!("{project}/{id}/{attempt}/"));
                 }
             }
-            if keep.is_none() && !pending {
-                store
-                    .delete_prefix(&format!("{project}/{id}/"))
-                    .await
-                    .map_err(|e| e.to_string())?;
+        }
+        for prefix in doomed {
+            if let Err(e) = store.delete_prefix(&prefix).await {
+                tracing::warn!("backup store collection: {e}");
             }
         }
         Ok(())

@@ -20,6 +20,8 @@ pub const S3_OPERATION_TIMEOUT_MS: u64 = 120_000;
 pub const S3_ATTEMPTS: u32 = 3;
 /// Most keys one `DeleteObjects` call removes (S3's limit).
 const DELETE_BATCH: usize = 1_000;
+/// Most `DeleteObjects` rounds of one prefix (10 million objects) before giving up.
+const MAX_DELETE_ROUNDS: usize = 10_000;
 
 /// Where the store is: bucket, key prefix, region and endpoint.
 #[derive(Clone, Debug)]
@@ -169,7 +171,7 @@ impl S3Store {
     pub(super) async fn delete_prefix(&self, prefix: &str) -> Result<(), String> {
         let client = self.client().await;
         let full = self.key(prefix);
-        loop {
+        for _ in 0..MAX_DELETE_ROUNDS {
             let page = client
                 .list_objects_v2()
                 .bucket(&self.location.bucket)
@@ -192,14 +194,27 @@ impl S3Store {
                 .quiet(true)
                 .build()
                 .map_err(|e| e.to_string())?;
-            client
+            let answer = client
                 .delete_objects()
                 .bucket(&self.location.bucket)
                 .delete(delete)
                 .send()
                 .await
                 .map_err(describe)?;
+            // An object S3 would not delete (object lock, a denied key) would be listed
+            // again forever: stop at the first.
+            if let Some(e) = answer.errors().first() {
+                return Err(format!(
+                    "{} not deleted: {}: {}",
+                    e.key().unwrap_or("an object"),
+                    e.code().unwrap_or("error"),
+                    e.message().unwrap_or("no message")
+                ));
+            }
         }
+        Err(format!(
+            "{full} still holds objects after {MAX_DELETE_ROUNDS} rounds"
+        ))
     }
 }
 

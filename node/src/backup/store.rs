@@ -85,6 +85,56 @@ impl BackupStore {
     }
 }
 
+/// The backup store as one cluster sees it: every object under `<cluster id>/`, so that
+/// clusters (or other data) sharing a bucket, prefix or directory never touch each other's
+/// objects.
+pub struct ClusterStore<'a> {
+    store: &'a BackupStore,
+    root: String,
+}
+
+impl<'a> ClusterStore<'a> {
+    /// The objects of cluster `cluster_id` in `store`.
+    pub fn new(store: &'a BackupStore, cluster_id: &str) -> Self {
+        Self {
+            store,
+            root: format!("{cluster_id}/"),
+        }
+    }
+
+    /// The store in words (for the node's log; tenants are not told where it is).
+    pub fn describe(&self) -> String {
+        format!("{} (cluster folder {})", self.store.describe(), self.root)
+    }
+
+    /// [`BackupStore::put`] under the cluster's folder.
+    pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.store.put(&format!("{}{key}", self.root), bytes).await
+    }
+
+    /// [`BackupStore::get`] under the cluster's folder.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.get(&format!("{}{key}", self.root)).await
+    }
+
+    /// [`BackupStore::list`] under the cluster's folder (`""`: its top level).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.store.list(&format!("{}{prefix}", self.root)).await
+    }
+
+    /// [`BackupStore::delete_prefix`] under the cluster's folder.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        self.store
+            .delete_prefix(&format!("{}{prefix}", self.root))
+            .await
+    }
+
+    /// Whether this is a directory store.
+    pub fn is_directory(&self) -> bool {
+        matches!(self.store, BackupStore::Local(_))
+    }
+}
+
 /// Refuses a key that could leave the store's root: empty segments, `.`, `..`, or
 /// characters outside `[A-Za-z0-9._-]`. Keys are made of ids Conifer generated.
 fn check_key(key: &str) -> Result<(), String> {
@@ -132,7 +182,15 @@ impl LocalDir {
         let path = self.root.join(key);
         tokio::task::spawn_blocking(move || {
             let dir = path.parent().expect("object keys have a folder");
+            // The folders this creates are synced into their parents too, so a written
+            // backup survives a power loss whole.
+            let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
             std::fs::create_dir_all(dir)?;
+            for created in missing.iter().rev() {
+                if let Some(parent) = created.parent() {
+                    std::fs::File::open(parent)?.sync_all()?;
+                }
+            }
             // Written beside, synced, then renamed over: a reader sees all of it or none.
             let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
             {

@@ -74,6 +74,8 @@ impl Cli {
 }
 
 /// The subcommands.
+// Parsed once per process: boxing `serve`'s flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Commands {
     /// Run a node. With only --data-dir, bootstraps a single-node cluster on first start.

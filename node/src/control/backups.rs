@@ -45,7 +45,7 @@ pub const MAX_RESTORE_JOBS_PER_PROJECT: usize = 200;
 pub const CLAIM_TIMEOUT_MS: u64 = 15_000;
 /// How often a runner reports that it still works on a job (and its progress).
 pub const HEARTBEAT_MS: u64 = 2_000;
-/// Longest backup or collection name and description.
+/// Longest backup or collection name.
 pub const MAX_BACKUP_NAME_CHARS: usize = 45;
 /// Longest backup description.
 pub const MAX_BACKUP_DESCRIPTION_CHARS: usize = 1_000;
@@ -109,6 +109,12 @@ pub struct BackupContents {
 pub struct Backup {
     /// Id (a UUID), the backup store's directory.
     pub id: String,
+    /// Position among the cluster's backups and restore jobs (assigned at apply): the order
+    /// of listings and their pages.
+    pub seq: u64,
+    /// The project's limit of backup bytes when it was created
+    /// (`serve --max-backup-bytes-per-project` of the node that accepted it).
+    pub max_project_bytes: u64,
     /// Backup or collection.
     pub kind: BackupKind,
     /// Owning project.
@@ -160,6 +166,8 @@ pub enum RestoreStatus {
 pub struct RestoreJob {
     /// Id (a UUID).
     pub id: String,
+    /// Position among the cluster's backups and restore jobs (assigned at apply).
+    pub seq: u64,
     /// Owning project.
     pub project_id: String,
     /// The backup restored.
@@ -200,6 +208,8 @@ impl RestoreJob {
 }
 
 /// A change of a backup, a collection or a restore job.
+// Commands live only between decode and apply; boxing the larger ones buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum BackupCommand {
     /// Create a backup or collection of `backup.source_index` (which must exist and be
@@ -218,9 +228,9 @@ pub enum BackupCommand {
         /// The claim.
         claim: JobClaim,
     },
-    /// The runner of backup `id` still works on it.
+    /// The runner of backup or restore job `id` still works on it.
     Heartbeat {
-        /// The backup.
+        /// The backup or restore job.
         id: String,
         /// The claim's attempt.
         attempt: String,
@@ -234,11 +244,9 @@ pub enum BackupCommand {
         id: String,
         /// What it holds.
         contents: BackupContents,
-        /// The project's limit of backup bytes.
-        max_project_bytes: u64,
     },
-    /// Backup `id` cannot be made (by the runner holding `attempt`, or by anyone when
-    /// `None`: its source index is gone).
+    /// Backup `id` cannot be made (by the runner holding `attempt`, or — `None` — because
+    /// its source index is gone, which apply checks).
     Fail {
         /// The backup.
         id: String,
@@ -298,7 +306,7 @@ pub enum BackupCommand {
     FailRestore {
         /// The job.
         id: String,
-        /// The claim's attempt (`None`: refused before any runner took it).
+        /// The claim's attempt (`None`: its index is gone, which apply checks).
         attempt: Option<String>,
         /// Why.
         reason: String,
@@ -384,6 +392,9 @@ impl ControlState {
                 backup.claim = None;
                 backup.contents = None;
                 backup.failure = None;
+                backup.max_project_bytes = max_project_bytes;
+                backup.seq = self.next_backup_seq;
+                self.next_backup_seq += 1;
                 self.backups.insert(backup.id.clone(), backup.clone());
                 Ok(Output::Backup(backup))
             }
@@ -423,21 +434,25 @@ impl ControlState {
                 Ok(Output::Backup(backup.clone()))
             }
             BackupCommand::Heartbeat { id, attempt, at_ms } => {
-                let backup = self
-                    .backups
-                    .get_mut(&id)
-                    .ok_or_else(|| not_found("backup", &id))?;
-                check_attempt(&backup.claim, &attempt, &format!("backup '{id}'"))?;
-                if let Some(claim) = &mut backup.claim {
+                let claim = match (self.backups.get_mut(&id), self.restore_jobs.get_mut(&id)) {
+                    (Some(b), _) if b.status == BackupStatus::Pending => &mut b.claim,
+                    (_, Some(j))
+                        if matches!(
+                            j.status,
+                            RestoreStatus::Pending | RestoreStatus::InProgress
+                        ) =>
+                    {
+                        &mut j.claim
+                    }
+                    _ => return Err(not_found("running backup or restore job", &id)),
+                };
+                check_attempt(claim, &attempt, &format!("job '{id}'"))?;
+                if let Some(claim) = claim {
                     claim.heartbeat_ms = claim.heartbeat_ms.max(at_ms);
                 }
                 Ok(Output::Done)
             }
-            BackupCommand::Complete {
-                id,
-                contents,
-                max_project_bytes,
-            } => {
+            BackupCommand::Complete { id, contents } => {
                 let project = match self.backups.get(&id) {
                     Some(b) => b.project_id.clone(),
                     None => return Err(not_found("backup", &id)),
@@ -452,6 +467,7 @@ impl ControlState {
                 }
                 check_attempt(&backup.claim, &contents.attempt, &format!("backup '{id}'"))?;
                 backup.claim = None;
+                let max_project_bytes = backup.max_project_bytes;
                 if used.saturating_add(contents.size_bytes) > max_project_bytes {
                     backup.status = BackupStatus::Failed;
                     backup.failure = Some(format!(
@@ -471,6 +487,10 @@ impl ControlState {
                 attempt,
                 reason,
             } => {
+                let source_gone = self
+                    .backups
+                    .get(&id)
+                    .is_some_and(|b| self.index_of_group(b.source_group).is_none());
                 let backup = self
                     .backups
                     .get_mut(&id)
@@ -478,8 +498,16 @@ impl ControlState {
                 if backup.status != BackupStatus::Pending {
                     return Err(Rejection::Invalid(format!("backup '{id}' is not pending")));
                 }
-                if let Some(attempt) = &attempt {
-                    check_attempt(&backup.claim, attempt, &format!("backup '{id}'"))?;
+                match &attempt {
+                    Some(attempt) => {
+                        check_attempt(&backup.claim, attempt, &format!("backup '{id}'"))?
+                    }
+                    None if !source_gone => {
+                        return Err(Rejection::Invalid(format!(
+                            "backup '{id}''s source index still exists"
+                        )))
+                    }
+                    None => {}
                 }
                 backup.claim = None;
                 backup.status = BackupStatus::Failed;
@@ -547,6 +575,8 @@ impl ControlState {
                 };
                 job.target_index = created.name.clone();
                 job.target_group = created.group_id;
+                job.seq = self.next_backup_seq;
+                self.next_backup_seq += 1;
                 job.status = RestoreStatus::Pending;
                 job.chunks_total = contents.chunks;
                 job.records_total = contents.record_count;
@@ -610,8 +640,20 @@ impl ControlState {
                 Ok(Output::RestoreJob(job.clone()))
             }
             BackupCommand::FinishRestore { id, attempt, at } => {
+                let target_restoring = self.restore_jobs.get(&id).is_some_and(|j| {
+                    self.indexes
+                        .get(&(j.project_id.clone(), j.target_index.clone()))
+                        .is_some_and(|i| i.restore.as_deref() == Some(id.as_str()))
+                });
                 let job = self.restore_job_mut(&id)?;
                 check_attempt(&job.claim, &attempt, &format!("restore job '{id}'"))?;
+                if !target_restoring || job.chunks_done != job.chunks_total {
+                    return Err(Rejection::Invalid(format!(
+                        "restore job '{id}' cannot finish: its index is gone or {} of {} chunks \
+                         were written",
+                        job.chunks_done, job.chunks_total
+                    )));
+                }
                 job.status = RestoreStatus::Completed;
                 job.chunks_done = job.chunks_total;
                 job.claim = None;
@@ -635,6 +677,10 @@ impl ControlState {
                 reason,
                 at,
             } => {
+                let target_gone = self
+                    .restore_jobs
+                    .get(&id)
+                    .is_some_and(|j| self.index_of_group(j.target_group).is_none());
                 let job = self.restore_job_mut(&id)?;
                 if !matches!(
                     job.status,
@@ -642,8 +688,16 @@ impl ControlState {
                 ) {
                     return Err(Rejection::Invalid(format!("restore job '{id}' has ended")));
                 }
-                if let Some(attempt) = &attempt {
-                    check_attempt(&job.claim, attempt, &format!("restore job '{id}'"))?;
+                match &attempt {
+                    Some(attempt) => {
+                        check_attempt(&job.claim, attempt, &format!("restore job '{id}'"))?
+                    }
+                    None if !target_gone => {
+                        return Err(Rejection::Invalid(format!(
+                            "restore job '{id}''s index still exists"
+                        )))
+                    }
+                    None => {}
                 }
                 job.status = RestoreStatus::Failed;
                 job.claim = None;

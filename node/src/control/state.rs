@@ -50,6 +50,8 @@ pub enum Command {
         operator_token: OperatorToken,
         /// The first key that signs bearer tokens.
         signing_key: SigningKey,
+        /// The cluster's id ([`ControlState::cluster_id`]).
+        cluster_id: String,
     },
     /// Organizations ([`super::organizations`]).
     Organization(OrganizationCommand),
@@ -201,6 +203,11 @@ pub struct ControlState {
     pub backups: BTreeMap<String, super::backups::Backup>,
     /// Restore jobs by id.
     pub restore_jobs: BTreeMap<String, super::backups::RestoreJob>,
+    /// The next [`super::backups::Backup::seq`] / [`super::backups::RestoreJob::seq`].
+    pub next_backup_seq: u64,
+    /// The cluster's id, chosen at bootstrap: the folder of its backups in a backup store
+    /// that other clusters (or other data) may share.
+    pub cluster_id: String,
 }
 
 /// The checks of a creation after its parent was found: `taken` (why the id or a unique
@@ -241,10 +248,12 @@ impl ControlState {
                 api_key,
                 operator_token,
                 signing_key,
+                cluster_id,
             } => {
                 if !self.organizations.is_empty() || !self.operator_tokens.is_empty() {
                     return Err(Rejection::Invalid("cluster is already bootstrapped".into()));
                 }
+                self.cluster_id = cluster_id;
                 self.signing_keys.push(signing_key);
                 self.organizations
                     .insert(organization.id.clone(), organization);
@@ -386,6 +395,7 @@ pub(crate) mod tests {
                 secret_hex: "00".into(),
                 created_at: "t".into(),
             },
+            cluster_id: "c0".into(),
         })
         .unwrap();
         s
@@ -593,6 +603,7 @@ pub(crate) mod tests {
                 secret_hex: "00".into(),
                 created_at: "t".into(),
             },
+            cluster_id: "c0".into(),
         });
         assert!(matches!(again, Err(Rejection::Invalid(_))));
         assert_eq!(s, before);
