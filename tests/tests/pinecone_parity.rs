@@ -911,8 +911,8 @@ async fn index_names_tags_and_specs_follow_pinecone_rules() {
     for (spec, status, needle) in [
         (
             json!({"serverless": {"cloud": "aws", "region": "r", "source_collection": "c"}}),
-            400,
-            "source_collection",
+            404,
+            "collection 'c' not found",
         ),
         (
             json!({"pod": {"environment": "e", "pods": 2}}),

@@ -229,6 +229,14 @@ fn find_backup(state: &ApiState, project_id: &str, id: &str) -> Result<Backup, A
         .ok_or_else(|| ApiError::not_found(format!("backup '{id}' not found")))
 }
 
+/// A backup or collection as messages name it: `backup '<id>'`, `collection '<name>'`.
+fn shown(b: &Backup) -> String {
+    match b.kind {
+        BackupKind::Backup => format!("backup '{}'", b.id),
+        BackupKind::Collection => format!("collection '{}'", b.name),
+    }
+}
+
 /// Checks a backup or collection name (free text, at most [`MAX_BACKUP_NAME_CHARS`]).
 fn check_backup_name(name: &str) -> Result<(), ApiError> {
     if name.chars().count() > MAX_BACKUP_NAME_CHARS || name.chars().any(char::is_control) {
@@ -496,12 +504,10 @@ pub(super) async fn start_restore(
     target: RestoreTarget,
 ) -> Result<(Index, RestoreJob), ApiError> {
     if backup.status != BackupStatus::Ready {
+        let (what, status) = (shown(backup), backup_json(backup, false)["status"].clone());
         return Err(ApiError::coded(
             "FAILED_PRECONDITION",
-            format!(
-                "backup '{}' is not ready (status {:?}); restore it once it is",
-                backup.id, backup.status
-            ),
+            format!("{what} is not ready (status {status}); restore it once it is"),
         ));
     }
     state.backups.check_restorable(backup).await?;
@@ -579,6 +585,7 @@ pub(super) async fn start_restore(
 pub(super) fn replica_count(value: Option<&Value>) -> Result<Option<usize>, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(None),
+        Some(v) if !v.is_number() => Err(ApiError::unprocessable("'replicas' must be an integer")),
         Some(v) => match v.as_u64() {
             Some(n) if (1..=SHARD_REPLICAS as u64).contains(&n) => Ok(Some(n as usize)),
             _ => Err(ApiError::invalid(format!(
@@ -728,7 +735,13 @@ pub async fn create_collection(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let project_id = project(&state, &caller, &headers).await?;
     let req: CreateCollection = body::json(&headers, &body, Plane::Control)?;
-    check_name(&req.name)?;
+    check_name(&req.name).map_err(|_| {
+        ApiError::invalid(format!(
+            "collection name '{}' is invalid: 1 to 45 characters of a-z, 0-9 and '-', starting \
+             and ending with a letter or digit",
+            req.name.chars().take(90).collect::<String>()
+        ))
+    })?;
     let collection = start_backup(
         &state,
         &caller,

@@ -627,24 +627,8 @@ pub async fn create(
         body::json(&headers, &body, Plane::Control)?
     };
     check_name(&req.name)?;
-    if let Some(key) = req
-        .spec
-        .keys()
-        .find(|k| !matches!(k.as_str(), "serverless" | "pod" | "byoc"))
-    {
-        return Err(ApiError::unprocessable(format!(
-            "unknown field '{key}' in 'spec'"
-        )));
-    }
-    let kinds: Vec<&String> = req.spec.keys().collect();
-    if kinds.len() != 1 {
-        return Err(ApiError::invalid(
-            "'spec' must have exactly one of 'serverless', 'pod' or 'byoc'",
-        ));
-    }
-    let kind = kinds[0].clone();
-    check_spec(&kind, &req.spec[&kind])?;
     if let Some(collection) = source_collection(&req.spec) {
+        checked_spec(&req.spec)?;
         if req.vector_type.as_deref().is_some_and(|t| t != "dense") {
             return Err(ApiError::invalid(
                 "a collection restores into a dense index",
@@ -697,6 +681,7 @@ pub async fn create(
             "'metric' is '{metric_name}'; it must be cosine, euclidean or dotproduct"
         ))
     })?;
+    checked_spec(&req.spec)?;
     if let Some(tags) = &req.tags {
         check_tags(tags)?;
     }
@@ -746,6 +731,25 @@ pub async fn create(
         )),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
+}
+
+/// Checks a create request's `spec`: exactly one known kind, each checked by [`check_spec`].
+fn checked_spec(spec: &Map<String, Value>) -> Result<(), ApiError> {
+    if let Some(key) = spec
+        .keys()
+        .find(|k| !matches!(k.as_str(), "serverless" | "pod" | "byoc"))
+    {
+        return Err(ApiError::unprocessable(format!(
+            "unknown field '{key}' in 'spec'"
+        )));
+    }
+    let kinds: Vec<&String> = spec.keys().collect();
+    if kinds.len() != 1 {
+        return Err(ApiError::invalid(
+            "'spec' must have exactly one of 'serverless', 'pod' or 'byoc'",
+        ));
+    }
+    check_spec(kinds[0], &spec[kinds[0].as_str()])
 }
 
 /// The collection a create request restores from (`spec.<kind>.source_collection`).

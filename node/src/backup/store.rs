@@ -185,7 +185,13 @@ impl LocalDir {
             // The folders this creates are synced into their parents too, so a written
             // backup survives a power loss whole.
             let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
-            std::fs::create_dir_all(dir)?;
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+            }
             for created in missing.iter().rev() {
                 if let Some(parent) = created.parent() {
                     std::fs::File::open(parent)?.sync_all()?;
@@ -195,7 +201,12 @@ impl LocalDir {
             let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
             {
                 use std::io::Write;
-                let mut file = std::fs::File::create(&tmp)?;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
                 file.write_all(&bytes)?;
                 file.sync_all()?;
             }

@@ -749,7 +749,36 @@ pub(super) fn client(c: &Connection, need_token: bool) -> anyhow::Result<AdminCl
 fn columns(rows: &[Value]) -> Vec<String> {
     let first = rows.first();
     let has = |field: &str| first.is_some_and(|r| r.get(field).is_some());
-    let known: &[&str] = if has("principal_type") {
+    let known: &[&str] = if has("backup_id") && has("source_index_name") {
+        &[
+            "backup_id",
+            "name",
+            "source_index_name",
+            "status",
+            "record_count",
+            "size_bytes",
+            "created_at",
+        ]
+    } else if has("restore_job_id") {
+        &[
+            "restore_job_id",
+            "backup_id",
+            "target_index_name",
+            "status",
+            "percent_complete",
+            "records_restored",
+            "created_at",
+        ]
+    } else if has("environment") && has("status") && !has("host") {
+        &[
+            "name",
+            "source",
+            "status",
+            "vector_count",
+            "size",
+            "dimension",
+        ]
+    } else if has("principal_type") {
         &["principal_id", "principal_type", "role", "created_at"]
     } else if has("email") {
         &["id", "email", "name", "role", "created_at"]

@@ -175,6 +175,19 @@ pub enum CollectionCommand {
     },
 }
 
+/// Whether a failed poll may succeed when asked again: the node was unavailable (503,
+/// 429) or could not be reached.
+fn transient(e: &conifer_client::ClientError) -> bool {
+    matches!(
+        e,
+        conifer_client::ClientError::Transport(_)
+            | conifer_client::ClientError::Api {
+                status: 429 | 503,
+                ..
+            }
+    )
+}
+
 fn spinner(template: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
@@ -194,9 +207,21 @@ where
 {
     let bar = spinner("{spinner} writing {msg} ({elapsed})");
     bar.set_message(what.to_string());
+    let what = what.to_string();
     let deadline = Instant::now() + timeout;
     loop {
-        let current = describe().await?;
+        let current = match describe().await {
+            Ok(current) => current,
+            Err(e) if transient(&e) && Instant::now() < deadline => {
+                bar.set_message(format!("{what} (a node is busy: {e}; asking again)"));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => {
+                bar.abandon();
+                bail!("{e}; {what} carries on — follow it with `conifer backup describe`");
+            }
+        };
         match current["status"].as_str() {
             Some("Ready") => {
                 bar.finish_and_clear();
@@ -246,7 +271,20 @@ async fn follow_restore(c: &AdminClient, id: &str, timeout: Duration) -> anyhow:
     );
     let deadline = Instant::now() + timeout;
     loop {
-        let job = c.describe_restore_job(id).await?;
+        let job = match c.describe_restore_job(id).await {
+            Ok(job) => job,
+            Err(e) if transient(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => {
+                bar.abandon();
+                bail!(
+                    "{e}; restore job {id} carries on — follow it with `conifer restore-job \
+                     describe {id}`"
+                );
+            }
+        };
         bar.set_length(job["records_total"].as_u64().unwrap_or(0));
         bar.set_position(job["records_restored"].as_u64().unwrap_or(0));
         match job["status"].as_str() {
