@@ -853,7 +853,10 @@ async fn a_restore_whose_node_is_killed_resumes_elsewhere_and_is_never_queryable
     }
 
     // The new index deleted mid-restore: the job fails, naming that, and the backup can be
-    // deleted afterwards.
+    // deleted afterwards. The killed node first comes back: a new index's shard group is
+    // initialized by its lowest replica's node, which may be the dead one.
+    c.node(victim).spawn().unwrap();
+    c.wait_serving(victim).await.unwrap();
     let (status, started) = call(
         &c,
         survivor,

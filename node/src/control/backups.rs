@@ -320,6 +320,33 @@ fn stale(claim: &JobClaim, now_ms: u64) -> bool {
     now_ms.saturating_sub(claim.heartbeat_ms) >= CLAIM_TIMEOUT_MS
 }
 
+/// Gives job `what` to `claim`: refused unless the claiming node holds a replica of the
+/// job's index (`hosts`) and the job's current claim is its own (a restarted node) or has
+/// had no heartbeat for [`CLAIM_TIMEOUT_MS`] by the new claim's clock.
+fn take_claim(
+    current: &mut Option<JobClaim>,
+    claim: JobClaim,
+    hosts: bool,
+    what: &str,
+) -> Result<(), Rejection> {
+    if !hosts {
+        return Err(Rejection::Invalid(format!(
+            "node {} holds no replica of the index of {what}",
+            claim.node
+        )));
+    }
+    if let Some(held) = current {
+        if held.node != claim.node && !stale(held, claim.heartbeat_ms) {
+            return Err(Rejection::Invalid(format!(
+                "{what} is being run by node {}",
+                held.node
+            )));
+        }
+    }
+    *current = Some(claim);
+    Ok(())
+}
+
 /// Refuses a report from an attempt that does not hold the claim.
 fn check_attempt(claim: &Option<JobClaim>, attempt: &str, what: &str) -> Result<(), Rejection> {
     match claim {
@@ -416,21 +443,7 @@ impl ControlState {
                 if backup.status != BackupStatus::Pending {
                     return Err(Rejection::Invalid(format!("backup '{id}' is not pending")));
                 }
-                if !hosts {
-                    return Err(Rejection::Invalid(format!(
-                        "node {} holds no replica of the backup's source index",
-                        claim.node
-                    )));
-                }
-                if let Some(current) = &backup.claim {
-                    if !stale(current, claim.heartbeat_ms) {
-                        return Err(Rejection::Invalid(format!(
-                            "backup '{id}' is being written by node {}",
-                            current.node
-                        )));
-                    }
-                }
-                backup.claim = Some(claim);
+                take_claim(&mut backup.claim, claim, hosts, &format!("backup '{id}'"))?;
                 Ok(Output::Backup(backup.clone()))
             }
             BackupCommand::Heartbeat { id, attempt, at_ms } => {
@@ -605,21 +618,7 @@ impl ControlState {
                 ) {
                     return Err(Rejection::Invalid(format!("restore job '{id}' has ended")));
                 }
-                if !hosts {
-                    return Err(Rejection::Invalid(format!(
-                        "node {} holds no replica of the restore's target index",
-                        claim.node
-                    )));
-                }
-                if let Some(current) = &job.claim {
-                    if !stale(current, claim.heartbeat_ms) {
-                        return Err(Rejection::Invalid(format!(
-                            "restore job '{id}' is being run by node {}",
-                            current.node
-                        )));
-                    }
-                }
-                job.claim = Some(claim);
+                take_claim(&mut job.claim, claim, hosts, &format!("restore job '{id}'"))?;
                 job.status = RestoreStatus::InProgress;
                 Ok(Output::RestoreJob(job.clone()))
             }
@@ -838,5 +837,145 @@ pub(super) fn describe(state: &ControlState, command: &BackupCommand) -> Resourc
                 .params(Params::default().with("restore_job_id", id.as_str())),
             None => Resource::new(Verb::Update, ResourceType::Index, None),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::indexes::IndexCommand;
+    use crate::control::state::tests::{bootstrapped, index};
+    use crate::control::state::Command;
+    use crate::crypto::hierarchy::IndexKeyVersion;
+    use crate::crypto::WrappedKey;
+
+    fn backup(id: &str) -> Backup {
+        Backup {
+            id: id.into(),
+            seq: 0,
+            max_project_bytes: 0,
+            kind: BackupKind::Backup,
+            project_id: "p0".into(),
+            name: String::new(),
+            description: String::new(),
+            source_index: "src".into(),
+            source_group: 0,
+            source_spec_json: "{}".into(),
+            dimension: 0,
+            metric: Metric::Cosine,
+            created_at: "t".into(),
+            key: IndexKeyVersion {
+                version: 1,
+                wrapped: WrappedKey {
+                    provider: "test".into(),
+                    kek_version: 1,
+                    ciphertext: String::new(),
+                    key_id: String::new(),
+                },
+                created_at: "t".into(),
+            },
+            status: BackupStatus::Pending,
+            claim: None,
+            contents: None,
+            failure: None,
+        }
+    }
+
+    fn claim(node: u64, attempt: &str, at: u64) -> JobClaim {
+        JobClaim {
+            node,
+            attempt: attempt.into(),
+            heartbeat_ms: at,
+        }
+    }
+
+    fn contents(attempt: &str, size: u64) -> BackupContents {
+        BackupContents {
+            attempt: attempt.into(),
+            log_position: 7,
+            record_count: 3,
+            namespace_count: 1,
+            chunks: 1,
+            size_bytes: size,
+            records_digest: "d".into(),
+            manifest_sha256: "m".into(),
+        }
+    }
+
+    #[test]
+    fn one_runner_holds_a_backup_until_its_heartbeats_stop_and_only_it_completes_it() {
+        let mut s = bootstrapped();
+        let mut src = index("src");
+        src.replicas = vec![1, 2];
+        s.apply(Command::Index(IndexCommand::Create {
+            index: src,
+            ports: None,
+        }))
+        .unwrap();
+        let run = |s: &mut ControlState, c: BackupCommand| s.apply(Command::Backup(c));
+        run(
+            &mut s,
+            BackupCommand::Create {
+                backup: backup("b1"),
+                max_project_bytes: 100,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.backups["b1"].max_project_bytes, 100);
+        let claim_of = |node, attempt: &str, at| BackupCommand::Claim {
+            id: "b1".into(),
+            claim: claim(node, attempt, at),
+        };
+        // Only a node holding a replica of the source may claim it.
+        assert!(run(&mut s, claim_of(3, "a0", 1_000)).is_err());
+        run(&mut s, claim_of(1, "a1", 1_000)).unwrap();
+        // Another node waits until node 1's claim has been silent for the timeout; node 1
+        // itself (restarted) takes it again at once.
+        assert!(run(&mut s, claim_of(2, "a2", 1_000 + CLAIM_TIMEOUT_MS - 1)).is_err());
+        run(&mut s, claim_of(1, "a1b", 2_000)).unwrap();
+        run(&mut s, claim_of(2, "a2", 2_000 + CLAIM_TIMEOUT_MS)).unwrap();
+        // The attempt that lost the claim can neither beat nor complete.
+        let beat = |attempt: &str| BackupCommand::Heartbeat {
+            id: "b1".into(),
+            attempt: attempt.into(),
+            at_ms: 50_000,
+        };
+        assert!(run(&mut s, beat("a1b")).is_err());
+        run(&mut s, beat("a2")).unwrap();
+        let complete = |attempt: &str, size| BackupCommand::Complete {
+            id: "b1".into(),
+            contents: contents(attempt, size),
+        };
+        assert!(run(&mut s, complete("a1b", 10)).is_err());
+        // Past the project's bytes it fails, naming the limit.
+        run(&mut s, complete("a2", 101)).unwrap();
+        assert_eq!(s.backups["b1"].status, BackupStatus::Failed);
+        assert!(s.backups["b1"]
+            .failure
+            .as_ref()
+            .unwrap()
+            .contains("100 bytes"));
+        // A failure without an attempt is the leader's for a deleted index only.
+        run(
+            &mut s,
+            BackupCommand::Create {
+                backup: backup("b2"),
+                max_project_bytes: 100,
+            },
+        )
+        .unwrap();
+        let orphan = || BackupCommand::Fail {
+            id: "b2".into(),
+            attempt: None,
+            reason: "gone".into(),
+        };
+        assert!(run(&mut s, orphan()).is_err());
+        s.apply(Command::Index(IndexCommand::Delete {
+            project_id: "p0".into(),
+            name: "src".into(),
+        }))
+        .unwrap();
+        run(&mut s, orphan()).unwrap();
+        assert_eq!(s.backups["b2"].status, BackupStatus::Failed);
     }
 }

@@ -401,7 +401,7 @@ pub(crate) mod tests {
         s
     }
 
-    fn index(name: &str) -> Index {
+    pub(crate) fn index(name: &str) -> Index {
         Index {
             name: name.into(),
             project_id: "p0".into(),
