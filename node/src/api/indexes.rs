@@ -965,13 +965,7 @@ pub async fn delete(
         let restoring = state.control.read(|s| {
             s.restore_jobs
                 .values()
-                .filter(|j| {
-                    matches!(
-                        j.status,
-                        crate::control::backups::RestoreStatus::Pending
-                            | crate::control::backups::RestoreStatus::InProgress
-                    )
-                })
+                .filter(|j| j.running())
                 .find(|j| {
                     s.backups
                         .get(&j.backup_id)

@@ -14,8 +14,8 @@ use super::archive::{
 };
 use super::store::{BackupStore, ClusterStore};
 use crate::control::backups::{
-    Backup, BackupCommand, BackupContents, BackupStatus, JobClaim, RestoreJob, RestoreStatus,
-    CLAIM_TIMEOUT_MS, HEARTBEAT_MS,
+    Backup, BackupCommand, BackupContents, BackupStatus, JobClaim, RestoreJob, CLAIM_TIMEOUT_MS,
+    HEARTBEAT_MS,
 };
 use crate::control::state::{Command, Output};
 use crate::control::{ControlError, ControlPlane};
@@ -266,7 +266,7 @@ impl Backups {
             let restores = s
                 .restore_jobs
                 .values()
-                .filter(|j| matches!(j.status, RestoreStatus::Pending | RestoreStatus::InProgress))
+                .filter(|j| j.running())
                 .filter(|j| gone(j.target_group))
                 .map(|j| BackupCommand::FailRestore {
                     id: j.id.clone(),
@@ -308,9 +308,7 @@ impl Backups {
                     .collect(),
                 s.restore_jobs
                     .values()
-                    .filter(|j| {
-                        matches!(j.status, RestoreStatus::Pending | RestoreStatus::InProgress)
-                    })
+                    .filter(|j| j.running())
                     .filter(|j| hosts(j.target_group) && free(&j.claim))
                     .cloned()
                     .collect(),

@@ -197,6 +197,14 @@ pub struct RestoreJob {
 }
 
 impl RestoreJob {
+    /// Whether it has not ended: waiting for a runner or being run.
+    pub fn running(&self) -> bool {
+        matches!(
+            self.status,
+            RestoreStatus::Pending | RestoreStatus::InProgress
+        )
+    }
+
     /// Progress in percent (chunks written of the backup's).
     pub fn percent_complete(&self) -> f64 {
         match self.status {
@@ -347,6 +355,21 @@ fn take_claim(
     Ok(())
 }
 
+/// Refuses a failure of job `what` unless it comes from the attempt holding the claim, or —
+/// without an attempt — the job's index is gone (the leader's report of an orphan).
+fn check_failure(
+    claim: &Option<JobClaim>,
+    attempt: Option<&str>,
+    index_gone: bool,
+    what: &str,
+) -> Result<(), Rejection> {
+    match attempt {
+        Some(attempt) => check_attempt(claim, attempt, what),
+        None if index_gone => Ok(()),
+        None => Err(Rejection::Invalid(format!("{what}'s index still exists"))),
+    }
+}
+
 /// Refuses a report from an attempt that does not hold the claim.
 fn check_attempt(claim: &Option<JobClaim>, attempt: &str, what: &str) -> Result<(), Rejection> {
     match claim {
@@ -449,14 +472,7 @@ impl ControlState {
             BackupCommand::Heartbeat { id, attempt, at_ms } => {
                 let claim = match (self.backups.get_mut(&id), self.restore_jobs.get_mut(&id)) {
                     (Some(b), _) if b.status == BackupStatus::Pending => &mut b.claim,
-                    (_, Some(j))
-                        if matches!(
-                            j.status,
-                            RestoreStatus::Pending | RestoreStatus::InProgress
-                        ) =>
-                    {
-                        &mut j.claim
-                    }
+                    (_, Some(j)) if j.running() => &mut j.claim,
                     _ => return Err(not_found("running backup or restore job", &id)),
                 };
                 check_attempt(claim, &attempt, &format!("job '{id}'"))?;
@@ -511,17 +527,12 @@ impl ControlState {
                 if backup.status != BackupStatus::Pending {
                     return Err(Rejection::Invalid(format!("backup '{id}' is not pending")));
                 }
-                match &attempt {
-                    Some(attempt) => {
-                        check_attempt(&backup.claim, attempt, &format!("backup '{id}'"))?
-                    }
-                    None if !source_gone => {
-                        return Err(Rejection::Invalid(format!(
-                            "backup '{id}''s source index still exists"
-                        )))
-                    }
-                    None => {}
-                }
+                check_failure(
+                    &backup.claim,
+                    attempt.as_deref(),
+                    source_gone,
+                    &format!("backup '{id}'"),
+                )?;
                 backup.claim = None;
                 backup.status = BackupStatus::Failed;
                 backup.failure = Some(reason);
@@ -532,10 +543,11 @@ impl ControlState {
                     Some(b) if b.project_id == project_id => {}
                     _ => return Err(not_found("backup", &id)),
                 }
-                if let Some(job) = self.restore_jobs.values().find(|j| {
-                    j.backup_id == id
-                        && matches!(j.status, RestoreStatus::Pending | RestoreStatus::InProgress)
-                }) {
+                if let Some(job) = self
+                    .restore_jobs
+                    .values()
+                    .find(|j| j.backup_id == id && j.running())
+                {
                     return Err(Rejection::Invalid(format!(
                         "backup '{id}' is being restored into index '{}' (restore job {}); \
                          delete it once the job finished",
@@ -612,10 +624,7 @@ impl ControlState {
                     .index_of_group(group)
                     .is_some_and(|i| i.replicas.contains(&claim.node));
                 let job = self.restore_job_mut(&id)?;
-                if !matches!(
-                    job.status,
-                    RestoreStatus::Pending | RestoreStatus::InProgress
-                ) {
+                if !job.running() {
                     return Err(Rejection::Invalid(format!("restore job '{id}' has ended")));
                 }
                 take_claim(&mut job.claim, claim, hosts, &format!("restore job '{id}'"))?;
@@ -681,23 +690,15 @@ impl ControlState {
                     .get(&id)
                     .is_some_and(|j| self.index_of_group(j.target_group).is_none());
                 let job = self.restore_job_mut(&id)?;
-                if !matches!(
-                    job.status,
-                    RestoreStatus::Pending | RestoreStatus::InProgress
-                ) {
+                if !job.running() {
                     return Err(Rejection::Invalid(format!("restore job '{id}' has ended")));
                 }
-                match &attempt {
-                    Some(attempt) => {
-                        check_attempt(&job.claim, attempt, &format!("restore job '{id}'"))?
-                    }
-                    None if !target_gone => {
-                        return Err(Rejection::Invalid(format!(
-                            "restore job '{id}''s index still exists"
-                        )))
-                    }
-                    None => {}
-                }
+                check_failure(
+                    &job.claim,
+                    attempt.as_deref(),
+                    target_gone,
+                    &format!("restore job '{id}'"),
+                )?;
                 job.status = RestoreStatus::Failed;
                 job.claim = None;
                 job.failure = Some(reason);
