@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod node;
 pub mod policy;
 pub mod shard;
+pub mod timing;
 pub mod tls;
 
 /// The current time as RFC 3339 text, as stored in `created_at` fields.

@@ -462,6 +462,10 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningNode> {
         config.backup_chunk_bytes,
     );
     tracing::info!(store = %backups.store_location(), "backup store");
+    tracing::info!(
+        simd = crate::shard::native::simd_level(),
+        "vector engine distance kernels"
+    );
     if config.join.is_some()
         && matches!(&config.backup_store, BackupStoreConfig::Dir(d) if d.starts_with(data_dir))
     {

@@ -23,6 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 M, EF_CONSTRUCTION, EF_SEARCH, K = 32, 200, 128, 10
+CLIENTS = 4  # concurrent clients of the parallel-query measurement
 
 
 def package_data(package, *parts):
@@ -57,6 +58,16 @@ def ground_truth(base, queries):
         for row, cand in zip(scores, top):
             truth.append(set(cand[np.argsort(-row[cand])].tolist()))
     return truth
+
+
+def server_timing(metadata):
+    """The spans of a `server-timing` header (`name;dur=ms, ...`) as {name: ms}."""
+    header = dict(metadata or ()).get("server-timing", "")
+    spans = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, dur = part.partition(";dur=")
+        spans[name] = float(dur)
+    return spans
 
 
 def stats(latencies_s):
@@ -189,10 +200,41 @@ def conifer(cluster, name, base, queries, truth, progress):
                                   grpc.ssl_channel_credentials(root_certificates=ca))
     stub = pb_grpc.VectorServiceStub(channel)
     metadata = (("api-key", boot["api_key"]), ("service-name", name))
-    stub_query = lambda q: [m.id for m in stub.Query(
-        pb.QueryRequest(vector=q.tolist(), top_k=K, namespace="bench"), metadata=metadata).matches]
+    spans = []
+
+    def stub_query(q, stub=stub):
+        response, call = stub.Query.with_call(
+            pb.QueryRequest(vector=q.tolist(), top_k=K, namespace="bench"), metadata=metadata)
+        spans.append(server_timing(call.initial_metadata()))
+        return [m.id for m in response.matches]
+
     measure(stub_query)
+    spans.clear()
     lean = measure(stub_query)
+    # The node's own split of each query (its `server-timing` header), p50 per span.
+    for span in sorted({name for s in spans for name in s}):
+        lean[f"server_{span}_p50_ms"] = float(np.median([s[span] for s in spans if span in s]))
+
+    # Queries in parallel: CLIENTS clients, each on its own channel sending one query at a
+    # time, against the same namespace; QPS next to one client's.
+    channels = [grpc.secure_channel(cluster.manifest["nodes"][0]["api_url"].removeprefix("https://"),
+                                    grpc.ssl_channel_credentials(root_certificates=ca))
+                for _ in range(CLIENTS)]
+    stubs = [pb_grpc.VectorServiceStub(c) for c in channels]
+
+    def client(i):
+        for q in queries[i::CLIENTS]:
+            stub_query(q, stub=stubs[i])
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        list(pool.map(client, range(CLIENTS)))  # warm-up
+        t = time.perf_counter()
+        list(pool.map(client, range(CLIENTS)))
+        lean[f"qps_{CLIENTS}_clients"] = len(queries) / (time.perf_counter() - t)
+    lean[f"qps_{CLIENTS}_clients_over_1"] = lean[f"qps_{CLIENTS}_clients"] / lean["qps"]
+    for c in channels:
+        c.close()
     # The floor of one authenticated, routed round trip: DescribeIndexStats does no search.
     floor = []
     for _ in range(len(queries)):

@@ -2,12 +2,32 @@
 //! node, losing the shard leader mid-upsert loses no acknowledged record, and bad requests
 //! get the status a Pinecone client expects without writing anything.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use conifer_tests::Cluster;
 use reqwest::Method;
 use serde_json::{json, Value};
+
+/// The spans of a `server-timing` value (`name;dur=<ms>, …`) by name; every span is a
+/// finite, non-negative duration no longer than `total`, which is always there.
+fn server_timing(value: &str) -> HashMap<String, f64> {
+    let spans: HashMap<String, f64> = value
+        .split(", ")
+        .map(|part| {
+            let (name, dur) = part.split_once(";dur=").expect(value);
+            (name.to_string(), dur.parse::<f64>().expect(value))
+        })
+        .collect();
+    let total = spans["total"];
+    assert!(
+        spans
+            .values()
+            .all(|d| d.is_finite() && (0.0..=total).contains(d)),
+        "{value}"
+    );
+    spans
+}
 
 fn vector(i: usize, dim: usize) -> Vec<f32> {
     // Distinct, well-separated directions: vector i is closest to itself.
@@ -91,6 +111,11 @@ async fn writes_through_one_node_are_read_through_every_node() {
             .await
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200);
+        // The in-node split of the query: every replica holds the shard, so it answers.
+        let spans = server_timing(resp.headers()["server-timing"].to_str().unwrap());
+        for span in ["filter", "search", "lookup", "assemble", "encode"] {
+            assert!(spans.contains_key(span), "node {via}: {span} in {spans:?}");
+        }
         let body: Value = resp.json().await.unwrap();
         let matches = body["matches"].as_array().unwrap();
         assert_eq!(matches[0]["id"], "v42", "node {via}: {body}");
@@ -103,6 +128,38 @@ async fn writes_through_one_node_are_read_through_every_node() {
             100
         );
     }
+
+    // gRPC answers the same split in its response metadata (no `encode`: tonic encodes the
+    // body after the headers).
+    let mut grpc = cluster.grpc_data(2).await.unwrap();
+    let mut request = tonic::Request::new(conifer_proto::pinecone::QueryRequest {
+        vector: vector(42, 16),
+        top_k: 3,
+        namespace: "ns".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("api-key", key.parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-conifer-index", "docs".parse().unwrap());
+    let answer = grpc.query(request).await.unwrap();
+    let spans = server_timing(
+        answer
+            .metadata()
+            .get("server-timing")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+    );
+    assert!(
+        spans.contains_key("search")
+            && !spans.contains_key("filter")
+            && !spans.contains_key("encode"),
+        "{spans:?}"
+    );
+    assert_eq!(answer.into_inner().matches[0].id, "v42");
 
     let resp = cluster
         .data(3, &key, "docs", Method::POST, "/vectors/delete")
@@ -721,16 +778,20 @@ async fn a_node_without_a_replica_forwards_data_plane_calls() {
         .to_str()
         .unwrap()
         .to_string();
-    let body: Value = cluster
+    let resp = cluster
         .data(fourth, &key, "placed", Method::POST, "/query")
         .header("x-conifer-min-lsn", &lsn)
         .json(&json!({"vector": vector(7, 8), "topK": 1, "namespace": "ns"}))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    // The split names the forwarded call; the search ran on another node.
+    let spans = server_timing(resp.headers()["server-timing"].to_str().unwrap());
+    assert!(
+        spans.contains_key("forward") && !spans.contains_key("search"),
+        "{spans:?}"
+    );
+    let body: Value = resp.json().await.unwrap();
     assert_eq!(body["matches"][0]["id"], "v7", "{body}");
     assert_eq!(
         stats(&cluster, fourth, &key, "placed").await["namespaces"]["ns"]["vectorCount"],

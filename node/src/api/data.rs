@@ -2,6 +2,8 @@
 //! into the protobuf request, runs the shared operation ([`dataplane::run`]), and converts
 //! the response back, adding the sequence-number headers.
 
+use std::time::Instant;
+
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue};
@@ -15,6 +17,7 @@ use super::access::{Caller, PROJECT_HEADER};
 use super::{ApiError, ApiState};
 use crate::dataplane::convert::{json_to_struct, struct_to_json};
 use crate::dataplane::{self, Lsn, Resolved};
+use crate::timing;
 
 /// Request header asking a read to wait until this sequence number is applied locally.
 pub const MIN_LSN_HEADER: &str = "x-conifer-min-lsn";
@@ -207,6 +210,7 @@ pub async fn query(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     let target = target(&state, &caller, &headers).await?;
     let req: QueryJson = parse_body(&headers, &body)?;
     let req = pb::QueryRequest {
@@ -222,7 +226,10 @@ pub async fn query(
         scan_factor: req.scan_factor,
         max_candidates: req.max_candidates,
     };
-    let (resp, lsn) = dataplane::run(&state.router, &target, req).await?;
+    let (answer, mut spans) = timing::collect(dataplane::run(&state.router, &target, req)).await;
+    let (resp, lsn) = answer?;
+    // The JSON body: matches converted, then serialized.
+    let encoding = Instant::now();
     let matches: Vec<Value> = resp
         .matches
         .iter()
@@ -237,10 +244,16 @@ pub async fn query(
             out
         })
         .collect();
-    Ok(with_lsn(
+    let mut response = with_lsn(
         json!({"matches": matches, "namespace": resp.namespace, "usage": usage_json(&resp.usage)}),
         lsn,
-    ))
+    );
+    spans.push("encode", encoding.elapsed());
+    spans.push("total", started.elapsed());
+    if let Ok(value) = HeaderValue::try_from(spans.header_value()) {
+        response.headers_mut().insert("server-timing", value);
+    }
+    Ok(response)
 }
 
 /// Query-string pairs of a GET request, refusing a parameter the route does not take

@@ -2,6 +2,8 @@
 //! the `api-key` metadata, the index from `service-name` metadata (sent by the v8 SDK) or
 //! the request's authority; sequence numbers in the response metadata.
 
+use std::time::Instant;
+
 use conifer_proto::pinecone as pb;
 use conifer_proto::pinecone::vector_service_server::VectorService;
 use tonic::metadata::MetadataValue;
@@ -11,6 +13,7 @@ use super::access::{Caller, PROJECT_HEADER};
 use super::data::{read_headers, INDEX_HEADER};
 use super::{ApiError, ApiState};
 use crate::dataplane::{self, Lsn, Operation, Resolved};
+use crate::timing::{self, Spans};
 
 /// Metadata key the front door sets to the HTTP/2 `:authority` before gRPC dispatch
 /// (overwriting any client-sent value).
@@ -60,16 +63,27 @@ impl GrpcDataPlane {
         &self,
         request: Request<O>,
     ) -> Result<Response<O::Response>, Status> {
-        let target = self.target(&request).await?;
-        let (body, lsn) = dataplane::run(&self.state.router, &target, request.into_inner())
-            .await
-            .map_err(ApiError::from)?;
-        Ok(respond(body, lsn))
+        let started = Instant::now();
+        let (answer, mut spans) = timing::collect(async {
+            let target = self.target(&request).await?;
+            dataplane::run(&self.state.router, &target, request.into_inner())
+                .await
+                .map_err(|e| Status::from(ApiError::from(e)))
+        })
+        .await;
+        let (body, lsn) = answer?;
+        spans.push("total", started.elapsed());
+        Ok(respond(body, lsn, &spans))
     }
 }
 
-fn respond<T>(body: T, lsn: Lsn) -> Response<T> {
+/// The response with Pinecone's sequence-number headers and Conifer's `server-timing`
+/// ([`timing`]; tonic encodes the body after these headers, so no `encode` span).
+fn respond<T>(body: T, lsn: Lsn, spans: &Spans) -> Response<T> {
     let mut response = Response::new(body);
+    if let Ok(value) = MetadataValue::try_from(spans.header_value()) {
+        response.metadata_mut().insert("server-timing", value);
+    }
     if let Some(n) = lsn.request {
         response
             .metadata_mut()

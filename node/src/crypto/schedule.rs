@@ -3,7 +3,7 @@
 //! ring's AEAD key (`LessSafeKey`: AES round keys and GHASH's powers of H) has no
 //! zeroizing `Drop`, and all-zero bytes are not a valid value of it, so it is kept as a
 //! `MaybeUninit` whose bytes are wiped after the value is dropped in place. Conifer's
-//! `unsafe` code is this module and `shard::faiss_io`.
+//! `unsafe` code is this module, `shard::faiss_io` and `shard::native`.
 #![allow(unsafe_code)]
 
 use std::mem::MaybeUninit;

@@ -230,7 +230,12 @@ pub async fn run<O: Operation>(
 ) -> Result<(O::Response, Lsn), DataError> {
     let (response, lsn) = match target {
         Resolved::Local(t) => ops::run_local(router, t, request.into_op()).await?,
-        Resolved::Remote(r) => router.forward(r, request.into_op()).await?,
+        Resolved::Remote(r) => {
+            let started = std::time::Instant::now();
+            let answer = router.forward(r, request.into_op()).await;
+            crate::timing::record("forward", started.elapsed());
+            answer?
+        }
     };
     Ok((O::response(response)?, lsn))
 }

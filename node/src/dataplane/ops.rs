@@ -3,6 +3,8 @@
 //! ([`Router::write`]) or a read of the local replica. Requests and responses are the
 //! Pinecone protobuf types; [`run_local`] dispatches a [`DataOp`] to them.
 
+use std::time::Instant;
+
 use conifer_proto::pinecone as pb;
 use prost::Message;
 use serde_json::{Map, Value};
@@ -16,6 +18,7 @@ use crate::shard::command::{merge_metadata, Record, ShardCommand, ShardOutput, D
 use crate::shard::engine::Metric;
 use crate::shard::filter::Filter;
 use crate::shard::namespace::Namespace;
+use crate::timing;
 
 /// Runs `op` on the local replica `target`: the one dispatch from an operation to its
 /// function, so an operation without an arm here does not compile.
@@ -255,6 +258,7 @@ pub async fn query(
             .map_err(DataError::internal)?,
         _ => Vec::new(),
     };
+    let assembling = Instant::now();
     let mut size = ResponseSize::new(
         "query result",
         "lower topK, or leave out values or metadata",
@@ -275,6 +279,7 @@ pub async fn query(
         })
         .collect::<Result<_, DataError>>()?;
     drop(guard);
+    timing::record("assemble", assembling.elapsed());
     Ok((
         pb::QueryResponse {
             results: Vec::new(),

@@ -11,8 +11,7 @@
 use std::collections::HashSet;
 
 use faiss::index::autotune::ParameterSpace;
-use faiss::index::{IndexImpl, SearchWithParamsMut};
-use faiss::search_params::SearchParameters;
+use faiss::index::IndexImpl;
 use faiss::selector::IdSelector;
 use faiss::{index_factory, Idx, Index, MetricType};
 
@@ -273,14 +272,26 @@ impl VectorIndex {
                 index.d()
             )));
         }
-        Ok(Self {
+        let loaded = Self {
             index,
             kind: snapshot.kind,
             metric,
             dimension,
             config,
             tombstones: snapshot.tombstones.into_iter().collect(),
-        })
+        };
+        loaded.advise_huge_pages();
+        Ok(loaded)
+    }
+
+    /// Backs an HNSW index's vectors and graph links with transparent huge pages where the
+    /// OS allows ([`super::native::advise_huge_pages`]); called once a graph is built or
+    /// loaded (memory it grows into later keeps the default pages). Returns bytes advised.
+    pub fn advise_huge_pages(&self) -> usize {
+        match self.kind {
+            EngineKind::Hnsw => super::native::advise_huge_pages(&self.index),
+            EngineKind::Flat => 0,
+        }
     }
 
     fn prepared(&self, values: &[f32]) -> Vec<f32> {
@@ -323,58 +334,38 @@ impl VectorIndex {
 
     /// The `k` nearest internal ids to `query` with Pinecone scores in the metric's range
     /// ([`clamp_score`]), best first; when `allowed` is given, only those ids are considered
-    /// (they must all be live).
+    /// (they must all be live). Only reads the index: searches run in parallel (the search
+    /// itself is node/cpp/search.cpp; HNSW searches use efSearch
+    /// max([`EngineConfig::hnsw_ef_search`], [`EngineConfig::ef_search_per_top_k`] × k)).
     pub fn search(
-        &mut self,
+        &self,
         query: &[f32],
         k: usize,
         allowed: Option<&[u64]>,
     ) -> Result<Vec<(u64, f32)>, EngineError> {
-        if self.is_empty() || k == 0 {
+        if self.is_empty() || k == 0 || allowed.is_some_and(|ids| ids.is_empty()) {
             return Ok(Vec::new());
         }
         let q = self.prepared(query);
-        let result = match allowed {
-            None => {
-                // Over-fetch past the tombstones, then drop them.
-                let want = (k + self.tombstones.len()).min(self.len() as usize);
-                self.set_ef_search(want)?;
-                self.index.search(&q, want)?
-            }
-            Some(ids) => {
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let want = k.min(ids.len());
-                self.set_ef_search(want)?;
-                let labels: Vec<Idx> = ids.iter().map(|&i| Idx::new(i)).collect();
-                let params = SearchParameters::new(IdSelector::batch(&labels)?)?;
-                self.index.search_with_params(&q, want, &params)?
-            }
+        // Unfiltered, over-fetch past the tombstones, then drop them.
+        let want = match allowed {
+            None => (k + self.tombstones.len()).min(self.len() as usize),
+            Some(ids) => k.min(ids.len()),
         };
-        Ok(result
-            .labels
+        let ef = self
+            .config
+            .hnsw_ef_search
+            .max(want.saturating_mul(self.config.ef_search_per_top_k))
+            .min(i32::MAX as usize) as i32;
+        let (distances, labels) = super::native::search(&self.index, &q, want, ef, allowed)?;
+        Ok(labels
             .iter()
-            .zip(result.distances.iter())
-            .filter_map(|(label, distance)| {
-                label
-                    .get()
-                    .map(|id| (id, clamp_score(self.metric, *distance)))
-            })
+            .zip(&distances)
+            .filter(|(label, _)| **label >= 0)
+            .map(|(label, distance)| (*label as u64, clamp_score(self.metric, *distance)))
             .filter(|(id, _)| !self.tombstones.contains(id))
             .take(k)
             .collect())
-    }
-
-    fn set_ef_search(&mut self, k: usize) -> Result<(), EngineError> {
-        if self.kind == EngineKind::Hnsw {
-            let ef = self
-                .config
-                .hnsw_ef_search
-                .max(k * self.config.ef_search_per_top_k);
-            ParameterSpace::new()?.set_index_parameter(&self.index, "efSearch", ef as f64)?;
-        }
-        Ok(())
     }
 }
 
@@ -475,7 +466,7 @@ mod tests {
         index.remove(&[49]).unwrap();
         let before = index.search(&[40.0, 1.0, 1.0, 0.5], 5, None).unwrap();
         let snapshot = index.to_snapshot().unwrap();
-        let mut loaded =
+        let loaded =
             VectorIndex::from_snapshot(snapshot.clone(), 4, Metric::Cosine, config).unwrap();
         assert_eq!(
             (loaded.kind(), loaded.len(), loaded.tombstones()),
@@ -516,5 +507,116 @@ mod tests {
         assert!(!index.needs_rebuild());
         index.remove(&(0..20).collect::<Vec<_>>()).unwrap();
         assert!(index.needs_rebuild(), "22 of 100 are tombstones");
+    }
+
+    #[test]
+    fn every_instruction_set_computes_the_same_distances() {
+        let level = super::super::native::simd_level();
+        assert!(["avx512", "avx2", "baseline"].contains(&level), "{level}");
+        for d in [1usize, 3, 8, 17, 50, 64, 384, 1536] {
+            let x: Vec<f32> = (0..d)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+                .collect();
+            let y: Vec<f32> = (0..d)
+                .map(|i| ((i * 11 % 89) as f32 - 44.0) / 13.0)
+                .collect();
+            let ip: f64 = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            let l2: f64 = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
+                .sum();
+            let scale: f64 = x.iter().chain(&y).map(|a| f64::from(*a).powi(2)).sum();
+            for level in ["baseline", "avx2", "avx512"] {
+                let got_ip = super::super::native::kernel_distance(level, &x, &y, true);
+                let got_l2 = super::super::native::kernel_distance(level, &x, &y, false);
+                let tolerance = 1e-5 * scale.max(1.0);
+                assert!(
+                    (f64::from(got_ip) - ip).abs() <= tolerance,
+                    "{level:?} d={d}: inner product {got_ip}, exact {ip}"
+                );
+                assert!(
+                    (f64::from(got_l2) - l2).abs() <= tolerance,
+                    "{level:?} d={d}: squared L2 {got_l2}, exact {l2}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hnsw_searches_run_in_parallel_and_agree_with_serial_ones() {
+        let dimension = 24;
+        let count = 3_000u64;
+        // splitmix64 of (i, j): no two vectors alike.
+        let noise = |i: u64, j: u64| {
+            let mut z = (i * 1_000 + j).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % 10_000) as f32 / 10_000.0 - 0.5
+        };
+        let values: Vec<f32> = (0..count)
+            .flat_map(|i| (0..dimension).map(move |j| noise(i, j)))
+            .collect();
+        let ids: Vec<u64> = (0..count).map(|i| i * 3 + 1).collect();
+        for metric in [Metric::Cosine, Metric::Euclidean, Metric::DotProduct] {
+            let mut index = VectorIndex::new(
+                dimension as usize,
+                metric,
+                EngineKind::Hnsw,
+                EngineConfig::default(),
+            )
+            .unwrap();
+            index.add(&ids, &values).unwrap();
+            let queries: Vec<&[f32]> = values.chunks(dimension as usize).step_by(97).collect();
+            let serial: Vec<_> = queries
+                .iter()
+                .map(|q| index.search(q, 10, None).unwrap())
+                .collect();
+            for (q, hits) in queries.iter().zip(&serial) {
+                assert_eq!(hits.len(), 10, "{metric:?}");
+                if metric != Metric::DotProduct {
+                    let own = ids[values
+                        .chunks(dimension as usize)
+                        .position(|v| v == *q)
+                        .unwrap()];
+                    assert_eq!(
+                        hits[0].0, own,
+                        "{metric:?}: a stored vector finds itself first"
+                    );
+                }
+            }
+            let index = &index;
+            let parallel: Vec<Vec<_>> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..4)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            queries
+                                .iter()
+                                .map(|q| index.search(q, 10, None).unwrap())
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().unwrap())
+                    .collect()
+            });
+            for (i, hits) in parallel.iter().enumerate() {
+                assert_eq!(hits, &serial[i % serial.len()], "{metric:?} query {i}");
+            }
+            // A filter keeps to its ids, through the HNSW graph as through the exact index.
+            let allowed: Vec<u64> = ids.iter().copied().step_by(5).collect();
+            let filtered = index.search(queries[3], 10, Some(&allowed)).unwrap();
+            assert_eq!(filtered.len(), 10);
+            assert!(
+                filtered.iter().all(|(id, _)| allowed.contains(id)),
+                "{filtered:?}"
+            );
+        }
     }
 }

@@ -2,10 +2,11 @@
 //! so an index is persisted only as ciphertext: the bytes go from FAISS straight into a
 //! buffer that the caller seals; no plaintext index file ever exists, not even temporarily.
 //!
-//! Conifer's `unsafe` code is this module and `crypto::schedule` (a key schedule wiped on
-//! drop). FAISS's custom reader and writer take a bare function pointer without a context
-//! argument, so the bytes pass through thread-local buffers; each (de)serialization runs
-//! start to finish on the calling thread and the callbacks are never re-entered.
+//! Conifer's `unsafe` code is this module, [`super::native`] (the C++ search path) and
+//! `crypto::schedule` (a key schedule wiped on drop). FAISS's custom reader and writer
+//! take a bare function pointer without a context argument, so the bytes pass through
+//! thread-local buffers; each (de)serialization runs start to finish on the calling thread
+//! and the callbacks are never re-entered.
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;

@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use serde_json::{Map, Value};
 
@@ -161,7 +161,7 @@ impl ShardMachine {
             next_internal,
             seq,
             metric: self.metric,
-            engine: Mutex::new(self.engine_or_abort()),
+            engine: RwLock::new(self.engine_or_abort()),
             meta_index: MetadataIndex::default(),
             unsaved_changes: AtomicU64::new(0),
             engine_saved: AtomicBool::new(false),
@@ -406,7 +406,7 @@ impl ShardMachine {
     pub fn rebuild_jobs(&self) -> Vec<RebuildJob> {
         let mut jobs = Vec::new();
         for (name, ns) in &self.namespaces {
-            let engine = ns.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let engine = ns.engine.read().unwrap_or_else(|p| p.into_inner());
             let grow = engine.kind() == EngineKind::Flat
                 && ns.records.len() >= self.config.hnsw_min_records;
             if !(grow || engine.needs_rebuild()) {
@@ -449,7 +449,7 @@ impl ShardMachine {
             rebuilt.next_internal,
             rebuilt.ids.iter().copied(),
         )?;
-        *ns.engine.lock().unwrap_or_else(|p| p.into_inner()) = index;
+        *ns.engine.write().unwrap_or_else(|p| p.into_inner()) = index;
         ns.engine_saved.store(false, Ordering::Relaxed);
         ns.unsaved_changes.store(0, Ordering::Relaxed);
         Ok(true)
@@ -465,7 +465,7 @@ impl ShardMachine {
         self.namespaces
             .iter()
             .map(|(name, ns)| {
-                let engine = ns.engine.lock().unwrap_or_else(|p| p.into_inner());
+                let engine = ns.engine.read().unwrap_or_else(|p| p.into_inner());
                 (name.clone(), engine.kind(), engine.tombstones())
             })
             .collect()

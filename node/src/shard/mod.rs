@@ -1,4 +1,4 @@
-//! Shards: the vector engine ([`engine`], [`faiss_io`]), metadata filters ([`filter`],
+//! Shards: the vector engine ([`engine`], its search path [`native`], [`faiss_io`]), metadata filters ([`filter`],
 //! [`metadata_index`]), the replicated shard state machine — its command contract
 //! ([`command`]), durable state ([`store`]), namespaces ([`namespace`]) and the machine
 //! itself ([`machine`]) — and the reconciler that runs the shard groups this node should
@@ -12,4 +12,5 @@ pub mod machine;
 pub mod manager;
 pub mod metadata_index;
 pub mod namespace;
+pub mod native;
 pub mod store;

@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::RwLock;
+use std::time::Instant;
 
 use conifer_raft::group_state::StateWrites;
 use conifer_raft::MachineError;
@@ -16,6 +17,7 @@ use super::filter::Filter;
 use super::metadata_index::MetadataIndex;
 use super::store::{encode, keys, stage, stage_saved_engine, Header, SavedEngine};
 use crate::shard::engine::Metric;
+use crate::timing;
 
 pub(super) struct Stored {
     pub(super) internal: u64,
@@ -58,7 +60,9 @@ pub struct Namespace {
     /// gets a new one.
     pub(super) seq: u64,
     pub(super) metric: Metric,
-    pub(super) engine: Mutex<VectorIndex>,
+    /// Read by every query at once; written only by a swap ([`ShardMachine::install`]) or
+    /// through `&mut self` (applying writes).
+    pub(super) engine: RwLock<VectorIndex>,
     /// Bitmaps of internal ids by metadata value, for filters.
     pub(super) meta_index: MetadataIndex,
     /// Records written or deleted since the HNSW index was last saved.
@@ -111,6 +115,7 @@ impl RebuildJob {
         let mut index = VectorIndex::new(self.dimension, self.metric, self.kind, self.config)
             .map_err(derived)?;
         index.add(&self.ids, &self.values).map_err(derived)?;
+        index.advise_huge_pages();
         Ok(Rebuilt {
             namespace: self.namespace,
             seq: self.seq,
@@ -175,7 +180,7 @@ impl Namespace {
     }
 
     pub(super) fn index_needs_saving(&self) -> bool {
-        let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let engine = self.engine.read().unwrap_or_else(|p| p.into_inner());
         engine.kind() == EngineKind::Hnsw
             && (!self.engine_saved.load(Ordering::Relaxed)
                 || self.unsaved_changes.load(Ordering::Relaxed) >= ENGINE_SAVE_MIN_CHANGES)
@@ -207,7 +212,7 @@ impl Namespace {
         }
         let engine = self
             .engine
-            .lock()
+            .read()
             .unwrap_or_else(|p| p.into_inner())
             .to_snapshot()
             .map_err(derived)?;
@@ -345,10 +350,15 @@ impl Namespace {
         top_k: usize,
         filter: Option<&Filter>,
     ) -> Result<Vec<Hit<'_>>, String> {
+        let started = Instant::now();
         let allowed: Option<Vec<u64>> =
             filter.map(|f| self.meta_index.evaluate(f).iter().collect());
+        if allowed.is_some() {
+            timing::record("filter", started.elapsed());
+        }
+        let searching = Instant::now();
         let hits = {
-            let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let engine = self.engine.read().unwrap_or_else(|p| p.into_inner());
             match &allowed {
                 Some(ids)
                     if engine.kind() == EngineKind::Hnsw && ids.len() <= EXACT_SCAN_MAX_RECORDS =>
@@ -361,14 +371,18 @@ impl Namespace {
                     .map_err(|e| e.to_string())?,
             }
         };
-        Ok(hits
+        timing::record("search", searching.elapsed());
+        let looking_up = Instant::now();
+        let hits = hits
             .into_iter()
             .filter_map(|(internal, score)| {
                 let id = self.by_internal.get(&internal)?;
                 let record = &self.records.get(id)?.record;
                 Some(Hit { id, score, record })
             })
-            .collect())
+            .collect();
+        timing::record("lookup", looking_up.elapsed());
+        Ok(hits)
     }
 
     /// Exact top-k over the given internal ids.

@@ -1,0 +1,267 @@
+// One k-nearest-neighbour search over a Conifer vector index (`IDMap2,Flat` or
+// `IDMap2,HNSW<M>,Flat`), for node/src/shard/engine.rs.
+//
+// Why not FAISS's own `Index::search` through its C API:
+// - efSearch is a field of the shared HNSW object there (set through ParameterSpace), so
+//   two searches with different beams cannot run at once; here it travels with the query
+//   (SearchParametersHNSW), and the index is only read, so searches run in parallel.
+// - The ID-map wrapper and the HNSW search open an OpenMP parallel region for every call
+//   (a thread team per query); one query here runs on the caller's thread alone.
+// - The FAISS that faiss-sys builds is its baseline x86-64 library (SSE2); the distances
+//   here are compiled for AVX-512, AVX2 and the baseline, and the best the CPU supports is
+//   chosen once at run time, so one binary serves every x86-64 machine.
+// The graph walk itself is FAISS's (HNSW::search), unchanged.
+
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/impl/AuxIndexStructures.h>
+#include <faiss/impl/DistanceComputer.h>
+#include <faiss/impl/HNSW.h>
+#include <faiss/impl/IDSelector.h>
+#include <faiss/impl/ResultHandler.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <stdexcept>
+
+#include <sys/mman.h>
+
+namespace conifer {
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,popcnt")
+namespace avx512 {
+#include "distance.inc"
+}
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,popcnt")
+namespace avx2 {
+#include "distance.inc"
+}
+#pragma GCC pop_options
+#endif
+
+namespace baseline {
+#include "distance.inc"
+}
+
+struct Kernels {
+    const char* name;
+    faiss::DistanceComputer* (*flat_distance)(const float*, size_t, bool);
+    float (*inner_product)(const float*, const float*, size_t);
+    float (*l2_squared)(const float*, const float*, size_t);
+};
+
+static Kernels choose() {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
+        return {"avx512",
+                avx512::flat_distance,
+                avx512::kernel_inner_product,
+                avx512::kernel_l2_squared};
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        return {"avx2", avx2::flat_distance, avx2::kernel_inner_product, avx2::kernel_l2_squared};
+    }
+#endif
+    return {"baseline",
+            baseline::flat_distance,
+            baseline::kernel_inner_product,
+            baseline::kernel_l2_squared};
+}
+
+static Kernels forced(const char* level) {
+    Kernels k = choose();
+    if (level == nullptr || std::strcmp(level, k.name) == 0) {
+        return k;
+    }
+    if (std::strcmp(level, "baseline") == 0) {
+        return {"baseline",
+                baseline::flat_distance,
+                baseline::kernel_inner_product,
+                baseline::kernel_l2_squared};
+    }
+#if defined(__x86_64__)
+    // A lower level than the CPU's best is always safe; a higher one is refused.
+    if (std::strcmp(level, "avx2") == 0 && std::strcmp(k.name, "avx512") == 0) {
+        return {"avx2", avx2::flat_distance, avx2::kernel_inner_product, avx2::kernel_l2_squared};
+    }
+#endif
+    return k;
+}
+
+static const Kernels& kernels() {
+    // CONIFER_SIMD=baseline|avx2 lowers the level (benchmarks compare them); read once.
+    static const Kernels chosen = forced(std::getenv("CONIFER_SIMD"));
+    return chosen;
+}
+
+/// A visited-node table per thread, reused across searches: FAISS allocates and clears one
+/// of ntotal bytes per search call; here it is cleared only when its marker wraps.
+/// A search that throws leaves its marks behind, so the table is dropped then.
+thread_local std::unique_ptr<faiss::VisitedTable> visited;
+
+static faiss::VisitedTable& visited_table(size_t ntotal) {
+    if (!visited || visited->visited.size() < ntotal) {
+        visited = std::make_unique<faiss::VisitedTable>(static_cast<int>(ntotal));
+    }
+    return *visited;
+}
+
+/// Asks the kernel to back [data, data + bytes) with transparent huge pages (2 MiB): the
+/// whole 2 MiB-aligned interior, at once where the kernel can (MADV_COLLAPSE, Linux 6.1+),
+/// else as khugepaged gets to it. Returns the bytes advised.
+static size_t advise_huge(const void* data, size_t bytes) {
+    constexpr uintptr_t huge = 2u << 20;
+    const auto start = (reinterpret_cast<uintptr_t>(data) + huge - 1) & ~(huge - 1);
+    const auto end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(huge - 1);
+    if (data == nullptr || end <= start) {
+        return 0;
+    }
+    auto* region = reinterpret_cast<void*>(start);
+    if (madvise(region, end - start, MADV_HUGEPAGE) != 0) {
+        return 0;
+    }
+#ifdef MADV_COLLAPSE
+    (void)madvise(region, end - start, MADV_COLLAPSE);
+#endif
+    return end - start;
+}
+
+static void fail(char* error, size_t error_len, const char* message) {
+    visited.reset();
+    if (error != nullptr && error_len > 0) {
+        std::snprintf(error, error_len, "%s", message);
+    }
+}
+
+} // namespace conifer
+
+extern "C" {
+
+/// The instruction set the distance kernels run with: "avx512", "avx2" or "baseline".
+const char* conifer_simd_level() {
+    return conifer::kernels().name;
+}
+
+/// The inner product (ip != 0) or squared L2 distance of x and y (d floats each) computed
+/// by the kernels of `level` ("baseline", "avx2", "avx512"; the CPU's best when it lacks
+/// that level); for tests of every level's kernels against a plain sum.
+float conifer_kernel_distance(const char* level, const float* x, const float* y, size_t d, int ip) {
+    const conifer::Kernels k = conifer::forced(level);
+    return ip != 0 ? k.inner_product(x, y, d) : k.l2_squared(x, y, d);
+}
+
+/// Advises huge pages for the vectors and the graph links of `index` (an IDMap2 over an
+/// IndexHNSWFlat; other indexes are left alone): a search touches both at random, and with
+/// 4 KiB pages most of those touches miss the TLB. Returns the bytes advised (0 where the
+/// kernel refuses or the index is not HNSW).
+size_t conifer_index_advise_huge_pages(const void* index) {
+    const auto* idmap = dynamic_cast<const faiss::IndexIDMap2*>(static_cast<const faiss::Index*>(index));
+    if (idmap == nullptr) {
+        return 0;
+    }
+    const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(idmap->index);
+    if (hnsw == nullptr) {
+        return 0;
+    }
+    size_t advised = 0;
+    if (const auto* flat = dynamic_cast<const faiss::IndexFlat*>(hnsw->storage)) {
+        advised += conifer::advise_huge(flat->codes.data(), flat->codes.size());
+    }
+    const auto& links = hnsw->hnsw.neighbors;
+    advised += conifer::advise_huge(links.data(), links.size() * sizeof(links.data()[0]));
+    return advised;
+}
+
+/// Searches the `k` nearest neighbours of `query` (dimension floats, normalized by the
+/// caller for cosine) in `index`, a `faiss::IndexIDMap2` over an IndexFlat or an
+/// IndexHNSWFlat. HNSW searches use `ef_search`. When `filtered` is non-zero only the
+/// `n_allowed` external ids of `allowed` are considered. Writes `k` distances (FAISS's:
+/// inner product or squared L2) and external ids (-1 past the last hit), best first.
+/// Only reads the index: any number of searches may run at once while nothing writes it.
+/// Returns 0, or -1 with a message in `error` (FAISS's exceptions do not cross into Rust).
+int conifer_index_search(
+        const void* index,
+        const float* query,
+        int64_t k,
+        int32_t ef_search,
+        const int64_t* allowed,
+        size_t n_allowed,
+        int filtered,
+        float* distances,
+        int64_t* labels,
+        char* error,
+        size_t error_len) {
+    try {
+        const auto* root = static_cast<const faiss::Index*>(index);
+        const auto* idmap = dynamic_cast<const faiss::IndexIDMap2*>(root);
+        if (idmap == nullptr || idmap->index == nullptr) {
+            throw std::runtime_error("index is not an IDMap2 index");
+        }
+        if (k <= 0) {
+            throw std::runtime_error("k must be positive");
+        }
+        std::unique_ptr<faiss::IDSelectorBatch> batch;
+        std::unique_ptr<faiss::IDSelectorTranslated> selector;
+        if (filtered != 0) {
+            batch = std::make_unique<faiss::IDSelectorBatch>(n_allowed, allowed);
+            selector = std::make_unique<faiss::IDSelectorTranslated>(idmap->id_map, batch.get());
+        }
+        const faiss::Index* inner = idmap->index;
+        if (const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(inner)) {
+            const auto* flat = dynamic_cast<const faiss::IndexFlat*>(hnsw->storage);
+            if (flat == nullptr) {
+                throw std::runtime_error("HNSW index without flat storage");
+            }
+            const bool ip = faiss::is_similarity_metric(hnsw->metric_type);
+            std::unique_ptr<faiss::DistanceComputer> distance(
+                    conifer::kernels().flat_distance(flat->get_xb(), flat->d, ip));
+            faiss::SearchParametersHNSW params;
+            params.efSearch = ef_search;
+            params.sel = selector.get();
+            using Handler = faiss::HeapBlockResultHandler<faiss::HNSW::C>;
+            Handler block(1, distances, labels, static_cast<size_t>(k));
+            Handler::SingleResultHandler one(block);
+            faiss::VisitedTable& table = conifer::visited_table(hnsw->ntotal);
+            one.begin(0);
+            distance->set_query(query);
+            hnsw->hnsw.search(*distance, one, table, &params);
+            one.end();
+            if (ip) {
+                for (int64_t i = 0; i < k; i++) {
+                    distances[i] = -distances[i];
+                }
+            }
+        } else {
+            faiss::SearchParameters params;
+            params.sel = selector.get();
+            inner->search(1, query, k, distances, labels, filtered != 0 ? &params : nullptr);
+        }
+        const auto& ids = idmap->id_map;
+        for (int64_t i = 0; i < k; i++) {
+            if (labels[i] >= 0) {
+                labels[i] = ids[labels[i]];
+            }
+        }
+        return 0;
+    } catch (const std::exception& e) {
+        conifer::fail(error, error_len, e.what());
+    } catch (...) {
+        conifer::fail(error, error_len, "unknown C++ exception");
+    }
+    return -1;
+}
+
+} // extern "C"
