@@ -1,5 +1,6 @@
-//! Compiles node/cpp/search.cpp, the search path of the vector engine (see its header),
-//! against the headers of the FAISS that `faiss-sys` bundles and links, so the two agree.
+//! Compiles node/cpp/search.cpp (the search path of the vector engine, see its header) and
+//! node/cpp/kernels.cpp (its distance kernels) against the headers of the FAISS that
+//! `faiss-sys` bundles and links, so the two agree.
 //!
 //! The FAISS sources are found in the `faiss-sys` package of the lockfile, in Cargo's
 //! registry (`$CARGO_HOME/registry/src/*/faiss-sys-<version>/faiss`), or where
@@ -8,29 +9,43 @@
 use std::path::{Path, PathBuf};
 
 fn main() {
-    println!("cargo:rerun-if-changed=cpp/search.cpp");
-    println!("cargo:rerun-if-changed=cpp/distance.inc");
+    for file in ["search.cpp", "kernels.cpp", "kernels.h", "distance.inc"] {
+        println!("cargo:rerun-if-changed=cpp/{file}");
+    }
     println!("cargo:rerun-if-env-changed=CONIFER_FAISS_SRC");
     let faiss = faiss_sources();
-    cc::Build::new()
-        .cpp(true)
-        .std("c++17")
+    let build = || {
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .std("c++17")
+            // FAISS's headers as system headers: their own warnings are not ours.
+            .flag("-isystem")
+            .flag(faiss.to_str().expect("a UTF-8 path"))
+            // Optimised in every profile: this is the query's inner loop.
+            .opt_level(3)
+            .debug(false)
+            .warnings(true);
+        build
+    };
+    // The search instantiates FAISS templates (result handlers with OpenMP loops), whose
+    // copies the linker may keep for FAISS's own code too: FAISS's settings, OpenMP on.
+    build()
         .file("cpp/search.cpp")
-        // FAISS's headers as system headers: their own warnings are not ours.
-        .flag("-isystem")
-        .flag(faiss.to_str().expect("a UTF-8 path"))
-        // Optimised in every profile: this is the query's inner loop.
-        .opt_level(3)
-        .debug(false)
-        // Let the sums of the distance loops be reassociated into SIMD lanes, as FAISS's
-        // own kernels are (FAISS_PRAGMA_IMPRECISE_FUNCTION_BEGIN); no NaN or infinity
-        // reaches them (records and queries are checked finite).
+        .flag("-fopenmp")
+        .compile("conifer_search");
+    // After the search, which calls into it (static libraries link in order).
+    // The distance kernels alone get reassociating floating-point flags, so their sums
+    // vectorize as FAISS's own kernels do (FAISS_PRAGMA_IMPRECISE_FUNCTION_BEGIN); no NaN
+    // or infinity reaches them (records and queries are checked finite). They instantiate
+    // no FAISS template, so the flags reach nothing of FAISS's.
+    build()
+        .file("cpp/kernels.cpp")
         .flag("-fassociative-math")
         .flag("-fno-signed-zeros")
         .flag("-fno-trapping-math")
         .flag("-funroll-loops")
-        .warnings(true)
-        .compile("conifer_search");
+        .compile("conifer_kernels");
 }
 
 fn faiss_sources() -> PathBuf {

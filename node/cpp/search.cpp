@@ -8,9 +8,11 @@
 // - The ID-map wrapper and the HNSW search open an OpenMP parallel region for every call
 //   (a thread team per query); one query here runs on the caller's thread alone.
 // - The FAISS that faiss-sys builds is its baseline x86-64 library (SSE2); the distances
-//   here are compiled for AVX-512, AVX2 and the baseline, and the best the CPU supports is
-//   chosen once at run time, so one binary serves every x86-64 machine.
-// The graph walk itself is FAISS's (HNSW::search), unchanged.
+//   come from node/cpp/kernels.cpp instead, compiled for AVX-512, AVX2 and the baseline,
+//   the best the CPU supports chosen once at run time.
+// The graph walk itself is FAISS's (HNSW::search), unchanged. This file is compiled with
+// FAISS's own floating-point and OpenMP settings (node/build.rs), since the FAISS templates
+// it instantiates may be the copies the linker keeps for FAISS's code too.
 
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
@@ -32,96 +34,30 @@
 
 #include <sys/mman.h>
 
+#include "kernels.h"
+
 namespace conifer {
 
-#if defined(__x86_64__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,popcnt")
-namespace avx512 {
-#include "distance.inc"
-}
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,popcnt")
-namespace avx2 {
-#include "distance.inc"
-}
-#pragma GCC pop_options
-#endif
-
-namespace baseline {
-#include "distance.inc"
-}
-
-struct Kernels {
-    const char* name;
-    faiss::DistanceComputer* (*flat_distance)(const float*, size_t, bool);
-    float (*inner_product)(const float*, const float*, size_t);
-    float (*l2_squared)(const float*, const float*, size_t);
-};
-
-static Kernels choose() {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
-        return {"avx512",
-                avx512::flat_distance,
-                avx512::kernel_inner_product,
-                avx512::kernel_l2_squared};
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        return {"avx2", avx2::flat_distance, avx2::kernel_inner_product, avx2::kernel_l2_squared};
-    }
-#endif
-    return {"baseline",
-            baseline::flat_distance,
-            baseline::kernel_inner_product,
-            baseline::kernel_l2_squared};
-}
-
-static Kernels forced(const char* level) {
-    Kernels k = choose();
-    if (level == nullptr || std::strcmp(level, k.name) == 0) {
-        return k;
-    }
-    if (std::strcmp(level, "baseline") == 0) {
-        return {"baseline",
-                baseline::flat_distance,
-                baseline::kernel_inner_product,
-                baseline::kernel_l2_squared};
-    }
-#if defined(__x86_64__)
-    // A lower level than the CPU's best is always safe; a higher one is refused.
-    if (std::strcmp(level, "avx2") == 0 && std::strcmp(k.name, "avx512") == 0) {
-        return {"avx2", avx2::flat_distance, avx2::kernel_inner_product, avx2::kernel_l2_squared};
-    }
-#endif
-    return k;
-}
-
-static const Kernels& kernels() {
-    // CONIFER_SIMD=baseline|avx2 lowers the level (benchmarks compare them); read once.
-    static const Kernels chosen = forced(std::getenv("CONIFER_SIMD"));
-    return chosen;
-}
-
 /// A visited-node table per thread, reused across searches: FAISS allocates and clears one
-/// of ntotal bytes per search call; here it is cleared only when its marker wraps.
+/// of ntotal bytes per search call; here it is cleared only when its marker wraps. It is
+/// made anew when the index outgrows it or is far smaller (so that a thread that once
+/// searched a large namespace does not keep, and clear, a table that size for small ones).
 /// A search that throws leaves its marks behind, so the table is dropped then.
 thread_local std::unique_ptr<faiss::VisitedTable> visited;
 
 static faiss::VisitedTable& visited_table(size_t ntotal) {
-    if (!visited || visited->visited.size() < ntotal) {
+    const size_t size = visited ? visited->visited.size() : 0;
+    if (!visited || size < ntotal || size > 2 * ntotal + 65536) {
         visited = std::make_unique<faiss::VisitedTable>(static_cast<int>(ntotal));
     }
     return *visited;
 }
 
 /// Asks the kernel to back [data, data + bytes) with transparent huge pages (2 MiB): the
-/// whole 2 MiB-aligned interior, at once where the kernel can (MADV_COLLAPSE, Linux 6.1+),
-/// else as khugepaged gets to it. Returns the bytes advised.
+/// whole 2 MiB-aligned interior, at once where the kernel can (MADV_COLLAPSE, Linux 6.1+,
+/// which copies the range: callers hold no lock readers wait on), else as khugepaged gets
+/// to it. Returns the bytes advised. The caller checks that THP is not disabled (MADV_COLLAPSE
+/// ignores the system setting).
 static size_t advise_huge(const void* data, size_t bytes) {
     constexpr uintptr_t huge = 2u << 20;
     const auto start = (reinterpret_cast<uintptr_t>(data) + huge - 1) & ~(huge - 1);
@@ -159,7 +95,7 @@ const char* conifer_simd_level() {
 /// by the kernels of `level` ("baseline", "avx2", "avx512"; the CPU's best when it lacks
 /// that level); for tests of every level's kernels against a plain sum.
 float conifer_kernel_distance(const char* level, const float* x, const float* y, size_t d, int ip) {
-    const conifer::Kernels k = conifer::forced(level);
+    const conifer::Kernels k = conifer::kernels_for(level);
     return ip != 0 ? k.inner_product(x, y, d) : k.l2_squared(x, y, d);
 }
 

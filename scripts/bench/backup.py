@@ -73,8 +73,9 @@ def main():
         # Copy a quiet directory: after the HNSW graph is built and saved (the snapshot that
         # saves it also compacts), so RocksDB is not replacing files under `cp`.
         def namespace():
+            # Upserts without a namespace land in the default one, `__default__`.
             info = cluster.admin("GET", "/admin/cluster")
-            return [ns for sh in info["shards"] for ns in sh["namespaces"] if ns["name"] == ""]
+            return [ns for sh in info["shards"] for ns in sh["namespaces"] if ns["name"] == "__default__"]
 
         wait(lambda: [ns["engine"] for ns in namespace()] == ["hnsw"], 3600, "HNSW index")
         wait(lambda: [ns["index_saved"] for ns in namespace()] == [True], 600, "HNSW index saved")

@@ -196,6 +196,8 @@ impl ShardMachine {
             None => (1, Vec::new(), self.engine_or_abort()),
         };
         let changed = ns.catch_up(&mut index, covered_below, live)?;
+        // At open or while a snapshot is installed (the shard serves no read then).
+        index.advise_huge_pages();
         ns.engine_saved
             .store(index.kind() == EngineKind::Hnsw, Ordering::Relaxed);
         ns.unsaved_changes.store(changed, Ordering::Relaxed);
@@ -449,6 +451,8 @@ impl ShardMachine {
             rebuilt.next_internal,
             rebuilt.ids.iter().copied(),
         )?;
+        // Before the swap: queries go on with the old index meanwhile.
+        index.advise_huge_pages();
         *ns.engine.write().unwrap_or_else(|p| p.into_inner()) = index;
         ns.engine_saved.store(false, Ordering::Relaxed);
         ns.unsaved_changes.store(0, Ordering::Relaxed);

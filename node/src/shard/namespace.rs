@@ -115,7 +115,6 @@ impl RebuildJob {
         let mut index = VectorIndex::new(self.dimension, self.metric, self.kind, self.config)
             .map_err(derived)?;
         index.add(&self.ids, &self.values).map_err(derived)?;
-        index.advise_huge_pages();
         Ok(Rebuilt {
             namespace: self.namespace,
             seq: self.seq,

@@ -94,11 +94,22 @@ pub fn search(
 }
 
 /// Advises transparent huge pages for an HNSW index's vectors and graph links (a search
-/// touches both at random; 4 KiB pages miss the TLB on most of those touches). Returns the
-/// bytes advised: 0 for an exact index, below 2 MiB, where the kernel refuses, or when
-/// `CONIFER_HUGE_PAGES=0` (benchmarks compare both).
+/// touches both at random; 4 KiB pages miss the TLB on most of those touches), collapsing
+/// them at once where the kernel can (MADV_COLLAPSE copies the memory: call it where no
+/// reader waits). Returns the bytes advised: 0 for an exact index, below 2 MiB, where the
+/// kernel refuses, when the operator disabled THP (`transparent_hugepage/enabled` is
+/// `never`, which MADV_COLLAPSE alone would ignore) or with `CONIFER_HUGE_PAGES=0`
+/// (benchmarks compare both).
 pub fn advise_huge_pages(index: &IndexImpl) -> usize {
-    if std::env::var_os("CONIFER_HUGE_PAGES").is_some_and(|v| v == "0") {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let allowed = *ALLOWED.get_or_init(|| {
+        let disabled_by_operator =
+            std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+                .is_ok_and(|mode| mode.contains("[never]"));
+        let disabled_here = std::env::var_os("CONIFER_HUGE_PAGES").is_some_and(|v| v == "0");
+        !(disabled_by_operator || disabled_here)
+    });
+    if !allowed {
         return 0;
     }
     // SAFETY: the index pointer is valid while `index` is borrowed; the C++ side only
