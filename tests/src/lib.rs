@@ -763,6 +763,19 @@ pub struct GrpcAnswer {
     pub message: String,
 }
 
+/// A data-plane gRPC request carrying `message` with the API key and the index named as the
+/// metadata Conifer reads (`api-key`, `x-conifer-index`).
+pub fn grpc_request<T>(message: T, key: &str, index: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let metadata = request.metadata_mut();
+    metadata.insert("api-key", key.parse().expect("an API key is ASCII"));
+    metadata.insert(
+        "x-conifer-index",
+        index.parse().expect("an index name is ASCII"),
+    );
+    request
+}
+
 impl Cluster {
     /// A typed gRPC client of the Pinecone data plane on node `via`, over TLS trusting the
     /// cluster CA. Calls need `api-key` (and for the index, `x-conifer-index`) metadata.

@@ -8,7 +8,7 @@
 use conifer_client::{grpc, ClientIdentity, Transport};
 use conifer_node::tls::{self, LeafKind, Validity};
 use conifer_proto::pinecone::{UpsertRequest, Vector};
-use conifer_tests::{measure_revocation, until, Cluster, ClusterOptions};
+use conifer_tests::{grpc_request, measure_revocation, until, Cluster, ClusterOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -218,21 +218,18 @@ async fn a_client_certificate_authenticates_as_its_service_account_and_a_project
         );
     }
     let mut grpc = c.grpc_data(2).await.unwrap();
-    let mut request = tonic::Request::new(UpsertRequest {
+    let request = UpsertRequest {
         vectors: vec![Vector {
             id: "g".into(),
             values: vec![0.0, 1.0, 0.0],
             ..Vector::default()
         }],
         ..UpsertRequest::default()
-    });
-    request
-        .metadata_mut()
-        .insert("api-key", key.parse().unwrap());
-    request
-        .metadata_mut()
-        .insert("x-conifer-index", "docs".parse().unwrap());
-    let refused = grpc.upsert(request).await.unwrap_err();
+    };
+    let refused = grpc
+        .upsert(grpc_request(request, &key, "docs"))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("requires a client certificate"));
     // The control plane is not the data plane: describing the index needs no certificate.

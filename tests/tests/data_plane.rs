@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use conifer_tests::Cluster;
+use conifer_tests::{grpc_request, Cluster};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -132,19 +132,16 @@ async fn writes_through_one_node_are_read_through_every_node() {
     // gRPC answers the same split in its response metadata (no `encode`: tonic encodes the
     // body after the headers).
     let mut grpc = cluster.grpc_data(2).await.unwrap();
-    let mut request = tonic::Request::new(conifer_proto::pinecone::QueryRequest {
+    let request = conifer_proto::pinecone::QueryRequest {
         vector: vector(42, 16),
         top_k: 3,
         namespace: "ns".into(),
         ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("api-key", key.parse().unwrap());
-    request
-        .metadata_mut()
-        .insert("x-conifer-index", "docs".parse().unwrap());
-    let answer = grpc.query(request).await.unwrap();
+    };
+    let answer = grpc
+        .query(grpc_request(request, &key, "docs"))
+        .await
+        .unwrap();
     let spans = server_timing(
         answer
             .metadata()

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use conifer_tests::{free_port_range, until, Cluster, ClusterOptions};
+use conifer_tests::{free_port_range, grpc_request, until, Cluster, ClusterOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -185,15 +185,11 @@ async fn a_projects_private_endpoints_bind_its_data_plane() {
     let (status, _) = upsert(&from_public, &format!("https://{host}"), &key, true).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let mut grpc = c.grpc_data(1).await.unwrap();
-    let mut request =
-        tonic::Request::new(conifer_proto::pinecone::DescribeIndexStatsRequest::default());
-    request
-        .metadata_mut()
-        .insert("api-key", key.parse().unwrap());
-    request
-        .metadata_mut()
-        .insert("x-conifer-index", "docs".parse().unwrap());
-    let refused = grpc.describe_index_stats(request).await.unwrap_err();
+    let request = conifer_proto::pinecone::DescribeIndexStatsRequest::default();
+    let refused = grpc
+        .describe_index_stats(grpc_request(request, &key, "docs"))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 
     // The private listener serves it, by header and on the index's private host (as an
