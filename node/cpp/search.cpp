@@ -7,7 +7,7 @@
 //   (SearchParametersHNSW), and the index is only read, so searches run in parallel.
 // - The ID-map wrapper and the HNSW search open an OpenMP parallel region for every call
 //   (a thread team per query); one query here runs on the caller's thread alone.
-// - The FAISS that faiss-sys builds is its baseline x86-64 library (SSE2); the distances
+// - The FAISS that faiss-sys builds is its baseline x86-64 library (SSE2); HNSW distances
 //   come from node/cpp/kernels.cpp instead, compiled for AVX-512, AVX2 and the baseline,
 //   the best the CPU supports chosen once at run time.
 // The graph walk itself is FAISS's (HNSW::search), unchanged. This file is compiled with

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import ssl
 import subprocess
 import sys
@@ -121,6 +122,12 @@ class Cluster:
                 return resp.status == 200
         except Exception:
             return False
+
+    def simd(self):
+        """The distance-kernel level the node logged at start (`simd="avx512"`)."""
+        log = Path(self.dir, "node-1", "log").read_text(errors="replace")
+        found = re.findall(r'distance kernels simd="?(\w+)', log)
+        return found[-1] if found else "unknown"
 
     def down(self):
         subprocess.run([self.script, "down", self.dir], env=self.env)
@@ -316,6 +323,7 @@ def main():
         cluster = Cluster(random.randrange(21000, 40000, 100), len(base))
         try:
             full, lean = conifer(cluster, f"bench-{dataset}", base, queries, truth, progress)
+            simd = cluster.simd()
         finally:
             cluster.down()
         print(f"\n  conifer (SDK):      {full}")
@@ -323,8 +331,13 @@ def main():
         full["qps_ratio_vs_raw"] = full["qps"] / raw["qps"]
         lean["qps_ratio_vs_raw"] = lean["qps"] / raw["qps"]
         rows.append(dict(dataset=dataset, system="raw-faiss", vectors=len(base), dim=base.shape[1], **raw))
-        rows.append(dict(dataset=dataset, system="conifer-sdk", vectors=len(base), dim=base.shape[1], **full))
-        rows.append(dict(dataset=dataset, system="conifer-grpc-stub", vectors=len(base), dim=base.shape[1], **lean))
+        # The node inherits this environment: CONIFER_SIMD=baseline|avx2 lowers its distance
+        # kernels (the level it then used is read from its log), CONIFER_HUGE_PAGES=0 turns
+        # huge pages off (as asked; the kernel's THP setting may also refuse them).
+        node = dict(simd=simd, huge_pages_asked=os.environ.get("CONIFER_HUGE_PAGES", "1"))
+        rows.append(dict(dataset=dataset, system="conifer-sdk", vectors=len(base), dim=base.shape[1], **node, **full))
+        rows.append(dict(dataset=dataset, system="conifer-grpc-stub", vectors=len(base), dim=base.shape[1], **node,
+                         **lean))
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("dataset", "system", "vectors", "dim"), k))
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)

@@ -9,6 +9,10 @@
 #   scripts/bench/run.sh seal
 #   scripts/bench/run.sh backup --out DIR [--limit N]
 #
+# The node inherits the environment: `CONIFER_SIMD=baseline|avx2` lowers its distance
+# kernels from the CPU's best and `CONIFER_HUGE_PAGES=0` turns huge pages off, for A/B runs
+# (results.csv records the level the node logged and the huge-pages setting asked for).
+#
 # `backup` runs scripts/bench/backup.py: backup and restore throughput of GloVe-400k
 # (records/s, MB/s) next to a plain copy of the node's data directory, as ratios measured
 # in the same run.

@@ -1,8 +1,9 @@
 //! The engine's search path in C++ (node/cpp/search.cpp, compiled by node/build.rs against
 //! the headers of the FAISS that faiss-sys links): one k-NN search that only reads the
-//! index, so searches of one namespace run in parallel; per-query efSearch; no OpenMP
-//! thread team per query; distance kernels for AVX-512, AVX2 or baseline x86-64, chosen
-//! once at run time from the CPU.
+//! index, so searches of one namespace run in parallel. On HNSW: per-query efSearch, no
+//! OpenMP thread team per query, distance kernels for AVX-512, AVX2 or baseline x86-64
+//! (node/cpp/kernels.cpp) chosen once at run time from the CPU. An exact index is searched
+//! by FAISS's own `IndexFlat` search.
 //!
 //! Conifer's `unsafe` code is this module, [`super::faiss_io`] and `crypto::schedule`.
 #![allow(unsafe_code)]
