@@ -34,6 +34,12 @@
 
 #include <sys/mman.h>
 
+// Linux 6.1's MADV_COLLAPSE; glibc's headers name it from 2.37 only (Debian 12 has 2.36).
+// An older kernel answers EINVAL, and the MADV_HUGEPAGE before it still stands.
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
 #include "kernels.h"
 
 namespace conifer {
@@ -69,9 +75,7 @@ static size_t advise_huge(const void* data, size_t bytes) {
     if (madvise(region, end - start, MADV_HUGEPAGE) != 0) {
         return 0;
     }
-#ifdef MADV_COLLAPSE
     (void)madvise(region, end - start, MADV_COLLAPSE);
-#endif
     return end - start;
 }
 
