@@ -847,8 +847,7 @@ mod tests {
     use crate::control::indexes::IndexCommand;
     use crate::control::state::tests::{bootstrapped, index};
     use crate::control::state::Command;
-    use crate::crypto::hierarchy::IndexKeyVersion;
-    use crate::crypto::WrappedKey;
+    use crate::crypto::hierarchy::IndexKeys;
 
     fn backup(id: &str) -> Backup {
         Backup {
@@ -865,16 +864,7 @@ mod tests {
             dimension: 0,
             metric: Metric::Cosine,
             created_at: "t".into(),
-            key: IndexKeyVersion {
-                version: 1,
-                wrapped: WrappedKey {
-                    provider: "test".into(),
-                    kek_version: 1,
-                    ciphertext: String::new(),
-                    key_id: String::new(),
-                },
-                created_at: "t".into(),
-            },
+            key: IndexKeys::placeholder().versions.remove(0),
             status: BackupStatus::Pending,
             claim: None,
             contents: None,
