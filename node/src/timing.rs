@@ -3,12 +3,17 @@
 //! reported by the API as a W3C Server-Timing value (`filter;dur=0.012, search;dur=0.41`,
 //! durations in milliseconds).
 //!
-//! Spans of a query: `filter` (evaluating the metadata filter into candidate ids),
-//! `search` (the vector engine, or the exact scan of a selective filter), `lookup` (the
-//! hits' records by internal id), `assemble` (building the response's matches), `forward` (when another node
-//! answered: the whole forwarded call), `encode` (REST: serializing the JSON body) and
-//! `total` (from the request's arrival in the handler to its response, encoding excepted
-//! on gRPC, where tonic encodes after the headers are sent).
+//! Spans of a query:
+//! - `auth`: from the request's arrival at the authentication middleware to its handler
+//!   (header checks, authentication, the request's audit context);
+//! - `filter`: evaluating the metadata filter into candidate ids;
+//! - `search`: the vector engine, or the exact scan of a selective filter;
+//! - `lookup`: the hits' records by internal id;
+//! - `assemble`: building the response's matches;
+//! - `forward`: when another node answered, the whole forwarded call;
+//! - `encode`: REST only, serializing the JSON body;
+//! - `total`: from the request's arrival at the authentication middleware to its response,
+//!   encoding excepted on gRPC, where tonic encodes after the headers are sent.
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -289,17 +289,20 @@ impl<S: StateMachine> StateMachineStore<S> {
         });
         let data = S::export(view).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Snapshot {
-            meta: SnapshotMeta {
-                last_log_id: marker.last_applied,
-                last_membership: marker.membership,
-                snapshot_id: snapshot_id(marker.last_applied, ""),
-            },
+            meta: snapshot_meta(marker),
             snapshot: Box::new(Cursor::new(data)),
         })
     }
 
-    /// Durable machines: checkpoints derived state, syncs everything applied so far and
-    /// exports a snapshot of exactly that state.
+    /// Durable machines: checkpoints derived state and syncs everything applied so far;
+    /// returns the snapshot's meta (the applied marker of exactly that state) with no data.
+    ///
+    /// openraft 0.9 keeps only the meta of a snapshot it asked to build (the state machine
+    /// worker maps the result to `snap.meta`, and so does its storage suite); a snapshot it
+    /// sends to a follower comes from [`RaftStateMachine::get_current_snapshot`], which
+    /// exports the state as it is then. So building one exports nothing: an export holds
+    /// the whole group's state in memory twice (decoded and encoded), and was the peak of a
+    /// node's memory after every large write.
     fn build_durable_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let view = {
             let guard = self.applied.read().unwrap_or_else(|p| p.into_inner());
@@ -322,7 +325,23 @@ impl<S: StateMachine> StateMachineStore<S> {
             // Frozen while applies are held off: the view holds synced state only.
             StateView::frozen(&self.storage, self.group)
         };
-        self.export(&view)
+        let marker = read_marker(&view)?.unwrap_or(AppliedMarker {
+            last_applied: None,
+            membership: StoredMembership::default(),
+        });
+        Ok(Snapshot {
+            meta: snapshot_meta(marker),
+            snapshot: Box::new(Cursor::new(Vec::new())),
+        })
+    }
+}
+
+/// The meta of a durable machine's snapshot of the state whose applied marker is `marker`.
+fn snapshot_meta(marker: AppliedMarker) -> SnapshotMeta<NodeId, NodeInfo> {
+    SnapshotMeta {
+        last_log_id: marker.last_applied,
+        last_membership: marker.membership,
+        snapshot_id: snapshot_id(marker.last_applied, ""),
     }
 }
 

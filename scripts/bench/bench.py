@@ -77,7 +77,26 @@ def stats(latencies_s):
             "p99_ms": float(np.percentile(lat, 99))}
 
 
+def memory_mb(pid):
+    """(resident, peak resident) of process `pid` in MiB, from /proc (VmRSS, VmHWM)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024.0
+    return fields["VmRSS"], fields["VmHWM"]
+
+
 def raw_faiss(base, queries, truth):
+    """Raw FAISS in a process of its own (spawned, so it holds only the data set and its
+    index), returning its measures and its memory: the figures the node is compared with."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(raw_faiss_process, (base, queries, truth))
+
+
+def raw_faiss_process(base, queries, truth):
     import faiss
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
@@ -94,7 +113,9 @@ def raw_faiss(base, queries, truth):
         _, labels = index.search(q.reshape(1, -1), K)
         latencies.append(time.perf_counter() - t)
         hits += len(set(labels[0].tolist()) & truth[i])
-    return dict(stats(latencies), recall=hits / (len(queries) * K), build_s=build_s)
+    rss, peak = memory_mb(os.getpid())
+    return dict(stats(latencies), recall=hits / (len(queries) * K), build_s=build_s, rss_rest_mb=rss,
+                rss_peak_mb=peak, rss_bytes_per_vector=rss * 2**20 / len(base))
 
 
 class Cluster:
@@ -123,6 +144,9 @@ class Cluster:
         except Exception:
             return False
 
+    def pid(self):
+        return int(Path(self.dir, "node-1", "pid").read_text())
+
     def simd(self):
         """The distance-kernel level the node logged at start (`simd="avx512"`)."""
         log = Path(self.dir, "node-1", "log").read_text(errors="replace")
@@ -147,6 +171,7 @@ def conifer(cluster, name, base, queries, truth, progress):
     from pinecone.grpc import PineconeGRPC
 
     boot = cluster.manifest["bootstrap"]
+    rss_empty, _ = memory_mb(cluster.pid())
     pc = PineconeGRPC(api_key=boot["api_key"], host=cluster.manifest["nodes"][0]["api_url"],
                       ssl_ca_certs=cluster.manifest["ca_cert"])
     pc.create_index(name=name, dimension=base.shape[1], metric="cosine",
@@ -177,7 +202,9 @@ def conifer(cluster, name, base, queries, truth, progress):
     t = time.time()
     wait(lambda: [ns["index_saved"] for ns in namespace()] == [True], 600, "HNSW index saved")
     hnsw_save_s = time.time() - t
-    time.sleep(5)  # the Raft snapshot that saved it also exports the shard; let that finish
+    time.sleep(5)  # let the Raft snapshot that saved it finish (its sync, log purge)
+    # The node's peak so far is that of the load, the build and the save.
+    _, rss_peak_build = memory_mb(cluster.pid())
 
     def measure(query):
         latencies, hits = [], 0
@@ -192,8 +219,10 @@ def conifer(cluster, name, base, queries, truth, progress):
     sdk_query = lambda q: [m.id for m in index.query(vector=q.tolist(), top_k=K, namespace="bench").matches]
     measure(sdk_query)  # warm-up: connections, caches
     result = measure(sdk_query)
+    rss_rest, _ = memory_mb(cluster.pid())
     result.update(upsert_s=upsert_s, upsert_vectors_per_s=len(base) / upsert_s, hnsw_build_s=hnsw_build_s,
-                  hnsw_save_s=hnsw_save_s)
+                  hnsw_save_s=hnsw_save_s, rss_empty_mb=rss_empty, rss_peak_mb=rss_peak_build,
+                  rss_rest_mb=rss_rest, rss_bytes_per_vector=rss_rest * 2**20 / len(base))
 
     # A lean client: the SDK's generated gRPC stub on its own TLS channel, with the same API
     # key and index metadata, and none of the SDK's request building or response parsing.
@@ -243,12 +272,16 @@ def conifer(cluster, name, base, queries, truth, progress):
     for c in channels:
         c.close()
     # The floor of one authenticated, routed round trip: DescribeIndexStats does no search.
-    floor = []
+    # Its `total` span is the node's share of it (authentication, routing, the answer),
+    # the rest is the client and the transport.
+    floor, floor_server = [], []
     for _ in range(len(queries)):
         t = time.perf_counter()
-        stub.DescribeIndexStats(pb.DescribeIndexStatsRequest(), metadata=metadata)
+        _, call = stub.DescribeIndexStats.with_call(pb.DescribeIndexStatsRequest(), metadata=metadata)
         floor.append(time.perf_counter() - t)
+        floor_server.append(server_timing(call.initial_metadata()).get("total", float("nan")))
     lean["round_trip_floor_p50_ms"] = stats(floor)["p50_ms"]
+    lean["round_trip_floor_server_p50_ms"] = float(np.median(floor_server))
     channel.close()
 
     # Upsert acknowledged -> visible in a query on the same node, p99 over 200 writes.
@@ -278,6 +311,9 @@ def conifer(cluster, name, base, queries, truth, progress):
         except Exception:
             time.sleep(0.05)
     result["restart_to_serving_s"] = time.time() - t
+    measure(sdk_query)  # the restarted node as it serves
+    rss, peak = memory_mb(cluster.pid())
+    result.update(rss_after_restart_mb=rss, rss_peak_restart_mb=peak)
     result["engine_after_restart"] = ",".join(engine())
     pc.delete_index(name)
     return result, lean
@@ -329,6 +365,10 @@ def main():
         print(f"\n  conifer (SDK):      {full}")
         print(f"  conifer (gRPC stub): {lean}")
         full["qps_ratio_vs_raw"] = full["qps"] / raw["qps"]
+        for key in ("rss_peak_mb", "rss_rest_mb"):
+            full[f"{key}_vs_raw"] = full[key] / raw[key]
+        full["rss_after_restart_mb_vs_raw"] = full["rss_after_restart_mb"] / raw["rss_rest_mb"]
+        full["rss_peak_restart_mb_vs_raw"] = full["rss_peak_restart_mb"] / raw["rss_peak_mb"]
         lean["qps_ratio_vs_raw"] = lean["qps"] / raw["qps"]
         rows.append(dict(dataset=dataset, system="raw-faiss", vectors=len(base), dim=base.shape[1], **raw))
         # The node inherits this environment: CONIFER_SIMD=baseline|avx2 lowers its distance

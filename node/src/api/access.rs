@@ -395,6 +395,7 @@ pub async fn authenticate(
     request: Request,
     next: Next,
 ) -> Response {
+    let arrived = std::time::Instant::now();
     let grpc = is_grpc(request.headers());
     let operation = match route
         .operation
@@ -425,7 +426,8 @@ pub async fn authenticate(
             parts.extensions.get::<ClientAddr>().copied(),
             route.api.control.node_id(),
         )
-        .with_resource_hint(resource),
+        .with_resource_hint(resource)
+        .with_arrival(arrived),
     );
     let request = Request::from_parts(parts, body);
     let request_id = axum::http::HeaderValue::from_str(&info.request_id).ok();

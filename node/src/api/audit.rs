@@ -41,6 +41,9 @@ pub struct RequestInfo {
     /// What the request's path names last, when its route ends in a parameter (an index
     /// name, a key or member id): the resource of the attempt, for the event of a refusal.
     pub resource_hint: Option<String>,
+    /// When the authentication middleware received the request: where the data plane's
+    /// `server-timing` spans `auth` and `total` start.
+    pub arrived: std::time::Instant,
 }
 
 impl RequestInfo {
@@ -66,7 +69,14 @@ impl RequestInfo {
             user_agent,
             node_id,
             resource_hint: None,
+            arrived: std::time::Instant::now(),
         }
+    }
+
+    /// The same, received at `arrived`.
+    pub fn with_arrival(mut self, arrived: std::time::Instant) -> Self {
+        self.arrived = arrived;
+        self
     }
 
     /// The same, naming `resource` (a request path's last parameter: an index name, a key

@@ -226,7 +226,12 @@ pub async fn query(
         scan_factor: req.scan_factor,
         max_candidates: req.max_candidates,
     };
-    let (answer, mut spans) = timing::collect(dataplane::run(&state.router, &target, req)).await;
+    let arrived = caller.request.arrived;
+    let (answer, mut spans) = timing::collect(async {
+        timing::record("auth", started.saturating_duration_since(arrived));
+        dataplane::run(&state.router, &target, req).await
+    })
+    .await;
     let (resp, lsn) = answer?;
     // The JSON body: matches converted, then serialized.
     let encoding = Instant::now();
@@ -249,7 +254,7 @@ pub async fn query(
         lsn,
     );
     spans.push("encode", encoding.elapsed());
-    spans.push("total", started.elapsed());
+    spans.push("total", arrived.elapsed());
     if let Ok(value) = HeaderValue::try_from(spans.header_value()) {
         response.headers_mut().insert("server-timing", value);
     }

@@ -64,7 +64,12 @@ impl GrpcDataPlane {
         request: Request<O>,
     ) -> Result<Response<O::Response>, Status> {
         let started = Instant::now();
+        let arrived = request
+            .extensions()
+            .get::<Caller>()
+            .map_or(started, |c| c.request.arrived);
         let (answer, mut spans) = timing::collect(async {
+            timing::record("auth", started.saturating_duration_since(arrived));
             let target = self.target(&request).await?;
             dataplane::run(&self.state.router, &target, request.into_inner())
                 .await
@@ -72,7 +77,7 @@ impl GrpcDataPlane {
         })
         .await;
         let (body, lsn) = answer?;
-        spans.push("total", started.elapsed());
+        spans.push("total", arrived.elapsed());
         Ok(respond(body, lsn, &spans))
     }
 }

@@ -406,16 +406,16 @@ pub async fn fetch_by_metadata(
     if let Some(ns) = guard.namespace(&namespace) {
         let all = Filter::And(Vec::new());
         for (id, record) in ns.matching(filter.as_ref().map_or(&all, |f| &f.0)) {
-            if after.as_deref().is_some_and(|a| id.as_str() <= a) {
+            if after.as_deref().is_some_and(|a| id <= a) {
                 continue;
             }
             let vector = record_to_vector(id, record, true, true);
             if size.add(&vector).is_err() && !found.is_empty() {
                 page_limit = found.len();
-                found.push((id.clone(), vector));
+                found.push((id.to_string(), vector));
                 break;
             }
-            found.push((id.clone(), vector));
+            found.push((id.to_string(), vector));
             if found.len() > limit {
                 break;
             }

@@ -265,7 +265,7 @@ impl VectorIndex {
         metric: Metric,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
-        let index = super::faiss_io::read(&snapshot.faiss)?;
+        let index = super::faiss_io::read(snapshot.faiss)?;
         if index.d() as usize != dimension {
             return Err(EngineError(format!(
                 "saved index has dimension {}, expected {dimension}",
@@ -302,17 +302,18 @@ impl VectorIndex {
         v
     }
 
-    /// Adds vectors under internal ids (`values` is ids.len() × dimension).
-    pub fn add(&mut self, ids: &[u64], values: &[f32]) -> Result<(), EngineError> {
+    /// Adds vectors under internal ids (`values` is ids.len() × dimension, taken so that
+    /// cosine's normalization happens in place rather than in a second copy).
+    pub fn add(&mut self, ids: &[u64], mut values: Vec<f32>) -> Result<(), EngineError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut data = Vec::with_capacity(values.len());
-        for chunk in values.chunks(self.dimension) {
-            data.extend(self.prepared(chunk));
+        debug_assert_eq!(values.len(), ids.len() * self.dimension);
+        if self.metric == Metric::Cosine {
+            values.chunks_mut(self.dimension).for_each(normalize);
         }
         let labels: Vec<Idx> = ids.iter().map(|&i| Idx::new(i)).collect();
-        self.index.add_with_ids(&data, &labels)?;
+        self.index.add_with_ids(&values, &labels)?;
         Ok(())
     }
 
@@ -382,7 +383,7 @@ mod tests {
         )
         .unwrap();
         index
-            .add(&[10, 11, 12], &[0.0, 0.0, 1.0, 0.0, 5.0, 5.0])
+            .add(&[10, 11, 12], vec![0.0, 0.0, 1.0, 0.0, 5.0, 5.0])
             .unwrap();
         let hits = index.search(&[0.9, 0.0], 2, None).unwrap();
         assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![11, 10]);
@@ -400,7 +401,7 @@ mod tests {
     fn cosine_ignores_magnitude() {
         let mut index =
             VectorIndex::new(2, Metric::Cosine, EngineKind::Flat, EngineConfig::default()).unwrap();
-        index.add(&[1, 2], &[10.0, 0.0, 1.0, 1.0]).unwrap();
+        index.add(&[1, 2], vec![10.0, 0.0, 1.0, 1.0]).unwrap();
         let hits = index.search(&[0.5, 0.0], 2, None).unwrap();
         assert_eq!(hits[0].0, 1);
         assert!((hits[0].1 - 1.0).abs() < 1e-5);
@@ -427,7 +428,7 @@ mod tests {
             for metric in [Metric::Cosine, Metric::Euclidean] {
                 let mut index =
                     VectorIndex::new(dimension, metric, kind, EngineConfig::default()).unwrap();
-                index.add(&ids, &flat).unwrap();
+                index.add(&ids, flat.clone()).unwrap();
                 for (i, v) in vectors.iter().enumerate() {
                     let hits = index.search(v, 3, None).unwrap();
                     assert_eq!(hits[0].0, i as u64, "{kind:?} {metric:?}");
@@ -461,10 +462,14 @@ mod tests {
         let values: Vec<f32> = (0..50)
             .flat_map(|i| [i as f32, 1.0, (i % 3) as f32, 0.5])
             .collect();
-        index.add(&ids, &values).unwrap();
+        index.add(&ids, values.clone()).unwrap();
         index.remove(&[49]).unwrap();
         let before = index.search(&[40.0, 1.0, 1.0, 0.5], 5, None).unwrap();
         let snapshot = index.to_snapshot().unwrap();
+        // Written into a buffer of exactly its length (no spare capacity), and the same
+        // bytes each time.
+        assert_eq!(snapshot.faiss.capacity(), snapshot.faiss.len());
+        assert_eq!(index.to_snapshot().unwrap().faiss, snapshot.faiss);
         let loaded =
             VectorIndex::from_snapshot(snapshot.clone(), 4, Metric::Cosine, config).unwrap();
         assert_eq!(
@@ -495,7 +500,7 @@ mod tests {
         .unwrap();
         let ids: Vec<u64> = (0..100).collect();
         let values: Vec<f32> = (0..100).flat_map(|i| [i as f32, 1.0, 0.0, 0.0]).collect();
-        index.add(&ids, &values).unwrap();
+        index.add(&ids, values.clone()).unwrap();
         assert_eq!(
             index.search(&[1.0, 0.0, 0.0, 0.0], 1, None).unwrap()[0].0,
             99
@@ -571,7 +576,7 @@ mod tests {
                 EngineConfig::default(),
             )
             .unwrap();
-            index.add(&ids, &values).unwrap();
+            index.add(&ids, values.clone()).unwrap();
             let queries: Vec<&[f32]> = values.chunks(dimension as usize).step_by(97).collect();
             let serial: Vec<_> = queries
                 .iter()

@@ -9,7 +9,7 @@
 //! and the callbacks are never re-entered.
 #![allow(unsafe_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_void, CStr};
 use std::ptr;
 
@@ -23,8 +23,17 @@ use faiss_sys::{
 use super::engine::EngineError;
 
 thread_local! {
+    static WRITE_LENGTH: Cell<usize> = const { Cell::new(0) };
     static WRITE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static READ_BUFFER: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+}
+
+unsafe extern "C" fn length_callback(_: *const c_void, size: usize, nitems: usize) -> usize {
+    let Some(len) = size.checked_mul(nitems) else {
+        return 0;
+    };
+    WRITE_LENGTH.with(|total| total.set(total.get().saturating_add(len)));
+    nitems
 }
 
 unsafe extern "C" fn write_callback(ptr: *const c_void, size: usize, nitems: usize) -> usize {
@@ -73,23 +82,37 @@ fn check(code: i32) -> Result<(), EngineError> {
     Err(EngineError(message))
 }
 
-/// Serializes `index` into memory.
+/// Serializes `index` into memory: one pass to learn the length, a second into a buffer of
+/// exactly that size (a growing buffer would pass through twice the index's size, and keep
+/// up to that much capacity, for an index of hundreds of megabytes).
 pub fn write(index: &IndexImpl) -> Result<Vec<u8>, EngineError> {
-    WRITE_BUFFER.with(|buffer| buffer.borrow_mut().clear());
-    // SAFETY: the writer is created, used once with a live index and freed here.
-    unsafe {
-        let mut writer = ptr::null_mut();
-        check(faiss_CustomIOWriter_new(&mut writer, Some(write_callback)))?;
-        let code = faiss_write_index_custom(index.inner_ptr(), writer.cast::<FaissIOWriter>(), 0);
-        faiss_CustomIOWriter_free(writer);
-        check(code)?;
-    }
+    WRITE_LENGTH.with(|total| total.set(0));
+    run_writer(index, length_callback)?;
+    let length = WRITE_LENGTH.with(Cell::get);
+    WRITE_BUFFER.with(|buffer| *buffer.borrow_mut() = Vec::with_capacity(length));
+    run_writer(index, write_callback)?;
     Ok(WRITE_BUFFER.with(|buffer| std::mem::take(&mut *buffer.borrow_mut())))
 }
 
-/// Deserializes an index written by [`write`].
-pub fn read(bytes: &[u8]) -> Result<IndexImpl, EngineError> {
-    READ_BUFFER.with(|buffer| *buffer.borrow_mut() = (bytes.to_vec(), 0));
+/// Runs FAISS's writer over `index`, handing its bytes to `callback`.
+fn run_writer(
+    index: &IndexImpl,
+    callback: unsafe extern "C" fn(*const c_void, usize, usize) -> usize,
+) -> Result<(), EngineError> {
+    // SAFETY: the writer is created, used once with a live index and freed here.
+    unsafe {
+        let mut writer = ptr::null_mut();
+        check(faiss_CustomIOWriter_new(&mut writer, Some(callback)))?;
+        let code = faiss_write_index_custom(index.inner_ptr(), writer.cast::<FaissIOWriter>(), 0);
+        faiss_CustomIOWriter_free(writer);
+        check(code)
+    }
+}
+
+/// Deserializes an index written by [`write`], consuming its bytes (they are freed before
+/// this returns, so a load holds them and the index at once, never a third copy).
+pub fn read(bytes: Vec<u8>) -> Result<IndexImpl, EngineError> {
+    READ_BUFFER.with(|buffer| *buffer.borrow_mut() = (bytes, 0));
     // SAFETY: the reader is created, used once and freed here; on success FAISS hands us
     // ownership of a new index, which IndexImpl frees on drop.
     let result = unsafe {

@@ -22,7 +22,7 @@
 //! [`ENGINE_SAVE_MIN_CHANGES`] records; at open the saved graph is loaded and caught up with
 //! the records written after it, so a restart never rebuilds a graph.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
@@ -33,7 +33,6 @@ use conifer_raft::MachineError;
 
 use super::engine::{EngineConfig, EngineKind, VectorIndex};
 use super::metadata_index::MetadataIndex;
-use super::namespace::Stored;
 use super::store::{
     encode, keys, read_state, stage, stage_saved_engine, ExportNamespace, NamespaceState,
     ShardExport, EXPORT_FORMAT,
@@ -122,7 +121,7 @@ impl ShardMachine {
         records
             .iter()
             .map(|(id, _)| id.as_str())
-            .filter(|id| ns.is_none_or(|ns| !ns.records.contains_key(*id)))
+            .filter(|id| ns.is_none_or(|ns| !ns.contains(id)))
             .collect::<std::collections::HashSet<&str>>()
             .len()
     }
@@ -157,7 +156,7 @@ impl ShardMachine {
         Namespace {
             name: name.to_string(),
             records: BTreeMap::new(),
-            by_internal: HashMap::new(),
+            ids: BTreeMap::new(),
             next_internal,
             seq,
             metric: self.metric,
@@ -173,10 +172,7 @@ impl ShardMachine {
     fn build_namespace(&self, seq: u64, state: NamespaceState) -> Result<Namespace, MachineError> {
         let mut ns = self.empty_namespace(&state.header.name, seq, state.header.next_internal);
         for (internal, id, record) in state.records {
-            ns.by_internal.insert(internal, id.clone());
-            let stored = Stored::new(internal, record);
-            ns.meta_index.insert(internal, stored.meta.as_ref());
-            ns.records.insert(id, stored);
+            ns.load_record(internal, id, record);
         }
         let saved = state.engine.and_then(|saved| {
             match VectorIndex::from_snapshot(saved.engine, self.dimension, self.metric, self.config)
@@ -306,10 +302,10 @@ impl ShardMachine {
                 let Some(ns) = self.namespaces.get_mut(&namespace) else {
                     return Ok(ShardOutput::Updated(0));
                 };
-                let Some(stored) = ns.records.get(&id) else {
+                let Some(stored) = ns.get(&id) else {
                     return Ok(ShardOutput::Updated(0));
                 };
-                let mut record = stored.record.clone();
+                let mut record = stored.clone();
                 if let Some(v) = values {
                     record.values = v;
                 }
@@ -357,7 +353,7 @@ impl ShardMachine {
                     .map(|(id, record)| {
                         let mut record = record.clone();
                         merge_metadata(id, &mut record, &set)?;
-                        Ok((id.clone(), record))
+                        Ok((id.to_string(), record))
                     })
                     .collect::<Result<_, ShardRejection>>()?;
                 let count = updated.len() as u32;
@@ -369,7 +365,7 @@ impl ShardMachine {
                     let ids: Vec<String> = ns
                         .matching(&filter)
                         .into_iter()
-                        .map(|(id, _)| id.clone())
+                        .map(|(id, _)| id.to_string())
                         .collect();
                     ns.delete(&ids, writes);
                 }
@@ -417,8 +413,8 @@ impl ShardMachine {
             drop(engine);
             let mut ids = Vec::with_capacity(ns.records.len());
             let mut values = Vec::with_capacity(ns.records.len() * self.dimension);
-            for stored in ns.records.values() {
-                ids.push(stored.internal);
+            for (internal, stored) in &ns.records {
+                ids.push(*internal);
                 values.extend_from_slice(&stored.record.values);
             }
             jobs.push(RebuildJob {
@@ -585,6 +581,7 @@ mod tests {
 
     use super::*;
     use crate::crypto::DataKey;
+    use crate::shard::filter::{self, Filter};
 
     const GROUP: u64 = 1;
 
@@ -1024,5 +1021,55 @@ mod tests {
         assert_eq!(ns.list("b", None, 2), vec!["b1", "b2"]);
         assert_eq!(ns.list("b", Some("b2"), 2), vec!["b3"]);
         assert_eq!(ns.list("", None, 10).len(), 5);
+    }
+
+    #[test]
+    fn records_kept_by_internal_id_are_read_in_id_order() {
+        // One batch writes "b" twice: the second write wins and the first leaves nothing,
+        // in memory, in the metadata index or on disk.
+        let mut shard = TestShard::new(2, Metric::Euclidean, EngineConfig::default());
+        let tagged = |n: i64| Some(serde_json::json!({ "n": n }));
+        shard
+            .apply(ShardCommand::Upsert {
+                namespace: "n".into(),
+                records: vec![
+                    ("b".into(), rec(vec![9.0, 9.0], tagged(1))),
+                    ("a".into(), rec(vec![0.0, 1.0], tagged(2))),
+                    ("b".into(), rec(vec![1.0, 0.0], tagged(3))),
+                ],
+            })
+            .unwrap();
+        let ns = shard.sm.namespace("n").unwrap();
+        assert_eq!(ns.len(), 2);
+        assert!(ns.contains("b") && !ns.contains("c"));
+        assert_eq!(ns.get("b").unwrap().values, vec![1.0, 0.0]);
+        assert_eq!(ns.list("", None, 10), vec!["a", "b"]);
+        let all = Filter::And(Vec::new());
+        let matched: Vec<&str> = ns.matching(&all).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(matched, vec!["a", "b"]);
+        let first_write = filter::parse(&serde_json::json!({ "n": 1 })).unwrap();
+        assert_eq!(ns.count_matching(&first_write), 0);
+        let last_write = filter::parse(&serde_json::json!({ "n": 3 })).unwrap();
+        assert_eq!(ns.count_matching(&last_write), 1);
+        let hits = ns.query(&[1.0, 0.0], 2, None).unwrap();
+        assert_eq!((hits[0].id, &hits[0].record.values), ("b", &vec![1.0, 0.0]));
+        assert_eq!(shard.stored().len(), 2);
+
+        // The digest reads records in id order, whatever order their internal ids have.
+        let mut other = TestShard::new(2, Metric::Euclidean, EngineConfig::default());
+        other
+            .apply(ShardCommand::Upsert {
+                namespace: "n".into(),
+                records: vec![
+                    ("a".into(), rec(vec![0.0, 1.0], tagged(2))),
+                    ("b".into(), rec(vec![1.0, 0.0], tagged(3))),
+                ],
+            })
+            .unwrap();
+        assert_eq!(other.sm.namespace("n").unwrap().digest(), ns.digest());
+        assert_eq!(
+            shard.reopened().namespace("n").unwrap().digest(),
+            ns.digest()
+        );
     }
 }

@@ -1,10 +1,10 @@
-//! One namespace of a shard: its records by id (and by internal id), its vector engine and
-//! its metadata index, the read path (get, list, filters, query), background rebuilds of
+//! One namespace of a shard: its records by internal id (with their ids in order), its vector
+//! engine and its metadata index, the read path (get, list, filters, query), background rebuilds of
 //! its engine, and the pair assertions that keep the three in step.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use conifer_raft::group_state::StateWrites;
@@ -19,21 +19,19 @@ use super::store::{encode, keys, stage, stage_saved_engine, Header, SavedEngine}
 use crate::shard::engine::Metric;
 use crate::timing;
 
+/// A record as a namespace holds it, under its internal id.
 pub(super) struct Stored {
-    pub(super) internal: u64,
+    /// The record's id, shared with the namespace's map of ids.
+    pub(super) id: Arc<str>,
     pub(super) record: Record,
     /// The metadata parsed once at write time, so filters never parse JSON per query.
     pub(super) meta: Option<Map<String, Value>>,
 }
 
 impl Stored {
-    pub(super) fn new(internal: u64, record: Record) -> Self {
+    pub(super) fn new(id: Arc<str>, record: Record) -> Self {
         let meta = record.metadata_map();
-        Self {
-            internal,
-            record,
-            meta,
-        }
+        Self { id, record, meta }
     }
 }
 
@@ -50,11 +48,16 @@ pub(super) fn derived(e: impl std::fmt::Display) -> MachineError {
     MachineError::Derived(e.to_string())
 }
 
-/// One namespace: records by id and their vector index.
+/// One namespace: records by internal id, their ids in order, and their vector index.
+///
+/// Records are keyed by the internal id the vector index and the metadata index use, so a
+/// query's hits and a filter's matches reach their records by integer, never by string
+/// comparison; `ids` maps each record id to its internal id, in id order (get, list, the
+/// digest).
 pub struct Namespace {
     pub(super) name: String,
-    pub(super) records: BTreeMap<String, Stored>,
-    pub(super) by_internal: HashMap<u64, String>,
+    pub(super) records: BTreeMap<u64, Stored>,
+    pub(super) ids: BTreeMap<Arc<str>, u64>,
     pub(super) next_internal: u64,
     /// The namespace's number in the shard's keys; a namespace deleted and created again
     /// gets a new one.
@@ -114,7 +117,7 @@ impl RebuildJob {
     pub fn build(self) -> Result<Rebuilt, MachineError> {
         let mut index = VectorIndex::new(self.dimension, self.metric, self.kind, self.config)
             .map_err(derived)?;
-        index.add(&self.ids, &self.values).map_err(derived)?;
+        index.add(&self.ids, self.values).map_err(derived)?;
         Ok(Rebuilt {
             namespace: self.namespace,
             seq: self.seq,
@@ -149,17 +152,15 @@ impl Namespace {
     ) -> Result<u64, MachineError> {
         let mut ids = Vec::new();
         let mut values = Vec::new();
-        for stored in self.records.values() {
-            if stored.internal >= covered_below {
-                ids.push(stored.internal);
-                values.extend_from_slice(&stored.record.values);
-            }
+        for (internal, stored) in self.records.range(covered_below..) {
+            ids.push(*internal);
+            values.extend_from_slice(&stored.record.values);
         }
         let gone: Vec<u64> = previously_live
             .into_iter()
-            .filter(|id| !self.by_internal.contains_key(id))
+            .filter(|id| !self.records.contains_key(id))
             .collect();
-        index.add(&ids, &values).map_err(derived)?;
+        index.add(&ids, values).map_err(derived)?;
         index.remove(&gone).map_err(derived)?;
         Ok((ids.len() + gone.len()) as u64)
     }
@@ -185,15 +186,15 @@ impl Namespace {
                 || self.unsaved_changes.load(Ordering::Relaxed) >= ENGINE_SAVE_MIN_CHANGES)
     }
 
-    /// Pair assertions after an apply: the namespace's records, its map from internal ids
-    /// and its metadata index hold the same records. A difference would serve a deleted
+    /// Pair assertions after an apply: the namespace's records, its map of ids and its
+    /// metadata index hold the same records. A difference would serve a deleted
     /// record, or lose a live one from filters, from here on — so the replica stops
     /// rather than diverge (the log is intact; a restart rebuilds memory from RocksDB).
     pub(super) fn assert_consistent(&self) {
         assert_eq!(
             self.records.len(),
-            self.by_internal.len(),
-            "namespace '{}': records and internal ids disagree",
+            self.ids.len(),
+            "namespace '{}': records and ids disagree",
             self.name
         );
         assert_eq!(
@@ -219,8 +220,7 @@ impl Namespace {
         // rebuilt from them at the next start.
         #[cfg(feature = "failpoints")]
         fail::fail_point!("conifer::shard::checkpoint::before_stage");
-        let mut live: Vec<u64> = self.by_internal.keys().copied().collect();
-        live.sort_unstable();
+        let live: Vec<u64> = self.records.keys().copied().collect();
         let saved = SavedEngine {
             next_internal: self.next_internal,
             live,
@@ -241,15 +241,14 @@ impl Namespace {
             self.next_internal += 1;
             stage(writes.put(&keys::record(self.seq, internal), &encode(&(&id, &record))));
             values.extend_from_slice(&record.values);
-            let stored = Stored::new(internal, record);
+            let id: Arc<str> = id.into();
+            let stored = Stored::new(id.clone(), record);
             self.meta_index.insert(internal, stored.meta.as_ref());
-            if let Some(old) = self.records.insert(id.clone(), stored) {
-                self.by_internal.remove(&old.internal);
-                self.meta_index.remove(old.internal, old.meta.as_ref());
-                stage(writes.delete(&keys::record(self.seq, old.internal)));
-                removed.push(old.internal);
+            self.records.insert(internal, stored);
+            if let Some(old) = self.ids.insert(id, internal) {
+                self.forget(old, writes);
+                removed.push(old);
             }
-            self.by_internal.insert(internal, id);
             ids.push(internal);
         }
         self.stage_header(writes);
@@ -258,7 +257,7 @@ impl Namespace {
         let engine = self.engine.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = engine
             .remove(&removed)
-            .and_then(|_| engine.add(&ids, &values))
+            .and_then(|_| engine.add(&ids, values))
         {
             panic!("vector index update failed: {e}");
         }
@@ -267,11 +266,9 @@ impl Namespace {
     pub(super) fn delete(&mut self, ids: &[String], writes: &mut StateWrites<'_>) {
         let mut removed = Vec::new();
         for id in ids {
-            if let Some(old) = self.records.remove(id) {
-                self.by_internal.remove(&old.internal);
-                self.meta_index.remove(old.internal, old.meta.as_ref());
-                stage(writes.delete(&keys::record(self.seq, old.internal)));
-                removed.push(old.internal);
+            if let Some(old) = self.ids.remove(id.as_str()) {
+                self.forget(old, writes);
+                removed.push(old);
             }
         }
         self.unsaved_changes
@@ -280,6 +277,24 @@ impl Namespace {
         if let Err(e) = engine.remove(&removed) {
             panic!("vector index delete failed: {e}");
         }
+    }
+
+    /// Drops the record at internal id `internal` (its id already unmapped or remapped)
+    /// from memory, the metadata index and durable state.
+    fn forget(&mut self, internal: u64, writes: &mut StateWrites<'_>) {
+        if let Some(old) = self.records.remove(&internal) {
+            self.meta_index.remove(internal, old.meta.as_ref());
+        }
+        stage(writes.delete(&keys::record(self.seq, internal)));
+    }
+
+    /// Adds a record read back from durable state (at open or restore).
+    pub(super) fn load_record(&mut self, internal: u64, id: String, record: Record) {
+        let id: Arc<str> = id.into();
+        let stored = Stored::new(id.clone(), record);
+        self.meta_index.insert(internal, stored.meta.as_ref());
+        self.records.insert(internal, stored);
+        self.ids.insert(id, internal);
     }
 
     /// Number of records.
@@ -295,42 +310,46 @@ impl Namespace {
     /// The namespace's [`records_digest`]: equal on every replica that applied the same log
     /// prefix, whatever its vector index, and to a backup's of the same records.
     pub fn digest(&self) -> String {
-        records_digest(
-            self.records
-                .iter()
-                .map(|(id, stored)| record_hash(id, &stored.record)),
-        )
+        records_digest(self.ids.iter().filter_map(|(id, internal)| {
+            Some(record_hash(id, &self.records.get(internal)?.record))
+        }))
+    }
+
+    /// Whether a record `id` exists.
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.contains_key(id)
     }
 
     /// The record `id`.
     pub fn get(&self, id: &str) -> Option<&Record> {
-        self.records.get(id).map(|s| &s.record)
+        let internal = self.ids.get(id)?;
+        self.records.get(internal).map(|s| &s.record)
     }
 
     /// Ids in order, starting after `after`, with `prefix`, at most `limit`.
     pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<String> {
         let start = match after {
-            Some(a) => std::ops::Bound::Excluded(a.to_string()),
-            None => std::ops::Bound::Included(prefix.to_string()),
+            Some(a) => std::ops::Bound::Excluded(a),
+            None => std::ops::Bound::Included(prefix),
         };
-        self.records
-            .range((start, std::ops::Bound::Unbounded))
+        self.ids
+            .range::<str, _>((start, std::ops::Bound::Unbounded))
             .map(|(id, _)| id)
             .take_while(|id| id.starts_with(prefix))
             .take(limit)
-            .cloned()
+            .map(|id| id.to_string())
             .collect()
     }
 
     /// Records satisfying `filter`, by id.
-    pub fn matching(&self, filter: &Filter) -> Vec<(&String, &Record)> {
-        let mut found: Vec<(&String, &Record)> = self
+    pub fn matching(&self, filter: &Filter) -> Vec<(&str, &Record)> {
+        let mut found: Vec<(&str, &Record)> = self
             .meta_index
             .evaluate(filter)
             .iter()
             .filter_map(|internal| {
-                let id = self.by_internal.get(&internal)?;
-                Some((id, &self.records.get(id)?.record))
+                let stored = self.records.get(&internal)?;
+                Some((&*stored.id, &stored.record))
             })
             .collect();
         found.sort_by(|a, b| a.0.cmp(b.0));
@@ -375,9 +394,12 @@ impl Namespace {
         let hits = hits
             .into_iter()
             .filter_map(|(internal, score)| {
-                let id = self.by_internal.get(&internal)?;
-                let record = &self.records.get(id)?.record;
-                Some(Hit { id, score, record })
+                let stored = self.records.get(&internal)?;
+                Some(Hit {
+                    id: &stored.id,
+                    score,
+                    record: &stored.record,
+                })
             })
             .collect();
         timing::record("lookup", looking_up.elapsed());
@@ -389,8 +411,7 @@ impl Namespace {
         let mut scored: Vec<(u64, f32)> = ids
             .iter()
             .filter_map(|internal| {
-                let id = self.by_internal.get(internal)?;
-                let record = &self.records.get(id)?.record;
+                let record = &self.records.get(internal)?.record;
                 Some((*internal, exact_score(self.metric, vector, &record.values)))
             })
             .collect();
