@@ -25,6 +25,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 M, EF_CONSTRUCTION, EF_SEARCH, K = 32, 200, 128, 10
 CLIENTS = 4  # concurrent clients of the parallel-query measurement
+# Filtered queries: every record carries `bucket`, uniform in [0, BUCKETS) and independent
+# of its vector; the filter {"bucket": {"$lt": n}} selects n / BUCKETS of the records.
+BUCKETS = 1000
+SELECTIVITIES = {"0.1%": 1, "1%": 10, "10%": 100, "50%": 500}
 
 
 def package_data(package, *parts):
@@ -58,6 +62,25 @@ def ground_truth(base, queries):
         top = np.argpartition(-scores, K, axis=1)[:, :K]
         for row, cand in zip(scores, top):
             truth.append(set(cand[np.argsort(-row[cand])].tolist()))
+    return truth
+
+
+def buckets_of(n):
+    return np.random.default_rng(7).integers(0, BUCKETS, n)
+
+
+def filtered_truth(base, queries, allowed):
+    """Exact top-K ids (cosine) among the records where `allowed` is true: the oracle of
+    filtered recall."""
+    ids = np.nonzero(allowed)[0]
+    nb, nq = normalized(base[ids]), normalized(queries)
+    truth = []
+    for start in range(0, len(nq), 256):
+        scores = nq[start:start + 256] @ nb.T
+        k = min(K, len(ids))
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        for row, cand in zip(scores, top):
+            truth.append(set(ids[cand[np.argsort(-row[cand])]].tolist()))
     return truth
 
 
@@ -118,6 +141,26 @@ def raw_faiss_process(base, queries, truth):
                 rss_peak_mb=peak, rss_bytes_per_vector=rss * 2**20 / len(base))
 
 
+def qdrant(python, base, queries, truth, buckets, ftruths):
+    """Qdrant's engine (qdrant-edge) on the same data, in its own venv and process
+    (scripts/bench/peer_qdrant.py)."""
+
+    def padded(sets):
+        out = np.full((len(sets), K), -1, dtype=np.int64)
+        for i, ids in enumerate(sets):
+            out[i, :len(ids)] = sorted(ids)
+        return out
+
+    with tempfile.TemporaryDirectory(prefix="conifer-bench-peer-") as tmp:
+        source, out = Path(tmp, "input.npz"), Path(tmp, "output.json")
+        np.savez(source, base=base, queries=queries, buckets=buckets,
+                 selectivities=json.dumps(SELECTIVITIES), truth_all=padded(truth),
+                 **{f"truth_{label}": padded(t) for label, t in ftruths.items()})
+        subprocess.run([python, str(ROOT / "scripts" / "bench" / "peer_qdrant.py"), str(source), str(out),
+                        str(M), str(EF_CONSTRUCTION), str(EF_SEARCH), str(K)], check=True)
+        return json.loads(out.read_text())
+
+
 class Cluster:
     def __init__(self, base_port, hnsw_min_records):
         self.dir = tempfile.mkdtemp(prefix="conifer-bench-")
@@ -166,7 +209,7 @@ def wait(predicate, timeout, what):
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def conifer(cluster, name, base, queries, truth, progress):
+def conifer(cluster, name, base, queries, truth, buckets, ftruths, progress):
     from pinecone import ServerlessSpec
     from pinecone.grpc import PineconeGRPC
 
@@ -182,7 +225,8 @@ def conifer(cluster, name, base, queries, truth, progress):
     batch = max(1, min(1000, (1_500_000 // (base.shape[1] * 4))))
     t = time.time()
     for start in range(0, len(base), batch):
-        vectors = [(str(i), base[i].tolist()) for i in range(start, min(start + batch, len(base)))]
+        vectors = [(str(i), base[i].tolist(), {"bucket": int(buckets[i])})
+                   for i in range(start, min(start + batch, len(base)))]
         index.upsert(vectors=vectors, namespace="bench")
         progress(f"upserted {min(start + batch, len(base))}/{len(base)}")
     upsert_s = time.time() - t
@@ -212,7 +256,7 @@ def conifer(cluster, name, base, queries, truth, progress):
             t = time.perf_counter()
             ids = query(q)
             latencies.append(time.perf_counter() - t)
-            hits += len({int(i) for i in ids} & truth[i])
+            hits += len({int(i) for i in ids if i.isdigit()} & truth[i])
         return dict(stats(latencies), recall=hits / (len(queries) * K))
 
     # The official SDK, as users run it.
@@ -250,6 +294,41 @@ def conifer(cluster, name, base, queries, truth, progress):
     # The node's own split of each query (its `server-timing` header), p50 per span.
     for span in sorted({name for s in spans for name in s}):
         lean[f"server_{span}_p50_ms"] = float(np.median([s[span] for s in spans if span in s]))
+
+    # Filtered queries at each selectivity, recall against the exact filtered oracle, QPS
+    # next to the unfiltered query's.
+    from google.protobuf import struct_pb2
+
+    filtered = []
+    for label, below in SELECTIVITIES.items():
+        allowed = buckets < below
+        ftruth = ftruths[label]
+        condition = struct_pb2.Struct()
+        condition.update({"bucket": {"$lt": below}})
+
+        def filtered_query(q, condition=condition):
+            response, call = stub.Query.with_call(
+                pb.QueryRequest(vector=q.tolist(), top_k=K, namespace="bench", filter=condition),
+                metadata=metadata)
+            spans.append(server_timing(call.initial_metadata()))
+            return [m.id for m in response.matches]
+
+        spans.clear()
+        latencies, hits = [], 0
+        for i, q in enumerate(queries):
+            t = time.perf_counter()
+            ids = filtered_query(q)
+            latencies.append(time.perf_counter() - t)
+            hits += len({int(x) for x in ids} & ftruth[i])
+        expected = sum(len(t) for t in ftruth)
+        row = dict(stats(latencies), recall=hits / expected, filter_selectivity=label,
+                   filter_records=int(allowed.sum()))
+        row["qps_vs_unfiltered"] = row["qps"] / lean["qps"]
+        for span in sorted({name for sp in spans for name in sp}):
+            row[f"server_{span}_p50_ms"] = float(np.median([sp[span] for sp in spans if span in sp]))
+        filtered.append(row)
+        progress(f"filter {label}: {row['qps']:.0f} QPS, recall {row['recall']:.3f}, server "
+                 + ", ".join(f"{k[7:-7]} {v:.3f}" for k, v in row.items() if k.startswith("server_")) + "\n")
 
     # Queries in parallel: CLIENTS clients, each on its own channel sending one query at a
     # time, against the same namespace; QPS next to one client's.
@@ -316,7 +395,7 @@ def conifer(cluster, name, base, queries, truth, progress):
     result.update(rss_after_restart_mb=rss, rss_peak_restart_mb=peak)
     result["engine_after_restart"] = ",".join(engine())
     pc.delete_index(name)
-    return result, lean
+    return result, lean, filtered
 
 
 def plot(rows, out):
@@ -325,14 +404,18 @@ def plot(rows, out):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    short = {"raw-faiss": "raw FAISS", "conifer-sdk": "SDK", "conifer-grpc-stub": "gRPC stub"}
-    labels = [f"{r['dataset']}\n{short.get(r['system'], r['system'])}" for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
+    short = {"raw-faiss": "raw FAISS", "conifer-sdk": "SDK", "conifer-grpc-stub": "gRPC stub",
+             "qdrant-edge": "qdrant-edge", "conifer-grpc-stub-filtered": "stub", "qdrant-edge-filtered": "qdrant"}
+    labels = [f"{r['dataset']} " + short.get(r["system"], r["system"])
+              + (f" filter {r['filter_selectivity']}" if r.get("filter_selectivity") else "") for r in rows]
     for ax, key, title in zip(axes, ["qps", "p50_ms", "p99_ms"], ["queries/s (one client)", "p50 latency (ms)", "p99 latency (ms)"]):
-        ax.bar(labels, [r[key] for r in rows], color=["#888" if r["system"] == "raw-faiss" else "#2a7" for r in rows])
+        colors = ["#888" if r["system"] == "raw-faiss" else "#46c" if r["system"].startswith("qdrant") else "#2a7"
+                  for r in rows]
+        ax.bar(labels, [r[key] for r in rows], color=colors)
         ax.set_title(title)
-        ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"Conifer vs raw FAISS (HNSW M={M}, efC={EF_CONSTRUCTION}, efSearch={EF_SEARCH}, top {K})")
+        ax.tick_params(axis="x", labelsize=7, labelrotation=90)
+    fig.suptitle(f"Conifer vs raw FAISS and qdrant-edge (HNSW M={M}, efC={EF_CONSTRUCTION}, efSearch={EF_SEARCH}, top {K})")
     fig.tight_layout()
     fig.savefig(out)
 
@@ -343,6 +426,8 @@ def main():
     ap.add_argument("--dataset", choices=["glove", "ada", "all"], default="all")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N base vectors (0 = all)")
+    ap.add_argument("--qdrant-python", default="",
+                    help="python of a venv with scripts/bench/requirements-qdrant.txt: also measure qdrant-edge")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -352,13 +437,27 @@ def main():
         base, queries = load(dataset, args.queries, args.limit)
         print(f"==> {dataset}: {len(base)} x {base.shape[1]} base vectors, {len(queries)} held-out queries")
         truth = ground_truth(base, queries)
+        buckets = buckets_of(len(base))
+        ftruths = {label: filtered_truth(base, queries, buckets < below)
+                   for label, below in SELECTIVITIES.items()}
         raw = raw_faiss(base, queries, truth)
         print(f"  raw FAISS: {raw}")
+        if args.qdrant_python:
+            peer = qdrant(args.qdrant_python, base, queries, truth, buckets, ftruths)
+            print(f"  qdrant-edge: {peer}")
+            rows.append(dict(dataset=dataset, system="qdrant-edge", vectors=len(base), dim=base.shape[1],
+                             **{k: v for k, v in peer.items() if k not in ("unfiltered", "filtered")},
+                             **peer["unfiltered"]))
+            for label, row in peer["filtered"].items():
+                rows.append(dict(dataset=dataset, system="qdrant-edge-filtered", vectors=len(base),
+                                 dim=base.shape[1], filter_selectivity=label,
+                                 filter_records=int((buckets < SELECTIVITIES[label]).sum()), **row))
         # The threshold equals the data set, so the whole HNSW index is built once, in the
         # background, after the upserts (and that build is timed).
         cluster = Cluster(random.randrange(21000, 40000, 100), len(base))
         try:
-            full, lean = conifer(cluster, f"bench-{dataset}", base, queries, truth, progress)
+            full, lean, filtered = conifer(cluster, f"bench-{dataset}", base, queries, truth,
+                                           buckets, ftruths, progress)
             simd = cluster.simd()
         finally:
             cluster.down()
@@ -378,6 +477,10 @@ def main():
         rows.append(dict(dataset=dataset, system="conifer-sdk", vectors=len(base), dim=base.shape[1], **node, **full))
         rows.append(dict(dataset=dataset, system="conifer-grpc-stub", vectors=len(base), dim=base.shape[1], **node,
                          **lean))
+        for row in filtered:
+            print(f"  conifer (gRPC stub, filter {row['filter_selectivity']}): {row}")
+            rows.append(dict(dataset=dataset, system="conifer-grpc-stub-filtered", vectors=len(base),
+                             dim=base.shape[1], **node, **row))
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("dataset", "system", "vectors", "dim"), k))
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)

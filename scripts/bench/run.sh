@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The Conifer benchmark (not a test): query throughput and latency at recall@10 >= 0.95
 # through the full stack (TLS, API key, routing, gRPC, one client) next to raw FAISS
-# in-process with the same HNSW parameters, plus restart-to-serving time and
-# upsert-acknowledged-to-visible latency. Writes results.csv and results.png into --out.
+# in-process with the same HNSW parameters and Qdrant's engine in-process (qdrant-edge),
+# filtered queries at 0.1 %, 1 %, 10 % and 50 % selectivity against an exact oracle,
+# resident memory, restart-to-serving time and upsert-acknowledged-to-visible latency.
+# Writes results.csv and results.png into --out.
 #
 #   scripts/bench/run.sh --out DIR [--dataset glove|ada|all] [--queries N] [--limit N]
 #   scripts/bench/run.sh encryption --out DIR [--records N] [--dimension D]
@@ -44,11 +46,18 @@ export CONIFER_BIN="${CONIFER_BIN:-$CARGO_TARGET_DIR/release/conifer}"
 VENV="${CONIFER_VENV_BENCH:-/var/tmp/conifer-venv-bench}"
 scripts/venv.sh "$VENV" scripts/bench/requirements.txt
 SCRIPT=scripts/bench/bench.py
+EXTRA=()
 if [ "${1:-}" = encryption ]; then
   shift
   SCRIPT=scripts/bench/encryption.py
 elif [ "${1:-}" = backup ]; then
   shift
   SCRIPT=scripts/bench/backup.py
+else
+  # The peer: Qdrant's engine (qdrant-edge-py) in a venv of its own, run by bench.py in its
+  # own process on the same data.
+  QDRANT_VENV="${CONIFER_VENV_QDRANT:-/var/tmp/conifer-venv-qdrant}"
+  scripts/venv.sh "$QDRANT_VENV" scripts/bench/requirements-qdrant.txt
+  EXTRA=(--qdrant-python "$QDRANT_VENV/bin/python")
 fi
-exec "$VENV/bin/python" "$SCRIPT" "$@"
+exec "$VENV/bin/python" "$SCRIPT" "${EXTRA[@]}" "$@"

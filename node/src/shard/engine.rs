@@ -343,6 +343,28 @@ impl VectorIndex {
         k: usize,
         allowed: Option<&[u64]>,
     ) -> Result<Vec<(u64, f32)>, EngineError> {
+        self.search_with(query, k, allowed, false)
+    }
+
+    /// The `k` best of the live internal ids `ids` for `query`, scored exactly (an HNSW
+    /// index scores each id on its stored vector rather than walking its graph), with the
+    /// same scores as [`VectorIndex::search`], ties by id: the answer to a selective filter.
+    pub fn scan(
+        &self,
+        query: &[f32],
+        k: usize,
+        ids: &[u64],
+    ) -> Result<Vec<(u64, f32)>, EngineError> {
+        self.search_with(query, k, Some(ids), true)
+    }
+
+    fn search_with(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: Option<&[u64]>,
+        exact: bool,
+    ) -> Result<Vec<(u64, f32)>, EngineError> {
         if self.is_empty() || k == 0 || allowed.is_some_and(|ids| ids.is_empty()) {
             return Ok(Vec::new());
         }
@@ -357,7 +379,7 @@ impl VectorIndex {
             .hnsw_ef_search
             .max(want.saturating_mul(self.config.ef_search_per_top_k))
             .min(i32::MAX as usize) as i32;
-        let (distances, labels) = super::native::search(&self.index, &q, want, ef, allowed)?;
+        let (distances, labels) = super::native::search(&self.index, &q, want, ef, allowed, exact)?;
         Ok(labels
             .iter()
             .zip(&distances)
@@ -395,6 +417,14 @@ mod tests {
         assert_eq!(index.search(&[0.9, 0.0], 1, None).unwrap()[0].0, 10);
         let only = index.search(&[0.0, 0.0], 3, Some(&[12])).unwrap();
         assert_eq!(only.iter().map(|h| h.0).collect::<Vec<_>>(), vec![12]);
+        // Dense ids are filtered through a bitmap, ids far apart through a hash set: the
+        // same answers.
+        let far = 1u64 << 40;
+        index.add(&[far], vec![0.5, 0.5]).unwrap();
+        let both = index.search(&[0.0, 0.0], 3, Some(&[12, far])).unwrap();
+        assert_eq!(both.iter().map(|h| h.0).collect::<Vec<_>>(), vec![far, 12]);
+        let dense = index.search(&[0.0, 0.0], 3, Some(&[10, 12])).unwrap();
+        assert_eq!(dense.iter().map(|h| h.0).collect::<Vec<_>>(), vec![10, 12]);
     }
 
     #[test]
@@ -623,6 +653,43 @@ mod tests {
                 filtered.iter().all(|(id, _)| allowed.contains(id)),
                 "{filtered:?}"
             );
+            // A scan of those ids is the exact answer: the brute-force order over the raw
+            // values (ties by id), with the scores a graph search gives the same records.
+            let query = queries[3];
+            let scanned = index.scan(query, 10, &allowed).unwrap();
+            let mut brute: Vec<(u64, f32)> = allowed
+                .iter()
+                .map(|id| {
+                    let at = ids.iter().position(|i| i == id).unwrap();
+                    let v = &values[at * dimension as usize..(at + 1) * dimension as usize];
+                    (*id, exact_score(metric, query, v))
+                })
+                .collect();
+            brute.sort_by(|a, b| {
+                if better(metric, a.1, b.1) {
+                    std::cmp::Ordering::Less
+                } else if better(metric, b.1, a.1) {
+                    std::cmp::Ordering::Greater
+                } else {
+                    a.0.cmp(&b.0)
+                }
+            });
+            assert_eq!(
+                scanned.iter().map(|h| h.0).collect::<Vec<_>>(),
+                brute[..10].iter().map(|h| h.0).collect::<Vec<_>>(),
+                "{metric:?}"
+            );
+            for ((_, got), (_, want)) in scanned.iter().zip(&brute) {
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "{metric:?}"
+                );
+            }
+            for hit in &filtered {
+                if let Some(same) = scanned.iter().find(|s| s.0 == hit.0) {
+                    assert_eq!(same.1, hit.1, "{metric:?}: one score per record");
+                }
+            }
         }
     }
 }

@@ -159,7 +159,6 @@ impl ShardMachine {
             ids: BTreeMap::new(),
             next_internal,
             seq,
-            metric: self.metric,
             engine: RwLock::new(self.engine_or_abort()),
             meta_index: MetadataIndex::default(),
             unsaved_changes: AtomicU64::new(0),

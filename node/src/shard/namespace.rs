@@ -12,7 +12,7 @@ use conifer_raft::MachineError;
 use serde_json::{Map, Value};
 
 use super::command::Record;
-use super::engine::{better, exact_score, EngineConfig, EngineKind, VectorIndex};
+use super::engine::{EngineConfig, EngineKind, VectorIndex};
 use super::filter::Filter;
 use super::metadata_index::MetadataIndex;
 use super::store::{encode, keys, stage, stage_saved_engine, Header, SavedEngine};
@@ -62,7 +62,6 @@ pub struct Namespace {
     /// The namespace's number in the shard's keys; a namespace deleted and created again
     /// gets a new one.
     pub(super) seq: u64,
-    pub(super) metric: Metric,
     /// Read by every query at once; written only by a swap ([`ShardMachine::install`]) or
     /// through `&mut self` (applying writes).
     pub(super) engine: RwLock<VectorIndex>,
@@ -381,8 +380,7 @@ impl Namespace {
                 Some(ids)
                     if engine.kind() == EngineKind::Hnsw && ids.len() <= EXACT_SCAN_MAX_RECORDS =>
                 {
-                    drop(engine);
-                    self.exact_scan(vector, top_k, ids)
+                    engine.scan(vector, top_k, ids).map_err(|e| e.to_string())?
                 }
                 _ => engine
                     .search(vector, top_k, allowed.as_deref())
@@ -404,28 +402,6 @@ impl Namespace {
             .collect();
         timing::record("lookup", looking_up.elapsed());
         Ok(hits)
-    }
-
-    /// Exact top-k over the given internal ids.
-    pub(super) fn exact_scan(&self, vector: &[f32], top_k: usize, ids: &[u64]) -> Vec<(u64, f32)> {
-        let mut scored: Vec<(u64, f32)> = ids
-            .iter()
-            .filter_map(|internal| {
-                let record = &self.records.get(internal)?.record;
-                Some((*internal, exact_score(self.metric, vector, &record.values)))
-            })
-            .collect();
-        scored.sort_by(|a, b| {
-            if better(self.metric, a.1, b.1) {
-                std::cmp::Ordering::Less
-            } else if better(self.metric, b.1, a.1) {
-                std::cmp::Ordering::Greater
-            } else {
-                a.0.cmp(&b.0)
-            }
-        });
-        scored.truncate(top_k);
-        scored
     }
 }
 

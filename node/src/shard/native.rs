@@ -23,6 +23,7 @@ extern "C" {
         allowed: *const i64,
         n_allowed: usize,
         filtered: c_int,
+        exact: c_int,
         distances: *mut f32,
         labels: *mut i64,
         error: *mut c_char,
@@ -42,13 +43,15 @@ extern "C" {
 /// The `k` nearest neighbours of `query` (`index.d()` floats, normalized by the caller for
 /// cosine) in `index` (`IDMap2,Flat` or `IDMap2,HNSW<M>,Flat`) as FAISS distances (inner
 /// product, or squared L2) and ids, best first, `-1` past the last hit. HNSW searches use
-/// `ef_search`. With `allowed`, only those ids are candidates.
+/// `ef_search`. With `allowed`, only those ids are candidates, and with `exact` an HNSW
+/// index scores exactly those ids (through its flat storage) instead of walking its graph.
 pub fn search(
     index: &IndexImpl,
     query: &[f32],
     k: usize,
     ef_search: i32,
     allowed: Option<&[u64]>,
+    exact: bool,
 ) -> Result<(Vec<f32>, Vec<i64>), EngineError> {
     use faiss::Index;
     if query.len() != index.d() as usize {
@@ -79,6 +82,7 @@ pub fn search(
             allowed_ptr,
             n_allowed,
             c_int::from(allowed.is_some()),
+            c_int::from(exact),
             distances.as_mut_ptr(),
             labels.as_mut_ptr(),
             error.as_mut_ptr(),
