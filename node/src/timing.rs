@@ -4,8 +4,9 @@
 //! durations in milliseconds).
 //!
 //! Spans of a query:
-//! - `auth`: from the request's arrival at the authentication middleware to its handler
-//!   (header checks, authentication, the request's audit context);
+//! - `receive`: from the request's arrival at the authentication middleware to its
+//!   handler: header checks, authentication, and receiving and decoding the body;
+//! - `route`: authorizing the call's project and resolving its index;
 //! - `filter`: evaluating the metadata filter into candidate ids;
 //! - `search`: the vector engine, or the exact scan of a selective filter;
 //! - `lookup`: the hits' records by internal id;

@@ -42,7 +42,7 @@ pub struct RequestInfo {
     /// name, a key or member id): the resource of the attempt, for the event of a refusal.
     pub resource_hint: Option<String>,
     /// When the authentication middleware received the request: where the data plane's
-    /// `server-timing` spans `auth` and `total` start.
+    /// `server-timing` spans `receive` and `total` start.
     pub arrived: std::time::Instant,
 }
 

@@ -212,6 +212,7 @@ pub async fn query(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let target = target(&state, &caller, &headers).await?;
+    let routed = started.elapsed();
     let req: QueryJson = parse_body(&headers, &body)?;
     let req = pb::QueryRequest {
         namespace: req.namespace,
@@ -228,7 +229,8 @@ pub async fn query(
     };
     let arrived = caller.request.arrived;
     let (answer, mut spans) = timing::collect(async {
-        timing::record("auth", started.saturating_duration_since(arrived));
+        timing::record("receive", started.saturating_duration_since(arrived));
+        timing::record("route", routed);
         dataplane::run(&state.router, &target, req).await
     })
     .await;

@@ -69,8 +69,10 @@ impl GrpcDataPlane {
             .get::<Caller>()
             .map_or(started, |c| c.request.arrived);
         let (answer, mut spans) = timing::collect(async {
-            timing::record("auth", started.saturating_duration_since(arrived));
+            timing::record("receive", started.saturating_duration_since(arrived));
+            let routing = Instant::now();
             let target = self.target(&request).await?;
+            timing::record("route", routing.elapsed());
             dataplane::run(&self.state.router, &target, request.into_inner())
                 .await
                 .map_err(|e| Status::from(ApiError::from(e)))

@@ -86,6 +86,7 @@ fn check(code: i32) -> Result<(), EngineError> {
 /// exactly that size (a growing buffer would pass through twice the index's size, and keep
 /// up to that much capacity, for an index of hundreds of megabytes).
 pub fn write(index: &IndexImpl) -> Result<Vec<u8>, EngineError> {
+    let _release = ReleaseBuffers;
     WRITE_LENGTH.with(|total| total.set(0));
     run_writer(index, length_callback)?;
     let length = WRITE_LENGTH.with(Cell::get);
@@ -112,17 +113,27 @@ fn run_writer(
 /// Deserializes an index written by [`write`], consuming its bytes (they are freed before
 /// this returns, so a load holds them and the index at once, never a third copy).
 pub fn read(bytes: Vec<u8>) -> Result<IndexImpl, EngineError> {
+    let _release = ReleaseBuffers;
     READ_BUFFER.with(|buffer| *buffer.borrow_mut() = (bytes, 0));
     // SAFETY: the reader is created, used once and freed here; on success FAISS hands us
     // ownership of a new index, which IndexImpl frees on drop.
-    let result = unsafe {
+    unsafe {
         let mut reader = ptr::null_mut();
         check(faiss_CustomIOReader_new(&mut reader, Some(read_callback)))?;
         let mut index = ptr::null_mut();
         let code = faiss_read_index_custom(reader.cast::<FaissIOReader>(), 0, &mut index);
         faiss_CustomIOReader_free(reader);
         check(code).map(|_| IndexImpl::from_inner_ptr(index))
-    };
-    READ_BUFFER.with(|buffer| *buffer.borrow_mut() = (Vec::new(), 0));
-    result
+    }
+}
+
+/// Frees this thread's buffers when a read or write ends, by any path (an index's bytes
+/// are hundreds of megabytes; an early error must not leave them held).
+struct ReleaseBuffers;
+
+impl Drop for ReleaseBuffers {
+    fn drop(&mut self) {
+        WRITE_BUFFER.with(|buffer| *buffer.borrow_mut() = Vec::new());
+        READ_BUFFER.with(|buffer| *buffer.borrow_mut() = (Vec::new(), 0));
+    }
 }

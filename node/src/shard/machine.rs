@@ -1052,6 +1052,8 @@ mod tests {
         assert_eq!(ns.count_matching(&last_write), 1);
         let hits = ns.query(&[1.0, 0.0], 2, None).unwrap();
         assert_eq!((hits[0].id, &hits[0].record.values), ("b", &vec![1.0, 0.0]));
+        // Nor in the vector index: the first write's vector takes no result slot.
+        assert_eq!(ns.query(&[9.0, 9.0], 2, None).unwrap().len(), 2);
         assert_eq!(shard.stored().len(), 2);
 
         // The digest reads records in id order, whatever order their internal ids have.

@@ -128,8 +128,13 @@ impl MetadataIndex {
     pub fn evaluate(&self, filter: &Filter) -> RoaringTreemap {
         match filter {
             Filter::And(parts) => {
-                let mut acc = self.all.clone();
-                for part in parts {
+                // Every part's records are a subset of all records: start from the first
+                // part (an empty conjunction is every record) rather than a copy of all.
+                let Some((first, others)) = parts.split_first() else {
+                    return self.all.clone();
+                };
+                let mut acc = self.evaluate(first);
+                for part in others {
                     if acc.is_empty() {
                         break;
                     }

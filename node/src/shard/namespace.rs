@@ -254,9 +254,11 @@ impl Namespace {
         self.unsaved_changes
             .fetch_add((ids.len() + removed.len()) as u64, Ordering::Relaxed);
         let engine = self.engine.get_mut().unwrap_or_else(|p| p.into_inner());
+        // Added before removing: an id written twice in one batch has its first internal
+        // id in both lists, and an exact index removes only what it holds.
         if let Err(e) = engine
-            .remove(&removed)
-            .and_then(|_| engine.add(&ids, values))
+            .add(&ids, values)
+            .and_then(|_| engine.remove(&removed))
         {
             panic!("vector index update failed: {e}");
         }
