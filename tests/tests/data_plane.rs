@@ -113,7 +113,9 @@ async fn writes_through_one_node_are_read_through_every_node() {
         assert_eq!(resp.status().as_u16(), 200);
         // The in-node split of the query: every replica holds the shard, so it answers.
         let spans = server_timing(resp.headers()["server-timing"].to_str().unwrap());
-        for span in ["receive", "route", "filter", "search", "lookup", "assemble", "encode"] {
+        for span in [
+            "receive", "route", "filter", "search", "lookup", "assemble", "encode",
+        ] {
             assert!(spans.contains_key(span), "node {via}: {span} in {spans:?}");
         }
         let body: Value = resp.json().await.unwrap();
