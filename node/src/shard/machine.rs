@@ -171,7 +171,8 @@ impl ShardMachine {
     fn build_namespace(&self, seq: u64, state: NamespaceState) -> Result<Namespace, MachineError> {
         let mut ns = self.empty_namespace(&state.header.name, seq, state.header.next_internal);
         for (internal, id, record) in state.records {
-            ns.load_record(internal, id, record);
+            // Ids are unique on disk: nothing is replaced.
+            ns.hold_record(internal, id, record);
         }
         let saved = state.engine.and_then(|saved| {
             match VectorIndex::from_snapshot(saved.engine, self.dimension, self.metric, self.config)

@@ -1,6 +1,6 @@
-//! One namespace of a shard: its records by internal id (with their ids in order), its vector
-//! engine and its metadata index, the read path (get, list, filters, query), background rebuilds of
-//! its engine, and the pair assertions that keep the three in step.
+//! One namespace of a shard: its records by internal id (with their ids in order), its
+//! vector engine and its metadata index, the read path (get, list, filters, query),
+//! background rebuilds of its engine, and the pair assertions that keep the three in step.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -240,11 +240,7 @@ impl Namespace {
             self.next_internal += 1;
             stage(writes.put(&keys::record(self.seq, internal), &encode(&(&id, &record))));
             values.extend_from_slice(&record.values);
-            let id: Arc<str> = id.into();
-            let stored = Stored::new(id.clone(), record);
-            self.meta_index.insert(internal, stored.meta.as_ref());
-            self.records.insert(internal, stored);
-            if let Some(old) = self.ids.insert(id, internal) {
+            if let Some(old) = self.hold_record(internal, id, record) {
                 self.forget(old, writes);
                 removed.push(old);
             }
@@ -289,13 +285,15 @@ impl Namespace {
         stage(writes.delete(&keys::record(self.seq, internal)));
     }
 
-    /// Adds a record read back from durable state (at open or restore).
-    pub(super) fn load_record(&mut self, internal: u64, id: String, record: Record) {
+    /// Holds `record` in memory under `internal` (records, ids, metadata index), written
+    /// now or read back from durable state. Returns the internal id `id` had before, whose
+    /// record the caller forgets.
+    pub(super) fn hold_record(&mut self, internal: u64, id: String, record: Record) -> Option<u64> {
         let id: Arc<str> = id.into();
         let stored = Stored::new(id.clone(), record);
         self.meta_index.insert(internal, stored.meta.as_ref());
         self.records.insert(internal, stored);
-        self.ids.insert(id, internal);
+        self.ids.insert(id, internal)
     }
 
     /// Number of records.
